@@ -1,0 +1,1 @@
+//! The Kalki policy compiler.

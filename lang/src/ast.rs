@@ -1,0 +1,426 @@
+//! The syntax tree of a `.kalki` file: what the grammar builds, with a span on every node.
+//!
+//! The tree is untyped and unresolved: names are plain identifiers. Name resolution and
+//! type checking (in `kalki-compiler`) turn it into the typed model.
+
+use serde::Serialize;
+
+/// A MAC address as six bytes.
+pub type MacBytes = [u8; 6];
+
+/// A byte range in one source file. Spans never take part in equality of the things they
+/// locate: compare names with [`Ident::name`], not whole nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Span {
+    pub fn new(start: usize, end: usize) -> Self {
+        Span { start, end }
+    }
+    /// The smallest span covering both.
+    pub fn to(self, other: Span) -> Span {
+        Span::new(self.start.min(other.start), self.end.max(other.end))
+    }
+    pub fn len(&self) -> usize {
+        self.end.saturating_sub(self.start)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl From<Span> for miette::SourceSpan {
+    fn from(s: Span) -> Self {
+        (s.start, s.len()).into()
+    }
+}
+
+/// A name as written, with where it was written.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ident {
+    pub name: String,
+    pub span: Span,
+}
+
+/// A whole file: its items in source order.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct File {
+    pub items: Vec<Item>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum Item {
+    Import(Import),
+    Umbox(Umbox),
+    DeviceType(DeviceType),
+    Site(Site),
+}
+
+/// `import std::umboxes::{sniffer, ids}`, `import std::devices::Camera`,
+/// `import lab::*`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Import {
+    /// Module path: `std::umboxes` is `[std, umboxes]`.
+    pub module: Vec<Ident>,
+    pub names: ImportNames,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum ImportNames {
+    /// `::*`: everything the module declares.
+    All(Span),
+    /// `::Name` or `::{A, B}`.
+    Some(Vec<Ident>),
+}
+
+/// `umbox NAME { ... }`: a containerised network function.
+#[derive(Debug, Clone, Serialize)]
+pub struct Umbox {
+    pub name: Ident,
+    pub members: Vec<UmboxMember>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum UmboxMember {
+    Image(StrLit),
+    Args(Vec<StrLit>, Span),
+    Env(Vec<(Ident, StrLit)>, Span),
+    Param(Param),
+    Emits(Vec<Ident>, Span),
+    Mode(Ident),
+}
+
+/// `param NAME: TYPE [= DEFAULT]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Param {
+    pub name: Ident,
+    pub ty: TypeExpr,
+    pub default: Option<Literal>,
+    pub span: Span,
+}
+
+/// A type as written: `bool`, `int in 0..100`, `enum { a, b }`, `string`, `duration`.
+#[derive(Debug, Clone, Serialize)]
+pub enum TypeExpr {
+    Bool(Span),
+    Int {
+        lo: i64,
+        hi: i64,
+        span: Span,
+    },
+    /// `int` with no bounds: only allowed where a range is not required.
+    UnboundedInt(Span),
+    Enum(Vec<Ident>, Span),
+    String(Span),
+    Duration(Span),
+}
+
+impl TypeExpr {
+    pub fn span(&self) -> Span {
+        match self {
+            TypeExpr::Bool(s)
+            | TypeExpr::UnboundedInt(s)
+            | TypeExpr::Enum(_, s)
+            | TypeExpr::String(s)
+            | TypeExpr::Duration(s) => *s,
+            TypeExpr::Int { span, .. } => *span,
+        }
+    }
+}
+
+/// A literal value: parameter defaults and chain arguments.
+#[derive(Debug, Clone, Serialize)]
+pub enum Literal {
+    Int(i64, Span),
+    Bool(bool, Span),
+    Str(StrLit),
+    Duration(Duration),
+    /// A bare name: an enum member.
+    Name(Ident),
+}
+
+impl Literal {
+    pub fn span(&self) -> Span {
+        match self {
+            Literal::Int(_, s) | Literal::Bool(_, s) => *s,
+            Literal::Str(s) => s.span,
+            Literal::Duration(d) => d.span,
+            Literal::Name(i) => i.span,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StrLit {
+    pub value: String,
+    pub span: Span,
+}
+
+/// A duration in milliseconds: `500ms`, `30s`, `10m`, `2h`, `1d`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Duration {
+    pub millis: u64,
+    pub span: Span,
+}
+
+/// `device type NAME { ... }`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceType {
+    pub name: Ident,
+    pub members: Vec<DeviceMember>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum DeviceMember {
+    /// `sensed NAME: TYPE`.
+    Sensed {
+        name: Ident,
+        ty: TypeExpr,
+        span: Span,
+    },
+    /// `commands a, b`.
+    Commands(Vec<Ident>, Span),
+    /// `alerts a, b`: alerts the device type declares itself (raised by rules or sensors).
+    Alerts(Vec<Ident>, Span),
+    /// `states a < b < c`: least restrictive first.
+    States(Vec<Ident>, Span),
+    /// `initial NAME`.
+    Initial(Ident),
+    /// `final a, b`: states exempt from the trap check.
+    Final(Vec<Ident>, Span),
+    /// `NAME { chain [...] }`.
+    StateBlock(StateBlock),
+    Transition(Transition),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StateBlock {
+    pub state: Ident,
+    pub chain: Option<Chain>,
+    pub span: Span,
+}
+
+/// `chain [sniffer, ids(max_failures = 3)]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Chain {
+    pub entries: Vec<ChainEntry>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainEntry {
+    pub umbox: Ident,
+    pub args: Vec<(Ident, Literal)>,
+    pub span: Span,
+}
+
+/// `FROM -> TO TRIGGER`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transition {
+    pub from: Ident,
+    pub to: Ident,
+    pub trigger: Trigger,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum Trigger {
+    /// `on ALERT [count N within T]`.
+    Alert {
+        alert: Ident,
+        count: Option<(u32, Duration)>,
+        span: Span,
+    },
+    /// `when COND [for T]`.
+    When {
+        cond: Expr,
+        hold: Option<Duration>,
+        span: Span,
+    },
+    /// `after T quiet`.
+    Quiet { after: Duration, span: Span },
+    /// `on operator ACTION`.
+    Operator { action: Ident, span: Span },
+}
+
+impl Trigger {
+    pub fn span(&self) -> Span {
+        match self {
+            Trigger::Alert { span, .. }
+            | Trigger::When { span, .. }
+            | Trigger::Quiet { span, .. }
+            | Trigger::Operator { span, .. } => *span,
+        }
+    }
+}
+
+/// `site NAME { ... }`: one switch and the devices behind it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Site {
+    pub name: Ident,
+    pub members: Vec<SiteMember>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum SiteMember {
+    /// `bridge "br0" [uplink "eth0"]`.
+    Bridge {
+        bridge: StrLit,
+        uplink: Option<StrLit>,
+        span: Span,
+    },
+    /// `uplink "eth0"` on its own line.
+    Uplink(StrLit),
+    /// `unknown hosts drop|pass`.
+    UnknownHosts(Ident, Span),
+    Device(DeviceDecl),
+    Rule(Rule),
+    Assert(Assertion),
+}
+
+/// `device NAME: TYPE at IP [mac MAC] [port "p"] [trusted]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceDecl {
+    pub name: Ident,
+    pub ty: Ident,
+    pub ip: Option<(u32, Span)>,
+    pub mac: Option<([u8; 6], Span)>,
+    pub port: Option<StrLit>,
+    pub trusted: Option<Span>,
+    pub span: Span,
+}
+
+/// `rule NAME when COND then ACTION, ...`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rule {
+    pub name: Ident,
+    pub cond: Expr,
+    pub actions: Vec<Action>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum Action {
+    /// `dev -> state`.
+    Goto {
+        device: Ident,
+        state: Ident,
+        span: Span,
+    },
+    /// `dev.command`.
+    Command {
+        device: Ident,
+        command: Ident,
+        span: Span,
+    },
+    /// `raise ALERT on dev`.
+    Raise {
+        alert: Ident,
+        device: Ident,
+        span: Span,
+    },
+}
+
+impl Action {
+    pub fn span(&self) -> Span {
+        match self {
+            Action::Goto { span, .. }
+            | Action::Command { span, .. }
+            | Action::Raise { span, .. } => *span,
+        }
+    }
+}
+
+/// `assert reachable COND` / `assert never COND`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Assertion {
+    pub kind: AssertKind,
+    pub cond: Expr,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum AssertKind {
+    Reachable,
+    Never,
+}
+
+/// Expressions: guards, rule conditions, assertion predicates.
+#[derive(Debug, Clone, Serialize)]
+pub struct Expr {
+    pub kind: ExprKind,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum ExprKind {
+    Int(i64),
+    Bool(bool),
+    /// `x`: a sensed variable, an enum member, or (in a site) a device.
+    Name(Ident),
+    /// `dev.var`.
+    Field(Ident, Ident),
+    /// `dev in state`.
+    InState(Ident, Ident),
+    /// `clock in HH:MM..HH:MM`: minutes since midnight; the range may wrap past midnight.
+    Clock {
+        from: u16,
+        to: u16,
+    },
+    /// `avg(x, last N)`, `sum(dev.x, last N)`, ...
+    Aggregate {
+        func: Ident,
+        arg: Box<Expr>,
+        last: u32,
+    },
+    Unary(UnOp, Box<Expr>),
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// Stands in for an expression the parser could not read; already reported.
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum UnOp {
+    Not,
+    Neg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum BinOp {
+    Or,
+    And,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Add,
+    Sub,
+    Mul,
+}
+
+impl BinOp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            BinOp::Or => "or",
+            BinOp::And => "and",
+            BinOp::Eq => "==",
+            BinOp::Ne => "!=",
+            BinOp::Lt => "<",
+            BinOp::Le => "<=",
+            BinOp::Gt => ">",
+            BinOp::Ge => ">=",
+            BinOp::Add => "+",
+            BinOp::Sub => "-",
+            BinOp::Mul => "*",
+        }
+    }
+}

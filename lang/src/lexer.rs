@@ -1,0 +1,433 @@
+//! The lexer: turns source text into `(start, Token, end)` triples for the parser.
+//!
+//! Built with logos. A lexing failure never stops the lexer: it yields [`Token::Error`]
+//! for the offending bytes, and the grammar's error recovery takes it from there.
+
+use logos::Logos;
+use std::fmt;
+
+/// One lexical token. Literals carry their decoded values; an out-of-range or malformed
+/// literal lexes as [`Token::Error`].
+#[derive(Logos, Debug, Clone, PartialEq, Eq)]
+#[logos(skip r"[ \t\r\n\f]+")]
+#[logos(skip(r"//[^\n]*", allow_greedy = true))]
+#[logos(skip r"/\*([^*]|\*+[^*/])*\*+/")]
+pub enum Token {
+    // Keywords.
+    #[token("import")]
+    Import,
+    #[token("umbox")]
+    Umbox,
+    #[token("image")]
+    Image,
+    #[token("args")]
+    Args,
+    #[token("env")]
+    Env,
+    #[token("param")]
+    Param,
+    #[token("emits")]
+    Emits,
+    #[token("mode")]
+    Mode,
+    #[token("device")]
+    Device,
+    #[token("type")]
+    Type,
+    #[token("sensed")]
+    Sensed,
+    #[token("commands")]
+    Commands,
+    #[token("alerts")]
+    Alerts,
+    #[token("states")]
+    States,
+    #[token("initial")]
+    Initial,
+    #[token("final")]
+    Final,
+    #[token("chain")]
+    Chain,
+    #[token("on")]
+    On,
+    #[token("count")]
+    Count,
+    #[token("within")]
+    Within,
+    #[token("when")]
+    When,
+    #[token("for")]
+    For,
+    #[token("after")]
+    After,
+    #[token("quiet")]
+    Quiet,
+    #[token("operator")]
+    Operator,
+    #[token("site")]
+    Site,
+    #[token("bridge")]
+    Bridge,
+    #[token("uplink")]
+    Uplink,
+    #[token("unknown")]
+    Unknown,
+    #[token("hosts")]
+    Hosts,
+    #[token("at")]
+    At,
+    #[token("mac")]
+    Mac,
+    #[token("port")]
+    Port,
+    #[token("trusted")]
+    Trusted,
+    #[token("rule")]
+    Rule,
+    #[token("then")]
+    Then,
+    #[token("raise")]
+    Raise,
+    #[token("assert")]
+    Assert,
+    #[token("reachable")]
+    Reachable,
+    #[token("never")]
+    Never,
+    #[token("and")]
+    And,
+    #[token("or")]
+    Or,
+    #[token("not")]
+    Not,
+    #[token("in")]
+    In,
+    #[token("last")]
+    Last,
+    #[token("clock")]
+    Clock,
+    #[token("true")]
+    True,
+    #[token("false")]
+    False,
+    #[token("bool")]
+    BoolTy,
+    #[token("int")]
+    IntTy,
+    #[token("enum")]
+    EnumTy,
+    #[token("string")]
+    StringTy,
+    #[token("duration")]
+    DurationTy,
+
+    // Punctuation.
+    #[token("{")]
+    LBrace,
+    #[token("}")]
+    RBrace,
+    #[token("[")]
+    LBracket,
+    #[token("]")]
+    RBracket,
+    #[token("(")]
+    LParen,
+    #[token(")")]
+    RParen,
+    #[token(",")]
+    Comma,
+    #[token("::")]
+    ColonColon,
+    #[token(":")]
+    Colon,
+    #[token("..")]
+    DotDot,
+    #[token(".")]
+    Dot,
+    #[token("->")]
+    Arrow,
+    #[token("==")]
+    EqEq,
+    #[token("!=")]
+    Ne,
+    #[token("<=")]
+    Le,
+    #[token(">=")]
+    Ge,
+    #[token("<")]
+    Lt,
+    #[token(">")]
+    Gt,
+    #[token("=")]
+    Eq,
+    #[token("+")]
+    Plus,
+    #[token("-")]
+    Minus,
+    #[token("*")]
+    Star,
+
+    // Literals.
+    #[regex(r"[A-Za-z_][A-Za-z0-9_]*", |lex| lex.slice().to_string(), priority = 2)]
+    Ident(String),
+    #[regex(r"[0-9]+", |lex| lex.slice().parse::<i64>().ok())]
+    Int(i64),
+    /// Milliseconds.
+    #[regex(r"[0-9]+(ms|s|m|h|d)", duration_millis)]
+    Duration(u64),
+    /// Minutes since midnight.
+    #[regex(r"[0-9][0-9]?:[0-9][0-9]", time_of_day)]
+    TimeOfDay(u16),
+    #[regex(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+", ipv4)]
+    Ipv4(u32),
+    #[regex(
+        r"[0-9A-Fa-f][0-9A-Fa-f](:[0-9A-Fa-f][0-9A-Fa-f]){5}",
+        mac,
+        priority = 3
+    )]
+    MacAddr([u8; 6]),
+    #[regex(r#""([^"\\\n]|\\["\\nt])*""#, string_lit)]
+    Str(String),
+
+    /// Bytes that form no token, or a literal out of range. The parser reports it.
+    Error,
+}
+
+fn duration_millis(lex: &mut logos::Lexer<Token>) -> Option<u64> {
+    let s = lex.slice();
+    let digits_end = s.find(|c: char| !c.is_ascii_digit())?;
+    let n: u64 = s[..digits_end].parse().ok()?;
+    let unit: u64 = match &s[digits_end..] {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
+fn time_of_day(lex: &mut logos::Lexer<Token>) -> Option<u16> {
+    let (h, m) = lex.slice().split_once(':')?;
+    let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+    (h < 24 && m < 60).then_some(h * 60 + m)
+}
+
+fn ipv4(lex: &mut logos::Lexer<Token>) -> Option<u32> {
+    let mut out: u32 = 0;
+    for part in lex.slice().split('.') {
+        let octet: u8 = part.parse().ok()?;
+        out = (out << 8) | u32::from(octet);
+    }
+    Some(out)
+}
+
+fn mac(lex: &mut logos::Lexer<Token>) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    for (i, part) in lex.slice().split(':').enumerate() {
+        *out.get_mut(i)? = u8::from_str_radix(part, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn string_lit(lex: &mut logos::Lexer<Token>) -> Option<String> {
+    let s = lex.slice();
+    let inner = s.get(1..s.len().saturating_sub(1))?;
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                other => out.push(other),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Token::Ident(s) => write!(f, "identifier `{s}`"),
+            Token::Int(n) => write!(f, "integer `{n}`"),
+            Token::Duration(_) => write!(f, "duration"),
+            Token::TimeOfDay(_) => write!(f, "time of day"),
+            Token::Ipv4(_) => write!(f, "IPv4 address"),
+            Token::MacAddr(_) => write!(f, "MAC address"),
+            Token::Str(_) => write!(f, "string"),
+            Token::Error => write!(f, "invalid token"),
+            other => write!(f, "`{}`", other.text()),
+        }
+    }
+}
+
+impl Token {
+    /// The fixed text of a keyword or punctuation token.
+    pub fn text(&self) -> &'static str {
+        use Token::*;
+        match self {
+            Import => "import",
+            Umbox => "umbox",
+            Image => "image",
+            Args => "args",
+            Env => "env",
+            Param => "param",
+            Emits => "emits",
+            Mode => "mode",
+            Device => "device",
+            Type => "type",
+            Sensed => "sensed",
+            Commands => "commands",
+            Alerts => "alerts",
+            States => "states",
+            Initial => "initial",
+            Final => "final",
+            Chain => "chain",
+            On => "on",
+            Count => "count",
+            Within => "within",
+            When => "when",
+            For => "for",
+            After => "after",
+            Quiet => "quiet",
+            Operator => "operator",
+            Site => "site",
+            Bridge => "bridge",
+            Uplink => "uplink",
+            Unknown => "unknown",
+            Hosts => "hosts",
+            At => "at",
+            Mac => "mac",
+            Port => "port",
+            Trusted => "trusted",
+            Rule => "rule",
+            Then => "then",
+            Raise => "raise",
+            Assert => "assert",
+            Reachable => "reachable",
+            Never => "never",
+            And => "and",
+            Or => "or",
+            Not => "not",
+            In => "in",
+            Last => "last",
+            Clock => "clock",
+            True => "true",
+            False => "false",
+            BoolTy => "bool",
+            IntTy => "int",
+            EnumTy => "enum",
+            StringTy => "string",
+            DurationTy => "duration",
+            LBrace => "{",
+            RBrace => "}",
+            LBracket => "[",
+            RBracket => "]",
+            LParen => "(",
+            RParen => ")",
+            Comma => ",",
+            ColonColon => "::",
+            Colon => ":",
+            DotDot => "..",
+            Dot => ".",
+            Arrow => "->",
+            EqEq => "==",
+            Ne => "!=",
+            Le => "<=",
+            Ge => ">=",
+            Lt => "<",
+            Gt => ">",
+            Eq => "=",
+            Plus => "+",
+            Minus => "-",
+            Star => "*",
+            Ident(_) | Int(_) | Duration(_) | TimeOfDay(_) | Ipv4(_) | MacAddr(_) | Str(_)
+            | Error => "",
+        }
+    }
+}
+
+/// A spanned token stream over one source, in the shape lalrpop's external-lexer
+/// interface expects. Lexing errors come out as [`Token::Error`], never as `Err`.
+pub struct Lexer<'src> {
+    inner: logos::SpannedIter<'src, Token>,
+}
+
+impl<'src> Lexer<'src> {
+    pub fn new(src: &'src str) -> Self {
+        Lexer {
+            inner: Token::lexer(src).spanned(),
+        }
+    }
+}
+
+/// Lexing never fails (bad bytes become [`Token::Error`]); the `Err` side exists only to
+/// satisfy the parser's interface and is never produced.
+pub type Spanned = Result<(usize, Token, usize), crate::parser::UserError>;
+
+impl Iterator for Lexer<'_> {
+    type Item = Spanned;
+    fn next(&mut self) -> Option<Spanned> {
+        let (tok, span) = self.inner.next()?;
+        Some(Ok((span.start, tok.unwrap_or(Token::Error), span.end)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(src: &str) -> Vec<Token> {
+        Lexer::new(src)
+            .map(|r| r.map(|(_, t, _)| t).unwrap_or(Token::Error))
+            .collect()
+    }
+
+    #[test]
+    fn ranges_are_not_addresses() {
+        assert_eq!(
+            kinds("1..100"),
+            vec![Token::Int(1), Token::DotDot, Token::Int(100)]
+        );
+        assert_eq!(kinds("-40..120")[0], Token::Minus);
+    }
+
+    #[test]
+    fn addresses_times_and_durations() {
+        assert_eq!(kinds("10.0.1.10"), vec![Token::Ipv4(0x0a00010a)]);
+        assert_eq!(
+            kinds("02:00:00:00:01:1f"),
+            vec![Token::MacAddr([2, 0, 0, 0, 1, 0x1f])]
+        );
+        assert_eq!(kinds("20:00"), vec![Token::TimeOfDay(1200)]);
+        assert_eq!(
+            kinds("10m 30s 500ms"),
+            vec![
+                Token::Duration(600_000),
+                Token::Duration(30_000),
+                Token::Duration(500)
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_literals_become_error_tokens() {
+        assert_eq!(kinds("300.1.1.1"), vec![Token::Error]);
+        assert_eq!(kinds("25:00"), vec![Token::Error]);
+        assert_eq!(kinds("99999999999999999999"), vec![Token::Error]);
+        assert!(kinds("# @").iter().all(|t| *t == Token::Error));
+    }
+
+    #[test]
+    fn comments_and_strings() {
+        assert_eq!(
+            kinds("/// doc\n\"a\\\"b\" /* c */ x"),
+            vec![Token::Str("a\"b".into()), Token::Ident("x".into())]
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! The `.kalki` front end: lexer, grammar and syntax tree with spans.
+//!
+//! Pure: takes source text, returns data. No file system, no clock.
+
+pub mod ast;
+pub mod lexer;
+pub mod parser;
+
+pub use parser::{parse, Parsed, SyntaxCode, SyntaxError};

@@ -1,0 +1,221 @@
+//! The parser entry point: source text in, syntax tree plus every syntax error out.
+//!
+//! Parsing never stops at the first mistake: the grammar resynchronises at item and
+//! member boundaries, so each error is reported once and the rest of the file still
+//! yields a tree for later phases.
+
+use crate::ast::{BinOp, Expr, ExprKind, File, Span, StrLit};
+use crate::lexer::{Lexer, Token};
+use lalrpop_util::{ErrorRecovery, ParseError};
+
+lalrpop_util::lalrpop_mod!(
+    #[allow(clippy::all, clippy::pedantic, unused_parens, dead_code)]
+    grammar
+);
+
+/// An error raised by a grammar action (a literal out of range, a repeated attribute).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserError {
+    pub message: &'static str,
+    pub span: Span,
+}
+
+impl UserError {
+    pub fn new(message: &'static str, span: Span) -> Self {
+        UserError { message, span }
+    }
+}
+
+/// Stable codes of syntax errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub enum SyntaxCode {
+    /// K001: bytes that form no token.
+    InvalidToken,
+    /// K002: a token where the grammar does not allow it.
+    UnexpectedToken,
+    /// K003: the file ends in the middle of something.
+    UnexpectedEof,
+    /// K004: a well-formed token with a value the language does not accept here.
+    InvalidValue,
+}
+
+impl SyntaxCode {
+    pub fn code(self) -> &'static str {
+        match self {
+            SyntaxCode::InvalidToken => "K001",
+            SyntaxCode::UnexpectedToken => "K002",
+            SyntaxCode::UnexpectedEof => "K003",
+            SyntaxCode::InvalidValue => "K004",
+        }
+    }
+}
+
+/// One syntax error, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub code: SyntaxCode,
+    pub message: String,
+    pub span: Span,
+    /// What the grammar would have accepted, for the help text.
+    pub expected: Vec<String>,
+}
+
+/// A tree and every syntax error found while building it.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    pub file: File,
+    pub errors: Vec<SyntaxError>,
+}
+
+/// Parses one source file. Never panics and always returns a tree (possibly partial).
+pub fn parse(src: &str) -> Parsed {
+    let mut recovered = Vec::new();
+    let result = grammar::FileParser::new().parse(&mut recovered, Lexer::new(src));
+    let mut errors: Vec<SyntaxError> = recovered
+        .into_iter()
+        .map(|r| convert(src, r.error))
+        .collect();
+    let file = match result {
+        Ok(file) => file,
+        Err(e) => {
+            errors.push(convert(src, e));
+            File::default()
+        }
+    };
+    Parsed {
+        file,
+        errors: first_error_per_item(src, errors),
+    }
+}
+
+/// Keeps the first error of each top-level item. Recovery resynchronises at the next token
+/// that can start an item, and `device` also starts a line inside a site, so one mistake
+/// could otherwise echo once per following line of the same item.
+fn first_error_per_item(src: &str, mut errors: Vec<SyntaxError>) -> Vec<SyntaxError> {
+    errors.sort_by_key(|e| (e.span.start, e.span.end));
+    let mut starts = Vec::new();
+    let mut depth: i64 = 0;
+    for (l, tok, _) in Lexer::new(src).flatten() {
+        match tok {
+            Token::LBrace => depth += 1,
+            Token::RBrace => depth -= 1,
+            Token::Import | Token::Umbox | Token::Device | Token::Site if depth <= 0 => {
+                depth = 0;
+                starts.push(l);
+            }
+            _ => {}
+        }
+    }
+    let region = |pos: usize| starts.partition_point(|&s| s <= pos);
+    let mut kept: Vec<SyntaxError> = Vec::new();
+    for e in errors {
+        // Errors from grammar actions (bad values) are exact, never echoes: keep them all.
+        let echo = kept.last().is_some_and(|k| {
+            e.code != SyntaxCode::InvalidValue
+                && k.code != SyntaxCode::InvalidValue
+                && region(k.span.start) == region(e.span.start)
+        });
+        if !echo && !kept.iter().any(|k| k.span == e.span && k.code == e.code) {
+            kept.push(e);
+        }
+    }
+    kept
+}
+
+fn convert(src: &str, e: ParseError<usize, Token, UserError>) -> SyntaxError {
+    match e {
+        ParseError::InvalidToken { location } => SyntaxError {
+            code: SyntaxCode::InvalidToken,
+            message: "invalid token".into(),
+            span: Span::new(location, location),
+            expected: vec![],
+        },
+        ParseError::UnrecognizedEof { location, expected } => SyntaxError {
+            code: SyntaxCode::UnexpectedEof,
+            message: "unexpected end of file".into(),
+            span: Span::new(location, location),
+            expected: pretty_expected(expected),
+        },
+        ParseError::UnrecognizedToken {
+            token: (l, Token::Error, r),
+            ..
+        } => SyntaxError {
+            code: SyntaxCode::InvalidToken,
+            message: format!(
+                "invalid token `{}`",
+                src.get(l..r).unwrap_or("?").escape_debug()
+            ),
+            span: Span::new(l, r),
+            expected: vec![],
+        },
+        ParseError::UnrecognizedToken {
+            token: (l, tok, r),
+            expected,
+        } => SyntaxError {
+            code: SyntaxCode::UnexpectedToken,
+            message: format!("unexpected {tok}"),
+            span: Span::new(l, r),
+            expected: pretty_expected(expected),
+        },
+        ParseError::ExtraToken { token: (l, tok, r) } => SyntaxError {
+            code: SyntaxCode::UnexpectedToken,
+            message: format!("unexpected {tok}"),
+            span: Span::new(l, r),
+            expected: vec![],
+        },
+        ParseError::User { error } => SyntaxError {
+            code: SyntaxCode::InvalidValue,
+            message: error.message.to_string(),
+            span: error.span,
+            expected: vec![],
+        },
+    }
+}
+
+fn pretty_expected(expected: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = expected
+        .into_iter()
+        .filter(|e| e != "ERROR")
+        .map(|e| match e.as_str() {
+            "IDENT" => "a name".to_string(),
+            "INT" => "an integer".to_string(),
+            "DURATION" => "a duration".to_string(),
+            "TIME" => "a time of day".to_string(),
+            "IPV4" => "an IPv4 address".to_string(),
+            "MACADDR" => "a MAC address".to_string(),
+            "STR" => "a string".to_string(),
+            other => format!("`{}`", other.trim_matches('"')),
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+// ---- helpers used by grammar actions
+
+pub(crate) fn bin(op: BinOp, a: Expr, b: Expr, l: usize, r: usize) -> Expr {
+    Expr {
+        kind: ExprKind::Binary(op, Box::new(a), Box::new(b)),
+        span: Span::new(l, r),
+    }
+}
+
+pub(crate) fn user_error(
+    message: &'static str,
+    span: Span,
+) -> ErrorRecovery<usize, Token, UserError> {
+    ErrorRecovery {
+        error: ParseError::User {
+            error: UserError::new(message, span),
+        },
+        dropped_tokens: vec![],
+    }
+}
+
+pub(crate) enum DeviceAttr {
+    Ip(u32),
+    Mac([u8; 6]),
+    Port(StrLit),
+    Trusted,
+}
