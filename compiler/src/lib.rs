@@ -1,1 +1,42 @@
-//! The Kalki policy compiler.
+//! The Kalki policy compiler: name resolution, type checking, verification and code
+//! generation, chained by the few-line functions below. The core is pure: sources come
+//! in through [`source::SourceLoader`], results go out as data ([`diag::Diagnostic`],
+//! [`ir::Model`]); only the `kalkic` binary touches files and terminals.
+
+pub mod codes;
+pub mod diag;
+pub mod ir;
+pub mod render;
+pub mod resolve;
+pub mod source;
+pub mod stdlib;
+pub mod typeck;
+
+use diag::Diagnostics;
+use source::{LoadError, SourceLoader, Sources};
+use std::path::PathBuf;
+
+/// What `check` found: every diagnostic, the sources they point into, and the typed model
+/// when there were no errors.
+pub struct Checked {
+    pub sources: Sources,
+    pub diagnostics: Vec<diag::Diagnostic>,
+    pub model: Option<ir::Model>,
+    /// Root files that could not be read at all (a usage error).
+    pub unreadable: Vec<(PathBuf, LoadError)>,
+}
+
+/// Parse, resolve and type-check the roots and everything they import.
+pub fn check(roots: &[PathBuf], loader: &dyn SourceLoader) -> Checked {
+    let mut diags = Diagnostics::default();
+    let program = resolve::load(roots, loader, &mut diags);
+    // A file with syntax errors has a partial tree: checking it would only add echoes.
+    let model = (!program.syntax_errors).then(|| typeck::typeck(&program, &mut diags));
+    let model = model.filter(|_| !diags.has_errors());
+    Checked {
+        sources: program.sources,
+        diagnostics: diags.items,
+        model,
+        unreadable: program.unreadable_roots,
+    }
+}

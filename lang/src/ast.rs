@@ -276,8 +276,6 @@ pub enum SiteMember {
         uplink: Option<StrLit>,
         span: Span,
     },
-    /// `uplink "eth0"` on its own line.
-    Uplink(StrLit),
     /// `unknown hosts drop|pass`.
     UnknownHosts(Ident, Span),
     Device(DeviceDecl),

@@ -9,7 +9,7 @@ use crate::lexer::{Lexer, Token};
 use lalrpop_util::{ErrorRecovery, ParseError};
 
 lalrpop_util::lalrpop_mod!(
-    #[allow(clippy::all, clippy::pedantic, unused_parens, dead_code)]
+    #[allow(clippy::all, clippy::pedantic, clippy::unwrap_used, clippy::expect_used, clippy::panic, unused_parens, dead_code)]
     grammar
 );
 
@@ -187,10 +187,19 @@ fn pretty_expected(expected: Vec<String>) -> Vec<String> {
             other => format!("`{}`", other.trim_matches('"')),
         })
         .collect();
+    // Keywords that double as names add nothing once "a name" is listed.
+    if out.iter().any(|e| e == "a name") {
+        out.retain(|e| !SOFT_KEYWORDS.iter().any(|k| e.trim_matches('`') == *k));
+    }
     out.sort();
     out.dedup();
     out
 }
+
+/// Keywords the grammar also accepts as names (see `SoftKeyword` in the grammar).
+const SOFT_KEYWORDS: &[&str] = &[
+    "on", "mode", "image", "port", "mac", "env", "hosts", "quiet",
+];
 
 // ---- helpers used by grammar actions
 

@@ -1,0 +1,46 @@
+//! The stable diagnostic codes. A code never changes meaning once released; retired codes
+//! are not reused. `docs/language.md` and `docs/verification.md` list them for users.
+
+// K0xx: syntax (from `kalki_lang::SyntaxCode`).
+
+/// An import names a module that does not exist.
+pub const UNRESOLVED_MODULE: &str = "K101";
+/// Modules import each other in a cycle.
+pub const IMPORT_CYCLE: &str = "K102";
+/// A name that is not declared where it is used.
+pub const UNKNOWN_NAME: &str = "K103";
+/// The same name declared twice in one scope.
+pub const DUPLICATE: &str = "K104";
+/// An operand or value of the wrong type.
+pub const TYPE_MISMATCH: &str = "K105";
+/// A range that is empty, or a value outside its declared range.
+pub const OUT_OF_RANGE: &str = "K106";
+/// A required part is missing (an image, a state's chain, a device's address, ...).
+pub const MISSING: &str = "K107";
+/// A chain that cannot be built: `pass`/`drop` mixed with µmboxes, a missing argument.
+pub const BAD_CHAIN: &str = "K108";
+/// A `{hole}` in a µmbox argument that names no parameter.
+pub const BAD_TEMPLATE: &str = "K109";
+/// A construct used where it has no meaning (a device's state inside a type's guard,
+/// the clock in an assertion, ...).
+pub const BAD_CONTEXT: &str = "K110";
+/// A zero or otherwise unusable count, window or duration.
+pub const BAD_QUANTITY: &str = "K111";
+/// A file given to the compiler that could not be read (reported as a usage error).
+pub const UNREADABLE: &str = "K112";
+
+/// Every K1xx code with a one-line summary, for documentation and `--explain`.
+pub const NAME_AND_TYPE_CODES: &[(&str, &str)] = &[
+    (UNRESOLVED_MODULE, "import of a module that does not exist"),
+    (IMPORT_CYCLE, "modules import each other in a cycle"),
+    (UNKNOWN_NAME, "unknown name"),
+    (DUPLICATE, "name declared twice"),
+    (TYPE_MISMATCH, "type mismatch"),
+    (OUT_OF_RANGE, "empty range or value out of range"),
+    (MISSING, "required part missing"),
+    (BAD_CHAIN, "invalid µmbox chain"),
+    (BAD_TEMPLATE, "argument template names no parameter"),
+    (BAD_CONTEXT, "construct not allowed here"),
+    (BAD_QUANTITY, "zero or unusable count, window or duration"),
+    (UNREADABLE, "source file could not be read"),
+];

@@ -1,0 +1,430 @@
+//! The typed model: what name resolution and type checking produce, and what the
+//! verifier and code generation consume.
+//!
+//! Every name is resolved to an index, every expression is typed, every chain entry has
+//! its full argument list (defaults filled in). Locations point back into the sources.
+
+use crate::source::SourceId;
+use kalki_lang::ast::Span;
+use serde::Serialize;
+
+macro_rules! id_type {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        pub struct $name(pub u32);
+        impl $name {
+            pub fn index(self) -> usize {
+                self.0 as usize
+            }
+            pub fn from_index(i: usize) -> Self {
+                $name(u32::try_from(i).unwrap_or(u32::MAX))
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A µmbox declaration in [`Model::umboxes`].
+    UmboxId
+);
+id_type!(
+    /// A device type in [`Model::device_types`].
+    TypeId
+);
+id_type!(
+    /// A state of one device type, in posture order (0 is least restrictive).
+    StateId
+);
+id_type!(
+    /// A sensed variable of one device type.
+    VarId
+);
+id_type!(
+    /// A device of one site.
+    DeviceId
+);
+
+/// A location in a source: which file, which bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct Loc {
+    pub source: SourceId,
+    pub span: Span,
+}
+
+impl Loc {
+    pub fn new(source: SourceId, span: Span) -> Self {
+        Loc { source, span }
+    }
+}
+
+/// The whole checked policy: everything reachable from the root files.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Model {
+    pub umboxes: Vec<Umbox>,
+    pub device_types: Vec<DeviceType>,
+    pub sites: Vec<Site>,
+}
+
+impl Model {
+    pub fn umbox(&self, id: UmboxId) -> &Umbox {
+        &self.umboxes[id.index()]
+    }
+    pub fn device_type(&self, id: TypeId) -> &DeviceType {
+        &self.device_types[id.index()]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UmboxMode {
+    /// On the path: traffic goes in one interface and out the other.
+    Inline,
+    /// Receives a mirrored copy; the original goes on.
+    Tap,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Umbox {
+    pub name: String,
+    pub loc: Loc,
+    pub image: String,
+    /// Argument templates; `{name}` holes name parameters (checked).
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub params: Vec<ParamDef>,
+    /// Alerts this µmbox can emit, sorted.
+    pub emits: Vec<String>,
+    pub mode: UmboxMode,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ParamDef {
+    pub name: String,
+    pub ty: ParamType,
+    pub default: Option<Value>,
+    pub loc: Loc,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ParamType {
+    Bool,
+    Int { lo: i64, hi: i64 },
+    String,
+    Duration,
+    Enum { members: Vec<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Value {
+    Bool(bool),
+    Int(i64),
+    Str(String),
+    /// Milliseconds.
+    Duration(u64),
+    Enum(String),
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Bool(b) => write!(f, "{b}"),
+            Value::Int(n) => write!(f, "{n}"),
+            Value::Str(s) => write!(f, "{s}"),
+            Value::Duration(ms) => write!(f, "{ms}ms"),
+            Value::Enum(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceType {
+    pub name: String,
+    pub loc: Loc,
+    pub vars: Vec<Var>,
+    pub commands: Vec<String>,
+    /// Alerts declared by the type itself (`alerts a, b`).
+    pub alerts: Vec<String>,
+    /// In posture order: index 0 is least restrictive.
+    pub states: Vec<State>,
+    pub initial: StateId,
+    pub transitions: Vec<Transition>,
+}
+
+impl DeviceType {
+    pub fn state(&self, id: StateId) -> &State {
+        &self.states[id.index()]
+    }
+    pub fn var(&self, id: VarId) -> &Var {
+        &self.vars[id.index()]
+    }
+    /// The most restrictive state: the fail-closed fallback.
+    pub fn most_restrictive(&self) -> StateId {
+        StateId::from_index(self.states.len().saturating_sub(1))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Var {
+    pub name: String,
+    pub ty: VarType,
+    pub loc: Loc,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum VarType {
+    Bool,
+    Int { lo: i64, hi: i64 },
+    Enum { members: Vec<String> },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct State {
+    pub name: String,
+    pub loc: Loc,
+    /// Exempt from the trap check.
+    pub is_final: bool,
+    pub chain: Chain,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", content = "entries", rename_all = "lowercase")]
+pub enum Chain {
+    /// Built-in: forward without inspection.
+    Pass,
+    /// Built-in: drop everything.
+    Drop,
+    Umboxes(Vec<ChainEntry>),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChainEntry {
+    pub umbox: UmboxId,
+    /// One value per parameter of the µmbox, in declaration order.
+    pub args: Vec<Value>,
+    pub loc: Loc,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Transition {
+    pub from: StateId,
+    pub to: StateId,
+    pub trigger: Trigger,
+    pub loc: Loc,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Trigger {
+    Alert {
+        alert: String,
+        /// `count N within T`: N alerts within T milliseconds.
+        count: Option<(u32, u64)>,
+        loc: Loc,
+    },
+    When {
+        guard: Expr,
+        /// `for T`: the guard must hold for T milliseconds.
+        hold_ms: Option<u64>,
+    },
+    Quiet {
+        after_ms: u64,
+    },
+    Operator {
+        action: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Site {
+    pub name: String,
+    pub loc: Loc,
+    pub bridge: String,
+    pub uplink: Option<String>,
+    pub unknown_hosts: UnknownHosts,
+    pub devices: Vec<Device>,
+    pub rules: Vec<Rule>,
+    pub asserts: Vec<Assertion>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownHosts {
+    Drop,
+    Pass,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Device {
+    pub name: String,
+    pub ty: TypeId,
+    pub ip: u32,
+    pub mac: Option<[u8; 6]>,
+    pub port: String,
+    pub trusted: bool,
+    pub loc: Loc,
+    pub ip_loc: Loc,
+    pub mac_loc: Option<Loc>,
+    pub port_loc: Loc,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Rule {
+    pub name: String,
+    pub cond: Expr,
+    pub actions: Vec<Action>,
+    pub loc: Loc,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Action {
+    Goto {
+        device: DeviceId,
+        state: StateId,
+        loc: Loc,
+    },
+    Command {
+        device: DeviceId,
+        command: String,
+        loc: Loc,
+    },
+    Raise {
+        device: DeviceId,
+        alert: String,
+        loc: Loc,
+    },
+}
+
+impl Action {
+    pub fn loc(&self) -> Loc {
+        match self {
+            Action::Goto { loc, .. } | Action::Command { loc, .. } | Action::Raise { loc, .. } => {
+                *loc
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AssertKind {
+    Reachable,
+    Never,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Assertion {
+    pub kind: AssertKind,
+    pub cond: Expr,
+    pub loc: Loc,
+}
+
+/// A typed expression. Enum values are member indices (ints) with an enum type.
+#[derive(Debug, Clone, Serialize)]
+pub struct Expr {
+    pub kind: ExprKind,
+    pub ty: Ty,
+    pub loc: Loc,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Ty {
+    Bool,
+    /// An integer with the range its value provably lies in.
+    Int {
+        lo: i64,
+        hi: i64,
+    },
+    Enum {
+        members: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AggFunc {
+    Avg,
+    Sum,
+    Min,
+    Max,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ArithOp {
+    Add,
+    Sub,
+    Mul,
+}
+
+/// Which device a variable belongs to: the type's own (in a transition guard) or a
+/// site device (in a rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct VarRef {
+    pub device: Option<DeviceId>,
+    pub var: VarId,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum ExprKind {
+    Bool {
+        value: bool,
+    },
+    Int {
+        value: i64,
+    },
+    Var {
+        var: VarRef,
+    },
+    Aggregate {
+        func: AggFunc,
+        var: VarRef,
+        last: u32,
+    },
+    InState {
+        device: DeviceId,
+        state: StateId,
+    },
+    /// Minutes since midnight; `from > to` wraps past midnight.
+    Clock {
+        from: u16,
+        to: u16,
+    },
+    Not {
+        arg: Box<Expr>,
+    },
+    Neg {
+        arg: Box<Expr>,
+    },
+    And {
+        args: Vec<Expr>,
+    },
+    Or {
+        args: Vec<Expr>,
+    },
+    Cmp {
+        cmp: CmpOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
+    Arith {
+        arith: ArithOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
+}

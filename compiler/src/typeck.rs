@@ -1,0 +1,1784 @@
+//! Name resolution, part two, and type checking: lowers every item of the loaded modules
+//! into the typed model ([`crate::ir`]), reporting unknown names (with suggestions),
+//! type errors, empty ranges, missing parts and misplaced constructs as it goes.
+//!
+//! Each check reports and carries on with what it can still build, so one mistake gives
+//! one diagnostic; an expression that failed is dropped rather than guessed at.
+
+use crate::codes;
+use crate::diag::{did_you_mean, Diagnostic, Diagnostics};
+use crate::ir::*;
+use crate::resolve::{ItemRef, Program};
+use crate::source::SourceId;
+use kalki_lang::ast::{self, BinOp, ExprKind as AK, Ident, Item, Span, UnOp};
+use std::collections::{BTreeSet, HashMap};
+
+/// Operator actions a transition can wait for.
+pub const OPERATOR_ACTIONS: &[&str] = &["reset"];
+/// Built-in chain entries, compiled to flows only.
+pub const BUILTIN_CHAINS: &[&str] = &["pass", "drop"];
+
+pub fn typeck(p: &Program, diags: &mut Diagnostics) -> Model {
+    let mut cx = Cx {
+        p,
+        diags,
+        model: Model::default(),
+        umbox_ids: HashMap::new(),
+        type_ids: HashMap::new(),
+    };
+    cx.run();
+    cx.model
+}
+
+struct Cx<'a> {
+    p: &'a Program,
+    diags: &'a mut Diagnostics,
+    model: Model,
+    umbox_ids: HashMap<(usize, usize), UmboxId>,
+    type_ids: HashMap<(usize, usize), TypeId>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Umbox,
+    DeviceType,
+}
+
+impl Kind {
+    fn noun(self) -> &'static str {
+        match self {
+            Kind::Umbox => "µmbox",
+            Kind::DeviceType => "device type",
+        }
+    }
+}
+
+/// Where an expression appears, which decides what it may refer to.
+enum Ctx<'c> {
+    /// A transition guard: the type's own variables.
+    Guard { vars: &'c [Var] },
+    /// A rule condition: site devices' variables and states, the clock.
+    Rule { site: &'c SiteScope },
+    /// An assertion: site devices' states only.
+    Assert { site: &'c SiteScope },
+}
+
+struct SiteScope {
+    devices: Vec<(String, TypeId)>,
+}
+
+impl SiteScope {
+    fn device(&self, name: &str) -> Option<(DeviceId, TypeId)> {
+        self.devices
+            .iter()
+            .position(|(n, _)| n == name)
+            .map(|i| (DeviceId::from_index(i), self.devices[i].1))
+    }
+}
+
+impl<'a> Cx<'a> {
+    fn run(&mut self) {
+        // Ids first, in module and item order, so lowering can refer forward.
+        for (m, module) in self.p.modules.iter().enumerate() {
+            for (i, item) in module.ast.items.iter().enumerate() {
+                match item {
+                    Item::Umbox(_) => {
+                        let id = UmboxId::from_index(self.umbox_ids.len());
+                        self.umbox_ids.insert((m, i), id);
+                    }
+                    Item::DeviceType(_) => {
+                        let id = TypeId::from_index(self.type_ids.len());
+                        self.type_ids.insert((m, i), id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        for (m, module) in self.p.modules.iter().enumerate() {
+            for item in &module.ast.items {
+                if let Item::Umbox(u) = item {
+                    let lowered = self.umbox(module.source, u);
+                    self.model.umboxes.push(lowered);
+                }
+            }
+            let _ = m;
+        }
+        for (m, module) in self.p.modules.iter().enumerate() {
+            for item in &module.ast.items {
+                if let Item::DeviceType(t) = item {
+                    let lowered = self.device_type(m, t);
+                    self.model.device_types.push(lowered);
+                }
+            }
+        }
+        for (m, module) in self.p.modules.iter().enumerate() {
+            if !module.is_root {
+                continue;
+            }
+            for item in &module.ast.items {
+                if let Item::Site(s) = item {
+                    let lowered = self.site(m, s);
+                    self.model.sites.push(lowered);
+                }
+            }
+        }
+    }
+
+    fn loc(&self, source: SourceId, span: Span) -> Loc {
+        Loc::new(source, span)
+    }
+
+    fn err(&mut self, d: Diagnostic) {
+        self.diags.push(d);
+    }
+
+    fn duplicate(&mut self, what: &str, name: &str, again: Loc, first: Loc) {
+        self.err(
+            Diagnostic::error(
+                codes::DUPLICATE,
+                format!("{what} `{name}` is declared twice"),
+            )
+            .primary(again, "declared again here")
+            .secondary(first, "first declared here"),
+        );
+    }
+
+    fn unknown(
+        &mut self,
+        what: &str,
+        name: &Ident,
+        source: SourceId,
+        candidates: &[&str],
+        extra: Option<String>,
+    ) {
+        let mut d = Diagnostic::error(
+            codes::UNKNOWN_NAME,
+            format!("unknown {what} `{}`", name.name),
+        )
+        .primary(
+            self.loc(source, name.span),
+            format!("no {what} of this name"),
+        );
+        if let Some(h) = did_you_mean(&name.name, candidates.iter().copied()).or(extra) {
+            d = d.help(h);
+        }
+        self.err(d);
+    }
+
+    /// Looks an item up in module `m`'s scope. `None` means reported (or poisoned).
+    fn lookup(&mut self, m: usize, name: &Ident, want: Kind) -> Option<(usize, usize)> {
+        let scope = &self.p.scopes[m];
+        let source = self.p.modules[m].source;
+        match scope.names.get(&name.name).map(|(r, _)| *r) {
+            Some(ItemRef::Poisoned) => None,
+            Some(ItemRef::Umbox(a, b)) if want == Kind::Umbox => Some((a, b)),
+            Some(ItemRef::DeviceType(a, b)) if want == Kind::DeviceType => Some((a, b)),
+            Some(other) => {
+                let is = match other {
+                    ItemRef::Umbox(..) => "a µmbox",
+                    ItemRef::DeviceType(..) => "a device type",
+                    ItemRef::Site(..) => "a site",
+                    ItemRef::Poisoned => "unknown",
+                };
+                self.err(
+                    Diagnostic::error(
+                        codes::TYPE_MISMATCH,
+                        format!("`{}` is {is}, not a {}", name.name, want.noun()),
+                    )
+                    .primary(
+                        self.loc(source, name.span),
+                        format!("expected a {}", want.noun()),
+                    ),
+                );
+                None
+            }
+            None if scope.poisoned_glob => None,
+            None => {
+                let candidates: Vec<&str> = scope
+                    .names
+                    .iter()
+                    .filter(|(_, (r, _))| match want {
+                        Kind::Umbox => matches!(r, ItemRef::Umbox(..)),
+                        Kind::DeviceType => matches!(r, ItemRef::DeviceType(..)),
+                    })
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                let extra = Some(match want {
+                    Kind::Umbox => "declare it with `umbox NAME { ... }` or import it, e.g. `import std::umboxes::{sniffer}`".to_string(),
+                    Kind::DeviceType => "declare it with `device type NAME { ... }` or import it, e.g. `import std::devices::Camera`".to_string(),
+                });
+                self.unknown(want.noun(), name, source, &candidates, extra);
+                None
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ µmboxes
+
+    fn umbox(&mut self, source: SourceId, u: &ast::Umbox) -> Umbox {
+        let loc = self.loc(source, u.name.span);
+        let mut out = Umbox {
+            name: u.name.name.clone(),
+            loc,
+            image: String::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            params: Vec::new(),
+            emits: Vec::new(),
+            mode: UmboxMode::Inline,
+        };
+        let mut seen: HashMap<&'static str, Loc> = HashMap::new();
+        let mut once = |cx: &mut Self, key: &'static str, at: Span| -> bool {
+            let l = cx.loc(source, at);
+            if let Some(first) = seen.get(key) {
+                cx.duplicate("member", key, l, *first);
+                false
+            } else {
+                seen.insert(key, l);
+                true
+            }
+        };
+        let mut arg_lits: Vec<&ast::StrLit> = Vec::new();
+        let mut emitted: HashMap<String, Loc> = HashMap::new();
+        for member in &u.members {
+            match member {
+                ast::UmboxMember::Image(s) => {
+                    if once(self, "image", s.span) {
+                        if s.value.trim().is_empty() {
+                            self.err(
+                                Diagnostic::error(codes::MISSING, "empty image name").primary(
+                                    self.loc(source, s.span),
+                                    "name a container image here",
+                                ),
+                            );
+                        }
+                        out.image = s.value.clone();
+                    }
+                }
+                ast::UmboxMember::Args(a, span) => {
+                    if once(self, "args", *span) {
+                        out.args = a.iter().map(|s| s.value.clone()).collect();
+                        arg_lits = a.iter().collect();
+                    }
+                }
+                ast::UmboxMember::Env(e, span) => {
+                    if once(self, "env", *span) {
+                        let mut keys: HashMap<&str, Loc> = HashMap::new();
+                        for (k, v) in e {
+                            let kl = self.loc(source, k.span);
+                            if let Some(first) = keys.get(k.name.as_str()) {
+                                self.duplicate("environment variable", &k.name, kl, *first);
+                                continue;
+                            }
+                            keys.insert(&k.name, kl);
+                            out.env.push((k.name.clone(), v.value.clone()));
+                        }
+                    }
+                }
+                ast::UmboxMember::Param(param) => {
+                    let ploc = self.loc(source, param.name.span);
+                    if let Some(first) = out.params.iter().find(|p| p.name == param.name.name) {
+                        let first = first.loc;
+                        self.duplicate("parameter", &param.name.name, ploc, first);
+                        continue;
+                    }
+                    let Some(ty) = self.param_type(source, &param.ty) else {
+                        continue;
+                    };
+                    let default = param
+                        .default
+                        .as_ref()
+                        .and_then(|d| self.literal(source, d, &ty, &param.name.name));
+                    out.params.push(ParamDef {
+                        name: param.name.name.clone(),
+                        ty,
+                        default,
+                        loc: ploc,
+                    });
+                }
+                ast::UmboxMember::Emits(alerts, _) => {
+                    for a in alerts {
+                        let al = self.loc(source, a.span);
+                        if let Some(first) = emitted.get(&a.name) {
+                            self.duplicate("alert", &a.name, al, *first);
+                            continue;
+                        }
+                        emitted.insert(a.name.clone(), al);
+                    }
+                }
+                ast::UmboxMember::Mode(m) => {
+                    if once(self, "mode", m.span) {
+                        out.mode = match m.name.as_str() {
+                            "inline" => UmboxMode::Inline,
+                            "tap" => UmboxMode::Tap,
+                            _ => {
+                                self.unknown(
+                                    "mode",
+                                    m,
+                                    source,
+                                    &["inline", "tap"],
+                                    Some("the modes are `inline` and `tap`".into()),
+                                );
+                                UmboxMode::Inline
+                            }
+                        };
+                    }
+                }
+            }
+        }
+        if !seen.contains_key("image") {
+            self.err(
+                Diagnostic::error(
+                    codes::MISSING,
+                    format!("µmbox `{}` has no image", u.name.name),
+                )
+                .primary(loc, "declared here")
+                .help("add `image \"NAME:TAG\"`"),
+            );
+        }
+        for lit in arg_lits {
+            self.check_template(source, lit, &out.params);
+        }
+        out.emits = emitted
+            .into_keys()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        out
+    }
+
+    fn check_template(&mut self, source: SourceId, lit: &ast::StrLit, params: &[ParamDef]) {
+        let mut rest = lit.value.as_str();
+        while let Some(open) = rest.find('{') {
+            let after = &rest[open + 1..];
+            let Some(close) = after.find('}') else {
+                self.err(
+                    Diagnostic::error(codes::BAD_TEMPLATE, "unclosed `{` in argument template")
+                        .primary(self.loc(source, lit.span), "this argument")
+                        .help("write `{param}` to insert a parameter"),
+                );
+                return;
+            };
+            let hole = &after[..close];
+            if !params.iter().any(|p| p.name == hole) {
+                let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+                let mut d = Diagnostic::error(
+                    codes::BAD_TEMPLATE,
+                    format!("`{{{hole}}}` names no parameter"),
+                )
+                .primary(self.loc(source, lit.span), "in this argument");
+                if let Some(h) = did_you_mean(hole, names) {
+                    d = d.help(h);
+                } else {
+                    d = d.help(format!("declare it: `param {hole}: TYPE`"));
+                }
+                self.err(d);
+            }
+            rest = &after[close + 1..];
+        }
+    }
+
+    fn param_type(&mut self, source: SourceId, t: &ast::TypeExpr) -> Option<ParamType> {
+        Some(match t {
+            ast::TypeExpr::Bool(_) => ParamType::Bool,
+            ast::TypeExpr::UnboundedInt(_) => ParamType::Int {
+                lo: i64::MIN,
+                hi: i64::MAX,
+            },
+            ast::TypeExpr::Int { lo, hi, span } => {
+                self.check_range(source, *lo, *hi, *span)?;
+                ParamType::Int { lo: *lo, hi: *hi }
+            }
+            ast::TypeExpr::String(_) => ParamType::String,
+            ast::TypeExpr::Duration(_) => ParamType::Duration,
+            ast::TypeExpr::Enum(members, span) => ParamType::Enum {
+                members: self.enum_members(source, members, *span)?,
+            },
+        })
+    }
+
+    fn check_range(&mut self, source: SourceId, lo: i64, hi: i64, span: Span) -> Option<()> {
+        if lo > hi {
+            self.err(
+                Diagnostic::error(codes::OUT_OF_RANGE, format!("empty range `{lo}..{hi}`"))
+                    .primary(self.loc(source, span), "no integer lies in this range")
+                    .help(format!("ranges include both ends and go up: `{hi}..{lo}`")),
+            );
+            return None;
+        }
+        Some(())
+    }
+
+    fn enum_members(
+        &mut self,
+        source: SourceId,
+        members: &[Ident],
+        span: Span,
+    ) -> Option<Vec<String>> {
+        if members.is_empty() {
+            self.err(
+                Diagnostic::error(codes::OUT_OF_RANGE, "an enum needs at least one member")
+                    .primary(self.loc(source, span), "empty enum"),
+            );
+            return None;
+        }
+        let mut out: Vec<String> = Vec::new();
+        let mut locs: Vec<Loc> = Vec::new();
+        for m in members {
+            let l = self.loc(source, m.span);
+            if let Some(i) = out.iter().position(|x| *x == m.name) {
+                self.duplicate("enum member", &m.name, l, locs[i]);
+                continue;
+            }
+            out.push(m.name.clone());
+            locs.push(l);
+        }
+        Some(out)
+    }
+
+    /// Checks a literal against a parameter type; `None` if it does not fit (reported).
+    fn literal(
+        &mut self,
+        source: SourceId,
+        lit: &ast::Literal,
+        ty: &ParamType,
+        param: &str,
+    ) -> Option<Value> {
+        let l = self.loc(source, lit.span());
+        let v = match (lit, ty) {
+            (ast::Literal::Bool(b, _), ParamType::Bool) => Value::Bool(*b),
+            (ast::Literal::Int(n, _), ParamType::Int { lo, hi }) => {
+                if n < lo || n > hi {
+                    self.err(
+                        Diagnostic::error(
+                            codes::OUT_OF_RANGE,
+                            format!("`{n}` is out of range for `{param}`"),
+                        )
+                        .primary(l, format!("must be in {lo}..{hi}")),
+                    );
+                    return None;
+                }
+                Value::Int(*n)
+            }
+            (ast::Literal::Str(s), ParamType::String) => Value::Str(s.value.clone()),
+            (ast::Literal::Duration(d), ParamType::Duration) => Value::Duration(d.millis),
+            (ast::Literal::Name(n), ParamType::Enum { members }) => {
+                if !members.contains(&n.name) {
+                    let c: Vec<&str> = members.iter().map(String::as_str).collect();
+                    self.unknown(
+                        "enum member",
+                        n,
+                        source,
+                        &c,
+                        Some(format!("`{param}` is one of {}", backticked(&c))),
+                    );
+                    return None;
+                }
+                Value::Enum(n.name.clone())
+            }
+            _ => {
+                self.err(
+                    Diagnostic::error(
+                        codes::TYPE_MISMATCH,
+                        format!("wrong type of value for `{param}`"),
+                    )
+                    .primary(l, format!("expected {}", param_type_name(ty))),
+                );
+                return None;
+            }
+        };
+        Some(v)
+    }
+
+    // ------------------------------------------------------------------ device types
+
+    fn visible_alerts(&self, m: usize) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for (r, _) in self.p.scopes[m].names.values() {
+            if let ItemRef::Umbox(a, b) = r {
+                if let Some(id) = self.umbox_ids.get(&(*a, *b)) {
+                    out.extend(self.model.umbox(*id).emits.iter().cloned());
+                }
+            }
+        }
+        out
+    }
+
+    fn device_type(&mut self, m: usize, t: &ast::DeviceType) -> DeviceType {
+        let source = self.p.modules[m].source;
+        let loc = self.loc(source, t.name.span);
+        let mut out = DeviceType {
+            name: t.name.name.clone(),
+            loc,
+            vars: Vec::new(),
+            commands: Vec::new(),
+            alerts: Vec::new(),
+            states: Vec::new(),
+            initial: StateId(0),
+            transitions: Vec::new(),
+        };
+        let mut command_locs: Vec<Loc> = Vec::new();
+        let mut alert_locs: Vec<Loc> = Vec::new();
+        let mut states_decl: Option<Loc> = None;
+        let mut initial: Option<&Ident> = None;
+        let mut initial_loc: Option<Loc> = None;
+        let mut finals: Vec<&Ident> = Vec::new();
+
+        // Declarations first: transitions and chains may come before them in the text.
+        for member in &t.members {
+            match member {
+                ast::DeviceMember::Sensed { name, ty, .. } => {
+                    let l = self.loc(source, name.span);
+                    if let Some(v) = out.vars.iter().find(|v| v.name == name.name) {
+                        let first = v.loc;
+                        self.duplicate("sensed variable", &name.name, l, first);
+                        continue;
+                    }
+                    let vt = match ty {
+                        ast::TypeExpr::Bool(_) => VarType::Bool,
+                        ast::TypeExpr::Int { lo, hi, span } => {
+                            if self.check_range(source, *lo, *hi, *span).is_none() {
+                                continue;
+                            }
+                            VarType::Int { lo: *lo, hi: *hi }
+                        }
+                        ast::TypeExpr::Enum(members, span) => {
+                            let Some(members) = self.enum_members(source, members, *span) else {
+                                continue;
+                            };
+                            VarType::Enum { members }
+                        }
+                        ast::TypeExpr::UnboundedInt(span) => {
+                            self.err(
+                                Diagnostic::error(codes::MISSING, "a sensed integer needs a range")
+                                    .primary(self.loc(source, *span), "no range given")
+                                    .help("write `int in LOW..HIGH`; the verifier reasons over the declared range"),
+                            );
+                            continue;
+                        }
+                        ast::TypeExpr::String(span) | ast::TypeExpr::Duration(span) => {
+                            self.err(
+                                Diagnostic::error(
+                                    codes::TYPE_MISMATCH,
+                                    "a sensed variable must be `bool`, a ranged `int` or an `enum`",
+                                )
+                                .primary(self.loc(source, *span), "not a sensed type"),
+                            );
+                            continue;
+                        }
+                    };
+                    out.vars.push(Var {
+                        name: name.name.clone(),
+                        ty: vt,
+                        loc: l,
+                    });
+                }
+                ast::DeviceMember::Commands(cs, _) => {
+                    for c in cs {
+                        let l = self.loc(source, c.span);
+                        if let Some(i) = out.commands.iter().position(|x| *x == c.name) {
+                            self.duplicate("command", &c.name, l, command_locs[i]);
+                            continue;
+                        }
+                        out.commands.push(c.name.clone());
+                        command_locs.push(l);
+                    }
+                }
+                ast::DeviceMember::Alerts(al, _) => {
+                    for a in al {
+                        let l = self.loc(source, a.span);
+                        if let Some(i) = out.alerts.iter().position(|x| *x == a.name) {
+                            self.duplicate("alert", &a.name, l, alert_locs[i]);
+                            continue;
+                        }
+                        out.alerts.push(a.name.clone());
+                        alert_locs.push(l);
+                    }
+                }
+                ast::DeviceMember::States(names, span) => {
+                    let l = self.loc(source, *span);
+                    if let Some(first) = states_decl {
+                        self.duplicate("member", "states", l, first);
+                        continue;
+                    }
+                    states_decl = Some(l);
+                    for n in names {
+                        let nl = self.loc(source, n.span);
+                        if let Some(s) = out.states.iter().find(|s| s.name == n.name) {
+                            let first = s.loc;
+                            self.duplicate("state", &n.name, nl, first);
+                            continue;
+                        }
+                        out.states.push(State {
+                            name: n.name.clone(),
+                            loc: nl,
+                            is_final: false,
+                            chain: Chain::Drop,
+                        });
+                    }
+                }
+                ast::DeviceMember::Initial(i) => {
+                    let l = self.loc(source, i.span);
+                    if let Some(first) = initial_loc {
+                        self.duplicate("member", "initial", l, first);
+                        continue;
+                    }
+                    initial = Some(i);
+                    initial_loc = Some(l);
+                }
+                ast::DeviceMember::Final(fs, _) => finals.extend(fs.iter()),
+                ast::DeviceMember::StateBlock(_) | ast::DeviceMember::Transition(_) => {}
+            }
+        }
+
+        let Some(_) = states_decl else {
+            self.err(
+                Diagnostic::error(codes::MISSING, format!("device type `{}` declares no states", t.name.name))
+                    .primary(loc, "declared here")
+                    .help("add `states normal < suspicious < attack` (least restrictive first) and `initial normal`"),
+            );
+            return out;
+        };
+        let state_names: Vec<String> = out.states.iter().map(|s| s.name.clone()).collect();
+        let state_refs: Vec<&str> = state_names.iter().map(String::as_str).collect();
+        let find_state = |name: &str| {
+            state_names
+                .iter()
+                .position(|s| s == name)
+                .map(StateId::from_index)
+        };
+
+        match initial {
+            Some(i) => match find_state(&i.name) {
+                Some(s) => out.initial = s,
+                None => self.unknown("state", i, source, &state_refs, None),
+            },
+            None => self.err(
+                Diagnostic::error(
+                    codes::MISSING,
+                    format!("device type `{}` has no initial state", t.name.name),
+                )
+                .primary(loc, "declared here")
+                .help(format!(
+                    "add `initial {}`",
+                    state_names.first().map_or("STATE", String::as_str)
+                )),
+            ),
+        }
+        for f in finals {
+            match find_state(&f.name) {
+                Some(s) => out.states[s.index()].is_final = true,
+                None => self.unknown("state", f, source, &state_refs, None),
+            }
+        }
+
+        // Chains.
+        let mut chain_locs: Vec<Option<Loc>> = vec![None; out.states.len()];
+        for member in &t.members {
+            let ast::DeviceMember::StateBlock(block) = member else {
+                continue;
+            };
+            let Some(s) = find_state(&block.state.name) else {
+                self.unknown(
+                    "state",
+                    &block.state,
+                    source,
+                    &state_refs,
+                    Some("declare it in `states`".into()),
+                );
+                continue;
+            };
+            let bl = self.loc(source, block.state.span);
+            if let Some(first) = chain_locs[s.index()] {
+                self.err(
+                    Diagnostic::error(
+                        codes::DUPLICATE,
+                        format!("state `{}` has two blocks", block.state.name),
+                    )
+                    .primary(bl, "second block")
+                    .secondary(first, "first block"),
+                );
+                continue;
+            }
+            chain_locs[s.index()] = Some(bl);
+            match &block.chain {
+                Some(chain) => {
+                    if let Some(c) = self.chain(m, source, chain) {
+                        out.states[s.index()].chain = c;
+                    }
+                }
+                None => self.err(
+                    Diagnostic::error(codes::MISSING, format!("state `{}` has no chain", block.state.name))
+                        .primary(bl, "this block")
+                        .help("add `chain [...]`; `chain [pass]` forwards without inspection, `chain [drop]` blocks"),
+                ),
+            }
+        }
+        for (i, l) in chain_locs.iter().enumerate() {
+            if l.is_none() {
+                let st = &out.states[i];
+                self.err(
+                    Diagnostic::error(codes::MISSING, format!("state `{}` has no chain", st.name))
+                        .primary(st.loc, "declared here")
+                        .help(format!("add `{} {{ chain [...] }}`; every state says how the device is protected in it", st.name)),
+                );
+            }
+        }
+
+        // Transitions.
+        let mut visible = self.visible_alerts(m);
+        visible.extend(out.alerts.iter().cloned());
+        let visible: Vec<String> = visible.into_iter().collect();
+        for member in &t.members {
+            let ast::DeviceMember::Transition(tr) = member else {
+                continue;
+            };
+            let from = find_state(&tr.from.name);
+            if from.is_none() {
+                self.unknown("state", &tr.from, source, &state_refs, None);
+            }
+            let to = find_state(&tr.to.name);
+            if to.is_none() {
+                self.unknown("state", &tr.to, source, &state_refs, None);
+            }
+            let trigger = self.trigger(source, &tr.trigger, &out.vars, &visible);
+            if let (Some(from), Some(to), Some(trigger)) = (from, to, trigger) {
+                out.transitions.push(Transition {
+                    from,
+                    to,
+                    trigger,
+                    loc: self.loc(source, tr.span),
+                });
+            }
+        }
+        out
+    }
+
+    fn chain(&mut self, m: usize, source: SourceId, chain: &ast::Chain) -> Option<Chain> {
+        let cl = self.loc(source, chain.span);
+        if chain.entries.is_empty() {
+            self.err(
+                Diagnostic::error(codes::BAD_CHAIN, "empty chain")
+                    .primary(cl, "no µmbox and no built-in")
+                    .help("write `chain [pass]` to forward without inspection or `chain [drop]` to block"),
+            );
+            return None;
+        }
+        let builtin = chain
+            .entries
+            .iter()
+            .find(|e| BUILTIN_CHAINS.contains(&e.umbox.name.as_str()));
+        if let Some(b) = builtin {
+            if chain.entries.len() > 1 {
+                self.err(
+                    Diagnostic::error(
+                        codes::BAD_CHAIN,
+                        format!("`{}` must be the only entry of its chain", b.umbox.name),
+                    )
+                    .primary(
+                        self.loc(source, b.span),
+                        "built-in mixed with other entries",
+                    )
+                    .help("`pass` and `drop` are whole postures, not µmboxes"),
+                );
+                return None;
+            }
+            if !b.args.is_empty() {
+                self.err(
+                    Diagnostic::error(
+                        codes::BAD_CHAIN,
+                        format!("`{}` takes no arguments", b.umbox.name),
+                    )
+                    .primary(self.loc(source, b.span), "arguments given here"),
+                );
+            }
+            return Some(if b.umbox.name == "pass" {
+                Chain::Pass
+            } else {
+                Chain::Drop
+            });
+        }
+        let mut entries = Vec::new();
+        let mut ok = true;
+        for e in &chain.entries {
+            let Some(key) = self.lookup(m, &e.umbox, Kind::Umbox) else {
+                ok = false;
+                continue;
+            };
+            let Some(&id) = self.umbox_ids.get(&key) else {
+                ok = false;
+                continue;
+            };
+            match self.chain_args(source, id, e) {
+                Some(args) => entries.push(ChainEntry {
+                    umbox: id,
+                    args,
+                    loc: self.loc(source, e.span),
+                }),
+                None => ok = false,
+            }
+        }
+        ok.then_some(Chain::Umboxes(entries))
+    }
+
+    fn chain_args(
+        &mut self,
+        source: SourceId,
+        id: UmboxId,
+        e: &ast::ChainEntry,
+    ) -> Option<Vec<Value>> {
+        let params = self.model.umbox(id).params.clone();
+        let umbox_name = self.model.umbox(id).name.clone();
+        let mut given: Vec<Option<Value>> = vec![None; params.len()];
+        let mut given_locs: Vec<Option<Loc>> = vec![None; params.len()];
+        let mut ok = true;
+        for (name, lit) in &e.args {
+            let nl = self.loc(source, name.span);
+            let Some(i) = params.iter().position(|p| p.name == name.name) else {
+                let c: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+                self.unknown(
+                    &format!("parameter of `{umbox_name}`"),
+                    name,
+                    source,
+                    &c,
+                    None,
+                );
+                ok = false;
+                continue;
+            };
+            if let Some(first) = given_locs[i] {
+                self.duplicate("argument", &name.name, nl, first);
+                ok = false;
+                continue;
+            }
+            given_locs[i] = Some(nl);
+            match self.literal(source, lit, &params[i].ty, &name.name) {
+                Some(v) => given[i] = Some(v),
+                None => ok = false,
+            }
+        }
+        let mut out = Vec::new();
+        for (i, p) in params.iter().enumerate() {
+            match given[i].take().or_else(|| p.default.clone()) {
+                Some(v) => out.push(v),
+                None if given_locs[i].is_some() => {} // reported above
+                None => {
+                    self.err(
+                        Diagnostic::error(
+                            codes::BAD_CHAIN,
+                            format!("missing argument `{}` for `{umbox_name}`", p.name),
+                        )
+                        .primary(self.loc(source, e.span), "this entry")
+                        .secondary(p.loc, "parameter declared here without a default")
+                        .help(format!("write `{umbox_name}({} = ...)`", p.name)),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn positive(&mut self, source: SourceId, what: &str, value: u64, span: Span) -> bool {
+        if value == 0 {
+            self.err(
+                Diagnostic::error(
+                    codes::BAD_QUANTITY,
+                    format!("{what} must be greater than zero"),
+                )
+                .primary(self.loc(source, span), "zero here"),
+            );
+            return false;
+        }
+        true
+    }
+
+    fn trigger(
+        &mut self,
+        source: SourceId,
+        t: &ast::Trigger,
+        vars: &[Var],
+        alerts: &[String],
+    ) -> Option<Trigger> {
+        match t {
+            ast::Trigger::Alert { alert, count, span } => {
+                let mut ok = true;
+                if !alerts.contains(&alert.name) {
+                    let c: Vec<&str> = alerts.iter().map(String::as_str).collect();
+                    self.unknown(
+                        "alert",
+                        alert,
+                        source,
+                        &c,
+                        Some("alerts come from a visible µmbox's `emits` or the type's own `alerts` list".into()),
+                    );
+                    ok = false;
+                }
+                let count = match count {
+                    Some((n, within)) => {
+                        ok &= self.positive(source, "an alert count", u64::from(*n), *span);
+                        ok &= self.positive(source, "a window", within.millis, within.span);
+                        Some((*n, within.millis))
+                    }
+                    None => None,
+                };
+                ok.then(|| Trigger::Alert {
+                    alert: alert.name.clone(),
+                    count,
+                    loc: self.loc(source, alert.span),
+                })
+            }
+            ast::Trigger::When { cond, hold, .. } => {
+                let guard = self.expr(source, cond, &Ctx::Guard { vars });
+                let hold_ok =
+                    hold.is_none_or(|h| self.positive(source, "a hold time", h.millis, h.span));
+                let guard = self.expect_bool(guard?)?;
+                hold_ok.then(|| Trigger::When {
+                    guard,
+                    hold_ms: hold.map(|h| h.millis),
+                })
+            }
+            ast::Trigger::Quiet { after, .. } => self
+                .positive(source, "a quiet time", after.millis, after.span)
+                .then_some(Trigger::Quiet {
+                    after_ms: after.millis,
+                }),
+            ast::Trigger::Operator { action, .. } => {
+                if !OPERATOR_ACTIONS.contains(&action.name.as_str()) {
+                    self.unknown(
+                        "operator action",
+                        action,
+                        source,
+                        OPERATOR_ACTIONS,
+                        Some(format!(
+                            "the operator actions are {}",
+                            backticked(OPERATOR_ACTIONS)
+                        )),
+                    );
+                    return None;
+                }
+                Some(Trigger::Operator {
+                    action: action.name.clone(),
+                })
+            }
+        }
+    }
+
+    fn expect_bool(&mut self, e: Expr) -> Option<Expr> {
+        if e.ty == Ty::Bool {
+            return Some(e);
+        }
+        self.err(
+            Diagnostic::error(codes::TYPE_MISMATCH, "a condition must be a boolean")
+                .primary(e.loc, format!("this is {}", ty_name(&e.ty)))
+                .help("compare it, e.g. `temperature > 30`"),
+        );
+        None
+    }
+
+    // ------------------------------------------------------------------ expressions
+
+    fn expr(&mut self, source: SourceId, e: &ast::Expr, ctx: &Ctx<'_>) -> Option<Expr> {
+        let loc = self.loc(source, e.span);
+        let mk = |kind: ExprKind, ty: Ty| Some(Expr { kind, ty, loc });
+        let assert_only = |cx: &mut Self, what: &str| {
+            cx.err(
+                Diagnostic::error(
+                    codes::BAD_CONTEXT,
+                    format!("{what} cannot appear in an assertion"),
+                )
+                .primary(loc, "not allowed here")
+                .help(
+                    "assertions speak of device states: `DEVICE in STATE`, with `and`, `or`, `not`",
+                ),
+            );
+        };
+        match &e.kind {
+            AK::Error => None,
+            AK::Bool(b) => mk(ExprKind::Bool { value: *b }, Ty::Bool),
+            AK::Int(n) => {
+                if matches!(ctx, Ctx::Assert { .. }) {
+                    assert_only(self, "a number");
+                    return None;
+                }
+                mk(ExprKind::Int { value: *n }, Ty::Int { lo: *n, hi: *n })
+            }
+            AK::Name(n) => match ctx {
+                Ctx::Guard { vars } => {
+                    let Some(i) = vars.iter().position(|v| v.name == n.name) else {
+                        let c: Vec<&str> = vars.iter().map(|v| v.name.as_str()).collect();
+                        self.unknown("variable", n, source, &c, None);
+                        return None;
+                    };
+                    let var = VarRef {
+                        device: None,
+                        var: VarId::from_index(i),
+                    };
+                    mk(ExprKind::Var { var }, var_ty(&vars[i].ty))
+                }
+                Ctx::Rule { site } | Ctx::Assert { site } => {
+                    let mut d = Diagnostic::error(
+                        codes::BAD_CONTEXT,
+                        format!("bare name `{}` in a site", n.name),
+                    )
+                    .primary(loc, "which device's?");
+                    if site.device(&n.name).is_some() {
+                        d = d.help(format!(
+                            "`{0}` is a device: write `{0}.VARIABLE` or `{0} in STATE`",
+                            n.name
+                        ));
+                    } else {
+                        d = d.help(
+                            "in a site, name variables through their device: `DEVICE.VARIABLE`",
+                        );
+                    }
+                    self.err(d);
+                    None
+                }
+            },
+            AK::Field(dev, var) => {
+                let site = match ctx {
+                    Ctx::Guard { .. } => {
+                        self.err(
+                            Diagnostic::error(codes::BAD_CONTEXT, "a transition guard can only read its own device's variables")
+                                .primary(loc, "another device's value")
+                                .help("conditions across devices are site rules: `rule NAME when ... then ...`"),
+                        );
+                        return None;
+                    }
+                    Ctx::Assert { .. } => {
+                        assert_only(self, "a sensed value");
+                        return None;
+                    }
+                    Ctx::Rule { site } => site,
+                };
+                let (device, ty) = self.site_device(source, site, dev)?;
+                let vars = &self.model.device_type(ty).vars;
+                let Some(i) = vars.iter().position(|v| v.name == var.name) else {
+                    let c: Vec<String> = vars.iter().map(|v| v.name.clone()).collect();
+                    let c: Vec<&str> = c.iter().map(String::as_str).collect();
+                    let tn = self.model.device_type(ty).name.clone();
+                    self.unknown(&format!("variable of `{tn}`"), var, source, &c, None);
+                    return None;
+                };
+                let vty = var_ty(&vars[i].ty);
+                mk(
+                    ExprKind::Var {
+                        var: VarRef {
+                            device: Some(device),
+                            var: VarId::from_index(i),
+                        },
+                    },
+                    vty,
+                )
+            }
+            AK::InState(dev, state) => {
+                let site = match ctx {
+                    Ctx::Guard { .. } => {
+                        self.err(
+                            Diagnostic::error(
+                                codes::BAD_CONTEXT,
+                                "a transition guard cannot test device states",
+                            )
+                            .primary(loc, "not allowed here")
+                            .help("tests of several devices' states are site rules"),
+                        );
+                        return None;
+                    }
+                    Ctx::Rule { site } | Ctx::Assert { site } => site,
+                };
+                let (device, ty) = self.site_device(source, site, dev)?;
+                let states: Vec<String> = self
+                    .model
+                    .device_type(ty)
+                    .states
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect();
+                let Some(i) = states.iter().position(|s| *s == state.name) else {
+                    let c: Vec<&str> = states.iter().map(String::as_str).collect();
+                    self.unknown(&format!("state of `{}`", dev.name), state, source, &c, None);
+                    return None;
+                };
+                mk(
+                    ExprKind::InState {
+                        device,
+                        state: StateId::from_index(i),
+                    },
+                    Ty::Bool,
+                )
+            }
+            AK::Clock { from, to } => {
+                if matches!(ctx, Ctx::Assert { .. }) {
+                    assert_only(self, "the clock");
+                    return None;
+                }
+                if from == to {
+                    self.err(
+                        Diagnostic::error(codes::BAD_QUANTITY, "empty clock window")
+                            .primary(loc, "starts where it ends")
+                            .help("the window runs from its first time up to (not including) its second"),
+                    );
+                    return None;
+                }
+                mk(
+                    ExprKind::Clock {
+                        from: *from,
+                        to: *to,
+                    },
+                    Ty::Bool,
+                )
+            }
+            AK::Aggregate { func, arg, last } => {
+                if matches!(ctx, Ctx::Assert { .. }) {
+                    assert_only(self, "an aggregate");
+                    return None;
+                }
+                let f = match func.name.as_str() {
+                    "avg" => AggFunc::Avg,
+                    "sum" => AggFunc::Sum,
+                    "min" => AggFunc::Min,
+                    "max" => AggFunc::Max,
+                    _ => {
+                        self.unknown(
+                            "aggregate",
+                            func,
+                            source,
+                            &["avg", "sum", "min", "max"],
+                            Some("the aggregates are `avg`, `sum`, `min` and `max`".into()),
+                        );
+                        return None;
+                    }
+                };
+                if !matches!(arg.kind, AK::Name(_) | AK::Field(..)) {
+                    self.err(
+                        Diagnostic::error(
+                            codes::BAD_CONTEXT,
+                            "an aggregate takes a sensed variable",
+                        )
+                        .primary(self.loc(source, arg.span), "not a variable"),
+                    );
+                    return None;
+                }
+                let inner = self.expr(source, arg, ctx)?;
+                let ok_n = self.positive(source, "a window of readings", u64::from(*last), e.span);
+                let ExprKind::Var { var } = inner.kind else {
+                    return None;
+                };
+                let Ty::Int { lo, hi } = inner.ty else {
+                    self.err(
+                        Diagnostic::error(
+                            codes::TYPE_MISMATCH,
+                            format!("`{}` aggregates integers", func.name),
+                        )
+                        .primary(inner.loc, format!("this is {}", ty_name(&inner.ty))),
+                    );
+                    return None;
+                };
+                if !ok_n {
+                    return None;
+                }
+                let n = i64::from(*last);
+                let ty = match f {
+                    AggFunc::Sum => Ty::Int {
+                        lo: lo.saturating_mul(n),
+                        hi: hi.saturating_mul(n),
+                    },
+                    _ => Ty::Int { lo, hi },
+                };
+                mk(
+                    ExprKind::Aggregate {
+                        func: f,
+                        var,
+                        last: *last,
+                    },
+                    ty,
+                )
+            }
+            AK::Unary(UnOp::Not, a) => {
+                let a = self.expr(source, a, ctx)?;
+                let a = self.expect_operand(a, "`not`", |t| *t == Ty::Bool, "a boolean")?;
+                mk(ExprKind::Not { arg: Box::new(a) }, Ty::Bool)
+            }
+            AK::Unary(UnOp::Neg, a) => {
+                if matches!(ctx, Ctx::Assert { .. }) {
+                    assert_only(self, "arithmetic");
+                    return None;
+                }
+                let a = self.expr(source, a, ctx)?;
+                let a =
+                    self.expect_operand(a, "`-`", |t| matches!(t, Ty::Int { .. }), "an integer")?;
+                let Ty::Int { lo, hi } = a.ty else {
+                    return None;
+                };
+                mk(
+                    ExprKind::Neg { arg: Box::new(a) },
+                    Ty::Int {
+                        lo: hi.saturating_neg(),
+                        hi: lo.saturating_neg(),
+                    },
+                )
+            }
+            AK::Binary(op @ (BinOp::And | BinOp::Or), a, b) => {
+                let a = self.expr(source, a, ctx);
+                let b = self.expr(source, b, ctx);
+                let name = format!("`{}`", op.symbol());
+                let a = self.expect_operand(a?, &name, |t| *t == Ty::Bool, "a boolean");
+                let b = self.expect_operand(b?, &name, |t| *t == Ty::Bool, "a boolean");
+                let (a, b) = (a?, b?);
+                let mut args = Vec::new();
+                for x in [a, b] {
+                    match (op, x.kind) {
+                        (BinOp::And, ExprKind::And { args: inner })
+                        | (BinOp::Or, ExprKind::Or { args: inner }) => args.extend(inner),
+                        (_, kind) => args.push(Expr {
+                            kind,
+                            ty: x.ty,
+                            loc: x.loc,
+                        }),
+                    }
+                }
+                let kind = if *op == BinOp::And {
+                    ExprKind::And { args }
+                } else {
+                    ExprKind::Or { args }
+                };
+                mk(kind, Ty::Bool)
+            }
+            AK::Binary(op @ (BinOp::Add | BinOp::Sub | BinOp::Mul), a, b) => {
+                if matches!(ctx, Ctx::Assert { .. }) {
+                    assert_only(self, "arithmetic");
+                    return None;
+                }
+                let a = self.expr(source, a, ctx);
+                let b = self.expr(source, b, ctx);
+                let name = format!("`{}`", op.symbol());
+                let a =
+                    self.expect_operand(a?, &name, |t| matches!(t, Ty::Int { .. }), "an integer");
+                let b =
+                    self.expect_operand(b?, &name, |t| matches!(t, Ty::Int { .. }), "an integer");
+                let (a, b) = (a?, b?);
+                let (Ty::Int { lo: al, hi: ah }, Ty::Int { lo: bl, hi: bh }) = (&a.ty, &b.ty)
+                else {
+                    return None;
+                };
+                let (arith, lo, hi) = match op {
+                    BinOp::Add => (ArithOp::Add, al.saturating_add(*bl), ah.saturating_add(*bh)),
+                    BinOp::Sub => (ArithOp::Sub, al.saturating_sub(*bh), ah.saturating_sub(*bl)),
+                    _ => {
+                        let c = [
+                            al.saturating_mul(*bl),
+                            al.saturating_mul(*bh),
+                            ah.saturating_mul(*bl),
+                            ah.saturating_mul(*bh),
+                        ];
+                        let lo = c.iter().copied().min().unwrap_or(0);
+                        let hi = c.iter().copied().max().unwrap_or(0);
+                        (ArithOp::Mul, lo, hi)
+                    }
+                };
+                mk(
+                    ExprKind::Arith {
+                        arith,
+                        lhs: Box::new(a),
+                        rhs: Box::new(b),
+                    },
+                    Ty::Int { lo, hi },
+                )
+            }
+            AK::Binary(op, a, b) => {
+                let cmp = match op {
+                    BinOp::Eq => CmpOp::Eq,
+                    BinOp::Ne => CmpOp::Ne,
+                    BinOp::Lt => CmpOp::Lt,
+                    BinOp::Le => CmpOp::Le,
+                    BinOp::Gt => CmpOp::Gt,
+                    _ => CmpOp::Ge,
+                };
+                if matches!(ctx, Ctx::Assert { .. }) {
+                    assert_only(self, "a comparison");
+                    return None;
+                }
+                self.comparison(source, cmp, op.symbol(), a, b, ctx, loc)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn comparison(
+        &mut self,
+        source: SourceId,
+        cmp: CmpOp,
+        sym: &str,
+        a: &ast::Expr,
+        b: &ast::Expr,
+        ctx: &Ctx<'_>,
+        loc: Loc,
+    ) -> Option<Expr> {
+        // `mode == heat`: a bare name opposite an enum is one of its members.
+        let member_of =
+            |side: &ast::Expr, other: &Option<Expr>| -> Option<(String, Vec<String>, Span)> {
+                let AK::Name(n) = &side.kind else { return None };
+                let Some(Expr {
+                    ty: Ty::Enum { members },
+                    ..
+                }) = other
+                else {
+                    return None;
+                };
+                let is_var =
+                    matches!(ctx, Ctx::Guard { vars } if vars.iter().any(|v| v.name == n.name));
+                (!is_var).then(|| (n.name.clone(), members.clone(), n.span))
+            };
+        let (la, lb) = (
+            self.try_quiet_expr(source, a, ctx),
+            self.try_quiet_expr(source, b, ctx),
+        );
+        let (ea, eb) = match (member_of(a, &lb), member_of(b, &la)) {
+            (Some(m), _) => (self.enum_const(source, m, &Some(a)), lb),
+            (None, Some(m)) => (la, self.enum_const(source, m, &Some(b))),
+            (None, None) => (self.expr(source, a, ctx), self.expr(source, b, ctx)),
+        };
+        let (ea, eb) = (ea?, eb?);
+        let ordered = !matches!(cmp, CmpOp::Eq | CmpOp::Ne);
+        let compatible = match (&ea.ty, &eb.ty) {
+            (Ty::Int { .. }, Ty::Int { .. }) => true,
+            (Ty::Bool, Ty::Bool) | (Ty::Enum { .. }, Ty::Enum { .. }) => !ordered && ea.ty == eb.ty,
+            _ => false,
+        };
+        if !compatible {
+            let help = if ordered && ea.ty == eb.ty {
+                format!("`{sym}` orders integers only; use `==` or `!=`")
+            } else {
+                "both sides must have the same type".to_string()
+            };
+            self.err(
+                Diagnostic::error(
+                    codes::TYPE_MISMATCH,
+                    format!(
+                        "cannot compare {} with {} using `{sym}`",
+                        ty_name(&ea.ty),
+                        ty_name(&eb.ty)
+                    ),
+                )
+                .primary(ea.loc, ty_name(&ea.ty))
+                .secondary(eb.loc, ty_name(&eb.ty))
+                .help(help),
+            );
+            return None;
+        }
+        Some(Expr {
+            kind: ExprKind::Cmp {
+                cmp,
+                lhs: Box::new(ea),
+                rhs: Box::new(eb),
+            },
+            ty: Ty::Bool,
+            loc,
+        })
+    }
+
+    /// Types an expression without reporting, to see whether the other side of a
+    /// comparison is an enum. Errors are reported when the side is typed for real.
+    fn try_quiet_expr(&mut self, source: SourceId, e: &ast::Expr, ctx: &Ctx<'_>) -> Option<Expr> {
+        let before = self.diags.items.len();
+        let out = self.expr(source, e, ctx);
+        self.diags.items.truncate(before);
+        out
+    }
+
+    fn enum_const(
+        &mut self,
+        source: SourceId,
+        (name, members, span): (String, Vec<String>, Span),
+        _side: &Option<&ast::Expr>,
+    ) -> Option<Expr> {
+        let loc = self.loc(source, span);
+        let Some(i) = members.iter().position(|m| *m == name) else {
+            let c: Vec<&str> = members.iter().map(String::as_str).collect();
+            let ident = Ident { name, span };
+            self.unknown(
+                "enum member",
+                &ident,
+                source,
+                &c,
+                Some(format!("the members are {}", backticked(&c))),
+            );
+            return None;
+        };
+        let value = i64::try_from(i).unwrap_or(i64::MAX);
+        Some(Expr {
+            kind: ExprKind::Int { value },
+            ty: Ty::Enum { members },
+            loc,
+        })
+    }
+
+    fn expect_operand(
+        &mut self,
+        e: Expr,
+        op: &str,
+        ok: impl Fn(&Ty) -> bool,
+        want: &str,
+    ) -> Option<Expr> {
+        if ok(&e.ty) {
+            return Some(e);
+        }
+        self.err(
+            Diagnostic::error(codes::TYPE_MISMATCH, format!("{op} needs {want}"))
+                .primary(e.loc, format!("this is {}", ty_name(&e.ty))),
+        );
+        None
+    }
+
+    fn site_device(
+        &mut self,
+        source: SourceId,
+        site: &SiteScope,
+        dev: &Ident,
+    ) -> Option<(DeviceId, TypeId)> {
+        let found = site.device(&dev.name);
+        if found.is_none() {
+            let c: Vec<&str> = site.devices.iter().map(|(n, _)| n.as_str()).collect();
+            self.unknown("device", dev, source, &c, None);
+        }
+        found
+    }
+
+    // ------------------------------------------------------------------ sites
+
+    fn site(&mut self, m: usize, s: &ast::Site) -> Site {
+        let source = self.p.modules[m].source;
+        let loc = self.loc(source, s.name.span);
+        let mut out = Site {
+            name: s.name.name.clone(),
+            loc,
+            bridge: String::new(),
+            uplink: None,
+            unknown_hosts: UnknownHosts::Drop,
+            devices: Vec::new(),
+            rules: Vec::new(),
+            asserts: Vec::new(),
+        };
+        let mut bridge_loc: Option<Loc> = None;
+        let mut unknown_loc: Option<Loc> = None;
+        // Devices whose type failed to resolve: references to them are not reported again.
+        let mut broken: Vec<String> = Vec::new();
+        for member in &s.members {
+            match member {
+                ast::SiteMember::Bridge {
+                    bridge,
+                    uplink,
+                    span,
+                } => {
+                    let l = self.loc(source, *span);
+                    if let Some(first) = bridge_loc {
+                        self.duplicate("member", "bridge", l, first);
+                        continue;
+                    }
+                    bridge_loc = Some(l);
+                    if bridge.value.is_empty() {
+                        self.err(
+                            Diagnostic::error(codes::MISSING, "empty bridge name")
+                                .primary(self.loc(source, bridge.span), "name the OVS bridge"),
+                        );
+                    }
+                    out.bridge = bridge.value.clone();
+                    out.uplink = uplink.as_ref().map(|u| u.value.clone());
+                }
+                ast::SiteMember::UnknownHosts(d, span) => {
+                    let l = self.loc(source, *span);
+                    if let Some(first) = unknown_loc {
+                        self.duplicate("member", "unknown hosts", l, first);
+                        continue;
+                    }
+                    unknown_loc = Some(l);
+                    out.unknown_hosts = match d.name.as_str() {
+                        "drop" => UnknownHosts::Drop,
+                        "pass" => UnknownHosts::Pass,
+                        _ => {
+                            self.unknown(
+                                "default for unknown hosts",
+                                d,
+                                source,
+                                &["drop", "pass"],
+                                Some("write `unknown hosts drop` or `unknown hosts pass`".into()),
+                            );
+                            UnknownHosts::Drop
+                        }
+                    };
+                }
+                ast::SiteMember::Device(d) => {
+                    let dl = self.loc(source, d.name.span);
+                    if let Some(first) = out.devices.iter().find(|x| x.name == d.name.name) {
+                        let first = first.loc;
+                        self.duplicate("device", &d.name.name, dl, first);
+                        continue;
+                    }
+                    let Some(key) = self.lookup(m, &d.ty, Kind::DeviceType) else {
+                        broken.push(d.name.name.clone());
+                        continue;
+                    };
+                    let Some(&ty) = self.type_ids.get(&key) else {
+                        continue;
+                    };
+                    let (Some((ip, ip_span)), Some(port)) = (d.ip, &d.port) else {
+                        let what = match (d.ip.is_some(), d.port.is_some()) {
+                            (false, false) => {
+                                "an address (`at IP`) and a switch port (`port \"NAME\"`)"
+                            }
+                            (false, true) => "an address (`at IP`)",
+                            _ => "a switch port (`port \"NAME\"`)",
+                        };
+                        self.err(
+                            Diagnostic::error(
+                                codes::MISSING,
+                                format!("device `{}` needs {what}", d.name.name),
+                            )
+                            .primary(self.loc(source, d.span), "declared here"),
+                        );
+                        broken.push(d.name.name.clone());
+                        continue;
+                    };
+                    out.devices.push(Device {
+                        name: d.name.name.clone(),
+                        ty,
+                        ip,
+                        mac: d.mac.map(|(m, _)| m),
+                        port: port.value.clone(),
+                        trusted: d.trusted.is_some(),
+                        loc: dl,
+                        ip_loc: self.loc(source, ip_span),
+                        mac_loc: d.mac.map(|(_, sp)| self.loc(source, sp)),
+                        port_loc: self.loc(source, port.span),
+                    });
+                }
+                ast::SiteMember::Rule(_) | ast::SiteMember::Assert(_) => {}
+            }
+        }
+        if bridge_loc.is_none() {
+            self.err(
+                Diagnostic::error(
+                    codes::MISSING,
+                    format!("site `{}` names no bridge", s.name.name),
+                )
+                .primary(loc, "declared here")
+                .help("add `bridge \"br0\" uplink \"eth0\"`"),
+            );
+        }
+        let scope = SiteScope {
+            devices: out.devices.iter().map(|d| (d.name.clone(), d.ty)).collect(),
+        };
+        let site_alerts = self.visible_alerts(m);
+        let mut rule_names: HashMap<String, Loc> = HashMap::new();
+        for member in &s.members {
+            match member {
+                ast::SiteMember::Rule(r) => {
+                    let rl = self.loc(source, r.name.span);
+                    if let Some(first) = rule_names.get(&r.name.name) {
+                        self.duplicate("rule", &r.name.name, rl, *first);
+                        continue;
+                    }
+                    rule_names.insert(r.name.name.clone(), rl);
+                    if mentions(&r.cond, &broken)
+                        || r.actions
+                            .iter()
+                            .any(|a| broken.iter().any(|b| *b == action_device(a).name))
+                    {
+                        continue;
+                    }
+                    let cond = self
+                        .expr(source, &r.cond, &Ctx::Rule { site: &scope })
+                        .and_then(|c| self.expect_bool(c));
+                    let mut actions = Vec::new();
+                    let mut ok = true;
+                    for a in &r.actions {
+                        match self.action(source, &scope, &site_alerts, a) {
+                            Some(a) => actions.push(a),
+                            None => ok = false,
+                        }
+                    }
+                    if let (Some(cond), true) = (cond, ok) {
+                        out.rules.push(Rule {
+                            name: r.name.name.clone(),
+                            cond,
+                            actions,
+                            loc: rl,
+                        });
+                    }
+                }
+                ast::SiteMember::Assert(a) => {
+                    if mentions(&a.cond, &broken) {
+                        continue;
+                    }
+                    let cond = self
+                        .expr(source, &a.cond, &Ctx::Assert { site: &scope })
+                        .and_then(|c| self.expect_bool(c));
+                    if let Some(cond) = cond {
+                        let kind = match a.kind {
+                            ast::AssertKind::Reachable => AssertKind::Reachable,
+                            ast::AssertKind::Never => AssertKind::Never,
+                        };
+                        out.asserts.push(Assertion {
+                            kind,
+                            cond,
+                            loc: self.loc(source, a.span),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn action(
+        &mut self,
+        source: SourceId,
+        site: &SiteScope,
+        site_alerts: &BTreeSet<String>,
+        a: &ast::Action,
+    ) -> Option<Action> {
+        let loc = self.loc(source, a.span());
+        match a {
+            ast::Action::Goto { device, state, .. } => {
+                let (d, ty) = self.site_device(source, site, device)?;
+                let states: Vec<String> = self
+                    .model
+                    .device_type(ty)
+                    .states
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect();
+                let Some(i) = states.iter().position(|s| *s == state.name) else {
+                    let c: Vec<&str> = states.iter().map(String::as_str).collect();
+                    self.unknown(
+                        &format!("state of `{}`", device.name),
+                        state,
+                        source,
+                        &c,
+                        None,
+                    );
+                    return None;
+                };
+                Some(Action::Goto {
+                    device: d,
+                    state: StateId::from_index(i),
+                    loc,
+                })
+            }
+            ast::Action::Command {
+                device, command, ..
+            } => {
+                let (d, ty) = self.site_device(source, site, device)?;
+                let t = self.model.device_type(ty);
+                if !t.commands.contains(&command.name) {
+                    let c: Vec<String> = t.commands.clone();
+                    let c: Vec<&str> = c.iter().map(String::as_str).collect();
+                    let tn = t.name.clone();
+                    self.unknown(
+                        &format!("command of `{tn}`"),
+                        command,
+                        source,
+                        &c,
+                        Some(format!("declare it in `{tn}`: `commands {}`", command.name)),
+                    );
+                    return None;
+                }
+                Some(Action::Command {
+                    device: d,
+                    command: command.name.clone(),
+                    loc,
+                })
+            }
+            ast::Action::Raise { alert, device, .. } => {
+                let (d, ty) = self.site_device(source, site, device)?;
+                let t = self.model.device_type(ty);
+                let mut known: BTreeSet<String> = site_alerts.clone();
+                known.extend(t.alerts.iter().cloned());
+                for tr in &t.transitions {
+                    if let Trigger::Alert { alert, .. } = &tr.trigger {
+                        known.insert(alert.clone());
+                    }
+                }
+                if !known.contains(&alert.name) {
+                    let c: Vec<&str> = known.iter().map(String::as_str).collect();
+                    self.unknown(
+                        "alert",
+                        alert,
+                        source,
+                        &c,
+                        Some(format!(
+                            "declare it in `{}`: `alerts {}`",
+                            t.name, alert.name
+                        )),
+                    );
+                    return None;
+                }
+                Some(Action::Raise {
+                    device: d,
+                    alert: alert.name.clone(),
+                    loc,
+                })
+            }
+        }
+    }
+}
+
+fn action_device(a: &ast::Action) -> &Ident {
+    match a {
+        ast::Action::Goto { device, .. }
+        | ast::Action::Command { device, .. }
+        | ast::Action::Raise { device, .. } => device,
+    }
+}
+
+/// Whether an expression refers to one of the named devices.
+fn mentions(e: &ast::Expr, devices: &[String]) -> bool {
+    match &e.kind {
+        AK::Field(d, _) | AK::InState(d, _) => devices.contains(&d.name),
+        AK::Aggregate { arg, .. } | AK::Unary(_, arg) => mentions(arg, devices),
+        AK::Binary(_, a, b) => mentions(a, devices) || mentions(b, devices),
+        _ => false,
+    }
+}
+
+fn var_ty(t: &VarType) -> Ty {
+    match t {
+        VarType::Bool => Ty::Bool,
+        VarType::Int { lo, hi } => Ty::Int { lo: *lo, hi: *hi },
+        VarType::Enum { members } => Ty::Enum {
+            members: members.clone(),
+        },
+    }
+}
+
+pub fn ty_name(t: &Ty) -> String {
+    match t {
+        Ty::Bool => "a boolean".into(),
+        Ty::Int { .. } => "an integer".into(),
+        Ty::Enum { members } => format!("an enum ({})", members.join(" | ")),
+    }
+}
+
+fn param_type_name(t: &ParamType) -> String {
+    match t {
+        ParamType::Bool => "`true` or `false`".into(),
+        ParamType::Int { lo, hi } if *lo == i64::MIN && *hi == i64::MAX => "an integer".into(),
+        ParamType::Int { lo, hi } => format!("an integer in {lo}..{hi}"),
+        ParamType::String => "a string".into(),
+        ParamType::Duration => "a duration such as `30s`".into(),
+        ParamType::Enum { members } => {
+            let c: Vec<&str> = members.iter().map(String::as_str).collect();
+            format!("one of {}", backticked(&c))
+        }
+    }
+}
+
+fn backticked(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
