@@ -61,6 +61,8 @@ impl Loc {
 /// The whole checked policy: everything reachable from the root files.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Model {
+    /// The files given to the compiler (as opposed to the ones they import).
+    pub roots: Vec<SourceId>,
     pub umboxes: Vec<Umbox>,
     pub device_types: Vec<DeviceType>,
     pub sites: Vec<Site>,
@@ -345,7 +347,7 @@ pub enum Ty {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AggFunc {
     Avg,

@@ -11,6 +11,7 @@ pub mod resolve;
 pub mod source;
 pub mod stdlib;
 pub mod typeck;
+pub mod verify;
 
 use diag::Diagnostics;
 use source::{LoadError, SourceLoader, Sources};
@@ -33,10 +34,38 @@ pub fn check(roots: &[PathBuf], loader: &dyn SourceLoader) -> Checked {
     // A file with syntax errors has a partial tree: checking it would only add echoes.
     let model = (!program.syntax_errors).then(|| typeck::typeck(&program, &mut diags));
     let model = model.filter(|_| !diags.has_errors());
+    sort(&mut diags.items);
     Checked {
         sources: program.sources,
         diagnostics: diags.items,
         model,
         unreadable: program.unreadable_roots,
     }
+}
+
+/// Check, then verify the model if it checked clean. Diagnostics of both phases, sorted.
+pub fn verify(
+    roots: &[PathBuf],
+    loader: &dyn SourceLoader,
+    solver: &dyn verify::solver::Solver,
+    opts: &verify::Options,
+) -> (Checked, Option<verify::Verified>) {
+    let mut checked = check(roots, loader);
+    let verified = checked
+        .model
+        .as_ref()
+        .map(|m| verify::verify(m, solver, opts));
+    if let Some(v) = &verified {
+        checked.diagnostics.extend(v.diagnostics.iter().cloned());
+    }
+    sort(&mut checked.diagnostics);
+    (checked, verified)
+}
+
+/// Orders diagnostics by file, position and code, so output is stable.
+pub fn sort(diags: &mut [diag::Diagnostic]) {
+    diags.sort_by_key(|d| {
+        let at = d.main_loc().map(|l| (l.source, l.span.start, l.span.end));
+        (at, d.code)
+    });
 }

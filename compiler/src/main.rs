@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use kalki_compiler::diag::Diagnostic;
 use kalki_compiler::source::{LoadError, SourceLoader};
+use kalki_compiler::verify::{self, AssertionResult, Status};
 use kalki_compiler::{codes, render, Checked};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -34,6 +35,36 @@ enum Command {
     /// Parse, resolve names and type-check policy files.
     #[command(after_help = EXIT_HELP)]
     Check(CommonArgs),
+    /// Check, then prove or refute the policy's properties with Z3 (K2xx findings).
+    #[command(after_help = EXIT_HELP)]
+    Verify(VerifyArgs),
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    limits: Limits,
+}
+
+#[derive(clap::Args)]
+struct Limits {
+    /// Time limit of each solver query, in milliseconds. An undecided query is an error.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    solver_timeout_ms: u32,
+    /// Largest number of combined device states an assertion search may visit.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_states: u64,
+}
+
+impl Limits {
+    fn options(&self) -> verify::Options {
+        verify::Options {
+            timeout_ms: self.solver_timeout_ms,
+            max_states: usize::try_from(self.max_states).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -93,6 +124,7 @@ fn main() -> ExitCode {
     };
     let exit = match cli.command {
         Command::Check(args) => run_check(&args),
+        Command::Verify(args) => run_verify(&args),
     };
     ExitCode::from(exit as u8)
 }
@@ -120,24 +152,80 @@ fn expand(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, (PathBuf, String)> {
     Ok(out)
 }
 
-fn run_check(args: &CommonArgs) -> Exit {
-    let files = match expand(&args.files) {
-        Ok(f) => f,
+fn inputs(args: &CommonArgs) -> Option<Vec<PathBuf>> {
+    match expand(&args.files) {
+        Ok(f) => Some(f),
         Err((p, why)) => {
             eprintln!(
                 "error[{}]: cannot read `{}`: {why}",
                 codes::UNREADABLE,
                 p.display()
             );
-            return Exit::Usage;
+            None
         }
+    }
+}
+
+fn run_check(args: &CommonArgs) -> Exit {
+    let Some(files) = inputs(args) else {
+        return Exit::Usage;
     };
     let checked = kalki_compiler::check(&files, &FsLoader);
-    emit(args, &checked, &checked.diagnostics)
+    emit(args, &checked, &checked.diagnostics, &[])
+}
+
+fn run_verify(args: &VerifyArgs) -> Exit {
+    let Some(files) = inputs(&args.common) else {
+        return Exit::Usage;
+    };
+    let opts = args.limits.options();
+    let solver = verify::z3::Z3Solver::new(opts.timeout_ms);
+    let (checked, verified) = kalki_compiler::verify(&files, &FsLoader, &solver, &opts);
+    let assertions = verified.map(|v| v.assertions).unwrap_or_default();
+    emit(&args.common, &checked, &checked.diagnostics, &assertions)
+}
+
+/// `file:line:col` and the source text of an assertion.
+fn assertion_text(checked: &Checked, a: &AssertionResult) -> (String, String) {
+    let f = checked.sources.get(a.loc.source);
+    let (line, col) = checked.sources.line_col(a.loc.source, a.loc.span.start);
+    let text = f
+        .text
+        .get(a.loc.span.start..a.loc.span.end)
+        .unwrap_or("assert");
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    (format!("{}:{line}:{col}", f.name), text)
+}
+
+fn assertions_human(checked: &Checked, results: &[AssertionResult]) -> String {
+    let mut out = String::new();
+    for a in results {
+        let (at, text) = assertion_text(checked, a);
+        let verdict = match &a.status {
+            Status::Proved => "proved",
+            Status::Refuted => "REFUTED",
+            Status::Unknown(_) => "UNKNOWN",
+        };
+        out.push_str(&format!(
+            "{verdict:>8}  {text}  ({at}; {} combined states explored)\n",
+            a.explored
+        ));
+        if matches!(a.status, Status::Proved) {
+            for (i, step) in a.trace.iter().enumerate().skip(1) {
+                out.push_str(&format!("          {i}. {}\n", step.event));
+            }
+        }
+    }
+    out
 }
 
 /// Prints diagnostics in the chosen format and picks the exit code.
-fn emit(args: &CommonArgs, checked: &Checked, diags: &[Diagnostic]) -> Exit {
+fn emit(
+    args: &CommonArgs,
+    checked: &Checked,
+    diags: &[Diagnostic],
+    assertions: &[AssertionResult],
+) -> Exit {
     let unreadable: Vec<Diagnostic> = checked
         .unreadable
         .iter()
@@ -161,7 +249,11 @@ fn emit(args: &CommonArgs, checked: &Checked, diags: &[Diagnostic]) -> Exit {
                     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
                 }
             };
-            let text = render::human(&checked.sources, &all, color);
+            let mut text = render::human(&checked.sources, &all, color);
+            if !assertions.is_empty() {
+                text.push_str("assertions:\n");
+                text.push_str(&assertions_human(checked, assertions));
+            }
             // Diagnostics go to stderr; a clean run says so on stderr too.
             let mut err = std::io::stderr().lock();
             err.write_all(text.as_bytes())
@@ -171,6 +263,17 @@ fn emit(args: &CommonArgs, checked: &Checked, diags: &[Diagnostic]) -> Exit {
             for (i, (p, _)) in checked.unreadable.iter().enumerate() {
                 v["diagnostics"][i]["file"] = serde_json::json!(p.display().to_string());
             }
+            let results: Vec<serde_json::Value> = assertions
+                .iter()
+                .map(|a| {
+                    let (at, text) = assertion_text(checked, a);
+                    let mut j = serde_json::to_value(a).unwrap_or_default();
+                    j["at"] = serde_json::json!(at);
+                    j["text"] = serde_json::json!(text);
+                    j
+                })
+                .collect();
+            v["assertions"] = serde_json::json!(results);
             writeln!(
                 out,
                 "{}",
@@ -178,7 +281,9 @@ fn emit(args: &CommonArgs, checked: &Checked, diags: &[Diagnostic]) -> Exit {
             )
         }
         Format::Sarif => {
-            let v = render::sarif(&checked.sources, &all, codes::NAME_AND_TYPE_CODES);
+            let mut rules: Vec<(&str, &str)> = codes::NAME_AND_TYPE_CODES.to_vec();
+            rules.extend_from_slice(verify::codes::ALL);
+            let v = render::sarif(&checked.sources, &all, &rules);
             writeln!(
                 out,
                 "{}",

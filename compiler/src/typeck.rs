@@ -78,6 +78,13 @@ impl SiteScope {
 
 impl<'a> Cx<'a> {
     fn run(&mut self) {
+        self.model.roots = self
+            .p
+            .modules
+            .iter()
+            .filter(|m| m.is_root)
+            .map(|m| m.source)
+            .collect();
         // Ids first, in module and item order, so lowering can refer forward.
         for (m, module) in self.p.modules.iter().enumerate() {
             for (i, item) in module.ast.items.iter().enumerate() {

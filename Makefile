@@ -1,0 +1,33 @@
+# Two entry points (see README): `make demo` runs the main job on the bundled example,
+# `make test` runs the whole test suite. Both install what they need first.
+
+CARGO ?= cargo
+KALKIC := target/release/kalkic
+EXAMPLE := examples/smart-office
+# Bounded fuzzing in the test suite (cases per property).
+export KALKI_FUZZ_CASES ?= 2000
+
+.PHONY: setup build demo test lint fmt bench clean
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release --locked -p kalki-compiler
+
+demo: build
+	$(KALKIC) check $(EXAMPLE)
+	$(KALKIC) check --format json $(EXAMPLE)
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+test: lint
+	$(CARGO) test --locked --workspace
+
+bench: setup
+	$(CARGO) bench --locked -p kalki-compiler
+
+clean:
+	$(CARGO) clean

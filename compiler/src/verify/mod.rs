@@ -1,0 +1,159 @@
+//! The verifier: proves or refutes the properties of `docs/verification.md` on the typed
+//! model. Per-type properties are checked once per device type; only site-level ones
+//! (addresses, rules, trust, assertions) look at device instances.
+//!
+//! The solver sits behind [`solver::Solver`]; graphs use petgraph.
+
+mod assert;
+pub mod encode;
+mod machine;
+mod site;
+pub mod solver;
+pub mod z3;
+
+pub use assert::{AssertionResult, Status, Step};
+
+use crate::diag::Diagnostic;
+use crate::ir::{Loc, Model, StateId, TypeId};
+use serde_json::json;
+use solver::{Outcome, Query, Solver};
+use std::collections::{BTreeSet, HashMap};
+
+/// The stable codes of verifier findings.
+pub mod codes {
+    pub const NONDETERMINISM: &str = "K201";
+    pub const DEAD: &str = "K202";
+    pub const UNREACHABLE: &str = "K203";
+    pub const TRAP: &str = "K204";
+    pub const PROVENANCE: &str = "K205";
+    pub const RULE_CONFLICT: &str = "K206";
+    pub const INTEGRITY: &str = "K207";
+    pub const ADDRESS: &str = "K209";
+    pub const ASSERTION: &str = "K210";
+    pub const SHADOWED: &str = "K211";
+    /// A property the solver or the search could not decide; never counts as success.
+    pub const INCONCLUSIVE: &str = "K213";
+
+    pub const ALL: &[(&str, &str)] = &[
+        (NONDETERMINISM, "nondeterministic transitions"),
+        (DEAD, "dead transition or rule"),
+        (UNREACHABLE, "unreachable state"),
+        (TRAP, "trap state"),
+        (PROVENANCE, "awaited alert has no source"),
+        (RULE_CONFLICT, "rule conflict"),
+        (INTEGRITY, "integrity non-interference violated"),
+        (ADDRESS, "address conflict"),
+        (ASSERTION, "assertion refuted"),
+        (SHADOWED, "shadowed transition"),
+        (INCONCLUSIVE, "verification inconclusive"),
+    ];
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Time limit of every solver query, in milliseconds.
+    pub timeout_ms: u32,
+    /// Largest number of product states an assertion search may visit.
+    pub max_states: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            timeout_ms: 10_000,
+            max_states: 1_000_000,
+        }
+    }
+}
+
+/// What the verifier found: diagnostics and the verdict on every assertion.
+#[derive(Debug, Default)]
+pub struct Verified {
+    pub diagnostics: Vec<Diagnostic>,
+    pub assertions: Vec<AssertionResult>,
+}
+
+/// What the sites' live rules do to each device type: the moves they make (with the
+/// state the rule requires the device to be in, if it pins one) and the alerts they raise.
+#[derive(Debug, Default)]
+pub(crate) struct SiteFacts {
+    pub rule_moves: HashMap<TypeId, Vec<(Option<StateId>, StateId)>>,
+    pub raised: HashMap<TypeId, BTreeSet<String>>,
+}
+
+pub(crate) struct Verifier<'a> {
+    pub policy: &'a Model,
+    solver: &'a dyn Solver,
+    pub opts: &'a Options,
+    diags: Vec<Diagnostic>,
+    /// Per device type: which transitions can fire at all (not dead).
+    pub live: HashMap<TypeId, Vec<bool>>,
+}
+
+impl Verifier<'_> {
+    pub fn push(&mut self, d: Diagnostic) {
+        self.diags.push(d);
+    }
+
+    /// Runs a query; an undecided one is reported here (K213) and yields `None`.
+    pub fn solve(&mut self, q: &Query, loc: Loc, what: &str) -> Option<Outcome> {
+        match self.solver.solve(q) {
+            Outcome::Unknown(why) => {
+                self.push(
+                    Diagnostic::error(codes::INCONCLUSIVE, format!("could not decide {what}: {why}"))
+                        .primary(loc, "undecided")
+                        .help("an unknown result never counts as success; raise --solver-timeout-ms or simplify the condition")
+                        .witness(json!({ "reason": why })),
+                );
+                None
+            }
+            o => Some(o),
+        }
+    }
+}
+
+/// Verifies a checked model.
+pub fn verify(model: &Model, solver: &dyn Solver, opts: &Options) -> Verified {
+    let mut v = Verifier {
+        policy: model,
+        solver,
+        opts,
+        diags: Vec::new(),
+        live: HashMap::new(),
+    };
+    let mut facts = SiteFacts::default();
+    let mut live_rules = Vec::new();
+    for s in &model.sites {
+        site::addresses(&mut v, s);
+        live_rules.push(site::dead_rules(&mut v, s, &mut facts));
+    }
+    for id in types_to_check(model) {
+        machine::check_type(&mut v, id, &facts);
+    }
+    let mut assertions = Vec::new();
+    for (s, live) in model.sites.iter().zip(&live_rules) {
+        site::conflicts(&mut v, s, live);
+        site::integrity(&mut v, s, live);
+        assertions.extend(assert::check(&mut v, s, live));
+    }
+    Verified {
+        diagnostics: v.diags,
+        assertions,
+    }
+}
+
+/// Device types declared in the root files or used by a site's devices; library types
+/// nobody uses are not verified on every compile.
+fn types_to_check(model: &Model) -> Vec<TypeId> {
+    let mut used: BTreeSet<TypeId> = model
+        .sites
+        .iter()
+        .flat_map(|s| s.devices.iter().map(|d| d.ty))
+        .collect();
+    for (i, t) in model.device_types.iter().enumerate() {
+        if model.roots.contains(&t.loc.source) {
+            used.insert(TypeId::from_index(i));
+        }
+    }
+    used.into_iter().collect()
+}

@@ -1,0 +1,333 @@
+//! Site-level checks, the only ones that look at device instances: address conflicts
+//! (K209), dead rules (K202), rule conflicts (K206) and integrity non-interference (K207).
+
+use super::encode::{inline, Vocab};
+use super::solver::{Outcome, Term};
+use super::{codes, SiteFacts, Verifier};
+use crate::diag::Diagnostic;
+use crate::ir::{Action, DeviceId, Expr, ExprKind, Loc, Rule, Site, StateId, Trigger};
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+fn ip(n: u32) -> String {
+    let b = n.to_be_bytes();
+    format!("{}.{}.{}.{}", b[0], b[1], b[2], b[3])
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// K209: IP, MAC and switch port identify a device; no two may share one.
+pub(super) fn addresses(v: &mut Verifier<'_>, site: &Site) {
+    let conflict =
+        |v: &mut Verifier<'_>, field: &str, value: String, a: (usize, Loc), b: (usize, Loc)| {
+            let (da, db) = (&site.devices[a.0], &site.devices[b.0]);
+            v.push(
+                Diagnostic::error(
+                    codes::ADDRESS,
+                    format!(
+                        "devices `{}` and `{}` share {field} `{value}`",
+                        da.name, db.name
+                    ),
+                )
+                .primary(b.1, format!("`{}` uses it", db.name))
+                .secondary(a.1, format!("`{}` uses it too", da.name))
+                .help("each device needs its own address and port, or traffic cannot be told apart")
+                .witness(json!({ "field": field, "value": value, "devices": [da.name, db.name] })),
+            );
+        };
+    let mut ips: HashMap<u32, (usize, Loc)> = HashMap::new();
+    let mut macs: HashMap<[u8; 6], (usize, Loc)> = HashMap::new();
+    let mut ports: HashMap<&str, (usize, Loc)> = HashMap::new();
+    for (i, d) in site.devices.iter().enumerate() {
+        match ips.get(&d.ip) {
+            Some(&first) => conflict(v, "IP address", ip(d.ip), first, (i, d.ip_loc)),
+            None => {
+                ips.insert(d.ip, (i, d.ip_loc));
+            }
+        }
+        if let (Some(m), Some(ml)) = (d.mac, d.mac_loc) {
+            match macs.get(&m) {
+                Some(&first) => conflict(v, "MAC address", mac(m), first, (i, ml)),
+                None => {
+                    macs.insert(m, (i, ml));
+                }
+            }
+        }
+        match ports.get(d.port.as_str()) {
+            Some(&first) => conflict(v, "switch port", d.port.clone(), first, (i, d.port_loc)),
+            None => {
+                ports.insert(&d.port, (i, d.port_loc));
+            }
+        }
+        if site.uplink.as_deref() == Some(d.port.as_str()) {
+            v.push(
+                Diagnostic::error(codes::ADDRESS, format!("device `{}` sits on the uplink port `{}`", d.name, d.port))
+                    .primary(d.port_loc, "this is the site's uplink")
+                    .secondary(site.loc, "site declared here")
+                    .witness(json!({ "field": "switch port", "value": d.port, "devices": [d.name], "uplink": true })),
+            );
+        }
+    }
+}
+
+/// Devices whose values or states an expression reads.
+fn devices_read(e: &Expr, out: &mut BTreeSet<DeviceId>, exprs: &mut Vec<(DeviceId, Loc)>) {
+    match &e.kind {
+        ExprKind::Var { var } | ExprKind::Aggregate { var, .. } => {
+            if let Some(d) = var.device {
+                out.insert(d);
+                exprs.push((d, e.loc));
+            }
+        }
+        ExprKind::InState { device, .. } => {
+            out.insert(*device);
+            exprs.push((*device, e.loc));
+        }
+        ExprKind::Not { arg } | ExprKind::Neg { arg } => devices_read(arg, out, exprs),
+        ExprKind::And { args } | ExprKind::Or { args } => {
+            args.iter().for_each(|a| devices_read(a, out, exprs))
+        }
+        ExprKind::Cmp { lhs, rhs, .. } | ExprKind::Arith { lhs, rhs, .. } => {
+            devices_read(lhs, out, exprs);
+            devices_read(rhs, out, exprs);
+        }
+        ExprKind::Bool { .. } | ExprKind::Int { .. } | ExprKind::Clock { .. } => {}
+    }
+}
+
+/// Whether an expression reads a sensed value of `d` (not just its state).
+fn reads_values_of(e: &Expr, d: DeviceId) -> bool {
+    match &e.kind {
+        ExprKind::Var { var } | ExprKind::Aggregate { var, .. } => var.device == Some(d),
+        ExprKind::Not { arg } | ExprKind::Neg { arg } => reads_values_of(arg, d),
+        ExprKind::And { args } | ExprKind::Or { args } => {
+            args.iter().any(|a| reads_values_of(a, d))
+        }
+        ExprKind::Cmp { lhs, rhs, .. } | ExprKind::Arith { lhs, rhs, .. } => {
+            reads_values_of(lhs, d) || reads_values_of(rhs, d)
+        }
+        _ => false,
+    }
+}
+
+/// The state a conjunctive condition pins a device to, if any (`d in s and ...`).
+fn pinned_state(e: &Expr, d: DeviceId) -> Option<StateId> {
+    match &e.kind {
+        ExprKind::InState { device, state } if *device == d => Some(*state),
+        ExprKind::And { args } => args.iter().find_map(|a| pinned_state(a, d)),
+        _ => None,
+    }
+}
+
+/// K202 for rules. Returns which rules can fire, and records what live rules do to each
+/// device type (moves and raised alerts) for the per-type checks.
+pub(super) fn dead_rules(v: &mut Verifier<'_>, site: &Site, facts: &mut SiteFacts) -> Vec<bool> {
+    let mut live = Vec::with_capacity(site.rules.len());
+    for r in &site.rules {
+        let mut voc = Vocab::for_site(v.policy, site);
+        let c = voc.encode(&r.cond);
+        voc.query.facts.push(c);
+        let ok = !matches!(
+            v.solve(&voc.query, r.loc, "whether this rule's condition can hold"),
+            Some(Outcome::Unsat)
+        );
+        if !ok {
+            v.push(
+                Diagnostic::error(codes::DEAD, format!("rule `{}` can never fire", r.name))
+                    .primary(r.cond.loc, "no values, states or time of day satisfy this condition")
+                    .secondary(r.loc, "rule declared here")
+                    .help("a device is in one state at a time, and values stay within their declared ranges")
+                    .witness(json!({ "rule": r.name, "satisfiable": false })),
+            );
+        }
+        live.push(ok);
+        if !ok {
+            continue;
+        }
+        for a in &r.actions {
+            match a {
+                Action::Goto { device, state, .. } => {
+                    let ty = site.devices[device.index()].ty;
+                    facts
+                        .rule_moves
+                        .entry(ty)
+                        .or_default()
+                        .push((pinned_state(&r.cond, *device), *state));
+                }
+                Action::Raise { device, alert, .. } => {
+                    let ty = site.devices[device.index()].ty;
+                    facts.raised.entry(ty).or_default().insert(alert.clone());
+                }
+                Action::Command { .. } => {}
+            }
+        }
+    }
+    live
+}
+
+fn gotos(r: &Rule) -> impl Iterator<Item = (DeviceId, StateId, Loc)> + '_ {
+    r.actions.iter().filter_map(|a| match a {
+        Action::Goto { device, state, loc } => Some((*device, *state, *loc)),
+        _ => None,
+    })
+}
+
+/// K206: two rules, or a rule and a transition, that can fire on the same change and send
+/// one device to different states.
+pub(super) fn conflicts(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
+    // Group rule moves by device, so only rules touching one device are compared.
+    let mut by_device: BTreeMap<DeviceId, Vec<(usize, StateId, Loc)>> = BTreeMap::new();
+    for (i, r) in site.rules.iter().enumerate() {
+        if !live[i] {
+            continue;
+        }
+        for (d, s, l) in gotos(r) {
+            by_device.entry(d).or_default().push((i, s, l));
+        }
+    }
+    for (d, moves) in &by_device {
+        let dev = &site.devices[d.index()];
+        let ty = v.policy.device_type(dev.ty);
+        for x in 0..moves.len() {
+            for y in (x + 1)..moves.len() {
+                let ((ri, si, li), (rj, sj, lj)) = (moves[x], moves[y]);
+                if si == sj || ri == rj {
+                    continue;
+                }
+                let (a, b) = (&site.rules[ri], &site.rules[rj]);
+                let mut voc = Vocab::for_site(v.policy, site);
+                let (ca, cb) = (voc.encode(&a.cond), voc.encode(&b.cond));
+                voc.query.facts.push(Term::And(vec![ca, cb]));
+                if let Some(Outcome::Sat(m)) =
+                    v.solve(&voc.query, a.loc, "whether two rules can fire together")
+                {
+                    let values = voc.describe(&m);
+                    v.push(
+                        Diagnostic::error(codes::RULE_CONFLICT, format!("rules `{}` and `{}` can send `{}` to different states", a.name, b.name, dev.name))
+                            .primary(li, format!("sends it to `{}`", ty.state(si).name))
+                            .secondary(lj, format!("sends it to `{}`", ty.state(sj).name))
+                            .secondary(a.cond.loc, "holds ...")
+                            .secondary(b.cond.loc, "... together with this")
+                            .help(format!("both conditions hold with {}; make them exclusive", inline(&values)))
+                            .witness(json!({ "device": dev.name, "rules": [a.name, b.name], "targets": [ty.state(si).name, ty.state(sj).name], "values": values })),
+                    );
+                }
+            }
+        }
+        // A rule that reads this device's values against the device's own guards.
+        for &(ri, s, l) in moves {
+            let r = &site.rules[ri];
+            if !reads_values_of(&r.cond, *d) {
+                continue;
+            }
+            for t in &ty.transitions {
+                let Trigger::When {
+                    guard,
+                    hold_ms: None,
+                } = &t.trigger
+                else {
+                    continue;
+                };
+                if t.to == s {
+                    continue;
+                }
+                let mut voc = Vocab::for_site(v.policy, site);
+                let c = voc.encode(&r.cond);
+                let g = voc.encode_for(*d, guard);
+                let at = voc.state_is(*d, t.from);
+                voc.query.facts.push(Term::And(vec![c, g, at]));
+                if let Some(Outcome::Sat(m)) = v.solve(
+                    &voc.query,
+                    r.loc,
+                    "whether a rule and a transition can fire together",
+                ) {
+                    let values = voc.describe(&m);
+                    v.push(
+                        Diagnostic::error(codes::RULE_CONFLICT, format!("rule `{}` and a transition of `{}` can send `{}` to different states", r.name, ty.name, dev.name))
+                            .primary(l, format!("sends it to `{}`", ty.state(s).name))
+                            .secondary(t.loc, format!("sends it to `{}`", ty.state(t.to).name))
+                            .help(format!("one reading can enable both: {}", inline(&values)))
+                            .witness(json!({ "device": dev.name, "rule": r.name, "transition_from": ty.state(t.from).name, "targets": [ty.state(s).name, ty.state(t.to).name], "values": values })),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// K207: a rule that lowers a device's posture may only depend on trusted devices' data.
+pub(super) fn integrity(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
+    for (i, r) in site.rules.iter().enumerate() {
+        if !live[i] {
+            continue;
+        }
+        let mut read = BTreeSet::new();
+        let mut where_read = Vec::new();
+        devices_read(&r.cond, &mut read, &mut where_read);
+        for (d, target, l) in gotos(r) {
+            let untrusted: Vec<DeviceId> = read
+                .iter()
+                .copied()
+                .filter(|e| *e != d && !site.devices[e.index()].trusted)
+                .collect();
+            if untrusted.is_empty() {
+                continue;
+            }
+            let dev = &site.devices[d.index()];
+            let ty = v.policy.device_type(dev.ty);
+            // A de-escalation: the rule can fire while the device is more restrictive.
+            let stricter: Vec<StateId> = (target.index() + 1..ty.states.len())
+                .map(StateId::from_index)
+                .collect();
+            let mut from = None;
+            for s in stricter {
+                let mut voc = Vocab::for_site(v.policy, site);
+                let c = voc.encode(&r.cond);
+                let at = voc.state_is(d, s);
+                voc.query.facts.push(Term::And(vec![c, at]));
+                if let Some(Outcome::Sat(m)) =
+                    v.solve(&voc.query, r.loc, "whether a rule lowers a posture")
+                {
+                    from = Some((s, voc.describe(&m)));
+                    break;
+                }
+            }
+            let Some((from, values)) = from else { continue };
+            let names: Vec<&str> = untrusted
+                .iter()
+                .map(|e| site.devices[e.index()].name.as_str())
+                .collect();
+            let mut diag = Diagnostic::error(
+                codes::INTEGRITY,
+                format!("rule `{}` lowers `{}` from `{}` to `{}` on data from untrusted `{}`", r.name, dev.name, ty.state(from).name, ty.state(target).name, names.join("`, `")),
+            )
+            .primary(l, "de-escalation")
+            .help(format!("a compromised device could unlock another; mark the source `trusted` if it is, or require `{}` to be read too", dev.name))
+            .witness(json!({
+                "rule": r.name,
+                "device": dev.name,
+                "from": ty.state(from).name,
+                "to": ty.state(target).name,
+                "untrusted": names,
+                "values": values,
+            }));
+            for (e, at) in &where_read {
+                if untrusted.contains(e) {
+                    diag = diag.secondary(
+                        *at,
+                        format!("reads untrusted `{}`", site.devices[e.index()].name),
+                    );
+                }
+            }
+            for e in &untrusted {
+                diag = diag.secondary(site.devices[e.index()].loc, "not marked `trusted`");
+            }
+            v.push(diag);
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The solver interface: a small quantifier-free logic over bounded integers and booleans,
+//! and the trait the rest of the verifier uses to decide it. Nothing outside
+//! `verify/z3.rs` knows which solver is behind the trait.
+
+use crate::ir::{ArithOp, CmpOp};
+use std::collections::BTreeMap;
+
+/// A solver variable, by index into [`Query::vars`].
+pub type VarIx = usize;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sort {
+    Bool,
+    /// An integer known to lie in `lo..=hi`.
+    Int {
+        lo: i64,
+        hi: i64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Term {
+    Bool(bool),
+    Int(i64),
+    Var(VarIx),
+    Not(Box<Term>),
+    And(Vec<Term>),
+    Or(Vec<Term>),
+    Cmp(CmpOp, Box<Term>, Box<Term>),
+    Arith(ArithOp, Box<Term>, Box<Term>),
+    Neg(Box<Term>),
+}
+
+impl Term {
+    pub fn and(parts: Vec<Term>) -> Term {
+        Term::And(parts)
+    }
+    pub fn negate(t: Term) -> Term {
+        Term::Not(Box::new(t))
+    }
+    pub fn cmp(op: CmpOp, a: Term, b: Term) -> Term {
+        Term::Cmp(op, Box::new(a), Box::new(b))
+    }
+    pub fn eq_int(v: VarIx, n: i64) -> Term {
+        Term::cmp(CmpOp::Eq, Term::Var(v), Term::Int(n))
+    }
+}
+
+/// Variables with their sorts and display names, and the facts to satisfy together.
+/// Every variable's domain is asserted by the solver.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub vars: Vec<(String, Sort)>,
+    pub facts: Vec<Term>,
+}
+
+/// A satisfying assignment, by variable name.
+pub type Model = BTreeMap<String, ModelValue>;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum ModelValue {
+    Bool(bool),
+    Int(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Sat(Model),
+    Unsat,
+    /// The solver gave up; the reason (a timeout, a resource limit) is reported.
+    Unknown(String),
+}
+
+/// Decides queries. Implementations must honour their time limit and report `Unknown`
+/// rather than guess.
+pub trait Solver {
+    fn solve(&self, q: &Query) -> Outcome;
+}

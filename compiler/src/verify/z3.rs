@@ -1,0 +1,191 @@
+//! The Z3 implementation of [`Solver`]: one context per query batch, a timeout on every
+//! check, domains of bounded integers asserted as facts.
+
+use super::solver::{Model, ModelValue, Outcome, Query, Solver, Sort, Term};
+use crate::ir::{ArithOp, CmpOp};
+use z3::ast::{Ast, Bool, Dynamic, Int};
+
+pub struct Z3Solver {
+    ctx: z3::Context,
+    timeout_ms: u32,
+}
+
+impl Z3Solver {
+    pub fn new(timeout_ms: u32) -> Self {
+        let mut cfg = z3::Config::new();
+        cfg.set_timeout_msec(u64::from(timeout_ms));
+        cfg.set_model_generation(true);
+        Z3Solver {
+            ctx: z3::Context::new(&cfg),
+            timeout_ms,
+        }
+    }
+}
+
+enum Val<'c> {
+    B(Bool<'c>),
+    I(Int<'c>),
+}
+
+struct Enc<'c> {
+    ctx: &'c z3::Context,
+    vars: Vec<Dynamic<'c>>,
+}
+
+impl<'c> Enc<'c> {
+    fn int(&self, t: &Term) -> Option<Int<'c>> {
+        match self.term(t)? {
+            Val::I(i) => Some(i),
+            Val::B(_) => None,
+        }
+    }
+    fn boolean(&self, t: &Term) -> Option<Bool<'c>> {
+        match self.term(t)? {
+            Val::B(b) => Some(b),
+            Val::I(_) => None,
+        }
+    }
+    fn term(&self, t: &Term) -> Option<Val<'c>> {
+        let ctx = self.ctx;
+        Some(match t {
+            Term::Bool(b) => Val::B(Bool::from_bool(ctx, *b)),
+            Term::Int(n) => Val::I(Int::from_i64(ctx, *n)),
+            Term::Var(v) => {
+                let d = self.vars.get(*v)?;
+                match d.as_bool() {
+                    Some(b) => Val::B(b),
+                    None => Val::I(d.as_int()?),
+                }
+            }
+            Term::Not(a) => Val::B(self.boolean(a)?.not()),
+            Term::And(xs) | Term::Or(xs) => {
+                let parts: Option<Vec<Bool<'c>>> = xs.iter().map(|x| self.boolean(x)).collect();
+                let parts = parts?;
+                let refs: Vec<&Bool<'c>> = parts.iter().collect();
+                if matches!(t, Term::And(_)) {
+                    Val::B(Bool::and(ctx, &refs))
+                } else {
+                    Val::B(Bool::or(ctx, &refs))
+                }
+            }
+            Term::Cmp(op, a, b) => {
+                let (x, y) = (self.term(a)?, self.term(b)?);
+                Val::B(match (x, y) {
+                    (Val::I(x), Val::I(y)) => match op {
+                        CmpOp::Eq => x._eq(&y),
+                        CmpOp::Ne => x._eq(&y).not(),
+                        CmpOp::Lt => x.lt(&y),
+                        CmpOp::Le => x.le(&y),
+                        CmpOp::Gt => x.gt(&y),
+                        CmpOp::Ge => x.ge(&y),
+                    },
+                    (Val::B(x), Val::B(y)) => match op {
+                        CmpOp::Eq => x._eq(&y),
+                        CmpOp::Ne => x._eq(&y).not(),
+                        _ => return None,
+                    },
+                    _ => return None,
+                })
+            }
+            Term::Arith(op, a, b) => {
+                let (x, y) = (self.int(a)?, self.int(b)?);
+                Val::I(match op {
+                    ArithOp::Add => Int::add(ctx, &[&x, &y]),
+                    ArithOp::Sub => Int::sub(ctx, &[&x, &y]),
+                    ArithOp::Mul => Int::mul(ctx, &[&x, &y]),
+                })
+            }
+            Term::Neg(a) => Val::I(self.int(a)?.unary_minus()),
+        })
+    }
+}
+
+impl Solver for Z3Solver {
+    fn solve(&self, q: &Query) -> Outcome {
+        let ctx = &self.ctx;
+        let solver = z3::Solver::new(ctx);
+        let mut params = z3::Params::new(ctx);
+        params.set_u32("timeout", self.timeout_ms);
+        solver.set_params(&params);
+        let mut enc = Enc {
+            ctx,
+            vars: Vec::with_capacity(q.vars.len()),
+        };
+        for (i, (_, sort)) in q.vars.iter().enumerate() {
+            let name = format!("v{i}");
+            match sort {
+                Sort::Bool => enc
+                    .vars
+                    .push(Dynamic::from_ast(&Bool::new_const(ctx, name))),
+                Sort::Int { lo, hi } => {
+                    let v = Int::new_const(ctx, name);
+                    solver.assert(&v.ge(&Int::from_i64(ctx, *lo)));
+                    solver.assert(&v.le(&Int::from_i64(ctx, *hi)));
+                    enc.vars.push(Dynamic::from_ast(&v));
+                }
+            }
+        }
+        for f in &q.facts {
+            match enc.boolean(f) {
+                Some(b) => solver.assert(&b),
+                None => return Outcome::Unknown("ill-sorted query (an internal error)".into()),
+            }
+        }
+        match solver.check() {
+            z3::SatResult::Unsat => Outcome::Unsat,
+            z3::SatResult::Unknown => Outcome::Unknown(
+                solver
+                    .get_reason_unknown()
+                    .unwrap_or_else(|| "unknown".into()),
+            ),
+            z3::SatResult::Sat => {
+                let Some(model) = solver.get_model() else {
+                    return Outcome::Unknown("no model".into());
+                };
+                let mut out = Model::new();
+                for (i, (name, sort)) in q.vars.iter().enumerate() {
+                    let value = match sort {
+                        Sort::Bool => enc.vars[i]
+                            .as_bool()
+                            .and_then(|b| model.eval(&b, true))
+                            .and_then(|b| b.as_bool())
+                            .map(ModelValue::Bool),
+                        Sort::Int { .. } => enc.vars[i]
+                            .as_int()
+                            .and_then(|x| model.eval(&x, true))
+                            .and_then(|x| x.as_i64())
+                            .map(ModelValue::Int),
+                    };
+                    if let Some(v) = value {
+                        out.insert(name.clone(), v);
+                    }
+                }
+                Outcome::Sat(out)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decides_bounded_integers() {
+        let s = Z3Solver::new(5_000);
+        let x = 0;
+        let q = Query {
+            vars: vec![("x".into(), Sort::Int { lo: 0, hi: 10 })],
+            facts: vec![Term::cmp(CmpOp::Gt, Term::Var(x), Term::Int(9))],
+        };
+        assert_eq!(
+            s.solve(&q),
+            Outcome::Sat([("x".to_string(), ModelValue::Int(10))].into())
+        );
+        let q = Query {
+            vars: vec![("x".into(), Sort::Int { lo: 0, hi: 10 })],
+            facts: vec![Term::cmp(CmpOp::Gt, Term::Var(x), Term::Int(10))],
+        };
+        assert_eq!(s.solve(&q), Outcome::Unsat);
+    }
+}
