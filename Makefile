@@ -17,7 +17,7 @@ build: setup
 
 demo: build
 	$(KALKIC) check $(EXAMPLE)
-	$(KALKIC) check --format json $(EXAMPLE)
+	$(KALKIC) verify $(EXAMPLE)
 
 lint: setup
 	$(CARGO) fmt --all -- --check
