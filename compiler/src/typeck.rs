@@ -65,14 +65,21 @@ enum Ctx<'c> {
 
 struct SiteScope {
     devices: Vec<(String, TypeId)>,
+    by_name: HashMap<String, usize>,
 }
 
 impl SiteScope {
-    fn device(&self, name: &str) -> Option<(DeviceId, TypeId)> {
-        self.devices
+    fn new(devices: Vec<(String, TypeId)>) -> Self {
+        let by_name = devices
             .iter()
-            .position(|(n, _)| n == name)
-            .map(|i| (DeviceId::from_index(i), self.devices[i].1))
+            .enumerate()
+            .map(|(i, (n, _))| (n.clone(), i))
+            .collect();
+        SiteScope { devices, by_name }
+    }
+    fn device(&self, name: &str) -> Option<(DeviceId, TypeId)> {
+        let i = *self.by_name.get(name)?;
+        Some((DeviceId::from_index(i), self.devices.get(i)?.1))
     }
 }
 
@@ -1471,6 +1478,7 @@ impl<'a> Cx<'a> {
         let mut unknown_loc: Option<Loc> = None;
         // Devices whose type failed to resolve: references to them are not reported again.
         let mut broken: Vec<String> = Vec::new();
+        let mut device_locs: HashMap<&str, Loc> = HashMap::new();
         for member in &s.members {
             match member {
                 ast::SiteMember::Bridge {
@@ -1517,11 +1525,11 @@ impl<'a> Cx<'a> {
                 }
                 ast::SiteMember::Device(d) => {
                     let dl = self.loc(source, d.name.span);
-                    if let Some(first) = out.devices.iter().find(|x| x.name == d.name.name) {
-                        let first = first.loc;
+                    if let Some(&first) = device_locs.get(d.name.name.as_str()) {
                         self.duplicate("device", &d.name.name, dl, first);
                         continue;
                     }
+                    device_locs.insert(&d.name.name, dl);
                     let Some(key) = self.lookup(m, &d.ty, Kind::DeviceType) else {
                         broken.push(d.name.name.clone());
                         continue;
@@ -1573,9 +1581,7 @@ impl<'a> Cx<'a> {
                 .help("add `bridge \"br0\" uplink \"eth0\"`"),
             );
         }
-        let scope = SiteScope {
-            devices: out.devices.iter().map(|d| (d.name.clone(), d.ty)).collect(),
-        };
+        let scope = SiteScope::new(out.devices.iter().map(|d| (d.name.clone(), d.ty)).collect());
         let site_alerts = self.visible_alerts(m);
         let mut rule_names: HashMap<String, Loc> = HashMap::new();
         for member in &s.members {

@@ -39,6 +39,8 @@ pub struct AssertionResult {
     pub site: String,
     pub loc: Loc,
     pub kind: AssertKind,
+    /// `"status": "proved" | "refuted" | "unknown"`, with `"reason"` when unknown.
+    #[serde(flatten)]
     pub status: Status,
     /// For a proved `reachable` or a refuted `never`: the run that reaches the condition.
     pub trace: Vec<Step>,

@@ -13,9 +13,12 @@ use serde_json::json;
 
 pub(super) fn check_type(v: &mut Verifier<'_>, id: TypeId, facts: &SiteFacts) {
     let ty = v.policy.device_type(id);
-    let live = dead_transitions(v, ty);
+    let mut live = dead_transitions(v, ty);
+    // A transition waiting for an alert that nothing can raise can never fire either.
+    for (i, ok) in provenance(v, id, ty, facts).into_iter().enumerate() {
+        live[i] &= ok;
+    }
     pairs(v, ty, &live);
-    provenance(v, id, ty, facts);
     graph(v, id, ty, &live, facts);
     v.live.insert(id, live);
 }
@@ -126,29 +129,27 @@ fn dead_transitions(v: &mut Verifier<'_>, ty: &DeviceType) -> Vec<bool> {
     live
 }
 
-/// How soon a transition's trigger can be met once its event starts: alerts by count and
-/// window, guards by hold time.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Alerting {
-    Count(u32, Option<u64>),
-}
+/// An alert trigger as (count, window): a plain `on A` is one alert in any window.
+type AlertSpec = (u32, Option<u64>);
 
-fn alert_spec(count: &Option<(u32, u64)>) -> Alerting {
+fn alert_spec(count: &Option<(u32, u64)>) -> AlertSpec {
     match count {
-        None => Alerting::Count(1, None),
-        Some((n, w)) => Alerting::Count(*n, Some(*w)),
+        None => (1, None),
+        Some((n, w)) => (*n, Some(*w)),
     }
 }
 
-/// `a` is met whenever `b` is, no later: at most as many alerts within at least as long.
-fn alert_implied(a: Alerting, b: Alerting) -> bool {
-    let (Alerting::Count(na, wa), Alerting::Count(nb, wb)) = (a, b);
-    let window_ok = match (wa, wb) {
+/// Whether `a` is always met at an earlier alert than `b`: fewer alerts, within a window
+/// at least as long. Then the alerts that complete `b` contain an earlier group that
+/// completed `a`. With equal counts, or a shorter window for fewer alerts, one alert can
+/// complete both at once.
+fn strictly_earlier(a: AlertSpec, b: AlertSpec) -> bool {
+    let window_at_least = match (a.1, b.1) {
         (None, _) => true,
-        (Some(_), None) => na <= 1,
+        (Some(_), None) => false,
         (Some(x), Some(y)) => x >= y,
     };
-    na <= nb && window_ok
+    a.0 < b.0 && window_at_least
 }
 
 /// K201 and K211: every pair of live transitions out of one state.
@@ -218,23 +219,20 @@ fn pair(v: &mut Verifier<'_>, ty: &DeviceType, a: &Transition, b: &Transition) {
             },
         ) if x == y => {
             let (sa, sb) = (alert_spec(cx), alert_spec(cy));
-            if sa == sb && a.to != b.to {
-                let event = format!("alert `{x}`");
+            let earlier = "it waits for more of the same alerts than an earlier-firing transition";
+            if strictly_earlier(sa, sb) {
+                v.push(shadowed(ty, b, a, earlier));
+            } else if strictly_earlier(sb, sa) {
+                v.push(shadowed(ty, a, b, earlier));
+            } else if a.to != b.to {
+                let event = if sa == sb {
+                    format!("alert `{x}`")
+                } else {
+                    format!("one alert `{x}` that completes both counts")
+                };
                 v.push(nondeterminism(ty, a, b, event, json!({})));
-            } else if alert_implied(sa, sb) {
-                v.push(shadowed(
-                    ty,
-                    b,
-                    a,
-                    "it waits for the same alerts as an earlier-firing transition",
-                ));
-            } else if alert_implied(sb, sa) {
-                v.push(shadowed(
-                    ty,
-                    a,
-                    b,
-                    "it waits for the same alerts as an earlier-firing transition",
-                ));
+            } else if sa == sb {
+                v.push(shadowed(ty, b, a, "it repeats an earlier transition"));
             }
         }
         (Trigger::Operator { action: x }, Trigger::Operator { action: y }) if x == y => {
@@ -325,8 +323,11 @@ fn pair(v: &mut Verifier<'_>, ty: &DeviceType, a: &Transition, b: &Transition) {
 }
 
 /// K205: an alert transition must wait for something its state deploys.
-fn provenance(v: &mut Verifier<'_>, id: TypeId, ty: &DeviceType, facts: &SiteFacts) {
-    for t in &ty.transitions {
+/// Returns, per transition, whether its trigger has a source (always true for
+/// non-alert triggers).
+fn provenance(v: &mut Verifier<'_>, id: TypeId, ty: &DeviceType, facts: &SiteFacts) -> Vec<bool> {
+    let mut sourced = vec![true; ty.transitions.len()];
+    for (i, t) in ty.transitions.iter().enumerate() {
         let Trigger::Alert { alert, loc, .. } = &t.trigger else {
             continue;
         };
@@ -343,10 +344,15 @@ fn provenance(v: &mut Verifier<'_>, id: TypeId, ty: &DeviceType, facts: &SiteFac
         };
         let from_chain = chain.iter().any(|(_, emits)| emits.contains(alert));
         let declared = ty.alerts.contains(alert);
-        let raised = facts.raised.get(&id).is_some_and(|r| r.contains(alert));
+        // A rule raises it in this state: the rule does not pin the device to another.
+        let raised = facts.raised.get(&id).is_some_and(|r| {
+            r.iter()
+                .any(|(a, pinned)| a == alert && pinned.is_none_or(|p| p == t.from))
+        });
         if from_chain || declared || raised {
             continue;
         }
+        sourced[i] = false;
         let emitters: Vec<&str> = v
             .policy
             .umboxes
@@ -401,6 +407,7 @@ fn provenance(v: &mut Verifier<'_>, id: TypeId, ty: &DeviceType, facts: &SiteFac
                 })),
         );
     }
+    sourced
 }
 
 /// K203 and K204 over the state graph: live transitions, plus moves made by site rules.

@@ -78,7 +78,9 @@ pub struct Verified {
 #[derive(Debug, Default)]
 pub(crate) struct SiteFacts {
     pub rule_moves: HashMap<TypeId, Vec<(Option<StateId>, StateId)>>,
-    pub raised: HashMap<TypeId, BTreeSet<String>>,
+    /// Alerts rules raise on devices of the type, with the state the rule requires the
+    /// device to be in, if it pins one.
+    pub raised: HashMap<TypeId, BTreeSet<(String, Option<StateId>)>>,
 }
 
 pub(crate) struct Verifier<'a> {

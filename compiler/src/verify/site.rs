@@ -161,7 +161,11 @@ pub(super) fn dead_rules(v: &mut Verifier<'_>, site: &Site, facts: &mut SiteFact
                 }
                 Action::Raise { device, alert, .. } => {
                     let ty = site.devices[device.index()].ty;
-                    facts.raised.entry(ty).or_default().insert(alert.clone());
+                    facts
+                        .raised
+                        .entry(ty)
+                        .or_default()
+                        .insert((alert.clone(), pinned_state(&r.cond, *device)));
                 }
                 Action::Command { .. } => {}
             }

@@ -1,23 +1,41 @@
-//! The Z3 implementation of [`Solver`]: one context per query batch, a timeout on every
-//! check, domains of bounded integers asserted as facts.
+//! The Z3 implementation of [`Solver`]: a timeout on every check, domains of bounded
+//! integers asserted as facts, one incremental solver reused through push/pop.
+//!
+//! Creating a Z3 solver costs about as much as deciding one of our queries (parameter
+//! and tactic set-up), so each `Z3Solver` keeps one and scopes every query in a
+//! push/pop pair. Z3 contexts are not thread-safe; each thread gets one context, made on
+//! first use and kept for the life of the process.
 
 use super::solver::{Model, ModelValue, Outcome, Query, Solver, Sort, Term};
 use crate::ir::{ArithOp, CmpOp};
+use std::cell::RefCell;
 use z3::ast::{Ast, Bool, Dynamic, Int};
 
+thread_local! {
+    static CONTEXT: &'static z3::Context = {
+        let mut cfg = z3::Config::new();
+        cfg.set_model_generation(true);
+        // One per thread, never freed: a solver borrows its context for its whole life.
+        Box::leak(Box::new(z3::Context::new(&cfg)))
+    };
+}
+
 pub struct Z3Solver {
-    ctx: z3::Context,
-    timeout_ms: u32,
+    ctx: &'static z3::Context,
+    solver: RefCell<z3::Solver<'static>>,
 }
 
 impl Z3Solver {
+    /// A solver whose every check gives up after `timeout_ms` milliseconds.
     pub fn new(timeout_ms: u32) -> Self {
-        let mut cfg = z3::Config::new();
-        cfg.set_timeout_msec(u64::from(timeout_ms));
-        cfg.set_model_generation(true);
+        let ctx = CONTEXT.with(|c| *c);
+        let solver = z3::Solver::new(ctx);
+        let mut params = z3::Params::new(ctx);
+        params.set_u32("timeout", timeout_ms);
+        solver.set_params(&params);
         Z3Solver {
-            ctx: z3::Context::new(&cfg),
-            timeout_ms,
+            ctx,
+            solver: RefCell::new(solver),
         }
     }
 }
@@ -102,11 +120,19 @@ impl<'c> Enc<'c> {
 
 impl Solver for Z3Solver {
     fn solve(&self, q: &Query) -> Outcome {
-        let ctx = &self.ctx;
-        let solver = z3::Solver::new(ctx);
-        let mut params = z3::Params::new(ctx);
-        params.set_u32("timeout", self.timeout_ms);
-        solver.set_params(&params);
+        let Ok(solver) = self.solver.try_borrow() else {
+            return Outcome::Unknown("solver re-entered (an internal error)".into());
+        };
+        solver.push();
+        let out = self.decide(&solver, q);
+        solver.pop(1);
+        out
+    }
+}
+
+impl Z3Solver {
+    fn decide(&self, solver: &z3::Solver<'static>, q: &Query) -> Outcome {
+        let ctx = self.ctx;
         let mut enc = Enc {
             ctx,
             vars: Vec::with_capacity(q.vars.len()),
