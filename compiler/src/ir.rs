@@ -190,6 +190,8 @@ pub struct State {
     /// Exempt from the trap check.
     pub is_final: bool,
     pub chain: Chain,
+    /// The `{ chain [...] }` block (the state's name when it has none).
+    pub chain_loc: Loc,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -13,7 +13,8 @@ use std::fmt;
 #[derive(Debug)]
 struct Report {
     code: &'static str,
-    severity: Severity,
+    /// `None`: an advice block (labels of a finding in another file).
+    severity: Option<Severity>,
     message: String,
     help: Option<String>,
     source: Option<NamedSource<String>>,
@@ -35,8 +36,9 @@ impl miette::Diagnostic for Report {
     }
     fn severity(&self) -> Option<miette::Severity> {
         Some(match self.severity {
-            Severity::Error => miette::Severity::Error,
-            Severity::Warning => miette::Severity::Warning,
+            Some(Severity::Error) => miette::Severity::Error,
+            Some(Severity::Warning) => miette::Severity::Warning,
+            None => miette::Severity::Advice,
         })
     }
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
@@ -89,7 +91,7 @@ fn report(sources: &Sources, d: &Diagnostic) -> Report {
     let Some(first) = files.next() else {
         return Report {
             code: d.code,
-            severity: d.severity,
+            severity: Some(d.severity),
             message: d.message.clone(),
             help: d.help.clone(),
             source: None,
@@ -100,7 +102,7 @@ fn report(sources: &Sources, d: &Diagnostic) -> Report {
     let related = files
         .map(|f| Report {
             code: "",
-            severity: Severity::Warning,
+            severity: None,
             message: format!("see also `{}`", sources.get(f).name),
             help: None,
             source: Some(named(f)),
@@ -110,7 +112,7 @@ fn report(sources: &Sources, d: &Diagnostic) -> Report {
         .collect();
     Report {
         code: d.code,
-        severity: d.severity,
+        severity: Some(d.severity),
         message: d.message.clone(),
         help: d.help.clone(),
         source: Some(named(first)),

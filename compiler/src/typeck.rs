@@ -628,6 +628,7 @@ impl<'a> Cx<'a> {
                             loc: nl,
                             is_final: false,
                             chain: Chain::Drop,
+                            chain_loc: nl,
                         });
                     }
                 }
@@ -715,6 +716,8 @@ impl<'a> Cx<'a> {
                 continue;
             }
             chain_locs[s.index()] = Some(bl);
+            out.states[s.index()].chain_loc =
+                self.loc(source, block.chain.as_ref().map_or(block.span, |c| c.span));
             match &block.chain {
                 Some(chain) => {
                     if let Some(c) = self.chain(m, source, chain) {

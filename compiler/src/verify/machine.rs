@@ -397,7 +397,7 @@ fn provenance(v: &mut Verifier<'_>, id: TypeId, ty: &DeviceType, facts: &SiteFac
         v.push(
             Diagnostic::error(codes::PROVENANCE, format!("nothing deployed in `{}` can raise `{alert}`", state.name))
                 .primary(*loc, "waits for this alert")
-                .secondary(state.loc, shown)
+                .secondary(state.chain_loc, shown)
                 .help(help)
                 .witness(json!({
                     "device_type": ty.name,
@@ -465,7 +465,9 @@ fn graph(v: &mut Verifier<'_>, id: TypeId, ty: &DeviceType, live: &[bool], facts
             )
             .primary(s.loc, "no path leads here from the initial state")
             .secondary(ty.state(ty.initial).loc, "initial state")
-            .help(if into.is_empty() {
+            .help(if facts.rule_moves.get(&id).is_some_and(|m| m.iter().any(|(_, to)| to.index() == i)) {
+                "the site rules that move devices here require them to be in states that are unreachable".to_string()
+            } else if into.is_empty() {
                 format!(
                     "no transition enters `{}`; add one, e.g. `{} -> {} on ALERT`",
                     s.name,

@@ -255,6 +255,8 @@ pub(super) fn conflicts(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
                         Diagnostic::error(codes::RULE_CONFLICT, format!("rule `{}` and a transition of `{}` can send `{}` to different states", r.name, ty.name, dev.name))
                             .primary(l, format!("sends it to `{}`", ty.state(s).name))
                             .secondary(t.loc, format!("sends it to `{}`", ty.state(t.to).name))
+                            .secondary(r.cond.loc, "this condition holds ...")
+                            .secondary(guard.loc, "... on the same reading as this guard")
                             .help(format!("one reading can enable both: {}", inline(&values)))
                             .witness(json!({ "device": dev.name, "rule": r.name, "transition_from": ty.state(t.from).name, "targets": [ty.state(s).name, ty.state(t.to).name], "values": values })),
                     );
@@ -311,7 +313,7 @@ pub(super) fn integrity(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
                 format!("rule `{}` lowers `{}` from `{}` to `{}` on data from untrusted `{}`", r.name, dev.name, ty.state(from).name, ty.state(target).name, names.join("`, `")),
             )
             .primary(l, "de-escalation")
-            .help(format!("a compromised device could unlock another; mark the source `trusted` if it is, or require `{}` to be read too", dev.name))
+            .help(format!("a compromised device could unlock another; mark the source `trusted` if it is, or lower `{}` on its own data or by `on operator reset`", dev.name))
             .witness(json!({
                 "rule": r.name,
                 "device": dev.name,
