@@ -28,6 +28,12 @@ pub const BAD_CONTEXT: &str = "K110";
 pub const BAD_QUANTITY: &str = "K111";
 /// A file given to the compiler that could not be read (reported as a usage error).
 pub const UNREADABLE: &str = "K112";
+/// An expression nested deeper than [`MAX_EXPR_DEPTH`].
+pub const TOO_DEEP: &str = "K113";
+
+/// The deepest expression the compiler accepts. Real conditions are a few levels deep;
+/// the limit keeps every later (recursive) stage within a small stack.
+pub const MAX_EXPR_DEPTH: usize = 128;
 
 /// Every K1xx code with a one-line summary, for documentation and `--explain`.
 pub const NAME_AND_TYPE_CODES: &[(&str, &str)] = &[
@@ -43,4 +49,5 @@ pub const NAME_AND_TYPE_CODES: &[(&str, &str)] = &[
     (BAD_CONTEXT, "construct not allowed here"),
     (BAD_QUANTITY, "zero or unusable count, window or duration"),
     (UNREADABLE, "source file could not be read"),
+    (TOO_DEEP, "expression nested too deeply"),
 ];

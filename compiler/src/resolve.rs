@@ -97,6 +97,7 @@ pub fn load(roots: &[PathBuf], loader: &dyn SourceLoader, diags: &mut Diagnostic
         for imp in imports {
             let source = p.modules[m].source;
             let target = import_origin(&p.modules[m].origin, &imp, loader);
+            let shown = shown_path(&p.sources.get(source).name, &imp);
             let target = match target {
                 Some(t) => t,
                 None => {
@@ -124,9 +125,7 @@ pub fn load(roots: &[PathBuf], loader: &dyn SourceLoader, diags: &mut Diagnostic
                         )
                     })
                     .ok_or(LoadError::NotFound),
-                Origin::File(path) => loader
-                    .read_file(path)
-                    .map(|text| (path.display().to_string(), text)),
+                Origin::File(path) => loader.read_file(path).map(|text| (shown.clone(), text)),
             };
             match loaded {
                 Ok((name, text)) => {
@@ -149,10 +148,8 @@ pub fn load(roots: &[PathBuf], loader: &dyn SourceLoader, diags: &mut Diagnostic
                         .map_or(imp.span, |(a, b)| a.span.to(b.span));
                     let what = match (&target, &e) {
                         (Origin::Std(_), _) => "no such standard module".to_string(),
-                        (Origin::File(path), LoadError::NotFound) => {
-                            format!("no file `{}`", path.display())
-                        }
-                        (Origin::File(path), e) => format!("cannot read `{}`: {e}", path.display()),
+                        (Origin::File(_), LoadError::NotFound) => format!("no file `{shown}`"),
+                        (Origin::File(_), e) => format!("cannot read `{shown}`: {e}"),
                     };
                     d = d.primary(Loc::new(source, module_span), what);
                     if let Origin::Std(name) = &target {
@@ -237,6 +234,20 @@ fn import_origin(from: &Origin, imp: &ast::Import, loader: &dyn SourceLoader) ->
             Some(Origin::File(loader.canonical(&target)))
         }
     }
+}
+
+/// How an imported file is named in diagnostics: as its importer wrote it, relative to
+/// the importer's own name (so a relative command-line path stays relative).
+fn shown_path(importer: &str, imp: &ast::Import) -> String {
+    let mut p = Path::new(importer)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    for seg in &imp.module {
+        p.push(&seg.name);
+    }
+    p.set_extension("kalki");
+    p.display().to_string()
 }
 
 fn poison_import(p: &mut Program, m: usize, imp: &ast::Import) {

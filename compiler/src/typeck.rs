@@ -165,14 +165,19 @@ impl<'a> Cx<'a> {
         candidates: &[&str],
         extra: Option<String>,
     ) {
-        let mut d = Diagnostic::error(
-            codes::UNKNOWN_NAME,
-            format!("unknown {what} `{}`", name.name),
-        )
-        .primary(
-            self.loc(source, name.span),
-            format!("no {what} of this name"),
-        );
+        // "state of `cam`" reads better as "`cam` has no state `x`".
+        let (message, label) = match what.split_once(" of ") {
+            Some((noun, owner)) => (
+                format!("{owner} has no {noun} `{}`", name.name),
+                format!("not a {noun} of {owner}"),
+            ),
+            None => (
+                format!("unknown {what} `{}`", name.name),
+                format!("no {what} of this name"),
+            ),
+        };
+        let mut d = Diagnostic::error(codes::UNKNOWN_NAME, message)
+            .primary(self.loc(source, name.span), label);
         if let Some(h) = did_you_mean(&name.name, candidates.iter().copied()).or(extra) {
             d = d.help(h);
         }
@@ -946,7 +951,7 @@ impl<'a> Cx<'a> {
                 })
             }
             ast::Trigger::When { cond, hold, .. } => {
-                let guard = self.expr(source, cond, &Ctx::Guard { vars });
+                let guard = self.top_expr(source, cond, &Ctx::Guard { vars });
                 let hold_ok =
                     hold.is_none_or(|h| self.positive(source, "a hold time", h.millis, h.span));
                 let guard = self.expect_bool(guard?)?;
@@ -994,6 +999,24 @@ impl<'a> Cx<'a> {
     }
 
     // ------------------------------------------------------------------ expressions
+
+    /// Types a whole condition, refusing one nested deeper than the limit before any
+    /// recursive stage sees it.
+    fn top_expr(&mut self, source: SourceId, e: &ast::Expr, ctx: &Ctx<'_>) -> Option<Expr> {
+        let depth = e.depth();
+        if depth > codes::MAX_EXPR_DEPTH {
+            self.err(
+                Diagnostic::error(codes::TOO_DEEP, format!("expression nested {depth} levels deep"))
+                    .primary(self.loc(source, e.span), "too deep")
+                    .help(format!(
+                        "conditions may nest at most {} levels; split it into several transitions or rules",
+                        codes::MAX_EXPR_DEPTH
+                    )),
+            );
+            return None;
+        }
+        self.expr(source, e, ctx)
+    }
 
     fn expr(&mut self, source: SourceId, e: &ast::Expr, ctx: &Ctx<'_>) -> Option<Expr> {
         let loc = self.loc(source, e.span);
@@ -1332,29 +1355,26 @@ impl<'a> Cx<'a> {
         ctx: &Ctx<'_>,
         loc: Loc,
     ) -> Option<Expr> {
-        // `mode == heat`: a bare name opposite an enum is one of its members.
-        let member_of =
-            |side: &ast::Expr, other: &Option<Expr>| -> Option<(String, Vec<String>, Span)> {
-                let AK::Name(n) = &side.kind else { return None };
-                let Some(Expr {
-                    ty: Ty::Enum { members },
-                    ..
-                }) = other
-                else {
-                    return None;
-                };
-                let is_var =
-                    matches!(ctx, Ctx::Guard { vars } if vars.iter().any(|v| v.name == n.name));
-                (!is_var).then(|| (n.name.clone(), members.clone(), n.span))
-            };
-        let (la, lb) = (
-            self.try_quiet_expr(source, a, ctx),
-            self.try_quiet_expr(source, b, ctx),
-        );
-        let (ea, eb) = match (member_of(a, &lb), member_of(b, &la)) {
-            (Some(m), _) => (self.enum_const(source, m, &Some(a)), lb),
-            (None, Some(m)) => (la, self.enum_const(source, m, &Some(b))),
-            (None, None) => (self.expr(source, a, ctx), self.expr(source, b, ctx)),
+        // `mode == heat`: a bare name opposite an enum is one of its members. Each side is
+        // typed exactly once (typing twice would double the work at every nesting level).
+        let candidate = |side: &ast::Expr| -> Option<Ident> {
+            let AK::Name(n) = &side.kind else { return None };
+            let is_var =
+                matches!(ctx, Ctx::Guard { vars } if vars.iter().any(|v| v.name == n.name));
+            (!is_var).then(|| n.clone())
+        };
+        let (ea, eb) = match (candidate(a), candidate(b)) {
+            (Some(n), None) => {
+                let eb = self.expr(source, b, ctx);
+                let ea = self.member_or_expr(source, n, &eb, a, ctx);
+                (ea, eb)
+            }
+            (None, Some(n)) => {
+                let ea = self.expr(source, a, ctx);
+                let eb = self.member_or_expr(source, n, &ea, b, ctx);
+                (ea, eb)
+            }
+            _ => (self.expr(source, a, ctx), self.expr(source, b, ctx)),
         };
         let (ea, eb) = (ea?, eb?);
         let ordered = !matches!(cmp, CmpOp::Eq | CmpOp::Ne);
@@ -1395,13 +1415,25 @@ impl<'a> Cx<'a> {
         })
     }
 
-    /// Types an expression without reporting, to see whether the other side of a
-    /// comparison is an enum. Errors are reported when the side is typed for real.
-    fn try_quiet_expr(&mut self, source: SourceId, e: &ast::Expr, ctx: &Ctx<'_>) -> Option<Expr> {
-        let before = self.diags.items.len();
-        let out = self.expr(source, e, ctx);
-        self.diags.items.truncate(before);
-        out
+    /// A bare name opposite an enum-typed operand is one of the enum's members; otherwise
+    /// it is typed as an ordinary expression.
+    fn member_or_expr(
+        &mut self,
+        source: SourceId,
+        name: Ident,
+        other: &Option<Expr>,
+        side: &ast::Expr,
+        ctx: &Ctx<'_>,
+    ) -> Option<Expr> {
+        match other {
+            Some(Expr {
+                ty: Ty::Enum { members },
+                ..
+            }) => self.enum_const(source, (name.name, members.clone(), name.span), &Some(side)),
+            // The other side failed: it is reported, and this name cannot be judged.
+            None => None,
+            Some(_) => self.expr(source, side, ctx),
+        }
     }
 
     fn enum_const(
@@ -1604,7 +1636,7 @@ impl<'a> Cx<'a> {
                         continue;
                     }
                     let cond = self
-                        .expr(source, &r.cond, &Ctx::Rule { site: &scope })
+                        .top_expr(source, &r.cond, &Ctx::Rule { site: &scope })
                         .and_then(|c| self.expect_bool(c));
                     let mut actions = Vec::new();
                     let mut ok = true;
@@ -1628,7 +1660,7 @@ impl<'a> Cx<'a> {
                         continue;
                     }
                     let cond = self
-                        .expr(source, &a.cond, &Ctx::Assert { site: &scope })
+                        .top_expr(source, &a.cond, &Ctx::Assert { site: &scope })
                         .and_then(|c| self.expect_bool(c));
                     if let Some(cond) = cond {
                         let kind = match a.kind {

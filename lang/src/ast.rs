@@ -384,6 +384,52 @@ pub enum ExprKind {
     Error,
 }
 
+impl Expr {
+    /// How deeply the expression nests, computed without recursion (the input may be
+    /// adversarial: thousands of `not` in a row).
+    pub fn depth(&self) -> usize {
+        let mut max = 0;
+        let mut stack: Vec<(&Expr, usize)> = vec![(self, 1)];
+        while let Some((e, d)) = stack.pop() {
+            max = max.max(d);
+            match &e.kind {
+                ExprKind::Aggregate { arg, .. } | ExprKind::Unary(_, arg) => {
+                    stack.push((arg, d + 1))
+                }
+                ExprKind::Binary(_, a, b) => {
+                    stack.push((a, d + 1));
+                    stack.push((b, d + 1));
+                }
+                _ => {}
+            }
+        }
+        max
+    }
+}
+
+/// Frees nested expressions iteratively: the default recursive drop would overflow the
+/// stack on a deep enough (hostile) input.
+impl Drop for Expr {
+    fn drop(&mut self) {
+        let mut stack: Vec<Box<Expr>> = Vec::new();
+        let take = |kind: ExprKind, stack: &mut Vec<Box<Expr>>| match kind {
+            ExprKind::Aggregate { arg, .. } | ExprKind::Unary(_, arg) => stack.push(arg),
+            ExprKind::Binary(_, a, b) => {
+                stack.push(a);
+                stack.push(b);
+            }
+            _ => {}
+        };
+        take(
+            std::mem::replace(&mut self.kind, ExprKind::Error),
+            &mut stack,
+        );
+        while let Some(mut e) = stack.pop() {
+            take(std::mem::replace(&mut e.kind, ExprKind::Error), &mut stack);
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum UnOp {
     Not,

@@ -100,6 +100,9 @@ pub fn parse(src: &str) -> Parsed {
 /// that can start an item, and `device` also starts a line inside a site, so one mistake
 /// could otherwise echo once per following line of the same item.
 fn first_error_per_item(src: &str, mut errors: Vec<SyntaxError>) -> Vec<SyntaxError> {
+    if errors.len() < 2 {
+        return errors;
+    }
     errors.sort_by_key(|e| (e.span.start, e.span.end));
     let mut starts = Vec::new();
     let mut depth: i64 = 0;
@@ -149,10 +152,7 @@ fn convert(src: &str, e: ParseError<usize, Token, UserError>) -> SyntaxError {
             ..
         } => SyntaxError {
             code: SyntaxCode::InvalidToken,
-            message: format!(
-                "invalid token `{}`",
-                src.get(l..r).unwrap_or("?").escape_debug()
-            ),
+            message: why_invalid(src.get(l..r).unwrap_or("")),
             span: Span::new(l, r),
             expected: vec![],
         },
@@ -177,6 +177,26 @@ fn convert(src: &str, e: ParseError<usize, Token, UserError>) -> SyntaxError {
             span: error.span,
             expected: vec![],
         },
+    }
+}
+
+/// Says what is wrong with bytes the lexer could not turn into a token.
+fn why_invalid(text: &str) -> String {
+    let shown: String = text.chars().take(40).collect();
+    let all = |f: fn(char) -> bool| !text.is_empty() && text.chars().all(f);
+    if text.starts_with('"') {
+        "unterminated string".into()
+    } else if all(|c| c.is_ascii_digit() || c == '.') && text.matches('.').count() == 3 {
+        format!("invalid IPv4 address `{shown}`: each part must be 0..255")
+    } else if all(|c| c.is_ascii_digit() || c == ':') && text.matches(':').count() == 1 {
+        format!("invalid time of day `{shown}`: hours go to 23, minutes to 59")
+    } else if all(|c| c.is_ascii_digit()) {
+        format!("integer `{shown}` is too large")
+    } else if text.starts_with(|c: char| c.is_ascii_digit()) && text.ends_with(['s', 'm', 'h', 'd'])
+    {
+        format!("duration `{shown}` is too long")
+    } else {
+        format!("invalid character `{}`", shown.escape_debug())
     }
 }
 
