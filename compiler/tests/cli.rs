@@ -1,0 +1,312 @@
+//! Tests of the real `kalkic` binary: exit codes, output formats, directory arguments.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::repo_root;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const CLEAN: &str = "tests/fixtures/check/clean/full_policy.kalki";
+/// One error: K103 `suspicous` at line 9, column 15.
+const ONE_ERROR: &str = "tests/fixtures/check/errors/k103_unknown_state.kalki";
+/// Four K104 errors.
+const FOUR_ERRORS: &str = "tests/fixtures/check/errors/k104_duplicate_states_and_vars.kalki";
+
+/// Runs `kalkic ARGS` from the repository root.
+fn kalkic(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kalkic"))
+        .args(args)
+        .current_dir(repo_root())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("kalkic runs")
+}
+
+fn code(o: &Output) -> i32 {
+    o.status.code().expect("kalkic exits normally")
+}
+
+fn stdout_json(o: &Output) -> Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}",
+            String::from_utf8_lossy(&o.stdout)
+        )
+    })
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("kalkic-cli-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn write(&self, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn clean_file_exits_0() {
+    let o = kalkic(&["check", CLEAN]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("0 errors, 0 warnings"));
+}
+
+#[test]
+fn policy_error_exits_1() {
+    let o = kalkic(&["check", "--color", "never", ONE_ERROR]);
+    assert_eq!(code(&o), 1);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("K103"), "{err}");
+    assert!(err.contains("unknown state `suspicous`"), "{err}");
+    assert!(err.contains("did you mean `suspicious`?"), "{err}");
+    assert!(!err.contains('\u{1b}'), "colour with --color never: {err}");
+}
+
+#[test]
+fn color_always_colours() {
+    let o = kalkic(&["check", "--color", "always", ONE_ERROR]);
+    assert_eq!(code(&o), 1);
+    assert!(String::from_utf8_lossy(&o.stderr).contains('\u{1b}'));
+}
+
+#[test]
+fn missing_file_exits_2() {
+    let o = kalkic(&["check", "tests/fixtures/check/no_such_file.kalki"]);
+    assert_eq!(code(&o), 2);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("K112"), "{err}");
+    assert!(err.contains("no_such_file.kalki"), "{err}");
+}
+
+#[test]
+fn missing_file_next_to_a_bad_one_still_exits_2() {
+    let o = kalkic(&[
+        "check",
+        ONE_ERROR,
+        "tests/fixtures/check/no_such_file.kalki",
+    ]);
+    assert_eq!(code(&o), 2);
+}
+
+#[test]
+fn missing_file_in_json_names_the_file() {
+    let o = kalkic(&[
+        "check",
+        "--format",
+        "json",
+        "tests/fixtures/check/no_such_file.kalki",
+    ]);
+    assert_eq!(code(&o), 2);
+    let v = stdout_json(&o);
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["code"], "K112");
+    assert_eq!(d["severity"], "error");
+    assert_eq!(d["file"], "tests/fixtures/check/no_such_file.kalki");
+}
+
+#[test]
+fn non_utf8_file_exits_2() {
+    let dir = TempDir::new("non-utf8");
+    let f = dir.write("latin1.kalki", b"// caf\xe9\nsite s { bridge \"br0\" }\n");
+    let o = kalkic(&["check", f.to_str().unwrap()]);
+    assert_eq!(code(&o), 2);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("K112") && err.contains("UTF-8"), "{err}");
+}
+
+#[test]
+fn bad_flag_exits_2() {
+    let o = kalkic(&["check", "--no-such-flag", CLEAN]);
+    assert_eq!(code(&o), 2);
+    let o = kalkic(&["check", "--format", "xml", CLEAN]);
+    assert_eq!(code(&o), 2);
+    let o = kalkic(&["check"]);
+    assert_eq!(code(&o), 2, "no file given");
+    let o = kalkic(&["frobnicate", CLEAN]);
+    assert_eq!(code(&o), 2, "unknown subcommand");
+}
+
+#[test]
+fn help_documents_exit_codes() {
+    for args in [&["--help"][..], &["check", "--help"][..]] {
+        let o = kalkic(args);
+        assert_eq!(code(&o), 0);
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(out.contains("Exit codes"), "{out}");
+        assert!(out.contains("2  usage error"), "{out}");
+    }
+}
+
+#[test]
+fn json_has_codes_and_positions() {
+    let o = kalkic(&["check", "--format", "json", ONE_ERROR]);
+    assert_eq!(code(&o), 1);
+    let v = stdout_json(&o);
+    let diags = v["diagnostics"].as_array().unwrap();
+    assert_eq!(diags.len(), 1, "{v:#}");
+    let d = &diags[0];
+    assert_eq!(d["code"], "K103");
+    assert_eq!(d["severity"], "error");
+    assert_eq!(d["message"], "unknown state `suspicous`");
+    assert_eq!(d["file"], ONE_ERROR);
+    assert_eq!(d["line"], 9);
+    assert_eq!(d["column"], 15);
+    assert_eq!(d["end_line"], 9);
+    assert_eq!(d["end_column"], 24);
+    assert_eq!(d["help"], "did you mean `suspicious`?");
+    let label = &d["labels"][0];
+    assert_eq!(label["primary"], true);
+    assert_eq!(label["line"], 9);
+    assert_eq!(label["column"], 15);
+    assert_eq!(label["length"], "suspicous".len());
+}
+
+#[test]
+fn json_fields_on_every_diagnostic() {
+    let o = kalkic(&["check", "--format", "json", FOUR_ERRORS]);
+    assert_eq!(code(&o), 1);
+    let v = stdout_json(&o);
+    let diags = v["diagnostics"].as_array().unwrap();
+    assert_eq!(diags.len(), 4);
+    for d in diags {
+        assert_eq!(d["code"], "K104");
+        assert_eq!(d["severity"], "error");
+        assert!(d["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(d["file"], FOUR_ERRORS);
+        assert!(d["line"].as_u64().is_some_and(|l| l >= 1));
+        assert!(d["column"].as_u64().is_some_and(|c| c >= 1));
+    }
+    // `sensed on: bool` twice: the second `on` is on line 4, column 12.
+    assert_eq!(diags[0]["line"], 4);
+    assert_eq!(diags[0]["column"], 12);
+}
+
+#[test]
+fn json_of_a_clean_file_is_empty() {
+    let o = kalkic(&["check", "--format", "json", CLEAN]);
+    assert_eq!(code(&o), 0);
+    let v = stdout_json(&o);
+    assert_eq!(v["diagnostics"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn json_columns_count_characters() {
+    let dir = TempDir::new("columns");
+    // `µ` is two bytes: the column of `nope` counts it as one character.
+    let f = dir.write(
+        "µ.kalki",
+        "// µµ\ndevice type µ_T {\n    states normal\n    initial normal\n    normal { chain [pass] }\n}\n",
+    );
+    let o = kalkic(&["check", "--format", "json", f.to_str().unwrap()]);
+    assert_eq!(code(&o), 1);
+    let v = stdout_json(&o);
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["code"], "K001", "{v:#}");
+    assert_eq!(d["line"], 2);
+    assert_eq!(d["column"], 13);
+}
+
+#[test]
+fn sarif_has_one_result_per_diagnostic() {
+    let json = stdout_json(&kalkic(&["check", "--format", "json", FOUR_ERRORS]));
+    let o = kalkic(&["check", "--format", "sarif", FOUR_ERRORS]);
+    assert_eq!(code(&o), 1);
+    let v = stdout_json(&o);
+    assert_eq!(v["version"], "2.1.0");
+    let run = &v["runs"][0];
+    assert_eq!(run["tool"]["driver"]["name"], "kalkic");
+    let results = run["results"].as_array().unwrap();
+    let diags = json["diagnostics"].as_array().unwrap();
+    assert_eq!(results.len(), diags.len());
+    for (r, d) in results.iter().zip(diags) {
+        assert_eq!(r["ruleId"], d["code"]);
+        assert_eq!(r["level"], "error");
+        let loc = &r["locations"][0]["physicalLocation"];
+        assert_eq!(loc["artifactLocation"]["uri"], d["file"]);
+        assert_eq!(loc["region"]["startLine"], d["line"]);
+        assert_eq!(loc["region"]["startColumn"], d["column"]);
+    }
+    let rules: Vec<&str> = run["tool"]["driver"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(rules, ["K104"]);
+}
+
+#[test]
+fn sarif_of_a_clean_file_has_no_results() {
+    let o = kalkic(&["check", "--format", "sarif", CLEAN]);
+    assert_eq!(code(&o), 0);
+    let v = stdout_json(&o);
+    assert_eq!(v["version"], "2.1.0");
+    assert_eq!(v["runs"][0]["results"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn directory_argument_checks_every_kalki_file() {
+    let o = kalkic(&["check", "tests/fixtures/check/clean/local_imports"]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+
+    let dir = TempDir::new("dir");
+    dir.write(
+        "a.kalki",
+        "device type A {\n    states normal\n    initial normal\n    normal { chain [pass] }\n}\n",
+    );
+    dir.write(
+        "b.kalki",
+        "device type B {\n    states normal\n    initial nromal\n    normal { chain [pass] }\n}\n",
+    );
+    dir.write("c.kalki", "umbox u {\n    emits x\n}\n");
+    dir.write("notes.txt", "not a policy: ignored");
+    let o = kalkic(&["check", "--format", "json", dir.path().to_str().unwrap()]);
+    assert_eq!(code(&o), 1);
+    let v = stdout_json(&o);
+    let mut found: Vec<(String, String)> = v["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let file = d["file"].as_str().unwrap();
+            let name = Path::new(file).file_name().unwrap().to_string_lossy();
+            (name.to_string(), d["code"].as_str().unwrap().to_string())
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("b.kalki".to_string(), "K103".to_string()),
+            ("c.kalki".to_string(), "K107".to_string())
+        ]
+    );
+}
+
+#[test]
+fn directory_without_policies_exits_2() {
+    let dir = TempDir::new("empty-dir");
+    dir.write("README", "nothing here");
+    let o = kalkic(&["check", dir.path().to_str().unwrap()]);
+    assert_eq!(code(&o), 2);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no .kalki files"));
+}
