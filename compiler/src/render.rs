@@ -4,9 +4,89 @@
 use crate::diag::{Diagnostic, Label, Severity};
 use crate::ir::Loc;
 use crate::source::Sources;
-use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource};
+use miette::{
+    GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteError, MietteSpanContents,
+    SourceCode, SourceSpan, SpanContents,
+};
 use serde_json::{json, Value};
 use std::fmt;
+use std::sync::Arc;
+
+/// A source for miette with a line index. miette's own `SourceCode` for text scans from
+/// the start of the file for every label, which makes a report of many findings in a
+/// large site quadratic; this one finds the context lines by binary search.
+#[derive(Debug, Clone)]
+struct IndexedSource {
+    name: String,
+    text: Arc<str>,
+    /// Byte offset of the start of every line.
+    line_starts: Arc<Vec<usize>>,
+}
+
+impl IndexedSource {
+    fn new(name: String, text: &str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        IndexedSource {
+            name,
+            text: text.into(),
+            line_starts: Arc::new(line_starts),
+        }
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        self.line_starts
+            .partition_point(|&s| s <= offset)
+            .saturating_sub(1)
+    }
+
+    /// End of line `line`, its line break included (as miette's own sources do: that is
+    /// what makes a blank context line visible).
+    fn line_end(&self, line: usize) -> usize {
+        self.line_starts
+            .get(line + 1)
+            .copied()
+            .unwrap_or(self.text.len())
+    }
+}
+
+impl SourceCode for IndexedSource {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        before: usize,
+        after: usize,
+    ) -> Result<Box<dyn SpanContents<'a> + 'a>, MietteError> {
+        let (start, len) = (span.offset(), span.len());
+        if start + len > self.text.len() {
+            return Err(MietteError::OutOfBounds);
+        }
+        let first = self.line_of(start);
+        let last = self.line_of((start + len).saturating_sub(1).max(start));
+        let top = first.saturating_sub(before);
+        let bottom = (last + after).min(self.line_starts.len() - 1);
+        let (from, column) = if before == 0 {
+            (start, start - self.line_starts[first])
+        } else {
+            (self.line_starts[top], 0)
+        };
+        let to = self.line_end(bottom).max(start + len).min(self.text.len());
+        let data = self
+            .text
+            .as_bytes()
+            .get(from..to)
+            .ok_or(MietteError::OutOfBounds)?;
+        Ok(Box::new(MietteSpanContents::new_named(
+            self.name.clone(),
+            data,
+            (from, to - from).into(),
+            if before == 0 { first } else { top },
+            column,
+            bottom + 1,
+        )))
+    }
+}
 
 /// miette's view of one diagnostic: the labels of one file, with the labels of other
 /// files attached as related reports (miette shows one source per report).
@@ -17,7 +97,7 @@ struct Report {
     severity: Option<Severity>,
     message: String,
     help: Option<String>,
-    source: Option<NamedSource<String>>,
+    source: Option<IndexedSource>,
     labels: Vec<LabeledSpan>,
     related: Vec<Report>,
 }
@@ -58,7 +138,10 @@ impl miette::Diagnostic for Report {
     }
 }
 
-fn report(sources: &Sources, d: &Diagnostic) -> Report {
+/// Indexed sources, built once per file for a whole rendering.
+type Indexed = std::collections::HashMap<crate::source::SourceId, IndexedSource>;
+
+fn report(sources: &Sources, d: &Diagnostic, indexed: &mut Indexed) -> Report {
     // Group labels by file, the primary label's file first.
     let mut files: Vec<crate::source::SourceId> = Vec::new();
     if let Some(main) = d.main_loc() {
@@ -83,9 +166,14 @@ fn report(sources: &Sources, d: &Diagnostic) -> Report {
             })
             .collect()
     };
-    let named = |file| {
-        let f = sources.get(file);
-        NamedSource::new(f.name.clone(), f.text.clone())
+    let mut named = |file| {
+        indexed
+            .entry(file)
+            .or_insert_with(|| {
+                let f = sources.get(file);
+                IndexedSource::new(f.name.clone(), &f.text)
+            })
+            .clone()
     };
     let mut files = files.into_iter();
     let Some(first) = files.next() else {
@@ -132,8 +220,9 @@ pub fn human(sources: &Sources, diags: &[Diagnostic], color: bool) -> String {
         .with_width(100)
         .with_links(false);
     let mut out = String::new();
+    let mut indexed = Indexed::new();
     for d in diags {
-        let r = report(sources, d);
+        let r = report(sources, d, &mut indexed);
         if handler.render_report(&mut out, &r).is_err() {
             out.push_str(&format!("{}: {}\n", d.code, d.message));
         }
