@@ -11,21 +11,13 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use std::hint::black_box;
 use std::time::Duration;
 
-fn sizes() -> Vec<usize> {
-    std::env::var("KALKI_BENCH_DEVICES")
-        .ok()
-        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .filter(|v: &Vec<usize>| !v.is_empty())
-        .unwrap_or_else(|| vec![1_000, 10_000])
-}
-
 fn frontend(c: &mut Criterion) {
     let mut group = c.benchmark_group("frontend");
     group
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(10));
-    for devices in sizes() {
+    for devices in gen::sizes(&[1_000, 10_000]) {
         let site = gen::generate(&gen::Spec::new(devices));
         let loader = site.loader();
         // The generated policy must be clean, or the benchmark measures error paths.

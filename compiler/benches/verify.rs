@@ -15,14 +15,6 @@ use kalki_compiler::verify::{z3::Z3Solver, Options, Status};
 use std::hint::black_box;
 use std::time::Duration;
 
-fn sizes() -> Vec<usize> {
-    std::env::var("KALKI_BENCH_DEVICES")
-        .ok()
-        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .filter(|v: &Vec<usize>| !v.is_empty())
-        .unwrap_or_else(|| vec![10_000, 100_000])
-}
-
 fn verify(c: &mut Criterion) {
     let mut group = c.benchmark_group("verify");
     group
@@ -30,7 +22,7 @@ fn verify(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(20));
     let opts = Options::default();
-    for devices in sizes() {
+    for devices in gen::sizes(&[10_000, 100_000]) {
         let site = gen::generate(&gen::Spec::new(devices));
         let loader = site.loader();
         let solver = Z3Solver::new(opts.timeout_ms);

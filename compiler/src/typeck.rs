@@ -366,6 +366,26 @@ impl<'a> Cx<'a> {
         out
     }
 
+    /// Appends names to a list, reporting any declared twice.
+    fn collect_names(
+        &mut self,
+        source: SourceId,
+        what: &str,
+        names: &[Ident],
+        out: &mut Vec<String>,
+        locs: &mut Vec<Loc>,
+    ) {
+        for n in names {
+            let l = self.loc(source, n.span);
+            if let Some(i) = out.iter().position(|x| *x == n.name) {
+                self.duplicate(what, &n.name, l, locs[i]);
+                continue;
+            }
+            out.push(n.name.clone());
+            locs.push(l);
+        }
+    }
+
     fn check_template(&mut self, source: SourceId, lit: &ast::StrLit, params: &[ParamDef]) {
         let mut rest = lit.value.as_str();
         while let Some(open) = rest.find('{') {
@@ -593,26 +613,10 @@ impl<'a> Cx<'a> {
                     });
                 }
                 ast::DeviceMember::Commands(cs, _) => {
-                    for c in cs {
-                        let l = self.loc(source, c.span);
-                        if let Some(i) = out.commands.iter().position(|x| *x == c.name) {
-                            self.duplicate("command", &c.name, l, command_locs[i]);
-                            continue;
-                        }
-                        out.commands.push(c.name.clone());
-                        command_locs.push(l);
-                    }
+                    self.collect_names(source, "command", cs, &mut out.commands, &mut command_locs);
                 }
                 ast::DeviceMember::Alerts(al, _) => {
-                    for a in al {
-                        let l = self.loc(source, a.span);
-                        if let Some(i) = out.alerts.iter().position(|x| *x == a.name) {
-                            self.duplicate("alert", &a.name, l, alert_locs[i]);
-                            continue;
-                        }
-                        out.alerts.push(a.name.clone());
-                        alert_locs.push(l);
-                    }
+                    self.collect_names(source, "alert", al, &mut out.alerts, &mut alert_locs);
                 }
                 ast::DeviceMember::States(names, span) => {
                     let l = self.loc(source, *span);

@@ -295,3 +295,12 @@ pub fn generate(spec: &Spec) -> Generated {
         roots: vec![PathBuf::from("site.kalki")],
     }
 }
+
+/// The site sizes to benchmark: `KALKI_BENCH_DEVICES` (comma-separated) or `default`.
+pub fn sizes(default: &[usize]) -> Vec<usize> {
+    std::env::var("KALKI_BENCH_DEVICES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| default.to_vec())
+}

@@ -9,11 +9,11 @@
 //! refuted here is unreachable for real (`docs/verification.md` has the argument).
 
 use super::encode::Vocab;
-use super::machine::ms;
+use super::machine::describe;
 use super::solver::{Outcome, Term};
 use super::{codes, Verifier};
 use crate::diag::Diagnostic;
-use crate::ir::{Action, AssertKind, Assertion, DeviceId, Expr, ExprKind, Loc, Site, Trigger};
+use crate::ir::{Action, AssertKind, Assertion, DeviceId, Expr, ExprKind, Loc, Site};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -196,30 +196,9 @@ fn check_one(
                 {
                     continue;
                 }
-                let why = match &t.trigger {
-                    Trigger::Alert {
-                        alert, count: None, ..
-                    } => format!("alert `{alert}`"),
-                    Trigger::Alert {
-                        alert,
-                        count: Some((k, w)),
-                        ..
-                    } => format!("{k} alerts `{alert}` within {}", ms(*w)),
-                    Trigger::When { hold_ms: None, .. } => "a reading satisfying its guard".into(),
-                    Trigger::When {
-                        hold_ms: Some(h), ..
-                    } => format!("readings satisfying its guard for {}", ms(*h)),
-                    Trigger::Quiet { after_ms } => format!("{} without alerts", ms(*after_ms)),
-                    Trigger::Operator { action } => format!("operator `{action}`"),
-                };
                 let sets = vec![(pos, u16::try_from(t.to.index()).unwrap_or(0))];
                 moves.push(Move {
-                    event: format!(
-                        "`{}`: {} -> {} on {why}",
-                        dev.name,
-                        ty.state(t.from).name,
-                        ty.state(t.to).name
-                    ),
+                    event: format!("`{}`: {}", dev.name, describe(ty, t)),
                     sets,
                 });
             }

@@ -23,7 +23,8 @@ pub(super) fn check_type(v: &mut Verifier<'_>, id: TypeId, facts: &SiteFacts) {
     v.live.insert(id, live);
 }
 
-fn describe(ty: &DeviceType, t: &Transition) -> String {
+/// A transition as written: `normal -> suspicious on port_scan count 3 within 1m`.
+pub(super) fn describe(ty: &DeviceType, t: &Transition) -> String {
     let from = &ty.state(t.from).name;
     let to = &ty.state(t.to).name;
     let why = match &t.trigger {
