@@ -248,6 +248,8 @@ pub struct Site {
     pub loc: Loc,
     pub bridge: String,
     pub uplink: Option<String>,
+    /// Where the uplink is named (the site's name when it is not).
+    pub uplink_loc: Loc,
     pub unknown_hosts: UnknownHosts,
     pub devices: Vec<Device>,
     pub rules: Vec<Rule>,

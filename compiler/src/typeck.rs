@@ -1508,6 +1508,7 @@ impl<'a> Cx<'a> {
             loc,
             bridge: String::new(),
             uplink: None,
+            uplink_loc: loc,
             unknown_hosts: UnknownHosts::Drop,
             devices: Vec::new(),
             rules: Vec::new(),
@@ -1539,6 +1540,9 @@ impl<'a> Cx<'a> {
                     }
                     out.bridge = bridge.value.clone();
                     out.uplink = uplink.as_ref().map(|u| u.value.clone());
+                    if let Some(u) = uplink {
+                        out.uplink_loc = self.loc(source, u.span);
+                    }
                 }
                 ast::SiteMember::UnknownHosts(d, span) => {
                     let l = self.loc(source, *span);

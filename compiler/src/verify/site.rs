@@ -67,8 +67,9 @@ pub(super) fn addresses(v: &mut Verifier<'_>, site: &Site) {
         if site.uplink.as_deref() == Some(d.port.as_str()) {
             v.push(
                 Diagnostic::error(codes::ADDRESS, format!("device `{}` sits on the uplink port `{}`", d.name, d.port))
-                    .primary(d.port_loc, "this is the site's uplink")
-                    .secondary(site.loc, "site declared here")
+                    .primary(d.port_loc, "this device port ...")
+                    .secondary(site.uplink_loc, "... is the site's uplink")
+                    .help("the uplink carries every device's traffic after its chain; give the device its own port")
                     .witness(json!({ "field": "switch port", "value": d.port, "devices": [d.name], "uplink": true })),
             );
         }
