@@ -3,6 +3,7 @@
 //! in through [`source::SourceLoader`], results go out as data ([`diag::Diagnostic`],
 //! [`ir::Model`]); only the `kalkic` binary touches files and terminals.
 
+pub mod codegen;
 pub mod codes;
 pub mod diag;
 pub mod ir;

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kalki_compiler::diag::Diagnostic;
 use kalki_compiler::source::{LoadError, SourceLoader};
 use kalki_compiler::verify::{self, AssertionResult, Status};
-use kalki_compiler::{codes, render, Checked};
+use kalki_compiler::{codegen, codes, render, Checked};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -38,6 +38,31 @@ enum Command {
     /// Check, then prove or refute the policy's properties with Z3 (K2xx findings).
     #[command(after_help = EXIT_HELP)]
     Verify(VerifyArgs),
+    /// Check, then draw the device types' state machines as Graphviz DOT.
+    ///
+    /// One cluster per device type declared in the given files or used by their sites:
+    /// states left to right in posture order, filled from green (least restrictive) to
+    /// red (most restrictive), the initial state bold with an arrow from a dot, final
+    /// states with a double border. Edges are transitions labelled with their triggers;
+    /// dashed edges are moves made by site rules. Render with e.g. `dot -Tsvg`.
+    #[command(after_help = EXIT_HELP)]
+    Graph(GraphArgs),
+}
+
+#[derive(clap::Args)]
+struct GraphArgs {
+    /// Policy files, or directories whose `.kalki` files are all read.
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Draw only this device type (an unknown name is a usage error).
+    #[arg(long, value_name = "TYPE")]
+    device_type: Option<String>,
+    /// Write the DOT to this file instead of standard output.
+    #[arg(short, long, value_name = "PATH")]
+    output: Option<PathBuf>,
+    /// Colour in diagnostics (printed on standard error).
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    color: Color,
 }
 
 #[derive(clap::Args)]
@@ -125,6 +150,7 @@ fn main() -> ExitCode {
     let exit = match cli.command {
         Command::Check(args) => run_check(&args),
         Command::Verify(args) => run_verify(&args),
+        Command::Graph(args) => run_graph(&args),
     };
     ExitCode::from(exit as u8)
 }
@@ -185,6 +211,64 @@ fn run_verify(args: &VerifyArgs) -> Exit {
     emit(&args.common, &checked, &checked.diagnostics, &assertions)
 }
 
+fn run_graph(args: &GraphArgs) -> Exit {
+    let common = CommonArgs {
+        files: args.files.clone(),
+        format: Format::Human,
+        color: args.color,
+    };
+    let Some(files) = inputs(&common) else {
+        return Exit::Usage;
+    };
+    let checked = kalki_compiler::check(&files, &FsLoader);
+    let Some(model) = checked
+        .model
+        .as_ref()
+        .filter(|_| checked.unreadable.is_empty())
+    else {
+        // Errors (or unreadable files): report them as `check` does.
+        return emit(&common, &checked, &checked.diagnostics, &[]);
+    };
+    if !checked.diagnostics.is_empty() {
+        let text = render::human(
+            &checked.sources,
+            &checked.diagnostics,
+            use_colour(args.color),
+        );
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    }
+    let dot = match codegen::dot::state_machines(model, args.device_type.as_deref()) {
+        Ok(dot) => dot,
+        Err(e) => {
+            eprintln!("error: {e}\n  help: {}", e.help());
+            return Exit::Usage;
+        }
+    };
+    let written = match &args.output {
+        Some(path) => std::fs::write(path, dot.as_bytes())
+            .map_err(|e| format!("cannot write `{}`: {e}", path.display())),
+        None => std::io::stdout()
+            .lock()
+            .write_all(dot.as_bytes())
+            .map_err(|e| format!("cannot write to standard output: {e}")),
+    };
+    match written {
+        Ok(()) => Exit::Ok,
+        Err(why) => {
+            eprintln!("error: {why}");
+            Exit::Usage
+        }
+    }
+}
+
+fn use_colour(color: Color) -> bool {
+    match color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    }
+}
+
 /// `file:line:col` and the source text of an assertion.
 fn assertion_text(checked: &Checked, a: &AssertionResult) -> (String, String) {
     let f = checked.sources.get(a.loc.source);
@@ -242,14 +326,7 @@ fn emit(
     let mut out = stdout.lock();
     let written = match args.format {
         Format::Human => {
-            let color = match args.color {
-                Color::Always => true,
-                Color::Never => false,
-                Color::Auto => {
-                    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
-                }
-            };
-            let mut text = render::human(&checked.sources, &all, color);
+            let mut text = render::human(&checked.sources, &all, use_colour(args.color));
             if !assertions.is_empty() {
                 text.push_str("assertions:\n");
                 text.push_str(&assertions_human(checked, assertions));

@@ -27,7 +27,14 @@ pub(super) fn check_type(v: &mut Verifier<'_>, id: TypeId, facts: &SiteFacts) {
 pub(super) fn describe(ty: &DeviceType, t: &Transition) -> String {
     let from = &ty.state(t.from).name;
     let to = &ty.state(t.to).name;
-    let why = match &t.trigger {
+    format!("{from} -> {to} {}", trigger_text(&t.trigger))
+}
+
+/// A trigger as written, guards elided: `on port_scan count 3 within 1m`, `when ... for
+/// 30s`, `after 10m quiet`, `on operator reset`. Shared by [`describe`] and the state
+/// machine graphs (`codegen::dot`).
+pub(crate) fn trigger_text(t: &Trigger) -> String {
+    match t {
         Trigger::Alert {
             alert, count: None, ..
         } => format!("on {alert}"),
@@ -42,8 +49,7 @@ pub(super) fn describe(ty: &DeviceType, t: &Transition) -> String {
         } => format!("when ... for {}", ms(*h)),
         Trigger::Quiet { after_ms } => format!("after {} quiet", ms(*after_ms)),
         Trigger::Operator { action } => format!("on operator {action}"),
-    };
-    format!("{from} -> {to} {why}")
+    }
 }
 
 pub(super) fn ms(ms: u64) -> String {

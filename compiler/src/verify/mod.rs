@@ -12,6 +12,8 @@ pub mod solver;
 pub mod z3;
 
 pub use assert::{AssertionResult, Status, Step};
+pub(crate) use machine::trigger_text;
+pub(crate) use site::pinned_state;
 
 use crate::diag::Diagnostic;
 use crate::ir::{Loc, Model, StateId, TypeId};
@@ -145,8 +147,9 @@ pub fn verify(model: &Model, solver: &dyn Solver, opts: &Options) -> Verified {
 }
 
 /// Device types declared in the root files or used by a site's devices; library types
-/// nobody uses are not verified on every compile.
-fn types_to_check(model: &Model) -> Vec<TypeId> {
+/// nobody uses are not verified on every compile. The state machine graphs
+/// (`codegen::dot`) draw the same types.
+pub(crate) fn types_to_check(model: &Model) -> Vec<TypeId> {
     let mut used: BTreeSet<TypeId> = model
         .sites
         .iter()

@@ -117,7 +117,7 @@ fn reads_values_of(e: &Expr, d: DeviceId) -> bool {
 }
 
 /// The state a conjunctive condition pins a device to, if any (`d in s and ...`).
-fn pinned_state(e: &Expr, d: DeviceId) -> Option<StateId> {
+pub(crate) fn pinned_state(e: &Expr, d: DeviceId) -> Option<StateId> {
     match &e.kind {
         ExprKind::InState { device, state } if *device == d => Some(*state),
         ExprKind::And { args } => args.iter().find_map(|a| pinned_state(a, d)),
