@@ -18,6 +18,7 @@ build: setup
 demo: build
 	$(KALKIC) check $(EXAMPLE)
 	$(KALKIC) verify $(EXAMPLE)
+	$(KALKIC) build $(EXAMPLE) -o out/smart-office
 
 lint: setup
 	$(CARGO) fmt --all -- --check

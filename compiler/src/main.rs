@@ -47,6 +47,22 @@ enum Command {
     /// dashed edges are moves made by site rules. Render with e.g. `dot -Tsvg`.
     #[command(after_help = EXIT_HELP)]
     Graph(GraphArgs),
+    /// Verify, then write the site's deployable bundle: manifest.json, OpenFlow rule
+    /// sets and container manifests. Nothing is written when the policy has errors.
+    #[command(after_help = EXIT_HELP)]
+    Build(BuildArgs),
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    #[command(flatten)]
+    limits: Limits,
+    /// The bundle directory. Replaced if it holds an earlier bundle; refused if it holds
+    /// anything else.
+    #[arg(short, long)]
+    output: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -151,6 +167,7 @@ fn main() -> ExitCode {
         Command::Check(args) => run_check(&args),
         Command::Verify(args) => run_verify(&args),
         Command::Graph(args) => run_graph(&args),
+        Command::Build(args) => run_build(&args),
     };
     ExitCode::from(exit as u8)
 }
@@ -209,6 +226,112 @@ fn run_verify(args: &VerifyArgs) -> Exit {
     let (checked, verified) = kalki_compiler::verify(&files, &FsLoader, &solver, &opts);
     let assertions = verified.map(|v| v.assertions).unwrap_or_default();
     emit(&args.common, &checked, &checked.diagnostics, &assertions)
+}
+
+fn run_build(args: &BuildArgs) -> Exit {
+    let Some(files) = inputs(&args.common) else {
+        return Exit::Usage;
+    };
+    let opts = args.limits.options();
+    let solver = verify::z3::Z3Solver::new(opts.timeout_ms);
+    let (checked, verified) = kalki_compiler::verify(&files, &FsLoader, &solver, &opts);
+    let assertions = verified.map(|v| v.assertions).unwrap_or_default();
+    let status = emit(&args.common, &checked, &checked.diagnostics, &assertions);
+    if status != Exit::Ok {
+        eprintln!("error: no bundle written: the policy has errors");
+        return status;
+    }
+    let Some(model) = &checked.model else {
+        return Exit::PolicyErrors;
+    };
+    let site = match model.sites.as_slice() {
+        [site] => site,
+        [] => {
+            eprintln!("error: the policy declares no site; a bundle is built for one site");
+            return Exit::Usage;
+        }
+        many => {
+            let names: Vec<&str> = many.iter().map(|s| s.name.as_str()).collect();
+            eprintln!(
+                "error: the policy declares {} sites ({}); build one site at a time",
+                many.len(),
+                names.join(", ")
+            );
+            return Exit::Usage;
+        }
+    };
+    let bundle = match kalki_compiler::codegen::bundle::build(model, site, &checked.sources) {
+        Ok(b) => b,
+        Err(d) => {
+            let _ = std::io::stderr()
+                .write_all(render::human(&checked.sources, &[*d], false).as_bytes());
+            return Exit::PolicyErrors;
+        }
+    };
+    match write_bundle(&args.output, &bundle) {
+        Ok(()) => {
+            eprintln!(
+                "wrote {} files to {}",
+                bundle.files.len(),
+                args.output.display()
+            );
+            Exit::Ok
+        }
+        Err(e) => {
+            eprintln!(
+                "error: cannot write the bundle to `{}`: {e}",
+                args.output.display()
+            );
+            Exit::Usage
+        }
+    }
+}
+
+/// Writes the bundle beside its destination, then swaps it in, so a reader never sees
+/// half a bundle; an earlier bundle is replaced, any other directory is left alone.
+fn write_bundle(
+    out: &Path,
+    bundle: &kalki_compiler::codegen::bundle::Bundle,
+) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    if out.exists() && !out.join("manifest.json").is_file() {
+        let empty = std::fs::read_dir(out)?.next().is_none();
+        if !empty {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                "it exists and holds no bundle (no manifest.json)",
+            ));
+        }
+    }
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bundle".into());
+    let staging = parent.join(format!(".{name}.staging-{}", std::process::id()));
+    let result = (|| {
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)?;
+        }
+        for (rel, bytes) in &bundle.files {
+            let path = staging.join(rel);
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&path, bytes)?;
+        }
+        if out.exists() {
+            std::fs::remove_dir_all(out)?;
+        }
+        std::fs::rename(&staging, out)
+    })();
+    if result.is_err() && staging.exists() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
 }
 
 fn run_graph(args: &GraphArgs) -> Exit {

@@ -4,22 +4,11 @@
 use super::encode::{inline, Vocab};
 use super::solver::{Outcome, Term};
 use super::{codes, SiteFacts, Verifier};
+use crate::codegen::openflow::{ip, mac};
 use crate::diag::Diagnostic;
 use crate::ir::{Action, DeviceId, Expr, ExprKind, Loc, Rule, Site, StateId, Trigger};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-
-fn ip(n: u32) -> String {
-    let b = n.to_be_bytes();
-    format!("{}.{}.{}.{}", b[0], b[1], b[2], b[3])
-}
-
-fn mac(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 /// K209: IP, MAC and switch port identify a device; no two may share one.
 pub(super) fn addresses(v: &mut Verifier<'_>, site: &Site) {

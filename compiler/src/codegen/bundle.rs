@@ -1,0 +1,261 @@
+//! The deployable bundle of one site: `manifest.json`, the OpenFlow rule sets and the
+//! container manifests, as a map from relative path to bytes. Pure: the binary writes it.
+//! Same model and sources, same bytes: every collection is ordered, nothing is timed.
+//! The format is described in `docs/bundle.md`.
+
+use super::openflow::{self, ip, mac, EntryPorts, Ports};
+use crate::diag::Diagnostic;
+use crate::ir::{Chain, Model, Site, StateId, Value};
+use crate::source::Sources;
+use serde_json::{json, Value as Json};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Version of the bundle format; the shim refuses versions it does not know.
+pub const FORMAT: u32 = 1;
+
+/// Stable code of a bundle that cannot be laid out on one bridge.
+pub const PORT_SPACE: &str = "K214";
+
+/// Relative path → contents.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bundle {
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn json_bytes(v: &Json) -> Vec<u8> {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    s.push('\n');
+    s.into_bytes()
+}
+
+/// `{name}` holes of a µmbox argument filled with the chain entry's values.
+fn fill(template: &str, params: &[(String, String)]) -> String {
+    let mut out = template.to_string();
+    for (name, value) in params {
+        out = out.replace(&format!("{{{name}}}"), value);
+    }
+    out
+}
+
+fn shown(v: &Value) -> String {
+    match v {
+        // Durations reach µmboxes in whole milliseconds.
+        Value::Duration(ms) => ms.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Builds the bundle of one site of a verified model.
+pub fn build(model: &Model, site: &Site, sources: &Sources) -> Result<Bundle, Box<Diagnostic>> {
+    let ports = openflow::allocate(model, site).map_err(|e| {
+        Box::new(
+            Diagnostic::error(
+                PORT_SPACE,
+                format!(
+                    "site `{}` needs {} switch ports; a bridge has {}",
+                    site.name,
+                    e.needed,
+                    openflow::MAX_OFPORT
+                ),
+            )
+            .primary(
+                site.loc,
+                "too many devices and µmbox interfaces for one bridge",
+            )
+            .help("split the site, or use fewer µmboxes per state"),
+        )
+    })?;
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+
+    let mut source_digests: Vec<Json> = sources
+        .iter()
+        .map(|(_, f)| json!({ "name": f.name, "sha256": sha256(f.text.as_bytes()) }))
+        .collect();
+    source_digests.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    let policy_digest = sha256(json_bytes(&json!(source_digests)).as_slice());
+
+    files.insert(
+        "flows/base.ofctl".into(),
+        openflow::render(&openflow::base_flows(site, &ports)).into_bytes(),
+    );
+
+    let mut devices = Vec::new();
+    let mut used_types: BTreeSet<usize> = BTreeSet::new();
+    for (i, d) in site.devices.iter().enumerate() {
+        let ty = model.device_type(d.ty);
+        used_types.insert(d.ty.index());
+        let mut states = Vec::new();
+        for (si, s) in ty.states.iter().enumerate() {
+            let state = StateId::from_index(si);
+            let flows_path = format!("flows/{}/{}.ofctl", d.name, s.name);
+            files.insert(
+                flows_path.clone(),
+                openflow::render(&openflow::state_flows(model, site, &ports, i, state))
+                    .into_bytes(),
+            );
+            let containers = container_manifests(model, site, &ports, i, state, &policy_digest);
+            let paths: Vec<String> = containers.keys().cloned().collect();
+            files.extend(containers);
+            states.push(json!({
+                "name": s.name,
+                "cookie": format!("{:#x}", openflow::device_cookie(i, state)),
+                "chain": chain_names(model, &s.chain),
+                "flows": flows_path,
+                "containers": paths,
+            }));
+        }
+        devices.push(json!({
+            "name": d.name,
+            "type": ty.name,
+            "ip": ip(d.ip),
+            "mac": d.mac.map(mac),
+            "port": d.port,
+            "ofport": ports.devices[i],
+            "trusted": d.trusted,
+            "initial": ty.state(ty.initial).name,
+            "most_restrictive": ty.state(ty.most_restrictive()).name,
+            "states": states,
+        }));
+    }
+
+    let types: Vec<Json> = used_types
+        .iter()
+        .map(|&t| {
+            let ty = &model.device_types[t];
+            json!({
+                "name": ty.name,
+                "vars": ty.vars.iter().map(|v| json!({ "name": v.name, "type": v.ty })).collect::<Vec<_>>(),
+                "commands": ty.commands,
+                "alerts": ty.alerts,
+                "states": ty.states.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+                "initial": ty.initial,
+                "transitions": ty.transitions,
+            })
+        })
+        .collect();
+
+    let file_digests: Vec<Json> = files
+        .iter()
+        .map(|(path, bytes)| json!({ "path": path, "sha256": sha256(bytes) }))
+        .collect();
+    let manifest = json!({
+        "format": FORMAT,
+        "compiler": format!("kalkic {}", env!("CARGO_PKG_VERSION")),
+        "site": site.name,
+        "bridge": site.bridge,
+        "uplink": { "name": site.uplink, "ofport": ports.uplink },
+        "unknown_hosts": site.unknown_hosts,
+        "cookies": {
+            "base": format!("{:#x}", openflow::base_cookie()),
+            "device_mask": format!("{:#x}", openflow::DEVICE_COOKIE_MASK),
+        },
+        "policy_sha256": policy_digest,
+        "sources": source_digests,
+        "files": file_digests,
+        "ports": ports.all,
+        "device_types": types,
+        "devices": devices,
+        "rules": site.rules,
+    });
+    files.insert(
+        "manifest.json".into(),
+        json_bytes(&strip_locations(manifest)),
+    );
+    Ok(Bundle { files })
+}
+
+fn chain_names(model: &Model, chain: &Chain) -> Json {
+    match chain {
+        Chain::Pass => json!("pass"),
+        Chain::Drop => json!("drop"),
+        Chain::Umboxes(entries) => json!(entries
+            .iter()
+            .map(|e| model.umbox(e.umbox).name.clone())
+            .collect::<Vec<_>>()),
+    }
+}
+
+fn container_manifests(
+    model: &Model,
+    site: &Site,
+    ports: &Ports,
+    device: usize,
+    state: StateId,
+    policy_digest: &str,
+) -> BTreeMap<String, Vec<u8>> {
+    let d = &site.devices[device];
+    let s = model.device_type(d.ty).state(state);
+    let mut out = BTreeMap::new();
+    let Chain::Umboxes(entries) = &s.chain else {
+        return out;
+    };
+    for (pos, e) in entries.iter().enumerate() {
+        let u = model.umbox(e.umbox);
+        let params: Vec<(String, String)> = u
+            .params
+            .iter()
+            .zip(&e.args)
+            .map(|(p, v)| (p.name.clone(), shown(v)))
+            .collect();
+        let interfaces = match ports.entries[device][state.index()][pos] {
+            EntryPorts::Inline { a, b } => json!([
+                { "name": "a", "faces": "device", "ofport": a, "port_name": format!("km{a}") },
+                { "name": "b", "faces": "uplink", "ofport": b, "port_name": format!("km{b}") },
+            ]),
+            EntryPorts::Tap { p } => {
+                json!([{ "name": "tap", "faces": "copy", "ofport": p, "port_name": format!("km{p}") }])
+            }
+        };
+        let env: BTreeMap<&str, &str> = u
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let manifest = json!({
+            "name": format!("kalki-{}-{}-{}-{}", site.name, d.name, s.name, pos),
+            "image": u.image,
+            "args": u.args.iter().map(|a| fill(a, &params)).collect::<Vec<_>>(),
+            "env": env,
+            "params": params.iter().cloned().collect::<BTreeMap<_, _>>(),
+            "mode": u.mode,
+            "emits": u.emits,
+            "labels": {
+                "kalki.site": site.name,
+                "kalki.device": d.name,
+                "kalki.state": s.name,
+                "kalki.position": pos.to_string(),
+                "kalki.umbox": u.name,
+                "kalki.policy": policy_digest,
+            },
+            "interfaces": interfaces,
+        });
+        out.insert(
+            format!("containers/{}/{}/{}-{}.json", d.name, s.name, pos, u.name),
+            json_bytes(&manifest),
+        );
+    }
+    out
+}
+
+/// Source locations mean nothing on a node without the sources: drop `loc` fields from
+/// the serialised IR.
+fn strip_locations(v: Json) -> Json {
+    match v {
+        Json::Object(m) => Json::Object(
+            m.into_iter()
+                .filter(|(k, _)| k != "loc")
+                .map(|(k, v)| (k, strip_locations(v)))
+                .collect(),
+        ),
+        Json::Array(a) => Json::Array(a.into_iter().map(strip_locations).collect()),
+        other => other,
+    }
+}

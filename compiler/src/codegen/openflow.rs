@@ -1,0 +1,547 @@
+//! OpenFlow rule sets for Open vSwitch (OpenFlow 1.5, `ovs-ofctl` syntax): switch port
+//! numbers, the base set (classification, anti-spoofing, defaults) and one set per
+//! (device, state) that steers the device's traffic through its chain.
+//!
+//! Flows are data ([`Flow`]) first and text second, so translation validation can reason
+//! about exactly what is written. The pipeline is described in `docs/bundle.md`.
+
+use crate::ir::{Chain, Device, Model, Site, StateId, UmboxMode};
+use serde::Serialize;
+
+/// The largest port number Open vSwitch accepts in `ofport_request`.
+pub const MAX_OFPORT: u32 = 65_279;
+/// The uplink's port number.
+pub const UPLINK_OFPORT: u32 = 1;
+
+/// Cookie kinds (the top byte of every cookie).
+pub const COOKIE_BASE: u64 = 1;
+pub const COOKIE_DEVICE: u64 = 2;
+/// Selects every flow of one device, whatever its state.
+pub const DEVICE_COOKIE_MASK: u64 = 0xffff_ffff_ffff_0000;
+
+/// The cookie of a device's flows in one state.
+pub fn device_cookie(device: usize, state: StateId) -> u64 {
+    (COOKIE_DEVICE << 56) | ((device as u64 + 1) << 16) | (state.index() as u64 & 0xffff)
+}
+
+/// The cookie of the base set.
+pub fn base_cookie() -> u64 {
+    COOKIE_BASE << 56
+}
+
+/// One switch port the bundle needs, with the number to request for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Port {
+    pub name: String,
+    pub ofport: u32,
+    #[serde(flatten)]
+    pub role: PortRole,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "role", rename_all = "lowercase")]
+pub enum PortRole {
+    Uplink,
+    Device {
+        device: String,
+    },
+    /// One interface of a µmbox container: `a` faces the device, `b` the uplink, `tap`
+    /// receives copies.
+    Umbox {
+        device: String,
+        state: String,
+        position: usize,
+        umbox: String,
+        side: Side,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    A,
+    B,
+    Tap,
+}
+
+/// The ports of one chain entry: inline µmboxes have `a` and `b`, taps one port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryPorts {
+    Inline { a: u32, b: u32 },
+    Tap { p: u32 },
+}
+
+/// Every port of a site, in a deterministic order and numbering.
+#[derive(Debug, Clone, Default)]
+pub struct Ports {
+    pub all: Vec<Port>,
+    pub uplink: u32,
+    pub devices: Vec<u32>,
+    /// Per device, per state, per chain entry.
+    pub entries: Vec<Vec<Vec<EntryPorts>>>,
+}
+
+/// Why the site does not fit one bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortSpaceExhausted {
+    pub needed: u64,
+}
+
+/// Interface names are limited to 15 bytes by Linux; `k<port number>` always fits.
+fn umbox_port_name(ofport: u32) -> String {
+    format!("km{ofport}")
+}
+
+/// Numbers every port: the uplink is 1, device `i` is `2 + i`, then each µmbox interface
+/// in order of device, state and chain position.
+pub fn allocate(model: &Model, site: &Site) -> Result<Ports, PortSpaceExhausted> {
+    let mut next: u64 = 2 + site.devices.len() as u64;
+    let mut needed = next - 1;
+    for d in &site.devices {
+        for s in &model.device_type(d.ty).states {
+            if let Chain::Umboxes(entries) = &s.chain {
+                for e in entries {
+                    needed += match model.umbox(e.umbox).mode {
+                        UmboxMode::Inline => 2,
+                        UmboxMode::Tap => 1,
+                    };
+                }
+            }
+        }
+    }
+    if needed > u64::from(MAX_OFPORT) {
+        return Err(PortSpaceExhausted { needed });
+    }
+    let mut ports = Ports {
+        uplink: UPLINK_OFPORT,
+        ..Ports::default()
+    };
+    ports.all.push(Port {
+        name: site.uplink.clone().unwrap_or_else(|| "uplink".into()),
+        ofport: UPLINK_OFPORT,
+        role: PortRole::Uplink,
+    });
+    for (i, d) in site.devices.iter().enumerate() {
+        let ofport = 2 + i as u32;
+        ports.devices.push(ofport);
+        ports.all.push(Port {
+            name: d.port.clone(),
+            ofport,
+            role: PortRole::Device {
+                device: d.name.clone(),
+            },
+        });
+    }
+    let mut take =
+        |ports: &mut Ports, d: &Device, state: &str, position: usize, umbox: &str, side: Side| {
+            let ofport = next as u32;
+            next += 1;
+            ports.all.push(Port {
+                name: umbox_port_name(ofport),
+                ofport,
+                role: PortRole::Umbox {
+                    device: d.name.clone(),
+                    state: state.to_string(),
+                    position,
+                    umbox: umbox.to_string(),
+                    side,
+                },
+            });
+            ofport
+        };
+    for d in &site.devices {
+        let mut per_state = Vec::new();
+        for s in &model.device_type(d.ty).states {
+            let mut per_entry = Vec::new();
+            if let Chain::Umboxes(entries) = &s.chain {
+                for (pos, e) in entries.iter().enumerate() {
+                    let u = model.umbox(e.umbox);
+                    per_entry.push(match u.mode {
+                        UmboxMode::Inline => {
+                            let a = take(&mut ports, d, &s.name, pos, &u.name, Side::A);
+                            let b = take(&mut ports, d, &s.name, pos, &u.name, Side::B);
+                            EntryPorts::Inline { a, b }
+                        }
+                        UmboxMode::Tap => EntryPorts::Tap {
+                            p: take(&mut ports, d, &s.name, pos, &u.name, Side::Tap),
+                        },
+                    });
+                }
+            }
+            per_state.push(per_entry);
+        }
+        ports.entries.push(per_state);
+    }
+    Ok(ports)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Ip,
+    Arp,
+}
+
+/// The fields a flow matches on; `None` is a wildcard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Match {
+    pub in_port: Option<u32>,
+    pub proto: Option<Proto>,
+    pub dl_src: Option<[u8; 6]>,
+    pub nw_src: Option<u32>,
+    pub nw_dst: Option<u32>,
+    pub arp_spa: Option<u32>,
+    pub arp_tpa: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "action", content = "arg", rename_all = "snake_case")]
+pub enum Action {
+    Output(u32),
+    GotoTable(u8),
+    /// The bridge's own port (the node's traffic).
+    Local,
+    /// Ordinary L2 switching (unknown hosts, when the site passes them).
+    Normal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Flow {
+    pub table: u8,
+    pub priority: u16,
+    pub cookie: u64,
+    #[serde(rename = "match")]
+    pub matches: Match,
+    /// Empty: drop.
+    pub actions: Vec<Action>,
+}
+
+/// Table 0: classification and anti-spoofing. Table 1: per-device steering.
+pub const CLASSIFY: u8 = 0;
+pub const STEER: u8 = 1;
+
+/// Dotted-quad form of an IPv4 address.
+pub fn ip(n: u32) -> String {
+    let b = n.to_be_bytes();
+    format!("{}.{}.{}.{}", b[0], b[1], b[2], b[3])
+}
+
+/// Colon-separated form of a MAC address.
+pub fn mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Flow {
+    fn new(table: u8, priority: u16, cookie: u64, matches: Match, actions: Vec<Action>) -> Self {
+        Flow {
+            table,
+            priority,
+            cookie,
+            matches,
+            actions,
+        }
+    }
+
+    /// The flow in `ovs-ofctl add-flow` syntax.
+    pub fn to_ofctl(&self) -> String {
+        let m = &self.matches;
+        let mut parts = vec![
+            format!("table={}", self.table),
+            format!("priority={}", self.priority),
+            format!("cookie={:#x}", self.cookie),
+        ];
+        match m.in_port {
+            Some(OFPP_LOCAL) => parts.push("in_port=LOCAL".into()),
+            Some(p) => parts.push(format!("in_port={p}")),
+            None => {}
+        }
+        match m.proto {
+            Some(Proto::Ip) => parts.push("ip".into()),
+            Some(Proto::Arp) => parts.push("arp".into()),
+            None => {}
+        }
+        if let Some(x) = m.dl_src {
+            parts.push(format!("dl_src={}", mac(x)));
+        }
+        if let Some(x) = m.nw_src {
+            parts.push(format!("nw_src={}", ip(x)));
+        }
+        if let Some(x) = m.nw_dst {
+            parts.push(format!("nw_dst={}", ip(x)));
+        }
+        if let Some(x) = m.arp_spa {
+            parts.push(format!("arp_spa={}", ip(x)));
+        }
+        if let Some(x) = m.arp_tpa {
+            parts.push(format!("arp_tpa={}", ip(x)));
+        }
+        let actions = if self.actions.is_empty() {
+            "drop".to_string()
+        } else {
+            self.actions
+                .iter()
+                .map(|a| match a {
+                    Action::Output(p) => format!("output:{p}"),
+                    Action::GotoTable(t) => format!("goto_table:{t}"),
+                    Action::Local => "LOCAL".into(),
+                    Action::Normal => "NORMAL".into(),
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        format!("{} actions={actions}", parts.join(","))
+    }
+}
+
+/// Table 0 and the table-miss rules: which packets belong to which device, and what
+/// happens to everything else.
+pub fn base_flows(site: &Site, ports: &Ports) -> Vec<Flow> {
+    let c = base_cookie();
+    let u = ports.uplink;
+    let goto = vec![Action::GotoTable(STEER)];
+    let mut out = Vec::new();
+    for (i, d) in site.devices.iter().enumerate() {
+        let dp = ports.devices[i];
+        out.push(Flow::new(
+            CLASSIFY,
+            1000,
+            c,
+            Match {
+                in_port: Some(dp),
+                proto: Some(Proto::Ip),
+                dl_src: d.mac,
+                nw_src: Some(d.ip),
+                ..Match::default()
+            },
+            goto.clone(),
+        ));
+        out.push(Flow::new(
+            CLASSIFY,
+            1000,
+            c,
+            Match {
+                in_port: Some(dp),
+                proto: Some(Proto::Arp),
+                dl_src: d.mac,
+                arp_spa: Some(d.ip),
+                ..Match::default()
+            },
+            goto.clone(),
+        ));
+        // A spoofed source, IPv6, anything else from a device port.
+        out.push(Flow::new(
+            CLASSIFY,
+            900,
+            c,
+            Match {
+                in_port: Some(dp),
+                ..Match::default()
+            },
+            vec![],
+        ));
+        out.push(Flow::new(
+            CLASSIFY,
+            1000,
+            c,
+            Match {
+                in_port: Some(u),
+                proto: Some(Proto::Ip),
+                nw_dst: Some(d.ip),
+                ..Match::default()
+            },
+            goto.clone(),
+        ));
+        out.push(Flow::new(
+            CLASSIFY,
+            1000,
+            c,
+            Match {
+                in_port: Some(u),
+                proto: Some(Proto::Arp),
+                arp_tpa: Some(d.ip),
+                ..Match::default()
+            },
+            goto.clone(),
+        ));
+    }
+    for p in &ports.all {
+        if matches!(p.role, PortRole::Umbox { .. }) {
+            out.push(Flow::new(
+                CLASSIFY,
+                1000,
+                c,
+                Match {
+                    in_port: Some(p.ofport),
+                    ..Match::default()
+                },
+                goto.clone(),
+            ));
+        }
+    }
+    // The node's own traffic through the bridge.
+    out.push(Flow::new(
+        CLASSIFY,
+        10,
+        c,
+        Match {
+            in_port: Some(u),
+            ..Match::default()
+        },
+        vec![Action::Local],
+    ));
+    out.push(Flow::new(
+        CLASSIFY,
+        10,
+        c,
+        Match {
+            in_port: Some(OFPP_LOCAL),
+            ..Match::default()
+        },
+        vec![Action::Output(u)],
+    ));
+    // Unknown hosts: whatever no rule above claimed.
+    let unknown = match site.unknown_hosts {
+        crate::ir::UnknownHosts::Drop => vec![],
+        crate::ir::UnknownHosts::Pass => vec![Action::Normal],
+    };
+    out.push(Flow::new(CLASSIFY, 0, c, Match::default(), unknown));
+    // A packet classified for a device whose current state installs no rule for it.
+    out.push(Flow::new(STEER, 0, c, Match::default(), vec![]));
+    out
+}
+
+/// OpenFlow's reserved number for the bridge's own port.
+pub const OFPP_LOCAL: u32 = 0xffff_fffe;
+
+/// Table 1 for one device in one state: its traffic, both ways, through its chain.
+pub fn state_flows(
+    model: &Model,
+    site: &Site,
+    ports: &Ports,
+    device: usize,
+    state: StateId,
+) -> Vec<Flow> {
+    let d = &site.devices[device];
+    let ty = model.device_type(d.ty);
+    let c = device_cookie(device, state);
+    let (dp, u) = (ports.devices[device], ports.uplink);
+    let from_dev = |proto| Match {
+        in_port: Some(dp),
+        proto,
+        ..Match::default()
+    };
+    let to_dev_ip = Match {
+        in_port: Some(u),
+        proto: Some(Proto::Ip),
+        nw_dst: Some(d.ip),
+        ..Match::default()
+    };
+    let to_dev_arp = Match {
+        in_port: Some(u),
+        proto: Some(Proto::Arp),
+        arp_tpa: Some(d.ip),
+        ..Match::default()
+    };
+    let mut out = Vec::new();
+    match &ty.state(state).chain {
+        Chain::Drop => {}
+        Chain::Pass => {
+            out.push(Flow::new(
+                STEER,
+                100,
+                c,
+                from_dev(None),
+                vec![Action::Output(u)],
+            ));
+            out.push(Flow::new(
+                STEER,
+                100,
+                c,
+                to_dev_ip,
+                vec![Action::Output(dp)],
+            ));
+            out.push(Flow::new(
+                STEER,
+                100,
+                c,
+                to_dev_arp,
+                vec![Action::Output(dp)],
+            ));
+        }
+        Chain::Umboxes(_) => {
+            let entries = &ports.entries[device][state.index()];
+            let taps: Vec<Action> = entries
+                .iter()
+                .filter_map(|e| match e {
+                    EntryPorts::Tap { p } => Some(Action::Output(*p)),
+                    EntryPorts::Inline { .. } => None,
+                })
+                .collect();
+            let inline: Vec<(u32, u32)> = entries
+                .iter()
+                .filter_map(|e| match e {
+                    EntryPorts::Inline { a, b } => Some((*a, *b)),
+                    EntryPorts::Tap { .. } => None,
+                })
+                .collect();
+            // ARP is bridged directly: µmboxes inspect IP traffic.
+            out.push(Flow::new(
+                STEER,
+                100,
+                c,
+                from_dev(Some(Proto::Arp)),
+                vec![Action::Output(u)],
+            ));
+            out.push(Flow::new(
+                STEER,
+                100,
+                c,
+                to_dev_arp,
+                vec![Action::Output(dp)],
+            ));
+            let first_a = inline.first().map_or(u, |(a, _)| *a);
+            let last_b = inline.last().map_or(dp, |(_, b)| *b);
+            let mut fwd = taps.clone();
+            fwd.push(Action::Output(first_a));
+            out.push(Flow::new(STEER, 100, c, from_dev(Some(Proto::Ip)), fwd));
+            let mut rev = taps;
+            rev.push(Action::Output(last_b));
+            out.push(Flow::new(STEER, 100, c, to_dev_ip, rev));
+            for (i, (a, b)) in inline.iter().enumerate() {
+                let next_a = inline.get(i + 1).map_or(u, |(na, _)| *na);
+                let prev_b = if i == 0 { dp } else { inline[i - 1].1 };
+                out.push(Flow::new(
+                    STEER,
+                    100,
+                    c,
+                    Match {
+                        in_port: Some(*b),
+                        ..Match::default()
+                    },
+                    vec![Action::Output(next_a)],
+                ));
+                out.push(Flow::new(
+                    STEER,
+                    100,
+                    c,
+                    Match {
+                        in_port: Some(*a),
+                        ..Match::default()
+                    },
+                    vec![Action::Output(prev_b)],
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// A rule set as an `ovs-ofctl add-flows` file: one flow per line, in a stable order.
+pub fn render(flows: &[Flow]) -> String {
+    let mut lines: Vec<String> = flows.iter().map(Flow::to_ofctl).collect();
+    lines.sort();
+    lines.iter().map(|l| format!("{l}\n")).collect()
+}

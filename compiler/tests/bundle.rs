@@ -1,0 +1,201 @@
+//! The bundle (`kalkic build`): byte-identical rebuilds, a snapshot of the example's rule
+//! sets and manifest, digests that match the files, and the binary's refusals (a policy
+//! with errors, a destination that holds something else) leaving nothing behind.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{repo_root, FsLoader};
+use kalki_compiler::codegen::bundle::{self, Bundle};
+use kalki_compiler::verify::{self, z3::Z3Solver};
+use std::path::PathBuf;
+use std::process::Command;
+
+fn build(dir: &str) -> Bundle {
+    let loader = FsLoader { base: repo_root() };
+    let files: Vec<PathBuf> = std::fs::read_dir(repo_root().join(dir))
+        .unwrap()
+        .map(|e| PathBuf::from(dir).join(e.unwrap().file_name()))
+        .filter(|p| p.extension().is_some_and(|x| x == "kalki"))
+        .collect();
+    let opts = verify::Options::default();
+    let (checked, verified) =
+        kalki_compiler::verify(&files, &loader, &Z3Solver::new(10_000), &opts);
+    assert!(
+        checked.diagnostics.iter().all(|d| !d.is_error()),
+        "{:#?}",
+        checked.diagnostics
+    );
+    assert!(verified.is_some());
+    let model = checked.model.as_ref().unwrap();
+    bundle::build(model, &model.sites[0], &checked.sources).unwrap()
+}
+
+#[test]
+fn building_twice_gives_identical_bytes() {
+    for dir in ["examples/smart-office", "examples/kalki-lab-corrected"] {
+        assert_eq!(build(dir), build(dir), "{dir}");
+    }
+}
+
+#[test]
+fn smart_office_bundle() {
+    let b = build("examples/smart-office");
+    let mut listing = String::new();
+    for (path, bytes) in &b.files {
+        listing.push_str(&format!("{path} ({} bytes)\n", bytes.len()));
+    }
+    let text = |p: &str| String::from_utf8(b.files[p].clone()).unwrap();
+    insta::with_settings!({ snapshot_path => "snapshots/bundle", prepend_module_to_snapshot => false }, {
+        insta::assert_snapshot!("smart-office-files", listing);
+        insta::assert_snapshot!("smart-office-base", text("flows/base.ofctl"));
+        insta::assert_snapshot!("smart-office-hall_cam-normal", text("flows/hall_cam/normal.ofctl"));
+        insta::assert_snapshot!("smart-office-hall_cam-suspicious", text("flows/hall_cam/suspicious.ofctl"));
+        insta::assert_snapshot!("smart-office-hall_cam-attack", text("flows/hall_cam/attack.ofctl"));
+        insta::assert_snapshot!(
+            "smart-office-container",
+            text("containers/hall_cam/suspicious/2-ids.json")
+        );
+    });
+}
+
+#[test]
+fn manifest_digests_match_the_files() {
+    use sha2::{Digest, Sha256};
+    let b = build("examples/smart-office");
+    let manifest: serde_json::Value = serde_json::from_slice(&b.files["manifest.json"]).unwrap();
+    let listed = manifest["files"].as_array().unwrap();
+    assert_eq!(
+        listed.len(),
+        b.files.len() - 1,
+        "every file but the manifest is listed"
+    );
+    for f in listed {
+        let path = f["path"].as_str().unwrap();
+        let want: String = Sha256::digest(&b.files[path])
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect();
+        assert_eq!(f["sha256"], want.as_str(), "{path}");
+    }
+    // Every device state names its rule set and containers, and they exist.
+    for d in manifest["devices"].as_array().unwrap() {
+        for s in d["states"].as_array().unwrap() {
+            assert!(b.files.contains_key(s["flows"].as_str().unwrap()));
+            for c in s["containers"].as_array().unwrap() {
+                assert!(b.files.contains_key(c.as_str().unwrap()));
+            }
+        }
+    }
+}
+
+#[test]
+fn every_state_set_carries_only_its_own_cookie() {
+    let b = build("examples/smart-office");
+    let manifest: serde_json::Value = serde_json::from_slice(&b.files["manifest.json"]).unwrap();
+    for d in manifest["devices"].as_array().unwrap() {
+        for s in d["states"].as_array().unwrap() {
+            let cookie = s["cookie"].as_str().unwrap();
+            let flows = String::from_utf8(b.files[s["flows"].as_str().unwrap()].clone()).unwrap();
+            for line in flows.lines() {
+                assert!(line.contains(&format!("cookie={cookie},")), "{line}");
+                assert!(
+                    line.starts_with("table=1,"),
+                    "state sets live in table 1: {line}"
+                );
+            }
+        }
+    }
+}
+
+fn kalkic(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kalkic"))
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .unwrap()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kalki-bundle-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn build_writes_a_bundle_and_replaces_an_earlier_one() {
+    let dir = scratch("ok");
+    let out = dir.join("out");
+    let o = kalkic(&[
+        "build",
+        "--color",
+        "never",
+        "examples/smart-office",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let first = std::fs::read(out.join("manifest.json")).unwrap();
+    let o = kalkic(&[
+        "build",
+        "--color",
+        "never",
+        "examples/smart-office",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), first);
+    // No staging directory is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn build_refuses_a_policy_with_errors_and_writes_nothing() {
+    let dir = scratch("errors");
+    let out = dir.join("out");
+    let o = kalkic(&[
+        "build",
+        "--color",
+        "never",
+        "examples/kalki-lab",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no bundle written"));
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn build_refuses_to_overwrite_what_is_not_a_bundle() {
+    let dir = scratch("foreign");
+    std::fs::write(dir.join("precious.txt"), "keep me").unwrap();
+    let o = kalkic(&[
+        "build",
+        "--color",
+        "never",
+        "examples/smart-office",
+        "-o",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("precious.txt")).unwrap(),
+        "keep me"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
