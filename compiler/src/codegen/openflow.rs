@@ -186,12 +186,16 @@ pub enum Proto {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Match {
     pub in_port: Option<u32>,
+    /// Only frames without a VLAN tag (`vlan_tci=0x0000/0x1fff`): tagged frames would
+    /// otherwise slip past the source checks.
+    pub untagged: bool,
     pub proto: Option<Proto>,
     pub dl_src: Option<[u8; 6]>,
     pub nw_src: Option<u32>,
     pub nw_dst: Option<u32>,
     pub arp_spa: Option<u32>,
     pub arp_tpa: Option<u32>,
+    pub arp_sha: Option<[u8; 6]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -199,8 +203,6 @@ pub struct Match {
 pub enum Action {
     Output(u32),
     GotoTable(u8),
-    /// The bridge's own port (the node's traffic).
-    Local,
     /// Ordinary L2 switching (unknown hosts, when the site passes them).
     Normal,
 }
@@ -253,10 +255,11 @@ impl Flow {
             format!("priority={}", self.priority),
             format!("cookie={:#x}", self.cookie),
         ];
-        match m.in_port {
-            Some(OFPP_LOCAL) => parts.push("in_port=LOCAL".into()),
-            Some(p) => parts.push(format!("in_port={p}")),
-            None => {}
+        if let Some(p) = m.in_port {
+            parts.push(format!("in_port={p}"));
+        }
+        if m.untagged {
+            parts.push("vlan_tci=0x0000/0x1fff".into());
         }
         match m.proto {
             Some(Proto::Ip) => parts.push("ip".into()),
@@ -278,6 +281,9 @@ impl Flow {
         if let Some(x) = m.arp_tpa {
             parts.push(format!("arp_tpa={}", ip(x)));
         }
+        if let Some(x) = m.arp_sha {
+            parts.push(format!("arp_sha={}", mac(x)));
+        }
         let actions = if self.actions.is_empty() {
             "drop".to_string()
         } else {
@@ -286,7 +292,6 @@ impl Flow {
                 .map(|a| match a {
                     Action::Output(p) => format!("output:{p}"),
                     Action::GotoTable(t) => format!("goto_table:{t}"),
-                    Action::Local => "LOCAL".into(),
                     Action::Normal => "NORMAL".into(),
                 })
                 .collect::<Vec<_>>()
@@ -297,124 +302,96 @@ impl Flow {
 }
 
 /// Table 0 and the table-miss rules: which packets belong to which device, and what
-/// happens to everything else.
+/// happens to everything else. Validated against Open vSwitch by hand
+/// (`docs/design/openflow-pipeline.md`).
 pub fn base_flows(site: &Site, ports: &Ports) -> Vec<Flow> {
     let c = base_cookie();
     let u = ports.uplink;
-    let goto = vec![Action::GotoTable(STEER)];
+    let goto = || vec![Action::GotoTable(STEER)];
+    let rule = |priority, matches, actions| Flow::new(CLASSIFY, priority, c, matches, actions);
     let mut out = Vec::new();
     for (i, d) in site.devices.iter().enumerate() {
         let dp = ports.devices[i];
-        out.push(Flow::new(
-            CLASSIFY,
+        // The device's own, untagged traffic: its IP (and MAC, when declared) as source.
+        let from = |proto| Match {
+            in_port: Some(dp),
+            untagged: true,
+            proto: Some(proto),
+            dl_src: d.mac,
+            ..Match::default()
+        };
+        out.push(rule(
             1000,
-            c,
             Match {
-                in_port: Some(dp),
-                proto: Some(Proto::Ip),
-                dl_src: d.mac,
                 nw_src: Some(d.ip),
-                ..Match::default()
+                ..from(Proto::Ip)
             },
-            goto.clone(),
+            goto(),
         ));
-        out.push(Flow::new(
-            CLASSIFY,
+        out.push(rule(
             1000,
-            c,
             Match {
-                in_port: Some(dp),
-                proto: Some(Proto::Arp),
-                dl_src: d.mac,
                 arp_spa: Some(d.ip),
-                ..Match::default()
+                arp_sha: d.mac,
+                ..from(Proto::Arp)
             },
-            goto.clone(),
+            goto(),
         ));
-        // A spoofed source, IPv6, anything else from a device port.
-        out.push(Flow::new(
-            CLASSIFY,
+        // A spoofed source, a VLAN tag, IPv6, anything else from a device port.
+        out.push(rule(
             900,
-            c,
             Match {
                 in_port: Some(dp),
                 ..Match::default()
             },
             vec![],
         ));
-        out.push(Flow::new(
-            CLASSIFY,
+        let to = |proto| Match {
+            in_port: Some(u),
+            untagged: true,
+            proto: Some(proto),
+            ..Match::default()
+        };
+        out.push(rule(
             1000,
-            c,
             Match {
-                in_port: Some(u),
-                proto: Some(Proto::Ip),
                 nw_dst: Some(d.ip),
-                ..Match::default()
+                ..to(Proto::Ip)
             },
-            goto.clone(),
+            goto(),
         ));
-        out.push(Flow::new(
-            CLASSIFY,
+        out.push(rule(
             1000,
-            c,
             Match {
-                in_port: Some(u),
-                proto: Some(Proto::Arp),
                 arp_tpa: Some(d.ip),
-                ..Match::default()
+                ..to(Proto::Arp)
             },
-            goto.clone(),
+            goto(),
         ));
     }
     for p in &ports.all {
         if matches!(p.role, PortRole::Umbox { .. }) {
-            out.push(Flow::new(
-                CLASSIFY,
+            out.push(rule(
                 1000,
-                c,
                 Match {
                     in_port: Some(p.ofport),
                     ..Match::default()
                 },
-                goto.clone(),
+                goto(),
             ));
         }
     }
-    // The node's own traffic through the bridge.
-    out.push(Flow::new(
-        CLASSIFY,
-        10,
-        c,
-        Match {
-            in_port: Some(u),
-            ..Match::default()
-        },
-        vec![Action::Local],
-    ));
-    out.push(Flow::new(
-        CLASSIFY,
-        10,
-        c,
-        Match {
-            in_port: Some(OFPP_LOCAL),
-            ..Match::default()
-        },
-        vec![Action::Output(u)],
-    ));
-    // Unknown hosts: whatever no rule above claimed.
+    // Unknown hosts: whatever no rule above claimed. With `pass`, NORMAL must never reach
+    // a device or µmbox port: the runtime isolates them (see docs/bundle.md).
     let unknown = match site.unknown_hosts {
         crate::ir::UnknownHosts::Drop => vec![],
         crate::ir::UnknownHosts::Pass => vec![Action::Normal],
     };
-    out.push(Flow::new(CLASSIFY, 0, c, Match::default(), unknown));
+    out.push(rule(0, Match::default(), unknown));
     // A packet classified for a device whose current state installs no rule for it.
     out.push(Flow::new(STEER, 0, c, Match::default(), vec![]));
     out
 }
-
-/// OpenFlow's reserved number for the bridge's own port.
-pub const OFPP_LOCAL: u32 = 0xffff_fffe;
 
 /// Table 1 for one device in one state: its traffic, both ways, through its chain.
 pub fn state_flows(
@@ -447,7 +424,13 @@ pub fn state_flows(
     };
     let mut out = Vec::new();
     match &ty.state(state).chain {
-        Chain::Drop => {}
+        // Explicit drops, so the installed state can be read back by cookie and its drops
+        // are counted.
+        Chain::Drop => {
+            out.push(Flow::new(STEER, 100, c, from_dev(None), vec![]));
+            out.push(Flow::new(STEER, 100, c, to_dev_ip, vec![]));
+            out.push(Flow::new(STEER, 100, c, to_dev_arp, vec![]));
+        }
         Chain::Pass => {
             out.push(Flow::new(
                 STEER,
