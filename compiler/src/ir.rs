@@ -337,6 +337,40 @@ pub struct Expr {
     pub loc: Loc,
 }
 
+impl Expr {
+    /// Every node of the expression, this one first, then its operands left to right
+    /// (pre-order). The one traversal the analyses share.
+    pub fn nodes(&self) -> impl Iterator<Item = &Expr> {
+        let mut stack = vec![self];
+        std::iter::from_fn(move || {
+            let e = stack.pop()?;
+            match &e.kind {
+                ExprKind::Not { arg } | ExprKind::Neg { arg } => stack.push(arg),
+                ExprKind::And { args } | ExprKind::Or { args } => stack.extend(args.iter().rev()),
+                ExprKind::Cmp { lhs, rhs, .. } | ExprKind::Arith { lhs, rhs, .. } => {
+                    stack.push(rhs);
+                    stack.push(lhs);
+                }
+                ExprKind::Bool { .. }
+                | ExprKind::Int { .. }
+                | ExprKind::Var { .. }
+                | ExprKind::Aggregate { .. }
+                | ExprKind::InState { .. }
+                | ExprKind::Clock { .. } => {}
+            }
+            Some(e)
+        })
+    }
+
+    /// The sensed variables the expression reads (directly or through an aggregate).
+    pub fn vars_read(&self) -> impl Iterator<Item = (VarRef, &Expr)> {
+        self.nodes().filter_map(|n| match &n.kind {
+            ExprKind::Var { var } | ExprKind::Aggregate { var, .. } => Some((*var, n)),
+            _ => None,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Ty {

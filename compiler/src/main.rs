@@ -214,29 +214,29 @@ fn run_check(args: &CommonArgs) -> Exit {
         return Exit::Usage;
     };
     let checked = kalki_compiler::check(&files, &FsLoader);
-    emit(args, &checked, &checked.diagnostics, &[])
+    emit(args, &checked, &[])
+}
+
+/// Checks and verifies the inputs and reports everything: what `verify` and `build`
+/// share. `None` when an input could not be read (already reported).
+fn verify_and_report(common: &CommonArgs, limits: &Limits) -> Option<(Exit, Checked)> {
+    let files = inputs(common)?;
+    let opts = limits.options();
+    let solver = verify::z3::Z3Solver::new(opts.timeout_ms);
+    let (checked, verified) = kalki_compiler::verify(&files, &FsLoader, &solver, &opts);
+    let assertions = verified.map(|v| v.assertions).unwrap_or_default();
+    let status = emit(common, &checked, &assertions);
+    Some((status, checked))
 }
 
 fn run_verify(args: &VerifyArgs) -> Exit {
-    let Some(files) = inputs(&args.common) else {
-        return Exit::Usage;
-    };
-    let opts = args.limits.options();
-    let solver = verify::z3::Z3Solver::new(opts.timeout_ms);
-    let (checked, verified) = kalki_compiler::verify(&files, &FsLoader, &solver, &opts);
-    let assertions = verified.map(|v| v.assertions).unwrap_or_default();
-    emit(&args.common, &checked, &checked.diagnostics, &assertions)
+    verify_and_report(&args.common, &args.limits).map_or(Exit::Usage, |(status, _)| status)
 }
 
 fn run_build(args: &BuildArgs) -> Exit {
-    let Some(files) = inputs(&args.common) else {
+    let Some((status, checked)) = verify_and_report(&args.common, &args.limits) else {
         return Exit::Usage;
     };
-    let opts = args.limits.options();
-    let solver = verify::z3::Z3Solver::new(opts.timeout_ms);
-    let (checked, verified) = kalki_compiler::verify(&files, &FsLoader, &solver, &opts);
-    let assertions = verified.map(|v| v.assertions).unwrap_or_default();
-    let status = emit(&args.common, &checked, &checked.diagnostics, &assertions);
     if status != Exit::Ok {
         eprintln!("error: no bundle written: the policy has errors");
         return status;
@@ -350,7 +350,7 @@ fn run_graph(args: &GraphArgs) -> Exit {
         .filter(|_| checked.unreadable.is_empty())
     else {
         // Errors (or unreadable files): report them as `check` does.
-        return emit(&common, &checked, &checked.diagnostics, &[]);
+        return emit(&common, &checked, &[]);
     };
     if !checked.diagnostics.is_empty() {
         let text = render::human(
@@ -427,12 +427,7 @@ fn assertions_human(checked: &Checked, results: &[AssertionResult]) -> String {
 }
 
 /// Prints diagnostics in the chosen format and picks the exit code.
-fn emit(
-    args: &CommonArgs,
-    checked: &Checked,
-    diags: &[Diagnostic],
-    assertions: &[AssertionResult],
-) -> Exit {
+fn emit(args: &CommonArgs, checked: &Checked, assertions: &[AssertionResult]) -> Exit {
     let unreadable: Vec<Diagnostic> = checked
         .unreadable
         .iter()
@@ -444,7 +439,7 @@ fn emit(
         })
         .collect();
     let mut all: Vec<Diagnostic> = unreadable.clone();
-    all.extend(diags.iter().cloned());
+    all.extend(checked.diagnostics.iter().cloned());
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let written = match args.format {

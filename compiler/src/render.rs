@@ -20,18 +20,15 @@ struct IndexedSource {
     name: String,
     text: Arc<str>,
     /// Byte offset of the start of every line.
-    line_starts: Arc<Vec<usize>>,
+    line_starts: Arc<[usize]>,
 }
 
 impl IndexedSource {
-    fn new(name: String, text: &str) -> Self {
-        let line_starts = std::iter::once(0)
-            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
-            .collect();
+    fn new(name: String, text: &str, line_starts: Arc<[usize]>) -> Self {
         IndexedSource {
             name,
             text: text.into(),
-            line_starts: Arc::new(line_starts),
+            line_starts,
         }
     }
 
@@ -171,7 +168,7 @@ fn report(sources: &Sources, d: &Diagnostic, indexed: &mut Indexed) -> Report {
             .entry(file)
             .or_insert_with(|| {
                 let f = sources.get(file);
-                IndexedSource::new(f.name.clone(), &f.text)
+                IndexedSource::new(f.name.clone(), &f.text, sources.line_starts(file).clone())
             })
             .clone()
     };

@@ -6,6 +6,7 @@
 
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A loaded source file, by position in [`Sources`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -32,10 +33,17 @@ pub struct SourceFile {
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
     files: Vec<SourceFile>,
+    /// Per file, the byte offset where each line starts: built once, so locating a
+    /// position is a binary search (reports of thousands of findings stay linear).
+    lines: Vec<Arc<[usize]>>,
 }
 
 impl Sources {
     pub fn add(&mut self, file: SourceFile) -> SourceId {
+        let starts: Vec<usize> = std::iter::once(0)
+            .chain(file.text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        self.lines.push(starts.into());
         self.files.push(file);
         SourceId(u32::try_from(self.files.len() - 1).unwrap_or(u32::MAX))
     }
@@ -54,14 +62,21 @@ impl Sources {
     pub fn is_empty(&self) -> bool {
         self.files.is_empty()
     }
+    /// Byte offsets of the starts of a file's lines.
+    pub fn line_starts(&self, id: SourceId) -> &Arc<[usize]> {
+        &self.lines[id.0 as usize]
+    }
     /// 1-based line and column (in characters) of a byte offset.
     pub fn line_col(&self, id: SourceId, offset: usize) -> (usize, usize) {
         let text = &self.get(id).text;
         let offset = offset.min(text.len());
-        let before = text.get(..offset).unwrap_or("");
-        let line = before.matches('\n').count() + 1;
-        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-        let col = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+        let starts = self.line_starts(id);
+        let line = starts.partition_point(|&s| s <= offset).max(1);
+        let line_start = starts[line - 1];
+        let col = text
+            .get(line_start..offset)
+            .map_or(0, |s| s.chars().count())
+            + 1;
         (line, col)
     }
 }

@@ -108,14 +108,13 @@ impl<'a> Cx<'a> {
                 }
             }
         }
-        for (m, module) in self.p.modules.iter().enumerate() {
+        for module in &self.p.modules {
             for item in &module.ast.items {
                 if let Item::Umbox(u) = item {
                     let lowered = self.umbox(module.source, u);
                     self.model.umboxes.push(lowered);
                 }
             }
-            let _ = m;
         }
         for (m, module) in self.p.modules.iter().enumerate() {
             for item in &module.ast.items {
@@ -1433,7 +1432,7 @@ impl<'a> Cx<'a> {
             Some(Expr {
                 ty: Ty::Enum { members },
                 ..
-            }) => self.enum_const(source, (name.name, members.clone(), name.span), &Some(side)),
+            }) => self.enum_const(source, (name.name, members.clone(), name.span)),
             // The other side failed: it is reported, and this name cannot be judged.
             None => None,
             Some(_) => self.expr(source, side, ctx),
@@ -1444,7 +1443,6 @@ impl<'a> Cx<'a> {
         &mut self,
         source: SourceId,
         (name, members, span): (String, Vec<String>, Span),
-        _side: &Option<&ast::Expr>,
     ) -> Option<Expr> {
         let loc = self.loc(source, span);
         let Some(i) = members.iter().position(|m| *m == name) else {

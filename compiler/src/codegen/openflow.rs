@@ -96,22 +96,6 @@ fn umbox_port_name(ofport: u32) -> String {
 /// in order of device, state and chain position.
 pub fn allocate(model: &Model, site: &Site) -> Result<Ports, PortSpaceExhausted> {
     let mut next: u64 = 2 + site.devices.len() as u64;
-    let mut needed = next - 1;
-    for d in &site.devices {
-        for s in &model.device_type(d.ty).states {
-            if let Chain::Umboxes(entries) = &s.chain {
-                for e in entries {
-                    needed += match model.umbox(e.umbox).mode {
-                        UmboxMode::Inline => 2,
-                        UmboxMode::Tap => 1,
-                    };
-                }
-            }
-        }
-    }
-    if needed > u64::from(MAX_OFPORT) {
-        return Err(PortSpaceExhausted { needed });
-    }
     let mut ports = Ports {
         uplink: UPLINK_OFPORT,
         ..Ports::default()
@@ -171,6 +155,11 @@ pub fn allocate(model: &Model, site: &Site) -> Result<Ports, PortSpaceExhausted>
             per_state.push(per_entry);
         }
         ports.entries.push(per_state);
+    }
+    // Counted while numbering: one pass, and the count is what was allocated.
+    let needed = next - 1;
+    if needed > u64::from(MAX_OFPORT) {
+        return Err(PortSpaceExhausted { needed });
     }
     Ok(ports)
 }

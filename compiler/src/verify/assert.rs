@@ -50,21 +50,12 @@ pub struct AssertionResult {
     pub devices: Vec<String>,
 }
 
-fn in_states(e: &Expr, out: &mut BTreeSet<DeviceId>) {
-    match &e.kind {
-        ExprKind::InState { device, .. } => {
-            out.insert(*device);
-        }
-        ExprKind::Not { arg } | ExprKind::Neg { arg } => in_states(arg, out),
-        ExprKind::And { args } | ExprKind::Or { args } => {
-            args.iter().for_each(|a| in_states(a, out))
-        }
-        ExprKind::Cmp { lhs, rhs, .. } | ExprKind::Arith { lhs, rhs, .. } => {
-            in_states(lhs, out);
-            in_states(rhs, out);
-        }
-        _ => {}
-    }
+/// The devices whose states an expression tests.
+fn in_states(e: &Expr) -> impl Iterator<Item = DeviceId> + '_ {
+    e.nodes().filter_map(|n| match &n.kind {
+        ExprKind::InState { device, .. } => Some(*device),
+        _ => None,
+    })
 }
 
 /// Evaluates a state predicate (assertions only use states, booleans and connectives).
@@ -107,7 +98,7 @@ fn check_one(
 ) -> AssertionResult {
     // Cone of influence.
     let mut coi: BTreeSet<DeviceId> = BTreeSet::new();
-    in_states(&a.cond, &mut coi);
+    coi.extend(in_states(&a.cond));
     loop {
         let before = coi.len();
         for (i, r) in site.rules.iter().enumerate() {
@@ -116,7 +107,7 @@ fn check_one(
                 .iter()
                 .any(|x| matches!(x, Action::Goto { device, .. } if coi.contains(device)));
             if live_rules[i] && moves_coi {
-                in_states(&r.cond, &mut coi);
+                coi.extend(in_states(&r.cond));
             }
         }
         if coi.len() == before {
@@ -177,6 +168,20 @@ fn check_one(
     let mut unknown: Option<String> = None;
     let mut found: Option<usize> = None;
     let mut bounded = false;
+    // Fixed for the whole search: which transitions can fire, which devices each rule reads.
+    let live: Vec<Vec<bool>> = coi
+        .iter()
+        .map(|d| {
+            v.live
+                .get(&site.devices[d.index()].ty)
+                .cloned()
+                .unwrap_or_default()
+        })
+        .collect();
+    let reads: Vec<BTreeSet<DeviceId>> = rules
+        .iter()
+        .map(|&ri| in_states(&site.rules[ri].cond).collect())
+        .collect();
 
     while let Some(n) = queue.pop_front() {
         let st = nodes[n].0.clone();
@@ -188,10 +193,9 @@ fn check_one(
         for (pos, d) in coi.iter().enumerate() {
             let dev = &site.devices[d.index()];
             let ty = v.policy.device_type(dev.ty);
-            let live = v.live.get(&dev.ty).cloned().unwrap_or_default();
             for (ti, t) in ty.transitions.iter().enumerate() {
                 if usize::from(st[pos]) != t.from.index()
-                    || !live.get(ti).copied().unwrap_or(true)
+                    || !live[pos].get(ti).copied().unwrap_or(true)
                     || t.from == t.to
                 {
                     continue;
@@ -203,10 +207,8 @@ fn check_one(
                 });
             }
         }
-        for &ri in &rules {
+        for (&ri, read) in rules.iter().zip(&reads) {
             let r = &site.rules[ri];
-            let mut read = BTreeSet::new();
-            in_states(&r.cond, &mut read);
             let key_states: Vec<u16> = coi
                 .iter()
                 .zip(&st)

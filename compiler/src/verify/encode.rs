@@ -54,24 +54,20 @@ pub struct Vocab<'m> {
 impl<'m> Vocab<'m> {
     /// For guards of one device type.
     pub fn for_type(policy: &'m Policy, ty: &'m DeviceType) -> Self {
-        Vocab {
-            policy,
-            site: None,
-            ty: Some(ty),
-            this_device: None,
-            keys: HashMap::new(),
-            shown: Vec::new(),
-            query: Query::default(),
-        }
+        Self::new(policy, None, Some(ty))
     }
 
     /// For rule conditions of a site; a type's guard can be added for one device with
     /// [`Vocab::encode_for`].
     pub fn for_site(policy: &'m Policy, site: &'m Site) -> Self {
+        Self::new(policy, Some(site), None)
+    }
+
+    fn new(policy: &'m Policy, site: Option<&'m Site>, ty: Option<&'m DeviceType>) -> Self {
         Vocab {
             policy,
-            site: Some(site),
-            ty: None,
+            site,
+            ty,
             this_device: None,
             keys: HashMap::new(),
             shown: Vec::new(),

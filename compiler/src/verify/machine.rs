@@ -6,7 +6,7 @@ use super::encode::{inline, Vocab};
 use super::solver::{Outcome, Term};
 use super::{codes, SiteFacts, Verifier};
 use crate::diag::Diagnostic;
-use crate::ir::{Chain, DeviceType, Expr, ExprKind, StateId, Transition, Trigger, TypeId, VarRef};
+use crate::ir::{Chain, DeviceType, Expr, StateId, Transition, Trigger, TypeId, VarRef};
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::{Bfs, Reversed};
 use serde_json::json;
@@ -66,33 +66,14 @@ pub(super) fn ms(ms: u64) -> String {
     format!("{ms}ms")
 }
 
-/// Variables a guard reads, for labelling their declarations.
-fn vars_read(e: &Expr, out: &mut Vec<VarRef>) {
-    match &e.kind {
-        ExprKind::Var { var } | ExprKind::Aggregate { var, .. } => {
-            if !out.contains(var) {
-                out.push(*var);
+fn label_vars(d: Diagnostic, ty: &DeviceType, guards: &[&Expr]) -> Diagnostic {
+    let mut vars: Vec<VarRef> = Vec::new();
+    for g in guards {
+        for (var, _) in g.vars_read() {
+            if !vars.contains(&var) {
+                vars.push(var);
             }
         }
-        ExprKind::Not { arg } | ExprKind::Neg { arg } => vars_read(arg, out),
-        ExprKind::And { args } | ExprKind::Or { args } => {
-            args.iter().for_each(|a| vars_read(a, out))
-        }
-        ExprKind::Cmp { lhs, rhs, .. } | ExprKind::Arith { lhs, rhs, .. } => {
-            vars_read(lhs, out);
-            vars_read(rhs, out);
-        }
-        ExprKind::Bool { .. }
-        | ExprKind::Int { .. }
-        | ExprKind::InState { .. }
-        | ExprKind::Clock { .. } => {}
-    }
-}
-
-fn label_vars(d: Diagnostic, ty: &DeviceType, guards: &[&Expr]) -> Diagnostic {
-    let mut vars = Vec::new();
-    for g in guards {
-        vars_read(g, &mut vars);
     }
     vars.into_iter()
         .filter(|r| r.device.is_none())

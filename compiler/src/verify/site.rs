@@ -65,44 +65,22 @@ pub(super) fn addresses(v: &mut Verifier<'_>, site: &Site) {
     }
 }
 
-/// Devices whose values or states an expression reads.
-fn devices_read(e: &Expr, out: &mut BTreeSet<DeviceId>, exprs: &mut Vec<(DeviceId, Loc)>) {
-    match &e.kind {
-        ExprKind::Var { var } | ExprKind::Aggregate { var, .. } => {
-            if let Some(d) = var.device {
-                out.insert(d);
-                exprs.push((d, e.loc));
+/// Devices whose values or states an expression reads, and where it reads each.
+fn devices_read(e: &Expr) -> Vec<(DeviceId, Loc)> {
+    e.nodes()
+        .filter_map(|n| match &n.kind {
+            ExprKind::Var { var } | ExprKind::Aggregate { var, .. } => {
+                var.device.map(|d| (d, n.loc))
             }
-        }
-        ExprKind::InState { device, .. } => {
-            out.insert(*device);
-            exprs.push((*device, e.loc));
-        }
-        ExprKind::Not { arg } | ExprKind::Neg { arg } => devices_read(arg, out, exprs),
-        ExprKind::And { args } | ExprKind::Or { args } => {
-            args.iter().for_each(|a| devices_read(a, out, exprs))
-        }
-        ExprKind::Cmp { lhs, rhs, .. } | ExprKind::Arith { lhs, rhs, .. } => {
-            devices_read(lhs, out, exprs);
-            devices_read(rhs, out, exprs);
-        }
-        ExprKind::Bool { .. } | ExprKind::Int { .. } | ExprKind::Clock { .. } => {}
-    }
+            ExprKind::InState { device, .. } => Some((*device, n.loc)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Whether an expression reads a sensed value of `d` (not just its state).
 fn reads_values_of(e: &Expr, d: DeviceId) -> bool {
-    match &e.kind {
-        ExprKind::Var { var } | ExprKind::Aggregate { var, .. } => var.device == Some(d),
-        ExprKind::Not { arg } | ExprKind::Neg { arg } => reads_values_of(arg, d),
-        ExprKind::And { args } | ExprKind::Or { args } => {
-            args.iter().any(|a| reads_values_of(a, d))
-        }
-        ExprKind::Cmp { lhs, rhs, .. } | ExprKind::Arith { lhs, rhs, .. } => {
-            reads_values_of(lhs, d) || reads_values_of(rhs, d)
-        }
-        _ => false,
-    }
+    e.vars_read().any(|(var, _)| var.device == Some(d))
 }
 
 /// The state a conjunctive condition pins a device to, if any (`d in s and ...`).
@@ -262,9 +240,8 @@ pub(super) fn integrity(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
         if !live[i] {
             continue;
         }
-        let mut read = BTreeSet::new();
-        let mut where_read = Vec::new();
-        devices_read(&r.cond, &mut read, &mut where_read);
+        let where_read = devices_read(&r.cond);
+        let read: BTreeSet<DeviceId> = where_read.iter().map(|(d, _)| *d).collect();
         for (d, target, l) in gotos(r) {
             let untrusted: Vec<DeviceId> = read
                 .iter()
