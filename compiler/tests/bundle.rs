@@ -5,11 +5,10 @@
 
 mod common;
 
-use common::{repo_root, FsLoader};
+use common::{code, kalkic, repo_root, FsLoader, TempDir};
 use kalki_compiler::codegen::bundle::{self, Bundle};
 use kalki_compiler::verify::{self, z3::Z3Solver};
 use std::path::PathBuf;
-use std::process::Command;
 
 fn build(dir: &str) -> Bundle {
     let loader = FsLoader { base: repo_root() };
@@ -108,24 +107,10 @@ fn every_state_set_carries_only_its_own_cookie() {
     }
 }
 
-fn kalkic(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_kalkic"))
-        .args(args)
-        .current_dir(repo_root())
-        .output()
-        .unwrap()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kalki-bundle-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn build_writes_a_bundle_and_replaces_an_earlier_one() {
-    let dir = scratch("ok");
+    let tmp = TempDir::new("bundle-ok");
+    let dir = tmp.path();
     let out = dir.join("out");
     let o = kalkic(&[
         "build",
@@ -135,12 +120,7 @@ fn build_writes_a_bundle_and_replaces_an_earlier_one() {
         "-o",
         out.to_str().unwrap(),
     ]);
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     let first = std::fs::read(out.join("manifest.json")).unwrap();
     let o = kalkic(&[
         "build",
@@ -150,20 +130,20 @@ fn build_writes_a_bundle_and_replaces_an_earlier_one() {
         "-o",
         out.to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(0));
+    assert_eq!(code(&o), 0);
     assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), first);
     // No staging directory is left behind.
-    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn build_refuses_a_policy_with_errors_and_writes_nothing() {
-    let dir = scratch("errors");
+    let tmp = TempDir::new("bundle-errors");
+    let dir = tmp.path();
     let out = dir.join("out");
     let o = kalkic(&[
         "build",
@@ -173,16 +153,16 @@ fn build_refuses_a_policy_with_errors_and_writes_nothing() {
         "-o",
         out.to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(code(&o), 1);
     assert!(String::from_utf8_lossy(&o.stderr).contains("no bundle written"));
     assert!(!out.exists());
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0);
 }
 
 #[test]
 fn build_refuses_to_overwrite_what_is_not_a_bundle() {
-    let dir = scratch("foreign");
+    let tmp = TempDir::new("bundle-foreign");
+    let dir = tmp.path();
     std::fs::write(dir.join("precious.txt"), "keep me").unwrap();
     let o = kalkic(&[
         "build",
@@ -192,10 +172,9 @@ fn build_refuses_to_overwrite_what_is_not_a_bundle() {
         "-o",
         dir.to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(code(&o), 2);
     assert_eq!(
         std::fs::read_to_string(dir.join("precious.txt")).unwrap(),
         "keep me"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,30 +3,16 @@
 
 mod common;
 
-use common::repo_root;
+use common::{code, kalkic, TempDir};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 const CLEAN: &str = "tests/fixtures/check/clean/full_policy.kalki";
 /// One error: K103 `suspicous` at line 9, column 15.
 const ONE_ERROR: &str = "tests/fixtures/check/errors/k103_unknown_state.kalki";
 /// Four K104 errors.
 const FOUR_ERRORS: &str = "tests/fixtures/check/errors/k104_duplicate_states_and_vars.kalki";
-
-/// Runs `kalkic ARGS` from the repository root.
-fn kalkic(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kalkic"))
-        .args(args)
-        .current_dir(repo_root())
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("kalkic runs")
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().expect("kalkic exits normally")
-}
 
 fn stdout_json(o: &Output) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
@@ -35,32 +21,6 @@ fn stdout_json(o: &Output) -> Value {
             String::from_utf8_lossy(&o.stdout)
         )
     })
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("kalkic-cli-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-    fn write(&self, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, bytes).unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[test]

@@ -12,9 +12,8 @@
 
 mod common;
 
-use common::{repo_root, FsLoader};
-use kalki_compiler::diag::Diagnostic;
-use kalki_compiler::source::{Origin, Sources};
+use common::{check_spans, filter_paths, repo_root, FsLoader};
+use kalki_compiler::source::Origin;
 use kalki_compiler::Checked;
 use std::fmt::Write as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -97,13 +96,6 @@ fn cases(expect: Expect) -> Vec<Case> {
     out
 }
 
-/// Removes the checkout location from text, should any absolute path leak into it.
-fn filter_paths(text: &str) -> String {
-    let root = repo_root();
-    text.replace(&format!("{}/", root.display()), "")
-        .replace(&root.display().to_string(), "[ROOT]")
-}
-
 /// The snapshot text: every local source the check read, then the diagnostics.
 fn snapshot_text(checked: &Checked) -> String {
     let mut out = String::new();
@@ -126,30 +118,6 @@ fn snapshot_text(checked: &Checked) -> String {
         false,
     ));
     filter_paths(&out)
-}
-
-/// Every label lies inside its source on character boundaries.
-fn check_spans(sources: &Sources, d: &Diagnostic) -> Result<(), String> {
-    for l in &d.labels {
-        let text = &sources.get(l.loc.source).text;
-        let s = l.loc.span;
-        if s.start > s.end || s.end > text.len() {
-            return Err(format!(
-                "{}: span {}..{} outside a source of {} bytes",
-                d.code,
-                s.start,
-                s.end,
-                text.len()
-            ));
-        }
-        if !text.is_char_boundary(s.start) || !text.is_char_boundary(s.end) {
-            return Err(format!(
-                "{}: span {}..{} splits a character",
-                d.code, s.start, s.end
-            ));
-        }
-    }
-    Ok(())
 }
 
 fn check_case(case: &Case, checked: &Checked) -> Result<(), String> {

@@ -8,18 +8,14 @@
 //! same order, at the same places) and with the exit code.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::repo_root;
 use jsonschema::Validator;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("compiler/ has a parent")
-        .to_path_buf()
-}
 
 fn load_schema(name: &str) -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

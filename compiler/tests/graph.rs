@@ -5,12 +5,11 @@
 
 mod common;
 
-use common::{repo_root, FsLoader};
+use common::{code, kalkic, repo_root, FsLoader};
 use kalki_compiler::codegen::dot::{state_machines, GraphError};
 use kalki_compiler::ir::Model;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
 /// The checked model of every `.kalki` file of `examples/NAME`.
 fn example(name: &str) -> Model {
@@ -108,19 +107,6 @@ fn unknown_type_is_an_error_with_a_suggestion() {
 }
 
 // ---------------------------------------------------------------- the command line
-
-fn kalkic(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kalkic"))
-        .args(args)
-        .current_dir(repo_root())
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("kalkic runs")
-}
-
-fn code(o: &Output) -> i32 {
-    o.status.code().expect("kalkic exits normally")
-}
 
 #[test]
 fn cli_unknown_device_type_exits_2() {

@@ -11,23 +11,22 @@
 //! carry a witness. A first line `// options: max_states=N, timeout_ms=N` sets
 //! [`verify::Options`] for that fixture.
 //!
-//! Verdicts the verifier currently gets wrong are listed in [`KNOWN_WRONG`]: their
-//! fixtures state the right expectation, the test checks that the wrong verdict is still
-//! the one given, and fails once it is fixed so the entry can be removed.
-//!
 //! Update snapshots with
 //! `INSTA_UPDATE=always cargo test -p kalki-compiler --test verify_fixtures`, then read
 //! every changed snapshot before accepting it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{check_spans, filter_paths, repo_root, FsLoader};
 use kalki_compiler::diag::Diagnostic;
-use kalki_compiler::source::{LoadError, Origin, SourceLoader, Sources};
+use kalki_compiler::source::{Origin, Sources};
 use kalki_compiler::verify::z3::Z3Solver;
 use kalki_compiler::verify::{self, AssertionResult, Status, Verified};
 use kalki_compiler::Checked;
 use std::fmt::Write as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 
 /// Codes whose every finding must carry a concrete witness (values or a trace).
 const WITNESS_CODES: &[&str] = &[
@@ -38,47 +37,6 @@ const WITNESS_CODES: &[&str] = &[
 const COVERED_CODES: &[&str] = &[
     "K201", "K202", "K203", "K204", "K205", "K206", "K207", "K209", "K210", "K211", "K213",
 ];
-
-/// Fixtures whose verdict is wrong today: (fixture stem, what the right verdict is).
-/// For a triggering fixture the expected code is missing; for a near miss it is present.
-const KNOWN_WRONG: &[(&str, &str)] = &[];
-
-/// Reads files relative to the repository root, so diagnostics name files the same way
-/// on every checkout.
-struct FsLoader {
-    base: PathBuf,
-}
-
-impl SourceLoader for FsLoader {
-    fn read_file(&self, path: &Path) -> Result<String, LoadError> {
-        let bytes = std::fs::read(self.base.join(path)).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => LoadError::NotFound,
-            _ => LoadError::Other(e.to_string()),
-        })?;
-        String::from_utf8(bytes).map_err(|_| LoadError::NotUtf8)
-    }
-    fn canonical(&self, path: &Path) -> PathBuf {
-        // Drop `.` and fold `..` without touching the file system.
-        let mut out: Vec<Component<'_>> = Vec::new();
-        for c in path.components() {
-            match c {
-                Component::CurDir => {}
-                Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
-                    out.pop();
-                }
-                other => out.push(other),
-            }
-        }
-        out.iter().collect()
-    }
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("compiler/ has a parent")
-        .to_path_buf()
-}
 
 fn fixture_dir() -> PathBuf {
     PathBuf::from("tests/fixtures/verify")
@@ -152,13 +110,6 @@ fn options(text: &str) -> verify::Options {
     opts
 }
 
-/// Removes the checkout location from text, should any absolute path leak into it.
-fn filter_paths(text: &str) -> String {
-    let root = repo_root();
-    text.replace(&format!("{}/", root.display()), "")
-        .replace(&root.display().to_string(), "[ROOT]")
-}
-
 /// The source text an assertion covers, on one line.
 fn assertion_text(sources: &Sources, a: &AssertionResult) -> String {
     let text = &sources.get(a.loc.source).text;
@@ -202,11 +153,8 @@ fn verdicts(sources: &Sources, verified: &Verified) -> String {
 
 /// The snapshot: the fixture's source, the diagnostics as `kalkic verify` shows them
 /// (with witnesses), and the assertion verdicts with their traces.
-fn snapshot_text(fx: &Fixture, checked: &Checked, verified: Option<&Verified>) -> String {
+fn snapshot_text(checked: &Checked, verified: Option<&Verified>) -> String {
     let mut out = String::new();
-    if let Some((_, why)) = KNOWN_WRONG.iter().find(|(s, _)| *s == fx.stem) {
-        let _ = writeln!(out, "// ---- KNOWN WRONG VERDICT: {why}");
-    }
     for (_, f) in checked.sources.iter() {
         if let Origin::File(_) = f.origin {
             let _ = writeln!(out, "// ---- {}", f.name);
@@ -233,25 +181,7 @@ fn snapshot_text(fx: &Fixture, checked: &Checked, verified: Option<&Verified>) -
 /// Every label lies inside its source on character boundaries, and at least one has text
 /// under it.
 fn check_labels(sources: &Sources, d: &Diagnostic) -> Result<(), String> {
-    for l in &d.labels {
-        let text = &sources.get(l.loc.source).text;
-        let s = l.loc.span;
-        if s.start > s.end || s.end > text.len() {
-            return Err(format!(
-                "{}: span {}..{} outside a source of {} bytes",
-                d.code,
-                s.start,
-                s.end,
-                text.len()
-            ));
-        }
-        if !text.is_char_boundary(s.start) || !text.is_char_boundary(s.end) {
-            return Err(format!(
-                "{}: span {}..{} splits a character",
-                d.code, s.start, s.end
-            ));
-        }
-    }
+    check_spans(sources, d)?;
     if !d.labels.iter().any(|l| !l.loc.span.is_empty()) {
         return Err(format!(
             "{} `{}` has no label with a non-empty span",
@@ -315,16 +245,13 @@ fn check_fixture(
     let has = diags.iter().any(|d| d.code == fx.code);
     let right = has != fx.near_miss;
     let codes = codes_of(diags);
-    match (right, is_known_wrong(&fx.stem)) {
-        (true, false) | (false, true) => Ok(()),
-        (false, false) if fx.near_miss => Err(format!(
+    match (right, fx.near_miss) {
+        (true, _) => Ok(()),
+        (false, true) => Err(format!(
             "a near miss must not report {}, got {codes:?}",
             fx.code
         )),
         (false, false) => Err(format!("expected {}, got {codes:?}", fx.code)),
-        (true, true) => Err(format!(
-            "listed in KNOWN_WRONG but now right ({codes:?}): remove it from the list"
-        )),
     }
 }
 
@@ -343,7 +270,7 @@ fn verify_fixtures() {
         if let Err(why) = check_fixture(fx, &checked, verified.as_ref()) {
             failures.push(format!("{}: {why}", fx.stem));
         }
-        let snap = snapshot_text(fx, &checked, verified.as_ref());
+        let snap = snapshot_text(&checked, verified.as_ref());
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             insta::with_settings!({
                 snapshot_path => "snapshots/verify",
@@ -374,9 +301,7 @@ fn every_verifier_code_has_fixtures() {
     let mut missing = Vec::new();
     for code in COVERED_CODES {
         for near in [false, true] {
-            let found = all
-                .iter()
-                .any(|f| f.code == *code && f.near_miss == near && !is_known_wrong(&f.stem));
+            let found = all.iter().any(|f| f.code == *code && f.near_miss == near);
             if !found {
                 missing.push(format!(
                     "{code} ({})",
@@ -388,22 +313,7 @@ fn every_verifier_code_has_fixtures() {
     assert!(missing.is_empty(), "missing fixtures: {missing:?}");
 }
 
-fn is_known_wrong(stem: &str) -> bool {
-    KNOWN_WRONG.iter().any(|(s, _)| *s == stem)
-}
-
 /// Every entry of the known-wrong list names a fixture that exists.
-#[test]
-fn known_wrong_entries_exist() {
-    let all = fixtures();
-    for (stem, _) in KNOWN_WRONG {
-        assert!(
-            all.iter().any(|f| f.stem == *stem),
-            "KNOWN_WRONG names `{stem}`, which is not a fixture"
-        );
-    }
-}
-
 #[test]
 fn options_line_is_parsed() {
     let o = options("// options: max_states=2, timeout_ms=500\nsite s {}");
