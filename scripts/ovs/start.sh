@@ -32,24 +32,9 @@ set -euo pipefail
 
 PACKAGES=(openvswitch-switch ethtool iproute2 iputils-ping netcat-openbsd)
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-        missing+=("$p")
-    fi
-done
-
-if ((${#missing[@]})); then
-    if [[ $(id -u) -ne 0 ]]; then
-        echo "ovs-start: missing packages: ${missing[*]}" >&2
-        echo "ovs-start: run: sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
-        exit 1
-    fi
-    echo "ovs-start: installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# shellcheck source=../lib/packages.sh
+source "$(dirname "$0")/../lib/packages.sh"
+ensure_packages ovs-start "${PACKAGES[@]}"
 
 # Both daemons must answer: `ovs-vsctl show` only talks to ovsdb-server and succeeds while
 # ovs-vswitchd is dead (then no bridge forwards anything).
