@@ -7,10 +7,14 @@ EXAMPLE := examples/smart-office
 # Bounded fuzzing in the test suite (cases per property).
 export KALKI_FUZZ_CASES ?= 2000
 
-.PHONY: setup build demo test lint fmt bench clean
+.PHONY: setup services build demo test lint fmt bench clean
 
 setup:
 	@scripts/setup.sh
+
+# What the integration tests run against: Open vSwitch (userspace datapath).
+services: setup
+	@scripts/ovs/start.sh
 
 build: setup
 	$(CARGO) build --release --locked -p kalki-compiler
@@ -24,7 +28,7 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
-test: lint
+test: lint services
 	$(CARGO) test --locked --workspace
 
 bench: setup
