@@ -53,7 +53,7 @@ fn smart_office_bundle() {
         insta::assert_snapshot!("smart-office-hall_cam-attack", text("flows/hall_cam/attack.ofctl"));
         insta::assert_snapshot!(
             "smart-office-container",
-            text("containers/hall_cam/suspicious/2-ids.json")
+            text("containers/hall_cam/2-ids.json")
         );
     });
 }
@@ -86,6 +86,70 @@ fn manifest_digests_match_the_files() {
             }
         }
     }
+}
+
+/// States of a device share a µmbox instance when its µmbox and arguments are the same;
+/// two equal entries of one chain are two instances.
+#[test]
+fn states_share_equal_umbox_instances() {
+    let b = build("examples/smart-office");
+    let manifest: serde_json::Value = serde_json::from_slice(&b.files["manifest.json"]).unwrap();
+    let containers = |device: &str, state: &str| -> Vec<String> {
+        let d = manifest["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == device)
+            .unwrap();
+        let s = d["states"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == state)
+            .unwrap();
+        s["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect()
+    };
+    // normal [sniffer, anti_dos], suspicious [sniffer, anti_dos, ids, auth_proxy_block]
+    let normal = containers("hall_cam", "normal");
+    let suspicious = containers("hall_cam", "suspicious");
+    assert_eq!(normal.len(), 2);
+    assert_eq!(suspicious.len(), 4);
+    assert_eq!(normal[..], suspicious[..2]);
+    let c: serde_json::Value = serde_json::from_slice(&b.files[&normal[0]]).unwrap();
+    assert_eq!(c["states"], serde_json::json!(["normal", "suspicious"]));
+    assert_eq!(c["labels"]["kalki.states"], "normal,suspicious");
+    // Instances are never shared across devices.
+    let thermo = containers("thermo", "normal");
+    assert!(thermo.iter().all(|c| c.starts_with("containers/thermo/")));
+
+    let tmp = TempDir::new("share");
+    let out = tmp.path().join("b");
+    let policy = repo_root().join("compiler/tests/fixtures/ovs/open-lab.kalki");
+    let lab = kalkic(&[
+        "build",
+        policy.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&lab), 0, "{}", String::from_utf8_lossy(&lab.stderr));
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    // filtered [relay, ids, relay]
+    let filtered = &m["devices"][0]["states"][2];
+    assert_eq!(filtered["name"], "filtered");
+    assert_eq!(
+        filtered["containers"],
+        serde_json::json!([
+            "containers/kettle/1-relay.json",
+            "containers/kettle/2-ids.json",
+            "containers/kettle/3-relay.json"
+        ])
+    );
 }
 
 #[test]

@@ -248,24 +248,27 @@ fn ofport(p: &Value) -> u32 {
     p["ofport"].as_u64().expect("ofport") as u32
 }
 
-/// One state's chain as the manifest gives its ports: taps, then inline (a, b) in order.
-fn chain_ports(m: &Value, device: &str, state: &str) -> (Vec<u32>, Vec<(u32, u32)>) {
-    let mut by_pos: BTreeMap<u64, Vec<&Value>> = BTreeMap::new();
-    for p in ports(m) {
-        if p["role"] == "umbox" && p["device"] == device && p["state"] == state {
-            by_pos
-                .entry(p["position"].as_u64().expect("position"))
-                .or_default()
-                .push(p);
-        }
-    }
+/// One state's chain as its container manifests give it: tap ports, and inline (a, b)
+/// pairs in chain order.
+fn chain_ports(bundle: &Path, state: &Value) -> (Vec<u32>, Vec<(u32, u32)>) {
     let (mut taps, mut inline) = (Vec::new(), Vec::new());
-    for entry in by_pos.values() {
-        let side = |s: &str| entry.iter().find(|p| p["side"] == s).map(|p| ofport(p));
+    for path in state["containers"].as_array().expect("containers") {
+        let c: Value = serde_json::from_slice(
+            &std::fs::read(bundle.join(path.as_str().expect("path"))).expect("container"),
+        )
+        .expect("container manifest");
+        let side = |s: &str| {
+            c["interfaces"]
+                .as_array()
+                .expect("interfaces")
+                .iter()
+                .find(|i| i["name"] == s)
+                .map(ofport)
+        };
         match (side("tap"), side("a"), side("b")) {
             (Some(t), None, None) => taps.push(t),
             (None, Some(a), Some(b)) => inline.push((a, b)),
-            other => panic!("chain entry of {device}/{state} with ports {other:?}"),
+            other => panic!("container {path} with ports {other:?}"),
         }
     }
     (taps, inline)
@@ -382,7 +385,7 @@ fn check_on_switch(tag: &str, policy: &str) {
                     expect("ARP for the device", &arp_to, outs(&[dport]));
                 }
                 Value::Array(_) => {
-                    let (taps, inline) = chain_ports(&m, name, state);
+                    let (taps, inline) = chain_ports(&out, s);
                     let first = inline.first().map_or(uplink, |(a, _)| *a);
                     let last = inline.last().map_or(dport, |(_, b)| *b);
                     let with_taps = |p: u32| outs(&[taps.as_slice(), &[p]].concat());

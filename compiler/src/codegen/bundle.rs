@@ -101,17 +101,19 @@ pub fn build(model: &Model, site: &Site, sources: &Sources) -> Result<Bundle, Bo
                 openflow::render(&openflow::state_flows(model, site, &ports, i, state))
                     .into_bytes(),
             );
-            let containers = container_manifests(model, site, &ports, i, state, &policy_digest);
-            let paths: Vec<String> = containers.keys().cloned().collect();
-            files.extend(containers);
+            let containers: Vec<String> = ports.entries[i][si]
+                .iter()
+                .map(|&ix| container_path(model, &ports, i, ix, &d.name))
+                .collect();
             states.push(json!({
                 "name": s.name,
                 "cookie": format!("{:#x}", openflow::device_cookie(i, state)),
                 "chain": chain_names(model, &s.chain),
                 "flows": flows_path,
-                "containers": paths,
+                "containers": containers,
             }));
         }
+        files.extend(container_manifests(model, site, &ports, i, &policy_digest));
         devices.push(json!({
             "name": d.name,
             "type": ty.name,
@@ -183,62 +185,68 @@ fn chain_names(model: &Model, chain: &Chain) -> Json {
     }
 }
 
+fn container_path(model: &Model, ports: &Ports, device: usize, ix: usize, name: &str) -> String {
+    let u = model.umbox(ports.instances[device][ix].umbox);
+    format!("containers/{name}/{ix}-{}.json", u.name)
+}
+
+/// One manifest per µmbox instance of a device (see [`openflow::Instance`]).
 fn container_manifests(
     model: &Model,
     site: &Site,
     ports: &Ports,
     device: usize,
-    state: StateId,
     policy_digest: &str,
 ) -> BTreeMap<String, Vec<u8>> {
     let d = &site.devices[device];
-    let s = model.device_type(d.ty).state(state);
+    let ty = model.device_type(d.ty);
     let mut out = BTreeMap::new();
-    let Chain::Umboxes(entries) = &s.chain else {
-        return out;
-    };
-    for (pos, e) in entries.iter().enumerate() {
-        let u = model.umbox(e.umbox);
+    for (ix, inst) in ports.instances[device].iter().enumerate() {
+        let u = model.umbox(inst.umbox);
         let params: Vec<(String, String)> = u
             .params
             .iter()
-            .zip(&e.args)
+            .zip(&inst.args)
             .map(|(p, v)| (p.name.clone(), shown(v)))
             .collect();
-        let interfaces = match ports.entries[device][state.index()][pos] {
-            EntryPorts::Inline { a, b } => json!([
-                { "name": "a", "faces": "device", "ofport": a, "port_name": format!("km{a}") },
-                { "name": "b", "faces": "uplink", "ofport": b, "port_name": format!("km{b}") },
-            ]),
-            EntryPorts::Tap { p } => {
-                json!([{ "name": "tap", "faces": "copy", "ofport": p, "port_name": format!("km{p}") }])
+        let iface = |name: &str, faces: &str, ofport: u32| json!({ "name": name, "faces": faces, "ofport": ofport, "port_name": openflow::umbox_port_name(ofport) });
+        let interfaces = match inst.ports {
+            EntryPorts::Inline { a, b } => {
+                json!([iface("a", "device", a), iface("b", "uplink", b)])
             }
+            EntryPorts::Tap { p } => json!([iface("tap", "copy", p)]),
         };
+        let states: Vec<&str> = inst
+            .states
+            .iter()
+            .map(|&s| ty.state(s).name.as_str())
+            .collect();
         let env: BTreeMap<&str, &str> = u
             .env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let manifest = json!({
-            "name": format!("kalki-{}-{}-{}-{}", site.name, d.name, s.name, pos),
+            "name": format!("kalki-{}-{}-{}-{}", site.name, d.name, ix, u.name),
             "image": u.image,
             "args": u.args.iter().map(|a| fill(a, &params)).collect::<Vec<_>>(),
             "env": env,
             "params": params.iter().cloned().collect::<BTreeMap<_, _>>(),
             "mode": u.mode,
             "emits": u.emits,
+            "states": states,
             "labels": {
                 "kalki.site": site.name,
                 "kalki.device": d.name,
-                "kalki.state": s.name,
-                "kalki.position": pos.to_string(),
+                "kalki.instance": ix.to_string(),
+                "kalki.states": states.join(","),
                 "kalki.umbox": u.name,
                 "kalki.policy": policy_digest,
             },
             "interfaces": interfaces,
         });
         out.insert(
-            format!("containers/{}/{}/{}-{}.json", d.name, s.name, pos, u.name),
+            container_path(model, ports, device, ix, &d.name),
             json_bytes(&manifest),
         );
     }

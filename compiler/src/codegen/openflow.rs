@@ -5,7 +5,7 @@
 //! Flows are data ([`Flow`]) first and text second, so translation validation can reason
 //! about exactly what is written. The pipeline is described in `docs/bundle.md`.
 
-use crate::ir::{Chain, Device, Model, Site, StateId, UmboxMode};
+use crate::ir::{Chain, Model, Site, StateId, UmboxId, UmboxMode, Value};
 use serde::Serialize;
 
 /// The largest port number Open vSwitch accepts in `ofport_request`.
@@ -45,12 +45,11 @@ pub enum PortRole {
     Device {
         device: String,
     },
-    /// One interface of a µmbox container: `a` faces the device, `b` the uplink, `tap`
-    /// receives copies.
+    /// One interface of a µmbox container (`instance` indexes the device's instances):
+    /// `a` faces the device, `b` the uplink, `tap` receives copies.
     Umbox {
         device: String,
-        state: String,
-        position: usize,
+        instance: usize,
         umbox: String,
         side: Side,
     },
@@ -64,11 +63,24 @@ pub enum Side {
     Tap,
 }
 
-/// The ports of one chain entry: inline µmboxes have `a` and `b`, taps one port.
+/// The ports of one µmbox instance: inline µmboxes have `a` and `b`, taps one port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryPorts {
     Inline { a: u32, b: u32 },
     Tap { p: u32 },
+}
+
+/// One µmbox container of a device. States of the device whose chains hold the same
+/// µmbox with the same arguments share one instance (the k-th such entry of a chain
+/// shares with the k-th of another), so a posture change starts only what the new state
+/// adds, and a µmbox that stays keeps running, with its counters, through the change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub umbox: UmboxId,
+    pub args: Vec<Value>,
+    pub ports: EntryPorts,
+    /// The states whose chains use this instance, in state order.
+    pub states: Vec<StateId>,
 }
 
 /// Every port of a site, in a deterministic order and numbering.
@@ -77,8 +89,17 @@ pub struct Ports {
     pub all: Vec<Port>,
     pub uplink: u32,
     pub devices: Vec<u32>,
-    /// Per device, per state, per chain entry.
-    pub entries: Vec<Vec<Vec<EntryPorts>>>,
+    /// Per device, its µmbox instances in order of first use (state, chain position).
+    pub instances: Vec<Vec<Instance>>,
+    /// Per device, per state, per chain entry: the instance (index into `instances`).
+    pub entries: Vec<Vec<Vec<usize>>>,
+}
+
+impl Ports {
+    /// The ports of one chain entry.
+    pub fn entry(&self, device: usize, state: StateId, position: usize) -> EntryPorts {
+        self.instances[device][self.entries[device][state.index()][position]].ports
+    }
 }
 
 /// Why the site does not fit one bridge.
@@ -87,13 +108,13 @@ pub struct PortSpaceExhausted {
     pub needed: u64,
 }
 
-/// Interface names are limited to 15 bytes by Linux; `k<port number>` always fits.
-fn umbox_port_name(ofport: u32) -> String {
+/// Interface names are limited to 15 bytes by Linux; `km<port number>` always fits.
+pub fn umbox_port_name(ofport: u32) -> String {
     format!("km{ofport}")
 }
 
-/// Numbers every port: the uplink is 1, device `i` is `2 + i`, then each µmbox interface
-/// in order of device, state and chain position.
+/// Numbers every port: the uplink is 1, device `i` is `2 + i`, then the interfaces of
+/// each µmbox instance in order of device and first use.
 pub fn allocate(model: &Model, site: &Site) -> Result<Ports, PortSpaceExhausted> {
     let mut next: u64 = 2 + site.devices.len() as u64;
     let mut ports = Ports {
@@ -116,44 +137,72 @@ pub fn allocate(model: &Model, site: &Site) -> Result<Ports, PortSpaceExhausted>
             },
         });
     }
-    let mut take =
-        |ports: &mut Ports, d: &Device, state: &str, position: usize, umbox: &str, side: Side| {
-            let ofport = next as u32;
-            next += 1;
-            ports.all.push(Port {
-                name: umbox_port_name(ofport),
-                ofport,
-                role: PortRole::Umbox {
-                    device: d.name.clone(),
-                    state: state.to_string(),
-                    position,
-                    umbox: umbox.to_string(),
-                    side,
-                },
-            });
-            ofport
-        };
     for d in &site.devices {
+        let mut instances: Vec<Instance> = Vec::new();
         let mut per_state = Vec::new();
-        for s in &model.device_type(d.ty).states {
+        for (si, s) in model.device_type(d.ty).states.iter().enumerate() {
+            let state = StateId::from_index(si);
             let mut per_entry = Vec::new();
-            if let Chain::Umboxes(entries) = &s.chain {
-                for (pos, e) in entries.iter().enumerate() {
-                    let u = model.umbox(e.umbox);
-                    per_entry.push(match u.mode {
-                        UmboxMode::Inline => {
-                            let a = take(&mut ports, d, &s.name, pos, &u.name, Side::A);
-                            let b = take(&mut ports, d, &s.name, pos, &u.name, Side::B);
-                            EntryPorts::Inline { a, b }
-                        }
-                        UmboxMode::Tap => EntryPorts::Tap {
-                            p: take(&mut ports, d, &s.name, pos, &u.name, Side::Tap),
-                        },
-                    });
-                }
+            let Chain::Umboxes(entries) = &s.chain else {
+                per_state.push(per_entry);
+                continue;
+            };
+            for (pos, e) in entries.iter().enumerate() {
+                let same = |i: &Instance| i.umbox == e.umbox && i.args == e.args;
+                // This entry is the k-th with its µmbox and arguments in this chain.
+                let k = entries[..pos]
+                    .iter()
+                    .filter(|p| p.umbox == e.umbox && p.args == e.args)
+                    .count();
+                let shared = instances
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, i)| same(i))
+                    .nth(k)
+                    .map(|(ix, _)| ix);
+                let ix = match shared {
+                    Some(ix) => ix,
+                    None => {
+                        let u = model.umbox(e.umbox);
+                        let ix = instances.len();
+                        let mut take = |side| {
+                            let ofport = next as u32;
+                            next += 1;
+                            ports.all.push(Port {
+                                name: umbox_port_name(ofport),
+                                ofport,
+                                role: PortRole::Umbox {
+                                    device: d.name.clone(),
+                                    instance: ix,
+                                    umbox: u.name.clone(),
+                                    side,
+                                },
+                            });
+                            ofport
+                        };
+                        let ports = match u.mode {
+                            UmboxMode::Inline => {
+                                let a = take(Side::A);
+                                let b = take(Side::B);
+                                EntryPorts::Inline { a, b }
+                            }
+                            UmboxMode::Tap => EntryPorts::Tap { p: take(Side::Tap) },
+                        };
+                        instances.push(Instance {
+                            umbox: e.umbox,
+                            args: e.args.clone(),
+                            ports,
+                            states: Vec::new(),
+                        });
+                        ix
+                    }
+                };
+                instances[ix].states.push(state);
+                per_entry.push(ix);
             }
             per_state.push(per_entry);
         }
+        ports.instances.push(instances);
         ports.entries.push(per_state);
     }
     // Counted while numbering: one pass, and the count is what was allocated.
@@ -444,7 +493,9 @@ pub fn state_flows(
             ));
         }
         Chain::Umboxes(_) => {
-            let entries = &ports.entries[device][state.index()];
+            let entries: Vec<EntryPorts> = (0..ports.entries[device][state.index()].len())
+                .map(|pos| ports.entry(device, state, pos))
+                .collect();
             let taps: Vec<Action> = entries
                 .iter()
                 .filter_map(|e| match e {
