@@ -268,7 +268,7 @@ fn run_build(args: &BuildArgs) -> Exit {
             return Exit::PolicyErrors;
         }
     };
-    match write_bundle(&args.output, &bundle) {
+    match bundle.write_to(&args.output) {
         Ok(()) => {
             eprintln!(
                 "wrote {} files to {}",
@@ -285,53 +285,6 @@ fn run_build(args: &BuildArgs) -> Exit {
             Exit::Usage
         }
     }
-}
-
-/// Writes the bundle beside its destination, then swaps it in, so a reader never sees
-/// half a bundle; an earlier bundle is replaced, any other directory is left alone.
-fn write_bundle(
-    out: &Path,
-    bundle: &kalki_compiler::codegen::bundle::Bundle,
-) -> std::io::Result<()> {
-    use std::io::{Error, ErrorKind};
-    if out.exists() && !out.join("manifest.json").is_file() {
-        let empty = std::fs::read_dir(out)?.next().is_none();
-        if !empty {
-            return Err(Error::new(
-                ErrorKind::AlreadyExists,
-                "it exists and holds no bundle (no manifest.json)",
-            ));
-        }
-    }
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "bundle".into());
-    let staging = parent.join(format!(".{name}.staging-{}", std::process::id()));
-    let result = (|| {
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging)?;
-        }
-        for (rel, bytes) in &bundle.files {
-            let path = staging.join(rel);
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            std::fs::write(&path, bytes)?;
-        }
-        if out.exists() {
-            std::fs::remove_dir_all(out)?;
-        }
-        std::fs::rename(&staging, out)
-    })();
-    if result.is_err() && staging.exists() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    result
 }
 
 fn run_graph(args: &GraphArgs) -> Exit {

@@ -22,6 +22,10 @@ pub struct Spec {
     /// One pair of assertions per this many devices.
     pub devices_per_assert: usize,
     pub seed: u64,
+    /// A site `kalkic build` accepts and one bridge holds: no findings that are errors
+    /// (rules only raise alerts and send commands, no `never` assertions), sniffer and
+    /// IDS as taps, one µmbox in `attack`.
+    pub deployable: bool,
 }
 
 impl Spec {
@@ -32,6 +36,15 @@ impl Spec {
             devices_per_rule: 10,
             devices_per_assert: 100,
             seed: 0x006b_616c_6b69,
+            deployable: false,
+        }
+    }
+
+    /// A clean site of `devices` devices that fits one bridge (see [`Spec::deployable`]).
+    pub fn deployable(devices: usize) -> Self {
+        Spec {
+            deployable: true,
+            ..Spec::new(devices)
         }
     }
 }
@@ -118,11 +131,14 @@ const UMBOXES: &[(&str, &[&str], &[&str])] = &[
     ("xmas_block", &[], &["xmas_scan"]),
 ];
 
-fn umboxes() -> String {
+fn umboxes(spec: &Spec) -> String {
     let mut out = String::from("// Generated µmbox catalog.\n\n");
     for (name, params, emits) in UMBOXES {
         let _ = writeln!(out, "umbox {name} {{");
         let _ = writeln!(out, "    image \"kalki/{name}:0.1\"");
+        if spec.deployable && matches!(*name, "sniffer" | "ids") {
+            let _ = writeln!(out, "    mode tap");
+        }
         let holes: Vec<String> = params
             .iter()
             .filter_map(|p| p.split(':').next())
@@ -153,7 +169,7 @@ fn chain_entry(rng: &mut Rng, name: &str) -> String {
     }
 }
 
-fn device_type(rng: &mut Rng, i: usize) -> String {
+fn device_type(spec: &Spec, rng: &mut Rng, i: usize) -> String {
     let hi = 100 + rng.below(200);
     let mut out = String::new();
     let _ = writeln!(out, "/// Generated device type {i}.");
@@ -171,13 +187,26 @@ fn device_type(rng: &mut Rng, i: usize) -> String {
     let inspect = *rng.pick(&["ids", "auth_proxy", "anti_dos", "xmas_block"]);
     let restrict = *rng.pick(&["rate_limit", "ip_block", "fake_replies"]);
     let normal = chain_entry(rng, watch);
-    let suspicious = format!(
-        "{}, {}",
-        chain_entry(rng, "sniffer"),
-        chain_entry(rng, inspect)
-    );
+    let suspicious = if spec.deployable {
+        // The normal state's µmbox stays (one shared instance), and something that emits
+        // `brute_force` is deployed for the transition that waits for it (else K205).
+        let ids = if inspect != "ids" && watch != "ids" {
+            ", ids"
+        } else {
+            ""
+        };
+        format!("{normal}{ids}, {}", chain_entry(rng, inspect))
+    } else {
+        format!(
+            "{}, {}",
+            chain_entry(rng, "sniffer"),
+            chain_entry(rng, inspect)
+        )
+    };
     let attack = if rng.below(4) == 0 {
         "drop".to_string()
+    } else if spec.deployable {
+        chain_entry(rng, restrict)
     } else {
         format!(
             "{}, {}",
@@ -225,7 +254,7 @@ fn device_type(rng: &mut Rng, i: usize) -> String {
 fn types(spec: &Spec, rng: &mut Rng) -> String {
     let mut out = String::from("// Generated device types.\nimport umboxes::*\n\n");
     for i in 0..spec.device_types {
-        out.push_str(&device_type(rng, i));
+        out.push_str(&device_type(spec, rng, i));
     }
     out
 }
@@ -264,15 +293,22 @@ fn site(spec: &Spec, rng: &mut Rng) -> String {
             "        when d{x}.level > {} and (d{y}.on or d{y}.mode == high) and not d{z} in attack and clock in 20:00..06:00",
             rng.below(100)
         );
-        let _ = writeln!(
-            out,
-            "        then d{x} -> suspicious, d{y}.turn_off, raise tampered on d{z}"
-        );
+        let _ = if spec.deployable {
+            writeln!(out, "        then d{y}.turn_off, raise tampered on d{z}")
+        } else {
+            writeln!(
+                out,
+                "        then d{x} -> suspicious, d{y}.turn_off, raise tampered on d{z}"
+            )
+        };
     }
     out.push('\n');
     for a in 0..n / spec.devices_per_assert.max(1) {
         let (x, y) = (rng.below(n), rng.below(n));
         let _ = writeln!(out, "    assert reachable d{x} in attack");
+        if spec.deployable {
+            continue;
+        }
         let _ = writeln!(
             out,
             "    assert never d{x} in attack and d{y} in normal and not d{} in suspicious",
@@ -287,7 +323,7 @@ fn site(spec: &Spec, rng: &mut Rng) -> String {
 pub fn generate(spec: &Spec) -> Generated {
     let mut rng = Rng::new(spec.seed);
     let mut files = BTreeMap::new();
-    files.insert(PathBuf::from("umboxes.kalki"), umboxes());
+    files.insert(PathBuf::from("umboxes.kalki"), umboxes(spec));
     files.insert(PathBuf::from("types.kalki"), types(spec, &mut rng));
     files.insert(PathBuf::from("site.kalki"), site(spec, &mut rng));
     Generated {

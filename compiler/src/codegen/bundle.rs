@@ -10,6 +10,7 @@ use crate::source::Sources;
 use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 /// Version of the bundle format; the shim refuses versions it does not know.
 pub const FORMAT: u32 = 1;
@@ -21,6 +22,61 @@ pub const PORT_SPACE: &str = "K214";
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Bundle {
     pub files: BTreeMap<String, Vec<u8>>,
+}
+
+impl Bundle {
+    /// Writes the bundle to `out`: first to a staging directory beside it, then swapped
+    /// in, so a reader never sees half a bundle. An earlier bundle at `out` is replaced;
+    /// any other non-empty directory is refused (`AlreadyExists`) and left alone.
+    pub fn write_to(&self, out: &Path) -> std::io::Result<()> {
+        use std::io::{Error, ErrorKind};
+        if out.exists() && !out.join("manifest.json").is_file() {
+            let empty = std::fs::read_dir(out)?.next().is_none();
+            if !empty {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    "it exists and holds no bundle (no manifest.json)",
+                ));
+            }
+        }
+        let parent = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "bundle".into());
+        let staging = parent.join(format!(".{name}.staging-{}", std::process::id()));
+        let retired = parent.join(format!(".{name}.old-{}", std::process::id()));
+        let result = (|| {
+            for dir in [&staging, &retired] {
+                if dir.exists() {
+                    std::fs::remove_dir_all(dir)?;
+                }
+            }
+            for (rel, bytes) in &self.files {
+                let path = staging.join(rel);
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                std::fs::write(&path, bytes)?;
+            }
+            // Two renames: `out` is missing only between them, never half-written.
+            if out.exists() {
+                std::fs::rename(out, &retired)?;
+            }
+            std::fs::rename(&staging, out)?;
+            if retired.exists() {
+                std::fs::remove_dir_all(&retired)?;
+            }
+            Ok(())
+        })();
+        if result.is_err() && staging.exists() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        result
+    }
 }
 
 fn sha256(bytes: &[u8]) -> String {
