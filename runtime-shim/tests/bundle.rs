@@ -8,6 +8,7 @@ mod common;
 use common::{compile, compile_dir, load, write_bundle, MemReader, TempDir};
 use kalki_shim::bundle::{self, json_depth, BundleError, MAX_JSON_DEPTH};
 use kalki_shim::codes;
+use kalki_shim::engine::{Config, Engine, Input};
 use serde_json::json;
 use std::sync::OnceLock;
 
@@ -261,9 +262,9 @@ fn inconsistent_manifests_are_refused() {
 }
 
 /// The compiler accepts conditions nested 128 levels deep; their manifest is deeper than
-/// serde_json's default limit, and must load all the same.
+/// serde_json's default limit, and must load and evaluate all the same.
 #[test]
-fn a_deeply_nested_guard_loads() {
+fn a_deeply_nested_guard_loads_and_evaluates() {
     let mut guard = "x > 1".to_string();
     for _ in 0..120 {
         guard = format!("not ({guard})");
@@ -287,7 +288,15 @@ site s {{
     );
     let r = MemReader::new(&compile(&src));
     assert!(json_depth(&r.files["manifest.json"]) > 128);
-    load(&r).unwrap();
+    let b = load(&r).unwrap();
+    let mut e = Engine::new(&b, Config::default(), 0);
+    let reading = |x: i64| Input::Reading {
+        device: "d".into(),
+        values: [("x".to_string(), json!(x))].into_iter().collect(),
+    };
+    // An even number of `not`s: the guard is `x > 1`.
+    assert!(e.handle(0, &reading(1)).unwrap().is_empty());
+    assert_eq!(e.handle(1, &reading(2)).unwrap().len(), 1);
 }
 
 #[test]

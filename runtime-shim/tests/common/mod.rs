@@ -6,6 +6,7 @@ use kalki_compiler::codegen::bundle as codegen;
 use kalki_compiler::source::{LoadError, SourceLoader};
 use kalki_compiler::verify::{self, z3::Z3Solver};
 use kalki_shim::bundle::{self, Bundle, BundleError, BundleReader, ReadError};
+use kalki_shim::engine::{Config, Engine};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -112,6 +113,14 @@ pub fn load(r: &MemReader) -> Result<Bundle, Vec<BundleError>> {
 /// Loads a policy's bundle into the shim.
 pub fn shim_bundle(src: &str) -> Bundle {
     load(&MemReader::new(&compile(src))).unwrap()
+}
+
+/// An engine at time 0 whose time 0 is `HH:MM` local time.
+pub fn engine_at(bundle: &Bundle, hh: u64, mm: u64) -> Engine {
+    let config = Config {
+        day_offset_ms: (hh * 60 + mm) * 60_000,
+    };
+    Engine::new(bundle, config, 0)
 }
 
 /// Writes a bundle into a fresh directory.
