@@ -43,6 +43,8 @@ pub const UNKNOWN_SOURCE: &str = "S107";
 pub const UNKNOWN_ACTION: &str = "S108";
 /// An event earlier than the engine's current time.
 pub const TIME_BACKWARDS: &str = "S109";
+/// An event more than [`crate::engine::MAX_STEP_MS`] after the engine's current time.
+pub const TOO_FAR_AHEAD: &str = "S110";
 
 // S2xx: trace files (`trace.rs`).
 
@@ -77,6 +79,7 @@ pub const ALL: &[(&str, &str)] = &[
     ),
     (UNKNOWN_ACTION, "unknown operator action"),
     (TIME_BACKWARDS, "event earlier than the current time"),
+    (TOO_FAR_AHEAD, "event too far after the current time"),
     (TRACE_SYNTAX, "trace line is not a JSON object"),
     (
         TRACE_SHAPE,

@@ -20,6 +20,11 @@ use std::fmt;
 pub const DAY_MS: u64 = 86_400_000;
 const MINUTE_MS: u64 = 60_000;
 
+/// The longest step of time one input may take: a year and a day. The engine runs every
+/// moment in between (a rule's clock window comes round every day), so an absurd jump
+/// would keep it busy for ages instead of being refused.
+pub const MAX_STEP_MS: u64 = 366 * DAY_MS;
+
 /// Operator actions the language has (`on operator reset`).
 pub const OPERATOR_ACTIONS: &[&str] = &["reset"];
 
@@ -160,6 +165,8 @@ pub enum InputError {
     UnknownAction { action: String },
     #[error("time {t_ms} ms is before the engine's current time {now_ms} ms")]
     TimeBackwards { t_ms: u64, now_ms: u64 },
+    #[error("time {t_ms} ms is more than 366 days after the engine's current time {now_ms} ms")]
+    TooFarAhead { t_ms: u64, now_ms: u64 },
 }
 
 impl InputError {
@@ -174,6 +181,7 @@ impl InputError {
             InputError::UnknownSource { .. } => codes::UNKNOWN_SOURCE,
             InputError::UnknownAction { .. } => codes::UNKNOWN_ACTION,
             InputError::TimeBackwards { .. } => codes::TIME_BACKWARDS,
+            InputError::TooFarAhead { .. } => codes::TOO_FAR_AHEAD,
         }
     }
 
@@ -198,6 +206,10 @@ impl InputError {
             InputError::TimeBackwards { .. } => {
                 Some("events are given in the order they happen".to_string())
             }
+            InputError::TooFarAhead { .. } => Some(
+                "the engine runs every moment in between; start a new engine after a long gap"
+                    .to_string(),
+            ),
             InputError::WrongType { .. } | InputError::OutOfRange { .. } => None,
         }
     }
@@ -753,6 +765,11 @@ impl Engine {
                 t_ms,
                 now_ms: self.rt.now,
             });
+        } else if t_ms - self.rt.now > MAX_STEP_MS {
+            errors.push(InputError::TooFarAhead {
+                t_ms,
+                now_ms: self.rt.now,
+            });
         }
         let device = |name: &str, errors: &mut Vec<InputError>| {
             let i = self.device_index(name);
@@ -908,12 +925,16 @@ impl Engine {
     /// Fires the timers due at or before `t`, moment by moment, and moves to `t`.
     fn advance_to(&mut self, t: u64) -> Vec<Step> {
         let mut steps = Vec::new();
+        let mut last = None;
         while let Some(d) = self.next_deadline() {
-            if d > t {
-                break;
-            }
             // Every moment moves time strictly forward: a fired timer's device changes
             // state (its timers restart after `d`), boundaries are taken after `now`.
+            // Only at the end of time (deadlines saturate at `u64::MAX`) could a moment
+            // come back; it is not run twice.
+            if d > t || last == Some(d) {
+                break;
+            }
+            last = Some(d);
             self.rt.now = d.max(self.rt.now);
             let effects = self.fire_timers(d);
             if !effects.is_empty() {

@@ -47,8 +47,8 @@ struct SimulateArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
     /// Keep firing timers until this time (ms since the start of the trace), past the
-    /// last event.
-    #[arg(long, value_name = "T_MS")]
+    /// last event. At most 366 days.
+    #[arg(long, value_name = "T_MS", value_parser = clap::value_parser!(u64).range(..=kalki_shim::trace::MAX_T_MS))]
     until: Option<u64>,
     /// Colour in error reports (printed on standard error).
     #[arg(long, value_enum, default_value_t = Color::Auto)]

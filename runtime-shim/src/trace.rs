@@ -14,11 +14,15 @@
 //! bad line is not replayed at all.
 
 use crate::codes;
-use crate::engine::{Engine, Input, InputError, DAY_MS};
+use crate::engine::{Engine, Input, InputError, DAY_MS, MAX_STEP_MS};
 use miette::{Diagnostic, LabeledSpan, SourceSpan};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
+
+/// The longest trace: a year and a day, the engine's longest step
+/// ([`crate::engine::MAX_STEP_MS`]).
+pub const MAX_T_MS: u64 = MAX_STEP_MS;
 
 /// A parsed trace.
 #[derive(Debug, Clone, PartialEq)]
@@ -229,6 +233,11 @@ fn line_event(raw: Raw, first: bool) -> Result<Line, String> {
     let t_ms = raw
         .t_ms
         .ok_or_else(|| "missing `t_ms` (milliseconds since the start of the trace)".to_string())?;
+    if t_ms > MAX_T_MS {
+        return Err(format!(
+            "`t_ms` {t_ms} is beyond the longest trace, 366 days ({MAX_T_MS} ms)"
+        ));
+    }
     let kinds = [
         raw.reading.is_some(),
         raw.alert.is_some(),
@@ -359,6 +368,7 @@ mod tests {
             "{\"t_ms\": 4}\n",
             "{\"clock\": \"20:00\"}\n",
             "{\"t_ms\": -1}\n",
+            "{\"t_ms\": 31622400001}\n",
         ));
         let got: Vec<(usize, &str)> = errs.iter().map(|(l, c, _)| (*l, *c)).collect();
         assert_eq!(
@@ -375,6 +385,7 @@ mod tests {
                 (10, codes::TRACE_ORDER),
                 (11, codes::TRACE_SHAPE),
                 (12, codes::TRACE_SHAPE),
+                (13, codes::TRACE_SHAPE),
             ],
             "{errs:#?}"
         );

@@ -620,6 +620,23 @@ fn refused_inputs_change_nothing() {
 }
 
 #[test]
+fn long_ticks_end_and_absurd_ones_are_refused() {
+    let mut e = noon();
+    step(&mut e, 0, alert("a", "tamper"));
+    let year = 366 * 24 * 60 * MIN;
+    // A year of moments: the quiet time, then a 22:00 and a 06:00 boundary every day.
+    assert_eq!(
+        step(&mut e, year, Input::Tick),
+        ["600000 a: suspicious -> normal (after 10m quiet)"]
+    );
+    let errs = e.handle(year + year + 1, &Input::Tick).unwrap_err();
+    assert_eq!(errs[0].code(), codes::TOO_FAR_AHEAD);
+    let errs = e.handle(u64::MAX, &Input::Tick).unwrap_err();
+    assert_eq!(errs[0].code(), codes::TOO_FAR_AHEAD);
+    assert_eq!(e.now(), year);
+}
+
+#[test]
 fn same_inputs_same_outputs() {
     let run = || {
         let mut e = engine_at(lab(), 21, 59);
