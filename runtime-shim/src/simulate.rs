@@ -156,41 +156,35 @@ fn describe(bundle: &Bundle, engine: &Engine, step: &Step) -> Vec<Entry> {
                         .transition(*device, ti)
                         .map(|t| names.trigger(&t.trigger))
                 };
-                let mut what = What::State {
+                let rule_name = |r: &usize| Some(engine.rule_name(*r).to_string());
+                // (trigger, source µmbox, raising rule, moving rule)
+                let (trigger, source, raised_by, rule) = match cause {
+                    Cause::Alert {
+                        transition,
+                        origin: Origin::Input { source },
+                        ..
+                    } => (trigger(*transition), source.clone(), None, None),
+                    Cause::Alert {
+                        transition,
+                        origin: Origin::Rule { rule },
+                        ..
+                    } => (trigger(*transition), None, rule_name(rule), None),
+                    Cause::Reading { transition }
+                    | Cause::Held { transition }
+                    | Cause::Quiet { transition }
+                    | Cause::Operator { transition, .. } => {
+                        (trigger(*transition), None, None, None)
+                    }
+                    Cause::Rule { rule } => (None, None, None, rule_name(rule)),
+                };
+                let what = What::State {
                     from,
                     to,
-                    trigger: None,
-                    source: None,
-                    raised_by: None,
-                    rule: None,
-                };
-                if let What::State {
-                    trigger: tr,
+                    trigger,
                     source,
                     raised_by,
                     rule,
-                    ..
-                } = &mut what
-                {
-                    match cause {
-                        Cause::Alert {
-                            transition, origin, ..
-                        } => {
-                            *tr = trigger(*transition);
-                            match origin {
-                                Origin::Input { source: s } => source.clone_from(s),
-                                Origin::Rule { rule: r } => {
-                                    *raised_by = Some(engine.rule_name(*r).to_string());
-                                }
-                            }
-                        }
-                        Cause::Reading { transition }
-                        | Cause::Held { transition }
-                        | Cause::Quiet { transition }
-                        | Cause::Operator { transition, .. } => *tr = trigger(*transition),
-                        Cause::Rule { rule: r } => *rule = Some(engine.rule_name(*r).to_string()),
-                    }
-                }
+                };
                 at(*device, what)
             }
             Effect::Command {

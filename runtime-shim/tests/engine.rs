@@ -79,6 +79,25 @@ site s {
 }
 "#;
 
+/// A held guard that reads the clock: its truth changes at 22:00 and 23:00 without any
+/// reading.
+const NIGHT_HOLD: &str = r#"
+device type N {
+    sensed on: bool
+    states normal < suspicious
+    initial normal
+    normal     { chain [pass] }
+    suspicious { chain [pass] }
+    normal     -> suspicious when on and clock in 22:00..23:00 for 30m
+    suspicious -> normal     on operator reset
+}
+
+site s {
+    bridge "br0" uplink "eth0"
+    device n: N at 10.0.0.1 port "p1"
+}
+"#;
+
 fn lab() -> &'static Bundle {
     static B: OnceLock<Bundle> = OnceLock::new();
     B.get_or_init(|| shim_bundle(LAB))
@@ -475,6 +494,30 @@ fn a_raised_alert_is_offered_to_the_devices_transitions() {
             "600001 b: suspicious -> normal (after 10m quiet)",
         ]
     );
+}
+
+#[test]
+fn a_held_guard_on_the_clock_starts_and_stops_with_its_window() {
+    let b = shim_bundle(NIGHT_HOLD);
+    let mut e = engine_at(&b, 21, 0);
+    assert!(step(&mut e, 0, reading("n", json!({"on": true}))).is_empty());
+    assert_eq!(
+        e.next_deadline(),
+        Some(60 * MIN),
+        "22:00, where the guard turns true"
+    );
+    assert!(step(&mut e, 60 * MIN, Input::Tick).is_empty());
+    assert_eq!(e.next_deadline(), Some(90 * MIN), "held since 22:00");
+    assert_eq!(
+        step(&mut e, 90 * MIN, Input::Tick),
+        ["5400000 n: normal -> suspicious (when ... for 30m)"]
+    );
+    step(&mut e, 100 * MIN, reset("n"));
+    // Back in normal at 22:40 with `on` still true: held again from 22:40, but the
+    // window closes at 23:00, before the 30 minutes are up.
+    assert_eq!(e.next_deadline(), Some(120 * MIN));
+    assert!(step(&mut e, 24 * 60 * MIN - 1, Input::Tick).is_empty());
+    assert_eq!(state(&e, "n"), "normal");
 }
 
 #[test]
