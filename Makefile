@@ -3,6 +3,7 @@
 
 CARGO ?= cargo
 KALKIC := target/release/kalkic
+SHIM := target/release/kalki-shim
 EXAMPLE := examples/smart-office
 # Bounded fuzzing in the test suite (cases per property).
 export KALKI_FUZZ_CASES ?= 2000
@@ -17,12 +18,13 @@ services: setup
 	@scripts/ovs/start.sh
 
 build: setup
-	$(CARGO) build --release --locked -p kalki-compiler
+	$(CARGO) build --release --locked -p kalki-compiler -p kalki-shim
 
 demo: build
 	$(KALKIC) check $(EXAMPLE)
 	$(KALKIC) verify $(EXAMPLE)
 	$(KALKIC) build $(EXAMPLE) -o out/smart-office
+	$(SHIM) simulate out/smart-office $(EXAMPLE)/trace.jsonl
 
 lint: setup
 	$(CARGO) fmt --all -- --check

@@ -1,0 +1,1267 @@
+//! The site's state machines as a pure, deterministic engine: input events at a virtual
+//! time in, state changes (with their causes), commands and raised alerts out, plus the
+//! next moment a timer needs the engine. No wall clock, no I/O: the caller passes the
+//! time (`u64` milliseconds) with every input, so a driver feeds it real time and
+//! `simulate` and the tests a virtual clock. The semantics are in `docs/runtime.md`.
+//!
+//! A bad input (unknown device or variable, wrong type, out of range, unknown alert,
+//! time going backwards) is refused with every problem found and changes nothing.
+
+use crate::bundle::Bundle;
+use crate::codes;
+use crate::eval::{self, Env, Value};
+use crate::manifest::{Action, Expr, ExprKind, Transition, Trigger, VarRef, VarType};
+use miette::Diagnostic;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+
+/// Milliseconds in a day.
+pub const DAY_MS: u64 = 86_400_000;
+const MINUTE_MS: u64 = 60_000;
+
+/// The longest step of time one input may take: a year and a day. The engine runs every
+/// moment in between (a rule's clock window comes round every day), so an absurd jump
+/// would keep it busy for ages instead of being refused.
+pub const MAX_STEP_MS: u64 = 366 * DAY_MS;
+
+/// Operator actions the language has (`on operator reset`).
+pub const OPERATOR_ACTIONS: &[&str] = &["reset"];
+
+/// How virtual time maps to the time of day.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Config {
+    /// The local time of day, in milliseconds since midnight, at time 0. A driver that
+    /// passes Unix milliseconds sets it to the node's offset from UTC.
+    pub day_offset_ms: u64,
+}
+
+/// An input event. Devices, variables and alerts are named as in the policy.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// New sensed values: booleans, integers, enum members by name.
+    Reading {
+        device: String,
+        values: BTreeMap<String, serde_json::Value>,
+    },
+    /// An alert for a device, from one of its µmboxes (`source`) or the device itself.
+    Alert {
+        device: String,
+        alert: String,
+        source: Option<String>,
+    },
+    /// An operator action (`reset`) on a device.
+    Operator { device: String, action: String },
+    /// Nothing but time passing: the timers due by then fire.
+    Tick,
+}
+
+/// A state change, a command to send or an alert raised by a rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    StateChange {
+        device: usize,
+        from: usize,
+        to: usize,
+        cause: Cause,
+    },
+    Command {
+        device: usize,
+        command: String,
+        rule: usize,
+    },
+    AlertRaised {
+        device: usize,
+        alert: String,
+        rule: usize,
+    },
+    /// An expression could not be evaluated (a checked bundle never causes one); the
+    /// condition was taken as not holding.
+    Fault { message: String },
+}
+
+/// Why a device changed state. `transition` indexes its type's `transitions`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// `on ALERT [count N within T]`.
+    Alert {
+        transition: usize,
+        alert: String,
+        origin: Origin,
+    },
+    /// `when G`, on a reading.
+    Reading { transition: usize },
+    /// `when G for T`: G has held for T.
+    Held { transition: usize },
+    /// `after T quiet`.
+    Quiet { transition: usize },
+    /// `on operator ACTION`.
+    Operator { transition: usize, action: String },
+    /// A rule's `dev -> state`.
+    Rule { rule: usize },
+}
+
+/// Where an alert came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// An input: from a µmbox (`Some`) or the device itself.
+    Input { source: Option<String> },
+    /// A rule's `raise`.
+    Rule { rule: usize },
+}
+
+/// What happened at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub t_ms: u64,
+    pub effects: Vec<Effect>,
+}
+
+/// A refused input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("unknown device `{name}`")]
+    UnknownDevice {
+        name: String,
+        suggestion: Option<String>,
+    },
+    #[error("`{device}` has no variable `{name}`")]
+    UnknownVariable {
+        device: String,
+        name: String,
+        suggestion: Option<String>,
+    },
+    #[error("`{device}.{var}` is {expected}, not {found}")]
+    WrongType {
+        device: String,
+        var: String,
+        expected: String,
+        found: String,
+    },
+    #[error("`{device}.{var}` = {value} is outside its range {lo}..{hi}")]
+    OutOfRange {
+        device: String,
+        var: String,
+        value: i64,
+        lo: i64,
+        hi: i64,
+    },
+    #[error("a reading of `{device}` with no values")]
+    EmptyReading { device: String },
+    #[error("`{device}` cannot receive alert `{alert}`")]
+    UnknownAlert {
+        device: String,
+        alert: String,
+        suggestion: Option<String>,
+    },
+    #[error("`{umbox}` is not a µmbox of `{device}` that emits `{alert}`")]
+    UnknownSource {
+        device: String,
+        alert: String,
+        umbox: String,
+        candidates: Vec<String>,
+    },
+    #[error("unknown operator action `{action}`")]
+    UnknownAction { action: String },
+    #[error("time {t_ms} ms is before the engine's current time {now_ms} ms")]
+    TimeBackwards { t_ms: u64, now_ms: u64 },
+    #[error("time {t_ms} ms is more than 366 days after the engine's current time {now_ms} ms")]
+    TooFarAhead { t_ms: u64, now_ms: u64 },
+}
+
+impl InputError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            InputError::UnknownDevice { .. } => codes::UNKNOWN_DEVICE,
+            InputError::UnknownVariable { .. } => codes::UNKNOWN_VARIABLE,
+            InputError::WrongType { .. } => codes::WRONG_TYPE,
+            InputError::OutOfRange { .. } => codes::OUT_OF_RANGE,
+            InputError::EmptyReading { .. } => codes::EMPTY_READING,
+            InputError::UnknownAlert { .. } => codes::UNKNOWN_ALERT,
+            InputError::UnknownSource { .. } => codes::UNKNOWN_SOURCE,
+            InputError::UnknownAction { .. } => codes::UNKNOWN_ACTION,
+            InputError::TimeBackwards { .. } => codes::TIME_BACKWARDS,
+            InputError::TooFarAhead { .. } => codes::TOO_FAR_AHEAD,
+        }
+    }
+
+    fn help_text(&self) -> Option<String> {
+        let did_you_mean = |s: &Option<String>| s.as_ref().map(|s| format!("did you mean `{s}`?"));
+        match self {
+            InputError::UnknownDevice { suggestion, .. }
+            | InputError::UnknownVariable { suggestion, .. }
+            | InputError::UnknownAlert { suggestion, .. } => did_you_mean(suggestion),
+            InputError::UnknownSource { candidates, .. } => Some(if candidates.is_empty() {
+                "none of its µmboxes emits it: leave `source` out for an alert from the device itself".to_string()
+            } else {
+                format!("it is emitted by `{}`", candidates.join("`, `"))
+            }),
+            InputError::UnknownAction { .. } => Some(format!(
+                "the operator actions are `{}`",
+                OPERATOR_ACTIONS.join("`, `")
+            )),
+            InputError::EmptyReading { .. } => {
+                Some("a reading reports at least one variable".to_string())
+            }
+            InputError::TimeBackwards { .. } => {
+                Some("events are given in the order they happen".to_string())
+            }
+            InputError::TooFarAhead { .. } => Some(
+                "the engine runs every moment in between; start a new engine after a long gap"
+                    .to_string(),
+            ),
+            InputError::WrongType { .. } | InputError::OutOfRange { .. } => None,
+        }
+    }
+}
+
+impl Diagnostic for InputError {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(InputError::code(self)))
+    }
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.help_text()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display + 'a>)
+    }
+}
+
+/// The closest candidate to a misspelt name, if one is close enough.
+pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    let limit = (name.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(name, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, c)| c.to_string())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+// ---------------------------------------------------------------------------------------
+// The compiled site: what the manifest says, indexed for the engine. Never changes.
+
+#[derive(Debug, Clone)]
+struct TypeInfo {
+    states: Vec<String>,
+    initial: usize,
+    vars: Vec<(String, VarType)>,
+    transitions: Vec<Transition>,
+    /// Per state, the transitions out of it, in declaration order.
+    out: Vec<Vec<usize>>,
+}
+
+#[derive(Debug, Clone)]
+struct DeviceInfo {
+    name: String,
+    ty: usize,
+    /// The alerts it can receive: its type's, its µmboxes', those rules raise on it, and
+    /// those its transitions wait for.
+    alerts: BTreeSet<String>,
+    /// Its µmboxes (over all its chains) and the alerts each emits.
+    umboxes: BTreeMap<String, BTreeSet<String>>,
+    /// Per variable: the longest aggregate window over it (0: no history is kept).
+    window: Vec<usize>,
+    /// Per alert: the longest `within` and the largest count of its type's count
+    /// triggers on it; its history keeps no more than that.
+    alert_window: BTreeMap<String, (u64, usize)>,
+    /// Rules that read a variable of this device.
+    rules_reading_values: Vec<usize>,
+    /// Rules that test this device's state.
+    rules_reading_state: Vec<usize>,
+}
+
+#[derive(Debug, Clone)]
+struct RuleInfo {
+    name: String,
+    cond: Expr,
+    actions: Vec<Action>,
+    /// Minutes of the day where one of its clock windows starts or ends.
+    boundaries: BTreeSet<u16>,
+}
+
+#[derive(Debug, Clone)]
+struct Site {
+    types: Vec<TypeInfo>,
+    devices: Vec<DeviceInfo>,
+    rules: Vec<RuleInfo>,
+    /// Minutes where a clock window of a `when ... for` guard starts or ends.
+    guard_boundaries: BTreeSet<u16>,
+    /// Every boundary, of guards and rules.
+    boundaries: BTreeSet<u16>,
+    /// Operator actions: the language's and any the manifest's transitions use.
+    actions: BTreeSet<String>,
+}
+
+fn clock_boundaries(e: &Expr) -> impl Iterator<Item = u16> + '_ {
+    e.nodes().flat_map(|n| match n.kind {
+        ExprKind::Clock { from, to } => vec![from, to],
+        _ => vec![],
+    })
+}
+
+impl Site {
+    fn new(bundle: &Bundle) -> Site {
+        let m = &bundle.manifest;
+        let types: Vec<TypeInfo> = m
+            .device_types
+            .iter()
+            .map(|t| {
+                let mut out = vec![Vec::new(); t.states.len()];
+                for (i, tr) in t.transitions.iter().enumerate() {
+                    if let Some(o) = out.get_mut(tr.from as usize) {
+                        o.push(i);
+                    }
+                }
+                TypeInfo {
+                    states: t.states.clone(),
+                    initial: t.initial as usize,
+                    vars: t
+                        .vars
+                        .iter()
+                        .map(|v| (v.name.clone(), v.ty.clone()))
+                        .collect(),
+                    transitions: t.transitions.clone(),
+                    out,
+                }
+            })
+            .collect();
+
+        let mut devices: Vec<DeviceInfo> = Vec::new();
+        for (di, d) in m.devices.iter().enumerate() {
+            // A checked bundle has a type for every device.
+            let ty_ix = bundle.device_type_index(di).unwrap_or(usize::MAX);
+            let t = bundle.device_type(di);
+            let mut alerts: BTreeSet<String> = t
+                .map(|t| t.alerts.iter().cloned().collect())
+                .unwrap_or_default();
+            let mut alert_window: BTreeMap<String, (u64, usize)> = BTreeMap::new();
+            let mut window = vec![0usize; t.map_or(0, |t| t.vars.len())];
+            for tr in t.map(|t| t.transitions.as_slice()).unwrap_or_default() {
+                match &tr.trigger {
+                    Trigger::Alert { alert, count } => {
+                        alerts.insert(alert.clone());
+                        if let Some((n, w)) = count {
+                            let e = alert_window.entry(alert.clone()).or_insert((0, 0));
+                            *e = (e.0.max(*w), e.1.max(*n as usize));
+                        }
+                    }
+                    Trigger::When { guard, .. } => note_windows(guard, None, &mut window),
+                    _ => {}
+                }
+            }
+            let mut umboxes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            for s in &d.states {
+                for path in &s.containers {
+                    if let Some(c) = bundle.containers.get(path) {
+                        let umbox = c.labels.get("kalki.umbox").cloned().unwrap_or_default();
+                        alerts.extend(c.emits.iter().cloned());
+                        umboxes
+                            .entry(umbox)
+                            .or_default()
+                            .extend(c.emits.iter().cloned());
+                    }
+                }
+            }
+            devices.push(DeviceInfo {
+                name: d.name.clone(),
+                ty: ty_ix,
+                alerts,
+                umboxes,
+                window,
+                alert_window,
+                rules_reading_values: Vec::new(),
+                rules_reading_state: Vec::new(),
+            });
+        }
+
+        let mut rules = Vec::new();
+        for (ri, r) in m.rules.iter().enumerate() {
+            for n in r.cond.nodes() {
+                match &n.kind {
+                    ExprKind::Var { var } | ExprKind::Aggregate { var, .. } => {
+                        if let Some(d) = var.device.and_then(|d| devices.get_mut(d as usize)) {
+                            push_once(&mut d.rules_reading_values, ri);
+                        }
+                    }
+                    ExprKind::InState { device, .. } => {
+                        if let Some(d) = devices.get_mut(*device as usize) {
+                            push_once(&mut d.rules_reading_state, ri);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for (di, d) in devices.iter_mut().enumerate() {
+                let di = u32::try_from(di).unwrap_or(u32::MAX);
+                note_windows(&r.cond, Some(di), &mut d.window);
+            }
+            for a in &r.actions {
+                if let Action::Raise { device, alert } = a {
+                    if let Some(d) = devices.get_mut(*device as usize) {
+                        d.alerts.insert(alert.clone());
+                    }
+                }
+            }
+            rules.push(RuleInfo {
+                name: r.name.clone(),
+                cond: r.cond.clone(),
+                actions: r.actions.clone(),
+                boundaries: clock_boundaries(&r.cond).collect(),
+            });
+        }
+
+        let guard_boundaries: BTreeSet<u16> = types
+            .iter()
+            .flat_map(|t| &t.transitions)
+            .filter_map(|tr| match &tr.trigger {
+                Trigger::When {
+                    guard,
+                    hold_ms: Some(_),
+                } => Some(guard),
+                _ => None,
+            })
+            .flat_map(clock_boundaries)
+            .collect();
+        let boundaries = rules
+            .iter()
+            .flat_map(|r| r.boundaries.iter().copied())
+            .chain(guard_boundaries.iter().copied())
+            .collect();
+        let actions =
+            OPERATOR_ACTIONS
+                .iter()
+                .map(|a| a.to_string())
+                .chain(types.iter().flat_map(|t| &t.transitions).filter_map(
+                    |tr| match &tr.trigger {
+                        Trigger::Operator { action } => Some(action.clone()),
+                        _ => None,
+                    },
+                ))
+                .collect();
+        Site {
+            types,
+            devices,
+            rules,
+            guard_boundaries,
+            boundaries,
+            actions,
+        }
+    }
+
+    fn ty(&self, device: usize) -> Option<&TypeInfo> {
+        self.types.get(self.devices.get(device)?.ty)
+    }
+}
+
+fn push_once(v: &mut Vec<usize>, x: usize) {
+    if !v.contains(&x) {
+        v.push(x);
+    }
+}
+
+/// Records, per variable, the longest aggregate window read over it: over the guard's
+/// own device (`device: None`) when `this` is `None`, else over device `this`.
+fn note_windows(e: &Expr, this: Option<u32>, window: &mut [usize]) {
+    for n in e.nodes() {
+        if let ExprKind::Aggregate { var, last, .. } = &n.kind {
+            if var.device == this {
+                if let Some(w) = window.get_mut(var.var as usize) {
+                    *w = (*w).max(*last as usize);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The changing part.
+
+#[derive(Debug, Clone)]
+struct DeviceRt {
+    state: usize,
+    entered_at: u64,
+    last_alert: Option<u64>,
+    values: Vec<Option<Value>>,
+    /// Per integer variable, its last readings (oldest first), as many as the longest
+    /// window over it.
+    history: Vec<VecDeque<i64>>,
+    /// Per alert, when it arrived, as far back as the longest window counting it.
+    alerts: BTreeMap<String, VecDeque<u64>>,
+    /// `when G for T` transitions out of the current state whose guard holds: since when.
+    holds: BTreeMap<usize, u64>,
+}
+
+#[derive(Debug, Clone)]
+struct Rt {
+    now: u64,
+    day_offset_ms: u64,
+    devices: Vec<DeviceRt>,
+}
+
+/// An input after validation: indices, typed values.
+#[derive(Debug, Clone)]
+enum Resolved {
+    Reading {
+        device: usize,
+        values: Vec<(usize, Value)>,
+    },
+    Alert {
+        device: usize,
+        alert: String,
+        source: Option<String>,
+    },
+    Operator {
+        device: usize,
+        action: String,
+    },
+    Tick,
+}
+
+/// The effects of one moment, the rules to evaluate and the rules that have fired.
+struct Moment {
+    effects: Vec<Effect>,
+    dirty: BTreeSet<usize>,
+    fired: Vec<bool>,
+}
+
+impl Moment {
+    fn new(rules: usize) -> Self {
+        Moment {
+            effects: Vec::new(),
+            dirty: BTreeSet::new(),
+            fired: vec![false; rules],
+        }
+    }
+    fn mark(&mut self, rules: &[usize]) {
+        self.dirty.extend(rules.iter().copied());
+    }
+}
+
+/// What guards and conditions read.
+struct View<'a> {
+    rt: &'a Rt,
+    /// The device whose guard is evaluated (`VarRef { device: None }` means it).
+    this: Option<usize>,
+}
+
+impl View<'_> {
+    fn device_of(&self, var: VarRef) -> Option<&DeviceRt> {
+        let d = match var.device {
+            Some(d) => d as usize,
+            None => self.this?,
+        };
+        self.rt.devices.get(d)
+    }
+}
+
+impl Env for View<'_> {
+    fn value(&self, var: VarRef) -> Option<Value> {
+        self.device_of(var)?
+            .values
+            .get(var.var as usize)
+            .copied()
+            .flatten()
+    }
+    fn window(&self, var: VarRef, n: usize) -> Option<impl Iterator<Item = i64> + '_> {
+        let h = self.device_of(var)?.history.get(var.var as usize)?;
+        let skip = h.len().checked_sub(n)?;
+        (n > 0).then(|| h.iter().skip(skip).copied())
+    }
+    fn state(&self, device: u32) -> Option<u32> {
+        self.rt
+            .devices
+            .get(device as usize)
+            .and_then(|d| u32::try_from(d.state).ok())
+    }
+    fn minute_of_day(&self) -> u16 {
+        minute_of_day(self.rt.now, self.rt.day_offset_ms)
+    }
+}
+
+fn minute_of_day(t: u64, offset: u64) -> u16 {
+    let local = (t % DAY_MS + offset % DAY_MS) % DAY_MS;
+    u16::try_from(local / MINUTE_MS).unwrap_or(0)
+}
+
+/// The site's state machines.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    site: Site,
+    rt: Rt,
+}
+
+impl Engine {
+    /// Every device in its initial state at time `start_ms`, nothing reported yet.
+    /// Nothing is evaluated at the start: rules wait for a change of what they read.
+    pub fn new(bundle: &Bundle, config: Config, start_ms: u64) -> Engine {
+        let site = Site::new(bundle);
+        let devices = site
+            .devices
+            .iter()
+            .map(|d| {
+                let t = site.types.get(d.ty);
+                DeviceRt {
+                    state: t.map_or(0, |t| t.initial),
+                    entered_at: start_ms,
+                    last_alert: None,
+                    values: vec![None; d.window.len()],
+                    history: vec![VecDeque::new(); d.window.len()],
+                    alerts: BTreeMap::new(),
+                    holds: BTreeMap::new(),
+                }
+            })
+            .collect();
+        Engine {
+            site,
+            rt: Rt {
+                now: start_ms,
+                day_offset_ms: config.day_offset_ms % DAY_MS,
+                devices,
+            },
+        }
+    }
+
+    /// The engine's current time.
+    pub fn now(&self) -> u64 {
+        self.rt.now
+    }
+
+    /// The local time of day at `t_ms`, in milliseconds since midnight.
+    pub fn time_of_day(&self, t_ms: u64) -> u64 {
+        (t_ms % DAY_MS + self.rt.day_offset_ms) % DAY_MS
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.site.devices.len()
+    }
+
+    pub fn device_name(&self, device: usize) -> &str {
+        self.site
+            .devices
+            .get(device)
+            .map_or("?", |d| d.name.as_str())
+    }
+
+    pub fn device_index(&self, name: &str) -> Option<usize> {
+        self.site.devices.iter().position(|d| d.name == name)
+    }
+
+    pub fn state_name(&self, device: usize, state: usize) -> &str {
+        self.site
+            .ty(device)
+            .and_then(|t| t.states.get(state))
+            .map_or("?", String::as_str)
+    }
+
+    pub fn rule_name(&self, rule: usize) -> &str {
+        self.site.rules.get(rule).map_or("?", |r| r.name.as_str())
+    }
+
+    /// Transition `transition` of a device's type.
+    pub fn transition(&self, device: usize, transition: usize) -> Option<&Transition> {
+        self.site.ty(device)?.transitions.get(transition)
+    }
+
+    /// A device's current state.
+    pub fn state(&self, device: usize) -> Option<usize> {
+        self.rt.devices.get(device).map(|d| d.state)
+    }
+
+    /// The earliest time at which a timer needs the engine: a `when ... for` hold or an
+    /// `after ... quiet` period running out, or the clock reaching a boundary of a window
+    /// that a rule or a held guard reads. Call [`Engine::handle`] with [`Input::Tick`] then.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        let mut consider = |t: u64| next = Some(next.map_or(t, |n| n.min(t)));
+        for (di, d) in self.rt.devices.iter().enumerate() {
+            let Some(t) = self.site.ty(di) else { continue };
+            for &ti in t.out.get(d.state).into_iter().flatten() {
+                match t.transitions.get(ti).map(|tr| &tr.trigger) {
+                    Some(Trigger::When {
+                        hold_ms: Some(h), ..
+                    }) => {
+                        if let Some(since) = d.holds.get(&ti) {
+                            consider(since.saturating_add(*h));
+                        }
+                    }
+                    Some(Trigger::Quiet { after_ms }) => {
+                        consider(quiet_base(d).saturating_add(*after_ms));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Some(b) = self.next_boundary(self.rt.now) {
+            consider(b);
+        }
+        next
+    }
+
+    /// The first clock boundary strictly after `t`.
+    fn next_boundary(&self, t: u64) -> Option<u64> {
+        let local = self.time_of_day(t);
+        self.site
+            .boundaries
+            .iter()
+            .map(|&m| {
+                let at = u64::from(m) * MINUTE_MS;
+                let ahead = (at + DAY_MS - local) % DAY_MS;
+                t.saturating_add(if ahead == 0 { DAY_MS } else { ahead })
+            })
+            .min()
+    }
+
+    /// Checks an input at time `t_ms` without applying it.
+    pub fn validate(&self, t_ms: u64, input: &Input) -> Result<(), Vec<InputError>> {
+        self.resolve(t_ms, input).map(|_| ())
+    }
+
+    /// Applies an input at time `t_ms`: first the timers due by then fire (each moment
+    /// its own step), then the input. Returns the steps that had effects. A refused input
+    /// changes nothing, not even the time.
+    pub fn handle(&mut self, t_ms: u64, input: &Input) -> Result<Vec<Step>, Vec<InputError>> {
+        let resolved = self.resolve(t_ms, input)?;
+        let mut steps = self.advance_to(t_ms);
+        let mut m = Moment::new(self.site.rules.len());
+        let now = self.rt.now;
+        match resolved {
+            Resolved::Tick => {}
+            Resolved::Reading { device, values } => self.reading(device, &values, now, &mut m),
+            Resolved::Alert {
+                device,
+                alert,
+                source,
+            } => self.alert(device, &alert, Origin::Input { source }, now, &mut m),
+            Resolved::Operator { device, action } => self.operator(device, &action, now, &mut m),
+        }
+        self.settle(now, &mut m);
+        if !m.effects.is_empty() {
+            steps.push(Step {
+                t_ms: now,
+                effects: m.effects,
+            });
+        }
+        Ok(steps)
+    }
+
+    fn resolve(&self, t_ms: u64, input: &Input) -> Result<Resolved, Vec<InputError>> {
+        let mut errors = Vec::new();
+        if t_ms < self.rt.now {
+            errors.push(InputError::TimeBackwards {
+                t_ms,
+                now_ms: self.rt.now,
+            });
+        } else if t_ms - self.rt.now > MAX_STEP_MS {
+            errors.push(InputError::TooFarAhead {
+                t_ms,
+                now_ms: self.rt.now,
+            });
+        }
+        let device = |name: &str, errors: &mut Vec<InputError>| {
+            let i = self.device_index(name);
+            if i.is_none() {
+                errors.push(InputError::UnknownDevice {
+                    name: name.to_string(),
+                    suggestion: suggest(name, self.site.devices.iter().map(|d| d.name.as_str())),
+                });
+            }
+            i
+        };
+        let resolved = match input {
+            Input::Tick => Some(Resolved::Tick),
+            Input::Reading {
+                device: name,
+                values,
+            } => {
+                let d = device(name, &mut errors);
+                if values.is_empty() {
+                    errors.push(InputError::EmptyReading {
+                        device: name.clone(),
+                    });
+                }
+                d.and_then(|d| {
+                    self.resolve_values(d, values, &mut errors)
+                        .map(|values| Resolved::Reading { device: d, values })
+                })
+            }
+            Input::Alert {
+                device: name,
+                alert,
+                source,
+            } => device(name, &mut errors).and_then(|d| {
+                let info = self.site.devices.get(d)?;
+                if !info.alerts.contains(alert) {
+                    errors.push(InputError::UnknownAlert {
+                        device: name.clone(),
+                        alert: alert.clone(),
+                        suggestion: suggest(alert, info.alerts.iter().map(String::as_str)),
+                    });
+                    return None;
+                }
+                if let Some(s) = source {
+                    let ok = info.umboxes.get(s).is_some_and(|e| e.contains(alert));
+                    if !ok {
+                        errors.push(InputError::UnknownSource {
+                            device: name.clone(),
+                            alert: alert.clone(),
+                            umbox: s.clone(),
+                            candidates: info
+                                .umboxes
+                                .iter()
+                                .filter(|(_, e)| e.contains(alert))
+                                .map(|(u, _)| u.clone())
+                                .collect(),
+                        });
+                        return None;
+                    }
+                }
+                Some(Resolved::Alert {
+                    device: d,
+                    alert: alert.clone(),
+                    source: source.clone(),
+                })
+            }),
+            Input::Operator {
+                device: name,
+                action,
+            } => {
+                let d = device(name, &mut errors);
+                if !self.site.actions.contains(action) {
+                    errors.push(InputError::UnknownAction {
+                        action: action.clone(),
+                    });
+                }
+                d.map(|d| Resolved::Operator {
+                    device: d,
+                    action: action.clone(),
+                })
+            }
+        };
+        match resolved {
+            Some(r) if errors.is_empty() => Ok(r),
+            _ => Err(errors),
+        }
+    }
+
+    fn resolve_values(
+        &self,
+        device: usize,
+        values: &BTreeMap<String, serde_json::Value>,
+        errors: &mut Vec<InputError>,
+    ) -> Option<Vec<(usize, Value)>> {
+        let t = self.site.ty(device)?;
+        let dname = self.device_name(device).to_string();
+        let mut out = Vec::new();
+        let before = errors.len();
+        for (name, json) in values {
+            let Some(vi) = t.vars.iter().position(|(n, _)| n == name) else {
+                errors.push(InputError::UnknownVariable {
+                    device: dname.clone(),
+                    name: name.clone(),
+                    suggestion: suggest(name, t.vars.iter().map(|(n, _)| n.as_str())),
+                });
+                continue;
+            };
+            let wrong = |expected: String| InputError::WrongType {
+                device: dname.clone(),
+                var: name.clone(),
+                expected,
+                found: describe_json(json),
+            };
+            let value = match (&t.vars[vi].1, json) {
+                (VarType::Bool, serde_json::Value::Bool(b)) => Value::Bool(*b),
+                (VarType::Bool, _) => {
+                    errors.push(wrong("a boolean".to_string()));
+                    continue;
+                }
+                (VarType::Int { lo, hi }, serde_json::Value::Number(n)) if n.as_i64().is_some() => {
+                    let v = n.as_i64().unwrap_or(0);
+                    if v < *lo || v > *hi {
+                        errors.push(InputError::OutOfRange {
+                            device: dname.clone(),
+                            var: name.clone(),
+                            value: v,
+                            lo: *lo,
+                            hi: *hi,
+                        });
+                        continue;
+                    }
+                    Value::Int(v)
+                }
+                (VarType::Int { lo, hi }, _) => {
+                    errors.push(wrong(format!("an integer in {lo}..{hi}")));
+                    continue;
+                }
+                (VarType::Enum { members }, serde_json::Value::String(s))
+                    if members.contains(s) =>
+                {
+                    let i = members.iter().position(|m| m == s).unwrap_or(0);
+                    Value::Int(i64::try_from(i).unwrap_or(0))
+                }
+                (VarType::Enum { members }, _) => {
+                    errors.push(wrong(format!("one of {}", members.join(", "))));
+                    continue;
+                }
+            };
+            out.push((vi, value));
+        }
+        (errors.len() == before).then_some(out)
+    }
+
+    /// Fires the timers due at or before `t`, moment by moment, and moves to `t`.
+    fn advance_to(&mut self, t: u64) -> Vec<Step> {
+        let mut steps = Vec::new();
+        let mut last = None;
+        while let Some(d) = self.next_deadline() {
+            // Every moment moves time strictly forward: a fired timer's device changes
+            // state (its timers restart after `d`), boundaries are taken after `now`.
+            // Only at the end of time (deadlines saturate at `u64::MAX`) could a moment
+            // come back; it is not run twice.
+            if d > t || last == Some(d) {
+                break;
+            }
+            last = Some(d);
+            self.rt.now = d.max(self.rt.now);
+            let effects = self.fire_timers(d);
+            if !effects.is_empty() {
+                steps.push(Step { t_ms: d, effects });
+            }
+        }
+        self.rt.now = t.max(self.rt.now);
+        steps
+    }
+
+    fn fire_timers(&mut self, at: u64) -> Vec<Effect> {
+        let mut m = Moment::new(self.site.rules.len());
+        for di in 0..self.rt.devices.len() {
+            let Some(d) = self.rt.devices.get(di) else {
+                continue;
+            };
+            let Some(t) = self.site.ty(di) else { continue };
+            // Due timers of this device; the shorter duration first (the verifier's
+            // "the shorter fires first"), then declaration order.
+            let mut due: Vec<(u64, usize, bool)> = Vec::new();
+            for &ti in t.out.get(d.state).into_iter().flatten() {
+                match t.transitions.get(ti).map(|tr| &tr.trigger) {
+                    Some(Trigger::When {
+                        hold_ms: Some(h), ..
+                    }) if d.holds.get(&ti).is_some_and(|s| s.saturating_add(*h) <= at) => {
+                        due.push((*h, ti, true));
+                    }
+                    Some(Trigger::Quiet { after_ms })
+                        if quiet_base(d).saturating_add(*after_ms) <= at =>
+                    {
+                        due.push((*after_ms, ti, false));
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(&(_, ti, held)) = due.iter().min() {
+                let cause = if held {
+                    Cause::Held { transition: ti }
+                } else {
+                    Cause::Quiet { transition: ti }
+                };
+                self.take(di, ti, cause, at, &mut m);
+            }
+        }
+        let minute = minute_of_day(at, self.rt.day_offset_ms);
+        let on_boundary = self.time_of_day(at) % MINUTE_MS == 0;
+        if on_boundary && self.site.guard_boundaries.contains(&minute) {
+            for di in 0..self.rt.devices.len() {
+                self.refresh_holds(di, at, &mut m);
+            }
+        }
+        if on_boundary {
+            let rules: Vec<usize> = (0..self.site.rules.len())
+                .filter(|&r| self.site.rules[r].boundaries.contains(&minute))
+                .collect();
+            m.mark(&rules);
+        }
+        self.settle(at, &mut m);
+        m.effects
+    }
+
+    fn holds(&self, e: &Expr, this: Option<usize>, m: &mut Moment) -> bool {
+        let view = View { rt: &self.rt, this };
+        match eval::holds(e, &view) {
+            Ok(b) => b,
+            Err(err) => {
+                let whose = this.map_or("a rule".to_string(), |d| {
+                    format!("a guard of `{}`", self.device_name(d))
+                });
+                m.effects.push(Effect::Fault {
+                    message: format!("{whose}: {err}"),
+                });
+                false
+            }
+        }
+    }
+
+    /// Takes transition `ti` of device `di`.
+    fn take(&mut self, di: usize, ti: usize, cause: Cause, at: u64, m: &mut Moment) {
+        let Some(to) = self
+            .site
+            .ty(di)
+            .and_then(|t| t.transitions.get(ti))
+            .map(|tr| tr.to as usize)
+        else {
+            return;
+        };
+        self.enter(di, to, cause, at, m);
+    }
+
+    /// Moves a device into `to` (also when it is already there: a transition back into
+    /// its own state restarts the state's timers).
+    fn enter(&mut self, di: usize, to: usize, cause: Cause, at: u64, m: &mut Moment) {
+        let Some(d) = self.rt.devices.get_mut(di) else {
+            return;
+        };
+        let from = d.state;
+        d.state = to;
+        d.entered_at = at;
+        d.holds.clear();
+        m.effects.push(Effect::StateChange {
+            device: di,
+            from,
+            to,
+            cause,
+        });
+        self.refresh_holds(di, at, m);
+        if let Some(info) = self.site.devices.get(di) {
+            m.mark(&info.rules_reading_state);
+        }
+    }
+
+    /// Starts or cancels the holds of the current state's `when ... for` guards.
+    fn refresh_holds(&mut self, di: usize, at: u64, m: &mut Moment) {
+        let Some(t) = self.site.ty(di) else { return };
+        let Some(state) = self.state(di) else { return };
+        let held: Vec<(usize, bool)> = t
+            .out
+            .get(state)
+            .into_iter()
+            .flatten()
+            .filter_map(|&ti| match t.transitions.get(ti).map(|tr| &tr.trigger) {
+                Some(Trigger::When {
+                    guard,
+                    hold_ms: Some(_),
+                }) => Some((ti, self.holds(guard, Some(di), m))),
+                _ => None,
+            })
+            .collect();
+        let Some(d) = self.rt.devices.get_mut(di) else {
+            return;
+        };
+        for (ti, now_holds) in held {
+            if now_holds {
+                d.holds.entry(ti).or_insert(at);
+            } else {
+                d.holds.remove(&ti);
+            }
+        }
+    }
+
+    fn reading(&mut self, di: usize, values: &[(usize, Value)], at: u64, m: &mut Moment) {
+        let Some(info) = self.site.devices.get(di) else {
+            return;
+        };
+        let Some(d) = self.rt.devices.get_mut(di) else {
+            return;
+        };
+        for &(vi, v) in values {
+            if let Some(slot) = d.values.get_mut(vi) {
+                *slot = Some(v);
+            }
+            let keep = info.window.get(vi).copied().unwrap_or(0);
+            if let (Value::Int(x), Some(h)) = (v, d.history.get_mut(vi)) {
+                if keep > 0 {
+                    h.push_back(x);
+                    while h.len() > keep {
+                        h.pop_front();
+                    }
+                }
+            }
+        }
+        m.mark(&info.rules_reading_values);
+        // `when G` (no hold): the first, in declaration order, whose guard now holds.
+        let Some(t) = self.site.ty(di) else { return };
+        let state = self.state(di).unwrap_or(0);
+        let mut fired = None;
+        for &ti in t.out.get(state).into_iter().flatten() {
+            if let Some(Trigger::When {
+                guard,
+                hold_ms: None,
+            }) = t.transitions.get(ti).map(|tr| &tr.trigger)
+            {
+                if self.holds(guard, Some(di), m) {
+                    fired = Some(ti);
+                    break;
+                }
+            }
+        }
+        match fired {
+            Some(ti) => self.take(di, ti, Cause::Reading { transition: ti }, at, m),
+            None => self.refresh_holds(di, at, m),
+        }
+    }
+
+    fn alert(&mut self, di: usize, alert: &str, origin: Origin, at: u64, m: &mut Moment) {
+        let Some(info) = self.site.devices.get(di) else {
+            return;
+        };
+        let Some(d) = self.rt.devices.get_mut(di) else {
+            return;
+        };
+        d.last_alert = Some(at);
+        // Alerts are counted per device, whatever its state (docs/runtime.md).
+        let keep = info.alert_window.get(alert).copied();
+        let count_in = |d: &DeviceRt, within: u64| {
+            d.alerts.get(alert).map_or(0, |h| {
+                h.iter()
+                    .filter(|&&t| t >= at.saturating_sub(within))
+                    .count()
+            })
+        };
+        if let Some((within, count)) = keep {
+            // Only the newest `count` alerts within the longest window can complete a
+            // count: a flood of alerts costs no memory.
+            let h = d.alerts.entry(alert.to_string()).or_default();
+            h.push_back(at);
+            while h.len() > count || h.front().is_some_and(|&t| t < at.saturating_sub(within)) {
+                h.pop_front();
+            }
+        }
+        let Some(t) = self.site.ty(di) else { return };
+        let Some(d) = self.rt.devices.get(di) else {
+            return;
+        };
+        // Of the enabled transitions, the one met first: fewer alerts, then a longer
+        // window (`on A` before `on A count 3 within 1m`), then declaration order.
+        let mut best: Option<(u32, Reverse<u64>, usize)> = None;
+        for &ti in t.out.get(d.state).into_iter().flatten() {
+            let Some(Trigger::Alert { alert: a, count }) =
+                t.transitions.get(ti).map(|tr| &tr.trigger)
+            else {
+                continue;
+            };
+            if a != alert {
+                continue;
+            }
+            let (n, within) = count.unwrap_or((1, u64::MAX));
+            let met = count.is_none() || count_in(d, within) >= n as usize;
+            let key = (n, Reverse(within), ti);
+            if met && best.is_none_or(|b| key < b) {
+                best = Some(key);
+            }
+        }
+        if let Some((_, _, ti)) = best {
+            let cause = Cause::Alert {
+                transition: ti,
+                alert: alert.to_string(),
+                origin,
+            };
+            self.take(di, ti, cause, at, m);
+        }
+    }
+
+    fn operator(&mut self, di: usize, action: &str, at: u64, m: &mut Moment) {
+        let Some(t) = self.site.ty(di) else { return };
+        let Some(state) = self.state(di) else { return };
+        let found = t.out.get(state).into_iter().flatten().copied().find(|&ti| {
+            matches!(t.transitions.get(ti).map(|tr| &tr.trigger),
+                Some(Trigger::Operator { action: a }) if a == action)
+        });
+        if let Some(ti) = found {
+            let cause = Cause::Operator {
+                transition: ti,
+                action: action.to_string(),
+            };
+            self.take(di, ti, cause, at, m);
+        }
+    }
+
+    /// Evaluates the rules that something they read has changed for, lowest index first,
+    /// until none is left; each rule fires at most once per moment.
+    fn settle(&mut self, at: u64, m: &mut Moment) {
+        loop {
+            let next = m
+                .dirty
+                .iter()
+                .copied()
+                .find(|&r| !m.fired.get(r).copied().unwrap_or(true));
+            let Some(r) = next else { break };
+            m.dirty.remove(&r);
+            let Some(rule) = self.site.rules.get(r) else {
+                continue;
+            };
+            let cond = rule.cond.clone();
+            if !self.holds(&cond, None, m) {
+                continue;
+            }
+            if let Some(f) = m.fired.get_mut(r) {
+                *f = true;
+            }
+            let actions = rule.actions.clone();
+            let mut raised = Vec::new();
+            for a in actions {
+                match a {
+                    Action::Goto { device, state } => {
+                        let (di, to) = (device as usize, state as usize);
+                        if self.state(di).is_some_and(|s| s != to) {
+                            self.enter(di, to, Cause::Rule { rule: r }, at, m);
+                        }
+                    }
+                    Action::Command { device, command } => m.effects.push(Effect::Command {
+                        device: device as usize,
+                        command,
+                        rule: r,
+                    }),
+                    Action::Raise { device, alert } => {
+                        m.effects.push(Effect::AlertRaised {
+                            device: device as usize,
+                            alert: alert.clone(),
+                            rule: r,
+                        });
+                        raised.push((device as usize, alert));
+                    }
+                }
+            }
+            // The rule's actions are one step; the alerts it raised arrive after it.
+            for (di, alert) in raised {
+                self.alert(di, &alert, Origin::Rule { rule: r }, at, m);
+            }
+        }
+    }
+}
+
+/// Quiet time counts from entering the state or the last alert, whichever is later.
+fn quiet_base(d: &DeviceRt) -> u64 {
+    d.last_alert.map_or(d.entered_at, |a| a.max(d.entered_at))
+}
+
+fn describe_json(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "null".to_string(),
+        serde_json::Value::Bool(b) => format!("the boolean {b}"),
+        serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => format!("the integer {n}"),
+        serde_json::Value::Number(n) => format!("the number {n}"),
+        serde_json::Value::String(s) => format!("the string {s:?}"),
+        serde_json::Value::Array(_) => "an array".to_string(),
+        serde_json::Value::Object(_) => "an object".to_string(),
+    }
+}

@@ -1,0 +1,17 @@
+//! The Kalki runtime shim: loads a bundle written by `kalkic build` and runs the site's
+//! state machines over the compiled IR, with no compiler and no solver on the node.
+//!
+//! The core is pure: [`bundle::load`] takes files through [`bundle::BundleReader`],
+//! [`engine::Engine`] takes input events with their time and returns what to do, and
+//! [`simulate`] replays a trace on a virtual clock. Drivers (Open vSwitch, Docker, the
+//! event API) consume the engine's effects; only the binary touches files and terminals.
+//! Semantics and formats: `docs/runtime.md`.
+
+pub mod bundle;
+pub mod codes;
+pub mod engine;
+pub mod eval;
+pub mod manifest;
+pub mod simulate;
+pub mod text;
+pub mod trace;

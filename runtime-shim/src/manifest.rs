@@ -1,0 +1,446 @@
+//! The shim's own types for `manifest.json` and the container manifests of a bundle, as
+//! `kalkic build` writes them (`docs/bundle.md`). The shim does not link the compiler: these
+//! mirror the compiler's serialised IR (`compiler/src/ir.rs`, source locations stripped),
+//! and `bundle.rs` checks that what they hold is consistent before anything uses it.
+//!
+//! Unknown fields are ignored (a compiler may add information within one format
+//! version); unknown variants (an expression operator, a trigger kind) are errors.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+
+/// The bundle formats this shim understands.
+pub const SUPPORTED_FORMATS: &[u32] = &[1];
+
+/// Just the version field, read first so that a bundle of another format is refused as
+/// such (S003) rather than as a malformed one.
+#[derive(Debug, Deserialize)]
+pub(crate) struct FormatOnly {
+    pub format: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    /// `kalkic` and its version.
+    pub compiler: String,
+    pub site: String,
+    pub bridge: String,
+    pub uplink: Uplink,
+    pub unknown_hosts: UnknownHosts,
+    pub cookies: Cookies,
+    /// Digest of the sources' digests (also a label on every container).
+    pub policy_sha256: String,
+    pub sources: Vec<SourceDigest>,
+    /// Every file of the bundle except `manifest.json`, with its digest.
+    pub files: Vec<FileDigest>,
+    pub ports: Vec<Port>,
+    pub device_types: Vec<DeviceType>,
+    pub devices: Vec<Device>,
+    pub rules: Vec<Rule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Uplink {
+    pub name: Option<String>,
+    pub ofport: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownHosts {
+    Drop,
+    Pass,
+}
+
+/// An OpenFlow cookie, written in the manifest as a hexadecimal string (`"0x2000...0"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Cookie(pub u64);
+
+impl<'de> Deserialize<'de> for Cookie {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let digits = text
+            .strip_prefix("0x")
+            .ok_or_else(|| serde::de::Error::custom(format!("cookie `{text}` is not `0x...`")))?;
+        u64::from_str_radix(digits, 16).map(Cookie).map_err(|_| {
+            serde::de::Error::custom(format!("cookie `{text}` is not a 64-bit hex number"))
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Cookies {
+    pub base: Cookie,
+    /// Selects all the flows of one device.
+    pub device_mask: Cookie,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SourceDigest {
+    pub name: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FileDigest {
+    /// Relative to the bundle directory, `/`-separated.
+    pub path: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Port {
+    pub name: String,
+    pub ofport: u32,
+    #[serde(flatten)]
+    pub role: PortRole,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "role", rename_all = "lowercase")]
+pub enum PortRole {
+    Uplink,
+    Device {
+        device: String,
+    },
+    Umbox {
+        device: String,
+        state: String,
+        position: usize,
+        umbox: String,
+        side: Side,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    A,
+    B,
+    Tap,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeviceType {
+    pub name: String,
+    pub vars: Vec<Var>,
+    pub commands: Vec<String>,
+    /// Alerts the type raises itself (beyond its µmboxes').
+    pub alerts: Vec<String>,
+    /// In posture order: index 0 is the least restrictive.
+    pub states: Vec<String>,
+    pub initial: u32,
+    /// In declaration order.
+    pub transitions: Vec<Transition>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Var {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: VarType,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum VarType {
+    Bool,
+    Int { lo: i64, hi: i64 },
+    Enum { members: Vec<String> },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Transition {
+    /// State indices into the type's `states`.
+    pub from: u32,
+    pub to: u32,
+    pub trigger: Trigger,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Trigger {
+    /// `on ALERT [count N within T]`; `count` is `[N, T in ms]`.
+    Alert {
+        alert: String,
+        count: Option<(u32, u64)>,
+    },
+    /// `when GUARD [for T]`.
+    When { guard: Expr, hold_ms: Option<u64> },
+    /// `after T quiet`.
+    Quiet { after_ms: u64 },
+    /// `on operator ACTION`.
+    Operator { action: String },
+}
+
+impl std::fmt::Display for Trigger {
+    /// The trigger as written, guards elided: `on port_scan count 3 within 1m`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trigger::Alert { alert, count: None } => write!(f, "on {alert}"),
+            Trigger::Alert {
+                alert,
+                count: Some((n, w)),
+            } => write!(f, "on {alert} count {n} within {}", duration(*w)),
+            Trigger::When { hold_ms: None, .. } => write!(f, "when ..."),
+            Trigger::When {
+                hold_ms: Some(h), ..
+            } => write!(f, "when ... for {}", duration(*h)),
+            Trigger::Quiet { after_ms } => write!(f, "after {} quiet", duration(*after_ms)),
+            Trigger::Operator { action } => write!(f, "on operator {action}"),
+        }
+    }
+}
+
+/// A duration as the language writes it: `1m`, `30s`, `1500ms`.
+pub fn duration(ms: u64) -> String {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+    ] {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Device {
+    pub name: String,
+    /// The name of its entry in `device_types`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub ip: String,
+    pub mac: Option<String>,
+    pub port: String,
+    pub ofport: u32,
+    pub trusted: bool,
+    pub initial: String,
+    pub most_restrictive: String,
+    /// One per state of its type, in the same order.
+    pub states: Vec<DeviceState>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeviceState {
+    pub name: String,
+    pub cookie: Cookie,
+    pub chain: Chain,
+    /// Path of the state's rule set (`flows/<device>/<state>.ofctl`).
+    pub flows: String,
+    /// Paths of the container manifests, in chain order.
+    pub containers: Vec<String>,
+}
+
+/// A state's chain: a built-in, or µmbox names in order (device side first).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Chain {
+    Builtin(Builtin),
+    Umboxes(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Builtin {
+    Pass,
+    Drop,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Rule {
+    pub name: String,
+    pub cond: Expr,
+    /// Applied in order when the rule fires.
+    pub actions: Vec<Action>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Action {
+    /// `dev -> state`.
+    Goto { device: u32, state: u32 },
+    /// `dev.command`.
+    Command { device: u32, command: String },
+    /// `raise ALERT on dev`.
+    Raise { device: u32, alert: String },
+}
+
+/// A typed expression. Enum values are member indices.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Expr {
+    pub kind: ExprKind,
+    pub ty: Ty,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Ty {
+    Bool,
+    /// The range the value provably lies in (as the compiler computed it).
+    Int {
+        lo: i64,
+        hi: i64,
+    },
+    Enum {
+        members: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AggFunc {
+    Avg,
+    Sum,
+    Min,
+    Max,
+}
+
+impl AggFunc {
+    pub fn name(self) -> &'static str {
+        match self {
+            AggFunc::Avg => "avg",
+            AggFunc::Sum => "sum",
+            AggFunc::Min => "min",
+            AggFunc::Max => "max",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ArithOp {
+    Add,
+    Sub,
+    Mul,
+}
+
+/// A sensed variable: of the device whose guard reads it (`device: null`, in transition
+/// guards) or of a site device (in rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+pub struct VarRef {
+    pub device: Option<u32>,
+    pub var: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum ExprKind {
+    Bool {
+        value: bool,
+    },
+    Int {
+        value: i64,
+    },
+    Var {
+        var: VarRef,
+    },
+    /// `func(var, last N)` over the last N readings of the variable.
+    Aggregate {
+        func: AggFunc,
+        var: VarRef,
+        last: u32,
+    },
+    InState {
+        device: u32,
+        state: u32,
+    },
+    /// `clock in from..to`, minutes since midnight; `from > to` wraps past midnight.
+    Clock {
+        from: u16,
+        to: u16,
+    },
+    Not {
+        arg: Box<Expr>,
+    },
+    Neg {
+        arg: Box<Expr>,
+    },
+    And {
+        args: Vec<Expr>,
+    },
+    Or {
+        args: Vec<Expr>,
+    },
+    Cmp {
+        cmp: CmpOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
+    Arith {
+        arith: ArithOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
+}
+
+impl Expr {
+    /// Every node, this one first, then its operands left to right (pre-order), without
+    /// recursion.
+    pub fn nodes(&self) -> impl Iterator<Item = &Expr> {
+        let mut stack = vec![self];
+        std::iter::from_fn(move || {
+            let e = stack.pop()?;
+            match &e.kind {
+                ExprKind::Not { arg } | ExprKind::Neg { arg } => stack.push(arg),
+                ExprKind::And { args } | ExprKind::Or { args } => stack.extend(args.iter().rev()),
+                ExprKind::Cmp { lhs, rhs, .. } | ExprKind::Arith { lhs, rhs, .. } => {
+                    stack.push(rhs);
+                    stack.push(lhs);
+                }
+                ExprKind::Bool { .. }
+                | ExprKind::Int { .. }
+                | ExprKind::Var { .. }
+                | ExprKind::Aggregate { .. }
+                | ExprKind::InState { .. }
+                | ExprKind::Clock { .. } => {}
+            }
+            Some(e)
+        })
+    }
+}
+
+/// One container manifest (`containers/<device>/<state>/<i>-<umbox>.json`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Container {
+    pub name: String,
+    pub image: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub params: BTreeMap<String, String>,
+    pub mode: UmboxMode,
+    /// The alerts this µmbox can raise.
+    pub emits: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub interfaces: Vec<Interface>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UmboxMode {
+    Inline,
+    Tap,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Interface {
+    /// `a`, `b` or `tap`.
+    pub name: String,
+    /// `device`, `uplink` or `copy`.
+    pub faces: String,
+    pub ofport: u32,
+    pub port_name: String,
+}

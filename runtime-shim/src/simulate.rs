@@ -1,0 +1,299 @@
+//! `kalki-shim simulate`: replays a trace on a virtual clock through the engine, firing
+//! timers between events, and renders the timeline of what happened as text or JSON
+//! lines. Pure: the binary reads the files and prints the result.
+
+use crate::bundle::Bundle;
+use crate::engine::{Cause, Config, Effect, Engine, Input, Origin, Step};
+use crate::trace::{self, Trace, TraceError};
+use serde::Serialize;
+
+/// One thing that happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    pub t_ms: u64,
+    /// Local time of day, `HH:MM:SS` (with `.mmm` when not on a whole second).
+    pub clock: String,
+    pub device: String,
+    #[serde(flatten)]
+    pub what: What,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum What {
+    /// A state change: by a transition (`trigger` as written, with where its alert came
+    /// from) or by a rule.
+    State {
+        from: String,
+        to: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        trigger: Option<String>,
+        /// The µmbox that sent the alert.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
+        /// The rule whose `raise` sent the alert.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        raised_by: Option<String>,
+        /// The rule whose `dev -> state` moved the device.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rule: Option<String>,
+    },
+    Command {
+        command: String,
+        rule: String,
+    },
+    Raise {
+        alert: String,
+        rule: String,
+    },
+    Fault {
+        message: String,
+    },
+}
+
+/// The whole replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Timeline {
+    pub entries: Vec<Entry>,
+    /// When the replay stopped.
+    pub end_ms: u64,
+    /// Every device's state at the end, in site order.
+    pub states: Vec<(String, String)>,
+}
+
+/// Parses and checks a trace against a bundle (every bad line reported), then replays it.
+/// The replay stops at the last event, or at `until_ms` if that is later.
+pub fn simulate(
+    bundle: &Bundle,
+    text: &str,
+    until_ms: Option<u64>,
+) -> Result<Timeline, Vec<TraceError>> {
+    let probe = Engine::new(bundle, Config::default(), 0);
+    let trace = trace::check(text, &probe)?;
+    Ok(replay(bundle, &trace, until_ms))
+}
+
+/// Replays a checked trace.
+pub fn replay(bundle: &Bundle, trace: &Trace, until_ms: Option<u64>) -> Timeline {
+    let config = Config {
+        day_offset_ms: trace.clock_ms,
+    };
+    let mut engine = Engine::new(bundle, config, 0);
+    let mut entries = Vec::new();
+    let mut faults = Vec::new();
+    for ev in &trace.events {
+        match engine.handle(ev.t_ms, &ev.input) {
+            Ok(steps) => entries.extend(steps.iter().flat_map(|s| describe(bundle, &engine, s))),
+            // A checked trace is accepted; should the engine disagree, say so in place.
+            Err(errs) => faults.extend(errs.into_iter().map(|e| Entry {
+                t_ms: ev.t_ms,
+                clock: clock(&engine, ev.t_ms),
+                device: String::new(),
+                what: What::Fault {
+                    message: format!("line {}: {e}", ev.line),
+                },
+            })),
+        }
+        entries.append(&mut faults);
+    }
+    let last = trace.events.last().map_or(0, |e| e.t_ms);
+    let end_ms = until_ms.map_or(last, |u| u.max(last));
+    if let Ok(steps) = engine.handle(end_ms, &Input::Tick) {
+        entries.extend(steps.iter().flat_map(|s| describe(bundle, &engine, s)));
+    }
+    let states = (0..engine.device_count())
+        .map(|d| {
+            let s = engine.state(d).unwrap_or(0);
+            (
+                engine.device_name(d).to_string(),
+                engine.state_name(d, s).to_string(),
+            )
+        })
+        .collect();
+    Timeline {
+        entries,
+        end_ms,
+        states,
+    }
+}
+
+fn clock(engine: &Engine, t_ms: u64) -> String {
+    let tod = engine.time_of_day(t_ms);
+    let (h, m, s, ms) = (
+        tod / 3_600_000,
+        tod / 60_000 % 60,
+        tod / 1000 % 60,
+        tod % 1000,
+    );
+    if ms == 0 {
+        format!("{h:02}:{m:02}:{s:02}")
+    } else {
+        format!("{h:02}:{m:02}:{s:02}.{ms:03}")
+    }
+}
+
+fn describe(bundle: &Bundle, engine: &Engine, step: &Step) -> Vec<Entry> {
+    let at = |device: usize, what: What| Entry {
+        t_ms: step.t_ms,
+        clock: clock(engine, step.t_ms),
+        device: engine.device_name(device).to_string(),
+        what,
+    };
+    step.effects
+        .iter()
+        .map(|e| match e {
+            Effect::StateChange {
+                device,
+                from,
+                to,
+                cause,
+            } => {
+                let from = engine.state_name(*device, *from).to_string();
+                let to = engine.state_name(*device, *to).to_string();
+                let trigger = |ti: usize| {
+                    let names = bundle.names(bundle.device_type_index(*device));
+                    engine
+                        .transition(*device, ti)
+                        .map(|t| names.trigger(&t.trigger))
+                };
+                let rule_name = |r: &usize| Some(engine.rule_name(*r).to_string());
+                // (trigger, source µmbox, raising rule, moving rule)
+                let (trigger, source, raised_by, rule) = match cause {
+                    Cause::Alert {
+                        transition,
+                        origin: Origin::Input { source },
+                        ..
+                    } => (trigger(*transition), source.clone(), None, None),
+                    Cause::Alert {
+                        transition,
+                        origin: Origin::Rule { rule },
+                        ..
+                    } => (trigger(*transition), None, rule_name(rule), None),
+                    Cause::Reading { transition }
+                    | Cause::Held { transition }
+                    | Cause::Quiet { transition }
+                    | Cause::Operator { transition, .. } => {
+                        (trigger(*transition), None, None, None)
+                    }
+                    Cause::Rule { rule } => (None, None, None, rule_name(rule)),
+                };
+                let what = What::State {
+                    from,
+                    to,
+                    trigger,
+                    source,
+                    raised_by,
+                    rule,
+                };
+                at(*device, what)
+            }
+            Effect::Command {
+                device,
+                command,
+                rule,
+            } => at(
+                *device,
+                What::Command {
+                    command: command.clone(),
+                    rule: engine.rule_name(*rule).to_string(),
+                },
+            ),
+            Effect::AlertRaised {
+                device,
+                alert,
+                rule,
+            } => at(
+                *device,
+                What::Raise {
+                    alert: alert.clone(),
+                    rule: engine.rule_name(*rule).to_string(),
+                },
+            ),
+            Effect::Fault { message } => Entry {
+                t_ms: step.t_ms,
+                clock: clock(engine, step.t_ms),
+                device: String::new(),
+                what: What::Fault {
+                    message: message.clone(),
+                },
+            },
+        })
+        .collect()
+}
+
+/// The timeline as aligned text, one line an entry, then the final states.
+pub fn render_text(t: &Timeline) -> String {
+    let width = t
+        .entries
+        .iter()
+        .map(|e| e.device.chars().count())
+        .chain(t.states.iter().map(|(d, _)| d.chars().count()))
+        .chain(std::iter::once("device".len()))
+        .max()
+        .unwrap_or(6);
+    let tw = t
+        .entries
+        .iter()
+        .map(|e| e.t_ms.to_string().len())
+        .chain([t.end_ms.to_string().len(), "t_ms".len()])
+        .max()
+        .unwrap_or(4);
+    let mut out = format!(
+        "{:>tw$}  {:<8}  {:<width$}  what\n",
+        "t_ms", "clock", "device"
+    );
+    for e in &t.entries {
+        let what = match &e.what {
+            What::State {
+                from,
+                to,
+                trigger,
+                source,
+                raised_by,
+                rule,
+            } => {
+                let why = match (trigger, rule) {
+                    (Some(tr), _) => {
+                        let from = match (source, raised_by) {
+                            (Some(s), _) => format!(" (from {s})"),
+                            (None, Some(r)) => format!(" (raised by rule {r})"),
+                            (None, None) => String::new(),
+                        };
+                        format!("{tr}{from}")
+                    }
+                    (None, Some(r)) => format!("rule {r}"),
+                    (None, None) => String::new(),
+                };
+                format!("{from} -> {to}  {why}")
+            }
+            What::Command { command, rule } => format!("command {command}  (rule {rule})"),
+            What::Raise { alert, rule } => format!("raise {alert}  (rule {rule})"),
+            What::Fault { message } => format!("fault: {message}"),
+        };
+        out.push_str(&format!(
+            "{:>tw$}  {:<8}  {:<width$}  {what}\n",
+            e.t_ms, e.clock, e.device
+        ));
+    }
+    let states: Vec<String> = t.states.iter().map(|(d, s)| format!("{d} {s}")).collect();
+    out.push_str(&format!("end at {} ms: {}\n", t.end_ms, states.join(", ")));
+    out
+}
+
+/// The timeline as JSON lines: one object an entry, then `{"end_ms": .., "states": {..}}`.
+pub fn render_json(t: &Timeline) -> String {
+    let mut out = String::new();
+    for e in &t.entries {
+        out.push_str(&serde_json::to_string(e).unwrap_or_default());
+        out.push('\n');
+    }
+    let states: serde_json::Map<String, serde_json::Value> = t
+        .states
+        .iter()
+        .map(|(d, s)| (d.clone(), serde_json::Value::String(s.clone())))
+        .collect();
+    let end = serde_json::json!({ "end_ms": t.end_ms, "states": states });
+    out.push_str(&end.to_string());
+    out.push('\n');
+    out
+}

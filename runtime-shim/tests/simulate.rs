@@ -1,0 +1,139 @@
+//! `kalki-shim simulate`, the real binary, on a bundle the real compiler builds from
+//! `examples/smart-office`: the bundled trace's timeline (text and JSON lines, snapshot),
+//! and refusals: bad trace lines with their line numbers and nothing replayed, a tampered
+//! bundle, a directory that is no bundle.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{compile_dir, repo_root, write_bundle, TempDir};
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn shim(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kalki-shim"))
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("kalki-shim runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// A directory holding the example's bundle as `bundle/` and a copy of its trace.
+fn office(name: &str) -> TempDir {
+    let dir = TempDir::new(name);
+    let bundle = TempDir::new(&format!("{name}-b"));
+    write_bundle(&compile_dir("examples/smart-office"), &bundle);
+    std::fs::rename(bundle.path(), dir.path().join("bundle")).unwrap();
+    std::fs::copy(
+        repo_root().join("examples/smart-office/trace.jsonl"),
+        dir.path().join("trace.jsonl"),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn the_bundled_trace() {
+    let dir = office("trace");
+    let out = shim(dir.path(), &["simulate", "bundle", "trace.jsonl"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), "");
+    let timeline = text(&out.stdout);
+    // What the trace is there to show, whatever else the snapshot holds.
+    for line in [
+        "hall_cam      normal -> suspicious  rule after_hours_intrusion",
+        "lobby_light   command turn_on  (rule after_hours_intrusion)",
+        "hall_cam      suspicious -> attack  on port_scan count 3 within 1m (from ids)",
+        "hall_cam      attack -> normal  on operator reset",
+    ] {
+        assert!(timeline.contains(line), "{line}\n{timeline}");
+    }
+    insta::with_settings!({ snapshot_path => "snapshots", prepend_module_to_snapshot => false }, {
+        insta::assert_snapshot!("smart-office-timeline", timeline);
+    });
+
+    let out = shim(
+        dir.path(),
+        &["simulate", "bundle", "trace.jsonl", "--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let json = text(&out.stdout);
+    for line in json.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap();
+    }
+    insta::with_settings!({ snapshot_path => "snapshots", prepend_module_to_snapshot => false }, {
+        insta::assert_snapshot!("smart-office-timeline-json", json);
+    });
+}
+
+#[test]
+fn until_fires_the_timers_after_the_last_event() {
+    let dir = office("until");
+    let out = shim(
+        dir.path(),
+        &["simulate", "bundle", "trace.jsonl", "--until", "2000000"],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let timeline = text(&out.stdout);
+    assert!(timeline.ends_with("end at 2000000 ms: hall_cam normal, lobby_light normal, thermo normal, annex_thermo normal\n"), "{timeline}");
+}
+
+#[test]
+fn bad_trace_lines_are_located_and_nothing_is_replayed() {
+    let dir = office("bad");
+    std::fs::write(
+        dir.path().join("bad.jsonl"),
+        concat!(
+            "{\"clock\": \"19:58\"}\n",
+            "{\"t_ms\": 0, \"device\": \"hall_cam\", \"reading\": {\"motion\": true}}\n",
+            "{\"t_ms\": 10, \"device\": \"hal_cam\", \"alert\": \"port_scan\"}\n",
+            "{\"t_ms\": 20, \"device\": \"thermo\", \"reading\": {\"temperature\": 300, \"mode\": \"warm\"}}\n",
+            "{\"t_ms\": 5}\n",
+            "{\"t_ms\": 30, \"device\": \"hall_cam\", \"alert\": \"port_scan\", \"source\": \"auth_proxy_block\"}\n",
+            "{\"t_ms\": 40, \"device\": \"hall_cam\" \"operator\": \"reset\"}\n",
+        ),
+    )
+    .unwrap();
+    let out = shim(
+        dir.path(),
+        &["simulate", "bundle", "bad.jsonl", "--color", "never"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "", "no partial timeline");
+    let stderr = text(&out.stderr);
+    insta::with_settings!({ snapshot_path => "snapshots", prepend_module_to_snapshot => false }, {
+        insta::assert_snapshot!("bad-trace", stderr);
+    });
+}
+
+#[test]
+fn a_tampered_bundle_is_refused() {
+    let dir = office("tampered");
+    let flows = dir.path().join("bundle/flows/hall_cam/attack.ofctl");
+    std::fs::write(&flows, "table=1,priority=5000,actions=NORMAL\n").unwrap();
+    let out = shim(dir.path(), &["simulate", "bundle", "trace.jsonl"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("S005"), "{stderr}");
+    assert!(stderr.contains("flows/hall_cam/attack.ofctl"), "{stderr}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let dir = office("usage");
+    let out = shim(dir.path(), &["simulate", "nowhere", "trace.jsonl"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("not a bundle directory"));
+    let out = shim(dir.path(), &["simulate", "bundle", "missing.jsonl"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = shim(dir.path(), &["simulate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = shim(dir.path(), &["apply", "bundle"]);
+    assert_eq!(out.status.code(), Some(2), "only `simulate` exists so far");
+}
