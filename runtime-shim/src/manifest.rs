@@ -104,10 +104,11 @@ pub enum PortRole {
     Device {
         device: String,
     },
+    /// An interface of µmbox instance `instance` of the device (see
+    /// `containers/<device>/<instance>-<umbox>.json`).
     Umbox {
         device: String,
-        state: String,
-        position: usize,
+        instance: usize,
         umbox: String,
         side: Side,
     },
@@ -413,7 +414,8 @@ impl Expr {
     }
 }
 
-/// One container manifest (`containers/<device>/<state>/<i>-<umbox>.json`).
+/// One container manifest: a µmbox instance of a device
+/// (`containers/<device>/<i>-<umbox>.json`), shared by the states listed in `states`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Container {
     pub name: String,
@@ -424,6 +426,8 @@ pub struct Container {
     pub mode: UmboxMode,
     /// The alerts this µmbox can raise.
     pub emits: Vec<String>,
+    /// The device's states whose chains use this instance.
+    pub states: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub interfaces: Vec<Interface>,
 }
