@@ -13,9 +13,11 @@ export KALKI_FUZZ_CASES ?= 2000
 setup:
 	@scripts/setup.sh
 
-# What the integration tests run against: Open vSwitch (userspace datapath).
+# What the integration tests run against: Open vSwitch (userspace datapath) and a Docker
+# engine.
 services: setup
 	@scripts/ovs/start.sh
+	@scripts/docker/start.sh
 
 build: setup
 	$(CARGO) build --release --locked -p kalki-compiler -p kalki-shim

@@ -140,6 +140,9 @@ pub struct Bundle {
     pub manifest: Manifest,
     /// The container manifests, by path.
     pub containers: BTreeMap<String, Container>,
+    /// The rule sets (`flows/**.ofctl`), by path, as read and digest-checked: the driver
+    /// uses these bytes, never a second read of a file that may have changed since.
+    pub rule_sets: BTreeMap<String, String>,
     /// sha256 of `manifest.json`: names the loaded bundle (it covers every file's digest).
     pub manifest_sha256: String,
     /// Index into `manifest.device_types` of each device's type.
@@ -209,10 +212,25 @@ pub fn load(reader: &dyn BundleReader) -> Result<Bundle, Vec<BundleError>> {
             }
         }
     }
+    let mut rule_sets = BTreeMap::new();
+    for (path, bytes) in &listed.contents {
+        if path.ends_with(".ofctl") {
+            match String::from_utf8(bytes.clone()) {
+                Ok(text) => {
+                    rule_sets.insert(path.clone(), text);
+                }
+                Err(_) => errors.push(BundleError::Malformed {
+                    path: path.clone(),
+                    message: "a rule set is not UTF-8 text".into(),
+                }),
+            }
+        }
+    }
     if errors.is_empty() {
         Ok(Bundle {
             manifest,
             containers,
+            rule_sets,
             manifest_sha256,
             types,
         })
@@ -308,7 +326,7 @@ fn safe_path(path: &str) -> bool {
 struct Listed {
     /// Every listed path (also those that failed to verify).
     paths: BTreeSet<String>,
-    /// Verified contents of the container manifests.
+    /// Verified contents of the container manifests and the rule sets.
     contents: BTreeMap<String, Vec<u8>>,
 }
 
@@ -360,7 +378,7 @@ fn check_files(reader: &dyn BundleReader, m: &Manifest, errors: &mut Vec<BundleE
             });
             continue;
         }
-        if wanted.contains(f.path.as_str()) {
+        if wanted.contains(f.path.as_str()) || f.path.ends_with(".ofctl") {
             listed.contents.insert(f.path.clone(), bytes);
         }
     }

@@ -8,10 +8,15 @@
 //! Semantics and formats: `docs/runtime.md`.
 
 pub mod bundle;
+pub mod cmd;
 pub mod codes;
+pub mod docker;
 pub mod engine;
 pub mod eval;
 pub mod manifest;
+pub mod net;
+pub mod node;
+pub mod ovs;
 pub mod simulate;
 pub mod text;
 pub mod trace;

@@ -3,11 +3,14 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kalki_shim::bundle::{self, BundleError};
+use kalki_shim::docker;
+use kalki_shim::node::{Closed, Node, NodeConfig};
 use kalki_shim::simulate;
 use miette::{GraphicalReportHandler, GraphicalTheme, NamedSource, Report};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Exit codes, as documented in `--help`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +38,43 @@ enum Command {
     /// commands and raised alerts. Trace format: docs/runtime.md.
     #[command(after_help = EXIT_HELP)]
     Simulate(SimulateArgs),
+    /// Bring this node's Open vSwitch bridge and Docker engine to the bundle: bridge and
+    /// ports with the bundle's numbers, base flows, each device's flows for its state,
+    /// its µmboxes running and plugged in. Idempotent; `--dry-run` prints the plan.
+    #[command(after_help = EXIT_HELP)]
+    Apply(ApplyArgs),
+}
+
+/// Where and how the node is driven.
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// The Docker engine's socket.
+    #[arg(long, default_value = "/var/run/docker.sock", value_name = "PATH")]
+    docker: String,
+    /// Open vSwitch datapath for a bridge the shim creates: `netdev` (userspace, needs no
+    /// kernel module) or `system`.
+    #[arg(long, default_value = "netdev")]
+    datapath: String,
+    /// Limit of every single Open vSwitch, Docker or `ip` call, in seconds.
+    #[arg(long, default_value_t = 10, value_name = "S")]
+    call_timeout: u64,
+    /// How long a µmbox may take to report ready, in seconds.
+    #[arg(long, default_value_t = 30, value_name = "S")]
+    ready_timeout: u64,
+}
+
+#[derive(clap::Args)]
+struct ApplyArgs {
+    /// The bundle directory written by `kalkic build`.
+    bundle: PathBuf,
+    /// Print what would change, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Colour in error reports (printed on standard error).
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    color: Color,
 }
 
 #[derive(clap::Args)]
@@ -82,6 +122,7 @@ fn main() -> ExitCode {
     };
     let exit = match cli.command {
         Command::Simulate(args) => run_simulate(&args),
+        Command::Apply(args) => run_apply(&args),
     };
     ExitCode::from(exit as u8)
 }
@@ -115,34 +156,39 @@ fn report(color: Color, reports: impl IntoIterator<Item = Report>) {
     let _ = std::io::stderr().write_all(out.as_bytes());
 }
 
-fn run_simulate(args: &SimulateArgs) -> Exit {
-    if !args.bundle.join(bundle::MANIFEST).is_file() {
+/// Loads and checks a bundle directory, reporting every problem.
+fn load_bundle(dir: &std::path::Path, color: Color) -> Result<bundle::Bundle, Exit> {
+    if !dir.join(bundle::MANIFEST).is_file() {
         eprintln!(
             "error: `{}` is not a bundle directory (no {})",
-            args.bundle.display(),
+            dir.display(),
             bundle::MANIFEST
         );
-        return Exit::Usage;
+        return Err(Exit::Usage);
     }
-    let bundle = match bundle::load_dir(&args.bundle) {
-        Ok(b) => b,
-        Err(errors) => {
-            let unreadable = errors
-                .iter()
-                .all(|e| matches!(e, BundleError::Unreadable { .. }));
-            let n = errors.len();
-            report(args.color, errors.into_iter().map(Report::new));
-            eprintln!(
-                "bundle `{}` refused ({n} problem{})",
-                args.bundle.display(),
-                if n == 1 { "" } else { "s" }
-            );
-            return if unreadable {
-                Exit::Usage
-            } else {
-                Exit::Refused
-            };
+    bundle::load_dir(dir).map_err(|errors| {
+        let unreadable = errors
+            .iter()
+            .all(|e| matches!(e, BundleError::Unreadable { .. }));
+        let n = errors.len();
+        report(color, errors.into_iter().map(Report::new));
+        eprintln!(
+            "bundle `{}` refused ({n} problem{})",
+            dir.display(),
+            if n == 1 { "" } else { "s" }
+        );
+        if unreadable {
+            Exit::Usage
+        } else {
+            Exit::Refused
         }
+    })
+}
+
+fn run_simulate(args: &SimulateArgs) -> Exit {
+    let bundle = match load_bundle(&args.bundle, args.color) {
+        Ok(b) => b,
+        Err(exit) => return exit,
     };
     let text = match std::fs::read(&args.trace).map(String::from_utf8) {
         Ok(Ok(t)) => t,
@@ -187,4 +233,125 @@ fn run_simulate(args: &SimulateArgs) -> Exit {
         Ok(()) => Exit::Ok,
         Err(_) => Exit::Usage,
     }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+async fn connect_node(bundle: bundle::Bundle, args: &NodeArgs) -> Result<Node, Exit> {
+    let cfg = NodeConfig {
+        datapath: args.datapath.clone(),
+        call_timeout: Duration::from_secs(args.call_timeout.max(1)),
+        ready_timeout: Duration::from_secs(args.ready_timeout.max(1)),
+    };
+    let docker = docker::Engine::connect(&args.docker, cfg.call_timeout)
+        .await
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            Exit::Usage
+        })?;
+    let node = Node::new(bundle, docker, cfg);
+    node.ovs().ping().await.map_err(|e| {
+        eprintln!("error: {e}");
+        Exit::Usage
+    })?;
+    Ok(node)
+}
+
+fn run_apply(args: &ApplyArgs) -> Exit {
+    let bundle = match load_bundle(&args.bundle, args.color) {
+        Ok(b) => b,
+        Err(exit) => return exit,
+    };
+    let Some(rt) = runtime() else {
+        return Exit::Usage;
+    };
+    rt.block_on(async {
+        let states = initial_states(&bundle);
+        let node = match connect_node(bundle, &args.node).await {
+            Ok(n) => n,
+            Err(exit) => return exit,
+        };
+        let plan = match node.plan(&states).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Exit::Usage;
+            }
+        };
+        let site = node.bundle().manifest.site.clone();
+        if plan.is_empty() {
+            println!("site `{site}`: nothing to change");
+            return Exit::Ok;
+        }
+        let steps = node.describe(&plan);
+        println!(
+            "site `{site}`: {} change{}{}",
+            steps.len(),
+            if steps.len() == 1 { "" } else { "s" },
+            if args.dry_run {
+                " (dry run: nothing changed)"
+            } else {
+                ""
+            }
+        );
+        for s in &steps {
+            println!("  {s}");
+        }
+        if args.dry_run {
+            return Exit::Ok;
+        }
+        match node.execute(&plan).await {
+            Ok(report) => {
+                let mut exit = Exit::Ok;
+                for (device, closed, reason) in &report.failed_closed {
+                    let d = &node.bundle().manifest.devices[*device];
+                    let installed = match closed {
+                        Closed::State(s) => {
+                            format!("its most restrictive state `{}`", d.states[*s].name)
+                        }
+                        Closed::NoFlows => "no flows (all its traffic is dropped)".to_string(),
+                    };
+                    eprintln!(
+                        "error: `{}` failed closed: {reason}; installed {installed}",
+                        d.name
+                    );
+                    exit = Exit::Refused;
+                }
+                if exit == Exit::Ok {
+                    println!("applied");
+                }
+                exit
+            }
+            Err(e) => {
+                eprintln!("error: {e}; the node may be partly applied; run apply again");
+                Exit::Usage
+            }
+        }
+    })
+}
+
+/// Every device's initial state (index into its states).
+fn initial_states(b: &bundle::Bundle) -> Vec<usize> {
+    b.manifest
+        .devices
+        .iter()
+        .map(|d| {
+            d.states
+                .iter()
+                .position(|s| s.name == d.initial)
+                .unwrap_or(0)
+        })
+        .collect()
 }

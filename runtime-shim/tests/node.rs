@@ -1,0 +1,362 @@
+//! The shim on a real Open vSwitch (userspace datapath) and a real Docker engine: `apply`
+//! builds the node from nothing, a second `apply` changes nothing, `--dry-run` changes
+//! nothing, a killed µmbox is restarted by the next `apply`, posture changes are
+//! make-before-break (shared µmboxes keep running, flows swap atomically, what only the
+//! old state used is stopped), and a µmbox that cannot start makes the device fail
+//! closed.
+//!
+//! The policy is `tests/fixtures/node/site.kalki`; its µmboxes are a shell script in a
+//! busybox image built here (`kalki-test/busybox:1`), since the claims are about the
+//! shim. `make test` starts OVS and Docker first; under `CI=true` a missing one fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::TempDir;
+use kalki_shim::bundle;
+use kalki_shim::docker;
+use kalki_shim::node::{Closed, Node, NodeConfig, Posture};
+use std::process::Command;
+use std::time::Duration;
+
+const LIMIT: Duration = Duration::from_secs(20);
+const BRIDGE: &str = "kt-node";
+const LINKS: [&str; 3] = ["ktn-up", "ktn-d0", "ktn-d1"];
+const TEST_IMAGE: &str = "kalki-test/busybox:1";
+
+fn sh(cmdline: &str) -> std::process::Output {
+    Command::new("timeout")
+        .args(["60", "sh", "-c", cmdline])
+        .output()
+        .expect("sh")
+}
+
+fn ok(cmdline: &str) -> String {
+    let out = sh(cmdline);
+    assert!(
+        out.status.success(),
+        "`{cmdline}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether OVS and Docker answer; without them the test is skipped, or fails under CI.
+fn services_ready() -> bool {
+    let ovs = sh("ovs-vsctl --timeout=5 show >/dev/null && ovs-appctl --timeout=5 -t ovs-vswitchd version >/dev/null");
+    let docker = sh("docker version --format '{{.Server.Version}}' >/dev/null");
+    let up = ovs.status.success() && docker.status.success();
+    if !up {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "Open vSwitch or Docker is not running (CI=true): scripts/ovs/start.sh, scripts/docker/start.sh"
+        );
+        eprintln!("skipped: Open vSwitch or Docker is not running");
+    }
+    up
+}
+
+/// The stand-in µmbox image: busybox, statically linked, in an image `FROM scratch`.
+fn ensure_test_image() {
+    if sh(&format!(
+        "docker image inspect {TEST_IMAGE} >/dev/null 2>&1"
+    ))
+    .status
+    .success()
+    {
+        return;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("busybox-static (installed by scripts/docker/start.sh)");
+    let dir = TempDir::new("busybox-image");
+    std::fs::copy(busybox, dir.path().join("busybox")).unwrap();
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\"]\n",
+    )
+    .unwrap();
+    ok(&format!(
+        "docker build -q -t {TEST_IMAGE} {}",
+        dir.path().display()
+    ));
+}
+
+/// Everything the test creates, removed at the start and the end, even on failure.
+struct Cleanup;
+
+impl Cleanup {
+    fn now() {
+        sh(&format!(
+            "ovs-vsctl --timeout=10 --if-exists del-br {BRIDGE}"
+        ));
+        sh("docker rm -f $(docker ps -aq --filter label=kalki.site=node) 2>/dev/null");
+        for l in LINKS {
+            sh(&format!("ip link del dev {l} 2>/dev/null"));
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        Cleanup::now();
+    }
+}
+
+fn shim(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kalki-shim"))
+        .args(args)
+        .output()
+        .expect("kalki-shim")
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Names of the site's running containers, sorted.
+fn running() -> Vec<String> {
+    let mut v: Vec<String> = ok("docker ps --filter label=kalki.site=node --format '{{.Names}}'")
+        .lines()
+        .map(String::from)
+        .collect();
+    v.sort();
+    v
+}
+
+fn container_id(name: &str) -> String {
+    ok(&format!("docker inspect --format '{{{{.Id}}}}' {name}"))
+        .trim()
+        .to_string()
+}
+
+/// The flows of one device (its cookie under the device mask), as the switch holds them.
+fn device_flows(cookie: u64) -> String {
+    ok(&format!(
+        "ovs-ofctl -O OpenFlow15 --no-stats dump-flows {BRIDGE} cookie={cookie:#x}/0xffffffffffff0000 | sort"
+    ))
+}
+
+/// The switch holds exactly these rule sets (`ovs-ofctl diff-flows` prints nothing).
+fn assert_switch_holds(bundle_dir: &std::path::Path, sets: &[&str]) {
+    let mut all = String::new();
+    for s in sets {
+        all.push_str(&std::fs::read_to_string(bundle_dir.join(s)).unwrap());
+    }
+    let file = bundle_dir.join("expected.ofctl.tmp");
+    std::fs::write(&file, all).unwrap();
+    let out = sh(&format!(
+        "ovs-ofctl -O OpenFlow15 diff-flows {BRIDGE} {}",
+        file.display()
+    ));
+    std::fs::remove_file(&file).unwrap();
+    assert!(
+        out.stdout.is_empty(),
+        "the switch differs from {sets:?}:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn apply_and_posture_changes_on_open_vswitch_and_docker() {
+    if !services_ready() {
+        return;
+    }
+    ensure_test_image();
+    Cleanup::now();
+    let _cleanup = Cleanup;
+    for l in LINKS {
+        ok(&format!(
+            "ip link add {l} type veth peer name {l}p && ip link set dev {l} up"
+        ));
+    }
+    let tmp = TempDir::new("node");
+    let dir = tmp.path().join("bundle");
+    let built = common::compile_dir("runtime-shim/tests/fixtures/node");
+    built.write_to(&dir).unwrap();
+    let b = dir.to_str().unwrap();
+
+    // A dry run plans everything and changes nothing.
+    let dry = shim(&["apply", b, "--dry-run"]);
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    assert!(
+        stdout(&dry).contains("create the bridge"),
+        "{}",
+        stdout(&dry)
+    );
+    assert!(!ok("ovs-vsctl --timeout=10 list-br")
+        .lines()
+        .any(|l| l == BRIDGE));
+    assert!(running().is_empty());
+
+    // Apply builds the node.
+    let applied = shim(&["apply", b]);
+    assert!(
+        applied.status.success(),
+        "{}{}",
+        stdout(&applied),
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    assert_eq!(
+        ok(&format!(
+            "ovs-vsctl --timeout=10 get bridge {BRIDGE} fail_mode"
+        ))
+        .trim(),
+        "secure"
+    );
+    for (port, n) in [("ktn-up", 1), ("ktn-d0", 2), ("ktn-d1", 3)] {
+        assert_eq!(
+            ok(&format!(
+                "ovs-vsctl --timeout=10 get interface {port} ofport"
+            ))
+            .trim(),
+            n.to_string()
+        );
+    }
+    assert_eq!(
+        running(),
+        ["kalki-node-d0-0-probe", "kalki-node-d1-0-probe"]
+    );
+    assert_switch_holds(
+        &dir,
+        &[
+            "flows/base.ofctl",
+            "flows/d0/normal.ofctl",
+            "flows/d1/normal.ofctl",
+        ],
+    );
+
+    // Applying again changes nothing.
+    let again = shim(&["apply", b]);
+    assert!(again.status.success());
+    assert!(
+        stdout(&again).contains("nothing to change"),
+        "{}",
+        stdout(&again)
+    );
+
+    // A killed µmbox is restarted, and only it.
+    let d1_before = container_id("kalki-node-d1-0-probe");
+    ok("docker kill kalki-node-d0-0-probe");
+    let repaired = shim(&["apply", b]);
+    assert!(repaired.status.success(), "{}", stdout(&repaired));
+    assert!(
+        stdout(&repaired).contains("start µmbox kalki-node-d0-0-probe"),
+        "{}",
+        stdout(&repaired)
+    );
+    assert_eq!(
+        running(),
+        ["kalki-node-d0-0-probe", "kalki-node-d1-0-probe"]
+    );
+    assert_eq!(container_id("kalki-node-d1-0-probe"), d1_before);
+    assert!(stdout(&shim(&["apply", b])).contains("nothing to change"));
+
+    // Posture changes, through the library as the run loop drives them.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let loaded = bundle::load_dir(&dir).unwrap();
+        let engine = docker::Engine::connect("/var/run/docker.sock", LIMIT)
+            .await
+            .unwrap();
+        let node = Node::new(loaded, engine, NodeConfig::default());
+        let d1_flows = device_flows(0x0200_0000_0002_0000);
+        let shared = container_id("kalki-node-d0-0-probe");
+
+        // normal [probe 1] -> suspicious [probe 1, probe_tap, probe 2]: the shared
+        // probe keeps running (same container), two start, the flows swap.
+        assert_eq!(node.change_posture(0, 1).await.unwrap(), Posture::Changed);
+        assert_eq!(
+            running(),
+            [
+                "kalki-node-d0-0-probe",
+                "kalki-node-d0-1-probe_tap",
+                "kalki-node-d0-2-probe",
+                "kalki-node-d1-0-probe"
+            ]
+        );
+        assert_eq!(container_id("kalki-node-d0-0-probe"), shared);
+        assert_switch_holds(
+            &dir,
+            &[
+                "flows/base.ofctl",
+                "flows/d0/suspicious.ofctl",
+                "flows/d1/normal.ofctl",
+            ],
+        );
+        assert_eq!(
+            device_flows(0x0200_0000_0002_0000),
+            d1_flows,
+            "d1 untouched"
+        );
+
+        // suspicious -> broken: its µmbox's image does not exist, so d0 fails closed to
+        // its most restrictive state (attack: drop).
+        match node.change_posture(0, 2).await.unwrap() {
+            Posture::FailedClosed { installed, reason } => {
+                assert_eq!(installed, Closed::State(3));
+                assert!(reason.contains("no-such-image"), "{reason}");
+            }
+            other => panic!("expected to fail closed, got {other:?}"),
+        }
+        assert_switch_holds(
+            &dir,
+            &[
+                "flows/base.ofctl",
+                "flows/d0/attack.ofctl",
+                "flows/d1/normal.ofctl",
+            ],
+        );
+        // Nothing of the failed start is left, and the µmboxes attack does not use stop.
+        assert_eq!(running(), ["kalki-node-d1-0-probe"]);
+
+        // attack -> normal: normal's µmbox starts again.
+        assert_eq!(node.change_posture(0, 0).await.unwrap(), Posture::Changed);
+        assert_eq!(
+            running(),
+            ["kalki-node-d0-0-probe", "kalki-node-d1-0-probe"]
+        );
+        assert_switch_holds(
+            &dir,
+            &[
+                "flows/base.ofctl",
+                "flows/d0/normal.ofctl",
+                "flows/d1/normal.ofctl",
+            ],
+        );
+        assert_eq!(
+            device_flows(0x0200_0000_0002_0000),
+            d1_flows,
+            "d1 untouched"
+        );
+    });
+    // And the node is as `apply` wants it: nothing to change.
+    assert!(stdout(&shim(&["apply", b])).contains("nothing to change"));
+}
+
+#[test]
+fn a_tampered_bundle_is_refused_before_touching_the_node() {
+    let tmp = TempDir::new("node-tampered");
+    let dir = tmp.path().join("bundle");
+    common::compile_dir("runtime-shim/tests/fixtures/node")
+        .write_to(&dir)
+        .unwrap();
+    let rules = dir.join("flows/d0/normal.ofctl");
+    let mut text = std::fs::read_to_string(&rules).unwrap();
+    text.push_str("table=1,priority=2000,cookie=0x200000000010000 actions=NORMAL\n");
+    std::fs::write(&rules, text).unwrap();
+    let out = shim(&["apply", dir.to_str().unwrap(), "--color", "never"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("flows/d0/normal.ofctl"), "{err}");
+    assert!(err.contains("refused"), "{err}");
+}
