@@ -35,7 +35,9 @@ Exit codes:
     version,
     about = "The Kalki µmbox: one network function on raw interfaces (multi-call: the first argument picks it)",
     after_help = AFTER_HELP,
-    disable_help_subcommand = true
+    disable_help_subcommand = true,
+    subcommand_value_name = "FUNCTION",
+    subcommand_help_heading = "Functions"
 )]
 pub struct Cli {
     #[command(subcommand)]
