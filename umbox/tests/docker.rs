@@ -1,7 +1,7 @@
 //! The real image on the real Docker engine, wired the way the runtime shim wires it:
 //! `docker run --network none`, then veth pairs whose container ends are created inside
 //! the container's network namespace (found through `docker inspect`) as `a`/`b` or
-//! `tap`, brought up with transmit checksum offload off and IPv6 off.
+//! `tap`, brought up with transmit checksum offload off, IPv6 off (`--sysctl`).
 //!
 //! - an inline `ip-block` between two network namespaces with real stacks: ping both
 //!   ways, a TCP transfer both ways, a listed source dropped with `blocked_ip`, counters
@@ -99,6 +99,10 @@ impl Container {
         let _ = run("docker", &["rm", "-f", &name]);
         let mut a = vec!["run", "-d", "--network", "none", "--name", &name];
         a.extend(["--label", "kalki.test=umbox"]);
+        // The container's own stack stays quiet on the data interfaces: no IPv6 (and so
+        // no autoconfiguration or MLD) on any interface created in it later.
+        a.extend(["--sysctl", "net.ipv6.conf.all.disable_ipv6=1"]);
+        a.extend(["--sysctl", "net.ipv6.conf.default.disable_ipv6=1"]);
         for e in env {
             a.extend(["-e", e]);
         }
@@ -334,8 +338,6 @@ fn inline_ip_block_between_real_stacks() {
     );
     let dev = Netns::new(format!("kut-{u}-dev"));
     let up = Netns::new(format!("kut-{u}-up"));
-    c.in_ns(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-    c.in_ns(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
     let (hd, hu) = (format!("ku{u}d"), format!("ku{u}u"));
     let _ld = c.attach(&hd, "a");
     let _lu = c.attach(&hu, "b");
@@ -414,8 +416,6 @@ fn inline_xmas_block_forwards_once_each_way_and_drops_xmas() {
     }
     let u = unique();
     let c = Container::start(&u, &["KALKI_STATS_INTERVAL_MS=0"], &["xmas-block"]);
-    c.in_ns(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-    c.in_ns(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
     let (ha, hb) = (format!("ku{u}a"), format!("ku{u}b"));
     let _la = c.attach(&ha, "a");
     let _lb = c.attach(&hb, "b");
@@ -465,8 +465,6 @@ fn tap_sniffer_counts_copies_and_reports_a_port_scan() {
             "60000",
         ],
     );
-    c.in_ns(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-    c.in_ns(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
     let ht = format!("ku{u}t");
     let _lt = c.attach(&ht, "tap");
     let st = driven(&ht);
