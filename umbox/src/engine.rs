@@ -33,12 +33,20 @@ pub struct Counters {
     pub send_errors: u64,
     /// Alerts written.
     pub alerts: u64,
-    /// Alerts not written because the same alert about the same source had just been.
+    /// Alerts not written because the same alert about the same source had just been,
+    /// or because [`MAX_ALERTS_PER_SECOND`] had been written this second.
     pub alerts_held_off: u64,
 }
 
+/// At most this many alerts are written per second, whatever their sources: a flood
+/// from many spoofed addresses must not become a flood of alert lines.
+pub const MAX_ALERTS_PER_SECOND: u32 = 100;
+
 pub struct Engine {
     name: &'static str,
+    /// The second (of the clock) the alerts in `alerts_this_second` were written in.
+    alert_second: Ms,
+    alerts_this_second: u32,
     func: Box<dyn Function>,
     holdoff: Holdoff<(AlertKind, Ipv4Addr)>,
     counters: Counters,
@@ -51,6 +59,8 @@ impl Engine {
         let holdoff = Holdoff::new(func.holdoff());
         Engine {
             name,
+            alert_second: 0,
+            alerts_this_second: 0,
             func,
             holdoff,
             counters: Counters::default(),
@@ -74,7 +84,14 @@ impl Engine {
             Some(p) => {
                 let v = self.func.packet(now, dir, &p, &mut self.scratch);
                 for a in self.scratch.drain(..) {
-                    if self.holdoff.allow(now, (a.kind, a.source)) {
+                    if now / 1000 != self.alert_second {
+                        self.alert_second = now / 1000;
+                        self.alerts_this_second = 0;
+                    }
+                    if self.alerts_this_second < MAX_ALERTS_PER_SECOND
+                        && self.holdoff.allow(now, (a.kind, a.source))
+                    {
+                        self.alerts_this_second += 1;
                         self.counters.alerts += 1;
                         alerts.push(a);
                     } else {
@@ -188,6 +205,24 @@ mod tests {
         assert_eq!(m["function"], "xmas-block");
         assert_eq!(m["uptime_ms"], 12_000);
         assert_eq!(m["dropped"], 6);
+    }
+
+    #[test]
+    fn alerts_are_capped_per_second() {
+        let mut e = engine("ip-block --addresses 198.18.0.0/16");
+        let mut alerts = Vec::new();
+        // A flood from 1,000 different blocked sources within one second.
+        for i in 0..1000u32 {
+            let src = Ipv4Addr::from(0xc612_0000 + i);
+            let f = Craft::icmp_echo(src, DEV).build();
+            assert_eq!(e.frame(500, Side::B, &f, &mut alerts), Verdict::Drop);
+        }
+        assert_eq!(alerts.len(), MAX_ALERTS_PER_SECOND as usize);
+        assert_eq!(e.counters().alerts_held_off, 900);
+        // The next second has a new budget, and unreported sources are reported then.
+        let f = Craft::icmp_echo(Ipv4Addr::from(0xc612_0000 + 999), DEV).build();
+        e.frame(1000, Side::B, &f, &mut alerts);
+        assert_eq!(alerts.len(), MAX_ALERTS_PER_SECOND as usize + 1);
     }
 
     #[test]

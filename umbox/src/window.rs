@@ -55,6 +55,10 @@ impl EventWindow {
 }
 
 /// How many distinct values were seen within the last `window` ms.
+///
+/// A value seen again within `window / 16` of its last sighting is not refreshed, so a
+/// flood of one value costs at most 16 entries per window; such a value may leave the
+/// window up to `window / 16` early.
 #[derive(Debug, Clone)]
 pub struct DistinctWindow<V> {
     window: Ms,
@@ -84,8 +88,13 @@ impl<V: Copy + Eq + Hash> DistinctWindow<V> {
     /// Records `value` at `now`; returns the number of distinct values in the window.
     pub fn insert(&mut self, now: Ms, value: V) -> usize {
         self.prune(now);
-        if self.last_seen.insert(value, now) != Some(now) {
-            self.order.push_back((now, value));
+        let gap = (self.window / 16).max(1);
+        match self.last_seen.get(&value) {
+            Some(&t) if now < t.saturating_add(gap) => {}
+            _ => {
+                self.last_seen.insert(value, now);
+                self.order.push_back((now, value));
+            }
         }
         self.last_seen.len()
     }
@@ -103,12 +112,15 @@ impl<V: Copy + Eq + Hash> DistinctWindow<V> {
 }
 
 /// Lets one thing through per key per `period` ms: alerts are not repeated for every
-/// packet of a scan or a flood.
+/// packet of a scan or a flood. Holds at most [`HOLDOFF_CAP`] keys; past that, expired
+/// keys are swept and then an arbitrary one is forgotten (it may fire again early).
 #[derive(Debug, Clone)]
 pub struct Holdoff<K> {
     period: Ms,
     last: HashMap<K, Ms>,
 }
+
+pub const HOLDOFF_CAP: usize = 65_536;
 
 impl<K: Copy + Eq + Hash> Holdoff<K> {
     pub fn new(period: Ms) -> Holdoff<K> {
@@ -121,7 +133,15 @@ impl<K: Copy + Eq + Hash> Holdoff<K> {
     pub fn allow(&mut self, now: Ms, key: K) -> bool {
         match self.last.get(&key) {
             Some(&t) if now < t.saturating_add(self.period) => false,
-            _ => {
+            found => {
+                if found.is_none() && self.last.len() >= HOLDOFF_CAP {
+                    self.sweep(now);
+                    if self.last.len() >= HOLDOFF_CAP {
+                        if let Some(victim) = self.last.keys().next().copied() {
+                            self.last.remove(&victim);
+                        }
+                    }
+                }
                 self.last.insert(key, now);
                 true
             }
@@ -235,10 +255,30 @@ mod tests {
         assert_eq!(d.insert(20, 443), 2);
         // 80 seen again at 900: it stays although its first sighting expires.
         assert_eq!(d.insert(900, 80), 2);
+        // Within window/16 (62 ms) of that, a sighting does not refresh it.
+        assert_eq!(d.insert(950, 80), 2);
         assert_eq!(d.len(1015), 2);
         assert_eq!(d.len(1021), 1); // 443 expired
         assert_eq!(d.len(1900), 0);
         assert!(d.is_empty(1900));
+    }
+
+    #[test]
+    fn a_flood_of_one_value_stays_small() {
+        let mut d = DistinctWindow::new(1600);
+        for t in 0..100_000 {
+            assert_eq!(d.insert(t, 7u16), 1);
+        }
+        assert!(d.order.len() <= 20, "{}", d.order.len());
+    }
+
+    #[test]
+    fn holdoff_is_bounded() {
+        let mut h = Holdoff::new(1_000_000);
+        for k in 0..(HOLDOFF_CAP as u32 + 10) {
+            assert!(h.allow(0, k));
+        }
+        assert_eq!(h.len(), HOLDOFF_CAP);
     }
 
     #[test]

@@ -177,7 +177,7 @@ impl AntiDos {
         }
     }
 
-    /// Tracks TCP connections; false when a new one exceeds its group's limit.
+    /// Tracks TCP connections; `Err(group)` when a new one exceeds its group's limit.
     fn within_conn_limit(&mut self, now: Ms, p: &Ipv4<'_>) -> Result<(), u32> {
         let L4::Tcp(t) = &p.l4 else {
             return Ok(());
