@@ -7,7 +7,8 @@
 //!   ways, a TCP transfer both ways, a listed source dropped with `blocked_ip`, counters
 //!   on SIGUSR1, a prompt exit 0 on `docker stop`;
 //! - an inline `xmas-block` between two veth ends the test drives itself: crafted
-//!   frames are forwarded exactly once each way, Xmas frames dropped with `xmas_scan`;
+//!   frames are forwarded exactly once each way, Xmas frames dropped with `xmas_scan`,
+//!   and deleting a veth makes it exit 1;
 //! - a tap `sniffer` fed a burst of crafted SYNs to 40 ports: `port_scan`, and the
 //!   copies counted.
 //!
@@ -442,6 +443,32 @@ fn inline_xmas_block_forwards_once_each_way_and_drops_xmas() {
     c.wait_alert("xmas_scan", dev);
     let s = c.stats();
     assert_eq!((n(&s, "forwarded"), n(&s, "dropped")), (2, 2), "{s}");
+
+    // Deleting one veth takes its container end along: the µmbox exits 1 and says so.
+    drop(sb);
+    must("ip", &["link", "del", &hb]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let state = loop {
+        let st = must(
+            "docker",
+            &[
+                "inspect",
+                "-f",
+                "{{.State.Status}} {{.State.ExitCode}}",
+                &c.name,
+            ],
+        );
+        if st.trim() != "running 0" || Instant::now() > deadline {
+            break st;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(state.trim(), "exited 1");
+    assert!(
+        c.stderr().contains("interface `b` disappeared"),
+        "{}",
+        c.stderr()
+    );
 }
 
 #[test]
