@@ -8,7 +8,7 @@ EXAMPLE := examples/smart-office
 # Bounded fuzzing in the test suite (cases per property).
 export KALKI_FUZZ_CASES ?= 2000
 
-.PHONY: setup services build demo test lint fmt bench clean
+.PHONY: setup services build demo test lint fmt bench clean images
 
 setup:
 	@scripts/setup.sh
@@ -18,6 +18,11 @@ setup:
 services: setup
 	@scripts/ovs/start.sh
 	@scripts/docker/start.sh
+
+# The µmbox image kalki/umbox:0.1 (needs a Docker engine; docker/start.sh starts one).
+images: setup
+	@scripts/docker/start.sh
+	@scripts/images.sh
 
 build: setup
 	$(CARGO) build --release --locked -p kalki-compiler -p kalki-shim

@@ -1,0 +1,244 @@
+//! One µmbox's logic without its I/O: frames in (with the side they arrived on and the
+//! time), verdicts, alerts and counters out. The binary's loop (`run.rs`) feeds it from
+//! sockets; the tests feed it crafted frames.
+
+use crate::event::{Alert, AlertKind};
+use crate::functions::{Dir, Function, Verdict};
+use crate::packet;
+use crate::window::{Holdoff, Ms};
+use serde_json::{Map, Value};
+use std::net::Ipv4Addr;
+
+/// The interface a frame arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Inline, from the device.
+    A,
+    /// Inline, from the uplink.
+    B,
+    Tap,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// Inline frames passed on to the other interface.
+    pub forwarded: u64,
+    /// Inline frames the function dropped.
+    pub dropped: u64,
+    /// Frames seen on a tap.
+    pub copied: u64,
+    /// Frames that were not IPv4 (forwarded unchanged when inline).
+    pub non_ipv4: u64,
+    /// Frames the kernel refused to send.
+    pub send_errors: u64,
+    /// Alerts written.
+    pub alerts: u64,
+    /// Alerts not written because the same alert about the same source had just been,
+    /// or because [`MAX_ALERTS_PER_SECOND`] had been written this second.
+    pub alerts_held_off: u64,
+}
+
+/// At most this many alerts are written per second, whatever their sources: a flood
+/// from many spoofed addresses must not become a flood of alert lines.
+pub const MAX_ALERTS_PER_SECOND: u32 = 100;
+
+pub struct Engine {
+    name: &'static str,
+    /// The second (of the clock) the alerts in `alerts_this_second` were written in.
+    alert_second: Ms,
+    alerts_this_second: u32,
+    func: Box<dyn Function>,
+    holdoff: Holdoff<(AlertKind, Ipv4Addr)>,
+    counters: Counters,
+    scratch: Vec<Alert>,
+    started: Ms,
+}
+
+impl Engine {
+    pub fn new(name: &'static str, func: Box<dyn Function>, now: Ms) -> Engine {
+        let holdoff = Holdoff::new(func.holdoff());
+        Engine {
+            name,
+            alert_second: 0,
+            alerts_this_second: 0,
+            func,
+            holdoff,
+            counters: Counters::default(),
+            scratch: Vec::new(),
+            started: now,
+        }
+    }
+
+    /// Handles one frame; alerts that pass the hold-off are appended to `alerts`.
+    pub fn frame(&mut self, now: Ms, side: Side, frame: &[u8], alerts: &mut Vec<Alert>) -> Verdict {
+        let dir = match side {
+            Side::A => Dir::FromDevice,
+            Side::B => Dir::ToDevice,
+            Side::Tap => Dir::Copy,
+        };
+        let verdict = match packet::parse(frame) {
+            None => {
+                self.counters.non_ipv4 += 1;
+                Verdict::Forward
+            }
+            Some(p) => {
+                let v = self.func.packet(now, dir, &p, &mut self.scratch);
+                for a in self.scratch.drain(..) {
+                    if now / 1000 != self.alert_second {
+                        self.alert_second = now / 1000;
+                        self.alerts_this_second = 0;
+                    }
+                    if self.alerts_this_second < MAX_ALERTS_PER_SECOND
+                        && self.holdoff.allow(now, (a.kind, a.source))
+                    {
+                        self.alerts_this_second += 1;
+                        self.counters.alerts += 1;
+                        alerts.push(a);
+                    } else {
+                        self.counters.alerts_held_off += 1;
+                    }
+                }
+                v
+            }
+        };
+        match (side, verdict) {
+            (Side::Tap, _) => self.counters.copied += 1,
+            (_, Verdict::Forward) => self.counters.forwarded += 1,
+            (_, Verdict::Drop) => self.counters.dropped += 1,
+        }
+        verdict
+    }
+
+    /// A forwarded frame could not be sent after all.
+    pub fn send_failed(&mut self) {
+        self.counters.forwarded = self.counters.forwarded.saturating_sub(1);
+        self.counters.send_errors += 1;
+    }
+
+    /// Log lines the function produced since the last call.
+    pub fn notes(&mut self) -> Vec<String> {
+        self.func.take_notes()
+    }
+
+    pub fn tick(&mut self, now: Ms) {
+        self.func.tick(now);
+        self.holdoff.sweep(now);
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The fields of a stats line. `periodic`: the line closing a stats interval.
+    pub fn stats(&mut self, now: Ms, periodic: bool) -> Map<String, Value> {
+        let c = self.counters;
+        let mut m = Map::new();
+        m.insert("function".into(), self.name.into());
+        m.insert("uptime_ms".into(), now.saturating_sub(self.started).into());
+        m.insert("forwarded".into(), c.forwarded.into());
+        m.insert("dropped".into(), c.dropped.into());
+        m.insert("copied".into(), c.copied.into());
+        m.insert("non_ipv4".into(), c.non_ipv4.into());
+        m.insert("send_errors".into(), c.send_errors.into());
+        m.insert("alerts".into(), c.alerts.into());
+        m.insert("alerts_held_off".into(), c.alerts_held_off.into());
+        self.func.stats(&mut m, periodic);
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use crate::cli;
+    use crate::craft::Craft;
+    use crate::packet::TcpFlags;
+
+    fn engine(args: &str) -> Engine {
+        let f = cli::parse(std::iter::once("kalki-umbox").chain(args.split_whitespace())).unwrap();
+        let name = f.name();
+        Engine::new(name, f.build(), 0)
+    }
+
+    const ATT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
+    const DEV: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+
+    #[test]
+    fn counts_and_holds_off_repeated_alerts() {
+        let mut e = engine("xmas-block");
+        let xmas = Craft::tcp(
+            ATT,
+            1,
+            DEV,
+            80,
+            TcpFlags::FIN | TcpFlags::PSH | TcpFlags::URG,
+        )
+        .build();
+        let ok = Craft::tcp(ATT, 1, DEV, 80, TcpFlags::SYN).build();
+        let mut arp = ok.clone();
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        let mut alerts = Vec::new();
+        for t in 0..5 {
+            assert_eq!(e.frame(t, Side::B, &xmas, &mut alerts), Verdict::Drop);
+        }
+        assert_eq!(e.frame(5, Side::B, &ok, &mut alerts), Verdict::Forward);
+        assert_eq!(e.frame(6, Side::A, &arp, &mut alerts), Verdict::Forward);
+        // Ten seconds later the same source is reported again.
+        assert_eq!(e.frame(10_000, Side::B, &xmas, &mut alerts), Verdict::Drop);
+        assert_eq!(alerts.len(), 2);
+        e.send_failed();
+        let c = e.counters();
+        assert_eq!(
+            c,
+            Counters {
+                forwarded: 1,
+                dropped: 6,
+                copied: 0,
+                non_ipv4: 1,
+                send_errors: 1,
+                alerts: 2,
+                alerts_held_off: 4,
+            }
+        );
+        let m = e.stats(12_000, false);
+        assert_eq!(m["function"], "xmas-block");
+        assert_eq!(m["uptime_ms"], 12_000);
+        assert_eq!(m["dropped"], 6);
+    }
+
+    #[test]
+    fn alerts_are_capped_per_second() {
+        let mut e = engine("ip-block --addresses 198.18.0.0/16");
+        let mut alerts = Vec::new();
+        // A flood from 1,000 different blocked sources within one second.
+        for i in 0..1000u32 {
+            let src = Ipv4Addr::from(0xc612_0000 + i);
+            let f = Craft::icmp_echo(src, DEV).build();
+            assert_eq!(e.frame(500, Side::B, &f, &mut alerts), Verdict::Drop);
+        }
+        assert_eq!(alerts.len(), MAX_ALERTS_PER_SECOND as usize);
+        assert_eq!(e.counters().alerts_held_off, 900);
+        // The next second has a new budget, and unreported sources are reported then.
+        let f = Craft::icmp_echo(Ipv4Addr::from(0xc612_0000 + 999), DEV).build();
+        e.frame(1000, Side::B, &f, &mut alerts);
+        assert_eq!(alerts.len(), MAX_ALERTS_PER_SECOND as usize + 1);
+    }
+
+    #[test]
+    fn tap_frames_are_copies() {
+        let mut e = engine("sniffer --scan-ports 5");
+        let mut alerts = Vec::new();
+        for port in 1..=5 {
+            let f = Craft::tcp(ATT, 1, DEV, port, TcpFlags::SYN).build();
+            e.frame(u64::from(port), Side::Tap, &f, &mut alerts);
+        }
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].kind, AlertKind::PortScan);
+        let c = e.counters();
+        assert_eq!((c.copied, c.forwarded, c.dropped), (5, 0, 0));
+        let m = e.stats(10, true);
+        assert_eq!(m["peers"][0]["packets"], 5);
+        e.tick(1_000_000);
+    }
+}
