@@ -240,13 +240,19 @@ impl Engine {
         Ok(out)
     }
 
-    /// The container's standard output as lines, from its start, following it until the
-    /// container stops. Standard error (the µmbox's log) is not included.
-    pub fn stdout_lines(&self, name: &str) -> impl Stream<Item = Result<String, DockerError>> {
+    /// The container's standard output as lines, following it until the container stops:
+    /// from its start (`from_start`) or only what it prints from now on. Standard error
+    /// (the µmbox's log) is not included.
+    pub fn stdout_lines(
+        &self,
+        name: &str,
+        from_start: bool,
+    ) -> impl Stream<Item = Result<String, DockerError>> {
         let options = LogsOptionsBuilder::default()
             .follow(true)
             .stdout(true)
             .stderr(false)
+            .tail(if from_start { "all" } else { "0" })
             .build();
         let call = format!("logs {name}");
         let mut pending = String::new();
@@ -272,7 +278,7 @@ impl Engine {
 
     /// Waits until the container prints `{"kalki":"ready"}` on stdout.
     pub async fn wait_ready(&self, name: &str, limit: Duration) -> Result<(), DockerError> {
-        let lines = self.stdout_lines(name);
+        let lines = self.stdout_lines(name, true);
         let ready = async {
             futures_util::pin_mut!(lines);
             while let Some(line) = lines.next().await {

@@ -13,6 +13,7 @@ pub mod codes;
 pub mod docker;
 pub mod engine;
 pub mod eval;
+pub mod follow;
 pub mod manifest;
 pub mod net;
 pub mod node;
