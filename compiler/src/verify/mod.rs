@@ -5,6 +5,7 @@
 //! The solver sits behind [`solver::Solver`]; graphs use petgraph.
 
 mod assert;
+pub mod cache;
 pub mod encode;
 mod machine;
 mod site;
