@@ -198,15 +198,42 @@ impl Owner {
     }
 }
 
+/// Entries grouped by a port number: `(port, entry)` sorted, looked up by binary search
+/// (no allocation per port; a site has hundreds of thousands of them).
+#[derive(Debug, Default)]
+pub(super) struct ByPort(Vec<(u32, usize)>);
+
+impl ByPort {
+    fn new(mut pairs: Vec<(u32, usize)>) -> ByPort {
+        pairs.sort_unstable();
+        pairs.dedup();
+        ByPort(pairs)
+    }
+    /// The entries filed under `port`, in index order.
+    pub fn get(&self, port: u32) -> impl Iterator<Item = usize> + '_ {
+        let start = self.0.partition_point(|(p, _)| *p < port);
+        self.0[start..]
+            .iter()
+            .take_while(move |(p, _)| *p == port)
+            .map(|(_, i)| *i)
+    }
+    /// Every port with an entry, ascending.
+    pub fn ports(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.0.iter().map(|(p, _)| *p).collect();
+        v.dedup();
+        v
+    }
+}
+
 /// Every flow of the bundle, with the indexes the checks use.
 pub(super) struct Index<'a> {
     pub entries: Vec<Entry<'a>>,
     /// Flows that can match (key not empty), by exact `in_port`.
-    pub by_in_port: HashMap<u32, Vec<usize>>,
+    pub by_in_port: ByPort,
     /// Flows that can match, with `in_port` wildcarded.
     pub any_in_port: Vec<usize>,
     /// Flows with an `output:P` action, by `P`.
-    pub by_output: HashMap<u32, Vec<usize>>,
+    pub by_output: ByPort,
     pub owners: HashMap<u32, Owner>,
     pub by_ip: HashMap<u32, Vec<usize>>,
     /// A port number that no flow and no port of the site uses: stands for every such
@@ -237,52 +264,54 @@ impl<'a> Index<'a> {
                 }));
             }
         }
-        let mut by_in_port: HashMap<u32, Vec<usize>> = HashMap::new();
+        let mut in_ports = Vec::with_capacity(entries.len());
         let mut any_in_port = Vec::new();
-        let mut by_output: HashMap<u32, Vec<usize>> = HashMap::new();
-        let mut used: std::collections::HashSet<u32> = std::collections::HashSet::new();
-        used.insert(plane.uplink);
+        let mut outputs = Vec::with_capacity(entries.len());
+        let mut highest = plane.uplink;
         for (i, e) in entries.iter().enumerate() {
             for a in &e.flow.actions {
                 if let crate::codegen::openflow::Action::Output(p) = a {
-                    used.insert(*p);
-                    let list = by_output.entry(*p).or_default();
-                    if list.last() != Some(&i) {
-                        list.push(i);
-                    }
+                    highest = highest.max(*p);
+                    outputs.push((*p, i));
                 }
             }
             if let Some(p) = e.flow.matches.in_port {
-                used.insert(p);
+                highest = highest.max(p);
             }
             let Some(k) = e.key else { continue };
             match k.get(Field::InPort) {
-                Some(p) => by_in_port
-                    .entry(u32::try_from(p).unwrap_or(u32::MAX))
-                    .or_default()
-                    .push(i),
+                Some(p) => in_ports.push((u32::try_from(p).unwrap_or(u32::MAX), i)),
                 None => any_in_port.push(i),
             }
         }
-        let mut owners = HashMap::new();
-        let mut by_ip: HashMap<u32, Vec<usize>> = HashMap::new();
+        let mut owners = HashMap::with_capacity(plane.devices.len() * 8);
+        let mut by_ip: HashMap<u32, Vec<usize>> = HashMap::with_capacity(plane.devices.len());
         for (d, dev) in plane.devices.iter().enumerate() {
             owners.insert(dev.port, Owner::Device(d));
-            used.insert(dev.port);
+            highest = highest.max(dev.port);
             by_ip.entry(dev.ip).or_default().push(d);
             for (s, st) in dev.states.iter().enumerate() {
                 for p in st.chain.ports() {
                     owners.insert(p, Owner::Umbox(d, s));
-                    used.insert(p);
+                    highest = highest.max(p);
                 }
             }
         }
-        let unused_port = (2..=u32::MAX).find(|p| !used.contains(p)).unwrap_or(0);
+        // Above every port in use; should the whole range be taken, the lowest free one.
+        let unused_port = highest.checked_add(1).unwrap_or_else(|| {
+            let used: std::collections::HashSet<u32> = in_ports
+                .iter()
+                .chain(&outputs)
+                .map(|(p, _)| *p)
+                .chain(owners.keys().copied())
+                .collect();
+            (2..u32::MAX).find(|p| !used.contains(p)).unwrap_or(0)
+        });
         Index {
             entries,
-            by_in_port,
+            by_in_port: ByPort::new(in_ports),
             any_in_port,
-            by_output,
+            by_output: ByPort::new(outputs),
             owners,
             by_ip,
             unused_port,
@@ -291,11 +320,7 @@ impl<'a> Index<'a> {
 
     /// Flows that can match a packet entering on `port`, in index order.
     pub fn at_port(&self, port: u32) -> Vec<usize> {
-        let mut out: Vec<usize> = self
-            .by_in_port
-            .get(&port)
-            .map(|v| v.to_vec())
-            .unwrap_or_default();
+        let mut out: Vec<usize> = self.by_in_port.get(port).collect();
         out.extend_from_slice(&self.any_in_port);
         out.sort_unstable();
         out
@@ -366,10 +391,14 @@ impl ChainPlane {
     }
 }
 
-/// Pairs of flows (by index into `items`' entries) that no field separates: the only
+/// Pairs of flows (indices into the index's entries) that no field separates: the only
 /// pairs that can overlap. Splits on one field at a time: flows with different exact
-/// values never pair; a wildcard pairs with every value.
-pub(super) fn candidate_pairs(index: &Index<'_>, items: &[usize], out: &mut Vec<(usize, usize)>) {
+/// values never pair; a wildcard pairs with every value. Sorts `items` in place.
+pub(super) fn candidate_pairs(
+    index: &Index<'_>,
+    items: &mut [usize],
+    out: &mut Vec<(usize, usize)>,
+) {
     within(index, items, 0, out);
 }
 
@@ -379,53 +408,67 @@ fn key_at(index: &Index<'_>, i: usize, field: usize) -> Option<u64> {
         .and_then(|k| FIELDS.get(field).and_then(|f| k.get(*f)))
 }
 
-fn split(index: &Index<'_>, items: &[usize], field: usize) -> (Vec<Vec<usize>>, Vec<usize>) {
-    let mut groups: HashMap<u64, Vec<usize>> = HashMap::new();
-    let mut order: Vec<u64> = Vec::new();
-    let mut wild = Vec::new();
-    for &i in items {
-        match key_at(index, i, field) {
-            Some(v) => {
-                let g = groups.entry(v).or_default();
-                if g.is_empty() {
-                    order.push(v);
-                }
-                g.push(i);
-            }
-            None => wild.push(i),
+/// Sorts `items` by the field (wildcards first) and returns how many are wildcards.
+fn sort_on(index: &Index<'_>, items: &mut [usize], field: usize) -> usize {
+    if items.len() > 64 {
+        // Large slices: sort the keys, not pointers to the flows (cache misses).
+        let mut keyed: Vec<(Option<u64>, usize)> = items
+            .iter()
+            .map(|&i| (key_at(index, i, field), i))
+            .collect();
+        keyed.sort_unstable();
+        for (slot, (_, i)) in items.iter_mut().zip(&keyed) {
+            *slot = *i;
         }
+        return keyed.partition_point(|(k, _)| k.is_none());
     }
-    let groups = order
-        .into_iter()
-        .filter_map(|v| groups.remove(&v))
-        .collect();
-    (groups, wild)
+    items.sort_unstable_by_key(|&i| (key_at(index, i, field), i));
+    items.partition_point(|&i| key_at(index, i, field).is_none())
 }
 
-fn within(index: &Index<'_>, items: &[usize], field: usize, out: &mut Vec<(usize, usize)>) {
+/// The runs of equal values in sorted `items`: (value, start, length).
+fn runs(index: &Index<'_>, items: &[usize], field: usize) -> Vec<(Option<u64>, usize, usize)> {
+    let mut out = Vec::new();
+    let mut n = 0;
+    while n < items.len() {
+        let v = key_at(index, items[n], field);
+        let len = items[n..]
+            .iter()
+            .take_while(|&&i| key_at(index, i, field) == v)
+            .count();
+        out.push((v, n, len));
+        n += len;
+    }
+    out
+}
+
+fn within(index: &Index<'_>, items: &mut [usize], field: usize, out: &mut Vec<(usize, usize)>) {
     if items.len() < 2 {
         return;
     }
     if field == FIELDS.len() {
         for (n, &a) in items.iter().enumerate() {
             for &b in &items[n + 1..] {
-                out.push((a, b));
+                out.push((a.min(b), a.max(b)));
             }
         }
         return;
     }
-    let (groups, wild) = split(index, items, field);
-    for g in &groups {
-        within(index, g, field + 1, out);
-        across(index, &wild, g, field + 1, out);
+    let wild = sort_on(index, items, field);
+    let (wild, valued) = items.split_at_mut(wild);
+    // Recursion reorders the inside of each run only, so the offsets stay valid.
+    for (_, start, len) in runs(index, valued, field) {
+        let group = &mut valued[start..start + len];
+        across(index, wild, group, field + 1, out);
+        within(index, group, field + 1, out);
     }
-    within(index, &wild, field + 1, out);
+    within(index, wild, field + 1, out);
 }
 
 fn across(
     index: &Index<'_>,
-    xs: &[usize],
-    ys: &[usize],
+    xs: &mut [usize],
+    ys: &mut [usize],
     field: usize,
     out: &mut Vec<(usize, usize)>,
 ) {
@@ -433,33 +476,40 @@ fn across(
         return;
     }
     if field == FIELDS.len() {
-        for &a in xs {
-            for &b in ys {
+        for &a in xs.iter() {
+            for &b in ys.iter() {
                 out.push((a.min(b), a.max(b)));
             }
         }
         return;
     }
-    let (xg, xw) = split(index, xs, field);
-    let (yg, yw) = split(index, ys, field);
-    let mut ys_by_value: HashMap<u64, &Vec<usize>> = HashMap::new();
-    for g in &yg {
-        if let Some(v) = g.first().and_then(|&i| key_at(index, i, field)) {
-            ys_by_value.insert(v, g);
-        }
-    }
-    let mut x_valued = Vec::new();
-    for g in &xg {
-        x_valued.extend_from_slice(g);
-        if let Some(y) = g
-            .first()
-            .and_then(|&i| key_at(index, i, field))
-            .and_then(|v| ys_by_value.get(&v))
-        {
-            across(index, g, y, field + 1, out);
+    let xw = sort_on(index, xs, field);
+    let yw = sort_on(index, ys, field);
+    let (xwild, xv) = xs.split_at_mut(xw);
+    let (ywild, yv) = ys.split_at_mut(yw);
+    // Equal values on both sides (the runs are sorted by value: merge them).
+    let (xl, yl) = (runs(index, xv, field), runs(index, yv, field));
+    let (mut i, mut j) = (0, 0);
+    while i < xl.len() && j < yl.len() {
+        let ((vx, sx, lx), (vy, sy, ly)) = (xl[i], yl[j]);
+        match vx.cmp(&vy) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                across(
+                    index,
+                    &mut xv[sx..sx + lx],
+                    &mut yv[sy..sy + ly],
+                    field + 1,
+                    out,
+                );
+                i += 1;
+                j += 1;
+            }
         }
     }
     // A wildcard on either side meets everything on the other.
-    across(index, &xw, ys, field + 1, out);
-    across(index, &x_valued, &yw, field + 1, out);
+    across(index, xv, ywild, field + 1, out);
+    across(index, xwild, yv, field + 1, out);
+    across(index, xwild, ywild, field + 1, out);
 }

@@ -476,6 +476,28 @@ impl Validator<'_> {
             let Some(c) = self.index.cookie_device(entry.flow.cookie, n) else {
                 continue;
             };
+            // The common case, decided without allocating: a flow that matches one port
+            // (or the uplink and one address) of its own device only.
+            let own = match key
+                .get(Field::InPort)
+                .map(|p| u32::try_from(p).unwrap_or(u32::MAX))
+            {
+                Some(p) if p == plane.uplink => key
+                    .get(Field::NwDst)
+                    .or(key.get(Field::ArpTpa))
+                    .and_then(|a| u32::try_from(a).ok())
+                    .is_some_and(|a| {
+                        self.index
+                            .by_ip
+                            .get(&a)
+                            .is_none_or(|v| v.iter().all(|&e| e == c))
+                    }),
+                Some(p) => self.index.owners.get(&p).is_none_or(|o| o.device() == c),
+                None => false,
+            };
+            if own {
+                continue;
+            }
             let base_config = match entry.set {
                 Set::Base => Config::default(),
                 Set::State { device, state } => Config::pinned(device, state),
@@ -629,7 +651,7 @@ impl Validator<'_> {
             }
         }
         let mut pairs = Vec::new();
-        for items in groups.values() {
+        for items in groups.values_mut() {
             index::candidate_pairs(&self.index, items, &mut pairs);
         }
         pairs.sort_unstable();
@@ -731,7 +753,13 @@ impl Validator<'_> {
     fn egress(&mut self, ob: &Obligation) {
         let config = Config::pinned(ob.device, ob.state);
         let p = ob.port;
-        for f in self.index.at_port(p) {
+        let candidates: Vec<usize> = self
+            .index
+            .by_in_port
+            .get(p)
+            .chain(self.index.any_in_port.iter().copied())
+            .collect();
+        for f in candidates {
             let entry = &self.index.entries[f];
             if config.presence(entry.set) == Presence::Never {
                 continue;
@@ -790,7 +818,7 @@ impl Validator<'_> {
     fn ingress(&mut self, ob: &Obligation) {
         let config = Config::pinned(ob.device, ob.state);
         let q = ob.port;
-        let sources = self.index.by_output.get(&q).cloned().unwrap_or_default();
+        let sources: Vec<usize> = self.index.by_output.get(q).collect();
         for f in sources {
             let entry = &self.index.entries[f];
             if config.presence(entry.set) == Presence::Never {
@@ -801,7 +829,7 @@ impl Validator<'_> {
             let entries: Vec<u32> = match key.get(Field::InPort) {
                 Some(x) => vec![u32::try_from(x).unwrap_or(u32::MAX)],
                 None => {
-                    let mut v: Vec<u32> = self.index.by_in_port.keys().copied().collect();
+                    let mut v: Vec<u32> = self.index.by_in_port.ports();
                     v.extend(self.index.owners.keys());
                     v.push(self.plane.uplink);
                     v.push(self.index.unused_port);

@@ -1,0 +1,187 @@
+//! Translation-validation benchmark: `verify::dataplane::validate` (K208, K212) on the
+//! rule sets of a generated site of 10,000 devices over 50 device types. Target: `kalkic
+//! build` of such a site in under 3 s including verification, which leaves the validator
+//! well under 1.5 s. Results and method: `docs/benchmarks.md`.
+//!
+//! A site this size needs more switch ports than one bridge has, so `openflow::allocate`
+//! refuses it (K214); the bench numbers the ports the same way without the limit (the
+//! validator does not depend on the numbers). Besides the timed runs it prints, once, the
+//! time of each phase, of the whole `bundle::build` when the site fits one bridge, and of
+//! validating a plane where every device's chain is bypassed in one state (the error
+//! path: one finding per device, answered from the cache).
+//!
+//! Run with `cargo bench -p kalki-compiler --bench validate`. `KALKI_BENCH_DEVICES`
+//! (comma-separated) overrides the site sizes.
+
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+mod gen;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use kalki_compiler::codegen::bundle;
+use kalki_compiler::codegen::openflow::{
+    self, Action, EntryPorts, Port, PortRole, Ports, Proto, Side, UPLINK_OFPORT,
+};
+use kalki_compiler::ir::{Chain, Model, Site, UmboxMode};
+use kalki_compiler::verify::dataplane::{self, DataPlane};
+use kalki_compiler::verify::{z3::Z3Solver, Options};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+/// `openflow::allocate`'s numbering, without the bridge's limit.
+fn ports(model: &Model, site: &Site) -> Ports {
+    let mut p = Ports {
+        uplink: UPLINK_OFPORT,
+        ..Ports::default()
+    };
+    p.all.push(Port {
+        name: "eth0".into(),
+        ofport: UPLINK_OFPORT,
+        role: PortRole::Uplink,
+    });
+    for (i, d) in site.devices.iter().enumerate() {
+        let ofport = 2 + i as u32;
+        p.devices.push(ofport);
+        p.all.push(Port {
+            name: d.port.clone(),
+            ofport,
+            role: PortRole::Device {
+                device: d.name.clone(),
+            },
+        });
+    }
+    let mut next = 2 + site.devices.len() as u32;
+    for d in &site.devices {
+        let mut per_state = Vec::new();
+        for s in &model.device_type(d.ty).states {
+            let mut per_entry = Vec::new();
+            if let Chain::Umboxes(entries) = &s.chain {
+                for (pos, e) in entries.iter().enumerate() {
+                    let u = model.umbox(e.umbox);
+                    let mut take = |side| {
+                        let ofport = next;
+                        next += 1;
+                        p.all.push(Port {
+                            name: format!("km{ofport}"),
+                            ofport,
+                            role: PortRole::Umbox {
+                                device: d.name.clone(),
+                                state: s.name.clone(),
+                                position: pos,
+                                umbox: u.name.clone(),
+                                side,
+                            },
+                        });
+                        ofport
+                    };
+                    per_entry.push(match u.mode {
+                        UmboxMode::Inline => {
+                            let a = take(Side::A);
+                            let b = take(Side::B);
+                            EntryPorts::Inline { a, b }
+                        }
+                        UmboxMode::Tap => EntryPorts::Tap { p: take(Side::Tap) },
+                    });
+                }
+            }
+            per_state.push(per_entry);
+        }
+        p.entries.push(per_state);
+    }
+    p
+}
+
+fn timed<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let out = f();
+    eprintln!("  {what}: {:.0} ms", t.elapsed().as_secs_f64() * 1000.0);
+    out
+}
+
+fn validate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("validate");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(10));
+    let opts = Options::default();
+    for devices in gen::sizes(&[10_000]) {
+        let site = gen::generate(&gen::Spec::new(devices));
+        let loader = site.loader();
+        let solver = Z3Solver::new(opts.timeout_ms);
+        eprintln!("validate/{devices}: one run of each phase");
+        let (checked, _) = timed("check and verify (kalki_compiler::verify)", || {
+            kalki_compiler::verify(&site.roots, &loader, &solver, &opts)
+        });
+        let model = checked.model.expect("the generated site checks");
+        let s = &model.sites[0];
+        let plane: DataPlane = timed("number ports and generate flows", || {
+            dataplane::plane(&model, s, &ports(&model, s))
+        });
+        let flows = plane.base.len()
+            + plane
+                .devices
+                .iter()
+                .flat_map(|d| &d.states)
+                .map(|s| s.flows.len())
+                .sum::<usize>();
+        let found = timed(&format!("validate {flows} flows"), || {
+            dataplane::validate(&plane, &solver)
+        });
+        if !found.is_empty() {
+            let rendered = kalki_compiler::render::human(&checked.sources, &found, false);
+            panic!("the generated site does not validate:\n{rendered}");
+        }
+        timed("render the rule sets", || {
+            black_box(openflow::render(&plane.base));
+            for d in &plane.devices {
+                for s in &d.states {
+                    black_box(openflow::render(&s.flows));
+                }
+            }
+        });
+        match openflow::allocate(&model, s) {
+            Ok(_) => {
+                let b = timed(
+                    "bundle::build (ports, flows, validation, all files)",
+                    || bundle::build(&model, s, &checked.sources, &solver),
+                );
+                assert!(b.is_ok(), "the generated site builds");
+            }
+            Err(e) => eprintln!(
+                "  bundle::build: not timed, the site needs {} ports (K214)",
+                e.needed
+            ),
+        }
+        // The error path: in its first state with an inline µmbox, every device sends
+        // its IP traffic straight to the uplink.
+        let mut broken = plane.clone();
+        for d in &mut broken.devices {
+            let dp = d.port;
+            let Some(st) = d.states.iter_mut().find(|s| {
+                matches!(&s.chain, dataplane::ChainPlane::Entries(es)
+                    if es.iter().any(|e| matches!(e, EntryPorts::Inline { .. })))
+            }) else {
+                continue;
+            };
+            if let Some(f) = st
+                .flows
+                .iter_mut()
+                .find(|f| f.matches.in_port == Some(dp) && f.matches.proto == Some(Proto::Ip))
+            {
+                f.actions = vec![Action::Output(UPLINK_OFPORT)];
+            }
+        }
+        let findings = timed("validate with every device's chain bypassed", || {
+            dataplane::validate(&broken, &solver)
+        });
+        eprintln!("  ... {} findings", findings.len());
+        group.bench_with_input(BenchmarkId::new("validate", devices), &plane, |b, p| {
+            b.iter(|| black_box(dataplane::validate(p, &solver)));
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, validate);
+criterion_main!(benches);
