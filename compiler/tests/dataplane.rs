@@ -673,6 +673,58 @@ fn crafted_data_planes() {
     );
 }
 
+/// Every finding of every case renders as `--format json` output that the documented
+/// schema accepts (with the per-code witness shapes), and as valid SARIF.
+#[test]
+fn findings_match_the_output_schemas() {
+    let load = |name: &str| -> serde_json::Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/schemas")
+            .join(name);
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let compile = |schema: &serde_json::Value| {
+        jsonschema::options()
+            .should_validate_formats(true)
+            .build(schema)
+            .unwrap()
+    };
+    let (json_schema, sarif_schema) = (
+        compile(&load("diagnostics.schema.json")),
+        compile(&load("sarif-2.1.0.json")),
+    );
+    let checked = checked(FIXTURE);
+    let mut all = Vec::new();
+    for case in cases().iter().filter(|c| !c.near_miss) {
+        let mut model = checked.model.clone().unwrap();
+        if let Some(craft) = case.model {
+            craft(&mut model);
+        }
+        let mut plane = plane_of(&model);
+        if let Some(craft) = case.plane {
+            craft(&mut plane);
+        }
+        all.extend(dataplane::validate(&plane, &Z3Solver::new(10_000)));
+    }
+    let codes: BTreeSet<&str> = all.iter().map(|d| d.code).collect();
+    assert_eq!(codes, [codes::DATA_PLANE, codes::FAIL_OPEN].into());
+    let json = kalki_compiler::render::json(&checked.sources, &all);
+    let errors: Vec<String> = json_schema
+        .iter_errors(&json)
+        .map(|e| format!("at `{}`: {e}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    let sarif = kalki_compiler::render::sarif(&checked.sources, &all, verify::codes::ALL);
+    let errors: Vec<String> = sarif_schema
+        .iter_errors(&sarif)
+        .map(|e| format!("at `{}`: {e}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+    // The rule list names both codes.
+    let rules = sarif["runs"][0]["tool"]["driver"]["rules"].to_string();
+    assert!(rules.contains("K208") && rules.contains("K212"), "{rules}");
+}
+
 /// K208 and K212 each have a triggering case and a near miss.
 #[test]
 fn every_code_has_a_case_and_a_near_miss() {
