@@ -249,9 +249,11 @@ enum Dir {
     Ingress,
 }
 
-/// The chain's promises, restated from the table in `docs/verification.md`:
-/// (direction, port, allowed, also allowed for ARP).
-fn obligations(p: &DataPlane, d: usize, s: usize) -> Vec<(Dir, u32, Vec<u32>, Vec<u32>)> {
+/// One promise of a chain: (direction, port, allowed, also allowed for ARP).
+type Obligation = (Dir, u32, Vec<u32>, Vec<u32>);
+
+/// The chain's promises, restated from the table in `docs/verification.md`.
+fn obligations(p: &DataPlane, d: usize, s: usize) -> Vec<Obligation> {
     let (dp, u) = (p.devices[d].port, p.uplink);
     let mut out = Vec::new();
     match &p.devices[d].states[s].chain {
@@ -368,7 +370,7 @@ fn brute_force(p: &DataPlane) -> Verdict {
                 }
             }
         }
-        let obligations: Vec<(usize, usize, (Dir, u32, Vec<u32>, Vec<u32>))> = (0..n)
+        let obligations: Vec<(usize, usize, Obligation)> = (0..n)
             .flat_map(|d| {
                 obligations(p, d, config[d])
                     .into_iter()
