@@ -782,6 +782,26 @@ fn clean_policies_validate() {
     );
 }
 
+/// `bundle::build` runs the validator on the flows it generates, and a finding means no
+/// bundle: two devices given one IP in the typed model (past K209) build nothing.
+#[test]
+fn build_refuses_what_the_validator_rejects() {
+    let checked = checked(FIXTURE);
+    let mut model = checked.model.clone().unwrap();
+    let solver = Z3Solver::new(10_000);
+    assert!(bundle::build(&model, &model.sites[0], &checked.sources, &solver).is_ok());
+    let ip = model.sites[0].devices[0].ip;
+    model.sites[0].devices[1].ip = ip;
+    let Err(diags) = bundle::build(&model, &model.sites[0], &checked.sources, &solver) else {
+        panic!("a bundle was built for two devices with one address");
+    };
+    assert!(
+        !diags.is_empty() && diags.iter().all(|d| d.code == codes::DATA_PLANE),
+        "{:?}",
+        codes_of(&diags)
+    );
+}
+
 /// Mutation test on a real example: every flow of every state set whose outputs are
 /// redirected to the uplink (where they did not go, and the packet does not come from
 /// it) opens a way around a chain, and each such mutant is caught.
