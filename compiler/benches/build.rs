@@ -34,7 +34,7 @@ fn build(site: &gen::Generated, loader: &gen::MemLoader, solver: &Z3Solver, out:
         let rendered = kalki_compiler::render::human(&checked.sources, &checked.diagnostics, false);
         panic!("the generated site does not build:\n{rendered}");
     };
-    let b = bundle::build(model, &model.sites[0], &checked.sources)
+    let b = bundle::build(model, &model.sites[0], &checked.sources, solver)
         .unwrap_or_else(|d| panic!("the generated site does not build: {d:?}"));
     let t2 = t0.elapsed();
     b.write_to(out)

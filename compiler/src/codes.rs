@@ -1,5 +1,9 @@
 //! The stable diagnostic codes. A code never changes meaning once released; retired codes
 //! are not reused. `docs/language.md` and `docs/verification.md` list them for users.
+//!
+//! This file holds K1xx. The verifier's K2xx are in [`crate::verify::codes`], among them
+//! K208 (data-plane interference) and K212 (fail-open), which `kalkic build` checks on
+//! the emitted OpenFlow rules; K214 (port space) is in [`crate::codegen::bundle`].
 
 // K0xx: syntax (from `kalki_lang::SyntaxCode`).
 

@@ -234,39 +234,47 @@ fn run_verify(args: &VerifyArgs) -> Exit {
 }
 
 fn run_build(args: &BuildArgs) -> Exit {
-    let Some((status, checked)) = verify_and_report(&args.common, &args.limits) else {
+    let Some(files) = inputs(&args.common) else {
         return Exit::Usage;
     };
+    let opts = args.limits.options();
+    let solver = verify::z3::Z3Solver::new(opts.timeout_ms);
+    let (mut checked, verified) = kalki_compiler::verify(&files, &FsLoader, &solver, &opts);
+    let assertions = verified.map(|v| v.assertions).unwrap_or_default();
+    let clean =
+        checked.unreadable.is_empty() && !checked.diagnostics.iter().any(Diagnostic::is_error);
+    // A clean policy with one site is compiled to rule sets, which are validated (K208,
+    // K212) before anything is written; their findings are reported with the others.
+    let mut bundle = None;
+    let mut site_error = None;
+    let mut findings = Vec::new();
+    if let Some(model) = checked.model.as_ref().filter(|_| clean) {
+        match one_site(model) {
+            Ok(site) => {
+                match kalki_compiler::codegen::bundle::build(model, site, &checked.sources, &solver)
+                {
+                    Ok(b) => bundle = Some(b),
+                    Err(diags) => findings = diags,
+                }
+            }
+            Err(why) => site_error = Some(why),
+        }
+    }
+    if !findings.is_empty() {
+        checked.diagnostics.extend(findings);
+        kalki_compiler::sort(&mut checked.diagnostics);
+    }
+    let status = emit(&args.common, &checked, &assertions);
     if status != Exit::Ok {
         eprintln!("error: no bundle written: the policy has errors");
         return status;
     }
-    let Some(model) = &checked.model else {
+    if let Some(why) = site_error {
+        eprintln!("error: {why}");
+        return Exit::Usage;
+    }
+    let Some(bundle) = bundle else {
         return Exit::PolicyErrors;
-    };
-    let site = match model.sites.as_slice() {
-        [site] => site,
-        [] => {
-            eprintln!("error: the policy declares no site; a bundle is built for one site");
-            return Exit::Usage;
-        }
-        many => {
-            let names: Vec<&str> = many.iter().map(|s| s.name.as_str()).collect();
-            eprintln!(
-                "error: the policy declares {} sites ({}); build one site at a time",
-                many.len(),
-                names.join(", ")
-            );
-            return Exit::Usage;
-        }
-    };
-    let bundle = match kalki_compiler::codegen::bundle::build(model, site, &checked.sources) {
-        Ok(b) => b,
-        Err(d) => {
-            let _ = std::io::stderr()
-                .write_all(render::human(&checked.sources, &[*d], false).as_bytes());
-            return Exit::PolicyErrors;
-        }
     };
     match bundle.write_to(&args.output) {
         Ok(()) => {
@@ -283,6 +291,22 @@ fn run_build(args: &BuildArgs) -> Exit {
                 args.output.display()
             );
             Exit::Usage
+        }
+    }
+}
+
+/// The site a bundle is built for: the policy must declare exactly one.
+fn one_site(model: &kalki_compiler::ir::Model) -> Result<&kalki_compiler::ir::Site, String> {
+    match model.sites.as_slice() {
+        [site] => Ok(site),
+        [] => Err("the policy declares no site; a bundle is built for one site".into()),
+        many => {
+            let names: Vec<&str> = many.iter().map(|s| s.name.as_str()).collect();
+            Err(format!(
+                "the policy declares {} sites ({}); build one site at a time",
+                many.len(),
+                names.join(", ")
+            ))
         }
     }
 }

@@ -18,8 +18,8 @@ fn build(dir: &str) -> Bundle {
         .filter(|p| p.extension().is_some_and(|x| x == "kalki"))
         .collect();
     let opts = verify::Options::default();
-    let (checked, verified) =
-        kalki_compiler::verify(&files, &loader, &Z3Solver::new(10_000), &opts);
+    let solver = Z3Solver::new(10_000);
+    let (checked, verified) = kalki_compiler::verify(&files, &loader, &solver, &opts);
     assert!(
         checked.diagnostics.iter().all(|d| !d.is_error()),
         "{:#?}",
@@ -27,7 +27,7 @@ fn build(dir: &str) -> Bundle {
     );
     assert!(verified.is_some());
     let model = checked.model.as_ref().unwrap();
-    bundle::build(model, &model.sites[0], &checked.sources).unwrap()
+    bundle::build(model, &model.sites[0], &checked.sources, &solver).unwrap()
 }
 
 #[test]

@@ -2,11 +2,16 @@
 //! container manifests, as a map from relative path to bytes. Pure: the binary writes it.
 //! Same model and sources, same bytes: every collection is ordered, nothing is timed.
 //! The format is described in `docs/bundle.md`.
+//!
+//! The rule sets are generated once, validated (K208, K212: `verify::dataplane`) and only
+//! then rendered, so what is proved is exactly what is written.
 
 use super::openflow::{self, ip, mac, EntryPorts, Ports};
 use crate::diag::Diagnostic;
 use crate::ir::{Chain, Model, Site, StateId, Value};
 use crate::source::Sources;
+use crate::verify::dataplane;
+use crate::verify::solver::Solver;
 use serde_json::{json, Value as Json};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -109,26 +114,36 @@ fn shown(v: &Value) -> String {
     }
 }
 
-/// Builds the bundle of one site of a verified model.
-pub fn build(model: &Model, site: &Site, sources: &Sources) -> Result<Bundle, Box<Diagnostic>> {
+/// Builds the bundle of one site of a verified model, after proving its rule sets free
+/// of interference and fail-open paths with `solver`. On errors (K208, K212, K213 for an
+/// undecided question, K214), no bundle.
+pub fn build(
+    model: &Model,
+    site: &Site,
+    sources: &Sources,
+    solver: &dyn Solver,
+) -> Result<Bundle, Vec<Diagnostic>> {
     let ports = openflow::allocate(model, site).map_err(|e| {
-        Box::new(
-            Diagnostic::error(
-                PORT_SPACE,
-                format!(
-                    "site `{}` needs {} switch ports; a bridge has {}",
-                    site.name,
-                    e.needed,
-                    openflow::MAX_OFPORT
-                ),
-            )
-            .primary(
-                site.loc,
-                "too many devices and µmbox interfaces for one bridge",
-            )
-            .help("split the site, or use fewer µmboxes per state"),
+        vec![Diagnostic::error(
+            PORT_SPACE,
+            format!(
+                "site `{}` needs {} switch ports; a bridge has {}",
+                site.name,
+                e.needed,
+                openflow::MAX_OFPORT
+            ),
         )
+        .primary(
+            site.loc,
+            "too many devices and µmbox interfaces for one bridge",
+        )
+        .help("split the site, or use fewer µmboxes per state")]
     })?;
+    let plane = dataplane::plane(model, site, &ports);
+    let findings = dataplane::validate(&plane, solver);
+    if !findings.is_empty() {
+        return Err(findings);
+    }
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
 
     let mut source_digests: Vec<Json> = sources
@@ -140,7 +155,7 @@ pub fn build(model: &Model, site: &Site, sources: &Sources) -> Result<Bundle, Bo
 
     files.insert(
         "flows/base.ofctl".into(),
-        openflow::render(&openflow::base_flows(site, &ports)).into_bytes(),
+        openflow::render(&plane.base).into_bytes(),
     );
 
     let mut devices = Vec::new();
@@ -154,8 +169,7 @@ pub fn build(model: &Model, site: &Site, sources: &Sources) -> Result<Bundle, Bo
             let flows_path = format!("flows/{}/{}.ofctl", d.name, s.name);
             files.insert(
                 flows_path.clone(),
-                openflow::render(&openflow::state_flows(model, site, &ports, i, state))
-                    .into_bytes(),
+                openflow::render(&plane.devices[i].states[si].flows).into_bytes(),
             );
             let containers: Vec<String> = ports.entries[i][si]
                 .iter()

@@ -312,6 +312,7 @@ impl<'m> Vocab<'m> {
                 (Shown::Clock, ModelValue::Int(i)) => json!(format!("{:02}:{:02}", i / 60, i % 60)),
                 (_, ModelValue::Int(i)) => json!(i),
                 (_, ModelValue::Bool(b)) => json!(b),
+                (_, ModelValue::Bits(x)) => json!(x),
             };
             out.insert(name.clone(), shown);
         }

@@ -2,9 +2,12 @@
 //! model. Per-type properties are checked once per device type; only site-level ones
 //! (addresses, rules, trust, assertions) look at device instances.
 //!
-//! The solver sits behind [`solver::Solver`]; graphs use petgraph.
+//! The solver sits behind [`solver::Solver`]; graphs use petgraph. [`dataplane`] checks
+//! the emitted OpenFlow rules (translation validation, run by `kalkic build`).
 
 mod assert;
+pub mod cache;
+pub mod dataplane;
 pub mod encode;
 mod machine;
 mod site;
@@ -30,9 +33,13 @@ pub mod codes {
     pub const PROVENANCE: &str = "K205";
     pub const RULE_CONFLICT: &str = "K206";
     pub const INTEGRITY: &str = "K207";
+    /// Checked on the emitted flows (`kalkic build`), not on the source.
+    pub const DATA_PLANE: &str = "K208";
     pub const ADDRESS: &str = "K209";
     pub const ASSERTION: &str = "K210";
     pub const SHADOWED: &str = "K211";
+    /// Checked on the emitted flows (`kalkic build`), not on the source.
+    pub const FAIL_OPEN: &str = "K212";
     /// A property the solver or the search could not decide; never counts as success.
     pub const INCONCLUSIVE: &str = "K213";
 
@@ -44,9 +51,11 @@ pub mod codes {
         (PROVENANCE, "awaited alert has no source"),
         (RULE_CONFLICT, "rule conflict"),
         (INTEGRITY, "integrity non-interference violated"),
+        (DATA_PLANE, "data-plane interference in the emitted flows"),
         (ADDRESS, "address conflict"),
         (ASSERTION, "assertion refuted"),
         (SHADOWED, "shadowed transition"),
+        (FAIL_OPEN, "fail-open: traffic bypasses a device's chain"),
         (INCONCLUSIVE, "verification inconclusive"),
     ];
 }

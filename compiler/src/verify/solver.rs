@@ -1,6 +1,6 @@
-//! The solver interface: a small quantifier-free logic over bounded integers and booleans,
-//! and the trait the rest of the verifier uses to decide it. Nothing outside
-//! `verify/z3.rs` knows which solver is behind the trait.
+//! The solver interface: a small quantifier-free logic over bounded integers, booleans and
+//! fixed-width bit-vectors, and the trait the rest of the verifier uses to decide it.
+//! Nothing outside `verify/z3.rs` knows which solver is behind the trait.
 
 use crate::ir::{ArithOp, CmpOp};
 use std::collections::BTreeMap;
@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 /// A solver variable, by index into [`Query::vars`].
 pub type VarIx = usize;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Sort {
     Bool,
     /// An integer known to lie in `lo..=hi`.
@@ -16,13 +16,22 @@ pub enum Sort {
         lo: i64,
         hi: i64,
     },
+    /// A bit-vector of this many bits (1 to 64), e.g. a packet header field.
+    Bits(u32),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Term {
     Bool(bool),
     Int(i64),
+    /// A bit-vector constant: `value` in `width` bits (higher bits must be zero).
+    Bits {
+        width: u32,
+        value: u64,
+    },
     Var(VarIx),
+    /// Bitwise and of two bit-vectors of one width (a masked match).
+    BitAnd(Box<Term>, Box<Term>),
     Not(Box<Term>),
     And(Vec<Term>),
     Or(Vec<Term>),
@@ -44,11 +53,19 @@ impl Term {
     pub fn eq_int(v: VarIx, n: i64) -> Term {
         Term::cmp(CmpOp::Eq, Term::Var(v), Term::Int(n))
     }
+    /// `v = value` for a bit-vector variable of `width` bits.
+    pub fn eq_bits(v: VarIx, width: u32, value: u64) -> Term {
+        Term::cmp(CmpOp::Eq, Term::Var(v), Term::Bits { width, value })
+    }
+    /// `a = b` for booleans: the two sides are equivalent.
+    pub fn iff(a: Term, b: Term) -> Term {
+        Term::cmp(CmpOp::Eq, a, b)
+    }
 }
 
 /// Variables with their sorts and display names, and the facts to satisfy together.
 /// Every variable's domain is asserted by the solver.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Query {
     pub vars: Vec<(String, Sort)>,
     pub facts: Vec<Term>,
@@ -62,6 +79,7 @@ pub type Model = BTreeMap<String, ModelValue>;
 pub enum ModelValue {
     Bool(bool),
     Int(i64),
+    Bits(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,12 +36,9 @@ impl SourceLoader for Loader {
 /// in memory) and returns the bundle of their only site. Panics on any policy error.
 fn build(roots: Vec<PathBuf>, files: BTreeMap<PathBuf, String>) -> codegen::Bundle {
     let loader = Loader { files };
-    let (checked, verified) = kalki_compiler::verify(
-        &roots,
-        &loader,
-        &Z3Solver::new(10_000),
-        &verify::Options::default(),
-    );
+    let solver = Z3Solver::new(10_000);
+    let (checked, verified) =
+        kalki_compiler::verify(&roots, &loader, &solver, &verify::Options::default());
     let errors: Vec<String> = checked
         .diagnostics
         .iter()
@@ -51,7 +48,7 @@ fn build(roots: Vec<PathBuf>, files: BTreeMap<PathBuf, String>) -> codegen::Bund
     assert!(errors.is_empty(), "{errors:#?}");
     assert!(verified.is_some());
     let model = checked.model.as_ref().unwrap();
-    codegen::build(model, &model.sites[0], &checked.sources).unwrap()
+    codegen::build(model, &model.sites[0], &checked.sources, &solver).unwrap()
 }
 
 /// The bundle of one policy given as text.
