@@ -11,6 +11,7 @@ pub mod bundle;
 pub mod codes;
 pub mod engine;
 pub mod eval;
+pub mod journal;
 pub mod manifest;
 pub mod simulate;
 pub mod text;

@@ -69,9 +69,7 @@ fn a_tampered_file_is_refused() {
 #[test]
 fn a_missing_file_is_refused() {
     let mut r = office().clone();
-    r.files
-        .remove("containers/thermo/0-sniffer.json")
-        .unwrap();
+    r.files.remove("containers/thermo/0-sniffer.json").unwrap();
     let errors = refused(&r);
     assert_eq!(codes_of(&errors), [codes::MISSING_FILE]);
     assert!(errors[0]
