@@ -7,6 +7,7 @@
 //! event API) consume the engine's effects; only the binary touches files and terminals.
 //! Semantics and formats: `docs/runtime.md`.
 
+pub mod api;
 pub mod bundle;
 pub mod codes;
 pub mod engine;
