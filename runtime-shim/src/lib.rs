@@ -7,6 +7,7 @@
 //! event API) consume the engine's effects; only the binary touches files and terminals.
 //! Semantics and formats: `docs/runtime.md`.
 
+pub mod api;
 pub mod bundle;
 pub mod cmd;
 pub mod codes;
@@ -14,6 +15,7 @@ pub mod docker;
 pub mod engine;
 pub mod eval;
 pub mod follow;
+pub mod journal;
 pub mod manifest;
 pub mod net;
 pub mod node;

@@ -1,12 +1,15 @@
 //! `kalki-shim`: the command-line front of the runtime. The only code that reads files
-//! and writes to the terminal; everything else is in the library.
+//! and writes to the terminal; everything else is in the library. `status`, `event`,
+//! `alert` and `reset` are clients of a running shim's API (`api.rs`).
 
 use clap::{Parser, Subcommand, ValueEnum};
+use kalki_shim::api::{self, Accepted, Client, ClientError, Endpoint, Token};
 use kalki_shim::bundle::{self, BundleError};
 use kalki_shim::docker;
 use kalki_shim::node::{Closed, Node, NodeConfig};
 use kalki_shim::simulate;
 use miette::{GraphicalReportHandler, GraphicalTheme, NamedSource, Report};
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +26,11 @@ enum Exit {
 }
 
 const EXIT_HELP: &str = "Exit codes:\n  0  success\n  1  the bundle or the trace was refused (tampered, malformed, a bad event)\n  2  usage error, or an input could not be read";
+
+const CLIENT_HELP: &str = "The API is found with --api, else $KALKI_API, else http://127.0.0.1:7878; the token is read from --token-file, else $KALKI_TOKEN_FILE, else /etc/kalki/token (a file other users may read is refused).\n\nExit codes:\n  0  success\n  1  the shim refused the request (its message is printed)\n  2  usage error, an unusable token file, or the shim unreachable or not answering in time";
+
+const DEFAULT_API: &str = "http://127.0.0.1:7878";
+const DEFAULT_TOKEN_FILE: &str = "/etc/kalki/token";
 
 #[derive(Parser)]
 #[command(name = "kalki-shim", version, about = "Runtime for Kalki bundles built by `kalkic build`", after_help = EXIT_HELP)]
@@ -43,6 +51,20 @@ enum Command {
     /// its µmboxes running and plugged in. Idempotent; `--dry-run` prints the plan.
     #[command(after_help = EXIT_HELP)]
     Apply(ApplyArgs),
+    /// Show every device of the running shim: its state, since when and why, and the
+    /// µmboxes in front of it.
+    #[command(after_help = CLIENT_HELP)]
+    Status(StatusArgs),
+    /// Send a reading of a device's sensed variables: `VAR=VALUE`, where VALUE is `true`,
+    /// `false`, an integer, or the name of an enum member.
+    #[command(after_help = CLIENT_HELP)]
+    Event(EventArgs),
+    /// Send an alert for a device, as its µmbox `--source` would.
+    #[command(after_help = CLIENT_HELP)]
+    Alert(AlertArgs),
+    /// The operator's reset of a device (`on operator reset`).
+    #[command(after_help = CLIENT_HELP)]
+    Reset(ResetArgs),
 }
 
 /// Where and how the node is driven.
@@ -75,6 +97,57 @@ struct ApplyArgs {
     /// Colour in error reports (printed on standard error).
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     color: Color,
+}
+
+/// How to reach the shim's API.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// The API: `http://HOST:PORT` or `unix:PATH` [default: $KALKI_API, else http://127.0.0.1:7878]
+    #[arg(long, value_name = "URL|unix:PATH")]
+    api: Option<String>,
+    /// The file holding the API token [default: $KALKI_TOKEN_FILE, else /etc/kalki/token]
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Give up after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: u64,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Print the status as the API's JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct EventArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    device: String,
+    /// The values, `VAR=VALUE` each.
+    #[arg(required = true, value_name = "VAR=VALUE")]
+    values: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct AlertArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    device: String,
+    alert: String,
+    /// The µmbox that raised it (left out: the device itself).
+    #[arg(long, value_name = "UMBOX")]
+    source: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ResetArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    device: String,
 }
 
 #[derive(clap::Args)]
@@ -123,6 +196,11 @@ fn main() -> ExitCode {
     let exit = match cli.command {
         Command::Simulate(args) => run_simulate(&args),
         Command::Apply(args) => run_apply(&args),
+
+        Command::Status(args) => run_status(&args),
+        Command::Event(args) => run_event(&args),
+        Command::Alert(args) => run_alert(&args),
+        Command::Reset(args) => run_reset(&args),
     };
     ExitCode::from(exit as u8)
 }
@@ -342,6 +420,76 @@ fn run_apply(args: &ApplyArgs) -> Exit {
     })
 }
 
+/// A client of the API from the command line's options and the environment.
+fn client(args: &ClientArgs) -> Result<Client, Exit> {
+    let api = args
+        .api
+        .clone()
+        .or_else(|| std::env::var("KALKI_API").ok())
+        .unwrap_or_else(|| DEFAULT_API.to_string());
+    let endpoint = match api.parse::<Endpoint>() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: --api: {e}");
+            return Err(Exit::Usage);
+        }
+    };
+    let token_file = args
+        .token_file
+        .clone()
+        .or_else(|| std::env::var_os("KALKI_TOKEN_FILE").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE));
+    let token = match Token::from_file(&token_file) {
+        Ok(t) => t,
+        Err(e) => {
+            report(Color::Auto, [Report::new(e)]);
+            return Err(Exit::Usage);
+        }
+    };
+    Ok(Client::new(
+        endpoint,
+        token,
+        Duration::from_secs(args.timeout),
+    ))
+}
+
+/// Runs one request on a small runtime of its own.
+fn block_on<T>(f: impl std::future::Future<Output = Result<T, ClientError>>) -> Result<T, Exit> {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return Err(Exit::Usage);
+        }
+    };
+    rt.block_on(f).map_err(|e| match e {
+        ClientError::Refused { status, body } if status < 500 => {
+            let mut out = String::new();
+            for item in &body.errors {
+                out.push_str(&format!("error[{}]: {}\n", item.code, item.message));
+                if let Some(h) = &item.help {
+                    out.push_str(&format!("  help: {h}\n"));
+                }
+            }
+            if body.errors.is_empty() {
+                out.push_str(&format!(
+                    "error[{}]: {}\n",
+                    body.error.code, body.error.message
+                ));
+            }
+            let _ = std::io::stderr().write_all(out.as_bytes());
+            Exit::Refused
+        }
+        other => {
+            eprintln!("error: {other}");
+            Exit::Usage
+        }
+    })
+}
+
 /// Every device's initial state (index into its states).
 fn initial_states(b: &bundle::Bundle) -> Vec<usize> {
     b.manifest
@@ -354,4 +502,95 @@ fn initial_states(b: &bundle::Bundle) -> Vec<usize> {
                 .unwrap_or(0)
         })
         .collect()
+}
+
+fn print(text: &str) -> Exit {
+    match std::io::stdout().write_all(text.as_bytes()) {
+        Ok(()) => Exit::Ok,
+        Err(_) => Exit::Usage,
+    }
+}
+
+fn run_status(args: &StatusArgs) -> Exit {
+    let client = match client(&args.client) {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    match block_on(client.status()) {
+        Ok(report) if args.json => print(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        )),
+        Ok(report) => print(&api::render_status(&report)),
+        Err(e) => e,
+    }
+}
+
+fn accepted(result: Result<Accepted, Exit>) -> Exit {
+    match result {
+        Ok(a) => print(&api::render_accepted(&a)),
+        Err(e) => e,
+    }
+}
+
+/// `VAR=VALUE`: `true` and `false` are booleans, integers are integers, anything else
+/// is an enum member's name (a decimal number is sent as one, for the shim to refuse).
+fn parse_value(text: &str) -> serde_json::Value {
+    match text {
+        "true" => serde_json::Value::Bool(true),
+        "false" => serde_json::Value::Bool(false),
+        _ => {
+            if let Ok(i) = text.parse::<i64>() {
+                serde_json::Value::from(i)
+            } else if let Some(n) = text
+                .parse::<f64>()
+                .ok()
+                .filter(|f| f.is_finite() && text.contains('.'))
+                .and_then(serde_json::Number::from_f64)
+            {
+                serde_json::Value::Number(n)
+            } else {
+                serde_json::Value::String(text.to_string())
+            }
+        }
+    }
+}
+
+fn run_event(args: &EventArgs) -> Exit {
+    let mut values = BTreeMap::new();
+    for pair in &args.values {
+        let Some((var, value)) = pair.split_once('=').filter(|(v, _)| !v.is_empty()) else {
+            eprintln!("error: `{pair}` is not `VAR=VALUE`");
+            return Exit::Usage;
+        };
+        if values.insert(var.to_string(), parse_value(value)).is_some() {
+            eprintln!("error: `{var}` is given twice");
+            return Exit::Usage;
+        }
+    }
+    let client = match client(&args.client) {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    accepted(block_on(client.reading(&args.device, values)))
+}
+
+fn run_alert(args: &AlertArgs) -> Exit {
+    let client = match client(&args.client) {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    accepted(block_on(client.alert(
+        &args.device,
+        &args.alert,
+        args.source.as_deref(),
+    )))
+}
+
+fn run_reset(args: &ResetArgs) -> Exit {
+    let client = match client(&args.client) {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    accepted(block_on(client.reset(&args.device)))
 }

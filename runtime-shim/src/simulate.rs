@@ -132,6 +132,69 @@ fn clock(engine: &Engine, t_ms: u64) -> String {
     }
 }
 
+/// Why a device changed state, as one line: the trigger as written with where its alert
+/// came from (`on port_scan count 3 within 1m (from ids)`), or `rule NAME`. The text
+/// `render_text` prints, for journals and status reports.
+pub fn cause_text(bundle: &Bundle, engine: &Engine, device: usize, cause: &Cause) -> String {
+    let (trigger, source, raised_by, rule) = cause_parts(bundle, engine, device, cause);
+    why(&trigger, &source, &raised_by, &rule)
+}
+
+/// (trigger as written, source µmbox, raising rule, moving rule)
+type CauseParts = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+fn cause_parts(bundle: &Bundle, engine: &Engine, device: usize, cause: &Cause) -> CauseParts {
+    let trigger = |ti: usize| {
+        let names = bundle.names(bundle.device_type_index(device));
+        engine
+            .transition(device, ti)
+            .map(|t| names.trigger(&t.trigger))
+    };
+    let rule_name = |r: &usize| Some(engine.rule_name(*r).to_string());
+    match cause {
+        Cause::Alert {
+            transition,
+            origin: Origin::Input { source },
+            ..
+        } => (trigger(*transition), source.clone(), None, None),
+        Cause::Alert {
+            transition,
+            origin: Origin::Rule { rule },
+            ..
+        } => (trigger(*transition), None, rule_name(rule), None),
+        Cause::Reading { transition }
+        | Cause::Held { transition }
+        | Cause::Quiet { transition }
+        | Cause::Operator { transition, .. } => (trigger(*transition), None, None, None),
+        Cause::Rule { rule } => (None, None, None, rule_name(rule)),
+    }
+}
+
+fn why(
+    trigger: &Option<String>,
+    source: &Option<String>,
+    raised_by: &Option<String>,
+    rule: &Option<String>,
+) -> String {
+    match (trigger, rule) {
+        (Some(tr), _) => {
+            let from = match (source, raised_by) {
+                (Some(s), _) => format!(" (from {s})"),
+                (None, Some(r)) => format!(" (raised by rule {r})"),
+                (None, None) => String::new(),
+            };
+            format!("{tr}{from}")
+        }
+        (None, Some(r)) => format!("rule {r}"),
+        (None, None) => String::new(),
+    }
+}
+
 fn describe(bundle: &Bundle, engine: &Engine, step: &Step) -> Vec<Entry> {
     let at = |device: usize, what: What| Entry {
         t_ms: step.t_ms,
@@ -150,33 +213,8 @@ fn describe(bundle: &Bundle, engine: &Engine, step: &Step) -> Vec<Entry> {
             } => {
                 let from = engine.state_name(*device, *from).to_string();
                 let to = engine.state_name(*device, *to).to_string();
-                let trigger = |ti: usize| {
-                    let names = bundle.names(bundle.device_type_index(*device));
-                    engine
-                        .transition(*device, ti)
-                        .map(|t| names.trigger(&t.trigger))
-                };
-                let rule_name = |r: &usize| Some(engine.rule_name(*r).to_string());
-                // (trigger, source µmbox, raising rule, moving rule)
-                let (trigger, source, raised_by, rule) = match cause {
-                    Cause::Alert {
-                        transition,
-                        origin: Origin::Input { source },
-                        ..
-                    } => (trigger(*transition), source.clone(), None, None),
-                    Cause::Alert {
-                        transition,
-                        origin: Origin::Rule { rule },
-                        ..
-                    } => (trigger(*transition), None, rule_name(rule), None),
-                    Cause::Reading { transition }
-                    | Cause::Held { transition }
-                    | Cause::Quiet { transition }
-                    | Cause::Operator { transition, .. } => {
-                        (trigger(*transition), None, None, None)
-                    }
-                    Cause::Rule { rule } => (None, None, None, rule_name(rule)),
-                };
+                let (trigger, source, raised_by, rule) =
+                    cause_parts(bundle, engine, *device, cause);
                 let what = What::State {
                     from,
                     to,
@@ -252,18 +290,7 @@ pub fn render_text(t: &Timeline) -> String {
                 raised_by,
                 rule,
             } => {
-                let why = match (trigger, rule) {
-                    (Some(tr), _) => {
-                        let from = match (source, raised_by) {
-                            (Some(s), _) => format!(" (from {s})"),
-                            (None, Some(r)) => format!(" (raised by rule {r})"),
-                            (None, None) => String::new(),
-                        };
-                        format!("{tr}{from}")
-                    }
-                    (None, Some(r)) => format!("rule {r}"),
-                    (None, None) => String::new(),
-                };
+                let why = why(trigger, source, raised_by, rule);
                 format!("{from} -> {to}  {why}")
             }
             What::Command { command, rule } => format!("command {command}  (rule {rule})"),
