@@ -4,10 +4,12 @@
 //! features on each new connection).
 //!
 //! - [`flow`]: flows as data ([`FlowMod`]), printed in the compiler's syntax;
-//! - [`parse`]: rule-set text to [`FlowMod`]s (pure).
+//! - [`parse`]: rule-set text to [`FlowMod`]s (pure);
+//! - [`wire`]: OpenFlow 1.5 encoding and decoding of the messages used (pure).
 
 pub mod flow;
 pub mod parse;
+pub mod wire;
 
 pub use flow::{Actions, EthType, FlowMod, Mac, Match, Port};
 pub use parse::{parse_flow, parse_rule_set, ParseError, ParseErrorKind};
