@@ -5,11 +5,14 @@
 //!
 //! - [`flow`]: flows as data ([`FlowMod`]), printed in the compiler's syntax;
 //! - [`parse`]: rule-set text to [`FlowMod`]s (pure);
-//! - [`wire`]: OpenFlow 1.5 encoding and decoding of the messages used (pure).
+//! - [`wire`]: OpenFlow 1.5 encoding and decoding of the messages used (pure);
+//! - [`client`]: the connection ([`Client`]), the only module doing I/O.
 
+pub mod client;
 pub mod flow;
 pub mod parse;
 pub mod wire;
 
+pub use client::{mgmt_socket, Client, Error, Rejected};
 pub use flow::{Actions, EthType, FlowMod, Mac, Match, Port};
 pub use parse::{parse_flow, parse_rule_set, ParseError, ParseErrorKind};

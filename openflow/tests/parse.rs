@@ -10,63 +10,23 @@
 //! `KALKI_FUZZ_CASES` sets the number of cases per property (default 512).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use kalki_compiler::source::{LoadError, SourceLoader};
+mod common;
+
+use common::{build, repo_root};
 use kalki_openflow::{parse_flow, parse_rule_set, Actions, EthType, FlowMod, Mac, Match, Port};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("openflow/ has a parent")
-        .to_path_buf()
-}
-
-struct FsLoader;
-
-impl SourceLoader for FsLoader {
-    fn read_file(&self, path: &Path) -> Result<String, LoadError> {
-        std::fs::read_to_string(repo_root().join(path)).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => LoadError::NotFound,
-            _ => LoadError::Other(e.to_string()),
-        })
-    }
-}
-
-/// The `.kalki` files of a policy: a directory's files, or one file.
-fn roots(policy: &Path) -> Vec<PathBuf> {
-    let abs = repo_root().join(policy);
-    if abs.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&abs)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "kalki"))
-            .map(|p| policy.join(p.file_name().unwrap()))
-            .collect();
-        files.sort();
-        files
-    } else {
-        vec![policy.to_path_buf()]
-    }
-}
-
 /// The rule sets (path, text) of the bundle `policy` builds, or `None` when it does not
 /// check or does not declare exactly one site.
 fn rule_sets(policy: &Path) -> Option<Vec<(String, String)>> {
-    let checked = kalki_compiler::check(&roots(policy), &FsLoader);
-    let model = checked.model.as_ref()?;
-    let [site] = model.sites.as_slice() else {
-        return None;
-    };
-    let bundle = kalki_compiler::codegen::bundle::build(model, site, &checked.sources).ok()?;
     Some(
-        bundle
-            .files
-            .iter()
+        build(policy)?
+            .into_iter()
             .filter(|(p, _)| p.starts_with("flows/") && p.ends_with(".ofctl"))
-            .map(|(p, b)| (p.clone(), String::from_utf8(b.clone()).unwrap()))
+            .map(|(p, b)| (p, String::from_utf8(b).unwrap()))
             .collect(),
     )
 }
