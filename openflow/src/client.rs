@@ -8,6 +8,8 @@
 //! `ovs-ofctl --bundle` does). Every wait is bounded by the client's timeout. After a
 //! timeout, a closed socket or a protocol error the connection is dropped, later calls
 //! return [`Error::Disconnected`], and the caller decides when to [`Client::reconnect`].
+//! [`Client::dump`] reads flows back by cookie (multipart `OFPMP_FLOW_DESC`), so the
+//! installed state can be learnt from the switch.
 //!
 //! Open vSwitch probes an idle management connection with an ECHO_REQUEST after 60 s and
 //! closes it 60 s later if nothing came back (measured on 3.1). The client answers
@@ -63,6 +65,19 @@ pub enum Error {
         /// True for bundles: the switch applied none of it.
         discarded: bool,
     },
+    /// A flow given to [`Client::swap`] has a cookie the swap's mask does not select:
+    /// the next swap's delete would not remove it. Nothing was sent.
+    #[error("flow {index} (`{flow}`) has a cookie outside {cookie:#x}/{cookie_mask:#x}: a later swap would not remove it; nothing was sent")]
+    CookieOutsideMask {
+        index: usize,
+        flow: String,
+        cookie: u64,
+        cookie_mask: u64,
+    },
+    /// A dumped flow holds something a rule set cannot say (a foreign flow under the
+    /// cookie asked for). The connection stays usable.
+    #[error("the switch holds a flow this client cannot represent: {0}")]
+    Unrepresentable(WireError),
     /// The switch sent something this client cannot read; the connection was dropped.
     #[error("protocol error: {0}; the connection was dropped")]
     Protocol(String),
@@ -211,7 +226,62 @@ impl Client {
     /// harmless, so after a [`Error::Timeout`] or [`Error::Disconnected`] (when the
     /// outcome of a commit is unknown) reconnect and swap again.
     pub async fn swap(&mut self, cookie: u64, cookie_mask: u64, flows: &[FlowMod]) -> Result<()> {
+        if let Some((index, f)) = flows
+            .iter()
+            .enumerate()
+            .find(|(_, f)| f.cookie & cookie_mask != cookie & cookie_mask)
+        {
+            return Err(Error::CookieOutsideMask {
+                index,
+                flow: f.to_string(),
+                cookie,
+                cookie_mask,
+            });
+        }
         self.bundle(Some((cookie, cookie_mask)), flows).await
+    }
+
+    /// Every flow, in every table, whose cookie matches `cookie` under `cookie_mask`, as
+    /// the switch holds it (in the switch's order): the installed state can be read
+    /// back by cookie, and compared with a rule set.
+    pub async fn dump(&mut self, cookie: u64, cookie_mask: u64) -> Result<Vec<FlowMod>> {
+        let deadline = Instant::now() + self.timeout;
+        let xid = self.xid();
+        let req = Request::FlowDump {
+            cookie,
+            cookie_mask,
+        };
+        self.send(&[req], xid, deadline, "a flow dump").await?;
+        let mut flows = Vec::new();
+        let mut unrepresentable = None;
+        loop {
+            let (h, reply) = self.recv(deadline, "the flow dump").await?;
+            match reply {
+                Reply::FlowDump { more, flows: part } if h.xid == xid => {
+                    for f in part {
+                        match f {
+                            Ok(f) => flows.push(f),
+                            Err(e) => unrepresentable = unrepresentable.or(Some(e)),
+                        }
+                    }
+                    if !more {
+                        break;
+                    }
+                }
+                Reply::Error(error) if h.xid == xid => {
+                    return Err(Error::Rejected {
+                        what: Rejected::Request("flow dump"),
+                        error,
+                        discarded: false,
+                    })
+                }
+                _ => {}
+            }
+        }
+        match unrepresentable {
+            Some(e) => Err(Error::Unrepresentable(e)),
+            None => Ok(flows),
+        }
     }
 
     /// Adds `flows` in one atomic bundle (all or nothing). An added flow with the same

@@ -370,9 +370,83 @@ fn mac(s: &str) -> Option<Mac> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    /// Lines in the emitted syntax, with every field optional.
+    pub(crate) fn any_line() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let ip = || {
+            proptest::option::of(
+                any::<[u8; 4]>().prop_map(|b| format!("{}.{}.{}.{}", b[0], b[1], b[2], b[3])),
+            )
+        };
+        let mac = || proptest::option::of(any::<[u8; 6]>().prop_map(|b| Mac(b).to_string()));
+        (
+            (
+                0u8..4,
+                any::<u16>(),
+                any::<u64>(),
+                proptest::option::of(1u32..=65279),
+                any::<bool>(),
+            ),
+            (0u8..3, mac(), ip(), ip(), mac()),
+            (
+                proptest::collection::vec(
+                    prop_oneof![
+                        (1u32..=65279).prop_map(|p| format!("output:{p}")),
+                        Just("NORMAL".to_string())
+                    ],
+                    0..4,
+                ),
+                any::<bool>(),
+            ),
+        )
+            .prop_map(
+                |(
+                    (table, prio, cookie, in_port, untagged),
+                    (proto, dl_src, a, b, sha),
+                    (outs, goto),
+                )| {
+                    let mut f = vec![
+                        format!("table={table}"),
+                        format!("priority={prio}"),
+                        format!("cookie={cookie:#x}"),
+                    ];
+                    f.extend(in_port.map(|p| format!("in_port={p}")));
+                    if untagged {
+                        f.push("vlan_tci=0x0000/0x1fff".into());
+                    }
+                    match proto {
+                        1 => f.push("ip".into()),
+                        2 => f.push("arp".into()),
+                        _ => {}
+                    }
+                    f.extend(dl_src.map(|m| format!("dl_src={m}")));
+                    match proto {
+                        1 => {
+                            f.extend(a.map(|x| format!("nw_src={x}")));
+                            f.extend(b.map(|x| format!("nw_dst={x}")));
+                        }
+                        2 => {
+                            f.extend(a.map(|x| format!("arp_spa={x}")));
+                            f.extend(b.map(|x| format!("arp_tpa={x}")));
+                            f.extend(sha.map(|m| format!("arp_sha={m}")));
+                        }
+                        _ => {}
+                    }
+                    let mut acts = outs;
+                    if goto {
+                        acts.push(format!("goto_table:{}", table + 1));
+                    }
+                    if acts.is_empty() {
+                        acts.push("drop".into());
+                    }
+                    format!("{} actions={}", f.join(","), acts.join(","))
+                },
+            )
+    }
 
     fn err(line: &str) -> ParseError {
         parse_flow(line).expect_err(line)

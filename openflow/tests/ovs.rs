@@ -1,7 +1,7 @@
 //! The client against a real Open vSwitch (3.1, userspace datapath): what it loads is
-//! exactly what `ovs-ofctl` loads from the same files, a swap replaces one device's flows
-//! and nothing else, a bundle with one refused flow changes nothing, and a lost
-//! connection is reported and can be made again.
+//! exactly what `ovs-ofctl` loads from the same files, and reads back (flow dump) as the
+//! rule set; a swap replaces one device's flows and nothing else; a bundle with one
+//! refused flow changes nothing; a lost connection is reported and can be made again.
 //!
 //! Each test makes its own bridge `kof-<tag>` and deletes it at the end. `make test`
 //! starts OVS first (`scripts/ovs/start.sh`); under `CI=true` a missing OVS fails the
@@ -116,9 +116,34 @@ async fn loads_exactly_what_ovs_ofctl_loads() {
             s.device,
             s.name
         );
+        // Read back over the same connection: exactly the rule set, state cookie and all.
+        assert_eq!(
+            sorted(c.dump(s.cookie, b.device_mask).await.unwrap()),
+            sorted(s.flows.clone()),
+            "{}/{}: dump",
+            s.device,
+            s.name
+        );
         swaps += 1;
     }
     assert!(swaps >= 16, "{swaps} swaps");
+    assert_eq!(
+        sorted(
+            c.dump(b.base[0].cookie, 0xff00_0000_0000_0000)
+                .await
+                .unwrap()
+        ),
+        sorted(b.base.clone())
+    );
+    let all = c.dump(0, 0).await.unwrap();
+    assert_eq!(all.len(), ours.flows().len());
+}
+
+/// Flows in a stable order, to compare a dump (in the switch's order) with a rule set.
+fn sorted(flows: Vec<FlowMod>) -> Vec<String> {
+    let mut out: Vec<String> = flows.iter().map(FlowMod::to_string).collect();
+    out.sort();
+    out
 }
 
 #[tokio::test]
@@ -192,6 +217,16 @@ async fn a_refused_flow_discards_the_whole_bundle() {
         );
         assert!(c.is_connected());
     }
+
+    // A flow of another device in the set: refused before anything is sent.
+    let mut flows = to.flows.clone();
+    flows.push(b.state("thermo", "normal").flows[0].clone());
+    let err = c.swap(to.cookie, b.device_mask, &flows).await.unwrap_err();
+    assert!(
+        matches!(err, Error::CookieOutsideMask { index, .. } if index == flows.len() - 1),
+        "{err:?}"
+    );
+    assert_eq!(br.flows(), before);
 
     // The same connection goes on working.
     c.swap(to.cookie, b.device_mask, &to.flows).await.unwrap();
