@@ -253,6 +253,12 @@ async fn echo_barrier_and_a_lost_connection() {
     let rtt = c.echo().await.unwrap();
     assert!(rtt < TIMEOUT);
     c.barrier().await.unwrap();
+    // Empty bundles are fine too: nothing to add, or a device whose set is empty.
+    c.add(&[]).await.unwrap();
+    c.swap(0x0200_0000_0001_0000, b.device_mask, &[])
+        .await
+        .unwrap();
+    assert!(br.flows().is_empty());
 
     // The bridge goes away: its socket closes.
     drop(br);
