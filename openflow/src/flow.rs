@@ -64,6 +64,15 @@ impl EthType {
             EthType::Arp => 0x0806,
         }
     }
+
+    /// The protocol keyword for an Ethernet type, if it is one the rule sets use.
+    pub fn from_value(v: u16) -> Option<EthType> {
+        match v {
+            0x0800 => Some(EthType::Ip),
+            0x0806 => Some(EthType::Arp),
+            _ => None,
+        }
+    }
 }
 
 /// An Ethernet address.

@@ -972,17 +972,6 @@ impl fmt::Display for OfError {
     }
 }
 
-impl EthType {
-    /// The protocol keyword for an Ethernet type, if it is one the rule sets use.
-    pub fn from_value(v: u16) -> Option<EthType> {
-        match v {
-            0x0800 => Some(EthType::Ip),
-            0x0806 => Some(EthType::Arp),
-            _ => None,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
