@@ -37,7 +37,7 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
-test: lint services
+test: lint services images
 	$(CARGO) test --locked --workspace
 
 bench: setup
