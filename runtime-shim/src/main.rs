@@ -339,7 +339,10 @@ async fn connect_node(bundle: bundle::Bundle, args: &NodeArgs) -> Result<Node, E
             eprintln!("error: {e}");
             Exit::Usage
         })?;
-    let node = Node::new(bundle, docker, cfg);
+    let node = Node::new(bundle, docker, cfg).map_err(|e| {
+        eprintln!("error: {e}");
+        Exit::Refused
+    })?;
     node.ovs().ping().await.map_err(|e| {
         eprintln!("error: {e}");
         Exit::Usage

@@ -15,15 +15,19 @@ use crate::cmd::CmdError;
 use crate::docker::{self, ContainerSpec, DockerError};
 use crate::manifest::{Container, UnknownHosts};
 use crate::net::{self, Link};
-use crate::ovs::{self, Isolation, Ovs, OvsError, PortKind};
+use crate::ovs::{Isolation, Ovs, OvsError, PortKind};
+use kalki_openflow::{self as of, FlowMod};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
+use tokio::sync::Mutex;
 
 /// Labels the shim puts on its containers, besides the bundle's own.
 pub const LABEL_SPEC: &str = "kalki.spec";
 pub const LABEL_PORTS: &str = "kalki.ports";
 pub const LABEL_SITE: &str = "kalki.site";
+/// The base rule set's path in a bundle.
+const BASE_RULES: &str = "flows/base.ofctl";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -37,6 +41,10 @@ pub enum NodeError {
     MissingInterface { name: String, what: String },
     #[error("device `{device}` has no state `{state}` in this bundle")]
     NoState { device: String, state: String },
+    #[error("rule set `{path}` does not parse: {detail}")]
+    RuleSet { path: String, detail: String },
+    #[error("OpenFlow: {0}")]
+    OpenFlow(#[from] of::Error),
 }
 
 #[derive(Debug, Clone)]
@@ -133,6 +141,11 @@ pub struct Node {
     ovs: Ovs,
     docker: docker::Engine,
     cfg: NodeConfig,
+    /// Every rule set, parsed once: path → flows.
+    flows: BTreeMap<String, Vec<FlowMod>>,
+    /// The OpenFlow connection to the bridge, made when first needed (the bridge may not
+    /// exist before `apply` creates it) and made again when it breaks.
+    switch: Mutex<Option<of::Client>>,
 }
 
 /// The bridge, as observed.
@@ -147,14 +160,66 @@ struct World {
 }
 
 impl Node {
-    pub fn new(bundle: Bundle, docker: docker::Engine, cfg: NodeConfig) -> Node {
+    /// Fails if a rule set of the bundle is not in the syntax `kalkic` writes.
+    pub fn new(bundle: Bundle, docker: docker::Engine, cfg: NodeConfig) -> Result<Node, NodeError> {
         let ovs = Ovs::new(bundle.manifest.bridge.clone(), cfg.call_timeout);
-        Node {
+        let mut flows = BTreeMap::new();
+        for (path, text) in &bundle.rule_sets {
+            let parsed = of::parse_rule_set(text).map_err(|errors| NodeError::RuleSet {
+                path: path.clone(),
+                detail: errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            })?;
+            flows.insert(path.clone(), parsed);
+        }
+        Ok(Node {
             bundle,
             ovs,
             docker,
             cfg,
+            flows,
+            switch: Mutex::new(None),
+        })
+    }
+
+    /// Replaces every flow under `cookie`/`mask` with `flows` in one OpenFlow bundle.
+    /// On a broken connection (or an answer that never came: the outcome of a commit is
+    /// then unknown), reconnects once and swaps again, which is harmless: a swap to the
+    /// same set is idempotent.
+    pub async fn swap(&self, cookie: u64, mask: u64, flows: &[FlowMod]) -> Result<(), NodeError> {
+        let mut guard = self.switch.lock().await;
+        for attempt in 0..2 {
+            if guard.is_none() {
+                let path = of::mgmt_socket(&self.bundle.manifest.bridge);
+                *guard = Some(of::Client::connect(&path, self.cfg.call_timeout).await?);
+            }
+            let Some(client) = guard.as_mut() else {
+                continue;
+            };
+            match client.swap(cookie, mask, flows).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_disconnect() && attempt == 0 => {
+                    *guard = None;
+                }
+                Err(e) => {
+                    if e.is_disconnect() {
+                        *guard = None;
+                    }
+                    return Err(e.into());
+                }
+            }
         }
+        Err(of::Error::Disconnected {
+            reason: "the switch closed the connection twice".into(),
+        }
+        .into())
+    }
+
+    fn parsed(&self, path: &str) -> &[FlowMod] {
+        self.flows.get(path).map(Vec::as_slice).unwrap_or(&[])
     }
 
     pub fn bundle(&self) -> &Bundle {
@@ -195,7 +260,7 @@ impl Node {
     fn base_rules(&self) -> &str {
         self.bundle
             .rule_sets
-            .get("flows/base.ofctl")
+            .get(BASE_RULES)
             .map(String::as_str)
             .unwrap_or("")
     }
@@ -415,20 +480,14 @@ impl Node {
         for a in &plan.actions {
             match a {
                 Action::ReplaceBase => {
-                    let script = ovs::swap_script(
-                        self.bundle.manifest.cookies.base.0,
-                        u64::MAX,
-                        self.base_rules(),
-                    );
-                    self.ovs.apply_bundle(&script).await?;
+                    let base = self.bundle.manifest.cookies.base.0;
+                    self.swap(base, u64::MAX, self.parsed(BASE_RULES)).await?;
                 }
                 Action::InstallState { device, state } if !failed.contains_key(device) => {
                     self.install(*device, *state).await?;
                 }
                 Action::DeleteStrayFlows { cookie } => {
-                    self.ovs
-                        .apply_bundle(&format!("delete cookie={cookie:#x}/-1\n"))
-                        .await?;
+                    self.swap(*cookie, u64::MAX, &[]).await?;
                 }
                 _ => {}
             }
@@ -447,9 +506,13 @@ impl Node {
 
     /// Replaces a device's flows with a state's set, in one OpenFlow bundle.
     pub async fn install(&self, device: usize, state: usize) -> Result<(), NodeError> {
-        let cookie = self.bundle.manifest.devices[device].states[state].cookie.0;
-        let script = ovs::swap_script(cookie, self.mask(), self.rules(device, state)?);
-        Ok(self.ovs.apply_bundle(&script).await?)
+        let d = &self.bundle.manifest.devices[device];
+        let s = d.states.get(state).ok_or_else(|| NodeError::NoState {
+            device: d.name.clone(),
+            state: state.to_string(),
+        })?;
+        self.swap(s.cookie.0, self.mask(), self.parsed(&s.flows))
+            .await
     }
 
     /// Starts the µmbox instance at `path` (replacing a container of the same name),
@@ -575,9 +638,7 @@ impl Node {
             }
         }
         let cookie = d.states.first().map_or(0, |s| s.cookie.0);
-        self.ovs
-            .apply_bundle(&format!("delete cookie={cookie:#x}/{:#x}\n", self.mask()))
-            .await?;
+        self.swap(cookie, self.mask(), &[]).await?;
         Ok(Closed::NoFlows)
     }
 

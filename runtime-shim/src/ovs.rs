@@ -1,7 +1,8 @@
-//! Open vSwitch, driven through `ovs-vsctl` and `ovs-ofctl` (OpenFlow 1.5), the way
+//! Open vSwitch's configuration, driven through `ovs-vsctl` and `ovs-ofctl`, the way
 //! `docs/bundle.md` says a bundle is loaded: a `fail_mode=secure` bridge created in one
-//! transaction, ports with the bundle's numbers, and every flow change of a device as one
-//! OpenFlow bundle (atomic: no packet sees half a rule set).
+//! transaction, ports with the bundle's numbers, and the switch's flows compared with the
+//! bundle's (`diff-flows`). Flow changes go over OpenFlow directly (`kalki-openflow`,
+//! one atomic bundle each: `node.rs`).
 //!
 //! Every call has two limits: the tool's own `--timeout` and a process deadline
 //! ([`cmd`]), so a hung daemon is an error, never a hang. Nothing here decides policy.
@@ -260,14 +261,6 @@ impl Ovs {
             .map(|_| ())
     }
 
-    /// Applies a flow-mod script (`add ...`, `delete ...` lines) as one OpenFlow bundle:
-    /// all of it or none of it.
-    pub async fn apply_bundle(&self, script: &str) -> Result<(), OvsError> {
-        self.ofctl(&["--bundle"], "add-flows", &["-"], Some(script))
-            .await
-            .map(|_| ())
-    }
-
     /// Flows of the switch against `expected` (a whole `add-flows` file), compared by
     /// `ovs-ofctl diff-flows`, which normalises both sides (cookies included).
     pub async fn diff_flows(&self, expected: &str) -> Result<FlowDiff, OvsError> {
@@ -347,35 +340,4 @@ fn private_tempfile() -> Result<(std::path::PathBuf, std::fs::File), OvsError> {
             source,
         })?;
     Ok((path, file))
-}
-
-/// The script that moves one device to a state: delete every flow of the device (cookie
-/// under the device mask), add the state's set. One bundle, so atomic.
-pub fn swap_script(device_cookie: u64, mask: u64, rules: &str) -> String {
-    let mut script = format!("delete cookie={device_cookie:#x}/{mask:#x}\n");
-    for line in rules.lines().filter(|l| !l.trim().is_empty()) {
-        script.push_str("add ");
-        script.push_str(line);
-        script.push('\n');
-    }
-    script
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    use super::*;
-
-    #[test]
-    fn swap_script_deletes_by_device_then_adds() {
-        let s = swap_script(
-            0x0200_0000_0001_0002,
-            0xffff_ffff_ffff_0000,
-            "table=1,priority=100 actions=drop\n\n",
-        );
-        assert_eq!(
-            s,
-            "delete cookie=0x200000000010002/0xffffffffffff0000\nadd table=1,priority=100 actions=drop\n"
-        );
-    }
 }
