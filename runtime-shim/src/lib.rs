@@ -20,6 +20,8 @@ pub mod manifest;
 pub mod net;
 pub mod node;
 pub mod ovs;
+pub mod run;
 pub mod simulate;
+pub mod sink;
 pub mod text;
 pub mod trace;

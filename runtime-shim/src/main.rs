@@ -51,6 +51,12 @@ enum Command {
     /// its µmboxes running and plugged in. Idempotent; `--dry-run` prints the plan.
     #[command(after_help = EXIT_HELP)]
     Apply(ApplyArgs),
+    /// Apply the bundle (every device in its journaled state), then serve events until
+    /// SIGINT or SIGTERM: readings, alerts and operator actions on the API, alerts from
+    /// the µmboxes, the policy's timers. Every accepted event and every state change is
+    /// journaled; a restart resumes from the journal.
+    #[command(after_help = EXIT_HELP)]
+    Run(RunArgs),
     /// Show every device of the running shim: its state, since when and why, and the
     /// µmboxes in front of it.
     #[command(after_help = CLIENT_HELP)]
@@ -86,12 +92,59 @@ struct NodeArgs {
 }
 
 #[derive(clap::Args)]
+struct RunArgs {
+    /// The bundle directory written by `kalkic build`.
+    bundle: PathBuf,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// The journal (SQLite); created if missing.
+    #[arg(
+        long,
+        default_value = "/var/lib/kalki-shim/journal.db",
+        value_name = "PATH"
+    )]
+    journal: PathBuf,
+    /// Where the API listens: `HOST:PORT` (loopback only, unless --listen-any) or
+    /// `unix:PATH` (a socket with mode 0600).
+    #[arg(long, default_value = "127.0.0.1:7878", value_name = "ADDR|unix:PATH")]
+    listen: String,
+    /// Allow a non-loopback address for --listen.
+    #[arg(long)]
+    listen_any: bool,
+    /// The file holding the API's bearer token (not readable by other users; at least 16
+    /// characters) [default: $KALKI_TOKEN_FILE, else /etc/kalki/token]
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    /// Where device commands fired by rules are POSTed as JSON (`http://HOST:PORT/PATH`);
+    /// without it, commands are journaled only.
+    #[arg(long, value_name = "URL")]
+    command_webhook: Option<String>,
+    /// The node's offset from UTC for the policy's clock (`+01:00`, `-05:30`).
+    #[arg(long, default_value = "+00:00", value_name = "±HH:MM")]
+    utc_offset: String,
+    /// Colour in error reports (printed on standard error).
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    color: Color,
+}
+
+#[derive(clap::Args)]
 struct ApplyArgs {
     /// The bundle directory written by `kalkic build`.
     bundle: PathBuf,
     /// Print what would change, change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// The journal of `kalki-shim run`: when it exists, each device is applied in its
+    /// journaled state rather than its initial one.
+    #[arg(
+        long,
+        default_value = "/var/lib/kalki-shim/journal.db",
+        value_name = "PATH"
+    )]
+    journal: PathBuf,
+    /// The node's offset from UTC, for replaying the journal (`+01:00`).
+    #[arg(long, default_value = "+00:00", value_name = "±HH:MM")]
+    utc_offset: String,
     #[command(flatten)]
     node: NodeArgs,
     /// Colour in error reports (printed on standard error).
@@ -196,6 +249,7 @@ fn main() -> ExitCode {
     let exit = match cli.command {
         Command::Simulate(args) => run_simulate(&args),
         Command::Apply(args) => run_apply(&args),
+        Command::Run(args) => run_run(&args),
 
         Command::Status(args) => run_status(&args),
         Command::Event(args) => run_event(&args),
@@ -358,8 +412,33 @@ fn run_apply(args: &ApplyArgs) -> Exit {
     let Some(rt) = runtime() else {
         return Exit::Usage;
     };
+    let Some(offset) = day_offset(&args.utc_offset) else {
+        eprintln!("error: --utc-offset `{}`: expected ±HH:MM", args.utc_offset);
+        return Exit::Usage;
+    };
+    let states = if args.journal.is_file() {
+        let replayed = kalki_shim::journal::Journal::open(&args.journal).and_then(|j| {
+            j.replay(
+                &bundle,
+                kalki_shim::engine::Config {
+                    day_offset_ms: offset,
+                },
+                kalki_shim::run::now_ms(),
+            )
+        });
+        match replayed {
+            Ok((engine, _)) => (0..engine.device_count())
+                .map(|d| engine.state(d).unwrap_or(0))
+                .collect(),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Exit::Usage;
+            }
+        }
+    } else {
+        initial_states(&bundle)
+    };
     rt.block_on(async {
-        let states = initial_states(&bundle);
         let node = match connect_node(bundle, &args.node).await {
             Ok(n) => n,
             Err(exit) => return exit,
@@ -596,4 +675,120 @@ fn run_reset(args: &ResetArgs) -> Exit {
         Err(e) => return e,
     };
     accepted(block_on(client.reset(&args.device)))
+}
+
+/// `±HH:MM` → the local time of day at Unix time 0, in milliseconds.
+fn day_offset(text: &str) -> Option<u64> {
+    let (sign, rest) = match text.as_bytes().first()? {
+        b'+' => (1i64, &text[1..]),
+        b'-' => (-1i64, &text[1..]),
+        _ => return None,
+    };
+    let (h, m) = rest.split_once(':')?;
+    let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
+    if !(0..=14).contains(&h) || !(0..60).contains(&m) {
+        return None;
+    }
+    let day = 86_400_000i64;
+    Some((sign * (h * 3_600_000 + m * 60_000)).rem_euclid(day) as u64)
+}
+
+fn run_run(args: &RunArgs) -> Exit {
+    let Some(offset) = day_offset(&args.utc_offset) else {
+        eprintln!("error: --utc-offset `{}`: expected ±HH:MM", args.utc_offset);
+        return Exit::Usage;
+    };
+    let webhook = match &args.command_webhook {
+        Some(url) => match kalki_shim::sink::Webhook::parse(url, Duration::from_secs(5)) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!("error: --command-webhook {e}");
+                return Exit::Usage;
+            }
+        },
+        None => None,
+    };
+    let token_file = args
+        .token_file
+        .clone()
+        .or_else(|| std::env::var_os("KALKI_TOKEN_FILE").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE));
+    let token = match Token::from_file(&token_file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Exit::Usage;
+        }
+    };
+    let endpoint = match args.listen.parse::<Endpoint>() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: --listen: {e}");
+            return Exit::Usage;
+        }
+    };
+    let bundle = match load_bundle(&args.bundle, args.color) {
+        Ok(b) => b,
+        Err(exit) => return exit,
+    };
+    let Some(rt) = runtime() else {
+        return Exit::Usage;
+    };
+    rt.block_on(async {
+        let exposure = if args.listen_any {
+            api::Exposure::AnyAddress
+        } else {
+            api::Exposure::LoopbackOnly
+        };
+        let listener = match api::Listener::bind(&endpoint, exposure).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Exit::Usage;
+            }
+        };
+        let node = match connect_node(bundle, &args.node).await {
+            Ok(n) => n,
+            Err(exit) => return exit,
+        };
+        if let Some(dir) = args.journal.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                eprintln!("error: cannot create `{}`: {e}", dir.display());
+                return Exit::Usage;
+            }
+        }
+        let cfg = kalki_shim::run::RunConfig {
+            journal: args.journal.clone(),
+            listener,
+            token,
+            webhook,
+            day_offset_ms: offset,
+        };
+        match kalki_shim::run::run(node, cfg, shutdown_signal()).await {
+            Ok(()) => {
+                eprintln!("kalki-shim: stopped");
+                Exit::Ok
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Exit::Usage
+            }
+        }
+    })
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }

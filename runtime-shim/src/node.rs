@@ -230,6 +230,10 @@ impl Node {
         &self.ovs
     }
 
+    pub fn docker(&self) -> &docker::Engine {
+        &self.docker
+    }
+
     fn isolation(&self, uplink: bool) -> Isolation {
         match (self.bundle.manifest.unknown_hosts, uplink) {
             (UnknownHosts::Drop, _) => Isolation::None,

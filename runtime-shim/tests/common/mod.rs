@@ -2,6 +2,8 @@
 //! the real compiler (a dev-dependency only), in-memory bundles, temporary directories.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
+pub mod live;
+
 use kalki_compiler::codegen::bundle as codegen;
 use kalki_compiler::source::{LoadError, SourceLoader};
 use kalki_compiler::verify::{self, z3::Z3Solver};

@@ -1,0 +1,384 @@
+//! `kalki-shim run` on a real Open vSwitch and Docker engine, driven through its API by
+//! the real client subcommands: bad input refused with nothing changed, a posture change
+//! by an API alert, by a µmbox's own alert, by a timer (`when ... for 2s`), a rule's
+//! command delivered to a webhook, failing closed on a missing image and on a killed
+//! µmbox, an operator reset, a SIGKILL in the middle of a posture change and a restart
+//! that resumes from the journal with the node matching it.
+//!
+//! The policy is `tests/fixtures/node/site.kalki` (stand-in µmboxes: see `common/live.rs`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::live::*;
+use common::TempDir;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const D0_COOKIE: u64 = 0x0200_0000_0001_0000;
+
+struct Shim {
+    child: Child,
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Env {
+    bundle: PathBuf,
+    journal: PathBuf,
+    token: PathBuf,
+    api: String,
+    webhook: String,
+}
+
+impl Env {
+    fn start(&self) -> Shim {
+        let log = std::fs::File::create(self.journal.with_extension("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kalki-shim"))
+            .args([
+                "run",
+                self.bundle.to_str().unwrap(),
+                "--journal",
+                self.journal.to_str().unwrap(),
+                "--listen",
+                &self.api,
+                "--token-file",
+                self.token.to_str().unwrap(),
+                "--command-webhook",
+                &self.webhook,
+                "--ready-timeout",
+                "20",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let shim = Shim { child };
+        wait_for(Duration::from_secs(60), "the API to answer", || {
+            self.client(&["status"]).status.success()
+        });
+        shim
+    }
+
+    fn client(&self, args: &[&str]) -> std::process::Output {
+        let mut argv = args.to_vec();
+        argv.extend([
+            "--api",
+            &self.api,
+            "--token-file",
+            self.token.to_str().unwrap(),
+        ]);
+        shim(&argv)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let out = self.client(&["status", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn state(&self, device: &str) -> String {
+        self.status()["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == device)
+            .unwrap()["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn device(&self, device: &str) -> serde_json::Value {
+        self.status()["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == device)
+            .unwrap()
+            .clone()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.journal.with_extension("log")).unwrap_or_default()
+    }
+}
+
+fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A webhook that answers 200 and keeps every body it gets.
+fn webhook() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/commands", listener.local_addr().unwrap());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let keep = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            keep.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&body).into_owned());
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        }
+    });
+    (url, got)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_token(dir: &Path) -> PathBuf {
+    let p = dir.join("token");
+    std::fs::write(&p, "kalki-test-token-0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+#[test]
+fn run_serves_events_fails_closed_and_resumes_from_the_journal() {
+    if !services_ready() {
+        return;
+    }
+    ensure_test_image();
+    Cleanup::now();
+    let _cleanup = Cleanup;
+    for l in LINKS {
+        ok(&format!(
+            "ip link add {l} type veth peer name {l}p && ip link set dev {l} up"
+        ));
+    }
+    let tmp = TempDir::new("run");
+    let bundle = tmp.path().join("bundle");
+    common::compile_dir("runtime-shim/tests/fixtures/node")
+        .write_to(&bundle)
+        .unwrap();
+    let (hook, commands) = webhook();
+    let env = Env {
+        bundle: bundle.clone(),
+        journal: tmp.path().join("journal.db"),
+        token: write_token(tmp.path()),
+        api: format!("127.0.0.1:{}", free_port()),
+        webhook: hook,
+    };
+    let shim_run = env.start();
+    assert_eq!(env.state("d0"), "normal");
+    assert_switch_holds(
+        &bundle,
+        &[
+            "flows/base.ofctl",
+            "flows/d0/normal.ofctl",
+            "flows/d1/normal.ofctl",
+        ],
+    );
+
+    // Bad input: refused (exit 1), nothing changes, the shim keeps serving.
+    for bad in [
+        vec!["event", "d0", "level=500"],
+        vec!["event", "d0", "nosuch=1"],
+        vec!["event", "d0", "level=yes"],
+        vec!["event", "nosuch", "level=1"],
+        vec!["alert", "d0", "no_such_alert"],
+    ] {
+        let out = env.client(&bad);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}: {}", stdout(&out));
+    }
+    let wrong_token = tmp.path().join("wrong");
+    std::fs::write(&wrong_token, "not-the-token-but-long-enough\n").unwrap();
+    std::fs::set_permissions(&wrong_token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = shim(&[
+        "reset",
+        "d0",
+        "--api",
+        &env.api,
+        "--token-file",
+        wrong_token.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "a wrong token is refused");
+    assert_eq!(env.state("d0"), "normal");
+
+    // 1. An alert through the API: d0 normal -> suspicious, its chain grows (the shared
+    //    probe keeps running), its flows swap.
+    let shared = container_id("kalki-node-d0-0-probe");
+    let out = env.client(&["alert", "d0", "port_scan"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.state("d0"), "suspicious");
+    assert_eq!(container_id("kalki-node-d0-0-probe"), shared);
+    assert_switch_holds(
+        &bundle,
+        &[
+            "flows/base.ofctl",
+            "flows/d0/suspicious.ofctl",
+            "flows/d1/normal.ofctl",
+        ],
+    );
+
+    // 2. An alert from the µmbox itself (its stdout, followed through Docker): `fault`
+    //    moves d0 to `broken`, whose µmbox image does not exist: d0 fails closed to its
+    //    most restrictive state, and the status says why.
+    ok(
+        r#"docker exec kalki-node-d0-1-probe_tap /bin/busybox sh -c 'echo "{\"kalki\":\"alert\",\"alert\":\"fault\"}" > /proc/1/fd/1'"#,
+    );
+    wait_for(Duration::from_secs(30), "d0 to fail closed", || {
+        env.device("d0")["fail_closed"].is_string()
+    });
+    assert_eq!(env.state("d0"), "broken");
+    assert_switch_holds(
+        &bundle,
+        &[
+            "flows/base.ofctl",
+            "flows/d0/attack.ofctl",
+            "flows/d1/normal.ofctl",
+        ],
+    );
+    // An alert from a container that does not serve the device now is rejected.
+    ok(
+        r#"docker exec kalki-node-d1-0-probe /bin/busybox sh -c 'echo "{\"kalki\":\"alert\",\"alert\":\"fault\"}" > /proc/1/fd/1'"#,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(env.state("d1"), "normal");
+    assert!(env.log().contains("rejected"), "{}", env.log());
+
+    // 3. The operator resets d0.
+    let out = env.client(&["reset", "d0"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.state("d0"), "normal");
+    assert!(env.device("d0")["fail_closed"].is_null());
+    assert_switch_holds(
+        &bundle,
+        &[
+            "flows/base.ofctl",
+            "flows/d0/normal.ofctl",
+            "flows/d1/normal.ofctl",
+        ],
+    );
+
+    // 4. A timer: level > 90 held for 2 s moves d1; the site's rule then sends d0 a
+    //    command, delivered to the webhook.
+    let d0_flows = device_flows(D0_COOKIE);
+    let out = env.client(&["event", "d1", "level=95"]);
+    assert!(out.status.success());
+    assert_eq!(env.state("d1"), "normal", "not before the 2 s hold");
+    wait_for(Duration::from_secs(20), "the hold to move d1", || {
+        env.state("d1") == "suspicious"
+    });
+    assert_eq!(
+        device_flows(D0_COOKIE),
+        d0_flows,
+        "d0 untouched by d1's change"
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "the command to reach the webhook",
+        || !commands.lock().unwrap().is_empty(),
+    );
+    let cmd: serde_json::Value = serde_json::from_str(&commands.lock().unwrap()[0]).unwrap();
+    assert_eq!(cmd["device"], "d0");
+    assert_eq!(cmd["command"], "reboot");
+    assert_eq!(cmd["rule"], "reboot_d0");
+
+    // 5. A µmbox of d1's current chain is killed: d1 fails closed.
+    ok("docker kill kalki-node-d1-2-probe");
+    wait_for(Duration::from_secs(30), "d1 to fail closed", || {
+        env.device("d1")["fail_closed"].is_string()
+    });
+    assert_switch_holds(
+        &bundle,
+        &[
+            "flows/base.ofctl",
+            "flows/d0/normal.ofctl",
+            "flows/d1/attack.ofctl",
+        ],
+    );
+
+    // 6. SIGKILL in the middle of a posture change (d0 starting its suspicious chain),
+    //    then a restart: the journal decides the states, and the node is brought to
+    //    them (d1 back in its suspicious chain: its failure was the node's, not policy).
+    let mut alert = Command::new(env!("CARGO_BIN_EXE_kalki-shim"))
+        .args([
+            "alert",
+            "d0",
+            "port_scan",
+            "--api",
+            &env.api,
+            "--token-file",
+            env.token.to_str().unwrap(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(shim_run); // SIGKILL
+    let _ = alert.wait();
+    let _restarted = env.start();
+    let d0 = env.state("d0");
+    assert!(d0 == "normal" || d0 == "suspicious", "{d0}");
+    assert_eq!(env.state("d1"), "suspicious");
+    let d0_set = format!("flows/d0/{d0}.ofctl");
+    assert_switch_holds(
+        &bundle,
+        &["flows/base.ofctl", &d0_set, "flows/d1/suspicious.ofctl"],
+    );
+    let dry = shim(&[
+        "apply",
+        bundle.to_str().unwrap(),
+        "--dry-run",
+        "--journal",
+        env.journal.to_str().unwrap(),
+    ]);
+    assert!(
+        stdout(&dry).contains("nothing to change"),
+        "after the restart the node matches the journal: {}",
+        stdout(&dry)
+    );
+}
