@@ -146,6 +146,7 @@ pub struct Node {
     /// The OpenFlow connection to the bridge, made when first needed (the bridge may not
     /// exist before `apply` creates it) and made again when it breaks.
     switch: Mutex<Option<of::Client>>,
+    committed: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// The bridge, as observed.
@@ -182,6 +183,7 @@ impl Node {
             cfg,
             flows,
             switch: Mutex::new(None),
+            committed: std::sync::Mutex::new(None),
         })
     }
 
@@ -516,7 +518,17 @@ impl Node {
             state: state.to_string(),
         })?;
         self.swap(s.cookie.0, self.mask(), self.parsed(&s.flows))
-            .await
+            .await?;
+        if let Ok(mut t) = self.committed.lock() {
+            *t = Some(std::time::Instant::now());
+        }
+        Ok(())
+    }
+
+    /// When a device's flows were last committed by [`Node::install`] (for measuring
+    /// posture-change latency).
+    pub fn last_commit(&self) -> Option<std::time::Instant> {
+        self.committed.lock().ok().and_then(|t| *t)
     }
 
     /// Starts the µmbox instance at `path` (replacing a container of the same name),

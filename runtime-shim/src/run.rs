@@ -62,7 +62,13 @@ struct Loop {
     started_ms: u64,
     /// Devices whose posture could not be applied: why.
     closed: BTreeMap<usize, String>,
+    /// The node could not be brought to the engine's states (Open vSwitch or Docker
+    /// unreachable, a call that failed): retried until it works.
+    out_of_step: bool,
 }
+
+/// How long to wait before trying again to bring an out-of-step node to the states.
+const RETRY: Duration = Duration::from_secs(2);
 
 /// Runs until `shutdown` resolves.
 pub async fn run(
@@ -105,11 +111,12 @@ pub async fn run(
         delivered: delivered_tx,
         started_ms: start,
         closed: BTreeMap::new(),
+        out_of_step: false,
     };
 
     // Bring the node to the journaled states (as `apply` would), then follow its µmboxes
     // from now on: what they said before was handled then.
-    lp.reconcile().await?;
+    lp.catch_up().await;
     lp.sync_followers(false).await;
     lp.resend_pending();
 
@@ -137,8 +144,19 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        let retry = async {
+            if lp.out_of_step {
+                tokio::time::sleep(RETRY).await
+            } else {
+                std::future::pending().await
+            }
+        };
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = retry => {
+                lp.catch_up().await;
+                lp.sync_followers(true).await;
+            }
             req = req_rx.recv() => match req {
                 Some(Request::Submit { input, reply }) => {
                     let answer = lp.submit(input).await?;
@@ -177,6 +195,28 @@ impl Loop {
         (0..self.engine.device_count())
             .map(|d| self.engine.state(d).unwrap_or(0))
             .collect()
+    }
+
+    /// Brings the node to the engine's states; if the switch or the engine fails us, says
+    /// so and tries again later (the loop keeps serving meanwhile). Whatever the switch
+    /// holds stays in force: it is fail-closed (`fail_mode=secure`), so it never falls
+    /// back to forwarding on its own.
+    async fn catch_up(&mut self) {
+        match self.reconcile().await {
+            Ok(()) => {
+                if self.out_of_step {
+                    eprintln!("kalki-shim: the node is in step with the policy again");
+                }
+                self.out_of_step = false;
+            }
+            Err(e) => {
+                eprintln!(
+                    "kalki-shim: cannot bring the node to the policy's states: {e}; retrying in {} s",
+                    RETRY.as_secs()
+                );
+                self.out_of_step = true;
+            }
+        }
     }
 
     /// The node as the engine's states want it.
@@ -324,10 +364,15 @@ impl Loop {
                             }
                             Err(e) => {
                                 // The switch or the engine failed us: close the device
-                                // if we still can, and say so.
+                                // if we still can, say so, and retry the whole node.
                                 let reason = e.to_string();
-                                let closed = self.node.fail_closed(*device).await?;
-                                self.record_closed(*device, &closed, &reason)?;
+                                match self.node.fail_closed(*device).await {
+                                    Ok(closed) => self.record_closed(*device, &closed, &reason)?,
+                                    Err(e2) => eprintln!(
+                                        "kalki-shim: `{name}`: {reason}; failing closed also failed: {e2}"
+                                    ),
+                                }
+                                self.out_of_step = true;
                             }
                         }
                         changes.push(Changed {
@@ -420,8 +465,13 @@ impl Loop {
                 if c.states.contains(&self.state_names(device, state)) {
                     // A µmbox of the current chain is gone: never forward without it.
                     let reason = format!("µmbox `{container}` stopped");
-                    let closed = self.node.fail_closed(device).await?;
-                    self.record_closed(device, &closed, &reason)?;
+                    match self.node.fail_closed(device).await {
+                        Ok(closed) => self.record_closed(device, &closed, &reason)?,
+                        Err(e) => {
+                            eprintln!("kalki-shim: {reason}; failing closed failed: {e}");
+                            self.out_of_step = true;
+                        }
+                    }
                 }
             }
         }
