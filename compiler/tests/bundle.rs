@@ -37,6 +37,50 @@ fn building_twice_gives_identical_bytes() {
     }
 }
 
+/// A site large enough that the bundle is generated and written on several threads:
+/// still the same bytes every time.
+#[test]
+fn a_large_site_builds_to_the_same_bytes_every_time() {
+    let mut src = String::from(
+        "umbox watch {\n    image \"kalki/umbox:0.1\"\n    args [\"sniffer\", \"{n}\"]\n    param n: int in 0..9 = 0\n    mode tap\n}\n\
+         device type Box {\n    alerts port_scan\n    states calm < hot\n    initial calm\n\
+         calm { chain [watch(n = 1)] }\n    hot { chain [watch(n = 1), watch(n = 2)] }\n\
+         calm -> hot on port_scan\n    hot -> calm on operator reset\n}\n\
+         site big {\n    bridge \"br0\" uplink \"up0\"\n",
+    );
+    for i in 0..300 {
+        src.push_str(&format!(
+            "    device d{i}: Box at 10.9.{}.{} port \"p{i}\"\n",
+            i / 200,
+            i % 200 + 1
+        ));
+    }
+    src.push_str("}\n");
+    let once = || {
+        let loader = common::MemLoader::new([("big.kalki", src.clone())]);
+        let solver = Z3Solver::new(10_000);
+        let (checked, _) = kalki_compiler::verify(
+            &[PathBuf::from("big.kalki")],
+            &loader,
+            &solver,
+            &verify::Options::default(),
+        );
+        let model = checked.model.as_ref().unwrap();
+        bundle::build(model, &model.sites[0], &checked.sources, &solver).unwrap()
+    };
+    let (a, b) = (once(), once());
+    assert_eq!(a.files.len(), 1 + 1 + 300 * 2 + 300 * 2);
+    assert_eq!(a, b);
+    let tmp = TempDir::new("big");
+    let (x, y) = (tmp.path().join("x"), tmp.path().join("y"));
+    a.write_to(&x).unwrap();
+    b.write_to(&y).unwrap();
+    for (path, bytes) in &a.files {
+        assert_eq!(&std::fs::read(x.join(path)).unwrap(), bytes, "{path}");
+        assert_eq!(&std::fs::read(y.join(path)).unwrap(), bytes, "{path}");
+    }
+}
+
 #[test]
 fn smart_office_bundle() {
     let b = build("examples/smart-office");

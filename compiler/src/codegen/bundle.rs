@@ -60,13 +60,23 @@ impl Bundle {
                     std::fs::remove_dir_all(dir)?;
                 }
             }
-            for (rel, bytes) in &self.files {
-                let path = staging.join(rel);
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                std::fs::write(&path, bytes)?;
+            // Every directory once, then the files on every core: a large site has tens
+            // of thousands of them.
+            let dirs: BTreeSet<&Path> = self
+                .files
+                .keys()
+                .filter_map(|rel| Path::new(rel).parent())
+                .collect();
+            std::fs::create_dir_all(&staging)?;
+            for dir in dirs {
+                std::fs::create_dir_all(staging.join(dir))?;
             }
+            let files: Vec<(&String, &Vec<u8>)> = self.files.iter().collect();
+            let written = in_parallel(files.len(), |i| {
+                let (rel, bytes) = files[i];
+                std::fs::write(staging.join(rel), bytes)
+            });
+            written.into_iter().collect::<std::io::Result<()>>()?;
             // Two renames: `out` is missing only between them, never half-written.
             if out.exists() {
                 std::fs::rename(out, &retired)?;
@@ -158,19 +168,21 @@ pub fn build(
         openflow::render(&plane.base).into_bytes(),
     );
 
-    let mut devices = Vec::new();
-    let mut used_types: BTreeSet<usize> = BTreeSet::new();
-    for (i, d) in site.devices.iter().enumerate() {
+    // Per device: its rule sets, container manifests and manifest entry, with the digest
+    // of every file. Independent across devices, so done on every core (in device order
+    // within each chunk, merged in order: the output does not depend on the threads).
+    let per_device = |i: usize| -> DeviceOutput {
+        let d = &site.devices[i];
         let ty = model.device_type(d.ty);
-        used_types.insert(d.ty.index());
+        let mut files = Vec::new();
         let mut states = Vec::new();
         for (si, s) in ty.states.iter().enumerate() {
             let state = StateId::from_index(si);
             let flows_path = format!("flows/{}/{}.ofctl", d.name, s.name);
-            files.insert(
+            files.push((
                 flows_path.clone(),
                 openflow::render(&plane.devices[i].states[si].flows).into_bytes(),
-            );
+            ));
             let containers: Vec<String> = ports.entries[i][si]
                 .iter()
                 .map(|&ix| container_path(model, &ports, i, ix, &d.name))
@@ -184,7 +196,11 @@ pub fn build(
             }));
         }
         files.extend(container_manifests(model, site, &ports, i, &policy_digest));
-        devices.push(json!({
+        let digests = files
+            .iter()
+            .map(|(path, bytes)| (path.clone(), sha256(bytes)))
+            .collect();
+        let entry = json!({
             "name": d.name,
             "type": ty.name,
             "ip": ip(d.ip),
@@ -195,8 +211,25 @@ pub fn build(
             "initial": ty.state(ty.initial).name,
             "most_restrictive": ty.state(ty.most_restrictive()).name,
             "states": states,
-        }));
+        });
+        DeviceOutput {
+            files,
+            digests,
+            entry,
+        }
+    };
+    let outputs = in_parallel(site.devices.len(), per_device);
+    let mut digests: BTreeMap<String, String> = files
+        .iter()
+        .map(|(path, bytes)| (path.clone(), sha256(bytes)))
+        .collect();
+    let mut devices = Vec::with_capacity(outputs.len());
+    for out in outputs {
+        files.extend(out.files);
+        digests.extend(out.digests);
+        devices.push(out.entry);
     }
+    let used_types: BTreeSet<usize> = site.devices.iter().map(|d| d.ty.index()).collect();
 
     let types: Vec<Json> = used_types
         .iter()
@@ -214,9 +247,9 @@ pub fn build(
         })
         .collect();
 
-    let file_digests: Vec<Json> = files
+    let file_digests: Vec<Json> = digests
         .iter()
-        .map(|(path, bytes)| json!({ "path": path, "sha256": sha256(bytes) }))
+        .map(|(path, sha)| json!({ "path": path, "sha256": sha }))
         .collect();
     let manifest = json!({
         "format": FORMAT,
@@ -242,6 +275,43 @@ pub fn build(
         json_bytes(&strip_locations(manifest)),
     );
     Ok(Bundle { files })
+}
+
+/// What one device adds to the bundle.
+struct DeviceOutput {
+    files: Vec<(String, Vec<u8>)>,
+    digests: Vec<(String, String)>,
+    entry: Json,
+}
+
+/// `f(0) .. f(n - 1)` on every core, in order.
+fn in_parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |t| t.get())
+        .clamp(1, 8);
+    if threads == 1 || n < 64 {
+        return (0..n).map(&f).collect();
+    }
+    let chunk = n.div_ceil(threads);
+    let f = &f;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .step_by(chunk)
+            .map(|start| {
+                let range = start..(start + chunk).min(n);
+                (
+                    range.clone(),
+                    scope.spawn(move || range.map(f).collect::<Vec<T>>()),
+                )
+            })
+            .collect();
+        handles
+            .into_iter()
+            // A chunk whose thread died is done again here, so nothing is ever left out
+            // silently (if it dies again, so does the build).
+            .flat_map(|(range, h)| h.join().unwrap_or_else(|_| range.map(f).collect()))
+            .collect()
+    })
 }
 
 fn chain_names(model: &Model, chain: &Chain) -> Json {
@@ -335,5 +405,19 @@ fn strip_locations(v: Json) -> Json {
         ),
         Json::Array(a) => Json::Array(a.into_iter().map(strip_locations).collect()),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn in_parallel_keeps_the_order() {
+        for n in [0, 1, 63, 64, 65, 1000, 10_001] {
+            let got = in_parallel(n, |i| i * 3);
+            assert_eq!(got, (0..n).map(|i| i * 3).collect::<Vec<_>>(), "n = {n}");
+        }
     }
 }
