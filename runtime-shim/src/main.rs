@@ -97,13 +97,8 @@ struct RunArgs {
     bundle: PathBuf,
     #[command(flatten)]
     node: NodeArgs,
-    /// The journal (SQLite); created if missing.
-    #[arg(
-        long,
-        default_value = "/var/lib/kalki-shim/journal.db",
-        value_name = "PATH"
-    )]
-    journal: PathBuf,
+    #[command(flatten)]
+    journal: JournalArgs,
     /// Where the API listens: `HOST:PORT` (loopback only, unless --listen-any) or
     /// `unix:PATH` (a socket with mode 0600).
     #[arg(long, default_value = "127.0.0.1:7878", value_name = "ADDR|unix:PATH")]
@@ -119,12 +114,36 @@ struct RunArgs {
     /// without it, commands are journaled only.
     #[arg(long, value_name = "URL")]
     command_webhook: Option<String>,
-    /// The node's offset from UTC for the policy's clock (`+01:00`, `-05:30`).
-    #[arg(long, default_value = "+00:00", value_name = "±HH:MM")]
-    utc_offset: String,
     /// Colour in error reports (printed on standard error).
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     color: Color,
+}
+
+/// The journal and the clock it is replayed with.
+#[derive(clap::Args)]
+struct JournalArgs {
+    /// The journal (SQLite) of `kalki-shim run`: created by `run` if missing; `apply`
+    /// applies each device in its journaled state when it exists.
+    #[arg(
+        long,
+        default_value = "/var/lib/kalki-shim/journal.db",
+        value_name = "PATH"
+    )]
+    journal: PathBuf,
+    /// The node's offset from UTC, for the policy's clock (`+01:00`, `-05:30`).
+    #[arg(long, default_value = "+00:00", value_name = "±HH:MM")]
+    utc_offset: String,
+}
+
+impl JournalArgs {
+    /// `--utc-offset` as the local time of day at Unix time 0; `None` after saying why.
+    fn day_offset(&self) -> Option<u64> {
+        let offset = day_offset(&self.utc_offset);
+        if offset.is_none() {
+            eprintln!("error: --utc-offset `{}`: expected ±HH:MM", self.utc_offset);
+        }
+        offset
+    }
 }
 
 #[derive(clap::Args)]
@@ -134,17 +153,8 @@ struct ApplyArgs {
     /// Print what would change, change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// The journal of `kalki-shim run`: when it exists, each device is applied in its
-    /// journaled state rather than its initial one.
-    #[arg(
-        long,
-        default_value = "/var/lib/kalki-shim/journal.db",
-        value_name = "PATH"
-    )]
-    journal: PathBuf,
-    /// The node's offset from UTC, for replaying the journal (`+01:00`).
-    #[arg(long, default_value = "+00:00", value_name = "±HH:MM")]
-    utc_offset: String,
+    #[command(flatten)]
+    journal: JournalArgs,
     #[command(flatten)]
     node: NodeArgs,
     /// Colour in error reports (printed on standard error).
@@ -412,12 +422,11 @@ fn run_apply(args: &ApplyArgs) -> Exit {
     let Some(rt) = runtime() else {
         return Exit::Usage;
     };
-    let Some(offset) = day_offset(&args.utc_offset) else {
-        eprintln!("error: --utc-offset `{}`: expected ±HH:MM", args.utc_offset);
+    let Some(offset) = args.journal.day_offset() else {
         return Exit::Usage;
     };
-    let states = if args.journal.is_file() {
-        let replayed = kalki_shim::journal::Journal::open(&args.journal).and_then(|j| {
+    let states = if args.journal.journal.is_file() {
+        let replayed = kalki_shim::journal::Journal::open(&args.journal.journal).and_then(|j| {
             j.replay(
                 &bundle,
                 kalki_shim::engine::Config {
@@ -694,8 +703,7 @@ fn day_offset(text: &str) -> Option<u64> {
 }
 
 fn run_run(args: &RunArgs) -> Exit {
-    let Some(offset) = day_offset(&args.utc_offset) else {
-        eprintln!("error: --utc-offset `{}`: expected ±HH:MM", args.utc_offset);
+    let Some(offset) = args.journal.day_offset() else {
         return Exit::Usage;
     };
     let webhook = match &args.command_webhook {
@@ -751,14 +759,19 @@ fn run_run(args: &RunArgs) -> Exit {
             Ok(n) => n,
             Err(exit) => return exit,
         };
-        if let Some(dir) = args.journal.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Some(dir) = args
+            .journal
+            .journal
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
             if let Err(e) = std::fs::create_dir_all(dir) {
                 eprintln!("error: cannot create `{}`: {e}", dir.display());
                 return Exit::Usage;
             }
         }
         let cfg = kalki_shim::run::RunConfig {
-            journal: args.journal.clone(),
+            journal: args.journal.journal.clone(),
             listener,
             token,
             webhook,

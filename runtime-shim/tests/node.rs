@@ -20,17 +20,9 @@ use kalki_shim::node::{Closed, Node, NodeConfig, Posture};
 
 #[test]
 fn apply_and_posture_changes_on_open_vswitch_and_docker() {
-    if !services_ready() {
+    let Some(_cleanup) = prepare() else {
         return;
-    }
-    ensure_test_image();
-    Cleanup::now();
-    let _cleanup = Cleanup;
-    for l in LINKS {
-        ok(&format!(
-            "ip link add {l} type veth peer name {l}p && ip link set dev {l} up"
-        ));
-    }
+    };
     let tmp = TempDir::new("node");
     let dir = tmp.path().join("bundle");
     let built = common::compile_dir("runtime-shim/tests/fixtures/node");

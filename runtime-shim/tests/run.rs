@@ -178,17 +178,9 @@ fn write_token(dir: &Path) -> PathBuf {
 
 #[test]
 fn run_serves_events_fails_closed_and_resumes_from_the_journal() {
-    if !services_ready() {
+    let Some(_cleanup) = prepare() else {
         return;
-    }
-    ensure_test_image();
-    Cleanup::now();
-    let _cleanup = Cleanup;
-    for l in LINKS {
-        ok(&format!(
-            "ip link add {l} type veth peer name {l}p && ip link set dev {l} up"
-        ));
-    }
+    };
     let tmp = TempDir::new("run");
     let bundle = tmp.path().join("bundle");
     common::compile_dir("runtime-shim/tests/fixtures/node")

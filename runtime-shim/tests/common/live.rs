@@ -145,3 +145,20 @@ pub fn assert_switch_holds(bundle_dir: &std::path::Path, sets: &[&str]) {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// Everything a live test of the fixture site needs: OVS and Docker answering (else
+/// `None`: skipped, or a failure under CI), the stand-in image, a clean slate, and the
+/// site's uplink and device links. Cleans up again when the guard drops.
+pub fn prepare() -> Option<Cleanup> {
+    if !services_ready() {
+        return None;
+    }
+    ensure_test_image();
+    Cleanup::now();
+    for l in LINKS {
+        ok(&format!(
+            "ip link add {l} type veth peer name {l}p && ip link set dev {l} up"
+        ));
+    }
+    Some(Cleanup)
+}
