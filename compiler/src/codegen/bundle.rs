@@ -242,7 +242,7 @@ pub fn build(
                 "alerts": ty.alerts,
                 "states": ty.states.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
                 "initial": ty.initial,
-                "transitions": ty.transitions,
+                "transitions": strip_locations(json!(ty.transitions)),
             })
         })
         .collect();
@@ -268,11 +268,13 @@ pub fn build(
         "ports": ports.all,
         "device_types": types,
         "devices": devices,
-        "rules": site.rules,
+        "rules": strip_locations(json!(site.rules)),
     });
     files.insert(
         "manifest.json".into(),
-        json_bytes(&strip_locations(manifest)),
+        // Only the serialised IR (transitions, rules) carries source locations; they were
+        // stripped there, not by walking the whole manifest.
+        json_bytes(&manifest),
     );
     Ok(Bundle { files })
 }
