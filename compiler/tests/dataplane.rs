@@ -413,6 +413,33 @@ fn cases() -> Vec<Case> {
             model: Some(|m| m.sites[0].unknown_hosts = kalki_compiler::ir::UnknownHosts::Pass),
             plane: None,
         },
+        // Last: the Z3 context is per thread, so a witness can depend on the queries asked
+        // before it; appended cases leave the earlier snapshots as they were.
+        Case {
+            name: "k208_flow_at_shared_umbox_port",
+            code: "K208",
+            near_miss: false,
+            what: "a flow of `back` in `watched` carries `front`'s cookie and matches no \
+                   port: it wins for IP packets to a stranger entering on the tap of \
+                   `back`'s sniffer, an instance `watched` shares with `guarded` (the \
+                   regression of case 36 of KALKI_FUZZ_CASES=2000: the port was taken to be \
+                   `back`'s in `guarded` only)",
+            model: None,
+            plane: Some(|p| {
+                let c = cookie(p, "front", "watched");
+                flows(p, "back", "watched").push(flow(
+                    c,
+                    50,
+                    Match {
+                        untagged: true,
+                        proto: Some(Proto::Ip),
+                        nw_dst: Some(STRANGER),
+                        ..Match::default()
+                    },
+                    vec![],
+                ));
+            }),
+        },
     ]
 }
 
@@ -878,4 +905,34 @@ fn undecided_questions_are_errors() {
     );
     // Clean generated flows need no query at all: nothing to leave undecided.
     assert!(dataplane::validate(&plane_of(&model), &Undecided).is_empty());
+}
+
+/// K208 (1) is one finding per pair of devices, for each pair: a flow of one device that
+/// takes the packets of every other device is reported for each of them (with four
+/// devices, three findings), not only for the first one found.
+#[test]
+fn a_flow_acting_for_several_devices_is_reported_for_each() {
+    let checked = checked("examples/smart-office/office.kalki");
+    let mut plane = plane_of(checked.model.as_ref().unwrap());
+    assert!(plane.devices.len() >= 3, "needs three devices or more");
+    let owner = plane.devices[0].name.clone();
+    let c = plane.devices[0].states[0].cookie;
+    // Above every device's own flows, for every packet that table 0 lets through.
+    plane.devices[0].states[0]
+        .flows
+        .push(flow(c, 200, Match::default(), vec![]));
+    let diags = dataplane::validate(&plane, &Z3Solver::new(10_000));
+    for d in &diags {
+        replay(&plane, d).unwrap_or_else(|e| panic!("{}: {e}", d.code));
+    }
+    let victims: BTreeSet<String> = diags
+        .iter()
+        .filter_map(|d| {
+            let w = d.witness.as_ref()?;
+            (d.code == codes::DATA_PLANE && w["cookie_device"] == owner.as_str())
+                .then(|| w["packet_of"].as_str().map(str::to_string))?
+        })
+        .collect();
+    let others: BTreeSet<String> = plane.devices[1..].iter().map(|d| d.name.clone()).collect();
+    assert_eq!(victims, others, "{:?}", codes_of(&diags));
 }

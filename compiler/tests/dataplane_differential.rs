@@ -504,3 +504,89 @@ fn validator_agrees_with_brute_force() {
         "{found} with findings, {clean} clean"
     );
 }
+
+/// Regression: case 36 of `KALKI_FUZZ_CASES=2000`. A flow with `front`'s cookie in
+/// `back`'s `watched` set wins for packets entering on port 9, the tap of `back`'s
+/// sniffer. That instance (and its port) is shared by `watched` and `guarded`; the
+/// validator took the port to be `back`'s in `guarded` only, found that state ruled out
+/// by the flow's own set, and missed (front, back).
+#[test]
+fn a_umbox_port_shared_between_states_belongs_to_each() {
+    let mut p = fixture();
+    let state = |p: &DataPlane, dev: &str, st: &str| {
+        let d = p.devices.iter().position(|d| d.name == dev).unwrap();
+        let s = p.devices[d]
+            .states
+            .iter()
+            .position(|s| s.name == st)
+            .unwrap();
+        (d, s)
+    };
+    let (front, back) = (state(&p, "front", "open").0, state(&p, "back", "open").0);
+    let back_ip = p.devices[back].ip;
+    let edits = [
+        // (the set it is added to, the set whose cookie it carries, priority, match)
+        (
+            ("front", "cut"),
+            ("front", "cut"),
+            50,
+            Match {
+                in_port: Some(p.devices[back].port),
+                proto: Some(Proto::Arp),
+                arp_tpa: Some(back_ip),
+                ..Match::default()
+            },
+        ),
+        (
+            ("back", "watched"),
+            ("front", "watched"),
+            50,
+            Match {
+                untagged: true,
+                proto: Some(Proto::Ip),
+                nw_dst: Some(STRANGER),
+                ..Match::default()
+            },
+        ),
+        (
+            ("back", "open"),
+            ("back", "open"),
+            100,
+            Match {
+                in_port: Some(p.devices[front].port),
+                untagged: true,
+                proto: Some(Proto::Arp),
+                arp_tpa: Some(back_ip),
+                ..Match::default()
+            },
+        ),
+    ];
+    let mut texts = Vec::new();
+    for ((dev, st), (cdev, cst), priority, matches) in edits {
+        let (d, s) = state(&p, dev, st);
+        let (cd, cs) = state(&p, cdev, cst);
+        let f = Flow {
+            table: 1,
+            priority,
+            cookie: p.devices[cd].states[cs].cookie,
+            matches,
+            actions: vec![],
+        };
+        texts.push(f.to_ofctl());
+        p.devices[d].states[s].flows.push(f);
+    }
+    assert_eq!(
+        texts,
+        [
+            "table=1,priority=50,cookie=0x200000000010003,in_port=3,arp,arp_tpa=10.0.9.11 actions=drop",
+            "table=1,priority=50,cookie=0x200000000010001,vlan_tci=0x0000/0x1fff,ip,nw_dst=10.0.9.99 actions=drop",
+            "table=1,priority=100,cookie=0x200000000020000,in_port=2,vlan_tci=0x0000/0x1fff,arp,arp_tpa=10.0.9.11 actions=drop",
+        ],
+        "the input of the failing case"
+    );
+    let oracle = brute_force(&p);
+    let (got, other) = validator(&p, &Z3Solver::new(10_000));
+    assert!(other.is_empty(), "unexpected {other:?}");
+    assert_eq!(got, oracle);
+    assert_eq!(got.foreign, [(front, back), (back, front)].into());
+}

@@ -183,17 +183,23 @@ pub(super) struct Entry<'a> {
 }
 
 /// What a port is, as far as packet ownership goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Owner {
     Device(usize),
-    /// An interface of a µmbox of this device in this state.
-    Umbox(usize, usize),
+    /// An interface of a µmbox instance of this device, which the chains of these states
+    /// use (ascending, never empty). A device's states share an instance, ports and all,
+    /// when their chains hold the same µmbox with the same arguments
+    /// (`codegen::openflow::allocate`), so one port can belong to several states.
+    Umbox {
+        device: usize,
+        states: Vec<usize>,
+    },
 }
 
 impl Owner {
-    pub fn device(self) -> usize {
+    pub fn device(&self) -> usize {
         match self {
-            Owner::Device(d) | Owner::Umbox(d, _) => d,
+            Owner::Device(d) | Owner::Umbox { device: d, .. } => *d,
         }
     }
 }
@@ -292,8 +298,25 @@ impl<'a> Index<'a> {
             by_ip.entry(dev.ip).or_default().push(d);
             for (s, st) in dev.states.iter().enumerate() {
                 for p in st.chain.ports() {
-                    owners.insert(p, Owner::Umbox(d, s));
                     highest = highest.max(p);
+                    match owners.get_mut(&p) {
+                        // The same instance in another state of this device: one more
+                        // state in which the port is this device's.
+                        Some(Owner::Umbox { device, states }) if *device == d => {
+                            if states.last() != Some(&s) {
+                                states.push(s);
+                            }
+                        }
+                        _ => {
+                            owners.insert(
+                                p,
+                                Owner::Umbox {
+                                    device: d,
+                                    states: vec![s],
+                                },
+                            );
+                        }
+                    }
                 }
             }
         }

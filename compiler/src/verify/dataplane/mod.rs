@@ -512,99 +512,134 @@ impl Validator<'_> {
                     v
                 }
             };
+            // Every port is asked about, not only up to the first finding: a flow can act
+            // on the packets of several other devices, and each pair is its own finding.
             for p in ports {
-                let mut config = base_config.clone();
-                let cond = if p == plane.uplink {
-                    let addr = key.get(Field::NwDst).or(key.get(Field::ArpTpa));
-                    let victims: Vec<usize> = match addr {
-                        Some(a) => u32::try_from(a)
-                            .ok()
-                            .and_then(|a| self.index.by_ip.get(&a))
-                            .cloned()
-                            .unwrap_or_default(),
-                        None => (0..n).collect(),
-                    };
-                    let terms: Vec<Term> = victims
-                        .into_iter()
-                        .filter(|&e| e != c && !reported.contains(&(c, e)))
-                        .map(|e| {
-                            let a = u64::from(plane.devices[e].ip);
-                            Term::Or(vec![
-                                Term::and(vec![
-                                    field_is(Field::EthType, ETH_IP),
-                                    field_is(Field::NwDst, a),
-                                ]),
-                                Term::and(vec![
-                                    field_is(Field::EthType, ETH_ARP),
-                                    field_is(Field::ArpTpa, a),
-                                ]),
-                            ])
+                if p == plane.uplink {
+                    self.foreign_from_uplink(f, c, &key, &base_config, &mut reported);
+                    continue;
+                }
+                let Some(owner) = self.index.owners.get(&p) else {
+                    continue;
+                };
+                let e = owner.device();
+                if e == c || reported.contains(&(c, e)) {
+                    continue;
+                }
+                // The packet is `e`'s when `e` is in a state whose chain uses the port: a
+                // device port always; a µmbox port in each state that shares its instance,
+                // one question per state (pinning it), none that the flow's own set rules
+                // out.
+                let configs: Vec<Config> = match owner {
+                    Owner::Device(_) => vec![base_config.clone()],
+                    Owner::Umbox { states, .. } => states
+                        .iter()
+                        .filter_map(|&t| {
+                            let mut config = base_config.clone();
+                            config.pin(e, t).then_some(config)
                         })
-                        .collect();
-                    if terms.is_empty() {
-                        continue;
-                    }
-                    Term::Or(terms)
-                } else {
-                    match self.index.owners.get(&p) {
-                        Some(&o) if o.device() != c && !reported.contains(&(c, o.device())) => {
-                            if let Owner::Umbox(e, t) = o {
-                                // The µmbox's port only exists while `e` is in `t`.
-                                if !config.pin(e, t) {
-                                    continue;
-                                }
-                            }
-                            Term::Bool(true)
-                        }
-                        _ => continue,
-                    }
+                        .collect(),
                 };
-                if self.index.shadowed(f, p, &config) {
-                    continue;
+                for config in configs {
+                    if let Some(w) = self.foreign_witness(f, c, p, &config, Term::Bool(true)) {
+                        reported.insert((c, e));
+                        self.report_foreign(f, c, e, &w, &config);
+                        break;
+                    }
                 }
-                let involved = self.index.involved(f, p, &config);
-                let mut enc =
-                    Encoded::pipeline(&self.index, &involved, &config, &|d| self.states_of(d));
-                enc.query.facts.push(field_is(Field::InPort, u64::from(p)));
-                enc.query.facts.push(enc.wins(f));
-                enc.query.facts.push(cond);
-                let loc = plane.devices[c].loc;
-                let Some(model) = self.decide(
-                    &enc.query,
-                    loc,
-                    "whether a flow of this device matches another device's packets",
-                ) else {
-                    continue;
-                };
-                let w = enc.decode(&self.index, &model);
-                let victim = self.packet_owner(&w, c);
-                if let Some(e) = victim {
-                    reported.insert((c, e));
-                    self.report_foreign(f, c, e, &w, &config);
-                }
-                break;
             }
         }
     }
 
-    /// The device (other than `not`) whose packet the witness is.
-    fn packet_owner(&self, w: &Witness, not: usize) -> Option<usize> {
-        let p = &w.packet;
-        if p.in_port == self.plane.uplink {
-            let addr = if p.is_arp() { p.arp_tpa } else { p.nw_dst };
-            return self
-                .index
-                .by_ip
-                .get(&addr)?
+    /// K208 (a) from the uplink: flow `f` (with `key`, of device `c`) wins for a packet
+    /// addressed to another device. Asked again without each victim found, until none is
+    /// left: one flow may take the traffic of several devices.
+    fn foreign_from_uplink(
+        &mut self,
+        f: usize,
+        c: usize,
+        key: &index::Key,
+        config: &Config,
+        reported: &mut HashSet<(usize, usize)>,
+    ) {
+        let plane = self.plane;
+        let addr = key.get(Field::NwDst).or(key.get(Field::ArpTpa));
+        let candidates: Vec<usize> = match addr {
+            Some(a) => u32::try_from(a)
+                .ok()
+                .and_then(|a| self.index.by_ip.get(&a))
+                .cloned()
+                .unwrap_or_default(),
+            None => (0..plane.devices.len()).collect(),
+        };
+        loop {
+            let victims: Vec<usize> = candidates
                 .iter()
                 .copied()
-                .find(|&e| e != not);
+                .filter(|&e| e != c && !reported.contains(&(c, e)))
+                .collect();
+            if victims.is_empty() {
+                return;
+            }
+            let terms: Vec<Term> = victims
+                .iter()
+                .map(|&e| {
+                    let a = u64::from(plane.devices[e].ip);
+                    Term::Or(vec![
+                        Term::and(vec![
+                            field_is(Field::EthType, ETH_IP),
+                            field_is(Field::NwDst, a),
+                        ]),
+                        Term::and(vec![
+                            field_is(Field::EthType, ETH_ARP),
+                            field_is(Field::ArpTpa, a),
+                        ]),
+                    ])
+                })
+                .collect();
+            let Some(w) = self.foreign_witness(f, c, plane.uplink, config, Term::Or(terms)) else {
+                return;
+            };
+            // The victim whose address the packet carries (the condition says there is
+            // one; should none be found, stop rather than ask the same question again).
+            let p = &w.packet;
+            let to = if p.is_arp() { p.arp_tpa } else { p.nw_dst };
+            let Some(e) = victims.into_iter().find(|&e| plane.devices[e].ip == to) else {
+                return;
+            };
+            reported.insert((c, e));
+            self.report_foreign(f, c, e, &w, config);
         }
-        self.index
-            .owners
-            .get(&p.in_port)
-            .map(|o| o.device())
-            .filter(|&e| e != not)
+    }
+
+    /// A packet entering on `port` that satisfies `cond` and for which flow `f` (of
+    /// device `c`) wins, with the states `config` pins; `None` when there is none (or the
+    /// question is undecided, which is reported as K213).
+    fn foreign_witness(
+        &mut self,
+        f: usize,
+        c: usize,
+        port: u32,
+        config: &Config,
+        cond: Term,
+    ) -> Option<Witness> {
+        if self.index.shadowed(f, port, config) {
+            return None;
+        }
+        let involved = self.index.involved(f, port, config);
+        let mut enc = Encoded::pipeline(&self.index, &involved, config, &|d| self.states_of(d));
+        enc.query
+            .facts
+            .push(field_is(Field::InPort, u64::from(port)));
+        enc.query.facts.push(enc.wins(f));
+        enc.query.facts.push(cond);
+        let loc = self.plane.devices[c].loc;
+        let model = self.decide(
+            &enc.query,
+            loc,
+            "whether a flow of this device matches another device's packets",
+        )?;
+        Some(enc.decode(&self.index, &model))
     }
 
     fn report_foreign(&mut self, f: usize, c: usize, e: usize, w: &Witness, config: &Config) {
