@@ -307,16 +307,22 @@ impl Node {
             .unwrap_or_default()
     }
 
-    /// sha256 of a container manifest, from the bundle's file list: what the running
-    /// container must carry in its `kalki.spec` label to count as up to date.
+    /// What a container runs, as a digest: image, command, environment and interfaces
+    /// (names and port numbers). A running container with the same digest is up to
+    /// date. Labels are left out on purpose: they carry the policy's digest, which changes
+    /// with any edit of the policy, and a new bundle must restart only the µmboxes whose
+    /// own definition changed.
     fn spec_digest(&self, path: &str) -> String {
-        self.bundle
-            .manifest
-            .files
+        let Some(c) = self.bundle.containers.get(path) else {
+            return String::new();
+        };
+        let interfaces: Vec<(&str, &str, u32)> = c
+            .interfaces
             .iter()
-            .find(|f| f.path == path)
-            .map(|f| f.sha256.clone())
-            .unwrap_or_default()
+            .map(|i| (i.name.as_str(), i.port_name.as_str(), i.ofport))
+            .collect();
+        let spec = serde_json::json!([c.image, c.args, c.env, interfaces]);
+        crate::bundle::sha256_hex(spec.to_string().as_bytes())
     }
 
     async fn observe(&self, states: &[usize]) -> Result<World, NodeError> {

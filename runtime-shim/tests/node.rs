@@ -193,6 +193,50 @@ fn apply_and_posture_changes_on_open_vswitch_and_docker() {
     });
     // And the node is as `apply` wants it: nothing to change.
     assert!(stdout(&shim(&["apply", b])).contains("nothing to change"));
+
+    // A new version of the bundle replaces only what changed.
+    let source = std::fs::read_to_string(
+        common::repo_root().join("runtime-shim/tests/fixtures/node/site.kalki"),
+    )
+    .unwrap();
+    // v2: only the tap µmbox (not running: both devices are in `normal`) changes, and
+    // with it the policy's digest on every container manifest: nothing to do.
+    let v2 = source.replace(
+        "/sys/class/net/tap ] && [ $n -lt 300 ]",
+        "/sys/class/net/tap ] && [ $n -lt 301 ]",
+    );
+    assert_ne!(v2, source, "the edit applies");
+    let v2_dir = tmp.path().join("v2");
+    common::compile(&v2).write_to(&v2_dir).unwrap();
+    let out = shim(&["apply", v2_dir.to_str().unwrap()]);
+    assert!(
+        stdout(&out).contains("nothing to change"),
+        "{}",
+        stdout(&out)
+    );
+    // v3: the probe's command changes: both devices' probes restart, no flow is touched.
+    let v3 = source.replace(
+        "[ -e /sys/class/net/$i ] || ok=0;",
+        "[ -e /sys/class/net/$i ] || ok=0; true;",
+    );
+    assert_ne!(v3, source, "the edit applies");
+    let v3_dir = tmp.path().join("v3");
+    common::compile(&v3).write_to(&v3_dir).unwrap();
+    let (d0_before, d1_before) = (
+        device_flows(0x0200_0000_0001_0000),
+        device_flows(0x0200_0000_0002_0000),
+    );
+    let out = shim(&["apply", v3_dir.to_str().unwrap()]);
+    let plan = stdout(&out);
+    assert!(out.status.success(), "{plan}");
+    assert_eq!(plan.matches("start µmbox").count(), 2, "{plan}");
+    assert!(
+        !plan.contains("install") && !plan.contains("base flows"),
+        "{plan}"
+    );
+    assert_eq!(device_flows(0x0200_0000_0001_0000), d0_before);
+    assert_eq!(device_flows(0x0200_0000_0002_0000), d1_before);
+    assert!(stdout(&shim(&["apply", v3_dir.to_str().unwrap()])).contains("nothing to change"));
 }
 
 #[test]
