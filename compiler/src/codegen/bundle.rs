@@ -351,7 +351,7 @@ fn container_manifests(
             .zip(&inst.args)
             .map(|(p, v)| (p.name.clone(), shown(v)))
             .collect();
-        let iface = |name: &str, faces: &str, ofport: u32| json!({ "name": name, "faces": faces, "ofport": ofport, "port_name": openflow::umbox_port_name(ofport) });
+        let iface = |name: &str, faces: &str, ofport: u32| json!({ "name": name, "faces": faces, "ofport": ofport, "port_name": openflow::umbox_port_name(&ports.tag, ofport) });
         let interfaces = match inst.ports {
             EntryPorts::Inline { a, b } => {
                 json!([iface("a", "device", a), iface("b", "uplink", b)])

@@ -86,6 +86,8 @@ pub struct Instance {
 /// Every port of a site, in a deterministic order and numbering.
 #[derive(Debug, Clone, Default)]
 pub struct Ports {
+    /// The site's tag in µmbox interface names ([`site_tag`]).
+    pub tag: String,
     pub all: Vec<Port>,
     pub uplink: u32,
     pub devices: Vec<u32>,
@@ -108,9 +110,19 @@ pub struct PortSpaceExhausted {
     pub needed: u64,
 }
 
-/// Interface names are limited to 15 bytes by Linux; `km<port number>` always fits.
-pub fn umbox_port_name(ofport: u32) -> String {
-    format!("km{ofport}")
+/// The name of a µmbox interface's host end: `k<site tag>p<port number>`, at most 11
+/// bytes (Linux allows 15). Interface names are global on a node (and in its Open vSwitch
+/// database), so they carry a tag of the site: two sites, or two test bridges, never
+/// claim the same name.
+pub fn umbox_port_name(site_tag: &str, ofport: u32) -> String {
+    format!("k{site_tag}p{ofport}")
+}
+
+/// Four hex digits from the site's name (the first two bytes of its sha256).
+pub fn site_tag(site: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(site.as_bytes());
+    format!("{:02x}{:02x}", d[0], d[1])
 }
 
 /// Numbers every port: the uplink is 1, device `i` is `2 + i`, then the interfaces of
@@ -119,6 +131,7 @@ pub fn allocate(model: &Model, site: &Site) -> Result<Ports, PortSpaceExhausted>
     let mut next: u64 = 2 + site.devices.len() as u64;
     let mut ports = Ports {
         uplink: UPLINK_OFPORT,
+        tag: site_tag(&site.name),
         ..Ports::default()
     };
     ports.all.push(Port {
@@ -137,6 +150,7 @@ pub fn allocate(model: &Model, site: &Site) -> Result<Ports, PortSpaceExhausted>
             },
         });
     }
+    let tag = ports.tag.clone();
     for d in &site.devices {
         let mut instances: Vec<Instance> = Vec::new();
         let mut per_state = Vec::new();
@@ -169,7 +183,7 @@ pub fn allocate(model: &Model, site: &Site) -> Result<Ports, PortSpaceExhausted>
                             let ofport = next as u32;
                             next += 1;
                             ports.all.push(Port {
-                                name: umbox_port_name(ofport),
+                                name: umbox_port_name(&tag, ofport),
                                 ofport,
                                 role: PortRole::Umbox {
                                     device: d.name.clone(),
