@@ -232,6 +232,8 @@ fn zero_bypass_and_posture_latency() {
     std::thread::sleep(Duration::from_millis(500));
     let mut latency: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut answered: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    // A lower bound for each latency: the start of the last poll that saw no packet.
+    let mut earliest: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     // How long one look at the switch takes: the resolution of the latency figures.
     let mut polls: Vec<f64> = Vec::new();
     for i in 0..changes {
@@ -252,6 +254,7 @@ fn zero_bypass_and_posture_latency() {
                 .unwrap(),
         );
         let mut first = None;
+        let mut not_yet = Duration::ZERO;
         let mut answer = None;
         while first.is_none() || answer.is_none() {
             if t0.elapsed() > WAIT {
@@ -272,12 +275,16 @@ fn zero_bypass_and_posture_latency() {
                 polls.push(poll.elapsed().as_secs_f64() * 1000.0);
                 if n.is_some_and(|n| n > 0) {
                     first = Some(t0.elapsed());
+                } else {
+                    // The counters were read during this poll and showed nothing yet.
+                    not_yet = poll - t0;
                 }
             } else {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
         latency[to as usize].push(first.unwrap().as_secs_f64() * 1000.0);
+        earliest[to as usize].push(not_yet.as_secs_f64() * 1000.0);
         answered[to as usize].push(answer.unwrap().as_secs_f64() * 1000.0);
     }
     let sent = send.finish();
