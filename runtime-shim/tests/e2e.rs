@@ -347,6 +347,11 @@ fn zero_bypass_and_posture_latency() {
         summary(&mut latency[0])
     );
     println!(
+        "  lower bounds (last poll with no packet): to suspicious {}; to normal {}",
+        summary(&mut earliest[1]),
+        summary(&mut earliest[0])
+    );
+    println!(
         "one poll of the switch (resolution): {}",
         summary(&mut polls)
     );
