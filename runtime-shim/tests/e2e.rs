@@ -229,6 +229,11 @@ fn zero_bypass_and_posture_latency() {
 
     let recv = udp::Helper::receiver(&UPLINK, &dir);
     let send = udp::Helper::sender(&meter, UPLINK.ip, rate, &dir);
+    // The switch's frames into ip_block's device side, sampled every millisecond: the
+    // stream begins there when the meter's traffic enters the new chain (to
+    // suspicious) and ends there when it leaves the old one (to normal).
+    let sampler = Sampler::start(lab.umbox_port("meter", "ip_block", "a"));
+    let mut starts: Vec<(Instant, usize)> = Vec::new();
     std::thread::sleep(Duration::from_millis(500));
     let mut latency: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut answered: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
@@ -246,6 +251,7 @@ fn zero_bypass_and_posture_latency() {
         let new_set = cookie("meter", to);
         let argv = api.client_args(args);
         let t0 = Instant::now();
+        starts.push((t0, to as usize));
         let mut client = Reaped(
             std::process::Command::new(env!("CARGO_BIN_EXE_kalki-shim"))
                 .args(&argv)
@@ -286,6 +292,24 @@ fn zero_bypass_and_posture_latency() {
         latency[to as usize].push(first.unwrap().as_secs_f64() * 1000.0);
         earliest[to as usize].push(not_yet.as_secs_f64() * 1000.0);
         answered[to as usize].push(answer.unwrap().as_secs_f64() * 1000.0);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let end = Instant::now();
+    let sampled = sampler.finish();
+    let (w, n) = (Duration::from_millis(10), 5);
+    let mut fine: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut unresolved = 0;
+    for (i, &(t0, to)) in starts.iter().enumerate() {
+        let until = starts.get(i + 1).map_or(end, |s| s.0);
+        let at = if to == 1 {
+            stream_start(&sampled.series, t0, until, w, n)
+        } else {
+            stream_end(&sampled.series, t0, until, w, n)
+        };
+        match at {
+            Some(t) => fine[to].push((t - t0).as_secs_f64() * 1000.0),
+            None => unresolved += 1,
+        }
     }
     let sent = send.finish();
     let received = recv.finish();
@@ -345,6 +369,13 @@ fn zero_bypass_and_posture_latency() {
     println!(
         "  to normal (flows only):          {}",
         summary(&mut latency[0])
+    );
+    println!(
+        "latency from the switch's frames into ip_block's port (sysfs every {:.1} ms): \
+         to suspicious, first frame in: {}; to normal, last frame in: {}; unresolved {unresolved}",
+        sampled.period.as_secs_f64() * 1000.0,
+        summary(&mut fine[1]),
+        summary(&mut fine[0])
     );
     println!(
         "  lower bounds (last poll with no packet): to suspicious {}; to normal {}",

@@ -434,3 +434,145 @@ pub fn chain_exit_packets(cookie: u64) -> Option<u64> {
     }
     found
 }
+
+impl Lab {
+    /// The host-side port name (`km<N>`) of one interface (`a`, `b`, `tap`) of a
+    /// device's µmbox instance, from the bundle.
+    pub fn umbox_port(&self, device: &str, umbox: &str, iface: &str) -> String {
+        let dir = self.bundle.join("containers").join(device);
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let v: Value =
+                serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+            if v["name"].as_str().unwrap().ends_with(&format!("-{umbox}")) {
+                for i in v["interfaces"].as_array().unwrap() {
+                    if i["name"] == iface {
+                        return i["port_name"].as_str().unwrap().to_string();
+                    }
+                }
+            }
+        }
+        panic!("{device}: no interface {iface} of µmbox {umbox}");
+    }
+}
+
+/// Frames the switch has sent into a host-side veth end (its `tx_packets`), None while
+/// it does not exist. A read of sysfs: microseconds, unlike a flow dump.
+pub fn tx_packets(port: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/sys/class/net/{port}/statistics/tx_packets"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Samples a port's `tx_packets` about every millisecond on its own thread, keeping
+/// each change with its time, until stopped.
+pub struct Sampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Sampled>>,
+}
+
+/// The changes of a sampled counter, and the mean time between two samples.
+pub struct Sampled {
+    pub series: Vec<(Instant, Option<u64>)>,
+    pub period: Duration,
+}
+
+impl Sampler {
+    pub fn start(port: String) -> Sampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen: Vec<(Instant, Option<u64>)> = Vec::new();
+            let (begun, mut samples) = (Instant::now(), 0u32);
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                samples += 1;
+                let v = tx_packets(&port);
+                if seen.last().map(|s| s.1) != Some(v) {
+                    seen.push((Instant::now(), v));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Sampled {
+                series: seen,
+                period: begun.elapsed() / samples.max(1),
+            }
+        });
+        Sampler {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn finish(mut self) -> Sampled {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The value of a sampled series at time `t` (the last change at or before it).
+fn value_at(series: &[(Instant, Option<u64>)], t: Instant) -> Option<u64> {
+    match series.partition_point(|s| s.0 <= t) {
+        0 => None,
+        i => series[i - 1].1,
+    }
+}
+
+/// Whether the series counts a stream (at least `n` frames within `w`) ending at `t`.
+fn streaming(series: &[(Instant, Option<u64>)], t: Instant, w: Duration, n: u64) -> bool {
+    match (
+        value_at(series, t.checked_sub(w).unwrap_or(t)),
+        value_at(series, t),
+    ) {
+        (Some(a), Some(b)) => b >= a + n,
+        _ => false,
+    }
+}
+
+/// When the stream into a port began within `[from, to)`: the first increase followed
+/// by at least `n` more frames within `w` (a stray frame of the node's own, IPv6 on the
+/// host end, is not a stream).
+pub fn stream_start(
+    series: &[(Instant, Option<u64>)],
+    from: Instant,
+    to: Instant,
+    w: Duration,
+    n: u64,
+) -> Option<Instant> {
+    series
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.0 >= from && s.0 < to)
+        .find(|(i, s)| {
+            let before = if *i == 0 { None } else { series[i - 1].1 };
+            let rose = matches!((before, s.1), (Some(a), Some(b)) if b > a);
+            rose && streaming(series, s.0 + w, w, n)
+        })
+        .map(|(_, s)| s.0)
+}
+
+/// When the stream into a port ended within `[from, to)`: the last increase that is
+/// part of a stream (at least `n` frames within the `w` before it).
+pub fn stream_end(
+    series: &[(Instant, Option<u64>)],
+    from: Instant,
+    to: Instant,
+    w: Duration,
+    n: u64,
+) -> Option<Instant> {
+    series
+        .iter()
+        .filter(|s| s.0 >= from && s.0 < to && s.1.is_some())
+        .rev()
+        .find(|s| streaming(series, s.0, w, n))
+        .map(|s| s.0)
+}
