@@ -308,7 +308,17 @@ fn zero_bypass_and_posture_latency() {
         };
         match at {
             Some(t) => fine[to].push((t - t0).as_secs_f64() * 1000.0),
-            None => unresolved += 1,
+            None => {
+                unresolved += 1;
+                let seg: Vec<String> = sampled
+                    .series
+                    .iter()
+                    .filter(|s| s.0 >= t0 && s.0 < until)
+                    .take(40)
+                    .map(|s| format!("{:.1}:{:?}", (s.0 - t0).as_secs_f64() * 1000.0, s.1))
+                    .collect();
+                println!("unresolved change {i} (to {to}): {}", seg.join(" "));
+            }
         }
     }
     let sent = send.finish();

@@ -554,7 +554,12 @@ pub fn stream_start(
         .filter(|(_, s)| s.0 >= from && s.0 < to)
         .find(|(i, s)| {
             let before = if *i == 0 { None } else { series[i - 1].1 };
-            let rose = matches!((before, s.1), (Some(a), Some(b)) if b > a);
+            // A port that appears already counting rose from nothing.
+            let rose = match (before, s.1) {
+                (Some(a), Some(b)) => b > a,
+                (None, Some(b)) => b > 0,
+                _ => false,
+            };
             rose && streaming(series, s.0 + w, w, n)
         })
         .map(|(_, s)| s.0)
