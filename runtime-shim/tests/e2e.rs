@@ -37,6 +37,15 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// A device's traffic flows to the uplink host: at least 4 of 5 pings come back (one echo
+/// lost on a loaded 2-core machine is not a cut-off; a device cut off gets none).
+macro_rules! assert_flows {
+    ($host:expr, $($msg:tt)+) => {{
+        let got = ping($host, UPLINK.ip, 5);
+        assert!(got >= 4, "{}: {got} of 5 pings came back", format!($($msg)+));
+    }};
+}
+
 #[test]
 fn live_site_end_to_end() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -60,12 +69,16 @@ fn live_site_end_to_end() {
     //    (a tap: it sees a copy of each request and each reply).
     for d in DEVICES {
         assert_eq!(api.state(d.name), "normal");
-        assert_eq!(ping(&d, UPLINK.ip, 3), 3, "{} -> uplink in normal", d.name);
+        assert_flows!(&d, "{} -> uplink in normal", d.name);
     }
     let copied = counter(&cam_sniffer, "copied");
-    assert_eq!(ping(&cam, UPLINK.ip, 5), 5);
+    let got = ping(&cam, UPLINK.ip, 5);
+    assert!(got >= 4, "{got} of 5 pings");
     let seen = counter(&cam_sniffer, "copied") - copied;
-    assert!(seen >= 10, "the sniffer saw {seen} of 10 frames");
+    assert!(
+        seen >= 2 * got as u64,
+        "the sniffer saw {seen} frames of {got} pings"
+    );
 
     // 2. A real port scan from the camera: its sniffer raises `port_scan`, the camera
     //    becomes suspicious, and its traffic now goes through the inline xmas_block.
@@ -77,11 +90,11 @@ fn live_site_end_to_end() {
         "{why}"
     );
     let forwarded = counter(&cam_xmas, "forwarded");
-    assert_eq!(ping(&cam, UPLINK.ip, 5), 5, "cam -> uplink in suspicious");
+    assert_flows!(&cam, "cam -> uplink in suspicious");
     let through = counter(&cam_xmas, "forwarded") - forwarded;
     assert!(
-        through >= 10,
-        "the new chain forwarded {through} of the 10 frames"
+        through >= 8,
+        "the new chain forwarded {through} frames of 5 pings"
     );
 
     // 3. Two more scans (past the sniffer's 1 s hold-off): the third port_scan within a
@@ -99,7 +112,7 @@ fn live_site_end_to_end() {
         "traffic to cam must be dropped"
     );
     for d in [light, thermo, meter] {
-        assert_eq!(ping(&d, UPLINK.ip, 3), 3, "{} while cam is cut off", d.name);
+        assert_flows!(&d, "{} while cam is cut off", d.name);
     }
     wait_for(WAIT, "cam's µmboxes to stop", || {
         ok(&format!(
@@ -113,7 +126,7 @@ fn live_site_end_to_end() {
     let out = api.must(&["reset", "cam"]);
     assert!(out.contains("attack -> normal"), "{out}");
     assert_eq!(api.state("cam"), "normal");
-    assert_eq!(ping(&cam, UPLINK.ip, 3), 3, "cam after the reset");
+    assert_flows!(&cam, "cam after the reset");
     assert!(counter(&cam_sniffer, "copied") >= 6);
 
     // 5. A cross-device rule on readings: hot while the light is off. First with the
@@ -128,7 +141,7 @@ fn live_site_end_to_end() {
     assert!(out.contains("hot_and_dark"), "{out}");
     assert_eq!(api.state("thermo"), "normal");
     let forwarded = counter(&light_xmas, "forwarded");
-    assert_eq!(ping(&light, UPLINK.ip, 3), 3);
+    assert_flows!(&light, "light in suspicious");
     assert!(counter(&light_xmas, "forwarded") - forwarded >= 6);
 
     // 6a. A µmbox of the camera's current chain is killed: the camera fails closed (its
@@ -146,7 +159,7 @@ fn live_site_end_to_end() {
         "a failed-closed cam is cut off"
     );
     for d in [light, thermo, meter] {
-        assert_eq!(ping(&d, UPLINK.ip, 3), 3, "{} while cam failed", d.name);
+        assert_flows!(&d, "{} while cam failed", d.name);
     }
 
     // 6b. The shim is SIGKILLed and started again: the journal gives back the states
@@ -164,10 +177,10 @@ fn live_site_end_to_end() {
         .trim()
         .is_empty()
     });
-    assert_eq!(ping(&cam, UPLINK.ip, 3), 3, "cam after the restart");
+    assert_flows!(&cam, "cam after the restart");
     assert!(counter(&cam_sniffer, "copied") >= 6);
     let forwarded = counter(&light_xmas, "forwarded");
-    assert_eq!(ping(&light, UPLINK.ip, 3), 3, "light after the restart");
+    assert_flows!(&light, "light after the restart");
     assert!(counter(&light_xmas, "forwarded") - forwarded >= 6);
     drop(shim);
     drop(lab);
@@ -324,6 +337,13 @@ fn zero_bypass_and_posture_latency() {
     let sent = send.finish();
     let received = recv.finish();
     let forwarded = forwarded_ipv4(&xmas) - base;
+    // Nothing but the meter's datagrams crossed its µmbox: the node's own IPv6 on the
+    // µmbox's host-side ports is off (it used to leak along the chain).
+    assert_eq!(
+        stats(&xmas)["non_ipv4"],
+        0,
+        "non-IPv4 frames crossed the µmbox"
+    );
     let sent_n = sent["sent"].as_u64().unwrap();
     let received_n = received["unique"].as_u64().unwrap();
     let bypassed = received_n.saturating_sub(forwarded);
