@@ -84,6 +84,7 @@ fn live_site_end_to_end() {
     //    becomes suspicious, and its traffic now goes through the inline xmas_block.
     port_scan(&cam, "1-30");
     api.wait_state("cam", "suspicious", WAIT);
+    assert!(set_installed(cookie("cam", 1)) && !set_installed(cookie("cam", 0)));
     let why = api.device("cam");
     assert!(
         why["cause"].as_str().unwrap().contains("port_scan"),
@@ -151,6 +152,10 @@ fn live_site_end_to_end() {
         api.device("cam")["fail_closed"].is_string()
     });
     assert_eq!(api.state("cam"), "normal", "the failure is the node's");
+    assert!(
+        !set_installed(cookie("cam", 0)),
+        "cam's normal flows are gone while it is failed closed"
+    );
     let status = api.must(&["status"]);
     assert!(status.contains("FAIL-CLOSED"), "{status}");
     assert_eq!(
@@ -170,6 +175,14 @@ fn live_site_end_to_end() {
     assert_eq!(api.state("cam"), "normal");
     assert_eq!(api.state("light"), "suspicious");
     assert!(api.device("cam")["fail_closed"].is_null());
+    assert!(
+        set_installed(cookie("cam", 0)),
+        "cam's normal flows are back"
+    );
+    assert!(
+        set_installed(cookie("light", 1)),
+        "light's suspicious flows"
+    );
     wait_for(WAIT, "cam's sniffer to run again", || {
         !ok(&format!(
             "docker ps -q --filter name=^{cam_sniffer}$ --filter status=running"

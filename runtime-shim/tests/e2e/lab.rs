@@ -581,3 +581,11 @@ pub fn stream_end(
         .find(|s| streaming(series, s.0, w, n))
         .map(|s| s.0)
 }
+
+/// Whether the switch holds a rule set (any flow under that exact cookie).
+pub fn set_installed(cookie: u64) -> bool {
+    let out = ok(&format!(
+        "ovs-ofctl -O OpenFlow15 --no-stats dump-flows {BRIDGE} cookie={cookie:#x}/-1"
+    ));
+    out.lines().any(|l| l.contains("cookie="))
+}
