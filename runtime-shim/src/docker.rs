@@ -140,6 +140,21 @@ impl Engine {
                 network_mode: Some("none".into()),
                 // NET_ADMIN is not granted: the µmbox only opens packet sockets
                 // (NET_RAW, in Docker's default set) on interfaces it is given.
+                // IPv6 off in the container's network namespace (the interfaces `a`,
+                // `b`, `tap` are created later and inherit `default`): otherwise its
+                // kernel sends router solicitations and MLD reports on them, which the
+                // switch forwards on to the device or the uplink (docs/umbox.md;
+                // found by runtime-shim/tests/e2e.rs).
+                sysctls: Some(HashMap::from([
+                    (
+                        "net.ipv6.conf.all.disable_ipv6".to_string(),
+                        "1".to_string(),
+                    ),
+                    (
+                        "net.ipv6.conf.default.disable_ipv6".to_string(),
+                        "1".to_string(),
+                    ),
+                ])),
                 ..HostConfig::default()
             }),
             ..ContainerCreateBody::default()

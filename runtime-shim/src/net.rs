@@ -3,6 +3,8 @@
 //! container's network namespace under the name the µmbox expects (`a`, `b`, `tap`).
 //! Transmit checksum offload is turned off on both ends: through the userspace datapath,
 //! TCP across veth pairs fails without it (docs/design/openflow-pipeline.md).
+//! IPv6 is turned off on the host end (and in the container, by the engine's sysctls),
+//! so that neither network stack sends anything of its own along the chain.
 
 use crate::cmd::{self, CmdError};
 use std::time::Duration;
@@ -36,6 +38,14 @@ pub async fn plug(pid: u32, links: &[Link], limit: Duration) -> Result<(), CmdEr
             )
             .await?;
             made.push(&l.host);
+            // IPv6 off on the host end before it is up: otherwise the node's own
+            // router solicitations and MLD reports go into the µmbox, which forwards
+            // them along the chain. A kernel without IPv6 has nothing to turn off.
+            let _ = tokio::fs::write(
+                format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", l.host),
+                "1",
+            )
+            .await;
             cmd::run("ip", &["link", "set", "dev", &l.host, "up"], None, limit).await?;
             cmd::run("ethtool", &["-K", &l.host, "tx", "off"], None, limit).await?;
             let inside = |args: &[&str]| {
