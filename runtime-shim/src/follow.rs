@@ -91,13 +91,6 @@ impl Followers {
             self.tasks.insert(name.to_string(), task);
         }
     }
-
-    /// Stops following one container (before the shim stops it on purpose).
-    pub fn forget(&mut self, name: &str) {
-        if let Some(task) = self.tasks.remove(name) {
-            task.abort();
-        }
-    }
 }
 
 impl Drop for Followers {

@@ -15,7 +15,7 @@ use crate::cmd::CmdError;
 use crate::docker::{self, ContainerSpec, DockerError};
 use crate::manifest::{Container, UnknownHosts};
 use crate::net::{self, Link};
-use crate::ovs::{Isolation, Ovs, OvsError, PortKind};
+use crate::ovs::{Isolation, Ovs, OvsError};
 use kalki_openflow::{self as of, FlowMod};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -464,7 +464,7 @@ impl Node {
                 Action::AddPort { name, ofport } => {
                     let uplink = Some(name) == self.bundle.manifest.uplink.name.as_ref();
                     self.ovs
-                        .add_port(name, *ofport, PortKind::System, self.isolation(uplink))
+                        .add_port(name, *ofport, self.isolation(uplink))
                         .await?;
                 }
                 Action::RemovePort { name } => {
@@ -583,12 +583,7 @@ impl Node {
             net::plug(pid, &links, self.cfg.call_timeout).await?;
             for i in &c.interfaces {
                 self.ovs
-                    .add_port(
-                        &i.port_name,
-                        i.ofport,
-                        PortKind::System,
-                        self.isolation(false),
-                    )
+                    .add_port(&i.port_name, i.ofport, self.isolation(false))
                     .await?;
             }
             self.docker

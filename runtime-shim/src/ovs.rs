@@ -24,15 +24,6 @@ pub enum OvsError {
     Unexpected { command: String, detail: String },
 }
 
-/// How a port is attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PortKind {
-    /// An existing network interface (a device's link, the uplink, a µmbox veth end).
-    System,
-    /// A port OVS creates itself (tests without real links).
-    Internal,
-}
-
 /// VLAN settings that keep `NORMAL` (unknown hosts passed) away from managed ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isolation {
@@ -104,18 +95,6 @@ impl Ovs {
         argv.push(&self.bridge);
         argv.extend(args);
         argv
-    }
-
-    async fn ofctl(
-        &self,
-        options: &[&str],
-        command: &str,
-        args: &[&str],
-        stdin: Option<&str>,
-    ) -> Result<String, OvsError> {
-        let t = self.timeout_flag();
-        let argv = self.ofctl_argv(&t, options, command, args);
-        Ok(cmd::run("ovs-ofctl", &argv, stdin, self.deadline()).await?)
     }
 
     /// Both daemons answer: the database (ovs-vsctl) and the switch (ovs-appctl).
@@ -222,12 +201,12 @@ impl Ovs {
         Ok(ports)
     }
 
-    /// Adds a port with the number the bundle gives it and checks that it got it.
+    /// Adds an existing interface (a device link, the uplink, a µmbox veth end) as a port
+    /// with the number the bundle gives it, and checks that it got it.
     pub async fn add_port(
         &self,
         name: &str,
         ofport: u32,
-        kind: PortKind,
         isolation: Isolation,
     ) -> Result<(), OvsError> {
         let request = format!("ofport_request={ofport}");
@@ -238,9 +217,6 @@ impl Ovs {
             Isolation::Uplink => args.push("trunks=0"),
         }
         args.extend(["--", "set", "interface", name, &request]);
-        if kind == PortKind::Internal {
-            args.push("type=internal");
-        }
         self.vsctl(&args).await?;
         let got = self.vsctl(&["get", "interface", name, "ofport"]).await?;
         let got = got.trim().parse::<i64>().unwrap_or(-1);
@@ -302,21 +278,6 @@ impl Ovs {
             }
         }
         Ok(diff)
-    }
-
-    /// The flows whose cookie matches `cookie` under `mask`, without counters, sorted.
-    pub async fn dump_flows(&self, cookie: u64, mask: u64) -> Result<Vec<String>, OvsError> {
-        let filter = format!("cookie={cookie:#x}/{mask:#x}");
-        let out = self
-            .ofctl(&["--no-stats"], "dump-flows", &[&filter], None)
-            .await?;
-        let mut lines: Vec<String> = out
-            .lines()
-            .map(|l| l.trim().to_string())
-            .filter(|l| !l.is_empty())
-            .collect();
-        lines.sort();
-        Ok(lines)
     }
 }
 
