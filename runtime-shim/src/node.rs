@@ -95,8 +95,10 @@ pub enum Action {
     DeleteStrayFlows {
         cookie: u64,
     },
+    /// With the host ends of its interfaces (from its label, read when planning).
     StopContainer {
         name: String,
+        ports: Vec<String>,
     },
 }
 
@@ -438,10 +440,12 @@ impl Node {
                 plan.actions.push(Action::DeleteStrayFlows { cookie: c });
             }
         }
-        for name in w.containers.keys() {
+        for (name, c) in &w.containers {
             if !wanted_names.contains(name) {
-                plan.actions
-                    .push(Action::StopContainer { name: name.clone() });
+                plan.actions.push(Action::StopContainer {
+                    name: name.clone(),
+                    ports: ports_of(c),
+                });
             }
         }
         // Make-before-break: stop and unplug only after the new flows are in.
@@ -509,8 +513,8 @@ impl Node {
             report.failed_closed.push((device, closed, reason));
         }
         for a in &plan.actions {
-            if let Action::StopContainer { name } = a {
-                self.stop_instance(name).await?;
+            if let Action::StopContainer { name, ports } = a {
+                self.stop_instance(name, ports).await?;
             }
         }
         Ok(report)
@@ -602,23 +606,9 @@ impl Node {
         result
     }
 
-    /// Stops a container of the site and removes its ports (named in its label).
-    pub async fn stop_instance(&self, name: &str) -> Result<(), NodeError> {
-        let listed = self
-            .docker
-            .list(LABEL_SITE, &self.bundle.manifest.site)
-            .await?;
-        let ports: Vec<String> = listed
-            .iter()
-            .find(|c| c.name == name)
-            .and_then(|c| c.labels.get(LABEL_PORTS))
-            .map(|p| {
-                p.split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default();
+    /// Stops a container of the site and removes its ports (`ports`: the host ends its
+    /// `kalki.ports` label names; see [`ports_of`]).
+    pub async fn stop_instance(&self, name: &str, ports: &[String]) -> Result<(), NodeError> {
         self.docker.remove(name).await?;
         let links: Vec<Link> = ports
             .iter()
@@ -650,7 +640,8 @@ impl Node {
             }
             if ok {
                 self.install(device, s).await?;
-                self.stop_others(device, s).await?;
+                let containers = self.device_containers(device).await?;
+                self.stop_others(device, s, &containers).await?;
                 return Ok(Closed::State(s));
             }
         }
@@ -665,10 +656,12 @@ impl Node {
     /// fails closed.
     pub async fn change_posture(&self, device: usize, to: usize) -> Result<Posture, NodeError> {
         let new = self.wanted(device, to);
-        let running = self.device_containers(device).await?;
+        // Listed once: what runs decides what to start, and what to stop afterwards (all
+        // that is started now is kept).
+        let before = self.device_containers(device).await?;
         let starts: Vec<&str> = new
             .iter()
-            .filter(|(_, c)| running.get(&c.name) != Some(&true))
+            .filter(|(_, c)| !before.iter().any(|r| r.name == c.name && r.running))
             .map(|(p, _)| *p)
             .collect();
         let results =
@@ -679,38 +672,52 @@ impl Node {
             return Ok(Posture::FailedClosed { installed, reason });
         }
         self.install(device, to).await?;
-        self.stop_others(device, to).await?;
+        self.stop_others(device, to, &before).await?;
         Ok(Posture::Changed)
     }
 
-    /// The device's containers: name → running.
-    async fn device_containers(&self, device: usize) -> Result<BTreeMap<String, bool>, NodeError> {
+    /// The device's containers, running or not.
+    async fn device_containers(&self, device: usize) -> Result<Vec<docker::Running>, NodeError> {
         let name = &self.bundle.manifest.devices[device].name;
-        Ok(self
+        let mut all = self
             .docker
             .list(LABEL_SITE, &self.bundle.manifest.site)
-            .await?
-            .into_iter()
-            .filter(|c| c.labels.get("kalki.device") == Some(name))
-            .map(|c| (c.name, c.running))
-            .collect())
+            .await?;
+        all.retain(|c| c.labels.get("kalki.device") == Some(name));
+        Ok(all)
     }
 
-    /// Stops the device's containers that state `state` does not use (after its flows
-    /// are in: make-before-break).
-    async fn stop_others(&self, device: usize, state: usize) -> Result<(), NodeError> {
+    /// Stops those of the device's `containers` that state `state` does not use (after
+    /// its flows are in: make-before-break).
+    async fn stop_others(
+        &self,
+        device: usize,
+        state: usize,
+        containers: &[docker::Running],
+    ) -> Result<(), NodeError> {
         let keep: BTreeSet<String> = self
             .wanted(device, state)
             .iter()
             .map(|(_, c)| c.name.clone())
             .collect();
-        for name in self.device_containers(device).await?.into_keys() {
-            if !keep.contains(&name) {
-                self.stop_instance(&name).await?;
-            }
+        for c in containers.iter().filter(|c| !keep.contains(&c.name)) {
+            self.stop_instance(&c.name, &ports_of(c)).await?;
         }
         Ok(())
     }
+}
+
+/// The host ends of a container's interfaces, from the label the shim put on it.
+pub fn ports_of(c: &docker::Running) -> Vec<String> {
+    c.labels
+        .get(LABEL_PORTS)
+        .map(|p| {
+            p.split(',')
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The order actions run in: bridge, ports, µmboxes, base, device flows, strays, stops.
@@ -751,7 +758,7 @@ impl fmt::Display for Action {
             Action::DeleteStrayFlows { cookie } => {
                 write!(f, "delete flows with unknown cookie {cookie:#x}")
             }
-            Action::StopContainer { name } => write!(f, "stop container {name}"),
+            Action::StopContainer { name, .. } => write!(f, "stop container {name}"),
         }
     }
 }
@@ -803,7 +810,10 @@ mod tests {
     #[test]
     fn stops_come_after_flows() {
         let mut v = [
-            Action::StopContainer { name: "x".into() },
+            Action::StopContainer {
+                name: "x".into(),
+                ports: vec![],
+            },
             Action::InstallState {
                 device: 0,
                 state: 1,

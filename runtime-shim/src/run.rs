@@ -406,7 +406,11 @@ impl Loop {
                 }
             }
         }
-        self.sync_followers(true).await;
+        // Only a posture change starts or stops µmboxes: a reading that changes no state
+        // must not cost a Docker call.
+        if !changes.is_empty() {
+            self.sync_followers(true).await;
+        }
         Ok(changes)
     }
 
@@ -421,10 +425,10 @@ impl Loop {
 
     async fn umbox_event(&mut self, event: UmboxEvent) -> Result<(), RunError> {
         match event {
+            // The offending address the µmbox names is in its own log; the engine's
+            // `source` is the µmbox (its catalog name), which is what a policy can name.
             UmboxEvent::Alert {
-                container,
-                alert,
-                source,
+                container, alert, ..
             } => {
                 let Some((device, c)) = self.container(&container) else {
                     eprintln!(
@@ -455,7 +459,6 @@ impl Loop {
                         text.join("; ")
                     );
                 }
-                let _ = source;
             }
             UmboxEvent::Exited { container } => {
                 let Some((device, c)) = self.container(&container) else {
