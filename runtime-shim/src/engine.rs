@@ -681,6 +681,11 @@ impl Engine {
         self.rt.devices.get(device).map(|d| d.state)
     }
 
+    /// Every device's state, in device order (what the node is brought to).
+    pub fn states(&self) -> Vec<usize> {
+        self.rt.devices.iter().map(|d| d.state).collect()
+    }
+
     /// The earliest time at which a timer needs the engine: a `when ... for` hold or an
     /// `after ... quiet` period running out, or the clock reaching a boundary of a window
     /// that a rule or a held guard reads. Call [`Engine::handle`] with [`Input::Tick`] then.

@@ -425,28 +425,24 @@ fn run_apply(args: &ApplyArgs) -> Exit {
     let Some(offset) = args.journal.day_offset() else {
         return Exit::Usage;
     };
-    let states = if args.journal.journal.is_file() {
-        let replayed = kalki_shim::journal::Journal::open(&args.journal.journal).and_then(|j| {
-            j.replay(
-                &bundle,
-                kalki_shim::engine::Config {
-                    day_offset_ms: offset,
-                },
-                kalki_shim::run::now_ms(),
-            )
-        });
-        match replayed {
-            Ok((engine, _)) => (0..engine.device_count())
-                .map(|d| engine.state(d).unwrap_or(0))
-                .collect(),
+    let config = kalki_shim::engine::Config {
+        day_offset_ms: offset,
+    };
+    let now = kalki_shim::run::now_ms();
+    let engine = if args.journal.journal.is_file() {
+        match kalki_shim::journal::Journal::open(&args.journal.journal)
+            .and_then(|j| j.replay(&bundle, config, now))
+        {
+            Ok((engine, _)) => engine,
             Err(e) => {
                 eprintln!("error: {e}");
                 return Exit::Usage;
             }
         }
     } else {
-        initial_states(&bundle)
+        kalki_shim::engine::Engine::new(&bundle, config, now)
     };
+    let states = engine.states();
     rt.block_on(async {
         let node = match connect_node(bundle, &args.node).await {
             Ok(n) => n,
@@ -579,20 +575,6 @@ fn block_on<T>(f: impl std::future::Future<Output = Result<T, ClientError>>) -> 
             Exit::Usage
         }
     })
-}
-
-/// Every device's initial state (index into its states).
-fn initial_states(b: &bundle::Bundle) -> Vec<usize> {
-    b.manifest
-        .devices
-        .iter()
-        .map(|d| {
-            d.states
-                .iter()
-                .position(|s| s.name == d.initial)
-                .unwrap_or(0)
-        })
-        .collect()
 }
 
 fn print(text: &str) -> Exit {

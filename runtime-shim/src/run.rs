@@ -191,12 +191,6 @@ impl Loop {
             .map_or_else(|| state.to_string(), |s| s.name.clone())
     }
 
-    fn states(&self) -> Vec<usize> {
-        (0..self.engine.device_count())
-            .map(|d| self.engine.state(d).unwrap_or(0))
-            .collect()
-    }
-
     /// Brings the node to the engine's states; if the switch or the engine fails us, says
     /// so and tries again later (the loop keeps serving meanwhile). Whatever the switch
     /// holds stays in force: it is fail-closed (`fail_mode=secure`), so it never falls
@@ -221,7 +215,7 @@ impl Loop {
 
     /// The node as the engine's states want it.
     async fn reconcile(&mut self) -> Result<(), RunError> {
-        let plan = self.node.plan(&self.states()).await?;
+        let plan = self.node.plan(&self.engine.states()).await?;
         for step in self.node.describe(&plan) {
             eprintln!("kalki-shim: {step}");
         }
