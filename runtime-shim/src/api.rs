@@ -974,29 +974,47 @@ fn bad_path(e: &PathRejection) -> Response {
     )
 }
 
+/// A device's event: the device from the path, the body parsed into `T` (or `empty`
+/// when there is none), made into an input and submitted. The three event endpoints
+/// differ only in `T` and in how it becomes an [`Input`].
+async fn device_event<T: serde::de::DeserializeOwned>(
+    st: &AppState,
+    path: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    raw: Body,
+    empty: Option<T>,
+    shape: &'static str,
+    input: impl FnOnce(String, T) -> Input,
+) -> Response {
+    let device = match path {
+        Ok(Path(d)) => d,
+        Err(e) => return bad_path(&e),
+    };
+    match body::<T>(headers, raw, empty, shape).await {
+        Ok(b) => submit(st, input(device, b)).await,
+        Err(r) => r,
+    }
+}
+
 async fn readings(
     State(st): State<AppState>,
     path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     raw: Body,
 ) -> Response {
-    let device = match path {
-        Ok(Path(d)) => d,
-        Err(e) => return bad_path(&e),
-    };
-    match body::<ReadingBody>(&headers, raw, None, READING_SHAPE).await {
-        Ok(b) => {
-            submit(
-                &st,
-                Input::Reading {
-                    device,
-                    values: b.values,
-                },
-            )
-            .await
-        }
-        Err(r) => r,
-    }
+    device_event(
+        &st,
+        path,
+        &headers,
+        raw,
+        None,
+        READING_SHAPE,
+        |device, b: ReadingBody| Input::Reading {
+            device,
+            values: b.values,
+        },
+    )
+    .await
 }
 
 async fn alerts(
@@ -1005,24 +1023,20 @@ async fn alerts(
     headers: HeaderMap,
     raw: Body,
 ) -> Response {
-    let device = match path {
-        Ok(Path(d)) => d,
-        Err(e) => return bad_path(&e),
-    };
-    match body::<AlertBody>(&headers, raw, None, ALERT_SHAPE).await {
-        Ok(b) => {
-            submit(
-                &st,
-                Input::Alert {
-                    device,
-                    alert: b.alert,
-                    source: b.source,
-                },
-            )
-            .await
-        }
-        Err(r) => r,
-    }
+    device_event(
+        &st,
+        path,
+        &headers,
+        raw,
+        None,
+        ALERT_SHAPE,
+        |device, b: AlertBody| Input::Alert {
+            device,
+            alert: b.alert,
+            source: b.source,
+        },
+    )
+    .await
 }
 
 async fn reset(
@@ -1031,23 +1045,20 @@ async fn reset(
     headers: HeaderMap,
     raw: Body,
 ) -> Response {
-    let device = match path {
-        Ok(Path(d)) => d,
-        Err(e) => return bad_path(&e),
-    };
-    match body::<ResetBody>(&headers, raw, Some(ResetBody {}), RESET_SHAPE).await {
-        Ok(ResetBody {}) => {
-            submit(
-                &st,
-                Input::Operator {
-                    device,
-                    action: "reset".to_string(),
-                },
-            )
-            .await
-        }
-        Err(r) => r,
-    }
+    let empty = Some(ResetBody {});
+    device_event(
+        &st,
+        path,
+        &headers,
+        raw,
+        empty,
+        RESET_SHAPE,
+        |device, _: ResetBody| Input::Operator {
+            device,
+            action: "reset".to_string(),
+        },
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------------
