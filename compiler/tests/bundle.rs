@@ -30,6 +30,11 @@ fn build(dir: &str) -> Bundle {
     bundle::build(model, &model.sites[0], &checked.sources, &solver).unwrap()
 }
 
+/// `kalkic build --color never POLICY -o OUT`.
+fn build_cli(policy: &str, out: &str) -> std::process::Output {
+    kalkic(&["build", "--color", "never", policy, "-o", out])
+}
+
 #[test]
 fn building_twice_gives_identical_bytes() {
     for dir in ["examples/smart-office", "examples/kalki-lab-corrected"] {
@@ -174,12 +179,7 @@ fn states_share_equal_umbox_instances() {
     let tmp = TempDir::new("share");
     let out = tmp.path().join("b");
     let policy = repo_root().join("compiler/tests/fixtures/ovs/open-lab.kalki");
-    let lab = kalkic(&[
-        "build",
-        policy.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let lab = build_cli(policy.to_str().unwrap(), out.to_str().unwrap());
     assert_eq!(code(&lab), 0, "{}", String::from_utf8_lossy(&lab.stderr));
     let m: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
@@ -220,24 +220,10 @@ fn build_writes_a_bundle_and_replaces_an_earlier_one() {
     let tmp = TempDir::new("bundle-ok");
     let dir = tmp.path();
     let out = dir.join("out");
-    let o = kalkic(&[
-        "build",
-        "--color",
-        "never",
-        "examples/smart-office",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = build_cli("examples/smart-office", out.to_str().unwrap());
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
     let first = std::fs::read(out.join("manifest.json")).unwrap();
-    let o = kalkic(&[
-        "build",
-        "--color",
-        "never",
-        "examples/smart-office",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = build_cli("examples/smart-office", out.to_str().unwrap());
     assert_eq!(code(&o), 0);
     assert_eq!(std::fs::read(out.join("manifest.json")).unwrap(), first);
     // No staging directory is left behind.
@@ -253,14 +239,7 @@ fn build_refuses_a_policy_with_errors_and_writes_nothing() {
     let tmp = TempDir::new("bundle-errors");
     let dir = tmp.path();
     let out = dir.join("out");
-    let o = kalkic(&[
-        "build",
-        "--color",
-        "never",
-        "examples/kalki-lab",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let o = build_cli("examples/kalki-lab", out.to_str().unwrap());
     assert_eq!(code(&o), 1);
     assert!(String::from_utf8_lossy(&o.stderr).contains("no bundle written"));
     assert!(!out.exists());
@@ -272,14 +251,7 @@ fn build_refuses_to_overwrite_what_is_not_a_bundle() {
     let tmp = TempDir::new("bundle-foreign");
     let dir = tmp.path();
     std::fs::write(dir.join("precious.txt"), "keep me").unwrap();
-    let o = kalkic(&[
-        "build",
-        "--color",
-        "never",
-        "examples/smart-office",
-        "-o",
-        dir.to_str().unwrap(),
-    ]);
+    let o = build_cli("examples/smart-office", dir.to_str().unwrap());
     assert_eq!(code(&o), 2);
     assert_eq!(
         std::fs::read_to_string(dir.join("precious.txt")).unwrap(),
