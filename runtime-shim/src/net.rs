@@ -83,8 +83,31 @@ async fn unplug_one(host: &str, limit: Duration) {
     let _ = cmd::run("ip", &["link", "del", "dev", host], None, limit).await;
 }
 
-/// Whether a network interface of that name exists on the host.
-pub async fn exists(name: &str, limit: Duration) -> Result<bool, CmdError> {
-    let (_, out) = cmd::output("ip", &["link", "show", "dev", name], None, limit).await?;
-    Ok(out.status.success())
+/// The names of the host's network interfaces, read once (`ip -o link show`): a site of
+/// thousands of devices is checked with one process, not one per port.
+pub async fn interfaces(limit: Duration) -> Result<std::collections::BTreeSet<String>, CmdError> {
+    let out = cmd::run("ip", &["-o", "link", "show"], None, limit).await?;
+    Ok(parse_link_names(&out))
+}
+
+/// `3: ktn-d0@ktn-d0p: <...>` → `ktn-d0` (a veth's peer after `@` is not its name).
+fn parse_link_names(out: &str) -> std::collections::BTreeSet<String> {
+    out.lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_names() {
+        let out = "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue\n\
+                   7: ktn-d0@ktn-d0p: <BROADCAST,MULTICAST,UP> mtu 1500\n\
+                   9: k5cc3p9@if3: <BROADCAST> mtu 1500\n";
+        let names: Vec<String> = parse_link_names(out).into_iter().collect();
+        assert_eq!(names, ["k5cc3p9", "ktn-d0", "lo"]);
+    }
 }

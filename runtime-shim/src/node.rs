@@ -372,8 +372,9 @@ impl Node {
     /// into each device's states). Reads, changes nothing. Fails if an interface the
     /// bundle names (uplink, device ports) does not exist.
     pub async fn plan(&self, states: &[usize]) -> Result<Plan, NodeError> {
+        let present = net::interfaces(self.cfg.call_timeout).await?;
         for (name, _, what) in self.fixed_ports() {
-            if !net::exists(&name, self.cfg.call_timeout).await? {
+            if !present.contains(&name) {
                 return Err(NodeError::MissingInterface { name, what });
             }
         }

@@ -29,6 +29,15 @@ fn apply_and_posture_changes_on_open_vswitch_and_docker() {
     built.write_to(&dir).unwrap();
     let b = dir.to_str().unwrap();
 
+    // A device's interface is missing: apply says which, and changes nothing.
+    ok("ip link del dev ktn-d1");
+    let missing = shim(&["apply", b]);
+    assert_eq!(missing.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("`ktn-d1`") && err.contains("nothing was changed"), "{err}");
+    assert!(!ok("ovs-vsctl --timeout=10 list-br").lines().any(|l| l == BRIDGE));
+    ok("ip link add ktn-d1 type veth peer name ktn-d1p && ip link set dev ktn-d1 up");
+
     // A dry run plans everything and changes nothing.
     let dry = shim(&["apply", b, "--dry-run"]);
     assert!(
