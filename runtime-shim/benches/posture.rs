@@ -72,18 +72,16 @@ async fn change(
     engine.validate(t, &input).unwrap();
     journal.append_input(t, sha, &input).unwrap();
     let steps = engine.handle(t, &input).unwrap();
-    let mut changed = false;
+    let mut committed = None;
     for e in steps.iter().flat_map(|s| &s.effects) {
         if let Effect::StateChange { device, to, .. } = e {
-            assert_eq!(
-                node.change_posture(*device, *to).await.unwrap(),
-                Posture::Changed
-            );
-            changed = true;
+            match node.change_posture(*device, *to).await.unwrap() {
+                Posture::Changed { committed: at } => committed = Some(at),
+                other => panic!("{input:?}: {other:?}"),
+            }
         }
     }
-    assert!(changed, "{input:?} changed nothing");
-    node.last_commit().unwrap() - arrived
+    committed.unwrap_or_else(|| panic!("{input:?} changed nothing")) - arrived
 }
 
 fn main() {

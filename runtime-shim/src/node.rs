@@ -134,8 +134,15 @@ pub enum Closed {
 /// The outcome of a posture change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Posture {
-    Changed,
-    FailedClosed { installed: Closed, reason: String },
+    /// `committed`: when the device's new flows were in force on the switch (the
+    /// µmboxes only the old state used are stopped after that).
+    Changed {
+        committed: std::time::Instant,
+    },
+    FailedClosed {
+        installed: Closed,
+        reason: String,
+    },
 }
 
 pub struct Node {
@@ -148,7 +155,6 @@ pub struct Node {
     /// The OpenFlow connection to the bridge, made when first needed (the bridge may not
     /// exist before `apply` creates it) and made again when it breaks.
     switch: Mutex<Option<of::Client>>,
-    committed: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// The bridge, as observed.
@@ -185,7 +191,6 @@ impl Node {
             cfg,
             flows,
             switch: Mutex::new(None),
-            committed: std::sync::Mutex::new(None),
         })
     }
 
@@ -529,17 +534,7 @@ impl Node {
             state: state.to_string(),
         })?;
         self.swap(s.cookie.0, self.mask(), self.parsed(&s.flows))
-            .await?;
-        if let Ok(mut t) = self.committed.lock() {
-            *t = Some(std::time::Instant::now());
-        }
-        Ok(())
-    }
-
-    /// When a device's flows were last committed by [`Node::install`] (for measuring
-    /// posture-change latency).
-    pub fn last_commit(&self) -> Option<std::time::Instant> {
-        self.committed.lock().ok().and_then(|t| *t)
+            .await
     }
 
     /// Starts the µmbox instance at `path` (replacing a container of the same name),
@@ -673,8 +668,9 @@ impl Node {
             return Ok(Posture::FailedClosed { installed, reason });
         }
         self.install(device, to).await?;
+        let committed = std::time::Instant::now();
         self.stop_others(device, to, &before).await?;
-        Ok(Posture::Changed)
+        Ok(Posture::Changed { committed })
     }
 
     /// The device's containers, running or not.

@@ -350,7 +350,7 @@ impl Loop {
                         self.journal
                             .record_change(step.t_ms, &name, &from_n, &to_n, &why)?;
                         match self.node.change_posture(*device, *to).await {
-                            Ok(Posture::Changed) => {
+                            Ok(Posture::Changed { .. }) => {
                                 self.closed.remove(device);
                             }
                             Ok(Posture::FailedClosed { installed, reason }) => {

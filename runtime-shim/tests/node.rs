@@ -34,8 +34,13 @@ fn apply_and_posture_changes_on_open_vswitch_and_docker() {
     let missing = shim(&["apply", b]);
     assert_eq!(missing.status.code(), Some(2));
     let err = String::from_utf8_lossy(&missing.stderr);
-    assert!(err.contains("`ktn-d1`") && err.contains("nothing was changed"), "{err}");
-    assert!(!ok("ovs-vsctl --timeout=10 list-br").lines().any(|l| l == BRIDGE));
+    assert!(
+        err.contains("`ktn-d1`") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(!ok("ovs-vsctl --timeout=10 list-br")
+        .lines()
+        .any(|l| l == BRIDGE));
     ok("ip link add ktn-d1 type veth peer name ktn-d1p && ip link set dev ktn-d1 up");
 
     // A dry run plans everything and changes nothing.
@@ -135,7 +140,10 @@ fn apply_and_posture_changes_on_open_vswitch_and_docker() {
 
         // normal [probe 1] -> suspicious [probe 1, probe_tap, probe 2]: the shared
         // probe keeps running (same container), two start, the flows swap.
-        assert_eq!(node.change_posture(0, 1).await.unwrap(), Posture::Changed);
+        assert!(matches!(
+            node.change_posture(0, 1).await.unwrap(),
+            Posture::Changed { .. }
+        ));
         assert_eq!(
             running(),
             [
@@ -181,7 +189,10 @@ fn apply_and_posture_changes_on_open_vswitch_and_docker() {
         assert_eq!(running(), ["kalki-node-d1-0-probe"]);
 
         // attack -> normal: normal's µmbox starts again.
-        assert_eq!(node.change_posture(0, 0).await.unwrap(), Posture::Changed);
+        assert!(matches!(
+            node.change_posture(0, 0).await.unwrap(),
+            Posture::Changed { .. }
+        ));
         assert_eq!(
             running(),
             ["kalki-node-d0-0-probe", "kalki-node-d1-0-probe"]
