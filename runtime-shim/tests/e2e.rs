@@ -54,7 +54,7 @@ fn live_site_end_to_end() {
     }
     let lab = Lab::new("e2e");
     let api = Api::new(lab.tmp.path());
-    let shim = api.start(&lab);
+    let shim = lab.start(&api);
     let (cam, light, thermo, meter) = (
         device("cam"),
         device("light"),
@@ -171,7 +171,7 @@ fn live_site_end_to_end() {
     //     (cam normal, light suspicious), the node is brought to them: the camera's
     //     chain is back and its traffic flows, the light's still passes its xmas_block.
     shim.kill();
-    let shim = api.start(&lab);
+    let shim = lab.start(&api);
     assert_eq!(api.state("cam"), "normal");
     assert_eq!(api.state("light"), "suspicious");
     assert!(api.device("cam")["fail_closed"].is_null());
@@ -246,7 +246,7 @@ fn zero_bypass_and_posture_latency() {
     let rate: u64 = 1000;
     let lab = Lab::new("e2e-bypass");
     let api = Api::new(lab.tmp.path());
-    let _shim = api.start(&lab);
+    let _shim = lab.start(&api);
     let meter = device("meter");
     let xmas = lab.container("meter", "xmas_block");
     let dir = lab.tmp.path().to_path_buf();

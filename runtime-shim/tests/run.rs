@@ -15,119 +15,11 @@ use common::TempDir;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const D0_COOKIE: u64 = 0x0200_0000_0001_0000;
-
-struct Shim {
-    child: Child,
-}
-
-impl Drop for Shim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Env {
-    bundle: PathBuf,
-    journal: PathBuf,
-    token: PathBuf,
-    api: String,
-    webhook: String,
-}
-
-impl Env {
-    fn start(&self) -> Shim {
-        let log = std::fs::File::create(self.journal.with_extension("log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kalki-shim"))
-            .args([
-                "run",
-                self.bundle.to_str().unwrap(),
-                "--journal",
-                self.journal.to_str().unwrap(),
-                "--listen",
-                &self.api,
-                "--token-file",
-                self.token.to_str().unwrap(),
-                "--command-webhook",
-                &self.webhook,
-                "--ready-timeout",
-                "20",
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let shim = Shim { child };
-        wait_for(Duration::from_secs(60), "the API to answer", || {
-            self.client(&["status"]).status.success()
-        });
-        shim
-    }
-
-    fn client(&self, args: &[&str]) -> std::process::Output {
-        let mut argv = args.to_vec();
-        argv.extend([
-            "--api",
-            &self.api,
-            "--token-file",
-            self.token.to_str().unwrap(),
-        ]);
-        shim(&argv)
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let out = self.client(&["status", "--json"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
-    fn state(&self, device: &str) -> String {
-        self.status()["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["name"] == device)
-            .unwrap()["state"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    }
-
-    fn device(&self, device: &str) -> serde_json::Value {
-        self.status()["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|d| d["name"] == device)
-            .unwrap()
-            .clone()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.journal.with_extension("log")).unwrap_or_default()
-    }
-}
-
-fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
-}
 
 /// A webhook that answers 200 and keeps every body it gets.
 fn webhook() -> (String, Arc<Mutex<Vec<String>>>) {
@@ -161,21 +53,6 @@ fn webhook() -> (String, Arc<Mutex<Vec<String>>>) {
     (url, got)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn write_token(dir: &Path) -> PathBuf {
-    let p = dir.join("token");
-    std::fs::write(&p, "kalki-test-token-0123456789abcdef\n").unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p
-}
-
 #[test]
 fn run_serves_events_fails_closed_and_resumes_from_the_journal() {
     let Some(_cleanup) = prepare() else {
@@ -187,14 +64,16 @@ fn run_serves_events_fails_closed_and_resumes_from_the_journal() {
         .write_to(&bundle)
         .unwrap();
     let (hook, commands) = webhook();
-    let env = Env {
-        bundle: bundle.clone(),
-        journal: tmp.path().join("journal.db"),
-        token: write_token(tmp.path()),
-        api: format!("127.0.0.1:{}", free_port()),
-        webhook: hook,
+    let journal = tmp.path().join("journal.db");
+    let env = Api::new(tmp.path());
+    let start = || {
+        env.start(
+            &bundle,
+            &journal,
+            &["--command-webhook", &hook, "--ready-timeout", "20"],
+        )
     };
-    let shim_run = env.start();
+    let shim_run = start();
     assert_eq!(env.state("d0"), "normal");
     assert_switch_holds(
         &bundle,
@@ -274,7 +153,7 @@ fn run_serves_events_fails_closed_and_resumes_from_the_journal() {
     );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(env.state("d1"), "normal");
-    assert!(env.log().contains("rejected"), "{}", env.log());
+    assert!(env.log_text().contains("rejected"), "{}", env.log_text());
 
     // 3. The operator resets d0.
     let out = env.client(&["reset", "d0"]);
@@ -352,7 +231,7 @@ fn run_serves_events_fails_closed_and_resumes_from_the_journal() {
     std::thread::sleep(Duration::from_millis(300));
     drop(shim_run); // SIGKILL
     let _ = alert.wait();
-    let _restarted = env.start();
+    let _restarted = start();
     let d0 = env.state("d0");
     assert!(d0 == "normal" || d0 == "suspicious", "{d0}");
     assert_eq!(env.state("d1"), "suspicious");
@@ -366,7 +245,7 @@ fn run_serves_events_fails_closed_and_resumes_from_the_journal() {
         bundle.to_str().unwrap(),
         "--dry-run",
         "--journal",
-        env.journal.to_str().unwrap(),
+        journal.to_str().unwrap(),
     ]);
     assert!(
         stdout(&dry).contains("nothing to change"),

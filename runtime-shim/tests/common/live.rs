@@ -4,8 +4,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 use super::TempDir;
-use std::process::Command;
-use std::time::Duration;
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 pub const LIMIT: Duration = Duration::from_secs(20);
 pub const BRIDGE: &str = "kt-node";
@@ -161,4 +164,158 @@ pub fn prepare() -> Option<Cleanup> {
         ));
     }
     Some(Cleanup)
+}
+
+/// The `kalki-shim run` process; killed (SIGKILL) on drop.
+pub struct Shim {
+    child: Child,
+}
+
+impl Shim {
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How the test talks to the shim: its API address and token.
+pub struct Api {
+    pub api: String,
+    pub token: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Api {
+    pub fn new(dir: &Path) -> Api {
+        let token = dir.join("token");
+        std::fs::write(&token, "kalki-test-token-0123456789abcdef\n").unwrap();
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Api {
+            api: format!("127.0.0.1:{port}"),
+            token,
+            log: dir.join("shim.log"),
+        }
+    }
+
+    /// Starts `kalki-shim run BUNDLE --journal JOURNAL` on this API, with `extra`
+    /// options, and waits until its API answers.
+    pub fn start(&self, bundle: &Path, journal: &Path, extra: &[&str]) -> Shim {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_kalki-shim"))
+            .args([
+                "run",
+                bundle.to_str().unwrap(),
+                "--journal",
+                journal.to_str().unwrap(),
+                "--listen",
+                &self.api,
+                "--token-file",
+                self.token.to_str().unwrap(),
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let shim = Shim { child };
+        wait_for(Duration::from_secs(90), "the shim's API", || {
+            self.client(&["status"]).status.success()
+        });
+        shim
+    }
+
+    pub fn client_args(&self, args: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.extend([
+            "--api".into(),
+            self.api.clone(),
+            "--token-file".into(),
+            self.token.to_str().unwrap().into(),
+            "--timeout".into(),
+            "60".into(),
+        ]);
+        v
+    }
+
+    pub fn client(&self, args: &[&str]) -> std::process::Output {
+        let argv = self.client_args(args);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        shim(&argv)
+    }
+
+    /// A client call that must succeed; its standard output.
+    pub fn must(&self, args: &[&str]) -> String {
+        let out = self.client(args);
+        assert!(
+            out.status.success(),
+            "kalki-shim {args:?}: {}{}\nshim log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn device(&self, name: &str) -> Value {
+        let out = self.must(&["status", "--json"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        v["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == name)
+            .unwrap()
+            .clone()
+    }
+
+    pub fn state(&self, name: &str) -> String {
+        self.device(name)["state"].as_str().unwrap().to_string()
+    }
+
+    pub fn wait_state(&self, name: &str, state: &str, limit: Duration) {
+        let mut last = String::new();
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            last = self.state(name);
+            if last == state {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{name} is still `{last}`, not `{state}`, after {limit:?}\nshim log:\n{}",
+            self.log_text()
+        );
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
 }
