@@ -20,7 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use miette::Diagnostic;
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
@@ -34,7 +35,8 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 
 /// Where the API listens when told nothing else.
 pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7878);
@@ -42,6 +44,20 @@ pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALH
 pub const MAX_BODY: usize = 64 * 1024;
 /// How long a request waits for the main loop before it is answered 503.
 pub const LOOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's head (request line and headers),
+/// counted from when the server starts waiting for it: on a new connection, and on a kept
+/// alive one after the previous answer, so it is also how long a connection may sit idle.
+/// Then the connection is closed (hyper answers `408` first if part of a head came).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request's body may take to arrive in full once its head has; then it is
+/// answered `408` (S308) and the connection closed.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many connections are served at once. Further ones wait, unaccepted, until one
+/// closes (the timeouts above bound how long a slow client holds its place).
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long requests in progress may take to finish once the API is told to stop; then
+/// their connections are dropped and [`serve`] returns.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The shortest token accepted, in bytes.
 pub const MIN_TOKEN_LEN: usize = 16;
 /// The largest response body the client reads (a status of many thousand devices).
@@ -533,7 +549,7 @@ pub enum Exposure {
     AnyAddress,
 }
 
-/// The API cannot listen, or stopped.
+/// The API cannot listen.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("refusing to listen on `{addr}`, which is not a loopback address")]
@@ -547,8 +563,6 @@ pub enum ServeError {
     SocketInUse { path: PathBuf },
     #[error("`{path}` exists and is not a socket; refusing to replace it")]
     NotASocket { path: PathBuf },
-    #[error("the API stopped: {0}")]
-    Serve(std::io::Error),
 }
 
 impl Diagnostic for ServeError {
@@ -651,18 +665,53 @@ impl Listener {
             Inner::Unix { path, .. } => Ok(Endpoint::Unix(path.clone())),
         }
     }
+
+    async fn accept(&self) -> std::io::Result<Stream> {
+        match &self.inner {
+            Inner::Tcp(l) => l.accept().await.map(|(s, _)| Stream::Tcp(s)),
+            Inner::Unix { listener, .. } => listener.accept().await.map(|(s, _)| Stream::Unix(s)),
+        }
+    }
+
+    /// Stops listening; a Unix socket file is removed if it is still the one bound (not
+    /// one a newer shim put in its place).
+    fn close(self) {
+        if let Inner::Unix { listener, path, id } = self.inner {
+            drop(listener);
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| (m.dev(), m.ino()) == id) {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+}
+
+/// An accepted connection.
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
 }
 
 // ---------------------------------------------------------------------------------------
 // Serving.
 
-/// What [`serve`] needs besides a listener and the channel.
+/// What [`serve`] needs besides a listener and the channel, and the limits that keep
+/// slow or idle clients from holding the API.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub token: Token,
     pub checker: Checker,
     /// How long a request waits for the main loop ([`LOOP_TIMEOUT`]).
     pub timeout: Duration,
+    /// How long a client may take to send a request head, and a connection may sit idle
+    /// between requests ([`HEADER_TIMEOUT`]).
+    pub header_timeout: Duration,
+    /// How long a request body may take to arrive ([`BODY_TIMEOUT`]).
+    pub body_timeout: Duration,
+    /// How many connections are served at once, at least 1 ([`MAX_CONNECTIONS`]).
+    pub max_connections: usize,
+    /// How long requests in progress may take to finish after the shutdown signal
+    /// ([`SHUTDOWN_GRACE`]).
+    pub shutdown_grace: Duration,
 }
 
 impl ServeOptions {
@@ -671,6 +720,10 @@ impl ServeOptions {
             token,
             checker,
             timeout: LOOP_TIMEOUT,
+            header_timeout: HEADER_TIMEOUT,
+            body_timeout: BODY_TIMEOUT,
+            max_connections: MAX_CONNECTIONS,
+            shutdown_grace: SHUTDOWN_GRACE,
         }
     }
 }
@@ -680,11 +733,17 @@ struct AppState {
     token: Arc<Token>,
     checker: Checker,
     timeout: Duration,
+    body_timeout: Duration,
     tx: mpsc::Sender<Request>,
 }
 
-/// Serves the API until `shutdown` completes (then lets requests in progress finish).
-/// A Unix socket file is removed at the end if it is still the one bound.
+/// Serves the API until `shutdown` completes, then stops listening (a Unix socket file is
+/// removed if it is still the one bound), lets requests in progress finish for at most
+/// `options.shutdown_grace`, drops the connections left and returns.
+///
+/// Each connection is served by hyper's HTTP/1 server with a header read timeout, at most
+/// `options.max_connections` at once: when all are taken, the next connection waits in
+/// the listen queue until one closes.
 pub async fn serve(
     listener: Listener,
     options: ServeOptions,
@@ -695,25 +754,100 @@ pub async fn serve(
         token: Arc::new(options.token),
         checker: options.checker,
         timeout: options.timeout,
+        body_timeout: options.body_timeout,
         tx,
     };
     let app = router(state);
-    match listener.inner {
-        Inner::Tcp(l) => axum::serve(l, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ServeError::Serve),
-        Inner::Unix { listener, path, id } => {
-            let result = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .map_err(ServeError::Serve);
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| (m.dev(), m.ino()) == id) {
-                let _ = std::fs::remove_file(&path);
-            }
-            result
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(options.header_timeout);
+    let slots = Arc::new(Semaphore::new(
+        options.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
+    // Turns true at shutdown: every connection then finishes the request it is in (if
+    // any) and closes.
+    let (closing_tx, closing) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let next = async {
+            let slot = slots.clone().acquire_owned().await;
+            (slot, listener.accept().await)
+        };
+        tokio::select! {
+            () = &mut shutdown => break,
+            // Finished connections, reaped as they end.
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            (slot, accepted) = next => match (slot, accepted) {
+                (Ok(slot), Ok(stream)) => {
+                    let (http, app, closing) = (http.clone(), app.clone(), closing.clone());
+                    conns.spawn(async move {
+                        match stream {
+                            Stream::Tcp(s) => connection(s, &http, app, closing, slot).await,
+                            Stream::Unix(s) => connection(s, &http, app, closing, slot).await,
+                        }
+                    });
+                }
+                // The semaphore is never closed.
+                (Err(_), _) => break,
+                // A connection that failed before it was accepted concerns its client
+                // only; anything else (out of file descriptors) may pass: wait a little.
+                (Ok(_), Err(e)) => {
+                    if !is_connection_error(&e) {
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
+                }
+            },
         }
     }
+    listener.close();
+    let _ = closing_tx.send(true);
+    let drained = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(options.shutdown_grace, drained)
+        .await
+        .is_err()
+    {
+        conns.shutdown().await;
+    }
+    Ok(())
+}
+
+/// How long the accept loop pauses after an error that is not one connection's.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// An accept error that concerns only the connection it was for.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset, Interrupted};
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset | Interrupted
+    )
+}
+
+/// Serves one connection until it closes; once `closing` turns true, finishes the request
+/// in progress and closes. Holds its `slot` of the connection limit while it runs.
+async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    http: &hyper::server::conn::http1::Builder,
+    app: Router,
+    mut closing: watch::Receiver<bool>,
+    slot: OwnedSemaphorePermit,
+) {
+    let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    tokio::pin!(conn);
+    let closed = async {
+        // An error: the sender is gone, and so is `serve`.
+        let _ = closing.wait_for(|c| *c).await;
+    };
+    // Errors (a client gone, a header timeout) end the connection and concern no one else.
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        () = closed => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+    drop(slot);
 }
 
 fn router(state: AppState) -> Router {
@@ -875,12 +1009,14 @@ fn unique_keys<'de, D: Deserializer<'de>>(
 }
 
 /// Reads a request's JSON body into `T`: 415 unless it is declared `application/json`,
-/// 413 over [`MAX_BODY`], 400 if it is not JSON (S302) or not of `T`'s shape (S303).
+/// 413 over [`MAX_BODY`], 408 (S308, and the connection closed) if it does not arrive in
+/// full within `timeout`, 400 if it is not JSON (S302) or not of `T`'s shape (S303).
 /// `empty` is what an absent body means, if one may be absent; `shape` describes the body
 /// expected, for the help of an error.
 async fn body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
+    timeout: Duration,
     empty: Option<T>,
     shape: &'static str,
 ) -> Result<T, Response> {
@@ -899,10 +1035,23 @@ async fn body<T: serde::de::DeserializeOwned>(
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
     }
-    let bytes: Bytes = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(e) => {
+    let read = tokio::time::timeout(timeout, Limited::new(body, MAX_BODY).collect()).await;
+    let bytes: Bytes = match read {
+        Ok(Ok(c)) => c.to_bytes(),
+        Err(_) => {
+            let mut resp = error(
+                StatusCode::REQUEST_TIMEOUT,
+                codes::TOO_SLOW,
+                format!("the body did not arrive within {} s", timeout.as_secs_f64()),
+                Some("send the whole body right after the headers"),
+            );
+            // The rest of the body may still come: this connection is done.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Err(resp);
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Ok(Err(e)) => {
             return Err(error(
                 StatusCode::BAD_REQUEST,
                 codes::BAD_JSON,
@@ -990,7 +1139,7 @@ async fn device_event<T: serde::de::DeserializeOwned>(
         Ok(Path(d)) => d,
         Err(e) => return bad_path(&e),
     };
-    match body::<T>(headers, raw, empty, shape).await {
+    match body::<T>(headers, raw, st.body_timeout, empty, shape).await {
         Ok(b) => submit(st, input(device, b)).await,
         Err(r) => r,
     }

@@ -72,6 +72,8 @@ pub const BAD_MEDIA_TYPE: &str = "S305";
 pub const NO_SUCH_ENDPOINT: &str = "S306";
 /// The shim did not answer in time, or is shutting down.
 pub const UNAVAILABLE: &str = "S307";
+/// A request body that did not arrive in full in time.
+pub const TOO_SLOW: &str = "S308";
 
 // S4xx: the journal (`journal.rs`).
 
@@ -125,6 +127,7 @@ pub const ALL: &[(&str, &str)] = &[
     (BAD_MEDIA_TYPE, "request body is not application/json"),
     (NO_SUCH_ENDPOINT, "no such endpoint or method"),
     (UNAVAILABLE, "the shim did not answer in time"),
+    (TOO_SLOW, "request body did not arrive in time"),
     (JOURNAL_OPEN, "the journal cannot be opened"),
     (JOURNAL_VERSION, "the journal has another schema version"),
     (JOURNAL_IO, "reading or writing the journal failed"),

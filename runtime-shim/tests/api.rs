@@ -4,7 +4,8 @@
 //! what reaches it); everything the API itself claims is tested: the token on every
 //! endpoint, every class of bad input answered 4xx with its code (snapshots) and never
 //! forwarded, good input forwarded and answered with its state changes, 503 when the
-//! loop does not answer, loopback only, the socket's mode and lifecycle.
+//! loop does not answer, slow and idle clients disconnected, the connection limit, a
+//! bounded shutdown, loopback only, the socket's mode and lifecycle.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -153,6 +154,15 @@ struct Server {
 
 impl Server {
     fn start(endpoint: Endpoint, how: Behaviour, timeout: Duration) -> Server {
+        Server::start_with(endpoint, how, |o| o.timeout = timeout)
+    }
+
+    /// A server with its options as `configure` leaves them.
+    fn start_with(
+        endpoint: Endpoint,
+        how: Behaviour,
+        configure: impl FnOnce(&mut ServeOptions),
+    ) -> Server {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -166,7 +176,7 @@ impl Server {
         let (tx, rx) = mpsc::channel(16);
         rt.spawn(test_loop(rx, seen.clone(), how));
         let mut options = ServeOptions::new(Token::new(TOKEN).unwrap(), Checker::new(office()));
-        options.timeout = timeout;
+        configure(&mut options);
         let (stop, stopped) = oneshot::channel::<()>();
         let done = rt.spawn(api::serve(listener, options, tx, async {
             let _ = stopped.await;
@@ -199,6 +209,14 @@ impl Server {
         let r = rt.block_on(self.done.take().unwrap()).unwrap();
         rt.shutdown_timeout(Duration::from_secs(1));
         r
+    }
+
+    /// A connection of its own, to send bytes at the pace a test wants.
+    fn connect(&self) -> Box<dyn Conn> {
+        match &self.endpoint {
+            Endpoint::Tcp(a) => Box::new(std::net::TcpStream::connect(a).unwrap()),
+            Endpoint::Unix(p) => Box::new(std::os::unix::net::UnixStream::connect(p).unwrap()),
+        }
     }
 
     /// One raw HTTP/1.1 exchange.
@@ -254,6 +272,43 @@ impl Drop for Server {
         }
         if let Some(rt) = self.rt.take() {
             rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+/// A client's end of a connection, over TCP or a Unix socket.
+trait Conn: Read + Write {
+    fn set_timeout(&self, t: Duration);
+}
+
+impl Conn for std::net::TcpStream {
+    fn set_timeout(&self, t: Duration) {
+        self.set_read_timeout(Some(t)).unwrap();
+    }
+}
+
+impl Conn for std::os::unix::net::UnixStream {
+    fn set_timeout(&self, t: Duration) {
+        self.set_read_timeout(Some(t)).unwrap();
+    }
+}
+
+/// Everything the server sends until it closes the connection; fails if it is still
+/// open after `within` without a byte.
+fn until_closed(c: &mut dyn Conn, within: Duration) -> Vec<u8> {
+    c.set_timeout(within);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match c.read(&mut chunk) {
+            Ok(0) => return buf,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            // Closed with bytes of ours unread.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return buf,
+            Err(e) => panic!(
+                "the server kept the connection open ({e}); got so far: {:?}",
+                String::from_utf8_lossy(&buf)
+            ),
         }
     }
 }
@@ -678,6 +733,193 @@ fn a_main_loop_that_does_not_answer_gets_503_not_a_hang() {
             assert_eq!(r.json()["error"]["message"], message);
             assert!(started.elapsed() < Duration::from_secs(5));
         }
+    }
+}
+
+/// A request head cut off before its end: what a slow client sends, then nothing.
+const PARTIAL_HEAD: &[u8] = b"GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ";
+
+/// A reading's head and the first `sent` bytes of its body.
+fn partial_reading(sent: usize) -> (Vec<u8>, &'static [u8]) {
+    let body: &[u8] = br#"{"values": {"temperature": 30}}"#;
+    let mut req = format!(
+        "POST {READ} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body[..sent]);
+    (req, &body[sent..])
+}
+
+#[test]
+fn slow_clients_are_disconnected_and_do_not_lock_out_others() {
+    let s = Server::start_with("127.0.0.1:0".parse().unwrap(), Behaviour::Engine, |o| {
+        o.header_timeout = Duration::from_millis(500);
+        o.max_connections = 64;
+    });
+    // More slow clients than the API serves at once, each holding a connection with half
+    // a request head.
+    let mut slow: Vec<Box<dyn Conn>> = (0..300)
+        .map(|_| {
+            let mut c = s.connect();
+            c.write_all(PARTIAL_HEAD).unwrap();
+            c
+        })
+        .collect();
+    // While they are all open, a client with the token is answered: the slow ones are
+    // dropped after the header timeout and their slots go to those waiting.
+    let r = s.send("GET", "/v1/status", "");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(s.seen(), 1);
+    // Every slow one was disconnected by the server (hyper says 408 first), none answered.
+    for c in &mut slow {
+        let got = until_closed(c.as_mut(), Duration::from_secs(30));
+        assert!(
+            got.is_empty() || got.starts_with(b"HTTP/1.1 408"),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    assert_eq!(s.seen(), 1);
+    s.stop().unwrap();
+}
+
+#[test]
+fn connections_over_the_limit_wait_for_a_free_slot() {
+    let s = Server::start_with("127.0.0.1:0".parse().unwrap(), Behaviour::Engine, |o| {
+        o.header_timeout = Duration::from_secs(60);
+        o.max_connections = 1;
+    });
+    let mut slow = s.connect();
+    slow.write_all(PARTIAL_HEAD).unwrap();
+    // The only slot is taken: a full request is not even read.
+    let mut waiting = s.connect();
+    let req = format!(
+        "GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+    );
+    waiting.write_all(req.as_bytes()).unwrap();
+    waiting.set_timeout(Duration::from_secs(1));
+    let mut byte = [0u8; 1];
+    let early = waiting.read(&mut byte);
+    assert!(
+        matches!(&early, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "answered beyond the connection limit: {early:?}"
+    );
+    assert_eq!(s.seen(), 0);
+    // The slow client goes away; the waiting one gets the slot and its answer.
+    drop(slow);
+    let r = Resp::parse(&until_closed(waiting.as_mut(), Duration::from_secs(30)));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(s.seen(), 1);
+    s.stop().unwrap();
+}
+
+#[test]
+fn an_idle_kept_alive_connection_is_closed() {
+    let s = Server::start_with("127.0.0.1:0".parse().unwrap(), Behaviour::Engine, |o| {
+        o.header_timeout = Duration::from_millis(500);
+    });
+    let mut c = s.connect();
+    // No `Connection: close`: HTTP/1.1 keeps the connection open for the next request.
+    let req =
+        format!("GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+    c.write_all(req.as_bytes()).unwrap();
+    let got = until_closed(c.as_mut(), Duration::from_secs(30));
+    let r = Resp::parse(&got);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(!r.headers.contains("connection: close"), "{r:?}");
+    assert_eq!(s.seen(), 1);
+    s.stop().unwrap();
+}
+
+#[test]
+fn a_body_that_stalls_is_answered_408_and_the_connection_closed() {
+    let s = Server::start_with("127.0.0.1:0".parse().unwrap(), Behaviour::Engine, |o| {
+        o.header_timeout = Duration::from_secs(60);
+        o.body_timeout = Duration::from_millis(500);
+    });
+    let mut c = s.connect();
+    let (req, _) = partial_reading(12);
+    c.write_all(&req).unwrap();
+    let r = Resp::parse(&until_closed(c.as_mut(), Duration::from_secs(30)));
+    assert_eq!((r.status, r.code().as_str()), (408, "S308"), "{r:?}");
+    assert_eq!(
+        r.json()["error"]["message"],
+        "the body did not arrive within 0.5 s"
+    );
+    assert!(r.headers.contains("connection: close"), "{r:?}");
+    assert_eq!(s.seen(), 0, "nothing of it reached the main loop");
+    // Answers that never read the body (a wrong token, a GET) do not wait for it either:
+    // the connection is closed after them.
+    for (token, status) in [("wrong-token-0123456789abcdef", 401), (TOKEN, 200)] {
+        let mut c = s.connect();
+        let req = format!(
+            "GET /v1/status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 100\r\n\r\n{{"
+        );
+        c.write_all(req.as_bytes()).unwrap();
+        let r = Resp::parse(&until_closed(c.as_mut(), Duration::from_secs(30)));
+        assert_eq!(r.status, status, "{r:?}");
+    }
+    // The API goes on serving.
+    assert_eq!(
+        s.send("POST", READ, r#"{"values": {"temperature": 30}}"#)
+            .status,
+        200
+    );
+}
+
+#[test]
+fn shutdown_finishes_requests_in_progress_and_is_bounded() {
+    let dir = TempDir::new("api-shutdown");
+    for endpoint in [
+        "127.0.0.1:0".parse().unwrap(),
+        Endpoint::Unix(dir.path().join("api.sock")),
+    ] {
+        let mut s = Server::start_with(endpoint.clone(), Behaviour::Engine, |o| {
+            o.header_timeout = Duration::from_secs(120);
+            o.body_timeout = Duration::from_secs(120);
+            o.shutdown_grace = Duration::from_secs(3);
+        });
+        // Three clients in the middle of a request: one still sending its head, one its
+        // body, and one that will finish its body after the shutdown signal.
+        let mut head = s.connect();
+        head.write_all(PARTIAL_HEAD).unwrap();
+        let mut stalled = s.connect();
+        stalled.write_all(&partial_reading(12).0).unwrap();
+        let mut finishing = s.connect();
+        let (req, rest) = partial_reading(12);
+        finishing.write_all(&req).unwrap();
+        // A later connection is answered, so the three were accepted.
+        assert_eq!(s.send("GET", "/v1/status", "").status, 200);
+
+        let _ = s.stop.take().unwrap().send(());
+        let signalled = std::time::Instant::now();
+        // Within the grace, a request in progress still gets its answer.
+        std::thread::sleep(Duration::from_millis(200));
+        finishing.write_all(rest).unwrap();
+        let r = Resp::parse(&until_closed(finishing.as_mut(), Duration::from_secs(30)));
+        assert_eq!(r.status, 200, "{endpoint}: {r:?}");
+        // The stalled ones do not keep `serve` from returning: they are dropped after the
+        // grace.
+        let rt = s.rt.take().unwrap();
+        let done = s.done.take().unwrap();
+        let returned =
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), done).await });
+        let elapsed = signalled.elapsed();
+        assert!(
+            matches!(returned, Ok(Ok(Ok(())))),
+            "{endpoint}: serve did not return in {elapsed:?}: {returned:?}"
+        );
+        assert!(elapsed < Duration::from_secs(30), "{elapsed:?}");
+        for c in [&mut head, &mut stalled] {
+            assert!(until_closed(c.as_mut(), Duration::from_secs(10)).is_empty());
+        }
+        // Nothing listens any more; the socket file is gone.
+        match &s.endpoint {
+            Endpoint::Tcp(a) => assert!(std::net::TcpStream::connect(a).is_err()),
+            Endpoint::Unix(p) => assert!(!p.exists(), "{}", p.display()),
+        }
+        rt.shutdown_timeout(Duration::from_secs(1));
     }
 }
 
