@@ -449,9 +449,10 @@ impl Token {
 // Pre-checking inputs.
 
 /// Checks inputs against the site before they are sent to the main loop, so that one the
-/// engine would refuse never reaches it: the same checks as [`Engine::validate`] (it is
-/// one), on a fresh engine of the running bundle. The main loop validates again: this is
-/// a filter, not the authority. Cheap to clone; [`Checker::replace`] after a bundle
+/// engine would refuse whatever its time and states never reaches it: the engine's own
+/// checks that depend on neither ([`Engine::validate_static`]), on a fresh engine of the
+/// running bundle. The main loop validates again, in full: this is a filter, not the
+/// authority. Cheap to clone; [`Checker::replace`] after a bundle
 /// upgrade.
 #[derive(Clone, Debug)]
 pub struct Checker {
@@ -476,14 +477,17 @@ impl Checker {
         *guard = fresh;
     }
 
-    /// Everything wrong with `input` that does not depend on time or state.
+    /// Everything wrong with `input` that does not depend on time or state
+    /// ([`Engine::validate_static`]): the fresh engine's clock and states are not the
+    /// main loop's, so an alert from a µmbox its device's current chain lacks (S111) is
+    /// left to the main loop's [`Engine::validate`].
     pub fn check(&self, input: &Input) -> Result<(), Vec<InputError>> {
         let engine = self
             .engine
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        engine.validate(engine.now(), input)
+        engine.validate_static(input)
     }
 }
 

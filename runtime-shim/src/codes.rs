@@ -46,6 +46,9 @@ pub const UNKNOWN_ACTION: &str = "S108";
 pub const TIME_BACKWARDS: &str = "S109";
 /// An event more than [`crate::engine::MAX_STEP_MS`] after the engine's current time.
 pub const TOO_FAR_AHEAD: &str = "S110";
+/// An alert's source is a µmbox of the device that emits the alert, but the device's chain
+/// does not deploy it in the state the device is in when the alert arrives.
+pub const NOT_DEPLOYED: &str = "S111";
 
 // S2xx: trace files (`trace.rs`).
 
@@ -111,6 +114,10 @@ pub const ALL: &[(&str, &str)] = &[
     (UNKNOWN_ACTION, "unknown operator action"),
     (TIME_BACKWARDS, "event earlier than the current time"),
     (TOO_FAR_AHEAD, "event too far after the current time"),
+    (
+        NOT_DEPLOYED,
+        "alert source is not deployed in the device's current state",
+    ),
     (TRACE_SYNTAX, "trace line is not a JSON object"),
     (
         TRACE_SHAPE,

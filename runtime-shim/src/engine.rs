@@ -4,8 +4,11 @@
 //! time (`u64` milliseconds) with every input, so a driver feeds it real time and
 //! `simulate` and the tests a virtual clock. The semantics are in `docs/runtime.md`.
 //!
-//! A bad input (unknown device or variable, wrong type, out of range, unknown alert,
-//! time going backwards) is refused with every problem found and changes nothing.
+//! A bad input (unknown device or variable, wrong type, out of range, unknown alert, an
+//! alert from a µmbox not deployed in the device's state, time going backwards) is refused
+//! with every problem found and changes nothing. [`Engine::validate`] is the one
+//! definition of what is refused; [`Engine::validate_static`] is its part that depends on
+//! neither time nor state.
 
 use crate::bundle::Bundle;
 use crate::codes;
@@ -15,6 +18,7 @@ use miette::Diagnostic;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 
 /// Milliseconds in a day.
 pub const DAY_MS: u64 = 86_400_000;
@@ -161,6 +165,16 @@ pub enum InputError {
         umbox: String,
         candidates: Vec<String>,
     },
+    #[error("`{umbox}` is not deployed for `{device}` in its current state `{state}`")]
+    NotDeployed {
+        device: String,
+        umbox: String,
+        alert: String,
+        /// The device's state when the alert arrives.
+        state: String,
+        /// The states whose chains deploy the µmbox, in declaration order.
+        deployed_in: Vec<String>,
+    },
     #[error("unknown operator action `{action}`")]
     UnknownAction { action: String },
     #[error("time {t_ms} ms is before the engine's current time {now_ms} ms")]
@@ -179,6 +193,7 @@ impl InputError {
             InputError::EmptyReading { .. } => codes::EMPTY_READING,
             InputError::UnknownAlert { .. } => codes::UNKNOWN_ALERT,
             InputError::UnknownSource { .. } => codes::UNKNOWN_SOURCE,
+            InputError::NotDeployed { .. } => codes::NOT_DEPLOYED,
             InputError::UnknownAction { .. } => codes::UNKNOWN_ACTION,
             InputError::TimeBackwards { .. } => codes::TIME_BACKWARDS,
             InputError::TooFarAhead { .. } => codes::TOO_FAR_AHEAD,
@@ -196,6 +211,15 @@ impl InputError {
             } else {
                 format!("it is emitted by `{}`", candidates.join("`, `"))
             }),
+            InputError::NotDeployed {
+                device,
+                umbox,
+                deployed_in,
+                ..
+            } => Some(format!(
+                "`{umbox}` is deployed for `{device}` only in `{}`",
+                deployed_in.join("`, `")
+            )),
             InputError::UnknownAction { .. } => Some(format!(
                 "the operator actions are `{}`",
                 OPERATOR_ACTIONS.join("`, `")
@@ -273,6 +297,9 @@ struct DeviceInfo {
     alerts: BTreeSet<String>,
     /// Its µmboxes (over all its chains) and the alerts each emits.
     umboxes: BTreeMap<String, BTreeSet<String>>,
+    /// Per state (indexed as its type's), the µmboxes its chain deploys: their
+    /// `kalki.umbox` labels. A µmbox speaks for the device only in these states.
+    deployed: Vec<BTreeSet<String>>,
     /// Per variable: the longest aggregate window over it (0: no history is kept).
     window: Vec<usize>,
     /// Per alert: the longest `within` and the largest count of its type's count
@@ -364,23 +391,29 @@ impl Site {
                 }
             }
             let mut umboxes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            // The manifest lists a device's states in its type's order.
+            let mut deployed = Vec::with_capacity(d.states.len());
             for s in &d.states {
+                let mut here = BTreeSet::new();
                 for path in &s.containers {
                     if let Some(c) = bundle.containers.get(path) {
                         let umbox = c.labels.get("kalki.umbox").cloned().unwrap_or_default();
                         alerts.extend(c.emits.iter().cloned());
                         umboxes
-                            .entry(umbox)
+                            .entry(umbox.clone())
                             .or_default()
                             .extend(c.emits.iter().cloned());
+                        here.insert(umbox);
                     }
                 }
+                deployed.push(here);
             }
             devices.push(DeviceInfo {
                 name: d.name.clone(),
                 ty: ty_ix,
                 alerts,
                 umboxes,
+                deployed,
                 window,
                 alert_window,
                 rules_reading_values: Vec::new(),
@@ -600,7 +633,8 @@ fn minute_of_day(t: u64, offset: u64) -> u16 {
 /// The site's state machines.
 #[derive(Debug, Clone)]
 pub struct Engine {
-    site: Site,
+    /// Shared by clones: a look ahead (see [`Engine::state_at`]) copies only `rt`.
+    site: Arc<Site>,
     rt: Rt,
 }
 
@@ -608,7 +642,16 @@ impl Engine {
     /// Every device in its initial state at time `start_ms`, nothing reported yet.
     /// Nothing is evaluated at the start: rules wait for a change of what they read.
     pub fn new(bundle: &Bundle, config: Config, start_ms: u64) -> Engine {
-        let site = Site::new(bundle);
+        Engine::start(Arc::new(Site::new(bundle)), config, start_ms)
+    }
+
+    /// A fresh engine of the same site, as [`Engine::new`] of its bundle would make,
+    /// without indexing the bundle again: for a replay on another clock.
+    pub fn restart(&self, config: Config, start_ms: u64) -> Engine {
+        Engine::start(self.site.clone(), config, start_ms)
+    }
+
+    fn start(site: Arc<Site>, config: Config, start_ms: u64) -> Engine {
         let devices = site
             .devices
             .iter()
@@ -730,16 +773,28 @@ impl Engine {
             .min()
     }
 
-    /// Checks an input at time `t_ms` without applying it.
+    /// Checks an input at time `t_ms` without applying it: `Ok` exactly when
+    /// [`Engine::handle`] would accept it. Everything [`Engine::validate_static`] checks,
+    /// and what depends on time and state: `t_ms` fits the engine's clock (S109, S110) and
+    /// an alert's `source` is deployed in the device's state when the alert arrives, after
+    /// the timers due by then have fired (S111).
     pub fn validate(&self, t_ms: u64, input: &Input) -> Result<(), Vec<InputError>> {
-        self.resolve(t_ms, input).map(|_| ())
+        self.resolve(Some(t_ms), input).map(|_| ())
+    }
+
+    /// Checks what of an input depends on neither time nor state, against the site alone:
+    /// every refusal but S109, S110 and S111. The same answer from any engine of the
+    /// bundle, fresh or not; an input it accepts may still be refused by
+    /// [`Engine::validate`].
+    pub fn validate_static(&self, input: &Input) -> Result<(), Vec<InputError>> {
+        self.resolve(None, input).map(|_| ())
     }
 
     /// Applies an input at time `t_ms`: first the timers due by then fire (each moment
     /// its own step), then the input. Returns the steps that had effects. A refused input
     /// changes nothing, not even the time.
     pub fn handle(&mut self, t_ms: u64, input: &Input) -> Result<Vec<Step>, Vec<InputError>> {
-        let resolved = self.resolve(t_ms, input)?;
+        let resolved = self.resolve(Some(t_ms), input)?;
         let mut steps = self.advance_to(t_ms);
         let mut m = Moment::new(self.site.rules.len());
         let now = self.rt.now;
@@ -763,19 +818,29 @@ impl Engine {
         Ok(steps)
     }
 
-    fn resolve(&self, t_ms: u64, input: &Input) -> Result<Resolved, Vec<InputError>> {
+    /// The one definition of a valid input: everything at time `at`, or (`None`) only what
+    /// depends on neither time nor state.
+    fn resolve(&self, at: Option<u64>, input: &Input) -> Result<Resolved, Vec<InputError>> {
         let mut errors = Vec::new();
-        if t_ms < self.rt.now {
-            errors.push(InputError::TimeBackwards {
-                t_ms,
-                now_ms: self.rt.now,
-            });
-        } else if t_ms - self.rt.now > MAX_STEP_MS {
-            errors.push(InputError::TooFarAhead {
-                t_ms,
-                now_ms: self.rt.now,
-            });
-        }
+        // The time the input would be applied at, if it fits the clock: only then does
+        // the devices' state at that time mean something.
+        let at = at.filter(|&t_ms| {
+            if t_ms < self.rt.now {
+                errors.push(InputError::TimeBackwards {
+                    t_ms,
+                    now_ms: self.rt.now,
+                });
+                false
+            } else if t_ms - self.rt.now > MAX_STEP_MS {
+                errors.push(InputError::TooFarAhead {
+                    t_ms,
+                    now_ms: self.rt.now,
+                });
+                false
+            } else {
+                true
+            }
+        });
         let device = |name: &str, errors: &mut Vec<InputError>| {
             let i = self.device_index(name);
             if i.is_none() {
@@ -833,6 +898,22 @@ impl Engine {
                         });
                         return None;
                     }
+                    // Only a µmbox of the chain in force speaks for the device.
+                    let state = at.and_then(|t| self.state_at(d, t));
+                    let deployed = |st: usize| info.deployed.get(st).is_some_and(|u| u.contains(s));
+                    if let Some(state) = state.filter(|&st| !deployed(st)) {
+                        errors.push(InputError::NotDeployed {
+                            device: name.clone(),
+                            umbox: s.clone(),
+                            alert: alert.clone(),
+                            state: self.state_name(d, state).to_string(),
+                            deployed_in: (0..info.deployed.len())
+                                .filter(|&st| deployed(st))
+                                .map(|st| self.state_name(d, st).to_string())
+                                .collect(),
+                        });
+                        return None;
+                    }
                 }
                 Some(Resolved::Alert {
                     device: d,
@@ -860,6 +941,18 @@ impl Engine {
             Some(r) if errors.is_empty() => Ok(r),
             _ => Err(errors),
         }
+    }
+
+    /// A device's state at `t_ms` (not before the engine's time), once the timers due by
+    /// then have fired: the state an input at `t_ms` meets. When a timer is due, it is
+    /// found on a copy; the engine is unchanged.
+    fn state_at(&self, device: usize, t_ms: u64) -> Option<usize> {
+        if self.next_deadline().is_none_or(|d| d > t_ms) {
+            return self.state(device);
+        }
+        let mut ahead = self.clone();
+        ahead.advance_to(t_ms);
+        ahead.state(device)
     }
 
     fn resolve_values(

@@ -14,7 +14,7 @@
 //! bad line is not replayed at all.
 
 use crate::codes;
-use crate::engine::{Engine, Input, InputError, DAY_MS, MAX_STEP_MS};
+use crate::engine::{Config, Engine, Input, InputError, DAY_MS, MAX_STEP_MS};
 use miette::{Diagnostic, LabeledSpan, SourceSpan};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -267,14 +267,21 @@ fn line_event(raw: Raw, first: bool) -> Result<Line, String> {
     Ok(Line::Event(t_ms, input))
 }
 
-/// Parses a trace and checks every event against the site of `engine` (a fresh engine:
-/// nothing is applied). Reports every bad line, in line order.
+/// Parses a trace and checks every event against the site of `engine` (left unchanged).
+/// The events are applied in order to a fresh engine of the site on the trace's clock, as
+/// `simulate` replays them, so each is checked against the time and states it will meet
+/// (an alert's `source` must be deployed in its device's state then); a refused line is
+/// left out for the lines after it. Reports every bad line, in line order.
 pub fn check(text: &str, engine: &Engine) -> Result<Trace, Vec<TraceError>> {
     let (trace, mut errors) = parse_lines(text);
     let spans = line_spans(text);
+    let config = Config {
+        day_offset_ms: trace.clock_ms,
+    };
+    let mut ahead = engine.restart(config, 0);
     for ev in &trace.events {
-        let t = ev.t_ms.max(engine.now());
-        if let Err(es) = engine.validate(t, &ev.input) {
+        let t = ev.t_ms.max(ahead.now());
+        if let Err(es) = ahead.handle(t, &ev.input) {
             let span = spans.get(ev.line - 1).copied().unwrap_or((0, 0));
             errors.extend(es.into_iter().map(|e| TraceError {
                 line: ev.line,

@@ -1,15 +1,17 @@
 //! The engine on a virtual clock, over bundles the real compiler builds: every trigger
 //! kind, timers (held guards, quiet periods, count windows, rule clocks), rules across
-//! devices, the choice between transitions enabled together, and refused inputs that
-//! change nothing.
+//! devices, the choice between transitions enabled together, alerts from µmboxes only
+//! where their chain deploys them (and what the API's pre-check leaves to the engine), and
+//! refused inputs that change nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use common::{engine_at, shim_bundle};
+use kalki_shim::api::Checker;
 use kalki_shim::bundle::Bundle;
 use kalki_shim::codes;
-use kalki_shim::engine::{Cause, Effect, Engine, Input, Origin, Step};
+use kalki_shim::engine::{Cause, Config, Effect, Engine, Input, InputError, Origin, Step};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -98,6 +100,33 @@ site s {
 }
 "#;
 
+/// A µmbox speaks for its device only in the states whose chain deploys it: `sniffer` in
+/// `normal` and `suspicious`, `ids` only in `suspicious`, none in `attack`.
+const CHAINS: &str = r#"
+import std::umboxes::{sniffer, ids}
+
+device type Cam {
+    sensed motion: bool
+    states normal < suspicious < attack
+    initial normal
+
+    normal     { chain [sniffer] }
+    suspicious { chain [sniffer, ids] }
+    attack     { chain [drop] }
+
+    normal     -> suspicious on port_scan
+    normal     -> suspicious when motion for 30s
+    suspicious -> attack     on brute_force
+    suspicious -> normal     after 10m quiet
+    attack     -> normal     on operator reset
+}
+
+site s {
+    bridge "br0" uplink "eth0"
+    device c: Cam at 10.0.0.1 port "p1"
+}
+"#;
+
 fn lab() -> &'static Bundle {
     static B: OnceLock<Bundle> = OnceLock::new();
     B.get_or_init(|| shim_bundle(LAB))
@@ -113,6 +142,24 @@ fn reading(device: &str, values: serde_json::Value) -> Input {
         device: device.into(),
         values,
     }
+}
+
+fn chains() -> &'static Bundle {
+    static B: OnceLock<Bundle> = OnceLock::new();
+    B.get_or_init(|| shim_bundle(CHAINS))
+}
+
+/// An alert for `device` from its µmbox `umbox`.
+fn from(device: &str, umbox: &str, alert: &str) -> Input {
+    Input::Alert {
+        device: device.into(),
+        alert: alert.into(),
+        source: Some(umbox.into()),
+    }
+}
+
+fn codes_of(errs: &[InputError]) -> Vec<&'static str> {
+    errs.iter().map(InputError::code).collect()
 }
 
 fn alert(device: &str, alert: &str) -> Input {
@@ -635,7 +682,22 @@ fn refused_inputs_change_nothing() {
             5000,
             &[codes::UNKNOWN_ACTION],
         ),
+        // `a` is normal, where its chain has no `ids`.
+        (from("a", "ids", "port_scan"), 5000, &[codes::NOT_DEPLOYED]),
+        // `b` is suspicious, with `ids`, until its quiet time ends at 602s: an alert
+        // after that meets `b` back in normal, found out without moving the engine.
+        (
+            from("b", "ids", "port_scan"),
+            700_000,
+            &[codes::NOT_DEPLOYED],
+        ),
         (alert("a", "tamper"), 1999, &[codes::TIME_BACKWARDS]),
+        // At a refused time no state is looked at.
+        (
+            from("a", "ids", "port_scan"),
+            1999,
+            &[codes::TIME_BACKWARDS],
+        ),
         // Far in the future, where timers would fire: refused first, so none does.
         (
             reading("zz", json!({"temp": 1})),
@@ -697,4 +759,170 @@ fn same_inputs_same_outputs() {
     let first = run();
     assert!(!first.is_empty());
     assert_eq!(first, run());
+}
+
+#[test]
+fn an_alert_from_a_umbox_counts_only_in_the_states_that_deploy_it() {
+    let mut e = Engine::new(chains(), Config::default(), 0);
+    let before = format!("{e:?}");
+    // `ids` emits `port_scan`, but `normal`'s chain has no `ids`.
+    let errs = e.handle(1000, &from("c", "ids", "port_scan")).unwrap_err();
+    assert_eq!(
+        errs,
+        [InputError::NotDeployed {
+            device: "c".into(),
+            umbox: "ids".into(),
+            alert: "port_scan".into(),
+            state: "normal".into(),
+            deployed_in: vec!["suspicious".into()],
+        }]
+    );
+    assert_eq!(errs[0].code(), codes::NOT_DEPLOYED);
+    assert_eq!(
+        errs[0].to_string(),
+        "`ids` is not deployed for `c` in its current state `normal`"
+    );
+    let help = miette::Diagnostic::help(&errs[0]).map(|h| h.to_string());
+    assert_eq!(
+        help.as_deref(),
+        Some("`ids` is deployed for `c` only in `suspicious`")
+    );
+    assert_eq!(
+        e.validate(1000, &from("c", "ids", "port_scan")),
+        Err(errs),
+        "validate says what handle does"
+    );
+    assert_eq!(format!("{e:?}"), before, "the refusal changed the engine");
+
+    // `sniffer` is deployed in `normal`: its alert moves the device.
+    assert_eq!(
+        step(&mut e, 1000, from("c", "sniffer", "port_scan")),
+        ["1000 c: normal -> suspicious (on port_scan)"]
+    );
+    // In `suspicious`, `ids` is deployed: the same alert as before is accepted now.
+    assert!(step(&mut e, 2000, from("c", "ids", "port_scan")).is_empty());
+    assert_eq!(
+        step(&mut e, 3000, from("c", "ids", "brute_force")),
+        ["3000 c: suspicious -> attack (on brute_force)"]
+    );
+    // `attack`'s chain is `drop`: no µmbox speaks for the device there.
+    let before = format!("{e:?}");
+    let errs = e
+        .handle(4000, &from("c", "sniffer", "port_scan"))
+        .unwrap_err();
+    assert!(
+        matches!(&errs[..], [InputError::NotDeployed { state, deployed_in, .. }]
+            if state == "attack" && deployed_in == &["normal", "suspicious"]),
+        "{errs:?}"
+    );
+    assert_eq!(format!("{e:?}"), before);
+}
+
+#[test]
+fn the_devices_own_alerts_and_unknown_sources_follow_the_old_rules() {
+    let mut e = Engine::new(chains(), Config::default(), 0);
+    // Without a source an alert is the device's own: any alert it can receive, in any
+    // state, even one only a µmbox absent from the current chain emits.
+    assert!(step(&mut e, 1000, alert("c", "brute_force")).is_empty());
+    assert_eq!(
+        step(&mut e, 2000, alert("c", "port_scan")),
+        ["2000 c: normal -> suspicious (on port_scan)"]
+    );
+    assert_eq!(
+        step(&mut e, 3000, alert("c", "brute_force")),
+        ["3000 c: suspicious -> attack (on brute_force)"]
+    );
+    assert!(step(&mut e, 4000, alert("c", "port_scan")).is_empty());
+    // A µmbox the device never has, or one that does not emit the alert, is S107 in any
+    // state (`sniffer` is not deployed in `attack` either: S107 is what is said).
+    let before = format!("{e:?}");
+    for (input, want) in [
+        (from("c", "auth_proxy", "port_scan"), codes::UNKNOWN_SOURCE),
+        (from("c", "sniffer", "brute_force"), codes::UNKNOWN_SOURCE),
+        (from("c", "ids", "tamper"), codes::UNKNOWN_ALERT),
+        (alert("c", "tamper"), codes::UNKNOWN_ALERT),
+    ] {
+        let errs = e.handle(5000, &input).unwrap_err();
+        assert_eq!(codes_of(&errs), [want], "{input:?}");
+        assert_eq!(format!("{e:?}"), before, "{input:?} changed the engine");
+    }
+}
+
+/// An input at `t` meets the states the timers due by `t` have led to (they fire first):
+/// the deployment check looks there, not at the engine's state before them.
+#[test]
+fn the_state_an_alert_meets_is_the_one_after_the_timers_due_by_then() {
+    let mut e = Engine::new(chains(), Config::default(), 0);
+    step(&mut e, 0, reading("c", json!({"motion": true})));
+    assert_eq!(e.next_deadline(), Some(30_000));
+    let before = format!("{e:?}");
+    let errs = e
+        .handle(29_999, &from("c", "ids", "port_scan"))
+        .unwrap_err();
+    assert_eq!(codes_of(&errs), [codes::NOT_DEPLOYED]);
+    assert_eq!(format!("{e:?}"), before);
+    // At 30s the hold fires first: `ids` is deployed when the alert arrives.
+    assert_eq!(e.validate(30_000, &from("c", "ids", "port_scan")), Ok(()));
+    assert_eq!(format!("{e:?}"), before, "validate looked ahead on a copy");
+    assert_eq!(
+        step(&mut e, 30_000, from("c", "ids", "port_scan")),
+        ["30000 c: normal -> suspicious (when ... for 30s)"]
+    );
+    // The alert restarted the quiet time; once it is over the device is back in normal.
+    let quiet_end = 30_000 + 10 * MIN;
+    assert_eq!(e.next_deadline(), Some(quiet_end));
+    assert_eq!(
+        e.validate(quiet_end - 1, &from("c", "ids", "port_scan")),
+        Ok(())
+    );
+    let before = format!("{e:?}");
+    let errs = e
+        .handle(quiet_end, &from("c", "ids", "port_scan"))
+        .unwrap_err();
+    assert!(
+        matches!(&errs[..], [InputError::NotDeployed { state, .. }] if state == "normal"),
+        "{errs:?}"
+    );
+    assert_eq!(format!("{e:?}"), before);
+    assert_eq!(state(&e, "c"), "suspicious");
+}
+
+/// The API's pre-check runs on a fresh engine, in the initial states at time 0: it checks
+/// only what depends on neither, and leaves the deployment of a source to the main loop.
+#[test]
+fn the_api_checker_leaves_time_and_state_to_the_main_loop() {
+    let checker = Checker::new(chains());
+    let fresh = Engine::new(chains(), Config::default(), 0);
+    let ids = from("c", "ids", "port_scan");
+    assert_eq!(checker.check(&ids), Ok(()));
+    assert_eq!(fresh.validate_static(&ids), Ok(()));
+    assert_eq!(
+        codes_of(&fresh.validate(0, &ids).unwrap_err()),
+        [codes::NOT_DEPLOYED],
+        "the engine itself refuses it in `normal`"
+    );
+    // An engine that has moved on gives the same static answers.
+    let mut moved = Engine::new(chains(), Config::default(), 0);
+    step(&mut moved, 5 * MIN, alert("c", "port_scan"));
+    for (input, want) in [
+        (ids.clone(), None),
+        (
+            from("c", "sniffer", "brute_force"),
+            Some(codes::UNKNOWN_SOURCE),
+        ),
+        (alert("c", "tamper"), Some(codes::UNKNOWN_ALERT)),
+        (alert("cc", "port_scan"), Some(codes::UNKNOWN_DEVICE)),
+        (reading("c", json!({"motion": 1})), Some(codes::WRONG_TYPE)),
+    ] {
+        let got = |r: Result<(), Vec<InputError>>| r.err().map(|e| codes_of(&e)[0]);
+        assert_eq!(got(checker.check(&input)), want, "{input:?}");
+        assert_eq!(got(fresh.validate_static(&input)), want, "{input:?}");
+        assert_eq!(got(moved.validate_static(&input)), want, "{input:?}");
+    }
+    // No time is checked: `moved` is at 5 minutes.
+    assert_eq!(
+        codes_of(&moved.validate(0, &alert("c", "port_scan")).unwrap_err()),
+        [codes::TIME_BACKWARDS]
+    );
+    assert_eq!(moved.validate_static(&alert("c", "port_scan")), Ok(()));
 }

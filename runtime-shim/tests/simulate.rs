@@ -1,6 +1,7 @@
 //! `kalki-shim simulate`, the real binary, on a bundle the real compiler builds from
 //! `examples/smart-office`: the bundled trace's timeline (text and JSON lines, snapshot),
-//! and refusals: bad trace lines with their line numbers and nothing replayed, a tampered
+//! and refusals: bad trace lines with their line numbers and nothing replayed (among them
+//! alerts from µmboxes not deployed in their device's state when they arrive), a tampered
 //! bundle, a directory that is no bundle.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -109,6 +110,72 @@ fn bad_trace_lines_are_located_and_nothing_is_replayed() {
     insta::with_settings!({ snapshot_path => "snapshots", prepend_module_to_snapshot => false }, {
         insta::assert_snapshot!("bad-trace", stderr);
     });
+}
+
+/// A µmbox speaks for its device only while the device's current chain deploys it, as in
+/// `kalki-shim run`: `hall_cam`'s `ids` only in `suspicious`, its `sniffer` in `normal` and
+/// `suspicious`. The same alert is refused in one state and accepted in another.
+#[test]
+fn alerts_from_umboxes_not_deployed_in_the_current_state_are_refused() {
+    let dir = office("undeployed");
+    let lines = [
+        "{\"clock\": \"19:58\"}",
+        "{\"t_ms\": 0, \"device\": \"hall_cam\", \"reading\": {\"motion\": true, \"recording\": false}}",
+        "{\"t_ms\": 0, \"device\": \"lobby_light\", \"reading\": {\"on\": false, \"brightness\": 0}}",
+        // Still normal (no `ids` there): refused.
+        "{\"t_ms\": 60000, \"device\": \"hall_cam\", \"alert\": \"port_scan\", \"source\": \"ids\"}",
+        // At 20:00 (t 120000) `after_hours_intrusion` moves it to suspicious: accepted.
+        "{\"t_ms\": 200000, \"device\": \"hall_cam\", \"alert\": \"port_scan\", \"source\": \"ids\"}",
+        "{\"t_ms\": 215000, \"device\": \"hall_cam\", \"alert\": \"port_scan\", \"source\": \"ids\"}",
+        "{\"t_ms\": 230000, \"device\": \"hall_cam\", \"alert\": \"port_scan\", \"source\": \"ids\"}",
+        // In attack (`drop`), no µmbox: refused.
+        "{\"t_ms\": 240000, \"device\": \"hall_cam\", \"alert\": \"port_scan\", \"source\": \"sniffer\"}",
+        // The device's own alert, in any state.
+        "{\"t_ms\": 250000, \"device\": \"hall_cam\", \"alert\": \"port_scan\"}",
+    ];
+    let trace = |keep: &dyn Fn(usize) -> bool| {
+        let kept: Vec<&str> = (1..=lines.len())
+            .filter(|&n| keep(n))
+            .map(|n| lines[n - 1])
+            .collect();
+        kept.join("\n") + "\n"
+    };
+    std::fs::write(dir.path().join("bad.jsonl"), trace(&|_| true)).unwrap();
+    let out = shim(
+        dir.path(),
+        &["simulate", "bundle", "bad.jsonl", "--color", "never"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "", "no partial timeline");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(
+            "× line 4: `ids` is not deployed for `hall_cam` in its current state `normal`"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "× line 8: `sniffer` is not deployed for `hall_cam` in its current state `attack`"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("S111").count(), 2, "{stderr}");
+    insta::with_settings!({ snapshot_path => "snapshots", prepend_module_to_snapshot => false }, {
+        insta::assert_snapshot!("undeployed-source", stderr);
+    });
+
+    // Without the two refused lines the trace replays, `ids` moving the camera on.
+    std::fs::write(dir.path().join("good.jsonl"), trace(&|n| n != 4 && n != 8)).unwrap();
+    let out = shim(dir.path(), &["simulate", "bundle", "good.jsonl"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let timeline = text(&out.stdout);
+    assert!(
+        timeline.contains(
+            "hall_cam      suspicious -> attack  on port_scan count 3 within 1m (from ids)"
+        ),
+        "{timeline}"
+    );
 }
 
 #[test]
