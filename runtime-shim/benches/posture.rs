@@ -8,6 +8,9 @@
 //! - cold: the new state needs a container started, plugged in and ready (device `c`,
 //!   entering `watched`); its way back (to `pass`) is not timed.
 //!
+//! Then the time of one look at the node with every device's verdict (what each reconcile
+//! check and each status request costs).
+//!
 //! Prints p50, p90, p99 and max. Needs root, OVS and Docker (`scripts/ovs/start.sh`,
 //! `scripts/docker/start.sh`); results and method in `docs/benchmarks.md`.
 //!
@@ -142,8 +145,23 @@ fn main() {
             cold.push(change(&mut engine, &journal, &node, &sha, alert("c")).await);
             change(&mut engine, &journal, &node, &sha, reset("c")).await;
         }
+        // One look at the node, as every reconcile check and every status request takes
+        // it (bridge, ports, one flow dump, containers, interfaces and their sysctls),
+        // and every device's verdict from it.
+        let mut looks = Vec::new();
+        for _ in 0..changes {
+            let t = Instant::now();
+            let obs = node.observe().await;
+            let states = engine.states();
+            for (d, &s) in states.iter().enumerate() {
+                node.check(&obs, d, kalki_shim::node::Target::State(s))
+                    .unwrap();
+            }
+            looks.push(t.elapsed());
+        }
         report("warm (µmboxes running)", warm);
         report("cold (a container to start)", cold);
+        report("one look at the node and its verdicts", looks);
     });
     cleanup();
 }

@@ -10,6 +10,7 @@
 
 use crate::bundle::Bundle;
 use crate::codes;
+use crate::enforcement::Enforcement;
 use crate::engine::{Config, Engine, Input, InputError};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
@@ -136,10 +137,8 @@ pub struct DeviceStatus {
     pub cause: Option<String>,
     /// The µmboxes running in front of it.
     pub umboxes: Vec<String>,
-    /// Set while its posture could not be applied and its most restrictive state's flows
-    /// are installed instead: why.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fail_closed: Option<String>,
+    /// Whether the node holds its state's posture, seen when the status was made.
+    pub enforcement: Enforcement,
 }
 
 /// Unix milliseconds as RFC 3339 in UTC: `2025-03-01T20:04:40.250Z`.
@@ -167,12 +166,13 @@ pub fn rfc3339(ms: u64) -> String {
 }
 
 /// A status as the `status` subcommand prints it: a header line, then one line a device
-/// (name, type, state, since, µmboxes, why), a fail-closed posture on a line of its own.
+/// (name, type, state, enforcement, since, µmboxes, why), and for a device whose posture
+/// is not in force a line of its own saying what is and why.
 pub fn render_status(r: &StatusReport) -> String {
     let sha: String = r.bundle_sha256.chars().take(12).collect();
     let (h, m, s) = (r.uptime_s / 3600, r.uptime_s / 60 % 60, r.uptime_s % 60);
     let mut out = format!("site {}  bundle {sha}  up {h}h {m:02}m {s:02}s\n", r.site);
-    let rows: Vec<[String; 6]> = r
+    let rows: Vec<[String; 7]> = r
         .devices
         .iter()
         .map(|d| {
@@ -180,6 +180,7 @@ pub fn render_status(r: &StatusReport) -> String {
                 d.name.clone(),
                 d.device_type.clone(),
                 d.state.clone(),
+                d.enforcement.label().to_string(),
                 d.since.clone().unwrap_or_else(|| "-".to_string()),
                 if d.umboxes.is_empty() {
                     "-".to_string()
@@ -192,14 +193,23 @@ pub fn render_status(r: &StatusReport) -> String {
             ]
         })
         .collect();
-    let header = ["device", "type", "state", "since", "umboxes", "why"].map(String::from);
-    let mut widths = [0usize; 6];
+    let header = [
+        "device",
+        "type",
+        "state",
+        "enforcement",
+        "since",
+        "umboxes",
+        "why",
+    ]
+    .map(String::from);
+    let mut widths = [0usize; 7];
     for row in std::iter::once(&header).chain(&rows) {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |row: &[String; 6]| {
+    let line = |row: &[String; 7]| {
         let mut l = String::new();
         for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
             if i + 1 == row.len() {
@@ -213,8 +223,8 @@ pub fn render_status(r: &StatusReport) -> String {
     out.push_str(&line(&header));
     for (row, d) in rows.iter().zip(&r.devices) {
         out.push_str(&line(row));
-        if let Some(f) = &d.fail_closed {
-            out.push_str(&format!("  {}: FAIL-CLOSED: {f}\n", d.name));
+        if !d.enforcement.is_enforced() {
+            out.push_str(&format!("  {}: {}\n", d.name, d.enforcement));
         }
     }
     out

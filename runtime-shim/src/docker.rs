@@ -48,45 +48,77 @@ pub struct ContainerSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Running {
     pub name: String,
+    /// The engine's id of this container: a container started again under the same
+    /// name is another container, with another id (and output of its own).
+    pub id: String,
     pub running: bool,
     pub labels: BTreeMap<String, String>,
 }
 
+/// The Docker engine. The API version is agreed on at the first call that reaches the
+/// engine, so a shim can start (and say so) while the engine is down, and uses it once
+/// it is up; a restarted engine is reached again on the next call.
 #[derive(Clone)]
 pub struct Engine {
-    docker: Docker,
+    socket: String,
     limit: Duration,
+    docker: std::sync::Arc<tokio::sync::Mutex<Option<Docker>>>,
 }
 
 impl Engine {
     /// Connects to the engine's Unix socket and agrees on an API version (docker.io 20.10
-    /// speaks 1.41).
+    /// speaks 1.41); fails if the engine does not answer.
     pub async fn connect(socket: &str, limit: Duration) -> Result<Engine, DockerError> {
-        let connect_err = |detail: String| DockerError::Connect {
-            socket: socket.to_string(),
-            detail,
-        };
-        let docker =
-            Docker::connect_with_unix(socket, limit.as_secs().max(1), bollard::API_DEFAULT_VERSION)
-                .map_err(|e| connect_err(e.to_string()))?;
-        let docker = tokio::time::timeout(limit, docker.negotiate_version())
-            .await
-            .map_err(|_| connect_err("no answer".into()))?
-            .map_err(|e| connect_err(e.to_string()))?;
-        let engine = Engine { docker, limit };
-        engine
-            .call("ping", engine.docker.ping())
-            .await
-            .map_err(|e| connect_err(e.to_string()))?;
+        let engine = Engine::lazy(socket, limit);
+        engine.client().await?;
         Ok(engine)
     }
 
-    async fn call<T>(
+    /// An engine reached at its first use (see [`Engine::connect`]).
+    pub fn lazy(socket: &str, limit: Duration) -> Engine {
+        Engine {
+            socket: socket.to_string(),
+            limit,
+            docker: std::sync::Arc::new(tokio::sync::Mutex::new(None)),
+        }
+    }
+
+    /// The client, connected and with an agreed API version.
+    async fn client(&self) -> Result<Docker, DockerError> {
+        let mut guard = self.docker.lock().await;
+        if let Some(d) = guard.as_ref() {
+            return Ok(d.clone());
+        }
+        let connect_err = |detail: String| DockerError::Connect {
+            socket: self.socket.clone(),
+            detail,
+        };
+        let docker = Docker::connect_with_unix(
+            &self.socket,
+            self.limit.as_secs().max(1),
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(|e| connect_err(e.to_string()))?;
+        let docker = tokio::time::timeout(self.limit, docker.negotiate_version())
+            .await
+            .map_err(|_| connect_err("no answer".into()))?
+            .map_err(|e| connect_err(e.to_string()))?;
+        match tokio::time::timeout(self.limit, docker.ping()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(connect_err(e.to_string())),
+            Err(_) => return Err(connect_err("no answer".into())),
+        }
+        *guard = Some(docker.clone());
+        Ok(docker)
+    }
+
+    async fn call<T, F: Future<Output = Result<T, bollard::errors::Error>>>(
         &self,
         call: &str,
-        f: impl Future<Output = Result<T, bollard::errors::Error>>,
+        f: impl FnOnce(Docker) -> F,
     ) -> Result<T, DockerError> {
-        match tokio::time::timeout(self.limit, f).await {
+        let docker = self.client().await?;
+        match tokio::time::timeout(self.limit, f(docker)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(source)) => Err(DockerError::Api {
                 call: call.to_string(),
@@ -99,19 +131,23 @@ impl Engine {
         }
     }
 
+    /// Whether the engine answers.
+    pub async fn ping(&self) -> Result<(), DockerError> {
+        self.call("ping", |d| async move { d.ping().await })
+            .await
+            .map(|_| ())
+    }
+
     pub async fn image_exists(&self, image: &str) -> Result<bool, DockerError> {
         match self
-            .call("inspect image", self.docker.inspect_image(image))
+            .call(
+                "inspect image",
+                |d| async move { d.inspect_image(image).await },
+            )
             .await
         {
             Ok(_) => Ok(true),
-            Err(DockerError::Api {
-                source:
-                    bollard::errors::Error::DockerResponseServerError {
-                        status_code: 404, ..
-                    },
-                ..
-            }) => Ok(false),
+            Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -162,18 +198,17 @@ impl Engine {
         let options = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
-        self.call(
-            "create container",
-            self.docker.create_container(Some(options), body),
-        )
+        self.call("create container", |d| async move {
+            d.create_container(Some(options), body).await
+        })
         .await?;
-        self.call(
-            "start container",
-            self.docker.start_container(
+        self.call("start container", |d| async move {
+            d.start_container(
                 &spec.name,
                 None::<bollard::query_parameters::StartContainerOptions>,
-            ),
-        )
+            )
+            .await
+        })
         .await?;
         self.pid(&spec.name).await
     }
@@ -181,13 +216,13 @@ impl Engine {
     /// The pid of a running container's init process.
     pub async fn pid(&self, name: &str) -> Result<u32, DockerError> {
         let info = self
-            .call(
-                "inspect container",
-                self.docker.inspect_container(
+            .call("inspect container", |d| async move {
+                d.inspect_container(
                     name,
                     None::<bollard::query_parameters::InspectContainerOptions>,
-                ),
-            )
+                )
+                .await
+            })
             .await?;
         let state = info.state.unwrap_or_default();
         match (state.running, state.pid) {
@@ -206,20 +241,13 @@ impl Engine {
     pub async fn remove(&self, name: &str) -> Result<(), DockerError> {
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
         match self
-            .call(
-                "remove container",
-                self.docker.remove_container(name, Some(options)),
-            )
+            .call("remove container", |d| async move {
+                d.remove_container(name, Some(options)).await
+            })
             .await
         {
             Ok(()) => Ok(()),
-            Err(DockerError::Api {
-                source:
-                    bollard::errors::Error::DockerResponseServerError {
-                        status_code: 404, ..
-                    },
-                ..
-            }) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -233,10 +261,9 @@ impl Engine {
             .filters(&filters)
             .build();
         let found = self
-            .call(
-                "list containers",
-                self.docker.list_containers(Some(options)),
-            )
+            .call("list containers", |d| async move {
+                d.list_containers(Some(options)).await
+            })
             .await?;
         let mut out: Vec<Running> = found
             .into_iter()
@@ -247,6 +274,7 @@ impl Engine {
                     .first()
                     .map(|n| n.trim_start_matches('/').to_string())
                     .unwrap_or_default(),
+                id: c.id.unwrap_or_default(),
                 running: c.state.map(|s| s.to_string()) == Some("running".into()),
                 labels: c.labels.unwrap_or_default().into_iter().collect(),
             })
@@ -255,24 +283,44 @@ impl Engine {
         Ok(out)
     }
 
+    /// Whether the container (a name or an id) is running; `None` if there is none.
+    pub async fn is_running(&self, container: &str) -> Result<Option<bool>, DockerError> {
+        match self
+            .call("inspect container", |d| async move {
+                d.inspect_container(
+                    container,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+            })
+            .await
+        {
+            Ok(info) => Ok(Some(info.state.and_then(|s| s.running).unwrap_or(false))),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The container's standard output as lines, following it until the container stops:
     /// from its start (`from_start`) or only what it prints from now on. Standard error
-    /// (the µmbox's log) is not included.
-    pub fn stdout_lines(
+    /// (the µmbox's log) is not included. `container` is a name or, to be sure of
+    /// following one container and not a later one of the same name, an id.
+    pub async fn stdout_lines(
         &self,
-        name: &str,
+        container: &str,
         from_start: bool,
-    ) -> impl Stream<Item = Result<String, DockerError>> {
+    ) -> Result<impl Stream<Item = Result<String, DockerError>>, DockerError> {
+        let docker = self.client().await?;
         let options = LogsOptionsBuilder::default()
             .follow(true)
             .stdout(true)
             .stderr(false)
             .tail(if from_start { "all" } else { "0" })
             .build();
-        let call = format!("logs {name}");
+        let call = format!("logs {container}");
         let mut pending = String::new();
-        self.docker
-            .logs(name, Some(options))
+        Ok(docker
+            .logs(container, Some(options))
             .map(move |chunk| match chunk {
                 Ok(out) => {
                     pending.push_str(&String::from_utf8_lossy(&out.into_bytes()));
@@ -288,13 +336,13 @@ impl Engine {
                     source,
                 })]),
             })
-            .flatten()
+            .flatten())
     }
 
     /// Waits until the container prints `{"kalki":"ready"}` on stdout.
     pub async fn wait_ready(&self, name: &str, limit: Duration) -> Result<(), DockerError> {
-        let lines = self.stdout_lines(name, true);
         let ready = async {
+            let lines = self.stdout_lines(name, true).await?;
             futures_util::pin_mut!(lines);
             while let Some(line) = lines.next().await {
                 if is_ready(&line?) {
@@ -316,6 +364,20 @@ impl Engine {
             }),
         }
     }
+}
+
+/// Whether the engine answered 404: no such container or image.
+fn is_not_found(e: &DockerError) -> bool {
+    matches!(
+        e,
+        DockerError::Api {
+            source: bollard::errors::Error::DockerResponseServerError {
+                status_code: 404,
+                ..
+            },
+            ..
+        }
+    )
 }
 
 /// A µmbox's readiness line.

@@ -12,6 +12,7 @@ pub mod bundle;
 pub mod cmd;
 pub mod codes;
 pub mod docker;
+pub mod enforcement;
 pub mod engine;
 pub mod eval;
 pub mod follow;

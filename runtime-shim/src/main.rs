@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kalki_shim::api::{self, Accepted, Client, ClientError, Endpoint, Token};
 use kalki_shim::bundle::{self, BundleError};
 use kalki_shim::docker;
+use kalki_shim::enforcement::{self, Enforcement};
 use kalki_shim::node::{Closed, Node, NodeConfig};
 use kalki_shim::simulate;
 use miette::{GraphicalReportHandler, GraphicalTheme, NamedSource, Report};
@@ -23,9 +24,15 @@ enum Exit {
     Refused = 1,
     /// Bad usage, or an input could not be read.
     Usage = 2,
+    /// `status`: at least one device's posture is not in force.
+    NotEnforced = 3,
+    /// `status`: every device enforced or failed closed, at least one failed closed.
+    FailedClosed = 4,
 }
 
 const EXIT_HELP: &str = "Exit codes:\n  0  success\n  1  the bundle or the trace was refused (tampered, malformed, a bad event)\n  2  usage error, or an input could not be read";
+
+const STATUS_HELP: &str = "The API is found with --api, else $KALKI_API, else http://127.0.0.1:7878; the token is read from --token-file, else $KALKI_TOKEN_FILE, else /etc/kalki/token (a file other users may read is refused).\n\nEvery device's enforcement is seen afresh on the node: `enforced` (its state's posture is in force), `failed-closed` (what is in force instead: its most restrictive state, or no flows) or `NOT-ENFORCED` (why).\n\nExit codes:\n  0  every device is enforced\n  1  the shim refused the request (its message is printed)\n  2  usage error, an unusable token file, or the shim unreachable or not answering in time\n  3  at least one device is not enforced\n  4  no device is not enforced, but at least one failed closed";
 
 const CLIENT_HELP: &str = "The API is found with --api, else $KALKI_API, else http://127.0.0.1:7878; the token is read from --token-file, else $KALKI_TOKEN_FILE, else /etc/kalki/token (a file other users may read is refused).\n\nExit codes:\n  0  success\n  1  the shim refused the request (its message is printed)\n  2  usage error, an unusable token file, or the shim unreachable or not answering in time";
 
@@ -57,9 +64,10 @@ enum Command {
     /// journaled; a restart resumes from the journal.
     #[command(after_help = EXIT_HELP)]
     Run(RunArgs),
-    /// Show every device of the running shim: its state, since when and why, and the
+    /// Show every device of the running shim: its state, whether its posture is in force
+    /// on the node (enforced, failed closed, not enforced), since when and why, and the
     /// µmboxes in front of it.
-    #[command(after_help = CLIENT_HELP)]
+    #[command(after_help = STATUS_HELP)]
     Status(StatusArgs),
     /// Send a reading of a device's sensed variables: `VAR=VALUE`, where VALUE is `true`,
     /// `false`, an integer, or the name of an enum member.
@@ -114,9 +122,20 @@ struct RunArgs {
     /// without it, commands are journaled only.
     #[arg(long, value_name = "URL")]
     command_webhook: Option<String>,
+    /// How often the node is looked at and repaired (flows by cookie, ports, µmboxes),
+    /// besides when a µmbox stops and at every status request, in seconds.
+    #[arg(long, default_value_t = 2.0, value_name = "S", value_parser = reconcile_interval)]
+    reconcile_interval: f64,
     /// Colour in error reports (printed on standard error).
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     color: Color,
+}
+
+fn reconcile_interval(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err("expected seconds between 0.1 and 3600".into()),
+    }
 }
 
 /// The journal and the clock it is replayed with.
@@ -391,12 +410,16 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
-async fn connect_node(bundle: bundle::Bundle, args: &NodeArgs) -> Result<Node, Exit> {
-    let cfg = NodeConfig {
+fn node_config(args: &NodeArgs) -> NodeConfig {
+    NodeConfig {
         datapath: args.datapath.clone(),
         call_timeout: Duration::from_secs(args.call_timeout.max(1)),
         ready_timeout: Duration::from_secs(args.ready_timeout.max(1)),
-    };
+    }
+}
+
+async fn connect_node(bundle: bundle::Bundle, args: &NodeArgs) -> Result<Node, Exit> {
+    let cfg = node_config(args);
     let docker = docker::Engine::connect(&args.docker, cfg.call_timeout)
         .await
         .map_err(|e| {
@@ -589,13 +612,25 @@ fn run_status(args: &StatusArgs) -> Exit {
         Ok(c) => c,
         Err(e) => return e,
     };
-    match block_on(client.status()) {
-        Ok(report) if args.json => print(&format!(
+    let report = match block_on(client.status()) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let printed = if args.json {
+        print(&format!(
             "{}\n",
             serde_json::to_string_pretty(&report).unwrap_or_default()
-        )),
-        Ok(report) => print(&api::render_status(&report)),
-        Err(e) => e,
+        ))
+    } else {
+        print(&api::render_status(&report))
+    };
+    if printed != Exit::Ok {
+        return printed;
+    }
+    match enforcement::worst(report.devices.iter().map(|d| &d.enforcement)) {
+        None => Exit::Ok,
+        Some(Enforcement::FailedClosed { .. }) => Exit::FailedClosed,
+        Some(_) => Exit::NotEnforced,
     }
 }
 
@@ -737,10 +772,23 @@ fn run_run(args: &RunArgs) -> Exit {
                 return Exit::Usage;
             }
         };
-        let node = match connect_node(bundle, &args.node).await {
+        // Unlike `apply`, `run` starts whatever the node's state: it serves, says which
+        // devices are not enforced, and keeps trying to bring the node to the policy.
+        let cfg = node_config(&args.node);
+        let docker = docker::Engine::lazy(&args.node.docker, cfg.call_timeout);
+        let node = match Node::new(bundle, docker, cfg) {
             Ok(n) => n,
-            Err(exit) => return exit,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Exit::Refused;
+            }
         };
+        if let Err(e) = node.docker().ping().await {
+            eprintln!("kalki-shim: WARNING: {e}; retrying");
+        }
+        if let Err(e) = node.ovs().ping().await {
+            eprintln!("kalki-shim: WARNING: {e}; retrying");
+        }
         if let Some(dir) = args
             .journal
             .journal
@@ -758,6 +806,7 @@ fn run_run(args: &RunArgs) -> Exit {
             token,
             webhook,
             day_offset_ms: offset,
+            reconcile_interval: Duration::from_secs_f64(args.reconcile_interval),
         };
         match kalki_shim::run::run(node, cfg, shutdown_signal()).await {
             Ok(()) => {

@@ -3,11 +3,25 @@
 //! container's network namespace under the name the µmbox expects (`a`, `b`, `tap`).
 //! Transmit checksum offload is turned off on both ends: through the userspace datapath,
 //! TCP across veth pairs fails without it (docs/design/openflow-pipeline.md).
-//! IPv6 is turned off on the host end (and in the container, by the engine's sysctls),
-//! so that neither network stack sends anything of its own along the chain.
+//!
+//! The node's own network stack is kept off every interface the switch uses (the uplink,
+//! the device ports, the µmboxes' host ends: [`isolate`]). With the userspace datapath
+//! the kernel still receives every frame that arrives on such an interface, so without
+//! this a device could reach the node itself (its IPv6 link-local address, any of its
+//! IPv4 addresses through ARP), and the node's router solicitations would reach the
+//! devices. Inside the container IPv6 is off through the engine's sysctls.
 
 use crate::cmd::{self, CmdError};
 use std::time::Duration;
+
+/// Why a container could not be given its interfaces.
+#[derive(Debug, thiserror::Error)]
+pub enum PlugError {
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
+    #[error(transparent)]
+    Isolation(#[from] IsolationError),
+}
 
 /// One interface to give a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,9 +34,9 @@ pub struct Link {
 
 /// Creates the veth pairs of a container whose init process is `pid`, brings them up and
 /// turns off transmit offload. On failure, the host ends created so far are removed.
-pub async fn plug(pid: u32, links: &[Link], limit: Duration) -> Result<(), CmdError> {
+pub async fn plug(pid: u32, links: &[Link], limit: Duration) -> Result<(), PlugError> {
     let mut made: Vec<&str> = Vec::new();
-    let result = async {
+    let result: Result<(), PlugError> = async {
         for l in links {
             // `dev` everywhere: an interface called `a` would otherwise read as `address`.
             // A leftover host end (a crashed run) would make `ip link add` fail.
@@ -38,14 +52,10 @@ pub async fn plug(pid: u32, links: &[Link], limit: Duration) -> Result<(), CmdEr
             )
             .await?;
             made.push(&l.host);
-            // IPv6 off on the host end before it is up: otherwise the node's own
-            // router solicitations and MLD reports go into the µmbox, which forwards
-            // them along the chain. A kernel without IPv6 has nothing to turn off.
-            let _ = tokio::fs::write(
-                format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", l.host),
-                "1",
-            )
-            .await;
+            // The node's stack off the host end before it is up: otherwise the node's
+            // own router solicitations and MLD reports go into the µmbox, which
+            // forwards them along the chain, and the chain's traffic reaches the node.
+            isolate(&l.host)?;
             cmd::run("ip", &["link", "set", "dev", &l.host, "up"], None, limit).await?;
             cmd::run("ethtool", &["-K", &l.host, "tx", "off"], None, limit).await?;
             let inside = |args: &[&str]| {
@@ -70,6 +80,99 @@ pub async fn plug(pid: u32, links: &[Link], limit: Duration) -> Result<(), CmdEr
         }
     }
     result
+}
+
+/// The kernel settings that keep the node's own stack off an interface, under
+/// `/proc/sys/net/`: IPv6 off (no link-local address, no router solicitations, no MLD),
+/// and IPv4 never delivered to the node: a strict reverse-path filter drops every packet
+/// that arrives on an interface without an address of its own (so also the ARP requests
+/// it would answer), and `arp_ignore = 8` answers no ARP request on it at all.
+pub const ISOLATION: [(&str, &str, &str); 3] = [
+    ("ipv6", "disable_ipv6", "1"),
+    ("ipv4", "rp_filter", "1"),
+    ("ipv4", "arp_ignore", "8"),
+];
+
+/// Why the node's stack could not be kept off an interface.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot keep the node's network stack off `{interface}`: {detail}")]
+pub struct IsolationError {
+    pub interface: String,
+    pub detail: String,
+}
+
+fn sysctl_path(family: &str, interface: &str, key: &str) -> String {
+    format!("/proc/sys/net/{family}/conf/{interface}/{key}")
+}
+
+/// A name the kernel could give an interface, safe to put in a `/proc` path.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 15 && name != "." && name != ".." && !name.contains('/')
+}
+
+/// Whether `family`'s settings apply to `interface`: IPv6 may be absent from the kernel
+/// (booted with `ipv6.disable=1`), or not active on one interface (an MTU below 1280);
+/// then there is nothing to turn off. IPv4 always applies.
+fn applies(family: &str, interface: &str) -> bool {
+    family == "ipv4"
+        || std::path::Path::new(&format!("/proc/sys/net/{family}/conf/{interface}")).exists()
+}
+
+/// Keeps the node's own network stack off `interface` ([`ISOLATION`]). Every failure is
+/// an error: an interface the node's stack still listens on is exposed.
+pub fn isolate(interface: &str) -> Result<(), IsolationError> {
+    let err = |detail: String| IsolationError {
+        interface: interface.to_string(),
+        detail,
+    };
+    if !valid_name(interface) {
+        return Err(err("not a valid interface name".into()));
+    }
+    if !std::path::Path::new(&format!("/sys/class/net/{interface}")).exists() {
+        return Err(err("no such interface".into()));
+    }
+    for (family, key, value) in ISOLATION {
+        if !applies(family, interface) {
+            continue;
+        }
+        let path = sysctl_path(family, interface, key);
+        std::fs::write(&path, value).map_err(|e| err(format!("writing {path}: {e}")))?;
+    }
+    match exposure(interface) {
+        None => Ok(()),
+        Some(what) => Err(err(format!("still {what} after writing it"))),
+    }
+}
+
+/// What of the node's stack is still on `interface` (`None`: nothing, or the interface
+/// does not exist): the first setting of [`ISOLATION`] that is not as it should be.
+pub fn exposure(interface: &str) -> Option<String> {
+    if !valid_name(interface) {
+        return Some("an invalid interface name".into());
+    }
+    if !std::path::Path::new(&format!("/sys/class/net/{interface}")).exists() {
+        return None;
+    }
+    for (family, key, value) in ISOLATION {
+        if !applies(family, interface) {
+            continue;
+        }
+        let path = sysctl_path(family, interface, key);
+        let now = std::fs::read_to_string(&path).map(|s| s.trim().to_string());
+        let good = match (&now, key) {
+            // 1 (strict) or 2 (loose): both drop every packet on an address-less interface.
+            (Ok(v), "rp_filter") => v == "1" || v == "2",
+            (Ok(v), _) => v == value,
+            (Err(_), _) => false,
+        };
+        if !good {
+            return Some(match now {
+                Ok(v) => format!("{family} {key}={v}"),
+                Err(e) => format!("{family} {key} unreadable ({e})"),
+            });
+        }
+    }
+    None
 }
 
 /// Removes host ends (and with them their peers); missing ones are fine.

@@ -45,6 +45,12 @@ pub enum NodeError {
     RuleSet { path: String, detail: String },
     #[error("OpenFlow: {0}")]
     OpenFlow(#[from] of::Error),
+    #[error(transparent)]
+    Plug(#[from] net::PlugError),
+    #[error(transparent)]
+    Isolation(#[from] net::IsolationError),
+    #[error("the node cannot be read: {0}")]
+    Unreadable(String),
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +77,10 @@ impl Default for NodeConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     CreateBridge,
+    /// Keep the node's own network stack off an interface the switch uses.
+    Isolate {
+        name: String,
+    },
     /// The uplink or a device's port (an existing interface).
     AddPort {
         name: String,
@@ -86,10 +96,10 @@ pub enum Action {
         path: String,
     },
     ReplaceBase,
-    /// Replace a device's flows with its state's set.
-    InstallState {
+    /// Replace a device's flows with its target's set.
+    Install {
         device: usize,
-        state: usize,
+        target: Target,
     },
     /// Flows with a cookie no device or base set of this bundle has.
     DeleteStrayFlows {
@@ -123,7 +133,7 @@ pub struct Report {
 }
 
 /// What a device got when it failed closed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Closed {
     /// Its most restrictive state's rule set.
     State(usize),
@@ -152,20 +162,89 @@ pub struct Node {
     cfg: NodeConfig,
     /// Every rule set, parsed once: path → flows.
     flows: BTreeMap<String, Vec<FlowMod>>,
+    /// The same, each flow as `ovs-ofctl` writes it, sorted: what a dump is compared with.
+    expected: BTreeMap<String, Vec<String>>,
+    /// A device's cookie bits (under the device mask) → the device.
+    owners: BTreeMap<u64, usize>,
     /// The OpenFlow connection to the bridge, made when first needed (the bridge may not
     /// exist before `apply` creates it) and made again when it breaks.
     switch: Mutex<Option<of::Client>>,
 }
 
-/// The bridge, as observed.
-struct World {
+/// What one device should have on the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A state's flows and µmboxes (its engine state, or its most restrictive state when
+    /// it failed closed).
+    State(usize),
+    /// No flows at all: every packet classified for it meets table 1's drop.
+    NoFlows,
+}
+
+impl From<Closed> for Target {
+    fn from(c: Closed) -> Target {
+        match c {
+            Closed::State(s) => Target::State(s),
+            Closed::NoFlows => Target::NoFlows,
+        }
+    }
+}
+
+/// What is done on the OpenFlow connection.
+#[derive(Clone, Copy)]
+enum SwitchOp<'a> {
+    Swap {
+        cookie: u64,
+        mask: u64,
+        flows: &'a [FlowMod],
+    },
+    Dump,
+}
+
+/// Whose a flow on the switch is, by its cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Owner {
+    Base,
+    Device(usize),
+    /// A cookie no set of this bundle has.
+    Stray(u64),
+}
+
+/// The switch, as read.
+#[derive(Debug, Clone, Default)]
+pub struct SwitchView {
     bridge: bool,
     /// Port name → OpenFlow number (-1: its interface is gone).
     ports: BTreeMap<String, i64>,
-    /// Cookies of flows that differ from what is expected (missing or extra).
-    differing: BTreeSet<u64>,
-    /// The site's containers: name → (running, labels).
-    containers: BTreeMap<String, docker::Running>,
+    /// The flows, by owner, each as `ovs-ofctl` would write it, sorted.
+    flows: BTreeMap<Owner, Vec<String>>,
+}
+
+/// One look at the node: the switch, the container engine, the host's interfaces. Each
+/// part is what was read, or why it could not be read. Changes nothing.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub switch: Result<SwitchView, String>,
+    /// The site's containers: name → what the engine says of it.
+    pub containers: Result<BTreeMap<String, docker::Running>, String>,
+    pub interfaces: Result<BTreeSet<String>, String>,
+    /// Interfaces the switch uses on which the node's own stack is still on: what is on.
+    pub exposed: BTreeMap<String, String>,
+}
+
+impl Observation {
+    /// Why nothing could be planned from this observation, if so.
+    fn unreadable(&self) -> Option<String> {
+        [
+            &self.switch.as_ref().err(),
+            &self.containers.as_ref().err(),
+            &self.interfaces.as_ref().err(),
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+        .map(|e| e.to_string())
+    }
 }
 
 impl Node {
@@ -173,6 +252,7 @@ impl Node {
     pub fn new(bundle: Bundle, docker: docker::Engine, cfg: NodeConfig) -> Result<Node, NodeError> {
         let ovs = Ovs::new(bundle.manifest.bridge.clone(), cfg.call_timeout);
         let mut flows = BTreeMap::new();
+        let mut expected = BTreeMap::new();
         for (path, text) in &bundle.rule_sets {
             let parsed = of::parse_rule_set(text).map_err(|errors| NodeError::RuleSet {
                 path: path.clone(),
@@ -182,23 +262,34 @@ impl Node {
                     .collect::<Vec<_>>()
                     .join("; "),
             })?;
+            expected.insert(path.clone(), normalised(&parsed));
             flows.insert(path.clone(), parsed);
         }
+        let mask = bundle.manifest.cookies.device_mask.0;
+        let owners = bundle
+            .manifest
+            .devices
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| d.states.first().map(|s| (s.cookie.0 & mask, i)))
+            .collect();
         Ok(Node {
             bundle,
             ovs,
             docker,
             cfg,
             flows,
+            expected,
+            owners,
             switch: Mutex::new(None),
         })
     }
 
-    /// Replaces every flow under `cookie`/`mask` with `flows` in one OpenFlow bundle.
-    /// On a broken connection (or an answer that never came: the outcome of a commit is
-    /// then unknown), reconnects once and swaps again, which is harmless: a swap to the
-    /// same set is idempotent.
-    pub async fn swap(&self, cookie: u64, mask: u64, flows: &[FlowMod]) -> Result<(), NodeError> {
+    /// Runs `op` on the OpenFlow connection to the bridge, connecting first if needed.
+    /// On a broken connection (the switch restarted, or an answer never came), connects
+    /// again once and runs `op` again: both operations are idempotent (a swap to the same
+    /// set, a dump). Returns the flows a dump read (none for a swap).
+    async fn on_switch(&self, op: SwitchOp<'_>) -> Result<Vec<FlowMod>, NodeError> {
         let mut guard = self.switch.lock().await;
         for attempt in 0..2 {
             if guard.is_none() {
@@ -208,8 +299,16 @@ impl Node {
             let Some(client) = guard.as_mut() else {
                 continue;
             };
-            match client.swap(cookie, mask, flows).await {
-                Ok(()) => return Ok(()),
+            let result = match op {
+                SwitchOp::Swap {
+                    cookie,
+                    mask,
+                    flows,
+                } => client.swap(cookie, mask, flows).await.map(|()| Vec::new()),
+                SwitchOp::Dump => client.dump(0, 0).await,
+            };
+            match result {
+                Ok(v) => return Ok(v),
                 Err(e) if e.is_disconnect() && attempt == 0 => {
                     *guard = None;
                 }
@@ -225,6 +324,58 @@ impl Node {
             reason: "the switch closed the connection twice".into(),
         }
         .into())
+    }
+
+    /// Replaces every flow under `cookie`/`mask` with `flows` in one OpenFlow bundle.
+    pub async fn swap(&self, cookie: u64, mask: u64, flows: &[FlowMod]) -> Result<(), NodeError> {
+        self.on_switch(SwitchOp::Swap {
+            cookie,
+            mask,
+            flows,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// The switch as read: whether the bridge exists, its ports (name → OpenFlow number,
+    /// -1 for a port whose interface is gone) and every flow it holds, which are sorted
+    /// by cookie into the base set, each device's set and strays.
+    pub fn switch_view(
+        &self,
+        bridge: bool,
+        ports: BTreeMap<String, i64>,
+        flows: Vec<FlowMod>,
+    ) -> SwitchView {
+        let mut by: BTreeMap<Owner, Vec<FlowMod>> = BTreeMap::new();
+        for f in flows {
+            let owner = self.owner(f.cookie);
+            by.entry(owner).or_default().push(f);
+        }
+        SwitchView {
+            bridge,
+            ports,
+            flows: by.into_iter().map(|(o, f)| (o, normalised(&f))).collect(),
+        }
+    }
+
+    fn owner(&self, cookie: u64) -> Owner {
+        let base = self.bundle.manifest.cookies.base.0;
+        if cookie == base {
+            return Owner::Base;
+        }
+        match self.owners.get(&(cookie & self.mask())) {
+            // Only a state cookie of that device: its kind and state bits must be one of
+            // its states' (a stray cookie may share the device bits).
+            Some(&d)
+                if self.bundle.manifest.devices[d]
+                    .states
+                    .iter()
+                    .any(|s| s.cookie.0 == cookie) =>
+            {
+                Owner::Device(d)
+            }
+            _ => Owner::Stray(cookie),
+        }
     }
 
     fn parsed(&self, path: &str) -> &[FlowMod] {
@@ -255,36 +406,20 @@ impl Node {
         self.bundle.manifest.cookies.device_mask.0
     }
 
-    /// The rule set of a device's state.
-    fn rules(&self, device: usize, state: usize) -> Result<&str, NodeError> {
-        let d = &self.bundle.manifest.devices[device];
-        let s = d.states.get(state).ok_or_else(|| NodeError::NoState {
-            device: d.name.clone(),
-            state: state.to_string(),
-        })?;
-        Ok(self
-            .bundle
-            .rule_sets
-            .get(&s.flows)
-            .map(String::as_str)
-            .unwrap_or(""))
-    }
-
-    fn base_rules(&self) -> &str {
-        self.bundle
-            .rule_sets
-            .get(BASE_RULES)
-            .map(String::as_str)
-            .unwrap_or("")
-    }
-
-    /// Everything the switch should hold with the devices in `states`.
-    fn expected_flows(&self, states: &[usize]) -> Result<String, NodeError> {
-        let mut all = self.base_rules().to_string();
-        for (d, &s) in states.iter().enumerate() {
-            all.push_str(self.rules(d, s)?);
+    /// The flows a device should have for a target, normalised.
+    fn expected_flows(&self, device: usize, target: Target) -> &[String] {
+        match target {
+            Target::State(s) => self.bundle.manifest.devices[device]
+                .states
+                .get(s)
+                .and_then(|st| self.expected.get(&st.flows))
+                .map_or(&[], Vec::as_slice),
+            Target::NoFlows => &[],
         }
-        Ok(all)
+    }
+
+    fn expected_base(&self) -> &[String] {
+        self.expected.get(BASE_RULES).map_or(&[], Vec::as_slice)
     }
 
     /// The uplink and device ports: (name, number, what).
@@ -314,12 +449,20 @@ impl Node {
             .unwrap_or_default()
     }
 
+    /// The container manifests a target needs.
+    fn wanted_for(&self, device: usize, target: Target) -> Vec<(&str, &Container)> {
+        match target {
+            Target::State(s) => self.wanted(device, s),
+            Target::NoFlows => Vec::new(),
+        }
+    }
+
     /// What a container runs, as a digest: image, command, environment and interfaces
     /// (names and port numbers). A running container with the same digest is up to
     /// date. Labels are left out on purpose: they carry the policy's digest, which changes
     /// with any edit of the policy, and a new bundle must restart only the µmboxes whose
     /// own definition changed.
-    fn spec_digest(&self, path: &str) -> String {
+    pub fn spec_digest(&self, path: &str) -> String {
         let Some(c) = self.bundle.containers.get(path) else {
             return String::new();
         };
@@ -332,66 +475,133 @@ impl Node {
         crate::bundle::sha256_hex(spec.to_string().as_bytes())
     }
 
-    async fn observe(&self, states: &[usize]) -> Result<World, NodeError> {
-        let bridge = self.ovs.bridge_exists().await?;
-        let (ports, differing) = if bridge {
-            let diff = self.ovs.diff_flows(&self.expected_flows(states)?).await?;
-            let differing = diff
-                .missing
-                .iter()
-                .chain(&diff.extra)
-                .filter_map(|l| flow_cookie(l))
-                .collect();
-            (self.ovs.ports().await?, differing)
-        } else {
-            (BTreeMap::new(), BTreeSet::new())
+    /// Every interface the switch uses for this bundle: the uplink, the device ports and
+    /// the host ends of every µmbox instance.
+    fn managed_interfaces(&self) -> BTreeSet<&str> {
+        let mut out: BTreeSet<&str> = BTreeSet::new();
+        let m = &self.bundle.manifest;
+        out.extend(m.uplink.name.as_deref());
+        out.extend(m.devices.iter().map(|d| d.port.as_str()));
+        for c in self.bundle.containers.values() {
+            out.extend(c.interfaces.iter().map(|i| i.port_name.as_str()));
+        }
+        out
+    }
+
+    /// Looks at the node: the bridge, its ports and flows, the site's containers, the
+    /// host's interfaces and whether the node's stack is kept off the switch's. Never
+    /// fails: what cannot be read is recorded as such.
+    pub async fn observe(&self) -> Observation {
+        let switch = async {
+            let bridge = self.ovs.bridge_exists().await?;
+            if !bridge {
+                return Ok(SwitchView::default());
+            }
+            let ports = self.ovs.ports().await?;
+            let flows = self.on_switch(SwitchOp::Dump).await?;
+            Ok::<SwitchView, NodeError>(self.switch_view(bridge, ports, flows))
         };
-        let containers = self
-            .docker
-            .list(LABEL_SITE, &self.bundle.manifest.site)
-            .await?
+        let containers = async {
+            let list = self
+                .docker
+                .list(LABEL_SITE, &self.bundle.manifest.site)
+                .await?;
+            Ok::<_, NodeError>(list.into_iter().map(|c| (c.name.clone(), c)).collect())
+        };
+        let interfaces = async {
+            net::interfaces(self.cfg.call_timeout)
+                .await
+                .map_err(NodeError::from)
+        };
+        let (switch, containers, interfaces) =
+            futures_util::future::join3(switch, containers, interfaces).await;
+        let interfaces = interfaces.map_err(|e| e.to_string());
+        let exposed = match &interfaces {
+            Ok(present) => self
+                .managed_interfaces()
+                .into_iter()
+                .filter(|i| present.contains(*i))
+                .filter_map(|i| net::exposure(i).map(|what| (i.to_string(), what)))
+                .collect(),
+            Err(_) => BTreeMap::new(),
+        };
+        Observation {
+            switch: switch.map_err(|e| e.to_string()),
+            containers: containers.map_err(|e| e.to_string()),
+            interfaces,
+            exposed,
+        }
+    }
+
+    /// The interfaces the bundle names that this node lacks: (name, what).
+    pub fn missing_interfaces(&self, obs: &Observation) -> Vec<(String, String)> {
+        let Ok(present) = &obs.interfaces else {
+            return Vec::new();
+        };
+        self.fixed_ports()
             .into_iter()
-            .map(|c| (c.name.clone(), c))
-            .collect();
-        Ok(World {
-            bridge,
-            ports,
-            differing,
-            containers,
-        })
+            .filter(|(name, _, _)| !present.contains(name))
+            .map(|(name, _, what)| (name, what))
+            .collect()
     }
 
     /// Whether a container is running the manifest at `path` and plugged in as it says.
-    fn up_to_date(&self, w: &World, path: &str, c: &Container) -> bool {
-        let Some(running) = w.containers.get(&c.name) else {
+    fn up_to_date(
+        &self,
+        containers: &BTreeMap<String, docker::Running>,
+        ports: &BTreeMap<String, i64>,
+        path: &str,
+        c: &Container,
+    ) -> bool {
+        let Some(running) = containers.get(&c.name) else {
             return false;
         };
         running.running
             && running.labels.get(LABEL_SPEC) == Some(&self.spec_digest(path))
             && c.interfaces
                 .iter()
-                .all(|i| w.ports.get(&i.port_name) == Some(&i64::from(i.ofport)))
+                .all(|i| ports.get(&i.port_name) == Some(&i64::from(i.ofport)))
     }
 
     /// What it takes to bring the node to the bundle with devices in `states` (indices
-    /// into each device's states). Reads, changes nothing. Fails if an interface the
-    /// bundle names (uplink, device ports) does not exist.
+    /// into each device's states), as `apply` does: looks, changes nothing. Fails if an
+    /// interface the bundle names (uplink, device ports) does not exist.
     pub async fn plan(&self, states: &[usize]) -> Result<Plan, NodeError> {
-        let present = net::interfaces(self.cfg.call_timeout).await?;
-        for (name, _, what) in self.fixed_ports() {
-            if !present.contains(&name) {
-                return Err(NodeError::MissingInterface { name, what });
-            }
+        let obs = self.observe().await;
+        if let Some((name, what)) = self.missing_interfaces(&obs).into_iter().next() {
+            return Err(NodeError::MissingInterface { name, what });
         }
-        let w = self.observe(states).await?;
+        let targets: Vec<Target> = states.iter().map(|&s| Target::State(s)).collect();
+        self.plan_from(&obs, &targets)
+    }
+
+    /// What it takes to bring the node, as `obs` saw it, to `targets` (one per device).
+    /// A device or uplink port that does not exist is left out (nothing can be done for
+    /// it until it appears); everything else is planned.
+    pub fn plan_from(&self, obs: &Observation, targets: &[Target]) -> Result<Plan, NodeError> {
+        if let Some(detail) = obs.unreadable() {
+            return Err(NodeError::Unreadable(detail));
+        }
+        let (Ok(sw), Ok(containers), Ok(present)) = (&obs.switch, &obs.containers, &obs.interfaces)
+        else {
+            return Err(NodeError::Unreadable("the node".into()));
+        };
         let mut plan = Plan::default();
-        if !w.bridge {
+        if !sw.bridge {
             plan.actions.push(Action::CreateBridge);
+        }
+        for name in obs.exposed.keys() {
+            plan.actions.push(Action::Isolate { name: name.clone() });
         }
         let mut expected_ports: BTreeSet<String> = BTreeSet::new();
         for (name, ofport, _) in self.fixed_ports() {
-            if w.ports.get(&name) != Some(&i64::from(ofport)) {
-                if w.ports.contains_key(&name) {
+            if !present.contains(&name) {
+                // Missing: its old port record (if any) is kept until it comes back.
+                expected_ports.insert(name);
+                continue;
+            }
+            if sw.ports.get(&name) != Some(&i64::from(ofport)) {
+                if sw.ports.contains_key(&name) {
                     plan.actions.push(Action::RemovePort { name: name.clone() });
                 }
                 plan.actions.push(Action::AddPort {
@@ -403,13 +613,13 @@ impl Node {
         }
         let mut wanted_names = BTreeSet::new();
         let mut restart_ports = BTreeSet::new();
-        for (d, &s) in states.iter().enumerate() {
-            for (path, c) in self.wanted(d, s) {
+        for (d, &t) in targets.iter().enumerate() {
+            for (path, c) in self.wanted_for(d, t) {
                 wanted_names.insert(c.name.clone());
                 for i in &c.interfaces {
                     expected_ports.insert(i.port_name.clone());
                 }
-                if !self.up_to_date(&w, path, c) {
+                if !self.up_to_date(containers, &sw.ports, path, c) {
                     plan.actions.push(Action::StartContainer {
                         device: d,
                         path: path.to_string(),
@@ -419,34 +629,31 @@ impl Node {
             }
         }
         // Ports of µmboxes that are not wanted, or are about to be replugged.
-        for name in w.ports.keys() {
+        for name in sw.ports.keys() {
             if !expected_ports.contains(name) || restart_ports.contains(name) {
                 plan.actions.push(Action::RemovePort { name: name.clone() });
             }
         }
-        let base = self.bundle.manifest.cookies.base.0;
-        if !w.bridge || w.differing.contains(&base) {
+        let empty: &[String] = &[];
+        let held = |o: Owner| sw.flows.get(&o).map_or(empty, Vec::as_slice);
+        if !sw.bridge || held(Owner::Base) != self.expected_base() {
             plan.actions.push(Action::ReplaceBase);
         }
-        let mask = self.mask();
-        let mut known = BTreeSet::from([base]);
-        for (d, &s) in states.iter().enumerate() {
-            let dev = &self.bundle.manifest.devices[d];
-            let device_bits = dev.states.first().map_or(0, |st| st.cookie.0 & mask);
-            known.extend(dev.states.iter().map(|st| st.cookie.0));
-            if !w.bridge || w.differing.iter().any(|c| c & mask == device_bits) {
-                plan.actions.push(Action::InstallState {
+        for (d, &t) in targets.iter().enumerate() {
+            if !sw.bridge || held(Owner::Device(d)) != self.expected_flows(d, t) {
+                plan.actions.push(Action::Install {
                     device: d,
-                    state: s,
+                    target: t,
                 });
             }
         }
-        for &c in &w.differing {
-            if !known.contains(&c) {
-                plan.actions.push(Action::DeleteStrayFlows { cookie: c });
+        for o in sw.flows.keys() {
+            if let Owner::Stray(cookie) = o {
+                plan.actions
+                    .push(Action::DeleteStrayFlows { cookie: *cookie });
             }
         }
-        for (name, c) in &w.containers {
+        for (name, c) in containers {
             if !wanted_names.contains(name) {
                 plan.actions.push(Action::StopContainer {
                     name: name.clone(),
@@ -457,6 +664,104 @@ impl Node {
         // Make-before-break: stop and unplug only after the new flows are in.
         plan.actions.sort_by_key(order);
         Ok(plan)
+    }
+
+    /// Whether the node, as `obs` saw it, holds `target` for `device` in full: the
+    /// bridge with exactly the base flows and no flow of an unknown cookie, the uplink
+    /// and the device's port with the bundle's numbers, exactly the target's flows for
+    /// the device, every µmbox of the target running its definition and plugged in, and
+    /// the node's own stack off every interface involved. `Err`: what is not in force.
+    pub fn check(&self, obs: &Observation, device: usize, target: Target) -> Result<(), String> {
+        let sw = obs
+            .switch
+            .as_ref()
+            .map_err(|e| format!("Open vSwitch cannot be read: {e}"))?;
+        let m = &self.bundle.manifest;
+        if !sw.bridge {
+            return Err(format!("the bridge `{}` does not exist", m.bridge));
+        }
+        let mut why: Vec<String> = Vec::new();
+        let empty: &[String] = &[];
+        let held = |o: Owner| sw.flows.get(&o).map_or(empty, Vec::as_slice);
+        if held(Owner::Base) != self.expected_base() {
+            why.push(if held(Owner::Base).is_empty() {
+                "the switch holds no base flows".to_string()
+            } else {
+                "the switch's base flows differ from the bundle's".to_string()
+            });
+        }
+        let strays: Vec<String> = sw
+            .flows
+            .keys()
+            .filter_map(|o| match o {
+                Owner::Stray(c) => Some(format!("{c:#x}")),
+                _ => None,
+            })
+            .collect();
+        if !strays.is_empty() {
+            why.push(format!(
+                "the switch holds flows of unknown cookies ({})",
+                strays.join(", ")
+            ));
+        }
+        let d = &m.devices[device];
+        let port = |name: &str, ofport: u32, what: &str, why: &mut Vec<String>| {
+            match sw.ports.get(name) {
+                None => why.push(format!("{what} `{name}` is not on the bridge")),
+                Some(&n) if n == i64::from(ofport) => {}
+                Some(-1) => why.push(format!("{what} `{name}` has lost its interface")),
+                Some(n) => why.push(format!(
+                    "{what} `{name}` is OpenFlow port {n}, not {ofport}"
+                )),
+            }
+            if let Some(on) = obs.exposed.get(name) {
+                why.push(format!("the node's own stack is on `{name}` ({on})"));
+            }
+        };
+        if let Some(up) = &m.uplink.name {
+            port(up, m.uplink.ofport, "the uplink", &mut why);
+        }
+        port(&d.port, d.ofport, "its port", &mut why);
+        let flows = held(Owner::Device(device));
+        if flows != self.expected_flows(device, target) {
+            why.push(match target {
+                Target::State(s) if flows.is_empty() => format!(
+                    "the switch holds none of its flows for `{}`",
+                    d.states.get(s).map_or("?", |st| st.name.as_str())
+                ),
+                Target::State(s) => format!(
+                    "its flows on the switch are not those of `{}`",
+                    d.states.get(s).map_or("?", |st| st.name.as_str())
+                ),
+                Target::NoFlows => "the switch still holds flows for it".to_string(),
+            });
+        }
+        let wanted = self.wanted_for(device, target);
+        if !wanted.is_empty() {
+            match &obs.containers {
+                Err(e) => why.push(format!("the container engine cannot be read: {e}")),
+                Ok(containers) => {
+                    for (path, c) in wanted {
+                        match containers.get(&c.name) {
+                            Some(r) if r.running => {
+                                if r.labels.get(LABEL_SPEC) != Some(&self.spec_digest(path)) {
+                                    why.push(format!("µmbox `{}` runs another definition", c.name));
+                                }
+                                for i in &c.interfaces {
+                                    port(&i.port_name, i.ofport, "µmbox port", &mut why);
+                                }
+                            }
+                            _ => why.push(format!("µmbox `{}` is not running", c.name)),
+                        }
+                    }
+                }
+            }
+        }
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why.join("; "))
+        }
     }
 
     /// Carries out a plan made by [`Node::plan`]. A device whose
@@ -471,7 +776,10 @@ impl Node {
                 Action::CreateBridge => {
                     self.ovs.ensure_bridge(&self.cfg.datapath).await?;
                 }
+                Action::Isolate { name } => net::isolate(name)?,
                 Action::AddPort { name, ofport } => {
+                    // The node's stack off it before the switch uses it.
+                    net::isolate(name)?;
                     let uplink = Some(name) == self.bundle.manifest.uplink.name.as_ref();
                     self.ovs
                         .add_port(name, *ofport, self.isolation(uplink))
@@ -505,8 +813,8 @@ impl Node {
                     let base = self.bundle.manifest.cookies.base.0;
                     self.swap(base, u64::MAX, self.parsed(BASE_RULES)).await?;
                 }
-                Action::InstallState { device, state } if !failed.contains_key(device) => {
-                    self.install(*device, *state).await?;
+                Action::Install { device, target } if !failed.contains_key(device) => {
+                    self.install_target(*device, *target).await?;
                 }
                 Action::DeleteStrayFlows { cookie } => {
                     self.swap(*cookie, u64::MAX, &[]).await?;
@@ -520,10 +828,29 @@ impl Node {
         }
         for a in &plan.actions {
             if let Action::StopContainer { name, ports } = a {
-                self.stop_instance(name, ports).await?;
+                // A device that failed closed may be using it now (its most restrictive
+                // state's µmboxes); failing closed stopped what it does not use.
+                let serves_failed = self
+                    .container_device(name)
+                    .is_some_and(|d| report.failed_closed.iter().any(|f| f.0 == d));
+                if !serves_failed {
+                    self.stop_instance(name, ports).await?;
+                }
             }
         }
         Ok(report)
+    }
+
+    /// Replaces a device's flows with a target's set, in one OpenFlow bundle.
+    pub async fn install_target(&self, device: usize, target: Target) -> Result<(), NodeError> {
+        match target {
+            Target::State(s) => self.install(device, s).await,
+            Target::NoFlows => {
+                let d = &self.bundle.manifest.devices[device];
+                let cookie = d.states.first().map_or(0, |s| s.cookie.0);
+                self.swap(cookie, self.mask(), &[]).await
+            }
+        }
     }
 
     /// Replaces a device's flows with a state's set, in one OpenFlow bundle.
@@ -579,6 +906,10 @@ impl Node {
             labels,
         };
         let result = async {
+            // A port left by an instance that died (its interface is gone with its
+            // namespace) would keep the new interface off the switch: remove it first.
+            let ports: Vec<&str> = links.iter().map(|l| l.host.as_str()).collect();
+            self.ovs.del_ports(&ports).await?;
             let pid = self.docker.start(&spec).await?;
             net::plug(pid, &links, self.cfg.call_timeout).await?;
             for i in &c.interfaces {
@@ -622,22 +953,44 @@ impl Node {
 
     /// A device whose µmboxes are not there: its most restrictive state if that state's
     /// µmboxes run (or it needs none), else no flows at all (table 1 drops every packet
-    /// classified for it). Never unprotected forwarding.
+    /// classified for it). Never unprotected forwarding. Only the switch is needed for
+    /// it: with the container engine gone, a state without µmboxes is still installed
+    /// (stopping the device's other µmboxes is then left to the next repair), and one
+    /// with µmboxes gives way to no flows.
     pub async fn fail_closed(&self, device: usize) -> Result<Closed, NodeError> {
         let d = &self.bundle.manifest.devices[device];
         let strict = d.states.iter().position(|s| s.name == d.most_restrictive);
         if let Some(s) = strict {
-            let mut ok = true;
-            for (path, _) in self.wanted(device, s) {
-                if self.start_instance(path).await.is_err() {
-                    ok = false;
-                    break;
+            let wanted = self.wanted(device, s);
+            let ready = if wanted.is_empty() {
+                true
+            } else {
+                match self.device_containers(device).await {
+                    Ok(before) => {
+                        let mut ok = true;
+                        for (path, c) in wanted {
+                            let runs = before.iter().any(|r| {
+                                r.name == c.name
+                                    && r.running
+                                    && r.labels.get(LABEL_SPEC) == Some(&self.spec_digest(path))
+                            });
+                            if !runs && self.start_instance(path).await.is_err() {
+                                ok = false;
+                                break;
+                            }
+                        }
+                        ok
+                    }
+                    Err(_) => false,
                 }
-            }
-            if ok {
+            };
+            if ready {
                 self.install(device, s).await?;
-                let containers = self.device_containers(device).await?;
-                self.stop_others(device, s, &containers).await?;
+                // Best effort: what the state does not use is stopped now if the engine
+                // answers, else by the next repair; it carries no traffic either way.
+                if let Ok(containers) = self.device_containers(device).await {
+                    self.stop_others(device, s, &containers).await?;
+                }
                 return Ok(Closed::State(s));
             }
         }
@@ -671,6 +1024,17 @@ impl Node {
         let committed = std::time::Instant::now();
         self.stop_others(device, to, &before).await?;
         Ok(Posture::Changed { committed })
+    }
+
+    /// The device a container of this bundle serves, by the container's name.
+    pub fn container_device(&self, name: &str) -> Option<usize> {
+        let c = self.bundle.containers.values().find(|c| c.name == name)?;
+        let device = c.labels.get("kalki.device")?;
+        self.bundle
+            .manifest
+            .devices
+            .iter()
+            .position(|d| &d.name == device)
     }
 
     /// The device's containers, running or not.
@@ -721,37 +1085,48 @@ pub fn ports_of(c: &docker::Running) -> Vec<String> {
 fn order(a: &Action) -> u8 {
     match a {
         Action::CreateBridge => 0,
+        Action::Isolate { .. } => 1,
         Action::RemovePort { .. } => 1,
         Action::AddPort { .. } => 2,
         Action::StartContainer { .. } => 3,
         Action::ReplaceBase => 4,
-        Action::InstallState { .. } => 5,
+        Action::Install { .. } => 5,
         Action::DeleteStrayFlows { .. } => 6,
         Action::StopContainer { .. } => 7,
     }
 }
 
-/// The cookie of a flow as `ovs-ofctl` prints it (`... cookie=0x2000... actions=...`).
-fn flow_cookie(line: &str) -> Option<u64> {
-    let c = line
-        .split([' ', ','])
-        .find_map(|w| w.strip_prefix("cookie="))?;
-    u64::from_str_radix(c.trim_start_matches("0x"), 16).ok()
+/// Flows as `ovs-ofctl` writes them, sorted: two sets compare equal when the switch
+/// holds the same flows, in whatever order (a dump is in the switch's order).
+fn normalised(flows: &[FlowMod]) -> Vec<String> {
+    let mut out: Vec<String> = flows.iter().map(FlowMod::to_string).collect();
+    out.sort();
+    out
 }
 
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Action::CreateBridge => write!(f, "create the bridge (fail_mode=secure, OpenFlow 1.5)"),
+            Action::Isolate { name } => {
+                write!(f, "keep the node's own network stack off {name}")
+            }
             Action::AddPort { name, ofport } => {
                 write!(f, "add port {name} as OpenFlow port {ofport}")
             }
             Action::RemovePort { name } => write!(f, "remove port {name}"),
             Action::StartContainer { path, .. } => write!(f, "start µmbox {path}"),
             Action::ReplaceBase => write!(f, "replace the base flows (table 0)"),
-            Action::InstallState { device, state } => {
+            Action::Install {
+                device,
+                target: Target::State(state),
+            } => {
                 write!(f, "install device {device} state {state}")
             }
+            Action::Install {
+                device,
+                target: Target::NoFlows,
+            } => write!(f, "remove every flow of device {device}"),
             Action::DeleteStrayFlows { cookie } => {
                 write!(f, "delete flows with unknown cookie {cookie:#x}")
             }
@@ -767,7 +1142,10 @@ impl Node {
         plan.actions
             .iter()
             .map(|a| match a {
-                Action::InstallState { device, state } => {
+                Action::Install {
+                    device,
+                    target: Target::State(state),
+                } => {
                     let d = &m.devices[*device];
                     format!(
                         "install `{}` in `{}`",
@@ -775,6 +1153,13 @@ impl Node {
                         d.states.get(*state).map_or("?", |s| s.name.as_str())
                     )
                 }
+                Action::Install {
+                    device,
+                    target: Target::NoFlows,
+                } => format!(
+                    "remove every flow of `{}` (its packets are dropped)",
+                    m.devices[*device].name
+                ),
                 Action::StartContainer { device, path } => format!(
                     "start µmbox {} for `{}`",
                     self.bundle
@@ -795,25 +1180,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cookies_are_read_from_diff_lines() {
-        assert_eq!(
-            flow_cookie("table=1 priority=100,in_port=8 cookie=0x200000000010000 actions=output:1"),
-            Some(0x0200_0000_0001_0000)
-        );
-        assert_eq!(flow_cookie(" cookie=0x0, priority=0 actions=drop"), Some(0));
-        assert_eq!(flow_cookie("priority=0 actions=drop"), None);
-    }
-
-    #[test]
     fn stops_come_after_flows() {
         let mut v = [
             Action::StopContainer {
                 name: "x".into(),
                 ports: vec![],
             },
-            Action::InstallState {
+            Action::Install {
                 device: 0,
-                state: 1,
+                target: Target::State(1),
             },
             Action::StartContainer {
                 device: 0,
@@ -824,7 +1199,7 @@ mod tests {
         v.sort_by_key(order);
         assert_eq!(v[0], Action::CreateBridge);
         assert!(matches!(v[1], Action::StartContainer { .. }));
-        assert!(matches!(v[2], Action::InstallState { .. }));
+        assert!(matches!(v[2], Action::Install { .. }));
         assert!(matches!(v[3], Action::StopContainer { .. }));
     }
 }

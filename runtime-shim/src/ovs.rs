@@ -1,15 +1,14 @@
-//! Open vSwitch's configuration, driven through `ovs-vsctl` and `ovs-ofctl`, the way
+//! Open vSwitch's configuration, driven through `ovs-vsctl` (and `ovs-appctl` to ping), the way
 //! `docs/bundle.md` says a bundle is loaded: a `fail_mode=secure` bridge created in one
-//! transaction, ports with the bundle's numbers, and the switch's flows compared with the
-//! bundle's (`diff-flows`). Flow changes go over OpenFlow directly (`kalki-openflow`,
-//! one atomic bundle each: `node.rs`).
+//! transaction and ports with the bundle's numbers. Flows are read and changed over
+//! OpenFlow directly (`kalki-openflow`: a dump to compare, one atomic bundle a change;
+//! `node.rs`).
 //!
 //! Every call has two limits: the tool's own `--timeout` and a process deadline
 //! ([`cmd`]), so a hung daemon is an error, never a hang. Nothing here decides policy.
 
 use crate::cmd::{self, CmdError};
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,21 +40,6 @@ pub struct Ovs {
     timeout: Duration,
 }
 
-/// Expected + actual flows, as `ovs-ofctl diff-flows` prints them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FlowDiff {
-    /// Flows the switch lacks (`+` lines).
-    pub missing: Vec<String>,
-    /// Flows the switch has and should not (`-` lines).
-    pub extra: Vec<String>,
-}
-
-impl FlowDiff {
-    pub fn is_empty(&self) -> bool {
-        self.missing.is_empty() && self.extra.is_empty()
-    }
-}
-
 impl Ovs {
     pub fn new(bridge: impl Into<String>, timeout: Duration) -> Self {
         Ovs {
@@ -79,22 +63,6 @@ impl Ovs {
         let mut argv = vec![t.as_str()];
         argv.extend(args);
         Ok(cmd::run("ovs-vsctl", &argv, None, self.deadline()).await?)
-    }
-
-    /// `ovs-ofctl -O OpenFlow15 [OPTIONS] COMMAND BRIDGE [ARGS]`.
-    fn ofctl_argv<'a>(
-        &'a self,
-        t: &'a str,
-        options: &[&'a str],
-        command: &'a str,
-        args: &[&'a str],
-    ) -> Vec<&'a str> {
-        let mut argv = vec!["-O", "OpenFlow15", t];
-        argv.extend(options);
-        argv.push(command);
-        argv.push(&self.bridge);
-        argv.extend(args);
-        argv
     }
 
     /// Both daemons answer: the database (ovs-vsctl) and the switch (ovs-appctl).
@@ -231,74 +199,24 @@ impl Ovs {
         Ok(())
     }
 
+    /// Removes ports, if they are on the bridge, in one transaction.
+    pub async fn del_ports(&self, names: &[&str]) -> Result<(), OvsError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        let mut args: Vec<&str> = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            if i > 0 {
+                args.push("--");
+            }
+            args.extend(["--if-exists", "del-port", &self.bridge, name]);
+        }
+        self.vsctl(&args).await.map(|_| ())
+    }
+
     pub async fn del_port(&self, name: &str) -> Result<(), OvsError> {
         self.vsctl(&["--if-exists", "del-port", &self.bridge, name])
             .await
             .map(|_| ())
     }
-
-    /// Flows of the switch against `expected` (a whole `add-flows` file), compared by
-    /// `ovs-ofctl diff-flows`, which normalises both sides (cookies included).
-    pub async fn diff_flows(&self, expected: &str) -> Result<FlowDiff, OvsError> {
-        // diff-flows reads files, not stdin.
-        let (path, mut file) = private_tempfile()?;
-        let written = file.write_all(expected.as_bytes());
-        drop(file);
-        let result = match written {
-            Ok(()) => {
-                let t = self.timeout_flag();
-                let p = path.to_string_lossy().into_owned();
-                let argv = self.ofctl_argv(&t, &[], "diff-flows", &[&p]);
-                cmd::output("ovs-ofctl", &argv, None, self.deadline()).await
-            }
-            Err(source) => Err(CmdError::Spawn {
-                program: "ovs-ofctl diff-flows".into(),
-                source,
-            }),
-        };
-        let _ = std::fs::remove_file(&path);
-        let (command, out) = result?;
-        // Exit status 2 means "the sources differ"; anything else but 0 is a failure.
-        if !(out.status.success() || out.status.code() == Some(2)) {
-            return Err(CmdError::Failed {
-                command,
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            }
-            .into());
-        }
-        let out = String::from_utf8_lossy(&out.stdout);
-        // In the output, `-` is the first source (the switch), `+` the second (expected).
-        let mut diff = FlowDiff::default();
-        for line in out.lines() {
-            if let Some(f) = line.strip_prefix('+') {
-                diff.missing.push(f.to_string());
-            } else if let Some(f) = line.strip_prefix('-') {
-                diff.extra.push(f.to_string());
-            }
-        }
-        Ok(diff)
-    }
-}
-
-/// A private temporary file, created exclusively (never follows a planted file).
-fn private_tempfile() -> Result<(std::path::PathBuf, std::fs::File), OvsError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "kalki-shim-{}-{}.ofctl",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|source| CmdError::Spawn {
-            program: "ovs-ofctl diff-flows".into(),
-            source,
-        })?;
-    Ok((path, file))
 }

@@ -8,16 +8,23 @@
 //! commands to the webhook (journaled before and after), all in order. A restart replays
 //! the journal into a fresh engine, reconciles the node to the states that gives, and goes
 //! on; nothing accepted is lost (`docs/runtime.md`, "Running").
+//!
+//! The node is looked at again and again ([`Node::observe`]): every reconcile interval,
+//! at once when a µmbox stops, and for every status request. What is seen decides each
+//! device's [`Enforcement`] verdict, and whatever differs from what the states require is
+//! repaired, so the node heals from a restarted switch or engine, a deleted port or a
+//! killed µmbox without a restart of the shim, and `status` never reports from memory.
 
 use crate::api::{self, Accepted, Changed, DeviceStatus, Request, StatusReport};
+use crate::enforcement::Enforcement;
 use crate::engine::{Config, Effect, Engine, Input, InputError, Step};
-use crate::follow::{Followers, UmboxEvent};
+use crate::follow::{Followed, Followers, UmboxEvent};
 use crate::journal::{Delivery, Journal, JournalError};
-use crate::node::{Closed, Node, NodeError, Posture, LABEL_SITE};
+use crate::node::{Closed, Node, NodeError, Observation, Posture, Target, LABEL_SITE};
 use crate::simulate::cause_text;
 use crate::sink::{self, Webhook};
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +44,12 @@ pub struct RunConfig {
     pub webhook: Option<Webhook>,
     /// Local time of day at Unix time 0 (the node's offset from UTC), for clock rules.
     pub day_offset_ms: u64,
+    /// How often the node is looked at and repaired when nothing else asks for it.
+    pub reconcile_interval: Duration,
 }
+
+/// The default of [`RunConfig::reconcile_interval`].
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {
@@ -60,15 +72,29 @@ struct Loop {
     followers: Followers,
     delivered: mpsc::Sender<Delivered>,
     started_ms: u64,
-    /// Devices whose posture could not be applied: why.
-    closed: BTreeMap<usize, String>,
-    /// The node could not be brought to the engine's states (Open vSwitch or Docker
-    /// unreachable, a call that failed): retried until it works.
-    out_of_step: bool,
+    /// Devices whose posture could not be applied, and what they hold instead.
+    closed: BTreeMap<usize, Closure>,
+    /// The verdicts last logged, per device (a change is logged).
+    verdicts: Vec<Option<Enforcement>>,
+    /// When the node is next looked at and repaired.
+    next_check: Instant,
+    interval: Duration,
 }
 
-/// How long to wait before trying again to bring an out-of-step node to the states.
-const RETRY: Duration = Duration::from_secs(2);
+/// A device that failed closed: what it got instead, why, and when its own posture is
+/// tried again.
+struct Closure {
+    installed: Closed,
+    reason: String,
+    attempts: u32,
+    retry_at: Instant,
+}
+
+/// How long a device that failed closed waits before its posture is tried again: 1 s,
+/// doubling with each failure, at most a minute.
+fn backoff(attempts: u32) -> Duration {
+    Duration::from_secs(1u64 << attempts.saturating_sub(1).min(6)).min(Duration::from_secs(60))
+}
 
 /// Runs until `shutdown` resolves.
 pub async fn run(
@@ -102,6 +128,7 @@ pub async fn run(
     let (umbox_tx, mut umbox_rx) = mpsc::channel::<UmboxEvent>(1024);
     let (delivered_tx, mut delivered_rx) = mpsc::channel::<Delivered>(1024);
     let docker = node.docker().clone();
+    let device_count = node.bundle().manifest.devices.len();
     let mut lp = Loop {
         node,
         engine,
@@ -111,13 +138,17 @@ pub async fn run(
         delivered: delivered_tx,
         started_ms: start,
         closed: BTreeMap::new(),
-        out_of_step: false,
+        verdicts: vec![None; device_count],
+        next_check: Instant::now(),
+        interval: cfg.reconcile_interval,
     };
 
-    // Bring the node to the journaled states (as `apply` would), then follow its µmboxes
-    // from now on: what they said before was handled then.
-    lp.catch_up().await;
-    lp.sync_followers(false).await;
+    // Follow what already runs from now on (what it said before was handled then), then
+    // bring the node to the journaled states (as `apply` would); say loudly if it could
+    // not be done: the loop serves anyway and keeps trying.
+    lp.sync_followers().await;
+    let obs = lp.reconcile().await;
+    lp.announce(&obs);
     lp.resend_pending();
 
     let (req_tx, mut req_rx) = mpsc::channel::<Request>(256);
@@ -144,18 +175,11 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
-        let retry = async {
-            if lp.out_of_step {
-                tokio::time::sleep(RETRY).await
-            } else {
-                std::future::pending().await
-            }
-        };
+        let check = tokio::time::sleep_until(lp.next_check.into());
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = retry => {
-                lp.catch_up().await;
-                lp.sync_followers(true).await;
+            _ = check => {
+                lp.reconcile().await;
             }
             req = req_rx.recv() => match req {
                 Some(Request::Submit { input, reply }) => {
@@ -172,6 +196,9 @@ pub async fn run(
             _ = sleep => lp.tick().await?,
         }
     }
+    // Requests waiting for the loop are answered at once (503: shutting down) rather than
+    // at the end of the server's grace period.
+    drop(req_rx);
     let _ = stop_tx.send(());
     if let Ok(Err(e)) = server.await {
         return Err(e.into());
@@ -191,69 +218,188 @@ impl Loop {
             .map_or_else(|| state.to_string(), |s| s.name.clone())
     }
 
-    /// Brings the node to the engine's states; if the switch or the engine fails us, says
-    /// so and tries again later (the loop keeps serving meanwhile). Whatever the switch
-    /// holds stays in force: it is fail-closed (`fail_mode=secure`), so it never falls
-    /// back to forwarding on its own.
-    async fn catch_up(&mut self) {
-        match self.reconcile().await {
-            Ok(()) => {
-                if self.out_of_step {
-                    eprintln!("kalki-shim: the node is in step with the policy again");
+    /// What each device should have on the node now: its state's posture, or, while it
+    /// is failed closed and not yet due to try again, what it holds instead.
+    fn targets(&self, now: Instant) -> Vec<Target> {
+        self.engine
+            .states()
+            .into_iter()
+            .enumerate()
+            .map(|(d, s)| match self.closed.get(&d) {
+                Some(c) if c.retry_at > now => Target::from(c.installed),
+                _ => Target::State(s),
+            })
+            .collect()
+    }
+
+    /// Looks at the node and repairs what differs from the engine's states (a device
+    /// failed closed gets its posture again when its retry is due). Returns the node as
+    /// it is afterwards. Never fails: what cannot be done now is tried again at the next
+    /// check, and the verdicts say what is not in force meanwhile.
+    async fn reconcile(&mut self) -> Observation {
+        let now = Instant::now();
+        self.next_check = now + self.interval;
+        let mut obs = self.node.observe().await;
+        let targets = self.targets(now);
+        match self.node.plan_from(&obs, &targets) {
+            Ok(plan) if plan.is_empty() => {}
+            Ok(plan) => {
+                for step in self.node.describe(&plan) {
+                    eprintln!("kalki-shim: {step}");
                 }
-                self.out_of_step = false;
+                match self.node.execute(&plan).await {
+                    Ok(report) => {
+                        let failed: Vec<usize> = report.failed_closed.iter().map(|f| f.0).collect();
+                        for (device, closed, reason) in report.failed_closed {
+                            self.note_closed(device, closed, &reason);
+                        }
+                        // A device whose own posture was the target and did not fail
+                        // has it now.
+                        for (d, t) in targets.iter().enumerate() {
+                            if *t == Target::State(self.engine.state(d).unwrap_or(0))
+                                && !failed.contains(&d)
+                            {
+                                self.closed.remove(&d);
+                            }
+                        }
+                    }
+                    Err(e) => eprintln!("kalki-shim: repairing the node failed: {e}"),
+                }
+                obs = self.node.observe().await;
             }
-            Err(e) => {
-                eprintln!(
-                    "kalki-shim: cannot bring the node to the policy's states: {e}; retrying in {} s",
-                    RETRY.as_secs()
-                );
-                self.out_of_step = true;
+            // The verdicts say why; logged when they change.
+            Err(_) => {}
+        }
+        self.note_verdicts(&obs);
+        self.follow(&obs);
+        obs
+    }
+
+    /// At the start: says loudly which devices the node could not be brought to.
+    fn announce(&self, obs: &Observation) {
+        let verdicts = self.verdicts(obs);
+        let not: Vec<String> = verdicts
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| matches!(v, Enforcement::NotEnforced { .. }))
+            .map(|(d, v)| format!("  `{}`: {v}", self.engine.device_name(d)))
+            .collect();
+        if !not.is_empty() {
+            eprintln!(
+                "kalki-shim: WARNING: the node could not be configured: {} of {} devices are NOT ENFORCED; \
+                 retrying every {} s\n{}",
+                not.len(),
+                verdicts.len(),
+                self.interval.as_secs_f64(),
+                not.join("\n")
+            );
+        }
+    }
+
+    /// Every device's verdict, from an observation of the node.
+    fn verdicts(&self, obs: &Observation) -> Vec<Enforcement> {
+        (0..self.engine.device_count())
+            .map(|d| match self.closed.get(&d) {
+                Some(c) => match self.node.check(obs, d, Target::from(c.installed)) {
+                    Ok(()) => Enforcement::FailedClosed {
+                        installed: self.closed_name(d, c.installed),
+                        reason: c.reason.clone(),
+                    },
+                    Err(why) => Enforcement::NotEnforced {
+                        reason: format!("{why} (failing closed, after: {})", c.reason),
+                    },
+                },
+                None => {
+                    let s = self.engine.state(d).unwrap_or(0);
+                    match self.node.check(obs, d, Target::State(s)) {
+                        Ok(()) => Enforcement::Enforced,
+                        Err(reason) => Enforcement::NotEnforced { reason },
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Logs the verdicts that changed since the last time; a device not enforced gets
+    /// the node looked at again soon.
+    fn note_verdicts(&mut self, obs: &Observation) {
+        let verdicts = self.verdicts(obs);
+        for (d, v) in verdicts.into_iter().enumerate() {
+            if self.verdicts[d].as_ref() != Some(&v) {
+                let name = self.engine.device_name(d);
+                match (&self.verdicts[d], &v) {
+                    (None, Enforcement::Enforced) => {}
+                    (_, Enforcement::Enforced) => {
+                        eprintln!("kalki-shim: `{name}`: enforced again")
+                    }
+                    _ => eprintln!("kalki-shim: `{name}`: {v}"),
+                }
+                self.verdicts[d] = Some(v);
             }
         }
     }
 
-    /// The node as the engine's states want it.
-    async fn reconcile(&mut self) -> Result<(), RunError> {
-        let plan = self.node.plan(&self.engine.states()).await?;
-        for step in self.node.describe(&plan) {
-            eprintln!("kalki-shim: {step}");
-        }
-        let report = self.node.execute(&plan).await?;
-        for (device, closed, reason) in report.failed_closed {
-            self.record_closed(device, &closed, &reason)?;
-        }
-        Ok(())
-    }
-
-    fn record_closed(
-        &mut self,
-        device: usize,
-        closed: &Closed,
-        reason: &str,
-    ) -> Result<(), RunError> {
-        let installed = match closed {
-            Closed::State(s) => self.state_names(device, *s),
+    fn closed_name(&self, device: usize, closed: Closed) -> String {
+        match closed {
+            Closed::State(s) => self.state_names(device, s),
             Closed::NoFlows => "no flows".into(),
-        };
+        }
+    }
+
+    /// A device failed closed: journaled, and its posture tried again after a backoff.
+    fn note_closed(&mut self, device: usize, closed: Closed, reason: &str) {
+        let attempts = self.closed.get(&device).map_or(0, |c| c.attempts) + 1;
+        let installed = self.closed_name(device, closed);
         let name = self.engine.device_name(device).to_string();
         eprintln!("kalki-shim: `{name}` failed closed ({installed}): {reason}");
-        self.journal
-            .record_fail_closed(now_ms(), &name, &installed, reason)?;
-        self.closed.insert(device, reason.to_string());
-        Ok(())
+        if let Err(e) = self
+            .journal
+            .record_fail_closed(now_ms(), &name, &installed, reason)
+        {
+            eprintln!("kalki-shim: journal: {e}");
+        }
+        let retry_at = Instant::now() + backoff(attempts);
+        self.next_check = self.next_check.min(retry_at);
+        self.closed.insert(
+            device,
+            Closure {
+                installed: closed,
+                reason: reason.to_string(),
+                attempts,
+                retry_at,
+            },
+        );
     }
 
-    /// Follows the site's running containers; `fresh`: new ones from their start.
-    async fn sync_followers(&mut self, fresh: bool) {
+    /// Follows the running containers of an observation.
+    fn follow(&mut self, obs: &Observation) {
+        if let Ok(containers) = &obs.containers {
+            let running: Vec<Followed> = containers
+                .values()
+                .filter(|c| c.running)
+                .map(|c| Followed {
+                    name: c.name.clone(),
+                    id: c.id.clone(),
+                })
+                .collect();
+            self.followers.sync(&running);
+        }
+    }
+
+    /// Follows the site's running containers (after a posture change started or stopped
+    /// some).
+    async fn sync_followers(&mut self) {
         let site = self.node.bundle().manifest.site.clone();
         if let Ok(list) = self.node.docker().list(LABEL_SITE, &site).await {
-            let running: Vec<&str> = list
-                .iter()
+            let running: Vec<Followed> = list
+                .into_iter()
                 .filter(|c| c.running)
-                .map(|c| c.name.as_str())
+                .map(|c| Followed {
+                    name: c.name,
+                    id: c.id,
+                })
                 .collect();
-            self.followers.sync(running, fresh);
+            self.followers.sync(&running);
         }
     }
 
@@ -354,19 +500,20 @@ impl Loop {
                                 self.closed.remove(device);
                             }
                             Ok(Posture::FailedClosed { installed, reason }) => {
-                                self.record_closed(*device, &installed, &reason)?;
+                                self.note_closed(*device, installed, &reason);
                             }
                             Err(e) => {
                                 // The switch or the engine failed us: close the device
-                                // if we still can, say so, and retry the whole node.
+                                // if we still can; either way the next check looks at
+                                // the node, says what is not in force, and repairs it.
                                 let reason = e.to_string();
                                 match self.node.fail_closed(*device).await {
-                                    Ok(closed) => self.record_closed(*device, &closed, &reason)?,
+                                    Ok(closed) => self.note_closed(*device, closed, &reason),
                                     Err(e2) => eprintln!(
-                                        "kalki-shim: `{name}`: {reason}; failing closed also failed: {e2}"
+                                        "kalki-shim: `{name}` -> `{to_n}`: {reason}; failing closed also failed: {e2}"
                                     ),
                                 }
-                                self.out_of_step = true;
+                                self.next_check = Instant::now();
                             }
                         }
                         changes.push(Changed {
@@ -403,7 +550,7 @@ impl Loop {
         // Only a posture change starts or stops µmboxes: a reading that changes no state
         // must not cost a Docker call.
         if !changes.is_empty() {
-            self.sync_followers(true).await;
+            self.sync_followers().await;
         }
         Ok(changes)
     }
@@ -430,16 +577,9 @@ impl Loop {
                     );
                     return Ok(());
                 };
-                let state = self.engine.state(device).unwrap_or(0);
-                let state_name = self.state_names(device, state);
-                // Only a µmbox deployed for the device in its current state speaks for it.
-                if !c.states.contains(&state_name) || !c.emits.contains(&alert) {
-                    eprintln!(
-                        "kalki-shim: alert `{alert}` from `{container}` rejected: it is not deployed for `{}` in `{state_name}` or does not emit that alert",
-                        self.engine.device_name(device)
-                    );
-                    return Ok(());
-                }
+                // Whether its µmbox may speak for the device now (deployed in the state
+                // the alert meets, emitting that alert) is the engine's to decide, as in
+                // `simulate`: one definition. Only live containers are followed.
                 let umbox = c.labels.get("kalki.umbox").cloned();
                 let input = Input::Alert {
                     device: self.engine.device_name(device).to_string(),
@@ -454,42 +594,91 @@ impl Loop {
                     );
                 }
             }
-            UmboxEvent::Exited { container } => {
+            UmboxEvent::Exited { container, id } => {
                 let Some((device, c)) = self.container(&container) else {
                     return Ok(());
                 };
-                let state = self.engine.state(device).unwrap_or(0);
-                if c.states.contains(&self.state_names(device, state)) {
-                    // A µmbox of the current chain is gone: never forward without it.
-                    let reason = format!("µmbox `{container}` stopped");
-                    match self.node.fail_closed(device).await {
-                        Ok(closed) => self.record_closed(device, &closed, &reason)?,
-                        Err(e) => {
-                            eprintln!("kalki-shim: {reason}; failing closed failed: {e}");
-                            self.out_of_step = true;
-                        }
+                let c_name = c.name.clone();
+                // Only the instance now in place counts: an exit of one already replaced
+                // (by a repair or a posture change) is old news.
+                let current = self
+                    .node
+                    .docker()
+                    .list(LABEL_SITE, &self.node.bundle().manifest.site)
+                    .await
+                    .ok()
+                    .and_then(|l| l.into_iter().find(|r| r.name == c_name));
+                if current.as_ref().is_some_and(|r| r.running && r.id != id) {
+                    return Ok(());
+                }
+                let target = match self.closed.get(&device) {
+                    Some(cl) => Target::from(cl.installed),
+                    None => Target::State(self.engine.state(device).unwrap_or(0)),
+                };
+                let in_use = match target {
+                    Target::State(s) => {
+                        let d = &self.node.bundle().manifest.devices[device];
+                        d.states.get(s).is_some_and(|st| {
+                            st.containers.iter().any(|p| {
+                                self.node
+                                    .bundle()
+                                    .containers
+                                    .get(p)
+                                    .is_some_and(|m| m.name == c_name)
+                            })
+                        })
                     }
+                    Target::NoFlows => false,
+                };
+                if in_use {
+                    // A µmbox of the device's chain is gone: never forward without it.
+                    // Closed now, its posture tried again at once.
+                    let reason = format!("µmbox `{container}` stopped");
+                    eprintln!(
+                        "kalki-shim: `{}`: {reason}",
+                        self.engine.device_name(device)
+                    );
+                    match self.node.fail_closed(device).await {
+                        Ok(closed) => {
+                            self.note_closed(device, closed, &reason);
+                            if let Some(cl) = self.closed.get_mut(&device) {
+                                cl.retry_at = Instant::now();
+                            }
+                        }
+                        Err(e) => eprintln!("kalki-shim: {reason}; failing closed failed: {e}"),
+                    }
+                    self.next_check = Instant::now();
                 }
             }
         }
         Ok(())
     }
 
-    async fn status(&self) -> StatusReport {
+    /// The site now: every device's state, since when and why, its µmboxes, and whether
+    /// its posture is in force, from a fresh look at the node. A device found not
+    /// enforced gets the node repaired at once.
+    async fn status(&mut self) -> StatusReport {
+        let obs = self.node.observe().await;
+        let verdicts = self.verdicts(&obs);
+        if verdicts
+            .iter()
+            .any(|v| matches!(v, Enforcement::NotEnforced { .. }))
+        {
+            self.next_check = Instant::now();
+        }
         let b = self.node.bundle();
         let changes = self.journal.last_changes().unwrap_or_default();
-        let running: Vec<crate::docker::Running> = self
-            .node
-            .docker()
-            .list(LABEL_SITE, &b.manifest.site)
-            .await
-            .unwrap_or_default();
+        let running: Vec<&crate::docker::Running> = match &obs.containers {
+            Ok(c) => c.values().filter(|c| c.running).collect(),
+            Err(_) => Vec::new(),
+        };
         let devices = b
             .manifest
             .devices
             .iter()
+            .zip(verdicts)
             .enumerate()
-            .map(|(i, d)| {
+            .map(|(i, (d, enforcement))| {
                 let state = self.engine.state(i).unwrap_or(0);
                 let last = changes.get(&d.name);
                 DeviceStatus {
@@ -501,10 +690,10 @@ impl Loop {
                     cause: last.map(|c| c.cause.clone()),
                     umboxes: running
                         .iter()
-                        .filter(|c| c.running && c.labels.get("kalki.device") == Some(&d.name))
+                        .filter(|c| c.labels.get("kalki.device") == Some(&d.name))
                         .map(|c| c.name.clone())
                         .collect(),
-                    fail_closed: self.closed.get(&i).cloned(),
+                    enforcement,
                 }
             })
             .collect();

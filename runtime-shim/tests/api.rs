@@ -16,6 +16,7 @@ use kalki_shim::api::{
     ServeError, ServeOptions, StatusReport, Token, TokenError,
 };
 use kalki_shim::bundle::Bundle;
+use kalki_shim::enforcement::Enforcement;
 use kalki_shim::engine::{Config, Effect, Engine};
 use kalki_shim::simulate;
 use std::collections::BTreeMap;
@@ -125,8 +126,16 @@ async fn test_loop(mut rx: mpsc::Receiver<Request>, seen: Arc<AtomicUsize>, how:
                             since: s.map(|s| api::rfc3339(s.0)),
                             cause: s.map(|s| s.1.clone()),
                             umboxes: umboxes(bundle, d, state),
-                            fail_closed: (name == "lobby_light")
-                                .then(|| "µmbox `sniffer` did not start".to_string()),
+                            enforcement: match name.as_str() {
+                                "lobby_light" => Enforcement::FailedClosed {
+                                    installed: "attack".into(),
+                                    reason: "µmbox `sniffer` did not start".into(),
+                                },
+                                "annex_thermo" => Enforcement::NotEnforced {
+                                    reason: "Open vSwitch cannot be read".into(),
+                                },
+                                _ => Enforcement::Enforced,
+                            },
                             name,
                         }
                     })
@@ -1113,10 +1122,17 @@ fn the_client_subcommands_against_a_running_api() {
         6,
         "refusals of the pre-check never reach the loop"
     );
+    // One device not enforced (the fake loop says so for annex_thermo): exit 3, and the
+    // verdicts as they were sent.
     let json = shim(&api, &token, &["status", "--json"]);
-    assert_eq!(json.status.code(), Some(0));
+    assert_eq!(json.status.code(), Some(3), "{}", out(&json));
     let st: StatusReport = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(st.devices.len(), 4);
+    let raw: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(raw["devices"][0]["enforcement"]["verdict"], "enforced");
+    assert_eq!(raw["devices"][1]["enforcement"]["verdict"], "failed_closed");
+    assert_eq!(raw["devices"][1]["enforcement"]["installed"], "attack");
+    assert_eq!(raw["devices"][3]["enforcement"]["verdict"], "not_enforced");
 
     // The token file from the environment; a wrong token is refused (exit 1).
     let wrong = dir.path().join("wrong");

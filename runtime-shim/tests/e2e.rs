@@ -7,8 +7,9 @@
 //! traffic through the sniffer in `normal`; a real port scan making the camera
 //! `suspicious` and its traffic passing the new chain; repeated scans making it `attack`
 //! with its traffic dropped while the other devices' flows; an operator reset; a
-//! cross-device rule on readings; a killed µmbox failing the device closed, and a
-//! SIGKILLed shim restarted from its journal.
+//! cross-device rule on readings; a killed µmbox restarted by the shim (the status never
+//! reporting the camera enforced meanwhile), and a SIGKILLed shim restarted from its
+//! journal.
 //!
 //! `zero_bypass_and_posture_latency` (also in `cargo test`, about 40 s) is the
 //! measurement of `docs/benchmarks.md`: steady UDP from the meter while it changes state
@@ -29,11 +30,7 @@ mod udp;
 
 use common::live::ok;
 use lab::*;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// The tests share one bridge and one set of namespaces: one at a time.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -48,7 +45,7 @@ macro_rules! assert_flows {
 
 #[test]
 fn live_site_end_to_end() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = exclusive();
     if !ready() {
         return;
     }
@@ -145,26 +142,26 @@ fn live_site_end_to_end() {
     assert_flows!(&light, "light in suspicious");
     assert!(counter(&light_xmas, "forwarded") - forwarded >= 6);
 
-    // 6a. A µmbox of the camera's current chain is killed: the camera fails closed (its
-    //     most restrictive state's flows: nothing passes), the others are untouched.
+    // 6a. A µmbox of the camera's current chain is killed. The failure is the node's,
+    //     not the policy's: the state stays `normal`. The status never reports the
+    //     camera `enforced` while its chain is down (`enforcement`, checked against the
+    //     switch and the engine at every look), the shim starts the sniffer again on its
+    //     own, and the camera's traffic passes through it; the others are untouched.
+    //     (tests/faults.rs holds the failures that last: a missing image, the switch.)
+    let started = started_at(&cam_sniffer);
     ok(&format!("docker kill {cam_sniffer} >/dev/null"));
-    wait_for(WAIT, "cam to fail closed", || {
-        api.device("cam")["fail_closed"].is_string()
+    lab.wait_status(&api, WAIT, "cam's sniffer to be started again", |s, now| {
+        verdict(s, "cam") == "enforced"
+            && !now.contains_key("cam")
+            && started_at(&cam_sniffer) != started
     });
     assert_eq!(api.state("cam"), "normal", "the failure is the node's");
-    assert!(
-        !set_installed(cookie("cam", 0)),
-        "cam's normal flows are gone while it is failed closed"
-    );
-    let status = api.must(&["status"]);
-    assert!(status.contains("FAIL-CLOSED"), "{status}");
-    assert_eq!(
-        ping(&cam, UPLINK.ip, 3),
-        0,
-        "a failed-closed cam is cut off"
-    );
+    assert!(set_installed(cookie("cam", 0)), "cam's normal flows");
+    let copied = counter(&cam_sniffer, "copied");
+    assert_flows!(&cam, "cam after its sniffer was killed");
+    assert!(counter(&cam_sniffer, "copied") - copied >= 8);
     for d in [light, thermo, meter] {
-        assert_flows!(&d, "{} while cam failed", d.name);
+        assert_flows!(&d, "{} while cam's sniffer was restarted", d.name);
     }
 
     // 6b. The shim is SIGKILLed and started again: the journal gives back the states
@@ -174,7 +171,7 @@ fn live_site_end_to_end() {
     let shim = lab.start(&api);
     assert_eq!(api.state("cam"), "normal");
     assert_eq!(api.state("light"), "suspicious");
-    assert!(api.device("cam")["fail_closed"].is_null());
+    lab.wait_enforced(&api, &ALL, WAIT);
     assert!(
         set_installed(cookie("cam", 0)),
         "cam's normal flows are back"
@@ -235,7 +232,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// `--nocapture`); see `docs/benchmarks.md`, "End to end".
 #[test]
 fn zero_bypass_and_posture_latency() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = exclusive();
     if !ready() {
         return;
     }
@@ -246,7 +243,13 @@ fn zero_bypass_and_posture_latency() {
     let rate: u64 = 1000;
     let lab = Lab::new("e2e-bypass");
     let api = Api::new(lab.tmp.path());
-    let _shim = lab.start(&api);
+    // The control below plants a flow of an unknown cookie for 300 ms; the shim's
+    // periodic repair would delete it early, so it looks at the node only rarely here.
+    let _shim = api.start(
+        &lab.bundle,
+        &lab.journal(),
+        &["--ready-timeout", "30", "--reconcile-interval", "3600"],
+    );
     let meter = device("meter");
     let xmas = lab.container("meter", "xmas_block");
     let dir = lab.tmp.path().to_path_buf();

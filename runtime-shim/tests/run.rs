@@ -136,9 +136,13 @@ fn run_serves_events_fails_closed_and_resumes_from_the_journal() {
         r#"docker exec kalki-node-d0-1-probe_tap /bin/busybox sh -c 'echo "{\"kalki\":\"alert\",\"alert\":\"fault\"}" > /proc/1/fd/1'"#,
     );
     wait_for(Duration::from_secs(30), "d0 to fail closed", || {
-        env.device("d0")["fail_closed"].is_string()
+        env.device("d0")["enforcement"]["verdict"] == "failed_closed"
     });
     assert_eq!(env.state("d0"), "broken");
+    assert_eq!(env.device("d0")["enforcement"]["installed"], "attack");
+    let status = env.client(&["status"]);
+    assert_eq!(status.status.code(), Some(4), "failed closed: exit 4");
+    assert!(stdout(&status).contains("d0: FAILED CLOSED (installed attack)"));
     assert_switch_holds(
         &bundle,
         &[
@@ -153,7 +157,12 @@ fn run_serves_events_fails_closed_and_resumes_from_the_journal() {
     );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(env.state("d1"), "normal");
-    assert!(env.log_text().contains("rejected"), "{}", env.log_text());
+    assert!(
+        env.log_text()
+            .contains("alert from `kalki-node-d1-0-probe` refused"),
+        "{}",
+        env.log_text()
+    );
 
     // 3. The operator resets d0.
     let out = env.client(&["reset", "d0"]);
@@ -163,7 +172,7 @@ fn run_serves_events_fails_closed_and_resumes_from_the_journal() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(env.state("d0"), "normal");
-    assert!(env.device("d0")["fail_closed"].is_null());
+    assert_eq!(env.device("d0")["enforcement"]["verdict"], "enforced");
     assert_switch_holds(
         &bundle,
         &[
@@ -197,17 +206,30 @@ fn run_serves_events_fails_closed_and_resumes_from_the_journal() {
     assert_eq!(cmd["command"], "reboot");
     assert_eq!(cmd["rule"], "reboot_d0");
 
-    // 5. A µmbox of d1's current chain is killed: d1 fails closed.
+    // 5. A µmbox of d1's current chain is killed: d1 fails closed at once (journaled),
+    //    and the node heals by itself: a new instance of the µmbox, d1's suspicious flows
+    //    back, its verdict `enforced`, without a restart of the shim.
+    let killed = container_id("kalki-node-d1-2-probe");
     ok("docker kill kalki-node-d1-2-probe");
-    wait_for(Duration::from_secs(30), "d1 to fail closed", || {
-        env.device("d1")["fail_closed"].is_string()
+    wait_for(
+        Duration::from_secs(30),
+        "d1's failure to be journaled",
+        || {
+            env.log_text()
+                .contains("`d1` failed closed (attack): µmbox `kalki-node-d1-2-probe` stopped")
+        },
+    );
+    wait_for(Duration::from_secs(30), "d1 to heal", || {
+        env.device("d1")["enforcement"]["verdict"] == "enforced"
     });
+    assert_ne!(container_id("kalki-node-d1-2-probe"), killed);
+    assert_eq!(env.state("d1"), "suspicious");
     assert_switch_holds(
         &bundle,
         &[
             "flows/base.ofctl",
             "flows/d0/normal.ofctl",
-            "flows/d1/attack.ofctl",
+            "flows/d1/suspicious.ofctl",
         ],
     );
 

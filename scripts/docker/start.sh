@@ -39,7 +39,9 @@ else
     fi
     echo "docker-start: starting dockerd (--iptables=false --bridge=none), log in $LOG"
     # containerd is started by dockerd itself when it is not running.
-    nohup dockerd --iptables=false --bridge=none -H "unix://$SOCK" >>"$LOG" 2>&1 &
+    # In a session of its own: a caller's process group (a test under `timeout`, say)
+    # ending must not take the engine with it.
+    setsid nohup dockerd --iptables=false --bridge=none -H "unix://$SOCK" >>"$LOG" 2>&1 </dev/null &
     for _ in $(seq 1 60); do
         engine_up && break
         sleep 0.5

@@ -3,8 +3,9 @@
 #
 #   scripts/ovs/start.sh        install openvswitch-switch, ethtool, iproute2; start OVS
 #
-# iputils-ping and netcat-openbsd are test tools only (prototype.sh and the shim's tests
-# send real ICMP and TCP through namespaces); the shim itself does not need them.
+# iputils-ping, netcat-openbsd and tcpdump are test tools only (prototype.sh and the
+# shim's tests send real ICMP and TCP through namespaces, and the fault tests count the
+# frames that reach a host with tcpdump); the shim itself does not need them.
 #
 # Safe to run any number of times: packages already installed are not touched and a
 # running OVS (one that answers `ovs-vsctl show`) is left alone. Prints the OVS version.
@@ -30,7 +31,7 @@
 #   pid files and the db socket: /var/run/openvswitch/.
 set -euo pipefail
 
-PACKAGES=(openvswitch-switch ethtool iproute2 iputils-ping netcat-openbsd)
+PACKAGES=(openvswitch-switch ethtool iproute2 iputils-ping netcat-openbsd tcpdump)
 
 # shellcheck source=../lib/packages.sh
 source "$(dirname "$0")/../lib/packages.sh"

@@ -131,6 +131,11 @@ pub fn device_flows(cookie: u64) -> String {
 
 /// The switch holds exactly these rule sets (`ovs-ofctl diff-flows` prints nothing).
 pub fn assert_switch_holds(bundle_dir: &std::path::Path, sets: &[&str]) {
+    assert_bridge_holds(BRIDGE, bundle_dir, sets);
+}
+
+/// [`assert_switch_holds`] on any bridge.
+pub fn assert_bridge_holds(bridge: &str, bundle_dir: &std::path::Path, sets: &[&str]) {
     let mut all = String::new();
     for s in sets {
         all.push_str(&std::fs::read_to_string(bundle_dir.join(s)).unwrap());
@@ -138,7 +143,7 @@ pub fn assert_switch_holds(bundle_dir: &std::path::Path, sets: &[&str]) {
     let file = bundle_dir.join("expected.ofctl.tmp");
     std::fs::write(&file, all).unwrap();
     let out = sh(&format!(
-        "ovs-ofctl -O OpenFlow15 diff-flows {BRIDGE} {}",
+        "ovs-ofctl -O OpenFlow15 diff-flows {bridge} {}",
         file.display()
     ));
     std::fs::remove_file(&file).unwrap();
@@ -172,6 +177,11 @@ pub struct Shim {
 }
 
 impl Shim {
+    /// Whether the process still runs (it has not exited or crashed).
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -272,9 +282,42 @@ impl Api {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `kalki-shim status --json`: its exit code (0 every device enforced, 3 one not
+    /// enforced, 4 one failed closed; anything else fails the test) and the report.
+    pub fn status(&self) -> (i32, Value) {
+        let out = self.client(&["status", "--json"]);
+        let code = out.status.code().unwrap_or(-1);
+        assert!(
+            [0, 3, 4].contains(&code),
+            "kalki-shim status --json exited {code}: {}{}\nshim log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "kalki-shim status --json: {e}: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        (code, v)
+    }
+
+    /// `kalki-shim status` as a table: its exit code (as [`Api::status`]) and its text.
+    pub fn status_text(&self) -> (i32, String) {
+        let out = self.client(&["status"]);
+        let code = out.status.code().unwrap_or(-1);
+        assert!(
+            [0, 3, 4].contains(&code),
+            "kalki-shim status exited {code}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (code, String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     pub fn device(&self, name: &str) -> Value {
-        let out = self.must(&["status", "--json"]);
-        let v: Value = serde_json::from_str(&out).unwrap();
+        let (_, v) = self.status();
         v["devices"]
             .as_array()
             .unwrap()
@@ -318,4 +361,105 @@ pub fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("timed out waiting for {what}");
+}
+
+/// Runs a closure when dropped: puts back what a test took away (a service it stopped,
+/// an image tag it removed), also after a failed assertion.
+pub struct OnDrop<F: FnMut()>(pub F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
+/// Whether both Open vSwitch daemons answer (`ovs-vsctl show` alone succeeds while
+/// ovs-vswitchd is dead).
+pub fn ovs_up() -> bool {
+    sh("ovs-vsctl --timeout=5 show >/dev/null 2>&1 && ovs-appctl --timeout=5 -t ovs-vswitchd version >/dev/null 2>&1")
+        .status
+        .success()
+}
+
+/// Whether the Docker engine answers.
+pub fn docker_up() -> bool {
+    sh("timeout 10 docker version --format '{{.Server.Version}}' >/dev/null 2>&1")
+        .status
+        .success()
+}
+
+/// Starts whatever of Open vSwitch is not running (`scripts/ovs/start.sh`, idempotent).
+pub fn start_ovs() {
+    let out = sh(&format!(
+        "{}/scripts/ovs/start.sh",
+        super::repo_root().display()
+    ));
+    assert!(
+        out.status.success() && ovs_up(),
+        "scripts/ovs/start.sh: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts the Docker engine unless it answers (`scripts/docker/start.sh`, idempotent).
+pub fn start_docker() {
+    let out = sh(&format!(
+        "{}/scripts/docker/start.sh",
+        super::repo_root().display()
+    ));
+    assert!(
+        out.status.success() && docker_up(),
+        "scripts/docker/start.sh: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A command run in the background (under `timeout`, so it never outlives a crashed
+/// test by long), stopped with SIGTERM and reaped on [`Background::stop`] or drop.
+pub struct Background {
+    child: Option<Child>,
+}
+
+impl Background {
+    /// `cmdline` through `sh -c`, its standard output and error into `log`.
+    pub fn start(cmdline: &str, log: &Path) -> Background {
+        let out = std::fs::File::create(log).unwrap();
+        let err = out.try_clone().unwrap();
+        let child = Command::new("timeout")
+            .args(["900", "sh", "-c", &format!("exec {cmdline}")])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        Background { child: Some(child) }
+    }
+
+    /// Whether it still runs.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGTERM (which `timeout` passes on), then waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            sh(&format!("kill -TERM {} 2>/dev/null", c.id()));
+            let start = Instant::now();
+            while matches!(c.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
