@@ -648,7 +648,7 @@ fn unreachable_switch_not_enforced() {
             start_ovs();
         }
     });
-    let mut shim = lab.start(&api);
+    let shim = lab.start(&api);
     let cam = device("cam");
     lab.wait_node(&api, WAIT);
     api.must(&["alert", "cam", "port_scan", "--source", "sniffer"]);
@@ -680,6 +680,27 @@ fn unreachable_switch_not_enforced() {
     assert_eq!(code, 3, "{text}");
     assert!(text.contains("NOT-ENFORCED"), "{text}");
     assert!(text.contains("  cam: NOT ENFORCED: "), "{text}");
+
+    // A shim started while the switch is down serves anyway, says so loudly, and
+    // reports every device not enforced (the journal gives it `cam` in `attack`).
+    drop(shim);
+    let mut shim = lab.start(&api);
+    assert!(
+        api.log_text()
+            .contains("WARNING: the node could not be configured: 4 of 4 devices are NOT ENFORCED"),
+        "{}",
+        api.log_text()
+    );
+    let (_, status) = lab.truthful_status(&api);
+    assert_eq!(entry(&status, "cam")["state"], "attack");
+    for d in ALL {
+        assert_eq!(
+            entry(&status, d)["enforcement"]["verdict"],
+            "not_enforced",
+            "{status}"
+        );
+    }
+    assert_eq!(api.status_text().0, 3);
 
     start_ovs();
     let status = lab.wait_enforced(&api, &ALL, WAIT);
