@@ -34,6 +34,8 @@ pub const BAD_QUANTITY: &str = "K111";
 pub const UNREADABLE: &str = "K112";
 /// An expression nested deeper than [`MAX_EXPR_DEPTH`].
 pub const TOO_DEEP: &str = "K113";
+/// An integer expression whose value, over the declared ranges, can leave 64 bits.
+pub const OVERFLOW: &str = "K114";
 
 /// The deepest expression the compiler accepts. Real conditions are a few levels deep;
 /// the limit keeps every later (recursive) stage within a small stack.

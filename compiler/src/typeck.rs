@@ -904,6 +904,30 @@ impl<'a> Cx<'a> {
         ok.then_some(out)
     }
 
+    /// The integer type of exact bounds (computed in 128 bits), or K114 at `loc` when an
+    /// evaluation over the declared ranges could leave 64 bits: the runtime evaluates in
+    /// 64 bits and refuses a bundle where that could happen, so the compiler refuses the
+    /// policy first.
+    fn exact_int(&mut self, lo: i128, hi: i128, loc: Loc, what: &str) -> Option<Ty> {
+        match (i64::try_from(lo), i64::try_from(hi)) {
+            (Ok(lo), Ok(hi)) => Some(Ty::Int { lo, hi }),
+            _ => {
+                self.err(
+                    Diagnostic::error(
+                        codes::OVERFLOW,
+                        format!("{what} can reach {lo}..{hi}, beyond 64-bit integers"),
+                    )
+                    .primary(loc, "this can overflow")
+                    .help(
+                        "narrow the declared ranges of the variables it reads (or the window \
+                         of readings), so that every value fits in -2^63..2^63-1",
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     fn positive(&mut self, source: SourceId, what: &str, value: u64, span: Span) -> bool {
         if value == 0 {
             self.err(
@@ -1221,12 +1245,14 @@ impl<'a> Cx<'a> {
                 if !ok_n {
                     return None;
                 }
-                let n = i64::from(*last);
+                let n = i128::from(*last);
                 let ty = match f {
-                    AggFunc::Sum => Ty::Int {
-                        lo: lo.saturating_mul(n),
-                        hi: hi.saturating_mul(n),
-                    },
+                    AggFunc::Sum => self.exact_int(
+                        i128::from(lo) * n,
+                        i128::from(hi) * n,
+                        loc,
+                        &format!("`sum` of {n} readings"),
+                    )?,
                     _ => Ty::Int { lo, hi },
                 };
                 mk(
@@ -1254,13 +1280,8 @@ impl<'a> Cx<'a> {
                 let Ty::Int { lo, hi } = a.ty else {
                     return None;
                 };
-                mk(
-                    ExprKind::Neg { arg: Box::new(a) },
-                    Ty::Int {
-                        lo: hi.saturating_neg(),
-                        hi: lo.saturating_neg(),
-                    },
-                )
+                let ty = self.exact_int(-i128::from(hi), -i128::from(lo), loc, "`-`")?;
+                mk(ExprKind::Neg { arg: Box::new(a) }, ty)
             }
             AK::Binary(op @ (BinOp::And | BinOp::Or), a, b) => {
                 let a = self.expr(source, a, ctx);
@@ -1305,28 +1326,31 @@ impl<'a> Cx<'a> {
                 else {
                     return None;
                 };
+                // Exact: 64-bit operands never overflow 128 bits.
+                let (al, ah, bl, bh) = (
+                    i128::from(*al),
+                    i128::from(*ah),
+                    i128::from(*bl),
+                    i128::from(*bh),
+                );
                 let (arith, lo, hi) = match op {
-                    BinOp::Add => (ArithOp::Add, al.saturating_add(*bl), ah.saturating_add(*bh)),
-                    BinOp::Sub => (ArithOp::Sub, al.saturating_sub(*bh), ah.saturating_sub(*bl)),
+                    BinOp::Add => (ArithOp::Add, al + bl, ah + bh),
+                    BinOp::Sub => (ArithOp::Sub, al - bh, ah - bl),
                     _ => {
-                        let c = [
-                            al.saturating_mul(*bl),
-                            al.saturating_mul(*bh),
-                            ah.saturating_mul(*bl),
-                            ah.saturating_mul(*bh),
-                        ];
+                        let c = [al * bl, al * bh, ah * bl, ah * bh];
                         let lo = c.iter().copied().min().unwrap_or(0);
                         let hi = c.iter().copied().max().unwrap_or(0);
                         (ArithOp::Mul, lo, hi)
                     }
                 };
+                let ty = self.exact_int(lo, hi, loc, &format!("`{}`", op.symbol()))?;
                 mk(
                     ExprKind::Arith {
                         arith,
                         lhs: Box::new(a),
                         rhs: Box::new(b),
                     },
-                    Ty::Int { lo, hi },
+                    ty,
                 )
             }
             AK::Binary(op, a, b) => {
