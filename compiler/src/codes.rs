@@ -56,4 +56,5 @@ pub const NAME_AND_TYPE_CODES: &[(&str, &str)] = &[
     (BAD_QUANTITY, "zero or unusable count, window or duration"),
     (UNREADABLE, "source file could not be read"),
     (TOO_DEEP, "expression nested too deeply"),
+    (OVERFLOW, "integer arithmetic can leave 64 bits"),
 ];

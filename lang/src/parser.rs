@@ -48,6 +48,14 @@ pub enum SyntaxCode {
 }
 
 impl SyntaxCode {
+    /// Every syntax code.
+    pub const ALL: [SyntaxCode; 4] = [
+        SyntaxCode::InvalidToken,
+        SyntaxCode::UnexpectedToken,
+        SyntaxCode::UnexpectedEof,
+        SyntaxCode::InvalidValue,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             SyntaxCode::InvalidToken => "K001",

@@ -1,0 +1,65 @@
+//! The shim's codes (S0xx bundle, S1xx input, S2xx trace, S3xx API, S4xx journal): every
+//! code `codes.rs` declares is in `codes::ALL`, and `docs/runtime.md`'s tables name
+//! exactly those (a range such as `S102–S108` counts for each code in it). A code added
+//! without its documentation, or documented without existing, fails here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::repo_root;
+use kalki_shim::codes;
+use std::collections::BTreeSet;
+
+fn number(code: &str) -> Option<u32> {
+    let digits = code.strip_prefix('S')?;
+    (digits.len() == 3 && digits.chars().all(|c| c.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// Every `Snnn` in the table rows of `docs/runtime.md`, ranges expanded.
+fn documented() -> BTreeSet<String> {
+    let text = std::fs::read_to_string(repo_root().join("docs/runtime.md")).unwrap();
+    let mut out = BTreeSet::new();
+    for line in text.lines().filter(|l| l.starts_with('|')) {
+        for cell in line.split('|') {
+            for part in cell.split(',') {
+                let part = part.trim();
+                match part.split_once('–') {
+                    Some((a, b)) => {
+                        if let (Some(a), Some(b)) = (number(a.trim()), number(b.trim())) {
+                            out.extend((a..=b).map(|n| format!("S{n:03}")));
+                        }
+                    }
+                    None => {
+                        if number(part).is_some() {
+                            out.insert(part.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_docs_list_exactly_the_codes() {
+    let text = std::fs::read_to_string(repo_root().join("runtime-shim/src/codes.rs")).unwrap();
+    let declared: BTreeSet<String> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("pub const") && l.contains(": &str = \"S"))
+        .filter_map(|l| l.split('"').nth(1).map(String::from))
+        .collect();
+    let all: BTreeSet<String> = codes::ALL.iter().map(|(c, _)| c.to_string()).collect();
+    assert_eq!(
+        declared, all,
+        "declared (left) and codes::ALL (right) differ"
+    );
+    assert_eq!(codes::ALL.len(), all.len(), "a code is listed twice");
+    assert_eq!(
+        documented(),
+        all,
+        "docs/runtime.md's tables (left) and codes::ALL (right) differ"
+    );
+}
