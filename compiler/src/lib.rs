@@ -2,6 +2,8 @@
 //! generation, chained by the few-line functions below. The core is pure: sources come
 //! in through [`source::SourceLoader`], results go out as data ([`diag::Diagnostic`],
 //! [`ir::Model`]); only the `kalkic` binary touches files and terminals.
+// Only the binaries write to the terminal (docs/ARCHITECTURE.md, "Invariants").
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod codegen;
 pub mod codes;

@@ -7,6 +7,8 @@
 //! - [`parse`]: rule-set text to [`FlowMod`]s (pure);
 //! - [`wire`]: OpenFlow 1.5 encoding and decoding of the messages used (pure);
 //! - [`client`]: the connection ([`Client`]), the only module doing I/O.
+// Only the binaries write to the terminal (docs/ARCHITECTURE.md, "Invariants").
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod client;
 pub mod flow;

@@ -6,6 +6,8 @@
 //! [`simulate`] replays a trace on a virtual clock. Drivers (Open vSwitch, Docker, the
 //! event API) consume the engine's effects; only the binary touches files and terminals.
 //! Semantics and formats: `docs/runtime.md`.
+// Only the binaries write to the terminal (docs/ARCHITECTURE.md, "Invariants").
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod api;
 pub mod bundle;

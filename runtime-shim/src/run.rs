@@ -14,6 +14,8 @@
 //! device's [`Enforcement`] verdict, and whatever differs from what the states require is
 //! repaired, so the node heals from a restarted switch or engine, a deleted port or a
 //! killed µmbox without a restart of the shim, and `status` never reports from memory.
+// The run loop is the daemon: its log is standard error (docs/runtime.md, "Running").
+#![allow(clippy::print_stderr)]
 
 use crate::api::{self, Accepted, Changed, DeviceStatus, Request, StatusReport};
 use crate::enforcement::Enforcement;

@@ -4,6 +4,8 @@
 //! drop, alerts) on crafted packets and a virtual clock, `engine` adds counters and alert
 //! hold-offs. Only `net` (interfaces, AF_PACKET sockets) and `run` (signals, clock,
 //! stdout) touch the system. The contract with the runtime shim is in `docs/umbox.md`.
+// Only the binaries write to the terminal (docs/ARCHITECTURE.md, "Invariants").
+#![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod cli;
 pub mod craft;

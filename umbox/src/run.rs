@@ -1,5 +1,8 @@
 //! The binary's loop: signals, interfaces, sockets, the clock and stdout around an
 //! [`Engine`]. Single-threaded: one `poll` over the signal fd and the packet sockets.
+// The µmbox's protocol is JSON lines on standard output, its log standard error
+// (docs/umbox.md).
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use crate::cli::{FunctionArgs, Layout, Level, Settings};
 use crate::engine::{Engine, Side};
