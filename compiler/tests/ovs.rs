@@ -12,47 +12,17 @@
 mod common;
 
 use common::{code, kalkic, repo_root, TempDir};
+use kalki_test_support::{must, run};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Command;
 
 /// Seconds any OVS tool may wait for the daemons before giving up.
-const TIMEOUT: &str = "--timeout=20";
-
-fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{program} {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn must(program: &str, args: &[&str]) -> String {
-    run(program, args).unwrap_or_else(|e| panic!("{e}"))
-}
+const TIMEOUT: &str = kalki_test_support::OVS_TIMEOUT;
 
 /// Whether OVS answers. Without it the test is skipped locally and fails under CI.
 fn ovs_ready() -> bool {
-    let up = run("ovs-vsctl", &[TIMEOUT, "show"]).is_ok()
-        && run("ovs-appctl", &[TIMEOUT, "-t", "ovs-vswitchd", "version"]).is_ok();
-    if !up {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "Open vSwitch is not running (CI=true): run scripts/ovs/start.sh"
-        );
-        eprintln!("skipped: Open vSwitch is not running (scripts/ovs/start.sh starts it)");
-    }
-    up
+    kalki_test_support::require(&[kalki_test_support::ovs()])
 }
 
 /// A port's switch number as `ofproto/trace` reports outputs, or `LOCAL`.

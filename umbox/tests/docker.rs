@@ -29,54 +29,19 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 const IMAGE: &str = "kalki/umbox:0.1";
-/// Seconds any external command may take.
-const CMD_TIMEOUT: &str = "30";
-
-fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("timeout")
-        .arg(CMD_TIMEOUT)
-        .arg(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{program} {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-fn must(program: &str, args: &[&str]) -> String {
-    run(program, args).unwrap_or_else(|e| panic!("{e}"))
-}
+use kalki_test_support::{must, run, CMD_TIMEOUT};
 
 /// Whether the engine, the image and root are there. Skips locally, fails under CI.
 fn ready() -> bool {
-    let why = if run("docker", &["version", "--format", "{{.Server.Version}}"]).is_err() {
-        Some("no Docker engine answers (scripts/docker/start.sh starts one)")
-    } else if run("docker", &["image", "inspect", IMAGE]).is_err() {
-        Some("the image kalki/umbox:0.1 is missing (make images builds it)")
-    } else if run("id", &["-u"]).map(|s| s.trim() == "0") != Ok(true) {
-        Some("not root: network namespaces need root")
-    } else {
-        None
-    };
-    match why {
-        None => true,
-        Some(why) => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true: {why}"
-            );
-            eprintln!("skipped: {why}");
-            false
-        }
-    }
+    use kalki_test_support as ts;
+    ts::require(&[
+        ts::docker(),
+        (
+            ts::image_present(IMAGE),
+            "the image kalki/umbox:0.1 (make images builds it)",
+        ),
+        (ts::root(), "root (network namespaces need it)"),
+    ])
 }
 
 /// A short name unique to this process and test: `<pid % 100000><n>`.

@@ -141,41 +141,13 @@ impl Bundle {
 }
 
 /// Seconds any OVS tool may wait for the daemons before giving up.
-pub const TIMEOUT: &str = "--timeout=20";
+pub const TIMEOUT: &str = kalki_test_support::OVS_TIMEOUT;
 
-pub fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{program} {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-pub fn must(program: &str, args: &[&str]) -> String {
-    run(program, args).unwrap_or_else(|e| panic!("{e}"))
-}
+pub use kalki_test_support::{must, run};
 
 /// Whether OVS answers. Without it a test is skipped locally and fails under CI.
 pub fn ovs_ready() -> bool {
-    let up = run("ovs-vsctl", &[TIMEOUT, "show"]).is_ok()
-        && run("ovs-appctl", &[TIMEOUT, "-t", "ovs-vswitchd", "version"]).is_ok();
-    if !up {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "Open vSwitch is not running (CI=true): run scripts/ovs/start.sh"
-        );
-        eprintln!("skipped: Open vSwitch is not running (scripts/ovs/start.sh starts it)");
-    }
-    up
+    kalki_test_support::require(&[kalki_test_support::ovs()])
 }
 
 /// A throwaway bridge `kof-<tag>` (userspace datapath, fail-secure, OpenFlow 1.5 only

@@ -15,36 +15,11 @@ pub const BRIDGE: &str = "kt-node";
 pub const LINKS: [&str; 3] = ["ktn-up", "ktn-d0", "ktn-d1"];
 pub const TEST_IMAGE: &str = "kalki-test/busybox:1";
 
-pub fn sh(cmdline: &str) -> std::process::Output {
-    Command::new("timeout")
-        .args(["60", "sh", "-c", cmdline])
-        .output()
-        .expect("sh")
-}
-
-pub fn ok(cmdline: &str) -> String {
-    let out = sh(cmdline);
-    assert!(
-        out.status.success(),
-        "`{cmdline}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+pub use kalki_test_support::{docker_up, ok, ovs_up, sh};
 
 /// Whether OVS and Docker answer; without them the test is skipped, or fails under CI.
 pub fn services_ready() -> bool {
-    let ovs = sh("ovs-vsctl --timeout=5 show >/dev/null && ovs-appctl --timeout=5 -t ovs-vswitchd version >/dev/null");
-    let docker = sh("docker version --format '{{.Server.Version}}' >/dev/null");
-    let up = ovs.status.success() && docker.status.success();
-    if !up {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "Open vSwitch or Docker is not running (CI=true): scripts/ovs/start.sh, scripts/docker/start.sh"
-        );
-        eprintln!("skipped: Open vSwitch or Docker is not running");
-    }
-    up
+    kalki_test_support::require(&[kalki_test_support::ovs(), kalki_test_support::docker()])
 }
 
 /// The stand-in µmbox image: busybox, statically linked, in an image `FROM scratch`.
@@ -373,21 +348,6 @@ impl<F: FnMut()> Drop for OnDrop<F> {
     fn drop(&mut self) {
         (self.0)();
     }
-}
-
-/// Whether both Open vSwitch daemons answer (`ovs-vsctl show` alone succeeds while
-/// ovs-vswitchd is dead).
-pub fn ovs_up() -> bool {
-    sh("ovs-vsctl --timeout=5 show >/dev/null 2>&1 && ovs-appctl --timeout=5 -t ovs-vswitchd version >/dev/null 2>&1")
-        .status
-        .success()
-}
-
-/// Whether the Docker engine answers.
-pub fn docker_up() -> bool {
-    sh("timeout 10 docker version --format '{{.Server.Version}}' >/dev/null 2>&1")
-        .status
-        .success()
 }
 
 /// Starts whatever of Open vSwitch is not running (`scripts/ovs/start.sh`, idempotent).

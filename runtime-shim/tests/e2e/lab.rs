@@ -116,29 +116,23 @@ pub fn exclusive() -> Exclusive {
 /// and the µmbox image. Without it the tests are skipped, but under CI=true that is a
 /// failure.
 pub fn ready() -> bool {
-    if !crate::common::live::services_ready() {
-        return false;
-    }
-    let ci = std::env::var("CI").as_deref() == Ok("true");
-    let root = sh("[ \"$(id -u)\" = 0 ] && ip netns list >/dev/null && command -v nc >/dev/null && command -v ping >/dev/null && command -v ethtool >/dev/null && command -v tcpdump >/dev/null");
-    let image = sh(&format!("docker image inspect {IMAGE} >/dev/null 2>&1"));
-    for (ok, what) in [
+    use kalki_test_support as ts;
+    ts::require(&[
+        ts::ovs(),
+        ts::docker(),
         (
-            root.status.success(),
-            "root, `ip netns`, nc, ping, ethtool and tcpdump (scripts/ovs/start.sh installs the tools)",
+            ts::root() && sh("ip netns list >/dev/null").status.success(),
+            "root and `ip netns`",
         ),
         (
-            image.status.success(),
+            ts::tools(&["nc", "ping", "ethtool", "tcpdump"]),
+            "nc, ping, ethtool and tcpdump (scripts/ovs/start.sh installs the tools)",
+        ),
+        (
+            ts::image_present(IMAGE),
             "the µmbox image kalki/umbox:0.1 (make images)",
         ),
-    ] {
-        if !ok {
-            assert!(!ci, "missing under CI=true: {what}");
-            eprintln!("skipped: missing {what}");
-            return false;
-        }
-    }
-    true
+    ])
 }
 
 /// Removes everything the tests create: the site's containers, the bridge, the
