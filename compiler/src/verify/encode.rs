@@ -23,6 +23,8 @@ pub enum Key {
     /// Lowest and highest reading of a window (helpers for aggregates, not shown).
     WinLo(VarRef, u32),
     WinHi(VarRef, u32),
+    /// The sum of a window's readings: what ties `sum` and `avg` of one window together.
+    WinSum(VarRef, u32),
     /// The current state of a site device, as its index.
     State(DeviceId),
     /// Minutes since midnight.
@@ -169,6 +171,56 @@ impl<'m> Vocab<'m> {
                 }
                 ix
             }
+            Key::WinSum(r, n) => {
+                let (lo, hi) = match self.var_type(r) {
+                    VarType::Int { lo, hi } => (lo, hi),
+                    _ => (0, 0),
+                };
+                let wlo = self.key(Key::WinLo(r, n));
+                let whi = self.key(Key::WinHi(r, n));
+                let x = self.key(Key::Var(r));
+                let name = format!("sum({}, last {n})", self.var_name(r));
+                // Within 64 bits: typeck refuses a window whose sum could leave them (K114).
+                let big = i64::from(n);
+                let sort = Sort::Int {
+                    lo: lo.saturating_mul(big),
+                    hi: hi.saturating_mul(big),
+                };
+                let ix = self.add(key, name, sort, Shown::Hidden);
+                let sum = Term::Var(ix);
+                let times = |k: i64, w: usize| {
+                    Term::Arith(ArithOp::Mul, Box::new(Term::Int(k)), Box::new(Term::Var(w)))
+                };
+                let plus = |a: Term, b: Term| Term::Arith(ArithOp::Add, Box::new(a), Box::new(b));
+                // The window holds the current reading, its lowest and its highest (the
+                // same reading for more than one of them only when they are equal); the
+                // other readings lie between the lowest and the highest. So the sum is at
+                // least the current reading plus n-1 lowest ones, and at least the lowest
+                // plus the highest plus n-2 lowest ones; at most the same with highest.
+                let mut facts = vec![
+                    Term::cmp(
+                        CmpOp::Ge,
+                        sum.clone(),
+                        plus(Term::Var(x), times(big - 1, wlo)),
+                    ),
+                    Term::cmp(
+                        CmpOp::Le,
+                        sum.clone(),
+                        plus(Term::Var(x), times(big - 1, whi)),
+                    ),
+                ];
+                if n >= 2 {
+                    let ends = || plus(Term::Var(wlo), Term::Var(whi));
+                    facts.push(Term::cmp(
+                        CmpOp::Ge,
+                        sum.clone(),
+                        plus(ends(), times(big - 2, wlo)),
+                    ));
+                    facts.push(Term::cmp(CmpOp::Le, sum, plus(ends(), times(big - 2, whi))));
+                }
+                self.query.facts.extend(facts);
+                ix
+            }
             Key::Agg(f, r, n) => {
                 let (lo, hi) = match self.var_type(r) {
                     VarType::Int { lo, hi } => (lo, hi),
@@ -196,22 +248,34 @@ impl<'m> Vocab<'m> {
                 let facts = match f {
                     AggFunc::Min => vec![Term::cmp(CmpOp::Eq, v, Term::Var(wlo))],
                     AggFunc::Max => vec![Term::cmp(CmpOp::Eq, v, Term::Var(whi))],
-                    AggFunc::Avg => vec![
-                        Term::cmp(CmpOp::Ge, v.clone(), Term::Var(wlo)),
-                        Term::cmp(CmpOp::Le, v, Term::Var(whi)),
-                    ],
-                    AggFunc::Sum => {
-                        let scaled = |w| {
-                            Term::Arith(
-                                ArithOp::Mul,
-                                Box::new(Term::Int(big)),
-                                Box::new(Term::Var(w)),
-                            )
-                        };
+                    AggFunc::Avg => {
+                        // The engine's mean rounds down: n·avg ≤ sum ≤ n·avg + n - 1. With
+                        // the window's sum shared, a `sum` and an `avg` of one window
+                        // agree (a guard needing both far apart is dead, not satisfiable).
+                        let sum = Term::Var(self.key(Key::WinSum(r, n)));
+                        let scaled = Term::Arith(
+                            ArithOp::Mul,
+                            Box::new(Term::Int(big)),
+                            Box::new(v.clone()),
+                        );
                         vec![
-                            Term::cmp(CmpOp::Ge, v.clone(), scaled(wlo)),
-                            Term::cmp(CmpOp::Le, v, scaled(whi)),
+                            Term::cmp(CmpOp::Ge, v.clone(), Term::Var(wlo)),
+                            Term::cmp(CmpOp::Le, v, Term::Var(whi)),
+                            Term::cmp(CmpOp::Le, scaled.clone(), sum.clone()),
+                            Term::cmp(
+                                CmpOp::Le,
+                                sum,
+                                Term::Arith(
+                                    ArithOp::Add,
+                                    Box::new(scaled),
+                                    Box::new(Term::Int(big - 1)),
+                                ),
+                            ),
                         ]
+                    }
+                    AggFunc::Sum => {
+                        let sum = Term::Var(self.key(Key::WinSum(r, n)));
+                        vec![Term::cmp(CmpOp::Eq, v, sum)]
                     }
                 };
                 self.query.facts.extend(facts);
