@@ -72,6 +72,9 @@ device type P {
     normal     -> attack     on tamper count 3 within 1m
     suspicious -> normal     on scan
     suspicious -> attack     on scan count 2 within 1m
+    // The two `count` transitions above are shadowed (never fire): without a way in
+    // that can fire, `attack` would be unreachable (K203) and the policy would not build.
+    suspicious -> attack     when x > 9
     attack     -> normal     on operator reset
 }
 

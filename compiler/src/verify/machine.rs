@@ -1,15 +1,21 @@
 //! Checks of one device type's state machine, done once per type whatever the number of
 //! devices: nondeterminism (K201), dead transitions (K202), unreachable states (K203),
 //! traps (K204), alert provenance (K205) and shadowed transitions (K211).
+//!
+//! A transition that can never fire (dead, unsourced or shadowed) is no edge of the state
+//! graph: it neither reaches a state (K203) nor leads out of one (K204).
 
 use super::encode::{inline, Vocab};
-use super::solver::{Outcome, Term};
+use super::solver::{Outcome, Sort, Term, VarIx};
 use super::{codes, SiteFacts, Verifier};
 use crate::diag::Diagnostic;
-use crate::ir::{Chain, DeviceType, Expr, StateId, Transition, Trigger, TypeId, VarRef};
+use crate::ir::{
+    Chain, CmpOp, DeviceType, Expr, ExprKind, StateId, Transition, Trigger, Ty, TypeId, VarRef,
+};
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::{Bfs, Reversed};
 use serde_json::json;
+use std::collections::HashMap;
 
 pub(super) fn check_type(v: &mut Verifier<'_>, id: TypeId, facts: &SiteFacts) {
     let ty = v.policy.device_type(id);
@@ -18,9 +24,32 @@ pub(super) fn check_type(v: &mut Verifier<'_>, id: TypeId, facts: &SiteFacts) {
     for (i, ok) in provenance(v, id, ty, facts).into_iter().enumerate() {
         live[i] &= ok;
     }
-    pairs(v, ty, &live);
+    // Nor can a shadowed one (K211): another out of its state always fires first.
+    let quiet_from_entry = never_alerted(v, id, ty, facts);
+    for i in pairs(v, ty, &live, quiet_from_entry) {
+        live[i] = false;
+    }
     graph(v, id, ty, &live, facts);
     v.live.insert(id, live);
+}
+
+/// Whether no device of the type can ever receive an alert: the type declares none, no
+/// transition waits for one, no µmbox of its chains emits one and no site rule raises one
+/// on it (the runtime refuses any other, S106). Then quiet time always counts from
+/// entering the state.
+fn never_alerted(v: &Verifier<'_>, id: TypeId, ty: &DeviceType, facts: &SiteFacts) -> bool {
+    let awaited = ty
+        .transitions
+        .iter()
+        .any(|t| matches!(t.trigger, Trigger::Alert { .. }));
+    let emitted = ty.states.iter().any(|s| match &s.chain {
+        Chain::Umboxes(entries) => entries
+            .iter()
+            .any(|e| !v.policy.umbox(e.umbox).emits.is_empty()),
+        Chain::Pass | Chain::Drop => false,
+    });
+    let raised = facts.raised.get(&id).is_some_and(|r| !r.is_empty());
+    ty.alerts.is_empty() && !awaited && !emitted && !raised
 }
 
 /// A transition as written: `normal -> suspicious on port_scan count 3 within 1m`.
@@ -140,18 +169,36 @@ fn strictly_earlier(a: AlertSpec, b: AlertSpec) -> bool {
     a.0 < b.0 && window_at_least
 }
 
-/// K201 and K211: every pair of live transitions out of one state.
-fn pairs(v: &mut Verifier<'_>, ty: &DeviceType, live: &[bool]) {
+/// K201 and K211: every pair of live transitions out of one state. Returns the
+/// transitions found shadowed: they never fire.
+fn pairs(
+    v: &mut Verifier<'_>,
+    ty: &DeviceType,
+    live: &[bool],
+    quiet_from_entry: bool,
+) -> Vec<usize> {
     let n = ty.transitions.len();
+    let mut hidden = Vec::new();
     for i in 0..n {
         for j in (i + 1)..n {
             let (a, b) = (&ty.transitions[i], &ty.transitions[j]);
             if a.from != b.from || !live[i] || !live[j] {
                 continue;
             }
-            pair(v, ty, a, b);
+            match pair(v, ty, a, b, quiet_from_entry) {
+                Some(Hidden::First) => hidden.push(i),
+                Some(Hidden::Second) => hidden.push(j),
+                None => {}
+            }
         }
     }
+    hidden
+}
+
+/// Which of a pair [`pair`] found shadowed.
+enum Hidden {
+    First,
+    Second,
 }
 
 fn nondeterminism(
@@ -192,7 +239,16 @@ fn shadowed(ty: &DeviceType, hidden: &Transition, by: &Transition, why: &str) ->
     .witness(json!({ "shadowed": describe(ty, hidden), "by": describe(ty, by) }))
 }
 
-fn pair(v: &mut Verifier<'_>, ty: &DeviceType, a: &Transition, b: &Transition) {
+/// K201 and K211 for two live transitions `a` (declared first) and `b` out of one state,
+/// by the runtime's rule for one event enabling several (`docs/runtime.md`, "One event,
+/// several enabled transitions"). Returns the one found shadowed: it never fires.
+fn pair(
+    v: &mut Verifier<'_>,
+    ty: &DeviceType,
+    a: &Transition,
+    b: &Transition,
+    quiet_from_entry: bool,
+) -> Option<Hidden> {
     match (&a.trigger, &b.trigger) {
         (
             Trigger::Alert {
@@ -210,8 +266,10 @@ fn pair(v: &mut Verifier<'_>, ty: &DeviceType, a: &Transition, b: &Transition) {
             let earlier = "it waits for more of the same alerts than an earlier-firing transition";
             if strictly_earlier(sa, sb) {
                 v.push(shadowed(ty, b, a, earlier));
+                Some(Hidden::Second)
             } else if strictly_earlier(sb, sa) {
                 v.push(shadowed(ty, a, b, earlier));
+                Some(Hidden::First)
             } else if a.to != b.to {
                 let event = if sa == sb {
                     format!("alert `{x}`")
@@ -219,8 +277,13 @@ fn pair(v: &mut Verifier<'_>, ty: &DeviceType, a: &Transition, b: &Transition) {
                     format!("one alert `{x}` that completes both counts")
                 };
                 v.push(nondeterminism(ty, a, b, event, json!({})));
+                None
             } else if sa == sb {
+                // The runtime takes the one declared first.
                 v.push(shadowed(ty, b, a, "it repeats an earlier transition"));
+                Some(Hidden::Second)
+            } else {
+                None
             }
         }
         (Trigger::Operator { action: x }, Trigger::Operator { action: y }) if x == y => {
@@ -232,10 +295,14 @@ fn pair(v: &mut Verifier<'_>, ty: &DeviceType, a: &Transition, b: &Transition) {
                     format!("operator action `{x}`"),
                     json!({}),
                 ));
+                None
             } else {
                 v.push(shadowed(ty, b, a, "it repeats an earlier transition"));
+                Some(Hidden::Second)
             }
         }
+        // Both count from the later of entering the state and the last alert: the shorter
+        // runs out first, and of equal ones the runtime takes the one declared first.
         (Trigger::Quiet { after_ms: x }, Trigger::Quiet { after_ms: y }) => {
             if x == y && a.to != b.to {
                 v.push(nondeterminism(
@@ -245,6 +312,7 @@ fn pair(v: &mut Verifier<'_>, ty: &DeviceType, a: &Transition, b: &Transition) {
                     format!("{} of quiet", ms(*x)),
                     json!({}),
                 ));
+                None
             } else if x <= y {
                 v.push(shadowed(
                     ty,
@@ -252,6 +320,7 @@ fn pair(v: &mut Verifier<'_>, ty: &DeviceType, a: &Transition, b: &Transition) {
                     a,
                     "a shorter (or equal) quiet time out of the same state fires first",
                 ));
+                Some(Hidden::Second)
             } else {
                 v.push(shadowed(
                     ty,
@@ -259,8 +328,25 @@ fn pair(v: &mut Verifier<'_>, ty: &DeviceType, a: &Transition, b: &Transition) {
                     b,
                     "a shorter quiet time out of the same state fires first",
                 ));
+                Some(Hidden::First)
             }
         }
+        (
+            Trigger::Quiet { after_ms: q },
+            Trigger::When {
+                guard,
+                hold_ms: Some(h),
+            },
+        ) => quiet_and_hold(v, ty, (a, *q), (b, guard, *h), true, quiet_from_entry)
+            .then_some(Hidden::Second),
+        (
+            Trigger::When {
+                guard,
+                hold_ms: Some(h),
+            },
+            Trigger::Quiet { after_ms: q },
+        ) => quiet_and_hold(v, ty, (b, *q), (a, guard, *h), false, quiet_from_entry)
+            .then_some(Hidden::First),
         (
             Trigger::When {
                 guard: ga,
@@ -271,42 +357,247 @@ fn pair(v: &mut Verifier<'_>, ty: &DeviceType, a: &Transition, b: &Transition) {
                 hold_ms: hb,
             },
         ) => {
-            let mut voc = Vocab::for_type(v.policy, ty);
-            let (ta, tb) = (voc.encode(ga), voc.encode(gb));
             if ha == hb {
-                if a.to == b.to {
-                    return;
+                if a.to != b.to {
+                    overlap(v, ty, (a, ga), (b, gb));
                 }
-                voc.query.facts.push(Term::And(vec![ta, tb]));
-                if let Some(Outcome::Sat(model)) =
-                    v.solve(&voc.query, a.loc, "whether two guards overlap")
-                {
-                    let values = voc.describe(&model);
-                    let event = format!("a reading with {}", inline(&values));
-                    let d = nondeterminism(ty, a, b, event, values);
-                    v.push(label_vars(d, ty, &[ga, gb]));
-                }
-                return;
+                return None;
             }
-            // Different hold times: the shorter wins whenever the longer's guard implies it.
-            let (first, second, tf, ts) = if ha.unwrap_or(0) < hb.unwrap_or(0) {
-                (a, b, ta, tb)
-            } else {
-                (b, a, tb, ta)
+            // Different hold times. A reading fires a `when G` at once, but entering the
+            // state with a held guard already true starts its hold with no reading at all:
+            // neither shadows the other.
+            let (Some(ha), Some(hb)) = (ha, hb) else {
+                return None;
             };
-            voc.query.facts.push(Term::And(vec![ts, Term::negate(tf)]));
-            if let Some(Outcome::Unsat) =
-                v.solve(&voc.query, second.loc, "whether a guard implies another")
-            {
+            // Of two holds, the shorter runs out first when its hold always starts no later
+            // than the longer's: when its guard holds whenever the longer's does. Both are
+            // evaluated at the same moments (entering, readings, clock boundaries), so its
+            // hold then runs, uninterrupted, since the longer's started or before.
+            let (first, second, gf, gs, hidden) = if ha < hb {
+                (a, b, ga, gb, Hidden::Second)
+            } else {
+                (b, a, gb, ga, Hidden::First)
+            };
+            if holds_only_with(v, ty, gs, gf, second) {
                 v.push(shadowed(
                     ty,
                     second,
                     first,
                     "whenever its guard holds, the other's does too, and the other needs less time",
                 ));
+                return Some(hidden);
             }
+            None
         }
-        _ => {}
+        _ => None,
+    }
+}
+
+/// K201 for two guards with one hold time (or none) and different targets: a reading (or
+/// the end of one hold time) with values that satisfy both.
+fn overlap(
+    v: &mut Verifier<'_>,
+    ty: &DeviceType,
+    a: (&Transition, &Expr),
+    b: (&Transition, &Expr),
+) {
+    let mut voc = Vocab::for_type(v.policy, ty);
+    let (ta, tb) = (voc.encode(a.1), voc.encode(b.1));
+    voc.query.facts.push(Term::And(vec![ta, tb]));
+    if let Some(Outcome::Sat(model)) = v.solve(&voc.query, a.0.loc, "whether two guards overlap") {
+        let values = voc.describe(&model);
+        let event = format!("a reading with {}", inline(&values));
+        let d = nondeterminism(ty, a.0, b.0, event, values);
+        v.push(label_vars(d, ty, &[a.1, b.1]));
+    }
+}
+
+/// `after Q quiet` and `when G for H` out of one state. Quiet time counts from the later of
+/// entering the state and the last alert; a hold from the later of entering the state and
+/// `G` becoming true. With `Q = H` and different targets both run out at once when `G`
+/// already holds on entering and no alert comes (K201). The quiet time is always first
+/// only when no alert can ever come: then it counts from entering the state, before or when
+/// any hold starts, and a shorter one, or an equal one declared first (the runtime's tie
+/// break), shadows the hold. Otherwise an alert can postpone the quiet time past the end of
+/// the hold, and a hold can start late: neither shadows the other. Returns whether the
+/// hold is shadowed.
+fn quiet_and_hold(
+    v: &mut Verifier<'_>,
+    ty: &DeviceType,
+    quiet: (&Transition, u64),
+    held: (&Transition, &Expr, u64),
+    quiet_first_declared: bool,
+    quiet_from_entry: bool,
+) -> bool {
+    let ((qt, q), (ht, guard, h)) = (quiet, held);
+    if q == h && qt.to != ht.to {
+        let mut voc = Vocab::for_type(v.policy, ty);
+        let g = voc.encode(guard);
+        voc.query.facts.push(g);
+        if let Some(Outcome::Sat(model)) =
+            v.solve(&voc.query, guard.loc, "whether this guard can hold")
+        {
+            let values = voc.describe(&model);
+            let event = format!(
+                "the instant {} after entering the state, with {} since then and no alert",
+                ms(q),
+                inline(&values)
+            );
+            let (a, b) = if quiet_first_declared {
+                (qt, ht)
+            } else {
+                (ht, qt)
+            };
+            let d = nondeterminism(ty, a, b, event, values);
+            v.push(label_vars(d, ty, &[guard]));
+        }
+        return false;
+    }
+    if quiet_from_entry && (q < h || (q == h && quiet_first_declared)) {
+        v.push(shadowed(
+            ty,
+            ht,
+            qt,
+            "no alert can reach this device type, so the quiet time counts from entering the state and runs out before the guard has held long enough",
+        ));
+        return true;
+    }
+    false
+}
+
+/// Whether guard `g` holds (evaluates to a known true) only when guard `other` does too,
+/// in the runtime's three-valued logic ([`Known`]). Undecided: no (reported as K213).
+fn holds_only_with(
+    v: &mut Verifier<'_>,
+    ty: &DeviceType,
+    g: &Expr,
+    other: &Expr,
+    t: &Transition,
+) -> bool {
+    let mut voc = Vocab::for_type(v.policy, ty);
+    // Every variable the walk below reads exists before it adds its own.
+    voc.encode(g);
+    voc.encode(other);
+    let mut k = Known {
+        voc: &mut voc,
+        ty,
+        readings: HashMap::new(),
+    };
+    let (holds, _) = k.truth(g);
+    let (other_holds, _) = k.truth(other);
+    voc.query
+        .facts
+        .push(Term::And(vec![holds, Term::negate(other_holds)]));
+    matches!(
+        v.solve(&voc.query, t.loc, "whether a guard implies another"),
+        Some(Outcome::Unsat)
+    )
+}
+
+/// Guards as the runtime evaluates them (`docs/runtime.md`, "Values"): a variable never
+/// reported, and an aggregate over fewer readings than its window, are unknown; unknowns
+/// propagate through comparisons and arithmetic, `and` and `or` follow Kleene's logic,
+/// and a guard holds only when it is a known true. So `max(t, last 3) > 5` does not hold
+/// after one reading `t = 9`, although `t > 5` does. Each variable `x` gets the number of
+/// its readings so far: `x` is known once it is at least 1, `agg(x, last N)` once it is at
+/// least N.
+struct Known<'a, 'm> {
+    /// Its variables must all exist already: the walk adds solver variables behind the
+    /// vocabulary's back, so a model of this query cannot be described.
+    voc: &'a mut Vocab<'m>,
+    ty: &'a DeviceType,
+    readings: HashMap<VarRef, VarIx>,
+}
+
+impl Known<'_, '_> {
+    /// At least `n` readings of `r`.
+    fn read(&mut self, r: VarRef, n: u32) -> Term {
+        if n == 0 {
+            // `last 0` has no value, ever.
+            return Term::Bool(false);
+        }
+        let ix = match self.readings.get(&r) {
+            Some(&ix) => ix,
+            None => {
+                let name = self.ty.vars.get(r.var.index()).map_or("?", |v| &v.name);
+                let name = match r.device {
+                    None => format!("readings({name})"),
+                    Some(d) => format!("readings({}.{name})", d.index()),
+                };
+                let ix = self.voc.query.vars.len();
+                let hi = i64::from(u32::MAX);
+                self.voc.query.vars.push((name, Sort::Int { lo: 0, hi }));
+                self.readings.insert(r, ix);
+                ix
+            }
+        };
+        Term::cmp(CmpOp::Ge, Term::Var(ix), Term::Int(i64::from(n)))
+    }
+
+    /// Whether an integer (or enum) expression has a value.
+    fn valued(&mut self, e: &Expr) -> Term {
+        match &e.kind {
+            ExprKind::Var { var } => self.read(*var, 1),
+            ExprKind::Aggregate { var, last, .. } => self.read(*var, *last),
+            ExprKind::Neg { arg } => self.valued(arg),
+            ExprKind::Arith { lhs, rhs, .. } => Term::And(vec![self.valued(lhs), self.valued(rhs)]),
+            _ => Term::Bool(true),
+        }
+    }
+
+    /// (known true, known false) of a condition.
+    fn truth(&mut self, e: &Expr) -> (Term, Term) {
+        let known = |k: Term, x: Term| {
+            (
+                Term::And(vec![k.clone(), x.clone()]),
+                Term::And(vec![k, Term::negate(x)]),
+            )
+        };
+        match &e.kind {
+            ExprKind::Bool { value } => (Term::Bool(*value), Term::Bool(!*value)),
+            ExprKind::Var { var } => {
+                let k = self.read(*var, 1);
+                known(k, self.voc.encode(e))
+            }
+            ExprKind::InState { .. } | ExprKind::Clock { .. } => {
+                known(Term::Bool(true), self.voc.encode(e))
+            }
+            ExprKind::Not { arg } => {
+                let (t, f) = self.truth(arg);
+                (f, t)
+            }
+            ExprKind::And { args } => {
+                let (t, f): (Vec<Term>, Vec<Term>) = args.iter().map(|a| self.truth(a)).unzip();
+                (Term::And(t), Term::Or(f))
+            }
+            ExprKind::Or { args } => {
+                let (t, f): (Vec<Term>, Vec<Term>) = args.iter().map(|a| self.truth(a)).unzip();
+                (Term::Or(t), Term::And(f))
+            }
+            ExprKind::Cmp { cmp, lhs, rhs } if matches!(lhs.ty, Ty::Bool) => {
+                let ((lt, lf), (rt, rf)) = (self.truth(lhs), self.truth(rhs));
+                let k = Term::And(vec![
+                    Term::Or(vec![lt.clone(), lf]),
+                    Term::Or(vec![rt.clone(), rf]),
+                ]);
+                let same = Term::iff(lt, rt);
+                match cmp {
+                    CmpOp::Eq => known(k, same),
+                    CmpOp::Ne => known(k, Term::negate(same)),
+                    // Refused by the type checker; the runtime would fault: never holds.
+                    _ => (Term::Bool(false), Term::Bool(false)),
+                }
+            }
+            ExprKind::Cmp { lhs, rhs, .. } => {
+                let k = Term::And(vec![self.valued(lhs), self.valued(rhs)]);
+                known(k, self.voc.encode(e))
+            }
+            // Integer expressions are no conditions (the type checker sees to it).
+            ExprKind::Int { .. }
+            | ExprKind::Aggregate { .. }
+            | ExprKind::Neg { .. }
+            | ExprKind::Arith { .. } => (Term::Bool(false), Term::Bool(false)),
+        }
     }
 }
 
