@@ -202,19 +202,28 @@ fn reachable_alone(c: &Case) -> BTreeSet<usize> {
     seen
 }
 
-/// Brute force over the two-device product, rule included.
+/// Whether the rule can ever fire: it reads only `a`'s state, so the engine evaluates it
+/// only when `a` enters a state (never at the start), and `a` must enter `rule_if` by a
+/// transition it can take (`docs/runtime.md`, "Rules").
+fn rule_fires(c: &Case) -> bool {
+    let alone = reachable_alone(c);
+    alone.iter().any(|&s| successors(c, s).contains(&c.rule_if))
+}
+
+/// Brute force over the two-device product, rule included: (a, b, whether the rule is
+/// due, i.e. `a` entered a state since it last fired).
 fn product_reaches(c: &Case) -> bool {
-    let mut seen = BTreeSet::from([(0usize, 0usize)]);
-    let mut todo = vec![(0usize, 0usize)];
-    while let Some((a, b)) = todo.pop() {
+    let mut seen = BTreeSet::from([(0usize, 0usize, false)]);
+    let mut todo = vec![(0usize, 0usize, false)];
+    while let Some((a, b, due)) = todo.pop() {
         if b == c.target {
             return true;
         }
-        let mut next: Vec<(usize, usize)> = Vec::new();
-        next.extend(successors(c, a).into_iter().map(|n| (n, b)));
-        next.extend(successors(c, b).into_iter().map(|n| (a, n)));
-        if a == c.rule_if {
-            next.push((a, c.rule_to));
+        let mut next: Vec<(usize, usize, bool)> = Vec::new();
+        next.extend(successors(c, a).into_iter().map(|n| (n, b, true)));
+        next.extend(successors(c, b).into_iter().map(|n| (a, n, due)));
+        if due && a == c.rule_if {
+            next.push((a, c.rule_to, false));
         }
         for n in next {
             if seen.insert(n) {
@@ -261,19 +270,24 @@ fn run(c: &Case) {
     let diags = &checked.diagnostics;
     let tr_line = |i: usize| FIRST_TR_LINE + i;
 
-    // K202: exactly the unsatisfiable guards.
+    // K202: exactly the unsatisfiable guards, and the rule when no transition at all
+    // enters the state it tests (it reads only states, so only such an entry makes it due).
     let dead_lines: BTreeSet<usize> = diags
         .iter()
         .filter(|d| d.code == "K202")
         .map(|d| line_of(&src, d))
         .collect();
-    let expect_dead: BTreeSet<usize> = c
+    let rule_line = tr_line(c.trs.len()) + 5;
+    let mut expect_dead: BTreeSet<usize> = c
         .trs
         .iter()
         .enumerate()
         .filter(|(_, t)| matches!(&t.trig, Trig::When(g) if !g.satisfiable()))
         .map(|(i, _)| tr_line(i))
         .collect();
+    if !c.trs.iter().any(|t| t.to == c.rule_if) {
+        expect_dead.insert(rule_line);
+    }
     assert_eq!(dead_lines, expect_dead, "K202 disagrees on\n{src}");
 
     // K201: exactly the pairs of live `when` guards out of one state that overlap with
@@ -310,8 +324,8 @@ fn run(c: &Case) {
 
     // K203: the states the device cannot reach by itself or by the rule.
     let mut reach = reachable_alone(c);
-    // The rule can move `b` to rule_to when `a` reaches rule_if; then b goes on from there.
-    if reach.contains(&c.rule_if) && reach.insert(c.rule_to) {
+    // The rule can move `b` to rule_to once `a` enters rule_if; then b goes on from there.
+    if rule_fires(c) && reach.insert(c.rule_to) {
         let mut todo = vec![c.rule_to];
         while let Some(s) = todo.pop() {
             for n in successors(c, s) {
@@ -344,7 +358,7 @@ fn run(c: &Case) {
     );
 
     // K210: the assertion verdict equals the brute-force product search (rules here read
-    // only states, where the abstraction is exact).
+    // only states, where the abstraction is exact: it tracks whether the rule is due).
     let verdict = &verified.assertions[0].status;
     let expected = product_reaches(c);
     match verdict {

@@ -4,16 +4,18 @@
 //! influence: the devices it names, plus the devices whose states the rules that move
 //! them read, transitively. Sensed values, alert counts, timers and the clock are
 //! abstracted: a transition may fire whenever its guard is satisfiable, and a rule
-//! whenever its condition is satisfiable given the current states. Every real run is a
-//! run of this abstraction, so `never` proved here holds for real, and `reachable`
-//! refuted here is unreachable for real (`docs/verification.md` has the argument).
+//! whenever it is due (see [`Node`]) and its condition is satisfiable given the current
+//! states. Every real run is a run of this abstraction, so `never` proved here holds for
+//! real, and `reachable` refuted here is unreachable for real (`docs/verification.md` has
+//! the argument). States are stored as wide as [`StateId`].
 
 use super::encode::Vocab;
 use super::machine::describe;
+use super::site::waits_for_state_change;
 use super::solver::{Outcome, Term};
 use super::{codes, Verifier};
 use crate::diag::Diagnostic;
-use crate::ir::{Action, AssertKind, Assertion, DeviceId, Expr, ExprKind, Loc, Site};
+use crate::ir::{Action, AssertKind, Assertion, DeviceId, Expr, ExprKind, Loc, Site, StateId};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -59,13 +61,14 @@ fn in_states(e: &Expr) -> impl Iterator<Item = DeviceId> + '_ {
 }
 
 /// Evaluates a state predicate (assertions only use states, booleans and connectives).
-fn holds(e: &Expr, coi: &[DeviceId], st: &[u16]) -> bool {
+/// `st` holds the state index of each device of the cone, as wide as [`StateId`].
+fn holds(e: &Expr, coi: &[DeviceId], st: &[u32]) -> bool {
     match &e.kind {
         ExprKind::Bool { value } => *value,
         ExprKind::InState { device, state } => coi
             .iter()
             .position(|d| d == device)
-            .is_some_and(|i| usize::from(st[i]) == state.index()),
+            .is_some_and(|i| st.get(i) == Some(&state.0)),
         ExprKind::Not { arg } => !holds(arg, coi, st),
         ExprKind::And { args } => args.iter().all(|a| holds(a, coi, st)),
         ExprKind::Or { args } => args.iter().any(|a| holds(a, coi, st)),
@@ -75,8 +78,23 @@ fn holds(e: &Expr, coi: &[DeviceId], st: &[u16]) -> bool {
 
 struct Move {
     event: String,
-    /// (position in the cone, new state)
-    sets: Vec<(usize, u16)>,
+    /// (position in the cone, new state), applied in order.
+    sets: Vec<(usize, u32)>,
+    /// The rule that fires (its position in the rules considered), or `None` for a
+    /// transition. A transition always enters its target (a transition back into its own
+    /// state too); a rule's `dev -> s` while `dev` is in `s` changes nothing.
+    rule: Option<usize>,
+}
+
+/// A combination of states of the cone, and which rules are due: a rule that reads no
+/// sensed value and no clock is only evaluated after a device it tests with `in` has
+/// entered a state (`docs/runtime.md`, "Rules"), and not again before the next such entry
+/// once it has fired. Rules that read values or the clock are always due (a reading or a
+/// clock boundary can come at any time).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Node {
+    st: Vec<u32>,
+    due: Vec<bool>,
 }
 
 pub(super) fn check(
@@ -129,7 +147,7 @@ fn check_one(
         })
         .collect();
 
-    let state_names = |st: &[u16]| -> BTreeMap<String, String> {
+    let state_names = |st: &[u32]| -> BTreeMap<String, String> {
         coi.iter()
             .zip(st)
             .map(|(d, s)| {
@@ -138,33 +156,47 @@ fn check_one(
                 (
                     dev.name.clone(),
                     ty.states
-                        .get(usize::from(*s))
+                        .get(StateId(*s).index())
                         .map_or("?".into(), |x| x.name.clone()),
                 )
             })
             .collect()
     };
 
-    let init: Vec<u16> = coi
+    // Rules that wait for a state change (see [`Node`]), and the devices each reads.
+    let waits: Vec<bool> = rules
+        .iter()
+        .map(|&ri| waits_for_state_change(&site.rules[ri]))
+        .collect();
+    let reads: Vec<BTreeSet<DeviceId>> = rules
+        .iter()
+        .map(|&ri| in_states(&site.rules[ri].cond).collect())
+        .collect();
+    // Per position in the cone: the waiting rules an entry of that device makes due.
+    let wakes: Vec<Vec<usize>> = coi
         .iter()
         .map(|d| {
-            u16::try_from(
-                v.policy
-                    .device_type(site.devices[d.index()].ty)
-                    .initial
-                    .index(),
-            )
-            .unwrap_or(0)
+            (0..rules.len())
+                .filter(|&k| waits[k] && reads[k].contains(d))
+                .collect()
         })
         .collect();
-    let mut seen: HashMap<Vec<u16>, usize> = HashMap::new();
-    // (state, parent, event)
-    let mut nodes: Vec<(Vec<u16>, Option<usize>, String)> = Vec::new();
+    // At the start nothing is evaluated: only rules that can be woken at any time are due.
+    let init = Node {
+        st: coi
+            .iter()
+            .map(|d| v.policy.device_type(site.devices[d.index()].ty).initial.0)
+            .collect(),
+        due: waits.iter().map(|w| !w).collect(),
+    };
+    let mut seen: HashMap<Node, usize> = HashMap::new();
+    // (node, parent, event)
+    let mut nodes: Vec<(Node, Option<usize>, String)> = Vec::new();
     let mut queue = VecDeque::new();
     seen.insert(init.clone(), 0);
     nodes.push((init, None, "initial states".into()));
     queue.push_back(0usize);
-    let mut enabled_cache: HashMap<(usize, Vec<u16>), bool> = HashMap::new();
+    let mut enabled_cache: HashMap<(usize, Vec<u32>), bool> = HashMap::new();
     let mut unknown: Option<String> = None;
     let mut found: Option<usize> = None;
     let mut bounded = false;
@@ -178,14 +210,11 @@ fn check_one(
                 .unwrap_or_default()
         })
         .collect();
-    let reads: Vec<BTreeSet<DeviceId>> = rules
-        .iter()
-        .map(|&ri| in_states(&site.rules[ri].cond).collect())
-        .collect();
 
     while let Some(n) = queue.pop_front() {
-        let st = nodes[n].0.clone();
-        if holds(&a.cond, &coi, &st) {
+        let node = nodes[n].0.clone();
+        let st = &node.st;
+        if holds(&a.cond, &coi, st) {
             found = Some(n);
             break;
         }
@@ -194,24 +223,29 @@ fn check_one(
             let dev = &site.devices[d.index()];
             let ty = v.policy.device_type(dev.ty);
             for (ti, t) in ty.transitions.iter().enumerate() {
-                if usize::from(st[pos]) != t.from.index()
+                // A transition back into its own state changes nothing here but which
+                // rules are due.
+                if st[pos] != t.from.0
                     || !live[pos].get(ti).copied().unwrap_or(true)
-                    || t.from == t.to
+                    || (t.from == t.to && wakes[pos].is_empty())
                 {
                     continue;
                 }
-                let sets = vec![(pos, u16::try_from(t.to.index()).unwrap_or(0))];
                 moves.push(Move {
                     event: format!("`{}`: {}", dev.name, describe(ty, t)),
-                    sets,
+                    sets: vec![(pos, t.to.0)],
+                    rule: None,
                 });
             }
         }
-        for (&ri, read) in rules.iter().zip(&reads) {
+        for (k, (&ri, read)) in rules.iter().zip(&reads).enumerate() {
+            if !node.due[k] {
+                continue;
+            }
             let r = &site.rules[ri];
-            let key_states: Vec<u16> = coi
+            let key_states: Vec<u32> = coi
                 .iter()
-                .zip(&st)
+                .zip(st)
                 .filter(|(d, _)| read.contains(d))
                 .map(|(_, s)| *s)
                 .collect();
@@ -222,9 +256,9 @@ fn check_one(
                     let mut voc = Vocab::for_site(v.policy, site);
                     let c = voc.encode(&r.cond);
                     let mut facts = vec![c];
-                    for (d, s) in coi.iter().zip(&st) {
+                    for (d, s) in coi.iter().zip(st) {
                         if read.contains(d) {
-                            facts.push(voc.state_is(*d, crate::ir::StateId(u32::from(*s))));
+                            facts.push(voc.state_is(*d, StateId(*s)));
                         }
                     }
                     voc.query.facts.push(Term::And(facts));
@@ -247,14 +281,13 @@ fn check_one(
             if !enabled {
                 continue;
             }
-            let sets: Vec<(usize, u16)> = r
+            let sets: Vec<(usize, u32)> = r
                 .actions
                 .iter()
                 .filter_map(|x| match x {
-                    Action::Goto { device, state, .. } => coi
-                        .iter()
-                        .position(|d| d == device)
-                        .map(|p| (p, u16::try_from(state.index()).unwrap_or(0))),
+                    Action::Goto { device, state, .. } => {
+                        coi.iter().position(|d| d == device).map(|p| (p, state.0))
+                    }
                     _ => None,
                 })
                 .collect();
@@ -267,7 +300,7 @@ fn check_one(
                         "{} -> {}",
                         dev.name,
                         ty.states
-                            .get(usize::from(*s))
+                            .get(StateId(*s).index())
                             .map_or("?", |x| x.name.as_str())
                     )
                 })
@@ -275,12 +308,26 @@ fn check_one(
             moves.push(Move {
                 event: format!("rule `{}` fires: {}", r.name, targets.join(", ")),
                 sets,
+                rule: Some(k),
             });
         }
         for m in moves {
-            let mut next = st.clone();
-            for (p, s) in &m.sets {
-                next[*p] = *s;
+            let mut next = node.clone();
+            for &(p, s) in &m.sets {
+                // Every entry (not a rule's move to where the device already is) makes
+                // the waiting rules that test the device due.
+                if m.rule.is_none() || next.st[p] != s {
+                    next.st[p] = s;
+                    for &w in &wakes[p] {
+                        next.due[w] = true;
+                    }
+                }
+            }
+            // A rule fires at most once per moment: what its own moves wake is lost.
+            if let Some(k) = m.rule {
+                if waits[k] {
+                    next.due[k] = false;
+                }
             }
             if seen.contains_key(&next) {
                 continue;
@@ -302,10 +349,10 @@ fn check_one(
         let mut out = Vec::new();
         let mut at = Some(end);
         while let Some(i) = at {
-            let (st, parent, event) = &nodes[i];
+            let (node, parent, event) = &nodes[i];
             out.push(Step {
                 event: event.clone(),
-                states: state_names(st),
+                states: state_names(&node.st),
             });
             at = *parent;
         }
@@ -373,5 +420,146 @@ fn check_one(
         trace: tr,
         explored,
         devices: names,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! State indices past 65,535. A policy with that many states takes minutes to check
+    //! and verify end to end, so the search is driven here on a model built by hand.
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::ir::{
+        Chain, Device, DeviceType, Model, State, Transition, Trigger, Ty, TypeId, UnknownHosts,
+    };
+    use crate::source::SourceId;
+    use crate::verify::solver::{Query, Solver};
+    use crate::verify::Options;
+    use kalki_lang::ast::Span;
+    use std::collections::HashMap;
+
+    /// No rule, so no query is ever asked.
+    struct NoSolver;
+    impl Solver for NoSolver {
+        fn solve(&self, _: &Query) -> Outcome {
+            panic!("no query expected")
+        }
+    }
+
+    const LOC: Loc = Loc {
+        source: SourceId(0),
+        span: Span { start: 0, end: 0 },
+    };
+
+    fn in_state(state: u32) -> Expr {
+        Expr {
+            kind: ExprKind::InState {
+                device: DeviceId(0),
+                state: StateId(state),
+            },
+            ty: Ty::Bool,
+            loc: LOC,
+        }
+    }
+
+    /// One device of a type with `states` states, `initial`, and `transitions` (from, to)
+    /// on `operator reset`; the verdict of `kind in_state(target)`.
+    fn verdict(
+        states: u32,
+        initial: u32,
+        transitions: &[(u32, u32)],
+        kind: AssertKind,
+        target: u32,
+    ) -> AssertionResult {
+        let ty = DeviceType {
+            name: "Big".into(),
+            loc: LOC,
+            vars: vec![],
+            commands: vec![],
+            alerts: vec![],
+            states: (0..states)
+                .map(|i| State {
+                    name: format!("s{i}"),
+                    loc: LOC,
+                    is_final: false,
+                    chain: Chain::Pass,
+                    chain_loc: LOC,
+                })
+                .collect(),
+            initial: StateId(initial),
+            transitions: transitions
+                .iter()
+                .map(|&(from, to)| Transition {
+                    from: StateId(from),
+                    to: StateId(to),
+                    trigger: Trigger::Operator {
+                        action: "reset".into(),
+                    },
+                    loc: LOC,
+                })
+                .collect(),
+        };
+        let site = Site {
+            name: "big".into(),
+            loc: LOC,
+            bridge: "br0".into(),
+            uplink: None,
+            uplink_loc: LOC,
+            unknown_hosts: UnknownHosts::Drop,
+            devices: vec![Device {
+                name: "d".into(),
+                ty: TypeId(0),
+                ip: 1,
+                mac: None,
+                port: "p1".into(),
+                trusted: false,
+                loc: LOC,
+                ip_loc: LOC,
+                mac_loc: None,
+                port_loc: LOC,
+            }],
+            rules: vec![],
+            asserts: vec![],
+        };
+        let model = Model {
+            device_types: vec![ty],
+            ..Model::default()
+        };
+        let opts = Options::default();
+        let mut v = Verifier {
+            policy: &model,
+            solver: &NoSolver,
+            opts: &opts,
+            diags: Vec::new(),
+            live: HashMap::new(),
+        };
+        let a = Assertion {
+            kind,
+            cond: in_state(target),
+            loc: LOC,
+        };
+        check_one(&mut v, &site, &[], &a)
+    }
+
+    #[test]
+    fn initial_state_past_u16_is_where_the_search_starts() {
+        // Stored in 16 bits, state 65,536 became state 0: `reachable` refuted, `never`
+        // of state 0 refuted.
+        let r = verdict(65_537, 65_536, &[], AssertKind::Reachable, 65_536);
+        assert!(matches!(r.status, Status::Proved), "{:?}", r.status);
+        assert_eq!(r.trace[0].states["d"], "s65536");
+        let r = verdict(65_537, 65_536, &[], AssertKind::Never, 0);
+        assert!(matches!(r.status, Status::Proved), "{:?}", r.status);
+    }
+
+    #[test]
+    fn transition_targets_past_u16_are_kept() {
+        let (far, near) = (70_000, 70_000 - 65_536);
+        let r = verdict(far + 1, 0, &[(0, far)], AssertKind::Reachable, far);
+        assert!(matches!(r.status, Status::Proved), "{:?}", r.status);
+        assert_eq!(r.trace.last().unwrap().states["d"], format!("s{far}"));
+        let r = verdict(far + 1, 0, &[(0, far)], AssertKind::Never, near);
+        assert!(matches!(r.status, Status::Proved), "{:?}", r.status);
     }
 }

@@ -84,13 +84,16 @@ pub struct Verified {
     pub assertions: Vec<AssertionResult>,
 }
 
-/// What the sites' live rules do to each device type: the moves they make (with the
-/// state the rule requires the device to be in, if it pins one) and the alerts they raise.
+/// What the sites' rules that can fire do to each device type (`site::dead_rules`): the
+/// moves they make and the alerts they raise, each with a state the device may be in at
+/// that point (`None`: any state). A rule's actions run in order (moves first, then its
+/// raised alerts), so an alert is offered in the state the rule's moves, and the alerts it
+/// raised before, left the device in: not necessarily a state the rule's condition pins.
 #[derive(Debug, Default)]
 pub(crate) struct SiteFacts {
+    /// (a state the move may start from, its target).
     pub rule_moves: HashMap<TypeId, Vec<(Option<StateId>, StateId)>>,
-    /// Alerts rules raise on devices of the type, with the state the rule requires the
-    /// device to be in, if it pins one.
+    /// (alert, a state the device may be in when the alert is offered to it).
     pub raised: HashMap<TypeId, BTreeSet<(String, Option<StateId>)>>,
 }
 

@@ -1,13 +1,18 @@
 //! Site-level checks, the only ones that look at device instances: address conflicts
-//! (K209), dead rules (K202), rule conflicts (K206) and integrity non-interference (K207).
+//! (K209), dead rules (K202), rule conflicts (K206) and integrity non-interference (K207),
+//! and the facts the per-type checks take from the site's rules (their moves and raised
+//! alerts, for K203, K204 and K205).
 
 use super::encode::{inline, Vocab};
 use super::solver::{Outcome, Term};
 use super::{codes, SiteFacts, Verifier};
 use crate::codegen::openflow::{ip, mac};
 use crate::diag::Diagnostic;
-use crate::ir::{Action, DeviceId, Expr, ExprKind, Loc, Rule, Site, StateId, Trigger};
+use crate::ir::{
+    Action, DeviceId, DeviceType, Expr, ExprKind, Loc, Rule, Site, StateId, Trigger, TypeId,
+};
 use serde_json::json;
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// K209: IP, MAC and switch port identify a device; no two may share one.
@@ -92,8 +97,74 @@ pub(crate) fn pinned_state(e: &Expr, d: DeviceId) -> Option<StateId> {
     }
 }
 
+/// Whether the engine evaluates a rule only after a state change: its condition reads no
+/// sensed value and no clock, so only a device it tests with `in` entering a state makes it
+/// due (`docs/runtime.md`, "Rules"; nothing is evaluated at the start).
+pub(crate) fn waits_for_state_change(r: &Rule) -> bool {
+    !r.cond.nodes().any(|n| {
+        matches!(
+            n.kind,
+            ExprKind::Var { .. } | ExprKind::Aggregate { .. } | ExprKind::Clock { .. }
+        )
+    })
+}
+
+/// States a device may be in: `None` is any state.
+type States = Option<BTreeSet<StateId>>;
+
+/// The states a device of type `ty` may be in once alert `alert` has been offered to its
+/// transitions in one of `from`, as the engine does: out of a state with an enabled
+/// transition waiting for one alert (`on A`, `on A count 1 within T`) the one met first
+/// is taken; one that waits for a count may or may not be met.
+fn after_alert(ty: &DeviceType, from: &States, alert: &str) -> States {
+    let from = from.as_ref()?;
+    let mut out = BTreeSet::new();
+    for &s in from {
+        // (count, longer window first, declaration order): the engine's choice.
+        let mut sure: Option<(u32, Reverse<u64>, usize)> = None;
+        let mut maybe = Vec::new();
+        for (ti, t) in ty.transitions.iter().enumerate() {
+            let Trigger::Alert {
+                alert: a, count, ..
+            } = &t.trigger
+            else {
+                continue;
+            };
+            if t.from != s || a != alert {
+                continue;
+            }
+            let key = match count {
+                None => (1, Reverse(u64::MAX), ti),
+                Some((1, w)) => (1, Reverse(*w), ti),
+                Some(_) => {
+                    maybe.push(t.to);
+                    continue;
+                }
+            };
+            if sure.is_none_or(|b| key < b) {
+                sure = Some(key);
+            }
+        }
+        match sure {
+            Some((_, _, ti)) => {
+                out.insert(ty.transitions[ti].to);
+            }
+            None => {
+                out.insert(s);
+                out.extend(maybe);
+            }
+        }
+    }
+    Some(out)
+}
+
 /// K202 for rules. Returns which rules can fire, and records what live rules do to each
 /// device type (moves and raised alerts) for the per-type checks.
+///
+/// A rule can fire when its condition can hold and, for a rule that waits for a state
+/// change ([`waits_for_state_change`]), when it can hold right after a device it tests
+/// enters a state: the target of some transition of the device's type, or of a rule that
+/// can fire (a least fixpoint, so every rule that fires in a real run is found).
 pub(super) fn dead_rules(v: &mut Verifier<'_>, site: &Site, facts: &mut SiteFacts) -> Vec<bool> {
     let mut live = Vec::with_capacity(site.rules.len());
     for r in &site.rules {
@@ -114,29 +185,173 @@ pub(super) fn dead_rules(v: &mut Verifier<'_>, site: &Site, facts: &mut SiteFact
             );
         }
         live.push(ok);
-        if !ok {
+    }
+
+    // States a device of each type can enter after the start.
+    let mut entered: HashMap<TypeId, BTreeSet<StateId>> = HashMap::new();
+    for d in &site.devices {
+        entered.entry(d.ty).or_insert_with(|| {
+            v.policy
+                .device_type(d.ty)
+                .transitions
+                .iter()
+                .map(|t| t.to)
+                .collect()
+        });
+    }
+    // Whether rule `ri`'s condition can hold with device `d` in state `s` (cached).
+    let mut holds_in: HashMap<(usize, DeviceId, StateId), bool> = HashMap::new();
+    let mut can_hold = |v: &mut Verifier<'_>, ri: usize, d: DeviceId, s: StateId| -> bool {
+        if let Some(&b) = holds_in.get(&(ri, d, s)) {
+            return b;
+        }
+        let r = &site.rules[ri];
+        let b = if pinned_state(&r.cond, d).is_some_and(|p| p != s) {
+            false
+        } else {
+            let mut voc = Vocab::for_site(v.policy, site);
+            let c = voc.encode(&r.cond);
+            let at = voc.state_is(d, s);
+            voc.query.facts.push(Term::And(vec![c, at]));
+            // Undecided counts as "can hold": more rules fire, which keeps proofs sound.
+            !matches!(
+                v.solve(
+                    &voc.query,
+                    r.loc,
+                    "whether a rule can hold after a state change"
+                ),
+                Some(Outcome::Unsat)
+            )
+        };
+        holds_in.insert((ri, d, s), b);
+        b
+    };
+    let waits: Vec<bool> = site.rules.iter().map(waits_for_state_change).collect();
+    let reads: Vec<BTreeSet<DeviceId>> = site
+        .rules
+        .iter()
+        .map(|r| {
+            r.cond
+                .nodes()
+                .filter_map(|n| match &n.kind {
+                    ExprKind::InState { device, .. } => Some(*device),
+                    _ => None,
+                })
+                .collect()
+        })
+        .collect();
+    // Rules that can be due at any time can fire whenever their condition holds; their
+    // targets are entered too.
+    let mut woken: Vec<bool> = waits.iter().map(|w| !w).collect();
+    for (ri, r) in site.rules.iter().enumerate() {
+        if live[ri] && woken[ri] {
+            for (d, s, _) in gotos(r) {
+                entered
+                    .entry(site.devices[d.index()].ty)
+                    .or_default()
+                    .insert(s);
+            }
+        }
+    }
+    loop {
+        let mut changed = false;
+        for ri in 0..site.rules.len() {
+            if !live[ri] || woken[ri] {
+                continue;
+            }
+            let candidates: Vec<(DeviceId, StateId)> = reads[ri]
+                .iter()
+                .flat_map(|&d| {
+                    let ty = site.devices[d.index()].ty;
+                    entered.get(&ty).into_iter().flatten().map(move |&s| (d, s))
+                })
+                .collect();
+            if candidates.into_iter().any(|(d, s)| can_hold(v, ri, d, s)) {
+                woken[ri] = true;
+                changed = true;
+                for (d, s, _) in gotos(&site.rules[ri]) {
+                    entered
+                        .entry(site.devices[d.index()].ty)
+                        .or_default()
+                        .insert(s);
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+
+    for (ri, r) in site.rules.iter().enumerate() {
+        if !live[ri] {
             continue;
         }
-        for a in &r.actions {
-            match a {
-                Action::Goto { device, state, .. } => {
-                    let ty = site.devices[device.index()].ty;
-                    facts
-                        .rule_moves
-                        .entry(ty)
-                        .or_default()
-                        .push((pinned_state(&r.cond, *device), *state));
-                }
-                Action::Raise { device, alert, .. } => {
-                    let ty = site.devices[device.index()].ty;
-                    facts
-                        .raised
-                        .entry(ty)
-                        .or_default()
-                        .insert((alert.clone(), pinned_state(&r.cond, *device)));
-                }
-                Action::Command { .. } => {}
+        if !woken[ri] {
+            live[ri] = false;
+            let names: Vec<&str> = reads[ri]
+                .iter()
+                .map(|d| site.devices[d.index()].name.as_str())
+                .collect();
+            v.push(
+                Diagnostic::error(codes::DEAD, format!("rule `{}` can never fire", r.name))
+                    .primary(r.cond.loc, "holds in no state a device it tests can enter")
+                    .secondary(r.loc, "rule declared here")
+                    .help("a rule that reads no sensed value and no clock is evaluated only when a device it tests enters a state, never at the start; test a state that is entered, or read a sensed value")
+                    .witness(json!({ "rule": r.name, "satisfiable": true, "reads_states_of": names })),
+            );
+            continue;
+        }
+        // The states each device the rule acts on may be in when it fires.
+        let mut from = |v: &mut Verifier<'_>, d: DeviceId| -> States {
+            if waits[ri] && reads[ri].len() == 1 && reads[ri].contains(&d) {
+                // Only `d` entering a state makes the rule due: it fires in one it entered.
+                let ty = site.devices[d.index()].ty;
+                let states: Vec<StateId> =
+                    entered.get(&ty).into_iter().flatten().copied().collect();
+                Some(
+                    states
+                        .into_iter()
+                        .filter(|&s| can_hold(v, ri, d, s))
+                        .collect(),
+                )
+            } else {
+                pinned_state(&r.cond, d).map(|p| BTreeSet::from([p]))
             }
+        };
+        // The rule's actions, in order: its moves, then the alerts it raised, each
+        // offered to the device in the state it is in at that point.
+        let mut at: BTreeMap<DeviceId, States> = BTreeMap::new();
+        for (d, to, _) in gotos(r) {
+            let before = match at.get(&d) {
+                Some(s) => s.clone(),
+                None => from(v, d),
+            };
+            let ty = site.devices[d.index()].ty;
+            let moves = facts.rule_moves.entry(ty).or_default();
+            match &before {
+                Some(states) => moves.extend(states.iter().map(|&s| (Some(s), to))),
+                None => moves.push((None, to)),
+            }
+            at.insert(d, Some(BTreeSet::from([to])));
+        }
+        for a in &r.actions {
+            let Action::Raise { device, alert, .. } = a else {
+                continue;
+            };
+            let here = match at.get(device) {
+                Some(s) => s.clone(),
+                None => from(v, *device),
+            };
+            let ty_id = site.devices[device.index()].ty;
+            let raised = facts.raised.entry(ty_id).or_default();
+            match &here {
+                Some(states) => raised.extend(states.iter().map(|&s| (alert.clone(), Some(s)))),
+                None => {
+                    raised.insert((alert.clone(), None));
+                }
+            }
+            let next = after_alert(v.policy.device_type(ty_id), &here, alert);
+            at.insert(*device, next);
         }
     }
     live
