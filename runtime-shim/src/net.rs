@@ -175,6 +175,77 @@ pub fn exposure(interface: &str) -> Option<String> {
     None
 }
 
+/// Queueing disciplines that hold no filter, so no action that could send a frame
+/// elsewhere (`mirred` redirects, mirrors): what the kernel puts on an interface by
+/// default, and the other classless ones.
+const PLAIN_QDISCS: [&str; 9] = [
+    "noqueue",
+    "pfifo_fast",
+    "fq_codel",
+    "mq",
+    "pfifo",
+    "bfifo",
+    "fq",
+    "sfq",
+    "cake",
+];
+
+/// The kernel hooks on interfaces that can move a frame around the switch: an XDP
+/// program, or traffic control that can carry filters (an ingress or clsact qdisc, a
+/// classful root qdisc), by interface: what is there. Read with one `ip -o link show`
+/// and one `tc -j qdisc show`.
+pub async fn hooks(
+    limit: Duration,
+) -> Result<std::collections::BTreeMap<String, String>, CmdError> {
+    let mut out = std::collections::BTreeMap::new();
+    let links = cmd::run("ip", &["-o", "link", "show"], None, limit).await?;
+    for line in links.lines() {
+        let Some(name) = line.split(": ").nth(1) else {
+            continue;
+        };
+        let name = name.split('@').next().unwrap_or(name);
+        if line
+            .split_whitespace()
+            .any(|w| w.starts_with("xdp") || w.starts_with("prog/xdp"))
+        {
+            out.insert(name.to_string(), "an XDP program".to_string());
+        }
+    }
+    let qdiscs = cmd::run("tc", &["-j", "qdisc", "show"], None, limit).await?;
+    let parsed: Vec<serde_json::Value> = serde_json::from_str(&qdiscs).unwrap_or_default();
+    for q in parsed {
+        let (Some(dev), Some(kind)) = (q["dev"].as_str(), q["kind"].as_str()) else {
+            continue;
+        };
+        if !PLAIN_QDISCS.contains(&kind) {
+            out.entry(dev.to_string())
+                .or_insert_with(|| format!("the qdisc `{kind}`"));
+        }
+    }
+    Ok(out)
+}
+
+/// Takes the hooks of [`hooks`] off an interface: its ingress and clsact qdiscs, its root
+/// qdisc (the kernel's default comes back), its XDP programs. What is not there is fine.
+pub async fn unhook(interface: &str, limit: Duration) {
+    for args in [
+        ["qdisc", "del", "dev", interface, "ingress"].as_slice(),
+        &["qdisc", "del", "dev", interface, "clsact"],
+        &["qdisc", "del", "dev", interface, "root"],
+    ] {
+        let _ = cmd::run("tc", args, None, limit).await;
+    }
+    for mode in ["xdp", "xdpgeneric", "xdpdrv"] {
+        let _ = cmd::run(
+            "ip",
+            &["link", "set", "dev", interface, mode, "off"],
+            None,
+            limit,
+        )
+        .await;
+    }
+}
+
 /// Removes host ends (and with them their peers); missing ones are fine.
 pub async fn unplug(links: &[Link], limit: Duration) {
     for l in links {

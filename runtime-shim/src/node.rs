@@ -15,7 +15,7 @@ use crate::cmd::CmdError;
 use crate::docker::{self, ContainerSpec, DockerError};
 use crate::manifest::{Container, UnknownHosts};
 use crate::net::{self, Link};
-use crate::ovs::{Isolation, Ovs, OvsError};
+use crate::ovs::{self, Isolation, Ovs, OvsError};
 use kalki_openflow::{self as of, FlowMod};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -77,8 +77,18 @@ impl Default for NodeConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     CreateBridge,
+    /// Make the bridge fail-closed again: `fail_mode=secure`, no controller, no mirror.
+    SecureBridge,
     /// Keep the node's own network stack off an interface the switch uses.
     Isolate {
+        name: String,
+    },
+    /// Take the kernel hooks (XDP, traffic control filters) off an interface.
+    Unhook {
+        name: String,
+    },
+    /// Clear a port's OpenFlow configuration bits (down, no-forward, ...).
+    ResetPort {
         name: String,
     },
     /// The uplink or a device's port (an existing interface).
@@ -218,6 +228,14 @@ pub struct SwitchView {
     ports: BTreeMap<String, i64>,
     /// The flows, by owner, each as `ovs-ofctl` would write it, sorted.
     flows: BTreeMap<Owner, Vec<String>>,
+    /// Devices whose flows on the switch are none of their rule sets (tampered with):
+    /// such flows may act on any device's packets.
+    tampered: BTreeSet<usize>,
+    /// What of the bridge's configuration lets traffic around the flows (a fail mode
+    /// other than secure, a controller, a mirror; `Ovs::bridge_leaks`).
+    pub leaks: Vec<String>,
+    /// The ports' OpenFlow configuration and link state, by name (`Ovs::port_desc`).
+    pub desc: BTreeMap<String, ovs::PortDesc>,
 }
 
 /// One look at the node: the switch, the container engine, the host's interfaces. Each
@@ -230,6 +248,9 @@ pub struct Observation {
     pub interfaces: Result<BTreeSet<String>, String>,
     /// Interfaces the switch uses on which the node's own stack is still on: what is on.
     pub exposed: BTreeMap<String, String>,
+    /// Interfaces the switch uses with a kernel hook that can move frames around it (an
+    /// XDP program, traffic control that can carry filters): what is there.
+    pub hooked: BTreeMap<String, String>,
 }
 
 impl Observation {
@@ -351,10 +372,28 @@ impl Node {
             let owner = self.owner(f.cookie);
             by.entry(owner).or_default().push(f);
         }
+        let flows: BTreeMap<Owner, Vec<String>> =
+            by.into_iter().map(|(o, f)| (o, normalised(&f))).collect();
+        let tampered = flows
+            .iter()
+            .filter_map(|(o, f)| match o {
+                Owner::Device(d) => {
+                    let states = &self.bundle.manifest.devices[*d].states;
+                    let known = states
+                        .iter()
+                        .any(|st| self.expected.get(&st.flows).map(Vec::as_slice) == Some(f));
+                    (!known).then_some(*d)
+                }
+                _ => None,
+            })
+            .collect();
         SwitchView {
             bridge,
             ports,
-            flows: by.into_iter().map(|(o, f)| (o, normalised(&f))).collect(),
+            flows,
+            tampered,
+            leaks: Vec::new(),
+            desc: BTreeMap::new(),
         }
     }
 
@@ -499,7 +538,10 @@ impl Node {
             }
             let ports = self.ovs.ports().await?;
             let flows = self.on_switch(SwitchOp::Dump).await?;
-            Ok::<SwitchView, NodeError>(self.switch_view(bridge, ports, flows))
+            let mut view = self.switch_view(bridge, ports, flows);
+            view.leaks = self.ovs.bridge_leaks().await?;
+            view.desc = self.ovs.port_desc().await?;
+            Ok::<SwitchView, NodeError>(view)
         };
         let containers = async {
             let list = self
@@ -513,8 +555,13 @@ impl Node {
                 .await
                 .map_err(NodeError::from)
         };
-        let (switch, containers, interfaces) =
-            futures_util::future::join3(switch, containers, interfaces).await;
+        let hooks = async {
+            net::hooks(self.cfg.call_timeout)
+                .await
+                .map_err(NodeError::from)
+        };
+        let (switch, containers, interfaces, hooks) =
+            futures_util::future::join4(switch, containers, interfaces, hooks).await;
         let interfaces = interfaces.map_err(|e| e.to_string());
         let exposed = match &interfaces {
             Ok(present) => self
@@ -525,11 +572,25 @@ impl Node {
                 .collect(),
             Err(_) => BTreeMap::new(),
         };
+        let managed = self.managed_interfaces();
+        let hooked = match hooks {
+            Ok(h) => h
+                .into_iter()
+                .filter(|(i, _)| managed.contains(i.as_str()))
+                .collect(),
+            // Unreadable hooks are reported on every managed interface: nothing is
+            // claimed that was not seen.
+            Err(e) => managed
+                .iter()
+                .map(|i| (i.to_string(), format!("hooks that cannot be read ({e})")))
+                .collect(),
+        };
         Observation {
             switch: switch.map_err(|e| e.to_string()),
             containers: containers.map_err(|e| e.to_string()),
             interfaces,
             exposed,
+            hooked,
         }
     }
 
@@ -550,6 +611,7 @@ impl Node {
         &self,
         containers: &BTreeMap<String, docker::Running>,
         ports: &BTreeMap<String, i64>,
+        desc: &BTreeMap<String, ovs::PortDesc>,
         path: &str,
         c: &Container,
     ) -> bool {
@@ -558,9 +620,10 @@ impl Node {
         };
         running.running
             && running.labels.get(LABEL_SPEC) == Some(&self.spec_digest(path))
-            && c.interfaces
-                .iter()
-                .all(|i| ports.get(&i.port_name) == Some(&i64::from(i.ofport)))
+            && c.interfaces.iter().all(|i| {
+                ports.get(&i.port_name) == Some(&i64::from(i.ofport))
+                    && !desc.get(&i.port_name).is_some_and(|p| p.link_down)
+            })
     }
 
     /// What it takes to bring the node to the bundle with devices in `states` (indices
@@ -590,8 +653,19 @@ impl Node {
         if !sw.bridge {
             plan.actions.push(Action::CreateBridge);
         }
+        if !sw.leaks.is_empty() {
+            plan.actions.push(Action::SecureBridge);
+        }
         for name in obs.exposed.keys() {
             plan.actions.push(Action::Isolate { name: name.clone() });
+        }
+        for name in obs.hooked.keys() {
+            plan.actions.push(Action::Unhook { name: name.clone() });
+        }
+        for (name, p) in &sw.desc {
+            if !p.config.is_empty() && self.managed_interfaces().contains(name.as_str()) {
+                plan.actions.push(Action::ResetPort { name: name.clone() });
+            }
         }
         let mut expected_ports: BTreeSet<String> = BTreeSet::new();
         for (name, ofport, _) in self.fixed_ports() {
@@ -619,7 +693,7 @@ impl Node {
                 for i in &c.interfaces {
                     expected_ports.insert(i.port_name.clone());
                 }
-                if !self.up_to_date(containers, &sw.ports, path, c) {
+                if !self.up_to_date(containers, &sw.ports, &sw.desc, path, c) {
                     plan.actions.push(Action::StartContainer {
                         device: d,
                         path: path.to_string(),
@@ -704,8 +778,26 @@ impl Node {
                 strays.join(", ")
             ));
         }
+        // Another device's flows that are none of its rule sets may match this one's
+        // packets (K208 proves only the bundle's sets apart).
+        for &other in sw.tampered.iter().filter(|&&o| o != device) {
+            why.push(format!(
+                "the switch holds flows of `{}` that are none of its rule sets",
+                m.devices[other].name
+            ));
+        }
+        if !sw.leaks.is_empty() {
+            why.push(format!(
+                "the bridge lets traffic around its flows: {}",
+                sw.leaks.join(", ")
+            ));
+        }
         let d = &m.devices[device];
-        let port = |name: &str, ofport: u32, what: &str, why: &mut Vec<String>| {
+        // A port of the posture: on the bridge with its number and its interface,
+        // forwarding, with nothing of the node's stack or the kernel's hooks on it;
+        // `chain`: a µmbox's, whose link must also be up (a device may unplug itself,
+        // and the uplink's far end may go down, without anything getting through).
+        let port = |name: &str, ofport: u32, what: &str, chain: bool, why: &mut Vec<String>| {
             match sw.ports.get(name) {
                 None => why.push(format!("{what} `{name}` is not on the bridge")),
                 Some(&n) if n == i64::from(ofport) => {}
@@ -714,14 +806,35 @@ impl Node {
                     "{what} `{name}` is OpenFlow port {n}, not {ofport}"
                 )),
             }
+            if obs
+                .interfaces
+                .as_ref()
+                .is_ok_and(|present| !present.contains(name))
+                && sw.ports.get(name).is_some_and(|&n| n != -1)
+            {
+                why.push(format!("{what} `{name}` has lost its interface"));
+            }
+            if let Some(p) = sw.desc.get(name) {
+                if !p.config.is_empty() {
+                    why.push(format!("{what} `{name}` is set {}", p.config.join(" ")));
+                }
+                if chain && p.link_down {
+                    why.push(format!("{what} `{name}` has its link down"));
+                }
+            }
             if let Some(on) = obs.exposed.get(name) {
                 why.push(format!("the node's own stack is on `{name}` ({on})"));
             }
+            if let Some(hook) = obs.hooked.get(name) {
+                why.push(format!(
+                    "`{name}` has {hook}, which can move frames around the switch"
+                ));
+            }
         };
         if let Some(up) = &m.uplink.name {
-            port(up, m.uplink.ofport, "the uplink", &mut why);
+            port(up, m.uplink.ofport, "the uplink", false, &mut why);
         }
-        port(&d.port, d.ofport, "its port", &mut why);
+        port(&d.port, d.ofport, "its port", false, &mut why);
         let flows = held(Owner::Device(device));
         if flows != self.expected_flows(device, target) {
             why.push(match target {
@@ -748,7 +861,7 @@ impl Node {
                                     why.push(format!("µmbox `{}` runs another definition", c.name));
                                 }
                                 for i in &c.interfaces {
-                                    port(&i.port_name, i.ofport, "µmbox port", &mut why);
+                                    port(&i.port_name, i.ofport, "µmbox port", true, &mut why);
                                 }
                             }
                             _ => why.push(format!("µmbox `{}` is not running", c.name)),
@@ -777,6 +890,8 @@ impl Node {
                     self.ovs.ensure_bridge(&self.cfg.datapath).await?;
                 }
                 Action::Isolate { name } => net::isolate(name)?,
+                Action::SecureBridge => self.ovs.secure_bridge().await?,
+                Action::Unhook { name } => net::unhook(name, self.cfg.call_timeout).await,
                 Action::AddPort { name, ofport } => {
                     // The node's stack off it before the switch uses it.
                     net::isolate(name)?;
@@ -788,6 +903,7 @@ impl Node {
                 Action::RemovePort { name } => {
                     self.ovs.del_port(name).await?;
                 }
+                Action::ResetPort { name } => self.ovs.reset_port_config(name).await?,
                 _ => {}
             }
         }
@@ -1085,7 +1201,9 @@ pub fn ports_of(c: &docker::Running) -> Vec<String> {
 fn order(a: &Action) -> u8 {
     match a {
         Action::CreateBridge => 0,
-        Action::Isolate { .. } => 1,
+        Action::SecureBridge => 0,
+        Action::Isolate { .. } | Action::Unhook { .. } => 1,
+        Action::ResetPort { .. } => 2,
         Action::RemovePort { .. } => 1,
         Action::AddPort { .. } => 2,
         Action::StartContainer { .. } => 3,
@@ -1110,6 +1228,19 @@ impl fmt::Display for Action {
             Action::CreateBridge => write!(f, "create the bridge (fail_mode=secure, OpenFlow 1.5)"),
             Action::Isolate { name } => {
                 write!(f, "keep the node's own network stack off {name}")
+            }
+            Action::SecureBridge => write!(
+                f,
+                "make the bridge fail-closed again (fail_mode=secure, no controller, no mirror)"
+            ),
+            Action::Unhook { name } => {
+                write!(f, "take the XDP and traffic-control hooks off {name}")
+            }
+            Action::ResetPort { name } => {
+                write!(
+                    f,
+                    "clear port {name}'s OpenFlow config (down, no-forward, ...)"
+                )
             }
             Action::AddPort { name, ofport } => {
                 write!(f, "add port {name} as OpenFlow port {ofport}")

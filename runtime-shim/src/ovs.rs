@@ -79,6 +79,100 @@ impl Ovs {
         Ok(())
     }
 
+    /// What of the bridge's own configuration would let traffic around the rule sets:
+    /// a fail mode other than `secure` (OVS then forwards as a learning switch whenever
+    /// no controller answers), a controller (it could install flows), mirrors (they copy
+    /// a port's traffic to another port whatever the flows say). Empty: none.
+    pub async fn bridge_leaks(&self) -> Result<Vec<String>, OvsError> {
+        let out = self
+            .vsctl(&[
+                "get",
+                "bridge",
+                &self.bridge,
+                "fail_mode",
+                "controller",
+                "mirrors",
+            ])
+            .await?;
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        let mut leaks = Vec::new();
+        match lines.first() {
+            Some(&"secure") => {}
+            Some(mode) => leaks.push(format!(
+                "fail_mode is `{}`, not `secure`",
+                mode.trim_matches('"')
+            )),
+            None => leaks.push("fail_mode cannot be read".to_string()),
+        }
+        if lines.get(1).is_some_and(|c| *c != "[]") {
+            leaks.push("a controller is set".to_string());
+        }
+        if lines.get(2).is_some_and(|m| *m != "[]") {
+            leaks.push("a port mirror is set".to_string());
+        }
+        Ok(leaks)
+    }
+
+    /// Makes the bridge fail-closed again, in one transaction: `fail_mode=secure`, no
+    /// controller, no mirror.
+    pub async fn secure_bridge(&self) -> Result<(), OvsError> {
+        self.vsctl(&[
+            "set",
+            "bridge",
+            &self.bridge,
+            "fail_mode=secure",
+            "--",
+            "del-controller",
+            &self.bridge,
+            "--",
+            "clear",
+            "bridge",
+            &self.bridge,
+            "mirrors",
+        ])
+        .await
+        .map(|_| ())
+    }
+
+    /// Every port's OpenFlow configuration bits other than none (`PORT_DOWN`, `NO_RECV`,
+    /// `NO_FWD`, `NO_PACKET_IN`) and whether its link is down, by port name, from the
+    /// switch's port descriptions (`ovs-ofctl show`).
+    pub async fn port_desc(&self) -> Result<BTreeMap<String, PortDesc>, OvsError> {
+        let t = self.timeout_flag();
+        let out = cmd::run(
+            "ovs-ofctl",
+            &["-O", "OpenFlow15", &t, "show", &self.bridge],
+            None,
+            self.deadline(),
+        )
+        .await?;
+        Ok(parse_port_desc(&out))
+    }
+
+    /// Clears a port's OpenFlow configuration bits (`mod-port`: up, receive, forward,
+    /// packet-in).
+    pub async fn reset_port_config(&self, name: &str) -> Result<(), OvsError> {
+        let t = self.timeout_flag();
+        for action in ["up", "receive", "forward", "packet-in"] {
+            cmd::run(
+                "ovs-ofctl",
+                &[
+                    "-O",
+                    "OpenFlow15",
+                    &t,
+                    "mod-port",
+                    &self.bridge,
+                    name,
+                    action,
+                ],
+                None,
+                self.deadline(),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     pub async fn bridge_exists(&self) -> Result<bool, OvsError> {
         let out = self.vsctl(&["list-br"]).await?;
         Ok(out.lines().any(|l| l == self.bridge))
@@ -218,5 +312,62 @@ impl Ovs {
         self.vsctl(&["--if-exists", "del-port", &self.bridge, name])
             .await
             .map(|_| ())
+    }
+}
+
+/// A port as the switch describes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortDesc {
+    /// Its OpenFlow configuration bits, none when it forwards normally.
+    pub config: Vec<String>,
+    pub link_down: bool,
+}
+
+/// ` 1(kxp0): addr:..` then `     config:     NO_FWD` and `     state:      LINK_DOWN`.
+fn parse_port_desc(out: &str) -> BTreeMap<String, PortDesc> {
+    let mut ports = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in out.lines() {
+        let t = line.trim();
+        if line.starts_with(' ') && !line.starts_with("  ") {
+            current = t
+                .split_once('(')
+                .and_then(|(_, rest)| rest.split_once("):"))
+                .map(|(name, _)| name.to_string());
+            if let Some(n) = &current {
+                ports.insert(n.clone(), PortDesc::default());
+            }
+        } else if let Some(p) = current.as_ref().and_then(|n| ports.get_mut(n)) {
+            if let Some(c) = t.strip_prefix("config:") {
+                p.config = c
+                    .split_whitespace()
+                    .filter(|w| *w != "0")
+                    .map(String::from)
+                    .collect();
+            } else if let Some(st) = t.strip_prefix("state:") {
+                p.link_down = st.split_whitespace().any(|w| w == "LINK_DOWN");
+            }
+        }
+    }
+    ports
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_descriptions() {
+        let out = "OFPST_PORT_DESC reply (OF1.5) (xid=0x3):\n \
+                   1(kxp0): addr:ba:d2:7e:ef:d4:7e\n     config:     NO_FWD\n     \
+                   state:      LINK_DOWN\n     current:    10GB-FD COPPER\n \
+                   2(k5p2): addr:ba:d2:7e:ef:d4:7f\n     config:     0\n     state:      0\n \
+                   LOCAL(br): addr:be:5f:15:85:cd:4d\n     config:     PORT_DOWN\n     \
+                   state:      LINK_DOWN\n";
+        let p = parse_port_desc(out);
+        assert_eq!(p["kxp0"].config, ["NO_FWD"]);
+        assert!(p["kxp0"].link_down);
+        assert_eq!(p["k5p2"], PortDesc::default());
+        assert_eq!(p["br"].config, ["PORT_DOWN"]);
     }
 }

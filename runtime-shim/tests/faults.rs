@@ -715,3 +715,78 @@ fn unreachable_switch_not_enforced() {
     assert_no_frames(&capture.stop(), "cam (attack) reached the uplink host");
     assert!(shim.running(), "the shim exited:\n{}", api.log_text());
 }
+
+/// The bridge and its ports tampered with by hand, as root on the node could: a mirror
+/// copying `cam`'s port to the uplink, the bridge set fail-open with a controller, the
+/// camera's tap µmbox port set not to forward, a traffic-control redirect from `cam`'s
+/// port straight to the uplink's. Each is seen by the next status (exit 3, the reason
+/// named) and undone by the shim without a restart: the mirror, the controller, the
+/// port's config and the qdisc are gone, and every device is enforced again. The shim
+/// runs with a long reconcile interval, so that what finds the fault is the status
+/// itself (which then has the node repaired at once).
+#[test]
+fn tampered_bridge_and_ports_heal() {
+    let _one = exclusive();
+    if !ready() {
+        return;
+    }
+    let lab = Lab::new("faults-tamper");
+    let api = Api::new(lab.tmp.path());
+    let _qdisc = OnDrop(|| {
+        sh("tc qdisc del dev ke-cam0 ingress 2>/dev/null");
+    });
+    let mut shim = api.start(
+        &lab.bundle,
+        &lab.journal(),
+        &["--ready-timeout", "30", "--reconcile-interval", "3600"],
+    );
+    lab.wait_node(&api, WAIT);
+    let tap = lab.umbox_port("cam", "sniffer", "tap");
+    let no_forward = format!("ovs-ofctl -O OpenFlow15 mod-port {BRIDGE} {tap} no-forward");
+    let cases: [(&str, &str, &str); 4] = [
+        (
+            "a mirror",
+            "ovs-vsctl -- --id=@p get port ke-cam0 -- --id=@o get port ke-up \
+             -- --id=@m create mirror name=kf-mirror select-src-port=@p output-port=@o \
+             -- add bridge kt-e2e mirrors @m",
+            "a port mirror is set",
+        ),
+        (
+            "a fail-open bridge with a controller",
+            "ovs-vsctl set bridge kt-e2e fail_mode=standalone -- set-controller kt-e2e tcp:127.0.0.1:6699",
+            "fail_mode is `standalone`, not `secure`",
+        ),
+        ("a port that does not forward", &no_forward, "is set NO_FWD"),
+        (
+            "a traffic-control redirect",
+            "tc qdisc add dev ke-cam0 ingress && tc filter add dev ke-cam0 parent ffff: \
+             protocol all u32 match u32 0 0 action mirred egress redirect dev ke-up",
+            "has the qdisc `ingress`, which can move frames around the switch",
+        ),
+    ];
+    for (what, tamper, reason) in cases {
+        ok(tamper);
+        let (code, status) = api.status();
+        assert_eq!(code, 3, "{what}: {status}");
+        let cam = &entry(&status, "cam")["enforcement"];
+        assert_eq!(cam["verdict"], "not_enforced", "{what}: {status}");
+        assert!(
+            cam["reason"].as_str().unwrap_or("").contains(reason),
+            "{what}: {status}"
+        );
+        lab.wait_enforced(&api, &ALL, WAIT);
+    }
+    // Undone, not merely reported.
+    let bridge = ok("ovs-vsctl get bridge kt-e2e fail_mode controller mirrors");
+    assert_eq!(
+        bridge.split_whitespace().collect::<Vec<_>>(),
+        ["secure", "[]", "[]"]
+    );
+    assert!(
+        !ok(&format!("ovs-ofctl -O OpenFlow15 show {BRIDGE}")).contains("NO_FWD"),
+        "the port forwards again"
+    );
+    assert!(!ok("tc qdisc show dev ke-cam0").contains("ingress"));
+    assert_flows!(&device("cam"), "cam after the repairs");
+    assert!(shim.running(), "the shim exited:\n{}", api.log_text());
+}

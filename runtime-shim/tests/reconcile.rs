@@ -14,6 +14,7 @@ use kalki_openflow::{parse_rule_set, FlowMod};
 use kalki_shim::bundle::Bundle;
 use kalki_shim::docker::{self, Running};
 use kalki_shim::node::{Action, Node, NodeConfig, Observation, Target, LABEL_PORTS, LABEL_SITE};
+use kalki_shim::ovs::PortDesc;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -86,6 +87,7 @@ fn healthy(node: &Node) -> Observation {
         containers: Ok(containers),
         interfaces: Ok(interfaces),
         exposed: BTreeMap::new(),
+        hooked: BTreeMap::new(),
     }
 }
 
@@ -384,4 +386,149 @@ fn no_flows_is_enforced_only_when_the_switch_holds_none_of_the_device() {
         ),
         "{p:?}"
     );
+}
+
+#[test]
+fn a_fail_open_bridge_a_controller_or_a_mirror_is_not_enforced_and_secured() {
+    let node = node();
+    for leak in [
+        "fail_mode is `standalone`, not `secure`",
+        "a controller is set",
+        "a port mirror is set",
+    ] {
+        let mut obs = healthy(&node);
+        if let Ok(sw) = &mut obs.switch {
+            sw.leaks = vec![leak.to_string()];
+        }
+        for v in verdicts(&node, &obs) {
+            let why = v.unwrap_err();
+            assert!(
+                why.contains("the bridge lets traffic around its flows"),
+                "{why}"
+            );
+            assert!(why.contains(leak), "{why}");
+        }
+        assert_eq!(plan(&node, &obs), vec![Action::SecureBridge]);
+    }
+}
+
+#[test]
+fn another_devices_flows_that_are_none_of_its_sets_make_every_device_not_enforced() {
+    // A flow under d1's own cookie that steers d0's packets: d1's set is none of its
+    // rule sets, and d0 is judged not enforced too (its packets may meet that flow).
+    let node = node();
+    let obs = healthy(&node);
+    let m = &node.bundle().manifest;
+    let cookie = m.devices[1].states[0].cookie.0;
+    let mut f = healthy_flows(&node);
+    f.extend(
+        parse_rule_set(&format!(
+            "table=0,cookie={cookie:#x},priority=2000,in_port={},actions=output:1\n",
+            m.devices[0].ofport
+        ))
+        .unwrap(),
+    );
+    let o = with_switch(&node, &obs, healthy_ports(&node), f);
+    let v = verdicts(&node, &o);
+    assert!(
+        v[0].as_ref()
+            .unwrap_err()
+            .contains("the switch holds flows of `d1` that are none of its rule sets"),
+        "{v:?}"
+    );
+    assert!(v[1].as_ref().unwrap_err().contains("not those of `normal`"));
+    // d1 holding another of its own sets is no threat to d0.
+    let mut f = flows(&node, "flows/base.ofctl");
+    f.extend(flows(&node, &m.devices[0].states[0].flows));
+    f.extend(flows(&node, &m.devices[1].states[3].flows));
+    let o = with_switch(&node, &obs, healthy_ports(&node), f);
+    assert_eq!(node.check(&o, 0, NORMAL), Ok(()));
+}
+
+#[test]
+fn a_port_set_down_or_not_forwarding_is_not_enforced_and_reset() {
+    let node = node();
+    let c = node
+        .bundle()
+        .containers
+        .values()
+        .find(|c| c.name == "kalki-node-d0-0-probe")
+        .unwrap()
+        .clone();
+    let umbox_port = c.interfaces[0].port_name.clone();
+    for (name, config) in [("ktn-d0", "NO_FWD"), (umbox_port.as_str(), "PORT_DOWN")] {
+        let mut obs = healthy(&node);
+        if let Ok(sw) = &mut obs.switch {
+            sw.desc.insert(
+                name.to_string(),
+                PortDesc {
+                    config: vec![config.to_string()],
+                    link_down: false,
+                },
+            );
+        }
+        let why = node.check(&obs, 0, NORMAL).unwrap_err();
+        assert!(why.contains(&format!("`{name}` is set {config}")), "{why}");
+        assert_eq!(
+            plan(&node, &obs),
+            vec![Action::ResetPort {
+                name: name.to_string()
+            }]
+        );
+    }
+    // A µmbox port whose link is down breaks the chain: restarted. A device port whose
+    // link is down is the device unplugged: still enforced.
+    let mut obs = healthy(&node);
+    if let Ok(sw) = &mut obs.switch {
+        for name in [umbox_port.as_str(), "ktn-d1"] {
+            sw.desc.insert(
+                name.to_string(),
+                PortDesc {
+                    config: vec![],
+                    link_down: true,
+                },
+            );
+        }
+    }
+    let why = node.check(&obs, 0, NORMAL).unwrap_err();
+    assert!(why.contains("has its link down"), "{why}");
+    assert_eq!(node.check(&obs, 1, NORMAL), Ok(()));
+    let p = plan(&node, &obs);
+    assert!(
+        p.iter()
+            .any(|a| matches!(a, Action::StartContainer { device: 0, .. })),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn a_kernel_hook_on_a_port_is_not_enforced_and_taken_off() {
+    let node = node();
+    let mut obs = healthy(&node);
+    obs.hooked
+        .insert("ktn-d0".into(), "an `ingress` qdisc".into());
+    let why = node.check(&obs, 0, NORMAL).unwrap_err();
+    assert!(
+        why.contains("`ktn-d0` has an `ingress` qdisc, which can move frames around the switch"),
+        "{why}"
+    );
+    assert_eq!(node.check(&obs, 1, NORMAL), Ok(()));
+    assert_eq!(
+        plan(&node, &obs),
+        vec![Action::Unhook {
+            name: "ktn-d0".into()
+        }]
+    );
+}
+
+#[test]
+fn a_port_whose_interface_is_gone_is_not_enforced() {
+    // OVS keeps the port and its number after `ip link del`; the host has no interface.
+    let node = node();
+    let mut obs = healthy(&node);
+    if let Ok(i) = &mut obs.interfaces {
+        i.remove("ktn-d0");
+    }
+    let why = node.check(&obs, 0, NORMAL).unwrap_err();
+    assert_eq!(why, "its port `ktn-d0` has lost its interface");
 }
