@@ -662,11 +662,7 @@ impl Node {
         for name in obs.hooked.keys() {
             plan.actions.push(Action::Unhook { name: name.clone() });
         }
-        for (name, p) in &sw.desc {
-            if !p.config.is_empty() && self.managed_interfaces().contains(name.as_str()) {
-                plan.actions.push(Action::ResetPort { name: name.clone() });
-            }
-        }
+
         let mut expected_ports: BTreeSet<String> = BTreeSet::new();
         for (name, ofport, _) in self.fixed_ports() {
             if !present.contains(&name) {
@@ -706,6 +702,20 @@ impl Node {
         for name in sw.ports.keys() {
             if !expected_ports.contains(name) || restart_ports.contains(name) {
                 plan.actions.push(Action::RemovePort { name: name.clone() });
+            }
+        }
+        // Ports that stay, with OpenFlow config bits someone set (a port replugged or
+        // re-added comes back clean; one whose interface is gone has nothing to set).
+        for (name, p) in &sw.desc {
+            let stays = expected_ports.contains(name)
+                && !restart_ports.contains(name)
+                && sw.ports.get(name).is_some_and(|&n| n != -1)
+                && !plan
+                    .actions
+                    .iter()
+                    .any(|a| matches!(a, Action::AddPort { name: n, .. } if n == name));
+            if !p.config.is_empty() && stays {
+                plan.actions.push(Action::ResetPort { name: name.clone() });
             }
         }
         let empty: &[String] = &[];

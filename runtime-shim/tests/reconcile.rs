@@ -247,7 +247,19 @@ fn a_killed_umbox_is_not_enforced_and_is_started_again_on_fresh_ports() {
     for i in &c.interfaces {
         ports.insert(i.port_name.clone(), -1);
     }
-    let o = with_switch(&node, &obs, ports, healthy_flows(&node));
+    let mut o = with_switch(&node, &obs, ports, healthy_flows(&node));
+    // The switch also says those ports are down (their interfaces are gone).
+    if let Ok(sw) = &mut o.switch {
+        for i in &c.interfaces {
+            sw.desc.insert(
+                i.port_name.clone(),
+                PortDesc {
+                    config: vec!["PORT_DOWN".into()],
+                    link_down: true,
+                },
+            );
+        }
+    }
     let v = verdicts(&node, &o);
     assert_eq!(
         v[0],
@@ -267,6 +279,12 @@ fn a_killed_umbox_is_not_enforced_and_is_started_again_on_fresh_ports() {
                 name: i.port_name.clone()
             }),
             "the dead port is removed first: {p:?}"
+        );
+        assert!(
+            !p.contains(&Action::ResetPort {
+                name: i.port_name.clone()
+            }),
+            "a port about to be replugged is not reset: {p:?}"
         );
     }
     // A container running but whose port lost its interface is not enforced either.
