@@ -258,3 +258,24 @@ fn build_refuses_to_overwrite_what_is_not_a_bundle() {
         "keep me"
     );
 }
+
+/// The bundle's JSON files are the model's types (`kalki_model::manifest`) in their
+/// canonical form: each reads back into them and writes out to the very same bytes, so
+/// nothing the compiler writes is lost on the shim's side.
+#[test]
+fn manifests_read_back_into_the_model_types_unchanged() {
+    use kalki_model::manifest::{to_json, Container, Manifest};
+    for dir in ["examples/smart-office", "examples/kalki-lab-corrected"] {
+        let b = build(dir);
+        let bytes = &b.files["manifest.json"];
+        let manifest: Manifest = serde_json::from_slice(bytes).unwrap();
+        assert_eq!(&to_json(&manifest), bytes, "{dir}: manifest.json");
+        let mut containers = 0;
+        for (path, bytes) in b.files.iter().filter(|(p, _)| p.starts_with("containers/")) {
+            let c: Container = serde_json::from_slice(bytes).unwrap();
+            assert_eq!(&to_json(&c), bytes, "{dir}: {path}");
+            containers += 1;
+        }
+        assert!(containers > 0, "{dir}");
+    }
+}

@@ -1,16 +1,32 @@
-//! The shim's own types for `manifest.json` and the container manifests of a bundle, as
-//! `kalkic build` writes them (`docs/bundle.md`). The shim does not link the compiler: these
-//! mirror the compiler's serialised IR (`compiler/src/ir.rs`, source locations stripped),
-//! and `bundle.rs` checks that what they hold is consistent before anything uses it.
+//! The types of `manifest.json` and the container manifests of a bundle
+//! (`docs/bundle.md`): `kalkic build` writes them (`compiler/src/codegen/manifest.rs`
+//! lowers its typed IR into them, indices kept, source locations dropped) and the shim
+//! reads them; `bundle.rs` checks that what they hold is consistent before anything uses
+//! it. One definition, serde both ways; `docs/schema/` holds the JSON Schemas generated
+//! from them (`tests/schema.rs` fails when they drift).
 //!
 //! Unknown fields are ignored (a compiler may add information within one format
 //! version); unknown variants (an expression operator, a trigger kind) are errors.
 
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
 
+/// The bundle format these types describe, the one `kalkic build` writes.
+pub const FORMAT: u32 = 1;
+
 /// The bundle formats this shim understands.
-pub const SUPPORTED_FORMATS: &[u32] = &[1];
+pub const SUPPORTED_FORMATS: &[u32] = &[FORMAT];
+
+/// A bundle's JSON file as written: keys sorted (through [`serde_json::Value`], whose
+/// maps are ordered), two-space indentation, a final newline. Same value, same bytes.
+/// Cannot fail for the types of this module (every map has string keys); if it did, the
+/// bytes would be empty and the shim would refuse the file (S002).
+pub fn to_json(value: &impl Serialize) -> Vec<u8> {
+    let text = serde_json::to_value(value).and_then(|v| serde_json::to_string_pretty(&v));
+    let mut text = text.unwrap_or_default();
+    text.push('\n');
+    text.into_bytes()
+}
 
 /// Just the version field, read first so that a bundle of another format is refused as
 /// such (S003) rather than as a malformed one.
@@ -19,7 +35,7 @@ pub(crate) struct FormatOnly {
     pub format: serde_json::Value,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Manifest {
     pub format: u32,
     /// `kalkic` and its version.
@@ -40,7 +56,7 @@ pub struct Manifest {
     pub rules: Vec<Rule>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Uplink {
     pub name: Option<String>,
     pub ofport: u32,
@@ -54,8 +70,14 @@ pub enum UnknownHosts {
 }
 
 /// An OpenFlow cookie, written in the manifest as a hexadecimal string (`"0x2000...0"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cookie(pub u64);
+
+impl Serialize for Cookie {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:#x}", self.0))
+    }
+}
 
 impl<'de> Deserialize<'de> for Cookie {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -69,27 +91,28 @@ impl<'de> Deserialize<'de> for Cookie {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Cookies {
     pub base: Cookie,
     /// Selects all the flows of one device.
     pub device_mask: Cookie,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct SourceDigest {
     pub name: String,
     pub sha256: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct FileDigest {
     /// Relative to the bundle directory, `/`-separated.
     pub path: String,
     pub sha256: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// One switch port the bundle needs, with the number to request for it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Port {
     pub name: String,
     pub ofport: u32,
@@ -97,7 +120,7 @@ pub struct Port {
     pub role: PortRole,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "role", rename_all = "lowercase")]
 pub enum PortRole {
     Uplink,
@@ -105,7 +128,8 @@ pub enum PortRole {
         device: String,
     },
     /// An interface of µmbox instance `instance` of the device (see
-    /// `containers/<device>/<instance>-<umbox>.json`).
+    /// `containers/<device>/<instance>-<umbox>.json`): `a` faces the device, `b` the
+    /// uplink, `tap` receives copies.
     Umbox {
         device: String,
         instance: usize,
@@ -114,7 +138,7 @@ pub enum PortRole {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
     A,
@@ -122,7 +146,7 @@ pub enum Side {
     Tap,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DeviceType {
     pub name: String,
     pub vars: Vec<Var>,
@@ -136,14 +160,14 @@ pub struct DeviceType {
     pub transitions: Vec<Transition>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Var {
     pub name: String,
     #[serde(rename = "type")]
     pub ty: VarType,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum VarType {
     Bool,
@@ -151,7 +175,7 @@ pub enum VarType {
     Enum { members: Vec<String> },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Transition {
     /// State indices into the type's `states`.
     pub from: u32,
@@ -159,7 +183,7 @@ pub struct Transition {
     pub trigger: Trigger,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Trigger {
     /// `on ALERT [count N within T]`; `count` is `[N, T in ms]`.
@@ -209,7 +233,7 @@ pub fn duration(ms: u64) -> String {
     format!("{ms}ms")
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Device {
     pub name: String,
     /// The name of its entry in `device_types`.
@@ -226,7 +250,7 @@ pub struct Device {
     pub states: Vec<DeviceState>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DeviceState {
     pub name: String,
     pub cookie: Cookie,
@@ -238,21 +262,21 @@ pub struct DeviceState {
 }
 
 /// A state's chain: a built-in, or µmbox names in order (device side first).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum Chain {
     Builtin(Builtin),
     Umboxes(Vec<String>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Builtin {
     Pass,
     Drop,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Rule {
     pub name: String,
     pub cond: Expr,
@@ -260,7 +284,7 @@ pub struct Rule {
     pub actions: Vec<Action>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Action {
     /// `dev -> state`.
@@ -272,13 +296,13 @@ pub enum Action {
 }
 
 /// A typed expression. Enum values are member indices.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Expr {
     pub kind: ExprKind,
     pub ty: Ty,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Ty {
     Bool,
@@ -292,7 +316,7 @@ pub enum Ty {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AggFunc {
     Avg,
@@ -312,7 +336,7 @@ impl AggFunc {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum CmpOp {
     Eq,
     Ne,
@@ -322,7 +346,7 @@ pub enum CmpOp {
     Ge,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum ArithOp {
     Add,
     Sub,
@@ -331,13 +355,13 @@ pub enum ArithOp {
 
 /// A sensed variable: of the device whose guard reads it (`device: null`, in transition
 /// guards) or of a site device (in rules).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 pub struct VarRef {
     pub device: Option<u32>,
     pub var: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum ExprKind {
     Bool {
@@ -416,7 +440,7 @@ impl Expr {
 
 /// One container manifest: a µmbox instance of a device
 /// (`containers/<device>/<i>-<umbox>.json`), shared by the states listed in `states`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Container {
     pub name: String,
     pub image: String,
@@ -432,14 +456,14 @@ pub struct Container {
     pub interfaces: Vec<Interface>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UmboxMode {
     Inline,
     Tap,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Interface {
     /// `a`, `b` or `tap`.
     pub name: String,
