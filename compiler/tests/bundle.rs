@@ -1,6 +1,7 @@
 //! The bundle (`kalkic build`): byte-identical rebuilds, a snapshot of the example's rule
-//! sets and manifest, digests that match the files, and the binary's refusals (a policy
-//! with errors, a destination that holds something else) leaving nothing behind.
+//! sets and manifest, digests that match the files, JSON files that are the model's types
+//! (read back unchanged, accepted by the committed schemas), and the binary's refusals (a
+//! policy with errors, a destination that holds something else) leaving nothing behind.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -278,4 +279,39 @@ fn manifests_read_back_into_the_model_types_unchanged() {
         }
         assert!(containers > 0, "{dir}");
     }
+}
+
+/// The committed JSON Schemas (`docs/schema/`, generated from the model's types) accept
+/// what `kalkic build` writes.
+#[test]
+fn bundles_satisfy_the_committed_schemas() {
+    let schema = |name: &str| {
+        let text = std::fs::read_to_string(repo_root().join("docs/schema").join(name)).unwrap();
+        let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+        jsonschema::validator_for(&schema).unwrap()
+    };
+    let (manifest, container) = (
+        schema("manifest.schema.json"),
+        schema("container.schema.json"),
+    );
+    for dir in ["examples/smart-office", "examples/kalki-lab-corrected"] {
+        for (path, bytes) in &build(dir).files {
+            let validator = match path.as_str() {
+                "manifest.json" => &manifest,
+                p if p.starts_with("containers/") => &container,
+                _ => continue,
+            };
+            let value: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&value)
+                .map(|e| format!("{} at {}", e, e.instance_path()))
+                .collect();
+            assert!(errors.is_empty(), "{dir}: {path}: {errors:#?}");
+        }
+    }
+    // And they are not vacuous: a cookie written as a number is refused.
+    let mut bad: serde_json::Value =
+        serde_json::from_slice(&build("examples/smart-office").files["manifest.json"]).unwrap();
+    bad["cookies"]["base"] = serde_json::json!(1);
+    assert!(!manifest.is_valid(&bad));
 }
