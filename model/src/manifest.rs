@@ -352,7 +352,7 @@ pub enum Ty {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AggFunc {
     Avg,
@@ -372,7 +372,7 @@ impl AggFunc {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 pub enum CmpOp {
     Eq,
     Ne,
@@ -382,7 +382,7 @@ pub enum CmpOp {
     Ge,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 pub enum ArithOp {
     Add,
     Sub,
@@ -497,7 +497,9 @@ pub struct Container {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UmboxMode {
+    /// On the path: traffic goes in one interface and out the other.
     Inline,
+    /// Receives a mirrored copy; the original goes on.
     Tap,
 }
 

@@ -260,7 +260,7 @@ pub fn build(
             name: site.uplink.clone(),
             ofport: ports.uplink,
         },
-        unknown_hosts: lower::unknown_hosts(site.unknown_hosts),
+        unknown_hosts: site.unknown_hosts,
         cookies: m::Cookies {
             base: Cookie(openflow::base_cookie()),
             device_mask: Cookie(openflow::DEVICE_COOKIE_MASK),
@@ -380,7 +380,7 @@ fn container_manifests(
             args: u.args.iter().map(|a| fill(a, &params)).collect(),
             env: u.env.iter().cloned().collect(),
             params: params.iter().cloned().collect(),
-            mode: lower::umbox_mode(u.mode),
+            mode: u.mode,
             emits: u.emits.clone(),
             states,
             labels: labels.into_iter().map(|(k, v)| (k.into(), v)).collect(),

@@ -1,34 +1,16 @@
 //! The typed model's parts that go into a bundle, lowered into the manifest's types
 //! (`kalki_model::manifest`, the types the shim reads): indices kept, source locations
-//! dropped (they mean nothing on a node without the sources). Pure and total.
+//! dropped (they mean nothing on a node without the sources). Pure and total. The leaves
+//! (`Ty`, `VarType`, the operators, `UmboxMode`, `UnknownHosts`) are already the
+//! manifest's own types; the nodes that carry locations are rebuilt here.
 
 use crate::ir;
 use kalki_model::manifest as m;
 
-pub fn unknown_hosts(u: ir::UnknownHosts) -> m::UnknownHosts {
-    match u {
-        ir::UnknownHosts::Drop => m::UnknownHosts::Drop,
-        ir::UnknownHosts::Pass => m::UnknownHosts::Pass,
-    }
-}
-
-pub fn umbox_mode(mode: ir::UmboxMode) -> m::UmboxMode {
-    match mode {
-        ir::UmboxMode::Inline => m::UmboxMode::Inline,
-        ir::UmboxMode::Tap => m::UmboxMode::Tap,
-    }
-}
-
 pub fn var(v: &ir::Var) -> m::Var {
     m::Var {
         name: v.name.clone(),
-        ty: match &v.ty {
-            ir::VarType::Bool => m::VarType::Bool,
-            ir::VarType::Int { lo, hi } => m::VarType::Int { lo: *lo, hi: *hi },
-            ir::VarType::Enum { members } => m::VarType::Enum {
-                members: members.clone(),
-            },
-        },
+        ty: v.ty.clone(),
     }
 }
 
@@ -90,12 +72,7 @@ pub fn expr(e: &ir::Expr) -> m::Expr {
         ir::ExprKind::Int { value } => m::ExprKind::Int { value: *value },
         ir::ExprKind::Var { var } => m::ExprKind::Var { var: var_ref(*var) },
         ir::ExprKind::Aggregate { func, var, last } => m::ExprKind::Aggregate {
-            func: match func {
-                ir::AggFunc::Avg => m::AggFunc::Avg,
-                ir::AggFunc::Sum => m::AggFunc::Sum,
-                ir::AggFunc::Min => m::AggFunc::Min,
-                ir::AggFunc::Max => m::AggFunc::Max,
-            },
+            func: *func,
             var: var_ref(*var),
             last: *last,
         },
@@ -116,36 +93,19 @@ pub fn expr(e: &ir::Expr) -> m::Expr {
             args: args.iter().map(expr).collect(),
         },
         ir::ExprKind::Cmp { cmp, lhs, rhs } => m::ExprKind::Cmp {
-            cmp: match cmp {
-                ir::CmpOp::Eq => m::CmpOp::Eq,
-                ir::CmpOp::Ne => m::CmpOp::Ne,
-                ir::CmpOp::Lt => m::CmpOp::Lt,
-                ir::CmpOp::Le => m::CmpOp::Le,
-                ir::CmpOp::Gt => m::CmpOp::Gt,
-                ir::CmpOp::Ge => m::CmpOp::Ge,
-            },
+            cmp: *cmp,
             lhs: boxed(lhs),
             rhs: boxed(rhs),
         },
         ir::ExprKind::Arith { arith, lhs, rhs } => m::ExprKind::Arith {
-            arith: match arith {
-                ir::ArithOp::Add => m::ArithOp::Add,
-                ir::ArithOp::Sub => m::ArithOp::Sub,
-                ir::ArithOp::Mul => m::ArithOp::Mul,
-            },
+            arith: *arith,
             lhs: boxed(lhs),
             rhs: boxed(rhs),
         },
     };
     m::Expr {
         kind,
-        ty: match &e.ty {
-            ir::Ty::Bool => m::Ty::Bool,
-            ir::Ty::Int { lo, hi } => m::Ty::Int { lo: *lo, hi: *hi },
-            ir::Ty::Enum { members } => m::Ty::Enum {
-                members: members.clone(),
-            },
-        },
+        ty: e.ty.clone(),
     }
 }
 
