@@ -315,3 +315,20 @@ fn bundles_satisfy_the_committed_schemas() {
     bad["cookies"]["base"] = serde_json::json!(1);
     assert!(!manifest.is_valid(&bad));
 }
+
+/// What `kalkic build` makes passes the model's loader, the very checks the shim runs
+/// (format, digests, paths, consistency with exact integer ranges), before it is written.
+#[test]
+fn bundles_pass_the_model_loader() {
+    for dir in ["examples/smart-office", "examples/kalki-lab-corrected"] {
+        let b = build(dir);
+        let loaded =
+            kalki_model::bundle::load(&b.files).unwrap_or_else(|e| panic!("{dir}: {e:#?}"));
+        assert_eq!(
+            loaded.manifest_sha256,
+            kalki_model::bundle::sha256_hex(&b.files["manifest.json"]),
+            "{dir}"
+        );
+        assert!(!loaded.containers.is_empty(), "{dir}");
+    }
+}

@@ -4,7 +4,8 @@
 //! downstream has to. Every problem found is reported, not only the first.
 //!
 //! Pure: files come in through [`BundleReader`]. The shim's `DirReader` reads a bundle
-//! directory; the tests read from memory.
+//! directory; a map from path to bytes reads one in memory (the compiler's, before it is
+//! written).
 
 use crate::codes;
 use crate::manifest::{
@@ -38,6 +39,16 @@ pub trait BundleReader {
     fn read(&self, path: &str) -> Result<Vec<u8>, ReadError>;
     /// How to name the bundle in messages.
     fn describe(&self) -> String;
+}
+
+/// A bundle in memory, path to bytes (as `kalkic build` makes it before writing it).
+impl BundleReader for BTreeMap<String, Vec<u8>> {
+    fn read(&self, path: &str) -> Result<Vec<u8>, ReadError> {
+        self.get(path).cloned().ok_or(ReadError::NotFound)
+    }
+    fn describe(&self) -> String {
+        "the bundle in memory".into()
+    }
 }
 
 /// A problem that makes the shim refuse a bundle.
