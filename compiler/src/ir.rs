@@ -8,6 +8,9 @@ use crate::source::SourceId;
 use kalki_lang::ast::Span;
 use serde::Serialize;
 
+/// The leaves the typed model shares with the bundle's manifest: one definition each.
+pub use kalki_model::manifest::{AggFunc, ArithOp, CmpOp, Ty, UmboxMode, UnknownHosts, VarType};
+
 macro_rules! id_type {
     ($(#[$m:meta])* $name:ident) => {
         $(#[$m])*
@@ -75,15 +78,6 @@ impl Model {
     pub fn device_type(&self, id: TypeId) -> &DeviceType {
         &self.device_types[id.index()]
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UmboxMode {
-    /// On the path: traffic goes in one interface and out the other.
-    Inline,
-    /// Receives a mirrored copy; the original goes on.
-    Tap,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -175,14 +169,6 @@ pub struct Var {
     pub loc: Loc,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum VarType {
-    Bool,
-    Int { lo: i64, hi: i64 },
-    Enum { members: Vec<String> },
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct State {
     pub name: String,
@@ -254,13 +240,6 @@ pub struct Site {
     pub devices: Vec<Device>,
     pub rules: Vec<Rule>,
     pub asserts: Vec<Assertion>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UnknownHosts {
-    Drop,
-    Pass,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -369,46 +348,6 @@ impl Expr {
             _ => None,
         })
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum Ty {
-    Bool,
-    /// An integer with the range its value provably lies in.
-    Int {
-        lo: i64,
-        hi: i64,
-    },
-    Enum {
-        members: Vec<String>,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AggFunc {
-    Avg,
-    Sum,
-    Min,
-    Max,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub enum CmpOp {
-    Eq,
-    Ne,
-    Lt,
-    Le,
-    Gt,
-    Ge,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub enum ArithOp {
-    Add,
-    Sub,
-    Mul,
 }
 
 /// Which device a variable belongs to: the type's own (in a transition guard) or a

@@ -1,6 +1,7 @@
 //! The bundle (`kalkic build`): byte-identical rebuilds, a snapshot of the example's rule
-//! sets and manifest, digests that match the files, and the binary's refusals (a policy
-//! with errors, a destination that holds something else) leaving nothing behind.
+//! sets and manifest, digests that match the files, JSON files that are the model's types
+//! (read back unchanged, accepted by the committed schemas), and the binary's refusals (a
+//! policy with errors, a destination that holds something else) leaving nothing behind.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -257,4 +258,77 @@ fn build_refuses_to_overwrite_what_is_not_a_bundle() {
         std::fs::read_to_string(dir.join("precious.txt")).unwrap(),
         "keep me"
     );
+}
+
+/// The bundle's JSON files are the model's types (`kalki_model::manifest`) in their
+/// canonical form: each reads back into them and writes out to the very same bytes, so
+/// nothing the compiler writes is lost on the shim's side.
+#[test]
+fn manifests_read_back_into_the_model_types_unchanged() {
+    use kalki_model::manifest::{to_json, Container, Manifest};
+    for dir in ["examples/smart-office", "examples/kalki-lab-corrected"] {
+        let b = build(dir);
+        let bytes = &b.files["manifest.json"];
+        let manifest: Manifest = serde_json::from_slice(bytes).unwrap();
+        assert_eq!(&to_json(&manifest), bytes, "{dir}: manifest.json");
+        let mut containers = 0;
+        for (path, bytes) in b.files.iter().filter(|(p, _)| p.starts_with("containers/")) {
+            let c: Container = serde_json::from_slice(bytes).unwrap();
+            assert_eq!(&to_json(&c), bytes, "{dir}: {path}");
+            containers += 1;
+        }
+        assert!(containers > 0, "{dir}");
+    }
+}
+
+/// The committed JSON Schemas (`docs/schema/`, generated from the model's types) accept
+/// what `kalkic build` writes.
+#[test]
+fn bundles_satisfy_the_committed_schemas() {
+    let schema = |name: &str| {
+        let text = std::fs::read_to_string(repo_root().join("docs/schema").join(name)).unwrap();
+        let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
+        jsonschema::validator_for(&schema).unwrap()
+    };
+    let (manifest, container) = (
+        schema("manifest.schema.json"),
+        schema("container.schema.json"),
+    );
+    for dir in ["examples/smart-office", "examples/kalki-lab-corrected"] {
+        for (path, bytes) in &build(dir).files {
+            let validator = match path.as_str() {
+                "manifest.json" => &manifest,
+                p if p.starts_with("containers/") => &container,
+                _ => continue,
+            };
+            let value: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+            let errors: Vec<String> = validator
+                .iter_errors(&value)
+                .map(|e| format!("{} at {}", e, e.instance_path()))
+                .collect();
+            assert!(errors.is_empty(), "{dir}: {path}: {errors:#?}");
+        }
+    }
+    // And they are not vacuous: a cookie written as a number is refused.
+    let mut bad: serde_json::Value =
+        serde_json::from_slice(&build("examples/smart-office").files["manifest.json"]).unwrap();
+    bad["cookies"]["base"] = serde_json::json!(1);
+    assert!(!manifest.is_valid(&bad));
+}
+
+/// What `kalkic build` makes passes the model's loader, the very checks the shim runs
+/// (format, digests, paths, consistency with exact integer ranges), before it is written.
+#[test]
+fn bundles_pass_the_model_loader() {
+    for dir in ["examples/smart-office", "examples/kalki-lab-corrected"] {
+        let b = build(dir);
+        let loaded =
+            kalki_model::bundle::load(&b.files).unwrap_or_else(|e| panic!("{dir}: {e:#?}"));
+        assert_eq!(
+            loaded.manifest_sha256,
+            kalki_model::bundle::sha256_hex(&b.files["manifest.json"]),
+            "{dir}"
+        );
+        assert!(!loaded.containers.is_empty(), "{dir}");
+    }
 }

@@ -2,53 +2,11 @@
 //! retired codes are not reused. `docs/runtime.md` lists them for users.
 //!
 //! S0xx: the bundle is refused. S1xx: an input event is refused (it changes nothing).
-//! S2xx: a trace file for `simulate` is malformed. S3xx: a request to the event API is
-//! refused before it reaches the engine. S4xx: the journal cannot be used.
+//! Both belong to the model (`kalki_model::codes`, re-exported here). S2xx: a trace file
+//! for `simulate` is malformed. S3xx: a request to the event API is refused before it
+//! reaches the engine. S4xx: the journal cannot be used.
 
-// S0xx: loading a bundle (`bundle.rs`).
-
-/// `manifest.json` or a listed file could not be read.
-pub const UNREADABLE: &str = "S001";
-/// A file is not valid JSON, or not of the expected shape.
-pub const MALFORMED: &str = "S002";
-/// The manifest's `format` is not one this shim understands.
-pub const UNKNOWN_FORMAT: &str = "S003";
-/// A file listed in the manifest is missing.
-pub const MISSING_FILE: &str = "S004";
-/// A file's sha256 differs from the manifest's.
-pub const DIGEST_MISMATCH: &str = "S005";
-/// The manifest contradicts itself: an index out of range, an ill-typed expression, a
-/// reference to an unlisted file, a duplicate name.
-pub const INCONSISTENT: &str = "S006";
-/// A listed path leaves the bundle directory (absolute, `..`, empty components).
-pub const BAD_PATH: &str = "S007";
-
-// S1xx: input events (`engine.rs`).
-
-/// An event names a device the site does not have.
-pub const UNKNOWN_DEVICE: &str = "S101";
-/// A reading names a variable the device does not sense.
-pub const UNKNOWN_VARIABLE: &str = "S102";
-/// A reading's value has the wrong type (or names no member of the variable's enum).
-pub const WRONG_TYPE: &str = "S103";
-/// A reading's integer lies outside the variable's declared range.
-pub const OUT_OF_RANGE: &str = "S104";
-/// A reading that reports no variable.
-pub const EMPTY_READING: &str = "S105";
-/// An alert the device cannot receive: no µmbox of its chains emits it, its type does
-/// not declare it, and no rule raises it on the device.
-pub const UNKNOWN_ALERT: &str = "S106";
-/// An alert's source is not a µmbox of the device's chains that emits that alert.
-pub const UNKNOWN_SOURCE: &str = "S107";
-/// An operator action the language does not have.
-pub const UNKNOWN_ACTION: &str = "S108";
-/// An event earlier than the engine's current time.
-pub const TIME_BACKWARDS: &str = "S109";
-/// An event more than [`crate::engine::MAX_STEP_MS`] after the engine's current time.
-pub const TOO_FAR_AHEAD: &str = "S110";
-/// An alert's source is a µmbox of the device that emits the alert, but the device's chain
-/// does not deploy it in the state the device is in when the alert arrives.
-pub const NOT_DEPLOYED: &str = "S111";
+pub use kalki_model::codes::*;
 
 // S2xx: trace files (`trace.rs`).
 
@@ -89,35 +47,9 @@ pub const JOURNAL_IO: &str = "S403";
 /// A journal entry cannot be decoded, or a value does not fit it.
 pub const JOURNAL_CORRUPT: &str = "S404";
 
-/// Every code with a one-line summary, for documentation.
-pub const ALL: &[(&str, &str)] = &[
-    (UNREADABLE, "a bundle file could not be read"),
-    (
-        MALFORMED,
-        "a bundle file is not valid JSON of the expected shape",
-    ),
-    (UNKNOWN_FORMAT, "unknown bundle format"),
-    (MISSING_FILE, "a listed file is missing"),
-    (DIGEST_MISMATCH, "a file's sha256 differs from the manifest"),
-    (INCONSISTENT, "the manifest contradicts itself"),
-    (BAD_PATH, "a listed path leaves the bundle directory"),
-    (UNKNOWN_DEVICE, "unknown device"),
-    (UNKNOWN_VARIABLE, "unknown variable"),
-    (WRONG_TYPE, "value of the wrong type"),
-    (OUT_OF_RANGE, "value out of the declared range"),
-    (EMPTY_READING, "reading with no values"),
-    (UNKNOWN_ALERT, "alert the device cannot receive"),
-    (
-        UNKNOWN_SOURCE,
-        "alert source is not a µmbox of the device that emits it",
-    ),
-    (UNKNOWN_ACTION, "unknown operator action"),
-    (TIME_BACKWARDS, "event earlier than the current time"),
-    (TOO_FAR_AHEAD, "event too far after the current time"),
-    (
-        NOT_DEPLOYED,
-        "alert source is not deployed in the device's current state",
-    ),
+/// The shim's own codes (S2xx–S4xx) with a one-line summary, for documentation; the
+/// model's are in [`ALL`].
+pub const SHIM: &[(&str, &str)] = &[
     (TRACE_SYNTAX, "trace line is not a JSON object"),
     (
         TRACE_SHAPE,

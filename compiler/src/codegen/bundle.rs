@@ -1,24 +1,27 @@
 //! The deployable bundle of one site: `manifest.json`, the OpenFlow rule sets and the
 //! container manifests, as a map from relative path to bytes. Pure: the binary writes it.
 //! Same model and sources, same bytes: every collection is ordered, nothing is timed.
-//! The format is described in `docs/bundle.md`.
+//! The format is described in `docs/bundle.md`; its JSON files are built as the types the
+//! shim reads (`kalki_model::manifest`), written in their canonical form
+//! ([`kalki_model::manifest::to_json`]).
 //!
 //! The rule sets are generated once, validated (K208, K212: `verify::dataplane`) and only
 //! then rendered, so what is proved is exactly what is written.
 
+use super::manifest as lower;
 use super::openflow::{self, ip, mac, EntryPorts, Ports};
 use crate::diag::Diagnostic;
 use crate::ir::{Chain, Model, Site, StateId, Value};
 use crate::source::Sources;
 use crate::verify::dataplane;
 use crate::verify::solver::Solver;
-use serde_json::{json, Value as Json};
+use kalki_model::manifest::{self as m, to_json, Cookie};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// Version of the bundle format; the shim refuses versions it does not know.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = m::FORMAT;
 
 /// Stable code of a bundle that cannot be laid out on one bridge.
 pub const PORT_SPACE: &str = "K214";
@@ -101,12 +104,6 @@ fn sha256(bytes: &[u8]) -> String {
         .collect()
 }
 
-fn json_bytes(v: &Json) -> Vec<u8> {
-    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
-    s.push('\n');
-    s.into_bytes()
-}
-
 /// `{name}` holes of a µmbox argument filled with the chain entry's values.
 fn fill(template: &str, params: &[(String, String)]) -> String {
     let mut out = template.to_string();
@@ -156,12 +153,15 @@ pub fn build(
     }
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
 
-    let mut source_digests: Vec<Json> = sources
+    let mut source_digests: Vec<m::SourceDigest> = sources
         .iter()
-        .map(|(_, f)| json!({ "name": f.name, "sha256": sha256(f.text.as_bytes()) }))
+        .map(|(_, f)| m::SourceDigest {
+            name: f.name.clone(),
+            sha256: sha256(f.text.as_bytes()),
+        })
         .collect();
-    source_digests.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    let policy_digest = sha256(json_bytes(&json!(source_digests)).as_slice());
+    source_digests.sort_by(|a, b| a.name.cmp(&b.name));
+    let policy_digest = sha256(&to_json(&source_digests));
 
     files.insert(
         "flows/base.ofctl".into(),
@@ -187,31 +187,31 @@ pub fn build(
                 .iter()
                 .map(|&ix| container_path(model, &ports, i, ix, &d.name))
                 .collect();
-            states.push(json!({
-                "name": s.name,
-                "cookie": format!("{:#x}", openflow::device_cookie(i, state)),
-                "chain": chain_names(model, &s.chain),
-                "flows": flows_path,
-                "containers": containers,
-            }));
+            states.push(m::DeviceState {
+                name: s.name.clone(),
+                cookie: Cookie(openflow::device_cookie(i, state)),
+                chain: chain_names(model, &s.chain),
+                flows: flows_path,
+                containers,
+            });
         }
         files.extend(container_manifests(model, site, &ports, i, &policy_digest));
         let digests = files
             .iter()
             .map(|(path, bytes)| (path.clone(), sha256(bytes)))
             .collect();
-        let entry = json!({
-            "name": d.name,
-            "type": ty.name,
-            "ip": ip(d.ip),
-            "mac": d.mac.map(mac),
-            "port": d.port,
-            "ofport": ports.devices[i],
-            "trusted": d.trusted,
-            "initial": ty.state(ty.initial).name,
-            "most_restrictive": ty.state(ty.most_restrictive()).name,
-            "states": states,
-        });
+        let entry = m::Device {
+            name: d.name.clone(),
+            ty: ty.name.clone(),
+            ip: ip(d.ip),
+            mac: d.mac.map(mac),
+            port: d.port.clone(),
+            ofport: ports.devices[i],
+            trusted: d.trusted,
+            initial: ty.state(ty.initial).name.clone(),
+            most_restrictive: ty.state(ty.most_restrictive()).name.clone(),
+            states,
+        };
         DeviceOutput {
             files,
             digests,
@@ -231,51 +231,49 @@ pub fn build(
     }
     let used_types: BTreeSet<usize> = site.devices.iter().map(|d| d.ty.index()).collect();
 
-    let types: Vec<Json> = used_types
+    let device_types = used_types
         .iter()
         .map(|&t| {
             let ty = &model.device_types[t];
-            json!({
-                "name": ty.name,
-                "vars": ty.vars.iter().map(|v| json!({ "name": v.name, "type": v.ty })).collect::<Vec<_>>(),
-                "commands": ty.commands,
-                "alerts": ty.alerts,
-                "states": ty.states.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-                "initial": ty.initial,
-                "transitions": strip_locations(json!(ty.transitions)),
-            })
+            m::DeviceType {
+                name: ty.name.clone(),
+                vars: ty.vars.iter().map(lower::var).collect(),
+                commands: ty.commands.clone(),
+                alerts: ty.alerts.clone(),
+                states: ty.states.iter().map(|s| s.name.clone()).collect(),
+                initial: ty.initial.0,
+                transitions: ty.transitions.iter().map(lower::transition).collect(),
+            }
         })
         .collect();
 
-    let file_digests: Vec<Json> = digests
-        .iter()
-        .map(|(path, sha)| json!({ "path": path, "sha256": sha }))
+    let files_listed = digests
+        .into_iter()
+        .map(|(path, sha256)| m::FileDigest { path, sha256 })
         .collect();
-    let manifest = json!({
-        "format": FORMAT,
-        "compiler": format!("kalkic {}", env!("CARGO_PKG_VERSION")),
-        "site": site.name,
-        "bridge": site.bridge,
-        "uplink": { "name": site.uplink, "ofport": ports.uplink },
-        "unknown_hosts": site.unknown_hosts,
-        "cookies": {
-            "base": format!("{:#x}", openflow::base_cookie()),
-            "device_mask": format!("{:#x}", openflow::DEVICE_COOKIE_MASK),
+    let manifest = m::Manifest {
+        format: FORMAT,
+        compiler: format!("kalkic {}", env!("CARGO_PKG_VERSION")),
+        site: site.name.clone(),
+        bridge: site.bridge.clone(),
+        uplink: m::Uplink {
+            name: site.uplink.clone(),
+            ofport: ports.uplink,
         },
-        "policy_sha256": policy_digest,
-        "sources": source_digests,
-        "files": file_digests,
-        "ports": ports.all,
-        "device_types": types,
-        "devices": devices,
-        "rules": strip_locations(json!(site.rules)),
-    });
-    files.insert(
-        "manifest.json".into(),
-        // Only the serialised IR (transitions, rules) carries source locations; they were
-        // stripped there, not by walking the whole manifest.
-        json_bytes(&manifest),
-    );
+        unknown_hosts: site.unknown_hosts,
+        cookies: m::Cookies {
+            base: Cookie(openflow::base_cookie()),
+            device_mask: Cookie(openflow::DEVICE_COOKIE_MASK),
+        },
+        policy_sha256: policy_digest,
+        sources: source_digests,
+        files: files_listed,
+        ports: ports.all.clone(),
+        device_types,
+        devices,
+        rules: site.rules.iter().map(lower::rule).collect(),
+    };
+    files.insert("manifest.json".into(), to_json(&manifest));
     Ok(Bundle { files })
 }
 
@@ -283,7 +281,7 @@ pub fn build(
 struct DeviceOutput {
     files: Vec<(String, Vec<u8>)>,
     digests: Vec<(String, String)>,
-    entry: Json,
+    entry: m::Device,
 }
 
 /// `f(0) .. f(n - 1)` on every core, in order.
@@ -316,14 +314,16 @@ fn in_parallel<T: Send>(n: usize, f: impl Fn(usize) -> T + Sync) -> Vec<T> {
     })
 }
 
-fn chain_names(model: &Model, chain: &Chain) -> Json {
+fn chain_names(model: &Model, chain: &Chain) -> m::Chain {
     match chain {
-        Chain::Pass => json!("pass"),
-        Chain::Drop => json!("drop"),
-        Chain::Umboxes(entries) => json!(entries
-            .iter()
-            .map(|e| model.umbox(e.umbox).name.clone())
-            .collect::<Vec<_>>()),
+        Chain::Pass => m::Chain::Builtin(m::Builtin::Pass),
+        Chain::Drop => m::Chain::Builtin(m::Builtin::Drop),
+        Chain::Umboxes(entries) => m::Chain::Umboxes(
+            entries
+                .iter()
+                .map(|e| model.umbox(e.umbox).name.clone())
+                .collect(),
+        ),
     }
 }
 
@@ -351,63 +351,47 @@ fn container_manifests(
             .zip(&inst.args)
             .map(|(p, v)| (p.name.clone(), shown(v)))
             .collect();
-        let iface = |name: &str, faces: &str, ofport: u32| json!({ "name": name, "faces": faces, "ofport": ofport, "port_name": openflow::umbox_port_name(&ports.tag, ofport) });
-        let interfaces = match inst.ports {
-            EntryPorts::Inline { a, b } => {
-                json!([iface("a", "device", a), iface("b", "uplink", b)])
-            }
-            EntryPorts::Tap { p } => json!([iface("tap", "copy", p)]),
+        let iface = |name: &str, faces: &str, ofport: u32| m::Interface {
+            name: name.into(),
+            faces: faces.into(),
+            ofport,
+            port_name: openflow::umbox_port_name(&ports.tag, ofport),
         };
-        let states: Vec<&str> = inst
+        let interfaces = match inst.ports {
+            EntryPorts::Inline { a, b } => vec![iface("a", "device", a), iface("b", "uplink", b)],
+            EntryPorts::Tap { p } => vec![iface("tap", "copy", p)],
+        };
+        let states: Vec<String> = inst
             .states
             .iter()
-            .map(|&s| ty.state(s).name.as_str())
+            .map(|&s| ty.state(s).name.clone())
             .collect();
-        let env: BTreeMap<&str, &str> = u
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let manifest = json!({
-            "name": format!("kalki-{}-{}-{}-{}", site.name, d.name, ix, u.name),
-            "image": u.image,
-            "args": u.args.iter().map(|a| fill(a, &params)).collect::<Vec<_>>(),
-            "env": env,
-            "params": params.iter().cloned().collect::<BTreeMap<_, _>>(),
-            "mode": u.mode,
-            "emits": u.emits,
-            "states": states,
-            "labels": {
-                "kalki.site": site.name,
-                "kalki.device": d.name,
-                "kalki.instance": ix.to_string(),
-                "kalki.states": states.join(","),
-                "kalki.umbox": u.name,
-                "kalki.policy": policy_digest,
-            },
-            "interfaces": interfaces,
-        });
+        let labels = [
+            ("kalki.site", site.name.clone()),
+            ("kalki.device", d.name.clone()),
+            ("kalki.instance", ix.to_string()),
+            ("kalki.states", states.join(",")),
+            ("kalki.umbox", u.name.clone()),
+            ("kalki.policy", policy_digest.to_string()),
+        ];
+        let manifest = m::Container {
+            name: format!("kalki-{}-{}-{}-{}", site.name, d.name, ix, u.name),
+            image: u.image.clone(),
+            args: u.args.iter().map(|a| fill(a, &params)).collect(),
+            env: u.env.iter().cloned().collect(),
+            params: params.iter().cloned().collect(),
+            mode: u.mode,
+            emits: u.emits.clone(),
+            states,
+            labels: labels.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+            interfaces,
+        };
         out.insert(
             container_path(model, ports, device, ix, &d.name),
-            json_bytes(&manifest),
+            to_json(&manifest),
         );
     }
     out
-}
-
-/// Source locations mean nothing on a node without the sources: drop `loc` fields from
-/// the serialised IR.
-fn strip_locations(v: Json) -> Json {
-    match v {
-        Json::Object(m) => Json::Object(
-            m.into_iter()
-                .filter(|(k, _)| k != "loc")
-                .map(|(k, v)| (k, strip_locations(v)))
-                .collect(),
-        ),
-        Json::Array(a) => Json::Array(a.into_iter().map(strip_locations).collect()),
-        other => other,
-    }
 }
 
 #[cfg(test)]

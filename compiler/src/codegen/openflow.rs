@@ -29,39 +29,9 @@ pub fn base_cookie() -> u64 {
     COOKIE_BASE << 56
 }
 
-/// One switch port the bundle needs, with the number to request for it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Port {
-    pub name: String,
-    pub ofport: u32,
-    #[serde(flatten)]
-    pub role: PortRole,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "role", rename_all = "lowercase")]
-pub enum PortRole {
-    Uplink,
-    Device {
-        device: String,
-    },
-    /// One interface of a µmbox container (`instance` indexes the device's instances):
-    /// `a` faces the device, `b` the uplink, `tap` receives copies.
-    Umbox {
-        device: String,
-        instance: usize,
-        umbox: String,
-        side: Side,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Side {
-    A,
-    B,
-    Tap,
-}
+/// One switch port the bundle needs, with the number to request for it: the manifest's
+/// `ports` entries, so the types are the manifest's.
+pub use kalki_model::manifest::{Port, PortRole, Side};
 
 /// The ports of one µmbox instance: inline µmboxes have `a` and `b`, taps one port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

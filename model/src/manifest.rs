@@ -1,16 +1,55 @@
-//! The shim's own types for `manifest.json` and the container manifests of a bundle, as
-//! `kalkic build` writes them (`docs/bundle.md`). The shim does not link the compiler: these
-//! mirror the compiler's serialised IR (`compiler/src/ir.rs`, source locations stripped),
-//! and `bundle.rs` checks that what they hold is consistent before anything uses it.
+//! The types of `manifest.json` and the container manifests of a bundle
+//! (`docs/bundle.md`): `kalkic build` writes them (`compiler/src/codegen/manifest.rs`
+//! lowers its typed IR into them, indices kept, source locations dropped) and the shim
+//! reads them; `bundle.rs` checks that what they hold is consistent before anything uses
+//! it. One definition, serde both ways; `docs/schema/` holds the JSON Schemas generated
+//! from them (`tests/schema.rs` fails when they drift).
 //!
 //! Unknown fields are ignored (a compiler may add information within one format
 //! version); unknown variants (an expression operator, a trigger kind) are errors.
 
-use serde::{Deserialize, Deserializer, Serialize};
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+/// The bundle format these types describe, the one `kalkic build` writes.
+pub const FORMAT: u32 = 1;
+
+/// The JSON Schemas of the bundle's JSON files, generated from these types: each file's
+/// name under `docs/schema/` and its text (keys sorted, final newline). The committed
+/// copies are checked against these by `tests/schema.rs`.
+pub fn json_schemas() -> Vec<(&'static str, String)> {
+    let text = |schema: Schema| {
+        let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+        text.push('\n');
+        text
+    };
+    vec![
+        (
+            "manifest.schema.json",
+            text(schemars::schema_for!(Manifest)),
+        ),
+        (
+            "container.schema.json",
+            text(schemars::schema_for!(Container)),
+        ),
+    ]
+}
+
 /// The bundle formats this shim understands.
-pub const SUPPORTED_FORMATS: &[u32] = &[1];
+pub const SUPPORTED_FORMATS: &[u32] = &[FORMAT];
+
+/// A bundle's JSON file as written: keys sorted (through [`serde_json::Value`], whose
+/// maps are ordered), two-space indentation, a final newline. Same value, same bytes.
+/// Cannot fail for the types of this module (every map has string keys); if it did, the
+/// bytes would be empty and the shim would refuse the file (S002).
+pub fn to_json(value: &impl Serialize) -> Vec<u8> {
+    let text = serde_json::to_value(value).and_then(|v| serde_json::to_string_pretty(&v));
+    let mut text = text.unwrap_or_default();
+    text.push('\n');
+    text.into_bytes()
+}
 
 /// Just the version field, read first so that a bundle of another format is refused as
 /// such (S003) rather than as a malformed one.
@@ -19,7 +58,7 @@ pub(crate) struct FormatOnly {
     pub format: serde_json::Value,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct Manifest {
     pub format: u32,
     /// `kalkic` and its version.
@@ -40,13 +79,13 @@ pub struct Manifest {
     pub rules: Vec<Rule>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct Uplink {
     pub name: Option<String>,
     pub ofport: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UnknownHosts {
     Drop,
@@ -54,8 +93,27 @@ pub enum UnknownHosts {
 }
 
 /// An OpenFlow cookie, written in the manifest as a hexadecimal string (`"0x2000...0"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Cookie(pub u64);
+
+impl Serialize for Cookie {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:#x}", self.0))
+    }
+}
+
+impl JsonSchema for Cookie {
+    fn schema_name() -> Cow<'static, str> {
+        "Cookie".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "An OpenFlow cookie: a 64-bit number in lowercase hexadecimal.",
+            "type": "string",
+            "pattern": "^0x[0-9a-fA-F]{1,16}$"
+        })
+    }
+}
 
 impl<'de> Deserialize<'de> for Cookie {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -69,27 +127,28 @@ impl<'de> Deserialize<'de> for Cookie {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct Cookies {
     pub base: Cookie,
     /// Selects all the flows of one device.
     pub device_mask: Cookie,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct SourceDigest {
     pub name: String,
     pub sha256: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct FileDigest {
     /// Relative to the bundle directory, `/`-separated.
     pub path: String,
     pub sha256: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// One switch port the bundle needs, with the number to request for it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 pub struct Port {
     pub name: String,
     pub ofport: u32,
@@ -97,7 +156,7 @@ pub struct Port {
     pub role: PortRole,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(tag = "role", rename_all = "lowercase")]
 pub enum PortRole {
     Uplink,
@@ -105,7 +164,8 @@ pub enum PortRole {
         device: String,
     },
     /// An interface of µmbox instance `instance` of the device (see
-    /// `containers/<device>/<instance>-<umbox>.json`).
+    /// `containers/<device>/<instance>-<umbox>.json`): `a` faces the device, `b` the
+    /// uplink, `tap` receives copies.
     Umbox {
         device: String,
         instance: usize,
@@ -114,7 +174,7 @@ pub enum PortRole {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Side {
     A,
@@ -122,7 +182,7 @@ pub enum Side {
     Tap,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct DeviceType {
     pub name: String,
     pub vars: Vec<Var>,
@@ -136,14 +196,14 @@ pub struct DeviceType {
     pub transitions: Vec<Transition>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct Var {
     pub name: String,
     #[serde(rename = "type")]
     pub ty: VarType,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum VarType {
     Bool,
@@ -151,7 +211,7 @@ pub enum VarType {
     Enum { members: Vec<String> },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct Transition {
     /// State indices into the type's `states`.
     pub from: u32,
@@ -159,7 +219,7 @@ pub struct Transition {
     pub trigger: Trigger,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Trigger {
     /// `on ALERT [count N within T]`; `count` is `[N, T in ms]`.
@@ -209,7 +269,7 @@ pub fn duration(ms: u64) -> String {
     format!("{ms}ms")
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct Device {
     pub name: String,
     /// The name of its entry in `device_types`.
@@ -226,7 +286,7 @@ pub struct Device {
     pub states: Vec<DeviceState>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct DeviceState {
     pub name: String,
     pub cookie: Cookie,
@@ -238,21 +298,21 @@ pub struct DeviceState {
 }
 
 /// A state's chain: a built-in, or µmbox names in order (device side first).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Chain {
     Builtin(Builtin),
     Umboxes(Vec<String>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Builtin {
     Pass,
     Drop,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct Rule {
     pub name: String,
     pub cond: Expr,
@@ -260,7 +320,7 @@ pub struct Rule {
     pub actions: Vec<Action>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Action {
     /// `dev -> state`.
@@ -272,13 +332,13 @@ pub enum Action {
 }
 
 /// A typed expression. Enum values are member indices.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 pub struct Expr {
     pub kind: ExprKind,
     pub ty: Ty,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum Ty {
     Bool,
@@ -292,7 +352,7 @@ pub enum Ty {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AggFunc {
     Avg,
@@ -312,7 +372,7 @@ impl AggFunc {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 pub enum CmpOp {
     Eq,
     Ne,
@@ -322,7 +382,7 @@ pub enum CmpOp {
     Ge,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 pub enum ArithOp {
     Add,
     Sub,
@@ -331,13 +391,15 @@ pub enum ArithOp {
 
 /// A sensed variable: of the device whose guard reads it (`device: null`, in transition
 /// guards) or of a site device (in rules).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize, JsonSchema,
+)]
 pub struct VarRef {
     pub device: Option<u32>,
     pub var: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum ExprKind {
     Bool {
@@ -416,7 +478,7 @@ impl Expr {
 
 /// One container manifest: a µmbox instance of a device
 /// (`containers/<device>/<i>-<umbox>.json`), shared by the states listed in `states`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct Container {
     pub name: String,
     pub image: String,
@@ -432,14 +494,16 @@ pub struct Container {
     pub interfaces: Vec<Interface>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UmboxMode {
+    /// On the path: traffic goes in one interface and out the other.
     Inline,
+    /// Receives a mirrored copy; the original goes on.
     Tap,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct Interface {
     /// `a`, `b` or `tap`.
     pub name: String,

@@ -1,0 +1,781 @@
+//! Loading a bundle: read `manifest.json`, refuse formats this shim does not know,
+//! check the sha256 of every listed file, and check that the manifest is consistent
+//! (indices in range, expressions well typed, referenced files listed) so that nothing
+//! downstream has to. Every problem found is reported, not only the first.
+//!
+//! Pure: files come in through [`BundleReader`]. The shim's `DirReader` reads a bundle
+//! directory; a map from path to bytes reads one in memory (the compiler's, before it is
+//! written).
+
+use crate::codes;
+use crate::manifest::{
+    Action, AggFunc, ArithOp, Builtin, Chain, CmpOp, Container, DeviceType, Expr, ExprKind,
+    FormatOnly, Manifest, Trigger, Ty, VarRef, VarType, SUPPORTED_FORMATS,
+};
+use crate::text::Names;
+use miette::Diagnostic;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// The manifest's name inside a bundle.
+pub const MANIFEST: &str = "manifest.json";
+
+/// The deepest JSON nesting accepted. The compiler accepts conditions nested 128 levels
+/// deep (K113); one level of `and`/`or` takes three JSON levels (node, `kind`, `args`).
+/// The bound is checked before parsing, so parsing (which recurses) stays shallow.
+pub const MAX_JSON_DEPTH: usize = 3 * 128 + 16;
+
+/// Why a file could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    NotFound,
+    Other(String),
+}
+
+/// Where a bundle's files come from. Paths are relative and `/`-separated; they have been
+/// checked not to leave the bundle.
+pub trait BundleReader {
+    fn read(&self, path: &str) -> Result<Vec<u8>, ReadError>;
+    /// How to name the bundle in messages.
+    fn describe(&self) -> String;
+}
+
+/// A bundle in memory, path to bytes (as `kalkic build` makes it before writing it).
+impl BundleReader for BTreeMap<String, Vec<u8>> {
+    fn read(&self, path: &str) -> Result<Vec<u8>, ReadError> {
+        self.get(path).cloned().ok_or(ReadError::NotFound)
+    }
+    fn describe(&self) -> String {
+        "the bundle in memory".into()
+    }
+}
+
+/// A problem that makes the shim refuse a bundle.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    #[error("cannot read `{path}`: {reason}")]
+    Unreadable { path: String, reason: String },
+    #[error("`{path}` is malformed: {message}")]
+    Malformed { path: String, message: String },
+    #[error("bundle format `{found}` is not supported")]
+    UnknownFormat { found: String },
+    #[error("`{path}` is listed in the manifest but missing")]
+    MissingFile { path: String },
+    #[error("`{path}` has been modified: its sha256 is {actual}, the manifest says {expected}")]
+    DigestMismatch {
+        path: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("inconsistent manifest: {at}: {message}")]
+    Inconsistent { at: String, message: String },
+    #[error("`{path}` is not a path inside the bundle")]
+    BadPath { path: String },
+}
+
+impl BundleError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            BundleError::Unreadable { .. } => codes::UNREADABLE,
+            BundleError::Malformed { .. } => codes::MALFORMED,
+            BundleError::UnknownFormat { .. } => codes::UNKNOWN_FORMAT,
+            BundleError::MissingFile { .. } => codes::MISSING_FILE,
+            BundleError::DigestMismatch { .. } => codes::DIGEST_MISMATCH,
+            BundleError::Inconsistent { .. } => codes::INCONSISTENT,
+            BundleError::BadPath { .. } => codes::BAD_PATH,
+        }
+    }
+}
+
+impl Diagnostic for BundleError {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(BundleError::code(self)))
+    }
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        let help = match self {
+            BundleError::Unreadable { .. } => "is this a bundle written by `kalkic build`?".to_string(),
+            BundleError::Malformed { .. } | BundleError::Inconsistent { .. } => {
+                "rebuild the bundle with `kalkic build`; bundles are not edited by hand".to_string()
+            }
+            BundleError::UnknownFormat { .. } => format!(
+                "this shim reads format {}; build the bundle with a matching `kalkic`",
+                SUPPORTED_FORMATS
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            BundleError::MissingFile { .. } | BundleError::DigestMismatch { .. } => {
+                "the bundle is incomplete or has been tampered with; rebuild it or copy it again"
+                    .to_string()
+            }
+            BundleError::BadPath { .. } => {
+                "bundle paths are relative and stay inside the bundle; the manifest has been tampered with"
+                    .to_string()
+            }
+        };
+        Some(Box::new(help))
+    }
+}
+
+/// A loaded, checked bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub manifest: Manifest,
+    /// The container manifests, by path.
+    pub containers: BTreeMap<String, Container>,
+    /// The rule sets (`flows/**.ofctl`), by path, as read and digest-checked: the driver
+    /// uses these bytes, never a second read of a file that may have changed since.
+    pub rule_sets: BTreeMap<String, String>,
+    /// sha256 of `manifest.json`: names the loaded bundle (it covers every file's digest).
+    pub manifest_sha256: String,
+    /// Index into `manifest.device_types` of each device's type.
+    types: Vec<usize>,
+}
+
+impl Bundle {
+    /// The type of device `device` (an index into `manifest.devices`).
+    pub fn device_type(&self, device: usize) -> Option<&DeviceType> {
+        self.manifest.device_types.get(*self.types.get(device)?)
+    }
+
+    /// Index into `manifest.device_types` of a device's type.
+    pub fn device_type_index(&self, device: usize) -> Option<usize> {
+        self.types.get(device).copied()
+    }
+
+    /// Names for printing expressions: of a guard of type `this_type`, or of rules (`None`).
+    pub fn names(&self, this_type: Option<usize>) -> Names<'_> {
+        Names {
+            manifest: &self.manifest,
+            types: &self.types,
+            this_type,
+        }
+    }
+}
+
+/// Lowercase hex sha256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Loads and checks a bundle. On refusal, every problem found.
+pub fn load(reader: &dyn BundleReader) -> Result<Bundle, Vec<BundleError>> {
+    let bytes = reader
+        .read(MANIFEST)
+        .map_err(|e| vec![unreadable(MANIFEST, e)])?;
+    let manifest_sha256 = sha256_hex(&bytes);
+    let manifest: Manifest = parse_manifest(&bytes).map_err(|e| vec![e])?;
+
+    let mut errors = Vec::new();
+    let listed = check_files(reader, &manifest, &mut errors);
+    let types = check_manifest(&manifest, &listed.paths, &mut errors);
+
+    let mut containers = BTreeMap::new();
+    for d in &manifest.devices {
+        for s in &d.states {
+            for path in &s.containers {
+                // Unlisted or unreadable files are already reported.
+                let Some(bytes) = listed.contents.get(path) else {
+                    continue;
+                };
+                match parse_json::<Container>(path, bytes) {
+                    Ok(c) => {
+                        containers.insert(path.clone(), c);
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+        }
+    }
+    let mut rule_sets = BTreeMap::new();
+    for (path, bytes) in &listed.contents {
+        if path.ends_with(".ofctl") {
+            match String::from_utf8(bytes.clone()) {
+                Ok(text) => {
+                    rule_sets.insert(path.clone(), text);
+                }
+                Err(_) => errors.push(BundleError::Malformed {
+                    path: path.clone(),
+                    message: "a rule set is not UTF-8 text".into(),
+                }),
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(Bundle {
+            manifest,
+            containers,
+            rule_sets,
+            manifest_sha256,
+            types,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+fn unreadable(path: &str, e: ReadError) -> BundleError {
+    BundleError::Unreadable {
+        path: path.to_string(),
+        reason: match e {
+            ReadError::NotFound => "no such file".to_string(),
+            ReadError::Other(r) => r,
+        },
+    }
+}
+
+fn parse_manifest(bytes: &[u8]) -> Result<Manifest, BundleError> {
+    let version: FormatOnly = parse_json(MANIFEST, bytes)?;
+    let supported = version
+        .format
+        .as_u64()
+        .and_then(|f| u32::try_from(f).ok())
+        .is_some_and(|f| SUPPORTED_FORMATS.contains(&f));
+    if !supported {
+        return Err(BundleError::UnknownFormat {
+            found: version.format.to_string(),
+        });
+    }
+    parse_json(MANIFEST, bytes)
+}
+
+/// Parses JSON whose nesting has been bounded first (see [`MAX_JSON_DEPTH`]).
+fn parse_json<T: serde::de::DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, BundleError> {
+    let malformed = |message: String| BundleError::Malformed {
+        path: path.to_string(),
+        message,
+    };
+    let depth = json_depth(bytes);
+    if depth > MAX_JSON_DEPTH {
+        return Err(malformed(format!(
+            "nested {depth} levels deep, more than the {MAX_JSON_DEPTH} a bundle can need"
+        )));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    de.disable_recursion_limit();
+    let value = T::deserialize(&mut de).map_err(|e| malformed(e.to_string()))?;
+    de.end().map_err(|e| malformed(e.to_string()))?;
+    Ok(value)
+}
+
+/// The deepest nesting of arrays and objects in a JSON text (strings skipped), without
+/// parsing it. Malformed text gives some number; the parser reports the syntax.
+pub fn json_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
+/// Whether a listed path stays inside the bundle: relative, `/`-separated, no empty,
+/// `.` or `..` component, no backslash or NUL.
+fn safe_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.contains('\\')
+        && !path.contains('\0')
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != "..")
+}
+
+struct Listed {
+    /// Every listed path (also those that failed to verify).
+    paths: BTreeSet<String>,
+    /// Verified contents of the container manifests and the rule sets.
+    contents: BTreeMap<String, Vec<u8>>,
+}
+
+fn check_files(reader: &dyn BundleReader, m: &Manifest, errors: &mut Vec<BundleError>) -> Listed {
+    let wanted: BTreeSet<&str> = m
+        .devices
+        .iter()
+        .flat_map(|d| &d.states)
+        .flat_map(|s| &s.containers)
+        .map(String::as_str)
+        .collect();
+    let mut listed = Listed {
+        paths: BTreeSet::new(),
+        contents: BTreeMap::new(),
+    };
+    for (i, f) in m.files.iter().enumerate() {
+        if !safe_path(&f.path) || f.path == MANIFEST {
+            errors.push(BundleError::BadPath {
+                path: f.path.clone(),
+            });
+            continue;
+        }
+        if !listed.paths.insert(f.path.clone()) {
+            errors.push(inconsistent(
+                format!("files[{i}]"),
+                format!("`{}` is listed twice", f.path),
+            ));
+            continue;
+        }
+        let bytes = match reader.read(&f.path) {
+            Ok(b) => b,
+            Err(ReadError::NotFound) => {
+                errors.push(BundleError::MissingFile {
+                    path: f.path.clone(),
+                });
+                continue;
+            }
+            Err(e) => {
+                errors.push(unreadable(&f.path, e));
+                continue;
+            }
+        };
+        let actual = sha256_hex(&bytes);
+        if !actual.eq_ignore_ascii_case(&f.sha256) {
+            errors.push(BundleError::DigestMismatch {
+                path: f.path.clone(),
+                expected: f.sha256.clone(),
+                actual,
+            });
+            continue;
+        }
+        if wanted.contains(f.path.as_str()) || f.path.ends_with(".ofctl") {
+            listed.contents.insert(f.path.clone(), bytes);
+        }
+    }
+    listed
+}
+
+fn inconsistent(at: impl Into<String>, message: impl Into<String>) -> BundleError {
+    BundleError::Inconsistent {
+        at: at.into(),
+        message: message.into(),
+    }
+}
+
+/// Checks everything the engine and a driver rely on. Returns each device's type index
+/// (`usize::MAX` where it has none, which is reported).
+fn check_manifest(
+    m: &Manifest,
+    listed: &BTreeSet<String>,
+    errors: &mut Vec<BundleError>,
+) -> Vec<usize> {
+    let mut type_names = BTreeMap::new();
+    for (ti, t) in m.device_types.iter().enumerate() {
+        let at = format!("device_types[{ti}] (`{}`)", t.name);
+        if type_names.insert(t.name.as_str(), ti).is_some() {
+            errors.push(inconsistent(
+                &at,
+                format!("type `{}` is declared twice", t.name),
+            ));
+        }
+        check_type(&at, t, errors);
+    }
+
+    let mut types = Vec::with_capacity(m.devices.len());
+    let mut device_names = BTreeSet::new();
+    for (di, d) in m.devices.iter().enumerate() {
+        let at = format!("devices[{di}] (`{}`)", d.name);
+        if !device_names.insert(d.name.as_str()) {
+            errors.push(inconsistent(
+                &at,
+                format!("device `{}` is declared twice", d.name),
+            ));
+        }
+        let Some(&ti) = type_names.get(d.ty.as_str()) else {
+            errors.push(inconsistent(
+                &at,
+                format!("its type `{}` is not in `device_types`", d.ty),
+            ));
+            types.push(usize::MAX);
+            continue;
+        };
+        types.push(ti);
+        let t = &m.device_types[ti];
+        let names: Vec<&str> = d.states.iter().map(|s| s.name.as_str()).collect();
+        let expected: Vec<&str> = t.states.iter().map(String::as_str).collect();
+        if names != expected {
+            errors.push(inconsistent(
+                &at,
+                format!(
+                    "its states [{}] are not its type's [{}]",
+                    names.join(", "),
+                    expected.join(", ")
+                ),
+            ));
+        }
+        let initial = t.states.get(t.initial as usize);
+        if initial != Some(&d.initial) {
+            errors.push(inconsistent(
+                &at,
+                format!("initial state `{}` is not its type's", d.initial),
+            ));
+        }
+        if t.states.last() != Some(&d.most_restrictive) {
+            errors.push(inconsistent(
+                &at,
+                format!(
+                    "most restrictive state `{}` is not its type's last state",
+                    d.most_restrictive
+                ),
+            ));
+        }
+        for s in &d.states {
+            for path in std::iter::once(&s.flows).chain(&s.containers) {
+                if !listed.contains(path) {
+                    errors.push(inconsistent(
+                        &at,
+                        format!(
+                            "state `{}` refers to `{path}`, which `files` does not list",
+                            s.name
+                        ),
+                    ));
+                }
+            }
+            let chain_len = match &s.chain {
+                Chain::Builtin(Builtin::Pass | Builtin::Drop) => 0,
+                Chain::Umboxes(u) => u.len(),
+            };
+            if chain_len != s.containers.len() {
+                errors.push(inconsistent(
+                    &at,
+                    format!(
+                        "state `{}` has {chain_len} µmboxes in its chain but {} container manifests",
+                        s.name,
+                        s.containers.len()
+                    ),
+                ));
+            }
+        }
+    }
+
+    let mut rule_names = BTreeSet::new();
+    for (ri, r) in m.rules.iter().enumerate() {
+        let at = format!("rules[{ri}] (`{}`)", r.name);
+        if !rule_names.insert(r.name.as_str()) {
+            errors.push(inconsistent(
+                &at,
+                format!("rule `{}` is declared twice", r.name),
+            ));
+        }
+        let ctx = Ctx::Rule { m, types: &types };
+        match ty_of(&r.cond, &ctx) {
+            Ok(K::Bool) => {}
+            Ok(_) => errors.push(inconsistent(&at, "its condition is not a boolean")),
+            Err(e) => errors.push(inconsistent(&at, e)),
+        }
+        for a in &r.actions {
+            let (device, what) = match a {
+                Action::Goto { device, state } => (*device, Some(("state", *state))),
+                Action::Command { device, .. } | Action::Raise { device, .. } => (*device, None),
+            };
+            let Some(t) = types
+                .get(device as usize)
+                .and_then(|&t| m.device_types.get(t))
+            else {
+                errors.push(inconsistent(
+                    &at,
+                    format!("an action names device {device}, which does not exist"),
+                ));
+                continue;
+            };
+            if let Some((_, s)) = what {
+                if s as usize >= t.states.len() {
+                    errors.push(inconsistent(
+                        &at,
+                        format!(
+                            "an action moves a `{}` to state {s}, which it does not have",
+                            t.name
+                        ),
+                    ));
+                }
+            }
+            if let Action::Command { command, .. } = a {
+                if !t.commands.contains(command) {
+                    errors.push(inconsistent(
+                        &at,
+                        format!("command `{command}` is not one of `{}`'s", t.name),
+                    ));
+                }
+            }
+            if let Action::Raise { alert, .. } = a {
+                if alert.is_empty() {
+                    errors.push(inconsistent(&at, "it raises an alert with no name"));
+                }
+            }
+        }
+    }
+    types
+}
+
+fn check_type(at: &str, t: &DeviceType, errors: &mut Vec<BundleError>) {
+    let n = t.states.len();
+    if n == 0 {
+        errors.push(inconsistent(at, "it has no states"));
+    }
+    if t.initial as usize >= n {
+        errors.push(inconsistent(
+            at,
+            format!("initial state {} does not exist", t.initial),
+        ));
+    }
+    let mut vars = BTreeSet::new();
+    for v in &t.vars {
+        if !vars.insert(v.name.as_str()) {
+            errors.push(inconsistent(
+                at,
+                format!("variable `{}` is declared twice", v.name),
+            ));
+        }
+        match &v.ty {
+            VarType::Int { lo, hi } if lo > hi => {
+                errors.push(inconsistent(
+                    at,
+                    format!("variable `{}` has the empty range {lo}..{hi}", v.name),
+                ));
+            }
+            VarType::Enum { members } if members.is_empty() => {
+                errors.push(inconsistent(
+                    at,
+                    format!("variable `{}` is an enum with no members", v.name),
+                ));
+            }
+            _ => {}
+        }
+    }
+    for (i, tr) in t.transitions.iter().enumerate() {
+        let at = format!("{at}, transitions[{i}]");
+        if tr.from as usize >= n || tr.to as usize >= n {
+            errors.push(inconsistent(
+                &at,
+                format!(
+                    "it goes from state {} to state {}; there are {n}",
+                    tr.from, tr.to
+                ),
+            ));
+        }
+        let zero = match &tr.trigger {
+            Trigger::Alert {
+                count: Some((c, w)),
+                ..
+            } => *c == 0 || *w == 0,
+            Trigger::When {
+                hold_ms: Some(h), ..
+            } => *h == 0,
+            Trigger::Quiet { after_ms } => *after_ms == 0,
+            _ => false,
+        };
+        if zero {
+            errors.push(inconsistent(&at, "a count, window or duration is zero"));
+        }
+        if let Trigger::When { guard, .. } = &tr.trigger {
+            match ty_of(guard, &Ctx::Guard { t }) {
+                Ok(K::Bool) => {}
+                Ok(_) => errors.push(inconsistent(&at, "its guard is not a boolean")),
+                Err(e) => errors.push(inconsistent(&at, e)),
+            }
+        }
+    }
+}
+
+/// Where an expression is read: a type's guard, or a site rule.
+enum Ctx<'m> {
+    Guard { t: &'m DeviceType },
+    Rule { m: &'m Manifest, types: &'m [usize] },
+}
+
+impl<'m> Ctx<'m> {
+    fn var_type(&self, r: VarRef) -> Result<&'m VarType, String> {
+        let t = match (self, r.device) {
+            (Ctx::Guard { t }, None) => *t,
+            (Ctx::Guard { .. }, Some(_)) => {
+                return Err("a guard reads another device's variable".to_string())
+            }
+            (Ctx::Rule { .. }, None) => {
+                return Err("a rule reads a variable of no device".to_string())
+            }
+            (Ctx::Rule { m, types }, Some(d)) => types
+                .get(d as usize)
+                .and_then(|&t| m.device_types.get(t))
+                .ok_or_else(|| format!("device {d} does not exist"))?,
+        };
+        t.vars
+            .get(r.var as usize)
+            .map(|v| &v.ty)
+            .ok_or_else(|| format!("`{}` has no variable {}", t.name, r.var))
+    }
+}
+
+/// The type of an expression as the shim checks it: integer bounds are exact (in i128),
+/// so that no evaluation over declared ranges can overflow 64 bits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum K {
+    Bool,
+    Int(i128, i128),
+    /// Its members: enums compare only with the same enum.
+    Enum(Vec<String>),
+}
+
+fn int_of(k: &K, what: &str) -> Result<(i128, i128), String> {
+    match k {
+        K::Int(lo, hi) => Ok((*lo, *hi)),
+        _ => Err(format!("{what} is not an integer")),
+    }
+}
+
+fn fits(lo: i128, hi: i128) -> Result<K, String> {
+    if lo < i128::from(i64::MIN) || hi > i128::from(i64::MAX) {
+        return Err(format!(
+            "an integer can reach {lo}..{hi}, beyond 64 bits; the shim cannot evaluate it exactly"
+        ));
+    }
+    Ok(K::Int(lo, hi))
+}
+
+fn bound(v: Option<i128>) -> Result<i128, String> {
+    v.ok_or_else(|| "an integer bound overflows".to_string())
+}
+
+fn ty_of(e: &Expr, ctx: &Ctx<'_>) -> Result<K, String> {
+    let k = match &e.kind {
+        ExprKind::Bool { .. } => K::Bool,
+        ExprKind::Int { value } => match &e.ty {
+            Ty::Enum { members } => {
+                if usize::try_from(*value).map_or(true, |v| v >= members.len()) {
+                    return Err(format!("enum value {value} has no member"));
+                }
+                K::Enum(members.clone())
+            }
+            _ => K::Int(i128::from(*value), i128::from(*value)),
+        },
+        ExprKind::Var { var } => match ctx.var_type(*var)? {
+            VarType::Bool => K::Bool,
+            VarType::Int { lo, hi } => K::Int(i128::from(*lo), i128::from(*hi)),
+            VarType::Enum { members } => K::Enum(members.clone()),
+        },
+        ExprKind::Aggregate { func, var, last } => {
+            let VarType::Int { lo, hi } = ctx.var_type(*var)? else {
+                return Err(format!(
+                    "`{}` over a variable that is not an integer",
+                    func.name()
+                ));
+            };
+            if *last == 0 {
+                return Err(format!("`{}` over the last 0 readings", func.name()));
+            }
+            let (lo, hi) = (i128::from(*lo), i128::from(*hi));
+            match func {
+                AggFunc::Sum => {
+                    let n = i128::from(*last);
+                    fits(bound(lo.checked_mul(n))?, bound(hi.checked_mul(n))?)?
+                }
+                AggFunc::Avg | AggFunc::Min | AggFunc::Max => K::Int(lo, hi),
+            }
+        }
+        ExprKind::InState { device, state } => match ctx {
+            Ctx::Guard { .. } => return Err("a guard tests a device's state".to_string()),
+            Ctx::Rule { m, types } => {
+                let t = types
+                    .get(*device as usize)
+                    .and_then(|&t| m.device_types.get(t))
+                    .ok_or_else(|| format!("device {device} does not exist"))?;
+                if *state as usize >= t.states.len() {
+                    return Err(format!("`{}` has no state {state}", t.name));
+                }
+                K::Bool
+            }
+        },
+        ExprKind::Clock { from, to } => {
+            if *from >= 1440 || *to >= 1440 || from == to {
+                return Err(format!(
+                    "clock window {from}..{to} (minutes) is not a window of a day"
+                ));
+            }
+            K::Bool
+        }
+        ExprKind::Not { arg } => match ty_of(arg, ctx)? {
+            K::Bool => K::Bool,
+            _ => return Err("`not` of a non-boolean".to_string()),
+        },
+        ExprKind::Neg { arg } => {
+            let (lo, hi) = int_of(&ty_of(arg, ctx)?, "the operand of `-`")?;
+            fits(-hi, -lo)?
+        }
+        ExprKind::And { args } | ExprKind::Or { args } => {
+            for a in args {
+                if ty_of(a, ctx)? != K::Bool {
+                    return Err("`and`/`or` of a non-boolean".to_string());
+                }
+            }
+            K::Bool
+        }
+        ExprKind::Cmp { cmp, lhs, rhs } => {
+            let (l, r) = (ty_of(lhs, ctx)?, ty_of(rhs, ctx)?);
+            let ordered = !matches!(cmp, CmpOp::Eq | CmpOp::Ne);
+            match (&l, &r) {
+                (K::Int(..), K::Int(..)) => {}
+                (K::Bool, K::Bool) | (K::Enum(_), K::Enum(_)) if !ordered && same_kind(&l, &r) => {}
+                _ => return Err("a comparison of operands that cannot be compared".to_string()),
+            }
+            K::Bool
+        }
+        ExprKind::Arith { arith, lhs, rhs } => {
+            let (a, b) = (
+                int_of(&ty_of(lhs, ctx)?, "an operand")?,
+                int_of(&ty_of(rhs, ctx)?, "an operand")?,
+            );
+            let (lo, hi) = match arith {
+                ArithOp::Add => (bound(a.0.checked_add(b.0))?, bound(a.1.checked_add(b.1))?),
+                ArithOp::Sub => (bound(a.0.checked_sub(b.1))?, bound(a.1.checked_sub(b.0))?),
+                ArithOp::Mul => {
+                    let products = [
+                        bound(a.0.checked_mul(b.0))?,
+                        bound(a.0.checked_mul(b.1))?,
+                        bound(a.1.checked_mul(b.0))?,
+                        bound(a.1.checked_mul(b.1))?,
+                    ];
+                    let lo = products.iter().copied().min().unwrap_or(0);
+                    let hi = products.iter().copied().max().unwrap_or(0);
+                    (lo, hi)
+                }
+            };
+            fits(lo, hi)?
+        }
+    };
+    // The serialised type must agree in kind with what the shim found.
+    let agrees = matches!(
+        (&k, &e.ty),
+        (K::Bool, Ty::Bool) | (K::Int(..), Ty::Int { .. }) | (K::Enum(_), Ty::Enum { .. })
+    );
+    if !agrees {
+        return Err(format!("an expression is typed {:?} but is {k:?}", e.ty));
+    }
+    Ok(k)
+}
+
+fn same_kind(a: &K, b: &K) -> bool {
+    match (a, b) {
+        (K::Enum(x), K::Enum(y)) => x == y,
+        (K::Bool, K::Bool) => true,
+        _ => false,
+    }
+}

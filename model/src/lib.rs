@@ -1,0 +1,23 @@
+//! The model the compiler and the runtime share (`docs/ARCHITECTURE.md`): one definition
+//! of the bundle's format and of how a site's state machines behave.
+//!
+//! - [`manifest`]: the serde types of `manifest.json` and the container manifests, read
+//!   by the shim and written by `kalkic build` (schema: `docs/schema/`);
+//! - [`bundle`]: loading a bundle through [`bundle::BundleReader`]: format, digests, path
+//!   safety, and the consistency checks (exact integer ranges of every expression);
+//! - [`eval`]: expressions over an environment, unknown values in Kleene's logic;
+//! - [`engine`]: the step semantics, the reference the verifier's reasoning must agree
+//!   with: inputs at a virtual time in, state changes, commands and alerts out;
+//! - [`text`]: the IR back as policy text, for messages; [`codes`]: S0xx and S1xx.
+//!
+//! Pure: no I/O, no clock, no async runtime, no solver.
+
+// Only the binaries write to the terminal (docs/ARCHITECTURE.md, "Invariants").
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+pub mod bundle;
+pub mod codes;
+pub mod engine;
+pub mod eval;
+pub mod manifest;
+pub mod text;
