@@ -47,6 +47,9 @@ pub const TOO_FAR_AHEAD: &str = "S110";
 /// An alert's source is a µmbox of the device that emits the alert, but the device's chain
 /// does not deploy it in the state the device is in when the alert arrives.
 pub const NOT_DEPLOYED: &str = "S111";
+/// An alert without a source (the device's own) that the device's type does not declare:
+/// only a µmbox (named as its source) or a rule can raise it.
+pub const NOT_OWN: &str = "S112";
 
 /// Every code of the model (S0xx, S1xx) with a one-line summary, for documentation.
 pub const ALL: &[(&str, &str)] = &[
@@ -76,5 +79,9 @@ pub const ALL: &[(&str, &str)] = &[
     (
         NOT_DEPLOYED,
         "alert source is not deployed in the device's current state",
+    ),
+    (
+        NOT_OWN,
+        "alert without a source that the device's type does not declare",
     ),
 ];

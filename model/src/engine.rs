@@ -175,6 +175,13 @@ pub enum InputError {
         /// The states whose chains deploy the µmbox, in declaration order.
         deployed_in: Vec<String>,
     },
+    #[error("`{device}` does not report `{alert}` itself: its type does not declare it")]
+    NotOwn {
+        device: String,
+        alert: String,
+        /// The device's µmboxes that emit it.
+        sources: Vec<String>,
+    },
     #[error("unknown operator action `{action}`")]
     UnknownAction { action: String },
     #[error("time {t_ms} ms is before the engine's current time {now_ms} ms")]
@@ -194,6 +201,7 @@ impl InputError {
             InputError::UnknownAlert { .. } => codes::UNKNOWN_ALERT,
             InputError::UnknownSource { .. } => codes::UNKNOWN_SOURCE,
             InputError::NotDeployed { .. } => codes::NOT_DEPLOYED,
+            InputError::NotOwn { .. } => codes::NOT_OWN,
             InputError::UnknownAction { .. } => codes::UNKNOWN_ACTION,
             InputError::TimeBackwards { .. } => codes::TIME_BACKWARDS,
             InputError::TooFarAhead { .. } => codes::TOO_FAR_AHEAD,
@@ -220,6 +228,15 @@ impl InputError {
                 "`{umbox}` is deployed for `{device}` only in `{}`",
                 deployed_in.join("`, `")
             )),
+            InputError::NotOwn { sources, .. } => Some(if sources.is_empty() {
+                "only a rule raises it; a device reports only the alerts its type declares"
+                    .to_string()
+            } else {
+                format!(
+                    "give the µmbox that raised it as its `source`: `{}`",
+                    sources.join("`, `")
+                )
+            }),
             InputError::UnknownAction { .. } => Some(format!(
                 "the operator actions are `{}`",
                 OPERATOR_ACTIONS.join("`, `")
@@ -295,6 +312,10 @@ struct DeviceInfo {
     /// The alerts it can receive: its type's, its µmboxes', those rules raise on it, and
     /// those its transitions wait for.
     alerts: BTreeSet<String>,
+    /// The alerts it reports itself (no `source`): those its type declares
+    /// (`docs/language.md` §5.2). Any other reaches it only from a µmbox of its chain or
+    /// from a rule, as the verifier assumes (K205).
+    own: BTreeSet<String>,
     /// Its µmboxes (over all its chains) and the alerts each emits.
     umboxes: BTreeMap<String, BTreeSet<String>>,
     /// Per state (indexed as its type's), the µmboxes its chain deploys: their
@@ -372,9 +393,10 @@ impl Site {
             // A checked bundle has a type for every device.
             let ty_ix = bundle.device_type_index(di).unwrap_or(usize::MAX);
             let t = bundle.device_type(di);
-            let mut alerts: BTreeSet<String> = t
+            let own: BTreeSet<String> = t
                 .map(|t| t.alerts.iter().cloned().collect())
                 .unwrap_or_default();
+            let mut alerts = own.clone();
             let mut alert_window: BTreeMap<String, (u64, usize)> = BTreeMap::new();
             let mut window = vec![0usize; t.map_or(0, |t| t.vars.len())];
             for tr in t.map(|t| t.transitions.as_slice()).unwrap_or_default() {
@@ -412,6 +434,7 @@ impl Site {
                 name: d.name.clone(),
                 ty: ty_ix,
                 alerts,
+                own,
                 umboxes,
                 deployed,
                 window,
@@ -879,6 +902,19 @@ impl Engine {
                         device: name.clone(),
                         alert: alert.clone(),
                         suggestion: suggest(alert, info.alerts.iter().map(String::as_str)),
+                    });
+                    return None;
+                }
+                if source.is_none() && !info.own.contains(alert) {
+                    errors.push(InputError::NotOwn {
+                        device: name.clone(),
+                        alert: alert.clone(),
+                        sources: info
+                            .umboxes
+                            .iter()
+                            .filter(|(_, e)| e.contains(alert))
+                            .map(|(u, _)| u.clone())
+                            .collect(),
                     });
                     return None;
                 }

@@ -674,13 +674,17 @@ fn good_input_is_forwarded_and_answered_with_its_state_changes() {
             cause: "on overheat (raised by rule main_overheat)".into()
         }]
     );
-    // Alerts, with and without a source.
+    // An alert without a source is the device's own: a camera does not declare
+    // `port_scan` (its µmboxes raise it), so that is refused (S112), journaled nowhere.
+    let r = s.send("POST", ALERT, r#"{"alert": "port_scan"}"#);
+    assert_eq!((r.status, r.code().as_str()), (422, "S112"), "{r:?}");
+    // Alerts from its µmboxes.
     for (body, change) in [
         (
             r#"{"alert": "port_scan", "source": "sniffer"}"#,
             Some("normal -> suspicious"),
         ),
-        (r#"{"alert": "port_scan"}"#, None),
+        (r#"{"alert": "port_scan", "source": "sniffer"}"#, None),
         (
             r#"{"alert": "port_scan", "source": "ids"}"#,
             Some("suspicious -> attack"),
@@ -1092,12 +1096,14 @@ fn the_client_subcommands_against_a_running_api() {
             "mode=heat",
         ][..],
         &["alert", "hall_cam", "port_scan", "--source", "sniffer"],
-        &["alert", "hall_cam", "port_scan"],
+        &["alert", "hall_cam", "port_scan", "--source", "sniffer"],
         &["alert", "hall_cam", "port_scan", "--source", "ids"],
         &["reset", "hall_cam"],
         &["status"],
         // Refused by the shim: exit 1, its messages.
         &["event", "thermoo", "temperature=30"],
+        // Without a source, an alert is the camera's own, and it declares none.
+        &["alert", "hall_cam", "port_scan"],
         &[
             "event",
             "thermo",

@@ -822,22 +822,35 @@ fn an_alert_from_a_umbox_counts_only_in_the_states_that_deploy_it() {
 }
 
 #[test]
-fn the_devices_own_alerts_and_unknown_sources_follow_the_old_rules() {
+fn a_device_reports_only_the_alerts_its_type_declares_and_unknown_sources_are_s107() {
     let mut e = Engine::new(chains(), Config::default(), 0);
-    // Without a source an alert is the device's own: any alert it can receive, in any
-    // state, even one only a µmbox absent from the current chain emits.
-    assert!(step(&mut e, 1000, alert("c", "brute_force")).is_empty());
+    // Without a source an alert is the device's own: the camera's type declares none, so
+    // its µmboxes' `port_scan` without its source is refused (S112), changing nothing;
+    // the verifier (K205) expects no other way for it to arrive.
+    let before = format!("{e:?}");
+    let errs = e.handle(1000, &alert("c", "port_scan")).unwrap_err();
+    assert_eq!(codes_of(&errs), [codes::NOT_OWN]);
     assert_eq!(
-        step(&mut e, 2000, alert("c", "port_scan")),
-        ["2000 c: normal -> suspicious (on port_scan)"]
+        errs[0].to_string(),
+        "`c` does not report `port_scan` itself: its type does not declare it"
     );
+    let help = miette::Diagnostic::help(&errs[0]).unwrap().to_string();
     assert_eq!(
-        step(&mut e, 3000, alert("c", "brute_force")),
-        ["3000 c: suspicious -> attack (on brute_force)"]
+        help,
+        "give the µmbox that raised it as its `source`: `ids`, `sniffer`"
     );
-    assert!(step(&mut e, 4000, alert("c", "port_scan")).is_empty());
+    assert_eq!(format!("{e:?}"), before);
+    assert_eq!(
+        e.validate_static(&alert("c", "port_scan"))
+            .map_err(|e| codes_of(&e)),
+        Err(vec![codes::NOT_OWN]),
+        "it depends on neither time nor state: the API refuses it already"
+    );
+    // With its source it is taken.
+    step(&mut e, 2000, from("c", "sniffer", "port_scan"));
+    assert_eq!(state(&e, "c"), "suspicious");
     // A µmbox the device never has, or one that does not emit the alert, is S107 in any
-    // state (`sniffer` is not deployed in `attack` either: S107 is what is said).
+    // state; an alert it cannot receive at all is S106.
     let before = format!("{e:?}");
     for (input, want) in [
         (from("c", "auth_proxy", "port_scan"), codes::UNKNOWN_SOURCE),
@@ -906,7 +919,7 @@ fn the_api_checker_leaves_time_and_state_to_the_main_loop() {
     );
     // An engine that has moved on gives the same static answers.
     let mut moved = Engine::new(chains(), Config::default(), 0);
-    step(&mut moved, 5 * MIN, alert("c", "port_scan"));
+    step(&mut moved, 5 * MIN, from("c", "sniffer", "port_scan"));
     for (input, want) in [
         (ids.clone(), None),
         (
@@ -924,8 +937,15 @@ fn the_api_checker_leaves_time_and_state_to_the_main_loop() {
     }
     // No time is checked: `moved` is at 5 minutes.
     assert_eq!(
-        codes_of(&moved.validate(0, &alert("c", "port_scan")).unwrap_err()),
+        codes_of(
+            &moved
+                .validate(0, &from("c", "sniffer", "port_scan"))
+                .unwrap_err()
+        ),
         [codes::TIME_BACKWARDS]
     );
-    assert_eq!(moved.validate_static(&alert("c", "port_scan")), Ok(()));
+    assert_eq!(
+        moved.validate_static(&from("c", "sniffer", "port_scan")),
+        Ok(())
+    );
 }

@@ -130,7 +130,7 @@ fn alerts_from_umboxes_not_deployed_in_the_current_state_are_refused() {
         "{\"t_ms\": 230000, \"device\": \"hall_cam\", \"alert\": \"port_scan\", \"source\": \"ids\"}",
         // In attack (`drop`), no µmbox: refused.
         "{\"t_ms\": 240000, \"device\": \"hall_cam\", \"alert\": \"port_scan\", \"source\": \"sniffer\"}",
-        // The device's own alert, in any state.
+        // Without a source, the device's own: a camera declares no alert: refused (S112).
         "{\"t_ms\": 250000, \"device\": \"hall_cam\", \"alert\": \"port_scan\"}",
     ];
     let trace = |keep: &dyn Fn(usize) -> bool| {
@@ -161,12 +161,22 @@ fn alerts_from_umboxes_not_deployed_in_the_current_state_are_refused() {
         "{stderr}"
     );
     assert_eq!(stderr.matches("S111").count(), 2, "{stderr}");
+    assert!(
+        stderr.contains(
+            "× line 9: `hall_cam` does not report `port_scan` itself: its type does not declare it"
+        ),
+        "{stderr}"
+    );
     insta::with_settings!({ snapshot_path => "snapshots", prepend_module_to_snapshot => false }, {
         insta::assert_snapshot!("undeployed-source", stderr);
     });
 
-    // Without the two refused lines the trace replays, `ids` moving the camera on.
-    std::fs::write(dir.path().join("good.jsonl"), trace(&|n| n != 4 && n != 8)).unwrap();
+    // Without the three refused lines the trace replays, `ids` moving the camera on.
+    std::fs::write(
+        dir.path().join("good.jsonl"),
+        trace(&|n| n != 4 && n != 8 && n != 9),
+    )
+    .unwrap();
     let out = shim(dir.path(), &["simulate", "bundle", "good.jsonl"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let timeline = text(&out.stdout);
