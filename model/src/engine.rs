@@ -905,16 +905,19 @@ impl Engine {
                     });
                     return None;
                 }
+                // The device's µmboxes that emit it, for the help of a refusal.
+                let emitters = || {
+                    info.umboxes
+                        .iter()
+                        .filter(|(_, e)| e.contains(alert))
+                        .map(|(u, _)| u.clone())
+                        .collect()
+                };
                 if source.is_none() && !info.own.contains(alert) {
                     errors.push(InputError::NotOwn {
                         device: name.clone(),
                         alert: alert.clone(),
-                        sources: info
-                            .umboxes
-                            .iter()
-                            .filter(|(_, e)| e.contains(alert))
-                            .map(|(u, _)| u.clone())
-                            .collect(),
+                        sources: emitters(),
                     });
                     return None;
                 }
@@ -925,12 +928,7 @@ impl Engine {
                             device: name.clone(),
                             alert: alert.clone(),
                             umbox: s.clone(),
-                            candidates: info
-                                .umboxes
-                                .iter()
-                                .filter(|(_, e)| e.contains(alert))
-                                .map(|(u, _)| u.clone())
-                                .collect(),
+                            candidates: emitters(),
                         });
                         return None;
                     }

@@ -72,12 +72,24 @@ impl Followers {
         }
     }
 
-    /// Follows exactly the containers given (running ones): a new id gets a task, tasks
-    /// of ids no longer given are stopped (so a container the shim stops on purpose
-    /// does not report an exit). A new container is read from its start (nothing it said
-    /// is missed), except at the first call, where the containers found were already
-    /// running before the shim: those are read from now on.
-    pub fn sync(&mut self, running: &[Followed]) {
+    /// Follows exactly the running ones of `containers` (as the engine lists them): a new
+    /// id gets a task, tasks of ids no longer running are stopped (so a container the
+    /// shim stops on purpose does not report an exit). A new container is read from its
+    /// start (nothing it said is missed), except at the first call, where the containers
+    /// found were already running before the shim: those are read from now on.
+    pub fn sync<'a>(&mut self, containers: impl IntoIterator<Item = &'a crate::docker::Running>) {
+        let running: Vec<Followed> = containers
+            .into_iter()
+            .filter(|c| c.running)
+            .map(|c| Followed {
+                name: c.name.clone(),
+                id: c.id.clone(),
+            })
+            .collect();
+        self.sync_followed(&running);
+    }
+
+    fn sync_followed(&mut self, running: &[Followed]) {
         self.tasks.retain(|id, task| {
             let keep = running.iter().any(|f| &f.id == id) && !task.is_finished();
             if !keep {

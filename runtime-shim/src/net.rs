@@ -191,26 +191,18 @@ const PLAIN_QDISCS: [&str; 9] = [
 ];
 
 /// The kernel hooks on interfaces that can move a frame around the switch: an XDP
-/// program, or traffic control that can carry filters (an ingress or clsact qdisc, a
-/// classful root qdisc), by interface: what is there. Read with one `ip -o link show`
-/// and one `tc -j qdisc show`.
+/// program (from `links`), or traffic control that can carry filters (an ingress or
+/// clsact qdisc, a classful root qdisc; one `tc -j qdisc show`), by interface: what is
+/// there.
 pub async fn hooks(
+    links: &Links,
     limit: Duration,
 ) -> Result<std::collections::BTreeMap<String, String>, CmdError> {
-    let mut out = std::collections::BTreeMap::new();
-    let links = cmd::run("ip", &["-o", "link", "show"], None, limit).await?;
-    for line in links.lines() {
-        let Some(name) = line.split(": ").nth(1) else {
-            continue;
-        };
-        let name = name.split('@').next().unwrap_or(name);
-        if line
-            .split_whitespace()
-            .any(|w| w.starts_with("xdp") || w.starts_with("prog/xdp"))
-        {
-            out.insert(name.to_string(), "an XDP program".to_string());
-        }
-    }
+    let mut out: std::collections::BTreeMap<String, String> = links
+        .xdp
+        .iter()
+        .map(|name| (name.clone(), "an XDP program".to_string()))
+        .collect();
     let qdiscs = cmd::run("tc", &["-j", "qdisc", "show"], None, limit).await?;
     let parsed: Vec<serde_json::Value> = serde_json::from_str(&qdiscs).unwrap_or_default();
     for q in parsed {
@@ -257,19 +249,38 @@ async fn unplug_one(host: &str, limit: Duration) {
     let _ = cmd::run("ip", &["link", "del", "dev", host], None, limit).await;
 }
 
-/// The names of the host's network interfaces, read once (`ip -o link show`): a site of
-/// thousands of devices is checked with one process, not one per port.
-pub async fn interfaces(limit: Duration) -> Result<std::collections::BTreeSet<String>, CmdError> {
-    let out = cmd::run("ip", &["-o", "link", "show"], None, limit).await?;
-    Ok(parse_link_names(&out))
+/// The host's network interfaces, read once (`ip -o link show`): a site of thousands of
+/// devices is checked with one process, not one per port.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Links {
+    pub names: std::collections::BTreeSet<String>,
+    /// Those with an XDP program attached.
+    pub xdp: std::collections::BTreeSet<String>,
 }
 
-/// `3: ktn-d0@ktn-d0p: <...>` → `ktn-d0` (a veth's peer after `@` is not its name).
-fn parse_link_names(out: &str) -> std::collections::BTreeSet<String> {
-    out.lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap_or(n).to_string())
-        .collect()
+pub async fn links(limit: Duration) -> Result<Links, CmdError> {
+    let out = cmd::run("ip", &["-o", "link", "show"], None, limit).await?;
+    Ok(parse_links(&out))
+}
+
+/// `3: ktn-d0@ktn-d0p: <...> mtu 1500 xdpgeneric ...` → `ktn-d0`, with XDP (a veth's
+/// peer after `@` is not its name).
+fn parse_links(out: &str) -> Links {
+    let mut links = Links::default();
+    for line in out.lines() {
+        let Some(name) = line.split(": ").nth(1) else {
+            continue;
+        };
+        let name = name.split('@').next().unwrap_or(name).to_string();
+        if line
+            .split_whitespace()
+            .any(|w| w.starts_with("xdp") || w.starts_with("prog/xdp"))
+        {
+            links.xdp.insert(name.clone());
+        }
+        links.names.insert(name);
+    }
+    links
 }
 
 #[cfg(test)]
@@ -280,8 +291,10 @@ mod tests {
     fn link_names() {
         let out = "1: lo: <LOOPBACK,UP,LOWER_UP> mtu 65536 qdisc noqueue\n\
                    7: ktn-d0@ktn-d0p: <BROADCAST,MULTICAST,UP> mtu 1500\n\
-                   9: k5cc3p9@if3: <BROADCAST> mtu 1500\n";
-        let names: Vec<String> = parse_link_names(out).into_iter().collect();
+                   9: k5cc3p9@if3: <BROADCAST> mtu 1500 xdpgeneric/id:42 qdisc noqueue\n";
+        let links = parse_links(out);
+        let names: Vec<String> = links.names.into_iter().collect();
         assert_eq!(names, ["k5cc3p9", "ktn-d0", "lo"]);
+        assert_eq!(links.xdp.into_iter().collect::<Vec<_>>(), ["k5cc3p9"]);
     }
 }

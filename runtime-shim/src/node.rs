@@ -176,6 +176,9 @@ pub struct Node {
     expected: BTreeMap<String, Vec<String>>,
     /// A device's cookie bits (under the device mask) → the device.
     owners: BTreeMap<u64, usize>,
+    /// Every interface the switch uses for this bundle: the uplink, the device ports and
+    /// the host ends of every µmbox instance.
+    managed: BTreeSet<String>,
     /// The OpenFlow connection to the bridge, made when first needed (the bridge may not
     /// exist before `apply` creates it) and made again when it breaks.
     switch: Mutex<Option<of::Client>>,
@@ -253,21 +256,6 @@ pub struct Observation {
     pub hooked: BTreeMap<String, String>,
 }
 
-impl Observation {
-    /// Why nothing could be planned from this observation, if so.
-    fn unreadable(&self) -> Option<String> {
-        [
-            &self.switch.as_ref().err(),
-            &self.containers.as_ref().err(),
-            &self.interfaces.as_ref().err(),
-        ]
-        .into_iter()
-        .flatten()
-        .next()
-        .map(|e| e.to_string())
-    }
-}
-
 impl Node {
     /// Fails if a rule set of the bundle is not in the syntax `kalkic` writes.
     pub fn new(bundle: Bundle, docker: docker::Engine, cfg: NodeConfig) -> Result<Node, NodeError> {
@@ -294,7 +282,22 @@ impl Node {
             .enumerate()
             .filter_map(|(i, d)| d.states.first().map(|s| (s.cookie.0 & mask, i)))
             .collect();
+        let m = &bundle.manifest;
+        let managed = m
+            .uplink
+            .name
+            .iter()
+            .chain(m.devices.iter().map(|d| &d.port))
+            .chain(
+                bundle
+                    .containers
+                    .values()
+                    .flat_map(|c| c.interfaces.iter().map(|i| &i.port_name)),
+            )
+            .cloned()
+            .collect();
         Ok(Node {
+            managed,
             bundle,
             ovs,
             docker,
@@ -489,7 +492,7 @@ impl Node {
     }
 
     /// The container manifests a target needs.
-    fn wanted_for(&self, device: usize, target: Target) -> Vec<(&str, &Container)> {
+    pub fn wanted_for(&self, device: usize, target: Target) -> Vec<(&str, &Container)> {
         match target {
             Target::State(s) => self.wanted(device, s),
             Target::NoFlows => Vec::new(),
@@ -512,19 +515,6 @@ impl Node {
             .collect();
         let spec = serde_json::json!([c.image, c.args, c.env, interfaces]);
         crate::bundle::sha256_hex(spec.to_string().as_bytes())
-    }
-
-    /// Every interface the switch uses for this bundle: the uplink, the device ports and
-    /// the host ends of every µmbox instance.
-    fn managed_interfaces(&self) -> BTreeSet<&str> {
-        let mut out: BTreeSet<&str> = BTreeSet::new();
-        let m = &self.bundle.manifest;
-        out.extend(m.uplink.name.as_deref());
-        out.extend(m.devices.iter().map(|d| d.port.as_str()));
-        for c in self.bundle.containers.values() {
-            out.extend(c.interfaces.iter().map(|i| i.port_name.as_str()));
-        }
-        out
     }
 
     /// Looks at the node: the bridge, its ports and flows, the site's containers, the
@@ -550,39 +540,34 @@ impl Node {
                 .await?;
             Ok::<_, NodeError>(list.into_iter().map(|c| (c.name.clone(), c)).collect())
         };
-        let interfaces = async {
-            net::interfaces(self.cfg.call_timeout)
-                .await
-                .map_err(NodeError::from)
+        // The host's links once: their names, and which carry XDP, for the hooks.
+        let host = async {
+            let links = net::links(self.cfg.call_timeout).await?;
+            let hooks = net::hooks(&links, self.cfg.call_timeout).await;
+            Ok::<_, NodeError>((links.names, hooks))
         };
-        let hooks = async {
-            net::hooks(self.cfg.call_timeout)
-                .await
-                .map_err(NodeError::from)
+        let (switch, containers, host) =
+            futures_util::future::join3(switch, containers, host).await;
+        let (interfaces, hooks) = match host {
+            Ok((names, hooks)) => (Ok(names), hooks.map_err(|e| e.to_string())),
+            Err(e) => (Err(e.to_string()), Err(e.to_string())),
         };
-        let (switch, containers, interfaces, hooks) =
-            futures_util::future::join4(switch, containers, interfaces, hooks).await;
-        let interfaces = interfaces.map_err(|e| e.to_string());
+        let managed = &self.managed;
         let exposed = match &interfaces {
-            Ok(present) => self
-                .managed_interfaces()
-                .into_iter()
+            Ok(present) => managed
+                .iter()
                 .filter(|i| present.contains(*i))
-                .filter_map(|i| net::exposure(i).map(|what| (i.to_string(), what)))
+                .filter_map(|i| net::exposure(i).map(|what| (i.clone(), what)))
                 .collect(),
             Err(_) => BTreeMap::new(),
         };
-        let managed = self.managed_interfaces();
         let hooked = match hooks {
-            Ok(h) => h
-                .into_iter()
-                .filter(|(i, _)| managed.contains(i.as_str()))
-                .collect(),
+            Ok(h) => h.into_iter().filter(|(i, _)| managed.contains(i)).collect(),
             // Unreadable hooks are reported on every managed interface: nothing is
             // claimed that was not seen.
             Err(e) => managed
                 .iter()
-                .map(|i| (i.to_string(), format!("hooks that cannot be read ({e})")))
+                .map(|i| (i.clone(), format!("hooks that cannot be read ({e})")))
                 .collect(),
         };
         Observation {
@@ -642,12 +627,11 @@ impl Node {
     /// A device or uplink port that does not exist is left out (nothing can be done for
     /// it until it appears); everything else is planned.
     pub fn plan_from(&self, obs: &Observation, targets: &[Target]) -> Result<Plan, NodeError> {
-        if let Some(detail) = obs.unreadable() {
-            return Err(NodeError::Unreadable(detail));
-        }
-        let (Ok(sw), Ok(containers), Ok(present)) = (&obs.switch, &obs.containers, &obs.interfaces)
-        else {
-            return Err(NodeError::Unreadable("the node".into()));
+        let (sw, containers, present) = match (&obs.switch, &obs.containers, &obs.interfaces) {
+            (Ok(sw), Ok(c), Ok(p)) => (sw, c, p),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                return Err(NodeError::Unreadable(e.clone()))
+            }
         };
         let mut plan = Plan::default();
         if !sw.bridge {
@@ -1152,15 +1136,22 @@ impl Node {
         Ok(Posture::Changed { committed })
     }
 
-    /// The device a container of this bundle serves, by the container's name.
-    pub fn container_device(&self, name: &str) -> Option<usize> {
+    /// A container of this bundle by its name: the device it serves and its manifest.
+    pub fn container(&self, name: &str) -> Option<(usize, &Container)> {
         let c = self.bundle.containers.values().find(|c| c.name == name)?;
         let device = c.labels.get("kalki.device")?;
-        self.bundle
+        let d = self
+            .bundle
             .manifest
             .devices
             .iter()
-            .position(|d| &d.name == device)
+            .position(|d| &d.name == device)?;
+        Some((d, c))
+    }
+
+    /// The device a container of this bundle serves, by the container's name.
+    pub fn container_device(&self, name: &str) -> Option<usize> {
+        self.container(name).map(|(d, _)| d)
     }
 
     /// The device's containers, running or not.

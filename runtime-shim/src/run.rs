@@ -20,7 +20,7 @@
 use crate::api::{self, Accepted, Changed, DeviceStatus, Request, StatusReport};
 use crate::enforcement::Enforcement;
 use crate::engine::{Config, Effect, Engine, Input, InputError, Step};
-use crate::follow::{Followed, Followers, UmboxEvent};
+use crate::follow::{Followers, UmboxEvent};
 use crate::journal::{Delivery, Journal, JournalError};
 use crate::node::{Closed, Node, NodeError, Observation, Posture, Target, LABEL_SITE};
 use crate::simulate::cause_text;
@@ -220,6 +220,14 @@ impl Loop {
             .map_or_else(|| state.to_string(), |s| s.name.clone())
     }
 
+    /// What a device's posture should be: its state's, or what it failed closed to.
+    fn intended(&self, device: usize) -> Target {
+        match self.closed.get(&device) {
+            Some(c) => Target::from(c.installed),
+            None => Target::State(self.engine.state(device).unwrap_or(0)),
+        }
+    }
+
     /// What each device should have on the node now: its state's posture, or, while it
     /// is failed closed and not yet due to try again, what it holds instead.
     fn targets(&self, now: Instant) -> Vec<Target> {
@@ -301,22 +309,20 @@ impl Loop {
     /// Every device's verdict, from an observation of the node.
     fn verdicts(&self, obs: &Observation) -> Vec<Enforcement> {
         (0..self.engine.device_count())
-            .map(|d| match self.closed.get(&d) {
-                Some(c) => match self.node.check(obs, d, Target::from(c.installed)) {
-                    Ok(()) => Enforcement::FailedClosed {
+            .map(|d| {
+                match (
+                    self.node.check(obs, d, self.intended(d)),
+                    self.closed.get(&d),
+                ) {
+                    (Ok(()), None) => Enforcement::Enforced,
+                    (Ok(()), Some(c)) => Enforcement::FailedClosed {
                         installed: self.closed_name(d, c.installed),
                         reason: c.reason.clone(),
                     },
-                    Err(why) => Enforcement::NotEnforced {
+                    (Err(reason), None) => Enforcement::NotEnforced { reason },
+                    (Err(why), Some(c)) => Enforcement::NotEnforced {
                         reason: format!("{why} (failing closed, after: {})", c.reason),
                     },
-                },
-                None => {
-                    let s = self.engine.state(d).unwrap_or(0);
-                    match self.node.check(obs, d, Target::State(s)) {
-                        Ok(()) => Enforcement::Enforced,
-                        Err(reason) => Enforcement::NotEnforced { reason },
-                    }
                 }
             })
             .collect()
@@ -376,15 +382,7 @@ impl Loop {
     /// Follows the running containers of an observation.
     fn follow(&mut self, obs: &Observation) {
         if let Ok(containers) = &obs.containers {
-            let running: Vec<Followed> = containers
-                .values()
-                .filter(|c| c.running)
-                .map(|c| Followed {
-                    name: c.name.clone(),
-                    id: c.id.clone(),
-                })
-                .collect();
-            self.followers.sync(&running);
+            self.followers.sync(containers.values());
         }
     }
 
@@ -393,15 +391,7 @@ impl Loop {
     async fn sync_followers(&mut self) {
         let site = self.node.bundle().manifest.site.clone();
         if let Ok(list) = self.node.docker().list(LABEL_SITE, &site).await {
-            let running: Vec<Followed> = list
-                .into_iter()
-                .filter(|c| c.running)
-                .map(|c| Followed {
-                    name: c.name,
-                    id: c.id,
-                })
-                .collect();
-            self.followers.sync(&running);
+            self.followers.sync(&list);
         }
     }
 
@@ -557,15 +547,6 @@ impl Loop {
         Ok(changes)
     }
 
-    /// The device a container serves, if it is one of this bundle's, with its manifest.
-    fn container(&self, name: &str) -> Option<(usize, &crate::manifest::Container)> {
-        let b = self.node.bundle();
-        let c = b.containers.values().find(|c| c.name == name)?;
-        let device = c.labels.get("kalki.device")?;
-        let d = b.manifest.devices.iter().position(|d| &d.name == device)?;
-        Some((d, c))
-    }
-
     async fn umbox_event(&mut self, event: UmboxEvent) -> Result<(), RunError> {
         match event {
             // The offending address the µmbox names is in its own log; the engine's
@@ -573,7 +554,7 @@ impl Loop {
             UmboxEvent::Alert {
                 container, alert, ..
             } => {
-                let Some((device, c)) = self.container(&container) else {
+                let Some((device, c)) = self.node.container(&container) else {
                     eprintln!(
                         "kalki-shim: alert `{alert}` from unknown container `{container}` rejected"
                     );
@@ -597,7 +578,7 @@ impl Loop {
                 }
             }
             UmboxEvent::Exited { container, id } => {
-                let Some((device, c)) = self.container(&container) else {
+                let Some((device, c)) = self.node.container(&container) else {
                     return Ok(());
                 };
                 let c_name = c.name.clone();
@@ -613,25 +594,11 @@ impl Loop {
                 if current.as_ref().is_some_and(|r| r.running && r.id != id) {
                     return Ok(());
                 }
-                let target = match self.closed.get(&device) {
-                    Some(cl) => Target::from(cl.installed),
-                    None => Target::State(self.engine.state(device).unwrap_or(0)),
-                };
-                let in_use = match target {
-                    Target::State(s) => {
-                        let d = &self.node.bundle().manifest.devices[device];
-                        d.states.get(s).is_some_and(|st| {
-                            st.containers.iter().any(|p| {
-                                self.node
-                                    .bundle()
-                                    .containers
-                                    .get(p)
-                                    .is_some_and(|m| m.name == c_name)
-                            })
-                        })
-                    }
-                    Target::NoFlows => false,
-                };
+                let in_use = self
+                    .node
+                    .wanted_for(device, self.intended(device))
+                    .iter()
+                    .any(|(_, m)| m.name == c_name);
                 if in_use {
                     // A µmbox of the device's chain is gone: never forward without it.
                     // Closed now, its posture tried again at once.

@@ -31,6 +31,18 @@ use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The lab for one fault test, taken for this test alone (the lock, held until the end),
+/// with its API: `None` (skipped) without what the tests need, a failure under CI.
+fn site(name: &str) -> Option<(Exclusive, Lab, Api)> {
+    let one = exclusive();
+    if !ready() {
+        return None;
+    }
+    let lab = Lab::new(name);
+    let api = Api::new(lab.tmp.path());
+    Some((one, lab, api))
+}
+
 /// A device's traffic flows to the uplink host: at least 4 of 5 pings come back.
 macro_rules! assert_flows {
     ($host:expr, $($msg:tt)+) => {{
@@ -172,12 +184,9 @@ fn no_chain_enforced(status: &Value, with_umboxes: &[&str]) -> bool {
 /// counting every frame from a source that is none of the site's hosts. All must be 0.
 #[test]
 fn node_unreachable_from_devices() {
-    let _one = exclusive();
-    if !ready() {
+    let Some((_one, lab, api)) = site("faults-node") else {
         return;
-    }
-    let lab = Lab::new("faults-node");
-    let api = Api::new(lab.tmp.path());
+    };
     let _shim = lab.start(&api);
     let cam = device("cam");
     lab.wait_node(&api, WAIT);
@@ -290,12 +299,9 @@ fn node_unreachable_from_devices() {
 /// pings five times a second: 0.
 #[test]
 fn ovs_restart_is_reconciled() {
-    let _one = exclusive();
-    if !ready() {
+    let Some((_one, lab, api)) = site("faults-ovs-restart") else {
         return;
-    }
-    let lab = Lab::new("faults-ovs-restart");
-    let api = Api::new(lab.tmp.path());
+    };
     let _ovs = OnDrop(|| {
         if !ovs_up() {
             start_ovs();
@@ -338,12 +344,9 @@ fn ovs_restart_is_reconciled() {
 /// `enforced`, and the meter's pings pass through it (its `forwarded` counter rises).
 #[test]
 fn killed_inline_umbox_heals() {
-    let _one = exclusive();
-    if !ready() {
+    let Some((_one, lab, api)) = site("faults-kill") else {
         return;
-    }
-    let lab = Lab::new("faults-kill");
-    let api = Api::new(lab.tmp.path());
+    };
     let mut shim = lab.start(&api);
     let meter = device("meter");
     lab.wait_node(&api, WAIT);
@@ -370,12 +373,9 @@ fn killed_inline_umbox_heals() {
 /// `cam` again (5 s watched), and the journal holds exactly the one alert.
 #[test]
 fn umbox_output_followed_after_restarts() {
-    let _one = exclusive();
-    if !ready() {
+    let Some((_one, lab, api)) = site("faults-follow") else {
         return;
-    }
-    let lab = Lab::new("faults-follow");
-    let api = Api::new(lab.tmp.path());
+    };
     let mut shim = lab.start(&api);
     let cam = device("cam");
     lab.wait_node(&api, WAIT);
@@ -438,12 +438,9 @@ fn umbox_output_followed_after_restarts() {
 /// enforced, the switch exact, traffic through the chains again.
 #[test]
 fn docker_stop_and_start() {
-    let _one = exclusive();
-    if !ready() {
+    let Some((_one, lab, api)) = site("faults-docker") else {
         return;
-    }
-    let lab = Lab::new("faults-docker");
-    let api = Api::new(lab.tmp.path());
+    };
     let _docker = OnDrop(|| {
         if !docker_up() {
             start_docker();
@@ -506,12 +503,9 @@ fn docker_stop_and_start() {
 /// port back with its OpenFlow number, traffic through its chain.
 #[test]
 fn deleted_ports_heal() {
-    let _one = exclusive();
-    if !ready() {
+    let Some((_one, lab, api)) = site("faults-ports") else {
         return;
-    }
-    let lab = Lab::new("faults-ports");
-    let api = Api::new(lab.tmp.path());
+    };
     let mut shim = lab.start(&api);
     lab.wait_node(&api, WAIT);
 
@@ -551,12 +545,9 @@ fn deleted_ports_heal() {
 /// too) and both heal to `enforced`.
 #[test]
 fn missing_image_fails_closed() {
-    let _one = exclusive();
-    if !ready() {
+    let Some((_one, lab, api)) = site("faults-image") else {
         return;
-    }
-    let lab = Lab::new("faults-image");
-    let api = Api::new(lab.tmp.path());
+    };
     let restore = || {
         sh(&format!(
             "docker image inspect {IMAGE} >/dev/null 2>&1 || docker tag kalki/umbox:saved {IMAGE}; \
@@ -637,12 +628,9 @@ fn missing_image_fails_closed() {
 /// the alert on.
 #[test]
 fn unreachable_switch_not_enforced() {
-    let _one = exclusive();
-    if !ready() {
+    let Some((_one, lab, api)) = site("faults-switch") else {
         return;
-    }
-    let lab = Lab::new("faults-switch");
-    let api = Api::new(lab.tmp.path());
+    };
     let _ovs = OnDrop(|| {
         if !ovs_up() {
             start_ovs();
@@ -726,12 +714,9 @@ fn unreachable_switch_not_enforced() {
 /// itself (which then has the node repaired at once).
 #[test]
 fn tampered_bridge_and_ports_heal() {
-    let _one = exclusive();
-    if !ready() {
+    let Some((_one, lab, api)) = site("faults-tamper") else {
         return;
-    }
-    let lab = Lab::new("faults-tamper");
-    let api = Api::new(lab.tmp.path());
+    };
     let _qdisc = OnDrop(|| {
         sh("tc qdisc del dev ke-cam0 ingress 2>/dev/null");
     });
