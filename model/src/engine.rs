@@ -60,6 +60,41 @@ pub enum Input {
     Tick,
 }
 
+impl Input {
+    /// The input at `t_ms` as a line of a `kalki-shim simulate` trace (`docs/runtime.md`,
+    /// "Traces"); the shim's trace parser reads it back as the same input.
+    pub fn trace_line(&self, t_ms: u64) -> serde_json::Value {
+        let mut line = serde_json::Map::new();
+        line.insert("t_ms".into(), t_ms.into());
+        match self {
+            Input::Reading { device, values } => {
+                line.insert("device".into(), device.clone().into());
+                line.insert(
+                    "reading".into(),
+                    serde_json::Value::Object(values.clone().into_iter().collect()),
+                );
+            }
+            Input::Alert {
+                device,
+                alert,
+                source,
+            } => {
+                line.insert("device".into(), device.clone().into());
+                line.insert("alert".into(), alert.clone().into());
+                if let Some(s) = source {
+                    line.insert("source".into(), s.clone().into());
+                }
+            }
+            Input::Operator { device, action } => {
+                line.insert("device".into(), device.clone().into());
+                line.insert("operator".into(), action.clone().into());
+            }
+            Input::Tick => {}
+        }
+        serde_json::Value::Object(line)
+    }
+}
+
 /// A state change, a command to send or an alert raised by a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {

@@ -414,6 +414,49 @@ mod tests {
     }
 
     #[test]
+    fn the_engine_writes_lines_this_parser_reads_back() {
+        let inputs = [
+            Input::Reading {
+                device: "d".into(),
+                values: [
+                    ("x".to_string(), serde_json::json!(3)),
+                    ("m".to_string(), serde_json::json!("heat")),
+                ]
+                .into_iter()
+                .collect(),
+            },
+            Input::Alert {
+                device: "d".into(),
+                alert: "scan".into(),
+                source: Some("ids".into()),
+            },
+            Input::Alert {
+                device: "d".into(),
+                alert: "tamper".into(),
+                source: None,
+            },
+            Input::Operator {
+                device: "d".into(),
+                action: "reset".into(),
+            },
+            Input::Tick,
+        ];
+        let text: String = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| format!("{}\n", input.trace_line(i as u64 * 10)))
+            .collect();
+        let t = parse(&text).unwrap();
+        let back: Vec<(u64, Input)> = t.events.into_iter().map(|e| (e.t_ms, e.input)).collect();
+        let sent: Vec<(u64, Input)> = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, input)| (i as u64 * 10, input))
+            .collect();
+        assert_eq!(back, sent);
+    }
+
+    #[test]
     fn spans_cover_the_line() {
         let text = "{\"t_ms\": 0}\r\n{\"t_ms\": x}\r\n";
         let e = parse(text).unwrap_err();
