@@ -151,6 +151,31 @@ pub fn build(
     if !findings.is_empty() {
         return Err(findings);
     }
+    Ok(assemble(model, site, sources, &ports, &plane))
+}
+
+/// The site's bundle as the engine loads it, without proving its rule sets: what the
+/// verifier replays its witnesses on (`verify::replay`). The same assembly as [`build`],
+/// so the replay runs exactly the manifest a node would.
+pub fn for_engine(model: &Model, site: &Site) -> Result<kalki_model::bundle::Bundle, String> {
+    let ports = openflow::allocate(model, site)
+        .map_err(|e| format!("the site needs {} switch ports", e.needed))?;
+    let plane = dataplane::plane(model, site, &ports);
+    let bundle = assemble(model, site, &Sources::default(), &ports, &plane);
+    kalki_model::bundle::load(&bundle.files).map_err(|errors| {
+        let first = errors.first().map_or(String::new(), |e| e.to_string());
+        format!("the engine refuses the bundle: {first}")
+    })
+}
+
+/// Renders the proved rule sets and writes the manifests.
+fn assemble(
+    model: &Model,
+    site: &Site,
+    sources: &Sources,
+    ports: &Ports,
+    plane: &dataplane::DataPlane,
+) -> Bundle {
     let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
 
     let mut source_digests: Vec<m::SourceDigest> = sources
@@ -185,7 +210,7 @@ pub fn build(
             ));
             let containers: Vec<String> = ports.entries[i][si]
                 .iter()
-                .map(|&ix| container_path(model, &ports, i, ix, &d.name))
+                .map(|&ix| container_path(model, ports, i, ix, &d.name))
                 .collect();
             states.push(m::DeviceState {
                 name: s.name.clone(),
@@ -195,7 +220,7 @@ pub fn build(
                 containers,
             });
         }
-        files.extend(container_manifests(model, site, &ports, i, &policy_digest));
+        files.extend(container_manifests(model, site, ports, i, &policy_digest));
         let digests = files
             .iter()
             .map(|(path, bytes)| (path.clone(), sha256(bytes)))
@@ -274,7 +299,7 @@ pub fn build(
         rules: site.rules.iter().map(lower::rule).collect(),
     };
     files.insert("manifest.json".into(), to_json(&manifest));
-    Ok(Bundle { files })
+    Bundle { files }
 }
 
 /// What one device adds to the bundle.

@@ -10,12 +10,16 @@
 //! the argument). States are stored as wide as [`StateId`].
 
 use super::encode::Vocab;
-use super::machine::describe;
+use super::machine::{alert_from_input, describe};
+use super::replay::{self, Move as Taken};
+use super::site::alert_outcomes;
 use super::site::waits_for_state_change;
 use super::solver::{Outcome, Term};
 use super::{codes, Verifier};
 use crate::diag::Diagnostic;
-use crate::ir::{Action, AssertKind, Assertion, DeviceId, Expr, ExprKind, Loc, Site, StateId};
+use crate::ir::{
+    Action, AssertKind, Assertion, DeviceId, Expr, ExprKind, Loc, Rule, Site, StateId, Trigger,
+};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -46,6 +50,9 @@ pub struct AssertionResult {
     pub status: Status,
     /// For a proved `reachable` or a refuted `never`: the run that reaches the condition.
     pub trace: Vec<Step>,
+    /// For a proved `reachable` or a refuted `never`: inputs that drive the runtime
+    /// engine into the condition, as `kalki-shim simulate` trace lines (`replay`).
+    pub replay: Vec<serde_json::Value>,
     /// Product states explored.
     pub explored: usize,
     /// Devices the search had to track.
@@ -76,14 +83,21 @@ fn holds(e: &Expr, coi: &[DeviceId], st: &[u32]) -> bool {
     }
 }
 
+/// (position in the cone, new state, whether it is entered even if the device is there).
+type Set = (usize, u32, bool);
+
 struct Move {
     event: String,
-    /// (position in the cone, new state), applied in order.
-    sets: Vec<(usize, u32)>,
+    /// (position in the cone, new state, whether it is entered even if the device is
+    /// there already), applied in order. A transition always enters its target (a
+    /// transition back into its own state too); a rule's `dev -> s` while `dev` is in
+    /// `s` changes nothing.
+    sets: Vec<Set>,
     /// The rule that fires (its position in the rules considered), or `None` for a
-    /// transition. A transition always enters its target (a transition back into its own
-    /// state too); a rule's `dev -> s` while `dev` is in `s` changes nothing.
+    /// transition.
     rule: Option<usize>,
+    /// The transition or rule, for replay.
+    taken: Taken,
 }
 
 /// A combination of states of the cone, and which rules are due: a rule that reads no
@@ -95,6 +109,95 @@ struct Move {
 struct Node {
     st: Vec<u32>,
     due: Vec<bool>,
+}
+
+/// Whether a rule moves a device of the cone or raises an alert on one.
+fn acts_on(r: &Rule, in_cone: impl Fn(&DeviceId) -> bool) -> bool {
+    r.actions.iter().any(|x| match x {
+        Action::Goto { device, .. } | Action::Raise { device, .. } => in_cone(device),
+        Action::Command { .. } => false,
+    })
+}
+
+/// What a rule firing in states `st` can do to the cone, as the engine runs its actions:
+/// its moves, then its raised alerts in order, each offered to the state the device is in
+/// by then ([`alert_outcomes`]; an alert waiting for a count may or may not complete
+/// it). One entry per outcome: the changes in order, and their description.
+fn rule_outcomes(
+    v: &Verifier<'_>,
+    site: &Site,
+    coi: &[DeviceId],
+    st: &[u32],
+    r: &Rule,
+) -> Vec<(Vec<Set>, Vec<String>)> {
+    let name = |p: usize, s: u32| {
+        let dev = &site.devices[coi[p].index()];
+        let ty = v.policy.device_type(dev.ty);
+        let state = ty
+            .states
+            .get(StateId(s).index())
+            .map_or("?", |x| x.name.as_str());
+        format!("{} -> {state}", dev.name)
+    };
+    // (the cone's states so far, the changes, their description)
+    let mut outcomes: Vec<(Vec<u32>, Vec<Set>, Vec<String>)> =
+        vec![(st.to_vec(), Vec::new(), Vec::new())];
+    let gotos = r
+        .actions
+        .iter()
+        .filter(|x| matches!(x, Action::Goto { .. }));
+    let raises = r
+        .actions
+        .iter()
+        .filter(|x| matches!(x, Action::Raise { .. }));
+    for x in gotos.chain(raises) {
+        let Some(p) = (match x {
+            Action::Goto { device, .. } | Action::Raise { device, .. } => {
+                coi.iter().position(|d| d == device)
+            }
+            Action::Command { .. } => None,
+        }) else {
+            continue;
+        };
+        let mut next = Vec::new();
+        for (now, sets, what) in outcomes {
+            match x {
+                Action::Goto { state, .. } => {
+                    let (mut now, mut sets, mut what) = (now, sets, what);
+                    now[p] = state.0;
+                    sets.push((p, state.0, false));
+                    what.push(name(p, state.0));
+                    next.push((now, sets, what));
+                }
+                Action::Raise { alert, .. } => {
+                    let ty = v.policy.device_type(site.devices[coi[p].index()].ty);
+                    for taken in alert_outcomes(ty, StateId(now[p]), alert) {
+                        let (mut now, mut sets, mut what) =
+                            (now.clone(), sets.clone(), what.clone());
+                        match taken {
+                            Some(ti) => {
+                                let to = ty.transitions[ti].to.0;
+                                now[p] = to;
+                                sets.push((p, to, true));
+                                what.push(format!("raises {alert}: {}", name(p, to)));
+                            }
+                            None => what.push(format!(
+                                "raises {alert} on {} (not enough of them yet)",
+                                site.devices[coi[p].index()].name
+                            )),
+                        }
+                        next.push((now, sets, what));
+                    }
+                }
+                Action::Command { .. } => next.push((now, sets, what)),
+            }
+        }
+        outcomes = next;
+    }
+    outcomes
+        .into_iter()
+        .map(|(_, sets, what)| (sets, what))
+        .collect()
 }
 
 pub(super) fn check(
@@ -120,11 +223,7 @@ fn check_one(
     loop {
         let before = coi.len();
         for (i, r) in site.rules.iter().enumerate() {
-            let moves_coi = r
-                .actions
-                .iter()
-                .any(|x| matches!(x, Action::Goto { device, .. } if coi.contains(device)));
-            if live_rules[i] && moves_coi {
+            if live_rules[i] && acts_on(r, |d| coi.contains(d)) {
                 coi.extend(in_states(&r.cond));
             }
         }
@@ -138,13 +237,7 @@ fn check_one(
         .map(|d| site.devices[d.index()].name.clone())
         .collect();
     let rules: Vec<usize> = (0..site.rules.len())
-        .filter(|&i| {
-            live_rules[i]
-                && site.rules[i]
-                    .actions
-                    .iter()
-                    .any(|x| matches!(x, Action::Goto { device, .. } if coi.contains(device)))
-        })
+        .filter(|&i| live_rules[i] && acts_on(&site.rules[i], |d| coi.contains(d)))
         .collect();
 
     let state_names = |st: &[u32]| -> BTreeMap<String, String> {
@@ -190,11 +283,11 @@ fn check_one(
         due: waits.iter().map(|w| !w).collect(),
     };
     let mut seen: HashMap<Node, usize> = HashMap::new();
-    // (node, parent, event)
-    let mut nodes: Vec<(Node, Option<usize>, String)> = Vec::new();
+    // (node, parent, event, what moved)
+    let mut nodes: Vec<(Node, Option<usize>, String, Option<Taken>)> = Vec::new();
     let mut queue = VecDeque::new();
     seen.insert(init.clone(), 0);
-    nodes.push((init, None, "initial states".into()));
+    nodes.push((init, None, "initial states".into(), None));
     queue.push_back(0usize);
     let mut enabled_cache: HashMap<(usize, Vec<u32>), bool> = HashMap::new();
     let mut unknown: Option<String> = None;
@@ -231,10 +324,21 @@ fn check_one(
                 {
                     continue;
                 }
+                // An alert no input brings in this state only comes with a rule's
+                // `raise`: taken below, as part of the rule's step.
+                if let Trigger::Alert { alert, .. } = &t.trigger {
+                    if !alert_from_input(v.policy, ty, t.from, alert) {
+                        continue;
+                    }
+                }
                 moves.push(Move {
                     event: format!("`{}`: {}", dev.name, describe(ty, t)),
-                    sets: vec![(pos, t.to.0)],
+                    sets: vec![(pos, t.to.0, true)],
                     rule: None,
+                    taken: Taken::Transition {
+                        device: *d,
+                        index: ti,
+                    },
                 });
             }
         }
@@ -281,42 +385,21 @@ fn check_one(
             if !enabled {
                 continue;
             }
-            let sets: Vec<(usize, u32)> = r
-                .actions
-                .iter()
-                .filter_map(|x| match x {
-                    Action::Goto { device, state, .. } => {
-                        coi.iter().position(|d| d == device).map(|p| (p, state.0))
-                    }
-                    _ => None,
-                })
-                .collect();
-            let targets: Vec<String> = sets
-                .iter()
-                .map(|(p, s)| {
-                    let dev = &site.devices[coi[*p].index()];
-                    let ty = v.policy.device_type(dev.ty);
-                    format!(
-                        "{} -> {}",
-                        dev.name,
-                        ty.states
-                            .get(StateId(*s).index())
-                            .map_or("?", |x| x.name.as_str())
-                    )
-                })
-                .collect();
-            moves.push(Move {
-                event: format!("rule `{}` fires: {}", r.name, targets.join(", ")),
-                sets,
-                rule: Some(k),
-            });
+            for (sets, what) in rule_outcomes(v, site, &coi, st, r) {
+                moves.push(Move {
+                    event: format!("rule `{}` fires: {}", r.name, what.join(", ")),
+                    sets,
+                    rule: Some(k),
+                    taken: Taken::Rule { index: ri },
+                });
+            }
         }
         for m in moves {
             let mut next = node.clone();
-            for &(p, s) in &m.sets {
+            for &(p, s, enters) in &m.sets {
                 // Every entry (not a rule's move to where the device already is) makes
                 // the waiting rules that test the device due.
-                if m.rule.is_none() || next.st[p] != s {
+                if enters || next.st[p] != s {
                     next.st[p] = s;
                     for &w in &wakes[p] {
                         next.due[w] = true;
@@ -337,7 +420,7 @@ fn check_one(
                 break;
             }
             seen.insert(next.clone(), nodes.len());
-            nodes.push((next, Some(n), m.event));
+            nodes.push((next, Some(n), m.event, Some(m.taken)));
             queue.push_back(nodes.len() - 1);
         }
         if bounded {
@@ -349,7 +432,7 @@ fn check_one(
         let mut out = Vec::new();
         let mut at = Some(end);
         while let Some(i) = at {
-            let (node, parent, event) = &nodes[i];
+            let (node, parent, event, _) = &nodes[i];
             out.push(Step {
                 event: event.clone(),
                 states: state_names(&node.st),
@@ -360,6 +443,35 @@ fn check_one(
         out
     };
     let explored = nodes.len();
+    // A run found is replayed on the engine before it is reported as a fact.
+    let mut replayed = Vec::new();
+    let mut replay_failed = false;
+    if let (Some(n), None) = (found, &unknown) {
+        let mut run = Vec::new();
+        let mut at = Some(n);
+        while let Some(i) = at {
+            let (_, parent, _, taken) = &nodes[i];
+            run.extend(*taken);
+            at = *parent;
+        }
+        run.reverse();
+        let goal = |states: &[usize]| {
+            let st: Vec<u32> = coi
+                .iter()
+                .map(|d| states.get(d.index()).map_or(u32::MAX, |s| *s as u32))
+                .collect();
+            holds(&a.cond, &coi, &st)
+        };
+        match replay::replay(v, site, &run, &goal) {
+            Ok(inputs) => replayed = inputs,
+            Err(why) => {
+                replay_failed = true;
+                unknown = Some(format!(
+                    "the run found does not replay on the runtime engine: {why}"
+                ));
+            }
+        }
+    }
     let (status, tr) = match (a.kind, found, bounded, &unknown) {
         (AssertKind::Reachable, Some(n), _, None) => (Status::Proved, trace(n)),
         (AssertKind::Never, Some(n), _, None) => (Status::Refuted, trace(n)),
@@ -387,7 +499,10 @@ fn check_one(
             } else {
                 (
                     "assertion refuted: the condition can hold".to_string(),
-                    format!("reached in {} steps", tr.len().saturating_sub(1)),
+                    match tr.len().saturating_sub(1) {
+                        1 => "reached in 1 step".to_string(),
+                        n => format!("reached in {n} steps"),
+                    },
                     "the witness trace shows a run from the initial states that reaches it"
                         .to_string(),
                 )
@@ -396,18 +511,26 @@ fn check_one(
             let mut d = Diagnostic::error(codes::ASSERTION, msg)
                 .primary(a.loc, label)
                 .help(if steps.is_empty() { help } else { format!("{help}: {}", steps.join("; then ")) })
-                .witness(json!({ "assertion": kind, "explored": explored, "devices": names, "trace": tr }));
+                .witness(json!({ "assertion": kind, "explored": explored, "devices": names, "trace": tr, "replay": replayed }));
             for &ri in rules.iter().take(4) {
                 d = d.secondary(site.rules[ri].loc, "rule considered");
             }
             v.push(d);
         }
         Status::Unknown(why) => {
+            let help = if replay_failed {
+                "an unknown result never counts as success; the search abstracts sensed values and time, and the runtime engine did not follow the run it found: see docs/verification.md, \"Witness replay\""
+            } else {
+                "an unknown result never counts as success; raise --max-states or --solver-timeout-ms, or simplify the rules"
+            };
             v.push(
-                Diagnostic::error(codes::INCONCLUSIVE, format!("assertion could not be decided: {why}"))
-                    .primary(a.loc, "neither proved nor refuted")
-                    .help("an unknown result never counts as success; raise --max-states or --solver-timeout-ms, or simplify the rules")
-                    .witness(json!({ "assertion": kind, "explored": explored, "reason": why })),
+                Diagnostic::error(
+                    codes::INCONCLUSIVE,
+                    format!("assertion could not be decided: {why}"),
+                )
+                .primary(a.loc, "neither proved nor refuted")
+                .help(help)
+                .witness(json!({ "assertion": kind, "explored": explored, "reason": why })),
             );
         }
         Status::Proved => {}
@@ -418,6 +541,7 @@ fn check_one(
         kind: a.kind,
         status,
         trace: tr,
+        replay: replayed,
         explored,
         devices: names,
     }
@@ -437,7 +561,6 @@ mod tests {
     use crate::verify::solver::{Query, Solver};
     use crate::verify::Options;
     use kalki_lang::ast::Span;
-    use std::collections::HashMap;
 
     /// No rule, so no query is ever asked.
     struct NoSolver;
@@ -527,13 +650,7 @@ mod tests {
             ..Model::default()
         };
         let opts = Options::default();
-        let mut v = Verifier {
-            policy: &model,
-            solver: &NoSolver,
-            opts: &opts,
-            diags: Vec::new(),
-            live: HashMap::new(),
-        };
+        let mut v = Verifier::new(&model, &NoSolver, &opts);
         let a = Assertion {
             kind,
             cond: in_state(target),

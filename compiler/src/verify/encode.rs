@@ -13,7 +13,7 @@ use crate::ir::{
     VarRef, VarType,
 };
 use serde_json::{json, Map, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Key {
@@ -361,6 +361,74 @@ impl<'m> Vocab<'m> {
         t
     }
 
+    /// Ties every window used so far to its current reading (lowest = highest = current):
+    /// a model of the query is then met by sending the same reading as many times as the
+    /// window is long. What witness replay (`verify::replay`) asks for.
+    pub fn steady(&mut self) {
+        let windows: Vec<(VarIx, VarRef)> = self
+            .keys
+            .iter()
+            .filter_map(|(k, &ix)| match k {
+                Key::WinLo(r, _) | Key::WinHi(r, _) => Some((ix, *r)),
+                _ => None,
+            })
+            .collect();
+        for (ix, r) in windows {
+            let x = self.key(Key::Var(r));
+            self.query
+                .facts
+                .push(Term::cmp(CmpOp::Eq, Term::Var(ix), Term::Var(x)));
+        }
+    }
+
+    /// The sensed values of a model, per site device, as a reading spells them (enum
+    /// members by name), with the longest window the query reads of each device's
+    /// values. Values of the type under analysis (no device) are under `None`.
+    pub fn readings(&self, model: &Model) -> BTreeMap<Option<DeviceId>, Reading> {
+        let mut out: BTreeMap<Option<DeviceId>, Reading> = BTreeMap::new();
+        for (key, &ix) in &self.keys {
+            match key {
+                Key::Var(r) => {
+                    let Some(var) = self
+                        .device_type_of(r.device)
+                        .and_then(|t| t.vars.get(r.var.index()))
+                    else {
+                        continue;
+                    };
+                    let value = match (model.get(&self.query.vars[ix].0), &var.ty) {
+                        (Some(ModelValue::Bool(b)), _) => json!(b),
+                        (Some(ModelValue::Int(i)), VarType::Enum { members }) => {
+                            match usize::try_from(*i).ok().and_then(|i| members.get(i)) {
+                                Some(m) => json!(m),
+                                None => continue,
+                            }
+                        }
+                        (Some(ModelValue::Int(i)), _) => json!(i),
+                        _ => continue,
+                    };
+                    let entry = out.entry(r.device).or_default();
+                    entry.values.insert(var.name.clone(), value);
+                    entry.repeat = entry.repeat.max(1);
+                }
+                Key::WinLo(r, n) | Key::WinHi(r, n) | Key::WinSum(r, n) | Key::Agg(_, r, n) => {
+                    let entry = out.entry(r.device).or_default();
+                    entry.repeat = entry.repeat.max(*n);
+                }
+                Key::State(_) | Key::Clock => {}
+            }
+        }
+        out
+    }
+
+    /// The minute of the day of a model, if the query reads the clock.
+    pub fn minute(&self, model: &Model) -> Option<u16> {
+        let ix = *self.keys.get(&Key::Clock)?;
+        match model.get(&self.query.vars[ix].0)? {
+            ModelValue::Int(m) => u16::try_from(*m).ok(),
+            _ => None,
+        }
+    }
+
     /// A model as JSON, with enum members, state names and times of day spelled out and
     /// helper variables left out. Sorted by name.
     pub fn describe(&self, model: &Model) -> Value {
@@ -382,6 +450,14 @@ impl<'m> Vocab<'m> {
         }
         Value::Object(out)
     }
+}
+
+/// One device's values in a model ([`Vocab::readings`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reading {
+    pub values: BTreeMap<String, Value>,
+    /// How many times to send it so that every window the query reads holds it only.
+    pub repeat: u32,
 }
 
 /// `a = 1, b = true` for messages.

@@ -277,7 +277,17 @@ fn pair(
                     format!("one alert `{x}` that completes both counts")
                 };
                 v.push(nondeterminism(ty, a, b, event, json!({})));
-                None
+                // With the same count, the runtime always takes the same one: the longer
+                // window, then the one declared first. The other never fires, and
+                // reachability must follow the runtime, K201 or not.
+                (sa.0 == sb.0).then(|| {
+                    let window = |s: AlertSpec| s.1.unwrap_or(u64::MAX);
+                    if window(sb) > window(sa) {
+                        Hidden::First
+                    } else {
+                        Hidden::Second
+                    }
+                })
             } else if sa == sb {
                 // The runtime takes the one declared first.
                 v.push(shadowed(ty, b, a, "it repeats an earlier transition"));
@@ -295,7 +305,8 @@ fn pair(
                     format!("operator action `{x}`"),
                     json!({}),
                 ));
-                None
+                // The runtime takes the one declared first.
+                Some(Hidden::Second)
             } else {
                 v.push(shadowed(ty, b, a, "it repeats an earlier transition"));
                 Some(Hidden::Second)
@@ -358,8 +369,11 @@ fn pair(
             },
         ) => {
             if ha == hb {
-                if a.to != b.to {
-                    overlap(v, ty, (a, ga), (b, gb));
+                // The runtime takes the first whose guard holds: a later one whose guard
+                // never holds without the earlier's never fires (what reachability must
+                // follow; the overlap itself is the K201).
+                if a.to != b.to && overlap(v, ty, (a, ga), (b, gb)) {
+                    return holds_only_with(v, ty, gb, ga, b).then_some(Hidden::Second);
                 }
                 return None;
             }
@@ -394,13 +408,13 @@ fn pair(
 }
 
 /// K201 for two guards with one hold time (or none) and different targets: a reading (or
-/// the end of one hold time) with values that satisfy both.
+/// the end of one hold time) with values that satisfy both. Returns whether there is one.
 fn overlap(
     v: &mut Verifier<'_>,
     ty: &DeviceType,
     a: (&Transition, &Expr),
     b: (&Transition, &Expr),
-) {
+) -> bool {
     let mut voc = Vocab::for_type(v.policy, ty);
     let (ta, tb) = (voc.encode(a.1), voc.encode(b.1));
     voc.query.facts.push(Term::And(vec![ta, tb]));
@@ -409,7 +423,9 @@ fn overlap(
         let event = format!("a reading with {}", inline(&values));
         let d = nondeterminism(ty, a.0, b.0, event, values);
         v.push(label_vars(d, ty, &[a.1, b.1]));
+        return true;
     }
+    false
 }
 
 /// `after Q quiet` and `when G for H` out of one state. Quiet time counts from the later of
@@ -601,6 +617,24 @@ impl Known<'_, '_> {
     }
 }
 
+/// Whether an input can bring `alert` to a device of type `ty` in `state`: the type
+/// declares it (the device reports it), or a µmbox of the state's chain emits it. The
+/// engine accepts exactly these (S111, S112); any other alert comes from a rule's `raise`.
+pub(crate) fn alert_from_input(
+    policy: &crate::ir::Model,
+    ty: &DeviceType,
+    state: StateId,
+    alert: &str,
+) -> bool {
+    ty.alerts.iter().any(|a| a == alert)
+        || match &ty.state(state).chain {
+            Chain::Umboxes(entries) => entries
+                .iter()
+                .any(|e| policy.umbox(e.umbox).emits.iter().any(|x| x == alert)),
+            Chain::Pass | Chain::Drop => false,
+        }
+}
+
 /// K205: an alert transition must wait for something its state deploys.
 /// Returns, per transition, whether its trigger has a source (always true for
 /// non-alert triggers).
@@ -621,14 +655,12 @@ fn provenance(v: &mut Verifier<'_>, id: TypeId, ty: &DeviceType, facts: &SiteFac
                 .collect(),
             Chain::Pass | Chain::Drop => vec![],
         };
-        let from_chain = chain.iter().any(|(_, emits)| emits.contains(alert));
-        let declared = ty.alerts.contains(alert);
         // A rule raises it in this state: the rule does not pin the device to another.
         let raised = facts.raised.get(&id).is_some_and(|r| {
             r.iter()
                 .any(|(a, pinned)| a == alert && pinned.is_none_or(|p| p == t.from))
         });
-        if from_chain || declared || raised {
+        if alert_from_input(v.policy, ty, t.from, alert) || raised {
             continue;
         }
         sourced[i] = false;

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod dataplane;
 pub mod encode;
 mod machine;
+mod replay;
 mod site;
 pub mod solver;
 pub mod z3;
@@ -104,9 +105,22 @@ pub(crate) struct Verifier<'a> {
     diags: Vec<Diagnostic>,
     /// Per device type: which transitions can fire at all (not dead).
     pub live: HashMap<TypeId, Vec<bool>>,
+    /// Per site, the bundle witnesses are replayed on (`replay`), built when first needed.
+    bundles: HashMap<String, Result<std::rc::Rc<kalki_model::bundle::Bundle>, String>>,
 }
 
-impl Verifier<'_> {
+impl<'a> Verifier<'a> {
+    pub fn new(policy: &'a Model, solver: &'a dyn Solver, opts: &'a Options) -> Self {
+        Verifier {
+            policy,
+            solver,
+            opts,
+            diags: Vec::new(),
+            live: HashMap::new(),
+            bundles: HashMap::new(),
+        }
+    }
+
     pub fn push(&mut self, d: Diagnostic) {
         self.diags.push(d);
     }
@@ -130,13 +144,7 @@ impl Verifier<'_> {
 
 /// Verifies a checked model.
 pub fn verify(model: &Model, solver: &dyn Solver, opts: &Options) -> Verified {
-    let mut v = Verifier {
-        policy: model,
-        solver,
-        opts,
-        diags: Vec::new(),
-        live: HashMap::new(),
-    };
+    let mut v = Verifier::new(model, solver, opts);
     let mut facts = SiteFacts::default();
     let mut live_rules = Vec::new();
     for s in &model.sites {

@@ -113,49 +113,52 @@ pub(crate) fn waits_for_state_change(r: &Rule) -> bool {
 type States = Option<BTreeSet<StateId>>;
 
 /// The states a device of type `ty` may be in once alert `alert` has been offered to its
-/// transitions in one of `from`, as the engine does: out of a state with an enabled
-/// transition waiting for one alert (`on A`, `on A count 1 within T`) the one met first
-/// is taken; one that waits for a count may or may not be met.
+/// transitions in one of `from` ([`alert_outcomes`]).
 fn after_alert(ty: &DeviceType, from: &States, alert: &str) -> States {
     let from = from.as_ref()?;
     let mut out = BTreeSet::new();
     for &s in from {
-        // (count, longer window first, declaration order): the engine's choice.
-        let mut sure: Option<(u32, Reverse<u64>, usize)> = None;
-        let mut maybe = Vec::new();
-        for (ti, t) in ty.transitions.iter().enumerate() {
-            let Trigger::Alert {
-                alert: a, count, ..
-            } = &t.trigger
-            else {
-                continue;
-            };
-            if t.from != s || a != alert {
-                continue;
-            }
-            let key = match count {
-                None => (1, Reverse(u64::MAX), ti),
-                Some((1, w)) => (1, Reverse(*w), ti),
-                Some(_) => {
-                    maybe.push(t.to);
-                    continue;
-                }
-            };
-            if sure.is_none_or(|b| key < b) {
-                sure = Some(key);
-            }
-        }
-        match sure {
-            Some((_, _, ti)) => {
-                out.insert(ty.transitions[ti].to);
-            }
-            None => {
-                out.insert(s);
-                out.extend(maybe);
-            }
+        for taken in alert_outcomes(ty, s, alert) {
+            out.insert(taken.map_or(s, |ti| ty.transitions[ti].to));
         }
     }
     Some(out)
+}
+
+/// What one alert `alert` can do to a device of type `ty` in `state`, as the engine
+/// decides: out of a state with an enabled transition waiting for one alert (`on A`,
+/// `on A count 1 within T`) the one met first is taken, always; one that waits for a
+/// count may or may not be met. `Some(transition)` taken, or `None`: nothing happens.
+pub(crate) fn alert_outcomes(ty: &DeviceType, state: StateId, alert: &str) -> Vec<Option<usize>> {
+    // (count, longer window first, declaration order): the engine's choice.
+    let mut sure: Option<(u32, Reverse<u64>, usize)> = None;
+    let mut maybe = vec![None];
+    for (ti, t) in ty.transitions.iter().enumerate() {
+        let Trigger::Alert {
+            alert: a, count, ..
+        } = &t.trigger
+        else {
+            continue;
+        };
+        if t.from != state || a != alert {
+            continue;
+        }
+        let key = match count {
+            None => (1, Reverse(u64::MAX), ti),
+            Some((1, w)) => (1, Reverse(*w), ti),
+            Some(_) => {
+                maybe.push(Some(ti));
+                continue;
+            }
+        };
+        if sure.is_none_or(|b| key < b) {
+            sure = Some(key);
+        }
+    }
+    match sure {
+        Some((_, _, ti)) => vec![Some(ti)],
+        None => maybe,
+    }
 }
 
 /// K202 for rules. Returns which rules can fire, and records what live rules do to each
