@@ -141,6 +141,9 @@ pub struct DeviceType {
     pub loc: Loc,
     pub vars: Vec<Var>,
     pub commands: Vec<String>,
+    /// The commands declared `lowering`: sending one lowers the device's protection
+    /// (K207 judges it like a lower posture). Also in `commands`.
+    pub lowering: Vec<String>,
     /// Alerts declared by the type itself (`alerts a, b`).
     pub alerts: Vec<String>,
     /// In posture order: index 0 is least restrictive.

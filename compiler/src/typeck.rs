@@ -550,6 +550,7 @@ impl<'a> Cx<'a> {
             loc,
             vars: Vec::new(),
             commands: Vec::new(),
+            lowering: Vec::new(),
             alerts: Vec::new(),
             states: Vec::new(),
             initial: StateId(0),
@@ -613,6 +614,11 @@ impl<'a> Cx<'a> {
                 }
                 ast::DeviceMember::Commands(cs, _) => {
                     self.collect_names(source, "command", cs, &mut out.commands, &mut command_locs);
+                }
+                ast::DeviceMember::LoweringCommands(cs, _) => {
+                    let before = out.commands.len();
+                    self.collect_names(source, "command", cs, &mut out.commands, &mut command_locs);
+                    out.lowering.extend(out.commands[before..].iter().cloned());
                 }
                 ast::DeviceMember::Alerts(al, _) => {
                     self.collect_names(source, "alert", al, &mut out.alerts, &mut alert_locs);

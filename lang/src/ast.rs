@@ -186,6 +186,10 @@ pub enum DeviceMember {
     },
     /// `commands a, b`.
     Commands(Vec<Ident>, Span),
+    /// `lowering commands a, b`: commands that lower the device's protection in the
+    /// physical world (`unlock`, `disarm`); integrity (K207) treats sending one like
+    /// lowering a posture.
+    LoweringCommands(Vec<Ident>, Span),
     /// `alerts a, b`: alerts the device type declares itself (raised by rules or sensors).
     Alerts(Vec<Ident>, Span),
     /// `states a < b < c`: least restrictive first.

@@ -38,6 +38,8 @@ pub enum Token {
     Sensed,
     #[token("commands")]
     Commands,
+    #[token("lowering")]
+    Lowering,
     #[token("alerts")]
     Alerts,
     #[token("states")]
@@ -283,6 +285,7 @@ impl Token {
             Type => "type",
             Sensed => "sensed",
             Commands => "commands",
+            Lowering => "lowering",
             Alerts => "alerts",
             States => "states",
             Initial => "initial",

@@ -600,6 +600,7 @@ mod tests {
             loc: LOC,
             vars: vec![],
             commands: vec![],
+            lowering: vec![],
             alerts: vec![],
             states: (0..states)
                 .map(|i| State {

@@ -452,7 +452,23 @@ pub(super) fn conflicts(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
     }
 }
 
-/// K207: a rule that lowers a device's posture may only depend on trusted devices' data.
+/// How a rule's action can lower a device's protection.
+enum Lowering {
+    /// `dev -> state`, or an alert the rule raises driving `dev` down: from a state to a
+    /// lower one.
+    Posture {
+        from: StateId,
+        to: StateId,
+        raised: Option<String>,
+    },
+    /// A command the device type declares `lowering`.
+    Command(String),
+}
+
+/// K207: integrity. A rule that reads data of a device not marked `trusted` must not
+/// lower another device's protection by any path: a move to a less restrictive state, an
+/// alert it raises that drives the device's own transition down, or a command its type
+/// declares `lowering` (`unlock`, `disarm`). A device's own data is trusted for itself.
 pub(super) fn integrity(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
     for (i, r) in site.rules.iter().enumerate() {
         if !live[i] {
@@ -460,7 +476,12 @@ pub(super) fn integrity(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
         }
         let where_read = devices_read(&r.cond);
         let read: BTreeSet<DeviceId> = where_read.iter().map(|(d, _)| *d).collect();
-        for (d, target, l) in gotos(r) {
+        for a in &r.actions {
+            let (d, l) = match a {
+                Action::Goto { device, loc, .. }
+                | Action::Raise { device, loc, .. }
+                | Action::Command { device, loc, .. } => (*device, *loc),
+            };
             let untrusted: Vec<DeviceId> = read
                 .iter()
                 .copied()
@@ -469,44 +490,38 @@ pub(super) fn integrity(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
             if untrusted.is_empty() {
                 continue;
             }
+            let Some((how, values)) = lowering(v, site, r, a) else {
+                continue;
+            };
             let dev = &site.devices[d.index()];
             let ty = v.policy.device_type(dev.ty);
-            // A de-escalation: the rule can fire while the device is more restrictive.
-            let stricter: Vec<StateId> = (target.index() + 1..ty.states.len())
-                .map(StateId::from_index)
-                .collect();
-            let mut from = None;
-            for s in stricter {
-                let mut voc = Vocab::for_site(v.policy, site);
-                let c = voc.encode(&r.cond);
-                let at = voc.state_is(d, s);
-                voc.query.facts.push(Term::And(vec![c, at]));
-                if let Some(Outcome::Sat(m)) =
-                    v.solve(&voc.query, r.loc, "whether a rule lowers a posture")
-                {
-                    from = Some((s, voc.describe(&m)));
-                    break;
-                }
-            }
-            let Some((from, values)) = from else { continue };
             let names: Vec<&str> = untrusted
                 .iter()
                 .map(|e| site.devices[e.index()].name.as_str())
                 .collect();
-            let mut diag = Diagnostic::error(
-                codes::INTEGRITY,
-                format!("rule `{}` lowers `{}` from `{}` to `{}` on data from untrusted `{}`", r.name, dev.name, ty.state(from).name, ty.state(target).name, names.join("`, `")),
-            )
-            .primary(l, "de-escalation")
-            .help(format!("a compromised device could unlock another; mark the source `trusted` if it is, or lower `{}` on its own data or by `on operator reset`", dev.name))
-            .witness(json!({
-                "rule": r.name,
-                "device": dev.name,
-                "from": ty.state(from).name,
-                "to": ty.state(target).name,
-                "untrusted": names,
-                "values": values,
-            }));
+            let sources = names.join("`, `");
+            let (msg, label, witness) = match &how {
+                Lowering::Posture { from, to, raised } => {
+                    let (from, to) = (&ty.state(*from).name, &ty.state(*to).name);
+                    let through = raised
+                        .as_ref()
+                        .map_or(String::new(), |a| format!(" through `raise {a}`"));
+                    (
+                        format!("rule `{}` lowers `{}` from `{from}` to `{to}`{through} on data from untrusted `{sources}`", r.name, dev.name),
+                        "de-escalation",
+                        json!({ "rule": r.name, "device": dev.name, "from": from, "to": to, "raised": raised, "untrusted": names, "values": values }),
+                    )
+                }
+                Lowering::Command(c) => (
+                    format!("rule `{}` sends `{}.{c}`, a lowering command, on data from untrusted `{sources}`", r.name, dev.name),
+                    "lowers protection",
+                    json!({ "rule": r.name, "device": dev.name, "command": c, "untrusted": names, "values": values }),
+                ),
+            };
+            let mut diag = Diagnostic::error(codes::INTEGRITY, msg)
+                .primary(l, label)
+                .help(format!("a compromised device could unlock another; mark the source `trusted` if it is, or lower `{}` on its own data or by `on operator reset`", dev.name))
+                .witness(witness);
             for (e, at) in &where_read {
                 if untrusted.contains(e) {
                     diag = diag.secondary(
@@ -519,6 +534,88 @@ pub(super) fn integrity(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
                 diag = diag.secondary(site.devices[e.index()].loc, "not marked `trusted`");
             }
             v.push(diag);
+        }
+    }
+}
+
+/// Whether action `a` of rule `r` can lower its device's protection, with values under
+/// which the rule fires so. A move or a raised alert lowers a posture when the rule can
+/// fire with the device in a stricter state than the one it ends in; a raised alert meets
+/// the state the rule's moves left the device in (`docs/runtime.md`, "Rules").
+fn lowering(
+    v: &mut Verifier<'_>,
+    site: &Site,
+    r: &Rule,
+    a: &Action,
+) -> Option<(Lowering, serde_json::Value)> {
+    let fires_in = |v: &mut Verifier<'_>, d: DeviceId, s: Option<StateId>| {
+        let mut voc = Vocab::for_site(v.policy, site);
+        let mut facts = vec![voc.encode(&r.cond)];
+        if let Some(s) = s {
+            facts.push(voc.state_is(d, s));
+        }
+        voc.query.facts.push(Term::And(facts));
+        match v.solve(&voc.query, r.loc, "whether a rule lowers a protection") {
+            Some(Outcome::Sat(m)) => Some(voc.describe(&m)),
+            _ => None,
+        }
+    };
+    let device_of = |a: &Action| match a {
+        Action::Goto { device, .. }
+        | Action::Raise { device, .. }
+        | Action::Command { device, .. } => *device,
+    };
+    let d = device_of(a);
+    let ty = v.policy.device_type(site.devices[d.index()].ty);
+    match a {
+        Action::Command { command, .. } => {
+            if !ty.lowering.contains(command) {
+                return None;
+            }
+            let values = fires_in(v, d, None)?;
+            Some((Lowering::Command(command.clone()), values))
+        }
+        Action::Goto { state: target, .. } => {
+            // A de-escalation: the rule can fire while the device is more restrictive.
+            for s in (target.index() + 1..ty.states.len()).map(StateId::from_index) {
+                if let Some(values) = fires_in(v, d, Some(s)) {
+                    let how = Lowering::Posture {
+                        from: s,
+                        to: *target,
+                        raised: None,
+                    };
+                    return Some((how, values));
+                }
+            }
+            None
+        }
+        Action::Raise { alert, .. } => {
+            // The state the alert meets: where the rule's last move of the device leaves
+            // it, or where it was.
+            let moved = r.actions.iter().rev().find_map(|x| match x {
+                Action::Goto { device, state, .. } if *device == d => Some(*state),
+                _ => None,
+            });
+            for s in (0..ty.states.len()).map(StateId::from_index) {
+                let meets = moved.unwrap_or(s);
+                let down = alert_outcomes(ty, meets, alert)
+                    .into_iter()
+                    .flatten()
+                    .find_map(|ti| {
+                        let to = ty.transitions[ti].to;
+                        (to.index() < meets.index()).then_some(to)
+                    });
+                let Some(to) = down else { continue };
+                if let Some(values) = fires_in(v, d, Some(s)) {
+                    let how = Lowering::Posture {
+                        from: meets,
+                        to,
+                        raised: Some(alert.clone()),
+                    };
+                    return Some((how, values));
+                }
+            }
+            None
         }
     }
 }
