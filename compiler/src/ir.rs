@@ -344,6 +344,30 @@ impl Expr {
         })
     }
 
+    /// Calls `f` on every node, operands first. Recursive, like the verifier's encoding:
+    /// typing bounds the nesting (K113).
+    pub fn rewrite(&mut self, f: &mut impl FnMut(&mut Expr)) {
+        match &mut self.kind {
+            ExprKind::Not { arg } | ExprKind::Neg { arg } => arg.rewrite(f),
+            ExprKind::And { args } | ExprKind::Or { args } => {
+                for a in args {
+                    a.rewrite(f);
+                }
+            }
+            ExprKind::Cmp { lhs, rhs, .. } | ExprKind::Arith { lhs, rhs, .. } => {
+                lhs.rewrite(f);
+                rhs.rewrite(f);
+            }
+            ExprKind::Bool { .. }
+            | ExprKind::Int { .. }
+            | ExprKind::Var { .. }
+            | ExprKind::Aggregate { .. }
+            | ExprKind::InState { .. }
+            | ExprKind::Clock { .. } => {}
+        }
+        f(self);
+    }
+
     /// The sensed variables the expression reads (directly or through an aggregate).
     pub fn vars_read(&self) -> impl Iterator<Item = (VarRef, &Expr)> {
         self.nodes().filter_map(|n| match &n.kind {

@@ -417,3 +417,55 @@ fn reported_runs_replay_through_the_shim() {
     // The fixtures and examples hold a good dozen such runs; none may go unchecked.
     assert!(replayed >= 10, "only {replayed} runs replayed");
 }
+
+// ------------------------------------------------------------ two moves on one change (K206)
+
+/// How many times `device` changes state on one input.
+fn moves_on(b: &Bundle, device: &str, input: Input) -> Vec<String> {
+    let mut e = fresh(b);
+    let d = e.device_index(device).unwrap();
+    run(&mut e, &[input])
+        .iter()
+        .filter_map(|x| match x {
+            Effect::StateChange { device, to, .. } if *device == d => {
+                Some(e.state_name(d, *to).to_string())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// A transition and then a rule, on one reading: the engine evaluates the rule in the
+/// state the transition entered. K206 where it holds there (two moves), not where it only
+/// holds in the state left (one move); the verifier used to judge the rule before the
+/// transition and had the two the other way round.
+#[test]
+fn a_rule_is_judged_in_the_state_the_transition_entered() {
+    let (v, b) = fixture("k206_transition_then_rule");
+    assert!(v.codes.contains(&"K206"));
+    let hot = reading("boiler", json!({ "temp": 51 }));
+    assert_eq!(
+        moves_on(&b, "boiler", hot.clone()),
+        ["suspicious", "attack"]
+    );
+
+    let (v, b) = fixture("k206_rule_vs_transition_near_miss");
+    assert!(!v.codes.contains(&"K206"));
+    assert_eq!(moves_on(&b, "boiler", hot), ["suspicious"]);
+}
+
+/// Two rules in turn on one change: the second holds in the state the first left.
+#[test]
+fn rules_fire_in_turn_on_one_change() {
+    let (v, b) = fixture("k206_rules_in_turn");
+    assert!(v.codes.contains(&"K206"));
+    let motion = reading("pir", json!({ "motion": true }));
+    assert_eq!(
+        moves_on(&b, "cam", motion.clone()),
+        ["suspicious", "attack"]
+    );
+
+    let (v, b) = fixture("k206_rules_in_turn_near_miss");
+    assert!(!v.codes.contains(&"K206"));
+    assert_eq!(moves_on(&b, "cam", motion), ["suspicious"]);
+}

@@ -83,6 +83,68 @@ fn devices_read(e: &Expr) -> Vec<(DeviceId, Loc)> {
         .collect()
 }
 
+/// How two rules that move one device to different states meet.
+enum Meet<'r> {
+    /// Both hold on one change: the engine fires the first declared.
+    Together,
+    /// The first fires and the second holds in the states it left.
+    InTurn(&'r Rule, &'r Rule),
+}
+
+/// Whether rules `a` and `b` can both fire on one change, with values.
+fn rules_meet<'r>(
+    v: &mut Verifier<'_>,
+    site: &Site,
+    a: &'r Rule,
+    b: &'r Rule,
+) -> Option<(Meet<'r>, serde_json::Value)> {
+    let cases = [
+        (Meet::Together, a.cond.clone(), b.cond.clone()),
+        (Meet::InTurn(a, b), a.cond.clone(), after_moves(&b.cond, a)),
+        (Meet::InTurn(b, a), b.cond.clone(), after_moves(&a.cond, b)),
+    ];
+    for (how, first, second) in cases {
+        let mut voc = Vocab::for_site(v.policy, site);
+        let facts = vec![voc.encode(&first), voc.encode(&second)];
+        voc.query.facts.push(Term::And(facts));
+        if let Some(Outcome::Sat(m)) = v.solve(
+            &voc.query,
+            a.loc,
+            "whether two rules can fire on one change",
+        ) {
+            return Some((how, voc.describe(&m)));
+        }
+    }
+    None
+}
+
+/// `cond` as read after rule `r`'s moves: each `dev in s` of a device the rule moves is
+/// decided by where it moved it.
+fn after_moves(cond: &Expr, r: &Rule) -> Expr {
+    let moves: Vec<(DeviceId, StateId)> = gotos(r).map(|(d, s, _)| (d, s)).collect();
+    after(cond, &moves)
+}
+
+/// `cond` with the state tests of the devices in `moves` decided by their new states.
+fn after(cond: &Expr, moves: &[(DeviceId, StateId)]) -> Expr {
+    let mut out = cond.clone();
+    out.rewrite(&mut |e: &mut Expr| {
+        if let ExprKind::InState { device, state } = e.kind {
+            if let Some((_, to)) = moves.iter().rev().find(|(d, _)| *d == device) {
+                e.kind = ExprKind::Bool {
+                    value: *to == state,
+                };
+            }
+        }
+    });
+    out
+}
+
+/// Whether an expression reads the clock.
+fn reads_clock(e: &Expr) -> bool {
+    e.nodes().any(|n| matches!(n.kind, ExprKind::Clock { .. }))
+}
+
 /// Whether an expression reads a sensed value of `d` (not just its state).
 fn reads_values_of(e: &Expr, d: DeviceId) -> bool {
     e.vars_read().any(|(var, _)| var.device == Some(d))
@@ -390,47 +452,56 @@ pub(super) fn conflicts(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
                     continue;
                 }
                 let (a, b) = (&site.rules[ri], &site.rules[rj]);
-                let mut voc = Vocab::for_site(v.policy, site);
-                let (ca, cb) = (voc.encode(&a.cond), voc.encode(&b.cond));
-                voc.query.facts.push(Term::And(vec![ca, cb]));
-                if let Some(Outcome::Sat(m)) =
-                    v.solve(&voc.query, a.loc, "whether two rules can fire together")
-                {
-                    let values = voc.describe(&m);
-                    v.push(
-                        Diagnostic::error(codes::RULE_CONFLICT, format!("rules `{}` and `{}` can send `{}` to different states", a.name, b.name, dev.name))
-                            .primary(li, format!("sends it to `{}`", ty.state(si).name))
-                            .secondary(lj, format!("sends it to `{}`", ty.state(sj).name))
-                            .secondary(a.cond.loc, "holds ...")
-                            .secondary(b.cond.loc, "... together with this")
-                            .help(format!("both conditions hold with {}; make them exclusive", inline(&values)))
-                            .witness(json!({ "device": dev.name, "rules": [a.name, b.name], "targets": [ty.state(si).name, ty.state(sj).name], "values": values })),
-                    );
-                }
-            }
-        }
-        // A rule that reads this device's values against the device's own guards.
-        for &(ri, s, l) in moves {
-            let r = &site.rules[ri];
-            if !reads_values_of(&r.cond, *d) {
-                continue;
-            }
-            for t in &ty.transitions {
-                let Trigger::When {
-                    guard,
-                    hold_ms: None,
-                } = &t.trigger
-                else {
+                let Some((how, values)) = rules_meet(v, site, a, b) else {
                     continue;
                 };
-                if t.to == s {
+                let (msg, help) = match how {
+                    Meet::Together => (
+                        format!("rules `{}` and `{}` can send `{}` to different states", a.name, b.name, dev.name),
+                        format!("both conditions hold with {}; the engine fires the one declared first, silently: make them exclusive", inline(&values)),
+                    ),
+                    Meet::InTurn(first, second) => (
+                        format!("rules `{}` and `{}` move `{}` twice on one change", first.name, second.name, dev.name),
+                        format!("with {}, `{}` fires and then, in the state it left, `{}`: the device passes through a state for no time at all; make the second exclusive of the first's target", inline(&values), first.name, second.name),
+                    ),
+                };
+                v.push(
+                    Diagnostic::error(codes::RULE_CONFLICT, msg)
+                        .primary(li, format!("sends it to `{}`", ty.state(si).name))
+                        .secondary(lj, format!("sends it to `{}`", ty.state(sj).name))
+                        .secondary(a.cond.loc, "holds ...")
+                        .secondary(b.cond.loc, "... together with this")
+                        .help(help)
+                        .witness(json!({ "device": dev.name, "rules": [a.name, b.name], "targets": [ty.state(si).name, ty.state(sj).name], "values": values })),
+                );
+            }
+        }
+        // A rule against the device's own guards, on one change: a reading of the device
+        // that the rule reads the values of (a guard without hold), or a clock edge where
+        // a held guard runs out and a rule that reads the clock is due. The engine takes
+        // the transition first and then evaluates the rule, in the state entered.
+        for &(ri, s, l) in moves {
+            let r = &site.rules[ri];
+            let on_reading = reads_values_of(&r.cond, *d);
+            let on_clock = reads_clock(&r.cond);
+            for t in &ty.transitions {
+                let Trigger::When { guard, hold_ms } = &t.trigger else {
+                    continue;
+                };
+                let together = if hold_ms.is_none() {
+                    on_reading
+                } else {
+                    on_clock
+                };
+                if t.to == s || !together {
                     continue;
                 }
                 let mut voc = Vocab::for_site(v.policy, site);
-                let c = voc.encode(&r.cond);
+                // The guard holds in `from`; the rule, on the same values, in `to`.
                 let g = voc.encode_for(*d, guard);
-                let at = voc.state_is(*d, t.from);
-                voc.query.facts.push(Term::And(vec![c, g, at]));
+                let from = voc.state_is(*d, t.from);
+                let then = voc.encode(&after(&r.cond, &[(*d, t.to)]));
+                voc.query.facts.push(Term::And(vec![then, g, from]));
                 if let Some(Outcome::Sat(m)) = v.solve(
                     &voc.query,
                     r.loc,
@@ -438,12 +509,12 @@ pub(super) fn conflicts(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
                 ) {
                     let values = voc.describe(&m);
                     v.push(
-                        Diagnostic::error(codes::RULE_CONFLICT, format!("rule `{}` and a transition of `{}` can send `{}` to different states", r.name, ty.name, dev.name))
+                        Diagnostic::error(codes::RULE_CONFLICT, format!("a transition of `{}` and then rule `{}` move `{}` twice on one {}", ty.name, r.name, dev.name, if hold_ms.is_none() { "reading" } else { "clock edge" }))
                             .primary(l, format!("sends it to `{}`", ty.state(s).name))
                             .secondary(t.loc, format!("sends it to `{}`", ty.state(t.to).name))
                             .secondary(r.cond.loc, "this condition holds ...")
                             .secondary(guard.loc, "... on the same reading as this guard")
-                            .help(format!("one reading can enable both: {}", inline(&values)))
+                            .help(format!("with {}, the transition fires and then, in the state it entered, the rule: the device passes through `{}` for no time at all", inline(&values), ty.state(t.to).name))
                             .witness(json!({ "device": dev.name, "rule": r.name, "transition_from": ty.state(t.from).name, "targets": [ty.state(s).name, ty.state(t.to).name], "values": values })),
                     );
                 }
