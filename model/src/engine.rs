@@ -13,7 +13,9 @@
 use crate::bundle::Bundle;
 use crate::codes;
 use crate::eval::{self, Env, Value};
-use crate::manifest::{Action, Expr, ExprKind, Transition, Trigger, VarRef, VarType};
+use crate::manifest::{
+    Action, DeviceType, Expr, ExprKind, Rule, Transition, Trigger, VarRef, VarType,
+};
 use miette::Diagnostic;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -396,10 +398,68 @@ fn clock_boundaries(e: &Expr) -> impl Iterator<Item = u16> + '_ {
     })
 }
 
-impl Site {
-    fn new(bundle: &Bundle) -> Site {
+/// What the engine runs: a site's device types, devices and rules, with the µmboxes each
+/// device's states deploy. Made from a loaded bundle ([`SiteSpec::of`]) on the node, or
+/// straight from the compiler's model by the verifier's witness replay: one engine, one
+/// meaning, for both.
+#[derive(Debug, Clone)]
+pub struct SiteSpec<'a> {
+    pub device_types: &'a [DeviceType],
+    pub devices: Vec<DeviceSpec>,
+    pub rules: &'a [Rule],
+}
+
+/// A device of a [`SiteSpec`].
+#[derive(Debug, Clone)]
+pub struct DeviceSpec {
+    pub name: String,
+    /// Index into [`SiteSpec::device_types`].
+    pub ty: usize,
+    /// Per state of its type, in the type's order: the µmboxes its chain deploys (their
+    /// `kalki.umbox` names), each with the alerts it emits.
+    pub states: Vec<Vec<(String, Vec<String>)>>,
+}
+
+impl<'a> SiteSpec<'a> {
+    /// The site of a loaded bundle: the µmboxes of a state are its container manifests.
+    pub fn of(bundle: &'a Bundle) -> SiteSpec<'a> {
         let m = &bundle.manifest;
-        let types: Vec<TypeInfo> = m
+        let devices = m
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(di, d)| DeviceSpec {
+                name: d.name.clone(),
+                // A checked bundle has a type for every device.
+                ty: bundle.device_type_index(di).unwrap_or(usize::MAX),
+                states: d
+                    .states
+                    .iter()
+                    .map(|s| {
+                        s.containers
+                            .iter()
+                            .filter_map(|path| bundle.containers.get(path))
+                            .map(|c| {
+                                let umbox =
+                                    c.labels.get("kalki.umbox").cloned().unwrap_or_default();
+                                (umbox, c.emits.clone())
+                            })
+                            .collect()
+                    })
+                    .collect(),
+            })
+            .collect();
+        SiteSpec {
+            device_types: &m.device_types,
+            devices,
+            rules: &m.rules,
+        }
+    }
+}
+
+impl Site {
+    fn new(spec: &SiteSpec<'_>) -> Site {
+        let types: Vec<TypeInfo> = spec
             .device_types
             .iter()
             .map(|t| {
@@ -424,10 +484,9 @@ impl Site {
             .collect();
 
         let mut devices: Vec<DeviceInfo> = Vec::new();
-        for (di, d) in m.devices.iter().enumerate() {
-            // A checked bundle has a type for every device.
-            let ty_ix = bundle.device_type_index(di).unwrap_or(usize::MAX);
-            let t = bundle.device_type(di);
+        for d in &spec.devices {
+            let ty_ix = d.ty;
+            let t = spec.device_types.get(d.ty);
             let own: BTreeSet<String> = t
                 .map(|t| t.alerts.iter().cloned().collect())
                 .unwrap_or_default();
@@ -448,20 +507,16 @@ impl Site {
                 }
             }
             let mut umboxes: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-            // The manifest lists a device's states in its type's order.
             let mut deployed = Vec::with_capacity(d.states.len());
             for s in &d.states {
                 let mut here = BTreeSet::new();
-                for path in &s.containers {
-                    if let Some(c) = bundle.containers.get(path) {
-                        let umbox = c.labels.get("kalki.umbox").cloned().unwrap_or_default();
-                        alerts.extend(c.emits.iter().cloned());
-                        umboxes
-                            .entry(umbox.clone())
-                            .or_default()
-                            .extend(c.emits.iter().cloned());
-                        here.insert(umbox);
-                    }
+                for (umbox, emits) in s {
+                    alerts.extend(emits.iter().cloned());
+                    umboxes
+                        .entry(umbox.clone())
+                        .or_default()
+                        .extend(emits.iter().cloned());
+                    here.insert(umbox.clone());
                 }
                 deployed.push(here);
             }
@@ -480,7 +535,7 @@ impl Site {
         }
 
         let mut rules = Vec::new();
-        for (ri, r) in m.rules.iter().enumerate() {
+        for (ri, r) in spec.rules.iter().enumerate() {
             for n in r.cond.nodes() {
                 match &n.kind {
                     ExprKind::Var { var } | ExprKind::Aggregate { var, .. } => {
@@ -700,7 +755,12 @@ impl Engine {
     /// Every device in its initial state at time `start_ms`, nothing reported yet.
     /// Nothing is evaluated at the start: rules wait for a change of what they read.
     pub fn new(bundle: &Bundle, config: Config, start_ms: u64) -> Engine {
-        Engine::start(Arc::new(Site::new(bundle)), config, start_ms)
+        Engine::of(&SiteSpec::of(bundle), config, start_ms)
+    }
+
+    /// [`Engine::new`] of a site given by its parts.
+    pub fn of(spec: &SiteSpec<'_>, config: Config, start_ms: u64) -> Engine {
+        Engine::start(Arc::new(Site::new(spec)), config, start_ms)
     }
 
     /// A fresh engine of the same site, as [`Engine::new`] of its bundle would make,

@@ -154,20 +154,6 @@ pub fn build(
     Ok(assemble(model, site, sources, &ports, &plane))
 }
 
-/// The site's bundle as the engine loads it, without proving its rule sets: what the
-/// verifier replays its witnesses on (`verify::replay`). The same assembly as [`build`],
-/// so the replay runs exactly the manifest a node would.
-pub fn for_engine(model: &Model, site: &Site) -> Result<kalki_model::bundle::Bundle, String> {
-    let ports = openflow::allocate(model, site)
-        .map_err(|e| format!("the site needs {} switch ports", e.needed))?;
-    let plane = dataplane::plane(model, site, &ports);
-    let bundle = assemble(model, site, &Sources::default(), &ports, &plane);
-    kalki_model::bundle::load(&bundle.files).map_err(|errors| {
-        let first = errors.first().map_or(String::new(), |e| e.to_string());
-        format!("the engine refuses the bundle: {first}")
-    })
-}
-
 /// Renders the proved rule sets and writes the manifests.
 fn assemble(
     model: &Model,
@@ -258,18 +244,7 @@ fn assemble(
 
     let device_types = used_types
         .iter()
-        .map(|&t| {
-            let ty = &model.device_types[t];
-            m::DeviceType {
-                name: ty.name.clone(),
-                vars: ty.vars.iter().map(lower::var).collect(),
-                commands: ty.commands.clone(),
-                alerts: ty.alerts.clone(),
-                states: ty.states.iter().map(|s| s.name.clone()).collect(),
-                initial: ty.initial.0,
-                transitions: ty.transitions.iter().map(lower::transition).collect(),
-            }
-        })
+        .map(|&t| lower::device_type(&model.device_types[t]))
         .collect();
 
     let files_listed = digests

@@ -14,6 +14,18 @@ pub fn var(v: &ir::Var) -> m::Var {
     }
 }
 
+pub fn device_type(ty: &ir::DeviceType) -> m::DeviceType {
+    m::DeviceType {
+        name: ty.name.clone(),
+        vars: ty.vars.iter().map(var).collect(),
+        commands: ty.commands.clone(),
+        alerts: ty.alerts.clone(),
+        states: ty.states.iter().map(|s| s.name.clone()).collect(),
+        initial: ty.initial.0,
+        transitions: ty.transitions.iter().map(transition).collect(),
+    }
+}
+
 pub fn transition(t: &ir::Transition) -> m::Transition {
     m::Transition {
         from: t.from.0,

@@ -105,8 +105,8 @@ pub(crate) struct Verifier<'a> {
     diags: Vec<Diagnostic>,
     /// Per device type: which transitions can fire at all (not dead).
     pub live: HashMap<TypeId, Vec<bool>>,
-    /// Per site, the bundle witnesses are replayed on (`replay`), built when first needed.
-    bundles: HashMap<String, Result<std::rc::Rc<kalki_model::bundle::Bundle>, String>>,
+    /// Per site, the engine witnesses are replayed on (`replay`), made when first needed.
+    engines: HashMap<String, kalki_model::engine::Engine>,
 }
 
 impl<'a> Verifier<'a> {
@@ -117,7 +117,7 @@ impl<'a> Verifier<'a> {
             opts,
             diags: Vec::new(),
             live: HashMap::new(),
-            bundles: HashMap::new(),
+            engines: HashMap::new(),
         }
     }
 

@@ -24,13 +24,13 @@
 use super::encode::Vocab;
 use super::solver::{Outcome, Term};
 use super::Verifier;
-use crate::codegen::bundle::for_engine;
+use crate::codegen::manifest as lower;
 use crate::ir::{Action, Chain, DeviceId, Expr, Site, StateId, Trigger};
-use kalki_model::bundle::Bundle;
-use kalki_model::engine::{Cause, Config, Effect, Engine, Input, Origin, DAY_MS};
+use kalki_model::engine::{
+    Cause, Config, DeviceSpec, Effect, Engine, Input, Origin, SiteSpec, DAY_MS,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::rc::Rc;
 
 /// A step of an abstract run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,14 +44,51 @@ pub(crate) enum Move {
 const MINUTE_MS: u64 = 60_000;
 
 impl Verifier<'_> {
-    /// The engine's bundle of a site, built once per verification.
-    pub(crate) fn engine_bundle(&mut self, site: &Site) -> Result<Rc<Bundle>, String> {
-        if let Some(b) = self.bundles.get(&site.name) {
-            return b.clone();
+    /// A fresh engine of a site, made once per verification from the model's parts as
+    /// `kalkic build` lowers them into the bundle (`codegen::manifest`).
+    pub(crate) fn engine(&mut self, site: &Site) -> Engine {
+        if let Some(e) = self.engines.get(&site.name) {
+            return e.restart(Config::default(), 0);
         }
-        let b = for_engine(self.policy, site).map(Rc::new);
-        self.bundles.insert(site.name.clone(), b.clone());
-        b
+        let types: Vec<_> = self
+            .policy
+            .device_types
+            .iter()
+            .map(lower::device_type)
+            .collect();
+        let rules: Vec<_> = site.rules.iter().map(lower::rule).collect();
+        let devices = site
+            .devices
+            .iter()
+            .map(|d| DeviceSpec {
+                name: d.name.clone(),
+                ty: d.ty.index(),
+                states: self
+                    .policy
+                    .device_type(d.ty)
+                    .states
+                    .iter()
+                    .map(|s| match &s.chain {
+                        Chain::Umboxes(entries) => entries
+                            .iter()
+                            .map(|e| {
+                                let u = self.policy.umbox(e.umbox);
+                                (u.name.clone(), u.emits.clone())
+                            })
+                            .collect(),
+                        Chain::Pass | Chain::Drop => Vec::new(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let spec = SiteSpec {
+            device_types: &types,
+            devices,
+            rules: &rules,
+        };
+        let e = Engine::of(&spec, Config::default(), 0);
+        self.engines.insert(site.name.clone(), e.clone());
+        e
     }
 }
 
@@ -67,8 +104,7 @@ pub(crate) fn replay(
     run: &[Move],
     goal: &dyn Fn(&[usize]) -> bool,
 ) -> Result<Vec<Value>, String> {
-    let bundle = v.engine_bundle(site)?;
-    let mut engine = Engine::new(&bundle, Config::default(), 0);
+    let mut engine = v.engine(site);
     let mut sent: Vec<Value> = Vec::new();
     if goal(&engine.states()) {
         return Ok(sent);
