@@ -8,7 +8,7 @@ EXAMPLE := examples/smart-office
 # Bounded fuzzing in the test suite (cases per property).
 export KALKI_FUZZ_CASES ?= 2000
 
-.PHONY: setup services build demo test lint fmt bench clean images
+.PHONY: setup services build demo test lint fmt bench soak clean images
 
 setup:
 	@scripts/setup.sh
@@ -42,6 +42,12 @@ test: lint services images
 
 bench: setup
 	$(CARGO) bench --locked -p kalki-compiler
+
+# Long runs of the randomised tests, outside CI: the verifier against the runtime engine
+# (compiler/tests/engine_differential.rs) and against the brute force.
+soak: setup
+	KALKI_DIFF_CASES=50000 KALKI_FUZZ_CASES=4000 $(CARGO) test --locked --release -p kalki-compiler \
+		--test engine_differential --test differential -- --nocapture
 
 clean:
 	$(CARGO) clean

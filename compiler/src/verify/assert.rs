@@ -396,7 +396,11 @@ fn check_one(
         }
         for m in moves {
             let mut next = node.clone();
-            for &(p, s, enters) in &m.sets {
+            // The engine makes a step's changes one at a time, each a state of the node
+            // (a rule moving one device twice installs both postures): one that meets the
+            // condition between two changes is reached, and recorded as such.
+            let mut between = None;
+            for (i, &(p, s, enters)) in m.sets.iter().enumerate() {
                 // Every entry (not a rule's move to where the device already is) makes
                 // the waiting rules that test the device due.
                 if enters || next.st[p] != s {
@@ -404,6 +408,17 @@ fn check_one(
                     for &w in &wakes[p] {
                         next.due[w] = true;
                     }
+                }
+                if i + 1 < m.sets.len() && between.is_none() && holds(&a.cond, &coi, &next.st) {
+                    between = Some(next.clone());
+                }
+            }
+            if let Some(mid) = between {
+                if !seen.contains_key(&mid) {
+                    seen.insert(mid.clone(), nodes.len());
+                    let event = format!("{} (between two of its changes)", m.event);
+                    nodes.push((mid, Some(n), event, Some(m.taken)));
+                    queue.push_back(nodes.len() - 1);
                 }
             }
             // A rule fires at most once per moment: what its own moves wake is lost.
