@@ -11,6 +11,7 @@ use crate::ir::*;
 use crate::resolve::{ItemRef, Program};
 use crate::source::SourceId;
 use kalki_lang::ast::{self, BinOp, ExprKind as AK, Ident, Item, Span, UnOp};
+use kalki_model::range;
 use std::collections::{BTreeSet, HashMap};
 
 /// Operator actions a transition can wait for.
@@ -914,10 +915,11 @@ impl<'a> Cx<'a> {
     /// evaluation over the declared ranges could leave 64 bits: the runtime evaluates in
     /// 64 bits and refuses a bundle where that could happen, so the compiler refuses the
     /// policy first.
-    fn exact_int(&mut self, lo: i128, hi: i128, loc: Loc, what: &str) -> Option<Ty> {
-        match (i64::try_from(lo), i64::try_from(hi)) {
-            (Ok(lo), Ok(hi)) => Some(Ty::Int { lo, hi }),
-            _ => {
+    fn exact_int(&mut self, bounds: range::Bounds, loc: Loc, what: &str) -> Option<Ty> {
+        let (lo, hi) = bounds;
+        match range::fits(bounds) {
+            Some((lo, hi)) => Some(Ty::Int { lo, hi }),
+            None => {
                 self.err(
                     Diagnostic::error(
                         codes::OVERFLOW,
@@ -1251,13 +1253,11 @@ impl<'a> Cx<'a> {
                 if !ok_n {
                     return None;
                 }
-                let n = i128::from(*last);
                 let ty = match f {
                     AggFunc::Sum => self.exact_int(
-                        i128::from(lo) * n,
-                        i128::from(hi) * n,
+                        range::sum((lo, hi), *last),
                         loc,
-                        &format!("`sum` of {n} readings"),
+                        &format!("`sum` of {last} readings"),
                     )?,
                     _ => Ty::Int { lo, hi },
                 };
@@ -1286,7 +1286,7 @@ impl<'a> Cx<'a> {
                 let Ty::Int { lo, hi } = a.ty else {
                     return None;
                 };
-                let ty = self.exact_int(-i128::from(hi), -i128::from(lo), loc, "`-`")?;
+                let ty = self.exact_int(range::neg((lo, hi)), loc, "`-`")?;
                 mk(ExprKind::Neg { arg: Box::new(a) }, ty)
             }
             AK::Binary(op @ (BinOp::And | BinOp::Or), a, b) => {
@@ -1332,24 +1332,13 @@ impl<'a> Cx<'a> {
                 else {
                     return None;
                 };
-                // Exact: 64-bit operands never overflow 128 bits.
-                let (al, ah, bl, bh) = (
-                    i128::from(*al),
-                    i128::from(*ah),
-                    i128::from(*bl),
-                    i128::from(*bh),
-                );
-                let (arith, lo, hi) = match op {
-                    BinOp::Add => (ArithOp::Add, al + bl, ah + bh),
-                    BinOp::Sub => (ArithOp::Sub, al - bh, ah - bl),
-                    _ => {
-                        let c = [al * bl, al * bh, ah * bl, ah * bh];
-                        let lo = c.iter().copied().min().unwrap_or(0);
-                        let hi = c.iter().copied().max().unwrap_or(0);
-                        (ArithOp::Mul, lo, hi)
-                    }
+                let arith = match op {
+                    BinOp::Add => ArithOp::Add,
+                    BinOp::Sub => ArithOp::Sub,
+                    _ => ArithOp::Mul,
                 };
-                let ty = self.exact_int(lo, hi, loc, &format!("`{}`", op.symbol()))?;
+                let bounds = range::arith(arith, (*al, *ah), (*bl, *bh));
+                let ty = self.exact_int(bounds, loc, &format!("`{}`", op.symbol()))?;
                 mk(
                     ExprKind::Arith {
                         arith,

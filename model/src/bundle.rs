@@ -9,9 +9,10 @@
 
 use crate::codes;
 use crate::manifest::{
-    Action, AggFunc, ArithOp, Builtin, Chain, CmpOp, Container, DeviceType, Expr, ExprKind,
-    FormatOnly, Manifest, Trigger, Ty, VarRef, VarType, SUPPORTED_FORMATS,
+    Action, AggFunc, Builtin, Chain, CmpOp, Container, DeviceType, Expr, ExprKind, FormatOnly,
+    Manifest, Trigger, Ty, VarRef, VarType, SUPPORTED_FORMATS,
 };
+use crate::range;
 use crate::text::Names;
 use miette::Diagnostic;
 use sha2::{Digest, Sha256};
@@ -642,17 +643,22 @@ fn int_of(k: &K, what: &str) -> Result<(i128, i128), String> {
     }
 }
 
-fn fits(lo: i128, hi: i128) -> Result<K, String> {
-    if lo < i128::from(i64::MIN) || hi > i128::from(i64::MAX) {
-        return Err(format!(
-            "an integer can reach {lo}..{hi}, beyond 64 bits; the shim cannot evaluate it exactly"
-        ));
+/// Bounds that fit 64 bits as a type (the one test: [`range::fits`]).
+fn fits(b: range::Bounds) -> Result<K, String> {
+    match range::fits(b) {
+        Some((lo, hi)) => Ok(K::Int(i128::from(lo), i128::from(hi))),
+        None => Err(format!(
+            "an integer can reach {}..{}, beyond 64 bits; the shim cannot evaluate it exactly",
+            b.0, b.1
+        )),
     }
-    Ok(K::Int(lo, hi))
 }
 
-fn bound(v: Option<i128>) -> Result<i128, String> {
-    v.ok_or_else(|| "an integer bound overflows".to_string())
+/// An integer type's bounds as 64-bit integers (every `K::Int` is made by [`fits`] or
+/// from declared 64-bit bounds).
+fn int64(k: &K, what: &str) -> Result<(i64, i64), String> {
+    let (lo, hi) = int_of(k, what)?;
+    range::fits((lo, hi)).ok_or_else(|| format!("{what} leaves 64 bits"))
 }
 
 fn ty_of(e: &Expr, ctx: &Ctx<'_>) -> Result<K, String> {
@@ -682,13 +688,11 @@ fn ty_of(e: &Expr, ctx: &Ctx<'_>) -> Result<K, String> {
             if *last == 0 {
                 return Err(format!("`{}` over the last 0 readings", func.name()));
             }
-            let (lo, hi) = (i128::from(*lo), i128::from(*hi));
             match func {
-                AggFunc::Sum => {
-                    let n = i128::from(*last);
-                    fits(bound(lo.checked_mul(n))?, bound(hi.checked_mul(n))?)?
+                AggFunc::Sum => fits(range::sum((*lo, *hi), *last))?,
+                AggFunc::Avg | AggFunc::Min | AggFunc::Max => {
+                    K::Int(i128::from(*lo), i128::from(*hi))
                 }
-                AggFunc::Avg | AggFunc::Min | AggFunc::Max => K::Int(lo, hi),
             }
         }
         ExprKind::InState { device, state } => match ctx {
@@ -716,10 +720,7 @@ fn ty_of(e: &Expr, ctx: &Ctx<'_>) -> Result<K, String> {
             K::Bool => K::Bool,
             _ => return Err("`not` of a non-boolean".to_string()),
         },
-        ExprKind::Neg { arg } => {
-            let (lo, hi) = int_of(&ty_of(arg, ctx)?, "the operand of `-`")?;
-            fits(-hi, -lo)?
-        }
+        ExprKind::Neg { arg } => fits(range::neg(int64(&ty_of(arg, ctx)?, "the operand of `-`")?))?,
         ExprKind::And { args } | ExprKind::Or { args } => {
             for a in args {
                 if ty_of(a, ctx)? != K::Bool {
@@ -740,25 +741,10 @@ fn ty_of(e: &Expr, ctx: &Ctx<'_>) -> Result<K, String> {
         }
         ExprKind::Arith { arith, lhs, rhs } => {
             let (a, b) = (
-                int_of(&ty_of(lhs, ctx)?, "an operand")?,
-                int_of(&ty_of(rhs, ctx)?, "an operand")?,
+                int64(&ty_of(lhs, ctx)?, "an operand")?,
+                int64(&ty_of(rhs, ctx)?, "an operand")?,
             );
-            let (lo, hi) = match arith {
-                ArithOp::Add => (bound(a.0.checked_add(b.0))?, bound(a.1.checked_add(b.1))?),
-                ArithOp::Sub => (bound(a.0.checked_sub(b.1))?, bound(a.1.checked_sub(b.0))?),
-                ArithOp::Mul => {
-                    let products = [
-                        bound(a.0.checked_mul(b.0))?,
-                        bound(a.0.checked_mul(b.1))?,
-                        bound(a.1.checked_mul(b.0))?,
-                        bound(a.1.checked_mul(b.1))?,
-                    ];
-                    let lo = products.iter().copied().min().unwrap_or(0);
-                    let hi = products.iter().copied().max().unwrap_or(0);
-                    (lo, hi)
-                }
-            };
-            fits(lo, hi)?
+            fits(range::arith(*arith, a, b))?
         }
     };
     // The serialised type must agree in kind with what the shim found.

@@ -6,6 +6,8 @@
 //! - [`bundle`]: loading a bundle through [`bundle::BundleReader`]: format, digests, path
 //!   safety, and the consistency checks (exact integer ranges of every expression);
 //! - [`eval`]: expressions over an environment, unknown values in Kleene's logic;
+//! - [`range`]: exact integer bounds, by which both the compiler (K114) and the loader
+//!   refuse what could overflow 64 bits;
 //! - [`engine`]: the step semantics, the reference the verifier's reasoning must agree
 //!   with: inputs at a virtual time in, state changes, commands and alerts out;
 //! - [`text`]: the IR back as policy text, for messages; [`codes`]: S0xx and S1xx.
@@ -20,4 +22,5 @@ pub mod codes;
 pub mod engine;
 pub mod eval;
 pub mod manifest;
+pub mod range;
 pub mod text;
