@@ -43,7 +43,12 @@ pub struct Config {
 }
 
 /// An input event. Devices, variables and alerts are named as in the policy.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Its serde form (`{"kind": "reading", "device": ..., "values": {...}}`) is what the
+/// shim's journal stores on disk; `runtime-shim/src/journal.rs` pins it with a test, so a
+/// change here that would change the journal's format fails there.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Input {
     /// New sensed values: booleans, integers, enum members by name.
     Reading {
@@ -54,6 +59,7 @@ pub enum Input {
     Alert {
         device: String,
         alert: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         source: Option<String>,
     },
     /// An operator action (`reset`) on a device.

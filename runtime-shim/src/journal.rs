@@ -14,7 +14,6 @@ use crate::codes;
 use crate::engine::{Config, Engine, Input, InputError};
 use miette::Diagnostic;
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -201,66 +200,6 @@ pub struct Skipped {
     pub errors: Vec<InputError>,
 }
 
-/// How an [`Input`] is stored: a type of the journal's own, so that the engine's type can
-/// change without changing what is on disk.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-enum Stored {
-    Reading {
-        device: String,
-        values: BTreeMap<String, serde_json::Value>,
-    },
-    Alert {
-        device: String,
-        alert: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        source: Option<String>,
-    },
-    Operator {
-        device: String,
-        action: String,
-    },
-    Tick,
-}
-
-impl From<&Input> for Stored {
-    fn from(i: &Input) -> Stored {
-        match i.clone() {
-            Input::Reading { device, values } => Stored::Reading { device, values },
-            Input::Alert {
-                device,
-                alert,
-                source,
-            } => Stored::Alert {
-                device,
-                alert,
-                source,
-            },
-            Input::Operator { device, action } => Stored::Operator { device, action },
-            Input::Tick => Stored::Tick,
-        }
-    }
-}
-
-impl From<Stored> for Input {
-    fn from(s: Stored) -> Input {
-        match s {
-            Stored::Reading { device, values } => Input::Reading { device, values },
-            Stored::Alert {
-                device,
-                alert,
-                source,
-            } => Input::Alert {
-                device,
-                alert,
-                source,
-            },
-            Stored::Operator { device, action } => Input::Operator { device, action },
-            Stored::Tick => Input::Tick,
-        }
-    }
-}
-
 /// The kind and the device of an input, as plain columns for people querying the journal.
 fn columns(i: &Input) -> (&'static str, Option<&str>) {
     match i {
@@ -359,11 +298,10 @@ impl Journal {
         bundle_sha256: &str,
         input: &Input,
     ) -> Result<u64, JournalError> {
-        let text =
-            serde_json::to_string(&Stored::from(input)).map_err(|e| JournalError::Corrupt {
-                seq: 0,
-                message: e.to_string(),
-            })?;
+        let text = serde_json::to_string(input).map_err(|e| JournalError::Corrupt {
+            seq: 0,
+            message: e.to_string(),
+        })?;
         let (kind, device) = columns(input);
         self.conn.execute(
             "INSERT INTO inputs (t_ms, bundle_sha256, kind, device, input) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -389,16 +327,15 @@ impl Journal {
         let mut out = Vec::new();
         for row in rows {
             let (seq, t, sha, text) = row?;
-            let stored: Stored =
-                serde_json::from_str(&text).map_err(|e| JournalError::Corrupt {
-                    seq,
-                    message: e.to_string(),
-                })?;
+            let input: Input = serde_json::from_str(&text).map_err(|e| JournalError::Corrupt {
+                seq,
+                message: e.to_string(),
+            })?;
             out.push(JournaledInput {
                 seq: from_sql(seq, "sequence number", seq)?,
                 t_ms: from_sql(seq, "time", t)?,
                 bundle_sha256: sha,
-                input: stored.into(),
+                input,
             });
         }
         Ok(out)
@@ -652,5 +589,60 @@ impl Journal {
             }
         }
         Ok((engine, report))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The journal stores inputs in the engine's serde form: this pins it, so that a change
+    /// of `Input` that would change what is on disk (and leave older journals unreadable)
+    /// fails here.
+    #[test]
+    fn inputs_keep_their_format_on_disk() {
+        let cases = [
+            (
+                Input::Reading {
+                    device: "d".into(),
+                    values: [("x".to_string(), serde_json::json!(3))]
+                        .into_iter()
+                        .collect(),
+                },
+                r#"{"kind":"reading","device":"d","values":{"x":3}}"#,
+            ),
+            (
+                Input::Alert {
+                    device: "d".into(),
+                    alert: "scan".into(),
+                    source: Some("ids".into()),
+                },
+                r#"{"kind":"alert","device":"d","alert":"scan","source":"ids"}"#,
+            ),
+            (
+                Input::Alert {
+                    device: "d".into(),
+                    alert: "tamper".into(),
+                    source: None,
+                },
+                r#"{"kind":"alert","device":"d","alert":"tamper"}"#,
+            ),
+            (
+                Input::Operator {
+                    device: "d".into(),
+                    action: "reset".into(),
+                },
+                r#"{"kind":"operator","device":"d","action":"reset"}"#,
+            ),
+            (Input::Tick, r#"{"kind":"tick"}"#),
+        ];
+        for (input, text) in cases {
+            assert_eq!(serde_json::to_string(&input).unwrap(), text);
+            assert_eq!(serde_json::from_str::<Input>(text).unwrap(), input);
+        }
+        let extra = r#"{"kind":"operator","device":"d","action":"reset","extra":1}"#;
+        assert!(serde_json::from_str::<Input>(extra).is_err());
     }
 }
