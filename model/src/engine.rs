@@ -557,9 +557,15 @@ impl Site {
                     _ => {}
                 }
             }
-            for (di, d) in devices.iter_mut().enumerate() {
-                let di = u32::try_from(di).unwrap_or(u32::MAX);
-                note_windows(&r.cond, Some(di), &mut d.window);
+            // The windows a rule reads of each device's values (not one pass per device:
+            // a site has thousands).
+            for n in r.cond.nodes() {
+                if let ExprKind::Aggregate { var, last, .. } = &n.kind {
+                    let d = var.device.and_then(|d| devices.get_mut(d as usize));
+                    if let Some(w) = d.and_then(|d| d.window.get_mut(var.var as usize)) {
+                        *w = (*w).max(*last as usize);
+                    }
+                }
             }
             for a in &r.actions {
                 if let Action::Raise { device, alert } = a {
@@ -661,7 +667,9 @@ struct DeviceRt {
 struct Rt {
     now: u64,
     day_offset_ms: u64,
-    devices: Vec<DeviceRt>,
+    /// Shared between copies until one changes (`Arc::make_mut`): a look ahead, or the
+    /// verifier's replay trying inputs on a copy, costs one pointer per device.
+    devices: Vec<Arc<DeviceRt>>,
 }
 
 /// An input after validation: indices, typed values.
@@ -716,7 +724,7 @@ impl View<'_> {
             Some(d) => d as usize,
             None => self.this?,
         };
-        self.rt.devices.get(d)
+        self.rt.devices.get(d).map(|d| &**d)
     }
 }
 
@@ -781,7 +789,7 @@ impl Engine {
             .iter()
             .map(|d| {
                 let t = site.types.get(d.ty);
-                DeviceRt {
+                Arc::new(DeviceRt {
                     state: t.map_or(0, |t| t.initial),
                     entered_at: start_ms,
                     last_alert: None,
@@ -789,7 +797,7 @@ impl Engine {
                     history: vec![VecDeque::new(); d.window.len()],
                     alerts: BTreeMap::new(),
                     holds: BTreeMap::new(),
-                }
+                })
             })
             .collect();
         Engine {
@@ -1261,7 +1269,7 @@ impl Engine {
     /// Moves a device into `to` (also when it is already there: a transition back into
     /// its own state restarts the state's timers).
     fn enter(&mut self, di: usize, to: usize, cause: Cause, at: u64, m: &mut Moment) {
-        let Some(d) = self.rt.devices.get_mut(di) else {
+        let Some(d) = self.rt.devices.get_mut(di).map(Arc::make_mut) else {
             return;
         };
         let from = d.state;
@@ -1297,7 +1305,7 @@ impl Engine {
                 _ => None,
             })
             .collect();
-        let Some(d) = self.rt.devices.get_mut(di) else {
+        let Some(d) = self.rt.devices.get_mut(di).map(Arc::make_mut) else {
             return;
         };
         for (ti, now_holds) in held {
@@ -1313,7 +1321,7 @@ impl Engine {
         let Some(info) = self.site.devices.get(di) else {
             return;
         };
-        let Some(d) = self.rt.devices.get_mut(di) else {
+        let Some(d) = self.rt.devices.get_mut(di).map(Arc::make_mut) else {
             return;
         };
         for &(vi, v) in values {
@@ -1357,7 +1365,7 @@ impl Engine {
         let Some(info) = self.site.devices.get(di) else {
             return;
         };
-        let Some(d) = self.rt.devices.get_mut(di) else {
+        let Some(d) = self.rt.devices.get_mut(di).map(Arc::make_mut) else {
             return;
         };
         d.last_alert = Some(at);

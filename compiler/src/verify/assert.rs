@@ -470,14 +470,17 @@ fn check_one(
             at = *parent;
         }
         run.reverse();
+        // The part's first devices are the cone, in order.
         let goal = |states: &[usize]| {
-            let st: Vec<u32> = coi
+            let st: Vec<u32> = states
                 .iter()
-                .map(|d| states.get(d.index()).map_or(u32::MAX, |s| *s as u32))
+                .take(coi.len())
+                .map(|s| u32::try_from(*s).unwrap_or(u32::MAX))
                 .collect();
             holds(&a.cond, &coi, &st)
         };
-        match replay::replay(v, site, &run, &goal) {
+        let part = replay::Part::new(v, site, &coi, &rules);
+        match replay::replay(v, &part, &run, &goal) {
             Ok(inputs) => replayed = inputs,
             Err(why) => {
                 replay_failed = true;

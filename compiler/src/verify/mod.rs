@@ -105,8 +105,6 @@ pub(crate) struct Verifier<'a> {
     diags: Vec<Diagnostic>,
     /// Per device type: which transitions can fire at all (not dead).
     pub live: HashMap<TypeId, Vec<bool>>,
-    /// Per site, the engine witnesses are replayed on (`replay`), made when first needed.
-    engines: HashMap<String, kalki_model::engine::Engine>,
 }
 
 impl<'a> Verifier<'a> {
@@ -117,7 +115,6 @@ impl<'a> Verifier<'a> {
             opts,
             diags: Vec::new(),
             live: HashMap::new(),
-            engines: HashMap::new(),
         }
     }
 

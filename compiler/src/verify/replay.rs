@@ -25,12 +25,13 @@ use super::encode::Vocab;
 use super::solver::{Outcome, Term};
 use super::Verifier;
 use crate::codegen::manifest as lower;
-use crate::ir::{Action, Chain, DeviceId, Expr, Site, StateId, Trigger};
+use crate::ir::{Action, Chain, DeviceId, Expr, ExprKind, Site, StateId, Trigger, TypeId};
 use kalki_model::engine::{
     Cause, Config, DeviceSpec, Effect, Engine, Input, Origin, SiteSpec, DAY_MS,
 };
+use kalki_model::manifest as m;
 use serde_json::Value;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// A step of an abstract run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,52 +44,147 @@ pub(crate) enum Move {
 
 const MINUTE_MS: u64 = 60_000;
 
-impl Verifier<'_> {
-    /// A fresh engine of a site, made once per verification from the model's parts as
-    /// `kalkic build` lowers them into the bundle (`codegen::manifest`).
-    pub(crate) fn engine(&mut self, site: &Site) -> Engine {
-        if let Some(e) = self.engines.get(&site.name) {
-            return e.restart(Config::default(), 0);
+/// The part of a site a run is replayed on: the devices the assertion depends on (its
+/// cone of influence, first, in order) and those whose values the rules acting on them
+/// read, and those rules. Exact for the cone: nothing else can move or alert its devices.
+/// A replay costs what the cone costs, not what the site does.
+pub(crate) struct Part<'s> {
+    site: &'s Site,
+    /// Part index → site device.
+    devices: Vec<DeviceId>,
+    /// Site device → part index.
+    pos: HashMap<DeviceId, usize>,
+    /// Part rule index → site rule.
+    rules: Vec<usize>,
+    engine: Engine,
+}
+
+impl<'s> Part<'s> {
+    /// The part of `site` with the devices `cone` and the rules `rules` (site indices).
+    pub(crate) fn new(
+        v: &Verifier<'_>,
+        site: &'s Site,
+        cone: &[DeviceId],
+        rules: &[usize],
+    ) -> Self {
+        let mut devices: Vec<DeviceId> = cone.to_vec();
+        for &ri in rules {
+            for n in site.rules[ri].cond.nodes() {
+                let d = match &n.kind {
+                    ExprKind::Var { var } | ExprKind::Aggregate { var, .. } => var.device,
+                    ExprKind::InState { device, .. } => Some(*device),
+                    _ => None,
+                };
+                if let Some(d) = d.filter(|d| !devices.contains(d)) {
+                    devices.push(d);
+                }
+            }
         }
-        let types: Vec<_> = self
-            .policy
-            .device_types
+        let pos: HashMap<DeviceId, usize> =
+            devices.iter().enumerate().map(|(i, d)| (*d, i)).collect();
+        let at = |d: u32| pos.get(&DeviceId(d)).and_then(|p| u32::try_from(*p).ok());
+        let lowered: Vec<m::Rule> = rules
             .iter()
-            .map(lower::device_type)
-            .collect();
-        let rules: Vec<_> = site.rules.iter().map(lower::rule).collect();
-        let devices = site
-            .devices
-            .iter()
-            .map(|d| DeviceSpec {
-                name: d.name.clone(),
-                ty: d.ty.index(),
-                states: self
-                    .policy
-                    .device_type(d.ty)
-                    .states
-                    .iter()
-                    .map(|s| match &s.chain {
-                        Chain::Umboxes(entries) => entries
-                            .iter()
-                            .map(|e| {
-                                let u = self.policy.umbox(e.umbox);
-                                (u.name.clone(), u.emits.clone())
-                            })
-                            .collect(),
-                        Chain::Pass | Chain::Drop => Vec::new(),
-                    })
-                    .collect(),
+            .map(|&ri| {
+                let mut r = lower::rule(&site.rules[ri]);
+                remap(&mut r.cond, &at);
+                // Actions on devices outside the part change nothing in it.
+                r.actions.retain_mut(|a| match a {
+                    m::Action::Goto { device, .. }
+                    | m::Action::Raise { device, .. }
+                    | m::Action::Command { device, .. } => match at(*device) {
+                        Some(p) => {
+                            *device = p;
+                            true
+                        }
+                        None => false,
+                    },
+                });
+                r
             })
             .collect();
+        let specs = devices
+            .iter()
+            .map(|&d| {
+                let dev = &site.devices[d.index()];
+                DeviceSpec {
+                    name: dev.name.clone(),
+                    ty: dev.ty.index(),
+                    states: v
+                        .policy
+                        .device_type(dev.ty)
+                        .states
+                        .iter()
+                        .map(|s| match &s.chain {
+                            Chain::Umboxes(entries) => entries
+                                .iter()
+                                .map(|e| {
+                                    let u = v.policy.umbox(e.umbox);
+                                    (u.name.clone(), u.emits.clone())
+                                })
+                                .collect(),
+                            Chain::Pass | Chain::Drop => Vec::new(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        // Only the part's types, in order of first use.
+        let mut used: Vec<TypeId> = Vec::new();
+        for d in &devices {
+            let t = site.devices[d.index()].ty;
+            if !used.contains(&t) {
+                used.push(t);
+            }
+        }
+        let types: Vec<m::DeviceType> = used
+            .iter()
+            .map(|t| lower::device_type(v.policy.device_type(*t)))
+            .collect();
+        let mut specs: Vec<DeviceSpec> = specs;
+        for (spec, d) in specs.iter_mut().zip(&devices) {
+            let t = site.devices[d.index()].ty;
+            spec.ty = used.iter().position(|u| *u == t).unwrap_or(usize::MAX);
+        }
         let spec = SiteSpec {
             device_types: &types,
-            devices,
-            rules: &rules,
+            devices: specs,
+            rules: &lowered,
         };
-        let e = Engine::of(&spec, Config::default(), 0);
-        self.engines.insert(site.name.clone(), e.clone());
-        e
+        Part {
+            site,
+            devices,
+            pos,
+            rules: rules.to_vec(),
+            engine: Engine::of(&spec, Config::default(), 0),
+        }
+    }
+
+    /// A site device's index in the part's engine.
+    fn at(&self, d: DeviceId) -> usize {
+        self.pos.get(&d).copied().unwrap_or(usize::MAX)
+    }
+}
+
+/// Rewrites the devices an expression reads to their indices in a part (every one is in
+/// it: the part holds what its rules read).
+fn remap(e: &mut m::Expr, at: &dyn Fn(u32) -> Option<u32>) {
+    match &mut e.kind {
+        m::ExprKind::Var { var } | m::ExprKind::Aggregate { var, .. } => {
+            var.device = var.device.and_then(at);
+        }
+        m::ExprKind::InState { device, .. } => *device = at(*device).unwrap_or(u32::MAX),
+        m::ExprKind::Not { arg } | m::ExprKind::Neg { arg } => remap(arg, at),
+        m::ExprKind::And { args } | m::ExprKind::Or { args } => {
+            for a in args {
+                remap(a, at);
+            }
+        }
+        m::ExprKind::Cmp { lhs, rhs, .. } | m::ExprKind::Arith { lhs, rhs, .. } => {
+            remap(lhs, at);
+            remap(rhs, at);
+        }
+        m::ExprKind::Bool { .. } | m::ExprKind::Int { .. } | m::ExprKind::Clock { .. } => {}
     }
 }
 
@@ -100,11 +196,12 @@ impl Verifier<'_> {
 /// must be taken by the engine, as that transition or that rule, from where the engine is.
 pub(crate) fn replay(
     v: &mut Verifier<'_>,
-    site: &Site,
+    part: &Part<'_>,
     run: &[Move],
     goal: &dyn Fn(&[usize]) -> bool,
 ) -> Result<Vec<Value>, String> {
-    let mut engine = v.engine(site);
+    let site = part.site;
+    let mut engine = part.engine.clone();
     let mut sent: Vec<Value> = Vec::new();
     if goal(&engine.states()) {
         return Ok(sent);
@@ -112,14 +209,14 @@ pub(crate) fn replay(
     for (k, &mv) in run.iter().enumerate() {
         let what = describe(v, site, mv);
         let step = |why: String| format!("step {} ({what}): {why}", k + 1);
-        if done(site, &engine, mv) {
+        if done(part, &engine, mv) {
             continue;
         }
-        ready(v, site, &engine, mv).map_err(step)?;
+        ready(v, part, &engine, mv).map_err(step)?;
         // The first candidate the engine takes the step on (each tried on a copy).
         let mut taken = None;
-        for inputs in concretize(v, site, &engine, mv).map_err(step)? {
-            match attempt(&engine, mv, &inputs, goal) {
+        for inputs in concretize(v, part, &engine, mv).map_err(step)? {
+            match attempt(part, &engine, mv, &inputs, goal) {
                 Attempt::Goal(lines) => {
                     sent.extend(lines);
                     return Ok(sent);
@@ -140,14 +237,14 @@ pub(crate) fn replay(
             None => {
                 return Err(step(format!(
                     "the engine does not take it: {}",
-                    where_(v, site, &engine)
+                    where_(v, part, &engine)
                 )))
             }
         }
     }
     Err(format!(
         "the engine took every step, yet the condition does not hold: {}",
-        where_(v, site, &engine)
+        where_(v, part, &engine)
     ))
 }
 
@@ -162,6 +259,7 @@ enum Attempt {
 
 /// Sends `inputs` to a copy of `engine` until it takes `mv` (or the goal holds).
 fn attempt(
+    part: &Part<'_>,
     engine: &Engine,
     mv: Move,
     inputs: &[(u64, Input)],
@@ -185,7 +283,7 @@ fn attempt(
                 device, to, cause, ..
             } = e
             {
-                taken |= is(mv, *device, cause);
+                taken |= is(part, mv, *device, cause);
                 if let Some(s) = states.get_mut(*device) {
                     *s = *to;
                 }
@@ -201,8 +299,8 @@ fn attempt(
     Attempt::NotTaken
 }
 
-/// Whether a state change with `cause` of `device` is the move `mv`.
-fn is(mv: Move, device: usize, cause: &Cause) -> bool {
+/// Whether a state change with `cause` of `device` (in the part) is the move `mv`.
+fn is(part: &Part<'_>, mv: Move, device: usize, cause: &Cause) -> bool {
     match (mv, cause) {
         (Move::Rule { index }, Cause::Rule { rule })
         | (
@@ -211,9 +309,9 @@ fn is(mv: Move, device: usize, cause: &Cause) -> bool {
                 origin: Origin::Rule { rule },
                 ..
             },
-        ) => index == *rule,
+        ) => part.rules.get(*rule) == Some(&index),
         (Move::Transition { device: d, index }, c) => {
-            d.index() == device
+            part.at(d) == device
                 && match c {
                     Cause::Alert { transition, .. }
                     | Cause::Reading { transition }
@@ -229,7 +327,8 @@ fn is(mv: Move, device: usize, cause: &Cause) -> bool {
 
 /// Whether the engine already is where `mv` leads: a rule that only moves devices, and
 /// every device it moves is there.
-fn done(site: &Site, engine: &Engine, mv: Move) -> bool {
+fn done(part: &Part<'_>, engine: &Engine, mv: Move) -> bool {
+    let site = part.site;
     match mv {
         Move::Transition { .. } => false,
         Move::Rule { index } => site.rules.get(index).is_some_and(|r| {
@@ -238,13 +337,14 @@ fn done(site: &Site, engine: &Engine, mv: Move) -> bool {
                 _ => None,
             });
             !r.actions.iter().any(|a| matches!(a, Action::Raise { .. }))
-                && moves.all(|(d, s)| engine.state(d.index()) == Some(s.index()))
+                && moves.all(|(d, s)| engine.state(part.at(*d)) == Some(s.index()))
         }),
     }
 }
 
 /// A transition can only be taken from its state.
-fn ready(v: &Verifier<'_>, site: &Site, engine: &Engine, mv: Move) -> Result<(), String> {
+fn ready(v: &Verifier<'_>, part: &Part<'_>, engine: &Engine, mv: Move) -> Result<(), String> {
+    let site = part.site;
     let Move::Transition { device, index } = mv else {
         return Ok(());
     };
@@ -255,7 +355,7 @@ fn ready(v: &Verifier<'_>, site: &Site, engine: &Engine, mv: Move) -> Result<(),
         .get(index)
         .map(|t| t.from)
         .ok_or("no such transition")?;
-    match engine.state(device.index()) {
+    match engine.state(part.at(device)) {
         Some(s) if s == from.index() => Ok(()),
         s => Err(format!(
             "the engine has `{}` in `{}`, not in `{}`",
@@ -281,12 +381,13 @@ fn states_before(engine: &Engine, steps: &[kalki_model::engine::Step]) -> Vec<us
 }
 
 /// Every device's state in the engine, for messages.
-fn where_(v: &Verifier<'_>, site: &Site, engine: &Engine) -> String {
-    let parts: Vec<String> = site
+fn where_(v: &Verifier<'_>, part: &Part<'_>, engine: &Engine) -> String {
+    let parts: Vec<String> = part
         .devices
         .iter()
         .enumerate()
         .map(|(i, d)| {
+            let d = &part.site.devices[d.index()];
             let ty = v.policy.device_type(d.ty);
             let s = engine
                 .state(i)
@@ -319,10 +420,11 @@ fn describe(v: &Verifier<'_>, site: &Site, mv: Move) -> String {
 /// order.
 fn concretize(
     v: &mut Verifier<'_>,
-    site: &Site,
+    part: &Part<'_>,
     engine: &Engine,
     mv: Move,
 ) -> Result<Vec<Vec<(u64, Input)>>, String> {
+    let site = part.site;
     let now = engine.now();
     match mv {
         Move::Transition { device, index } => {
@@ -373,8 +475,8 @@ fn concretize(
             let rule = site.rules.get(index).ok_or("no such rule")?;
             let mut voc = Vocab::for_site(v.policy, site);
             let mut facts = vec![voc.encode(&rule.cond)];
-            for (d, s) in engine.states().iter().enumerate() {
-                facts.push(voc.state_is(DeviceId::from_index(d), StateId::from_index(*s)));
+            for (i, s) in engine.states().iter().enumerate() {
+                facts.push(voc.state_is(part.devices[i], StateId::from_index(*s)));
             }
             voc.query.facts.push(Term::And(facts));
             voc.steady();
