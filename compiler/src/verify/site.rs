@@ -103,15 +103,22 @@ fn rules_meet<'r>(
         (Meet::InTurn(a, b), a.cond.clone(), after_moves(&b.cond, a)),
         (Meet::InTurn(b, a), b.cond.clone(), after_moves(&a.cond, b)),
     ];
+    let what = "whether two rules can fire on one change";
+    // One query for all three (most pairs of a site never meet), then which one it is.
+    let mut voc = Vocab::for_site(v.policy, site);
+    let any: Vec<Term> = cases
+        .iter()
+        .map(|(_, first, second)| Term::And(vec![voc.encode(first), voc.encode(second)]))
+        .collect();
+    voc.query.facts.push(Term::Or(any));
+    if !matches!(v.solve(&voc.query, a.loc, what), Some(Outcome::Sat(_))) {
+        return None;
+    }
     for (how, first, second) in cases {
         let mut voc = Vocab::for_site(v.policy, site);
         let facts = vec![voc.encode(&first), voc.encode(&second)];
         voc.query.facts.push(Term::And(facts));
-        if let Some(Outcome::Sat(m)) = v.solve(
-            &voc.query,
-            a.loc,
-            "whether two rules can fire on one change",
-        ) {
+        if let Some(Outcome::Sat(m)) = v.solve(&voc.query, a.loc, what) {
             return Some((how, voc.describe(&m)));
         }
     }
