@@ -117,9 +117,9 @@ impl Actions {
     }
 }
 
-/// The compiler's syntax (`Flow::to_ofctl` in `compiler/src/codegen/openflow.rs`), field
-/// for field and in its order, so a parsed line prints back as it was written. `flags`
-/// are not part of that syntax and are not shown.
+/// The rule-set syntax: the compiler prints its rule sets through this (one printer), and
+/// [`crate::parse`] reads it back, so a parsed line prints back as it was written.
+/// `flags` are not part of that syntax and are not shown.
 impl fmt::Display for FlowMod {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

@@ -6,15 +6,18 @@
 //! - [`flow`]: flows as data ([`FlowMod`]), printed in the compiler's syntax;
 //! - [`parse`]: rule-set text to [`FlowMod`]s (pure);
 //! - [`wire`]: OpenFlow 1.5 encoding and decoding of the messages used (pure);
-//! - [`client`]: the connection ([`Client`]), the only module doing I/O.
+//! - [`client`]: the connection ([`Client`]), the only module doing I/O (feature
+//!   `client`, on by default; the compiler builds without it).
 // Only the binaries write to the terminal (docs/ARCHITECTURE.md, "Invariants").
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+#[cfg(feature = "client")]
 pub mod client;
 pub mod flow;
 pub mod parse;
 pub mod wire;
 
+#[cfg(feature = "client")]
 pub use client::{mgmt_socket, Client, Error, Rejected};
 pub use flow::{Actions, EthType, FlowMod, Mac, Match, Port};
 pub use parse::{parse_flow, parse_rule_set, ParseError, ParseErrorKind};

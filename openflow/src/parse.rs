@@ -1,8 +1,8 @@
 //! Reads `kalkic` rule sets (`flows/**.ofctl`) into [`FlowMod`]s. Pure: text in, data
 //! out.
 //!
-//! The accepted syntax is exactly what the compiler emits (`Flow::to_ofctl` in
-//! `compiler/src/codegen/openflow.rs`), one flow per line:
+//! The accepted syntax is exactly what the compiler emits, which it prints through
+//! [`FlowMod`]'s `Display` (`compiler/src/codegen/openflow.rs`), one flow per line:
 //!
 //! ```text
 //! table=N,priority=N,cookie=0x..,[in_port=N],[vlan_tci=0x0000/0x1fff],[ip|arp],

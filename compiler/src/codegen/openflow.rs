@@ -6,7 +6,9 @@
 //! about exactly what is written. The pipeline is described in `docs/bundle.md`.
 
 use crate::ir::{Chain, Model, Site, StateId, UmboxId, UmboxMode, Value};
+use kalki_openflow::flow::{self as of, EthType, FlowMod, Mac};
 use serde::Serialize;
+use std::net::Ipv4Addr;
 
 /// The largest port number Open vSwitch accepts in `ofport_request`.
 pub const MAX_OFPORT: u32 = 65_279;
@@ -269,57 +271,51 @@ impl Flow {
         }
     }
 
+    /// The flow as `kalki-openflow` types it: what the runtime parses, encodes and
+    /// installs. Rule sets are printed from it, so there is one printer (its `Display`)
+    /// and one parser of the syntax.
+    pub fn to_flow_mod(&self) -> FlowMod {
+        let m = &self.matches;
+        FlowMod {
+            table: self.table,
+            priority: self.priority,
+            cookie: self.cookie,
+            flags: 0,
+            matches: of::Match {
+                in_port: m.in_port,
+                untagged: m.untagged,
+                eth_type: m.proto.map(|p| match p {
+                    Proto::Ip => EthType::Ip,
+                    Proto::Arp => EthType::Arp,
+                }),
+                dl_src: m.dl_src.map(Mac),
+                nw_src: m.nw_src.map(Ipv4Addr::from),
+                nw_dst: m.nw_dst.map(Ipv4Addr::from),
+                arp_spa: m.arp_spa.map(Ipv4Addr::from),
+                arp_tpa: m.arp_tpa.map(Ipv4Addr::from),
+                arp_sha: m.arp_sha.map(Mac),
+            },
+            actions: of::Actions {
+                outputs: self
+                    .actions
+                    .iter()
+                    .filter_map(|a| match a {
+                        Action::Output(p) => Some(of::Port::Number(*p)),
+                        Action::Normal => Some(of::Port::Normal),
+                        Action::GotoTable(_) => None,
+                    })
+                    .collect(),
+                goto_table: self.actions.iter().find_map(|a| match a {
+                    Action::GotoTable(t) => Some(*t),
+                    _ => None,
+                }),
+            },
+        }
+    }
+
     /// The flow in `ovs-ofctl add-flow` syntax.
     pub fn to_ofctl(&self) -> String {
-        let m = &self.matches;
-        let mut parts = vec![
-            format!("table={}", self.table),
-            format!("priority={}", self.priority),
-            format!("cookie={:#x}", self.cookie),
-        ];
-        if let Some(p) = m.in_port {
-            parts.push(format!("in_port={p}"));
-        }
-        if m.untagged {
-            parts.push("vlan_tci=0x0000/0x1fff".into());
-        }
-        match m.proto {
-            Some(Proto::Ip) => parts.push("ip".into()),
-            Some(Proto::Arp) => parts.push("arp".into()),
-            None => {}
-        }
-        if let Some(x) = m.dl_src {
-            parts.push(format!("dl_src={}", mac(x)));
-        }
-        if let Some(x) = m.nw_src {
-            parts.push(format!("nw_src={}", ip(x)));
-        }
-        if let Some(x) = m.nw_dst {
-            parts.push(format!("nw_dst={}", ip(x)));
-        }
-        if let Some(x) = m.arp_spa {
-            parts.push(format!("arp_spa={}", ip(x)));
-        }
-        if let Some(x) = m.arp_tpa {
-            parts.push(format!("arp_tpa={}", ip(x)));
-        }
-        if let Some(x) = m.arp_sha {
-            parts.push(format!("arp_sha={}", mac(x)));
-        }
-        let actions = if self.actions.is_empty() {
-            "drop".to_string()
-        } else {
-            self.actions
-                .iter()
-                .map(|a| match a {
-                    Action::Output(p) => format!("output:{p}"),
-                    Action::GotoTable(t) => format!("goto_table:{t}"),
-                    Action::Normal => "NORMAL".into(),
-                })
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        format!("{} actions={actions}", parts.join(","))
+        self.to_flow_mod().to_string()
     }
 }
 
