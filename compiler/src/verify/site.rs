@@ -4,7 +4,7 @@
 //! alerts, for K203, K204 and K205).
 
 use super::encode::{inline, Vocab};
-use super::solver::{Outcome, Term};
+use super::solver::{value_of, ModelValue, Outcome, Term};
 use super::{codes, SiteFacts, Verifier};
 use crate::codegen::openflow::{ip, mac};
 use crate::diag::Diagnostic;
@@ -103,26 +103,25 @@ fn rules_meet<'r>(
         (Meet::InTurn(a, b), a.cond.clone(), after_moves(&b.cond, a)),
         (Meet::InTurn(b, a), b.cond.clone(), after_moves(&a.cond, b)),
     ];
-    let what = "whether two rules can fire on one change";
-    // One query for all three (most pairs of a site never meet), then which one it is.
+    // One query for the three; its model says which of them it met, in this order.
     let mut voc = Vocab::for_site(v.policy, site);
-    let any: Vec<Term> = cases
+    let each: Vec<Term> = cases
         .iter()
         .map(|(_, first, second)| Term::And(vec![voc.encode(first), voc.encode(second)]))
         .collect();
-    voc.query.facts.push(Term::Or(any));
-    if !matches!(v.solve(&voc.query, a.loc, what), Some(Outcome::Sat(_))) {
+    voc.query.facts.push(Term::Or(each.clone()));
+    let Some(Outcome::Sat(m)) = v.solve(
+        &voc.query,
+        a.loc,
+        "whether two rules can fire on one change",
+    ) else {
         return None;
-    }
-    for (how, first, second) in cases {
-        let mut voc = Vocab::for_site(v.policy, site);
-        let facts = vec![voc.encode(&first), voc.encode(&second)];
-        voc.query.facts.push(Term::And(facts));
-        if let Some(Outcome::Sat(m)) = v.solve(&voc.query, a.loc, what) {
-            return Some((how, voc.describe(&m)));
-        }
-    }
-    None
+    };
+    let met = each
+        .iter()
+        .position(|t| value_of(t, &voc.query.vars, &m) == Some(ModelValue::Bool(true)));
+    let (how, _, _) = cases.into_iter().nth(met.unwrap_or(0))?;
+    Some((how, voc.describe(&m)))
 }
 
 /// `cond` as read after rule `r`'s moves: each `dev in s` of a device the rule moves is

@@ -95,3 +95,68 @@ pub enum Outcome {
 pub trait Solver {
     fn solve(&self, q: &Query) -> Outcome;
 }
+
+/// The value of a term under a model of its query (`vars` the query's), or `None` where
+/// the model leaves a variable out or the arithmetic leaves 64 bits. Lets one query
+/// answer which of several disjuncts its model satisfies.
+pub fn value_of(t: &Term, vars: &[(String, Sort)], model: &Model) -> Option<ModelValue> {
+    let int = |t: &Term| match value_of(t, vars, model)? {
+        ModelValue::Int(i) => Some(i),
+        _ => None,
+    };
+    let boolean = |t: &Term| match value_of(t, vars, model)? {
+        ModelValue::Bool(b) => Some(b),
+        _ => None,
+    };
+    Some(match t {
+        Term::Bool(b) => ModelValue::Bool(*b),
+        Term::Int(i) => ModelValue::Int(*i),
+        Term::Bits { value, .. } => ModelValue::Bits(*value),
+        Term::Var(ix) => model.get(&vars.get(*ix)?.0)?.clone(),
+        Term::BitAnd(a, b) => match (value_of(a, vars, model)?, value_of(b, vars, model)?) {
+            (ModelValue::Bits(x), ModelValue::Bits(y)) => ModelValue::Bits(x & y),
+            _ => return None,
+        },
+        Term::Not(a) => ModelValue::Bool(!boolean(a)?),
+        Term::And(xs) => {
+            let mut all = true;
+            for x in xs {
+                all &= boolean(x)?;
+            }
+            ModelValue::Bool(all)
+        }
+        Term::Or(xs) => {
+            let mut any = false;
+            for x in xs {
+                any |= boolean(x)?;
+            }
+            ModelValue::Bool(any)
+        }
+        Term::Cmp(op, a, b) => {
+            let (x, y) = (value_of(a, vars, model)?, value_of(b, vars, model)?);
+            let ord = match (&x, &y) {
+                (ModelValue::Int(x), ModelValue::Int(y)) => x.cmp(y),
+                (ModelValue::Bits(x), ModelValue::Bits(y)) => x.cmp(y),
+                (ModelValue::Bool(x), ModelValue::Bool(y)) => x.cmp(y),
+                _ => return None,
+            };
+            ModelValue::Bool(match op {
+                CmpOp::Eq => ord.is_eq(),
+                CmpOp::Ne => ord.is_ne(),
+                CmpOp::Lt => ord.is_lt(),
+                CmpOp::Le => ord.is_le(),
+                CmpOp::Gt => ord.is_gt(),
+                CmpOp::Ge => ord.is_ge(),
+            })
+        }
+        Term::Arith(op, a, b) => {
+            let (x, y) = (int(a)?, int(b)?);
+            ModelValue::Int(match op {
+                ArithOp::Add => x.checked_add(y)?,
+                ArithOp::Sub => x.checked_sub(y)?,
+                ArithOp::Mul => x.checked_mul(y)?,
+            })
+        }
+        Term::Neg(a) => ModelValue::Int(int(a)?.checked_neg()?),
+    })
+}
