@@ -65,6 +65,57 @@ pub fn verify(
     (checked, verified)
 }
 
+/// What `build` made: everything `verify` found plus the emitted rule sets' findings
+/// (K208, K212, K213, K214), and the bundle when there were no errors.
+pub struct Built {
+    pub checked: Checked,
+    pub assertions: Vec<verify::AssertionResult>,
+    pub bundle: Result<codegen::bundle::Bundle, NoBundle>,
+}
+
+/// Why `build` made no bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoBundle {
+    /// The policy has errors (in `Built::checked.diagnostics`).
+    Errors,
+    /// The policy declares no site, or more than one: a bundle is one site's.
+    Sites(usize),
+}
+
+/// The one way from sources to a bundle, as `kalkic build` does it: check, verify, and
+/// for a policy without errors and with exactly one site, generate its rule sets, prove
+/// them (translation validation) and assemble the bundle. Pure: writing it is the
+/// caller's ([`codegen::bundle::Bundle::write_to`]).
+pub fn build(
+    roots: &[PathBuf],
+    loader: &dyn SourceLoader,
+    solver: &dyn verify::solver::Solver,
+    opts: &verify::Options,
+) -> Built {
+    let (mut checked, verified) = verify(roots, loader, solver, opts);
+    let assertions = verified.map(|v| v.assertions).unwrap_or_default();
+    let clean = checked.unreadable.is_empty()
+        && !checked.diagnostics.iter().any(diag::Diagnostic::is_error);
+    let bundle = match checked.model.as_ref().filter(|_| clean) {
+        None => Err(NoBundle::Errors),
+        Some(model) => match model.sites.as_slice() {
+            [site] => {
+                codegen::bundle::build(model, site, &checked.sources, solver).map_err(|findings| {
+                    checked.diagnostics.extend(findings);
+                    NoBundle::Errors
+                })
+            }
+            sites => Err(NoBundle::Sites(sites.len())),
+        },
+    };
+    sort(&mut checked.diagnostics);
+    Built {
+        checked,
+        assertions,
+        bundle,
+    }
+}
+
 /// Orders diagnostics by file, position and code, so output is stable.
 pub fn sort(diags: &mut [diag::Diagnostic]) {
     diags.sort_by_key(|d| {

@@ -239,42 +239,22 @@ fn run_build(args: &BuildArgs) -> Exit {
     };
     let opts = args.limits.options();
     let solver = verify::z3::Z3Solver::new(opts.timeout_ms);
-    let (mut checked, verified) = kalki_compiler::verify(&files, &FsLoader, &solver, &opts);
-    let assertions = verified.map(|v| v.assertions).unwrap_or_default();
-    let clean =
-        checked.unreadable.is_empty() && !checked.diagnostics.iter().any(Diagnostic::is_error);
-    // A clean policy with one site is compiled to rule sets, which are validated (K208,
-    // K212) before anything is written; their findings are reported with the others.
-    let mut bundle = None;
-    let mut site_error = None;
-    let mut findings = Vec::new();
-    if let Some(model) = checked.model.as_ref().filter(|_| clean) {
-        match one_site(model) {
-            Ok(site) => {
-                match kalki_compiler::codegen::bundle::build(model, site, &checked.sources, &solver)
-                {
-                    Ok(b) => bundle = Some(b),
-                    Err(diags) => findings = diags,
-                }
-            }
-            Err(why) => site_error = Some(why),
-        }
-    }
-    if !findings.is_empty() {
-        checked.diagnostics.extend(findings);
-        kalki_compiler::sort(&mut checked.diagnostics);
-    }
-    let status = emit(&args.common, &checked, &assertions);
+    let built = kalki_compiler::build(&files, &FsLoader, &solver, &opts);
+    let status = emit(&args.common, &built.checked, &built.assertions);
     if status != Exit::Ok {
         eprintln!("error: no bundle written: the policy has errors");
         return status;
     }
-    if let Some(why) = site_error {
-        eprintln!("error: {why}");
-        return Exit::Usage;
-    }
-    let Some(bundle) = bundle else {
-        return Exit::PolicyErrors;
+    let bundle = match built.bundle {
+        Ok(b) => b,
+        Err(kalki_compiler::NoBundle::Errors) => return Exit::PolicyErrors,
+        Err(kalki_compiler::NoBundle::Sites(_)) => {
+            let why = built.checked.model.as_ref().map(one_site);
+            if let Some(Err(why)) = why {
+                eprintln!("error: {why}");
+            }
+            return Exit::Usage;
+        }
     };
     match bundle.write_to(&args.output) {
         Ok(()) => {
