@@ -452,10 +452,40 @@ fn concretize(
                         .collect();
                     let mut candidates = readings(v, site, engine, device, guard, &others)?;
                     if let Some(h) = hold_ms {
+                        // A quiet time out of the state that is not longer than the hold
+                        // runs out first unless alerts keep postponing it: a second
+                        // round of candidates sends one, that no transition out of the
+                        // state waits for, every half quiet time.
+                        let quiet = ty
+                            .transitions
+                            .iter()
+                            .filter(|o| o.from == t.from)
+                            .filter_map(|o| match o.trigger {
+                                Trigger::Quiet { after_ms } => Some(after_ms),
+                                _ => None,
+                            })
+                            .min()
+                            .filter(|q| q <= h);
+                        let pause = quiet.and_then(|q| {
+                            let alert = harmless_alert(v, engine, site, device, t.from)?;
+                            Some(((q / 2).max(1), alert))
+                        });
+                        let mut more = Vec::new();
                         for inputs in &mut candidates {
                             let at = inputs.last().map_or(now, |(t, _)| *t);
+                            if let Some((every, alert)) = &pause {
+                                let mut with = inputs.clone();
+                                let mut t_ms = at + every;
+                                while t_ms < at.saturating_add(*h) {
+                                    with.push((t_ms, alert.clone()));
+                                    t_ms += every;
+                                }
+                                with.push((at.saturating_add(*h), Input::Tick));
+                                more.push(with);
+                            }
                             inputs.push((at.saturating_add(*h), Input::Tick));
                         }
+                        candidates.extend(more);
                     }
                     Ok(candidates)
                 }
@@ -556,6 +586,9 @@ fn readings(
                     };
                     out.push((0..r.repeat.max(1)).map(|_| (at, input.clone())).collect());
                 }
+                // Values for the guard alone only when none keep the others off: a
+                // query less per step.
+                break;
             }
             Outcome::Unsat => last = Some("no reading satisfies the guard".to_string()),
             Outcome::Unknown(why) => last = Some(format!("the solver gave up: {why}")),
@@ -599,6 +632,37 @@ fn aligned(engine: &Engine, minute: Option<u16>) -> u64 {
         return now;
     }
     now + (want + DAY_MS - local) % DAY_MS
+}
+
+/// An alert `device` may receive in `state` from an input that no transition out of the
+/// state waits for: one that only postpones the state's quiet time.
+fn harmless_alert(
+    v: &Verifier<'_>,
+    engine: &Engine,
+    site: &Site,
+    device: DeviceId,
+    state: StateId,
+) -> Option<Input> {
+    let ty = v.policy.device_type(site.devices[device.index()].ty);
+    let awaited: Vec<&str> = ty
+        .transitions
+        .iter()
+        .filter(|t| t.from == state)
+        .filter_map(|t| match &t.trigger {
+            Trigger::Alert { alert, .. } => Some(alert.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut alerts: Vec<String> = ty.alerts.clone();
+    if let Chain::Umboxes(entries) = &ty.state(state).chain {
+        for e in entries {
+            alerts.extend(v.policy.umbox(e.umbox).emits.iter().cloned());
+        }
+    }
+    alerts
+        .iter()
+        .filter(|a| !awaited.contains(&a.as_str()))
+        .find_map(|a| alert_input(v, engine, site, device, state, a).ok())
 }
 
 /// An alert for `device` in `state` that the engine accepts: from the device itself when
