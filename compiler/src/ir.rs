@@ -75,6 +75,19 @@ impl Model {
     pub fn umbox(&self, id: UmboxId) -> &Umbox {
         &self.umboxes[id.index()]
     }
+    /// The µmboxes a chain deploys, in order, each with the alerts it emits.
+    pub fn chain_emits(&self, chain: &Chain) -> Vec<(String, Vec<String>)> {
+        match chain {
+            Chain::Umboxes(entries) => entries
+                .iter()
+                .map(|e| {
+                    let u = self.umbox(e.umbox);
+                    (u.name.clone(), u.emits.clone())
+                })
+                .collect(),
+            Chain::Pass | Chain::Drop => Vec::new(),
+        }
+    }
     pub fn device_type(&self, id: TypeId) -> &DeviceType {
         &self.device_types[id.index()]
     }

@@ -5,13 +5,16 @@
 //! A transition that can never fire (dead, unsourced or shadowed) is no edge of the state
 //! graph: it neither reaches a state (K203) nor leads out of one (K204).
 
-use super::encode::{inline, Vocab};
+use super::encode::{inline, Reading, Vocab};
 use super::solver::{Outcome, Sort, Term, VarIx};
 use super::{codes, SiteFacts, Verifier};
+use crate::codegen::manifest as lower;
 use crate::diag::Diagnostic;
 use crate::ir::{
     Chain, CmpOp, DeviceType, Expr, ExprKind, StateId, Transition, Trigger, Ty, TypeId, VarRef,
+    VarType,
 };
+use kalki_model::eval;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::{Bfs, Reversed};
 use serde_json::json;
@@ -420,12 +423,77 @@ fn overlap(
     voc.query.facts.push(Term::And(vec![ta, tb]));
     if let Some(Outcome::Sat(model)) = v.solve(&voc.query, a.0.loc, "whether two guards overlap") {
         let values = voc.describe(&model);
+        // The witness is checked by the runtime's own evaluator before it is reported.
+        let reading = voc.readings(&model).remove(&None).unwrap_or_default();
+        if both_hold(ty, a.1, b.1, &reading) == Some(false) {
+            v.push(
+                Diagnostic::error(
+                    codes::INCONCLUSIVE,
+                    "could not decide whether two guards overlap: the values the solver found do not enable both at run time",
+                )
+                .primary(a.0.loc, "undecided")
+                .secondary(b.0.loc, "and this one")
+                .help("an unknown result never counts as success; please report this policy")
+                .witness(json!({ "reason": "witness refuted by the runtime's evaluator", "values": values })),
+            );
+            return true;
+        }
         let event = format!("a reading with {}", inline(&values));
         let d = nondeterminism(ty, a.0, b.0, event, values);
         v.push(label_vars(d, ty, &[a.1, b.1]));
         return true;
     }
     false
+}
+
+/// Whether the runtime's evaluator (`kalki_model::eval`) finds both guards true on a
+/// reading: `None` when it cannot tell from one reading (a guard reads a window of
+/// readings or the clock).
+fn both_hold(ty: &DeviceType, a: &Expr, b: &Expr, reading: &Reading) -> Option<bool> {
+    let timeless = |e: &Expr| {
+        !e.nodes()
+            .any(|n| matches!(n.kind, ExprKind::Aggregate { .. } | ExprKind::Clock { .. }))
+    };
+    if !timeless(a) || !timeless(b) {
+        return None;
+    }
+    let env = OneReading { ty, reading };
+    let (a, b) = (lower::expr(a), lower::expr(b));
+    Some(eval::holds(&a, &env).ok()? && eval::holds(&b, &env).ok()?)
+}
+
+/// One reading of a device type's values, as the evaluator reads it.
+struct OneReading<'a> {
+    ty: &'a DeviceType,
+    reading: &'a Reading,
+}
+
+impl eval::Env for OneReading<'_> {
+    fn value(&self, var: kalki_model::manifest::VarRef) -> Option<eval::Value> {
+        let v = self.ty.vars.get(var.var as usize)?;
+        match (self.reading.values.get(&v.name)?, &v.ty) {
+            (serde_json::Value::Bool(b), _) => Some(eval::Value::Bool(*b)),
+            (serde_json::Value::String(m), VarType::Enum { members }) => members
+                .iter()
+                .position(|x| x == m)
+                .and_then(|i| i64::try_from(i).ok())
+                .map(eval::Value::Int),
+            (n, _) => n.as_i64().map(eval::Value::Int),
+        }
+    }
+    fn window(
+        &self,
+        _: kalki_model::manifest::VarRef,
+        _: usize,
+    ) -> Option<impl Iterator<Item = i64> + '_> {
+        None::<std::iter::Empty<i64>>
+    }
+    fn state(&self, _: u32) -> Option<u32> {
+        None
+    }
+    fn minute_of_day(&self) -> u16 {
+        0
+    }
 }
 
 /// `after Q quiet` and `when G for H` out of one state. Quiet time counts from the later of
@@ -627,12 +695,10 @@ pub(crate) fn alert_from_input(
     alert: &str,
 ) -> bool {
     ty.alerts.iter().any(|a| a == alert)
-        || match &ty.state(state).chain {
-            Chain::Umboxes(entries) => entries
-                .iter()
-                .any(|e| policy.umbox(e.umbox).emits.iter().any(|x| x == alert)),
-            Chain::Pass | Chain::Drop => false,
-        }
+        || policy
+            .chain_emits(&ty.state(state).chain)
+            .iter()
+            .any(|(_, emits)| emits.iter().any(|x| x == alert))
 }
 
 /// K205: an alert transition must wait for something its state deploys.
@@ -645,16 +711,7 @@ fn provenance(v: &mut Verifier<'_>, id: TypeId, ty: &DeviceType, facts: &SiteFac
             continue;
         };
         let state = ty.state(t.from);
-        let chain: Vec<(String, Vec<String>)> = match &state.chain {
-            Chain::Umboxes(entries) => entries
-                .iter()
-                .map(|e| {
-                    let u = v.policy.umbox(e.umbox);
-                    (u.name.clone(), u.emits.clone())
-                })
-                .collect(),
-            Chain::Pass | Chain::Drop => vec![],
-        };
+        let chain = v.policy.chain_emits(&state.chain);
         // A rule raises it in this state: the rule does not pin the device to another.
         let raised = facts.raised.get(&id).is_some_and(|r| {
             r.iter()

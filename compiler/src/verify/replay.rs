@@ -25,7 +25,7 @@ use super::encode::Vocab;
 use super::solver::{Outcome, Term};
 use super::Verifier;
 use crate::codegen::manifest as lower;
-use crate::ir::{Action, Chain, DeviceId, Expr, ExprKind, Site, StateId, Trigger, TypeId};
+use crate::ir::{Action, DeviceId, Expr, ExprKind, Site, StateId, Trigger, TypeId};
 use kalki_model::engine::{
     Cause, Config, DeviceSpec, Effect, Engine, Input, Origin, SiteSpec, DAY_MS,
 };
@@ -115,16 +115,7 @@ impl<'s> Part<'s> {
                         .device_type(dev.ty)
                         .states
                         .iter()
-                        .map(|s| match &s.chain {
-                            Chain::Umboxes(entries) => entries
-                                .iter()
-                                .map(|e| {
-                                    let u = v.policy.umbox(e.umbox);
-                                    (u.name.clone(), u.emits.clone())
-                                })
-                                .collect(),
-                            Chain::Pass | Chain::Drop => Vec::new(),
-                        })
+                        .map(|s| v.policy.chain_emits(&s.chain))
                         .collect(),
                 }
             })
@@ -654,10 +645,8 @@ fn harmless_alert(
         })
         .collect();
     let mut alerts: Vec<String> = ty.alerts.clone();
-    if let Chain::Umboxes(entries) = &ty.state(state).chain {
-        for e in entries {
-            alerts.extend(v.policy.umbox(e.umbox).emits.iter().cloned());
-        }
+    for (_, emits) in v.policy.chain_emits(&ty.state(state).chain) {
+        alerts.extend(emits);
     }
     alerts
         .iter()
@@ -678,11 +667,12 @@ fn alert_input(
     let dev = &site.devices[device.index()];
     let ty = v.policy.device_type(dev.ty);
     let mut sources: Vec<Option<String>> = vec![None];
-    if let Some(Chain::Umboxes(entries)) = ty.states.get(state.index()).map(|s| &s.chain) {
+    if let Some(s) = ty.states.get(state.index()) {
         sources.extend(
-            entries
-                .iter()
-                .map(|e| Some(v.policy.umbox(e.umbox).name.clone())),
+            v.policy
+                .chain_emits(&s.chain)
+                .into_iter()
+                .map(|(u, _)| Some(u)),
         );
     }
     sources
