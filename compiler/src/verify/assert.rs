@@ -211,13 +211,9 @@ pub(super) fn check(
         .collect()
 }
 
-fn check_one(
-    v: &mut Verifier<'_>,
-    site: &Site,
-    live_rules: &[bool],
-    a: &Assertion,
-) -> AssertionResult {
-    // Cone of influence.
+/// The assertion's cone of influence: the devices it names, and the devices whose states
+/// the live rules acting on them read, transitively; and those rules.
+fn cone(site: &Site, live_rules: &[bool], a: &Assertion) -> (Vec<DeviceId>, Vec<usize>) {
     let mut coi: BTreeSet<DeviceId> = BTreeSet::new();
     coi.extend(in_states(&a.cond));
     loop {
@@ -232,12 +228,22 @@ fn check_one(
         }
     }
     let coi: Vec<DeviceId> = coi.into_iter().collect();
+    let rules: Vec<usize> = (0..site.rules.len())
+        .filter(|&i| live_rules[i] && acts_on(&site.rules[i], |d| coi.contains(d)))
+        .collect();
+    (coi, rules)
+}
+
+fn check_one(
+    v: &mut Verifier<'_>,
+    site: &Site,
+    live_rules: &[bool],
+    a: &Assertion,
+) -> AssertionResult {
+    let (coi, rules) = cone(site, live_rules, a);
     let names: Vec<String> = coi
         .iter()
         .map(|d| site.devices[d.index()].name.clone())
-        .collect();
-    let rules: Vec<usize> = (0..site.rules.len())
-        .filter(|&i| live_rules[i] && acts_on(&site.rules[i], |d| coi.contains(d)))
         .collect();
 
     let state_names = |st: &[u32]| -> BTreeMap<String, String> {
@@ -502,11 +508,36 @@ fn check_one(
         (AssertKind::Reachable, None, false, None) => (Status::Refuted, vec![]),
         (AssertKind::Never, None, false, None) => (Status::Proved, vec![]),
     };
+    let result = AssertionResult {
+        site: site.name.clone(),
+        loc: a.loc,
+        kind: a.kind,
+        status,
+        trace: tr,
+        replay: replayed,
+        explored,
+        devices: names,
+    };
+    report(v, site, a, &rules, &result, replay_failed);
+    result
+}
+
+/// The finding of a verdict that is not a proof: K210 with the run or the number of
+/// combinations explored, K213 with the reason.
+fn report(
+    v: &mut Verifier<'_>,
+    site: &Site,
+    a: &Assertion,
+    rules: &[usize],
+    r: &AssertionResult,
+    replay_failed: bool,
+) {
+    let (explored, names, tr, replayed) = (r.explored, &r.devices, &r.trace, &r.replay);
     let kind = match a.kind {
         AssertKind::Reachable => "reachable",
         AssertKind::Never => "never",
     };
-    match &status {
+    match &r.status {
         Status::Refuted => {
             let (msg, label, help) = if a.kind == AssertKind::Reachable {
                 (
@@ -552,16 +583,6 @@ fn check_one(
             );
         }
         Status::Proved => {}
-    }
-    AssertionResult {
-        site: site.name.clone(),
-        loc: a.loc,
-        kind: a.kind,
-        status,
-        trace: tr,
-        replay: replayed,
-        explored,
-        devices: names,
     }
 }
 
