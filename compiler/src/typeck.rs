@@ -1053,6 +1053,104 @@ impl<'a> Cx<'a> {
         self.expr(source, e, ctx)
     }
 
+    /// `func(var, last N)`: a sensed integer variable's window; `sum` typed exactly (K114).
+    fn aggregate(
+        &mut self,
+        source: SourceId,
+        e: &ast::Expr,
+        (func, arg, last): (&Ident, &ast::Expr, u32),
+        ctx: &Ctx<'_>,
+        loc: Loc,
+    ) -> Option<Expr> {
+        let mk = |kind: ExprKind, ty: Ty| Some(Expr { kind, ty, loc });
+        let f = match func.name.as_str() {
+            "avg" => AggFunc::Avg,
+            "sum" => AggFunc::Sum,
+            "min" => AggFunc::Min,
+            "max" => AggFunc::Max,
+            _ => {
+                self.unknown(
+                    "aggregate",
+                    func,
+                    source,
+                    &["avg", "sum", "min", "max"],
+                    Some("the aggregates are `avg`, `sum`, `min` and `max`".into()),
+                );
+                return None;
+            }
+        };
+        if !matches!(arg.kind, AK::Name(_) | AK::Field(..)) {
+            self.err(
+                Diagnostic::error(codes::BAD_CONTEXT, "an aggregate takes a sensed variable")
+                    .primary(self.loc(source, arg.span), "not a variable"),
+            );
+            return None;
+        }
+        let inner = self.expr(source, arg, ctx)?;
+        let ok_n = self.positive(source, "a window of readings", u64::from(last), e.span);
+        let ExprKind::Var { var } = inner.kind else {
+            return None;
+        };
+        let Ty::Int { lo, hi } = inner.ty else {
+            self.err(
+                Diagnostic::error(
+                    codes::TYPE_MISMATCH,
+                    format!("`{}` aggregates integers", func.name),
+                )
+                .primary(inner.loc, format!("this is {}", ty_name(&inner.ty))),
+            );
+            return None;
+        };
+        if !ok_n {
+            return None;
+        }
+        let ty = match f {
+            AggFunc::Sum => self.exact_int(
+                range::sum((lo, hi), last),
+                loc,
+                &format!("`sum` of {last} readings"),
+            )?,
+            _ => Ty::Int { lo, hi },
+        };
+        mk(ExprKind::Aggregate { func: f, var, last }, ty)
+    }
+
+    /// `a + b`, `a - b`, `a * b` over integers, typed exactly (K114).
+    fn arith(
+        &mut self,
+        source: SourceId,
+        op: BinOp,
+        (a, b): (&ast::Expr, &ast::Expr),
+        ctx: &Ctx<'_>,
+        loc: Loc,
+    ) -> Option<Expr> {
+        let mk = |kind: ExprKind, ty: Ty| Some(Expr { kind, ty, loc });
+        let a = self.expr(source, a, ctx);
+        let b = self.expr(source, b, ctx);
+        let name = format!("`{}`", op.symbol());
+        let a = self.expect_operand(a?, &name, |t| matches!(t, Ty::Int { .. }), "an integer");
+        let b = self.expect_operand(b?, &name, |t| matches!(t, Ty::Int { .. }), "an integer");
+        let (a, b) = (a?, b?);
+        let (Ty::Int { lo: al, hi: ah }, Ty::Int { lo: bl, hi: bh }) = (&a.ty, &b.ty) else {
+            return None;
+        };
+        let arith = match op {
+            BinOp::Add => ArithOp::Add,
+            BinOp::Sub => ArithOp::Sub,
+            _ => ArithOp::Mul,
+        };
+        let bounds = range::arith(arith, (*al, *ah), (*bl, *bh));
+        let ty = self.exact_int(bounds, loc, &format!("`{}`", op.symbol()))?;
+        mk(
+            ExprKind::Arith {
+                arith,
+                lhs: Box::new(a),
+                rhs: Box::new(b),
+            },
+            ty,
+        )
+    }
+
     fn expr(&mut self, source: SourceId, e: &ast::Expr, ctx: &Ctx<'_>) -> Option<Expr> {
         let loc = self.loc(source, e.span);
         let mk = |kind: ExprKind, ty: Ty| Some(Expr { kind, ty, loc });
@@ -1209,66 +1307,7 @@ impl<'a> Cx<'a> {
                     assert_only(self, "an aggregate");
                     return None;
                 }
-                let f = match func.name.as_str() {
-                    "avg" => AggFunc::Avg,
-                    "sum" => AggFunc::Sum,
-                    "min" => AggFunc::Min,
-                    "max" => AggFunc::Max,
-                    _ => {
-                        self.unknown(
-                            "aggregate",
-                            func,
-                            source,
-                            &["avg", "sum", "min", "max"],
-                            Some("the aggregates are `avg`, `sum`, `min` and `max`".into()),
-                        );
-                        return None;
-                    }
-                };
-                if !matches!(arg.kind, AK::Name(_) | AK::Field(..)) {
-                    self.err(
-                        Diagnostic::error(
-                            codes::BAD_CONTEXT,
-                            "an aggregate takes a sensed variable",
-                        )
-                        .primary(self.loc(source, arg.span), "not a variable"),
-                    );
-                    return None;
-                }
-                let inner = self.expr(source, arg, ctx)?;
-                let ok_n = self.positive(source, "a window of readings", u64::from(*last), e.span);
-                let ExprKind::Var { var } = inner.kind else {
-                    return None;
-                };
-                let Ty::Int { lo, hi } = inner.ty else {
-                    self.err(
-                        Diagnostic::error(
-                            codes::TYPE_MISMATCH,
-                            format!("`{}` aggregates integers", func.name),
-                        )
-                        .primary(inner.loc, format!("this is {}", ty_name(&inner.ty))),
-                    );
-                    return None;
-                };
-                if !ok_n {
-                    return None;
-                }
-                let ty = match f {
-                    AggFunc::Sum => self.exact_int(
-                        range::sum((lo, hi), *last),
-                        loc,
-                        &format!("`sum` of {last} readings"),
-                    )?,
-                    _ => Ty::Int { lo, hi },
-                };
-                mk(
-                    ExprKind::Aggregate {
-                        func: f,
-                        var,
-                        last: *last,
-                    },
-                    ty,
-                )
+                self.aggregate(source, e, (func, arg, *last), ctx, loc)
             }
             AK::Unary(UnOp::Not, a) => {
                 let a = self.expr(source, a, ctx)?;
@@ -1320,33 +1359,7 @@ impl<'a> Cx<'a> {
                     assert_only(self, "arithmetic");
                     return None;
                 }
-                let a = self.expr(source, a, ctx);
-                let b = self.expr(source, b, ctx);
-                let name = format!("`{}`", op.symbol());
-                let a =
-                    self.expect_operand(a?, &name, |t| matches!(t, Ty::Int { .. }), "an integer");
-                let b =
-                    self.expect_operand(b?, &name, |t| matches!(t, Ty::Int { .. }), "an integer");
-                let (a, b) = (a?, b?);
-                let (Ty::Int { lo: al, hi: ah }, Ty::Int { lo: bl, hi: bh }) = (&a.ty, &b.ty)
-                else {
-                    return None;
-                };
-                let arith = match op {
-                    BinOp::Add => ArithOp::Add,
-                    BinOp::Sub => ArithOp::Sub,
-                    _ => ArithOp::Mul,
-                };
-                let bounds = range::arith(arith, (*al, *ah), (*bl, *bh));
-                let ty = self.exact_int(bounds, loc, &format!("`{}`", op.symbol()))?;
-                mk(
-                    ExprKind::Arith {
-                        arith,
-                        lhs: Box::new(a),
-                        rhs: Box::new(b),
-                    },
-                    ty,
-                )
+                self.arith(source, *op, (a, b), ctx, loc)
             }
             AK::Binary(op, a, b) => {
                 let cmp = match op {
