@@ -98,12 +98,16 @@ fn rules_meet<'r>(
     a: &'r Rule,
     b: &'r Rule,
 ) -> Option<(Meet<'r>, serde_json::Value)> {
-    let cases = [
-        (Meet::Together, a.cond.clone(), b.cond.clone()),
-        (Meet::InTurn(a, b), a.cond.clone(), after_moves(&b.cond, a)),
-        (Meet::InTurn(b, a), b.cond.clone(), after_moves(&a.cond, b)),
-    ];
-    // One query for the three; its model says which of them it met, in this order.
+    let mut cases = vec![(Meet::Together, a.cond.clone(), b.cond.clone())];
+    // In turn differs from together only when one reads the state of a device the other
+    // moves: otherwise the first's moves leave the second's condition as it was.
+    if moved_reads(&b.cond, a) {
+        cases.push((Meet::InTurn(a, b), a.cond.clone(), after_moves(&b.cond, a)));
+    }
+    if moved_reads(&a.cond, b) {
+        cases.push((Meet::InTurn(b, a), b.cond.clone(), after_moves(&a.cond, b)));
+    }
+    // One query for them all; its model says which of them it met, in this order.
     let mut voc = Vocab::for_site(v.policy, site);
     let each: Vec<Term> = cases
         .iter()
@@ -122,6 +126,14 @@ fn rules_meet<'r>(
         .position(|t| value_of(t, &voc.query.vars, &m) == Some(ModelValue::Bool(true)));
     let (how, _, _) = cases.into_iter().nth(met.unwrap_or(0))?;
     Some((how, voc.describe(&m)))
+}
+
+/// Whether `cond` tests the state of a device rule `r` moves.
+fn moved_reads(cond: &Expr, r: &Rule) -> bool {
+    cond.nodes().any(|n| match n.kind {
+        ExprKind::InState { device, .. } => gotos(r).any(|(d, _, _)| d == device),
+        _ => false,
+    })
 }
 
 /// `cond` as read after rule `r`'s moves: each `dev in s` of a device the rule moves is
