@@ -436,14 +436,22 @@ fn moves_on(b: &Bundle, device: &str, input: Input) -> Vec<String> {
 }
 
 /// A transition and then a rule, on one reading: the engine evaluates the rule in the
-/// state the transition entered. K206 where it holds there (two moves), not where it only
-/// holds in the state left (one move); the verifier used to judge the rule before the
-/// transition and had the two the other way round.
+/// state the transition entered. K206 where a rule that does not look at the device's
+/// state moves it on (two moves it did not ask for); not where it only holds in the state
+/// left (one move; the verifier used to judge the rule before the transition), nor where
+/// it tests the entered state (an escalation on entry, by design).
 #[test]
 fn a_rule_is_judged_in_the_state_the_transition_entered() {
-    let (v, b) = fixture("k206_transition_then_rule");
-    assert!(v.codes.contains(&"K206"));
     let hot = reading("boiler", json!({ "temp": 51 }));
+    let (v, b) = fixture("k206_rule_vs_transition");
+    assert!(v.codes.contains(&"K206"));
+    assert_eq!(
+        moves_on(&b, "boiler", hot.clone()),
+        ["suspicious", "attack"]
+    );
+
+    let (v, b) = fixture("k206_rule_acts_on_entered_state_near_miss");
+    assert!(!v.codes.contains(&"K206"));
     assert_eq!(
         moves_on(&b, "boiler", hot.clone()),
         ["suspicious", "attack"]

@@ -500,6 +500,11 @@ pub(super) fn conflicts(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
         // the transition first and then evaluates the rule, in the state entered.
         for &(ri, s, l) in moves {
             let r = &site.rules[ri];
+            // A rule that tests the device's state acts on the state it finds, by design
+            // (`when d in suspicious and ... then d -> attack` escalates on entry).
+            if in_states_of(&r.cond).any(|x| x == *d) {
+                continue;
+            }
             let on_reading = reads_values_of(&r.cond, *d);
             let on_clock = reads_clock(&r.cond);
             for t in &ty.transitions {
@@ -559,22 +564,30 @@ enum Lowering {
 /// alert it raises that drives the device's own transition down, or a command its type
 /// declares `lowering` (`unlock`, `disarm`). A device's own data is trusted for itself.
 pub(super) fn integrity(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
+    let tainted = tainted_states(site, live);
     for (i, r) in site.rules.iter().enumerate() {
         if !live[i] {
             continue;
         }
         let where_read = devices_read(&r.cond);
         let read: BTreeSet<DeviceId> = where_read.iter().map(|(d, _)| *d).collect();
+        let states: BTreeSet<DeviceId> = in_states_of(&r.cond).collect();
         for a in &r.actions {
             let (d, l) = match a {
                 Action::Goto { device, loc, .. }
                 | Action::Raise { device, loc, .. }
                 | Action::Command { device, loc, .. } => (*device, *loc),
             };
+            // Untrusted: a device not marked `trusted`, or one whose state the rule reads
+            // and untrusted data can set (trust does not launder through a state).
             let untrusted: Vec<DeviceId> = read
                 .iter()
                 .copied()
-                .filter(|e| *e != d && !site.devices[e.index()].trusted)
+                .filter(|e| {
+                    *e != d
+                        && (!site.devices[e.index()].trusted
+                            || (states.contains(e) && tainted.contains(e)))
+                })
                 .collect();
             if untrusted.is_empty() {
                 continue;
@@ -588,7 +601,18 @@ pub(super) fn integrity(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
                 .iter()
                 .map(|e| site.devices[e.index()].name.as_str())
                 .collect();
-            let sources = names.join("`, `");
+            let sources = untrusted
+                .iter()
+                .map(|e| {
+                    let dev = &site.devices[e.index()];
+                    if dev.trusted {
+                        format!("`{}` (whose state untrusted data sets)", dev.name)
+                    } else {
+                        format!("`{}`", dev.name)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
             let (msg, label, witness) = match &how {
                 Lowering::Posture { from, to, raised } => {
                     let (from, to) = (&ty.state(*from).name, &ty.state(*to).name);
@@ -596,13 +620,13 @@ pub(super) fn integrity(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
                         .as_ref()
                         .map_or(String::new(), |a| format!(" through `raise {a}`"));
                     (
-                        format!("rule `{}` lowers `{}` from `{from}` to `{to}`{through} on data from untrusted `{sources}`", r.name, dev.name),
+                        format!("rule `{}` lowers `{}` from `{from}` to `{to}`{through} on data from untrusted {sources}", r.name, dev.name),
                         "de-escalation",
                         json!({ "rule": r.name, "device": dev.name, "from": from, "to": to, "raised": raised, "untrusted": names, "values": values }),
                     )
                 }
                 Lowering::Command(c) => (
-                    format!("rule `{}` sends `{}.{c}`, a lowering command, on data from untrusted `{sources}`", r.name, dev.name),
+                    format!("rule `{}` sends `{}.{c}`, a lowering command, on data from untrusted {sources}", r.name, dev.name),
                     "lowers protection",
                     json!({ "rule": r.name, "device": dev.name, "command": c, "untrusted": names, "values": values }),
                 ),
@@ -625,6 +649,48 @@ pub(super) fn integrity(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
             v.push(diag);
         }
     }
+}
+
+/// The devices whose state data from an untrusted device can set: a live rule that
+/// moves a device (or raises an alert on it) while reading another device that is not
+/// `trusted`, or the state of one so set, taints the state of the device it acts on. A
+/// least fixpoint: what K207 must treat as untrusted when a rule reads that state.
+fn tainted_states(site: &Site, live: &[bool]) -> BTreeSet<DeviceId> {
+    let mut tainted = BTreeSet::new();
+    loop {
+        let before = tainted.len();
+        for (i, r) in site.rules.iter().enumerate() {
+            if !live[i] {
+                continue;
+            }
+            let states: BTreeSet<DeviceId> = in_states_of(&r.cond).collect();
+            for a in &r.actions {
+                let d = match a {
+                    Action::Goto { device, .. } | Action::Raise { device, .. } => *device,
+                    Action::Command { .. } => continue,
+                };
+                let from_untrusted = devices_read(&r.cond).iter().any(|(e, _)| {
+                    *e != d
+                        && (!site.devices[e.index()].trusted
+                            || (states.contains(e) && tainted.contains(e)))
+                });
+                if from_untrusted {
+                    tainted.insert(d);
+                }
+            }
+        }
+        if tainted.len() == before {
+            return tainted;
+        }
+    }
+}
+
+/// The devices whose states an expression tests.
+fn in_states_of(e: &Expr) -> impl Iterator<Item = DeviceId> + '_ {
+    e.nodes().filter_map(|n| match &n.kind {
+        ExprKind::InState { device, .. } => Some(*device),
+        _ => None,
+    })
 }
 
 /// Whether action `a` of rule `r` can lower its device's protection, with values under
