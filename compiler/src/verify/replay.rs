@@ -197,9 +197,18 @@ pub(crate) fn replay(
     if goal(&engine.states()) {
         return Ok(sent);
     }
+    // Rules the engine fired on its own in the last step taken (a cascade): a later step
+    // of the run that fires one of them is already done.
+    let mut fired: Vec<usize> = Vec::new();
     for (k, &mv) in run.iter().enumerate() {
         let what = describe(v, site, mv);
         let step = |why: String| format!("step {} ({what}): {why}", k + 1);
+        if let Move::Rule { index } = mv {
+            if let Some(at) = fired.iter().position(|r| *r == index) {
+                fired.remove(at);
+                continue;
+            }
+        }
         if done(part, &engine, mv) {
             continue;
         }
@@ -212,8 +221,9 @@ pub(crate) fn replay(
                     sent.extend(lines);
                     return Ok(sent);
                 }
-                Attempt::Taken(after, lines) => {
+                Attempt::Taken(after, lines, cascade) => {
                     taken = Some((after, lines));
+                    fired = cascade;
                     break;
                 }
                 Attempt::Refused(why) => return Err(step(why)),
@@ -227,14 +237,14 @@ pub(crate) fn replay(
             }
             None => {
                 return Err(step(format!(
-                    "the engine does not take it: {}",
+                    "the engine does not take it (before the step, it had {})",
                     where_(v, part, &engine)
                 )))
             }
         }
     }
     Err(format!(
-        "the engine took every step, yet the condition does not hold: {}",
+        "the engine took every step, yet the condition does not hold: it has {}",
         where_(v, part, &engine)
     ))
 }
@@ -242,8 +252,9 @@ pub(crate) fn replay(
 enum Attempt {
     /// The goal held after a state change: the inputs sent up to then.
     Goal(Vec<Value>),
-    /// The step was taken: the engine after it, and the inputs sent.
-    Taken(Box<Engine>, Vec<Value>),
+    /// The step was taken: the engine after it, the inputs sent, and the rules (site
+    /// indices) that fired on the way.
+    Taken(Box<Engine>, Vec<Value>, Vec<usize>),
     NotTaken,
     Refused(String),
 }
@@ -258,6 +269,7 @@ fn attempt(
 ) -> Attempt {
     let mut engine = engine.clone();
     let mut sent = Vec::new();
+    let mut fired: Vec<usize> = Vec::new();
     for (t_ms, input) in inputs {
         let steps = match engine.handle(*t_ms, input) {
             Ok(steps) => steps,
@@ -270,6 +282,26 @@ fn attempt(
         let mut states = states_before(&engine, &steps);
         let mut taken = false;
         for e in steps.iter().flat_map(|s| &s.effects) {
+            let by_rule = match e {
+                Effect::StateChange {
+                    cause: Cause::Rule { rule },
+                    ..
+                }
+                | Effect::StateChange {
+                    cause:
+                        Cause::Alert {
+                            origin: Origin::Rule { rule },
+                            ..
+                        },
+                    ..
+                }
+                | Effect::AlertRaised { rule, .. }
+                | Effect::Command { rule, .. } => part.rules.get(*rule).copied(),
+                _ => None,
+            };
+            if let Some(r) = by_rule.filter(|r| !fired.contains(r)) {
+                fired.push(r);
+            }
             if let Effect::StateChange {
                 device, to, cause, ..
             } = e
@@ -284,7 +316,11 @@ fn attempt(
             }
         }
         if taken {
-            return Attempt::Taken(Box::new(engine), sent);
+            // The step's own rule is the step, not a cascade.
+            if let Move::Rule { index } = mv {
+                fired.retain(|r| *r != index);
+            }
+            return Attempt::Taken(Box::new(engine), sent, fired);
         }
     }
     Attempt::NotTaken
@@ -387,7 +423,7 @@ fn where_(v: &Verifier<'_>, part: &Part<'_>, engine: &Engine) -> String {
             format!("{} in `{s}`", d.name)
         })
         .collect();
-    format!("it has {}", parts.join(", "))
+    parts.join(", ")
 }
 
 fn describe(v: &Verifier<'_>, site: &Site, mv: Move) -> String {
