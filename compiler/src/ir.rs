@@ -381,6 +381,23 @@ impl Expr {
         f(self);
     }
 
+    /// The devices whose states the expression tests (`dev in s`).
+    pub fn states_read(&self) -> impl Iterator<Item = DeviceId> + '_ {
+        self.nodes().filter_map(|n| match &n.kind {
+            ExprKind::InState { device, .. } => Some(*device),
+            _ => None,
+        })
+    }
+
+    /// The site devices the expression reads anything of: a state or a sensed value.
+    pub fn devices_read(&self) -> impl Iterator<Item = DeviceId> + '_ {
+        self.nodes().filter_map(|n| match &n.kind {
+            ExprKind::Var { var } | ExprKind::Aggregate { var, .. } => var.device,
+            ExprKind::InState { device, .. } => Some(*device),
+            _ => None,
+        })
+    }
+
     /// The sensed variables the expression reads (directly or through an aggregate).
     pub fn vars_read(&self) -> impl Iterator<Item = (VarRef, &Expr)> {
         self.nodes().filter_map(|n| match &n.kind {

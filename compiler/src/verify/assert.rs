@@ -59,14 +59,6 @@ pub struct AssertionResult {
     pub devices: Vec<String>,
 }
 
-/// The devices whose states an expression tests.
-fn in_states(e: &Expr) -> impl Iterator<Item = DeviceId> + '_ {
-    e.nodes().filter_map(|n| match &n.kind {
-        ExprKind::InState { device, .. } => Some(*device),
-        _ => None,
-    })
-}
-
 /// Evaluates a state predicate (assertions only use states, booleans and connectives).
 /// `st` holds the state index of each device of the cone, as wide as [`StateId`].
 fn holds(e: &Expr, coi: &[DeviceId], st: &[u32]) -> bool {
@@ -215,12 +207,12 @@ pub(super) fn check(
 /// the live rules acting on them read, transitively; and those rules.
 fn cone(site: &Site, live_rules: &[bool], a: &Assertion) -> (Vec<DeviceId>, Vec<usize>) {
     let mut coi: BTreeSet<DeviceId> = BTreeSet::new();
-    coi.extend(in_states(&a.cond));
+    coi.extend(Expr::states_read(&a.cond));
     loop {
         let before = coi.len();
         for (i, r) in site.rules.iter().enumerate() {
             if live_rules[i] && acts_on(r, |d| coi.contains(d)) {
-                coi.extend(in_states(&r.cond));
+                coi.extend(Expr::states_read(&r.cond));
             }
         }
         if coi.len() == before {
@@ -269,7 +261,7 @@ fn check_one(
         .collect();
     let reads: Vec<BTreeSet<DeviceId>> = rules
         .iter()
-        .map(|&ri| in_states(&site.rules[ri].cond).collect())
+        .map(|&ri| Expr::states_read(&site.rules[ri].cond).collect())
         .collect();
     // Per position in the cone: the waiting rules an entry of that device makes due.
     let wakes: Vec<Vec<usize>> = coi

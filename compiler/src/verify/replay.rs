@@ -25,7 +25,7 @@ use super::encode::Vocab;
 use super::solver::{Outcome, Term};
 use super::Verifier;
 use crate::codegen::manifest as lower;
-use crate::ir::{Action, DeviceId, Expr, ExprKind, Site, StateId, Trigger, TypeId};
+use crate::ir::{Action, DeviceId, Expr, Site, StateId, Trigger, TypeId};
 use kalki_model::engine::{
     Cause, Config, DeviceSpec, Effect, Engine, Input, Origin, SiteSpec, DAY_MS,
 };
@@ -69,13 +69,8 @@ impl<'s> Part<'s> {
     ) -> Self {
         let mut devices: Vec<DeviceId> = cone.to_vec();
         for &ri in rules {
-            for n in site.rules[ri].cond.nodes() {
-                let d = match &n.kind {
-                    ExprKind::Var { var } | ExprKind::Aggregate { var, .. } => var.device,
-                    ExprKind::InState { device, .. } => Some(*device),
-                    _ => None,
-                };
-                if let Some(d) = d.filter(|d| !devices.contains(d)) {
+            for d in site.rules[ri].cond.devices_read() {
+                if !devices.contains(&d) {
                     devices.push(d);
                 }
             }

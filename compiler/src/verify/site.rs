@@ -313,15 +313,7 @@ pub(super) fn dead_rules(v: &mut Verifier<'_>, site: &Site, facts: &mut SiteFact
     let reads: Vec<BTreeSet<DeviceId>> = site
         .rules
         .iter()
-        .map(|r| {
-            r.cond
-                .nodes()
-                .filter_map(|n| match &n.kind {
-                    ExprKind::InState { device, .. } => Some(*device),
-                    _ => None,
-                })
-                .collect()
-        })
+        .map(|r| r.cond.states_read().collect())
         .collect();
     // Rules that can be due at any time can fire whenever their condition holds; their
     // targets are entered too.
@@ -502,7 +494,7 @@ pub(super) fn conflicts(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
             let r = &site.rules[ri];
             // A rule that tests the device's state acts on the state it finds, by design
             // (`when d in suspicious and ... then d -> attack` escalates on entry).
-            if in_states_of(&r.cond).any(|x| x == *d) {
+            if Expr::states_read(&r.cond).any(|x| x == *d) {
                 continue;
             }
             let on_reading = reads_values_of(&r.cond, *d);
@@ -571,7 +563,7 @@ pub(super) fn integrity(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
         }
         let where_read = devices_read(&r.cond);
         let read: BTreeSet<DeviceId> = where_read.iter().map(|(d, _)| *d).collect();
-        let states: BTreeSet<DeviceId> = in_states_of(&r.cond).collect();
+        let states: BTreeSet<DeviceId> = Expr::states_read(&r.cond).collect();
         for a in &r.actions {
             let (d, l) = match a {
                 Action::Goto { device, loc, .. }
@@ -663,7 +655,7 @@ fn tainted_states(site: &Site, live: &[bool]) -> BTreeSet<DeviceId> {
             if !live[i] {
                 continue;
             }
-            let states: BTreeSet<DeviceId> = in_states_of(&r.cond).collect();
+            let states: BTreeSet<DeviceId> = Expr::states_read(&r.cond).collect();
             for a in &r.actions {
                 let d = match a {
                     Action::Goto { device, .. } | Action::Raise { device, .. } => *device,
@@ -683,14 +675,6 @@ fn tainted_states(site: &Site, live: &[bool]) -> BTreeSet<DeviceId> {
             return tainted;
         }
     }
-}
-
-/// The devices whose states an expression tests.
-fn in_states_of(e: &Expr) -> impl Iterator<Item = DeviceId> + '_ {
-    e.nodes().filter_map(|n| match &n.kind {
-        ExprKind::InState { device, .. } => Some(*device),
-        _ => None,
-    })
 }
 
 /// Whether action `a` of rule `r` can lower its device's protection, with values under
