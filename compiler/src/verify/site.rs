@@ -562,25 +562,13 @@ pub(super) fn integrity(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
             continue;
         }
         let where_read = devices_read(&r.cond);
-        let read: BTreeSet<DeviceId> = where_read.iter().map(|(d, _)| *d).collect();
-        let states: BTreeSet<DeviceId> = Expr::states_read(&r.cond).collect();
         for a in &r.actions {
             let (d, l) = match a {
                 Action::Goto { device, loc, .. }
                 | Action::Raise { device, loc, .. }
                 | Action::Command { device, loc, .. } => (*device, *loc),
             };
-            // Untrusted: a device not marked `trusted`, or one whose state the rule reads
-            // and untrusted data can set (trust does not launder through a state).
-            let untrusted: Vec<DeviceId> = read
-                .iter()
-                .copied()
-                .filter(|e| {
-                    *e != d
-                        && (!site.devices[e.index()].trusted
-                            || (states.contains(e) && tainted.contains(e)))
-                })
-                .collect();
+            let untrusted = untrusted_sources(site, r, d, &tainted);
             if untrusted.is_empty() {
                 continue;
             }
@@ -655,18 +643,12 @@ fn tainted_states(site: &Site, live: &[bool]) -> BTreeSet<DeviceId> {
             if !live[i] {
                 continue;
             }
-            let states: BTreeSet<DeviceId> = Expr::states_read(&r.cond).collect();
             for a in &r.actions {
                 let d = match a {
                     Action::Goto { device, .. } | Action::Raise { device, .. } => *device,
                     Action::Command { .. } => continue,
                 };
-                let from_untrusted = devices_read(&r.cond).iter().any(|(e, _)| {
-                    *e != d
-                        && (!site.devices[e.index()].trusted
-                            || (states.contains(e) && tainted.contains(e)))
-                });
-                if from_untrusted {
+                if !untrusted_sources(site, r, d, &tainted).is_empty() {
                     tainted.insert(d);
                 }
             }
@@ -675,6 +657,25 @@ fn tainted_states(site: &Site, live: &[bool]) -> BTreeSet<DeviceId> {
             return tainted;
         }
     }
+}
+
+/// The devices rule `r` reads untrusted data of, for an action on `d` (whose own data is
+/// trusted for it): a device not marked `trusted`, or one whose state the rule tests and
+/// untrusted data can set (`tainted`: trust does not launder through a state). In order.
+fn untrusted_sources(
+    site: &Site,
+    r: &Rule,
+    d: DeviceId,
+    tainted: &BTreeSet<DeviceId>,
+) -> Vec<DeviceId> {
+    let states: BTreeSet<DeviceId> = r.cond.states_read().collect();
+    let read: BTreeSet<DeviceId> = r.cond.devices_read().collect();
+    read.into_iter()
+        .filter(|e| {
+            *e != d
+                && (!site.devices[e.index()].trusted || (states.contains(e) && tainted.contains(e)))
+        })
+        .collect()
 }
 
 /// Whether action `a` of rule `r` can lower its device's protection, with values under
