@@ -39,6 +39,10 @@ pub const OVERFLOW: &str = "K114";
 
 /// The deepest expression the compiler accepts. Real conditions are a few levels deep;
 /// the limit keeps every later (recursive) stage within a small stack.
+/// A µmbox's traffic contract or secret is malformed, or promises what the µmbox's mode
+/// cannot do.
+pub const BAD_CONTRACT: &str = "K115";
+
 pub const MAX_EXPR_DEPTH: usize = 128;
 
 /// Every K1xx code with a one-line summary, for documentation and `--explain`.
@@ -57,4 +61,5 @@ pub const NAME_AND_TYPE_CODES: &[(&str, &str)] = &[
     (UNREADABLE, "source file could not be read"),
     (TOO_DEEP, "expression nested too deeply"),
     (OVERFLOW, "integer arithmetic can leave 64 bits"),
+    (BAD_CONTRACT, "invalid µmbox traffic contract or secret"),
 ];

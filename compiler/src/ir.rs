@@ -6,6 +6,7 @@
 
 use crate::source::SourceId;
 use kalki_lang::ast::Span;
+use kalki_model::contract::{Class, Clause, Contract, PortRange, Proto, Starter, Treatment};
 use serde::Serialize;
 
 /// The leaves the typed model shares with the bundle's manifest: one definition each.
@@ -105,6 +106,92 @@ pub struct Umbox {
     /// Alerts this µmbox can emit, sorted.
     pub emits: Vec<String>,
     pub mode: UmboxMode,
+    /// What it does to traffic, before its parameters are known. `None`: not declared
+    /// (an inline µmbox is then assumed to let everything through).
+    pub contract: Option<ContractTemplate>,
+    /// `secret NAME at PATH`: files the runtime mounts read-only.
+    pub secrets: Vec<(String, String)>,
+}
+
+/// A `traffic { ... }` block, checked: total, and its parameters resolved to indices.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContractTemplate {
+    pub clauses: Vec<ClauseTemplate>,
+    pub on_failure: Treatment,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClauseTemplate {
+    pub treat: Treatment,
+    pub proto: Proto,
+    pub ports: Vec<PortTemplate>,
+    pub from: Option<Starter>,
+    /// The clause applies only when this holds of the instance's parameters.
+    pub when: Option<ParamCond>,
+    pub loc: Loc,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum PortTemplate {
+    Range(PortRange),
+    /// The value of an `int in 0..65535`-compatible parameter, by index.
+    Param(usize),
+}
+
+/// `when P [== V]` (`negated`: `when not P`, `when P != V`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ParamCond {
+    pub param: usize,
+    pub value: Value,
+    pub negated: bool,
+}
+
+impl Umbox {
+    /// The contract of an instance with these arguments (one per parameter, in order).
+    /// A tap and an undeclared inline contract let everything through.
+    pub fn contract(&self, args: &[Value]) -> Contract {
+        let Some(t) = &self.contract else {
+            let mut c = Contract::pass();
+            c.on_failure = match self.mode {
+                UmboxMode::Inline => Treatment::Drop,
+                UmboxMode::Tap => Treatment::Pass,
+            };
+            return c;
+        };
+        let clauses = t
+            .clauses
+            .iter()
+            .filter(|c| {
+                c.when
+                    .as_ref()
+                    .is_none_or(|w| (args.get(w.param) == Some(&w.value)) != w.negated)
+            })
+            .map(|c| Clause {
+                treat: c.treat,
+                class: Class {
+                    proto: c.proto,
+                    ports: c
+                        .ports
+                        .iter()
+                        .filter_map(|p| match p {
+                            PortTemplate::Range(r) => Some(*r),
+                            PortTemplate::Param(i) => match args.get(*i) {
+                                Some(Value::Int(n)) => {
+                                    u16::try_from(*n).ok().map(|n| PortRange { lo: n, hi: n })
+                                }
+                                _ => None,
+                            },
+                        })
+                        .collect(),
+                },
+                from: c.from,
+            })
+            .collect();
+        Contract {
+            clauses,
+            on_failure: t.on_failure,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -256,6 +343,48 @@ pub struct Site {
     pub devices: Vec<Device>,
     pub rules: Vec<Rule>,
     pub asserts: Vec<Assertion>,
+    pub traffic_asserts: Vec<TrafficAssertion>,
+}
+
+/// `assert never|reachable traffic [CLASS] to|from|with DEVICE [in STATES]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrafficAssertion {
+    pub kind: AssertKind,
+    pub class: TrafficClass,
+    pub dir: TrafficDir,
+    pub device: DeviceId,
+    /// Empty: every state.
+    pub states: Vec<StateId>,
+    pub loc: Loc,
+}
+
+/// What a traffic assertion is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum TrafficClass {
+    /// Anything: IPv4 and ARP.
+    Anything,
+    Arp,
+    /// IPv4 of a class (`ip`, `tcp 23`, ...).
+    Ip(Class),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum TrafficDir {
+    /// Started on the uplink side, toward the device.
+    To,
+    /// Started by the device.
+    From,
+    With,
+}
+
+impl TrafficDir {
+    pub fn starters(self) -> &'static [Starter] {
+        match self {
+            TrafficDir::To => &[Starter::Uplink],
+            TrafficDir::From => &[Starter::Device],
+            TrafficDir::With => &[Starter::Uplink, Starter::Device],
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -11,6 +11,7 @@ use crate::ir::*;
 use crate::resolve::{ItemRef, Program};
 use crate::source::SourceId;
 use kalki_lang::ast::{self, BinOp, ExprKind as AK, Ident, Item, Span, UnOp};
+use kalki_model::contract::{Class, PortRange, Proto, Starter, Treatment};
 use kalki_model::range;
 use std::collections::{BTreeSet, HashMap};
 
@@ -245,6 +246,8 @@ impl<'a> Cx<'a> {
             params: Vec::new(),
             emits: Vec::new(),
             mode: UmboxMode::Inline,
+            contract: None,
+            secrets: Vec::new(),
         };
         let mut seen: HashMap<&'static str, Loc> = HashMap::new();
         let mut once = |cx: &mut Self, key: &'static str, at: Span| -> bool {
@@ -259,6 +262,7 @@ impl<'a> Cx<'a> {
         };
         let mut arg_lits: Vec<&ast::StrLit> = Vec::new();
         let mut emitted: HashMap<String, Loc> = HashMap::new();
+        let mut traffic: Option<&ast::TrafficBlock> = None;
         for member in &u.members {
             match member {
                 ast::UmboxMember::Image(s) => {
@@ -325,6 +329,30 @@ impl<'a> Cx<'a> {
                         emitted.insert(a.name.clone(), al);
                     }
                 }
+                ast::UmboxMember::Secret { name, path, .. } => {
+                    let nl = self.loc(source, name.span);
+                    if out.secrets.iter().any(|(n, _)| *n == name.name) {
+                        self.duplicate("secret", &name.name, nl, nl);
+                        continue;
+                    }
+                    if !secret_path_ok(&path.value) {
+                        self.err(
+                            Diagnostic::error(
+                                codes::BAD_CONTRACT,
+                                format!("`{}` is not a place for a secret", path.value),
+                            )
+                            .primary(self.loc(source, path.span), "mounted here")
+                            .help("give an absolute path under `/run/secrets/`, e.g. `\"/run/secrets/proxy-credentials\"`"),
+                        );
+                        continue;
+                    }
+                    out.secrets.push((name.name.clone(), path.value.clone()));
+                }
+                ast::UmboxMember::Traffic(block) => {
+                    if once(self, "traffic", block.span) {
+                        traffic = Some(block);
+                    }
+                }
                 ast::UmboxMember::Mode(m) => {
                     if once(self, "mode", m.span) {
                         out.mode = match m.name.as_str() {
@@ -358,12 +386,250 @@ impl<'a> Cx<'a> {
         for lit in arg_lits {
             self.check_template(source, lit, &out.params);
         }
+        if let Some(block) = traffic {
+            out.contract = self.contract(source, block, &out);
+        }
         out.emits = emitted
             .into_keys()
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
         out
+    }
+
+    /// Checks a `traffic { ... }` block against the µmbox's mode and parameters.
+    fn contract(
+        &mut self,
+        source: SourceId,
+        block: &ast::TrafficBlock,
+        u: &Umbox,
+    ) -> Option<ContractTemplate> {
+        let bad = |cx: &mut Self, at: Span, msg: String, label: &str, help: &str| {
+            cx.err(
+                Diagnostic::error(codes::BAD_CONTRACT, msg)
+                    .primary(cx.loc(source, at), label.to_string())
+                    .help(help.to_string()),
+            );
+        };
+        let mut ok = true;
+        let mut clauses = Vec::new();
+        let mut on_failure = None;
+        for item in &block.items {
+            match item {
+                ast::TrafficItem::OnFailure { what, action, span } => {
+                    if what.name != "failure" {
+                        bad(
+                            self,
+                            what.span,
+                            format!("`on {}` in a contract", what.name),
+                            "expected `failure`",
+                            "write `on failure drop` or `on failure pass`",
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    if on_failure.is_some() {
+                        bad(
+                            self,
+                            *span,
+                            "`on failure` given twice".into(),
+                            "again here",
+                            "keep one",
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    let want = match u.mode {
+                        UmboxMode::Inline => ast::TreatmentWord::Drop,
+                        UmboxMode::Tap => ast::TreatmentWord::Pass,
+                    };
+                    if action.0 != want {
+                        let (mode, why) = match u.mode {
+                            UmboxMode::Inline => ("an inline", "the switch sends the device's traffic to a port that is gone, so it is dropped"),
+                            UmboxMode::Tap => ("a tap", "the switch forwards the original as before, unwatched"),
+                        };
+                        bad(
+                            self,
+                            action.1,
+                            format!("when {mode} µmbox fails, it does not do this"),
+                            "not what happens",
+                            &format!(
+                                "when a {mode} µmbox fails, {why}: write `on failure {}`",
+                                treatment(want)
+                            ),
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    on_failure = Some(action.0);
+                }
+                ast::TrafficItem::Clause(c) => {
+                    let cl = self.loc(source, c.span);
+                    let Some(proto) = Proto::parse(&c.class.name) else {
+                        self.unknown(
+                            "traffic class",
+                            &c.class,
+                            source,
+                            &["all", "ip", "tcp", "udp", "icmp"],
+                            Some(
+                                "a contract's classes are `all`, `ip`, `tcp`, `udp` and `icmp`"
+                                    .into(),
+                            ),
+                        );
+                        ok = false;
+                        continue;
+                    };
+                    if u.mode == UmboxMode::Tap && c.action.0 != ast::TreatmentWord::Pass {
+                        bad(self, c.action.1, "a tap cannot act on traffic".into(), "a tap only sees a copy", "a tap's contract can only `pass`; make the µmbox `mode inline` to drop, answer or authenticate");
+                        ok = false;
+                        continue;
+                    }
+                    if !c.ports.is_empty() && !proto.has_ports() {
+                        bad(
+                            self,
+                            c.class.span,
+                            format!("`{}` has no ports", proto.as_str()),
+                            "ports given here",
+                            "only `tcp` and `udp` take ports",
+                        );
+                        ok = false;
+                        continue;
+                    }
+                    let mut ports = Vec::new();
+                    for p in &c.ports {
+                        match p {
+                            ast::PortItem::Range { lo, hi, span } => {
+                                match (u16::try_from(*lo), u16::try_from(*hi)) {
+                                    (Ok(l), Ok(h)) if l <= h => {
+                                        ports.push(PortTemplate::Range(PortRange { lo: l, hi: h }))
+                                    }
+                                    _ => {
+                                        self.err(
+                                            Diagnostic::error(
+                                                codes::OUT_OF_RANGE,
+                                                format!("`{lo}..{hi}` is not a port range"),
+                                            )
+                                            .primary(
+                                                self.loc(source, *span),
+                                                "ports are 0..65535, low to high",
+                                            ),
+                                        );
+                                        ok = false;
+                                    }
+                                }
+                            }
+                            ast::PortItem::Param(name) => {
+                                match u.params.iter().position(|q| q.name == name.name) {
+                                    Some(i) if matches!(u.params[i].ty, ParamType::Int { lo, hi } if lo >= 0 && hi <= 65_535) => {
+                                        ports.push(PortTemplate::Param(i))
+                                    }
+                                    Some(_) => {
+                                        bad(self, name.span, format!("`{}` is not a port parameter", name.name), "used as a port here", "a port parameter is declared `int in LO..HI` within 0..65535");
+                                        ok = false;
+                                    }
+                                    None => {
+                                        let names: Vec<&str> =
+                                            u.params.iter().map(|q| q.name.as_str()).collect();
+                                        self.unknown("parameter", name, source, &names, None);
+                                        ok = false;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    let when = match &c.when {
+                        None => None,
+                        Some(w) => match self.contract_cond(source, w, u) {
+                            Some(w) => Some(w),
+                            None => {
+                                ok = false;
+                                continue;
+                            }
+                        },
+                    };
+                    clauses.push(ClauseTemplate {
+                        treat: match c.action.0 {
+                            ast::TreatmentWord::Pass => Treatment::Pass,
+                            ast::TreatmentWord::Drop => Treatment::Drop,
+                            ast::TreatmentWord::Answer => Treatment::Answer,
+                            ast::TreatmentWord::Authenticate => Treatment::Authenticate,
+                        },
+                        proto,
+                        ports,
+                        from: c.from.map(|(s, _)| match s {
+                            ast::StarterWord::Device => Starter::Device,
+                            ast::StarterWord::Uplink => Starter::Uplink,
+                        }),
+                        when,
+                        loc: cl,
+                    });
+                }
+            }
+        }
+        let total = clauses.last().is_some_and(|c| {
+            c.when.is_none()
+                && c.from.is_none()
+                && c.ports.is_empty()
+                && matches!(c.proto, Proto::All | Proto::Ip)
+        });
+        if ok && !total {
+            let at = block.span;
+            bad(
+                self,
+                at,
+                format!(
+                    "the contract of `{}` does not say what happens to every flow",
+                    u.name
+                ),
+                "this contract",
+                "end it with a clause for everything else, e.g. `drop all` or `pass all`",
+            );
+            return None;
+        }
+        ok.then(|| ContractTemplate {
+            clauses,
+            on_failure: match on_failure.unwrap_or(match u.mode {
+                UmboxMode::Inline => ast::TreatmentWord::Drop,
+                UmboxMode::Tap => ast::TreatmentWord::Pass,
+            }) {
+                ast::TreatmentWord::Pass => Treatment::Pass,
+                _ => Treatment::Drop,
+            },
+        })
+    }
+
+    fn contract_cond(
+        &mut self,
+        source: SourceId,
+        w: &ast::ContractCond,
+        u: &Umbox,
+    ) -> Option<ParamCond> {
+        let Some(i) = u.params.iter().position(|q| q.name == w.param.name) else {
+            let names: Vec<&str> = u.params.iter().map(|q| q.name.as_str()).collect();
+            self.unknown("parameter", &w.param, source, &names, None);
+            return None;
+        };
+        let ty = u.params[i].ty.clone();
+        let value = match &w.value {
+            None if ty == ParamType::Bool => Value::Bool(true),
+            None => {
+                self.err(
+                    Diagnostic::error(
+                        codes::TYPE_MISMATCH,
+                        format!("`{}` is not a bool", w.param.name),
+                    )
+                    .primary(self.loc(source, w.param.span), "tested alone here")
+                    .help(format!("compare it: `when {} == VALUE`", w.param.name)),
+                );
+                return None;
+            }
+            Some(lit) => self.literal(source, lit, &ty, &w.param.name)?,
+        };
+        Some(ParamCond {
+            param: i,
+            value,
+            negated: w.negated,
+        })
     }
 
     /// Appends names to a list, reporting any declared twice.
@@ -1543,6 +1809,7 @@ impl<'a> Cx<'a> {
             devices: Vec::new(),
             rules: Vec::new(),
             asserts: Vec::new(),
+            traffic_asserts: Vec::new(),
         };
         let mut bridge_loc: Option<Loc> = None;
         let mut unknown_loc: Option<Loc> = None;
@@ -1641,7 +1908,9 @@ impl<'a> Cx<'a> {
                         port_loc: self.loc(source, port.span),
                     });
                 }
-                ast::SiteMember::Rule(_) | ast::SiteMember::Assert(_) => {}
+                ast::SiteMember::Rule(_)
+                | ast::SiteMember::Assert(_)
+                | ast::SiteMember::TrafficAssert(_) => {}
             }
         }
         if bridge_loc.is_none() {
@@ -1712,10 +1981,125 @@ impl<'a> Cx<'a> {
                         });
                     }
                 }
+                ast::SiteMember::TrafficAssert(a) => {
+                    if broken.contains(&a.device.name) {
+                        continue;
+                    }
+                    if let Some(t) = self.traffic_assert(source, &scope, a) {
+                        out.traffic_asserts.push(t);
+                    }
+                }
                 _ => {}
             }
         }
         out
+    }
+
+    fn traffic_assert(
+        &mut self,
+        source: SourceId,
+        site: &SiteScope,
+        a: &ast::TrafficAssertion,
+    ) -> Option<TrafficAssertion> {
+        let (device, ty) = self.site_device(source, site, &a.device)?;
+        let class = match &a.class {
+            None => TrafficClass::Anything,
+            Some(c) if c.name.name == "arp" && c.ports.is_empty() => TrafficClass::Arp,
+            Some(c) => {
+                let Some(proto) = Proto::parse(&c.name.name).filter(|p| *p != Proto::All) else {
+                    self.unknown(
+                        "traffic class",
+                        &c.name,
+                        source,
+                        &["ip", "tcp", "udp", "icmp", "arp"],
+                        Some("leave the class out for any traffic".into()),
+                    );
+                    return None;
+                };
+                if !c.ports.is_empty() && !proto.has_ports() {
+                    self.err(
+                        Diagnostic::error(
+                            codes::BAD_CONTRACT,
+                            format!("`{}` has no ports", c.name.name),
+                        )
+                        .primary(self.loc(source, c.span), "ports given here")
+                        .help("only `tcp` and `udp` take ports"),
+                    );
+                    return None;
+                }
+                let mut ports = Vec::new();
+                for p in &c.ports {
+                    let ast::PortItem::Range { lo, hi, span } = p else {
+                        self.err(
+                            Diagnostic::error(
+                                codes::BAD_CONTEXT,
+                                "a parameter has no value in an assertion",
+                            )
+                            .primary(self.loc(source, c.span), "here")
+                            .help("give port numbers, e.g. `tcp 23` or `tcp 8000..8080`"),
+                        );
+                        return None;
+                    };
+                    match (u16::try_from(*lo), u16::try_from(*hi)) {
+                        (Ok(l), Ok(h)) if l <= h => ports.push(PortRange { lo: l, hi: h }),
+                        _ => {
+                            self.err(
+                                Diagnostic::error(
+                                    codes::OUT_OF_RANGE,
+                                    format!("`{lo}..{hi}` is not a port range"),
+                                )
+                                .primary(
+                                    self.loc(source, *span),
+                                    "ports are 0..65535, low to high",
+                                ),
+                            );
+                            return None;
+                        }
+                    }
+                }
+                TrafficClass::Ip(Class { proto, ports })
+            }
+        };
+        let names: Vec<String> = self
+            .model
+            .device_type(ty)
+            .states
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        let mut states = Vec::new();
+        for s in &a.states {
+            let Some(i) = names.iter().position(|n| *n == s.name) else {
+                let c: Vec<&str> = names.iter().map(String::as_str).collect();
+                self.unknown(
+                    &format!("state of `{}`", a.device.name),
+                    s,
+                    source,
+                    &c,
+                    None,
+                );
+                return None;
+            };
+            let id = StateId::from_index(i);
+            if !states.contains(&id) {
+                states.push(id);
+            }
+        }
+        Some(TrafficAssertion {
+            kind: match a.kind {
+                ast::AssertKind::Reachable => AssertKind::Reachable,
+                ast::AssertKind::Never => AssertKind::Never,
+            },
+            class,
+            dir: match a.dir {
+                ast::TrafficDir::To => TrafficDir::To,
+                ast::TrafficDir::From => TrafficDir::From,
+                ast::TrafficDir::With => TrafficDir::With,
+            },
+            device,
+            states,
+            loc: self.loc(source, a.span),
+        })
     }
 
     fn action(
@@ -1867,4 +2251,23 @@ fn backticked(names: &[&str]) -> String {
         .map(|n| format!("`{n}`"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+fn treatment(w: ast::TreatmentWord) -> &'static str {
+    match w {
+        ast::TreatmentWord::Pass => "pass",
+        ast::TreatmentWord::Drop => "drop",
+        ast::TreatmentWord::Answer => "answer",
+        ast::TreatmentWord::Authenticate => "authenticate",
+    }
+}
+
+/// A secret is mounted under `/run/secrets/`, by an absolute path without `..`.
+fn secret_path_ok(path: &str) -> bool {
+    path.strip_prefix("/run/secrets/").is_some_and(|rest| {
+        !rest.is_empty()
+            && rest
+                .split('/')
+                .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+    })
 }

@@ -30,12 +30,13 @@ use std::path::PathBuf;
 
 /// Codes whose every finding must carry a concrete witness (values or a trace).
 const WITNESS_CODES: &[&str] = &[
-    "K201", "K202", "K203", "K205", "K206", "K207", "K209", "K210",
+    "K201", "K202", "K203", "K205", "K206", "K207", "K209", "K210", "K215", "K216",
 ];
 
 /// Verifier codes that must each have a triggering fixture and a near miss.
 const COVERED_CODES: &[&str] = &[
-    "K201", "K202", "K203", "K204", "K205", "K206", "K207", "K209", "K210", "K211", "K213",
+    "K201", "K202", "K203", "K204", "K205", "K206", "K207", "K209", "K210", "K211", "K213", "K215",
+    "K216",
 ];
 
 fn fixture_dir() -> PathBuf {
@@ -223,15 +224,18 @@ fn check_fixture(
             return Err(format!("{} `{}` has no witness", d.code, d.message));
         }
     }
-    // Every refuted assertion is one K210, every undecided one a K213.
-    let refuted = verified
-        .assertions
-        .iter()
-        .filter(|a| matches!(a.status, Status::Refuted))
-        .count();
-    let k210 = diags.iter().filter(|d| d.code == "K210").count();
-    if refuted != k210 {
-        return Err(format!("{refuted} refuted assertions but {k210} K210"));
+    // Every refuted assertion is one K210 (K215 for a traffic assertion), every undecided
+    // one a K213.
+    for (traffic, code) in [(false, "K210"), (true, "K215")] {
+        let refuted = verified
+            .assertions
+            .iter()
+            .filter(|a| matches!(a.status, Status::Refuted) && a.traffic.is_some() == traffic)
+            .count();
+        let found = diags.iter().filter(|d| d.code == code).count();
+        if refuted != found {
+            return Err(format!("{refuted} refuted assertions but {found} {code}"));
+        }
     }
     let undecided = verified
         .assertions

@@ -93,6 +93,74 @@ pub enum UmboxMember {
     Param(Param),
     Emits(Vec<Ident>, Span),
     Mode(Ident),
+    /// `secret NAME at "PATH"`: a file the runtime mounts read-only at `PATH`.
+    Secret {
+        name: Ident,
+        path: StrLit,
+        span: Span,
+    },
+    /// `traffic { ... }`: what the µmbox does to traffic (its contract).
+    Traffic(TrafficBlock),
+}
+
+/// `traffic { CLAUSE* }`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrafficBlock {
+    pub items: Vec<TrafficItem>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum TrafficItem {
+    Clause(TrafficClause),
+    /// `on failure ACTION` (`what` should be `failure`).
+    OnFailure {
+        what: Ident,
+        action: (TreatmentWord, Span),
+        span: Span,
+    },
+}
+
+/// `ACTION CLASS [PORTS] [from device|uplink] [when COND]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrafficClause {
+    pub action: (TreatmentWord, Span),
+    /// `all`, `ip`, `tcp`, `udp` or `icmp` (checked by the compiler).
+    pub class: Ident,
+    pub ports: Vec<PortItem>,
+    pub from: Option<(StarterWord, Span)>,
+    pub when: Option<ContractCond>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum TreatmentWord {
+    Pass,
+    Drop,
+    Answer,
+    Authenticate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum StarterWord {
+    Device,
+    Uplink,
+}
+
+/// A port or port range (`80`, `49152..49154`) or an int parameter (`{listen_port}`).
+#[derive(Debug, Clone, Serialize)]
+pub enum PortItem {
+    Range { lo: i64, hi: i64, span: Span },
+    Param(Ident),
+}
+
+/// `when P`, `when not P`, `when P == V`, `when P != V` over the µmbox's parameters.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContractCond {
+    pub param: Ident,
+    pub value: Option<Literal>,
+    pub negated: bool,
+    pub span: Span,
 }
 
 /// `param NAME: TYPE [= DEFAULT]`.
@@ -285,6 +353,39 @@ pub enum SiteMember {
     Device(DeviceDecl),
     Rule(Rule),
     Assert(Assertion),
+    /// `assert never|reachable traffic [CLASS] to|from|with DEVICE [in STATES]`.
+    TrafficAssert(TrafficAssertion),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrafficAssertion {
+    pub kind: AssertKind,
+    /// `None`: any traffic.
+    pub class: Option<TrafficClassLit>,
+    pub dir: TrafficDir,
+    pub device: Ident,
+    /// Empty: every state.
+    pub states: Vec<Ident>,
+    pub span: Span,
+}
+
+/// A traffic class in an assertion: `tcp 23`, `udp 53, 123`, `icmp`, `ip`, `arp`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrafficClassLit {
+    pub name: Ident,
+    pub ports: Vec<PortItem>,
+    pub span: Span,
+}
+
+/// Which side starts the traffic an assertion is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum TrafficDir {
+    /// From the uplink side to the device.
+    To,
+    /// From the device to the uplink side.
+    From,
+    /// Either.
+    With,
 }
 
 /// `device NAME: TYPE at IP [mac MAC] [port "p"] [trusted]`.

@@ -30,6 +30,24 @@ pub enum Token {
     Emits,
     #[token("mode")]
     Mode,
+    #[token("traffic")]
+    Traffic,
+    #[token("secret")]
+    Secret,
+    #[token("pass")]
+    Pass,
+    #[token("drop")]
+    Drop,
+    #[token("answer")]
+    Answer,
+    #[token("authenticate")]
+    Authenticate,
+    #[token("from")]
+    From,
+    #[token("to")]
+    To,
+    #[token("with")]
+    With,
     #[token("device")]
     Device,
     #[token("type")]
@@ -281,6 +299,15 @@ impl Token {
             Param => "param",
             Emits => "emits",
             Mode => "mode",
+            Traffic => "traffic",
+            Secret => "secret",
+            Pass => "pass",
+            Drop => "drop",
+            Answer => "answer",
+            Authenticate => "authenticate",
+            From => "from",
+            To => "to",
+            With => "with",
             Device => "device",
             Type => "type",
             Sensed => "sensed",

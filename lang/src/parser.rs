@@ -248,7 +248,19 @@ fn pretty_expected(expected: Vec<String>) -> Vec<String> {
 
 /// Keywords the grammar also accepts as names (see `SoftKeyword` in the grammar).
 const SOFT_KEYWORDS: &[&str] = &[
-    "on", "mode", "image", "port", "mac", "env", "hosts", "quiet",
+    "on",
+    "mode",
+    "image",
+    "port",
+    "mac",
+    "env",
+    "hosts",
+    "quiet",
+    "secret",
+    "pass",
+    "drop",
+    "answer",
+    "authenticate",
 ];
 
 // ---- helpers used by grammar actions

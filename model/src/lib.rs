@@ -10,6 +10,8 @@
 //!   refuse what could overflow 64 bits;
 //! - [`engine`]: the step semantics, the reference the verifier's reasoning must agree
 //!   with: inputs at a virtual time in, state changes, commands and alerts out;
+//! - [`contract`]: µmbox traffic contracts: what a chain lets through, for the verifier,
+//!   the shim's `status` and the tests of the real image;
 //! - [`text`]: the IR back as policy text, for messages; [`codes`]: S0xx and S1xx.
 //!
 //! Pure: no I/O, no clock, no async runtime, no solver.
@@ -19,6 +21,7 @@
 
 pub mod bundle;
 pub mod codes;
+pub mod contract;
 pub mod engine;
 pub mod eval;
 pub mod manifest;

@@ -492,6 +492,20 @@ pub struct Container {
     pub states: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub interfaces: Vec<Interface>,
+    /// What this instance does to traffic, its parameters filled in
+    /// (`kalki_model::contract`).
+    pub contract: crate::contract::Contract,
+    /// Files the runtime mounts read-only into the container.
+    #[serde(default)]
+    pub secrets: Vec<SecretMount>,
+}
+
+/// `secret NAME at PATH`: the node's secret `NAME` (a file the operator keeps outside
+/// the bundle), mounted read-only at `PATH`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct SecretMount {
+    pub name: String,
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -63,7 +63,7 @@ fn catalog() -> Vec<Entry> {
                 }),
                 UmboxMember::Emits(names, _) => e.emits.extend(names.into_iter().map(|n| n.name)),
                 UmboxMember::Mode(m) => e.mode = m.name,
-                UmboxMember::Env(..) => {}
+                UmboxMember::Env(..) | UmboxMember::Secret { .. } | UmboxMember::Traffic(_) => {}
             }
         }
         out.push(e);

@@ -385,6 +385,15 @@ fn container_manifests(
             states,
             labels: labels.into_iter().map(|(k, v)| (k.into(), v)).collect(),
             interfaces,
+            contract: u.contract(&inst.args),
+            secrets: u
+                .secrets
+                .iter()
+                .map(|(name, path)| m::SecretMount {
+                    name: name.clone(),
+                    path: path.clone(),
+                })
+                .collect(),
         };
         out.insert(
             container_path(model, ports, device, ix, &d.name),

@@ -57,6 +57,10 @@ pub struct AssertionResult {
     pub explored: usize,
     /// Devices the search had to track.
     pub devices: Vec<String>,
+    /// For a traffic assertion: the traffic that crosses, where, and how (`docs/verification.md`,
+    /// "Traffic assertions").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<serde_json::Value>,
 }
 
 /// Evaluates a state predicate (assertions only use states, booleans and connectives).
@@ -199,7 +203,11 @@ pub(super) fn check(
 ) -> Vec<AssertionResult> {
     site.asserts
         .iter()
-        .map(|a| check_one(v, site, live_rules, a))
+        .map(|a| {
+            let (result, rules, replay_failed) = decide(v, site, live_rules, a);
+            report(v, site, a, &rules, &result, replay_failed);
+            result
+        })
         .collect()
 }
 
@@ -226,12 +234,15 @@ fn cone(site: &Site, live_rules: &[bool], a: &Assertion) -> (Vec<DeviceId>, Vec<
     (coi, rules)
 }
 
-fn check_one(
+/// The verdict on one assertion, the rules of its cone, and whether the run found failed
+/// to replay on the engine. Reports nothing: [`report`] does, or the caller (traffic
+/// assertions are decided as assertions over the states that let the traffic through).
+pub(super) fn decide(
     v: &mut Verifier<'_>,
     site: &Site,
     live_rules: &[bool],
     a: &Assertion,
-) -> AssertionResult {
+) -> (AssertionResult, Vec<usize>, bool) {
     let (coi, rules) = cone(site, live_rules, a);
     let names: Vec<String> = coi
         .iter()
@@ -509,9 +520,9 @@ fn check_one(
         replay: replayed,
         explored,
         devices: names,
+        traffic: None,
     };
-    report(v, site, a, &rules, &result, replay_failed);
-    result
+    (result, rules, replay_failed)
 }
 
 /// The finding of a verdict that is not a proof: K210 with the run or the number of
@@ -676,6 +687,7 @@ mod tests {
             }],
             rules: vec![],
             asserts: vec![],
+            traffic_asserts: vec![],
         };
         let model = Model {
             device_types: vec![ty],
@@ -688,7 +700,7 @@ mod tests {
             cond: in_state(target),
             loc: LOC,
         };
-        check_one(&mut v, &site, &[], &a)
+        decide(&mut v, &site, &[], &a).0
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod machine;
 mod replay;
 mod site;
 pub mod solver;
+mod traffic;
 pub mod z3;
 
 pub use assert::{AssertionResult, Status, Step};
@@ -43,6 +44,8 @@ pub mod codes {
     pub const FAIL_OPEN: &str = "K212";
     /// A property the solver or the search could not decide; never counts as success.
     pub const INCONCLUSIVE: &str = "K213";
+    pub const TRAFFIC: &str = "K215";
+    pub const NOT_MONOTONE: &str = "K216";
 
     pub const ALL: &[(&str, &str)] = &[
         (NONDETERMINISM, "nondeterministic transitions"),
@@ -58,6 +61,11 @@ pub mod codes {
         (SHADOWED, "shadowed transition"),
         (FAIL_OPEN, "fail-open: traffic bypasses a device's chain"),
         (INCONCLUSIVE, "verification inconclusive"),
+        (TRAFFIC, "traffic assertion refuted"),
+        (
+            NOT_MONOTONE,
+            "a more restrictive state lets through what a less restrictive one stops",
+        ),
     ];
 }
 
@@ -150,12 +158,14 @@ pub fn verify(model: &Model, solver: &dyn Solver, opts: &Options) -> Verified {
     }
     for id in types_to_check(model) {
         machine::check_type(&mut v, id, &facts);
+        traffic::monotone(&mut v, id);
     }
     let mut assertions = Vec::new();
     for (s, live) in model.sites.iter().zip(&live_rules) {
         site::conflicts(&mut v, s, live);
         site::integrity(&mut v, s, live);
         assertions.extend(assert::check(&mut v, s, live));
+        assertions.extend(traffic::check(&mut v, s, live));
     }
     Verified {
         diagnostics: v.diags,

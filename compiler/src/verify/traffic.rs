@@ -1,0 +1,560 @@
+//! What crosses between a device and the uplink side, per state: traffic assertions
+//! (K215) and the posture-order check (K216).
+//!
+//! A flow's fate in a state is found on the generated flows, hop by hop, as
+//! `ofproto/trace` would find it on the bridge: the flow's first packet enters the switch
+//! (from the uplink, or from the device's port), [`pipeline::run`] gives the ports it
+//! leaves by; at an inline µmbox port the µmbox's contract ([`kalki_model::contract`])
+//! decides whether it comes back out of the µmbox's other interface (then the next hop
+//! starts there) or stops (dropped or answered). The flow crosses when it leaves by the
+//! far side's port. Taps get copies and never stop anything.
+//!
+//! The flow space is cut into cells no contract clause and no assertion splits
+//! ([`contract::cells`]), so one sample per cell decides the cell. ARP never meets a
+//! µmbox (the switch forwards it around the chain, `docs/design/openflow-pipeline.md`
+//! §5) and is followed on the flows alone.
+//!
+//! A traffic assertion is then an assertion about states: `never traffic C to d in S`
+//! holds when no state of `S` in which `C` crosses is reachable, which the site search of
+//! [`super::assert`] decides, with a run to the state when it is reachable. Every peer of
+//! a device is on the uplink side: other devices and unknown hosts reach it only through
+//! the uplink port, so through its chain (§5, §6.2 of the pipeline design).
+
+use super::assert::{self, AssertionResult, Status};
+use super::dataplane::{self, Packet};
+use super::{codes, Verifier};
+use crate::codegen::openflow::{self, EntryPorts, Flow as OfFlow, Ports};
+use crate::diag::Diagnostic;
+use crate::ir::{
+    AssertKind, Assertion, DeviceType, Expr, ExprKind, Loc, Model, Site, StateId, TrafficAssertion,
+    TrafficClass, Ty, TypeId,
+};
+use kalki_model::contract::{
+    self, Cell, Class, Contract, Flow, FlowProto, Openness, Starter, Treatment,
+};
+use serde_json::{json, Value};
+
+const ETH_IP: u16 = 0x0800;
+const ETH_ARP: u16 = 0x0806;
+/// MAC of the peer on the uplink side, and of a device that declares none.
+const PEER_MAC: [u8; 6] = [0x02, 0x6b, 0x61, 0x6c, 0, 0xfe];
+const DEVICE_MAC: [u8; 6] = [0x02, 0x6b, 0x61, 0x6c, 0, 0x01];
+/// The peer's source port in a flow's first packet.
+const PEER_PORT: u16 = 40_000;
+
+/// One hop of a flow: the packet as it enters the switch, where it goes, and what the
+/// µmbox it reaches (if any) does.
+#[derive(Debug, Clone)]
+struct Hop {
+    trace: String,
+    outputs: Vec<u32>,
+    umbox: Option<(String, Treatment)>,
+}
+
+/// A flow (or ARP) followed through one device's state.
+#[derive(Debug, Clone)]
+struct Followed {
+    /// `None`: ARP.
+    flow: Option<Flow>,
+    openness: Openness,
+    hops: Vec<Hop>,
+    /// How it ends: "reaches the device", "dropped by the switch", "answered by µmbox `x`".
+    end: String,
+}
+
+/// The switch and the chains of one site, as the bundle will hold them.
+struct Plane<'m> {
+    model: &'m Model,
+    site: &'m Site,
+    ports: Ports,
+    base: Vec<OfFlow>,
+    /// An address no device of the site has, for the peer.
+    peer_ip: u32,
+}
+
+impl<'m> Plane<'m> {
+    fn new(model: &'m Model, site: &'m Site) -> Option<Plane<'m>> {
+        let ports = openflow::allocate(model, site).ok()?;
+        let base = openflow::base_flows(site, &ports);
+        // 203.0.113.0/24 (TEST-NET-3), the first address no device uses.
+        let peer_ip = (0xcb00_7101u32..0xcb00_71ff)
+            .find(|ip| site.devices.iter().all(|d| d.ip != *ip))
+            .unwrap_or(0xcb00_71fe);
+        Some(Plane {
+            model,
+            site,
+            ports,
+            base,
+            peer_ip,
+        })
+    }
+
+    /// The inline µmbox a port belongs to: its name, contract, and its other port.
+    fn inline_at(&self, device: usize, port: u32) -> Option<(String, Contract, u32)> {
+        self.ports.instances[device]
+            .iter()
+            .find_map(|inst| match inst.ports {
+                EntryPorts::Inline { a, b } if port == a || port == b => {
+                    let u = self.model.umbox(inst.umbox);
+                    let other = if port == a { b } else { a };
+                    Some((u.name.clone(), u.contract(&inst.args), other))
+                }
+                _ => None,
+            })
+    }
+
+    /// Follows a flow (`None`: ARP) started by `from`, for device `device` in `state`.
+    fn follow(&self, device: usize, state: StateId, flow: Option<Flow>, from: Starter) -> Followed {
+        let d = &self.site.devices[device];
+        let set = openflow::state_flows(self.model, self.site, &self.ports, device, state);
+        let installed: Vec<&OfFlow> = self.base.iter().chain(&set).collect();
+        let dev_port = self.ports.devices[device];
+        let dev_mac = d.mac.unwrap_or(DEVICE_MAC);
+        let mut p = Packet {
+            eth_type: if flow.is_some() { ETH_IP } else { ETH_ARP },
+            ..Packet::default()
+        };
+        let target = match from {
+            Starter::Uplink => {
+                p.in_port = self.ports.uplink;
+                p.dl_src = PEER_MAC;
+                (p.nw_src, p.nw_dst) = (self.peer_ip, d.ip);
+                (p.arp_spa, p.arp_tpa, p.arp_sha) = (self.peer_ip, d.ip, PEER_MAC);
+                dev_port
+            }
+            Starter::Device => {
+                p.in_port = dev_port;
+                p.dl_src = dev_mac;
+                (p.nw_src, p.nw_dst) = (d.ip, self.peer_ip);
+                (p.arp_spa, p.arp_tpa, p.arp_sha) = (d.ip, self.peer_ip, dev_mac);
+                self.ports.uplink
+            }
+        };
+        let mut hops = Vec::new();
+        let mut authenticated = false;
+        // Each hop crosses one µmbox; a chain has fewer than this many.
+        for _ in 0..=2 * self.ports.instances[device].len() + 1 {
+            let run = dataplane::run(&installed, &p);
+            let mut hop = Hop {
+                trace: trace(&p, flow),
+                outputs: run.outputs.iter().copied().collect(),
+                umbox: None,
+            };
+            if run.outputs.contains(&target) {
+                hops.push(hop);
+                let openness = if authenticated {
+                    Openness::Authenticated
+                } else {
+                    Openness::Open
+                };
+                return Followed {
+                    flow,
+                    openness,
+                    hops,
+                    end: "crosses".into(),
+                };
+            }
+            let next = run.outputs.iter().find_map(|&o| self.inline_at(device, o));
+            let Some((name, c, other)) = next else {
+                hops.push(hop);
+                let end = if run.normal {
+                    "handed to NORMAL switching, which never delivers to a managed port"
+                } else {
+                    "dropped by the switch"
+                };
+                return Followed {
+                    flow,
+                    openness: Openness::Closed,
+                    hops,
+                    end: end.into(),
+                };
+            };
+            // ARP is not the contract's business: assume the µmbox lets it through.
+            let t = flow.map_or(Treatment::Pass, |f| c.treat(&f));
+            hop.umbox = Some((name.clone(), t));
+            hops.push(hop);
+            match t {
+                Treatment::Pass => {}
+                Treatment::Authenticate => authenticated = true,
+                Treatment::Drop | Treatment::Answer => {
+                    let end = if t == Treatment::Drop {
+                        format!("dropped by µmbox `{name}`")
+                    } else {
+                        format!("answered by µmbox `{name}` in the other side's place")
+                    };
+                    return Followed {
+                        flow,
+                        openness: Openness::Closed,
+                        hops,
+                        end,
+                    };
+                }
+            }
+            p.in_port = other;
+        }
+        Followed {
+            flow,
+            openness: Openness::Closed,
+            hops,
+            end: "loops in the switch".into(),
+        }
+    }
+
+    /// The contracts a state's chain can apply, for cutting the flow space.
+    fn classes(&self, device: usize, state: StateId) -> Vec<Class> {
+        let idx = &self.ports.entries[device];
+        idx.get(state.index())
+            .into_iter()
+            .flatten()
+            .flat_map(|&i| {
+                let inst = &self.ports.instances[device][i];
+                let c = self.model.umbox(inst.umbox).contract(&inst.args);
+                c.clauses.into_iter().map(|cl| cl.class)
+            })
+            .collect()
+    }
+}
+
+/// `ofproto/trace` flow syntax for a packet, with the flow's layer 4.
+fn trace(p: &Packet, flow: Option<Flow>) -> String {
+    let base = p.to_trace();
+    let Some(f) = flow else { return base };
+    let l4 = match f.proto {
+        FlowProto::Tcp => format!("tcp,tp_src={PEER_PORT},tp_dst={}", f.port),
+        FlowProto::Udp => format!("udp,tp_src={PEER_PORT},tp_dst={}", f.port),
+        FlowProto::Icmp => "icmp,icmp_type=8,icmp_code=0".into(),
+        FlowProto::Other => format!("ip,nw_proto={}", f.proto.number()),
+    };
+    // `ip` is the packet's type in `to_trace`; the layer-4 keyword implies it.
+    base.replace(",ip,", &format!(",{l4},"))
+}
+
+fn hop_json(h: &Hop) -> Value {
+    let mut o = json!({ "trace": h.trace, "outputs": h.outputs });
+    if let Some((name, t)) = &h.umbox {
+        o["umbox"] = json!({ "name": name, "treatment": t });
+    }
+    o
+}
+
+fn what(f: &Followed) -> String {
+    match f.flow {
+        Some(flow) => flow.to_string(),
+        None => "ARP".into(),
+    }
+}
+
+/// Every flow of `class` the given sides start, one per cell, and ARP where it counts,
+/// followed through `state`; the ones that cross first, most open first.
+fn crossing(
+    plane: &Plane<'_>,
+    device: usize,
+    state: StateId,
+    class: &TrafficClass,
+    starters: &[Starter],
+) -> Vec<Followed> {
+    let mut classes = plane.classes(device, state);
+    if let TrafficClass::Ip(c) = class {
+        classes.push(c.clone());
+    }
+    let mut out = Vec::new();
+    for &from in starters {
+        if matches!(class, TrafficClass::Anything | TrafficClass::Arp) {
+            out.push(plane.follow(device, state, None, from));
+        }
+        if let TrafficClass::Arp = class {
+            continue;
+        }
+        for cell in contract::cells(&classes)
+            .into_iter()
+            .filter(|c: &Cell| c.from == from)
+        {
+            let f = cell.sample();
+            if let TrafficClass::Ip(c) = class {
+                if !c.matches(&f) {
+                    continue;
+                }
+            }
+            out.push(plane.follow(device, state, Some(f), from));
+        }
+    }
+    out.retain(|f| f.openness > Openness::Closed);
+    // Open before authenticated; IPv4 before ARP; then by flow.
+    out.sort_by_key(|f| (std::cmp::Reverse(f.openness), f.flow.is_none(), f.flow));
+    out
+}
+
+fn in_states(device: crate::ir::DeviceId, states: &[StateId], loc: Loc) -> Expr {
+    let one = |s: StateId| Expr {
+        kind: ExprKind::InState { device, state: s },
+        ty: Ty::Bool,
+        loc,
+    };
+    match states {
+        [s] => one(*s),
+        _ => Expr {
+            kind: ExprKind::Or {
+                args: states.iter().map(|s| one(*s)).collect(),
+            },
+            ty: Ty::Bool,
+            loc,
+        },
+    }
+}
+
+fn class_text(a: &TrafficAssertion) -> String {
+    match &a.class {
+        TrafficClass::Anything => "traffic".into(),
+        TrafficClass::Arp => "ARP".into(),
+        TrafficClass::Ip(c) => c.to_string(),
+    }
+}
+
+/// Decides the site's traffic assertions.
+pub(super) fn check(
+    v: &mut Verifier<'_>,
+    site: &Site,
+    live_rules: &[bool],
+) -> Vec<AssertionResult> {
+    if site.traffic_asserts.is_empty() {
+        return Vec::new();
+    }
+    // A site too large for one bridge is K214 at build; nothing to trace here.
+    let Some(plane) = Plane::new(v.policy, site) else {
+        return Vec::new();
+    };
+    site.traffic_asserts
+        .iter()
+        .map(|a| check_one(v, &plane, live_rules, a))
+        .collect()
+}
+
+fn check_one(
+    v: &mut Verifier<'_>,
+    plane: &Plane<'_>,
+    live_rules: &[bool],
+    a: &TrafficAssertion,
+) -> AssertionResult {
+    let site = plane.site;
+    let di = a.device.index();
+    let dev = &site.devices[di];
+    let ty = v.policy.device_type(dev.ty);
+    let states: Vec<StateId> = if a.states.is_empty() {
+        (0..ty.states.len()).map(StateId::from_index).collect()
+    } else {
+        a.states.clone()
+    };
+    // The states in which the traffic crosses, each with its most open flow.
+    let mut open: Vec<(StateId, Followed)> = Vec::new();
+    for &s in &states {
+        if let Some(f) = crossing(plane, di, s, &a.class, a.dir.starters())
+            .into_iter()
+            .next()
+        {
+            open.push((s, f));
+        }
+    }
+    let base = |status, traffic| AssertionResult {
+        site: site.name.clone(),
+        loc: a.loc,
+        kind: a.kind,
+        status,
+        trace: vec![],
+        replay: vec![],
+        explored: 0,
+        devices: vec![dev.name.clone()],
+        traffic,
+    };
+    let state_name = |s: StateId| ty.states[s.index()].name.clone();
+    let listed: Vec<String> = states
+        .iter()
+        .map(|s| format!("`{}`", state_name(*s)))
+        .collect();
+    if open.is_empty() {
+        // Nothing of the class crosses in any listed state: a `never` holds outright.
+        let r = base(
+            if a.kind == AssertKind::Never {
+                Status::Proved
+            } else {
+                Status::Refuted
+            },
+            Some(json!({ "crosses_in": [] })),
+        );
+        if a.kind == AssertKind::Reachable {
+            v.push(
+                Diagnostic::error(
+                    codes::TRAFFIC,
+                    format!(
+                        "traffic assertion refuted: no {} crosses between `{}` and the uplink",
+                        class_text(a),
+                        dev.name
+                    ),
+                )
+                .primary(a.loc, format!("blocked in {}", listed.join(", ")))
+                .help("every chain of those states drops or answers it; see `kalkic explain K215`")
+                .witness(json!({ "assertion": "reachable", "crosses_in": [] })),
+            );
+        }
+        return r;
+    }
+    // Whether a state where it crosses can be reached is the site search's question.
+    let target: Vec<StateId> = open.iter().map(|(s, _)| *s).collect();
+    let synthetic = Assertion {
+        kind: a.kind,
+        cond: in_states(a.device, &target, a.loc),
+        loc: a.loc,
+    };
+    let (mut r, _, replay_failed) = assert::decide(v, site, live_rules, &synthetic);
+    // The state the run ends in (or, without a run, the first where it crosses).
+    let reached = r
+        .trace
+        .last()
+        .and_then(|step| step.states.get(&dev.name))
+        .and_then(|n| open.iter().find(|(s, _)| state_name(*s) == *n))
+        .unwrap_or(&open[0]);
+    let (state, f) = reached;
+    let chain_loc = ty.states[state.index()].chain_loc;
+    let traffic = json!({
+        "state": state_name(*state),
+        "flow": f.flow,
+        "what": what(f),
+        "openness": match f.openness { Openness::Open => "open", Openness::Authenticated => "authenticated", Openness::Closed => "closed" },
+        "hops": f.hops.iter().map(hop_json).collect::<Vec<_>>(),
+        "end": f.end,
+        "crosses_in": open.iter().map(|(s, _)| state_name(*s)).collect::<Vec<_>>(),
+    });
+    r.traffic = Some(traffic.clone());
+    r.devices = vec![dev.name.clone()];
+    r.loc = a.loc;
+    r.kind = a.kind;
+    let kind = if a.kind == AssertKind::Never {
+        "never"
+    } else {
+        "reachable"
+    };
+    let steps: Vec<String> = r.trace.iter().map(|s| s.event.clone()).collect();
+    let first_trace = f.hops.first().map(|h| h.trace.clone()).unwrap_or_default();
+    let creds = if f.openness == Openness::Authenticated {
+        " (with valid credentials)"
+    } else {
+        ""
+    };
+    match (&r.status, a.kind) {
+        (Status::Refuted, AssertKind::Never) => {
+            v.push(
+                Diagnostic::error(
+                    codes::TRAFFIC,
+                    format!(
+                        "traffic assertion refuted: {} crosses between `{}` and the uplink in state `{}`{creds}",
+                        what(f),
+                        dev.name,
+                        state_name(*state)
+                    ),
+                )
+                .primary(a.loc, format!("crosses in {}", open.iter().map(|(s, _)| format!("`{}`", state_name(*s))).collect::<Vec<_>>().join(", ")))
+                .secondary(chain_loc, "this chain lets it through")
+                .help(format!(
+                    "{}; on the bridge: ovs-appctl ofproto/trace {} {first_trace}",
+                    if steps.is_empty() { "the state is reachable".to_string() } else { format!("the run: {}", steps.join("; then ")) },
+                    site.bridge
+                ))
+                .witness(json!({ "assertion": kind, "traffic": traffic, "trace": r.trace, "replay": r.replay })),
+            );
+        }
+        (Status::Refuted, AssertKind::Reachable) => {
+            v.push(
+                Diagnostic::error(
+                    codes::TRAFFIC,
+                    format!(
+                        "traffic assertion refuted: {} crosses only in states `{}` never reaches",
+                        class_text(a),
+                        dev.name
+                    ),
+                )
+                .primary(a.loc, "unreachable where it crosses")
+                .help(format!(
+                    "it crosses in {}; explored {} combinations of states",
+                    traffic["crosses_in"], r.explored
+                ))
+                .witness(json!({ "assertion": kind, "traffic": traffic, "explored": r.explored })),
+            );
+        }
+        (Status::Unknown(why), _) => {
+            v.push(
+                Diagnostic::error(codes::INCONCLUSIVE, format!("traffic assertion could not be decided: {why}"))
+                    .primary(a.loc, "neither proved nor refuted")
+                    .help(if replay_failed {
+                        "the runtime engine did not follow the run to the state where it crosses: see docs/verification.md, \"Witness replay\""
+                    } else {
+                        "an unknown result never counts as success; raise --max-states or simplify the rules"
+                    })
+                    .witness(json!({ "assertion": kind, "reason": why, "traffic": traffic })),
+            );
+        }
+        _ => {}
+    }
+    r
+}
+
+/// K216: a higher posture that lets through a flow a lower posture stops, per device
+/// type, from the contracts of its chains (the switch's part is K212's).
+pub(super) fn monotone(v: &mut Verifier<'_>, id: TypeId) {
+    let ty: &DeviceType = v.policy.device_type(id);
+    let chains: Vec<Vec<Contract>> = ty
+        .states
+        .iter()
+        .map(|s| chain_contracts(v.policy, &s.chain))
+        .collect();
+    let classes: Vec<Class> = chains
+        .iter()
+        .flatten()
+        .flat_map(|c| c.clauses.iter().map(|cl| cl.class.clone()))
+        .collect();
+    let cells = contract::cells(&classes);
+    let mut found = Vec::new();
+    for (hi, hchain) in chains.iter().enumerate() {
+        for (lo, lchain) in chains.iter().enumerate().take(hi) {
+            let hrefs: Vec<&Contract> = hchain.iter().collect();
+            let lrefs: Vec<&Contract> = lchain.iter().collect();
+            let worse = cells.iter().find(|cell| {
+                let f = cell.sample();
+                contract::passage(&hrefs, &f).openness() > contract::passage(&lrefs, &f).openness()
+            });
+            if let Some(cell) = worse {
+                found.push((lo, hi, *cell));
+            }
+        }
+    }
+    for (lo, hi, cell) in found {
+        let (ls, hs) = (&ty.states[lo], &ty.states[hi]);
+        v.push(
+            Diagnostic::warning(
+                codes::NOT_MONOTONE,
+                format!(
+                    "`{}` is more restrictive than `{}` but lets through {} that `{}` stops",
+                    hs.name, ls.name, cell, ls.name
+                ),
+            )
+            .primary(hs.chain_loc, format!("lets {cell} through"))
+            .secondary(ls.chain_loc, "stops it")
+            .help(format!(
+                "states are ordered least to most restrictive (`states ... < {} < ...`); give `{}` a chain that stops what `{}` stops, or reorder the states",
+                hs.name, hs.name, ls.name
+            ))
+            .witness(json!({ "type": ty.name, "lower": ls.name, "higher": hs.name, "flow": cell.sample(), "cell": cell.to_string() })),
+        );
+    }
+}
+
+/// The inline contracts of a chain, device side first (taps stop nothing).
+pub(crate) fn chain_contracts(model: &Model, chain: &crate::ir::Chain) -> Vec<Contract> {
+    match chain {
+        crate::ir::Chain::Pass => vec![],
+        crate::ir::Chain::Drop => vec![Contract::drop()],
+        crate::ir::Chain::Umboxes(entries) => entries
+            .iter()
+            .filter(|e| model.umbox(e.umbox).mode == kalki_model::manifest::UmboxMode::Inline)
+            .map(|e| model.umbox(e.umbox).contract(&e.args))
+            .collect(),
+    }
+}
