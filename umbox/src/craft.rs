@@ -1,7 +1,9 @@
-//! Builds Ethernet/IPv4 frames with valid checksums: crafted packets for the unit tests
-//! and for the integration tests, which inject them into real µmbox containers.
+//! Builds Ethernet/IPv4 frames with valid checksums (through `forge`): crafted packets
+//! for the unit tests and for the integration tests, which inject them into real µmbox
+//! containers.
 
-use crate::packet::{ETHERTYPE_IPV4, ETHERTYPE_VLAN, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use crate::forge::{self, checksum, Segment};
+use crate::packet::{ETHERTYPE_IPV4, ETHERTYPE_VLAN, PROTO_ICMP, PROTO_UDP};
 use std::net::Ipv4Addr;
 
 /// Locally administered MACs used unless [`Craft::macs`] says otherwise.
@@ -10,8 +12,19 @@ pub const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 
 #[derive(Debug, Clone)]
 enum Kind {
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Udp { sport: u16, dport: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        seq: u32,
+        /// `None`: 1 when ACK is set, else 0.
+        ack: Option<u32>,
+        options: Vec<u8>,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
     IcmpEcho,
 }
 
@@ -49,6 +62,9 @@ impl Craft {
                 sport,
                 dport,
                 flags,
+                seq: 1,
+                ack: None,
+                options: Vec::new(),
             },
         )
     }
@@ -71,6 +87,27 @@ impl Craft {
         self.dst_mac = dst;
         self
     }
+    /// The TCP sequence number (1 unless set).
+    pub fn seq(mut self, n: u32) -> Craft {
+        if let Kind::Tcp { seq, .. } = &mut self.kind {
+            *seq = n;
+        }
+        self
+    }
+    /// The TCP acknowledgment number (1 with ACK set, else 0, unless set).
+    pub fn ack(mut self, n: u32) -> Craft {
+        if let Kind::Tcp { ack, .. } = &mut self.kind {
+            *ack = Some(n);
+        }
+        self
+    }
+    /// TCP options (padded to whole words).
+    pub fn options(mut self, o: &[u8]) -> Craft {
+        if let Kind::Tcp { options, .. } = &mut self.kind {
+            *options = o.to_vec();
+        }
+        self
+    }
     /// The IPv4 identification field, to tell injected frames apart.
     pub fn ident(mut self, id: u16) -> Craft {
         self.ident = id;
@@ -78,72 +115,48 @@ impl Craft {
     }
 
     pub fn build(&self) -> Vec<u8> {
-        let (proto, mut l4) = match self.kind {
+        let ip = match &self.kind {
             Kind::Tcp {
                 sport,
                 dport,
                 flags,
-            } => {
-                let mut h = Vec::with_capacity(20);
-                h.extend(sport.to_be_bytes());
-                h.extend(dport.to_be_bytes());
-                h.extend(1u32.to_be_bytes()); // seq
-                let ack: u32 = if flags & 0x10 != 0 { 1 } else { 0 };
-                h.extend(ack.to_be_bytes());
-                h.push(5 << 4);
-                h.push(flags);
-                h.extend(64240u16.to_be_bytes()); // window
-                h.extend([0, 0, 0, 0]); // checksum, urgent pointer
-                (PROTO_TCP, h)
+                seq,
+                ack,
+                options,
+            } => Segment {
+                src: self.src,
+                dst: self.dst,
+                sport: *sport,
+                dport: *dport,
+                seq: *seq,
+                ack: ack.unwrap_or(if flags & 0x10 != 0 { 1 } else { 0 }),
+                flags: *flags,
+                window: 64240,
+                options,
+                payload: &self.payload,
             }
+            .packet(self.ident),
             Kind::Udp { sport, dport } => {
                 let len = u16::try_from(8 + self.payload.len()).unwrap_or(u16::MAX);
-                let mut h = Vec::with_capacity(8);
-                h.extend(sport.to_be_bytes());
-                h.extend(dport.to_be_bytes());
-                h.extend(len.to_be_bytes());
-                h.extend([0, 0]);
-                (PROTO_UDP, h)
+                let mut l4 = Vec::with_capacity(8 + self.payload.len());
+                l4.extend(sport.to_be_bytes());
+                l4.extend(dport.to_be_bytes());
+                l4.extend(len.to_be_bytes());
+                l4.extend([0, 0]);
+                l4.extend(&self.payload);
+                let sum = forge::l4_checksum(self.src, self.dst, PROTO_UDP, &l4);
+                l4[6..8].copy_from_slice(&sum.to_be_bytes());
+                forge::ipv4(self.src, self.dst, PROTO_UDP, self.ident, &l4)
             }
-            Kind::IcmpEcho => (PROTO_ICMP, vec![8, 0, 0, 0, 0, 1, 0, 1]),
+            Kind::IcmpEcho => {
+                let mut l4 = vec![8, 0, 0, 0, 0, 1, 0, 1];
+                l4.extend(&self.payload);
+                let sum = checksum(&[&l4]);
+                l4[2..4].copy_from_slice(&sum.to_be_bytes());
+                forge::ipv4(self.src, self.dst, PROTO_ICMP, self.ident, &l4)
+            }
         };
-        l4.extend(&self.payload);
-        let csum_at = match proto {
-            PROTO_TCP => 16,
-            PROTO_UDP => 6,
-            _ => 2,
-        };
-        let sum = if proto == PROTO_ICMP {
-            checksum(&[&l4])
-        } else {
-            let len = u16::try_from(l4.len()).unwrap_or(u16::MAX);
-            let pseudo = [
-                &self.src.octets()[..],
-                &self.dst.octets()[..],
-                &[0, proto],
-                &len.to_be_bytes(),
-            ]
-            .concat();
-            checksum(&[&pseudo, &l4])
-        };
-        l4[csum_at..csum_at + 2].copy_from_slice(&sum.to_be_bytes());
-
-        let total = u16::try_from(20 + l4.len()).unwrap_or(u16::MAX);
-        let mut ip = Vec::with_capacity(20);
-        ip.push(0x45);
-        ip.push(0);
-        ip.extend(total.to_be_bytes());
-        ip.extend(self.ident.to_be_bytes());
-        ip.extend(0x4000u16.to_be_bytes()); // don't fragment
-        ip.push(64);
-        ip.push(proto);
-        ip.extend([0, 0]);
-        ip.extend(self.src.octets());
-        ip.extend(self.dst.octets());
-        let sum = checksum(&[&ip]);
-        ip[10..12].copy_from_slice(&sum.to_be_bytes());
-
-        let mut f = Vec::with_capacity(18 + ip.len() + l4.len());
+        let mut f = Vec::with_capacity(18 + ip.len());
         f.extend(self.dst_mac);
         f.extend(self.src_mac);
         if let Some(id) = self.vlan {
@@ -152,22 +165,8 @@ impl Craft {
         }
         f.extend(ETHERTYPE_IPV4.to_be_bytes());
         f.extend(ip);
-        f.extend(l4);
         f
     }
-}
-
-/// The Internet checksum over the concatenation of `parts`.
-fn checksum(parts: &[&[u8]]) -> u16 {
-    let bytes: Vec<u8> = parts.concat();
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 //! One µmbox's logic without its I/O: frames in (with the side they arrived on and the
-//! time), verdicts, alerts and counters out. The binary's loop (`run.rs`) feeds it from
-//! sockets; the tests feed it crafted frames.
+//! time), verdicts, alerts, frames to inject and counters out. The binary's loop
+//! (`run.rs`) feeds it from sockets and sends what it returns; the tests feed it crafted
+//! frames.
 
 use crate::event::{Alert, AlertKind};
-use crate::functions::{Dir, Function, Verdict};
+use crate::forge;
+use crate::functions::{Dir, Function, Inject, Toward, Verdict};
 use crate::packet;
 use crate::window::{Holdoff, Ms};
 use serde_json::{Map, Value};
@@ -19,6 +21,24 @@ pub enum Side {
     Tap,
 }
 
+impl Side {
+    /// The other inline interface.
+    fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+            Side::Tap => Side::Tap,
+        }
+    }
+}
+
+/// A frame the function injected: to be sent out of `side`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub side: Side,
+    pub frame: Vec<u8>,
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counters {
     /// Inline frames passed on to the other interface.
@@ -27,8 +47,11 @@ pub struct Counters {
     pub dropped: u64,
     /// Frames seen on a tap.
     pub copied: u64,
-    /// Frames that were not IPv4 (forwarded unchanged when inline).
+    /// Frames that were not IPv4 (forwarded unchanged when inline, unless the function
+    /// drops them).
     pub non_ipv4: u64,
+    /// Frames the function built and sent itself (answers, resets).
+    pub injected: u64,
     /// Frames the kernel refused to send.
     pub send_errors: u64,
     /// Alerts written.
@@ -51,6 +74,7 @@ pub struct Engine {
     holdoff: Holdoff<(AlertKind, Ipv4Addr)>,
     counters: Counters,
     scratch: Vec<Alert>,
+    injections: Vec<Inject>,
     started: Ms,
 }
 
@@ -65,12 +89,21 @@ impl Engine {
             holdoff,
             counters: Counters::default(),
             scratch: Vec::new(),
+            injections: Vec::new(),
             started: now,
         }
     }
 
-    /// Handles one frame; alerts that pass the hold-off are appended to `alerts`.
-    pub fn frame(&mut self, now: Ms, side: Side, frame: &[u8], alerts: &mut Vec<Alert>) -> Verdict {
+    /// Handles one frame; alerts that pass the hold-off are appended to `alerts`, frames
+    /// the function injects in response to `out` (inline only).
+    pub fn frame(
+        &mut self,
+        now: Ms,
+        side: Side,
+        frame: &[u8],
+        alerts: &mut Vec<Alert>,
+        out: &mut Vec<Outgoing>,
+    ) -> Verdict {
         let dir = match side {
             Side::A => Dir::FromDevice,
             Side::B => Dir::ToDevice,
@@ -79,7 +112,7 @@ impl Engine {
         let verdict = match packet::parse(frame) {
             None => {
                 self.counters.non_ipv4 += 1;
-                Verdict::Forward
+                self.func.non_ipv4()
             }
             Some(p) => {
                 let v = self.func.packet(now, dir, &p, &mut self.scratch);
@@ -98,6 +131,20 @@ impl Engine {
                         self.counters.alerts_held_off += 1;
                     }
                 }
+                self.func.take_injected(&mut self.injections);
+                for i in self.injections.drain(..) {
+                    if side == Side::Tap {
+                        continue;
+                    }
+                    let (to, reply) = match i.toward {
+                        Toward::Sender => (side, true),
+                        Toward::Onward => (side.other(), false),
+                    };
+                    if let Some(f) = forge::ethernet(frame, reply, &i.packet) {
+                        self.counters.injected += 1;
+                        out.push(Outgoing { side: to, frame: f });
+                    }
+                }
                 v
             }
         };
@@ -112,6 +159,12 @@ impl Engine {
     /// A forwarded frame could not be sent after all.
     pub fn send_failed(&mut self) {
         self.counters.forwarded = self.counters.forwarded.saturating_sub(1);
+        self.counters.send_errors += 1;
+    }
+
+    /// An injected frame could not be sent after all.
+    pub fn inject_failed(&mut self) {
+        self.counters.injected = self.counters.injected.saturating_sub(1);
         self.counters.send_errors += 1;
     }
 
@@ -139,6 +192,7 @@ impl Engine {
         m.insert("dropped".into(), c.dropped.into());
         m.insert("copied".into(), c.copied.into());
         m.insert("non_ipv4".into(), c.non_ipv4.into());
+        m.insert("injected".into(), c.injected.into());
         m.insert("send_errors".into(), c.send_errors.into());
         m.insert("alerts".into(), c.alerts.into());
         m.insert("alerts_held_off".into(), c.alerts_held_off.into());
@@ -179,13 +233,26 @@ mod tests {
         let mut arp = ok.clone();
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
         let mut alerts = Vec::new();
+        let mut out = Vec::new();
         for t in 0..5 {
-            assert_eq!(e.frame(t, Side::B, &xmas, &mut alerts), Verdict::Drop);
+            assert_eq!(
+                e.frame(t, Side::B, &xmas, &mut alerts, &mut out),
+                Verdict::Drop
+            );
         }
-        assert_eq!(e.frame(5, Side::B, &ok, &mut alerts), Verdict::Forward);
-        assert_eq!(e.frame(6, Side::A, &arp, &mut alerts), Verdict::Forward);
+        assert_eq!(
+            e.frame(5, Side::B, &ok, &mut alerts, &mut out),
+            Verdict::Forward
+        );
+        assert_eq!(
+            e.frame(6, Side::A, &arp, &mut alerts, &mut out),
+            Verdict::Forward
+        );
         // Ten seconds later the same source is reported again.
-        assert_eq!(e.frame(10_000, Side::B, &xmas, &mut alerts), Verdict::Drop);
+        assert_eq!(
+            e.frame(10_000, Side::B, &xmas, &mut alerts, &mut out),
+            Verdict::Drop
+        );
         assert_eq!(alerts.len(), 2);
         e.send_failed();
         let c = e.counters();
@@ -196,11 +263,13 @@ mod tests {
                 dropped: 6,
                 copied: 0,
                 non_ipv4: 1,
+                injected: 0,
                 send_errors: 1,
                 alerts: 2,
                 alerts_held_off: 4,
             }
         );
+        assert!(out.is_empty());
         let m = e.stats(12_000, false);
         assert_eq!(m["function"], "xmas-block");
         assert_eq!(m["uptime_ms"], 12_000);
@@ -211,17 +280,21 @@ mod tests {
     fn alerts_are_capped_per_second() {
         let mut e = engine("ip-block --addresses 198.18.0.0/16");
         let mut alerts = Vec::new();
+        let mut out = Vec::new();
         // A flood from 1,000 different blocked sources within one second.
         for i in 0..1000u32 {
             let src = Ipv4Addr::from(0xc612_0000 + i);
             let f = Craft::icmp_echo(src, DEV).build();
-            assert_eq!(e.frame(500, Side::B, &f, &mut alerts), Verdict::Drop);
+            assert_eq!(
+                e.frame(500, Side::B, &f, &mut alerts, &mut out),
+                Verdict::Drop
+            );
         }
         assert_eq!(alerts.len(), MAX_ALERTS_PER_SECOND as usize);
         assert_eq!(e.counters().alerts_held_off, 900);
         // The next second has a new budget, and unreported sources are reported then.
         let f = Craft::icmp_echo(Ipv4Addr::from(0xc612_0000 + 999), DEV).build();
-        e.frame(1000, Side::B, &f, &mut alerts);
+        e.frame(1000, Side::B, &f, &mut alerts, &mut out);
         assert_eq!(alerts.len(), MAX_ALERTS_PER_SECOND as usize + 1);
     }
 
@@ -229,9 +302,10 @@ mod tests {
     fn tap_frames_are_copies() {
         let mut e = engine("sniffer --scan-ports 5");
         let mut alerts = Vec::new();
+        let mut out = Vec::new();
         for port in 1..=5 {
             let f = Craft::tcp(ATT, 1, DEV, port, TcpFlags::SYN).build();
-            e.frame(u64::from(port), Side::Tap, &f, &mut alerts);
+            e.frame(u64::from(port), Side::Tap, &f, &mut alerts, &mut out);
         }
         assert_eq!(alerts.len(), 1);
         assert_eq!(alerts[0].kind, AlertKind::PortScan);

@@ -12,6 +12,8 @@ pub struct Request<'a> {
     pub target: &'a str,
     head: &'a [u8],
     body: &'a [u8],
+    /// Whether the blank line ending the headers is in this segment.
+    complete: bool,
 }
 
 const METHODS: [&str; 9] = [
@@ -57,18 +59,20 @@ pub fn request(payload: &[u8]) -> Option<Request<'_>> {
         return None;
     }
     // The blank line may follow the request line directly: search from its CRLF.
-    let (head, body) = match find(&payload[line_end..], b"\r\n\r\n") {
+    let (head, body, complete) = match find(&payload[line_end..], b"\r\n\r\n") {
         Some(i) => (
             &payload[(line_end + 2).min(line_end + i)..line_end + i],
             &payload[line_end + i + 4..],
+            true,
         ),
-        None => (&payload[line_end + 2..], &payload[payload.len()..]),
+        None => (&payload[line_end + 2..], &payload[payload.len()..], false),
     };
     Some(Request {
         method,
         target,
         head,
         body,
+        complete,
     })
 }
 
@@ -90,6 +94,16 @@ impl<'a> Request<'a> {
             let (k, v) = l.split_once(':')?;
             k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
         })
+    }
+
+    /// Whether the headers end within this segment (the blank line is in it).
+    pub fn head_complete(&self) -> bool {
+        self.complete
+    }
+
+    /// What follows the headers in this segment (empty unless they are complete).
+    pub fn body(&self) -> &'a [u8] {
+        self.body
     }
 
     /// The path without the query string.
@@ -222,6 +236,12 @@ mod tests {
         assert!(request(b"HELLO / HTTP/1.1\r\n").is_none());
         assert!(request(b"GET / SPDY\r\n").is_none());
         assert!(request(b"GET / HTTP/1.1").is_none()); // no line end yet
+        assert!(r.head_complete() && r.body().is_empty());
+        let cut = request(b"GET / HTTP/1.1\r\nHost: hue\r\n").unwrap();
+        assert!(!cut.head_complete());
+        assert_eq!(cut.header("host"), Some("hue"));
+        let bare = request(b"GET / HTTP/1.0\r\n\r\nrest").unwrap();
+        assert!(bare.head_complete() && bare.body() == b"rest");
         assert!(request(b"\x16\x03\x01binary").is_none());
     }
 

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod craft;
 pub mod engine;
 pub mod event;
+pub mod forge;
 pub mod functions;
 pub mod http;
 pub mod net;

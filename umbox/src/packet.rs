@@ -47,8 +47,44 @@ impl TcpFlags {
 pub struct Tcp<'a> {
     pub sport: u16,
     pub dport: u16,
+    pub seq: u32,
+    pub ack: u32,
     pub flags: TcpFlags,
+    pub window: u16,
+    /// The options between the fixed header and the payload.
+    pub options: &'a [u8],
     pub payload: &'a [u8],
+}
+
+impl Tcp<'_> {
+    /// How much sequence space the segment takes: its payload, plus one for SYN and one
+    /// for FIN.
+    pub fn seg_len(&self) -> u32 {
+        let flags =
+            u32::from(self.flags.any(TcpFlags::SYN)) + u32::from(self.flags.any(TcpFlags::FIN));
+        (self.payload.len() as u32).wrapping_add(flags)
+    }
+
+    /// The maximum segment size option, if the segment carries one (SYNs do).
+    pub fn mss(&self) -> Option<u16> {
+        let mut o = self.options;
+        loop {
+            match *o.first()? {
+                0 => return None,
+                1 => o = &o[1..],
+                kind => {
+                    let len = usize::from(*o.get(1)?);
+                    if len < 2 || len > o.len() {
+                        return None;
+                    }
+                    if kind == 2 && len == 4 {
+                        return Some(u16::from_be_bytes([o[2], o[3]]));
+                    }
+                    o = &o[len..];
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +117,8 @@ pub struct Ipv4<'a> {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub proto: u8,
+    /// Part of a fragmented packet: more fragments follow, or this is not the first.
+    pub fragmented: bool,
     /// Length of the whole frame, headers included (what byte counters count).
     pub frame_len: usize,
     pub l4: L4<'a>,
@@ -111,6 +149,12 @@ impl<'a> Ipv4<'a> {
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+/// A 32-bit field of a header already known to be long enough.
+fn be32(b: &[u8], at: usize) -> u32 {
+    b.get(at..at + 4)
+        .map_or(0, |s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
 }
 
 fn addr(b: &[u8], at: usize) -> Option<Ipv4Addr> {
@@ -158,6 +202,7 @@ pub fn parse(frame: &[u8]) -> Option<Ipv4<'_>> {
         src,
         dst,
         proto,
+        fragmented: frag & 0x3fff != 0,
         frame_len: frame.len(),
         l4,
     })
@@ -178,7 +223,11 @@ fn transport(proto: u8, body: &[u8]) -> L4<'_> {
             L4::Tcp(Tcp {
                 sport,
                 dport,
+                seq: be32(body, 4),
+                ack: be32(body, 8),
                 flags: TcpFlags(flags),
+                window: be16(body, 14).unwrap_or(0),
+                options: &body[20..data],
                 payload: &body[data..],
             })
         }
@@ -218,6 +267,8 @@ mod tests {
         assert_eq!((t.sport, t.dport), (1234, 80));
         assert!(t.flags.all(TcpFlags::ACK) && !t.flags.is_syn());
         assert_eq!(t.payload, b"GET / HTTP/1.1\r\n");
+        assert_eq!((t.seq, t.ack, t.window, t.seg_len()), (1, 1, 64240, 16));
+        assert_eq!(t.mss(), None);
         assert_eq!(p.frame_len, f.len());
     }
 
@@ -267,7 +318,14 @@ mod tests {
         assert_eq!((p.src, p.dst, p.l4), (A, B, L4::Truncated));
         let mut frag = Craft::tcp(A, 1, B, 2, TcpFlags::SYN).build();
         frag[14 + 6..14 + 8].copy_from_slice(&0x0010u16.to_be_bytes());
-        assert_eq!(parse(&frag).unwrap().l4, L4::Fragment);
+        let p = parse(&frag).unwrap();
+        assert_eq!((p.l4, p.fragmented), (L4::Fragment, true));
+        // A first fragment (more fragments, offset 0) still has its transport header.
+        let mut first = Craft::tcp(A, 1, B, 2, TcpFlags::SYN).build();
+        first[14 + 6..14 + 8].copy_from_slice(&0x2000u16.to_be_bytes());
+        let p = parse(&first).unwrap();
+        assert!(p.fragmented && p.tcp().is_some());
+        assert!(!parse(&f).unwrap().fragmented);
     }
 
     #[test]
@@ -278,6 +336,27 @@ mod tests {
             .build();
         for n in 0..=f.len() {
             let _ = parse(&f[..n]);
+        }
+    }
+
+    #[test]
+    fn options_and_sequence_space() {
+        let opts = [1, 1, 4, 2, 2, 4, 0x05, 0x3c, 0]; // NOP NOP SACK-permitted MSS 1340 EOL
+        let f = Craft::tcp(A, 1, B, 2, TcpFlags::SYN)
+            .seq(0xffff_fff0)
+            .options(&opts)
+            .build();
+        let p = parse(&f).unwrap();
+        let t = p.tcp().unwrap();
+        assert_eq!((t.seq, t.mss(), t.seg_len()), (0xffff_fff0, Some(1340), 1));
+        let fin = Craft::tcp(A, 1, B, 2, TcpFlags::FIN | TcpFlags::ACK)
+            .payload(b"ab")
+            .build();
+        assert_eq!(parse(&fin).unwrap().tcp().unwrap().seg_len(), 3);
+        // A malformed option list has no MSS and does not loop.
+        for bad in [&[2u8, 0][..], &[2, 9, 1, 1], &[3, 3, 1]] {
+            let f = Craft::tcp(A, 1, B, 2, TcpFlags::SYN).options(bad).build();
+            assert_eq!(parse(&f).unwrap().tcp().unwrap().mss(), None);
         }
     }
 

@@ -5,7 +5,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use crate::cli::{FunctionArgs, Layout, Level, Settings};
-use crate::engine::{Engine, Side};
+use crate::engine::{Engine, Outgoing, Side};
 use crate::event::{alert_line, ready_line, stats_line, Alert};
 use crate::functions::Verdict;
 use crate::net::{self, PacketSocket, Recv, WaitError};
@@ -210,10 +210,10 @@ fn serve(
 ) -> Result<Stop, Failure> {
     let mut buf = vec![0u8; FRAME_BUF];
     let mut alerts: Vec<Alert> = Vec::new();
+    let mut injected: Vec<Outgoing> = Vec::new();
     let mut next_tick = clock() + TICK;
     let mut next_stats = settings.stats_interval.map(|i| clock() + i.max(1));
-    let mut last_error_log: Option<Ms> = None;
-    let mut errors_unlogged: u64 = 0;
+    let mut send_errors = SendErrors::default();
 
     loop {
         let now = clock();
@@ -264,20 +264,22 @@ fn serve(
                     Err(e) => return fail(format!("receive on `{}` failed: {e}", sock.name)),
                 };
                 let frame = &buf[..n];
-                let verdict = engine.frame(now, *side, frame, &mut alerts);
+                let verdict = engine.frame(now, *side, frame, &mut alerts, &mut injected);
                 if let (Verdict::Forward, Some(to)) = (verdict, to) {
                     if let Some((out, ..)) = socks.list.get(*to) {
                         if let Err(e) = out.send(frame) {
                             engine.send_failed();
-                            errors_unlogged += 1;
-                            if last_error_log.is_none_or(|t| now >= t + ERROR_LOG_EVERY) {
-                                log.warn(&format!(
-                                    "cannot send on `{}`: {e} ({errors_unlogged} frame(s) lost since the last report)",
-                                    out.name
-                                ));
-                                last_error_log = Some(now);
-                                errors_unlogged = 0;
-                            }
+                            send_errors.report(now, &out.name, e, log);
+                        }
+                    }
+                }
+                // Frames the function built in response, after the frame itself.
+                for o in injected.drain(..) {
+                    let out = socks.list.iter().find(|(_, s, _)| *s == o.side);
+                    if let Some((out, ..)) = out {
+                        if let Err(e) = out.send(&o.frame) {
+                            engine.inject_failed();
+                            send_errors.report(now, &out.name, e, log);
                         }
                     }
                 }
@@ -300,6 +302,27 @@ fn serve(
                 lines.write(&stats_line(&engine.stats(now, true)), log);
                 next_stats = Some(now + every.max(1));
             }
+        }
+    }
+}
+
+/// Frames the kernel refused to send, logged at most every [`ERROR_LOG_EVERY`].
+#[derive(Debug, Default)]
+struct SendErrors {
+    last_log: Option<Ms>,
+    unlogged: u64,
+}
+
+impl SendErrors {
+    fn report(&mut self, now: Ms, iface: &str, e: Errno, log: &Log) {
+        self.unlogged += 1;
+        if self.last_log.is_none_or(|t| now >= t + ERROR_LOG_EVERY) {
+            log.warn(&format!(
+                "cannot send on `{iface}`: {e} ({} frame(s) lost since the last report)",
+                self.unlogged
+            ));
+            self.last_log = Some(now);
+            self.unlogged = 0;
         }
     }
 }

@@ -188,6 +188,15 @@ impl<K: Copy + Eq + Hash, V> Table<K, V> {
         }
         self.map.entry(key).or_insert_with(make)
     }
+    /// Sets `key` to `value` (after eviction if needed).
+    pub fn insert(&mut self, key: K, value: V) {
+        match self.map.get_mut(&key) {
+            Some(v) => *v = value,
+            None => {
+                self.entry(key, || value);
+            }
+        }
+    }
     pub fn get(&self, key: &K) -> Option<&V> {
         self.map.get(key)
     }
@@ -303,5 +312,10 @@ mod tests {
         assert!(t.contains(&9));
         *t.entry(9, || 0) += 1;
         assert_eq!(t.get(&9), Some(&2));
+        t.insert(9, 5);
+        assert_eq!((t.get(&9), t.len()), (Some(&5), 3));
+        // A new key in a full table evicts one.
+        t.insert(100, 1);
+        assert_eq!((t.get(&100), t.len(), t.evicted), (Some(&1), 3, 8));
     }
 }
