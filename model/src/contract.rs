@@ -344,6 +344,90 @@ pub fn cells<'a>(classes: impl IntoIterator<Item = &'a Class>) -> Vec<Cell> {
     out
 }
 
+/// What a chain lets through, cell by cell, with neighbouring cells of one protocol,
+/// starter and openness merged: the text `kalki-shim status` shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub cells: Vec<(Cell, Openness)>,
+}
+
+/// The summary of a chain's inline contracts (device side first).
+pub fn summary(chain: &[&Contract]) -> Summary {
+    let classes: Vec<&Class> = chain
+        .iter()
+        .flat_map(|c| c.clauses.iter().map(|cl| &cl.class))
+        .collect();
+    let mut out: Vec<(Cell, Openness)> = Vec::new();
+    for cell in cells(classes) {
+        let o = passage(chain, &cell.sample()).openness();
+        match out.last_mut() {
+            Some((last, lo))
+                if *lo == o
+                    && last.proto == cell.proto
+                    && last.from == cell.from
+                    && u32::from(last.ports.1) + 1 == u32::from(cell.ports.0) =>
+            {
+                last.ports.1 = cell.ports.1;
+            }
+            _ => out.push((cell, o)),
+        }
+    }
+    Summary { cells: out }
+}
+
+impl Summary {
+    /// Whether nothing crosses, either way.
+    pub fn is_closed(&self) -> bool {
+        self.cells.iter().all(|(_, o)| *o == Openness::Closed)
+    }
+
+    /// Whether everything crosses, openly.
+    pub fn is_open(&self) -> bool {
+        self.cells.iter().all(|(_, o)| *o == Openness::Open)
+    }
+
+    /// One line: `everything`, `nothing`, or what crosses and what needs credentials.
+    pub fn line(&self) -> String {
+        if self.is_open() {
+            return "everything crosses".into();
+        }
+        if self.is_closed() {
+            return "nothing crosses".into();
+        }
+        let list = |o: Openness| -> Vec<String> {
+            self.cells
+                .iter()
+                .filter(|(_, x)| *x == o)
+                .map(|(c, _)| c.to_string())
+                .collect()
+        };
+        let (open, auth, closed) = (
+            list(Openness::Open),
+            list(Openness::Authenticated),
+            list(Openness::Closed),
+        );
+        let mut parts = Vec::new();
+        if !auth.is_empty() {
+            parts.push(format!("with credentials only: {}", auth.join(", ")));
+        }
+        let all = if auth.is_empty() {
+            "everything"
+        } else {
+            "everything else"
+        };
+        if closed.is_empty() {
+            parts.push(format!("{all} crosses"));
+        } else if closed.len() <= open.len() {
+            parts.push(format!("{all} crosses but {}", closed.join(", ")));
+        } else if open.is_empty() {
+            parts.push("nothing else crosses".into());
+        } else {
+            parts.push(format!("only {} cross openly", open.join(", ")));
+        }
+        parts.join("; ")
+    }
+}
+
 impl fmt::Display for Treatment {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -542,6 +626,52 @@ mod tests {
         assert_eq!(
             passage(&[], &flow(FlowProto::Icmp, 0, Starter::Device)).openness(),
             Openness::Open
+        );
+    }
+
+    #[test]
+    fn a_summary_merges_cells_and_says_what_crosses() {
+        let fake = Contract {
+            clauses: vec![
+                clause(
+                    Treatment::Answer,
+                    Proto::Tcp,
+                    &[(80, 80), (8080, 8080)],
+                    Some(Starter::Uplink),
+                ),
+                clause(Treatment::Drop, Proto::All, &[], None),
+            ],
+            on_failure: Treatment::Drop,
+        };
+        assert_eq!(summary(&[&fake]).line(), "nothing crosses");
+        assert_eq!(summary(&[]).line(), "everything crosses");
+        let auth = Contract {
+            clauses: vec![
+                clause(
+                    Treatment::Authenticate,
+                    Proto::Tcp,
+                    &[(9010, 9010)],
+                    Some(Starter::Uplink),
+                ),
+                clause(Treatment::Pass, Proto::All, &[], None),
+            ],
+            on_failure: Treatment::Drop,
+        };
+        let s = summary(&[&auth]);
+        assert_eq!(
+            s.line(),
+            "with credentials only: tcp 9010 from uplink; everything else crosses"
+        );
+        let telnet = Contract {
+            clauses: vec![
+                clause(Treatment::Drop, Proto::Tcp, &[(23, 23)], None),
+                clause(Treatment::Pass, Proto::All, &[], None),
+            ],
+            on_failure: Treatment::Drop,
+        };
+        assert_eq!(
+            summary(&[&telnet]).line(),
+            "everything crosses but tcp 23 from uplink, tcp 23 from device"
         );
     }
 
