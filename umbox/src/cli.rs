@@ -59,7 +59,7 @@ pub enum FunctionArgs {
     AuthProxy(auth_proxy::Args),
     /// Tap: bursts of logins and factory credentials.
     LoginMonitor(login_monitor::Args),
-    /// Inline: isolates the device's control protocol.
+    /// Inline: isolates the device and answers its control protocol in its stead.
     FakeReplies(fake_replies::Args),
     /// Inline: drops traffic from and to listed addresses.
     IpBlock(ip_block::Args),

@@ -315,4 +315,44 @@ mod tests {
         assert_eq!(m["peers"][0]["packets"], 5);
         e.tick(1_000_000);
     }
+
+    #[test]
+    fn injected_frames_go_back_to_the_sender_in_ethernet_of_the_answered_frame() {
+        let mut e = engine("fake-replies --protocol http");
+        let (mut alerts, mut out) = (Vec::new(), Vec::new());
+        let client_mac = [2, 0, 0, 0, 0, 0xc1];
+        let device_mac = [2, 0, 0, 0, 0, 0xd1];
+        let syn = Craft::tcp(ATT, 40000, DEV, 80, TcpFlags::SYN)
+            .macs(client_mac, device_mac)
+            .build();
+        assert_eq!(
+            e.frame(0, Side::B, &syn, &mut alerts, &mut out),
+            Verdict::Drop
+        );
+        assert_eq!(out.len(), 1);
+        let o = &out[0];
+        assert_eq!(o.side, Side::B);
+        assert_eq!(
+            (&o.frame[0..6], &o.frame[6..12]),
+            (&client_mac[..], &device_mac[..])
+        );
+        let p = packet::parse(&o.frame).unwrap();
+        assert_eq!((p.src, p.dst), (DEV, ATT));
+        assert!(p.tcp().unwrap().flags.all(TcpFlags::SYN | TcpFlags::ACK));
+        // Nothing is forwarded by fake-replies, not even ARP.
+        let mut arp = syn.clone();
+        arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+        assert_eq!(
+            e.frame(1, Side::A, &arp, &mut alerts, &mut out),
+            Verdict::Drop
+        );
+        let c = e.counters();
+        assert_eq!(
+            (c.injected, c.dropped, c.non_ipv4, c.forwarded),
+            (1, 2, 1, 0)
+        );
+        e.inject_failed();
+        assert_eq!((e.counters().injected, e.counters().send_errors), (0, 1));
+        assert_eq!(e.stats(2, false)["injected"], 0);
+    }
 }
