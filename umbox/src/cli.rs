@@ -19,6 +19,9 @@ Environment:
   KALKI_STATS_INTERVAL_MS     ms between stats lines, 0 for none (60000; the sniffer
                               uses --stats and --stats-interval instead)
   LOG_LEVEL                   error, warn, info (default) or debug; logs go to stderr
+  KALKI_PROXY_CREDENTIALS     auth-proxy only: the file of `user:password` lines it accepts
+                              (default /run/secrets/proxy-credentials); missing, unreadable
+                              or without an entry: exit 1 before the ready line
 
 Output (stdout, one JSON object per line):
   {\"kalki\":\"ready\"}  {\"kalki\":\"alert\",\"alert\":NAME,\"source\":IP,...}  {\"kalki\":\"stats\",...}
@@ -26,7 +29,8 @@ Output (stdout, one JSON object per line):
 
 Exit codes:
   0  stopped by SIGTERM or SIGINT
-  1  runtime failure (interfaces missing or down after the timeout, socket errors)
+  1  runtime failure (interfaces missing or down after the timeout, socket errors,
+     auth-proxy's credentials file missing, unreadable or empty)
   2  usage error (unknown function or flag, bad value, bad environment)";
 
 #[derive(Debug, Parser)]
@@ -55,7 +59,8 @@ pub enum FunctionArgs {
     BruteForce(brute_force::Args),
     /// Inline: connection and packet-rate limits.
     AntiDos(anti_dos::Args),
-    /// Inline: failed, factory-credential and repeated logins to the web interface.
+    /// Inline: HTTP Basic authentication in front of the device's web port; failed,
+    /// factory-credential and repeated logins.
     AuthProxy(auth_proxy::Args),
     /// Tap: bursts of logins and factory credentials.
     LoginMonitor(login_monitor::Args),
@@ -181,6 +186,8 @@ pub struct Settings {
     pub wait_timeout: Ms,
     pub stats_interval: Option<Ms>,
     pub log_level: Level,
+    /// auth-proxy: the credentials file to read before anything else.
+    pub credentials: Option<String>,
 }
 
 pub const DEFAULT_WAIT_TIMEOUT: Ms = 30_000;
@@ -267,11 +274,20 @@ pub fn settings(
             ))
         }
     };
+    let credentials = match f {
+        FunctionArgs::AuthProxy(_) => Some(
+            env("KALKI_PROXY_CREDENTIALS")
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| auth_proxy::DEFAULT_CREDENTIALS_FILE.to_string()),
+        ),
+        _ => None,
+    };
     Ok(Settings {
         layout,
         wait_timeout,
         stats_interval: f.stats_interval((every > 0).then_some(every)),
         log_level,
+        credentials,
     })
 }
 
@@ -418,5 +434,26 @@ mod tests {
         );
         assert!(settings(env(&[("LOG_LEVEL", "loud")]), &f).is_err());
         assert!(settings(env(&[("KALKI_STATS_INTERVAL_MS", "1m")]), &f).is_err());
+        assert_eq!(s.credentials, None);
+    }
+
+    #[test]
+    fn the_proxy_credentials_file() {
+        let f = p("auth-proxy").unwrap();
+        let at = |pairs: &[(&str, &str)]| settings(env(pairs), &f).unwrap().credentials;
+        assert_eq!(at(&[]).as_deref(), Some("/run/secrets/proxy-credentials"));
+        assert_eq!(
+            at(&[("KALKI_PROXY_CREDENTIALS", " ")]).as_deref(),
+            Some("/run/secrets/proxy-credentials")
+        );
+        assert_eq!(
+            at(&[("KALKI_PROXY_CREDENTIALS", "/x/creds")]).as_deref(),
+            Some("/x/creds")
+        );
+        // Read by the binary into the function's arguments; none until then.
+        let FunctionArgs::AuthProxy(a) = f else {
+            panic!()
+        };
+        assert!(a.credentials.is_empty());
     }
 }

@@ -355,4 +355,27 @@ mod tests {
         assert_eq!((e.counters().injected, e.counters().send_errors), (0, 1));
         assert_eq!(e.stats(2, false)["injected"], 0);
     }
+
+    #[test]
+    fn an_auth_proxy_refusal_goes_both_ways() {
+        let mut e = engine("auth-proxy --listen-port 8080");
+        let (mut alerts, mut out) = (Vec::new(), Vec::new());
+        let req = Craft::tcp(ATT, 40000, DEV, 8080, TcpFlags::PSH | TcpFlags::ACK)
+            .payload(b"GET / HTTP/1.1\r\n\r\n")
+            .build();
+        assert_eq!(
+            e.frame(0, Side::B, &req, &mut alerts, &mut out),
+            Verdict::Drop
+        );
+        let sides: Vec<Side> = out.iter().map(|o| o.side).collect();
+        assert_eq!(sides, [Side::B, Side::A]);
+        // The reset toward the device keeps the request's Ethernet header.
+        assert_eq!(&out[1].frame[..12], &req[..12]);
+        assert_eq!(e.counters().injected, 2);
+        // A tap never sends.
+        let mut tap = engine("auth-proxy --listen-port 8080");
+        out.clear();
+        tap.frame(0, Side::Tap, &req, &mut alerts, &mut out);
+        assert!(out.is_empty() && tap.counters().injected == 0);
+    }
 }

@@ -7,6 +7,7 @@
 use crate::cli::{FunctionArgs, Layout, Level, Settings};
 use crate::engine::{Engine, Outgoing, Side};
 use crate::event::{alert_line, ready_line, stats_line, Alert};
+use crate::functions::auth_proxy::Credentials;
 use crate::functions::Verdict;
 use crate::net::{self, PacketSocket, Recv, WaitError};
 use crate::window::Ms;
@@ -115,8 +116,25 @@ fn pending(sfd: &SignalFd) -> Vec<Signal> {
     v
 }
 
+/// Reads auth-proxy's credentials file. Its content is never logged.
+fn credentials(path: &str) -> Result<Credentials, Failure> {
+    let what = format!("the proxy credentials `{path}` (KALKI_PROXY_CREDENTIALS)");
+    let bytes = std::fs::read(path).or_else(|e| fail(format!("cannot read {what}: {e}")))?;
+    let text = String::from_utf8(bytes).or_else(|_| fail(format!("{what}: not UTF-8 text")))?;
+    Credentials::parse(&text).or_else(|e| fail(format!("{what}: {e}")))
+}
+
 /// Runs the function until SIGTERM or SIGINT.
-pub fn run(function: FunctionArgs, settings: Settings, log: &Log) -> Result<(), Failure> {
+pub fn run(mut function: FunctionArgs, settings: Settings, log: &Log) -> Result<(), Failure> {
+    // Fail closed, before anything else: an auth-proxy without credentials never says
+    // it is ready, so the runtime never moves traffic onto it.
+    if let Some(path) = &settings.credentials {
+        let c = credentials(path)?;
+        log.info(&format!("{} proxy credential(s) from `{path}`", c.len()));
+        if let FunctionArgs::AuthProxy(a) = &mut function {
+            a.credentials = c;
+        }
+    }
     let sfd = signals()?;
     let start = Instant::now();
     let clock = move || start.elapsed().as_millis() as Ms;

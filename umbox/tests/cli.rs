@@ -1,6 +1,7 @@
 //! The real binary's command line and its start: usage errors exit 2 with a message and
 //! nothing on stdout, missing interfaces exit 1 after the bounded wait, SIGTERM during the
-//! wait exits 0. Needs no root and no network.
+//! wait exits 0, auth-proxy without usable credentials exits 1 at once (never a password
+//! in the message). Needs no root and no network.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use nix::sys::signal::{kill, Signal};
@@ -143,4 +144,65 @@ fn sigterm_while_waiting_exits_0() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn auth_proxy_without_usable_credentials_exits_1_before_anything() {
+    let dir = std::env::temp_dir().join(format!("kalki-umbox-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, text: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let missing = dir.join("missing").display().to_string();
+    let empty = file("empty", b"# nobody yet\n\n");
+    let bad = file("bad", b"owner:S3cret!\nhunter2\n");
+    let binary = file("binary", b"owner:\xff\xfe\n");
+    let good = file("good", b"owner:S3cret!\n");
+    for (path, says) in [
+        (&missing, "cannot read the proxy credentials"),
+        (&empty, "no `user:password` entry"),
+        (&bad, "line 2 is not `user:password`"),
+        (&binary, "not UTF-8"),
+        (&dir.display().to_string(), "cannot read"),
+    ] {
+        let started = Instant::now();
+        let (code, stdout, stderr) = run(
+            &["auth-proxy", "--realm", "lab"],
+            &[
+                ("KALKI_PROXY_CREDENTIALS", path),
+                ("KALKI_INTERFACES", "kalkinosuch3,kalkinosuch4"),
+                ("KALKI_INTERFACE_TIMEOUT_MS", "30000"),
+            ],
+        );
+        assert_eq!(code, 1, "{path}: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(stdout.is_empty(), "{path}: {stdout}");
+        assert!(
+            stderr.contains(says) && stderr.contains(path.as_str()),
+            "{stderr}"
+        );
+        assert!(
+            !stderr.contains("S3cret") && !stderr.contains("hunter2"),
+            "{stderr}"
+        );
+    }
+    // A usable file: on to the wait for the interfaces.
+    let (code, stdout, stderr) = run(
+        &["auth-proxy", "--block"],
+        &[
+            ("KALKI_PROXY_CREDENTIALS", &good),
+            ("KALKI_INTERFACES", "kalkinosuch3,kalkinosuch4"),
+            ("KALKI_INTERFACE_TIMEOUT_MS", "200"),
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("1 proxy credential(s)") && stderr.contains("not ready after 200 ms"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("S3cret"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
