@@ -430,3 +430,92 @@ fn kalki_lab_behaves_on_open_vswitch() {
 fn pass_states_and_unknown_hosts_behave_on_open_vswitch() {
     check_on_switch("ol", &example("compiler/tests/fixtures/ovs/open-lab.kalki"));
 }
+
+/// A refuted traffic assertion (K215) is confirmed on a real bridge: the bundle of the
+/// same site (without the assertion, which stops the build) is loaded, the device is put
+/// in the state the witness names, and every hop of the witness, traced with
+/// `ofproto/trace` as the finding prints it, leaves by the ports the verifier said. The
+/// last hop leaves by the device's port: the switch delivers the packet.
+#[test]
+fn a_refuted_traffic_assertion_is_confirmed_by_ofproto_trace() {
+    if !ovs_ready() {
+        return;
+    }
+    let tmp = TempDir::new("ovs-k215");
+    let fixture = repo_root().join("tests/fixtures/verify/k215_telnet_reaches_plug.kalki");
+    let verified = kalkic(&[
+        "verify",
+        "--format",
+        "json",
+        fixture.to_str().expect("path"),
+    ]);
+    let report: Value = serde_json::from_slice(&verified.stdout).expect("json report");
+    let finding = report["diagnostics"]
+        .as_array()
+        .expect("diagnostics")
+        .iter()
+        .find(|d| d["code"] == "K215")
+        .unwrap_or_else(|| panic!("no K215 in {report}"));
+    let traffic = &finding["witness"]["traffic"];
+    let hops = traffic["hops"].as_array().expect("hops");
+    assert!(
+        hops.len() >= 2,
+        "a hop through the µmbox and one to the device: {traffic}"
+    );
+
+    let source = std::fs::read_to_string(&fixture).expect("fixture");
+    let without: String = source
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("assert "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let policy = tmp.write("site.kalki", without);
+    let out = tmp.path().join("bundle");
+    let built = kalkic(&[
+        "build",
+        policy.to_str().expect("path"),
+        "-o",
+        out.to_str().expect("path"),
+    ]);
+    assert_eq!(
+        code(&built),
+        0,
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let m: Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("read"))
+        .expect("manifest");
+    let mask = m["cookies"]["device_mask"].as_str().expect("mask");
+    let br = Bridge::create("k215", &m);
+    br.ofctl(&[
+        "add-flows",
+        out.join("flows/base.ofctl").to_str().expect("path"),
+    ]);
+    let dev = &m["devices"][0];
+    let state = dev["states"]
+        .as_array()
+        .expect("states")
+        .iter()
+        .find(|s| s["name"] == traffic["state"])
+        .unwrap_or_else(|| panic!("no state {} in the bundle", traffic["state"]));
+    br.install(&out, dev, state, mask, &tmp);
+    for hop in hops {
+        let want: BTreeSet<Out> = hop["outputs"]
+            .as_array()
+            .expect("outputs")
+            .iter()
+            .map(|p| p.as_u64().expect("port").to_string())
+            .collect();
+        let flow = hop["trace"].as_str().expect("trace");
+        assert_eq!(br.trace(flow), want, "hop {flow}");
+    }
+    let last = hops.last().expect("a hop");
+    assert!(
+        last["outputs"]
+            .as_array()
+            .expect("outputs")
+            .iter()
+            .any(|p| p == &dev["ofport"]),
+        "the last hop reaches the device: {traffic}"
+    );
+}
