@@ -10,12 +10,21 @@
 //!   frames are forwarded exactly once each way, Xmas frames dropped with `xmas_scan`,
 //!   and deleting a veth makes it exit 1;
 //! - a tap `sniffer` fed a burst of crafted SYNs to 40 ports: `port_scan`, and the
-//!   copies counted.
+//!   copies counted;
+//! - an inline `auth-proxy` with a credentials file mounted as the runtime mounts it,
+//!   between namespaces with real stacks, `busybox httpd` on the device and `curl` on
+//!   the uplink: no credentials and wrong ones get the proxy's `401` (with
+//!   `failed_login`, then `max_login_attempts`) while the device's server reads no
+//!   request and keeps no connection, the right ones get the device's page, another port
+//!   and ping pass; without the file the container exits 1 and never says `ready`;
+//! - an inline `fake-replies` (upnp, http) the same way: `curl` to a control port gets
+//!   the µmbox's answer (TLS on 443 a reset) while the device's server there reads
+//!   nothing, and ping and TCP to other ports get nothing through, either way.
 //!
-//! Needs root (network namespaces), `ip`, `nsenter`, `ethtool`, `ping`, `nc`, the engine
-//! (`scripts/docker/start.sh`) and the image (`scripts/images.sh`; `make images` does
-//! both). Without the engine or the image the tests are skipped, except under `CI=true`
-//! where that is a failure. Every external command runs under `timeout`; containers,
+//! Needs root (network namespaces), `ip`, `nsenter`, `ethtool`, `ping`, `nc`, `ss`,
+//! `curl`, `busybox` (its `httpd`), the engine (`scripts/docker/start.sh`) and the image
+//! (`scripts/images.sh`; `make images` does both). Without the engine, the image, curl
+//! or busybox the tests are skipped, except under `CI=true` where that is a failure. Every external command runs under `timeout`; containers,
 //! namespaces and veths are removed by guards, also when a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -61,9 +70,27 @@ struct Container {
 
 impl Container {
     fn start(tag: &str, env: &[&str], args: &[&str]) -> Container {
+        Container::start_with(tag, &[], env, args)
+    }
+
+    /// [`Container::start`] with more `docker run` options (`-v` for a secret, say).
+    fn start_with(tag: &str, options: &[&str], env: &[&str], args: &[&str]) -> Container {
+        let c = Container::launch(tag, options, env, args);
+        assert!(
+            c.pid != "0",
+            "container {} is not running: {}",
+            c.name,
+            c.stderr()
+        );
+        c
+    }
+
+    /// Runs the container; it may have exited already (`pid` is then `0`).
+    fn launch(tag: &str, options: &[&str], env: &[&str], args: &[&str]) -> Container {
         let name = format!("kalki-umbox-test-{tag}");
         let _ = run("docker", &["rm", "-f", &name]);
         let mut a = vec!["run", "-d", "--network", "none", "--name", &name];
+        a.extend(options);
         a.extend(["--label", "kalki.test=umbox"]);
         // The container's own stack stays quiet on the data interfaces: no IPv6 (and so
         // no autoconfiguration or MLD) on any interface created in it later.
@@ -83,12 +110,29 @@ impl Container {
         c.pid = must("docker", &["inspect", "-f", "{{.State.Pid}}", &name])
             .trim()
             .to_string();
-        assert!(
-            c.pid != "0",
-            "container {name} is not running: {}",
-            c.stderr()
-        );
         c
+    }
+
+    /// `STATUS EXITCODE` once the container has stopped running (within 10 s).
+    fn wait_exit(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = must(
+                "docker",
+                &[
+                    "inspect",
+                    "-f",
+                    "{{.State.Status}} {{.State.ExitCode}}",
+                    &self.name,
+                ],
+            );
+            if !st.trim().starts_with("running") && !st.trim().starts_with("created")
+                || Instant::now() > deadline
+            {
+                return st.trim().to_string();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn in_ns(&self, args: &[&str]) -> String {
@@ -497,4 +541,365 @@ fn tap_sniffer_counts_copies_and_reports_a_port_scan() {
     let by = |ip: Ipv4Addr| peers.iter().find(|p| p["ip"] == ip.to_string()).cloned();
     assert_eq!(n(&by(scanner).unwrap(), "packets"), 40);
     assert_eq!(n(&by(dev).unwrap(), "packets"), 10);
+}
+
+/// A `busybox httpd` serving `root` on `addr:port` inside a namespace; its log (one
+/// `url:PATH` line per request it read) goes to a file. Stopped when dropped.
+struct Httpd {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Httpd {
+    fn start(ns: &Netns, addr: &str, port: u16, root: &std::path::Path) -> Httpd {
+        let log = root.join(format!("httpd-{addr}-{port}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.0, "busybox", "httpd", "-f", "-vv"])
+            .args(["-p", &format!("{addr}:{port}"), "-h"])
+            .arg(root)
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        // Listening before anyone connects.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ns
+            .try_exec(&["nc", "-z", "-w", "1", addr, &port.to_string()])
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "httpd on {addr}:{port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The probe itself is logged as a connection without a request; start clean.
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::write(&log, b"").unwrap();
+        Httpd { child, log }
+    }
+
+    /// The paths of the requests the server read.
+    fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(" url:").map(|(_, u)| u.to_string()))
+            .collect()
+    }
+}
+
+impl Drop for Httpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(u: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("kalki-umbox-test-{u}"));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An inline µmbox container between two namespaces with real stacks: `dev` (the
+/// device, 10.214.<k>.2) on `a`, `up` (the uplink, 10.214.<k>.1) on `b`.
+struct Bench {
+    c: Container,
+    dev: Netns,
+    up: Netns,
+    dev_ip: String,
+    up_ip: String,
+    _links: (Link, Link),
+}
+
+impl Bench {
+    fn new(u: &str, c: Container) -> Bench {
+        let k = u.parse::<u64>().unwrap() % 200 + 20;
+        let (dev_ip, up_ip) = (format!("10.214.{k}.2"), format!("10.214.{k}.1"));
+        let dev = Netns::new(format!("kut-{u}-dev"));
+        let up = Netns::new(format!("kut-{u}-up"));
+        let (hd, hu) = (format!("ku{u}d"), format!("ku{u}u"));
+        let links = (c.attach(&hd, "a"), c.attach(&hu, "b"));
+        dev.take(&hd, &[format!("{dev_ip}/24")]);
+        up.take(&hu, &[format!("{up_ip}/24")]);
+        Bench {
+            c,
+            dev,
+            up,
+            dev_ip,
+            up_ip,
+            _links: links,
+        }
+    }
+
+    /// Fixed neighbour entries both ways: for a µmbox that forwards no ARP.
+    fn static_neighbours(&self) {
+        let (hd, hu) = (&self._links.0 .0, &self._links.1 .0);
+        let mac = |ns: &Netns, link: &str| {
+            ns.exec(&["cat", &format!("/sys/class/net/{link}/address")])
+                .trim()
+                .to_string()
+        };
+        let (dev_mac, up_mac) = (mac(&self.dev, hd), mac(&self.up, hu));
+        self.up.exec(&[
+            "ip",
+            "neigh",
+            "replace",
+            &self.dev_ip,
+            "lladdr",
+            &dev_mac,
+            "dev",
+            hu,
+            "nud",
+            "permanent",
+        ]);
+        self.dev.exec(&[
+            "ip",
+            "neigh",
+            "replace",
+            &self.up_ip,
+            "lladdr",
+            &up_mac,
+            "dev",
+            hd,
+            "nud",
+            "permanent",
+        ]);
+    }
+}
+
+/// `curl` in `ns`: the response's status line, headers and body, or why it failed.
+fn curl(ns: &Netns, args: &[&str]) -> Result<String, String> {
+    let mut a = vec!["curl", "-sS", "--max-time", "4", "-D", "-"];
+    a.extend(args);
+    ns.try_exec(&a)
+}
+
+/// What every live test of an answering µmbox needs besides [`ready`].
+fn tools_ready() -> bool {
+    use kalki_test_support as ts;
+    ts::require(&[(
+        ts::tools(&["curl", "busybox", "nc"]),
+        "curl, busybox (scripts/docker/start.sh installs busybox-static) and nc",
+    )])
+}
+
+#[test]
+fn auth_proxy_between_real_stacks() {
+    if !ready() || !tools_ready() {
+        return;
+    }
+    let u = unique();
+    let dir = TempDir::new(&u);
+    let creds = dir.0.join("creds");
+    std::fs::write(&creds, "# the lab's owner\nowner:S3cret!\n").unwrap();
+    let www = dir.0.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("index.html"), format!("device page {u}\n")).unwrap();
+    let mount = format!("{}:/run/secrets/proxy-credentials:ro", creds.display());
+    let c = Container::start_with(
+        &u,
+        &["-v", &mount],
+        &["KALKI_INTERFACES=a,b", "KALKI_STATS_INTERVAL_MS=0"],
+        &[
+            "auth-proxy",
+            "--listen-port",
+            "9010",
+            "--max-failures",
+            "1",
+            "--realm",
+            "lab",
+        ],
+    );
+    let b = Bench::new(&u, c);
+    b.c.wait_ready();
+    let guarded = Httpd::start(&b.dev, &b.dev_ip, 9010, &www);
+    let other = Httpd::start(&b.dev, &b.dev_ip, 8081, &www);
+    let url = format!("http://{}:9010/index.html", b.dev_ip);
+
+    // Not guarded: ping, and the web server on another port.
+    b.up.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", &b.dev_ip]);
+    let page = curl(&b.up, &[&format!("http://{}:8081/index.html", b.dev_ip)]).unwrap();
+    assert!(page.starts_with("HTTP/1.1 200") && page.contains(&format!("device page {u}")));
+    assert_eq!(other.requests(), ["/index.html"]);
+
+    // No credentials: the challenge, from the proxy; the device never reads the request.
+    let r = curl(&b.up, &[&url]).unwrap();
+    assert!(r.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{r}");
+    assert!(
+        r.contains("WWW-Authenticate: Basic realm=\"lab\"\r\n"),
+        "{r}"
+    );
+    assert!(
+        r.contains("Connection: close\r\n") && !r.contains("device page"),
+        "{r}"
+    );
+    // Wrong credentials: the same, and a failed login; twice is one too many.
+    for _ in 0..2 {
+        let r = curl(&b.up, &["-u", "owner:wrong", &url]).unwrap();
+        assert!(r.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{r}");
+    }
+    let up_ip: Ipv4Addr = b.up_ip.parse().unwrap();
+    let a = b.c.wait_alert("failed_login", up_ip);
+    assert_eq!(a["user"], "owner");
+    b.c.wait_alert("max_login_attempts", up_ip);
+    assert!(guarded.requests().is_empty(), "{:?}", guarded.requests());
+    // The resets reached the device: it holds no connection to the guarded port.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let open = b
+            .dev
+            .exec(&["ss", "-Htn", "state", "established", "( sport = :9010 )"]);
+        if open.trim().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the device still has: {open}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The right credentials: the device's own page.
+    let r = curl(&b.up, &["-u", "owner:S3cret!", &url]).unwrap();
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(r.contains(&format!("device page {u}")), "{r}");
+    assert_eq!(guarded.requests(), ["/index.html"]);
+
+    let s = b.c.stats();
+    assert_eq!((n(&s, "refused"), n(&s, "authorised")), (3, 1), "{s}");
+    // Each refusal: the challenge to the client, a reset to the device.
+    assert!(n(&s, "injected") >= 6, "{s}");
+    assert_eq!(n(&s, "send_errors"), 0, "{s}");
+    assert!(!b.c.stderr().contains("S3cret"), "{}", b.c.stderr());
+    assert!(
+        b.c.stderr().contains("1 proxy credential(s)"),
+        "{}",
+        b.c.stderr()
+    );
+}
+
+#[test]
+fn auth_proxy_without_its_credentials_never_gets_ready() {
+    if !ready() {
+        return;
+    }
+    let u = unique();
+    // No file mounted at /run/secrets/proxy-credentials.
+    let c = Container::launch(
+        &u,
+        &[],
+        &["KALKI_INTERFACES=a,b"],
+        &["auth-proxy", "--block"],
+    );
+    assert_eq!(c.wait_exit(), "exited 1");
+    assert!(c.stdout_lines().is_empty(), "{:?}", c.stdout_lines());
+    let err = c.stderr();
+    assert!(
+        err.contains("cannot read the proxy credentials `/run/secrets/proxy-credentials`"),
+        "{err}"
+    );
+}
+
+/// fake-replies with `protocol` between real stacks: `ask` (curl arguments after the
+/// address) gets `want` from the µmbox on a control port while the device's server there
+/// reads nothing, and nothing else crosses either way.
+fn fake_replies_case(protocol: &str, port: u16, path: &str, ask: &[&str], want: &[&str]) {
+    if !ready() || !tools_ready() {
+        return;
+    }
+    let u = unique();
+    let dir = TempDir::new(&u);
+    std::fs::write(dir.0.join("index.html"), "the real device\n").unwrap();
+    let c = Container::start(
+        &u,
+        &["KALKI_INTERFACES=a,b", "KALKI_STATS_INTERVAL_MS=0"],
+        &["fake-replies", "--protocol", protocol],
+    );
+    let b = Bench::new(&u, c);
+    // fake-replies forwards no ARP; the switch would not steer it there either.
+    b.static_neighbours();
+    b.c.wait_ready();
+    let control = Httpd::start(&b.dev, &b.dev_ip, port, &dir.0);
+    let other = Httpd::start(&b.dev, &b.dev_ip, 8081, &dir.0);
+    let uplink = Httpd::start(&b.up, &b.up_ip, 8000, &dir.0);
+
+    let mut args = ask.to_vec();
+    let url = format!("http://{}:{port}{path}", b.dev_ip);
+    args.push(&url);
+    let r = curl(&b.up, &args).unwrap();
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    assert!(
+        r.contains("Connection: close\r\n") && !r.contains("the real device"),
+        "{r}"
+    );
+    for w in want {
+        assert!(r.contains(w), "no `{w}` in {r}");
+    }
+    let a =
+        b.c.wait_alert("intercepted_command", b.up_ip.parse().unwrap());
+    assert_eq!(a["port"], port);
+    assert!(control.requests().is_empty(), "{:?}", control.requests());
+    if protocol == "http" {
+        // TLS cannot be answered: the handshake is reset, never forwarded.
+        let tls = curl(&b.up, &["-k", &format!("https://{}:443/", b.dev_ip)]);
+        let err = tls.unwrap_err();
+        assert!(err.contains("reset") || err.contains("SSL"), "{err}");
+    }
+
+    // Nothing else gets through, either way.
+    let lost =
+        b.up.try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &b.dev_ip]);
+    assert!(lost.is_err(), "ping to the device got an answer");
+    let lost = b
+        .dev
+        .try_exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &b.up_ip]);
+    assert!(lost.is_err(), "ping from the device got an answer");
+    let other_url = format!("http://{}:8081/index.html", b.dev_ip);
+    assert!(curl(&b.up, &["--max-time", "2", &other_url]).is_err());
+    let up_url = format!("http://{}:8000/index.html", b.up_ip);
+    assert!(curl(&b.dev, &["--max-time", "2", &up_url]).is_err());
+    assert!(other.requests().is_empty() && uplink.requests().is_empty());
+
+    let s = b.c.stats();
+    assert_eq!(n(&s, "forwarded"), 0, "{s}");
+    let tls = u64::from(protocol == "http");
+    assert_eq!(n(&s, "intercepted"), 1 + tls, "{s}");
+    // SYN-ACK, the answer, the ACK of the client's FIN.
+    assert!(n(&s, "injected") >= 3, "{s}");
+    assert_eq!(n(&s, "send_errors"), 0, "{s}");
+}
+
+#[test]
+fn fake_replies_upnp_answers_a_wemo_command_and_isolates_the_device() {
+    fake_replies_case(
+        "upnp",
+        49153,
+        "/upnp/control/basicevent1",
+        &[
+            "-H",
+            "SOAPACTION: \"urn:Belkin:service:basicevent:1#SetBinaryState\"",
+            "-H",
+            "Content-Type: text/xml; charset=\"utf-8\"",
+            "--data",
+            "<u:SetBinaryState><BinaryState>1</BinaryState></u:SetBinaryState>",
+        ],
+        &["SetBinaryStateResponse", "<BinaryState>1</BinaryState>"],
+    );
+}
+
+#[test]
+fn fake_replies_http_answers_a_page_and_isolates_the_device() {
+    fake_replies_case("http", 8080, "/", &[], &["<h1>OK</h1>"]);
 }
