@@ -2,7 +2,8 @@
 //! the real front end parses it: every entry runs this image, its arguments (filled in as
 //! `kalkic build` fills them: durations in milliseconds, the rest as written) parse with
 //! defaults and at every edge of every parameter's range, values just outside a range are
-//! refused, and the function's mode and alerts are the entry's `mode` and `emits`.
+//! refused, and the function's mode and alerts are the entry's `mode` and `emits`. An
+//! entry that runs auth-proxy declares the credentials secret where the program reads it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use kalki_lang::ast::{Item, Literal, TypeExpr, UmboxMember};
@@ -26,6 +27,9 @@ struct Entry {
     params: Vec<Param>,
     emits: BTreeSet<String>,
     mode: String,
+    /// `secret NAME at PATH`: the paths.
+    secrets: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 fn literal(l: &Literal) -> String {
@@ -51,6 +55,8 @@ fn catalog() -> Vec<Entry> {
             params: Vec::new(),
             emits: BTreeSet::new(),
             mode: String::new(),
+            secrets: Vec::new(),
+            env: Vec::new(),
         };
         for m in u.members {
             match m {
@@ -63,7 +69,11 @@ fn catalog() -> Vec<Entry> {
                 }),
                 UmboxMember::Emits(names, _) => e.emits.extend(names.into_iter().map(|n| n.name)),
                 UmboxMember::Mode(m) => e.mode = m.name,
-                UmboxMember::Env(..) | UmboxMember::Secret { .. } | UmboxMember::Traffic(_) => {}
+                UmboxMember::Secret { path, .. } => e.secrets.push(path.value),
+                UmboxMember::Env(vars, _) => e
+                    .env
+                    .extend(vars.into_iter().map(|(k, v)| (k.name, v.value))),
+                UmboxMember::Traffic(_) => {}
             }
         }
         out.push(e);
@@ -136,6 +146,12 @@ fn every_entry_runs_this_image_with_its_mode_and_alerts() {
         // The manifest's interfaces are the mode's defaults.
         let s = cli::settings(|_| None, &f).unwrap();
         assert_eq!(s.layout.names().len(), if mode == "inline" { 2 } else { 1 });
+        // auth-proxy reads its credentials where the runtime mounts the entry's secret.
+        let env = |k: &str| e.env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let wanted = cli::settings(env, &f).unwrap().credentials;
+        if let Some(path) = &wanted {
+            assert_eq!(e.secrets, std::slice::from_ref(path), "{}: secret", e.name);
+        }
     }
     let all: BTreeSet<&str> = [
         "sniffer",
