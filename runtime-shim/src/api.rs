@@ -139,6 +139,26 @@ pub struct DeviceStatus {
     pub umboxes: Vec<String>,
     /// Whether the node holds its state's posture, seen when the status was made.
     pub enforcement: Enforcement,
+    /// What the posture in force lets through, in one line
+    /// ([`crate::enforcement::Crossing`]): the state's chain when `enforced`, what was
+    /// installed instead when `failed_closed`; absent when `not_enforced` (nothing is
+    /// known of what holds, so nothing is claimed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crosses: Option<String>,
+    /// The same, cell by cell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crossing: Option<Vec<crate::enforcement::CrossingCell>>,
+}
+
+impl DeviceStatus {
+    /// Sets `crosses` and `crossing` from a crossing, or clears them.
+    pub fn with_crossing(mut self, c: Option<crate::enforcement::Crossing>) -> DeviceStatus {
+        (self.crosses, self.crossing) = match c {
+            Some(c) => (Some(c.line), Some(c.cells)),
+            None => (None, None),
+        };
+        self
+    }
 }
 
 /// Unix milliseconds as RFC 3339 in UTC: `2025-03-01T20:04:40.250Z`.
@@ -166,13 +186,14 @@ pub fn rfc3339(ms: u64) -> String {
 }
 
 /// A status as the `status` subcommand prints it: a header line, then one line a device
-/// (name, type, state, enforcement, since, µmboxes, why), and for a device whose posture
-/// is not in force a line of its own saying what is and why.
+/// (name, type, state, enforcement, what crosses, since, µmboxes, why), and for a device
+/// whose posture is not in force a line of its own saying what is and why. What crosses
+/// is `unknown` where the status claims nothing (a device not enforced).
 pub fn render_status(r: &StatusReport) -> String {
     let sha: String = r.bundle_sha256.chars().take(12).collect();
     let (h, m, s) = (r.uptime_s / 3600, r.uptime_s / 60 % 60, r.uptime_s % 60);
     let mut out = format!("site {}  bundle {sha}  up {h}h {m:02}m {s:02}s\n", r.site);
-    let rows: Vec<[String; 7]> = r
+    let rows: Vec<[String; 8]> = r
         .devices
         .iter()
         .map(|d| {
@@ -181,6 +202,10 @@ pub fn render_status(r: &StatusReport) -> String {
                 d.device_type.clone(),
                 d.state.clone(),
                 d.enforcement.label().to_string(),
+                match (&d.enforcement, &d.crosses) {
+                    (Enforcement::NotEnforced { .. }, _) | (_, None) => "unknown".to_string(),
+                    (_, Some(line)) => line.clone(),
+                },
                 d.since.clone().unwrap_or_else(|| "-".to_string()),
                 if d.umboxes.is_empty() {
                     "-".to_string()
@@ -198,18 +223,19 @@ pub fn render_status(r: &StatusReport) -> String {
         "type",
         "state",
         "enforcement",
+        "crosses",
         "since",
         "umboxes",
         "why",
     ]
     .map(String::from);
-    let mut widths = [0usize; 7];
+    let mut widths = [0usize; 8];
     for row in std::iter::once(&header).chain(&rows) {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |row: &[String; 7]| {
+    let line = |row: &[String; 8]| {
         let mut l = String::new();
         for (i, (cell, w)) in row.iter().zip(widths).enumerate() {
             if i + 1 == row.len() {

@@ -2,8 +2,12 @@
 //! device's state asks for. One value, computed by the run loop from a fresh look at the
 //! node (`Node::check`), and shown as it is by `status` (text and JSON), the API and the
 //! log, so none of them can claim protection the node does not give
-//! (`docs/runtime.md`, "Enforcement").
+//! (`docs/runtime.md`, "Enforcement"). Next to it, what the posture in force lets
+//! through ([`crossing`]): claimed only for a posture the node is seen to hold.
 
+use crate::bundle::Bundle;
+use crate::manifest::{Builtin, Chain, UmboxMode};
+use kalki_model::contract::{self, Contract, FlowProto, Openness, Starter};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -67,6 +71,100 @@ pub fn worst<'a>(verdicts: impl IntoIterator<Item = &'a Enforcement>) -> Option<
         .into_iter()
         .filter(|e| !e.is_enforced())
         .max_by_key(|e| rank(e))
+}
+
+/// What a device's posture lets through between it and the uplink: the summary of the
+/// contracts of its chain's inline µmboxes (`kalki_model::contract::summary`; taps stop
+/// nothing), as one line and cell by cell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Crossing {
+    /// `Summary::line`: `nothing crosses`, `everything crosses`, or what crosses and
+    /// what needs credentials.
+    pub line: String,
+    /// Every kind of flow, neighbouring ports treated alike merged.
+    pub cells: Vec<CrossingCell>,
+}
+
+/// Flows of one protocol, a port range (TCP and UDP) and one starting side, and how far
+/// they get.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrossingCell {
+    /// `tcp`, `udp`, `icmp` or `other` (any other IPv4 protocol).
+    pub proto: FlowProto,
+    /// `[lo, hi]`, both included; TCP and UDP only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<[u16; 2]>,
+    /// The side that sends the flow's first packet: `device` or `uplink`.
+    pub from: Starter,
+    pub passage: CellPassage,
+}
+
+/// How far a cell's flows get through the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CellPassage {
+    /// They cross, both ways.
+    Open,
+    /// They cross only with valid credentials.
+    Authenticated,
+    /// Nothing of them crosses.
+    Closed,
+}
+
+/// The inline contracts of a device's state's chain, device side first. A container the
+/// bundle does not hold is left out: it would only make the chain look more open.
+fn chain_contracts(bundle: &Bundle, device: usize, state: usize) -> Vec<Contract> {
+    let Some(st) = bundle
+        .manifest
+        .devices
+        .get(device)
+        .and_then(|d| d.states.get(state))
+    else {
+        return vec![];
+    };
+    match &st.chain {
+        Chain::Builtin(Builtin::Pass) => vec![],
+        Chain::Builtin(Builtin::Drop) => vec![Contract::drop()],
+        Chain::Umboxes(_) => st
+            .containers
+            .iter()
+            .filter_map(|p| bundle.containers.get(p))
+            .filter(|c| c.mode == UmboxMode::Inline)
+            .map(|c| c.contract.clone())
+            .collect(),
+    }
+}
+
+/// What the posture `installed` lets through for `device`: a state's chain (`Some`
+/// state index), or no flows at all (`None`: nothing crosses). Only for a posture the
+/// node is seen to hold (`enforced`, or `failed closed` with what was installed); a
+/// device `not enforced` gets no crossing, since nothing is known of what holds.
+pub fn crossing(bundle: &Bundle, device: usize, installed: Option<usize>) -> Crossing {
+    let contracts = match installed {
+        Some(state) => chain_contracts(bundle, device, state),
+        None => vec![Contract::drop()],
+    };
+    let chain: Vec<&Contract> = contracts.iter().collect();
+    let summary = contract::summary(&chain);
+    let cells = summary
+        .cells
+        .iter()
+        .map(|(cell, openness)| CrossingCell {
+            proto: cell.proto,
+            ports: matches!(cell.proto, FlowProto::Tcp | FlowProto::Udp)
+                .then_some([cell.ports.0, cell.ports.1]),
+            from: cell.from,
+            passage: match openness {
+                Openness::Open => CellPassage::Open,
+                Openness::Authenticated => CellPassage::Authenticated,
+                Openness::Closed => CellPassage::Closed,
+            },
+        })
+        .collect();
+    Crossing {
+        line: summary.line(),
+        cells,
+    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ enum Exit {
 
 const EXIT_HELP: &str = "Exit codes:\n  0  success\n  1  the bundle or the trace was refused (tampered, malformed, a bad event)\n  2  usage error, or an input could not be read";
 
-const STATUS_HELP: &str = "The API is found with --api, else $KALKI_API, else http://127.0.0.1:7878; the token is read from --token-file, else $KALKI_TOKEN_FILE, else /etc/kalki/token (a file other users may read is refused).\n\nEvery device's enforcement is seen afresh on the node: `enforced` (its state's posture is in force), `failed-closed` (what is in force instead: its most restrictive state, or no flows) or `NOT-ENFORCED` (why).\n\nExit codes:\n  0  every device is enforced\n  1  the shim refused the request (its message is printed)\n  2  usage error, an unusable token file, or the shim unreachable or not answering in time\n  3  at least one device is not enforced\n  4  no device is not enforced, but at least one failed closed";
+const STATUS_HELP: &str = "The API is found with --api, else $KALKI_API, else http://127.0.0.1:7878; the token is read from --token-file, else $KALKI_TOKEN_FILE, else /etc/kalki/token (a file other users may read is refused).\n\nEvery device's enforcement is seen afresh on the node: `enforced` (its state's posture is in force), `failed-closed` (what is in force instead: its most restrictive state, or no flows) or `NOT-ENFORCED` (why); and what the posture in force lets through (`nothing crosses`, `everything crosses`, what needs credentials), from its µmboxes' traffic contracts, `unknown` for a device not enforced.\n\nExit codes:\n  0  every device is enforced\n  1  the shim refused the request (its message is printed)\n  2  usage error, an unusable token file, or the shim unreachable or not answering in time\n  3  at least one device is not enforced\n  4  no device is not enforced, but at least one failed closed";
 
 const CLIENT_HELP: &str = "The API is found with --api, else $KALKI_API, else http://127.0.0.1:7878; the token is read from --token-file, else $KALKI_TOKEN_FILE, else /etc/kalki/token (a file other users may read is refused).\n\nExit codes:\n  0  success\n  1  the shim refused the request (its message is printed)\n  2  usage error, an unusable token file, or the shim unreachable or not answering in time";
 
@@ -65,8 +65,8 @@ enum Command {
     #[command(after_help = EXIT_HELP)]
     Run(RunArgs),
     /// Show every device of the running shim: its state, whether its posture is in force
-    /// on the node (enforced, failed closed, not enforced), since when and why, and the
-    /// µmboxes in front of it.
+    /// on the node (enforced, failed closed, not enforced), what that posture lets
+    /// through, since when and why, and the µmboxes in front of it.
     #[command(after_help = STATUS_HELP)]
     Status(StatusArgs),
     /// Send a reading of a device's sensed variables: `VAR=VALUE`, where VALUE is `true`,

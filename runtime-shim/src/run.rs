@@ -18,7 +18,7 @@
 #![allow(clippy::print_stderr)]
 
 use crate::api::{self, Accepted, Changed, DeviceStatus, Request, StatusReport};
-use crate::enforcement::Enforcement;
+use crate::enforcement::{self, Crossing, Enforcement};
 use crate::engine::{Config, Effect, Engine, Input, InputError, Step};
 use crate::follow::{Followers, UmboxEvent};
 use crate::journal::{Delivery, Journal, JournalError};
@@ -347,6 +347,18 @@ impl Loop {
         }
     }
 
+    /// What the posture the verdict vouches for lets through: the one checked
+    /// (`intended`: the state's, or what failing closed installed). Nothing is claimed
+    /// for a device not enforced.
+    fn crossing(&self, device: usize, verdict: &Enforcement) -> Option<Crossing> {
+        let installed = match (verdict, self.intended(device)) {
+            (Enforcement::NotEnforced { .. }, _) => return None,
+            (_, Target::State(s)) => Some(s),
+            (_, Target::NoFlows) => None,
+        };
+        Some(enforcement::crossing(self.node.bundle(), device, installed))
+    }
+
     fn closed_name(&self, device: usize, closed: Closed) -> String {
         match closed {
             Closed::State(s) => self.state_names(device, s),
@@ -650,6 +662,7 @@ impl Loop {
             .map(|(i, (d, enforcement))| {
                 let state = self.engine.state(i).unwrap_or(0);
                 let last = changes.get(&d.name);
+                let crossing = self.crossing(i, &enforcement);
                 DeviceStatus {
                     name: d.name.clone(),
                     device_type: d.ty.clone(),
@@ -663,7 +676,10 @@ impl Loop {
                         .map(|c| c.name.clone())
                         .collect(),
                     enforcement,
+                    crosses: None,
+                    crossing: None,
                 }
+                .with_crossing(crossing)
             })
             .collect();
         let now = now_ms();
