@@ -326,6 +326,11 @@ pub enum Trigger {
     Quiet {
         after_ms: u64,
     },
+    /// `after T silent`: no reading from the device for `T` (counted from the later of
+    /// entering the state and the last reading).
+    Silent {
+        after_ms: u64,
+    },
     Operator {
         action: String,
     },

@@ -1266,6 +1266,20 @@ impl<'a> Cx<'a> {
                 .then_some(Trigger::Quiet {
                     after_ms: after.millis,
                 }),
+            ast::Trigger::Silent { after, span } => {
+                if vars.is_empty() {
+                    self.err(
+                        Diagnostic::error(codes::BAD_CONTEXT, "a device that senses nothing sends no readings")
+                            .primary(self.loc(source, *span), "it would always be silent")
+                            .help("declare what the device reports (`sensed NAME: TYPE`), or use `after T quiet` for a time without alerts"),
+                    );
+                    return None;
+                }
+                self.positive(source, "a silent time", after.millis, after.span)
+                    .then_some(Trigger::Silent {
+                        after_ms: after.millis,
+                    })
+            }
             ast::Trigger::Operator { action, .. } => {
                 if !OPERATOR_ACTIONS.contains(&action.name.as_str()) {
                     self.unknown(

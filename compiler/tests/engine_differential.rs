@@ -1,7 +1,7 @@
 //! Differential test of the verifier against the engine, the reference semantics
 //! (`docs/runtime.md`, "Semantics"). Small random policies (one site, two or three devices
 //! of one or two types; guards with every comparison, `and`/`or`/`not`, aggregates, held
-//! guards, alerts of the type and of a µmbox, quiet times, operator resets; site rules
+//! guards, alerts of the type and of a µmbox, quiet and silent times, operator resets; site rules
 //! that mix `dev in state`, values and clock windows and move devices, raise alerts or
 //! send commands; `never` and `reachable` assertions) are verified with Z3, built into a
 //! bundle and run through [`Engine`] on many random timed input sequences, with gaps that
@@ -220,6 +220,8 @@ enum Trig {
     /// `on A [count N within T]`.
     Alert(&'static str, Option<(u32, usize)>),
     Quiet(usize),
+    /// `after T silent`.
+    Silent(usize),
     Reset,
 }
 
@@ -238,6 +240,7 @@ impl Tr {
             Trig::Alert(a, None) => format!("on {a}"),
             Trig::Alert(a, Some((n, d))) => format!("on {a} count {n} within {}", DURATIONS[*d].1),
             Trig::Quiet(d) => format!("after {} quiet", DURATIONS[*d].1),
+            Trig::Silent(d) => format!("after {} silent", DURATIONS[*d].1),
             Trig::Reset => "on operator reset".into(),
         };
         format!("s{} -> s{} {trig}", self.from, self.to)
@@ -458,23 +461,30 @@ fn gen_type(rng: &mut Rng, name: String) -> Ty {
         if ty.uses_mon() || rng.pct(20) {
             alert_names.push("m0");
         }
-        let trig =
-            match rng.weighted(&[35, 15, if alert_names.is_empty() { 0 } else { 25 }, 12, 10]) {
-                0 => Trig::When(expr(rng, 2, &mut |r| leaf(r, &ty, None)), None),
-                1 => Trig::When(
-                    expr(rng, 2, &mut |r| leaf(r, &ty, None)),
-                    Some(rng.below_usize(DURATIONS.len())),
-                ),
-                2 => {
-                    let a = *rng.pick(&alert_names);
-                    let count = rng
-                        .pct(15)
-                        .then(|| (rng.range(1, 2) as u32, rng.below_usize(DURATIONS.len())));
-                    Trig::Alert(a, count)
-                }
-                3 => Trig::Quiet(rng.below_usize(DURATIONS.len())),
-                _ => Trig::Reset,
-            };
+        let trig = match rng.weighted(&[
+            35,
+            15,
+            if alert_names.is_empty() { 0 } else { 25 },
+            12,
+            8,
+            10,
+        ]) {
+            0 => Trig::When(expr(rng, 2, &mut |r| leaf(r, &ty, None)), None),
+            1 => Trig::When(
+                expr(rng, 2, &mut |r| leaf(r, &ty, None)),
+                Some(rng.below_usize(DURATIONS.len())),
+            ),
+            2 => {
+                let a = *rng.pick(&alert_names);
+                let count = rng
+                    .pct(15)
+                    .then(|| (rng.range(1, 2) as u32, rng.below_usize(DURATIONS.len())));
+                Trig::Alert(a, count)
+            }
+            3 => Trig::Quiet(rng.below_usize(DURATIONS.len())),
+            4 => Trig::Silent(rng.below_usize(DURATIONS.len())),
+            _ => Trig::Reset,
+        };
         ty.trs.push(Tr { from, to, trig });
     }
     ty
@@ -1002,6 +1012,7 @@ impl<'a> Checker<'a> {
                     | Cause::Reading { transition }
                     | Cause::Held { transition }
                     | Cause::Quiet { transition }
+                    | Cause::Silent { transition }
                     | Cause::Operator { transition, .. } => {
                         let t = &ty.trs[*transition];
                         assert_eq!((t.from, t.to), (*from, *to), "transition numbering");
@@ -1066,6 +1077,7 @@ fn show_cause(c: &Cause) -> String {
         Cause::Reading { .. } => "reading".into(),
         Cause::Held { .. } => "hold ran out".into(),
         Cause::Quiet { .. } => "quiet time ran out".into(),
+        Cause::Silent { .. } => "silent time ran out".into(),
         Cause::Operator { action, .. } => format!("operator {action}"),
         Cause::Rule { rule } => format!("rule {rule}"),
     }
@@ -1099,7 +1111,10 @@ fn gen_input(rng: &mut Rng, p: &Policy, e: &Engine) -> (u64, Input) {
     for ty in &p.types {
         for t in &ty.trs {
             match t.trig {
-                Trig::When(_, Some(d)) | Trig::Quiet(d) | Trig::Alert(_, Some((_, d))) => {
+                Trig::When(_, Some(d))
+                | Trig::Quiet(d)
+                | Trig::Silent(d)
+                | Trig::Alert(_, Some((_, d))) => {
                     durations.push(DURATIONS[d].0);
                 }
                 _ => {}

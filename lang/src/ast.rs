@@ -317,6 +317,8 @@ pub enum Trigger {
     },
     /// `after T quiet`.
     Quiet { after: Duration, span: Span },
+    /// `after T silent`: no reading from the device for `T`.
+    Silent { after: Duration, span: Span },
     /// `on operator ACTION`.
     Operator { action: Ident, span: Span },
 }
@@ -327,6 +329,7 @@ impl Trigger {
             Trigger::Alert { span, .. }
             | Trigger::When { span, .. }
             | Trigger::Quiet { span, .. }
+            | Trigger::Silent { span, .. }
             | Trigger::Operator { span, .. } => *span,
         }
     }

@@ -82,6 +82,8 @@ pub enum Token {
     After,
     #[token("quiet")]
     Quiet,
+    #[token("silent")]
+    Silent,
     #[token("operator")]
     Operator,
     #[token("site")]
@@ -325,6 +327,7 @@ impl Token {
             For => "for",
             After => "after",
             Quiet => "quiet",
+            Silent => "silent",
             Operator => "operator",
             Site => "site",
             Bridge => "bridge",

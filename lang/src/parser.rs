@@ -256,6 +256,7 @@ const SOFT_KEYWORDS: &[&str] = &[
     "env",
     "hosts",
     "quiet",
+    "silent",
     "secret",
     "pass",
     "drop",

@@ -582,7 +582,7 @@ fn check_type(at: &str, t: &DeviceType, errors: &mut Vec<BundleError>) {
             Trigger::When {
                 hold_ms: Some(h), ..
             } => *h == 0,
-            Trigger::Quiet { after_ms } => *after_ms == 0,
+            Trigger::Quiet { after_ms } | Trigger::Silent { after_ms } => *after_ms == 0,
             _ => false,
         };
         if zero {

@@ -142,6 +142,8 @@ pub enum Cause {
     Held { transition: usize },
     /// `after T quiet`.
     Quiet { transition: usize },
+    /// `after T silent`.
+    Silent { transition: usize },
     /// `on operator ACTION`.
     Operator { transition: usize, action: String },
     /// A rule's `dev -> state`.
@@ -653,6 +655,8 @@ struct DeviceRt {
     state: usize,
     entered_at: u64,
     last_alert: Option<u64>,
+    /// When the device last reported (any reading).
+    last_reading: Option<u64>,
     values: Vec<Option<Value>>,
     /// Per integer variable, its last readings (oldest first), as many as the longest
     /// window over it.
@@ -793,6 +797,7 @@ impl Engine {
                     state: t.map_or(0, |t| t.initial),
                     entered_at: start_ms,
                     last_alert: None,
+                    last_reading: None,
                     values: vec![None; d.window.len()],
                     history: vec![VecDeque::new(); d.window.len()],
                     alerts: BTreeMap::new(),
@@ -880,6 +885,9 @@ impl Engine {
                     }
                     Some(Trigger::Quiet { after_ms }) => {
                         consider(quiet_base(d).saturating_add(*after_ms));
+                    }
+                    Some(Trigger::Silent { after_ms }) => {
+                        consider(silent_base(d).saturating_add(*after_ms));
                     }
                     _ => {}
                 }
@@ -1195,27 +1203,34 @@ impl Engine {
             let Some(t) = self.site.ty(di) else { continue };
             // Due timers of this device; the shorter duration first (the verifier's
             // "the shorter fires first"), then declaration order.
-            let mut due: Vec<(u64, usize, bool)> = Vec::new();
+            let mut due: Vec<(u64, usize, Timer)> = Vec::new();
             for &ti in t.out.get(d.state).into_iter().flatten() {
                 match t.transitions.get(ti).map(|tr| &tr.trigger) {
                     Some(Trigger::When {
                         hold_ms: Some(h), ..
                     }) if d.holds.get(&ti).is_some_and(|s| s.saturating_add(*h) <= at) => {
-                        due.push((*h, ti, true));
+                        due.push((*h, ti, Timer::Held));
                     }
                     Some(Trigger::Quiet { after_ms })
                         if quiet_base(d).saturating_add(*after_ms) <= at =>
                     {
-                        due.push((*after_ms, ti, false));
+                        due.push((*after_ms, ti, Timer::Quiet));
+                    }
+                    Some(Trigger::Silent { after_ms })
+                        if silent_base(d).saturating_add(*after_ms) <= at =>
+                    {
+                        due.push((*after_ms, ti, Timer::Silent));
                     }
                     _ => {}
                 }
             }
-            if let Some(&(_, ti, held)) = due.iter().min() {
-                let cause = if held {
-                    Cause::Held { transition: ti }
-                } else {
-                    Cause::Quiet { transition: ti }
+            // The shorter first, then the one declared first (K201 rejects equal
+            // timers with different targets).
+            if let Some(&(_, ti, timer)) = due.iter().min_by_key(|(ms, ti, _)| (*ms, *ti)) {
+                let cause = match timer {
+                    Timer::Held => Cause::Held { transition: ti },
+                    Timer::Quiet => Cause::Quiet { transition: ti },
+                    Timer::Silent => Cause::Silent { transition: ti },
                 };
                 self.take(di, ti, cause, at, &mut m);
             }
@@ -1324,6 +1339,7 @@ impl Engine {
         let Some(d) = self.rt.devices.get_mut(di).map(Arc::make_mut) else {
             return;
         };
+        d.last_reading = Some(at);
         for &(vi, v) in values {
             if let Some(slot) = d.values.get_mut(vi) {
                 *slot = Some(v);
@@ -1493,6 +1509,21 @@ impl Engine {
 /// Quiet time counts from entering the state or the last alert, whichever is later.
 fn quiet_base(d: &DeviceRt) -> u64 {
     d.last_alert.map_or(d.entered_at, |a| a.max(d.entered_at))
+}
+
+/// Silent time counts from entering the state or the last reading, whichever is later. A
+/// device that never reported has been silent since it entered its state (since the
+/// engine started, in its initial state).
+fn silent_base(d: &DeviceRt) -> u64 {
+    d.last_reading.map_or(d.entered_at, |r| r.max(d.entered_at))
+}
+
+/// The timers that can move a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Held,
+    Quiet,
+    Silent,
 }
 
 fn describe_json(v: &serde_json::Value) -> String {

@@ -231,6 +231,8 @@ pub enum Trigger {
     When { guard: Expr, hold_ms: Option<u64> },
     /// `after T quiet`.
     Quiet { after_ms: u64 },
+    /// `after T silent`: no reading from the device for `T`.
+    Silent { after_ms: u64 },
     /// `on operator ACTION`.
     Operator { action: String },
 }
@@ -249,6 +251,7 @@ impl std::fmt::Display for Trigger {
                 hold_ms: Some(h), ..
             } => write!(f, "when ... for {}", duration(*h)),
             Trigger::Quiet { after_ms } => write!(f, "after {} quiet", duration(*after_ms)),
+            Trigger::Silent { after_ms } => write!(f, "after {} silent", duration(*after_ms)),
             Trigger::Operator { action } => write!(f, "on operator {action}"),
         }
     }

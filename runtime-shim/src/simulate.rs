@@ -170,6 +170,7 @@ fn cause_parts(bundle: &Bundle, engine: &Engine, device: usize, cause: &Cause) -
         Cause::Reading { transition }
         | Cause::Held { transition }
         | Cause::Quiet { transition }
+        | Cause::Silent { transition }
         | Cause::Operator { transition, .. } => (trigger(*transition), None, None, None),
         Cause::Rule { rule } => (None, None, None, rule_name(rule)),
     }

@@ -205,6 +205,7 @@ fn show(e: &Engine, steps: &[Step]) -> Vec<String> {
                         Cause::Reading { transition }
                         | Cause::Held { transition }
                         | Cause::Quiet { transition }
+                        | Cause::Silent { transition }
                         | Cause::Operator { transition, .. } => tr(transition),
                         Cause::Rule { rule } => format!("rule {}", e.rule_name(*rule)),
                     };

@@ -26,16 +26,57 @@ fn text(bytes: &[u8]) -> String {
 
 /// A directory holding the example's bundle as `bundle/` and a copy of its trace.
 fn office(name: &str) -> TempDir {
+    example(name, "examples/smart-office")
+}
+
+fn example(name: &str, path: &str) -> TempDir {
     let dir = TempDir::new(name);
     let bundle = TempDir::new(&format!("{name}-b"));
-    write_bundle(&compile_dir("examples/smart-office"), &bundle);
+    write_bundle(&compile_dir(path), &bundle);
     std::fs::rename(bundle.path(), dir.path().join("bundle")).unwrap();
     std::fs::copy(
-        repo_root().join("examples/smart-office/trace.jsonl"),
+        repo_root().join(path).join("trace.jsonl"),
         dir.path().join("trace.jsonl"),
     )
     .unwrap();
     dir
+}
+
+/// `examples/badge-door`: the badge reader stops reporting after its reading at 1 min;
+/// five minutes later (`after 5m silent`) it is `offline`, so the door opening at 7 min
+/// raises the lock's posture through the rule; the reader's next reading brings it back.
+/// Without the silence trigger the rule would wait forever for a reading.
+#[test]
+fn a_silent_reader_goes_offline_and_its_rule_escalates_the_lock() {
+    let dir = example("badge", "examples/badge-door");
+    let out = shim(dir.path(), &["simulate", "bundle", "trace.jsonl"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let timeline = text(&out.stdout);
+    let lines: Vec<&str> = timeline.lines().skip(1).map(str::trim_end).collect();
+    let expect = [
+        (
+            "360000  00:06:00",
+            "reader  normal -> offline  after 5m silent",
+        ),
+        (
+            "420000  00:07:00",
+            "lock    normal -> suspicious  rule door_unwatched",
+        ),
+        (
+            "480000  00:08:00",
+            "reader  offline -> normal  when granted or not granted",
+        ),
+    ];
+    for (at, what) in expect {
+        assert!(
+            lines.iter().any(|l| l.starts_with(at) && l.ends_with(what)),
+            "{at} {what}\n{timeline}"
+        );
+    }
+    assert!(
+        timeline.contains("end at 480000 ms: reader normal, lock suspicious"),
+        "{timeline}"
+    );
 }
 
 #[test]

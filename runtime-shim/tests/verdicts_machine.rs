@@ -106,6 +106,7 @@ fn show(e: &Engine, steps: &[Step]) -> Vec<String> {
                     | Cause::Reading { transition }
                     | Cause::Held { transition }
                     | Cause::Quiet { transition }
+                    | Cause::Silent { transition }
                     | Cause::Operator { transition, .. } => *transition,
                     Cause::Rule { .. } => panic!("no rules here"),
                 };

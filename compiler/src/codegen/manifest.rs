@@ -42,6 +42,9 @@ pub fn transition(t: &ir::Transition) -> m::Transition {
             ir::Trigger::Quiet { after_ms } => m::Trigger::Quiet {
                 after_ms: *after_ms,
             },
+            ir::Trigger::Silent { after_ms } => m::Trigger::Silent {
+                after_ms: *after_ms,
+            },
             ir::Trigger::Operator { action } => m::Trigger::Operator {
                 action: action.clone(),
             },

@@ -80,6 +80,7 @@ pub(crate) fn trigger_text(t: &Trigger) -> String {
             hold_ms: Some(h), ..
         } => format!("when ... for {}", ms(*h)),
         Trigger::Quiet { after_ms } => format!("after {} quiet", ms(*after_ms)),
+        Trigger::Silent { after_ms } => format!("after {} silent", ms(*after_ms)),
         Trigger::Operator { action } => format!("on operator {action}"),
     }
 }
@@ -351,15 +352,92 @@ fn pair(
                 guard,
                 hold_ms: Some(h),
             },
-        ) => quiet_and_hold(v, ty, (a, *q), (b, guard, *h), true, quiet_from_entry)
-            .then_some(Hidden::Second),
+        ) => quiet_and_hold(
+            v,
+            ty,
+            (a, *q),
+            (b, guard, *h),
+            true,
+            quiet_from_entry,
+            "no alert",
+        )
+        .then_some(Hidden::Second),
         (
             Trigger::When {
                 guard,
                 hold_ms: Some(h),
             },
             Trigger::Quiet { after_ms: q },
-        ) => quiet_and_hold(v, ty, (b, *q), (a, guard, *h), false, quiet_from_entry)
+        ) => quiet_and_hold(
+            v,
+            ty,
+            (b, *q),
+            (a, guard, *h),
+            false,
+            quiet_from_entry,
+            "no alert",
+        )
+        .then_some(Hidden::First),
+        // Silence counts from the later of entering the state and the last reading: of two,
+        // the shorter runs out first, and of equal ones the runtime takes the first declared.
+        (Trigger::Silent { after_ms: x }, Trigger::Silent { after_ms: y }) => {
+            if x == y && a.to != b.to {
+                v.push(nondeterminism(
+                    ty,
+                    a,
+                    b,
+                    format!("{} of silence", ms(*x)),
+                    json!({}),
+                ));
+                None
+            } else if x <= y {
+                v.push(shadowed(
+                    ty,
+                    b,
+                    a,
+                    "a shorter (or equal) silent time out of the same state fires first",
+                ));
+                Some(Hidden::Second)
+            } else {
+                v.push(shadowed(
+                    ty,
+                    a,
+                    b,
+                    "a shorter silent time out of the same state fires first",
+                ));
+                Some(Hidden::First)
+            }
+        }
+        // A reading postpones one, an alert the other: neither is always first, but equal
+        // ones run out together when neither comes.
+        (Trigger::Quiet { after_ms: q }, Trigger::Silent { after_ms: s })
+        | (Trigger::Silent { after_ms: s }, Trigger::Quiet { after_ms: q }) => {
+            if q == s && a.to != b.to {
+                v.push(nondeterminism(
+                    ty,
+                    a,
+                    b,
+                    format!("the instant {} after entering the state, with no alert and no reading since then", ms(*q)),
+                    json!({}),
+                ));
+            }
+            None
+        }
+        (
+            Trigger::Silent { after_ms: s },
+            Trigger::When {
+                guard,
+                hold_ms: Some(h),
+            },
+        ) => quiet_and_hold(v, ty, (a, *s), (b, guard, *h), true, false, "no reading")
+            .then_some(Hidden::Second),
+        (
+            Trigger::When {
+                guard,
+                hold_ms: Some(h),
+            },
+            Trigger::Silent { after_ms: s },
+        ) => quiet_and_hold(v, ty, (b, *s), (a, guard, *h), false, false, "no reading")
             .then_some(Hidden::First),
         (
             Trigger::When {
@@ -512,6 +590,7 @@ fn quiet_and_hold(
     held: (&Transition, &Expr, u64),
     quiet_first_declared: bool,
     quiet_from_entry: bool,
+    none_since: &str,
 ) -> bool {
     let ((qt, q), (ht, guard, h)) = (quiet, held);
     if q == h && qt.to != ht.to {
@@ -523,7 +602,7 @@ fn quiet_and_hold(
         {
             let values = voc.describe(&model);
             let event = format!(
-                "the instant {} after entering the state, with {} since then and no alert",
+                "the instant {} after entering the state, with {} since then and {none_since}",
                 ms(q),
                 inline(&values)
             );

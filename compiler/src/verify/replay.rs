@@ -339,6 +339,7 @@ fn is(part: &Part<'_>, mv: Move, device: usize, cause: &Cause) -> bool {
                     | Cause::Reading { transition }
                     | Cause::Held { transition }
                     | Cause::Quiet { transition }
+                    | Cause::Silent { transition }
                     | Cause::Operator { transition, .. } => *transition == index,
                     Cause::Rule { .. } => false,
                 }
@@ -508,10 +509,44 @@ fn concretize(
                             inputs.push((at.saturating_add(*h), Input::Tick));
                         }
                         candidates.extend(more);
+                        // A silent time out of the state that is not longer than the
+                        // hold runs out first unless the device keeps reporting: the
+                        // reading that starts the hold is repeated every half silent time.
+                        let silent = ty
+                            .transitions
+                            .iter()
+                            .filter(|o| o.from == t.from)
+                            .filter_map(|o| match o.trigger {
+                                Trigger::Silent { after_ms } => Some(after_ms),
+                                _ => None,
+                            })
+                            .min()
+                            .filter(|s| s <= h);
+                        if let Some(s) = silent {
+                            let every = (s / 2).max(1);
+                            for inputs in &mut candidates {
+                                let last = inputs.iter().rev().find_map(|(t, i)| match i {
+                                    Input::Reading { device: d, .. } if *d == dev.name => {
+                                        Some((*t, i.clone()))
+                                    }
+                                    _ => None,
+                                });
+                                if let Some((at, reading)) = last {
+                                    let mut t_ms = at + every;
+                                    while t_ms < at.saturating_add(*h) {
+                                        inputs.push((t_ms, reading.clone()));
+                                        t_ms += every;
+                                    }
+                                    // In time order; the hold's end stays after the
+                                    // readings of its instant.
+                                    inputs.sort_by_key(|(t, _)| *t);
+                                }
+                            }
+                        }
                     }
                     Ok(candidates)
                 }
-                Trigger::Quiet { after_ms } => {
+                Trigger::Quiet { after_ms } | Trigger::Silent { after_ms } => {
                     Ok(vec![vec![(now.saturating_add(*after_ms), Input::Tick)]])
                 }
                 Trigger::Operator { action } => Ok(vec![vec![(
