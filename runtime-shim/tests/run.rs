@@ -140,6 +140,9 @@ fn run_serves_events_fails_closed_and_resumes_from_the_journal() {
     });
     assert_eq!(env.state("d0"), "broken");
     assert_eq!(env.device("d0")["enforcement"]["installed"], "attack");
+    // What crosses is what `attack` (`drop`) lets through, not what `broken`'s chain
+    // (a µmbox that declares no contract: everything) would.
+    assert_eq!(env.device("d0")["crosses"], "nothing crosses");
     let status = env.client(&["status"]);
     assert_eq!(status.status.code(), Some(4), "failed closed: exit 4");
     assert!(stdout(&status).contains("d0: FAILED CLOSED (installed attack)"));
@@ -173,6 +176,7 @@ fn run_serves_events_fails_closed_and_resumes_from_the_journal() {
     );
     assert_eq!(env.state("d0"), "normal");
     assert_eq!(env.device("d0")["enforcement"]["verdict"], "enforced");
+    assert_eq!(env.device("d0")["crosses"], "everything crosses");
     assert_switch_holds(
         &bundle,
         &[
