@@ -2,7 +2,7 @@
 //! labelled with site, device and instance, followed on stdout for their readiness and
 //! alerts (JSON lines, `docs/umbox.md`). Every call has a deadline.
 
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
     RemoveContainerOptionsBuilder,
@@ -42,6 +42,8 @@ pub struct ContainerSpec {
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
+    /// Files of the node bind-mounted read-only into the container (its secrets).
+    pub secrets: Vec<crate::secrets::SecretFile>,
 }
 
 /// A container the engine knows, as far as the shim cares.
@@ -181,6 +183,21 @@ impl Engine {
                 // kernel sends router solicitations and MLD reports on them, which the
                 // switch forwards on to the device or the uplink (docs/umbox.md;
                 // found by runtime-shim/tests/e2e.rs).
+                // Secrets: bind mounts, read-only. A `mounts` entry rather than a
+                // `binds` string: a source that has gone missing since it was checked
+                // is an error, where `binds` would create an empty directory there.
+                mounts: (!spec.secrets.is_empty()).then(|| {
+                    spec.secrets
+                        .iter()
+                        .map(|s| Mount {
+                            target: Some(s.target.clone()),
+                            source: Some(s.source.to_string_lossy().into_owned()),
+                            typ: Some(MountType::BIND),
+                            read_only: Some(true),
+                            ..Mount::default()
+                        })
+                        .collect()
+                }),
                 sysctls: Some(HashMap::from([
                     (
                         "net.ipv6.conf.all.disable_ipv6".to_string(),

@@ -23,6 +23,7 @@ pub mod net;
 pub mod node;
 pub mod ovs;
 pub mod run;
+pub mod secrets;
 pub mod simulate;
 pub mod sink;
 pub mod trace;

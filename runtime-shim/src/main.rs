@@ -97,6 +97,12 @@ struct NodeArgs {
     /// How long a µmbox may take to report ready, in seconds.
     #[arg(long, default_value_t = 30, value_name = "S")]
     ready_timeout: u64,
+    /// Where the µmboxes' secrets are: secret NAME of device DEV is DIR/DEV/NAME if it
+    /// exists, else DIR/NAME; a regular file that group and others cannot read or write
+    /// (`chmod 600`). A µmbox whose secret is missing or exposed is not started, and its
+    /// device fails closed.
+    #[arg(long, default_value = kalki_shim::secrets::DEFAULT_DIR, value_name = "DIR")]
+    secrets_dir: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -415,6 +421,7 @@ fn node_config(args: &NodeArgs) -> NodeConfig {
         datapath: args.datapath.clone(),
         call_timeout: Duration::from_secs(args.call_timeout.max(1)),
         ready_timeout: Duration::from_secs(args.ready_timeout.max(1)),
+        secrets_dir: args.secrets_dir.clone(),
     }
 }
 

@@ -51,6 +51,8 @@ pub enum NodeError {
     Isolation(#[from] net::IsolationError),
     #[error("the node cannot be read: {0}")]
     Unreadable(String),
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +63,8 @@ pub struct NodeConfig {
     pub call_timeout: Duration,
     /// How long a µmbox may take to say it is ready.
     pub ready_timeout: Duration,
+    /// Where the node keeps the µmboxes' secrets (`DIR/DEVICE/NAME`, else `DIR/NAME`).
+    pub secrets_dir: std::path::PathBuf,
 }
 
 impl Default for NodeConfig {
@@ -69,6 +73,7 @@ impl Default for NodeConfig {
             datapath: "netdev".into(),
             call_timeout: Duration::from_secs(10),
             ready_timeout: Duration::from_secs(30),
+            secrets_dir: crate::secrets::DEFAULT_DIR.into(),
         }
     }
 }
@@ -499,8 +504,9 @@ impl Node {
         }
     }
 
-    /// What a container runs, as a digest: image, command, environment and interfaces
-    /// (names and port numbers). A running container with the same digest is up to
+    /// What a container runs, as a digest: image, command, environment, interfaces
+    /// (names and port numbers) and secrets (names and where they are mounted, never
+    /// their files or content). A running container with the same digest is up to
     /// date. Labels are left out on purpose: they carry the policy's digest, which changes
     /// with any edit of the policy, and a new bundle must restart only the µmboxes whose
     /// own definition changed.
@@ -513,7 +519,19 @@ impl Node {
             .iter()
             .map(|i| (i.name.as_str(), i.port_name.as_str(), i.ofport))
             .collect();
-        let spec = serde_json::json!([c.image, c.args, c.env, interfaces]);
+        let mut spec = serde_json::json!([c.image, c.args, c.env, interfaces]);
+        // Only when there are secrets: the digests of µmboxes without any stay what they
+        // were, and an upgraded shim restarts none of them.
+        if !c.secrets.is_empty() {
+            let secrets: Vec<(&str, &str)> = c
+                .secrets
+                .iter()
+                .map(|m| (m.name.as_str(), m.path.as_str()))
+                .collect();
+            if let Some(a) = spec.as_array_mut() {
+                a.push(serde_json::json!(secrets));
+            }
+        }
         crate::bundle::sha256_hex(spec.to_string().as_bytes())
     }
 
@@ -975,12 +993,15 @@ impl Node {
     }
 
     /// Starts the µmbox instance at `path` (replacing a container of the same name),
-    /// gives it its interfaces on the bridge and waits until it says it is ready. On
-    /// failure nothing of it is left behind.
+    /// with its secrets mounted read-only, gives it its interfaces on the bridge and
+    /// waits until it says it is ready. A secret that cannot be used
+    /// ([`crate::secrets::resolve`]) fails it before anything is touched. On failure
+    /// nothing of it is left behind.
     pub async fn start_instance(&self, path: &str) -> Result<(), NodeError> {
         let Some(c) = self.bundle.containers.get(path) else {
             return Ok(());
         };
+        let secrets = self.secrets_of(c)?;
         let links: Vec<Link> = c
             .interfaces
             .iter()
@@ -1014,6 +1035,7 @@ impl Node {
             args: c.args.clone(),
             env,
             labels,
+            secrets,
         };
         let result = async {
             // A port left by an instance that died (its interface is gone with its
@@ -1041,6 +1063,19 @@ impl Node {
             net::unplug(&links, self.cfg.call_timeout).await;
         }
         result
+    }
+
+    /// The node's files for a container's secrets, each checked
+    /// ([`crate::secrets::resolve`]).
+    pub fn secrets_of(
+        &self,
+        c: &Container,
+    ) -> Result<Vec<crate::secrets::SecretFile>, crate::secrets::SecretError> {
+        let device = c.labels.get("kalki.device").map_or("", String::as_str);
+        c.secrets
+            .iter()
+            .map(|m| crate::secrets::resolve(&self.cfg.secrets_dir, device, &m.name, &m.path))
+            .collect()
     }
 
     /// Stops a container of the site and removes its ports (`ports`: the host ends its
