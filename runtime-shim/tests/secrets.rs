@@ -8,6 +8,8 @@
 //!
 //! The policy is `tests/fixtures/secrets/site.kalki`; its µmbox is the busybox stand-in
 //! of the node tests, which reports ready only if its secret is there and read-only.
+//! A second test starts the real catalog `auth_proxy` (`kalki/umbox:0.1`,
+//! `tests/fixtures/secrets-proxy/site.kalki`) with its credentials.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -203,4 +205,102 @@ fn secrets_are_mounted_read_only_or_the_device_fails_closed() {
     let (code, out) = apply(&bundle, &journal, &secrets);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("nothing to change"), "{out}");
+}
+
+const PROXY_BRIDGE: &str = "kt-secp";
+const PROXY_LINKS: [&str; 2] = ["ksp-up", "ksp-d0"];
+const PROXY: &str = "kalki-secp-web-0-auth_proxy";
+const IMAGE: &str = "kalki/umbox:0.1";
+
+struct ProxyCleanup;
+
+impl ProxyCleanup {
+    fn now() {
+        sh(&format!(
+            "ovs-vsctl --timeout=10 --if-exists del-br {PROXY_BRIDGE}"
+        ));
+        sh("docker rm -f $(docker ps -aq --filter label=kalki.site=secp) 2>/dev/null");
+        for l in PROXY_LINKS {
+            sh(&format!("ip link del dev {l} 2>/dev/null"));
+        }
+    }
+}
+
+impl Drop for ProxyCleanup {
+    fn drop(&mut self) {
+        ProxyCleanup::now();
+    }
+}
+
+#[test]
+fn the_catalog_auth_proxy_runs_with_its_credentials_and_not_without() {
+    if !kalki_test_support::require(&[
+        kalki_test_support::ovs(),
+        kalki_test_support::docker(),
+        (
+            kalki_test_support::image_present(IMAGE),
+            "the image kalki/umbox:0.1 (make images)",
+        ),
+    ]) {
+        return;
+    }
+    ProxyCleanup::now();
+    let _cleanup = ProxyCleanup;
+    for l in PROXY_LINKS {
+        ok(&format!(
+            "ip link add {l} type veth peer name {l}p && ip link set dev {l} up"
+        ));
+    }
+    let tmp = TempDir::new("secrets-proxy");
+    let bundle = tmp.path().join("bundle");
+    common::compile_dir("runtime-shim/tests/fixtures/secrets-proxy")
+        .write_to(&bundle)
+        .unwrap();
+    let journal = tmp.path().join("journal.db");
+    let secrets = tmp.path().join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+
+    // Without its credentials the proxy is not started: `web` is dropped.
+    let (code, out) = apply(&bundle, &journal, &secrets);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("secret `credentials` of device `web` is missing"),
+        "{out}"
+    );
+    assert!(!is_running(PROXY));
+    assert_bridge_holds(
+        PROXY_BRIDGE,
+        &bundle,
+        &["flows/base.ofctl", "flows/web/attack.ofctl"],
+    );
+
+    // With them it reads them (it exits before its ready line otherwise) and runs.
+    let password = "pw-5e1f0c7a-not-in-any-log";
+    write_secret(
+        &secrets.join("credentials"),
+        &format!("operator:{password}\n"),
+        0o600,
+    );
+    let (code, out) = apply(&bundle, &journal, &secrets);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(is_running(PROXY), "{out}");
+    assert_bridge_holds(
+        PROXY_BRIDGE,
+        &bundle,
+        &["flows/base.ofctl", "flows/web/normal.ofctl"],
+    );
+    let inspect = ok(&format!("docker inspect {PROXY}"));
+    assert!(
+        inspect.contains("\"Destination\": \"/run/secrets/proxy-credentials\""),
+        "{inspect}"
+    );
+    let logs = sh(&format!("docker logs {PROXY}"));
+    for text in [
+        &out,
+        &inspect,
+        &String::from_utf8_lossy(&logs.stdout).into_owned(),
+        &String::from_utf8_lossy(&logs.stderr).into_owned(),
+    ] {
+        assert!(!text.contains(password), "{text}");
+    }
 }
