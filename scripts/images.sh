@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 
 TAG=kalki/umbox:0.1
 TARGET=x86_64-unknown-linux-gnu
-BIN=target/$TARGET/release/kalki-umbox
+BIN=${CARGO_TARGET_DIR:-target}/$TARGET/release/kalki-umbox
 
 die() {
     echo "images: $*" >&2

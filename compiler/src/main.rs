@@ -375,6 +375,22 @@ fn assertions_human(checked: &Checked, results: &[AssertionResult]) -> String {
             a.explored
         ));
         if matches!(a.status, Status::Proved) {
+            // A proved `reachable traffic`: what crosses, and where.
+            let reached = a.traffic.as_ref().filter(|t| {
+                t.get("what").is_some() && a.kind == kalki_compiler::ir::AssertKind::Reachable
+            });
+            if let Some(t) = reached {
+                let how = if t["openness"] == "authenticated" {
+                    " (with credentials)"
+                } else {
+                    ""
+                };
+                out.push_str(&format!(
+                    "          {} crosses in `{}`{how}\n",
+                    t["what"].as_str().unwrap_or("traffic"),
+                    t["state"].as_str().unwrap_or("?")
+                ));
+            }
             for (i, step) in a.trace.iter().enumerate().skip(1) {
                 out.push_str(&format!("          {i}. {}\n", step.event));
             }

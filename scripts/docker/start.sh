@@ -19,9 +19,10 @@ set -euo pipefail
 
 # shellcheck source=../lib/packages.sh
 source "$(dirname "$0")/../lib/packages.sh"
-# busybox-static is a test tool only: the shim's node tests build a stand-in µmbox image
-# from it (FROM scratch, one static binary); the shim itself does not need it.
-ensure_packages docker-start docker.io busybox-static
+# busybox-static and curl are test tools only: the shim's node tests build a stand-in
+# µmbox image from busybox (FROM scratch, one static binary), and the µmbox and contract
+# tests serve HTTP with its httpd and request it with curl; the shim itself needs neither.
+ensure_packages docker-start docker.io busybox-static curl
 
 SOCK=/var/run/docker.sock
 LOG=/var/log/kalki-dockerd.log
