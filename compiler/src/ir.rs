@@ -92,6 +92,21 @@ impl Model {
     pub fn device_type(&self, id: TypeId) -> &DeviceType {
         &self.device_types[id.index()]
     }
+
+    /// The contracts of a chain's inline µmboxes, device side first (taps stop nothing;
+    /// `pass` is none, `drop` one that drops all): what the verifier's K216, the graphs
+    /// and the bundle read.
+    pub fn chain_contracts(&self, chain: &Chain) -> Vec<Contract> {
+        match chain {
+            Chain::Pass => vec![],
+            Chain::Drop => vec![Contract::drop()],
+            Chain::Umboxes(entries) => entries
+                .iter()
+                .filter(|e| self.umbox(e.umbox).mode == UmboxMode::Inline)
+                .map(|e| self.umbox(e.umbox).contract(&e.args))
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

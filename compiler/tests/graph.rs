@@ -78,12 +78,14 @@ fn every_example_and_every_single_type_is_well_formed() {
 #[test]
 fn states_chains_and_rule_moves_are_drawn() {
     let dot = state_machines(&example("smart-office"), Some("Thermostat")).unwrap();
-    // Posture order: green to red, initial bold, `attack` entered only by the site's rules.
+    // Posture order: green to red, initial bold, `attack` entered only by the site's rules;
+    // under the chain, what it lets through (from the contracts, not from the colour).
     assert!(dot.contains(
-        r#""Thermostat.normal" [label="normal\n[sniffer, auth_proxy]", fillcolor="0.333 0.400 1.000", style="rounded,filled,bold""#
+        r#""Thermostat.normal" [label="normal\n[sniffer, auth_proxy]\nwith credentials only: tcp 80 from uplink; everything else crosses", fillcolor="0.333 0.400 1.000", style="rounded,filled,bold""#
     ));
-    assert!(dot
-        .contains(r#""Thermostat.attack" [label="attack\n[drop]", fillcolor="0.000 0.400 1.000""#));
+    assert!(dot.contains(
+        r#""Thermostat.attack" [label="attack\n[drop]\nnothing crosses", fillcolor="0.000 0.400 1.000""#
+    ));
     assert!(dot.contains(r#""Thermostat.suspicious" -> "Thermostat.attack" [label="rule isolate_main\nrule isolate_annex", style=dashed]"#));
     assert!(dot.contains(r#""Thermostat.suspicious" -> "Thermostat.normal" [label="after 10m quiet", constraint=false]"#));
     assert!(dot.contains(r#"when ... for 30s"#));

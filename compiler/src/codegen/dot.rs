@@ -9,6 +9,7 @@ use crate::diag::did_you_mean;
 use crate::ir::{Action, Chain, Model, StateId, TypeId};
 use crate::verify::pinned_state;
 use crate::verify::{trigger_text, types_to_check};
+use kalki_model::contract::{self, Contract};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
@@ -111,7 +112,16 @@ fn cluster(out: &mut String, model: &Model, id: TypeId, key: &str) {
         if s.is_final {
             extra.push_str(", peripheries=2");
         }
-        let label = format!("{}\n{}", s.name, chain_text(model, &s.chain));
+        // What the chain lets through, from its contracts: the colour is the posture's
+        // rank, this line is what it protects.
+        let contracts = model.chain_contracts(&s.chain);
+        let refs: Vec<&Contract> = contracts.iter().collect();
+        let label = format!(
+            "{}\n{}\n{}",
+            s.name,
+            chain_text(model, &s.chain),
+            contract::summary(&refs).line()
+        );
         let _ = writeln!(
             out,
             "        {} [label={}, fillcolor={}, style={}{extra}];",

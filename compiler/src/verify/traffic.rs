@@ -503,7 +503,7 @@ pub(super) fn monotone(v: &mut Verifier<'_>, id: TypeId) {
     let chains: Vec<Vec<Contract>> = ty
         .states
         .iter()
-        .map(|s| chain_contracts(v.policy, &s.chain))
+        .map(|s| v.policy.chain_contracts(&s.chain))
         .collect();
     let classes: Vec<Class> = chains
         .iter()
@@ -543,18 +543,5 @@ pub(super) fn monotone(v: &mut Verifier<'_>, id: TypeId) {
             ))
             .witness(json!({ "type": ty.name, "lower": ls.name, "higher": hs.name, "flow": cell.sample(), "cell": cell.to_string() })),
         );
-    }
-}
-
-/// The inline contracts of a chain, device side first (taps stop nothing).
-pub(crate) fn chain_contracts(model: &Model, chain: &crate::ir::Chain) -> Vec<Contract> {
-    match chain {
-        crate::ir::Chain::Pass => vec![],
-        crate::ir::Chain::Drop => vec![Contract::drop()],
-        crate::ir::Chain::Umboxes(entries) => entries
-            .iter()
-            .filter(|e| model.umbox(e.umbox).mode == kalki_model::manifest::UmboxMode::Inline)
-            .map(|e| model.umbox(e.umbox).contract(&e.args))
-            .collect(),
     }
 }
