@@ -58,6 +58,8 @@ struct Followed {
     flow: Option<Flow>,
     openness: Openness,
     hops: Vec<Hop>,
+    /// µmboxes on the way that declare no contract, taken to let everything through.
+    assumed: Vec<String>,
     /// How it ends: "reaches the device", "dropped by the switch", "answered by µmbox `x`".
     end: String,
 }
@@ -89,15 +91,21 @@ impl<'m> Plane<'m> {
         })
     }
 
-    /// The inline µmbox a port belongs to: its name, contract, and its other port.
-    fn inline_at(&self, device: usize, port: u32) -> Option<(String, Contract, u32)> {
+    /// The inline µmbox a port belongs to: its name, contract, its other port, and whether
+    /// it declares its contract.
+    fn inline_at(&self, device: usize, port: u32) -> Option<(String, Contract, u32, bool)> {
         self.ports.instances[device]
             .iter()
             .find_map(|inst| match inst.ports {
                 EntryPorts::Inline { a, b } if port == a || port == b => {
                     let u = self.model.umbox(inst.umbox);
                     let other = if port == a { b } else { a };
-                    Some((u.name.clone(), u.contract(&inst.args), other))
+                    Some((
+                        u.name.clone(),
+                        u.contract(&inst.args),
+                        other,
+                        u.contract.is_some(),
+                    ))
                 }
                 _ => None,
             })
@@ -132,6 +140,7 @@ impl<'m> Plane<'m> {
         };
         let mut hops = Vec::new();
         let mut authenticated = false;
+        let mut assumed: Vec<String> = Vec::new();
         // Each hop crosses one µmbox; a chain has fewer than this many.
         for _ in 0..=2 * self.ports.instances[device].len() + 1 {
             let run = dataplane::run(&installed, &p);
@@ -149,13 +158,14 @@ impl<'m> Plane<'m> {
                 };
                 return Followed {
                     flow,
+                    assumed: assumed.clone(),
                     openness,
                     hops,
                     end: "crosses".into(),
                 };
             }
             let next = run.outputs.iter().find_map(|&o| self.inline_at(device, o));
-            let Some((name, c, other)) = next else {
+            let Some((name, c, other, declared)) = next else {
                 hops.push(hop);
                 let end = if run.normal {
                     "handed to NORMAL switching, which never delivers to a managed port"
@@ -164,6 +174,7 @@ impl<'m> Plane<'m> {
                 };
                 return Followed {
                     flow,
+                    assumed: assumed.clone(),
                     openness: Openness::Closed,
                     hops,
                     end: end.into(),
@@ -171,6 +182,9 @@ impl<'m> Plane<'m> {
             };
             // ARP is not the contract's business: assume the µmbox lets it through.
             let t = flow.map_or(Treatment::Pass, |f| c.treat(&f));
+            if !declared && flow.is_some() && !assumed.contains(&name) {
+                assumed.push(name.clone());
+            }
             hop.umbox = Some((name.clone(), t));
             hops.push(hop);
             match t {
@@ -184,6 +198,7 @@ impl<'m> Plane<'m> {
                     };
                     return Followed {
                         flow,
+                        assumed: assumed.clone(),
                         openness: Openness::Closed,
                         hops,
                         end,
@@ -194,6 +209,7 @@ impl<'m> Plane<'m> {
         }
         Followed {
             flow,
+            assumed: assumed.clone(),
             openness: Openness::Closed,
             hops,
             end: "loops in the switch".into(),
@@ -280,7 +296,15 @@ fn crossing(
     }
     out.retain(|f| f.openness > Openness::Closed);
     // Open before authenticated; IPv4 before ARP; then by flow.
-    out.sort_by_key(|f| (std::cmp::Reverse(f.openness), f.flow.is_none(), f.flow));
+    // Through declared contracts first, open before authenticated, IPv4 before ARP.
+    out.sort_by_key(|f| {
+        (
+            !f.assumed.is_empty(),
+            std::cmp::Reverse(f.openness),
+            f.flow.is_none(),
+            f.flow,
+        )
+    });
     out
 }
 
@@ -346,11 +370,18 @@ fn check_one(
     };
     // The states in which the traffic crosses, each with its most open flow.
     let mut open: Vec<(StateId, Followed)> = Vec::new();
+    // For `reachable`, a crossing only through µmboxes that declare no contract proves
+    // nothing: they may drop it. Those states are set aside.
+    let mut undeclared: Vec<(StateId, Followed)> = Vec::new();
     for &s in &states {
         if let Some(f) = crossing(plane, di, s, &a.class, a.dir.starters())
             .into_iter()
             .next()
         {
+            if a.kind == AssertKind::Reachable && !f.assumed.is_empty() {
+                undeclared.push((s, f));
+                continue;
+            }
             open.push((s, f));
         }
     }
@@ -370,6 +401,29 @@ fn check_one(
         .iter()
         .map(|s| format!("`{}`", state_name(*s)))
         .collect();
+    if open.is_empty() && !undeclared.is_empty() {
+        let (s, f) = &undeclared[0];
+        let names = f
+            .assumed
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        v.push(
+            Diagnostic::error(
+                codes::INCONCLUSIVE,
+                format!("traffic assertion could not be decided: {names} declares no traffic contract"),
+            )
+            .primary(a.loc, "neither proved nor refuted")
+            .secondary(ty.states[s.index()].chain_loc, "its only way through")
+            .help("a µmbox without a `traffic { ... }` block may drop anything: declare what it does (docs/language.md §4.1)")
+            .witness(json!({ "assertion": "reachable", "reason": "no contract", "umboxes": f.assumed })),
+        );
+        return base(
+            Status::Unknown(format!("{names} declares no traffic contract")),
+            None,
+        );
+    }
     if open.is_empty() {
         // Nothing of the class crosses in any listed state: a `never` holds outright.
         let r = base(
@@ -421,6 +475,7 @@ fn check_one(
         "openness": match f.openness { Openness::Open => "open", Openness::Authenticated => "authenticated", Openness::Closed => "closed" },
         "hops": f.hops.iter().map(hop_json).collect::<Vec<_>>(),
         "end": f.end,
+        "assumed": f.assumed,
         "crosses_in": open.iter().map(|(s, _)| state_name(*s)).collect::<Vec<_>>(),
     });
     r.traffic = Some(traffic.clone());
@@ -434,6 +489,18 @@ fn check_one(
     };
     let steps: Vec<String> = r.trace.iter().map(|s| s.event.clone()).collect();
     let first_trace = f.hops.first().map(|h| h.trace.clone()).unwrap_or_default();
+    let assumed = if f.assumed.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} declares no traffic contract and is taken to let everything through",
+            f.assumed
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
     let creds = if f.openness == Openness::Authenticated {
         " (with valid credentials)"
     } else {
@@ -454,7 +521,7 @@ fn check_one(
                 .primary(a.loc, format!("crosses in {}", open.iter().map(|(s, _)| format!("`{}`", state_name(*s))).collect::<Vec<_>>().join(", ")))
                 .secondary(chain_loc, "this chain lets it through")
                 .help(format!(
-                    "{}; on the bridge: ovs-appctl ofproto/trace {} {first_trace}",
+                    "{}{assumed}; on the bridge: ovs-appctl ofproto/trace {} {first_trace}",
                     if steps.is_empty() { "the state is reachable".to_string() } else { format!("the run: {}", steps.join("; then ")) },
                     site.bridge
                 ))
