@@ -424,6 +424,11 @@ pub struct Device {
 #[derive(Debug, Clone, Serialize)]
 pub struct Rule {
     pub name: String,
+    /// `rule ... on COND`: fires only when the condition becomes true (see
+    /// `docs/language.md`, §7.3); the verifier treats it as a `when` rule wherever that
+    /// over-approximates soundly.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub edge: bool,
     pub cond: Expr,
     pub actions: Vec<Action>,
     pub loc: Loc,
@@ -447,14 +452,42 @@ pub enum Action {
         alert: String,
         loc: Loc,
     },
+    /// `escalate dev to state`: a move to `state` only from a less restrictive state (a
+    /// lower index); in `state` or above it changes nothing.
+    Escalate {
+        device: DeviceId,
+        state: StateId,
+        loc: Loc,
+    },
 }
 
 impl Action {
+    /// The move this action makes: `(device, target, escalate)` for a `dev -> state` or
+    /// an `escalate dev to state`.
+    pub fn moves(&self) -> Option<(DeviceId, StateId, bool)> {
+        match self {
+            Action::Goto { device, state, .. } => Some((*device, *state, false)),
+            Action::Escalate { device, state, .. } => Some((*device, *state, true)),
+            Action::Command { .. } | Action::Raise { .. } => None,
+        }
+    }
+
+    /// The device the action acts on.
+    pub fn device(&self) -> DeviceId {
+        match self {
+            Action::Goto { device, .. }
+            | Action::Command { device, .. }
+            | Action::Raise { device, .. }
+            | Action::Escalate { device, .. } => *device,
+        }
+    }
+
     pub fn loc(&self) -> Loc {
         match self {
-            Action::Goto { loc, .. } | Action::Command { loc, .. } | Action::Raise { loc, .. } => {
-                *loc
-            }
+            Action::Goto { loc, .. }
+            | Action::Command { loc, .. }
+            | Action::Raise { loc, .. }
+            | Action::Escalate { loc, .. } => *loc,
         }
     }
 }

@@ -1970,6 +1970,7 @@ impl<'a> Cx<'a> {
                     if let (Some(cond), true) = (cond, ok) {
                         out.rules.push(Rule {
                             name: r.name.name.clone(),
+                            edge: r.edge,
                             cond,
                             actions,
                             loc: rl,
@@ -2125,7 +2126,8 @@ impl<'a> Cx<'a> {
     ) -> Option<Action> {
         let loc = self.loc(source, a.span());
         match a {
-            ast::Action::Goto { device, state, .. } => {
+            ast::Action::Goto { device, state, .. }
+            | ast::Action::Escalate { device, state, .. } => {
                 let (d, ty) = self.site_device(source, site, device)?;
                 let states: Vec<String> = self
                     .model
@@ -2145,10 +2147,18 @@ impl<'a> Cx<'a> {
                     );
                     return None;
                 };
-                Some(Action::Goto {
-                    device: d,
-                    state: StateId::from_index(i),
-                    loc,
+                let state = StateId::from_index(i);
+                Some(match a {
+                    ast::Action::Escalate { .. } => Action::Escalate {
+                        device: d,
+                        state,
+                        loc,
+                    },
+                    _ => Action::Goto {
+                        device: d,
+                        state,
+                        loc,
+                    },
                 })
             }
             ast::Action::Command {
@@ -2213,7 +2223,8 @@ fn action_device(a: &ast::Action) -> &Ident {
     match a {
         ast::Action::Goto { device, .. }
         | ast::Action::Command { device, .. }
-        | ast::Action::Raise { device, .. } => device,
+        | ast::Action::Raise { device, .. }
+        | ast::Action::Escalate { device, .. } => device,
     }
 }
 

@@ -230,6 +230,7 @@ const VOCAB: &[&str] = &[
     "rule",
     "then",
     "raise",
+    "escalate",
     "assert",
     "reachable",
     "never",

@@ -403,10 +403,13 @@ pub struct DeviceDecl {
     pub span: Span,
 }
 
-/// `rule NAME when COND then ACTION, ...`.
+/// `rule NAME when COND then ACTION, ...`, or `rule NAME on COND then ...`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Rule {
     pub name: Ident,
+    /// `on`: the rule fires only when its condition becomes true (an edge), not whenever
+    /// it is evaluated and holds (`when`, a level).
+    pub edge: bool,
     pub cond: Expr,
     pub actions: Vec<Action>,
     pub span: Span,
@@ -432,6 +435,12 @@ pub enum Action {
         device: Ident,
         span: Span,
     },
+    /// `escalate dev to state`: a move only up the posture order, never down.
+    Escalate {
+        device: Ident,
+        state: Ident,
+        span: Span,
+    },
 }
 
 impl Action {
@@ -439,7 +448,8 @@ impl Action {
         match self {
             Action::Goto { span, .. }
             | Action::Command { span, .. }
-            | Action::Raise { span, .. } => *span,
+            | Action::Raise { span, .. }
+            | Action::Escalate { span, .. } => *span,
         }
     }
 }

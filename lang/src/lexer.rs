@@ -110,6 +110,8 @@ pub enum Token {
     Then,
     #[token("raise")]
     Raise,
+    #[token("escalate")]
+    Escalate,
     #[token("assert")]
     Assert,
     #[token("reachable")]
@@ -341,6 +343,7 @@ impl Token {
             Rule => "rule",
             Then => "then",
             Raise => "raise",
+            Escalate => "escalate",
             Assert => "assert",
             Reachable => "reachable",
             Never => "never",

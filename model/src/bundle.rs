@@ -486,7 +486,9 @@ fn check_manifest(
         }
         for a in &r.actions {
             let (device, what) = match a {
-                Action::Goto { device, state } => (*device, Some(("state", *state))),
+                Action::Goto { device, state } | Action::Escalate { device, state } => {
+                    (*device, Some(("state", *state)))
+                }
                 Action::Command { device, .. } | Action::Raise { device, .. } => (*device, None),
             };
             let Some(t) = types

@@ -380,6 +380,8 @@ struct DeviceInfo {
 #[derive(Debug, Clone)]
 struct RuleInfo {
     name: String,
+    /// `on`: fires only when the condition becomes true.
+    edge: bool,
     cond: Expr,
     actions: Vec<Action>,
     /// Minutes of the day where one of its clock windows starts or ends.
@@ -578,6 +580,7 @@ impl Site {
             }
             rules.push(RuleInfo {
                 name: r.name.clone(),
+                edge: r.edge,
                 cond: r.cond.clone(),
                 actions: r.actions.clone(),
                 boundaries: clock_boundaries(&r.cond).collect(),
@@ -674,6 +677,9 @@ struct Rt {
     /// Shared between copies until one changes (`Arc::make_mut`): a look ahead, or the
     /// verifier's replay trying inputs on a copy, costs one pointer per device.
     devices: Vec<Arc<DeviceRt>>,
+    /// Per rule, whether its condition held at its last evaluation (false before the
+    /// first): an `on` rule fires only when it goes from not holding to holding.
+    held: Vec<bool>,
 }
 
 /// An input after validation: indices, typed values.
@@ -805,12 +811,14 @@ impl Engine {
                 })
             })
             .collect();
+        let rules = site.rules.len();
         Engine {
             site,
             rt: Rt {
                 now: start_ms,
                 day_offset_ms: config.day_offset_ms % DAY_MS,
                 devices,
+                held: vec![false; rules],
             },
         }
     }
@@ -1466,8 +1474,16 @@ impl Engine {
             let Some(rule) = self.site.rules.get(r) else {
                 continue;
             };
-            let cond = rule.cond.clone();
-            if !self.holds(&cond, None, m) {
+            let (cond, edge) = (rule.cond.clone(), rule.edge);
+            let holds = self.holds(&cond, None, m);
+            let before = self
+                .rt
+                .held
+                .get_mut(r)
+                .map_or(false, |h| std::mem::replace(h, holds));
+            // A `when` rule fires whenever it holds; an `on` rule only when it has just
+            // become true.
+            if !holds || (edge && before) {
                 continue;
             }
             if let Some(f) = m.fired.get_mut(r) {
@@ -1480,6 +1496,14 @@ impl Engine {
                     Action::Goto { device, state } => {
                         let (di, to) = (device as usize, state as usize);
                         if self.state(di).is_some_and(|s| s != to) {
+                            self.enter(di, to, Cause::Rule { rule: r }, at, m);
+                        }
+                    }
+                    // Only up the posture order (states in declaration order, least
+                    // restrictive first): in `to` or above it, nothing happens.
+                    Action::Escalate { device, state } => {
+                        let (di, to) = (device as usize, state as usize);
+                        if self.state(di).is_some_and(|s| s < to) {
                             self.enter(di, to, Cause::Rule { rule: r }, at, m);
                         }
                     }

@@ -318,6 +318,10 @@ pub enum Builtin {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct Rule {
     pub name: String,
+    /// `rule ... on COND`: fires only when its condition becomes true, at an evaluation
+    /// where it holds after one where it did not (or none). Absent: a `when` rule.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub edge: bool,
     pub cond: Expr,
     /// Applied in order when the rule fires.
     pub actions: Vec<Action>,
@@ -332,6 +336,9 @@ pub enum Action {
     Command { device: u32, command: String },
     /// `raise ALERT on dev`.
     Raise { device: u32, alert: String },
+    /// `escalate dev to state`: moves the device only if its current state is less
+    /// restrictive (a lower index); never lowers it.
+    Escalate { device: u32, state: u32 },
 }
 
 /// A typed expression. Enum values are member indices.

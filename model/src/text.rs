@@ -2,7 +2,9 @@
 //! indices (`temperature > 35`, `hall_cam in normal and not lobby_light.on`) and
 //! transitions' triggers with their guards.
 
-use crate::manifest::{AggFunc, ArithOp, CmpOp, Expr, ExprKind, Manifest, Trigger, Ty, VarRef};
+use crate::manifest::{
+    Action, AggFunc, ArithOp, CmpOp, Expr, ExprKind, Manifest, Trigger, Ty, VarRef,
+};
 
 /// Names for the indices of one manifest. `this_type` is the device type whose guard is
 /// printed (its variables appear bare); `None` in rules.
@@ -56,6 +58,31 @@ impl Names<'_> {
                 format!("when {}{hold}", self.expr(guard))
             }
             other => other.to_string(),
+        }
+    }
+
+    /// A rule's action as written: `cam -> attack`, `escalate cam to attack`,
+    /// `light.turn_on`, `raise overheat on thermo`.
+    pub fn action(&self, a: &Action) -> String {
+        match a {
+            Action::Goto { device, state } => {
+                format!(
+                    "{} -> {}",
+                    self.device(*device),
+                    self.state(*device, *state)
+                )
+            }
+            Action::Escalate { device, state } => format!(
+                "escalate {} to {}",
+                self.device(*device),
+                self.state(*device, *state)
+            ),
+            Action::Command { device, command } => {
+                format!("{}.{command}", self.device(*device))
+            }
+            Action::Raise { device, alert } => {
+                format!("raise {alert} on {}", self.device(*device))
+            }
         }
     }
 

@@ -950,3 +950,91 @@ fn the_api_checker_leaves_time_and_state_to_the_main_loop() {
         Ok(())
     );
 }
+
+/// Flapping: a rule that escalates never lowers, and a rule `on` a condition fires once
+/// per rising edge of it, however many readings keep it true.
+const FLAP: &str = r#"
+device type Cam {
+    alerts scan, breach
+    states normal < suspicious < attack
+    initial normal
+    normal     { chain [pass] }
+    suspicious { chain [pass] }
+    attack     { chain [drop] }
+    normal     -> suspicious on scan
+    suspicious -> attack     on breach
+    suspicious -> normal     after 10m quiet
+    attack     -> normal     on operator reset
+}
+
+device type Door {
+    sensed open: bool
+    states normal
+    initial normal
+    normal { chain [pass] }
+}
+
+site s {
+    bridge "br0" uplink "eth0"
+    device c: Cam at 10.0.0.1 port "p1"
+    device e: Cam at 10.0.0.2 port "p2"
+    device door: Door at 10.0.0.3 port "p3" trusted
+
+    rule raise_c when door.open then escalate c to suspicious
+    rule edge_e on door.open then e -> attack
+}
+"#;
+
+fn flap() -> Engine {
+    static B: OnceLock<Bundle> = OnceLock::new();
+    engine_at(B.get_or_init(|| shim_bundle(FLAP)), 12, 0)
+}
+
+#[test]
+fn escalate_raises_a_device_and_never_lowers_it() {
+    let mut e = flap();
+    let open = || reading("door", json!({ "open": true }));
+    let shown = step(&mut e, 1000, open());
+    assert!(
+        shown.contains(&"1000 c: normal -> suspicious (rule raise_c)".to_string()),
+        "{shown:?}"
+    );
+    // In its target already: nothing.
+    assert!(!step(&mut e, 2000, open())
+        .iter()
+        .any(|s| s.contains(" c: ")));
+    // Above its target: nothing either, where `c -> suspicious` would lower it.
+    step(&mut e, 3000, alert("c", "breach"));
+    assert_eq!(state(&e, "c"), "attack");
+    assert!(!step(&mut e, 4000, open())
+        .iter()
+        .any(|s| s.contains(" c: ")));
+    assert_eq!(state(&e, "c"), "attack");
+    // Lowered by the operator, the level rule raises it again on the next reading.
+    step(&mut e, 5000, reset("c"));
+    assert_eq!(state(&e, "c"), "normal");
+    assert!(step(&mut e, 6000, open())
+        .contains(&"6000 c: normal -> suspicious (rule raise_c)".to_string()));
+}
+
+#[test]
+fn an_on_rule_fires_once_per_rising_edge() {
+    let mut e = flap();
+    let door = |open: bool| reading("door", json!({ "open": open }));
+    let moved_e = |shown: &[String]| shown.iter().filter(|s| s.contains("rule edge_e")).count();
+    assert_eq!(
+        moved_e(&step(&mut e, 1000, door(true))),
+        1,
+        "the first time it holds"
+    );
+    assert_eq!(state(&e, "e"), "attack");
+    step(&mut e, 2000, reset("e"));
+    assert_eq!(state(&e, "e"), "normal");
+    // Still open: no new edge, the reset stands.
+    assert_eq!(moved_e(&step(&mut e, 3000, door(true))), 0);
+    assert_eq!(state(&e, "e"), "normal");
+    // Closed, then open again: a new edge.
+    assert_eq!(moved_e(&step(&mut e, 4000, door(false))), 0);
+    assert_eq!(moved_e(&step(&mut e, 5000, door(true))), 1);
+    assert_eq!(state(&e, "e"), "attack");
+}

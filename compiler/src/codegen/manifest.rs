@@ -55,6 +55,7 @@ pub fn transition(t: &ir::Transition) -> m::Transition {
 pub fn rule(r: &ir::Rule) -> m::Rule {
     m::Rule {
         name: r.name.clone(),
+        edge: r.edge,
         cond: expr(&r.cond),
         actions: r
             .actions
@@ -73,6 +74,10 @@ pub fn rule(r: &ir::Rule) -> m::Rule {
                 ir::Action::Raise { device, alert, .. } => m::Action::Raise {
                     device: device.0,
                     alert: alert.clone(),
+                },
+                ir::Action::Escalate { device, state, .. } => m::Action::Escalate {
+                    device: device.0,
+                    state: state.0,
                 },
             })
             .collect(),

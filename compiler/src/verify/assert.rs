@@ -110,7 +110,9 @@ struct Node {
 /// Whether a rule moves a device of the cone or raises an alert on one.
 fn acts_on(r: &Rule, in_cone: impl Fn(&DeviceId) -> bool) -> bool {
     r.actions.iter().any(|x| match x {
-        Action::Goto { device, .. } | Action::Raise { device, .. } => in_cone(device),
+        Action::Goto { device, .. }
+        | Action::Escalate { device, .. }
+        | Action::Raise { device, .. } => in_cone(device),
         Action::Command { .. } => false,
     })
 }
@@ -141,16 +143,16 @@ fn rule_outcomes(
     let gotos = r
         .actions
         .iter()
-        .filter(|x| matches!(x, Action::Goto { .. }));
+        .filter(|x| matches!(x, Action::Goto { .. } | Action::Escalate { .. }));
     let raises = r
         .actions
         .iter()
         .filter(|x| matches!(x, Action::Raise { .. }));
     for x in gotos.chain(raises) {
         let Some(p) = (match x {
-            Action::Goto { device, .. } | Action::Raise { device, .. } => {
-                coi.iter().position(|d| d == device)
-            }
+            Action::Goto { device, .. }
+            | Action::Escalate { device, .. }
+            | Action::Raise { device, .. } => coi.iter().position(|d| d == device),
             Action::Command { .. } => None,
         }) else {
             continue;
@@ -163,6 +165,16 @@ fn rule_outcomes(
                     now[p] = state.0;
                     sets.push((p, state.0, false));
                     what.push(name(p, state.0));
+                    next.push((now, sets, what));
+                }
+                // A conditional move: only from a less restrictive state.
+                Action::Escalate { state, .. } => {
+                    let (mut now, mut sets, mut what) = (now, sets, what);
+                    if now[p] < state.0 {
+                        now[p] = state.0;
+                        sets.push((p, state.0, false));
+                        what.push(name(p, state.0));
+                    }
                     next.push((now, sets, what));
                 }
                 Action::Raise { alert, .. } => {

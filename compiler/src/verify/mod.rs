@@ -46,6 +46,7 @@ pub mod codes {
     pub const INCONCLUSIVE: &str = "K213";
     pub const TRAFFIC: &str = "K215";
     pub const NOT_MONOTONE: &str = "K216";
+    pub const RULE_UNDOES: &str = "K217";
 
     pub const ALL: &[(&str, &str)] = &[
         (NONDETERMINISM, "nondeterministic transitions"),
@@ -65,6 +66,10 @@ pub mod codes {
         (
             NOT_MONOTONE,
             "a more restrictive state lets through what a less restrictive one stops",
+        ),
+        (
+            RULE_UNDOES,
+            "a rule can undo a lowering transition it races with",
         ),
     ];
 }
@@ -164,6 +169,7 @@ pub fn verify(model: &Model, solver: &dyn Solver, opts: &Options) -> Verified {
     for (s, live) in model.sites.iter().zip(&live_rules) {
         site::conflicts(&mut v, s, live);
         site::integrity(&mut v, s, live);
+        site::undoes(&mut v, s, live);
         assertions.extend(assert::check(&mut v, s, live));
         assertions.extend(traffic::check(&mut v, s, live));
     }

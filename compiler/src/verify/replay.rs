@@ -86,6 +86,7 @@ impl<'s> Part<'s> {
                 // Actions on devices outside the part change nothing in it.
                 r.actions.retain_mut(|a| match a {
                     m::Action::Goto { device, .. }
+                    | m::Action::Escalate { device, .. }
                     | m::Action::Raise { device, .. }
                     | m::Action::Command { device, .. } => match at(*device) {
                         Some(p) => {
@@ -355,12 +356,14 @@ fn done(part: &Part<'_>, engine: &Engine, mv: Move) -> bool {
     match mv {
         Move::Transition { .. } => false,
         Move::Rule { index } => site.rules.get(index).is_some_and(|r| {
-            let mut moves = r.actions.iter().filter_map(|a| match a {
-                Action::Goto { device, state, .. } => Some((device, state)),
-                _ => None,
-            });
+            let mut moves = r.actions.iter().filter_map(Action::moves);
+            // An escalation is where it leads in its target or above.
             !r.actions.iter().any(|a| matches!(a, Action::Raise { .. }))
-                && moves.all(|(d, s)| engine.state(part.at(*d)) == Some(s.index()))
+                && moves.all(|(d, s, up)| {
+                    engine
+                        .state(part.at(d))
+                        .is_some_and(|now| now == s.index() || (up && now > s.index()))
+                })
         }),
     }
 }

@@ -91,21 +91,24 @@ enum Meet<'r> {
     InTurn(&'r Rule, &'r Rule),
 }
 
-/// Whether rules `a` and `b` can both fire on one change, with values.
+/// Whether rules `a` and `b` can both fire on one change and move `d`, with values.
 fn rules_meet<'r>(
     v: &mut Verifier<'_>,
     site: &Site,
+    d: DeviceId,
     a: &'r Rule,
     b: &'r Rule,
 ) -> Option<(Meet<'r>, serde_json::Value)> {
-    let mut cases = vec![(Meet::Together, a.cond.clone(), b.cond.clone())];
+    // An escalation moves `d` only from below its target.
+    let (ca, cb) = (moves_when(a, d), moves_when(b, d));
+    let mut cases = vec![(Meet::Together, ca.clone(), cb.clone())];
     // In turn differs from together only when one reads the state of a device the other
     // moves: otherwise the first's moves leave the second's condition as it was.
-    if moved_reads(&b.cond, a) {
-        cases.push((Meet::InTurn(a, b), a.cond.clone(), after_moves(&b.cond, a)));
+    if moved_reads(&cb, a) {
+        cases.push((Meet::InTurn(a, b), ca.clone(), after_moves(&cb, a)));
     }
-    if moved_reads(&a.cond, b) {
-        cases.push((Meet::InTurn(b, a), b.cond.clone(), after_moves(&a.cond, b)));
+    if moved_reads(&ca, b) {
+        cases.push((Meet::InTurn(b, a), cb, after_moves(&ca, b)));
     }
     // One query for them all; its model says which of them it met, in this order.
     let mut voc = Vocab::for_site(v.policy, site);
@@ -139,8 +142,48 @@ fn moved_reads(cond: &Expr, r: &Rule) -> bool {
 /// `cond` as read after rule `r`'s moves: each `dev in s` of a device the rule moves is
 /// decided by where it moved it.
 fn after_moves(cond: &Expr, r: &Rule) -> Expr {
-    let moves: Vec<(DeviceId, StateId)> = gotos(r).map(|(d, s, _)| (d, s)).collect();
-    after(cond, &moves)
+    // Per device: where its moves leave it, in order. A `->` sets the state; an
+    // `escalate` raises a known state to at least its target, or, from an unknown one,
+    // leaves it at least there.
+    let mut end: BTreeMap<DeviceId, Left> = BTreeMap::new();
+    for (d, to, up) in r.actions.iter().filter_map(Action::moves) {
+        let now = end.get(&d).copied();
+        let next = match (up, now) {
+            (false, _) => Left::At(to),
+            (true, Some(Left::At(s))) => Left::At(s.max(to)),
+            (true, Some(Left::AtLeast(s))) => Left::AtLeast(s.max(to)),
+            (true, None) => Left::AtLeast(to),
+        };
+        end.insert(d, next);
+    }
+    let mut out = cond.clone();
+    out.rewrite(&mut |e: &mut Expr| {
+        if let ExprKind::InState { device, state } = e.kind {
+            match end.get(&device) {
+                Some(Left::At(to)) => {
+                    e.kind = ExprKind::Bool {
+                        value: *to == state,
+                    }
+                }
+                // Below the target: never; at it: from it or from below; above: as before.
+                Some(Left::AtLeast(to)) if state < *to => e.kind = ExprKind::Bool { value: false },
+                Some(Left::AtLeast(to)) if state == *to => {
+                    let mut up_to = below(device, StateId::from_index(to.index() + 1), e.loc);
+                    std::mem::swap(e, &mut up_to);
+                }
+                _ => {}
+            }
+        }
+    });
+    out
+}
+
+/// Where a rule's moves leave a device.
+#[derive(Clone, Copy)]
+enum Left {
+    At(StateId),
+    /// In this state or a more restrictive one: where it was, if that was above.
+    AtLeast(StateId),
 }
 
 /// `cond` with the state tests of the devices in `moves` decided by their new states.
@@ -396,13 +439,22 @@ pub(super) fn dead_rules(v: &mut Verifier<'_>, site: &Site, facts: &mut SiteFact
         // The rule's actions, in order: its moves, then the alerts it raised, each
         // offered to the device in the state it is in at that point.
         let mut at: BTreeMap<DeviceId, States> = BTreeMap::new();
-        for (d, to, _) in gotos(r) {
+        for (d, to, up) in r.actions.iter().filter_map(Action::moves) {
             let before = match at.get(&d) {
                 Some(s) => s.clone(),
                 None => from(v, d),
             };
             let ty = site.devices[d.index()].ty;
             let moves = facts.rule_moves.entry(ty).or_default();
+            if up {
+                // An escalation moves only from below its target, and leaves the device
+                // there or where it was above it.
+                let n = v.policy.device_type(ty).states.len();
+                let before = before.unwrap_or_else(|| (0..n).map(StateId::from_index).collect());
+                moves.extend(before.iter().filter(|&&s| s < to).map(|&s| (Some(s), to)));
+                at.insert(d, Some(before.iter().map(|&s| s.max(to)).collect()));
+                continue;
+            }
             match &before {
                 Some(states) => moves.extend(states.iter().map(|&s| (Some(s), to))),
                 None => moves.push((None, to)),
@@ -433,10 +485,64 @@ pub(super) fn dead_rules(v: &mut Verifier<'_>, site: &Site, facts: &mut SiteFact
 }
 
 fn gotos(r: &Rule) -> impl Iterator<Item = (DeviceId, StateId, Loc)> + '_ {
-    r.actions.iter().filter_map(|a| match a {
-        Action::Goto { device, state, loc } => Some((*device, *state, *loc)),
-        _ => None,
-    })
+    r.actions
+        .iter()
+        .filter_map(|a| a.moves().map(|(d, s, _)| (d, s, a.loc())))
+}
+
+/// Whether rule `r` moves `d` only by `escalate` (a move that needs `d` below its target).
+fn escalates_only(r: &Rule, d: DeviceId) -> bool {
+    let mut moves = r
+        .actions
+        .iter()
+        .filter_map(Action::moves)
+        .filter(|m| m.0 == d);
+    moves.next().is_some_and(|m| m.2) && moves.all(|m| m.2)
+}
+
+/// `d in s` for the states below `to` (less restrictive): where an `escalate d to to`
+/// moves the device.
+fn below(d: DeviceId, to: StateId, loc: Loc) -> Expr {
+    let args: Vec<Expr> = (0..to.index())
+        .map(|i| Expr {
+            kind: ExprKind::InState {
+                device: d,
+                state: StateId::from_index(i),
+            },
+            ty: crate::ir::Ty::Bool,
+            loc,
+        })
+        .collect();
+    Expr {
+        kind: ExprKind::Or { args },
+        ty: crate::ir::Ty::Bool,
+        loc,
+    }
+}
+
+/// Rule `r`'s condition for firing with an effect on `d`'s state: a rule that moves `d`
+/// only by `escalate` moves it only from below its (lowest) target.
+fn moves_when(r: &Rule, d: DeviceId) -> Expr {
+    if !escalates_only(r, d) {
+        return r.cond.clone();
+    }
+    let Some(to) = r
+        .actions
+        .iter()
+        .filter_map(Action::moves)
+        .filter(|m| m.0 == d)
+        .map(|m| m.1)
+        .min()
+    else {
+        return r.cond.clone();
+    };
+    Expr {
+        kind: ExprKind::And {
+            args: vec![r.cond.clone(), below(d, to, r.cond.loc)],
+        },
+        ty: crate::ir::Ty::Bool,
+        loc: r.cond.loc,
+    }
 }
 
 /// K206: two rules, or a rule and a transition, that can fire on the same change and send
@@ -462,7 +568,7 @@ pub(super) fn conflicts(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
                     continue;
                 }
                 let (a, b) = (&site.rules[ri], &site.rules[rj]);
-                let Some((how, values)) = rules_meet(v, site, a, b) else {
+                let Some((how, values)) = rules_meet(v, site, *d, a, b) else {
                     continue;
                 };
                 let (msg, help) = match how {
@@ -515,7 +621,7 @@ pub(super) fn conflicts(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
                 // The guard holds in `from`; the rule, on the same values, in `to`.
                 let g = voc.encode_for(*d, guard);
                 let from = voc.state_is(*d, t.from);
-                let then = voc.encode(&after(&r.cond, &[(*d, t.to)]));
+                let then = voc.encode(&after(&moves_when(r, *d), &[(*d, t.to)]));
                 voc.query.facts.push(Term::And(vec![then, g, from]));
                 if let Some(Outcome::Sat(m)) = v.solve(
                     &voc.query,
@@ -563,11 +669,7 @@ pub(super) fn integrity(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
         }
         let where_read = devices_read(&r.cond);
         for a in &r.actions {
-            let (d, l) = match a {
-                Action::Goto { device, loc, .. }
-                | Action::Raise { device, loc, .. }
-                | Action::Command { device, loc, .. } => (*device, *loc),
-            };
+            let (d, l) = (a.device(), a.loc());
             let untrusted = untrusted_sources(site, r, d, &tainted);
             if untrusted.is_empty() {
                 continue;
@@ -645,7 +747,9 @@ fn tainted_states(site: &Site, live: &[bool]) -> BTreeSet<DeviceId> {
             }
             for a in &r.actions {
                 let d = match a {
-                    Action::Goto { device, .. } | Action::Raise { device, .. } => *device,
+                    Action::Goto { device, .. }
+                    | Action::Escalate { device, .. }
+                    | Action::Raise { device, .. } => *device,
                     Action::Command { .. } => continue,
                 };
                 if !untrusted_sources(site, r, d, &tainted).is_empty() {
@@ -700,12 +804,7 @@ fn lowering(
             _ => None,
         }
     };
-    let device_of = |a: &Action| match a {
-        Action::Goto { device, .. }
-        | Action::Raise { device, .. }
-        | Action::Command { device, .. } => *device,
-    };
-    let d = device_of(a);
+    let d = a.device();
     let ty = v.policy.device_type(site.devices[d.index()].ty);
     match a {
         Action::Command { command, .. } => {
@@ -729,15 +828,20 @@ fn lowering(
             }
             None
         }
+        // Only up the posture order: never a de-escalation.
+        Action::Escalate { .. } => None,
         Action::Raise { alert, .. } => {
-            // The state the alert meets: where the rule's last move of the device leaves
-            // it, or where it was.
-            let moved = r.actions.iter().rev().find_map(|x| match x {
-                Action::Goto { device, state, .. } if *device == d => Some(*state),
-                _ => None,
-            });
+            // The state the alert meets: where the rule's moves of the device leave it,
+            // or where it was.
+            let moved = |s: StateId| {
+                r.actions
+                    .iter()
+                    .filter_map(Action::moves)
+                    .filter(|m| m.0 == d)
+                    .fold(s, |now, (_, to, up)| if up { now.max(to) } else { to })
+            };
             for s in (0..ty.states.len()).map(StateId::from_index) {
-                let meets = moved.unwrap_or(s);
+                let meets = moved(s);
                 let down = alert_outcomes(ty, meets, alert)
                     .into_iter()
                     .flatten()
@@ -756,6 +860,91 @@ fn lowering(
                 }
             }
             None
+        }
+    }
+}
+
+/// K217: a rule that can undo a transition it races with. A transition `A -> L` that
+/// lowers a device (an operator reset, a quiet time running out, any trigger) and a live
+/// rule that moves the device to a state above `L`: a `when` rule that can hold with the
+/// device in `L` moves it straight back up (the rule is evaluated again on the state
+/// change or on the next reading), and the device flaps. An `on` rule fires only when
+/// its condition becomes true, so only a transition that itself makes it true (false
+/// with the device in `A`, true in `L`, all else the same) is undone.
+pub(super) fn undoes(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
+    for (ri, r) in site.rules.iter().enumerate() {
+        if !live[ri] {
+            continue;
+        }
+        // The highest move of each device the rule makes.
+        let mut targets: BTreeMap<DeviceId, (StateId, Loc)> = BTreeMap::new();
+        for a in &r.actions {
+            if let Some((d, to, _)) = a.moves() {
+                if targets.get(&d).is_none_or(|(s, _)| to > *s) {
+                    targets.insert(d, (to, a.loc()));
+                }
+            }
+        }
+        for (&d, &(high, move_loc)) in &targets {
+            let dev = &site.devices[d.index()];
+            let ty = v.policy.device_type(dev.ty);
+            for t in &ty.transitions {
+                if t.to >= t.from || high <= t.to {
+                    continue;
+                }
+                let mut voc = Vocab::for_site(v.policy, site);
+                let now = voc.state_is(d, t.to);
+                let facts = if r.edge {
+                    let was = voc.encode(&after(&r.cond, &[(d, t.from)]));
+                    let is = voc.encode(&after(&r.cond, &[(d, t.to)]));
+                    vec![Term::Not(Box::new(was)), is, now]
+                } else {
+                    vec![voc.encode(&r.cond), now]
+                };
+                voc.query.facts.push(Term::And(facts));
+                let Some(Outcome::Sat(m)) = v.solve(
+                    &voc.query,
+                    r.loc,
+                    "whether a rule can undo a lowering transition",
+                ) else {
+                    continue;
+                };
+                let values = voc.describe(&m);
+                let (from, low, up) = (
+                    &ty.state(t.from).name,
+                    &ty.state(t.to).name,
+                    &ty.state(high).name,
+                );
+                let what = super::machine::describe(ty, t);
+                let undone = if matches!(t.trigger, Trigger::Operator { .. }) {
+                    "the reset is undone"
+                } else {
+                    "the lowering is undone"
+                };
+                let back = if high >= t.from { "back " } else { "" };
+                let (label, help) = if r.edge {
+                    (
+                        "becomes true when the device is lowered",
+                        format!("with {}, the condition is false in `{from}` and true in `{low}`: lowering `{}` makes the rule fire; make the condition exclude `{low}` (`not {} in {low}`)", inline(&values), dev.name, dev.name),
+                    )
+                } else {
+                    (
+                        "holds in the lowered state",
+                        format!("with {}, the condition holds in `{low}`: write `rule {} on ...` to fire only when the condition becomes true, or make it exclude `{low}` (`not {} in {low}`); an `escalate` never lowers, but it still raises a lowered device", inline(&values), r.name, dev.name),
+                    )
+                };
+                v.push(
+                    Diagnostic::warning(
+                        codes::RULE_UNDOES,
+                        format!("after `{what}`, rule `{}` can move `{}` {back}to `{up}` at once: {undone}", r.name, dev.name),
+                    )
+                    .primary(move_loc, format!("moves it to `{up}`"))
+                    .secondary(t.loc, format!("lowers it to `{low}`"))
+                    .secondary(r.cond.loc, label)
+                    .help(help)
+                    .witness(json!({ "device": dev.name, "rule": r.name, "edge": r.edge, "transition": what, "lowered_to": low, "target": up, "values": values })),
+                );
+            }
         }
     }
 }
