@@ -30,13 +30,13 @@ use std::path::PathBuf;
 
 /// Codes whose every finding must carry a concrete witness (values or a trace).
 const WITNESS_CODES: &[&str] = &[
-    "K201", "K202", "K203", "K205", "K206", "K207", "K209", "K210", "K215", "K216",
+    "K201", "K202", "K203", "K205", "K206", "K207", "K209", "K210", "K215", "K216", "K217",
 ];
 
 /// Verifier codes that must each have a triggering fixture and a near miss.
 const COVERED_CODES: &[&str] = &[
     "K201", "K202", "K203", "K204", "K205", "K206", "K207", "K209", "K210", "K211", "K213", "K215",
-    "K216",
+    "K216", "K217",
 ];
 
 fn fixture_dir() -> PathBuf {

@@ -894,13 +894,18 @@ pub(super) fn undoes(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
                 }
                 let mut voc = Vocab::for_site(v.policy, site);
                 let now = voc.state_is(d, t.to);
-                let facts = if r.edge {
+                let mut facts = if r.edge {
                     let was = voc.encode(&after(&r.cond, &[(d, t.from)]));
                     let is = voc.encode(&after(&r.cond, &[(d, t.to)]));
                     vec![Term::Not(Box::new(was)), is, now]
                 } else {
                     vec![voc.encode(&r.cond), now]
                 };
+                // A guard lowers the device on values where it holds: the rule sees them.
+                // (After a quiet time, an alert or the operator, values are free.)
+                if let Trigger::When { guard, .. } = &t.trigger {
+                    facts.push(voc.encode_for(d, guard));
+                }
                 voc.query.facts.push(Term::And(facts));
                 let Some(Outcome::Sat(m)) = v.solve(
                     &voc.query,
@@ -930,7 +935,7 @@ pub(super) fn undoes(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
                 } else {
                     (
                         "holds in the lowered state",
-                        format!("with {}, the condition holds in `{low}`: write `rule {} on ...` to fire only when the condition becomes true, or make it exclude `{low}` (`not {} in {low}`); an `escalate` never lowers, but it still raises a lowered device", inline(&values), r.name, dev.name),
+                        format!("with {}, the condition holds in `{low}`: write `rule {} on ...` to fire only when the condition becomes true, or make it exclude `{low}` (`not {} in {low}`)", inline(&values), r.name, dev.name),
                     )
                 };
                 v.push(
