@@ -1,5 +1,6 @@
 //! `kalki-shim simulate`, the real binary, on a bundle the real compiler builds from
 //! `examples/smart-office`: the bundled trace's timeline (text and JSON lines, snapshot),
+//! `examples/flapping` as written (`on`) and with `when` (the reset undone, or not),
 //! and refusals: bad trace lines with their line numbers and nothing replayed (among them
 //! alerts from µmboxes not deployed in their device's state when they arrive), a tampered
 //! bundle, a directory that is no bundle.
@@ -254,4 +255,71 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     let out = shim(dir.path(), &["apply", "bundle"]);
     assert_eq!(out.status.code(), Some(2), "only `simulate` exists so far");
+}
+
+/// `examples/flapping`: the camera's `intruder` rule, as written (`on`) and as a level
+/// rule (`when`), on the example's trace. With `when`, the next reading of motion after
+/// the operator's reset moves the camera back up; with `on`, the reset stands until
+/// motion stops and starts again. In both, `escalate` leaves the camera in `attack`.
+#[test]
+fn an_on_rule_no_longer_undoes_the_operators_reset() {
+    let src = std::fs::read_to_string(repo_root().join("examples/flapping/cameras.kalki")).unwrap();
+    let level = src.replace("        on pir.motion\n", "        when pir.motion\n");
+    assert_ne!(level, src, "the example's rule is an `on` rule");
+    // The camera's state changes: (t_ms, from, to, rule or trigger).
+    let run = |name: &str, src: &str| -> Vec<(u64, String, String, String)> {
+        let dir = TempDir::new(name);
+        let bundle = TempDir::new(&format!("{name}-b"));
+        write_bundle(&common::compile(src), &bundle);
+        std::fs::rename(bundle.path(), dir.path().join("bundle")).unwrap();
+        std::fs::copy(
+            repo_root().join("examples/flapping/trace.jsonl"),
+            dir.path().join("trace.jsonl"),
+        )
+        .unwrap();
+        let out = shim(
+            dir.path(),
+            &["simulate", "bundle", "trace.jsonl", "--format", "json"],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["kind"] == "state" && v["device"] == "cam")
+            .map(|v| {
+                let why = v["rule"]
+                    .as_str()
+                    .map(|r| format!("rule {r}"))
+                    .or_else(|| v["trigger"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let s = |k: &str| v[k].as_str().unwrap().to_string();
+                (v["t_ms"].as_u64().unwrap(), s("from"), s("to"), why)
+            })
+            .collect()
+    };
+    let change = |t: u64, from: &str, to: &str, why: &str| {
+        (t, from.to_string(), to.to_string(), why.to_string())
+    };
+    let own = [
+        change(0, "normal", "suspicious", "on scan"),
+        change(1000, "suspicious", "attack", "on breach"),
+        // 2000: motion; the rule fires, but an escalation leaves `attack` as it is.
+        change(60000, "attack", "normal", "on operator reset"),
+    ];
+
+    let mut flaps = own.to_vec();
+    flaps.push(change(62000, "normal", "suspicious", "rule intruder"));
+    assert_eq!(
+        run("flap-when", &level),
+        flaps,
+        "`when`: the reset is undone at once"
+    );
+
+    let mut stands = own.to_vec();
+    stands.push(change(122000, "normal", "suspicious", "rule intruder"));
+    assert_eq!(
+        run("flap-on", &src),
+        stands,
+        "`on`: the reset stands until new motion"
+    );
 }
