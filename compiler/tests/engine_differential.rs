@@ -1,9 +1,10 @@
 //! Differential test of the verifier against the engine, the reference semantics
 //! (`docs/runtime.md`, "Semantics"). Small random policies (one site, two or three devices
 //! of one or two types; guards with every comparison, `and`/`or`/`not`, aggregates, held
-//! guards, alerts of the type and of a µmbox, quiet and silent times, operator resets; site rules
-//! that mix `dev in state`, values and clock windows and move devices, raise alerts or
-//! send commands; `never` and `reachable` assertions) are verified with Z3, built into a
+//! guards, alerts of the type and of a µmbox, quiet and silent times, operator resets;
+//! site rules that mix `dev in state`, values and clock windows, `when` and `on`, and move
+//! devices (`->` and `escalate`), raise alerts or send commands; `never` and `reachable`
+//! assertions) are verified with Z3, built into a
 //! bundle and run through [`Engine`] on many random timed input sequences, with gaps that
 //! hit the policy's durations and the engine's deadlines exactly and to the millisecond.
 //! Every claim of the verifier is checked against every single state change the engine
@@ -287,6 +288,8 @@ struct Dev {
 #[derive(Clone, Debug)]
 enum Act {
     Move(String, usize),
+    /// `escalate dev to s`: a move only from a lower state.
+    Escalate(String, usize),
     Raise(&'static str, String),
     /// `dev.c0`: a command, which only shows that the rule fired.
     Command(String),
@@ -295,6 +298,8 @@ enum Act {
 #[derive(Clone, Debug)]
 struct Rule {
     name: String,
+    /// `on` (fires when the condition becomes true) instead of `when`.
+    edge: bool,
     cond: E,
     acts: Vec<Act>,
 }
@@ -303,7 +308,9 @@ impl Rule {
     fn mentions(&self, dev: &str) -> bool {
         self.cond.mentions(dev)
             || self.acts.iter().any(|a| match a {
-                Act::Move(d, _) | Act::Raise(_, d) | Act::Command(d) => d == dev,
+                Act::Move(d, _) | Act::Escalate(d, _) | Act::Raise(_, d) | Act::Command(d) => {
+                    d == dev
+                }
             })
     }
 }
@@ -565,12 +572,15 @@ fn gen_policy(seed: u64) -> Policy {
                 acts.push(Act::Raise(a, d.name));
             } else if rng.pct(10) {
                 acts.push(Act::Command(d.name));
+            } else if rng.pct(30) {
+                acts.push(Act::Escalate(d.name, rng.below_usize(ty.states)));
             } else {
                 acts.push(Act::Move(d.name, rng.below_usize(ty.states)));
             }
         }
         rules.push(Rule {
             name: format!("r{r}"),
+            edge: rng.pct(30),
             cond,
             acts,
         });
@@ -678,6 +688,7 @@ fn render(p: &Policy) -> Rendered {
             .iter()
             .map(|a| match a {
                 Act::Move(d, s) => format!("{d} -> s{s}"),
+                Act::Escalate(d, s) => format!("escalate {d} to s{s}"),
                 Act::Raise(a, d) => format!("raise {a} on {d}"),
                 Act::Command(d) => format!("{d}.c0"),
             })
@@ -685,8 +696,9 @@ fn render(p: &Policy) -> Rendered {
         let at = push(
             &mut lines,
             format!(
-                "    rule {} when {} then {}",
+                "    rule {} {} {} then {}",
                 r.name,
+                if r.edge { "on" } else { "when" },
                 r.cond.text(),
                 acts.join(", ")
             ),
@@ -1451,6 +1463,9 @@ fn shrinks(p: &Policy) -> Vec<Policy> {
         }
     }
     for (i, r) in p.rules.iter().enumerate() {
+        if r.edge {
+            with(&|q| q.rules[i].edge = false);
+        }
         for k in 0..r.acts.len() {
             if r.acts.len() > 1 {
                 with(&|q| {

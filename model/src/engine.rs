@@ -1480,7 +1480,7 @@ impl Engine {
                 .rt
                 .held
                 .get_mut(r)
-                .map_or(false, |h| std::mem::replace(h, holds));
+                .is_some_and(|h| std::mem::replace(h, holds));
             // A `when` rule fires whenever it holds; an `on` rule only when it has just
             // become true.
             if !holds || (edge && before) {
