@@ -1,6 +1,6 @@
 //! Site-level checks, the only ones that look at device instances: address conflicts
-//! (K209), dead rules (K202), rule conflicts (K206) and integrity non-interference (K207),
-//! and the facts the per-type checks take from the site's rules (their moves and raised
+//! (K209), dead rules (K202), rule conflicts (K206), integrity non-interference (K207)
+//! and rules that undo a lowering transition (K217, flapping), and the facts the per-type checks take from the site's rules (their moves and raised
 //! alerts, for K203, K204 and K205).
 
 use super::encode::{inline, Vocab};
