@@ -6,7 +6,7 @@
 //! The output is deterministic: types are sorted by name, edges by their end points.
 
 use crate::diag::did_you_mean;
-use crate::ir::{Action, Chain, Model, StateId, TypeId};
+use crate::ir::{Chain, Model, StateId, TypeId};
 use crate::verify::pinned_state;
 use crate::verify::{trigger_text, types_to_check};
 use kalki_model::contract::{self, Contract};
@@ -161,23 +161,32 @@ fn cluster(out: &mut String, model: &Model, id: TypeId, key: &str) {
     }
 
     // Site rules that move a device of this type: from the state the rule's condition
-    // pins the device to, or else from every other state.
+    // pins the device to, or else from every other state (an `escalate`: only from the
+    // states below its target).
     let mut moves: BTreeMap<(StateId, StateId), Vec<String>> = BTreeMap::new();
     for site in &model.sites {
         for r in &site.rules {
             for a in &r.actions {
-                let Action::Goto { device, state, .. } = a else {
+                let Some((device, state, up)) = a.moves() else {
                     continue;
                 };
+                let (device, state) = (&device, &state);
                 if site.devices.get(device.index()).map(|d| d.ty) != Some(id) {
                     continue;
                 }
-                let label = format!("rule {}", r.name);
+                let label = if up {
+                    format!("rule {} (escalate)", r.name)
+                } else {
+                    format!("rule {}", r.name)
+                };
                 let froms: Vec<StateId> = match pinned_state(&r.cond, *device) {
                     Some(s) => vec![s],
                     None => (0..ty.states.len()).map(StateId::from_index).collect(),
                 };
-                for from in froms.into_iter().filter(|f| f != state) {
+                for from in froms
+                    .into_iter()
+                    .filter(|f| f != state && (!up || f < state))
+                {
                     let labels = moves.entry((from, *state)).or_default();
                     if !labels.contains(&label) {
                         labels.push(label.clone());
