@@ -101,13 +101,21 @@ fn rules_meet<'r>(
 ) -> Option<(Meet<'r>, serde_json::Value)> {
     // An escalation moves `d` only from below its target.
     let (ca, cb) = (moves_when(a, d), moves_when(b, d));
-    let mut cases = vec![(Meet::Together, ca.clone(), cb.clone())];
+    // `a` is declared first: when both hold, the engine fires it and then evaluates `b`
+    // in the states it left. An escalation in `b` needs `d` below its target there, so
+    // for it only the case in turn counts.
+    let mut cases = Vec::new();
+    if !escalates_only(b, d) {
+        cases.push((Meet::Together, ca.clone(), cb.clone()));
+    }
     // In turn differs from together only when one reads the state of a device the other
-    // moves: otherwise the first's moves leave the second's condition as it was.
-    if moved_reads(&cb, a) {
+    // moves: otherwise the first's moves leave the second's condition as it was. Only
+    // what a rule itself tests makes it due after the other's moves (not the state an
+    // escalation needs).
+    if moved_reads(&b.cond, a) || escalates_only(b, d) {
         cases.push((Meet::InTurn(a, b), ca.clone(), after_moves(&cb, a)));
     }
-    if moved_reads(&ca, b) {
+    if moved_reads(&a.cond, b) {
         cases.push((Meet::InTurn(b, a), cb, after_moves(&ca, b)));
     }
     // One query for them all; its model says which of them it met, in this order.
