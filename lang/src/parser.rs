@@ -291,3 +291,53 @@ pub(crate) enum DeviceAttr {
     Port(StrLit),
     Trusted,
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::panic)]
+    use super::*;
+    use crate::ast::{Action, Item, SiteMember};
+
+    /// The rules of a one-site file.
+    fn rules(src: &str) -> Vec<crate::ast::Rule> {
+        let parsed = parse(src);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        let Some(Item::Site(site)) = parsed.file.items.into_iter().next() else {
+            panic!("no site");
+        };
+        site.members
+            .into_iter()
+            .filter_map(|m| match m {
+                SiteMember::Rule(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn on_rules_and_escalate_actions() {
+        let rs = rules(
+            "site s {\n  rule a when x.on then escalate cam to attack, cam.beep\n  \
+             rule on on on.on then on -> attack\n}",
+        );
+        assert_eq!(rs.len(), 2);
+        assert!(!rs[0].edge);
+        assert!(matches!(
+            &rs[0].actions[0],
+            Action::Escalate { device, state, .. } if device.name == "cam" && state.name == "attack"
+        ));
+        // `on` stays a soft keyword: a rule, a device and a variable may be called so.
+        assert!(rs[1].edge);
+        assert_eq!(rs[1].name.name, "on");
+        assert!(matches!(&rs[1].actions[0], Action::Goto { device, .. } if device.name == "on"));
+    }
+
+    #[test]
+    fn escalate_is_reserved() {
+        assert!(
+            !parse("site s {\n  rule escalate when x.on then cam -> attack\n}")
+                .errors
+                .is_empty()
+        );
+    }
+}
