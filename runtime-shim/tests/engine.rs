@@ -985,9 +985,29 @@ site s {
 }
 "#;
 
-fn flap() -> Engine {
+fn flap_bundle() -> &'static Bundle {
     static B: OnceLock<Bundle> = OnceLock::new();
-    engine_at(B.get_or_init(|| shim_bundle(FLAP)), 12, 0)
+    B.get_or_init(|| shim_bundle(FLAP))
+}
+
+fn flap() -> Engine {
+    engine_at(flap_bundle(), 12, 0)
+}
+
+#[test]
+fn the_bundle_keeps_on_rules_and_escalations_as_written() {
+    let b = flap_bundle();
+    let rules = &b.manifest.rules;
+    assert_eq!(
+        rules.iter().map(|r| r.edge).collect::<Vec<_>>(),
+        [false, true]
+    );
+    let names = b.names(None);
+    assert_eq!(
+        names.action(&rules[0].actions[0]),
+        "escalate c to suspicious"
+    );
+    assert_eq!(names.action(&rules[1].actions[0]), "e -> attack");
 }
 
 #[test]
