@@ -15,14 +15,15 @@
 //!   at a time of day G accepts; then T of time;
 //! - `after T quiet`: T of time; `on operator A`: the operator action;
 //! - a rule: readings of the devices whose values it reads, satisfying its condition in
-//!   the states the devices are in; a rule that reads only states fires by itself.
+//!   the states the devices are in; a rule that reads only states fires by itself. For an
+//!   `on` rule that held at its last evaluation, readings that make it false come first.
 //!
 //! The engine settles rule cascades after each input, so one input may take several steps
 //! of the run at once: the replay follows the engine to the furthest step of the run it
 //! matches. The goal is checked after every single state change.
 
 use super::encode::Vocab;
-use super::solver::{Outcome, Term};
+use super::solver::{Model, Outcome, Term};
 use super::Verifier;
 use crate::codegen::manifest as lower;
 use crate::ir::{Action, DeviceId, Expr, Site, StateId, Trigger, TypeId};
@@ -581,26 +582,50 @@ fn concretize(
                 Outcome::Unknown(why) => return Err(format!("the solver gave up: {why}")),
             };
             let at = aligned(engine, voc.minute(&model));
-            let mut inputs = Vec::new();
-            for (d, r) in voc.readings(&model) {
-                let Some(d) = d else { continue };
-                let name = site.devices[d.index()].name.clone();
-                for _ in 0..r.repeat.max(1) {
-                    inputs.push((
-                        at,
-                        Input::Reading {
-                            device: name.clone(),
-                            values: r.values.clone().into_iter().collect(),
-                        },
-                    ));
+            let sends = |voc: &Vocab<'_>, model: &Model| {
+                let mut inputs = Vec::new();
+                for (d, r) in voc.readings(model) {
+                    let Some(d) = d else { continue };
+                    let name = site.devices[d.index()].name.clone();
+                    for _ in 0..r.repeat.max(1) {
+                        inputs.push((
+                            at,
+                            Input::Reading {
+                                device: name.clone(),
+                                values: r.values.clone().into_iter().collect(),
+                            },
+                        ));
+                    }
                 }
-            }
+                inputs
+            };
+            let mut inputs = sends(&voc, &model);
             if inputs.is_empty() {
                 // A rule that reads only states is evaluated by the engine on its own;
                 // time passing gives it a clock boundary if it reads the clock.
                 inputs.push((at, Input::Tick));
+                return Ok(vec![inputs]);
             }
-            Ok(vec![inputs])
+            let mut candidates = vec![inputs.clone()];
+            if rule.edge {
+                // An `on` rule that held at its last evaluation fires only once it has
+                // been false: readings that make it false first, then the same ones.
+                let mut voc = Vocab::for_site(v.policy, site);
+                let mut facts = vec![Term::Not(Box::new(voc.encode(&rule.cond)))];
+                for (i, s) in engine.states().iter().enumerate() {
+                    facts.push(voc.state_is(part.devices[i], StateId::from_index(*s)));
+                }
+                voc.query.facts.push(Term::And(facts));
+                voc.steady();
+                if let Outcome::Sat(m) = v.solver.solve(&voc.query) {
+                    let mut first = sends(&voc, &m);
+                    if !first.is_empty() {
+                        first.append(&mut inputs);
+                        candidates.push(first);
+                    }
+                }
+            }
+            Ok(candidates)
         }
     }
 }
