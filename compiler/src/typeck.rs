@@ -499,23 +499,9 @@ impl<'a> Cx<'a> {
                     for p in &c.ports {
                         match p {
                             ast::PortItem::Range { lo, hi, span } => {
-                                match (u16::try_from(*lo), u16::try_from(*hi)) {
-                                    (Ok(l), Ok(h)) if l <= h => {
-                                        ports.push(PortTemplate::Range(PortRange { lo: l, hi: h }))
-                                    }
-                                    _ => {
-                                        self.err(
-                                            Diagnostic::error(
-                                                codes::OUT_OF_RANGE,
-                                                format!("`{lo}..{hi}` is not a port range"),
-                                            )
-                                            .primary(
-                                                self.loc(source, *span),
-                                                "ports are 0..65535, low to high",
-                                            ),
-                                        );
-                                        ok = false;
-                                    }
+                                match self.port_range(source, *lo, *hi, *span) {
+                                    Some(r) => ports.push(PortTemplate::Range(r)),
+                                    None => ok = false,
                                 }
                             }
                             ast::PortItem::Param(name) => {
@@ -596,6 +582,23 @@ impl<'a> Cx<'a> {
                 _ => Treatment::Drop,
             },
         })
+    }
+
+    /// `LO..HI` (or one port) as a port range, or K106.
+    fn port_range(&mut self, source: SourceId, lo: i64, hi: i64, span: Span) -> Option<PortRange> {
+        match (u16::try_from(lo), u16::try_from(hi)) {
+            (Ok(l), Ok(h)) if l <= h => Some(PortRange { lo: l, hi: h }),
+            _ => {
+                self.err(
+                    Diagnostic::error(
+                        codes::OUT_OF_RANGE,
+                        format!("`{lo}..{hi}` is not a port range"),
+                    )
+                    .primary(self.loc(source, span), "ports are 0..65535, low to high"),
+                );
+                None
+            }
+        }
     }
 
     fn contract_cond(
@@ -2055,22 +2058,7 @@ impl<'a> Cx<'a> {
                         );
                         return None;
                     };
-                    match (u16::try_from(*lo), u16::try_from(*hi)) {
-                        (Ok(l), Ok(h)) if l <= h => ports.push(PortRange { lo: l, hi: h }),
-                        _ => {
-                            self.err(
-                                Diagnostic::error(
-                                    codes::OUT_OF_RANGE,
-                                    format!("`{lo}..{hi}` is not a port range"),
-                                )
-                                .primary(
-                                    self.loc(source, *span),
-                                    "ports are 0..65535, low to high",
-                                ),
-                            );
-                            return None;
-                        }
-                    }
+                    ports.push(self.port_range(source, *lo, *hi, *span)?);
                 }
                 TrafficClass::Ip(Class { proto, ports })
             }

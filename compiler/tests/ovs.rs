@@ -251,11 +251,8 @@ const ANY_MAC: &str = "02:00:00:00:aa:01";
 
 /// Loads the bundle built from `policy` into a fresh bridge and checks every device in
 /// every state.
-fn check_on_switch(tag: &str, policy: &str) {
-    if !ovs_ready() {
-        return;
-    }
-    let tmp = TempDir::new(&format!("ovs-{tag}"));
+/// `kalkic build POLICY` into `TMP/bundle`: the directory and its manifest.
+fn build(tmp: &TempDir, policy: &str) -> (std::path::PathBuf, Value) {
     let out = tmp.path().join("bundle");
     let built = kalkic(&["build", policy, "-o", out.to_str().expect("utf-8 path")]);
     assert_eq!(
@@ -264,8 +261,17 @@ fn check_on_switch(tag: &str, policy: &str) {
         "{}",
         String::from_utf8_lossy(&built.stderr)
     );
-    let m: Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("read"))
+    let m = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("read"))
         .expect("manifest");
+    (out, m)
+}
+
+fn check_on_switch(tag: &str, policy: &str) {
+    if !ovs_ready() {
+        return;
+    }
+    let tmp = TempDir::new(&format!("ovs-{tag}"));
+    let (out, m) = build(&tmp, policy);
     let mask = m["cookies"]["device_mask"].as_str().expect("mask");
     let uplink = m["uplink"]["ofport"].as_u64().expect("uplink") as u32;
     let devices = m["devices"].as_array().expect("devices");
@@ -470,21 +476,7 @@ fn a_refuted_traffic_assertion_is_confirmed_by_ofproto_trace() {
         .map(|l| format!("{l}\n"))
         .collect();
     let policy = tmp.write("site.kalki", without);
-    let out = tmp.path().join("bundle");
-    let built = kalkic(&[
-        "build",
-        policy.to_str().expect("path"),
-        "-o",
-        out.to_str().expect("path"),
-    ]);
-    assert_eq!(
-        code(&built),
-        0,
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let m: Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("read"))
-        .expect("manifest");
+    let (out, m) = build(&tmp, policy.to_str().expect("path"));
     let mask = m["cookies"]["device_mask"].as_str().expect("mask");
     let br = Bridge::create("k215", &m);
     br.ofctl(&[
