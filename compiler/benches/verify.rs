@@ -1,7 +1,9 @@
 //! Verifier benchmark: `kalki_compiler::verify` (check, then every K2xx check and every
 //! assertion, with the real Z3) on generated sites of 10,000 and 100,000 devices over 50
 //! device types. Targets: 10,000 devices in under 2 s, 100,000 in under 20 s, growing
-//! about linearly. Results and method: `docs/benchmarks.md`.
+//! about linearly. Results and method: `docs/benchmarks.md`. A third site, 10,000
+//! devices that fit one bridge, adds one `assert never traffic` per hundred devices
+//! (the flows followed on the generated switch flows, then the site search).
 //!
 //! Run with `cargo bench -p kalki-compiler --bench verify`. `KALKI_BENCH_DEVICES`
 //! (comma-separated) overrides the site sizes.
@@ -22,8 +24,21 @@ fn verify(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(20));
     let opts = Options::default();
-    for devices in gen::sizes(&[10_000, 100_000]) {
-        let site = gen::generate(&gen::Spec::new(devices));
+    let mut specs: Vec<(String, gen::Spec)> = gen::sizes(&[10_000, 100_000])
+        .into_iter()
+        .map(|n| (n.to_string(), gen::Spec::new(n)))
+        .collect();
+    // Traffic assertions need the switch flows, so a site that fits one bridge.
+    specs.push((
+        "10000-traffic".into(),
+        gen::Spec {
+            traffic: true,
+            ..gen::Spec::deployable(10_000)
+        },
+    ));
+    for (name, spec) in specs {
+        let devices = name;
+        let site = gen::generate(&spec);
         let loader = site.loader();
         let solver = Z3Solver::new(opts.timeout_ms);
         // What is timed must be a complete verification: every assertion decided. The

@@ -19,13 +19,16 @@ pub struct Spec {
     pub device_types: usize,
     /// One cross-device rule per this many devices.
     pub devices_per_rule: usize,
-    /// One pair of assertions per this many devices.
+    /// One pair of assertions (and, unless deployable, a traffic assertion) per this many
+    /// devices.
     pub devices_per_assert: usize,
     pub seed: u64,
     /// A site `kalkic build` accepts and one bridge holds: no findings that are errors
     /// (rules only raise alerts and send commands, no `never` assertions), sniffer and
     /// IDS as taps, one µmbox in `attack`.
     pub deployable: bool,
+    /// One `never traffic` assertion per `devices_per_assert` devices.
+    pub traffic: bool,
 }
 
 impl Spec {
@@ -37,6 +40,7 @@ impl Spec {
             devices_per_assert: 100,
             seed: 0x006b_616c_6b69,
             deployable: false,
+            traffic: false,
         }
     }
 
@@ -314,6 +318,18 @@ fn site(spec: &Spec, rng: &mut Rng) -> String {
             "    assert never d{x} in attack and d{y} in normal and not d{} in suspicious",
             a % n.max(1)
         );
+    }
+    // What a device lets through in `attack`: the flows followed on the generated switch
+    // flows, then the site search for the states where something crosses. Only in a site
+    // that fits one bridge: without ports there are no flows (K213).
+    if spec.traffic {
+        for _ in 0..n / spec.devices_per_assert.max(1) {
+            let _ = writeln!(
+                out,
+                "    assert never traffic with d{} in attack",
+                rng.below(n)
+            );
+        }
     }
     out.push_str("}\n");
     out

@@ -896,33 +896,56 @@ pub(super) fn undoes(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
         for (&d, &(high, move_loc)) in &targets {
             let dev = &site.devices[d.index()];
             let ty = v.policy.device_type(dev.ty);
+            // A `when` rule that does not test `d`'s state asks the same question of every
+            // lowering transition without a guard: ask it once (a site has thousands).
+            let reads_d = Expr::states_read(&r.cond).any(|x| x == d);
+            let mut asked: Option<Option<serde_json::Value>> = None;
             for t in &ty.transitions {
                 if t.to >= t.from || high <= t.to {
                     continue;
                 }
-                let mut voc = Vocab::for_site(v.policy, site);
-                let now = voc.state_is(d, t.to);
-                let mut facts = if r.edge {
-                    let was = voc.encode(&after(&r.cond, &[(d, t.from)]));
-                    let is = voc.encode(&after(&r.cond, &[(d, t.to)]));
-                    vec![Term::Not(Box::new(was)), is, now]
-                } else {
-                    vec![voc.encode(&r.cond), now]
+                let same_for_all =
+                    !r.edge && !reads_d && !matches!(t.trigger, Trigger::When { .. });
+                let values = match (&asked, same_for_all) {
+                    (Some(known), true) => known.clone(),
+                    _ => {
+                        let mut voc = Vocab::for_site(v.policy, site);
+                        let mut facts = if r.edge {
+                            let was = voc.encode(&after(&r.cond, &[(d, t.from)]));
+                            let is = voc.encode(&after(&r.cond, &[(d, t.to)]));
+                            vec![Term::Not(Box::new(was)), is]
+                        } else {
+                            vec![voc.encode(&r.cond)]
+                        };
+                        // The state, unless the condition does not read it (then the
+                        // answer is the same for every lowering transition).
+                        if !same_for_all {
+                            facts.push(voc.state_is(d, t.to));
+                        }
+                        // A guard lowers the device on values where it holds: the rule
+                        // sees them. (After a quiet time, an alert or the operator,
+                        // values are free.)
+                        if let Trigger::When { guard, .. } = &t.trigger {
+                            facts.push(voc.encode_for(d, guard));
+                        }
+                        voc.query.facts.push(Term::And(facts));
+                        let found = match v.solve(
+                            &voc.query,
+                            r.loc,
+                            "whether a rule can undo a lowering transition",
+                        ) {
+                            Some(Outcome::Sat(m)) => Some(voc.describe(&m)),
+                            _ => None,
+                        };
+                        if same_for_all {
+                            asked = Some(found.clone());
+                        }
+                        found
+                    }
                 };
-                // A guard lowers the device on values where it holds: the rule sees them.
-                // (After a quiet time, an alert or the operator, values are free.)
-                if let Trigger::When { guard, .. } = &t.trigger {
-                    facts.push(voc.encode_for(d, guard));
-                }
-                voc.query.facts.push(Term::And(facts));
-                let Some(Outcome::Sat(m)) = v.solve(
-                    &voc.query,
-                    r.loc,
-                    "whether a rule can undo a lowering transition",
-                ) else {
+                let Some(values) = values else {
                     continue;
                 };
-                let values = voc.describe(&m);
                 let (from, low, up) = (
                     &ty.state(t.from).name,
                     &ty.state(t.to).name,
