@@ -335,6 +335,20 @@ impl<'a> Cx<'a> {
                         self.duplicate("secret", &name.name, nl, nl);
                         continue;
                     }
+                    if let Some((other, _)) = out.secrets.iter().find(|(_, p)| *p == path.value) {
+                        self.err(
+                            Diagnostic::error(
+                                codes::BAD_CONTRACT,
+                                format!(
+                                    "secrets `{other}` and `{}` are mounted at one path",
+                                    name.name
+                                ),
+                            )
+                            .primary(self.loc(source, path.span), "the same path again")
+                            .help("give each secret its own file under `/run/secrets/`"),
+                        );
+                        continue;
+                    }
                     if !secret_path_ok(&path.value) {
                         self.err(
                             Diagnostic::error(
@@ -454,7 +468,7 @@ impl<'a> Cx<'a> {
                             format!("when {mode} µmbox fails, it does not do this"),
                             "not what happens",
                             &format!(
-                                "when a {mode} µmbox fails, {why}: write `on failure {}`",
+                                "when {mode} µmbox fails, {why}: write `on failure {}`",
                                 treatment(want)
                             ),
                         );
@@ -481,6 +495,20 @@ impl<'a> Cx<'a> {
                     };
                     if u.mode == UmboxMode::Tap && c.action.0 != ast::TreatmentWord::Pass {
                         bad(self, c.action.1, "a tap cannot act on traffic".into(), "a tap only sees a copy", "a tap's contract can only `pass`; make the µmbox `mode inline` to drop, answer or authenticate");
+                        ok = false;
+                        continue;
+                    }
+                    if c.action.0 == ast::TreatmentWord::Authenticate
+                        && (proto != Proto::Tcp
+                            || c.from.map(|f| f.0) != Some(ast::StarterWord::Uplink))
+                    {
+                        bad(
+                            self,
+                            c.action.1,
+                            "only TCP from the uplink side can be held behind credentials".into(),
+                            "authenticate what?",
+                            "credentials are asked of clients on the uplink side, over TCP: write `authenticate tcp PORTS from uplink`",
+                        );
                         ok = false;
                         continue;
                     }
@@ -2136,6 +2164,17 @@ impl<'a> Cx<'a> {
                     return None;
                 };
                 let state = StateId::from_index(i);
+                if i == 0 && matches!(a, ast::Action::Escalate { .. }) {
+                    self.err(
+                        Diagnostic::error(
+                            codes::BAD_CONTEXT,
+                            format!("`{}` is the least restrictive state: an escalation to it never moves `{}`", state_name(&states, i), device.name),
+                        )
+                        .primary(loc, "does nothing")
+                        .help("`escalate` only raises a device; to move it down, write `DEVICE -> STATE` (K207 then asks for trusted data)"),
+                    );
+                    return None;
+                }
                 Some(match a {
                     ast::Action::Escalate { .. } => Action::Escalate {
                         device: d,
@@ -2279,8 +2318,13 @@ fn treatment(w: ast::TreatmentWord) -> &'static str {
 fn secret_path_ok(path: &str) -> bool {
     path.strip_prefix("/run/secrets/").is_some_and(|rest| {
         !rest.is_empty()
+            && !rest.chars().any(char::is_control)
             && rest
                 .split('/')
                 .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
     })
+}
+
+fn state_name(states: &[String], i: usize) -> &str {
+    states.get(i).map_or("?", String::as_str)
 }

@@ -573,7 +573,8 @@ fn gen_policy(seed: u64) -> Policy {
             } else if rng.pct(10) {
                 acts.push(Act::Command(d.name));
             } else if rng.pct(30) {
-                acts.push(Act::Escalate(d.name, rng.below_usize(ty.states)));
+                // Never to the lowest state: that escalation could not move (K110).
+                acts.push(Act::Escalate(d.name, 1 + rng.below_usize(ty.states - 1)));
             } else {
                 acts.push(Act::Move(d.name, rng.below_usize(ty.states)));
             }

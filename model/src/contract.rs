@@ -349,10 +349,13 @@ pub fn cells<'a>(classes: impl IntoIterator<Item = &'a Class>) -> Vec<Cell> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
     pub cells: Vec<(Cell, Openness)>,
+    /// Whether ARP crosses: the switch forwards it around every chain but `drop`.
+    pub arp: bool,
 }
 
-/// The summary of a chain's inline contracts (device side first).
-pub fn summary(chain: &[&Contract]) -> Summary {
+/// The summary of a chain's inline contracts (device side first); `arp`: whether the
+/// switch forwards ARP for it (every chain but the built-in `drop`).
+pub fn summary(chain: &[&Contract], arp: bool) -> Summary {
     let classes: Vec<&Class> = chain
         .iter()
         .flat_map(|c| c.clauses.iter().map(|cl| &cl.class))
@@ -372,13 +375,13 @@ pub fn summary(chain: &[&Contract]) -> Summary {
             _ => out.push((cell, o)),
         }
     }
-    Summary { cells: out }
+    Summary { cells: out, arp }
 }
 
 impl Summary {
-    /// Whether nothing crosses, either way.
+    /// Whether nothing crosses, either way, ARP included.
     pub fn is_closed(&self) -> bool {
-        self.cells.iter().all(|(_, o)| *o == Openness::Closed)
+        !self.arp && self.cells.iter().all(|(_, o)| *o == Openness::Closed)
     }
 
     /// Whether everything crosses, openly.
@@ -391,8 +394,12 @@ impl Summary {
         if self.is_open() {
             return "everything crosses".into();
         }
-        if self.is_closed() {
-            return "nothing crosses".into();
+        if self.cells.iter().all(|(_, o)| *o == Openness::Closed) {
+            return if self.arp {
+                "only ARP crosses (forwarded around the µmboxes)".into()
+            } else {
+                "nothing crosses".into()
+            };
         }
         let list = |o: Openness| -> Vec<String> {
             self.cells
@@ -643,8 +650,15 @@ mod tests {
             ],
             on_failure: Treatment::Drop,
         };
-        assert_eq!(summary(&[&fake]).line(), "nothing crosses");
-        assert_eq!(summary(&[]).line(), "everything crosses");
+        assert_eq!(
+            summary(&[&fake], true).line(),
+            "only ARP crosses (forwarded around the µmboxes)"
+        );
+        assert_eq!(summary(&[], true).line(), "everything crosses");
+        assert_eq!(
+            summary(&[&Contract::drop()], false).line(),
+            "nothing crosses"
+        );
         let auth = Contract {
             clauses: vec![
                 clause(
@@ -657,7 +671,7 @@ mod tests {
             ],
             on_failure: Treatment::Drop,
         };
-        let s = summary(&[&auth]);
+        let s = summary(&[&auth], true);
         assert_eq!(
             s.line(),
             "with credentials only: tcp 9010 from uplink; everything else crosses"
@@ -670,7 +684,7 @@ mod tests {
             on_failure: Treatment::Drop,
         };
         assert_eq!(
-            summary(&[&telnet]).line(),
+            summary(&[&telnet], true).line(),
             "everything crosses but tcp 23 from uplink, tcp 23 from device"
         );
     }

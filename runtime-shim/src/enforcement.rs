@@ -83,6 +83,9 @@ pub struct Crossing {
     pub line: String,
     /// Every kind of flow, neighbouring ports treated alike merged.
     pub cells: Vec<CrossingCell>,
+    /// Whether ARP crosses (the switch forwards it around every chain but `drop`).
+    #[serde(default)]
+    pub arp: bool,
 }
 
 /// Flows of one protocol, a port range (TCP and UDP) and one starting side, and how far
@@ -144,8 +147,17 @@ pub fn crossing(bundle: &Bundle, device: usize, installed: Option<usize>) -> Cro
         Some(state) => chain_contracts(bundle, device, state),
         None => vec![Contract::drop()],
     };
+    // The switch forwards ARP around every chain but `drop` (and no flows pass nothing).
+    let arp = installed.is_some_and(|state| {
+        bundle
+            .manifest
+            .devices
+            .get(device)
+            .and_then(|d| d.states.get(state))
+            .is_some_and(|st| st.chain != Chain::Builtin(Builtin::Drop))
+    });
     let chain: Vec<&Contract> = contracts.iter().collect();
-    let summary = contract::summary(&chain);
+    let summary = contract::summary(&chain, arp);
     let cells = summary
         .cells
         .iter()
@@ -164,6 +176,7 @@ pub fn crossing(bundle: &Bundle, device: usize, installed: Option<usize>) -> Cro
     Crossing {
         line: summary.line(),
         cells,
+        arp: summary.arp,
     }
 }
 

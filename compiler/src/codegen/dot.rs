@@ -120,7 +120,7 @@ fn cluster(out: &mut String, model: &Model, id: TypeId, key: &str) {
             "{}\n{}\n{}",
             s.name,
             chain_text(model, &s.chain),
-            contract::summary(&refs).line()
+            contract::summary(&refs, !matches!(s.chain, crate::ir::Chain::Drop)).line()
         );
         let _ = writeln!(
             out,

@@ -409,9 +409,26 @@ fn pair(
             }
         }
         // A reading postpones one, an alert the other: neither is always first, but equal
-        // ones run out together when neither comes.
+        // ones run out together when neither comes. Where no alert can ever come, the
+        // quiet time counts from entering the state and a shorter one always runs out
+        // before the silence (which counts from entering or later).
         (Trigger::Quiet { after_ms: q }, Trigger::Silent { after_ms: s })
         | (Trigger::Silent { after_ms: s }, Trigger::Quiet { after_ms: q }) => {
+            if quiet_from_entry && q < s {
+                let silent_is_a = matches!(a.trigger, Trigger::Silent { .. });
+                let (hidden, by) = if silent_is_a { (a, b) } else { (b, a) };
+                v.push(shadowed(
+                    ty,
+                    hidden,
+                    by,
+                    "no alert can reach this device type, so the quiet time counts from entering the state and runs out before the silence",
+                ));
+                return Some(if silent_is_a {
+                    Hidden::First
+                } else {
+                    Hidden::Second
+                });
+            }
             if q == s && a.to != b.to {
                 v.push(nondeterminism(
                     ty,

@@ -734,7 +734,13 @@ pub(super) fn integrity(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
                 }
             }
             for e in &untrusted {
-                diag = diag.secondary(site.devices[e.index()].loc, "not marked `trusted`");
+                let dev_e = &site.devices[e.index()];
+                let label = if dev_e.trusted {
+                    "marked `trusted`, but untrusted data sets its state"
+                } else {
+                    "not marked `trusted`"
+                };
+                diag = diag.secondary(dev_e.loc, label);
             }
             v.push(diag);
         }
@@ -899,6 +905,12 @@ pub(super) fn undoes(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
             // A `when` rule that does not test `d`'s state asks the same question of every
             // lowering transition without a guard: ask it once (a site has thousands).
             let reads_d = Expr::states_read(&r.cond).any(|x| x == d);
+            // A rule that reads only states, not `d`'s, is not evaluated again when `d` is
+            // lowered: it fires again only when a device it tests enters a state, which is
+            // a new event, not the lowering undone.
+            if waits_for_state_change(r) && !reads_d {
+                continue;
+            }
             let mut asked: Option<Option<serde_json::Value>> = None;
             for t in &ty.transitions {
                 if t.to >= t.from || high <= t.to {
@@ -961,12 +973,12 @@ pub(super) fn undoes(v: &mut Verifier<'_>, site: &Site, live: &[bool]) {
                 let (label, help) = if r.edge {
                     (
                         "becomes true when the device is lowered",
-                        format!("with {}, the condition is false in `{from}` and true in `{low}`: lowering `{}` makes the rule fire; make the condition exclude `{low}` (`not {} in {low}`)", inline(&values), dev.name, dev.name),
+                        format!("with {}, the condition is false in `{from}` and true in `{low}`: lowering `{}` itself makes the rule fire. Let the condition not depend on `{}`'s state (an `escalate` never lowers, so it needs no `{} in ...` test)", inline(&values), dev.name, dev.name, dev.name),
                     )
                 } else {
                     (
                         "holds in the lowered state",
-                        format!("with {}, the condition holds in `{low}`: write `rule {} on ...` to fire only when the condition becomes true, or make it exclude `{low}` (`not {} in {low}`)", inline(&values), r.name, dev.name),
+                        format!("with {}, the condition holds in `{low}` and the rule fires again at the next change of what it reads: write `rule {} on ...` to fire when the condition becomes true, not while it stays true", inline(&values), r.name),
                     )
                 };
                 v.push(
