@@ -736,3 +736,116 @@ pub(super) fn monotone(v: &mut Verifier<'_>, id: TypeId) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The two ways to the same answer must agree: following a flow over the generated
+    //! switch flows, hop by hop ([`Plane::follow`]), and composing the chain's contracts
+    //! alone ([`contract::passage`], what K216 and the shim's `status` use). A difference
+    //! is a bug in code generation or in the walk.
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::source::{LoadError, SourceLoader};
+    use std::path::{Path, PathBuf};
+
+    struct Fs;
+    impl SourceLoader for Fs {
+        fn read_file(&self, path: &Path) -> Result<String, LoadError> {
+            std::fs::read_to_string(path).map_err(|e| LoadError::Other(e.to_string()))
+        }
+    }
+
+    fn policies() -> Vec<PathBuf> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut out = vec![
+            root.join("examples/smart-office/office.kalki"),
+            root.join("examples/kalki-lab-corrected/lab.kalki"),
+            root.join("examples/badge-door/door.kalki"),
+        ];
+        for f in std::fs::read_dir(root.join("tests/fixtures/verify")).unwrap() {
+            let p = f.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            if name.starts_with("k215")
+                || name.starts_with("k216")
+                || name.starts_with("k213_traffic")
+            {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_walk_over_the_flows_agrees_with_the_chains_contracts() {
+        let mut compared = 0;
+        for path in policies() {
+            let checked = crate::check(std::slice::from_ref(&path), &Fs);
+            let model = checked
+                .model
+                .as_ref()
+                .unwrap_or_else(|| panic!("{}", path.display()));
+            for site in &model.sites {
+                let plane = Plane::new(model, site).unwrap();
+                for (di, d) in site.devices.iter().enumerate() {
+                    let ty = model.device_type(d.ty);
+                    for (si, s) in ty.states.iter().enumerate() {
+                        let state = StateId::from_index(si);
+                        let contracts = model.chain_contracts(&s.chain);
+                        let chain: Vec<&Contract> = contracts.iter().collect();
+                        let classes: Vec<Class> = contracts
+                            .iter()
+                            .flat_map(|c| c.clauses.iter().map(|cl| cl.class.clone()))
+                            .collect();
+                        let all: Vec<&OfFlow> = plane.base.iter().collect();
+                        for cell in contract::cells(&classes) {
+                            let f = cell.sample();
+                            let followed = plane.follow(di, state, Some(f), f.from);
+                            // The index leaves out only flows that cannot meet the packet.
+                            let unindexed = plane.follow_over(&all, di, state, Some(f), f.from);
+                            assert_eq!(
+                                followed.hops.iter().map(|h| &h.outputs).collect::<Vec<_>>(),
+                                unindexed
+                                    .hops
+                                    .iter()
+                                    .map(|h| &h.outputs)
+                                    .collect::<Vec<_>>(),
+                                "{}: {} in {}: {cell}, with and without the index",
+                                path.display(),
+                                d.name,
+                                s.name
+                            );
+                            let walked = followed.openness;
+                            let composed = contract::passage(&chain, &f).openness();
+                            assert_eq!(
+                                walked,
+                                composed,
+                                "{}: {} in {}: {cell}",
+                                path.display(),
+                                d.name,
+                                s.name
+                            );
+                            compared += 1;
+                        }
+                        // ARP crosses every chain but `drop`, around the µmboxes.
+                        let arp = plane.follow(di, state, None, Starter::Uplink).openness;
+                        let want = if matches!(s.chain, crate::ir::Chain::Drop) {
+                            Openness::Closed
+                        } else {
+                            Openness::Open
+                        };
+                        assert_eq!(
+                            arp,
+                            want,
+                            "{}: ARP to {} in {}",
+                            path.display(),
+                            d.name,
+                            s.name
+                        );
+                    }
+                }
+            }
+        }
+        assert!(compared > 100, "only {compared} cells compared");
+    }
+}
