@@ -612,6 +612,24 @@ impl<'a> Cx<'a> {
         })
     }
 
+    /// A state of device `dev` (of type `ty`) by name, or K103 with the states there are.
+    fn state_of(
+        &mut self,
+        source: SourceId,
+        dev: &Ident,
+        ty: TypeId,
+        state: &Ident,
+    ) -> Option<StateId> {
+        let states = &self.model.device_type(ty).states;
+        if let Some(i) = states.iter().position(|s| s.name == state.name) {
+            return Some(StateId::from_index(i));
+        }
+        let names: Vec<String> = states.iter().map(|s| s.name.clone()).collect();
+        let c: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.unknown(&format!("state of `{}`", dev.name), state, source, &c, None);
+        None
+    }
+
     /// `LO..HI` (or one port) as a port range, or K106.
     fn port_range(&mut self, source: SourceId, lo: i64, hi: i64, span: Span) -> Option<PortRange> {
         match (u16::try_from(lo), u16::try_from(hi)) {
@@ -1572,25 +1590,8 @@ impl<'a> Cx<'a> {
                     Ctx::Rule { site } | Ctx::Assert { site } => site,
                 };
                 let (device, ty) = self.site_device(source, site, dev)?;
-                let states: Vec<String> = self
-                    .model
-                    .device_type(ty)
-                    .states
-                    .iter()
-                    .map(|s| s.name.clone())
-                    .collect();
-                let Some(i) = states.iter().position(|s| *s == state.name) else {
-                    let c: Vec<&str> = states.iter().map(String::as_str).collect();
-                    self.unknown(&format!("state of `{}`", dev.name), state, source, &c, None);
-                    return None;
-                };
-                mk(
-                    ExprKind::InState {
-                        device,
-                        state: StateId::from_index(i),
-                    },
-                    Ty::Bool,
-                )
+                let state = self.state_of(source, dev, ty, state)?;
+                mk(ExprKind::InState { device, state }, Ty::Bool)
             }
             AK::Clock { from, to } => {
                 if matches!(ctx, Ctx::Assert { .. }) {
@@ -2091,27 +2092,9 @@ impl<'a> Cx<'a> {
                 TrafficClass::Ip(Class { proto, ports })
             }
         };
-        let names: Vec<String> = self
-            .model
-            .device_type(ty)
-            .states
-            .iter()
-            .map(|s| s.name.clone())
-            .collect();
         let mut states = Vec::new();
         for s in &a.states {
-            let Some(i) = names.iter().position(|n| *n == s.name) else {
-                let c: Vec<&str> = names.iter().map(String::as_str).collect();
-                self.unknown(
-                    &format!("state of `{}`", a.device.name),
-                    s,
-                    source,
-                    &c,
-                    None,
-                );
-                return None;
-            };
-            let id = StateId::from_index(i);
+            let id = self.state_of(source, &a.device, ty, s)?;
             if !states.contains(&id) {
                 states.push(id);
             }
@@ -2145,30 +2128,13 @@ impl<'a> Cx<'a> {
             ast::Action::Goto { device, state, .. }
             | ast::Action::Escalate { device, state, .. } => {
                 let (d, ty) = self.site_device(source, site, device)?;
-                let states: Vec<String> = self
-                    .model
-                    .device_type(ty)
-                    .states
-                    .iter()
-                    .map(|s| s.name.clone())
-                    .collect();
-                let Some(i) = states.iter().position(|s| *s == state.name) else {
-                    let c: Vec<&str> = states.iter().map(String::as_str).collect();
-                    self.unknown(
-                        &format!("state of `{}`", device.name),
-                        state,
-                        source,
-                        &c,
-                        None,
-                    );
-                    return None;
-                };
-                let state = StateId::from_index(i);
+                let state = self.state_of(source, device, ty, state)?;
+                let i = state.index();
                 if i == 0 && matches!(a, ast::Action::Escalate { .. }) {
                     self.err(
                         Diagnostic::error(
                             codes::BAD_CONTEXT,
-                            format!("`{}` is the least restrictive state: an escalation to it never moves `{}`", state_name(&states, i), device.name),
+                            format!("`{}` is the least restrictive state: an escalation to it never moves `{}`", self.model.device_type(ty).states[i].name, device.name),
                         )
                         .primary(loc, "does nothing")
                         .help("`escalate` only raises a device; to move it down, write `DEVICE -> STATE` (K207 then asks for trusted data)"),
@@ -2323,8 +2289,4 @@ fn secret_path_ok(path: &str) -> bool {
                 .split('/')
                 .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
     })
-}
-
-fn state_name(states: &[String], i: usize) -> &str {
-    states.get(i).map_or("?", String::as_str)
 }
