@@ -466,18 +466,24 @@ fn concretize(
                 }
                 Trigger::When { guard, hold_ms } => {
                     // Not the other guards out of the state: the engine takes the first
-                    // that holds, and a held one may run out first.
-                    let others: Vec<&Expr> = ty
-                        .transitions
-                        .iter()
-                        .enumerate()
-                        .filter(|(i, o)| *i != index && o.from == t.from)
-                        .filter_map(|(_, o)| match &o.trigger {
-                            Trigger::When { guard, .. } => Some(guard),
-                            _ => None,
-                        })
-                        .collect();
-                    let mut candidates = readings(v, site, engine, device, guard, &others)?;
+                    // that holds, and a held one may run out first. Failing that, not
+                    // the ones declared before it (a later one may hold too: the engine
+                    // takes this one first), and failing that the guard alone.
+                    let rivals = |earlier_only: bool| -> Vec<&Expr> {
+                        ty.transitions
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, o)| *i != index && o.from == t.from)
+                            .filter(|(i, _)| !earlier_only || *i < index)
+                            .filter_map(|(_, o)| match &o.trigger {
+                                Trigger::When { guard, .. } => Some(guard),
+                                _ => None,
+                            })
+                            .collect()
+                    };
+                    let (others, earlier) = (rivals(false), rivals(true));
+                    let mut candidates =
+                        readings(v, site, engine, device, guard, &[&others, &earlier])?;
                     if let Some(h) = hold_ms {
                         // A quiet time out of the state that is not longer than the hold
                         // runs out first unless alerts keep postponing it: a second
@@ -641,18 +647,18 @@ fn readings(
     engine: &Engine,
     device: DeviceId,
     guard: &Expr,
-    others: &[&Expr],
+    exclusions: &[&[&Expr]],
 ) -> Result<Vec<Vec<(u64, Input)>>, String> {
     let mut out = Vec::new();
     let mut last = None;
-    for exclusive in [true, false] {
+    // Each set of guards to keep off in turn, then none.
+    let none: &[&Expr] = &[];
+    for others in exclusions.iter().copied().chain([none]) {
         let mut voc = Vocab::for_site(v.policy, site);
         let mut facts = vec![voc.encode_for(device, guard)];
-        if exclusive {
-            for o in others {
-                let t = voc.encode_for(device, o);
-                facts.push(Term::negate(t));
-            }
+        for o in others {
+            let t = voc.encode_for(device, o);
+            facts.push(Term::negate(t));
         }
         voc.query.facts.push(Term::And(facts));
         voc.steady();
