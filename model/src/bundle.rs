@@ -394,6 +394,7 @@ fn check_manifest(
 
     let mut types = Vec::with_capacity(m.devices.len());
     let mut device_names = BTreeSet::new();
+    let mut topic_owner: BTreeMap<&str, &str> = BTreeMap::new();
     for (di, d) in m.devices.iter().enumerate() {
         let at = format!("devices[{di}] (`{}`)", d.name);
         if !device_names.insert(d.name.as_str()) {
@@ -423,6 +424,21 @@ fn check_manifest(
                     expected.join(", ")
                 ),
             ));
+        }
+        if let Some(tel) = &d.telemetry {
+            for problem in crate::telemetry::check(t, tel) {
+                errors.push(inconsistent(&at, format!("telemetry: {problem}")));
+            }
+            for b in &tel.topics {
+                if let Some(other) = topic_owner.insert(b.topic.as_str(), d.name.as_str()) {
+                    if other != d.name {
+                        errors.push(inconsistent(
+                            &at,
+                            format!("topic {:?} is also read by `{other}`", b.topic),
+                        ));
+                    }
+                }
+            }
         }
         let initial = t.states.get(t.initial as usize);
         if initial != Some(&d.initial) {

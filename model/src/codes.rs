@@ -51,6 +51,19 @@ pub const NOT_DEPLOYED: &str = "S111";
 /// only a µmbox (named as its source) or a rule can raise it.
 pub const NOT_OWN: &str = "S112";
 
+// S12x: MQTT messages (`telemetry.rs`): the message changes nothing.
+
+/// A message's payload is unreadable: longer than 64 KiB, not UTF-8, or (for a JSON
+/// binding) not a JSON object.
+pub const BAD_PAYLOAD: &str = "S120";
+/// A message lacks a path its binding reads.
+pub const MISSING_FIELD: &str = "S121";
+/// A message's value has the wrong type for its variable, or is none of its map's values.
+pub const FIELD_TYPE: &str = "S122";
+/// A message's number is not whole after scaling and its binding does not round, or does
+/// not fit 64 bits.
+pub const NOT_WHOLE: &str = "S123";
+
 /// Every code of the model (S0xx, S1xx) with a one-line summary, for documentation.
 pub const ALL: &[(&str, &str)] = &[
     (UNREADABLE, "a bundle file could not be read"),
@@ -83,5 +96,21 @@ pub const ALL: &[(&str, &str)] = &[
     (
         NOT_OWN,
         "alert without a source that the device's type does not declare",
+    ),
+    (
+        BAD_PAYLOAD,
+        "an MQTT payload is too large, not UTF-8, or not a JSON object",
+    ),
+    (
+        MISSING_FIELD,
+        "an MQTT message lacks a path its binding reads",
+    ),
+    (
+        FIELD_TYPE,
+        "an MQTT value has the wrong type or is not in the binding's map",
+    ),
+    (
+        NOT_WHOLE,
+        "an MQTT number is not whole after scaling (no rounding) or too big",
     ),
 ];

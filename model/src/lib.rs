@@ -12,6 +12,7 @@
 //!   with: inputs at a virtual time in, state changes, commands and alerts out;
 //! - [`contract`]: µmbox traffic contracts: what a chain lets through, for the verifier,
 //!   the shim's `status` and the tests of the real image;
+//! - [`telemetry`]: MQTT bindings: a message to a reading, a command to a message;
 //! - [`text`]: the IR back as policy text, for messages; [`codes`]: S0xx and S1xx.
 //!
 //! Pure: no I/O, no clock, no async runtime, no solver.
@@ -26,4 +27,5 @@ pub mod engine;
 pub mod eval;
 pub mod manifest;
 pub mod range;
+pub mod telemetry;
 pub mod text;

@@ -287,6 +287,10 @@ pub struct Device {
     pub most_restrictive: String,
     /// One per state of its type, in the same order.
     pub states: Vec<DeviceState>,
+    /// Where its readings come from and its commands go over MQTT (topics filled in);
+    /// absent when it has no bindings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub telemetry: Option<crate::telemetry::Telemetry>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
