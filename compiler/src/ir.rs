@@ -76,17 +76,18 @@ impl Model {
     pub fn umbox(&self, id: UmboxId) -> &Umbox {
         &self.umboxes[id.index()]
     }
-    /// The µmboxes a chain deploys, in order, each with the alerts it emits.
-    pub fn chain_emits(&self, chain: &Chain) -> Vec<(String, Vec<String>)> {
+    /// The µmboxes a chain deploys, in order, each with the alerts it emits (none off
+    /// the switch).
+    pub fn chain_emits(&self, chain: Option<&Chain>) -> Vec<(String, Vec<String>)> {
         match chain {
-            Chain::Umboxes(entries) => entries
+            Some(Chain::Umboxes(entries)) => entries
                 .iter()
                 .map(|e| {
                     let u = self.umbox(e.umbox);
                     (u.name.clone(), u.emits.clone())
                 })
                 .collect(),
-            Chain::Pass | Chain::Drop => Vec::new(),
+            Some(Chain::Pass | Chain::Drop) | None => Vec::new(),
         }
     }
     pub fn device_type(&self, id: TypeId) -> &DeviceType {
@@ -278,6 +279,12 @@ impl DeviceType {
     pub fn most_restrictive(&self) -> StateId {
         StateId::from_index(self.states.len().saturating_sub(1))
     }
+    /// Whether its devices are on the switch: its states have chains. A type none of
+    /// whose states has a chain is *off the switch* (a sensor behind a hub): its devices
+    /// have states, rules and commands, but no address, port, flows or µmboxes.
+    pub fn on_switch(&self) -> bool {
+        self.states.iter().any(|s| s.chain.is_some())
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -293,7 +300,9 @@ pub struct State {
     pub loc: Loc,
     /// Exempt from the trap check.
     pub is_final: bool,
-    pub chain: Chain,
+    /// `None` in a type off the switch (no state of it has a chain; typeck refuses a type
+    /// where only some have one).
+    pub chain: Option<Chain>,
     /// The `{ chain [...] }` block (the state's name when it has none).
     pub chain_loc: Loc,
 }
@@ -411,11 +420,19 @@ impl TrafficDir {
 pub struct Device {
     pub name: String,
     pub ty: TypeId,
+    /// Where it is on the switch; `None` for a device of a type off the switch
+    /// ([`DeviceType::on_switch`]), which has no address, port, flows or µmboxes.
+    pub net: Option<DeviceNet>,
+    pub trusted: bool,
+    pub loc: Loc,
+}
+
+/// A device's place on the switch: `at`, `mac`, `port`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceNet {
     pub ip: u32,
     pub mac: Option<[u8; 6]>,
     pub port: String,
-    pub trusted: bool,
-    pub loc: Loc,
     pub ip_loc: Loc,
     pub mac_loc: Option<Loc>,
     pub port_loc: Loc,

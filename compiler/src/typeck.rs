@@ -957,7 +957,7 @@ impl<'a> Cx<'a> {
                             name: n.name.clone(),
                             loc: nl,
                             is_final: false,
-                            chain: Chain::Drop,
+                            chain: None,
                             chain_loc: nl,
                         });
                     }
@@ -1017,7 +1017,11 @@ impl<'a> Cx<'a> {
             }
         }
 
-        // Chains.
+        // Chains: every state has one, or (a type off the switch) none has.
+        let off_switch = !t.members.iter().any(
+            |member| matches!(member, ast::DeviceMember::StateBlock(b) if b.chain.is_some()),
+        );
+        let mixed_help = "or, for a device off the switch (a sensor behind a hub), give no state of the type a chain";
         let mut chain_locs: Vec<Option<Loc>> = vec![None; out.states.len()];
         for member in &t.members {
             let ast::DeviceMember::StateBlock(block) = member else {
@@ -1050,24 +1054,25 @@ impl<'a> Cx<'a> {
                 self.loc(source, block.chain.as_ref().map_or(block.span, |c| c.span));
             match &block.chain {
                 Some(chain) => {
-                    if let Some(c) = self.chain(m, source, chain) {
-                        out.states[s.index()].chain = c;
-                    }
+                    // A chain that fails is reported; `drop` keeps the type on the switch.
+                    out.states[s.index()].chain =
+                        Some(self.chain(m, source, chain).unwrap_or(Chain::Drop));
                 }
+                None if off_switch => {}
                 None => self.err(
                     Diagnostic::error(codes::MISSING, format!("state `{}` has no chain", block.state.name))
                         .primary(bl, "this block")
-                        .help("add `chain [...]`; `chain [pass]` forwards without inspection, `chain [drop]` blocks"),
+                        .help(format!("add `chain [...]`; `chain [pass]` forwards without inspection, `chain [drop]` blocks; {mixed_help}")),
                 ),
             }
         }
         for (i, l) in chain_locs.iter().enumerate() {
-            if l.is_none() {
+            if l.is_none() && !off_switch {
                 let st = &out.states[i];
                 self.err(
                     Diagnostic::error(codes::MISSING, format!("state `{}` has no chain", st.name))
                         .primary(st.loc, "declared here")
-                        .help(format!("add `{} {{ chain [...] }}`; every state says how the device is protected in it", st.name)),
+                        .help(format!("add `{} {{ chain [...] }}`; every state says how the device is protected in it, {mixed_help}", st.name)),
                 );
             }
         }
@@ -1923,6 +1928,52 @@ impl<'a> Cx<'a> {
                     let Some(&ty) = self.type_ids.get(&key) else {
                         continue;
                     };
+                    let t = self.model.device_type(ty);
+                    if !t.states.is_empty() && !t.on_switch() {
+                        // Off the switch: nothing of it has an address or a port.
+                        let given: Vec<(&str, Span)> = [
+                            d.ip.map(|(_, sp)| ("at", sp)),
+                            d.mac.map(|(_, sp)| ("mac", sp)),
+                            d.port.as_ref().map(|p| ("port", p.span)),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .collect();
+                        if let Some(&(_, first)) = given.first() {
+                            let (tname, tloc) = (t.name.clone(), t.loc);
+                            let words: Vec<String> =
+                                given.iter().map(|(w, _)| format!("`{w}`")).collect();
+                            let mut diag = Diagnostic::error(
+                                codes::BAD_CONTEXT,
+                                format!(
+                                    "device `{}` is off the switch and takes no {}",
+                                    d.name.name,
+                                    words.join(", ")
+                                ),
+                            )
+                            .primary(self.loc(source, first), "given here");
+                            for &(_, sp) in &given[1..] {
+                                diag = diag.secondary(self.loc(source, sp), "and here");
+                            }
+                            self.err(
+                                diag.secondary(tloc, "no state of this type has a chain")
+                                    .help(format!(
+                                        "`{tname}` has no chain, so nothing of `{}` is on the switch (a sensor behind a hub): remove its `at`, `mac` and `port`; to put it on the switch, give every state of `{tname}` a chain",
+                                        d.name.name
+                                    )),
+                            );
+                            broken.push(d.name.name.clone());
+                            continue;
+                        }
+                        out.devices.push(Device {
+                            name: d.name.name.clone(),
+                            ty,
+                            net: None,
+                            trusted: d.trusted.is_some(),
+                            loc: dl,
+                        });
+                        continue;
+                    }
                     let (Some((ip, ip_span)), Some(port)) = (d.ip, &d.port) else {
                         let what = match (d.ip.is_some(), d.port.is_some()) {
                             (false, false) => {
@@ -1944,14 +1995,16 @@ impl<'a> Cx<'a> {
                     out.devices.push(Device {
                         name: d.name.name.clone(),
                         ty,
-                        ip,
-                        mac: d.mac.map(|(m, _)| m),
-                        port: port.value.clone(),
+                        net: Some(DeviceNet {
+                            ip,
+                            mac: d.mac.map(|(m, _)| m),
+                            port: port.value.clone(),
+                            ip_loc: self.loc(source, ip_span),
+                            mac_loc: d.mac.map(|(_, sp)| self.loc(source, sp)),
+                            port_loc: self.loc(source, port.span),
+                        }),
                         trusted: d.trusted.is_some(),
                         loc: dl,
-                        ip_loc: self.loc(source, ip_span),
-                        mac_loc: d.mac.map(|(_, sp)| self.loc(source, sp)),
-                        port_loc: self.loc(source, port.span),
                     });
                 }
                 ast::SiteMember::Rule(_)
@@ -2049,6 +2102,20 @@ impl<'a> Cx<'a> {
         a: &ast::TrafficAssertion,
     ) -> Option<TrafficAssertion> {
         let (device, ty) = self.site_device(source, site, &a.device)?;
+        let t = self.model.device_type(ty);
+        if !t.states.is_empty() && !t.on_switch() {
+            let tloc = t.loc;
+            self.err(
+                Diagnostic::error(
+                    codes::BAD_CONTEXT,
+                    format!("`{}` is off the switch: it has no traffic on it to assert about", a.device.name),
+                )
+                .primary(self.loc(source, a.device.span), "a device off the switch")
+                .secondary(tloc, "no state of this type has a chain")
+                .help(format!("whatever `{}` sends goes through its hub, not the switch, so nothing proves or refutes it here; assert about its states (`assert reachable {} in ...`) or about the devices it moves", a.device.name, a.device.name)),
+            );
+            return None;
+        }
         let class = match &a.class {
             None => TrafficClass::Anything,
             Some(c) if c.name.name == "arp" && c.ports.is_empty() => TrafficClass::Arp,

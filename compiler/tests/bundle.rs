@@ -130,8 +130,8 @@ fn manifest_digests_match_the_files() {
     // Every device state names its rule set and containers, and they exist.
     for d in manifest["devices"].as_array().unwrap() {
         for s in d["states"].as_array().unwrap() {
-            assert!(b.files.contains_key(s["flows"].as_str().unwrap()));
-            for c in s["containers"].as_array().unwrap() {
+            assert!(b.files.contains_key(s["switch"]["flows"].as_str().unwrap()));
+            for c in s["switch"]["containers"].as_array().unwrap() {
                 assert!(b.files.contains_key(c.as_str().unwrap()));
             }
         }
@@ -157,7 +157,7 @@ fn states_share_equal_umbox_instances() {
             .iter()
             .find(|s| s["name"] == state)
             .unwrap();
-        s["containers"]
+        s["switch"]["containers"]
             .as_array()
             .unwrap()
             .iter()
@@ -188,7 +188,7 @@ fn states_share_equal_umbox_instances() {
     let filtered = &m["devices"][0]["states"][2];
     assert_eq!(filtered["name"], "filtered");
     assert_eq!(
-        filtered["containers"],
+        filtered["switch"]["containers"],
         serde_json::json!([
             "containers/kettle/1-relay.json",
             "containers/kettle/2-ids.json",
@@ -203,8 +203,8 @@ fn every_state_set_carries_only_its_own_cookie() {
     let manifest: serde_json::Value = serde_json::from_slice(&b.files["manifest.json"]).unwrap();
     for d in manifest["devices"].as_array().unwrap() {
         for s in d["states"].as_array().unwrap() {
-            let cookie = s["cookie"].as_str().unwrap();
-            let flows = String::from_utf8(b.files[s["flows"].as_str().unwrap()].clone()).unwrap();
+            let cookie = s["switch"]["cookie"].as_str().unwrap();
+            let flows = String::from_utf8(b.files[s["switch"]["flows"].as_str().unwrap()].clone()).unwrap();
             for line in flows.lines() {
                 assert!(line.contains(&format!("cookie={cookie},")), "{line}");
                 assert!(

@@ -129,8 +129,8 @@ fn cases() -> Vec<Case> {
             what: "`back` is given `front`'s IP address in the typed model (K209 refuses this \
                    at the source); the generated flows for one address serve two devices",
             model: Some(|m| {
-                let ip = m.sites[0].devices[0].ip;
-                m.sites[0].devices[1].ip = ip;
+                let ip = m.sites[0].devices[0].net.as_ref().unwrap().ip;
+                m.sites[0].devices[1].net.as_mut().unwrap().ip = ip;
             }),
             plane: None,
         },
@@ -142,8 +142,8 @@ fn cases() -> Vec<Case> {
                    at the source), but every flow also matches the switch port, so the \
                    emitted rules still keep the two apart",
             model: Some(|m| {
-                let mac = m.sites[0].devices[0].mac;
-                m.sites[0].devices[1].mac = mac;
+                let mac = m.sites[0].devices[0].net.as_ref().unwrap().mac;
+                m.sites[0].devices[1].net.as_mut().unwrap().mac = mac;
             }),
             plane: None,
         },
@@ -826,8 +826,8 @@ fn build_refuses_what_the_validator_rejects() {
     let mut model = checked.model.clone().unwrap();
     let solver = Z3Solver::new(10_000);
     assert!(bundle::build(&model, &model.sites[0], &checked.sources, &solver).is_ok());
-    let ip = model.sites[0].devices[0].ip;
-    model.sites[0].devices[1].ip = ip;
+    let ip = model.sites[0].devices[0].net.as_ref().unwrap().ip;
+    model.sites[0].devices[1].net.as_mut().unwrap().ip = ip;
     let Err(diags) = bundle::build(&model, &model.sites[0], &checked.sources, &solver) else {
         panic!("a bundle was built for two devices with one address");
     };

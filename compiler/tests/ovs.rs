@@ -176,8 +176,8 @@ impl Bridge {
     /// Replaces one device's table-1 rules by one state's set, atomically: one OpenFlow
     /// bundle that deletes by cookie and mask and adds the new set.
     fn install(&self, bundle: &Path, dev: &Value, state: &Value, mask: &str, tmp: &TempDir) {
-        let cookie = state["cookie"].as_str().expect("cookie");
-        let rules = std::fs::read_to_string(bundle.join(state["flows"].as_str().expect("flows")))
+        let cookie = state["switch"]["cookie"].as_str().expect("cookie");
+        let rules = std::fs::read_to_string(bundle.join(state["switch"]["flows"].as_str().expect("flows")))
             .expect("rule set");
         let mut script = format!("delete cookie={cookie}/{mask}\n");
         for line in rules.lines() {
@@ -222,7 +222,7 @@ fn ofport(p: &Value) -> u32 {
 /// pairs in chain order.
 fn chain_ports(bundle: &Path, state: &Value) -> (Vec<u32>, Vec<(u32, u32)>) {
     let (mut taps, mut inline) = (Vec::new(), Vec::new());
-    for path in state["containers"].as_array().expect("containers") {
+    for path in state["switch"]["containers"].as_array().expect("containers") {
         let c: Value = serde_json::from_slice(
             &std::fs::read(bundle.join(path.as_str().expect("path"))).expect("container"),
         )
@@ -294,9 +294,9 @@ fn check_on_switch(tag: &str, policy: &str) {
     let mut checked = 0;
     for d in devices {
         let name = d["name"].as_str().expect("name");
-        let dport = d["ofport"].as_u64().expect("ofport") as u32;
-        let ip = d["ip"].as_str().expect("ip");
-        let mac = d["mac"].as_str().unwrap_or(ANY_MAC);
+        let dport = d["net"]["ofport"].as_u64().expect("ofport") as u32;
+        let ip = d["net"]["ip"].as_str().expect("ip");
+        let mac = d["net"]["mac"].as_str().unwrap_or(ANY_MAC);
         let from_dev = |port: u32| {
             format!(
                 "in_port={port},dl_src={mac},dl_dst={PEER_MAC},icmp,nw_src={ip},nw_dst={PEER_IP}"
@@ -315,7 +315,7 @@ fn check_on_switch(tag: &str, policy: &str) {
         );
         for s in d["states"].as_array().expect("states") {
             let state = s["name"].as_str().expect("state");
-            let device_bits = hex(s["cookie"].as_str().expect("cookie")) & hex(mask);
+            let device_bits = hex(s["switch"]["cookie"].as_str().expect("cookie")) & hex(mask);
             let others = |flows: Vec<String>| -> Vec<String> {
                 flows
                     .into_iter()
@@ -332,9 +332,9 @@ fn check_on_switch(tag: &str, policy: &str) {
             let own = br.ofctl(&[
                 "--no-stats",
                 "dump-flows",
-                &format!("cookie={}/-1", s["cookie"].as_str().expect("cookie")),
+                &format!("cookie={}/-1", s["switch"]["cookie"].as_str().expect("cookie")),
             ]);
-            let written = std::fs::read_to_string(out.join(s["flows"].as_str().expect("flows")))
+            let written = std::fs::read_to_string(out.join(s["switch"]["flows"].as_str().expect("flows")))
                 .expect("rule set");
             assert_eq!(
                 own.lines().count(),
@@ -347,7 +347,7 @@ fn check_on_switch(tag: &str, policy: &str) {
                 assert_eq!(got, want, "{name} in {state}: {what} ({flow})");
                 checked += 1;
             };
-            match &s["chain"] {
+            match &s["switch"]["chain"] {
                 Value::String(b) if b == "drop" => {
                     expect("device IP", &from_dev(dport), outs(&[]));
                     expect("device ARP", &arp_from, outs(&[]));
@@ -507,7 +507,7 @@ fn a_refuted_traffic_assertion_is_confirmed_by_ofproto_trace() {
             .as_array()
             .expect("outputs")
             .iter()
-            .any(|p| p == &dev["ofport"]),
+            .any(|p| p == &dev["net"]["ofport"]),
         "the last hop reaches the device: {traffic}"
     );
 }

@@ -178,7 +178,7 @@ pub fn load(reader: &dyn BundleReader) -> Result<Bundle, Vec<BundleError>> {
 
     let mut containers = BTreeMap::new();
     for d in &manifest.devices {
-        for s in &d.states {
+        for s in d.states.iter().filter_map(|s| s.switch.as_ref()) {
             for path in &s.containers {
                 // Unlisted or unreadable files are already reported.
                 let Some(bytes) = listed.contents.get(path) else {
@@ -316,7 +316,8 @@ fn check_files(reader: &dyn BundleReader, m: &Manifest, errors: &mut Vec<BundleE
         .devices
         .iter()
         .flat_map(|d| &d.states)
-        .flat_map(|s| &s.containers)
+        .filter_map(|s| s.switch.as_ref())
+        .flat_map(|p| &p.containers)
         .map(String::as_str)
         .collect();
     let mut listed = Listed {
@@ -456,14 +457,30 @@ fn check_manifest(
                 ),
             ));
         }
+        // A device is on the switch with every state, or off it with none: a state
+        // without a posture on a device on the switch would leave it unprotected, and a
+        // posture for a device with no port could never be installed.
         for s in &d.states {
+            if s.switch.is_some() != d.net.is_some() {
+                errors.push(inconsistent(
+                    &at,
+                    if d.net.is_some() {
+                        format!("state `{}` has no posture on the switch, but the device is on it (`net`)", s.name)
+                    } else {
+                        format!("state `{}` has a posture on the switch, but the device is off it (`net` is null)", s.name)
+                    },
+                ));
+            }
+            let name = &s.name;
+            let Some(s) = &s.switch else {
+                continue;
+            };
             for path in std::iter::once(&s.flows).chain(&s.containers) {
                 if !listed.contains(path) {
                     errors.push(inconsistent(
                         &at,
                         format!(
-                            "state `{}` refers to `{path}`, which `files` does not list",
-                            s.name
+                            "state `{name}` refers to `{path}`, which `files` does not list"
                         ),
                     ));
                 }
@@ -476,8 +493,7 @@ fn check_manifest(
                 errors.push(inconsistent(
                     &at,
                     format!(
-                        "state `{}` has {chain_len} µmboxes in its chain but {} container manifests",
-                        s.name,
+                        "state `{name}` has {chain_len} µmboxes in its chain but {} container manifests",
                         s.containers.len()
                     ),
                 ));

@@ -446,8 +446,10 @@ impl<'a> SiteSpec<'a> {
                     .states
                     .iter()
                     .map(|s| {
-                        s.containers
+                        // A device off the switch has no µmboxes to raise alerts.
+                        s.switch
                             .iter()
+                            .flat_map(|p| &p.containers)
                             .filter_map(|path| bundle.containers.get(path))
                             .map(|c| {
                                 let umbox =

@@ -13,8 +13,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-/// The bundle format these types describe, the one `kalkic build` writes.
-pub const FORMAT: u32 = 1;
+/// The bundle format these types describe, the one `kalkic build` writes. Format 2: a
+/// device's place on the switch is its `net` and a state's posture its `switch`, both
+/// `null` for a device off the switch (format 1 had `ip`, `port`, `cookie`, ... inline,
+/// and no way to say a device has none).
+pub const FORMAT: u32 = 2;
 
 /// The JSON Schemas of the bundle's JSON files, generated from these types: each file's
 /// name under `docs/schema/` and its text (keys sorted, final newline). The committed
@@ -278,10 +281,10 @@ pub struct Device {
     /// The name of its entry in `device_types`.
     #[serde(rename = "type")]
     pub ty: String,
-    pub ip: String,
-    pub mac: Option<String>,
-    pub port: String,
-    pub ofport: u32,
+    /// Where it is on the switch; `null` for a device off the switch (a sensor behind a
+    /// hub, whose type has no chain): it has no address, port, flows or µmboxes, nothing
+    /// of the switch protects it, and every state's `switch` is `null` too.
+    pub net: Option<DeviceNet>,
     pub trusted: bool,
     pub initial: String,
     pub most_restrictive: String,
@@ -293,9 +296,32 @@ pub struct Device {
     pub telemetry: Option<crate::telemetry::Telemetry>,
 }
 
+impl Device {
+    /// Whether the device is on the switch (has a `net`).
+    pub fn on_switch(&self) -> bool {
+        self.net.is_some()
+    }
+}
+
+/// A device's place on the switch.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct DeviceNet {
+    pub ip: String,
+    pub mac: Option<String>,
+    pub port: String,
+    pub ofport: u32,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct DeviceState {
     pub name: String,
+    /// The state's posture on the switch; `null` for a device off the switch.
+    pub switch: Option<Posture>,
+}
+
+/// A state's posture on the switch: its cookie, chain, rule set and µmboxes.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+pub struct Posture {
     pub cookie: Cookie,
     pub chain: Chain,
     /// Path of the state's rule set (`flows/<device>/<state>.ofctl`).

@@ -142,7 +142,8 @@ pub struct DeviceStatus {
     /// What the posture in force lets through, in one line
     /// ([`crate::enforcement::Crossing`]): the state's chain when `enforced`, what was
     /// installed instead when `failed_closed`; absent when `not_enforced` (nothing is
-    /// known of what holds, so nothing is claimed).
+    /// known of what holds, so nothing is claimed) and when `off_switch` (nothing of it
+    /// crosses the switch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crosses: Option<String>,
     /// The same, cell by cell.
@@ -188,7 +189,8 @@ pub fn rfc3339(ms: u64) -> String {
 /// A status as the `status` subcommand prints it: a header line, then one line a device
 /// (name, type, state, enforcement, what crosses, since, µmboxes, why), and for a device
 /// whose posture is not in force a line of its own saying what is and why. What crosses
-/// is `unknown` where the status claims nothing (a device not enforced).
+/// is `unknown` where the status claims nothing (a device not enforced), and `not
+/// applicable` for a device off the switch.
 pub fn render_status(r: &StatusReport) -> String {
     let sha: String = r.bundle_sha256.chars().take(12).collect();
     let (h, m, s) = (r.uptime_s / 3600, r.uptime_s / 60 % 60, r.uptime_s % 60);
@@ -203,6 +205,8 @@ pub fn render_status(r: &StatusReport) -> String {
                 d.state.clone(),
                 d.enforcement.label().to_string(),
                 match (&d.enforcement, &d.crosses) {
+                    // Nothing of it is on the switch: there is no crossing to speak of.
+                    (Enforcement::OffSwitch, _) => "not applicable".to_string(),
                     (Enforcement::NotEnforced { .. }, _) | (_, None) => "unknown".to_string(),
                     (_, Some(line)) => line.clone(),
                 },

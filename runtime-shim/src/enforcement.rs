@@ -29,6 +29,10 @@ pub enum Enforcement {
     /// Neither the posture nor a fail-closed one is in force, as far as the node can be
     /// seen: the switch or the engine unreachable, flows missing, a µmbox down.
     NotEnforced { reason: String },
+    /// The device is off the switch (a sensor behind a hub; its type has no chain):
+    /// the node holds nothing for it and protects none of its traffic. Its states,
+    /// rules and commands work as for any device.
+    OffSwitch,
 }
 
 impl Enforcement {
@@ -38,6 +42,7 @@ impl Enforcement {
             Enforcement::Enforced => "enforced",
             Enforcement::FailedClosed { .. } => "failed-closed",
             Enforcement::NotEnforced { .. } => "NOT-ENFORCED",
+            Enforcement::OffSwitch => "off-switch",
         }
     }
 
@@ -55,22 +60,38 @@ impl fmt::Display for Enforcement {
                 write!(f, "FAILED CLOSED (installed {installed}): {reason}")
             }
             Enforcement::NotEnforced { reason } => write!(f, "NOT ENFORCED: {reason}"),
+            Enforcement::OffSwitch => write!(
+                f,
+                "off the switch: nothing of it is on the switch, and nothing protects its traffic"
+            ),
         }
     }
 }
 
 /// The worst verdict among `verdicts`, as `kalki-shim status` exits with it: `None` when
-/// every device is enforced.
+/// every device is enforced or off the switch (the node owes it nothing).
 pub fn worst<'a>(verdicts: impl IntoIterator<Item = &'a Enforcement>) -> Option<&'a Enforcement> {
     let rank = |e: &Enforcement| match e {
-        Enforcement::Enforced => 0,
+        Enforcement::Enforced | Enforcement::OffSwitch => 0,
         Enforcement::FailedClosed { .. } => 1,
         Enforcement::NotEnforced { .. } => 2,
     };
     verdicts
         .into_iter()
-        .filter(|e| !e.is_enforced())
+        .filter(|e| rank(e) > 0)
         .max_by_key(|e| rank(e))
+}
+
+/// The verdict of a device the bundle puts off the switch (no `net`): `off switch`,
+/// whatever the node holds, since nothing of it is there to hold. `None` for a device on
+/// the switch, whose verdict only a look at the node can give (`Node::check`).
+pub fn off_switch(bundle: &Bundle, device: usize) -> Option<Enforcement> {
+    bundle
+        .manifest
+        .devices
+        .get(device)
+        .is_some_and(|d| !d.on_switch())
+        .then_some(Enforcement::OffSwitch)
 }
 
 /// What a device's posture lets through between it and the uplink: the summary of the
@@ -122,6 +143,7 @@ fn chain_contracts(bundle: &Bundle, device: usize, state: usize) -> Vec<Contract
         .devices
         .get(device)
         .and_then(|d| d.states.get(state))
+        .and_then(|s| s.switch.as_ref())
     else {
         return vec![];
     };
@@ -154,6 +176,7 @@ pub fn crossing(bundle: &Bundle, device: usize, installed: Option<usize>) -> Cro
             .devices
             .get(device)
             .and_then(|d| d.states.get(state))
+            .and_then(|s| s.switch.as_ref())
             .is_some_and(|st| st.chain != Chain::Builtin(Builtin::Drop))
     });
     let chain: Vec<&Contract> = contracts.iter().collect();
@@ -202,6 +225,7 @@ mod tests {
                 },
                 r#"{"verdict":"not_enforced","reason":"Open vSwitch cannot be read"}"#,
             ),
+            (Enforcement::OffSwitch, r#"{"verdict":"off_switch"}"#),
         ];
         for (e, json) in cases {
             assert_eq!(serde_json::to_string(&e).unwrap(), json);
@@ -220,5 +244,10 @@ mod tests {
         assert_eq!(worst([&ok, &ok]), None);
         assert_eq!(worst([&ok, &closed]), Some(&closed));
         assert_eq!(worst([&not, &closed, &ok]), Some(&not));
+        // Off the switch is neither a failure nor protection: it never sets the exit.
+        let off = Enforcement::OffSwitch;
+        assert_eq!(worst([&ok, &off]), None);
+        assert_eq!(worst([&off, &closed]), Some(&closed));
+        assert!(!off.is_enforced());
     }
 }

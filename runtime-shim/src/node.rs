@@ -41,6 +41,8 @@ pub enum NodeError {
     MissingInterface { name: String, what: String },
     #[error("device `{device}` has no state `{state}` in this bundle")]
     NoState { device: String, state: String },
+    #[error("device `{device}` is off the switch: the node holds nothing for it")]
+    OffSwitch { device: String },
     #[error("rule set `{path}` does not parse: {detail}")]
     RuleSet { path: String, detail: String },
     #[error("OpenFlow: {0}")]
@@ -168,6 +170,8 @@ pub enum Posture {
         installed: Closed,
         reason: String,
     },
+    /// The device is off the switch: a change of its state changes nothing on the node.
+    OffSwitch,
 }
 
 pub struct Node {
@@ -285,14 +289,17 @@ impl Node {
             .devices
             .iter()
             .enumerate()
-            .filter_map(|(i, d)| d.states.first().map(|s| (s.cookie.0 & mask, i)))
+            .filter_map(|(i, d)| {
+                let s = d.states.first()?.switch.as_ref()?;
+                Some((s.cookie.0 & mask, i))
+            })
             .collect();
         let m = &bundle.manifest;
         let managed = m
             .uplink
             .name
             .iter()
-            .chain(m.devices.iter().map(|d| &d.port))
+            .chain(m.devices.iter().filter_map(|d| d.net.as_ref().map(|n| &n.port)))
             .chain(
                 bundle
                     .containers
@@ -387,9 +394,9 @@ impl Node {
             .filter_map(|(o, f)| match o {
                 Owner::Device(d) => {
                     let states = &self.bundle.manifest.devices[*d].states;
-                    let known = states
-                        .iter()
-                        .any(|st| self.expected.get(&st.flows).map(Vec::as_slice) == Some(f));
+                    let known = states.iter().filter_map(|st| st.switch.as_ref()).any(|st| {
+                        self.expected.get(&st.flows).map(Vec::as_slice) == Some(f)
+                    });
                     (!known).then_some(*d)
                 }
                 _ => None,
@@ -417,6 +424,7 @@ impl Node {
                 if self.bundle.manifest.devices[d]
                     .states
                     .iter()
+                    .filter_map(|s| s.switch.as_ref())
                     .any(|s| s.cookie.0 == cookie) =>
             {
                 Owner::Device(d)
@@ -453,12 +461,23 @@ impl Node {
         self.bundle.manifest.cookies.device_mask.0
     }
 
+    /// Whether the device is on the switch (the bundle gives it a `net`): a device off
+    /// it gets no port, flows or µmboxes, and no verdict but `off switch`.
+    pub fn device_on_switch(&self, device: usize) -> bool {
+        self.bundle
+            .manifest
+            .devices
+            .get(device)
+            .is_some_and(|d| d.on_switch())
+    }
+
     /// The flows a device should have for a target, normalised.
     fn expected_flows(&self, device: usize, target: Target) -> &[String] {
         match target {
             Target::State(s) => self.bundle.manifest.devices[device]
                 .states
                 .get(s)
+                .and_then(|st| st.switch.as_ref())
                 .and_then(|st| self.expected.get(&st.flows))
                 .map_or(&[], Vec::as_slice),
             Target::NoFlows => &[],
@@ -477,7 +496,9 @@ impl Node {
             out.push((name.clone(), m.uplink.ofport, "the uplink".to_string()));
         }
         for d in &m.devices {
-            out.push((d.port.clone(), d.ofport, format!("device `{}`", d.name)));
+            if let Some(net) = &d.net {
+                out.push((net.port.clone(), net.ofport, format!("device `{}`", d.name)));
+            }
         }
         out
     }
@@ -487,6 +508,7 @@ impl Node {
         let d = &self.bundle.manifest.devices[device];
         d.states
             .get(state)
+            .and_then(|s| s.switch.as_ref())
             .map(|s| {
                 s.containers
                     .iter()
@@ -726,6 +748,10 @@ impl Node {
             plan.actions.push(Action::ReplaceBase);
         }
         for (d, &t) in targets.iter().enumerate() {
+            // Nothing to install for a device off the switch.
+            if !self.device_on_switch(d) {
+                continue;
+            }
             if !sw.bridge || held(Owner::Device(d)) != self.expected_flows(d, t) {
                 plan.actions.push(Action::Install {
                     device: d,
@@ -805,6 +831,9 @@ impl Node {
             ));
         }
         let d = &m.devices[device];
+        let Some(net) = &d.net else {
+            return Err("it is off the switch: the node holds nothing for it".to_string());
+        };
         // A port of the posture: on the bridge with its number and its interface,
         // forwarding, with nothing of the node's stack or the kernel's hooks on it;
         // `chain`: a µmbox's, whose link must also be up (a device may unplug itself,
@@ -846,7 +875,7 @@ impl Node {
         if let Some(up) = &m.uplink.name {
             port(up, m.uplink.ofport, "the uplink", false, &mut why);
         }
-        port(&d.port, d.ofport, "its port", false, &mut why);
+        port(&net.port, net.ofport, "its port", false, &mut why);
         let flows = held(Owner::Device(device));
         if flows != self.expected_flows(device, target) {
             why.push(match target {
@@ -975,8 +1004,12 @@ impl Node {
             Target::State(s) => self.install(device, s).await,
             Target::NoFlows => {
                 let d = &self.bundle.manifest.devices[device];
-                let cookie = d.states.first().map_or(0, |s| s.cookie.0);
-                self.swap(cookie, self.mask(), &[]).await
+                let Some(s) = d.states.first().and_then(|s| s.switch.as_ref()) else {
+                    return Err(NodeError::OffSwitch {
+                        device: d.name.clone(),
+                    });
+                };
+                self.swap(s.cookie.0, self.mask(), &[]).await
             }
         }
     }
@@ -987,6 +1020,9 @@ impl Node {
         let s = d.states.get(state).ok_or_else(|| NodeError::NoState {
             device: d.name.clone(),
             state: state.to_string(),
+        })?;
+        let s = s.switch.as_ref().ok_or_else(|| NodeError::OffSwitch {
+            device: d.name.clone(),
         })?;
         self.swap(s.cookie.0, self.mask(), self.parsed(&s.flows))
             .await
@@ -1104,6 +1140,12 @@ impl Node {
     /// with µmboxes gives way to no flows.
     pub async fn fail_closed(&self, device: usize) -> Result<Closed, NodeError> {
         let d = &self.bundle.manifest.devices[device];
+        // Off the switch there is nothing to close: never claim a closure.
+        let Some(cookie) = d.states.first().and_then(|s| s.switch.as_ref()).map(|s| s.cookie.0) else {
+            return Err(NodeError::OffSwitch {
+                device: d.name.clone(),
+            });
+        };
         let strict = d.states.iter().position(|s| s.name == d.most_restrictive);
         if let Some(s) = strict {
             let wanted = self.wanted(device, s);
@@ -1139,7 +1181,6 @@ impl Node {
                 return Ok(Closed::State(s));
             }
         }
-        let cookie = d.states.first().map_or(0, |s| s.cookie.0);
         self.swap(cookie, self.mask(), &[]).await?;
         Ok(Closed::NoFlows)
     }
@@ -1149,6 +1190,9 @@ impl Node {
     /// stop the device's other µmboxes. If `to`'s µmboxes cannot be started, the device
     /// fails closed.
     pub async fn change_posture(&self, device: usize, to: usize) -> Result<Posture, NodeError> {
+        if !self.device_on_switch(device) {
+            return Ok(Posture::OffSwitch);
+        }
         let new = self.wanted(device, to);
         // Listed once: what runs decides what to start, and what to stop afterwards (all
         // that is started now is kept).

@@ -310,6 +310,10 @@ impl Loop {
     fn verdicts(&self, obs: &Observation) -> Vec<Enforcement> {
         (0..self.engine.device_count())
             .map(|d| {
+                // Off the switch: nothing of it on the node to look at, nor to claim.
+                if let Some(off) = enforcement::off_switch(self.node.bundle(), d) {
+                    return off;
+                }
                 match (
                     self.node.check(obs, d, self.intended(d)),
                     self.closed.get(&d),
@@ -352,7 +356,7 @@ impl Loop {
     /// for a device not enforced.
     fn crossing(&self, device: usize, verdict: &Enforcement) -> Option<Crossing> {
         let installed = match (verdict, self.intended(device)) {
-            (Enforcement::NotEnforced { .. }, _) => return None,
+            (Enforcement::NotEnforced { .. } | Enforcement::OffSwitch, _) => return None,
             (_, Target::State(s)) => Some(s),
             (_, Target::NoFlows) => None,
         };
@@ -506,6 +510,8 @@ impl Loop {
                             Ok(Posture::FailedClosed { installed, reason }) => {
                                 self.note_closed(*device, installed, &reason);
                             }
+                            // Journaled above; nothing of it is on the node to change.
+                            Ok(Posture::OffSwitch) => {}
                             Err(e) => {
                                 // The switch or the engine failed us: close the device
                                 // if we still can; either way the next check looks at

@@ -45,6 +45,7 @@ fn the_example_loads_from_a_directory() {
         .devices
         .iter()
         .flat_map(|d| &d.states)
+        .filter_map(|s| s.switch.as_ref())
         .flat_map(|s| &s.containers)
         .collect();
     assert_eq!(b.containers.len(), listed.len());
@@ -206,7 +207,21 @@ fn inconsistent_manifests_are_refused() {
             "a device's state refers to an unlisted file",
             "which `files` does not list",
             Box::new(|m| {
-                m["devices"][0]["states"][0]["flows"] = json!("flows/elsewhere.ofctl");
+                m["devices"][0]["states"][0]["switch"]["flows"] = json!("flows/elsewhere.ofctl");
+            }),
+        ),
+        (
+            "a device on the switch with a state that has no posture on it",
+            "has no posture on the switch, but the device is on it",
+            Box::new(|m| {
+                m["devices"][0]["states"][1]["switch"] = json!(null);
+            }),
+        ),
+        (
+            "a device off the switch whose states still have postures",
+            "has a posture on the switch, but the device is off it",
+            Box::new(|m| {
+                m["devices"][0]["net"] = json!(null);
             }),
         ),
         (

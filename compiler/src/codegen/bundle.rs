@@ -182,6 +182,18 @@ fn assemble(
     // Per device: its rule sets, container manifests and manifest entry, with the digest
     // of every file. Independent across devices, so done on every core (in device order
     // within each chunk, merged in order: the output does not depend on the threads).
+    // The plane holds the devices on the switch only: site index → plane index.
+    let mut on_switch = 0;
+    let plane_of: Vec<Option<usize>> = site
+        .devices
+        .iter()
+        .map(|d| {
+            d.net.as_ref().map(|_| {
+                on_switch += 1;
+                on_switch - 1
+            })
+        })
+        .collect();
     let per_device = |i: usize| -> DeviceOutput {
         let d = &site.devices[i];
         let ty = model.device_type(d.ty);
@@ -189,10 +201,18 @@ fn assemble(
         let mut states = Vec::new();
         for (si, s) in ty.states.iter().enumerate() {
             let state = StateId::from_index(si);
+            // Off the switch: a state, and nothing on the switch for it.
+            let (Some(chain), Some(p)) = (&s.chain, plane_of[i]) else {
+                states.push(m::DeviceState {
+                    name: s.name.clone(),
+                    switch: None,
+                });
+                continue;
+            };
             let flows_path = format!("flows/{}/{}.ofctl", d.name, s.name);
             files.push((
                 flows_path.clone(),
-                openflow::render(&plane.devices[i].states[si].flows).into_bytes(),
+                openflow::render(&plane.devices[p].states[si].flows).into_bytes(),
             ));
             let containers: Vec<String> = ports.entries[i][si]
                 .iter()
@@ -200,10 +220,12 @@ fn assemble(
                 .collect();
             states.push(m::DeviceState {
                 name: s.name.clone(),
-                cookie: Cookie(openflow::device_cookie(i, state)),
-                chain: chain_names(model, &s.chain),
-                flows: flows_path,
-                containers,
+                switch: Some(m::Posture {
+                    cookie: Cookie(openflow::device_cookie(i, state)),
+                    chain: chain_names(model, chain),
+                    flows: flows_path,
+                    containers,
+                }),
             });
         }
         files.extend(container_manifests(model, site, ports, i, &policy_digest));
@@ -214,10 +236,16 @@ fn assemble(
         let entry = m::Device {
             name: d.name.clone(),
             ty: ty.name.clone(),
-            ip: ip(d.ip),
-            mac: d.mac.map(mac),
-            port: d.port.clone(),
-            ofport: ports.devices[i],
+            net: d
+                .net
+                .as_ref()
+                .zip(ports.devices[i])
+                .map(|(net, ofport)| m::DeviceNet {
+                    ip: ip(net.ip),
+                    mac: net.mac.map(mac),
+                    port: net.port.clone(),
+                    ofport,
+                }),
             trusted: d.trusted,
             initial: ty.state(ty.initial).name.clone(),
             most_restrictive: ty.state(ty.most_restrictive()).name.clone(),

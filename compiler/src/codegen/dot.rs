@@ -114,14 +114,20 @@ fn cluster(out: &mut String, model: &Model, id: TypeId, key: &str) {
         }
         // What the chain lets through, from its contracts: the colour is the posture's
         // rank, this line is what it protects.
-        let contracts = model.chain_contracts(&s.chain);
-        let refs: Vec<&Contract> = contracts.iter().collect();
-        let label = format!(
-            "{}\n{}\n{}",
-            s.name,
-            chain_text(model, &s.chain),
-            contract::summary(&refs, !matches!(s.chain, crate::ir::Chain::Drop)).line()
-        );
+        let label = match &s.chain {
+            Some(chain) => {
+                let contracts = model.chain_contracts(chain);
+                let refs: Vec<&Contract> = contracts.iter().collect();
+                format!(
+                    "{}\n{}\n{}",
+                    s.name,
+                    chain_text(model, chain),
+                    contract::summary(&refs, !matches!(chain, crate::ir::Chain::Drop)).line()
+                )
+            }
+            // A type off the switch: no chain, no traffic on the switch to speak of.
+            None => format!("{}\noff the switch", s.name),
+        };
         let _ = writeln!(
             out,
             "        {} [label={}, fillcolor={}, style={}{extra}];",

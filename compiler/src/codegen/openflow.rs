@@ -62,7 +62,8 @@ pub struct Ports {
     pub tag: String,
     pub all: Vec<Port>,
     pub uplink: u32,
-    pub devices: Vec<u32>,
+    /// Per device, its port; `None` for a device off the switch.
+    pub devices: Vec<Option<u32>>,
     /// Per device, its µmbox instances in order of first use (state, chain position).
     pub instances: Vec<Vec<Instance>>,
     /// Per device, per state, per chain entry: the instance (index into `instances`).
@@ -97,10 +98,12 @@ pub fn site_tag(site: &str) -> String {
     format!("{:02x}{:02x}", d[0], d[1])
 }
 
-/// Numbers every port: the uplink is 1, device `i` is `2 + i`, then the interfaces of
-/// each µmbox instance in order of device and first use.
+/// Numbers every port: the uplink is 1, the `k`-th device on the switch (in site order)
+/// is `2 + k`, then the interfaces of each µmbox instance in order of device and first
+/// use. A device off the switch has no port and no µmbox.
 pub fn allocate(model: &Model, site: &Site) -> Result<Ports, PortSpaceExhausted> {
-    let mut next: u64 = 2 + site.devices.len() as u64;
+    let on_switch = site.devices.iter().filter(|d| d.net.is_some()).count();
+    let mut next: u64 = 2 + on_switch as u64;
     let mut ports = Ports {
         uplink: UPLINK_OFPORT,
         tag: site_tag(&site.name),
@@ -111,16 +114,21 @@ pub fn allocate(model: &Model, site: &Site) -> Result<Ports, PortSpaceExhausted>
         ofport: UPLINK_OFPORT,
         role: PortRole::Uplink,
     });
-    for (i, d) in site.devices.iter().enumerate() {
-        let ofport = 2 + i as u32;
-        ports.devices.push(ofport);
+    let mut ofport = 2;
+    for d in &site.devices {
+        let Some(net) = &d.net else {
+            ports.devices.push(None);
+            continue;
+        };
+        ports.devices.push(Some(ofport));
         ports.all.push(Port {
-            name: d.port.clone(),
+            name: net.port.clone(),
             ofport,
             role: PortRole::Device {
                 device: d.name.clone(),
             },
         });
+        ofport += 1;
     }
     let tag = ports.tag.clone();
     for d in &site.devices {
@@ -129,7 +137,7 @@ pub fn allocate(model: &Model, site: &Site) -> Result<Ports, PortSpaceExhausted>
         for (si, s) in model.device_type(d.ty).states.iter().enumerate() {
             let state = StateId::from_index(si);
             let mut per_entry = Vec::new();
-            let Chain::Umboxes(entries) = &s.chain else {
+            let Some(Chain::Umboxes(entries)) = &s.chain else {
                 per_state.push(per_entry);
                 continue;
             };
@@ -329,19 +337,22 @@ pub fn base_flows(site: &Site, ports: &Ports) -> Vec<Flow> {
     let rule = |priority, matches, actions| Flow::new(CLASSIFY, priority, c, matches, actions);
     let mut out = Vec::new();
     for (i, d) in site.devices.iter().enumerate() {
-        let dp = ports.devices[i];
+        // A device off the switch has nothing on it to classify.
+        let (Some(net), Some(dp)) = (&d.net, ports.devices[i]) else {
+            continue;
+        };
         // The device's own, untagged traffic: its IP (and MAC, when declared) as source.
         let from = |proto| Match {
             in_port: Some(dp),
             untagged: true,
             proto: Some(proto),
-            dl_src: d.mac,
+            dl_src: net.mac,
             ..Match::default()
         };
         out.push(rule(
             1000,
             Match {
-                nw_src: Some(d.ip),
+                nw_src: Some(net.ip),
                 ..from(Proto::Ip)
             },
             goto(),
@@ -349,8 +360,8 @@ pub fn base_flows(site: &Site, ports: &Ports) -> Vec<Flow> {
         out.push(rule(
             1000,
             Match {
-                arp_spa: Some(d.ip),
-                arp_sha: d.mac,
+                arp_spa: Some(net.ip),
+                arp_sha: net.mac,
                 ..from(Proto::Arp)
             },
             goto(),
@@ -373,7 +384,7 @@ pub fn base_flows(site: &Site, ports: &Ports) -> Vec<Flow> {
         out.push(rule(
             1000,
             Match {
-                nw_dst: Some(d.ip),
+                nw_dst: Some(net.ip),
                 ..to(Proto::Ip)
             },
             goto(),
@@ -381,7 +392,7 @@ pub fn base_flows(site: &Site, ports: &Ports) -> Vec<Flow> {
         out.push(rule(
             1000,
             Match {
-                arp_tpa: Some(d.ip),
+                arp_tpa: Some(net.ip),
                 ..to(Proto::Arp)
             },
             goto(),
@@ -411,7 +422,8 @@ pub fn base_flows(site: &Site, ports: &Ports) -> Vec<Flow> {
     out
 }
 
-/// Table 1 for one device in one state: its traffic, both ways, through its chain.
+/// Table 1 for one device in one state: its traffic, both ways, through its chain. None
+/// for a device off the switch.
 pub fn state_flows(
     model: &Model,
     site: &Site,
@@ -422,7 +434,12 @@ pub fn state_flows(
     let d = &site.devices[device];
     let ty = model.device_type(d.ty);
     let c = device_cookie(device, state);
-    let (dp, u) = (ports.devices[device], ports.uplink);
+    let (Some(net), Some(dp), Some(chain)) =
+        (&d.net, ports.devices[device], &ty.state(state).chain)
+    else {
+        return Vec::new();
+    };
+    let u = ports.uplink;
     let from_dev = |proto| Match {
         in_port: Some(dp),
         proto,
@@ -431,17 +448,17 @@ pub fn state_flows(
     let to_dev_ip = Match {
         in_port: Some(u),
         proto: Some(Proto::Ip),
-        nw_dst: Some(d.ip),
+        nw_dst: Some(net.ip),
         ..Match::default()
     };
     let to_dev_arp = Match {
         in_port: Some(u),
         proto: Some(Proto::Arp),
-        arp_tpa: Some(d.ip),
+        arp_tpa: Some(net.ip),
         ..Match::default()
     };
     let mut out = Vec::new();
-    match &ty.state(state).chain {
+    match chain {
         // Explicit drops, so the installed state can be read back by cookie and its drops
         // are counted.
         Chain::Drop => {

@@ -609,7 +609,7 @@ mod tests {
 
     use super::*;
     use crate::ir::{
-        Chain, Device, DeviceType, Model, State, Transition, Trigger, Ty, TypeId, UnknownHosts,
+        Chain, Device, DeviceNet, DeviceType, Model, State, Transition, Trigger, Ty, TypeId, UnknownHosts,
     };
     use crate::source::SourceId;
     use crate::verify::solver::{Query, Solver};
@@ -661,7 +661,7 @@ mod tests {
                     name: format!("s{i}"),
                     loc: LOC,
                     is_final: false,
-                    chain: Chain::Pass,
+                    chain: Some(Chain::Pass),
                     chain_loc: LOC,
                 })
                 .collect(),
@@ -688,14 +688,16 @@ mod tests {
             devices: vec![Device {
                 name: "d".into(),
                 ty: TypeId(0),
-                ip: 1,
-                mac: None,
-                port: "p1".into(),
+                net: Some(DeviceNet {
+                    ip: 1,
+                    mac: None,
+                    port: "p1".into(),
+                    ip_loc: LOC,
+                    mac_loc: None,
+                    port_loc: LOC,
+                }),
                 trusted: false,
                 loc: LOC,
-                ip_loc: LOC,
-                mac_loc: None,
-                port_loc: LOC,
             }],
             rules: vec![],
             asserts: vec![],

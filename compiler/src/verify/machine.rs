@@ -46,10 +46,10 @@ fn never_alerted(v: &Verifier<'_>, id: TypeId, ty: &DeviceType, facts: &SiteFact
         .iter()
         .any(|t| matches!(t.trigger, Trigger::Alert { .. }));
     let emitted = ty.states.iter().any(|s| match &s.chain {
-        Chain::Umboxes(entries) => entries
+        Some(Chain::Umboxes(entries)) => entries
             .iter()
             .any(|e| !v.policy.umbox(e.umbox).emits.is_empty()),
-        Chain::Pass | Chain::Drop => false,
+        Some(Chain::Pass | Chain::Drop) | None => false,
     });
     let raised = facts.raised.get(&id).is_some_and(|r| !r.is_empty());
     ty.alerts.is_empty() && !awaited && !emitted && !raised
@@ -792,7 +792,7 @@ pub(crate) fn alert_from_input(
 ) -> bool {
     ty.alerts.iter().any(|a| a == alert)
         || policy
-            .chain_emits(&ty.state(state).chain)
+            .chain_emits(ty.state(state).chain.as_ref())
             .iter()
             .any(|(_, emits)| emits.iter().any(|x| x == alert))
 }
@@ -807,7 +807,7 @@ fn provenance(v: &mut Verifier<'_>, id: TypeId, ty: &DeviceType, facts: &SiteFac
             continue;
         };
         let state = ty.state(t.from);
-        let chain = v.policy.chain_emits(&state.chain);
+        let chain = v.policy.chain_emits(state.chain.as_ref());
         // A rule raises it in this state: the rule does not pin the device to another.
         let raised = facts.raised.get(&id).is_some_and(|r| {
             r.iter()
@@ -834,9 +834,10 @@ fn provenance(v: &mut Verifier<'_>, id: TypeId, ty: &DeviceType, facts: &SiteFac
             )
         };
         let shown = match &state.chain {
-            Chain::Pass => "`pass`: no µmbox".to_string(),
-            Chain::Drop => "`drop`: no µmbox".to_string(),
-            Chain::Umboxes(_) => format!(
+            None => "off the switch: no µmbox".to_string(),
+            Some(Chain::Pass) => "`pass`: no µmbox".to_string(),
+            Some(Chain::Drop) => "`drop`: no µmbox".to_string(),
+            Some(Chain::Umboxes(_)) => format!(
                 "chain [{}] emits {}",
                 chain
                     .iter()

@@ -112,7 +112,7 @@ impl<'s> Part<'s> {
                         .device_type(dev.ty)
                         .states
                         .iter()
-                        .map(|s| v.policy.chain_emits(&s.chain))
+                        .map(|s| v.policy.chain_emits(s.chain.as_ref()))
                         .collect(),
                 }
             })
@@ -745,7 +745,7 @@ fn harmless_alert(
         })
         .collect();
     let mut alerts: Vec<String> = ty.alerts.clone();
-    for (_, emits) in v.policy.chain_emits(&ty.state(state).chain) {
+    for (_, emits) in v.policy.chain_emits(ty.state(state).chain.as_ref()) {
         alerts.extend(emits);
     }
     alerts
@@ -770,7 +770,7 @@ fn alert_input(
     if let Some(s) = ty.states.get(state.index()) {
         sources.extend(
             v.policy
-                .chain_emits(&s.chain)
+                .chain_emits(s.chain.as_ref())
                 .into_iter()
                 .map(|(u, _)| Some(u)),
         );

@@ -37,7 +37,11 @@ pub(super) fn addresses(v: &mut Verifier<'_>, site: &Site) {
     let mut ips: HashMap<u32, (usize, Loc)> = HashMap::new();
     let mut macs: HashMap<[u8; 6], (usize, Loc)> = HashMap::new();
     let mut ports: HashMap<&str, (usize, Loc)> = HashMap::new();
-    for (i, d) in site.devices.iter().enumerate() {
+    for (i, dev) in site.devices.iter().enumerate() {
+        // A device off the switch has no address or port to share.
+        let Some(d) = &dev.net else {
+            continue;
+        };
         match ips.get(&d.ip) {
             Some(&first) => conflict(v, "IP address", ip(d.ip), first, (i, d.ip_loc)),
             None => {
@@ -60,11 +64,11 @@ pub(super) fn addresses(v: &mut Verifier<'_>, site: &Site) {
         }
         if site.uplink.as_deref() == Some(d.port.as_str()) {
             v.push(
-                Diagnostic::error(codes::ADDRESS, format!("device `{}` sits on the uplink port `{}`", d.name, d.port))
+                Diagnostic::error(codes::ADDRESS, format!("device `{}` sits on the uplink port `{}`", dev.name, d.port))
                     .primary(d.port_loc, "this device port ...")
                     .secondary(site.uplink_loc, "... is the site's uplink")
                     .help("the uplink carries every device's traffic after its chain; give the device its own port")
-                    .witness(json!({ "field": "switch port", "value": d.port, "devices": [d.name], "uplink": true })),
+                    .witness(json!({ "field": "switch port", "value": d.port, "devices": [dev.name], "uplink": true })),
             );
         }
     }

@@ -127,7 +127,7 @@ impl<'m> Plane<'m> {
         let index = BaseIndex::new(&base, ports.uplink);
         // 203.0.113.0/24 (TEST-NET-3), the first address no device uses.
         let peer_ip = (0xcb00_7101u32..0xcb00_71ff)
-            .find(|ip| site.devices.iter().all(|d| d.ip != *ip))
+            .find(|ip| site.devices.iter().all(|d| d.net.as_ref().is_none_or(|n| n.ip != *ip)))
             .unwrap_or(0xcb00_71fe);
         Some(Plane {
             model,
@@ -161,7 +161,12 @@ impl<'m> Plane<'m> {
 
     /// The base flows that can meet `device`'s packets ([`BaseIndex`]).
     fn base_for(&self, device: usize) -> Vec<&OfFlow> {
-        let mut own = vec![self.ports.devices[device]];
+        // A device off the switch (never asked about: typeck refuses traffic assertions
+        // on it) has no port, address or base flow.
+        let Some(net) = &self.site.devices[device].net else {
+            return Vec::new();
+        };
+        let mut own: Vec<u32> = self.ports.devices[device].into_iter().collect();
         for inst in &self.ports.instances[device] {
             match inst.ports {
                 EntryPorts::Inline { a, b } => own.extend([a, b]),
@@ -169,7 +174,7 @@ impl<'m> Plane<'m> {
             }
         }
         self.index
-            .for_device(&own, self.site.devices[device].ip)
+            .for_device(&own, net.ip)
             .into_iter()
             .map(|i| &self.base[i])
             .collect()
@@ -189,9 +194,17 @@ impl<'m> Plane<'m> {
         flow: Option<Flow>,
         from: Starter,
     ) -> Followed {
-        let d = &self.site.devices[device];
+        let (Some(d), Some(dev_port)) = (&self.site.devices[device].net, self.ports.devices[device])
+        else {
+            return Followed {
+                flow,
+                openness: Openness::Closed,
+                hops: Vec::new(),
+                assumed: Vec::new(),
+                end: "off the switch".into(),
+            };
+        };
         let set = openflow::state_flows(self.model, self.site, &self.ports, device, state);
-        let dev_port = self.ports.devices[device];
         let installed: Vec<&OfFlow> = base.iter().copied().chain(&set).collect();
         let dev_mac = d.mac.unwrap_or(DEVICE_MAC);
         let mut p = Packet {
@@ -674,15 +687,19 @@ fn check_one(
 /// holds on the node only if the states above it let through no more.
 pub(super) fn monotone(v: &mut Verifier<'_>, id: TypeId) {
     let ty: &DeviceType = v.policy.device_type(id);
-    let chains: Vec<Vec<Contract>> = ty
+    // A type off the switch has no postures to order.
+    let Some(chains) = ty
         .states
         .iter()
-        .map(|s| v.policy.chain_contracts(&s.chain))
-        .collect();
+        .map(|s| s.chain.as_ref().map(|c| v.policy.chain_contracts(c)))
+        .collect::<Option<Vec<Vec<Contract>>>>()
+    else {
+        return;
+    };
     let arp: Vec<bool> = ty
         .states
         .iter()
-        .map(|s| !matches!(s.chain, crate::ir::Chain::Drop))
+        .map(|s| !matches!(s.chain, Some(crate::ir::Chain::Drop)))
         .collect();
     let classes: Vec<Class> = chains
         .iter()
@@ -791,7 +808,8 @@ mod tests {
                     let ty = model.device_type(d.ty);
                     for (si, s) in ty.states.iter().enumerate() {
                         let state = StateId::from_index(si);
-                        let contracts = model.chain_contracts(&s.chain);
+                        let Some(chain) = &s.chain else { continue };
+                        let contracts = model.chain_contracts(chain);
                         let chain: Vec<&Contract> = contracts.iter().collect();
                         let classes: Vec<Class> = contracts
                             .iter()
@@ -829,7 +847,7 @@ mod tests {
                         }
                         // ARP crosses every chain but `drop`, around the µmboxes.
                         let arp = plane.follow(di, state, None, Starter::Uplink).openness;
-                        let want = if matches!(s.chain, crate::ir::Chain::Drop) {
+                        let want = if matches!(s.chain, Some(crate::ir::Chain::Drop)) {
                             Openness::Closed
                         } else {
                             Openness::Open

@@ -681,7 +681,7 @@ impl Lab {
             let name = md["name"].as_str().unwrap().to_string();
             let d = entry(status, &name);
             let state = d["state"].as_str().unwrap_or("").to_string();
-            let bits = hex(&md["states"][0]["cookie"]) & mask;
+            let bits = hex(&md["states"][0]["switch"]["cookie"]) & mask;
             let e = &d["enforcement"];
             let current = || Some(self.state_of(&m, &name, &state));
             let claim = match e["verdict"].as_str() {
@@ -741,8 +741,8 @@ impl Lab {
                     )],
                 },
             };
-            let port = md["port"].as_str().unwrap().to_string();
-            let ofport = md["ofport"].as_i64().unwrap();
+            let port = md["net"]["port"].as_str().unwrap().to_string();
+            let ofport = md["net"]["ofport"].as_i64().unwrap();
             claims.push((name, bits, ofport, port, claim));
         }
         // The switch against the claimed sets, in one diff.
@@ -750,7 +750,7 @@ impl Lab {
         for (_, _, _, _, c) in &claims {
             if let Some(s) = &c.set {
                 expected.push_str(
-                    &std::fs::read_to_string(self.bundle.join(s["flows"].as_str().unwrap()))
+                    &std::fs::read_to_string(self.bundle.join(s["switch"]["flows"].as_str().unwrap()))
                         .unwrap(),
                 );
             }
@@ -820,7 +820,7 @@ impl Lab {
                 facts.extend(Self::port_problem(look, &uplink, uplink_port));
             }
             if let Some(s) = &c.set {
-                for path in s["containers"].as_array().unwrap() {
+                for path in s["switch"]["containers"].as_array().unwrap() {
                     let cm = self.container_manifest(path.as_str().unwrap());
                     let cname = cm["name"].as_str().unwrap();
                     match &look.running {
@@ -969,7 +969,7 @@ impl Lab {
         for name in ALL {
             let state = entry(status, name)["state"].as_str().unwrap();
             sets.push(
-                self.state_of(&m, name, state)["flows"]
+                self.state_of(&m, name, state)["switch"]["flows"]
                     .as_str()
                     .unwrap()
                     .to_string(),

@@ -85,13 +85,15 @@ pub enum ChainPlane {
     Entries(Vec<EntryPorts>),
 }
 
-/// The data plane code generation emits for `site`.
+/// The data plane code generation emits for `site`: its devices on the switch (one off
+/// it has no flows, ports or µmboxes to prove anything of).
 pub fn plane(model: &Model, site: &Site, ports: &Ports) -> DataPlane {
     let devices = site
         .devices
         .iter()
         .enumerate()
-        .map(|(i, d)| {
+        .filter_map(|(i, d)| Some((i, d, d.net.as_ref()?, ports.devices.get(i).copied()??)))
+        .map(|(i, d, net, port)| {
             let ty = model.device_type(d.ty);
             let states = ty
                 .states
@@ -104,9 +106,10 @@ pub fn plane(model: &Model, site: &Site, ports: &Ports) -> DataPlane {
                         loc: s.chain_loc,
                         cookie: device_cookie(i, id),
                         chain: match &s.chain {
-                            Chain::Drop => ChainPlane::Drop,
-                            Chain::Pass => ChainPlane::Pass,
-                            Chain::Umboxes(_) => ChainPlane::Entries(
+                            // On the switch, every state has a chain (typeck).
+                            Some(Chain::Drop) | None => ChainPlane::Drop,
+                            Some(Chain::Pass) => ChainPlane::Pass,
+                            Some(Chain::Umboxes(_)) => ChainPlane::Entries(
                                 (0..ports
                                     .entries
                                     .get(i)
@@ -123,8 +126,8 @@ pub fn plane(model: &Model, site: &Site, ports: &Ports) -> DataPlane {
             DevicePlane {
                 name: d.name.clone(),
                 loc: d.loc,
-                ip: d.ip,
-                port: ports.devices.get(i).copied().unwrap_or_default(),
+                ip: net.ip,
+                port,
                 states,
             }
         })
