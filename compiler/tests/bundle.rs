@@ -332,3 +332,75 @@ fn bundles_pass_the_model_loader() {
         assert!(!loaded.containers.is_empty(), "{dir}");
     }
 }
+
+/// A device off the switch (a contact behind a hub, its type without chains): in the
+/// manifest, `net` and every state's `switch` are `null`, and it has no port, rule set,
+/// container or base flow; the device on the switch beside it keeps all of its own (the
+/// first port after the uplink, its cookie by its site index). The bundle passes the
+/// model's loader.
+#[test]
+fn a_device_off_the_switch_gets_nothing_on_the_switch() {
+    use kalki_model::manifest::{Manifest, PortRole};
+    let path = "tests/fixtures/check/clean/off_switch_devices.kalki";
+    let src = std::fs::read_to_string(repo_root().join(path)).unwrap();
+    let loader = common::MemLoader::new([("hub.kalki", src)]);
+    let solver = Z3Solver::new(10_000);
+    let (checked, verified) = kalki_compiler::verify(
+        &[PathBuf::from("hub.kalki")],
+        &loader,
+        &solver,
+        &verify::Options::default(),
+    );
+    assert!(
+        checked.diagnostics.iter().all(|d| !d.is_error()),
+        "{:#?}",
+        checked.diagnostics
+    );
+    assert!(verified.is_some());
+    let model = checked.model.as_ref().unwrap();
+    let b = bundle::build(model, &model.sites[0], &checked.sources, &solver).unwrap();
+
+    let text = String::from_utf8(b.files["manifest.json"].clone()).unwrap();
+    let raw: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(raw["format"], 2);
+    let door = &raw["devices"][0];
+    assert_eq!(door["name"], "door");
+    // Written out, not left out: a reader sees the absence.
+    assert!(door.as_object().unwrap().contains_key("net"));
+    assert_eq!(door["net"], serde_json::Value::Null);
+    for s in door["states"].as_array().unwrap() {
+        assert_eq!(s["switch"], serde_json::Value::Null, "{s}");
+        assert!(s.get("cookie").is_none() && s.get("flows").is_none(), "{s}");
+    }
+
+    let m: Manifest = serde_json::from_str(&text).unwrap();
+    assert!(
+        b.files.keys().all(|p| !p.contains("/door/")),
+        "files for the door: {:?}",
+        b.files.keys().collect::<Vec<_>>()
+    );
+    assert!(m.ports.iter().all(|p| match &p.role {
+        PortRole::Device { device } | PortRole::Umbox { device, .. } => device != "door",
+        PortRole::Uplink => true,
+    }));
+    let cam = &m.devices[1];
+    let net = cam.net.as_ref().unwrap();
+    assert_eq!((net.ip.as_str(), net.port.as_str(), net.ofport), ("10.0.1.10", "cam0", 2));
+    for (si, s) in cam.states.iter().enumerate() {
+        let p = s.switch.as_ref().unwrap();
+        // Device bits: its site index (1) plus one; state bits: its state index.
+        assert_eq!(p.cookie.0, (2 << 56) | (2 << 16) | si as u64, "{}", s.name);
+        assert!(b.files.contains_key(&p.flows));
+    }
+    // The base set classifies the camera's traffic only: one address, one device port.
+    let base = String::from_utf8(b.files["flows/base.ofctl"].clone()).unwrap();
+    let addresses: std::collections::BTreeSet<&str> = base
+        .split([',', ' '])
+        .filter_map(|w| w.strip_prefix("nw_src=").or_else(|| w.strip_prefix("nw_dst=")))
+        .collect();
+    assert_eq!(addresses, ["10.0.1.10"].into());
+
+    let loaded = kalki_model::bundle::load(&b.files).unwrap_or_else(|e| panic!("{e:#?}"));
+    assert_eq!(loaded.manifest.devices.len(), 2);
+    assert!(!loaded.manifest.devices[0].on_switch());
+}
