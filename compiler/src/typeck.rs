@@ -1018,9 +1018,10 @@ impl<'a> Cx<'a> {
         }
 
         // Chains: every state has one, or (a type off the switch) none has.
-        let off_switch = !t.members.iter().any(
-            |member| matches!(member, ast::DeviceMember::StateBlock(b) if b.chain.is_some()),
-        );
+        let off_switch = !t
+            .members
+            .iter()
+            .any(|member| matches!(member, ast::DeviceMember::StateBlock(b) if b.chain.is_some()));
         let mixed_help = "or, for a device off the switch (a sensor behind a hub), give no state of the type a chain";
         let mut chain_locs: Vec<Option<Loc>> = vec![None; out.states.len()];
         for member in &t.members {

@@ -204,7 +204,8 @@ fn every_state_set_carries_only_its_own_cookie() {
     for d in manifest["devices"].as_array().unwrap() {
         for s in d["states"].as_array().unwrap() {
             let cookie = s["switch"]["cookie"].as_str().unwrap();
-            let flows = String::from_utf8(b.files[s["switch"]["flows"].as_str().unwrap()].clone()).unwrap();
+            let flows =
+                String::from_utf8(b.files[s["switch"]["flows"].as_str().unwrap()].clone()).unwrap();
             for line in flows.lines() {
                 assert!(line.contains(&format!("cookie={cookie},")), "{line}");
                 assert!(
@@ -385,7 +386,10 @@ fn a_device_off_the_switch_gets_nothing_on_the_switch() {
     }));
     let cam = &m.devices[1];
     let net = cam.net.as_ref().unwrap();
-    assert_eq!((net.ip.as_str(), net.port.as_str(), net.ofport), ("10.0.1.10", "cam0", 2));
+    assert_eq!(
+        (net.ip.as_str(), net.port.as_str(), net.ofport),
+        ("10.0.1.10", "cam0", 2)
+    );
     for (si, s) in cam.states.iter().enumerate() {
         let p = s.switch.as_ref().unwrap();
         // Device bits: its site index (1) plus one; state bits: its state index.
@@ -396,7 +400,10 @@ fn a_device_off_the_switch_gets_nothing_on_the_switch() {
     let base = String::from_utf8(b.files["flows/base.ofctl"].clone()).unwrap();
     let addresses: std::collections::BTreeSet<&str> = base
         .split([',', ' '])
-        .filter_map(|w| w.strip_prefix("nw_src=").or_else(|| w.strip_prefix("nw_dst=")))
+        .filter_map(|w| {
+            w.strip_prefix("nw_src=")
+                .or_else(|| w.strip_prefix("nw_dst="))
+        })
         .collect();
     assert_eq!(addresses, ["10.0.1.10"].into());
 

@@ -177,8 +177,9 @@ impl Bridge {
     /// bundle that deletes by cookie and mask and adds the new set.
     fn install(&self, bundle: &Path, dev: &Value, state: &Value, mask: &str, tmp: &TempDir) {
         let cookie = state["switch"]["cookie"].as_str().expect("cookie");
-        let rules = std::fs::read_to_string(bundle.join(state["switch"]["flows"].as_str().expect("flows")))
-            .expect("rule set");
+        let rules =
+            std::fs::read_to_string(bundle.join(state["switch"]["flows"].as_str().expect("flows")))
+                .expect("rule set");
         let mut script = format!("delete cookie={cookie}/{mask}\n");
         for line in rules.lines() {
             script.push_str(&format!("add {line}\n"));
@@ -222,7 +223,10 @@ fn ofport(p: &Value) -> u32 {
 /// pairs in chain order.
 fn chain_ports(bundle: &Path, state: &Value) -> (Vec<u32>, Vec<(u32, u32)>) {
     let (mut taps, mut inline) = (Vec::new(), Vec::new());
-    for path in state["switch"]["containers"].as_array().expect("containers") {
+    for path in state["switch"]["containers"]
+        .as_array()
+        .expect("containers")
+    {
         let c: Value = serde_json::from_slice(
             &std::fs::read(bundle.join(path.as_str().expect("path"))).expect("container"),
         )
@@ -332,10 +336,14 @@ fn check_on_switch(tag: &str, policy: &str) {
             let own = br.ofctl(&[
                 "--no-stats",
                 "dump-flows",
-                &format!("cookie={}/-1", s["switch"]["cookie"].as_str().expect("cookie")),
+                &format!(
+                    "cookie={}/-1",
+                    s["switch"]["cookie"].as_str().expect("cookie")
+                ),
             ]);
-            let written = std::fs::read_to_string(out.join(s["switch"]["flows"].as_str().expect("flows")))
-                .expect("rule set");
+            let written =
+                std::fs::read_to_string(out.join(s["switch"]["flows"].as_str().expect("flows")))
+                    .expect("rule set");
             assert_eq!(
                 own.lines().count(),
                 written.lines().count(),

@@ -479,9 +479,7 @@ fn check_manifest(
                 if !listed.contains(path) {
                     errors.push(inconsistent(
                         &at,
-                        format!(
-                            "state `{name}` refers to `{path}`, which `files` does not list"
-                        ),
+                        format!("state `{name}` refers to `{path}`, which `files` does not list"),
                     ));
                 }
             }

@@ -299,7 +299,11 @@ impl Node {
             .uplink
             .name
             .iter()
-            .chain(m.devices.iter().filter_map(|d| d.net.as_ref().map(|n| &n.port)))
+            .chain(
+                m.devices
+                    .iter()
+                    .filter_map(|d| d.net.as_ref().map(|n| &n.port)),
+            )
             .chain(
                 bundle
                     .containers
@@ -394,9 +398,10 @@ impl Node {
             .filter_map(|(o, f)| match o {
                 Owner::Device(d) => {
                     let states = &self.bundle.manifest.devices[*d].states;
-                    let known = states.iter().filter_map(|st| st.switch.as_ref()).any(|st| {
-                        self.expected.get(&st.flows).map(Vec::as_slice) == Some(f)
-                    });
+                    let known = states
+                        .iter()
+                        .filter_map(|st| st.switch.as_ref())
+                        .any(|st| self.expected.get(&st.flows).map(Vec::as_slice) == Some(f));
                     (!known).then_some(*d)
                 }
                 _ => None,
@@ -1141,7 +1146,12 @@ impl Node {
     pub async fn fail_closed(&self, device: usize) -> Result<Closed, NodeError> {
         let d = &self.bundle.manifest.devices[device];
         // Off the switch there is nothing to close: never claim a closure.
-        let Some(cookie) = d.states.first().and_then(|s| s.switch.as_ref()).map(|s| s.cookie.0) else {
+        let Some(cookie) = d
+            .states
+            .first()
+            .and_then(|s| s.switch.as_ref())
+            .map(|s| s.cookie.0)
+        else {
             return Err(NodeError::OffSwitch {
                 device: d.name.clone(),
             });

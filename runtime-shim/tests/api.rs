@@ -52,7 +52,10 @@ enum Behaviour {
 /// The µmboxes of a device's state, by their `kalki.umbox` label.
 fn umboxes(bundle: &Bundle, device: usize, state: usize) -> Vec<String> {
     bundle.manifest.devices[device].states[state]
-        .switch.as_ref().unwrap().containers
+        .switch
+        .as_ref()
+        .unwrap()
+        .containers
         .iter()
         .filter_map(|p| bundle.containers.get(p))
         .filter_map(|c| c.labels.get("kalki.umbox").cloned())

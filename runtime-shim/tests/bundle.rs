@@ -34,7 +34,7 @@ fn the_example_loads_from_a_directory() {
     write_bundle(&compile_dir("examples/smart-office"), &dir);
     let b = bundle::load_dir(dir.path()).unwrap();
     let m = &b.manifest;
-    assert_eq!(m.format, 1);
+    assert_eq!(m.format, 2);
     assert_eq!(m.site, "office");
     let names: Vec<&str> = m.devices.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["hall_cam", "lobby_light", "thermo", "annex_thermo"]);
@@ -104,7 +104,7 @@ fn every_problem_is_reported() {
 
 #[test]
 fn unknown_formats_are_refused() {
-    for format in [json!(2), json!(0), json!("1"), json!(null)] {
+    for format in [json!(1), json!(3), json!(0), json!("2"), json!(null)] {
         let mut r = office().clone();
         let mut m = r.manifest();
         m["format"] = format.clone();

@@ -50,7 +50,10 @@ fn healthy(node: &Node) -> Observation {
     let mut interfaces: BTreeSet<String> = BTreeSet::new();
     interfaces.insert(m.uplink.name.clone().unwrap());
     for d in &m.devices {
-        ports.insert(d.net.as_ref().unwrap().port.clone(), i64::from(d.net.as_ref().unwrap().ofport));
+        ports.insert(
+            d.net.as_ref().unwrap().port.clone(),
+            i64::from(d.net.as_ref().unwrap().ofport),
+        );
         interfaces.insert(d.net.as_ref().unwrap().port.clone());
         let s = d.states[0].switch.as_ref().unwrap();
         all.extend(flows(node, &s.flows));
@@ -125,7 +128,10 @@ fn healthy_ports(node: &Node) -> BTreeMap<String, i64> {
     let m = &node.bundle().manifest;
     let mut ports = BTreeMap::from([(m.uplink.name.clone().unwrap(), i64::from(m.uplink.ofport))]);
     for d in &m.devices {
-        ports.insert(d.net.as_ref().unwrap().port.clone(), i64::from(d.net.as_ref().unwrap().ofport));
+        ports.insert(
+            d.net.as_ref().unwrap().port.clone(),
+            i64::from(d.net.as_ref().unwrap().ofport),
+        );
         for path in &d.states[0].switch.as_ref().unwrap().containers {
             for i in &node.bundle().containers[path].interfaces {
                 ports.insert(i.port_name.clone(), i64::from(i.ofport));
@@ -216,8 +222,14 @@ fn a_device_holding_another_states_flows_is_not_enforced() {
     let obs = healthy(&node);
     let m = &node.bundle().manifest;
     let mut f = flows(&node, "flows/base.ofctl");
-    f.extend(flows(&node, &m.devices[0].states[3].switch.as_ref().unwrap().flows)); // d0 in attack
-    f.extend(flows(&node, &m.devices[1].states[0].switch.as_ref().unwrap().flows));
+    f.extend(flows(
+        &node,
+        &m.devices[0].states[3].switch.as_ref().unwrap().flows,
+    )); // d0 in attack
+    f.extend(flows(
+        &node,
+        &m.devices[1].states[0].switch.as_ref().unwrap().flows,
+    ));
     let o = with_switch(&node, &obs, healthy_ports(&node), f);
     let v = verdicts(&node, &o);
     assert!(v[0].as_ref().unwrap_err().contains("not those of `normal`"));
@@ -268,7 +280,12 @@ fn a_killed_umbox_is_not_enforced_and_is_started_again_on_fresh_ports() {
     );
     assert_eq!(v[1], Ok(()));
     let p = plan(&node, &o);
-    let path = node.bundle().manifest.devices[0].states[0].switch.as_ref().unwrap().containers[0].clone();
+    let path = node.bundle().manifest.devices[0].states[0]
+        .switch
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .clone();
     assert!(
         p.contains(&Action::StartContainer { device: 0, path }),
         "{p:?}"
@@ -312,7 +329,11 @@ fn a_deleted_port_is_not_enforced_and_added_again() {
         plan(&node, &o),
         vec![Action::AddPort {
             name: "ktn-d1".into(),
-            ofport: node.bundle().manifest.devices[1].net.as_ref().unwrap().ofport
+            ofport: node.bundle().manifest.devices[1]
+                .net
+                .as_ref()
+                .unwrap()
+                .ofport
         }]
     );
     // Its interface gone from the host too: nothing can be added, the rest is planned.
@@ -366,8 +387,14 @@ fn an_unreadable_switch_or_engine_is_never_enforced() {
     // A state without µmboxes needs only the switch: d0 failed closed to `attack`.
     let m = &node.bundle().manifest;
     let mut f = flows(&node, "flows/base.ofctl");
-    f.extend(flows(&node, &m.devices[0].states[3].switch.as_ref().unwrap().flows));
-    f.extend(flows(&node, &m.devices[1].states[0].switch.as_ref().unwrap().flows));
+    f.extend(flows(
+        &node,
+        &m.devices[0].states[3].switch.as_ref().unwrap().flows,
+    ));
+    f.extend(flows(
+        &node,
+        &m.devices[1].states[0].switch.as_ref().unwrap().flows,
+    ));
     let o = with_switch(&node, &obs, healthy_ports(&node), f);
     assert_eq!(node.check(&o, 0, Target::State(3)), Ok(()));
     assert!(node.plan_from(&o, &[Target::State(3), NORMAL]).is_err());
@@ -385,7 +412,10 @@ fn no_flows_is_enforced_only_when_the_switch_holds_none_of_the_device() {
     let obs = healthy(&node);
     let m = &node.bundle().manifest;
     let mut f = flows(&node, "flows/base.ofctl");
-    f.extend(flows(&node, &m.devices[1].states[0].switch.as_ref().unwrap().flows));
+    f.extend(flows(
+        &node,
+        &m.devices[1].states[0].switch.as_ref().unwrap().flows,
+    ));
     let o = with_switch(&node, &obs, healthy_ports(&node), f);
     assert_eq!(node.check(&o, 0, Target::NoFlows), Ok(()));
     assert!(node.check(&o, 0, NORMAL).is_err());
@@ -457,8 +487,14 @@ fn another_devices_flows_that_are_none_of_its_sets_make_every_device_not_enforce
     assert!(v[1].as_ref().unwrap_err().contains("not those of `normal`"));
     // d1 holding another of its own sets is no threat to d0.
     let mut f = flows(&node, "flows/base.ofctl");
-    f.extend(flows(&node, &m.devices[0].states[0].switch.as_ref().unwrap().flows));
-    f.extend(flows(&node, &m.devices[1].states[3].switch.as_ref().unwrap().flows));
+    f.extend(flows(
+        &node,
+        &m.devices[0].states[0].switch.as_ref().unwrap().flows,
+    ));
+    f.extend(flows(
+        &node,
+        &m.devices[1].states[3].switch.as_ref().unwrap().flows,
+    ));
     let o = with_switch(&node, &obs, healthy_ports(&node), f);
     assert_eq!(node.check(&o, 0, NORMAL), Ok(()));
 }

@@ -169,3 +169,146 @@ fn the_json_carries_the_line_and_the_cells_and_nothing_for_a_device_not_enforced
         .iter()
         .all(|c| c.passage == CellPassage::Closed));
 }
+
+/// A door contact behind a hub (its type has no chain) beside a device on the switch.
+const HUB_SITE: &str = r#"
+import std::umboxes::{sniffer}
+
+device type Contact {
+    sensed open: bool
+    states shut < alarm
+    initial shut
+    shut  -> alarm when open
+    alarm -> shut  on operator reset
+}
+
+device type Box {
+    alerts tamper
+    states normal < attack
+    initial normal
+    normal { chain [sniffer] }
+    attack { chain [drop] }
+    normal -> attack on tamper
+    attack -> normal on operator reset
+}
+
+site lab {
+    bridge "br0" uplink "eth0"
+    device door: Contact
+    device cam: Box at 10.0.0.1 port "p1"
+    rule opened when door in alarm then cam -> attack
+}
+"#;
+
+/// A device off the switch gets the verdict `off switch` (the run loop's
+/// `enforcement::off_switch`), never `enforced`: text, JSON, and an exit that it does
+/// not set. What crosses is not applicable, and nothing is claimed.
+#[test]
+fn a_device_off_the_switch_is_reported_off_switch_never_enforced() {
+    use kalki_shim::enforcement::{off_switch, worst};
+    let b = load(&MemReader::new(&compile(HUB_SITE))).unwrap();
+    assert_eq!(off_switch(&b, 0), Some(Enforcement::OffSwitch));
+    assert_eq!(
+        off_switch(&b, 1),
+        None,
+        "the camera is judged by a look at the node"
+    );
+    let status = |d: usize, enforcement: Enforcement, c| {
+        DeviceStatus {
+            name: b.manifest.devices[d].name.clone(),
+            device_type: b.manifest.devices[d].ty.clone(),
+            state: b.manifest.devices[d].initial.clone(),
+            since_ms: None,
+            since: None,
+            cause: None,
+            umboxes: vec![],
+            enforcement,
+            crosses: None,
+            crossing: None,
+        }
+        .with_crossing(c)
+    };
+    let r = StatusReport {
+        site: "lab".into(),
+        bundle_sha256: b.manifest_sha256.clone(),
+        uptime_s: 5,
+        now_ms: 0,
+        devices: vec![
+            status(0, off_switch(&b, 0).unwrap(), None),
+            status(1, Enforcement::Enforced, Some(crossing(&b, 1, Some(0)))),
+        ],
+    };
+    let text = api::render_status(&r);
+    let door = text.lines().find(|l| l.starts_with("door ")).unwrap();
+    let words: Vec<&str> = door.split_whitespace().collect();
+    assert_eq!(
+        words[..6],
+        ["door", "Contact", "shut", "off-switch", "not", "applicable"],
+        "{text}"
+    );
+    assert!(!words.contains(&"enforced"), "{text}");
+    assert!(
+        text.contains("  door: off the switch: nothing of it is on the switch"),
+        "{text}"
+    );
+    let json = serde_json::to_value(&r).unwrap();
+    let d = json["devices"][0].as_object().unwrap();
+    assert_eq!(
+        d["enforcement"],
+        serde_json::json!({"verdict": "off_switch"})
+    );
+    assert!(!d.contains_key("crosses") && !d.contains_key("crossing"));
+    // `status` exits 0: the node owes the door nothing.
+    assert_eq!(worst(r.devices.iter().map(|d| &d.enforcement)), None);
+}
+
+/// `apply` and the run loop plan nothing for a device off the switch (no port, flows or
+/// µmbox), and `Node::check` never finds it enforced; a change of its state is no posture
+/// change.
+#[test]
+fn nothing_is_planned_or_checked_for_a_device_off_the_switch() {
+    use kalki_shim::node::{Action, Node, NodeConfig, Observation, Target};
+    use std::collections::{BTreeMap, BTreeSet};
+    let b = load(&MemReader::new(&compile(HUB_SITE))).unwrap();
+    let docker = kalki_shim::docker::Engine::lazy(
+        "/nonexistent/docker.sock",
+        std::time::Duration::from_secs(1),
+    );
+    let node = Node::new(b, docker, NodeConfig::default()).unwrap();
+    let obs = Observation {
+        switch: Ok(node.switch_view(true, BTreeMap::new(), vec![])),
+        containers: Ok(BTreeMap::new()),
+        interfaces: Ok(BTreeSet::from(["eth0".to_string(), "p1".to_string()])),
+        exposed: BTreeMap::new(),
+        hooked: BTreeMap::new(),
+    };
+    let plan = node
+        .plan_from(&obs, &[Target::State(0), Target::State(0)])
+        .unwrap();
+    assert!(plan.actions.contains(&Action::Install {
+        device: 1,
+        target: Target::State(0)
+    }));
+    for a in &plan.actions {
+        match a {
+            Action::Install { device, .. } | Action::StartContainer { device, .. } => {
+                assert_eq!(*device, 1, "{a}")
+            }
+            Action::AddPort { name, .. } => assert!(name == "eth0" || name == "p1", "{a}"),
+            _ => {}
+        }
+    }
+    let why = node.check(&obs, 0, Target::State(1)).unwrap_err();
+    assert!(why.contains("off the switch"), "{why}");
+    assert!(!node.device_on_switch(0) && node.device_on_switch(1));
+    let posture = futures_executor(node.change_posture(0, 1));
+    assert_eq!(posture.unwrap(), kalki_shim::node::Posture::OffSwitch);
+}
+
+fn futures_executor<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}

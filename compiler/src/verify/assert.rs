@@ -609,7 +609,8 @@ mod tests {
 
     use super::*;
     use crate::ir::{
-        Chain, Device, DeviceNet, DeviceType, Model, State, Transition, Trigger, Ty, TypeId, UnknownHosts,
+        Chain, Device, DeviceNet, DeviceType, Model, State, Transition, Trigger, Ty, TypeId,
+        UnknownHosts,
     };
     use crate::source::SourceId;
     use crate::verify::solver::{Query, Solver};

@@ -127,7 +127,11 @@ impl<'m> Plane<'m> {
         let index = BaseIndex::new(&base, ports.uplink);
         // 203.0.113.0/24 (TEST-NET-3), the first address no device uses.
         let peer_ip = (0xcb00_7101u32..0xcb00_71ff)
-            .find(|ip| site.devices.iter().all(|d| d.net.as_ref().is_none_or(|n| n.ip != *ip)))
+            .find(|ip| {
+                site.devices
+                    .iter()
+                    .all(|d| d.net.as_ref().is_none_or(|n| n.ip != *ip))
+            })
             .unwrap_or(0xcb00_71fe);
         Some(Plane {
             model,
@@ -194,7 +198,8 @@ impl<'m> Plane<'m> {
         flow: Option<Flow>,
         from: Starter,
     ) -> Followed {
-        let (Some(d), Some(dev_port)) = (&self.site.devices[device].net, self.ports.devices[device])
+        let (Some(d), Some(dev_port)) =
+            (&self.site.devices[device].net, self.ports.devices[device])
         else {
             return Followed {
                 flow,

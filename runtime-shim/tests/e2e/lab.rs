@@ -750,8 +750,10 @@ impl Lab {
         for (_, _, _, _, c) in &claims {
             if let Some(s) = &c.set {
                 expected.push_str(
-                    &std::fs::read_to_string(self.bundle.join(s["switch"]["flows"].as_str().unwrap()))
-                        .unwrap(),
+                    &std::fs::read_to_string(
+                        self.bundle.join(s["switch"]["flows"].as_str().unwrap()),
+                    )
+                    .unwrap(),
                 );
             }
         }
