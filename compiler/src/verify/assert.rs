@@ -677,6 +677,8 @@ mod tests {
                     loc: LOC,
                 })
                 .collect(),
+            params: vec![],
+            telemetry: Default::default(),
         };
         let site = Site {
             name: "big".into(),
@@ -696,6 +698,7 @@ mod tests {
                 ip_loc: LOC,
                 mac_loc: None,
                 port_loc: LOC,
+                telemetry: None,
             }],
             rules: vec![],
             asserts: vec![],
