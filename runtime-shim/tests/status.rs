@@ -91,6 +91,7 @@ fn report(b: &Bundle) -> StatusReport {
                 None,
             ),
         ],
+        mqtt: None,
     }
 }
 
