@@ -37,6 +37,9 @@ pub enum What {
         /// The rule whose `dev -> state` moved the device.
         #[serde(skip_serializing_if = "Option::is_none")]
         rule: Option<String>,
+        /// The MQTT topic of the message whose reading took a `when` transition.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
     },
     Command {
         command: String,
@@ -68,8 +71,7 @@ pub fn simulate(
     text: &str,
     until_ms: Option<u64>,
 ) -> Result<Timeline, Vec<TraceError>> {
-    let probe = Engine::new(bundle, Config::default(), 0);
-    let trace = trace::check(text, &probe)?;
+    let trace = trace::check_bundle(text, bundle)?;
     Ok(replay(bundle, &trace, until_ms))
 }
 
@@ -83,7 +85,11 @@ pub fn replay(bundle: &Bundle, trace: &Trace, until_ms: Option<u64>) -> Timeline
     let mut faults = Vec::new();
     for ev in &trace.events {
         match engine.handle(ev.t_ms, &ev.input) {
-            Ok(steps) => entries.extend(steps.iter().flat_map(|s| describe(bundle, &engine, s))),
+            Ok(steps) => entries.extend(
+                steps
+                    .iter()
+                    .flat_map(|s| describe(bundle, &engine, s, ev.topic.as_deref())),
+            ),
             // A checked trace is accepted; should the engine disagree, say so in place.
             Err(errs) => faults.extend(errs.into_iter().map(|e| Entry {
                 t_ms: ev.t_ms,
@@ -99,7 +105,11 @@ pub fn replay(bundle: &Bundle, trace: &Trace, until_ms: Option<u64>) -> Timeline
     let last = trace.events.last().map_or(0, |e| e.t_ms);
     let end_ms = until_ms.map_or(last, |u| u.max(last));
     if let Ok(steps) = engine.handle(end_ms, &Input::Tick) {
-        entries.extend(steps.iter().flat_map(|s| describe(bundle, &engine, s)));
+        entries.extend(
+            steps
+                .iter()
+                .flat_map(|s| describe(bundle, &engine, s, None)),
+        );
     }
     let states = (0..engine.device_count())
         .map(|d| {
@@ -196,7 +206,10 @@ fn why(
     }
 }
 
-fn describe(bundle: &Bundle, engine: &Engine, step: &Step) -> Vec<Entry> {
+/// The entries of a step. `topic`: the step is an MQTT message's (or a timer's before it),
+/// and a `when` transition its reading took (the only [`Cause::Reading`]; timers take `for`,
+/// `quiet` and `silent`) is shown as the message's.
+fn describe(bundle: &Bundle, engine: &Engine, step: &Step, topic: Option<&str>) -> Vec<Entry> {
     let at = |device: usize, what: What| Entry {
         t_ms: step.t_ms,
         clock: clock(engine, step.t_ms),
@@ -216,6 +229,9 @@ fn describe(bundle: &Bundle, engine: &Engine, step: &Step) -> Vec<Entry> {
                 let to = engine.state_name(*device, *to).to_string();
                 let (trigger, source, raised_by, rule) =
                     cause_parts(bundle, engine, *device, cause);
+                let topic = topic
+                    .filter(|_| matches!(cause, Cause::Reading { .. }))
+                    .map(str::to_string);
                 let what = What::State {
                     from,
                     to,
@@ -223,6 +239,7 @@ fn describe(bundle: &Bundle, engine: &Engine, step: &Step) -> Vec<Entry> {
                     source,
                     raised_by,
                     rule,
+                    topic,
                 };
                 at(*device, what)
             }
@@ -277,8 +294,16 @@ pub fn render_text(t: &Timeline) -> String {
         .chain([t.end_ms.to_string().len(), "t_ms".len()])
         .max()
         .unwrap_or(4);
+    // `HH:MM:SS`, or `HH:MM:SS.mmm` (a capture's times have milliseconds).
+    let cw = t
+        .entries
+        .iter()
+        .map(|e| e.clock.len())
+        .chain([8])
+        .max()
+        .unwrap_or(8);
     let mut out = format!(
-        "{:>tw$}  {:<8}  {:<width$}  what\n",
+        "{:>tw$}  {:<cw$}  {:<width$}  what\n",
         "t_ms", "clock", "device"
     );
     for e in &t.entries {
@@ -290,16 +315,20 @@ pub fn render_text(t: &Timeline) -> String {
                 source,
                 raised_by,
                 rule,
+                topic,
             } => {
                 let why = why(trigger, source, raised_by, rule);
-                format!("{from} -> {to}  {why}")
+                match topic {
+                    Some(t) => format!("{from} -> {to}  {why} (from topic {t})"),
+                    None => format!("{from} -> {to}  {why}"),
+                }
             }
             What::Command { command, rule } => format!("command {command}  (rule {rule})"),
             What::Raise { alert, rule } => format!("raise {alert}  (rule {rule})"),
             What::Fault { message } => format!("fault: {message}"),
         };
         out.push_str(&format!(
-            "{:>tw$}  {:<8}  {:<width$}  {what}\n",
+            "{:>tw$}  {:<cw$}  {:<width$}  {what}\n",
             e.t_ms, e.clock, e.device
         ));
     }
