@@ -766,7 +766,8 @@ fn describe(e: &ConnectionError, url: &str) -> String {
     match e {
         ConnectionError::ConnectionRefused(code) => match code {
             ConnectReturnCode::BadUserNamePassword => "the broker refused the connection: bad user name or password (check --mqtt-username and --mqtt-password-file)".into(),
-            ConnectReturnCode::NotAuthorized => "the broker refused the connection: not authorised (check --mqtt-username, --mqtt-password-file and the broker's ACL)".into(),
+            // What mosquitto answers to a wrong password, too.
+            ConnectReturnCode::NotAuthorized => "the broker refused the connection: not authorised: a wrong user name or password, or a user the broker does not allow (check --mqtt-username, --mqtt-password-file and the broker's configuration)".into(),
             ConnectReturnCode::BadClientId => "the broker refused the client id (give another with --mqtt-client-id)".into(),
             other => format!("the broker refused the connection ({other:?})"),
         },
