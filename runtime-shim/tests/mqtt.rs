@@ -7,9 +7,11 @@
 //! wrong CA and a wrong password are clear errors, retried; a bundle with bindings and no
 //! broker is refused.
 //!
-//! The policy is `tests/fixtures/mqtt/site.kalki`. Its states' chains are built in and its
-//! interfaces do not exist, so neither Docker nor Open vSwitch is needed: the shim says its
-//! devices are not enforced, and the states are what is tested.
+//! The policy is `tests/fixtures/mqtt/site.kalki`. Its states' chains are built in and,
+//! but in the last test, its interfaces do not exist, so neither Docker nor Open vSwitch
+//! is needed: the shim says its devices are not enforced, and the states are what is
+//! tested. The last test goes all the way, on a real switch (and Docker, which the shim
+//! asks for the site's containers before it plans).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -38,12 +40,39 @@ fn broker_ready() -> bool {
     kalki_test_support::require(&[kalki_test_support::mosquitto()])
 }
 
-fn bundle(tmp: &TempDir) -> PathBuf {
+/// The fixture's bundle, on a bridge of this test's own (tests run in parallel, and a
+/// shim creates its bridge when Open vSwitch runs, even without the interfaces); `links`:
+/// the interfaces the switch test creates, else names no interface has.
+fn bundle(tmp: &TempDir, bridge: &str, links: bool) -> PathBuf {
+    let path = common::repo_root().join("runtime-shim/tests/fixtures/mqtt/site.kalki");
+    let mut src = std::fs::read_to_string(path)
+        .unwrap()
+        .replace("bridge \"kt-mqtt\"", &format!("bridge \"{bridge}\""));
+    if !links {
+        src = src.replace("\"ktm-", "\"ktx-");
+    }
     let dir = tmp.path().join("bundle");
-    common::compile_dir("runtime-shim/tests/fixtures/mqtt")
-        .write_to(&dir)
-        .unwrap();
+    common::compile(&src).write_to(&dir).unwrap();
     dir
+}
+
+/// Deletes a test's bridge at the start and when dropped.
+struct Bridge(&'static str);
+
+impl Bridge {
+    fn new(name: &'static str) -> Bridge {
+        common::live::sh(&format!("ovs-vsctl --timeout=10 --if-exists del-br {name}"));
+        Bridge(name)
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        common::live::sh(&format!(
+            "ovs-vsctl --timeout=10 --if-exists del-br {}",
+            self.0
+        ));
+    }
 }
 
 /// The shim's options for a broker: its URL, user and password file (and CA).
@@ -167,7 +196,8 @@ fn readings_move_states_bad_messages_change_nothing_commands_are_published() {
         return;
     }
     let tmp = TempDir::new("mqtt-readings");
-    let bundle = bundle(&tmp);
+    let _bridge = Bridge::new("ktq-readings");
+    let bundle = bundle(&tmp, "ktq-readings", false);
     let journal = tmp.path().join("journal.db");
     let broker = Broker::start(BrokerOptions::default()).unwrap();
     // Retained before the shim subscribes: delivered to it as the broker's stored copy,
@@ -344,7 +374,8 @@ fn a_broker_restart_and_a_killed_shim_lose_no_reading() {
         return;
     }
     let tmp = TempDir::new("mqtt-restart");
-    let bundle = bundle(&tmp);
+    let _bridge = Bridge::new("ktq-restart");
+    let bundle = bundle(&tmp, "ktq-restart", false);
     let journal = tmp.path().join("journal.db");
     let mut broker = Broker::start(BrokerOptions::default()).unwrap();
     let env = Api::new(tmp.path());
@@ -431,7 +462,8 @@ fn tls_with_the_brokers_ca_works_a_wrong_ca_or_password_is_a_clear_error_and_ret
         return;
     }
     let tmp = TempDir::new("mqtt-tls");
-    let bundle = bundle(&tmp);
+    let _bridge = Bridge::new("ktq-tls");
+    let bundle = bundle(&tmp, "ktq-tls", false);
     let broker = Broker::start(BrokerOptions { tls: true }).unwrap();
     assert!(broker.url().starts_with("mqtts://"));
 
@@ -503,7 +535,7 @@ fn tls_with_the_brokers_ca_works_a_wrong_ca_or_password_is_a_clear_error_and_ret
 #[test]
 fn a_bundle_with_bindings_is_refused_without_a_broker_and_bad_settings_are_refused() {
     let tmp = TempDir::new("mqtt-refused");
-    let bundle = bundle(&tmp);
+    let bundle = bundle(&tmp, "ktq-refused", false);
     let env = Api::new(tmp.path());
     let run = |extra: &[&str]| {
         let mut args = vec![
@@ -573,4 +605,115 @@ fn a_bundle_with_bindings_is_refused_without_a_broker_and_bad_settings_are_refus
         assert_eq!(code, Some(2), "{args:?}: {err}");
         assert!(err.contains(want), "{args:?}: {err}");
     }
+}
+
+const BRIDGE: &str = "kt-mqtt";
+const LINKS: [&str; 3] = ["ktm-up", "ktm-p0", "ktm-p1"];
+
+/// The switch and links of the fixture site, removed at the start and the end.
+struct SwitchCleanup;
+
+impl SwitchCleanup {
+    fn now() {
+        common::live::sh(&format!(
+            "ovs-vsctl --timeout=10 --if-exists del-br {BRIDGE}"
+        ));
+        for l in LINKS {
+            common::live::sh(&format!("ip link del dev {l} 2>/dev/null"));
+        }
+    }
+}
+
+impl Drop for SwitchCleanup {
+    fn drop(&mut self) {
+        SwitchCleanup::now();
+    }
+}
+
+/// All the way: a plug's reading over its threshold, published as Tasmota does, moves
+/// its posture on a real Open vSwitch bridge (the switch holds its `suspicious` rule set),
+/// and the rule's `turn_off` appears on `cmnd/plug_kitchen/POWER`.
+#[test]
+fn a_reading_over_the_threshold_moves_the_posture_on_a_real_switch_and_turns_the_plug_off() {
+    // Docker too: the shim looks at the site's containers (none here) before it plans.
+    if !kalki_test_support::require(&[
+        kalki_test_support::mosquitto(),
+        kalki_test_support::ovs(),
+        kalki_test_support::docker(),
+    ]) {
+        return;
+    }
+    SwitchCleanup::now();
+    let _cleanup = SwitchCleanup;
+    for l in LINKS {
+        common::live::ok(&format!(
+            "ip link add {l} type veth peer name {l}p && ip link set dev {l} up"
+        ));
+    }
+    let tmp = TempDir::new("mqtt-switch");
+    let bundle = bundle(&tmp, BRIDGE, true);
+    let broker = Broker::start(BrokerOptions::default()).unwrap();
+    let mut commands = broker.subscribe("cmnd/plug_kitchen/POWER", 1).unwrap();
+    let env = Api::new(tmp.path());
+    let _shim = start(
+        &env,
+        &bundle,
+        &tmp.path().join("journal.db"),
+        &mqtt_args(&broker),
+    );
+    wait_connected(&env);
+    let holds = |sets: &[&str]| {
+        let start = Instant::now();
+        loop {
+            let mut all = String::new();
+            for s in sets {
+                all.push_str(&std::fs::read_to_string(bundle.join(s)).unwrap());
+            }
+            let file = tmp.path().join("expected.ofctl");
+            std::fs::write(&file, all).unwrap();
+            let out = common::live::sh(&format!(
+                "ovs-ofctl -O OpenFlow15 diff-flows {BRIDGE} {}",
+                file.display()
+            ));
+            if out.status.success() && out.stdout.is_empty() {
+                return;
+            }
+            assert!(
+                start.elapsed() < LIMIT,
+                "the switch does not hold {sets:?}:\n{}{}\nshim log:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                env.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    holds(&[
+        "flows/base.ofctl",
+        "flows/plug/normal.ofctl",
+        "flows/heater/normal.ofctl",
+    ]);
+    broker
+        .publish(
+            SENSOR,
+            r#"{"Time":"2026-12-03T10:00:00","ENERGY":{"Power":3000,"Current":2.5}}"#,
+            1,
+            false,
+        )
+        .unwrap();
+    env.wait_state("plug", "suspicious", LIMIT);
+    holds(&[
+        "flows/base.ofctl",
+        "flows/plug/suspicious.ofctl",
+        "flows/heater/normal.ofctl",
+    ]);
+    commands
+        .wait_for("cmnd/plug_kitchen/POWER", "OFF", LIMIT)
+        .unwrap();
+    assert_eq!(
+        env.device("plug")["cause"],
+        "when power > 2500",
+        "{}",
+        env.log_text()
+    );
 }
