@@ -1,7 +1,8 @@
 //! Telemetry bindings: how a device's MQTT messages become readings, and its commands
 //! messages (`docs/language.md`, §5.6). One definition for the compiler (which writes them
 //! into the bundle, topics filled in per device), the shim's MQTT client (`kalki-shim
-//! run`) and its replay of recorded captures (`kalki-shim simulate --mqtt`).
+//! run`) and its replay of recorded messages (`kalki-shim simulate`, whose trace format
+//! takes message lines and `mosquitto_sub -F %j` captures).
 //!
 //! A message becomes one reading of every field its binding names, or nothing: any field
 //! that cannot be read refuses the whole message ([`decode`]), and the engine then checks
