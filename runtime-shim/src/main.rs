@@ -388,12 +388,10 @@ fn run_simulate(args: &SimulateArgs) -> Exit {
         Ok(b) => b,
         Err(exit) => return exit,
     };
-    let text = match std::fs::read(&args.trace).map(String::from_utf8) {
-        Ok(Ok(t)) => t,
-        Ok(Err(_)) => {
-            eprintln!("error: `{}` is not UTF-8", args.trace.display());
-            return Exit::Usage;
-        }
+    // Bytes: a capture may hold payloads that are not UTF-8 (the trace reader takes each
+    // line as it can, and locates the ones it cannot).
+    let text = match std::fs::read(&args.trace) {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("error: cannot read `{}`: {e}", args.trace.display());
             return Exit::Usage;
@@ -409,6 +407,7 @@ fn run_simulate(args: &SimulateArgs) -> Exit {
                 .collect::<std::collections::BTreeSet<_>>()
                 .len();
             let name = args.trace.display().to_string();
+            let text = kalki_shim::trace::display_text(&text);
             report(
                 args.color,
                 errors.into_iter().map(|e| {

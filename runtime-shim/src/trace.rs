@@ -19,17 +19,25 @@
 //! and replayed as its device's reading.
 //!
 //! Parsing checks every line (syntax, fields and order of times) and then every event
-//! against the bundle (a message's topic, its payload, then the reading or other event
-//! against the engine), and reports every bad line with its line number; a trace with any
-//! bad line is not replayed at all.
+//! against the bundle, and reports every bad line with its line number; a trace with any
+//! bad line is not replayed at all. A message, though, is what a device sent, not an
+//! authoring mistake, and is taken as `kalki-shim run` takes it: one on a topic no device
+//! binds is ignored (`run` never subscribes to it), one its binding (S12x) or the engine
+//! (S1xx) refuses is kept as a [`RefusedMessage`], replayed as changing nothing; both are
+//! counted ([`Messages`]).
+//!
+//! A trace is read as bytes, line by line. A line that is not UTF-8 is malformed (S201),
+//! except a `mosquitto_sub -F %j` line whose payload alone is not UTF-8 (mosquitto_sub
+//! 2.0.11 writes such payload bytes raw inside the JSON string): its payload is read as
+//! those bytes, as newer mosquitto_subs write them as an array.
 
 use crate::bundle::Bundle;
 use crate::codes;
 use crate::engine::{suggest, Config, Engine, Input, InputError, DAY_MS, MAX_STEP_MS};
-use kalki_model::telemetry::{self, Refusal, Topics};
+use kalki_model::telemetry::{self, Topics};
 use miette::{Diagnostic, LabeledSpan, SourceSpan};
 use serde::de::IgnoredAny;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -43,7 +51,52 @@ pub struct Trace {
     /// The local time of day at `t_ms` 0, in milliseconds since midnight: the `clock`
     /// header's, else the local time of the first `mosquitto_sub` line, else midnight.
     pub clock_ms: u64,
+    /// The inputs to replay, messages read into readings included.
     pub events: Vec<Event>,
+    /// The messages refused, in line order: replayed as changing nothing.
+    pub refused: Vec<RefusedMessage>,
+    /// What became of the trace's messages.
+    pub messages: Messages,
+}
+
+/// A message its binding or the engine refuses, as `run` refuses it: it changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedMessage {
+    /// 1-based.
+    pub line: usize,
+    pub t_ms: u64,
+    pub topic: String,
+    /// The device whose binding reads the topic.
+    pub device: String,
+    /// Every problem: the binding's (S12x), or else the engine's with the reading (S1xx).
+    pub problems: Vec<Problem>,
+}
+
+/// One reason a message is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub code: &'static str,
+    pub reason: String,
+}
+
+/// The trace's messages counted as `kalki-shim status` counts them under `run`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Messages {
+    /// Every well-formed message line (retained and unbound ones included).
+    pub received: u64,
+    /// Read into a reading the engine accepts.
+    pub applied: u64,
+    /// Refused messages by code; a message with problems of two codes counts under both,
+    /// once each.
+    pub refused: BTreeMap<String, u64>,
+    /// Retained (`mosquitto_sub`'s `retain` 1): an old value, ignored.
+    pub retained_ignored: u64,
+    /// On a topic no device binds (S204): ignored.
+    pub unbound: u64,
+    /// Unbound topics that are near misses of a bound one (a topic misspelt by hand is
+    /// ignored too): the topic, how many of its messages, the bound topic it resembles.
+    #[serde(skip)]
+    pub near_misses: Vec<(String, u64, String)>,
 }
 
 /// One event line.
@@ -77,21 +130,8 @@ pub enum TraceErrorKind {
     Order { t_ms: u64, previous: u64 },
     /// A `mosquitto_sub` line earlier than the first one, which is `t_ms` 0.
     BeforeFirst { tst: String, first: String },
-    /// Refused by the engine.
+    /// A hand-written event the engine refuses.
     Input(InputError),
-    /// A message on a topic no device of the bundle binds.
-    Unbound {
-        topic: String,
-        suggestion: Option<String>,
-        /// How many topics the bundle binds.
-        bound: usize,
-    },
-    /// A message its topic's binding cannot read (S12x), as `run` would refuse it.
-    Refused {
-        topic: String,
-        device: String,
-        refusal: Box<Refusal>,
-    },
     /// A `mosquitto_sub` line whose `payload` is not the whole payload (`payloadlen`).
     PayloadLost { payloadlen: u64, got: usize },
 }
@@ -103,8 +143,6 @@ impl TraceError {
             TraceErrorKind::Shape(_) => codes::TRACE_SHAPE,
             TraceErrorKind::Order { .. } | TraceErrorKind::BeforeFirst { .. } => codes::TRACE_ORDER,
             TraceErrorKind::Input(e) => e.code(),
-            TraceErrorKind::Unbound { .. } => codes::TRACE_UNBOUND_TOPIC,
-            TraceErrorKind::Refused { refusal, .. } => refusal.code(),
             TraceErrorKind::PayloadLost { .. } => codes::TRACE_PAYLOAD_LOST,
         }
     }
@@ -124,17 +162,6 @@ impl fmt::Display for TraceError {
                 "`tst` {tst} is earlier than the trace's first `tst` ({first}), its `t_ms` 0"
             ),
             TraceErrorKind::Input(e) => write!(f, "{e}"),
-            TraceErrorKind::Unbound { topic, .. } => {
-                write!(f, "no device of the bundle binds topic {topic:?}")
-            }
-            TraceErrorKind::Refused {
-                topic,
-                device,
-                refusal,
-            } => write!(
-                f,
-                "the message on {topic:?} cannot be read as a reading of `{device}`: {refusal}"
-            ),
             TraceErrorKind::PayloadLost { payloadlen, got } => write!(
                 f,
                 "the message's payload was {payloadlen} bytes, the line holds {got}"
@@ -160,20 +187,6 @@ impl Diagnostic for TraceError {
             TraceErrorKind::Syntax(_) | TraceErrorKind::Shape(_) => Some(Box::new(
                 "a line is `{\"t_ms\": N, \"device\": D, EVENT}` with EVENT one of `\"reading\": {...}`, `\"alert\": A` (and `\"source\": U`), `\"operator\": \"reset\"`, or nothing (time passes); or an MQTT message `{\"t_ms\": N, \"topic\": T, \"payload\": TEXT}` (or `\"payload_base64\"`); or a line of `mosquitto_sub -F %j`; see docs/runtime.md",
             )),
-            TraceErrorKind::Unbound {
-                suggestion, bound, ..
-            } => match (suggestion, bound) {
-                (Some(s), _) => text(format!("did you mean {s:?}?")),
-                (None, 0) => text("the bundle binds no topic: its policy has no `telemetry`".to_string()),
-                (None, _) => text(
-                    "record only the topics the bundle binds (docs/runtime.md, \"Recording MQTT messages\"), or delete the line"
-                        .to_string(),
-                ),
-            },
-            TraceErrorKind::Refused { .. } => text(
-                "`run` counts such a message and drops it; delete the line to replay the rest, or write the payload its binding reads"
-                    .to_string(),
-            ),
             TraceErrorKind::PayloadLost { .. } => text(
                 "mosquitto_sub 2.0.11's `-F %j` cuts a payload at its first NUL byte; write the line by hand with the payload as `payload_base64`"
                     .to_string(),
@@ -414,6 +427,8 @@ struct Parsed {
     first_capture: Option<(Stamp, String)>,
     /// (line, t_ms, event)
     events: Vec<(usize, u64, Pending)>,
+    /// Retained messages (not in `events`).
+    retained: u64,
 }
 
 impl Parsed {
@@ -426,8 +441,8 @@ impl Parsed {
 
 /// Parses a trace: syntax, fields and order (not yet the events' meaning; see [`check`]).
 #[cfg(test)]
-fn parse(text: &str) -> Result<Parsed, Vec<TraceError>> {
-    let (parsed, errors) = parse_lines(text);
+fn parse(text: impl AsRef<[u8]>) -> Result<Parsed, Vec<TraceError>> {
+    let (parsed, errors) = parse_lines(text.as_ref());
     if errors.is_empty() {
         Ok(parsed)
     } else {
@@ -436,24 +451,40 @@ fn parse(text: &str) -> Result<Parsed, Vec<TraceError>> {
 }
 
 /// The well-formed lines, and the errors of the others.
-fn parse_lines(text: &str) -> (Parsed, Vec<TraceError>) {
+fn parse_lines(text: &[u8]) -> (Parsed, Vec<TraceError>) {
     let mut errors = Vec::new();
     let mut parsed = Parsed::default();
     let mut previous: Option<u64> = None;
     let mut first = true;
-    let mut offset = 0;
-    for (i, raw_line) in text.split_inclusive('\n').enumerate() {
+    for (i, (start, len)) in line_spans(text).into_iter().enumerate() {
         let line = i + 1;
-        let start = offset;
-        offset += raw_line.len();
-        let content = raw_line.trim_end_matches(['\n', '\r']);
-        if content.trim().is_empty() {
+        let bytes = &text[start..start + len];
+        if bytes.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         let err = |kind| TraceError {
             line,
-            span: (start, content.len()),
+            span: (start, len),
             kind,
+        };
+        let recovered;
+        let content = match std::str::from_utf8(bytes) {
+            Ok(c) => c,
+            Err(e) => match capture_with_raw_payload(bytes) {
+                Some(c) => {
+                    recovered = c;
+                    recovered.as_str()
+                }
+                None => {
+                    errors.push(err(TraceErrorKind::Syntax(format!(
+                        "not UTF-8 text: byte {:#04x} at column {}",
+                        bytes[e.valid_up_to()],
+                        e.valid_up_to() + 1
+                    ))));
+                    first = false;
+                    continue;
+                }
+            },
         };
         let value: serde_json::Value = match serde_json::from_str(content) {
             Ok(v) => v,
@@ -509,6 +540,7 @@ fn parse_lines(text: &str) -> (Parsed, Vec<TraceError>) {
                     // The broker's stored copy of an old value, sent because of the
                     // subscription: `run` ignores it, and so does the replay. It still
                     // marks when the recording began.
+                    parsed.retained += 1;
                     continue;
                 }
                 (t_ms, event)
@@ -692,10 +724,10 @@ fn line_event(raw: Raw, first: bool) -> Result<Line, TraceErrorKind> {
 }
 
 /// Parses a trace and checks every event against the site of `engine` (left unchanged),
-/// with no MQTT bindings: a message line is refused as unbound (S204). [`check_bundle`]
-/// reads messages with the bundle's bindings.
-pub fn check(text: &str, engine: &Engine) -> Result<Trace, Vec<TraceError>> {
-    check_with(text, engine, None)
+/// with no MQTT bindings: every message line is on a topic no device binds, and is
+/// ignored and counted. [`check_bundle`] reads messages with the bundle's bindings.
+pub fn check<T: AsRef<[u8]> + ?Sized>(text: &T, engine: &Engine) -> Result<Trace, Vec<TraceError>> {
+    check_with(text.as_ref(), engine, None)
 }
 
 /// Parses a trace and checks every event against `bundle`: a message is read as the
@@ -704,16 +736,23 @@ pub fn check(text: &str, engine: &Engine) -> Result<Trace, Vec<TraceError>> {
 /// replays them, so each is checked against the time and states it will meet (an alert's
 /// `source` must be deployed in its device's state then); a refused line is left out for
 /// the lines after it. Reports every bad line, in line order.
-pub fn check_bundle(text: &str, bundle: &Bundle) -> Result<Trace, Vec<TraceError>> {
+///
+/// Messages are taken as `run` takes them, not as errors: one on a topic no device binds
+/// is ignored, one its binding or the engine refuses is a [`RefusedMessage`]; both are
+/// counted in [`Trace::messages`].
+pub fn check_bundle<T: AsRef<[u8]> + ?Sized>(
+    text: &T,
+    bundle: &Bundle,
+) -> Result<Trace, Vec<TraceError>> {
     check_with(
-        text,
+        text.as_ref(),
         &Engine::new(bundle, Config::default(), 0),
         Some(bundle),
     )
 }
 
 fn check_with(
-    text: &str,
+    text: &[u8],
     engine: &Engine,
     bundle: Option<&Bundle>,
 ) -> Result<Trace, Vec<TraceError>> {
@@ -728,91 +767,272 @@ fn check_with(
         0,
     );
     let mut events = Vec::new();
+    let mut refused = Vec::new();
+    let mut messages = Messages {
+        received: parsed.retained,
+        retained_ignored: parsed.retained,
+        ..Messages::default()
+    };
+    let mut unbound: BTreeMap<String, u64> = BTreeMap::new();
     for (line, t_ms, pending) in parsed.events {
         let span = spans.get(line - 1).copied().unwrap_or((0, 0));
         let at = |kind| TraceError { line, span, kind };
+        let t = t_ms.max(ahead.now());
         let (input, topic) = match pending {
-            Pending::Input(input) => (input, None),
+            Pending::Input(input) => {
+                if let Err(es) = ahead.handle(t, &input) {
+                    errors.extend(es.into_iter().map(|e| at(TraceErrorKind::Input(e))));
+                }
+                events.push(Event {
+                    line,
+                    t_ms,
+                    input,
+                    topic: None,
+                });
+                continue;
+            }
             Pending::Message { topic, payload } => {
+                messages.received += 1;
                 match message_reading(bundle, &topics, &topic, &payload) {
-                    Ok(input) => (input, Some(topic)),
-                    Err(kinds) => {
-                        errors.extend(kinds.into_iter().map(at));
+                    Read::Reading(input) => (input, topic),
+                    Read::Unbound => {
+                        messages.unbound += 1;
+                        *unbound.entry(topic).or_insert(0) += 1;
+                        continue;
+                    }
+                    Read::Refused { device, problems } => {
+                        refused.push(RefusedMessage {
+                            line,
+                            t_ms,
+                            topic,
+                            device,
+                            problems,
+                        });
                         continue;
                     }
                 }
             }
         };
-        let t = t_ms.max(ahead.now());
-        if let Err(es) = ahead.handle(t, &input) {
-            errors.extend(es.into_iter().map(|e| at(TraceErrorKind::Input(e))));
+        // A reading the engine refuses changes nothing, as under `run`.
+        match ahead.handle(t, &input) {
+            Ok(_) => {
+                messages.applied += 1;
+                events.push(Event {
+                    line,
+                    t_ms,
+                    input,
+                    topic: Some(topic),
+                });
+            }
+            Err(es) => {
+                let device = match &input {
+                    Input::Reading { device, .. } => device.clone(),
+                    _ => String::new(),
+                };
+                refused.push(RefusedMessage {
+                    line,
+                    t_ms,
+                    topic,
+                    device,
+                    problems: es
+                        .iter()
+                        .map(|e| Problem {
+                            code: e.code(),
+                            reason: e.to_string(),
+                        })
+                        .collect(),
+                });
+            }
         }
-        events.push(Event {
-            line,
-            t_ms,
-            input,
-            topic,
-        });
     }
+    for r in &refused {
+        let codes: std::collections::BTreeSet<&str> = r.problems.iter().map(|p| p.code).collect();
+        for c in codes {
+            *messages.refused.entry(c.to_string()).or_insert(0) += 1;
+        }
+    }
+    messages.near_misses = unbound
+        .into_iter()
+        .filter_map(|(topic, n)| {
+            let near = suggest(&topic, topics.topics())?;
+            Some((topic, n, near))
+        })
+        .collect();
     if errors.is_empty() {
-        Ok(Trace { clock_ms, events })
+        Ok(Trace {
+            clock_ms,
+            events,
+            refused,
+            messages,
+        })
     } else {
         errors.sort_by_key(|e| e.line);
         Err(errors)
     }
 }
 
+/// What a message is read as.
+enum Read {
+    Reading(Input),
+    /// No device binds its topic.
+    Unbound,
+    /// Its binding cannot read it (S12x).
+    Refused {
+        device: String,
+        problems: Vec<Problem>,
+    },
+}
+
 /// The reading a message carries: its topic's binding reads its payload for the device
 /// that binds it.
-fn message_reading(
-    bundle: Option<&Bundle>,
-    topics: &Topics,
-    topic: &str,
-    payload: &[u8],
-) -> Result<Input, Vec<TraceErrorKind>> {
-    let unbound = || {
-        vec![TraceErrorKind::Unbound {
-            topic: topic.to_string(),
-            suggestion: suggest(topic, topics.topics()),
-            bound: topics.topics().count(),
-        }]
-    };
+fn message_reading(bundle: Option<&Bundle>, topics: &Topics, topic: &str, payload: &[u8]) -> Read {
     let (Some(bundle), Some((d, b))) = (bundle, topics.lookup(topic)) else {
-        return Err(unbound());
+        return Read::Unbound;
     };
     let device = bundle.manifest.devices.get(d);
     let binding = device
         .and_then(|dev| dev.telemetry.as_ref())
         .and_then(|t| t.topics.get(b));
     let (Some(device), Some(binding), Some(ty)) = (device, binding, bundle.device_type(d)) else {
-        return Err(unbound());
+        return Read::Unbound;
     };
-    telemetry::decode(ty, binding, payload)
-        .map(|values| Input::Reading {
+    match telemetry::decode(ty, binding, payload) {
+        Ok(values) => Read::Reading(Input::Reading {
             device: device.name.clone(),
             values,
-        })
-        .map_err(|refusals| {
-            refusals
-                .into_iter()
-                .map(|refusal| TraceErrorKind::Refused {
-                    topic: topic.to_string(),
-                    device: device.name.clone(),
-                    refusal: Box::new(refusal),
+        }),
+        Err(refusals) => Read::Refused {
+            device: device.name.clone(),
+            problems: refusals
+                .iter()
+                .map(|r| Problem {
+                    code: r.code(),
+                    reason: r.to_string(),
                 })
-                .collect()
-        })
+                .collect(),
+        },
+    }
 }
 
-/// Byte offset and length of every line, line breaks excluded.
-fn line_spans(text: &str) -> Vec<(usize, usize)> {
+/// Byte offset and length of every line, line breaks (`\n`, `\r\n`) excluded.
+fn line_spans(text: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut offset = 0;
-    for l in text.split_inclusive('\n') {
-        out.push((offset, l.trim_end_matches(['\n', '\r']).len()));
+    for l in text.split_inclusive(|&b| b == b'\n') {
+        let mut len = l.len();
+        while len > 0 && matches!(l[len - 1], b'\n' | b'\r') {
+            len -= 1;
+        }
+        out.push((offset, len));
         offset += l.len();
     }
     out
+}
+
+/// A trace's text for showing its lines in reports: every byte that is not part of UTF-8
+/// text becomes one `?`, so that byte offsets ([`TraceError::span`]) stay right.
+pub fn display_text(text: &[u8]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(s) => {
+                out.push_str(s);
+                return out;
+            }
+            Err(e) => {
+                let (good, bad) = rest.split_at(e.valid_up_to());
+                out.push_str(std::str::from_utf8(good).unwrap_or_default());
+                let n = e.error_len().unwrap_or(bad.len());
+                out.extend(std::iter::repeat_n('?', n));
+                rest = &bad[n..];
+            }
+        }
+    }
+}
+
+/// A `mosquitto_sub -F %j` line that is not UTF-8 only because of its payload, rewritten
+/// with the payload as the array of its bytes (as newer mosquitto_subs write a payload that
+/// is not text): mosquitto_sub 2.0.11 ends a line with `"payload":"...."}`, the payload's
+/// bytes raw in the string, but `"`, `\` and control characters escaped. `None` for any
+/// other line; one that is not a `mosquitto_sub` line (no `tst`) is refused when parsed.
+fn capture_with_raw_payload(line: &[u8]) -> Option<String> {
+    const KEY: &[u8] = b"\"payload\":\"";
+    // No string before the payload can hold the key: a `"` in it is escaped.
+    let at = line.windows(KEY.len()).position(|w| w == KEY)?;
+    let prefix = std::str::from_utf8(&line[..at]).ok()?;
+    // `"tst":` outside a string: a `mosquitto_sub` line's field.
+    if !prefix.contains("\"tst\":") {
+        return None;
+    }
+    let mut end = line.len();
+    while end > 0 && line[end - 1].is_ascii_whitespace() {
+        end -= 1;
+    }
+    let body = line.get(at + KEY.len()..end)?.strip_suffix(b"\"}")?;
+    let payload = unescape_bytes(body)?;
+    let items: Vec<String> = payload.iter().map(u8::to_string).collect();
+    Some(format!("{prefix}\"payload\":[{}]}}", items.join(",")))
+}
+
+/// The bytes of the inside of a JSON string whose unescaped characters are taken as raw
+/// bytes, UTF-8 or not; `None` if it is not such a string (an unescaped `"` or control
+/// character, a bad escape).
+fn unescape_bytes(s: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    let hex4 = |i: usize| -> Option<u32> {
+        let h = std::str::from_utf8(s.get(i..i + 4)?).ok()?;
+        if !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(h, 16).ok()
+    };
+    while i < s.len() {
+        let b = s[i];
+        match b {
+            b'"' | 0..=0x1f => return None,
+            b'\\' => {
+                let e = *s.get(i + 1)?;
+                i += 2;
+                let c = match e {
+                    b'"' => '"',
+                    b'\\' => '\\',
+                    b'/' => '/',
+                    b'b' => '\u{8}',
+                    b'f' => '\u{c}',
+                    b'n' => '\n',
+                    b'r' => '\r',
+                    b't' => '\t',
+                    b'u' => {
+                        let hi = hex4(i)?;
+                        i += 4;
+                        let code = if (0xd800..0xdc00).contains(&hi) {
+                            if s.get(i..i + 2)? != b"\\u" {
+                                return None;
+                            }
+                            let lo = hex4(i + 2)?;
+                            if !(0xdc00..0xe000).contains(&lo) {
+                                return None;
+                            }
+                            i += 6;
+                            0x10000 + ((hi - 0xd800) << 10) + (lo - 0xdc00)
+                        } else {
+                            hi
+                        };
+                        char::from_u32(code)?
+                    }
+                    _ => return None,
+                };
+                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -1151,6 +1371,78 @@ mod tests {
             .map(|(i, input)| (i as u64 * 10, Pending::Input(input)))
             .collect();
         assert_eq!(back, sent);
+    }
+
+    /// mosquitto_sub 2.0.11 writes a payload that is not UTF-8 raw inside the JSON string
+    /// (escaping only `"`, `\\` and control characters): such a line is read, its payload
+    /// those bytes. Any other line that is not UTF-8 is malformed, located by its number.
+    #[test]
+    fn lines_that_are_not_utf8() {
+        let mut text: Vec<u8> = Vec::new();
+        // 1: a capture line, its payload `\xff"\x01` with an escaped quote and control
+        // character, and `é` (UTF-8) and a surrogate pair around an invalid sequence.
+        text.extend_from_slice(br#"{"tst":"2026-12-03T11:14:21.444793Z+0530","topic":"tele/x/bin","qos":0,"retain":0,"payloadlen":11,"payload":""#);
+        text.extend_from_slice(b"\xff\\\"\\u0001\xc3\xa9\xe2\x82\\ud83d\\ude00\"}");
+        text.push(b'\n');
+        // 2: the same, its `payloadlen` wrong: the bytes are counted as sent.
+        text.extend_from_slice(
+            br#"{"tst":"2026-12-03T11:14:22Z+0530","topic":"t","payloadlen":2,"payload":""#,
+        );
+        text.extend_from_slice(b"a\xffb\"}");
+        text.push(b'\n');
+        // 3: a line by hand.
+        text.extend_from_slice(b"{\"t_ms\": 1000, \"topic\": \"t\", \"payload\": \"\xff\"}\r\n");
+        // 4: a capture line whose topic is not UTF-8.
+        text.extend_from_slice(
+            b"{\"tst\":\"2026-12-03T11:14:23Z+0530\",\"topic\":\"t\xff\",\"payload\":\"x\"}\n",
+        );
+        // 5: an unescaped quote in the raw payload.
+        text.extend_from_slice(
+            b"{\"tst\":\"2026-12-03T11:14:23Z+0530\",\"topic\":\"t\",\"payload\":\"\xff\"\"}\n",
+        );
+        // 6: fine.
+        text.extend_from_slice(b"{\"t_ms\": 5000}\n");
+        // Text as in the file, for the first line's payload.
+        let first = text.split(|&b| b == b'\n').next().unwrap();
+        let mut only_first = first.to_vec();
+        only_first.push(b'\n');
+        let t = parse(&only_first).unwrap();
+        assert_eq!(
+            t.events,
+            [(
+                1,
+                0,
+                message("tele/x/bin", b"\xff\"\x01\xc3\xa9\xe2\x82\xf0\x9f\x98\x80")
+            )]
+        );
+        let errs = parse(&text).unwrap_err();
+        let got: Vec<(usize, &str)> = errs.iter().map(|e| (e.line, e.code())).collect();
+        assert_eq!(
+            got,
+            [
+                (2, codes::TRACE_PAYLOAD_LOST),
+                (3, codes::TRACE_SYNTAX),
+                (4, codes::TRACE_SYNTAX),
+                (5, codes::TRACE_SYNTAX),
+            ],
+            "{errs:#?}"
+        );
+        assert!(
+            errs[1]
+                .to_string()
+                .contains("not UTF-8 text: byte 0xff at column 42"),
+            "{}",
+            errs[1]
+        );
+        // Spans are byte offsets in the file, and its text for reports keeps them.
+        let shown = display_text(&text);
+        assert_eq!(shown.len(), text.len());
+        let (at, len) = errs[1].span;
+        assert_eq!(
+            &shown[at..at + len],
+            "{\"t_ms\": 1000, \"topic\": \"t\", \"payload\": \"?\"}"
+        );
+        assert_eq!(display_text(b"a\xe2\x82b\xff"), "a??b?");
     }
 
     #[test]
