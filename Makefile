@@ -13,11 +13,12 @@ export KALKI_FUZZ_CASES ?= 2000
 setup:
 	@scripts/setup.sh
 
-# What the integration tests run against: Open vSwitch (userspace datapath) and a Docker
-# engine.
+# What the integration tests run against: Open vSwitch (userspace datapath), a Docker
+# engine, and mosquitto with its clients (installed only: each test starts its own broker).
 services: setup
 	@scripts/ovs/start.sh
 	@scripts/docker/start.sh
+	@scripts/mosquitto/start.sh
 
 # The µmbox image kalki/umbox:0.1 (needs a Docker engine; docker/start.sh starts one).
 images: setup

@@ -42,6 +42,11 @@ pub const OVERFLOW: &str = "K114";
 /// A µmbox's traffic contract or secret is malformed, or promises what the µmbox's mode
 /// cannot do.
 pub const BAD_CONTRACT: &str = "K115";
+/// A device type's MQTT binding (`telemetry`, `command ... publish`) or a device's topics
+/// are malformed: an unknown format or rounding, a path a text payload cannot have, a
+/// scale that is zero or too large, a map onto no value of its variable, a topic with a
+/// wildcard, two devices reading one topic.
+pub const BAD_BINDING: &str = "K116";
 
 pub const MAX_EXPR_DEPTH: usize = 128;
 
@@ -62,4 +67,5 @@ pub const NAME_AND_TYPE_CODES: &[(&str, &str)] = &[
     (TOO_DEEP, "expression nested too deeply"),
     (OVERFLOW, "integer arithmetic can leave 64 bits"),
     (BAD_CONTRACT, "invalid µmbox traffic contract or secret"),
+    (BAD_BINDING, "invalid MQTT binding or topic"),
 ];

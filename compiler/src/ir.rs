@@ -266,6 +266,11 @@ pub struct DeviceType {
     pub states: Vec<State>,
     pub initial: StateId,
     pub transitions: Vec<Transition>,
+    /// `param NAME: TYPE`: per-device values for the MQTT topics and payloads.
+    pub params: Vec<ParamDef>,
+    /// The MQTT bindings as written: topics and payloads with `{param}` and `{device}`
+    /// holes (each device's own, filled in, is [`Device::telemetry`]).
+    pub telemetry: kalki_model::telemetry::Telemetry,
 }
 
 impl DeviceType {
@@ -425,6 +430,8 @@ pub struct Device {
     pub net: Option<DeviceNet>,
     pub trusted: bool,
     pub loc: Loc,
+    /// Its type's MQTT bindings with its own topics; `None` when the type has none.
+    pub telemetry: Option<kalki_model::telemetry::Telemetry>,
 }
 
 /// A device's place on the switch: `at`, `mac`, `port`.

@@ -7,6 +7,7 @@ pub const MODULES: &[(&str, &str)] = &[
         "devices",
         include_str!("../../stdlib-policies/devices.kalki"),
     ),
+    ("mqtt", include_str!("../../stdlib-policies/mqtt.kalki")),
     (
         "umboxes",
         include_str!("../../stdlib-policies/umboxes.kalki"),

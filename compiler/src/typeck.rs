@@ -13,10 +13,14 @@ use crate::source::SourceId;
 use kalki_lang::ast::{self, BinOp, ExprKind as AK, Ident, Item, Span, UnOp};
 use kalki_model::contract::{Class, PortRange, Proto, Starter, Treatment};
 use kalki_model::range;
+use kalki_model::telemetry as tm;
 use std::collections::{BTreeSet, HashMap};
 
 /// Operator actions a transition can wait for.
 pub const OPERATOR_ACTIONS: &[&str] = &["reset"];
+/// The largest factor of a binding's `*` or `/` (ten to the ninth: nanos to units).
+const MAX_SCALE: i64 = 1_000_000_000;
+
 /// Built-in chain entries, compiled to flows only.
 pub const BUILTIN_CHAINS: &[&str] = &["pass", "drop"];
 
@@ -298,27 +302,7 @@ impl<'a> Cx<'a> {
                         }
                     }
                 }
-                ast::UmboxMember::Param(param) => {
-                    let ploc = self.loc(source, param.name.span);
-                    if let Some(first) = out.params.iter().find(|p| p.name == param.name.name) {
-                        let first = first.loc;
-                        self.duplicate("parameter", &param.name.name, ploc, first);
-                        continue;
-                    }
-                    let Some(ty) = self.param_type(source, &param.ty) else {
-                        continue;
-                    };
-                    let default = param
-                        .default
-                        .as_ref()
-                        .and_then(|d| self.literal(source, d, &ty, &param.name.name));
-                    out.params.push(ParamDef {
-                        name: param.name.name.clone(),
-                        ty,
-                        default,
-                        loc: ploc,
-                    });
-                }
+                ast::UmboxMember::Param(param) => self.param_def(source, param, &mut out.params),
                 ast::UmboxMember::Emits(alerts, _) => {
                     for a in alerts {
                         let al = self.loc(source, a.span);
@@ -732,6 +716,29 @@ impl<'a> Cx<'a> {
         }
     }
 
+    /// `param NAME: TYPE [= DEFAULT]` of a µmbox or a device type, added to `params`.
+    fn param_def(&mut self, source: SourceId, param: &ast::Param, params: &mut Vec<ParamDef>) {
+        let ploc = self.loc(source, param.name.span);
+        if let Some(first) = params.iter().find(|p| p.name == param.name.name) {
+            let first = first.loc;
+            self.duplicate("parameter", &param.name.name, ploc, first);
+            return;
+        }
+        let Some(ty) = self.param_type(source, &param.ty) else {
+            return;
+        };
+        let default = param
+            .default
+            .as_ref()
+            .and_then(|d| self.literal(source, d, &ty, &param.name.name));
+        params.push(ParamDef {
+            name: param.name.name.clone(),
+            ty,
+            default,
+            loc: ploc,
+        });
+    }
+
     fn param_type(&mut self, source: SourceId, t: &ast::TypeExpr) -> Option<ParamType> {
         Some(match t {
             ast::TypeExpr::Bool(_) => ParamType::Bool,
@@ -846,6 +853,399 @@ impl<'a> Cx<'a> {
 
     // ------------------------------------------------------------------ device types
 
+    /// A device type's MQTT bindings (`telemetry`, `command ... publish`; language.md §5.6),
+    /// once its variables, commands and parameters are known.
+    fn telemetry(&mut self, source: SourceId, t: &ast::DeviceType, out: &mut DeviceType) {
+        let mut topic_locs: Vec<(String, Loc)> = Vec::new();
+        let mut publish_locs: Vec<(String, Loc)> = Vec::new();
+        for member in &t.members {
+            match member {
+                ast::DeviceMember::Telemetry(b) => {
+                    let tl = self.loc(source, b.topic.span);
+                    let format = match b.format.name.as_str() {
+                        "json" => tm::Format::Json,
+                        "text" => tm::Format::Text,
+                        _ => {
+                            self.unknown(
+                                "payload format",
+                                &b.format,
+                                source,
+                                &["json", "text"],
+                                Some("`json`: the payload is a JSON object and each variable names a path into it; `text`: the payload is the value itself".into()),
+                            );
+                            continue;
+                        }
+                    };
+                    let topic_ok = self.topic_template(source, &b.topic, &out.params, true);
+                    if let Some((_, first)) = topic_locs.iter().find(|(x, _)| *x == b.topic.value) {
+                        self.duplicate("telemetry topic", &b.topic.value, tl, *first);
+                        continue;
+                    }
+                    topic_locs.push((b.topic.value.clone(), tl));
+                    if b.fields.is_empty() {
+                        self.err(
+                            Diagnostic::error(codes::BAD_BINDING, "a binding that reads no variable")
+                                .primary(self.loc(source, b.span), "empty")
+                                .help("name what the message carries: `telemetry \"TOPIC\" json { VAR = PATH }`"),
+                        );
+                    }
+                    let mut fields: Vec<tm::Field> = Vec::new();
+                    let mut field_locs: Vec<Loc> = Vec::new();
+                    for f in &b.fields {
+                        let Some(field) = self.binding_field(source, f, format, &out.vars) else {
+                            continue;
+                        };
+                        let fl = self.loc(source, f.var.span);
+                        if let Some(i) = fields.iter().position(|x| x.var == field.var) {
+                            self.duplicate("binding of", &field.var, fl, field_locs[i]);
+                            continue;
+                        }
+                        fields.push(field);
+                        field_locs.push(fl);
+                    }
+                    if topic_ok {
+                        out.telemetry.topics.push(tm::Binding {
+                            topic: b.topic.value.clone(),
+                            format,
+                            fields,
+                        });
+                    }
+                }
+                ast::DeviceMember::Publish(p) => {
+                    let cl = self.loc(source, p.command.span);
+                    if !out.commands.contains(&p.command.name) {
+                        let c: Vec<&str> = out.commands.iter().map(String::as_str).collect();
+                        self.unknown(
+                            &format!("command of `{}`", out.name),
+                            &p.command,
+                            source,
+                            &c,
+                            Some(format!("declare it first: `commands {}`", p.command.name)),
+                        );
+                        continue;
+                    }
+                    if let Some((_, first)) =
+                        publish_locs.iter().find(|(x, _)| *x == p.command.name)
+                    {
+                        self.duplicate("publication of command", &p.command.name, cl, *first);
+                        continue;
+                    }
+                    publish_locs.push((p.command.name.clone(), cl));
+                    let topic_ok = self.topic_template(source, &p.topic, &out.params, true);
+                    let payload_ok = self.topic_template(source, &p.payload, &out.params, false);
+                    if topic_ok && payload_ok {
+                        out.telemetry.commands.push(tm::Publish {
+                            command: p.command.name.clone(),
+                            topic: p.topic.value.clone(),
+                            payload: p.payload.value.clone(),
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Checks the `{hole}`s of a topic or payload: each names a parameter of the type or
+    /// is `{device}`; a topic has no wildcard outside them. `false` after reporting.
+    fn topic_template(
+        &mut self,
+        source: SourceId,
+        lit: &ast::StrLit,
+        params: &[ParamDef],
+        topic: bool,
+    ) -> bool {
+        let l = self.loc(source, lit.span);
+        let holes = match tm::holes(&lit.value) {
+            Ok(h) => h,
+            Err(what) => {
+                self.err(
+                    Diagnostic::error(codes::BAD_BINDING, format!("{what} in a template"))
+                        .primary(l, "here")
+                        .help("write `{param}` to insert a parameter, `{device}` for the device's name"),
+                );
+                return false;
+            }
+        };
+        let mut ok = true;
+        for hole in holes {
+            if hole == "device" || params.iter().any(|p| p.name == hole) {
+                continue;
+            }
+            let mut names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+            names.push("device");
+            let mut d = Diagnostic::error(
+                codes::BAD_BINDING,
+                format!("`{{{hole}}}` names no parameter"),
+            )
+            .primary(l, "in this template");
+            d = match did_you_mean(hole, names) {
+                Some(h) => d.help(h),
+                None => d.help(format!("declare it in the device type: `param {hole}: string`; `{{device}}` is the device's name")),
+            };
+            self.err(d);
+            ok = false;
+        }
+        if topic {
+            // Holes are filled per device (and checked again there); here the text.
+            let bare: String = {
+                let mut out = String::new();
+                let mut rest = lit.value.as_str();
+                while let Some(open) = rest.find('{') {
+                    out.push_str(&rest[..open]);
+                    out.push('x');
+                    match rest[open..].find('}') {
+                        Some(close) => rest = &rest[open + close + 1..],
+                        None => {
+                            rest = "";
+                        }
+                    }
+                }
+                out.push_str(rest);
+                out
+            };
+            if let Some(problem) = tm::topic_problem(&bare) {
+                self.err(
+                    Diagnostic::error(
+                        codes::BAD_BINDING,
+                        format!("not a topic a binding can use: {problem}"),
+                    )
+                    .primary(l, "this topic"),
+                );
+                ok = false;
+            }
+        }
+        ok
+    }
+
+    /// `VAR = PATH CONVERSION*` of a binding; `None` after reporting.
+    fn binding_field(
+        &mut self,
+        source: SourceId,
+        f: &ast::TelemetryField,
+        format: tm::Format,
+        vars: &[Var],
+    ) -> Option<tm::Field> {
+        let Some(var) = vars.iter().find(|v| v.name == f.var.name) else {
+            let c: Vec<&str> = vars.iter().map(|v| v.name.as_str()).collect();
+            self.unknown("sensed variable", &f.var, source, &c, None);
+            return None;
+        };
+        let fl = self.loc(source, f.span);
+        let path: Vec<String> = f.path.iter().map(|p| p.name.clone()).collect();
+        if format == tm::Format::Text && path != ["payload"] {
+            self.err(
+                Diagnostic::error(codes::BAD_BINDING, "a text payload has no paths")
+                    .primary(fl, "a path into a text payload")
+                    .help(format!(
+                        "the whole payload is the value: `{} = payload`",
+                        var.name
+                    )),
+            );
+            return None;
+        }
+        let mut field = tm::Field {
+            var: var.name.clone(),
+            path: if format == tm::Format::Text {
+                Vec::new()
+            } else {
+                path
+            },
+            mul: 1,
+            div: 1,
+            round: None,
+            map: Vec::new(),
+        };
+        let mut seen: Vec<(&'static str, Loc)> = Vec::new();
+        let mut ok = true;
+        for c in &f.convs {
+            let (what, span) = match c {
+                ast::Conversion::Mul(_, sp) => ("`*`", *sp),
+                ast::Conversion::Div(_, sp) => ("`/`", *sp),
+                ast::Conversion::Round(_, sp) => ("`round`", *sp),
+                ast::Conversion::Map(_, sp) => ("`map`", *sp),
+            };
+            let cl = self.loc(source, span);
+            if let Some((_, first)) = seen.iter().find(|(w, _)| *w == what) {
+                self.duplicate("conversion", what.trim_matches('`'), cl, *first);
+                ok = false;
+                continue;
+            }
+            seen.push((what, cl));
+            let is_int = matches!(var.ty, VarType::Int { .. });
+            match c {
+                ast::Conversion::Mul(n, _) | ast::Conversion::Div(n, _) => {
+                    if !(1..=MAX_SCALE).contains(n) {
+                        self.err(
+                            Diagnostic::error(codes::BAD_BINDING, format!("a scale of {n}"))
+                                .primary(cl, format!("must be in 1..{MAX_SCALE}"))
+                                .help("scale to the variable's unit: `* 1000` for amperes to milliamperes, `/ 10` for tenths"),
+                        );
+                        ok = false;
+                    }
+                    if matches!(c, ast::Conversion::Mul(..)) {
+                        field.mul = *n;
+                    } else {
+                        field.div = *n;
+                    }
+                }
+                ast::Conversion::Round(how, _) => {
+                    field.round = match how.name.as_str() {
+                        "nearest" => Some(tm::Round::Nearest),
+                        "down" => Some(tm::Round::Down),
+                        "up" => Some(tm::Round::Up),
+                        _ => {
+                            self.unknown(
+                                "rounding",
+                                how,
+                                source,
+                                &["nearest", "down", "up"],
+                                Some("`nearest` rounds halves away from zero; `down` towards −∞; `up` towards +∞".into()),
+                            );
+                            ok = false;
+                            None
+                        }
+                    };
+                }
+                ast::Conversion::Map(entries, _) => {
+                    let ty = match &var.ty {
+                        VarType::Bool => ParamType::Bool,
+                        VarType::Int { lo, hi } => ParamType::Int { lo: *lo, hi: *hi },
+                        VarType::Enum { members } => ParamType::Enum {
+                            members: members.clone(),
+                        },
+                    };
+                    if entries.is_empty() {
+                        self.err(
+                            Diagnostic::error(codes::BAD_BINDING, "an empty map")
+                                .primary(cl, "maps no value")
+                                .help("write `map { \"ON\" = true, \"OFF\" = false }`"),
+                        );
+                        ok = false;
+                    }
+                    let mut keys: Vec<tm::Scalar> = Vec::new();
+                    for (k, v) in entries {
+                        let from = match k {
+                            ast::Literal::Int(n, _) => tm::Scalar::Int(*n),
+                            ast::Literal::Bool(b, _) => tm::Scalar::Bool(*b),
+                            ast::Literal::Str(st) => tm::Scalar::Str(st.value.clone()),
+                            _ => continue, // the grammar admits no other key
+                        };
+                        if keys.contains(&from) {
+                            self.err(
+                                Diagnostic::error(
+                                    codes::BAD_BINDING,
+                                    format!("{from} is mapped twice"),
+                                )
+                                .primary(self.loc(source, k.span()), "again"),
+                            );
+                            ok = false;
+                            continue;
+                        }
+                        keys.push(from.clone());
+                        let to = match self.literal(source, v, &ty, &var.name) {
+                            Some(Value::Bool(b)) => tm::Scalar::Bool(b),
+                            Some(Value::Int(n)) => tm::Scalar::Int(n),
+                            Some(Value::Enum(m)) => tm::Scalar::Str(m),
+                            _ => {
+                                ok = false;
+                                continue;
+                            }
+                        };
+                        field.map.push(tm::MapEntry { from, to });
+                    }
+                }
+            }
+            if !is_int && !matches!(c, ast::Conversion::Map(..)) {
+                self.err(
+                    Diagnostic::error(codes::BAD_BINDING, format!("{what} on a variable that is not an integer"))
+                        .primary(cl, format!("`{}` is not an `int`", var.name))
+                        .help("only an `int` is scaled or rounded; a `bool` or an `enum` takes its value from a `map` or as it is"),
+                );
+                ok = false;
+            }
+        }
+        let scaled = seen.iter().any(|(w, _)| *w != "`map`");
+        if scaled && !field.map.is_empty() {
+            self.err(
+                Diagnostic::error(codes::BAD_BINDING, "a map and a scale on one value")
+                    .primary(fl, "both")
+                    .help("a `map` gives the value itself; drop the scale or the map"),
+            );
+            ok = false;
+        }
+        ok.then_some(field)
+    }
+
+    /// A site device's telemetry: its type's bindings with the device's parameter values
+    /// (`Type(topic = "...")`) and name filled in. `None` after reporting.
+    fn device_telemetry(
+        &mut self,
+        source: SourceId,
+        d: &ast::DeviceDecl,
+        ty: TypeId,
+    ) -> Option<Option<tm::Telemetry>> {
+        let t = self.model.device_type(ty);
+        let (params, name, template) = (t.params.clone(), t.name.clone(), t.telemetry.clone());
+        let values = self.args(source, &params, &name, &d.args, d.span, codes::MISSING)?;
+        if template.is_empty() {
+            return Some(None);
+        }
+        let filled = template.filled(|hole| {
+            if hole == "device" {
+                return Some(d.name.name.clone());
+            }
+            let i = params.iter().position(|p| p.name == hole)?;
+            Some(values[i].to_string())
+        });
+        let dl = self.loc(source, d.name.span);
+        let mut ok = true;
+        let topics = filled.topics.iter().map(|b| &b.topic);
+        for topic in topics.chain(filled.commands.iter().map(|p| &p.topic)) {
+            if let Some(problem) = tm::topic_problem(topic) {
+                self.err(
+                    Diagnostic::error(
+                        codes::BAD_BINDING,
+                        format!("`{}` would use topic {topic:?}: {problem}", d.name.name),
+                    )
+                    .primary(dl, "with these parameters")
+                    .help(
+                        "a parameter filled into a topic must not bring `+`, `#` or a leading `$`",
+                    ),
+                );
+                ok = false;
+                break;
+            }
+        }
+        ok.then_some(Some(filled))
+    }
+
+    /// No two devices of a site read one topic: a message must be one device's reading.
+    fn site_topics(&mut self, devices: &[Device]) {
+        let mut owner: HashMap<&str, &Device> = HashMap::new();
+        let mut reported: BTreeSet<(&str, &str)> = BTreeSet::new();
+        for d in devices {
+            for b in d.telemetry.iter().flat_map(|t| t.topics.iter()) {
+                if let Some(first) = owner.insert(&b.topic, d) {
+                    if first.name != d.name && reported.insert((&first.name, &d.name)) {
+                        self.err(
+                            Diagnostic::error(
+                                codes::BAD_BINDING,
+                                format!(
+                                    "`{}` and `{}` both read topic {:?}",
+                                    first.name, d.name, b.topic
+                                ),
+                            )
+                            .primary(d.loc, "reads it again")
+                            .secondary(first.loc, "reads it first")
+                            .help("give each device its own topic (its `topic` parameter, or `{device}` in the type's topics)"),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     fn visible_alerts(&self, m: usize) -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         for (r, _) in self.p.scopes[m].names.values() {
@@ -871,6 +1271,8 @@ impl<'a> Cx<'a> {
             states: Vec::new(),
             initial: StateId(0),
             transitions: Vec::new(),
+            params: Vec::new(),
+            telemetry: Default::default(),
         };
         let mut command_locs: Vec<Loc> = Vec::new();
         let mut alert_locs: Vec<Loc> = Vec::new();
@@ -972,9 +1374,14 @@ impl<'a> Cx<'a> {
                     initial_loc = Some(l);
                 }
                 ast::DeviceMember::Final(fs, _) => finals.extend(fs.iter()),
-                ast::DeviceMember::StateBlock(_) | ast::DeviceMember::Transition(_) => {}
+                ast::DeviceMember::Param(p) => self.param_def(source, p, &mut out.params),
+                ast::DeviceMember::StateBlock(_)
+                | ast::DeviceMember::Transition(_)
+                | ast::DeviceMember::Telemetry(_)
+                | ast::DeviceMember::Publish(_) => {}
             }
         }
+        self.telemetry(source, t, &mut out);
 
         let Some(_) = states_decl else {
             self.err(
@@ -1182,10 +1589,32 @@ impl<'a> Cx<'a> {
     ) -> Option<Vec<Value>> {
         let params = self.model.umbox(id).params.clone();
         let umbox_name = self.model.umbox(id).name.clone();
+        self.args(
+            source,
+            &params,
+            &umbox_name,
+            &e.args,
+            e.span,
+            codes::BAD_CHAIN,
+        )
+    }
+
+    /// The values of `params` given by `args` (`NAME(p = v, ...)` at `span`), defaults
+    /// filling the rest; `None` after reporting what is wrong (a missing value as `code`).
+    fn args(
+        &mut self,
+        source: SourceId,
+        params: &[ParamDef],
+        owner: &str,
+        args: &[(Ident, ast::Literal)],
+        span: Span,
+        code: &'static str,
+    ) -> Option<Vec<Value>> {
+        let umbox_name = owner;
         let mut given: Vec<Option<Value>> = vec![None; params.len()];
         let mut given_locs: Vec<Option<Loc>> = vec![None; params.len()];
         let mut ok = true;
-        for (name, lit) in &e.args {
+        for (name, lit) in args {
             let nl = self.loc(source, name.span);
             let Some(i) = params.iter().position(|p| p.name == name.name) else {
                 let c: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
@@ -1218,10 +1647,10 @@ impl<'a> Cx<'a> {
                 None => {
                     self.err(
                         Diagnostic::error(
-                            codes::BAD_CHAIN,
+                            code,
                             format!("missing argument `{}` for `{umbox_name}`", p.name),
                         )
-                        .primary(self.loc(source, e.span), "this entry")
+                        .primary(self.loc(source, span), "here")
                         .secondary(p.loc, "parameter declared here without a default")
                         .help(format!("write `{umbox_name}({} = ...)`", p.name)),
                     );
@@ -1929,6 +2358,10 @@ impl<'a> Cx<'a> {
                     let Some(&ty) = self.type_ids.get(&key) else {
                         continue;
                     };
+                    let Some(telemetry) = self.device_telemetry(source, d, ty) else {
+                        broken.push(d.name.name.clone());
+                        continue;
+                    };
                     let t = self.model.device_type(ty);
                     if !t.states.is_empty() && !t.on_switch() {
                         // Off the switch: nothing of it has an address or a port.
@@ -1972,6 +2405,7 @@ impl<'a> Cx<'a> {
                             net: None,
                             trusted: d.trusted.is_some(),
                             loc: dl,
+                            telemetry,
                         });
                         continue;
                     }
@@ -2006,6 +2440,7 @@ impl<'a> Cx<'a> {
                         }),
                         trusted: d.trusted.is_some(),
                         loc: dl,
+                        telemetry,
                     });
                 }
                 ast::SiteMember::Rule(_)
@@ -2013,6 +2448,7 @@ impl<'a> Cx<'a> {
                 | ast::SiteMember::TrafficAssert(_) => {}
             }
         }
+        self.site_topics(&out.devices);
         if bridge_loc.is_none() {
             self.err(
                 Diagnostic::error(

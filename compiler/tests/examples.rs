@@ -158,3 +158,47 @@ fn every_stdlib_module_checks_clean() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Every ` ```kalki ` block of the docs and the README is a complete file the compiler
+/// accepts without errors (language.md says so of its own; fragments use plain fences).
+#[test]
+fn every_kalki_block_of_the_docs_checks_without_errors() {
+    let root = repo_root();
+    let mut pages: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    pages.push(root.join("README.md"));
+    pages.sort();
+    let mut blocks = 0;
+    let mut failures = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        let mut lines = text.lines().enumerate();
+        while let Some((i, line)) = lines.next() {
+            if line.trim() != "```kalki" {
+                continue;
+            }
+            let body: Vec<&str> = lines
+                .by_ref()
+                .map(|(_, l)| l)
+                .take_while(|l| l.trim() != "```")
+                .collect();
+            blocks += 1;
+            let loader = MemLoader::new([("block.kalki", body.join("\n"))]);
+            let checked = kalki_compiler::check(&[PathBuf::from("block.kalki")], &loader);
+            if checked.diagnostics.iter().any(|d| d.is_error()) {
+                let rendered =
+                    kalki_compiler::render::human(&checked.sources, &checked.diagnostics, false);
+                failures.push(format!(
+                    "{}:{}: {rendered}",
+                    page.strip_prefix(&root).unwrap().display(),
+                    i + 1
+                ));
+            }
+        }
+    }
+    assert!(blocks >= 10, "only {blocks} kalki blocks found");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -252,6 +252,13 @@ pub enum DeviceMember {
         ty: TypeExpr,
         span: Span,
     },
+    /// `param NAME: TYPE [= DEFAULT]`: a per-device value, filled into the type's MQTT
+    /// topics and payloads (`{NAME}`).
+    Param(Param),
+    /// `telemetry "TOPIC" json|text { VAR = PATH CONVERSION*, ... }`.
+    Telemetry(TelemetryBlock),
+    /// `command NAME publish "TOPIC" "PAYLOAD"`.
+    Publish(PublishDecl),
     /// `commands a, b`.
     Commands(Vec<Ident>, Span),
     /// `lowering commands a, b`: commands that lower the device's protection in the
@@ -269,6 +276,47 @@ pub enum DeviceMember {
     /// `NAME { chain [...] }`.
     StateBlock(StateBlock),
     Transition(Transition),
+}
+
+/// `telemetry "tele/{topic}/SENSOR" json { power = ENERGY.Power }`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TelemetryBlock {
+    pub topic: StrLit,
+    /// `json` or `text`.
+    pub format: Ident,
+    pub fields: Vec<TelemetryField>,
+    pub span: Span,
+}
+
+/// `current = ENERGY.Current * 1000 round nearest`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TelemetryField {
+    pub var: Ident,
+    /// Keys into the JSON payload (names or strings); `payload` for a text binding.
+    pub path: Vec<Ident>,
+    pub convs: Vec<Conversion>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum Conversion {
+    /// `* N`.
+    Mul(i64, Span),
+    /// `/ N`.
+    Div(i64, Span),
+    /// `round nearest|down|up`.
+    Round(Ident, Span),
+    /// `map { "ON" = true, ... }`.
+    Map(Vec<(Literal, Literal)>, Span),
+}
+
+/// `command turn_off publish "cmnd/{topic}/POWER" "OFF"`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PublishDecl {
+    pub command: Ident,
+    pub topic: StrLit,
+    pub payload: StrLit,
+    pub span: Span,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -396,6 +444,8 @@ pub enum TrafficDir {
 pub struct DeviceDecl {
     pub name: Ident,
     pub ty: Ident,
+    /// `Type(param = value, ...)`: values of the type's parameters.
+    pub args: Vec<(Ident, Literal)>,
     pub ip: Option<(u32, Span)>,
     pub mac: Option<([u8; 6], Span)>,
     pub port: Option<StrLit>,

@@ -54,6 +54,16 @@ pub enum Token {
     Type,
     #[token("sensed")]
     Sensed,
+    #[token("telemetry")]
+    Telemetry,
+    #[token("command")]
+    Command,
+    #[token("publish")]
+    Publish,
+    #[token("map")]
+    Map,
+    #[token("round")]
+    Round,
     #[token("commands")]
     Commands,
     #[token("lowering")]
@@ -190,6 +200,8 @@ pub enum Token {
     Minus,
     #[token("*")]
     Star,
+    #[token("/")]
+    Slash,
 
     // Literals.
     #[regex(r"[A-Za-z_][A-Za-z0-9_]*", |lex| lex.slice().to_string(), priority = 2)]
@@ -315,6 +327,11 @@ impl Token {
             Device => "device",
             Type => "type",
             Sensed => "sensed",
+            Telemetry => "telemetry",
+            Command => "command",
+            Publish => "publish",
+            Map => "map",
+            Round => "round",
             Commands => "commands",
             Lowering => "lowering",
             Alerts => "alerts",
@@ -382,6 +399,7 @@ impl Token {
             Plus => "+",
             Minus => "-",
             Star => "*",
+            Slash => "/",
             Ident(_) | Int(_) | Duration(_) | TimeOfDay(_) | Ipv4(_) | MacAddr(_) | Str(_)
             | Error => "",
         }

@@ -262,6 +262,9 @@ const SOFT_KEYWORDS: &[&str] = &[
     "drop",
     "answer",
     "authenticate",
+    "telemetry",
+    "command",
+    "publish",
 ];
 
 // ---- helpers used by grammar actions

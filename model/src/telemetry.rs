@@ -1,7 +1,8 @@
 //! Telemetry bindings: how a device's MQTT messages become readings, and its commands
 //! messages (`docs/language.md`, §5.6). One definition for the compiler (which writes them
 //! into the bundle, topics filled in per device), the shim's MQTT client (`kalki-shim
-//! run`) and its replay of recorded captures (`kalki-shim simulate --mqtt`).
+//! run`) and its replay of recorded messages (`kalki-shim simulate`, whose trace format
+//! takes message lines and `mosquitto_sub -F %j` captures).
 //!
 //! A message becomes one reading of every field its binding names, or nothing: any field
 //! that cannot be read refuses the whole message ([`decode`]), and the engine then checks
@@ -14,12 +15,77 @@ use std::collections::BTreeMap;
 
 /// Where a device's readings come from and where its commands go (topics as the device
 /// uses them: the type's `{param}` holes are filled in).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 pub struct Telemetry {
     /// The topics it publishes readings on, each with how a message maps to variables.
     pub topics: Vec<Binding>,
     /// How each of its commands is published.
     pub commands: Vec<Publish>,
+}
+
+impl Telemetry {
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty() && self.commands.is_empty()
+    }
+
+    /// The telemetry with every `{name}` hole of its topics and payloads replaced by its
+    /// value (`fill` gives the value of a hole, `None` to leave it).
+    pub fn filled(&self, fill: impl Fn(&str) -> Option<String>) -> Telemetry {
+        let f = |s: &str| fill_holes(s, &fill);
+        Telemetry {
+            topics: self
+                .topics
+                .iter()
+                .map(|b| Binding {
+                    topic: f(&b.topic),
+                    ..b.clone()
+                })
+                .collect(),
+            commands: self
+                .commands
+                .iter()
+                .map(|p| Publish {
+                    command: p.command.clone(),
+                    topic: f(&p.topic),
+                    payload: f(&p.payload),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The `{name}` holes of `template`, in order.
+pub fn holes(template: &str) -> Result<Vec<&str>, &'static str> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            return Err("an unclosed `{`");
+        };
+        out.push(&after[..close]);
+        rest = &after[close + 1..];
+    }
+    Ok(out)
+}
+
+fn fill_holes(template: &str, fill: &impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            break;
+        };
+        out.push_str(&rest[..open]);
+        match fill(&after[..close]) {
+            Some(v) => out.push_str(&v),
+            None => out.push_str(&rest[open..open + close + 2]),
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `telemetry "TOPIC" json|text { VAR = ..., ... }`.

@@ -116,6 +116,9 @@ pub struct StatusReport {
     pub now_ms: u64,
     /// In site order.
     pub devices: Vec<DeviceStatus>,
+    /// The MQTT client, when the shim runs with a broker (`--mqtt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<crate::mqtt::MqttStatus>,
 }
 
 /// One device in a [`StatusReport`].
@@ -195,6 +198,9 @@ pub fn render_status(r: &StatusReport) -> String {
     let sha: String = r.bundle_sha256.chars().take(12).collect();
     let (h, m, s) = (r.uptime_s / 3600, r.uptime_s / 60 % 60, r.uptime_s % 60);
     let mut out = format!("site {}  bundle {sha}  up {h}h {m:02}m {s:02}s\n", r.site);
+    if let Some(m) = &r.mqtt {
+        out.push_str(&render_mqtt(m));
+    }
     let rows: Vec<[String; 8]> = r
         .devices
         .iter()
@@ -258,6 +264,36 @@ pub fn render_status(r: &StatusReport) -> String {
         }
     }
     out
+}
+
+/// The MQTT client's line of the status: the broker, its state since when, what came of
+/// the messages and commands, and the last error.
+fn render_mqtt(m: &crate::mqtt::MqttStatus) -> String {
+    let refused: u64 = m.refused.values().sum();
+    let mut line = format!(
+        "mqtt {}  {} since {}  {} topics  {} received, {} applied, {} refused",
+        m.broker,
+        m.state,
+        rfc3339(m.since_ms),
+        m.topics,
+        m.received,
+        m.applied,
+        refused
+    );
+    if !m.refused.is_empty() {
+        let by: Vec<String> = m.refused.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        line.push_str(&format!(" ({})", by.join(", ")));
+    }
+    line.push_str(&format!(
+        ", {} retained ignored; {} commands published, {} delivered\n",
+        m.retained_ignored, m.commands_published, m.commands_delivered
+    ));
+    if let Some(e) = &m.last_error {
+        if m.state != crate::mqtt::LinkState::Connected {
+            line.push_str(&format!("  mqtt: {e}\n"));
+        }
+    }
+    line
 }
 
 /// An accepted input as the `event`, `alert` and `reset` subcommands print it.

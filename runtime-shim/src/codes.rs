@@ -16,6 +16,10 @@ pub const TRACE_SYNTAX: &str = "S201";
 pub const TRACE_SHAPE: &str = "S202";
 /// A trace line whose `t_ms` is earlier than the line before.
 pub const TRACE_ORDER: &str = "S203";
+/// A trace line with an MQTT message on a topic no device of the bundle binds.
+pub const TRACE_UNBOUND_TOPIC: &str = "S204";
+/// A `mosquitto_sub` trace line whose `payload` is not all of the payload (`payloadlen`).
+pub const TRACE_PAYLOAD_LOST: &str = "S205";
 
 // S3xx: the event API (`api.rs`). Engine refusals keep their S1xx codes.
 
@@ -56,6 +60,14 @@ pub const SHIM: &[(&str, &str)] = &[
         "trace line has missing, unknown or ill-typed fields",
     ),
     (TRACE_ORDER, "trace line earlier than the one before"),
+    (
+        TRACE_UNBOUND_TOPIC,
+        "trace message on a topic the bundle does not bind",
+    ),
+    (
+        TRACE_PAYLOAD_LOST,
+        "trace message whose recorded payload is incomplete",
+    ),
     (UNAUTHORIZED, "missing or wrong API token"),
     (BAD_JSON, "request body is not JSON"),
     (

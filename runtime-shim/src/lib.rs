@@ -19,6 +19,7 @@ pub mod docker;
 pub mod enforcement;
 pub mod follow;
 pub mod journal;
+pub mod mqtt;
 pub mod net;
 pub mod node;
 pub mod ovs;

@@ -63,7 +63,7 @@ enum Command {
     /// the µmboxes, the policy's timers. Every accepted event and every state change is
     /// journaled; a restart resumes from the journal.
     #[command(after_help = EXIT_HELP)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show every device of the running shim: its state, whether its posture is in force
     /// on the node (enforced, failed closed, not enforced), what that posture lets
     /// through, since when and why, and the µmboxes in front of it.
@@ -132,9 +132,40 @@ struct RunArgs {
     /// besides when a µmbox stops and at every status request, in seconds.
     #[arg(long, default_value_t = 2.0, value_name = "S", value_parser = reconcile_interval)]
     reconcile_interval: f64,
+    #[command(flatten)]
+    mqtt: MqttArgs,
     /// Colour in error reports (printed on standard error).
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     color: Color,
+}
+
+/// The MQTT broker of the devices' telemetry bindings.
+#[derive(clap::Args)]
+struct MqttArgs {
+    /// The broker the devices' bound topics are read from (QoS 1, persistent session)
+    /// and their commands published on: `mqtt://HOST:PORT` or `mqtts://HOST:PORT` (TLS,
+    /// with --mqtt-ca-file). A bundle with bindings needs it, or --no-mqtt.
+    #[arg(long, value_name = "URL", conflicts_with = "no_mqtt")]
+    mqtt: Option<String>,
+    /// The MQTT client id [default: kalki-shim-SITE]; keep it the same across restarts,
+    /// so the broker keeps the session and what was published meanwhile.
+    #[arg(long, value_name = "ID", requires = "mqtt")]
+    mqtt_client_id: Option<String>,
+    /// The user name given to the broker.
+    #[arg(long, value_name = "NAME", requires = "mqtt")]
+    mqtt_username: Option<String>,
+    /// The file holding the broker password (not readable by group or others; a final
+    /// newline is dropped). Never give a password on the command line.
+    #[arg(long, value_name = "PATH", requires = "mqtt_username")]
+    mqtt_password_file: Option<PathBuf>,
+    /// The CA certificate(s), PEM, that signed the broker's certificate (mqtts:// only;
+    /// only these are trusted).
+    #[arg(long, value_name = "PATH", requires = "mqtt")]
+    mqtt_ca_file: Option<PathBuf>,
+    /// Run a bundle that has MQTT bindings without a broker: its devices then get
+    /// readings only from the API, and their `after ... silent` timers run out.
+    #[arg(long)]
+    no_mqtt: bool,
 }
 
 fn reconcile_interval(text: &str) -> Result<f64, String> {
@@ -357,12 +388,10 @@ fn run_simulate(args: &SimulateArgs) -> Exit {
         Ok(b) => b,
         Err(exit) => return exit,
     };
-    let text = match std::fs::read(&args.trace).map(String::from_utf8) {
-        Ok(Ok(t)) => t,
-        Ok(Err(_)) => {
-            eprintln!("error: `{}` is not UTF-8", args.trace.display());
-            return Exit::Usage;
-        }
+    // Bytes: a capture may hold payloads that are not UTF-8 (the trace reader takes each
+    // line as it can, and locates the ones it cannot).
+    let text = match std::fs::read(&args.trace) {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("error: cannot read `{}`: {e}", args.trace.display());
             return Exit::Usage;
@@ -378,6 +407,7 @@ fn run_simulate(args: &SimulateArgs) -> Exit {
                 .collect::<std::collections::BTreeSet<_>>()
                 .len();
             let name = args.trace.display().to_string();
+            let text = kalki_shim::trace::display_text(&text);
             report(
                 args.color,
                 errors.into_iter().map(|e| {
@@ -763,6 +793,10 @@ fn run_run(args: &RunArgs) -> Exit {
         Ok(b) => b,
         Err(exit) => return exit,
     };
+    let mqtt = match mqtt_config(&args.mqtt, &bundle) {
+        Ok(m) => m,
+        Err(exit) => return exit,
+    };
     let Some(rt) = runtime() else {
         return Exit::Usage;
     };
@@ -814,6 +848,7 @@ fn run_run(args: &RunArgs) -> Exit {
             webhook,
             day_offset_ms: offset,
             reconcile_interval: Duration::from_secs_f64(args.reconcile_interval),
+            mqtt,
         };
         match kalki_shim::run::run(node, cfg, shutdown_signal()).await {
             Ok(()) => {
@@ -826,6 +861,53 @@ fn run_run(args: &RunArgs) -> Exit {
             }
         }
     })
+}
+
+/// The broker settings, checked (password and CA files read now); a bundle that reads
+/// MQTT topics without a broker is refused unless `--no-mqtt` says so: the shim would
+/// otherwise run deaf to those devices.
+fn mqtt_config(
+    args: &MqttArgs,
+    bundle: &bundle::Bundle,
+) -> Result<Option<kalki_shim::mqtt::MqttConfig>, Exit> {
+    let topics = kalki_model::telemetry::Topics::new(&bundle.manifest);
+    let Some(url) = &args.mqtt else {
+        if !topics.is_empty() && !args.no_mqtt {
+            let devices: Vec<&str> = bundle
+                .manifest
+                .devices
+                .iter()
+                .filter(|d| d.telemetry.as_ref().is_some_and(|t| !t.topics.is_empty()))
+                .map(|d| d.name.as_str())
+                .collect();
+            let n = topics.topics().count();
+            eprintln!(
+                "error: the bundle reads {n} MQTT topic{} (device{} `{}`) but no broker is given\n  help: give the broker with --mqtt mqtt://HOST:PORT, or pass --no-mqtt to run without it (those devices then get readings only from the API, and their `after ... silent` timers run out)",
+                if n == 1 { "" } else { "s" },
+                if devices.len() == 1 { "" } else { "s" },
+                devices.join("`, `")
+            );
+            return Err(Exit::Usage);
+        }
+        return Ok(None);
+    };
+    let client_id = args
+        .mqtt_client_id
+        .clone()
+        .unwrap_or_else(|| kalki_shim::mqtt::default_client_id(&bundle.manifest.site));
+    match kalki_shim::mqtt::MqttConfig::new(
+        url,
+        client_id,
+        args.mqtt_username.clone(),
+        args.mqtt_password_file.as_deref(),
+        args.mqtt_ca_file.as_deref(),
+    ) {
+        Ok(c) => Ok(Some(c)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Err(Exit::Usage)
+        }
+    }
 }
 
 /// SIGINT or SIGTERM.

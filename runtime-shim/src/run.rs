@@ -22,9 +22,11 @@ use crate::enforcement::{self, Crossing, Enforcement};
 use crate::engine::{Config, Effect, Engine, Input, InputError, Step};
 use crate::follow::{Followers, UmboxEvent};
 use crate::journal::{Delivery, Journal, JournalError};
+use crate::mqtt::{self, Mqtt, MqttConfig, MqttEvent};
 use crate::node::{Closed, Node, NodeError, Observation, Posture, Target, LABEL_SITE};
 use crate::simulate::cause_text;
 use crate::sink::{self, Webhook};
+use kalki_model::telemetry::{self, Topics};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
@@ -48,6 +50,9 @@ pub struct RunConfig {
     pub day_offset_ms: u64,
     /// How often the node is looked at and repaired when nothing else asks for it.
     pub reconcile_interval: Duration,
+    /// The broker the devices' bound topics are read from and their commands published
+    /// on; `None`: no MQTT (`main.rs` refuses a bundle with bindings unless told so).
+    pub mqtt: Option<MqttConfig>,
 }
 
 /// The default of [`RunConfig::reconcile_interval`].
@@ -81,6 +86,17 @@ struct Loop {
     /// When the node is next looked at and repaired.
     next_check: Instant,
     interval: Duration,
+    /// The MQTT client, when there is a broker.
+    mqtt: Option<MqttLink>,
+}
+
+/// The MQTT client as the loop uses it: the client, the topics it reads, what came of the
+/// messages.
+struct MqttLink {
+    client: Mqtt,
+    topics: Topics,
+    counts: mqtt::Counts,
+    _task: mqtt::Task,
 }
 
 /// A device that failed closed: what it got instead, why, and when its own posture is
@@ -143,6 +159,7 @@ pub async fn run(
         verdicts: vec![None; device_count],
         next_check: Instant::now(),
         interval: cfg.reconcile_interval,
+        mqtt: None,
     };
 
     // Follow what already runs from now on (what it said before was handled then), then
@@ -151,6 +168,30 @@ pub async fn run(
     lp.sync_followers().await;
     let obs = lp.reconcile().await;
     lp.announce(&obs);
+
+    // The broker: every bound topic subscribed (QoS 1, persistent session), before the
+    // pending commands are sent again, some of which may go to it.
+    let (mqtt_tx, mut mqtt_rx) = mpsc::channel::<MqttEvent>(256);
+    if let Some(mcfg) = &cfg.mqtt {
+        let topics = Topics::new(&lp.node.bundle().manifest);
+        let list: Vec<String> = topics.topics().map(str::to_string).collect();
+        eprintln!(
+            "kalki-shim: mqtt: broker {} (client id `{}`), {} bound topic{}",
+            mcfg.url,
+            mcfg.client_id,
+            list.len(),
+            if list.len() == 1 { "" } else { "s" }
+        );
+        let (client, task) = Mqtt::start(mcfg, list, mqtt_tx, now_ms());
+        lp.mqtt = Some(MqttLink {
+            client,
+            topics,
+            counts: mqtt::Counts::default(),
+            _task: task,
+        });
+    } else {
+        drop(mqtt_tx);
+    }
     lp.resend_pending();
 
     let (req_tx, mut req_rx) = mpsc::channel::<Request>(256);
@@ -194,6 +235,7 @@ pub async fn run(
                 None => break,
             },
             Some(event) = umbox_rx.recv() => lp.umbox_event(event).await?,
+            Some(event) = mqtt_rx.recv() => lp.mqtt_event(event).await?,
             Some(d) = delivered_rx.recv() => lp.journal.update_command(d.id, &d.delivery)?,
             _ = sleep => lp.tick().await?,
         }
@@ -428,7 +470,24 @@ impl Loop {
         }
     }
 
-    fn send_command(&self, command: sink::Command) {
+    /// A journaled command goes to the broker if its device publishes it (and a broker is
+    /// given), else to the webhook (if one is given), else nowhere (journaled only).
+    fn send_command(&mut self, command: sink::Command) {
+        if let Some((m, p)) = self.publication(&command.device, &command.command) {
+            if let Err(error) = m.client.publish(command.id, &p.topic, &p.payload) {
+                eprintln!(
+                    "kalki-shim: mqtt: command `{}` of `{}` not published: {error}",
+                    command.command, command.device
+                );
+                if let Err(e) = self
+                    .journal
+                    .update_command(command.id, &Delivery::Failed { attempts: 1, error })
+                {
+                    eprintln!("kalki-shim: journal: {e}");
+                }
+            }
+            return;
+        }
         let Some(hook) = self.webhook.clone() else {
             return;
         };
@@ -446,6 +505,112 @@ impl Loop {
                 })
                 .await;
         });
+    }
+
+    /// The broker and the publication of a device's command, if it has one.
+    fn publication(&self, device: &str, command: &str) -> Option<(&MqttLink, telemetry::Publish)> {
+        let m = self.mqtt.as_ref()?;
+        let d = self
+            .node
+            .bundle()
+            .manifest
+            .devices
+            .iter()
+            .find(|d| d.name == device)?;
+        let p = d
+            .telemetry
+            .as_ref()?
+            .commands
+            .iter()
+            .find(|p| p.command == command)?;
+        Some((m, p.clone()))
+    }
+
+    /// What the MQTT client reports: a message (a reading, once decoded, goes the same
+    /// way as an API reading: [`Loop::submit`]; acknowledged to the broker only after it
+    /// is journaled, or refused or ignored for good), or a command the broker
+    /// acknowledged.
+    async fn mqtt_event(&mut self, event: MqttEvent) -> Result<(), RunError> {
+        match event {
+            MqttEvent::Delivered { id } => {
+                self.journal.update_command(id, &Delivery::Delivered)?;
+            }
+            MqttEvent::Message(message) => {
+                self.mqtt_message(&message).await?;
+                if let Some(m) = &self.mqtt {
+                    m.client.ack(&message);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn mqtt_message(&mut self, message: &rumqttc::Publish) -> Result<(), RunError> {
+        let Some(m) = self.mqtt.as_mut() else {
+            return Ok(());
+        };
+        m.counts.received += 1;
+        let topic = message.topic.as_str();
+        if message.retain {
+            // Delivered because of the subscription: an old value, not a sign of life.
+            m.counts.retained_ignored += 1;
+            eprintln!("kalki-shim: mqtt: retained message on `{topic}` ignored (an old value)");
+            return Ok(());
+        }
+        let Some((d, b)) = m.topics.lookup(topic) else {
+            m.counts.unbound += 1;
+            eprintln!("kalki-shim: mqtt: message on `{topic}` ignored: no device binds it");
+            return Ok(());
+        };
+        let manifest = &self.node.bundle().manifest;
+        let device = &manifest.devices[d];
+        let (Some(ty), Some(binding)) = (
+            manifest.device_types.iter().find(|t| t.name == device.ty),
+            device.telemetry.as_ref().and_then(|t| t.topics.get(b)),
+        ) else {
+            m.counts.unbound += 1;
+            return Ok(());
+        };
+        let values = match telemetry::decode(ty, binding, &message.payload) {
+            Ok(v) => v,
+            Err(refusals) => {
+                m.counts.refuse(refusals.iter().map(|r| r.code()));
+                let text: Vec<String> = refusals
+                    .iter()
+                    .map(|r| format!("[{}] {r}", r.code()))
+                    .collect();
+                eprintln!(
+                    "kalki-shim: mqtt: message on `{topic}` for `{}` refused: {}",
+                    device.name,
+                    text.join("; ")
+                );
+                return Ok(());
+            }
+        };
+        let input = Input::Reading {
+            device: device.name.clone(),
+            values,
+        };
+        let name = device.name.clone();
+        let result = self.submit(input).await?;
+        let Some(m) = self.mqtt.as_mut() else {
+            return Ok(());
+        };
+        match result {
+            Ok(_) => m.counts.applied += 1,
+            Err(errors) => {
+                m.counts.refuse(errors.iter().map(|e| e.code()));
+                let text: Vec<String> = errors
+                    .iter()
+                    .map(|e| format!("[{}] {e}", e.code()))
+                    .collect();
+                eprintln!(
+                    "kalki-shim: mqtt: reading on `{topic}` for `{name}` refused: {}",
+                    text.join("; ")
+                );
+            }
+        }
+        Ok(())
     }
 
     /// An input from the API: validated, journaled, handled, carried out.
@@ -695,6 +860,7 @@ impl Loop {
             uptime_s: now.saturating_sub(self.started_ms) / 1000,
             now_ms: now,
             devices,
+            mqtt: self.mqtt.as_ref().map(|m| m.client.status(&m.counts)),
         }
     }
 }

@@ -1,10 +1,14 @@
 //! `kalki-shim simulate`: replays a trace on a virtual clock through the engine, firing
 //! timers between events, and renders the timeline of what happened as text or JSON
 //! lines. Pure: the binary reads the files and prints the result.
+//!
+//! MQTT messages are replayed as `kalki-shim run` takes them from a broker: a refused one
+//! changes nothing and is shown where it came ([`What::Refused`]); one on a topic no
+//! device binds is not shown; the end of the output counts them.
 
 use crate::bundle::Bundle;
 use crate::engine::{Cause, Config, Effect, Engine, Input, Origin, Step};
-use crate::trace::{self, Trace, TraceError};
+use crate::trace::{self, Messages, RefusedMessage, Trace, TraceError};
 use serde::Serialize;
 
 /// One thing that happened.
@@ -37,6 +41,9 @@ pub enum What {
         /// The rule whose `dev -> state` moved the device.
         #[serde(skip_serializing_if = "Option::is_none")]
         rule: Option<String>,
+        /// The MQTT topic of the message whose reading took a `when` transition.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<String>,
     },
     Command {
         command: String,
@@ -49,6 +56,15 @@ pub enum What {
     Fault {
         message: String,
     },
+    /// An MQTT message refused by its binding (S12x) or the engine (S1xx): one entry a
+    /// problem. It changed nothing.
+    Refused {
+        code: String,
+        topic: String,
+        reason: String,
+        /// The trace line of the message.
+        line: usize,
+    },
 }
 
 /// The whole replay.
@@ -59,17 +75,18 @@ pub struct Timeline {
     pub end_ms: u64,
     /// Every device's state at the end, in site order.
     pub states: Vec<(String, String)>,
+    /// What became of the trace's MQTT messages; `None` if it has none.
+    pub messages: Option<Messages>,
 }
 
 /// Parses and checks a trace against a bundle (every bad line reported), then replays it.
 /// The replay stops at the last event, or at `until_ms` if that is later.
 pub fn simulate(
     bundle: &Bundle,
-    text: &str,
+    text: &[u8],
     until_ms: Option<u64>,
 ) -> Result<Timeline, Vec<TraceError>> {
-    let probe = Engine::new(bundle, Config::default(), 0);
-    let trace = trace::check(text, &probe)?;
+    let trace = trace::check_bundle(text, bundle)?;
     Ok(replay(bundle, &trace, until_ms))
 }
 
@@ -81,9 +98,35 @@ pub fn replay(bundle: &Bundle, trace: &Trace, until_ms: Option<u64>) -> Timeline
     let mut engine = Engine::new(bundle, config, 0);
     let mut entries = Vec::new();
     let mut faults = Vec::new();
+    let mut refused = trace.refused.iter().peekable();
+    let show_refused = |engine: &mut Engine, entries: &mut Vec<Entry>, r: &RefusedMessage| {
+        // Time passes to the message (the timers due fire, as they would under `run`),
+        // and it changes nothing.
+        if let Ok(steps) = engine.handle(r.t_ms.max(engine.now()), &Input::Tick) {
+            entries.extend(steps.iter().flat_map(|s| describe(bundle, engine, s, None)));
+        }
+        entries.extend(r.problems.iter().map(|p| Entry {
+            t_ms: r.t_ms,
+            clock: clock(engine, r.t_ms),
+            device: r.device.clone(),
+            what: What::Refused {
+                code: p.code.to_string(),
+                topic: r.topic.clone(),
+                reason: p.reason.clone(),
+                line: r.line,
+            },
+        }));
+    };
     for ev in &trace.events {
+        while let Some(r) = refused.next_if(|r| r.line < ev.line) {
+            show_refused(&mut engine, &mut entries, r);
+        }
         match engine.handle(ev.t_ms, &ev.input) {
-            Ok(steps) => entries.extend(steps.iter().flat_map(|s| describe(bundle, &engine, s))),
+            Ok(steps) => entries.extend(
+                steps
+                    .iter()
+                    .flat_map(|s| describe(bundle, &engine, s, ev.topic.as_deref())),
+            ),
             // A checked trace is accepted; should the engine disagree, say so in place.
             Err(errs) => faults.extend(errs.into_iter().map(|e| Entry {
                 t_ms: ev.t_ms,
@@ -96,10 +139,24 @@ pub fn replay(bundle: &Bundle, trace: &Trace, until_ms: Option<u64>) -> Timeline
         }
         entries.append(&mut faults);
     }
-    let last = trace.events.last().map_or(0, |e| e.t_ms);
+    for r in refused {
+        show_refused(&mut engine, &mut entries, r);
+    }
+    let last = trace
+        .events
+        .last()
+        .map(|e| e.t_ms)
+        .into_iter()
+        .chain(trace.refused.last().map(|r| r.t_ms))
+        .max()
+        .unwrap_or(0);
     let end_ms = until_ms.map_or(last, |u| u.max(last));
     if let Ok(steps) = engine.handle(end_ms, &Input::Tick) {
-        entries.extend(steps.iter().flat_map(|s| describe(bundle, &engine, s)));
+        entries.extend(
+            steps
+                .iter()
+                .flat_map(|s| describe(bundle, &engine, s, None)),
+        );
     }
     let states = (0..engine.device_count())
         .map(|d| {
@@ -114,6 +171,7 @@ pub fn replay(bundle: &Bundle, trace: &Trace, until_ms: Option<u64>) -> Timeline
         entries,
         end_ms,
         states,
+        messages: (trace.messages.received > 0).then(|| trace.messages.clone()),
     }
 }
 
@@ -196,7 +254,10 @@ fn why(
     }
 }
 
-fn describe(bundle: &Bundle, engine: &Engine, step: &Step) -> Vec<Entry> {
+/// The entries of a step. `topic`: the step is an MQTT message's (or a timer's before it),
+/// and a `when` transition its reading took (the only [`Cause::Reading`]; timers take `for`,
+/// `quiet` and `silent`) is shown as the message's.
+fn describe(bundle: &Bundle, engine: &Engine, step: &Step, topic: Option<&str>) -> Vec<Entry> {
     let at = |device: usize, what: What| Entry {
         t_ms: step.t_ms,
         clock: clock(engine, step.t_ms),
@@ -216,6 +277,9 @@ fn describe(bundle: &Bundle, engine: &Engine, step: &Step) -> Vec<Entry> {
                 let to = engine.state_name(*device, *to).to_string();
                 let (trigger, source, raised_by, rule) =
                     cause_parts(bundle, engine, *device, cause);
+                let topic = topic
+                    .filter(|_| matches!(cause, Cause::Reading { .. }))
+                    .map(str::to_string);
                 let what = What::State {
                     from,
                     to,
@@ -223,6 +287,7 @@ fn describe(bundle: &Bundle, engine: &Engine, step: &Step) -> Vec<Entry> {
                     source,
                     raised_by,
                     rule,
+                    topic,
                 };
                 at(*device, what)
             }
@@ -277,8 +342,16 @@ pub fn render_text(t: &Timeline) -> String {
         .chain([t.end_ms.to_string().len(), "t_ms".len()])
         .max()
         .unwrap_or(4);
+    // `HH:MM:SS`, or `HH:MM:SS.mmm` (a capture's times have milliseconds).
+    let cw = t
+        .entries
+        .iter()
+        .map(|e| e.clock.len())
+        .chain([8])
+        .max()
+        .unwrap_or(8);
     let mut out = format!(
-        "{:>tw$}  {:<8}  {:<width$}  what\n",
+        "{:>tw$}  {:<cw$}  {:<width$}  what\n",
         "t_ms", "clock", "device"
     );
     for e in &t.entries {
@@ -290,25 +363,74 @@ pub fn render_text(t: &Timeline) -> String {
                 source,
                 raised_by,
                 rule,
+                topic,
             } => {
                 let why = why(trigger, source, raised_by, rule);
-                format!("{from} -> {to}  {why}")
+                match topic {
+                    Some(t) => format!("{from} -> {to}  {why} (from topic {t})"),
+                    None => format!("{from} -> {to}  {why}"),
+                }
             }
             What::Command { command, rule } => format!("command {command}  (rule {rule})"),
             What::Raise { alert, rule } => format!("raise {alert}  (rule {rule})"),
             What::Fault { message } => format!("fault: {message}"),
+            What::Refused {
+                code,
+                topic,
+                reason,
+                line,
+            } => format!("refused {code} message on {topic}: {reason}  (line {line})"),
         };
         out.push_str(&format!(
-            "{:>tw$}  {:<8}  {:<width$}  {what}\n",
+            "{:>tw$}  {:<cw$}  {:<width$}  {what}\n",
             e.t_ms, e.clock, e.device
         ));
     }
     let states: Vec<String> = t.states.iter().map(|(d, s)| format!("{d} {s}")).collect();
     out.push_str(&format!("end at {} ms: {}\n", t.end_ms, states.join(", ")));
+    if let Some(m) = &t.messages {
+        out.push_str(&messages_text(m, t));
+    }
     out
 }
 
-/// The timeline as JSON lines: one object an entry, then `{"end_ms": .., "states": {..}}`.
+/// `messages: 6 received, 3 applied, 1 refused (S121 1), 1 retained ignored, 1 unbound
+/// ignored (S204)`, then a note for every unbound topic that resembles a bound one.
+fn messages_text(m: &Messages, t: &Timeline) -> String {
+    let refused_messages = t
+        .entries
+        .iter()
+        .filter_map(|e| match &e.what {
+            What::Refused { line, .. } => Some(*line),
+            _ => None,
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let by_code: Vec<String> = m.refused.iter().map(|(c, n)| format!("{c} {n}")).collect();
+    let refused = if by_code.is_empty() {
+        format!("{refused_messages} refused")
+    } else {
+        format!("{refused_messages} refused ({})", by_code.join(", "))
+    };
+    let mut out = format!(
+        "messages: {} received, {} applied, {refused}, {} retained ignored, {} unbound ignored ({})\n",
+        m.received,
+        m.applied,
+        m.retained_ignored,
+        m.unbound,
+        crate::codes::TRACE_UNBOUND_TOPIC,
+    );
+    for (topic, n, near) in &m.near_misses {
+        out.push_str(&format!(
+            "note: {n} message{} on {topic:?} ignored: no device binds it; did you mean {near:?}?\n",
+            if *n == 1 { "" } else { "s" }
+        ));
+    }
+    out
+}
+
+/// The timeline as JSON lines: one object an entry, then `{"end_ms": .., "states": {..}}`,
+/// with `"messages": {..}` ([`Messages`]) if the trace has MQTT messages.
 pub fn render_json(t: &Timeline) -> String {
     let mut out = String::new();
     for e in &t.entries {
@@ -320,7 +442,10 @@ pub fn render_json(t: &Timeline) -> String {
         .iter()
         .map(|(d, s)| (d.clone(), serde_json::Value::String(s.clone())))
         .collect();
-    let end = serde_json::json!({ "end_ms": t.end_ms, "states": states });
+    let mut end = serde_json::json!({ "end_ms": t.end_ms, "states": states });
+    if let Some(m) = &t.messages {
+        end["messages"] = serde_json::to_value(m).unwrap_or_default();
+    }
     out.push_str(&end.to_string());
     out.push('\n');
     out

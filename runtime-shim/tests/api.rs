@@ -165,6 +165,7 @@ async fn test_loop(mut rx: mpsc::Receiver<Request>, seen: Arc<AtomicUsize>, how:
                     uptime_s: 3725,
                     now_ms: engine.now(),
                     devices,
+                    mqtt: None,
                 });
             }
         }

@@ -91,6 +91,7 @@ fn report(b: &Bundle) -> StatusReport {
                 None,
             ),
         ],
+        mqtt: None,
     }
 }
 
@@ -237,6 +238,7 @@ fn a_device_off_the_switch_is_reported_off_switch_never_enforced() {
             status(0, off_switch(&b, 0).unwrap(), None),
             status(1, Enforcement::Enforced, Some(crossing(&b, 1, Some(0)))),
         ],
+        mqtt: None,
     };
     let text = api::render_status(&r);
     let door = text.lines().find(|l| l.starts_with("door ")).unwrap();

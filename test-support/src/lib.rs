@@ -3,10 +3,15 @@
 //! tool under a deadline, and deciding whether a test can run. A component a test needs
 //! (Open vSwitch, a Docker engine, an image, root, a tool) that is missing skips the test
 //! with a message locally, and fails it under `CI=true`: in CI a missing component is a
-//! failure, never a silent skip.
+//! failure, never a silent skip. [`mosquitto`] runs private MQTT brokers and their real
+//! clients.
 #![allow(clippy::panic, clippy::print_stderr)]
 
 use std::process::{Command, Output};
+
+pub mod mosquitto;
+/// The requirement "mosquitto and its clients are installed" ([`mosquitto::mosquitto`]).
+pub use mosquitto::mosquitto;
 
 /// Seconds any external command may take before `timeout` ends it.
 pub const CMD_TIMEOUT: &str = "60";

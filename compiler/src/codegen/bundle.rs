@@ -250,7 +250,7 @@ fn assemble(
             initial: ty.state(ty.initial).name.clone(),
             most_restrictive: ty.state(ty.most_restrictive()).name.clone(),
             states,
-            telemetry: None,
+            telemetry: d.telemetry.clone(),
         };
         DeviceOutput {
             files,

@@ -678,6 +678,8 @@ mod tests {
                     loc: LOC,
                 })
                 .collect(),
+            params: vec![],
+            telemetry: Default::default(),
         };
         let site = Site {
             name: "big".into(),
@@ -699,6 +701,7 @@ mod tests {
                 }),
                 trusted: false,
                 loc: LOC,
+                telemetry: None,
             }],
             rules: vec![],
             asserts: vec![],
