@@ -80,6 +80,57 @@ fn a_silent_reader_goes_offline_and_its_rule_escalates_the_lock() {
     );
 }
 
+/// `examples/mqtt-site`: a capture of what the workshop's devices published, replayed
+/// through the bundle's bindings. The Zigbee door contact (behind a hub, off the switch)
+/// opens after hours and its rule escalates the camera on the switch; the Zigbee climate
+/// sensor's 35.6 °C makes the other rule switch the Tasmota plug off; a garbled SENSOR
+/// message is refused and changes nothing; the plug switched on again over its rating
+/// goes `suspicious`; the contact's availability going offline takes it `offline`.
+#[test]
+fn an_mqtt_capture_drives_a_rule_from_a_sensor_behind_a_hub() {
+    let dir = example("mqtt-site", "examples/mqtt-site");
+    let out = shim(dir.path(), &["simulate", "bundle", "trace.jsonl"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let timeline = text(&out.stdout);
+    let lines: Vec<&str> = timeline.lines().skip(1).map(str::trim_end).collect();
+    let expect = [
+        ("130000  20:00:10", "cam     normal -> suspicious  rule door_after_hours"),
+        ("200000  20:01:20", "heater  command turn_off  (rule too_hot)"),
+        ("350000  20:03:50", "heater  command turn_off  (rule too_hot)"),
+        (
+            "360000  20:04:00",
+            "heater  normal -> suspicious  when power > 3680 (from topic tele/workshop_heater/SENSOR)",
+        ),
+        (
+            "420000  20:05:00",
+            "door    normal -> offline  when not online (from topic zigbee2mqtt/workshop_door/availability)",
+        ),
+    ];
+    for (at, what) in expect {
+        assert!(
+            lines.iter().any(|l| l.starts_with(at) && l.ends_with(what)),
+            "{at} {what}\n{timeline}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.starts_with("300000")
+            && l.contains("refused S122 message on tele/workshop_heater/SENSOR")),
+        "{timeline}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("->")).count(),
+        3,
+        "only these state changes: {timeline}"
+    );
+    assert!(
+        timeline.contains(
+            "end at 420000 ms: heater suspicious, cam suspicious, door offline, air normal"
+        ),
+        "{timeline}"
+    );
+    assert!(timeline.contains("1 refused (S122 1)"), "{timeline}");
+}
+
 #[test]
 fn the_bundled_trace() {
     let dir = office("trace");
