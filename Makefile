@@ -8,7 +8,7 @@ EXAMPLE := examples/smart-office
 # Bounded fuzzing in the test suite (cases per property).
 export KALKI_FUZZ_CASES ?= 2000
 
-.PHONY: setup services build demo test lint fmt bench soak clean images
+.PHONY: setup services build demo test lint fmt bench bench-mqtt soak clean images
 
 setup:
 	@scripts/setup.sh
@@ -43,6 +43,11 @@ test: lint services images
 
 bench: setup
 	$(CARGO) bench --locked -p kalki-compiler
+
+# MQTT into `kalki-shim run` on a real mosquitto, switch and engine (runtime-shim/benches/mqtt.rs):
+# messages/s and publish-to-command latency; figures in docs/benchmarks.md.
+bench-mqtt: setup services
+	$(CARGO) bench --locked -p kalki-shim --bench mqtt
 
 # Long runs of the randomised tests, outside CI: the verifier against the runtime engine
 # (compiler/tests/engine_differential.rs) and against the brute force.

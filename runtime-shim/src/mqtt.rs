@@ -473,6 +473,9 @@ impl Mqtt {
         let (client, mut eventloop) = AsyncClient::new(cfg.options(), REQUEST_CAPACITY);
         let mut net = rumqttc::NetworkOptions::new();
         net.set_connection_timeout(CONNECT_TIMEOUT_S);
+        // Small packets (acknowledgements, commands) go out at once, not after the peer's
+        // delayed ACK (about 40 ms a command with Nagle's algorithm on).
+        net.set_tcp_nodelay(true);
         eventloop.set_network_options(net);
         let mqtt = Mqtt {
             client,
