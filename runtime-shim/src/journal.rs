@@ -303,12 +303,31 @@ impl Journal {
             message: e.to_string(),
         })?;
         let (kind, device) = columns(input);
-        self.conn.execute(
-            "INSERT INTO inputs (t_ms, bundle_sha256, kind, device, input) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![to_sql("time", t_ms)?, bundle_sha256, kind, device, text],
-        )?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO inputs (t_ms, bundle_sha256, kind, device, input) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![to_sql("time", t_ms)?, bundle_sha256, kind, device, text])?;
         let seq = self.conn.last_insert_rowid();
         from_sql(seq, "sequence number", seq)
+    }
+
+    /// Journals several inputs accepted at `t_ms`, in order, in one transaction: one sync
+    /// to disk for all of them (a group commit), all or none. Durable when it returns;
+    /// their sequence numbers, in order.
+    pub fn append_inputs(
+        &self,
+        t_ms: u64,
+        bundle_sha256: &str,
+        inputs: &[Input],
+    ) -> Result<Vec<u64>, JournalError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let mut seqs = Vec::with_capacity(inputs.len());
+        for input in inputs {
+            seqs.push(self.append_input(t_ms, bundle_sha256, input)?);
+        }
+        tx.commit()?;
+        Ok(seqs)
     }
 
     /// Every journaled input, in the order it was accepted.

@@ -59,6 +59,9 @@ pub struct RunConfig {
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Unix time in milliseconds.
+/// The most MQTT messages taken from the queue at once, journaled in one commit.
+const MQTT_BATCH: usize = 256;
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -235,7 +238,17 @@ pub async fn run(
                 None => break,
             },
             Some(event) = umbox_rx.recv() => lp.umbox_event(event).await?,
-            Some(event) = mqtt_rx.recv() => lp.mqtt_event(event).await?,
+            Some(event) = mqtt_rx.recv() => {
+                // Whatever else has arrived goes with it: one journal commit for all.
+                let mut batch = vec![event];
+                while batch.len() < MQTT_BATCH {
+                    match mqtt_rx.try_recv() {
+                        Ok(e) => batch.push(e),
+                        Err(_) => break,
+                    }
+                }
+                lp.mqtt_events(batch).await?
+            }
             Some(d) = delivered_rx.recv() => lp.journal.update_command(d.id, &d.delivery)?,
             _ = sleep => lp.tick().await?,
         }
@@ -530,37 +543,78 @@ impl Loop {
     /// way as an API reading: [`Loop::submit`]; acknowledged to the broker only after it
     /// is journaled, or refused or ignored for good), or a command the broker
     /// acknowledged.
-    async fn mqtt_event(&mut self, event: MqttEvent) -> Result<(), RunError> {
-        match event {
-            MqttEvent::Delivered { id } => {
-                self.journal.update_command(id, &Delivery::Delivered)?;
-            }
-            MqttEvent::Message(message) => {
-                self.mqtt_message(&message).await?;
-                if let Some(m) = &self.mqtt {
-                    m.client.ack(&message);
+    /// Messages from the broker and acknowledgements of commands, in arrival order. The
+    /// messages' readings are validated, journaled in one commit (a group commit: one sync
+    /// for the batch), then handled and carried out one by one, in order, exactly as
+    /// [`Loop::submit`] does for one; each message is acknowledged to the broker only
+    /// after that (or after it was ignored or refused, logged and counted).
+    async fn mqtt_events(&mut self, events: Vec<MqttEvent>) -> Result<(), RunError> {
+        let mut messages = Vec::new();
+        for event in events {
+            match event {
+                MqttEvent::Delivered { id } => {
+                    self.journal.update_command(id, &Delivery::Delivered)?;
                 }
+                MqttEvent::Message(message) => messages.push(message),
+            }
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let t = now_ms().max(self.engine.now());
+        let mut inputs = Vec::with_capacity(messages.len());
+        for message in &messages {
+            let Some((input, topic)) = self.mqtt_reading(message) else {
+                continue;
+            };
+            // A reading's validity does not depend on what the readings before it did.
+            match self.engine.validate(t, &input) {
+                Ok(()) => inputs.push((input, topic)),
+                Err(errors) => self.mqtt_refused(&topic, &input, &errors),
+            }
+        }
+        if !inputs.is_empty() {
+            let batch: Vec<Input> = inputs.iter().map(|(i, _)| i.clone()).collect();
+            self.journal.append_inputs(t, &self.sha(), &batch)?;
+            for (input, topic) in &inputs {
+                match self.engine.handle(t, input) {
+                    Ok(steps) => {
+                        if let Some(m) = self.mqtt.as_mut() {
+                            m.counts.applied += 1;
+                        }
+                        self.carry_out(&steps).await?;
+                    }
+                    // validate() said yes: a refusal now is the engine's bug, logged as
+                    // such (the journal's replay reports the input again).
+                    Err(errors) => self.mqtt_refused(topic, input, &errors),
+                }
+            }
+        }
+        if let Some(m) = &self.mqtt {
+            for message in &messages {
+                m.client.ack(message);
             }
         }
         Ok(())
     }
 
-    async fn mqtt_message(&mut self, message: &rumqttc::Publish) -> Result<(), RunError> {
-        let Some(m) = self.mqtt.as_mut() else {
-            return Ok(());
-        };
+    /// The reading a message carries, with its topic; `None` when it carries none: a
+    /// retained copy, a topic no device binds, a payload its binding refuses (counted and
+    /// logged here).
+    fn mqtt_reading(&mut self, message: &rumqttc::Publish) -> Option<(Input, String)> {
+        let m = self.mqtt.as_mut()?;
         m.counts.received += 1;
         let topic = message.topic.as_str();
         if message.retain {
             // Delivered because of the subscription: an old value, not a sign of life.
             m.counts.retained_ignored += 1;
             eprintln!("kalki-shim: mqtt: retained message on `{topic}` ignored (an old value)");
-            return Ok(());
+            return None;
         }
         let Some((d, b)) = m.topics.lookup(topic) else {
             m.counts.unbound += 1;
             eprintln!("kalki-shim: mqtt: message on `{topic}` ignored: no device binds it");
-            return Ok(());
+            return None;
         };
         let manifest = &self.node.bundle().manifest;
         let device = &manifest.devices[d];
@@ -569,10 +623,16 @@ impl Loop {
             device.telemetry.as_ref().and_then(|t| t.topics.get(b)),
         ) else {
             m.counts.unbound += 1;
-            return Ok(());
+            return None;
         };
-        let values = match telemetry::decode(ty, binding, &message.payload) {
-            Ok(v) => v,
+        match telemetry::decode(ty, binding, &message.payload) {
+            Ok(values) => Some((
+                Input::Reading {
+                    device: device.name.clone(),
+                    values,
+                },
+                topic.to_string(),
+            )),
             Err(refusals) => {
                 m.counts.refuse(refusals.iter().map(|r| r.code()));
                 let text: Vec<String> = refusals
@@ -584,33 +644,27 @@ impl Loop {
                     device.name,
                     text.join("; ")
                 );
-                return Ok(());
-            }
-        };
-        let input = Input::Reading {
-            device: device.name.clone(),
-            values,
-        };
-        let name = device.name.clone();
-        let result = self.submit(input).await?;
-        let Some(m) = self.mqtt.as_mut() else {
-            return Ok(());
-        };
-        match result {
-            Ok(_) => m.counts.applied += 1,
-            Err(errors) => {
-                m.counts.refuse(errors.iter().map(|e| e.code()));
-                let text: Vec<String> = errors
-                    .iter()
-                    .map(|e| format!("[{}] {e}", e.code()))
-                    .collect();
-                eprintln!(
-                    "kalki-shim: mqtt: reading on `{topic}` for `{name}` refused: {}",
-                    text.join("; ")
-                );
+                None
             }
         }
-        Ok(())
+    }
+
+    fn mqtt_refused(&mut self, topic: &str, input: &Input, errors: &[InputError]) {
+        if let Some(m) = self.mqtt.as_mut() {
+            m.counts.refuse(errors.iter().map(|e| e.code()));
+        }
+        let name = match input {
+            Input::Reading { device, .. } => device.as_str(),
+            _ => "",
+        };
+        let text: Vec<String> = errors
+            .iter()
+            .map(|e| format!("[{}] {e}", e.code()))
+            .collect();
+        eprintln!(
+            "kalki-shim: mqtt: reading on `{topic}` for `{name}` refused: {}",
+            text.join("; ")
+        );
     }
 
     /// An input from the API: validated, journaled, handled, carried out.
