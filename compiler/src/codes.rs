@@ -43,9 +43,9 @@ pub const OVERFLOW: &str = "K114";
 /// cannot do.
 pub const BAD_CONTRACT: &str = "K115";
 /// A device type's MQTT binding (`telemetry`, `command ... publish`) or a device's topics
-/// are malformed: an unknown format or rounding, a path a text payload cannot have, a
-/// scale that is zero or too large, a map onto no value of its variable, a topic with a
-/// wildcard, two devices reading one topic.
+/// are malformed: a path into a text payload, a scale that is zero, too large or on a
+/// non-integer, a map with a scale or a key twice, a hole naming no parameter, a topic
+/// that is not exact, two devices reading one topic, a command on a topic the site reads.
 pub const BAD_BINDING: &str = "K116";
 
 pub const MAX_EXPR_DEPTH: usize = 128;

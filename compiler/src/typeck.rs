@@ -21,6 +21,17 @@ pub const OPERATOR_ACTIONS: &[&str] = &["reset"];
 /// The largest factor of a binding's `*` or `/` (ten to the ninth: nanos to units).
 const MAX_SCALE: i64 = 1_000_000_000;
 
+/// A sensed variable's type as a parameter type, to check a literal of it.
+fn var_param_type(t: &VarType) -> ParamType {
+    match t {
+        VarType::Bool => ParamType::Bool,
+        VarType::Int { lo, hi } => ParamType::Int { lo: *lo, hi: *hi },
+        VarType::Enum { members } => ParamType::Enum {
+            members: members.clone(),
+        },
+    }
+}
+
 /// Built-in chain entries, compiled to flows only.
 pub const BUILTIN_CHAINS: &[&str] = &["pass", "drop"];
 
@@ -956,17 +967,7 @@ impl<'a> Cx<'a> {
         topic: bool,
     ) -> bool {
         let l = self.loc(source, lit.span);
-        let holes = match tm::holes(&lit.value) {
-            Ok(h) => h,
-            Err(what) => {
-                self.err(
-                    Diagnostic::error(codes::BAD_BINDING, format!("{what} in a template"))
-                        .primary(l, "here")
-                        .help("write `{param}` to insert a parameter, `{device}` for the device's name"),
-                );
-                return false;
-            }
-        };
+        let holes = tm::holes(&lit.value);
         let mut ok = true;
         for hole in holes {
             if hole == "device" || params.iter().any(|p| p.name == hole) {
@@ -988,23 +989,17 @@ impl<'a> Cx<'a> {
         }
         if topic {
             // Holes are filled per device (and checked again there); here the text.
-            let bare: String = {
-                let mut out = String::new();
-                let mut rest = lit.value.as_str();
-                while let Some(open) = rest.find('{') {
-                    out.push_str(&rest[..open]);
-                    out.push('x');
-                    match rest[open..].find('}') {
-                        Some(close) => rest = &rest[open + close + 1..],
-                        None => {
-                            rest = "";
-                        }
-                    }
-                }
-                out.push_str(rest);
-                out
-            };
-            if let Some(problem) = tm::topic_problem(&bare) {
+            let bare = tm::Telemetry {
+                topics: vec![],
+                commands: vec![tm::Publish {
+                    command: String::new(),
+                    topic: lit.value.clone(),
+                    payload: String::new(),
+                }],
+            }
+            .filled(|_| Some("x".into()));
+            let bare = &bare.commands[0].topic;
+            if let Some(problem) = tm::topic_problem(bare) {
                 self.err(
                     Diagnostic::error(
                         codes::BAD_BINDING,
@@ -1032,6 +1027,24 @@ impl<'a> Cx<'a> {
             return None;
         };
         let fl = self.loc(source, f.span);
+        if let Some(lit) = &f.constant {
+            let ty = var_param_type(&var.ty);
+            let constant = match self.literal(source, lit, &ty, &var.name)? {
+                Value::Bool(b) => tm::Scalar::Bool(b),
+                Value::Int(n) => tm::Scalar::Int(n),
+                Value::Enum(m) => tm::Scalar::Str(m),
+                _ => return None,
+            };
+            return Some(tm::Field {
+                var: var.name.clone(),
+                path: Vec::new(),
+                mul: 1,
+                div: 1,
+                round: None,
+                map: Vec::new(),
+                constant: Some(constant),
+            });
+        }
         let path: Vec<String> = f.path.iter().map(|p| p.name.clone()).collect();
         if format == tm::Format::Text && path != ["payload"] {
             self.err(
@@ -1055,6 +1068,7 @@ impl<'a> Cx<'a> {
             div: 1,
             round: None,
             map: Vec::new(),
+            constant: None,
         };
         let mut seen: Vec<(&'static str, Loc)> = Vec::new();
         let mut ok = true;
@@ -1108,13 +1122,7 @@ impl<'a> Cx<'a> {
                     };
                 }
                 ast::Conversion::Map(entries, _) => {
-                    let ty = match &var.ty {
-                        VarType::Bool => ParamType::Bool,
-                        VarType::Int { lo, hi } => ParamType::Int { lo: *lo, hi: *hi },
-                        VarType::Enum { members } => ParamType::Enum {
-                            members: members.clone(),
-                        },
-                    };
+                    let ty = var_param_type(&var.ty);
                     if entries.is_empty() {
                         self.err(
                             Diagnostic::error(codes::BAD_BINDING, "an empty map")
@@ -1123,7 +1131,9 @@ impl<'a> Cx<'a> {
                         );
                         ok = false;
                     }
-                    let mut keys: Vec<tm::Scalar> = Vec::new();
+                    // A payload value matches a key as written too (`1` and `"1"`,
+                    // `true` and `"true"`): two such keys are one key twice.
+                    let mut keys: Vec<String> = Vec::new();
                     for (k, v) in entries {
                         let from = match k {
                             ast::Literal::Int(n, _) => tm::Scalar::Int(*n),
@@ -1131,7 +1141,11 @@ impl<'a> Cx<'a> {
                             ast::Literal::Str(st) => tm::Scalar::Str(st.value.clone()),
                             _ => continue, // the grammar admits no other key
                         };
-                        if keys.contains(&from) {
+                        let written = match &from {
+                            tm::Scalar::Str(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        if keys.contains(&written) {
                             self.err(
                                 Diagnostic::error(
                                     codes::BAD_BINDING,
@@ -1142,7 +1156,7 @@ impl<'a> Cx<'a> {
                             ok = false;
                             continue;
                         }
-                        keys.push(from.clone());
+                        keys.push(written);
                         let to = match self.literal(source, v, &ty, &var.name) {
                             Some(Value::Bool(b)) => tm::Scalar::Bool(b),
                             Some(Value::Int(n)) => tm::Scalar::Int(n),
@@ -1224,6 +1238,32 @@ impl<'a> Cx<'a> {
     fn site_topics(&mut self, devices: &[Device]) {
         let mut owner: HashMap<&str, &Device> = HashMap::new();
         let mut reported: BTreeSet<(&str, &str)> = BTreeSet::new();
+        let read: HashMap<&str, &Device> = devices
+            .iter()
+            .flat_map(|d| {
+                d.telemetry
+                    .iter()
+                    .flat_map(move |t| t.topics.iter().map(move |b| (b.topic.as_str(), d)))
+            })
+            .collect();
+        for d in devices {
+            for p in d.telemetry.iter().flat_map(|t| t.commands.iter()) {
+                if let Some(reader) = read.get(p.topic.as_str()) {
+                    self.err(
+                        Diagnostic::error(
+                            codes::BAD_BINDING,
+                            format!(
+                                "`{}.{}` publishes on {:?}, which `{}` reads",
+                                d.name, p.command, p.topic, reader.name
+                            ),
+                        )
+                        .primary(d.loc, "publishes there")
+                        .secondary(reader.loc, "reads it")
+                        .help("the runtime would read its own command back as a reading; commands go to the device's command topic (Tasmota `cmnd/...`, Zigbee2MQTT `.../set`)"),
+                    );
+                }
+            }
+        }
         for d in devices {
             for b in d.telemetry.iter().flat_map(|t| t.topics.iter()) {
                 if let Some(first) = owner.insert(&b.topic, d) {

@@ -292,8 +292,11 @@ pub struct TelemetryBlock {
 #[derive(Debug, Clone, Serialize)]
 pub struct TelemetryField {
     pub var: Ident,
-    /// Keys into the JSON payload (names or strings); `payload` for a text binding.
+    /// Keys into the JSON payload (names or strings); `payload` for a text binding; empty
+    /// with a constant.
     pub path: Vec<Ident>,
+    /// `online = true`: the value every message on the topic gives the variable.
+    pub constant: Option<Literal>,
     pub convs: Vec<Conversion>,
     pub span: Span,
 }

@@ -54,35 +54,52 @@ impl Telemetry {
     }
 }
 
-/// The `{name}` holes of `template`, in order.
-pub fn holes(template: &str) -> Result<Vec<&str>, &'static str> {
+/// The `{name}` holes of `template`, in order: a name (a letter or `_`, then letters,
+/// digits and `_`) between braces. Any other brace is text, so a payload can be JSON:
+/// `{"state":"OFF"}` has no hole.
+pub fn holes(template: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut rest = template;
     while let Some(open) = rest.find('{') {
         let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else {
-            return Err("an unclosed `{`");
-        };
-        out.push(&after[..close]);
-        rest = &after[close + 1..];
+        match hole_at(after) {
+            Some(name) => {
+                out.push(name);
+                rest = &after[name.len() + 1..];
+            }
+            None => rest = after,
+        }
     }
-    Ok(out)
+    out
+}
+
+/// The name of a hole that `text` (what follows a `{`) starts with.
+fn hole_at(text: &str) -> Option<&str> {
+    let close = text.find('}')?;
+    let name = &text[..close];
+    let mut c = name.chars();
+    let first = c.next()?;
+    ((first.is_ascii_alphabetic() || first == '_')
+        && c.all(|c| c.is_ascii_alphanumeric() || c == '_'))
+    .then_some(name)
 }
 
 fn fill_holes(template: &str, fill: &impl Fn(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else {
-            break;
-        };
         out.push_str(&rest[..open]);
-        match fill(&after[..close]) {
-            Some(v) => out.push_str(&v),
-            None => out.push_str(&rest[open..open + close + 2]),
+        let after = &rest[open + 1..];
+        match hole_at(after).and_then(|name| fill(name).map(|v| (name, v))) {
+            Some((name, value)) => {
+                out.push_str(&value);
+                rest = &after[name.len() + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
         }
-        rest = &after[close + 1..];
     }
     out.push_str(rest);
     out
@@ -125,6 +142,10 @@ pub struct Field {
     /// as it is (a JSON boolean for a `bool`, a number for an `int`, a member's name for
     /// an `enum`).
     pub map: Vec<MapEntry>,
+    /// `online = true`: the value every message on the topic gives the variable, whatever
+    /// its payload (then `path` is empty, no scale, no map).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constant: Option<Scalar>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
@@ -215,6 +236,8 @@ pub enum Refusal {
         found: String,
         scaled: String,
     },
+    #[error("`{var}`: {found} has more than {MAX_DIGITS} significant digits (no device sends more than 17)")]
+    TooPrecise { var: String, found: String },
     #[error("`{var}`: {found} does not fit a 64-bit integer{scaled}")]
     TooBig {
         var: String,
@@ -233,7 +256,9 @@ impl Refusal {
             }
             Refusal::Missing { .. } => codes::MISSING_FIELD,
             Refusal::WrongType { .. } | Refusal::Unmapped { .. } => codes::FIELD_TYPE,
-            Refusal::NotWhole { .. } | Refusal::TooBig { .. } => codes::NOT_WHOLE,
+            Refusal::NotWhole { .. } | Refusal::TooBig { .. } | Refusal::TooPrecise { .. } => {
+                codes::NOT_WHOLE
+            }
         }
     }
 }
@@ -253,20 +278,11 @@ pub fn decode(
         return Err(vec![Refusal::NotText]);
     };
     let root = match binding.format {
-        Format::Json => match serde_json::from_str::<serde_json::Value>(text) {
-            Ok(v @ serde_json::Value::Object(_)) => v,
-            Ok(other) => {
-                return Err(vec![Refusal::NotJson {
-                    reason: format!("it is {}", kind(&other)),
-                }])
-            }
-            Err(e) => {
-                return Err(vec![Refusal::NotJson {
-                    reason: e.to_string(),
-                }])
-            }
+        Format::Json => match Json::object(text) {
+            Ok(entries) => Json::Object(entries),
+            Err(reason) => return Err(vec![Refusal::NotJson { reason }]),
         },
-        Format::Text => text_value(text.trim()),
+        Format::Text => Json::text(text.trim()),
     };
     let mut values = BTreeMap::new();
     let mut refusals = Vec::new();
@@ -285,96 +301,195 @@ pub fn decode(
     }
 }
 
-/// A text payload as the JSON value it reads as: `true`/`false`, a number, or else the
-/// string itself.
-fn text_value(text: &str) -> serde_json::Value {
-    match text {
-        "true" => true.into(),
-        "false" => false.into(),
-        _ => match Decimal::parse(text) {
-            Some(_) => serde_json::from_str(text).unwrap_or_else(|_| text.into()),
-            None => text.into(),
-        },
+/// A JSON value as the device wrote it: numbers keep their text (serde_json would read
+/// `0.49999999999999999999` as the binary double 0.5), objects their keys in order.
+#[derive(Debug)]
+enum Json<'a> {
+    Null,
+    Bool(bool),
+    Num(&'a str),
+    Str(String),
+    Array,
+    Object(Vec<(String, &'a serde_json::value::RawValue)>),
+}
+
+/// An object's entries, borrowed from the text, duplicates kept (to be refused).
+struct Entries<'a>(Vec<(String, &'a serde_json::value::RawValue)>);
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Entries<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = Entries<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut m: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut out = Vec::new();
+                while let Some((k, v)) =
+                    m.next_entry::<String, &'de serde_json::value::RawValue>()?
+                {
+                    out.push((k, v));
+                }
+                Ok(Entries(out))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
     }
 }
 
-fn kind(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::Null => "null".into(),
-        serde_json::Value::Bool(b) => format!("the boolean {b}"),
-        serde_json::Value::Number(n) => format!("the number {n}"),
-        serde_json::Value::String(s) => format!("the string {s:?}"),
-        serde_json::Value::Array(_) => "an array".into(),
-        serde_json::Value::Object(_) => "an object".into(),
+impl<'a> Json<'a> {
+    /// The entries of the JSON object `text` (the whole of it is checked to be JSON).
+    fn object(text: &'a str) -> Result<Vec<(String, &'a serde_json::value::RawValue)>, String> {
+        match serde_json::from_str::<Entries<'a>>(text) {
+            Ok(e) => Ok(e.0),
+            Err(e) => match serde_json::from_str::<&serde_json::value::RawValue>(text) {
+                // Valid JSON, but not an object.
+                Ok(raw) => Err(format!("it is {}", Json::of(raw).kind())),
+                Err(_) => Err(e.to_string()),
+            },
+        }
     }
+
+    fn of(raw: &'a serde_json::value::RawValue) -> Json<'a> {
+        let t = raw.get().trim();
+        match t.as_bytes().first() {
+            Some(b'n') => Json::Null,
+            Some(b't') => Json::Bool(true),
+            Some(b'f') => Json::Bool(false),
+            Some(b'"') => Json::Str(serde_json::from_str(t).unwrap_or_default()),
+            Some(b'[') => Json::Array,
+            Some(b'{') => Json::object(t).map_or(Json::Array, Json::Object),
+            _ => Json::Num(t),
+        }
+    }
+
+    /// A text payload as the value it reads as: `true`/`false`, a number (JSON's
+    /// grammar), or else the text itself.
+    fn text(text: &'a str) -> Json<'a> {
+        match text {
+            "true" => Json::Bool(true),
+            "false" => Json::Bool(false),
+            _ if Decimal::grammar(text) => Json::Num(text),
+            _ => Json::Str(text.to_string()),
+        }
+    }
+
+    fn kind(&self) -> String {
+        match self {
+            Json::Null => "null".into(),
+            Json::Bool(b) => format!("the boolean {b}"),
+            Json::Num(n) => format!("the number {n}"),
+            Json::Str(s) => format!("the string {s:?}"),
+            Json::Array => "an array".into(),
+            Json::Object(_) => "an object".into(),
+        }
+    }
+}
+
+/// `ENERGY."Power Factor"`: a path as written in a binding.
+fn path_text(path: &[String]) -> String {
+    let name = |k: &str| {
+        let mut c = k.chars();
+        c.next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && c.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    path.iter()
+        .map(|k| if name(k) { k.clone() } else { format!("{k:?}") })
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 fn field(
     ty: &DeviceType,
     f: &Field,
-    root: &serde_json::Value,
+    root: &Json<'_>,
     format: Format,
 ) -> Result<serde_json::Value, Refusal> {
-    let mut v = root;
+    if let Some(c) = &f.constant {
+        return Ok(c.json());
+    }
+    let mut here: Option<Json<'_>> = None;
     for (i, key) in f.path.iter().enumerate() {
-        match v.get(key) {
-            Some(next) => v = next,
-            None => {
+        let entries = match here.as_ref().unwrap_or(root) {
+            Json::Object(entries) => entries,
+            _ => {
                 return Err(Refusal::Missing {
                     var: f.var.clone(),
-                    path: f.path[..=i].join("."),
+                    path: path_text(&f.path[..=i]),
                 })
             }
+        };
+        let mut found = entries.iter().filter(|(k, _)| k == key);
+        let Some((_, raw)) = found.next() else {
+            return Err(Refusal::Missing {
+                var: f.var.clone(),
+                path: path_text(&f.path[..=i]),
+            });
+        };
+        if found.next().is_some() {
+            return Err(Refusal::NotJson {
+                reason: format!(
+                    "`{}` appears twice in one object: which one the device meant is unknown",
+                    path_text(&f.path[..=i])
+                ),
+            });
         }
+        here = Some(Json::of(raw));
     }
+    let v = here.as_ref().unwrap_or(root);
     let var_ty = ty.vars.iter().find(|x| x.name == f.var).map(|x| &x.ty);
     if !f.map.is_empty() {
         return map(f, v);
     }
-    match var_ty {
-        Some(VarType::Bool) => match v {
-            serde_json::Value::Bool(_) => Ok(v.clone()),
-            other => Err(Refusal::WrongType {
-                var: f.var.clone(),
-                expected: "a boolean".into(),
-                found: kind(other),
-            }),
-        },
-        Some(VarType::Int { .. }) => number(f, v, format),
-        Some(VarType::Enum { .. }) => match v {
-            serde_json::Value::String(_) => Ok(v.clone()),
-            other => Err(Refusal::WrongType {
-                var: f.var.clone(),
-                expected: "a member's name".into(),
-                found: kind(other),
-            }),
-        },
+    let wrong = |expected: &str| Refusal::WrongType {
+        var: f.var.clone(),
+        expected: expected.into(),
+        found: v.kind(),
+    };
+    match (var_ty, v) {
+        (Some(VarType::Bool), Json::Bool(b)) => Ok((*b).into()),
+        (Some(VarType::Bool), _) => Err(wrong("a boolean")),
+        (Some(VarType::Int { .. }), Json::Num(text)) => number(f, text),
+        (Some(VarType::Int { .. }), _) => Err(wrong(if format == Format::Text {
+            "a number"
+        } else {
+            "a JSON number"
+        })),
+        (Some(VarType::Enum { .. }), Json::Str(s)) => Ok(s.clone().into()),
+        (Some(VarType::Enum { .. }), _) => Err(wrong("a member's name")),
         // The loader refuses a binding of an undeclared variable; the engine would too.
-        None => Ok(v.clone()),
+        (None, _) => Err(wrong("a declared variable")),
     }
 }
 
-fn map(f: &Field, v: &serde_json::Value) -> Result<serde_json::Value, Refusal> {
-    let key = match v {
-        serde_json::Value::Bool(b) => Some(Scalar::Bool(*b)),
-        serde_json::Value::Number(n) => n.as_i64().map(Scalar::Int),
-        serde_json::Value::String(s) => Some(Scalar::Str(s.clone())),
-        _ => None,
-    };
-    // A text payload `1` reads as the number 1, and a map may name it as `"1"`.
-    let text_key = match v {
-        serde_json::Value::Number(n) => Some(Scalar::Str(n.to_string())),
-        serde_json::Value::Bool(b) => Some(Scalar::Str(b.to_string())),
-        _ => None,
+fn map(f: &Field, v: &Json<'_>) -> Result<serde_json::Value, Refusal> {
+    // A number matches an integer key and, as written, a string key (`"1"`); a boolean
+    // its key and `"true"`/`"false"`.
+    let keys: Vec<Scalar> = match v {
+        Json::Bool(b) => vec![Scalar::Bool(*b), Scalar::Str(b.to_string())],
+        Json::Num(n) => {
+            let mut k = vec![Scalar::Str((*n).to_string())];
+            if let Ok(i) = n.parse::<i64>() {
+                k.push(Scalar::Int(i));
+            }
+            k
+        }
+        Json::Str(s) => vec![Scalar::Str(s.clone())],
+        _ => vec![],
     };
     for e in &f.map {
-        if Some(&e.from) == key.as_ref() || Some(&e.from) == text_key.as_ref() {
+        if keys.contains(&e.from) {
             return Ok(e.to.json());
         }
     }
     Err(Refusal::Unmapped {
         var: f.var.clone(),
-        found: kind(v),
+        found: v.kind(),
         known: f
             .map
             .iter()
@@ -384,21 +499,7 @@ fn map(f: &Field, v: &serde_json::Value) -> Result<serde_json::Value, Refusal> {
     })
 }
 
-fn number(f: &Field, v: &serde_json::Value, format: Format) -> Result<serde_json::Value, Refusal> {
-    let serde_json::Value::Number(n) = v else {
-        return Err(Refusal::WrongType {
-            var: f.var.clone(),
-            expected: if format == Format::Text {
-                "a number".into()
-            } else {
-                "a JSON number".into()
-            },
-            found: kind(v),
-        });
-    };
-    // The decimal the device wrote: serde_json keeps integers exact, and a float's
-    // shortest round-trip form is the decimal it was parsed from (up to 17 digits).
-    let text = n.to_string();
+fn number(f: &Field, text: &str) -> Result<serde_json::Value, Refusal> {
     let scaled = if (f.mul, f.div) == (1, 1) {
         String::new()
     } else if f.div == 1 {
@@ -408,109 +509,181 @@ fn number(f: &Field, v: &serde_json::Value, format: Format) -> Result<serde_json
     };
     let too_big = || Refusal::TooBig {
         var: f.var.clone(),
-        found: text.clone(),
+        found: text.to_string(),
         scaled: scaled.clone(),
     };
-    let d = Decimal::parse(&text).ok_or_else(too_big)?;
+    let d = match Decimal::parse(text) {
+        Parsed::Exact(d) => d,
+        Parsed::Huge => return Err(too_big()),
+        Parsed::Tiny { negative } => {
+            // Within 10^-10 of zero, and under 0.1 after any scale: never whole.
+            return match f.round {
+                None => Err(Refusal::NotWhole {
+                    var: f.var.clone(),
+                    found: text.to_string(),
+                    scaled,
+                }),
+                Some(Round::Nearest) => Ok(0.into()),
+                Some(Round::Down) => Ok(if negative { -1 } else { 0 }.into()),
+                Some(Round::Up) => Ok(if negative { 0 } else { 1 }.into()),
+            };
+        }
+        Parsed::TooPrecise => {
+            return Err(Refusal::TooPrecise {
+                var: f.var.clone(),
+                found: text.to_string(),
+            })
+        }
+        Parsed::NotNumber => {
+            return Err(Refusal::WrongType {
+                var: f.var.clone(),
+                expected: "a number".into(),
+                found: format!("{text:?}"),
+            })
+        }
+    };
     match d.scaled(f.mul, f.div, f.round) {
-        Scaled::Whole(i) => Ok(i.into()),
-        Scaled::Fraction => Err(Refusal::NotWhole {
+        Some(Ok(i)) => Ok(i.into()),
+        Some(Err(())) => Err(Refusal::NotWhole {
             var: f.var.clone(),
-            found: text.clone(),
-            scaled: scaled.clone(),
+            found: text.to_string(),
+            scaled,
         }),
-        Scaled::TooBig => Err(too_big()),
+        None => Err(too_big()),
     }
 }
 
-/// A decimal number `mantissa × 10^-exp10` (negative `exp10`: `× 10^|exp10|`), exact.
+/// An exact decimal `num / den`, both positive powers-of-ten-bounded: at most 19
+/// significant digits, between 10^-10 and 10^29 in magnitude, so that every scale
+/// (factors up to 10^9) stays within 128 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Decimal {
-    mantissa: i128,
-    exp10: i32,
+    num: i128,
+    den: i128,
 }
 
-enum Scaled {
-    Whole(i64),
-    Fraction,
-    TooBig,
+#[derive(Debug, PartialEq, Eq)]
+enum Parsed {
+    Exact(Decimal),
+    /// Nonzero and under 10^-10 in magnitude.
+    Tiny {
+        negative: bool,
+    },
+    /// 10^29 or more in magnitude: no scale brings it within 64 bits.
+    Huge,
+    /// More than 19 significant digits: not read (no device sends more than 17).
+    TooPrecise,
+    NotNumber,
 }
+
+/// Significant digits read exactly.
+pub const MAX_DIGITS: usize = 19;
 
 impl Decimal {
-    /// `-12`, `0.052`, `1e3`, `2.5E-2`; at most 30 significant digits, exponents within
-    /// ±40 (beyond them no reading fits a 64-bit integer or differs from zero).
-    fn parse(s: &str) -> Option<Decimal> {
-        let (num, exp) = match s.find(['e', 'E']) {
-            Some(i) => (&s[..i], s[i + 1..].parse::<i32>().ok()?),
-            None => (s, 0),
+    /// JSON's number grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+    fn grammar(s: &str) -> bool {
+        let b = s.as_bytes();
+        let mut i = 0;
+        let digits = |i: &mut usize| {
+            let start = *i;
+            while *i < b.len() && b[*i].is_ascii_digit() {
+                *i += 1;
+            }
+            *i - start
         };
-        let (neg, digits) = match num.strip_prefix('-') {
-            Some(rest) => (true, rest),
-            None => (false, num),
-        };
-        let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
-        if int.is_empty() && frac.is_empty()
-            || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
-        {
-            return None;
+        if b.get(i) == Some(&b'-') {
+            i += 1;
         }
-        let all = format!("{int}{frac}");
-        let all = all.trim_start_matches('0');
-        if all.len() > 30 || !(-40..=40).contains(&exp) {
-            return None;
+        let int_start = i;
+        let n = digits(&mut i);
+        if n == 0 || (n > 1 && b[int_start] == b'0') {
+            return false;
         }
-        let mut mantissa: i128 = if all.is_empty() { 0 } else { all.parse().ok()? };
-        if neg {
-            mantissa = -mantissa;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            if digits(&mut i) == 0 {
+                return false;
+            }
         }
-        let exp10 = i32::try_from(frac.len()).ok()? - exp;
-        Some(Decimal { mantissa, exp10 })
+        if matches!(b.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            if matches!(b.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            if digits(&mut i) == 0 {
+                return false;
+            }
+        }
+        i == b.len()
     }
 
-    /// `self × mul / div`, rounded as asked.
-    fn scaled(self, mul: i64, div: i64, round: Option<Round>) -> Scaled {
-        // numerator / denominator, both exact in i128 (30 digits times 19 fits in 128 bits
-        // only with care: bounded below by checked arithmetic).
-        let Some(mut num) = self.mantissa.checked_mul(i128::from(mul)) else {
-            return Scaled::TooBig;
-        };
-        let mut den = i128::from(div);
-        if self.exp10 >= 0 {
-            let Some(p) = 10i128.checked_pow(self.exp10.unsigned_abs()) else {
-                // A denominator beyond 10^38: the value is within 10^-8 of zero or
-                // beyond any integer.
-                return if num == 0 {
-                    Scaled::Whole(0)
-                } else if round.is_some() {
-                    Scaled::TooBig
-                } else {
-                    Scaled::Fraction
-                };
-            };
-            let Some(d) = den.checked_mul(p) else {
-                return Scaled::TooBig;
-            };
-            den = d;
-        } else {
-            let Some(p) = 10i128.checked_pow(self.exp10.unsigned_abs()) else {
-                return if num == 0 {
-                    Scaled::Whole(0)
-                } else {
-                    Scaled::TooBig
-                };
-            };
-            let Some(n) = num.checked_mul(p) else {
-                return Scaled::TooBig;
-            };
-            num = n;
+    fn parse(s: &str) -> Parsed {
+        if !Decimal::grammar(s) {
+            return Parsed::NotNumber;
         }
+        let negative = s.starts_with('-');
+        let body = s.trim_start_matches('-');
+        let (num, exp) = match body.find(['e', 'E']) {
+            Some(i) => (&body[..i], &body[i + 1..]),
+            None => (body, "0"),
+        };
+        let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+        // value = digits × 10^k
+        let digits = format!("{int}{frac}");
+        let digits = digits.trim_start_matches('0');
+        if digits.is_empty() {
+            return Parsed::Exact(Decimal { num: 0, den: 1 });
+        }
+        let trail = digits.len() - digits.trim_end_matches('0').len();
+        let digits = digits.trim_end_matches('0');
+        let exp: i64 = match exp.parse::<i64>() {
+            Ok(e) => e,
+            // An exponent beyond 64 bits: as far from 1 as a number can be.
+            Err(_) if exp.starts_with('-') => return Parsed::Tiny { negative },
+            Err(_) => return Parsed::Huge,
+        };
+        let frac_len = i64::try_from(frac.len()).unwrap_or(i64::MAX);
+        let trail = i64::try_from(trail).unwrap_or(0);
+        let k = exp.saturating_sub(frac_len).saturating_add(trail);
+        let sig = i64::try_from(digits.len()).unwrap_or(i64::MAX);
+        // 10^(sig-1+k) <= |value| < 10^(sig+k)
+        if sig.saturating_add(k) > 29 {
+            return Parsed::Huge;
+        }
+        if sig.saturating_add(k) < -10 {
+            return Parsed::Tiny { negative };
+        }
+        if digits.len() > MAX_DIGITS {
+            return Parsed::TooPrecise;
+        }
+        let Ok(m) = digits.parse::<i128>() else {
+            return Parsed::TooPrecise;
+        };
+        let m = if negative { -m } else { m };
+        // |k| <= 29 + 10 here: sig >= 1 and -10 <= sig + k <= 29, sig <= 19.
+        let pow = |e: i64| 10i128.checked_pow(u32::try_from(e).unwrap_or(u32::MAX));
+        let d = if k >= 0 {
+            pow(k)
+                .and_then(|p| m.checked_mul(p))
+                .map(|num| Decimal { num, den: 1 })
+        } else {
+            pow(-k).map(|den| Decimal { num: m, den })
+        };
+        d.map_or(Parsed::Huge, Parsed::Exact)
+    }
+
+    /// `self × mul / div`, rounded as asked: `Some(Ok(n))`, `Some(Err(()))` when not
+    /// whole and not rounded, `None` beyond 64 bits.
+    fn scaled(self, mul: i64, div: i64, round: Option<Round>) -> Option<Result<i64, ()>> {
+        let num = self.num.checked_mul(i128::from(mul))?;
+        let den = self.den.checked_mul(i128::from(div))?;
         let q = num.div_euclid(den);
         let r = num.rem_euclid(den);
         let whole = if r == 0 {
             q
         } else {
             match round {
-                None => return Scaled::Fraction,
+                None => return Some(Err(())),
                 Some(Round::Down) => q,
                 Some(Round::Up) => q + 1,
                 Some(Round::Nearest) => {
@@ -523,10 +696,7 @@ impl Decimal {
                 }
             }
         };
-        match i64::try_from(whole) {
-            Ok(i) => Scaled::Whole(i),
-            Err(_) => Scaled::TooBig,
-        }
+        i64::try_from(whole).ok().map(Ok)
     }
 }
 
@@ -575,7 +745,7 @@ pub fn topic_problem(topic: &str) -> Option<&'static str> {
     if topic.is_empty() {
         Some("it is empty")
     } else if topic.contains(['+', '#']) {
-        Some("it has a wildcard (`+` or `#`); a binding reads one exact topic")
+        Some("it has a wildcard (`+` or `#`); topics here are exact")
     } else if topic.contains('\0') {
         Some("it has a NUL character")
     } else if topic.starts_with('$') {
@@ -604,8 +774,19 @@ pub fn check(ty: &DeviceType, t: &Telemetry) -> Vec<String> {
                 out.push(format!("{at}: the type senses no such variable"));
                 continue;
             };
-            if (b.format == Format::Json) == f.path.is_empty() {
+            if f.constant.is_none() && (b.format == Format::Json) == f.path.is_empty() {
                 out.push(format!("{at}: a path is needed for JSON and only for JSON"));
+            }
+            if let Some(c) = &f.constant {
+                let ok = match (&var.ty, c) {
+                    (VarType::Bool, Scalar::Bool(_)) => true,
+                    (VarType::Int { lo, hi }, Scalar::Int(i)) => lo <= i && i <= hi,
+                    (VarType::Enum { members }, Scalar::Str(s)) => members.contains(s),
+                    _ => false,
+                };
+                if !ok || !f.path.is_empty() || !f.map.is_empty() || (f.mul, f.div) != (1, 1) {
+                    out.push(format!("{at}: the constant {c} is not a value of it alone"));
+                }
             }
             if f.mul < 1 || f.div < 1 {
                 out.push(format!("{at}: scale {}/{} is not positive", f.mul, f.div));
@@ -689,6 +870,7 @@ mod tests {
             div: 1,
             round: None,
             map: vec![],
+            constant: None,
         }
     }
 
@@ -840,15 +1022,124 @@ mod tests {
 
     #[test]
     fn decimals() {
-        let d = |s| Decimal::parse(s).map(|d| (d.mantissa, d.exp10));
-        assert_eq!(d("0.052"), Some((52, 3)));
-        assert_eq!(d("-12"), Some((-12, 0)));
-        assert_eq!(d("1e3"), Some((1, -3)));
-        assert_eq!(d("2.5E-2"), Some((25, 3)));
-        assert_eq!(d("1.7976931348623157e308"), None);
-        assert_eq!(d("."), None);
-        assert_eq!(d("1.2.3"), None);
-        assert_eq!(d("0x10"), None);
+        let d = |s| match Decimal::parse(s) {
+            Parsed::Exact(d) => Some((d.num, d.den)),
+            _ => None,
+        };
+        assert_eq!(d("0.052"), Some((52, 1000)));
+        assert_eq!(d("-12"), Some((-12, 1)));
+        assert_eq!(d("1e3"), Some((1000, 1)));
+        assert_eq!(d("2.5E-2"), Some((25, 1000)));
+        assert_eq!(d("-0.0"), Some((0, 1)));
+        assert_eq!(d("9007199254740993.0"), Some((9007199254740993, 1)));
+        assert_eq!(Decimal::parse("1.7976931348623157e308"), Parsed::Huge);
+        assert_eq!(Decimal::parse("1e400"), Parsed::Huge);
+        assert_eq!(Decimal::parse("1e-50"), Parsed::Tiny { negative: false });
+        assert_eq!(
+            Decimal::parse("-1e-99999999999999999999"),
+            Parsed::Tiny { negative: true }
+        );
+        assert_eq!(Decimal::parse("0.49999999999999999999"), Parsed::TooPrecise);
+        for bad in [
+            ".", ".5", "5.", "+5", "01", "1.2.3", "0x10", "NaN", "1e", "--1", "",
+        ] {
+            assert_eq!(Decimal::parse(bad), Parsed::NotNumber, "{bad}");
+        }
+    }
+
+    /// Numbers are read from the text the device sent, never through a binary double:
+    /// serde_json reads these (and keys that repeat) differently.
+    #[test]
+    fn exact_where_a_double_is_not() {
+        let mut r = f("power", &["v"]);
+        r.round = Some(Round::Nearest);
+        let b = json(vec![r.clone()]);
+        // A double rounds this to 0.5, then to 1.
+        assert_eq!(ok(&b, r#"{"v":0.4999999999999999999}"#)["power"], 0);
+        assert_eq!(
+            ok(&b, r#"{"v":123456789012345678.5}"#)["power"],
+            123456789012345679i64
+        );
+        assert_eq!(ok(&b, r#"{"v":-1e-50}"#)["power"], 0);
+        // Not whole, though a double says 1.
+        assert_eq!(
+            refused(
+                &json(vec![f("power", &["v"])]),
+                br#"{"v":1.000000000000000001}"#
+            ),
+            ["S123"]
+        );
+        assert_eq!(
+            ok(
+                &json(vec![f("power", &["v"])]),
+                r#"{"v":9007199254740993.0}"#
+            )["power"],
+            9007199254740993i64
+        );
+        let mut down = f("power", &[]);
+        down.round = Some(Round::Down);
+        let text = Binding {
+            topic: "t".into(),
+            format: Format::Text,
+            fields: vec![down.clone()],
+        };
+        assert_eq!(ok(&text, "-1e-50")["power"], -1);
+        assert_eq!(ok(&text, "0.0000000000000000000000000001")["power"], 0);
+        down.div = 1_000_000_000;
+        let text = Binding {
+            fields: vec![down],
+            ..text
+        };
+        assert_eq!(ok(&text, "1234567890123456789")["power"], 1234567890);
+        // Too many digits, too large: said so, never approximated.
+        assert_eq!(refused(&text, b"1234567890123456789012345678"), ["S123"]);
+        assert_eq!(
+            refused(&json(vec![f("power", &["v"])]), br#"{"v":1e400}"#),
+            ["S123"]
+        );
+        // One key twice: which the device meant is unknown.
+        assert_eq!(
+            refused(&json(vec![f("power", &["v"])]), br#"{"v":1,"v":2}"#),
+            ["S120"]
+        );
+        // Quoted keys are shown quoted.
+        match decode(
+            &ty(),
+            &json(vec![f("power", &["ENERGY", "Power Factor"])]),
+            br#"{"ENERGY":{}}"#,
+        ) {
+            Err(e) => assert!(
+                e[0].to_string().contains(r#"ENERGY."Power Factor""#),
+                "{e:?}"
+            ),
+            Ok(v) => unreachable!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn constants_whatever_the_payload() {
+        let mut online = f("on", &[]);
+        online.constant = Some(Scalar::Bool(true));
+        let b = json(vec![f("power", &["p"]), online.clone()]);
+        let v = ok(&b, r#"{"p":7}"#);
+        assert_eq!(
+            (v["power"].clone(), v["on"].clone()),
+            (7.into(), true.into())
+        );
+        // The message is still one reading or nothing.
+        assert_eq!(refused(&b, br#"{"q":7}"#), ["S121"]);
+        let t = Telemetry {
+            topics: vec![Binding {
+                topic: "t".into(),
+                format: Format::Text,
+                fields: vec![Field {
+                    constant: Some(Scalar::Int(3)),
+                    ..online
+                }],
+            }],
+            commands: vec![],
+        };
+        assert_eq!(check(&ty(), &t).len(), 1, "a constant of the wrong type");
     }
 
     #[test]

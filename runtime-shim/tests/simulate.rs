@@ -99,7 +99,7 @@ fn an_mqtt_capture_drives_a_rule_from_a_sensor_behind_a_hub() {
         ("350000  20:03:50", "heater  command turn_off  (rule too_hot)"),
         (
             "360000  20:04:00",
-            "heater  normal -> suspicious  when power > 3680 (from topic tele/workshop_heater/SENSOR)",
+            "heater  normal -> suspicious  when online and power > 3680 (from topic tele/workshop_heater/SENSOR)",
         ),
         (
             "420000  20:05:00",

@@ -77,7 +77,7 @@ fn a_capture_replays_through_the_bindings() {
         lines,
         [
             " t_ms  clock         device  what",
-            "32050  22:10:30.150  plug    normal -> suspicious  when power > 3680 (from topic tele/plug_kitchen/SENSOR)",
+            "32050  22:10:30.150  plug    normal -> suspicious  when online and power > 3680 (from topic tele/plug_kitchen/SENSOR)",
             "32050  22:10:30.150  plug    command turn_off  (rule cut)",
             "end at 32050 ms: plug suspicious",
             "messages: 4 received, 3 applied, 0 refused, 1 retained ignored, 0 unbound ignored (S204)",
@@ -91,7 +91,7 @@ fn a_capture_replays_through_the_bindings() {
     let first: serde_json::Value =
         serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap();
     assert_eq!(first["topic"], "tele/plug_kitchen/SENSOR");
-    assert_eq!(first["trigger"], "when power > 3680");
+    assert_eq!(first["trigger"], "when online and power > 3680");
 }
 
 #[test]
@@ -118,13 +118,15 @@ fn lines_by_hand_and_the_reading_they_become() {
         [
             (
                 0,
-                reading(serde_json::json!({"relay": false})),
+                reading(serde_json::json!({"relay": false, "online": true})),
                 Some("stat/plug_kitchen/POWER")
             ),
             (
                 1000,
                 // 0.0525 A is 52.5 mA, rounded to nearest; 229.6 V to 230.
-                reading(serde_json::json!({"power": 12, "current": 53, "voltage": 230})),
+                reading(
+                    serde_json::json!({"power": 12, "current": 53, "voltage": 230, "online": true})
+                ),
                 Some("tele/plug_kitchen/SENSOR")
             ),
         ]
@@ -156,8 +158,8 @@ fn refused_messages_are_shown_and_counted_and_change_nothing() {
         "{\"t_ms\": 2, \"topic\": \"tele/plug_kitchen/SENSOR\", \"payload\": \"ENERGY\"}\n",
         // 4: none of the map's values.
         "{\"t_ms\": 3, \"topic\": \"stat/plug_kitchen/POWER\", \"payload\": \"TOGGLE\"}\n",
-        // 5: decodes, but 5000 W is outside `power`'s range: the engine refuses it.
-        "{\"t_ms\": 4, \"topic\": \"tele/plug_kitchen/SENSOR\", \"payload\": \"{\\\"ENERGY\\\":{\\\"Power\\\":5000,\\\"Current\\\":1,\\\"Voltage\\\":230}}\"}\n",
+        // 5: decodes, but 500 kW is outside `power`'s range: the engine refuses it.
+        "{\"t_ms\": 4, \"topic\": \"tele/plug_kitchen/SENSOR\", \"payload\": \"{\\\"ENERGY\\\":{\\\"Power\\\":500000,\\\"Current\\\":1,\\\"Voltage\\\":230}}\"}\n",
         // 6: fine.
         "{\"t_ms\": 5, \"topic\": \"tele/plug_kitchen/LWT\", \"payload\": \"Offline\"}\n",
         // 7: not UTF-8 (sent as base64).
@@ -196,7 +198,7 @@ fn refused_messages_are_shown_and_counted_and_change_nothing() {
         "`voltage`: the payload has no `ENERGY.Voltage`",
         "the payload is not a JSON object",
         "is none of the binding's values",
-        "`plug.power` = 5000 is outside its range",
+        "`plug.power` = 500000 is outside its range",
         "the payload is not UTF-8 text",
     ]) {
         assert!(reason.contains(what), "{reason}: {what}");
@@ -218,19 +220,24 @@ fn refused_messages_are_shown_and_counted_and_change_nothing() {
     assert_eq!(text(&out.stderr), "");
     let timeline = text(&out.stdout);
     let lines: Vec<&str> = timeline.lines().map(str::trim_end).collect();
-    assert_eq!(lines.len(), 1 + 6 + 3, "{timeline}");
+    // Six refusals, and the LWT's `Offline` taking the plug `silent`.
+    assert_eq!(lines.len(), 1 + 7 + 3, "{timeline}");
     assert_eq!(
         lines[1],
         "   1  00:00:00.001  plug    refused S121 message on tele/plug_kitchen/SENSOR: `current`: the payload has no `ENERGY.Current`  (line 2)"
     );
     assert!(
-        lines[5].starts_with("   4  00:00:00.004  plug    refused S104 message on tele/plug_kitchen/SENSOR: `plug.power` = 5000 is outside its range"),
+        lines[5].starts_with("   4  00:00:00.004  plug    refused S104 message on tele/plug_kitchen/SENSOR: `plug.power` = 500000 is outside its range"),
         "{timeline}"
     );
     assert_eq!(
-        lines[7..],
+        lines[6],
+        "   5  00:00:00.005  plug    normal -> silent  when not online (from topic tele/plug_kitchen/LWT)"
+    );
+    assert_eq!(
+        lines[8..],
         [
-            "end at 6 ms: plug normal",
+            "end at 6 ms: plug silent",
             "messages: 7 received, 1 applied, 5 refused (S104 1, S120 2, S121 1, S122 1), 0 retained ignored, 1 unbound ignored (S204)",
             "note: 1 message on \"tele/plug_kitchn/SENSOR\" ignored: no device binds it; did you mean \"tele/plug_kitchen/SENSOR\"?",
         ],
@@ -267,7 +274,7 @@ fn a_capture_of_every_topic_replays_the_bound_ones() {
         lines,
         [
             " t_ms  clock         device  what",
-            "32050  22:10:30.150  plug    normal -> suspicious  when power > 3680 (from topic tele/plug_kitchen/SENSOR)",
+            "32050  22:10:30.150  plug    normal -> suspicious  when online and power > 3680 (from topic tele/plug_kitchen/SENSOR)",
             "32050  22:10:30.150  plug    command turn_off  (rule cut)",
             "end at 32050 ms: plug suspicious",
             "messages: 7 received, 3 applied, 0 refused, 1 retained ignored, 3 unbound ignored (S204)",
@@ -316,7 +323,7 @@ fn a_refused_message_mid_capture_and_the_good_one_after_it() {
         [
             "t_ms  clock         device  what",
             "1500  22:10:01.500  plug    refused S121 message on tele/plug_kitchen/SENSOR: `current`: the payload has no `ENERGY.Current`  (line 2)",
-            "2000  22:10:02      plug    normal -> suspicious  when power > 3680 (from topic tele/plug_kitchen/SENSOR)",
+            "2000  22:10:02      plug    normal -> suspicious  when online and power > 3680 (from topic tele/plug_kitchen/SENSOR)",
             "2000  22:10:02      plug    command turn_off  (rule cut)",
             "end at 2000 ms: plug suspicious",
             "messages: 3 received, 2 applied, 1 refused (S121 1), 0 retained ignored, 0 unbound ignored (S204)",
@@ -409,7 +416,7 @@ fn malformed_lines_and_events_by_hand_refuse_the_trace() {
         // 2: a payload cut short in the capture (a NUL byte under mosquitto_sub 2.0.11).
         "{\"tst\":\"2026-12-03T22:10:00.000000Z+0100\",\"topic\":\"tele/plug_kitchen/LWT\",\"qos\":0,\"retain\":0,\"payloadlen\":7,\"payload\":\"Onl\"}\n",
         // 3: a reading by hand the engine refuses.
-        "{\"t_ms\": 1, \"device\": \"plug\", \"reading\": {\"power\": 5000}}\n",
+        "{\"t_ms\": 1, \"device\": \"plug\", \"reading\": {\"power\": 500000}}\n",
         // 4: a message line without its payload.
         "{\"t_ms\": 2, \"topic\": \"tele/plug_kitchen/LWT\"}\n",
         // 5: time going back (line 3 is at 1).
