@@ -314,12 +314,20 @@ impl Diagnostic for InputError {
 /// The closest candidate to a misspelt name, if one is close enough.
 pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let limit = (name.chars().count() / 3).max(1);
+    let lower = name.to_lowercase();
+    // A difference of case alone is the nearest miss (`sensor` for `SENSOR`).
     candidates
         .into_iter()
-        .map(|c| (edit_distance(name, c), c))
-        .filter(|(d, _)| *d <= limit)
+        .map(|c| {
+            (
+                edit_distance(&lower, &c.to_lowercase()),
+                edit_distance(name, c),
+                c,
+            )
+        })
+        .filter(|(_, d, _)| *d <= limit)
         .min()
-        .map(|(_, c)| c.to_string())
+        .map(|(_, _, c)| c.to_string())
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -1561,5 +1569,21 @@ fn describe_json(v: &serde_json::Value) -> String {
         serde_json::Value::String(s) => format!("the string {s:?}"),
         serde_json::Value::Array(_) => "an array".to_string(),
         serde_json::Value::Object(_) => "an object".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod suggest_tests {
+    use super::suggest;
+
+    #[test]
+    fn a_difference_of_case_is_the_nearest_miss() {
+        let topics = ["tele/tasmota_ABC123/LWT", "tele/tasmota_ABC123/SENSOR"];
+        assert_eq!(
+            suggest("tele/tasmota_ABC123/sensor", topics).as_deref(),
+            Some("tele/tasmota_ABC123/SENSOR")
+        );
+        assert_eq!(suggest("camm", ["cam", "lock"]).as_deref(), Some("cam"));
+        assert_eq!(suggest("zzzz", ["cam", "lock"]), None);
     }
 }

@@ -187,8 +187,12 @@ impl Diagnostic for TraceError {
             TraceErrorKind::Syntax(_) | TraceErrorKind::Shape(_) => Some(Box::new(
                 "a line is `{\"t_ms\": N, \"device\": D, EVENT}` with EVENT one of `\"reading\": {...}`, `\"alert\": A` (and `\"source\": U`), `\"operator\": \"reset\"`, or nothing (time passes); or an MQTT message `{\"t_ms\": N, \"topic\": T, \"payload\": TEXT}` (or `\"payload_base64\"`); or a line of `mosquitto_sub -F %j`; see docs/runtime.md",
             )),
-            TraceErrorKind::PayloadLost { .. } => text(
+            TraceErrorKind::PayloadLost { payloadlen, got } if (*got as u64) < *payloadlen => text(
                 "mosquitto_sub 2.0.11's `-F %j` cuts a payload at its first NUL byte; write the line by hand with the payload as `payload_base64`"
+                    .to_string(),
+            ),
+            TraceErrorKind::PayloadLost { .. } => text(
+                "the line holds more than the message had: it was edited, or its `payloadlen` is wrong; correct `payloadlen` or drop it"
                     .to_string(),
             ),
         }
