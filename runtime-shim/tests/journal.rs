@@ -1,6 +1,7 @@
 //! The journal on real SQLite files: inputs round-trip exactly and survive reopening,
 //! replay rebuilds the engine that live handling built (states, holds, windows), inputs a
-//! new bundle refuses are skipped and reported, the audit tables, the schema version, and
+//! new bundle refuses are skipped and reported, a batch of inputs is journaled in order and
+//! all or nothing, the audit tables, the schema version, and
 //! a writer SIGKILLed mid-stream loses nothing it acknowledged.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -312,6 +313,106 @@ fn replay_skips_and_reports_what_a_new_bundle_refuses() {
         )
         .unwrap();
     assert!(report.day_offset_changed);
+}
+
+/// The group commit (`append_inputs`, what the MQTT loop journals a batch of messages
+/// with): the inputs of one call get consecutive sequence numbers after those before,
+/// come back and replay in their order, and a call that fails part way leaves none of its
+/// inputs and takes no sequence number.
+#[test]
+fn a_batch_of_inputs_is_journaled_in_order_and_all_or_nothing() {
+    let dir = TempDir::new("journal-batch");
+    let path = dir.path().join("journal.db");
+    let bundle = shim_bundle(TWO);
+    let sha = &bundle.manifest_sha256;
+    let j = Journal::open(&path).unwrap();
+    let (mut engine, _) = j.replay(&bundle, Config::default(), 0).unwrap();
+    live(&mut engine, &j, sha, 10, &reading("a", json!({"t": 1})));
+    assert_eq!(j.append_inputs(15, sha, &[]).unwrap(), Vec::<u64>::new());
+
+    // In this order `a` ends normal and `b` suspicious; any other order ends elsewhere.
+    let scan = |d: &str| Input::Alert {
+        device: d.into(),
+        alert: "scan".into(),
+        source: None,
+    };
+    let batch = vec![
+        reading("a", json!({"t": 2})),
+        scan("a"),
+        reading("b", json!({"t": 3})),
+        Input::Operator {
+            device: "a".into(),
+            action: "reset".into(),
+        },
+        scan("b"),
+    ];
+    assert_eq!(j.append_inputs(20, sha, &batch).unwrap(), [2, 3, 4, 5, 6]);
+    for input in &batch {
+        engine.handle(20, input).unwrap();
+    }
+    let state = |e: &Engine, d: usize| e.state_name(d, e.state(d).unwrap()).to_string();
+    assert_eq!(
+        (state(&engine, 0), state(&engine, 1)),
+        ("normal".into(), "suspicious".into())
+    );
+    let back = j.inputs().unwrap();
+    assert_eq!(
+        back.iter().map(|i| (i.seq, i.t_ms)).collect::<Vec<_>>(),
+        [(1, 10), (2, 20), (3, 20), (4, 20), (5, 20), (6, 20)]
+    );
+    assert_eq!(
+        back[1..]
+            .iter()
+            .map(|i| i.input.clone())
+            .collect::<Vec<_>>(),
+        batch
+    );
+    let (replayed, report) = Journal::open(&path)
+        .unwrap()
+        .replay(&bundle, Config::default(), 0)
+        .unwrap();
+    assert_eq!((report.replayed, report.last_seq), (6, Some(6)));
+    assert_eq!(format!("{replayed:?}"), format!("{engine:?}"));
+
+    // The database refuses the third input of a batch (a trigger of the test's, through
+    // another connection): the call fails, and neither the two before it nor the one
+    // after are journaled, now or after reopening.
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute_batch(
+        "CREATE TRIGGER refuse_c BEFORE INSERT ON inputs WHEN NEW.device = 'c'
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+    )
+    .unwrap();
+    let failing = [
+        reading("a", json!({"t": 4})),
+        reading("b", json!({"t": 5})),
+        reading("c", json!({"t": 6})),
+        reading("a", json!({"t": 7})),
+    ];
+    let err = j.append_inputs(30, sha, &failing).unwrap_err();
+    assert!(matches!(err, JournalError::Sqlite(_)), "{err}");
+    assert!(err.to_string().contains("refused by the test"), "{err}");
+    assert_eq!(j.inputs().unwrap(), back);
+    assert_eq!(Journal::open(&path).unwrap().inputs().unwrap(), back);
+
+    // The connection is not left inside the failed transaction, and the sequence goes on
+    // from the last input journaled.
+    raw.execute_batch("DROP TRIGGER refuse_c").unwrap();
+    let more = [reading("a", json!({"t": 8})), reading("b", json!({"t": 9}))];
+    assert_eq!(j.append_inputs(40, sha, &more).unwrap(), [7, 8]);
+    drop(j);
+    let back = Journal::open(&path).unwrap().inputs().unwrap();
+    assert_eq!(
+        back.iter().map(|i| i.seq).collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        back[6..]
+            .iter()
+            .map(|i| i.input.clone())
+            .collect::<Vec<_>>(),
+        more
+    );
 }
 
 const TWO: &str = r#"
