@@ -3,7 +3,8 @@
 //! readings change states; every kind of bad message is refused, counted, logged with its
 //! topic and reason, and changes nothing; retained messages are ignored; a rule's command
 //! is published on its topic, one without a publication goes to the webhook; a broker
-//! restart and a killed shim lose no QoS 1 reading; TLS with the broker's CA works, a
+//! restart and a killed shim lose no QoS 1 reading, and a command still pending when the
+//! shim is killed is published after its restart; TLS with the broker's CA works, a
 //! wrong CA and a wrong password are clear errors, retried; a bundle with bindings and no
 //! broker is refused.
 //!
@@ -440,6 +441,78 @@ fn a_broker_restart_and_a_killed_shim_lose_no_reading() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A command the shim journaled and handed to its client while the broker was down is
+/// still `pending` when the shim is SIGKILLed: the restarted shim publishes it (once) and
+/// journals its PUBACK.
+#[test]
+fn a_command_pending_when_the_shim_is_killed_is_published_after_the_restart() {
+    if !broker_ready() {
+        return;
+    }
+    let tmp = TempDir::new("mqtt-pending");
+    let _bridge = Bridge::new("ktq-pending");
+    let bundle = bundle(&tmp, "ktq-pending", false);
+    let journal = tmp.path().join("journal.db");
+    let mut broker = Broker::start(BrokerOptions::default()).unwrap();
+    let env = Api::new(tmp.path());
+    let extra = mqtt_args(&broker);
+    let shim = start(&env, &bundle, &journal, &extra);
+    wait_connected(&env);
+
+    // The broker goes away; the plug's reading comes through the API instead, and the
+    // rule's `turn_off` cannot reach a broker.
+    broker.stop().unwrap();
+    wait(&env, "the lost connection", |s| {
+        s["mqtt"]["state"] == "disconnected"
+    });
+    env.must(&["event", "plug", "power=3000"]);
+    env.wait_state("plug", "suspicious", LIMIT);
+    let status = wait(&env, "the command handed to the client", |s| {
+        s["mqtt"]["commands_published"] == 1
+    });
+    assert_eq!(status["mqtt"]["commands_delivered"], 0, "{status:#}");
+    shim.kill();
+    let pending = Journal::open(&journal).unwrap().pending_commands().unwrap();
+    assert_eq!(
+        pending
+            .iter()
+            .map(|c| (c.id, c.device.as_str(), c.command.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "plug", "turn_off")],
+        "{}",
+        env.log_text()
+    );
+
+    // The broker is back, with a subscriber before the shim; the restarted shim sends the
+    // pending command again and the broker's PUBACK marks it delivered.
+    broker.restart().unwrap();
+    let mut commands = broker.subscribe("cmnd/plug_kitchen/POWER", 1).unwrap();
+    let _shim = start(&env, &bundle, &journal, &extra);
+    commands
+        .wait_for("cmnd/plug_kitchen/POWER", "OFF", LIMIT)
+        .unwrap();
+    let status = wait(&env, "the command's PUBACK", |s| {
+        s["mqtt"]["commands_delivered"] == 1
+    });
+    assert_eq!(status["mqtt"]["commands_published"], 1, "{status:#}");
+    let j = Journal::open(&journal).unwrap();
+    assert_eq!(
+        j.command(1).unwrap().map(|c| c.delivery),
+        Some(Some(Delivery::Delivered))
+    );
+    assert!(j.pending_commands().unwrap().is_empty());
+    // Replay restored the state without carrying out its effects again: one command.
+    assert_eq!(j.command(2).unwrap(), None);
+    assert_eq!(env.state("plug"), "suspicious");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        commands.messages(),
+        ["cmnd/plug_kitchen/POWER OFF"],
+        "{}",
+        env.log_text()
+    );
 }
 
 /// A CA of nobody's: a broker's certificate does not chain to it.
