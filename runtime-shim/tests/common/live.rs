@@ -157,6 +157,11 @@ impl Shim {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Its process id (to read its memory from `/proc/PID/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
