@@ -221,7 +221,7 @@ fn readings_move_states_bad_messages_change_nothing_commands_are_published() {
     let status = wait(&env, "the retained message", |s| {
         s["mqtt"]["retained_ignored"] == 1
     });
-    assert_eq!(status["mqtt"]["topics"], 6);
+    assert_eq!(status["mqtt"]["topics"], 8);
     assert_eq!(status["mqtt"]["applied"], 0);
     assert!(env
         .log_text()
@@ -411,7 +411,7 @@ fn a_broker_restart_and_a_killed_shim_lose_no_reading() {
     let log = env.log_text();
     assert!(log.contains("mqtt: lost the connection to"), "{log}");
     assert!(
-        log.contains("(session resumed); subscribing to 6 topics"),
+        log.contains("(session resumed); subscribing to 8 topics"),
         "{log}"
     );
     // The broker saw the subscriptions again.
@@ -632,7 +632,7 @@ fn a_bundle_with_bindings_is_refused_without_a_broker_and_bad_settings_are_refus
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains(
-            "the bundle reads 6 MQTT topics (devices `plug`, `heater`) but no broker is given"
+            "the bundle reads 8 MQTT topics (devices `plug`, `heater`, `door`) but no broker is given"
         ) && err.contains("--no-mqtt"),
         "{err}"
     );
@@ -705,9 +705,10 @@ impl Drop for SwitchCleanup {
 
 /// All the way: a plug's reading over its threshold, published as Tasmota does, moves
 /// its posture on a real Open vSwitch bridge (the switch holds its `suspicious` rule set),
-/// and the rule's `turn_off` appears on `cmnd/plug_kitchen/POWER`.
+/// and the rule's `turn_off` appears on `cmnd/plug_kitchen/POWER`; then a Zigbee2MQTT door
+/// contact behind a hub, opened, drives the rule that raises the heater's posture there.
 #[test]
-fn a_reading_over_the_threshold_moves_the_posture_on_a_real_switch_and_turns_the_plug_off() {
+fn readings_over_mqtt_move_postures_on_a_real_switch_and_turn_the_plug_off() {
     // Docker too: the shim looks at the site's containers (none here) before it plans.
     if !kalki_test_support::require(&[
         kalki_test_support::mosquitto(),
@@ -789,4 +790,31 @@ fn a_reading_over_the_threshold_moves_the_posture_on_a_real_switch_and_turns_the
         "{}",
         env.log_text()
     );
+
+    // The door contact behind the Zigbee hub: not on the switch, never `enforced`; its
+    // message, as Zigbee2MQTT publishes it, makes the rule raise the heater's posture on
+    // the switch.
+    let door = env.device("door");
+    assert_eq!(door["enforcement"]["verdict"], "off_switch", "{door}");
+    broker
+        .publish(
+            "zigbee2mqtt/front_door",
+            r#"{"battery":97,"contact":false,"linkquality":90,"voltage":2995}"#,
+            1,
+            false,
+        )
+        .unwrap();
+    env.wait_state("heater", "suspicious", LIMIT);
+    assert_eq!(
+        env.device("heater")["cause"],
+        "rule door_open",
+        "{}",
+        env.log_text()
+    );
+    holds(&[
+        "flows/base.ofctl",
+        "flows/plug/suspicious.ofctl",
+        "flows/heater/suspicious.ofctl",
+    ]);
+    assert_eq!(env.state("door"), "normal");
 }
