@@ -94,19 +94,23 @@ impl Bundle {
         let base = parse_rule_set(&base_text).unwrap();
         let device_mask = hex(m["cookies"]["device_mask"].as_str().unwrap());
         let mut devices = Vec::new();
+        // Devices off the switch (`net` null) have no rule sets.
         for d in m["devices"].as_array().unwrap() {
+            if d["net"].is_null() {
+                continue;
+            }
             let name = d["name"].as_str().unwrap().to_string();
             let states = d["states"]
                 .as_array()
                 .unwrap()
                 .iter()
                 .map(|s| {
-                    let path = s["flows"].as_str().unwrap().to_string();
+                    let path = s["switch"]["flows"].as_str().unwrap().to_string();
                     let text = text(&path);
                     State {
                         device: name.clone(),
                         name: s["name"].as_str().unwrap().to_string(),
-                        cookie: hex(s["cookie"].as_str().unwrap()),
+                        cookie: hex(s["switch"]["cookie"].as_str().unwrap()),
                         flows: parse_rule_set(&text).unwrap(),
                         path,
                         text,
