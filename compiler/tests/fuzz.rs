@@ -181,6 +181,7 @@ fn seeds() -> Vec<&'static str> {
         include_str!("../../tests/fixtures/check/clean/full_policy.kalki"),
         include_str!("../../tests/fixtures/check/clean/soft_keywords_and_comments.kalki"),
         include_str!("../../tests/fixtures/check/clean/mqtt_bindings.kalki"),
+        include_str!("../../tests/fixtures/check/clean/groups.kalki"),
         "import lib::*\nimport std::umboxes::*\n\nsite s {\n    bridge \"br0\"\n    device d: LibType at 10.0.0.1 port \"p\"\n    rule r when d.level > avg(d.level, last 3) then d -> attack, raise lib_alert on d\n    assert reachable d in attack\n}\n",
     ];
     s.extend(
@@ -207,6 +208,10 @@ const VOCAB: &[&str] = &[
     "sensed",
     "commands",
     "telemetry",
+    "group",
+    "any",
+    "all",
+    ":",
     "command",
     "publish",
     "map",

@@ -405,6 +405,8 @@ pub enum SiteMember {
     /// `unknown hosts drop|pass`.
     UnknownHosts(Ident, Span),
     Device(DeviceDecl),
+    /// `group NAME: TYPE` (every device of the type) or `group NAME = [a, b, ...]`.
+    Group(GroupDecl),
     Rule(Rule),
     Assert(Assertion),
     /// `assert never|reachable traffic [CLASS] to|from|with DEVICE [in STATES]`.
@@ -456,10 +458,29 @@ pub struct DeviceDecl {
     pub span: Span,
 }
 
-/// `rule NAME when COND then ACTION, ...`, or `rule NAME on COND then ...`.
+/// `group plugs: TasmotaPlug` or `group kitchen = [kettle, toaster]`.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupDecl {
+    pub name: Ident,
+    pub members: GroupMembers,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub enum GroupMembers {
+    /// Every device of the site of this type.
+    OfType(Ident),
+    /// These devices.
+    Listed(Vec<Ident>),
+}
+
+/// `rule NAME when COND then ACTION, ...`, or `rule NAME on COND then ...`; with
+/// `for p in GROUP`, one rule per device of the group, `p` naming it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Rule {
     pub name: Ident,
+    /// `for p in GROUP`.
+    pub each: Option<(Ident, Ident)>,
     /// `on`: the rule fires only when its condition becomes true (an edge), not whenever
     /// it is evaluated and holds (`when`, a level).
     pub edge: bool,
@@ -551,6 +572,14 @@ pub enum ExprKind {
     },
     Unary(UnOp, Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// `any(p in GROUP: COND)`, `all(p in GROUP: COND)`: COND for some or every device of
+    /// a site's group, with `p` naming it. Expanded by the compiler into `or`/`and`.
+    Quantified {
+        func: Ident,
+        var: Ident,
+        group: Ident,
+        body: Box<Expr>,
+    },
     /// Stands in for an expression the parser could not read; already reported.
     Error,
 }
@@ -564,9 +593,9 @@ impl Expr {
         while let Some((e, d)) = stack.pop() {
             max = max.max(d);
             match &e.kind {
-                ExprKind::Aggregate { arg, .. } | ExprKind::Unary(_, arg) => {
-                    stack.push((arg, d + 1))
-                }
+                ExprKind::Aggregate { arg, .. }
+                | ExprKind::Unary(_, arg)
+                | ExprKind::Quantified { body: arg, .. } => stack.push((arg, d + 1)),
                 ExprKind::Binary(_, a, b) => {
                     stack.push((a, d + 1));
                     stack.push((b, d + 1));
@@ -584,7 +613,9 @@ impl Drop for Expr {
     fn drop(&mut self) {
         let mut stack: Vec<Box<Expr>> = Vec::new();
         let take = |kind: ExprKind, stack: &mut Vec<Box<Expr>>| match kind {
-            ExprKind::Aggregate { arg, .. } | ExprKind::Unary(_, arg) => stack.push(arg),
+            ExprKind::Aggregate { arg, .. }
+            | ExprKind::Unary(_, arg)
+            | ExprKind::Quantified { body: arg, .. } => stack.push(arg),
             ExprKind::Binary(_, a, b) => {
                 stack.push(a);
                 stack.push(b);

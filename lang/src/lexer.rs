@@ -56,6 +56,8 @@ pub enum Token {
     Sensed,
     #[token("telemetry")]
     Telemetry,
+    #[token("group")]
+    Group,
     #[token("command")]
     Command,
     #[token("publish")]
@@ -328,6 +330,7 @@ impl Token {
             Type => "type",
             Sensed => "sensed",
             Telemetry => "telemetry",
+            Group => "group",
             Command => "command",
             Publish => "publish",
             Map => "map",

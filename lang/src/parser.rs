@@ -265,6 +265,7 @@ const SOFT_KEYWORDS: &[&str] = &[
     "telemetry",
     "command",
     "publish",
+    "group",
 ];
 
 // ---- helpers used by grammar actions
