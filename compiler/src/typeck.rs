@@ -18,6 +18,9 @@ use std::collections::{BTreeSet, HashMap};
 
 /// Operator actions a transition can wait for.
 pub const OPERATOR_ACTIONS: &[&str] = &["reset"];
+/// The most devices one `device NAME[LO..HI]` declares.
+const MAX_RANGE: i64 = 100_000;
+
 /// The largest factor of a binding's `*` or `/` (ten to the ninth: nanos to units).
 const MAX_SCALE: i64 = 1_000_000_000;
 
@@ -1283,6 +1286,159 @@ impl<'a> Cx<'a> {
                     }
                 }
             }
+        }
+    }
+
+    /// `device plug[1..30]: T(topic = "plug_{n}") at 10.0.1.10.. port "plug{n}"`: the
+    /// devices `plug1` to `plug30`, addresses (and MACs) counted up from the first, `{n}`
+    /// filled into the port and the string arguments, and the group `plug` of them all.
+    fn expand_ranges(&mut self, source: SourceId, s: &ast::Site) -> ast::Site {
+        let mut members = Vec::with_capacity(s.members.len());
+        for m in &s.members {
+            let ast::SiteMember::Device(d) = m else {
+                members.push(m.clone());
+                continue;
+            };
+            let Some((lo, hi, rspan)) = d.range else {
+                let counted = [
+                    (d.ip_counts, d.ip.map(|(_, sp)| sp)),
+                    (d.mac_counts, d.mac.map(|(_, sp)| sp)),
+                ];
+                for (_, sp) in counted.iter().filter(|(c, _)| *c) {
+                    let sp = sp.unwrap_or(d.span);
+                    self.err(
+                        Diagnostic::error(
+                            codes::BAD_CONTEXT,
+                            "`..` counts addresses over a range of devices",
+                        )
+                        .primary(self.loc(source, sp), "one device")
+                        .help(format!(
+                            "declare the range: `device {}[1..10]: ...`, or drop the `..`",
+                            d.name.name
+                        )),
+                    );
+                }
+                members.push(m.clone());
+                continue;
+            };
+            let rl = self.loc(source, rspan);
+            let count = hi
+                .checked_sub(lo)
+                .and_then(|c| c.checked_add(1))
+                .unwrap_or(0);
+            if lo < 0 || !(1..=MAX_RANGE).contains(&count) {
+                self.err(
+                    Diagnostic::error(codes::OUT_OF_RANGE, format!("a range of {lo}..{hi}"))
+                        .primary(rl, format!("1 to {MAX_RANGE} devices, numbered from 0 up"))
+                        .help("write `[1..30]`: both ends included"),
+                );
+                continue;
+            }
+            let mut ok = true;
+            for (given, counts, what, sp) in [
+                (d.ip.is_some(), d.ip_counts, "at", d.ip.map(|(_, sp)| sp)),
+                (
+                    d.mac.is_some(),
+                    d.mac_counts,
+                    "mac",
+                    d.mac.map(|(_, sp)| sp),
+                ),
+            ] {
+                if given && !counts {
+                    self.err(
+                        Diagnostic::error(codes::BAD_CONTEXT, format!("every device of the range would have this `{what}`"))
+                            .primary(self.loc(source, sp.unwrap_or(d.span)), "one address for all")
+                            .help(format!("write `{what} FIRST..`: the first device's, counted up for the next ones")),
+                    );
+                    ok = false;
+                }
+            }
+            if let Some(p) = &d.port {
+                if !p.value.contains("{n}") {
+                    self.err(
+                        Diagnostic::error(
+                            codes::BAD_CONTEXT,
+                            "every device of the range would have this port",
+                        )
+                        .primary(self.loc(source, p.span), "no `{n}`")
+                        .help("put the device's number in it: `port \"plug{n}\"`"),
+                    );
+                    ok = false;
+                }
+            }
+            let last = u64::try_from(count - 1).unwrap_or(u64::MAX);
+            let ip_over =
+                d.ip.is_some_and(|(ip, _)| u64::from(ip) + last > u64::from(u32::MAX));
+            let mac_of = |m: [u8; 6]| m.iter().fold(0u64, |a, b| (a << 8) | u64::from(*b));
+            let mac_over = d.mac.is_some_and(|(m, _)| mac_of(m) + last >= 1 << 48);
+            if ip_over || mac_over {
+                self.err(
+                    Diagnostic::error(
+                        codes::OUT_OF_RANGE,
+                        "the range's addresses run past the last one",
+                    )
+                    .primary(rl, format!("{count} devices")),
+                );
+                ok = false;
+            }
+            if !ok {
+                continue;
+            }
+            let mut names = Vec::new();
+            for (i, n) in (lo..=hi).enumerate() {
+                let k = u64::try_from(i).unwrap_or(0);
+                let fill = |t: &str| t.replace("{n}", &n.to_string());
+                let name = Ident {
+                    name: format!("{}{n}", d.name.name),
+                    span: d.name.span,
+                };
+                names.push(name.clone());
+                let args = d
+                    .args
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = match v {
+                            ast::Literal::Str(st) => ast::Literal::Str(ast::StrLit {
+                                value: fill(&st.value),
+                                span: st.span,
+                            }),
+                            other => other.clone(),
+                        };
+                        (k.clone(), v)
+                    })
+                    .collect();
+                members.push(ast::SiteMember::Device(ast::DeviceDecl {
+                    name,
+                    range: None,
+                    ty: d.ty.clone(),
+                    args,
+                    ip: d
+                        .ip
+                        .map(|(ip, sp)| (ip + u32::try_from(k).unwrap_or(0), sp)),
+                    ip_counts: false,
+                    mac: d.mac.map(|(m, sp)| {
+                        let v = mac_of(m) + k;
+                        let b = v.to_be_bytes();
+                        ([b[2], b[3], b[4], b[5], b[6], b[7]], sp)
+                    }),
+                    mac_counts: false,
+                    port: d.port.as_ref().map(|p| ast::StrLit {
+                        value: fill(&p.value),
+                        span: p.span,
+                    }),
+                    trusted: d.trusted,
+                    span: d.span,
+                }));
+            }
+            members.push(ast::SiteMember::Group(ast::GroupDecl {
+                name: d.name.clone(),
+                members: ast::GroupMembers::Listed(names),
+                span: d.span,
+            }));
+        }
+        ast::Site {
+            members,
+            ..s.clone()
         }
     }
 
@@ -2592,6 +2748,8 @@ impl<'a> Cx<'a> {
 
     fn site(&mut self, m: usize, s: &ast::Site) -> Site {
         let source = self.p.modules[m].source;
+        let ranged = self.expand_ranges(source, s);
+        let s = &ranged;
         let loc = self.loc(source, s.name.span);
         let mut out = Site {
             name: s.name.name.clone(),

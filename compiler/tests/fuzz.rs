@@ -182,6 +182,7 @@ fn seeds() -> Vec<&'static str> {
         include_str!("../../tests/fixtures/check/clean/soft_keywords_and_comments.kalki"),
         include_str!("../../tests/fixtures/check/clean/mqtt_bindings.kalki"),
         include_str!("../../tests/fixtures/check/clean/groups.kalki"),
+        include_str!("../../tests/fixtures/check/clean/device_ranges.kalki"),
         "import lib::*\nimport std::umboxes::*\n\nsite s {\n    bridge \"br0\"\n    device d: LibType at 10.0.0.1 port \"p\"\n    rule r when d.level > avg(d.level, last 3) then d -> attack, raise lib_alert on d\n    assert reachable d in attack\n}\n",
     ];
     s.extend(

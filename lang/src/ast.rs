@@ -448,11 +448,16 @@ pub enum TrafficDir {
 #[derive(Debug, Clone, Serialize)]
 pub struct DeviceDecl {
     pub name: Ident,
+    /// `device plug[1..30]: ...`: thirty devices `plug1` to `plug30` and the group `plug`.
+    pub range: Option<(i64, i64, Span)>,
     pub ty: Ident,
     /// `Type(param = value, ...)`: values of the type's parameters.
     pub args: Vec<(Ident, Literal)>,
+    /// The address; with `..` (`at 10.0.1.10..`), the first of the range's, counted up.
     pub ip: Option<(u32, Span)>,
+    pub ip_counts: bool,
     pub mac: Option<([u8; 6], Span)>,
+    pub mac_counts: bool,
     pub port: Option<StrLit>,
     pub trusted: Option<Span>,
     pub span: Span,

@@ -290,8 +290,9 @@ pub(crate) fn user_error(
 }
 
 pub(crate) enum DeviceAttr {
-    Ip(u32),
-    Mac([u8; 6]),
+    /// With `..`: counted up over a range of devices.
+    Ip(u32, bool),
+    Mac([u8; 6], bool),
     Port(StrLit),
     Trusted,
 }
