@@ -327,3 +327,20 @@ fn the_structure_check_catches_mistakes() {
     }
     assert_well_formed("digraph g { rankdir=LR; \"a\" [label=\"x\\\"y\"]; \"a\" -> \"a\"; }");
 }
+
+/// A rule written once for a group is one dashed edge label, not one per device.
+#[test]
+fn a_rule_for_every_member_of_a_group_is_one_label() {
+    let file = PathBuf::from("tests/fixtures/check/clean/groups.kalki");
+    let checked = kalki_compiler::check(&[file], &FsLoader { base: repo_root() });
+    let model = checked.model.expect("the fixture checks clean");
+    let dot = state_machines(&model, Some("Camera")).unwrap();
+    assert!(
+        dot.contains(r#""Camera.normal" -> "Camera.suspicious" [label="rule watch[each] (escalate)", style=dashed]"#),
+        "{dot}"
+    );
+    assert!(
+        !dot.contains("watch[hall]") && !dot.contains("watch[yard]"),
+        "{dot}"
+    );
+}

@@ -180,10 +180,21 @@ fn cluster(out: &mut String, model: &Model, id: TypeId, key: &str) {
                 if site.devices.get(device.index()).map(|d| d.ty) != Some(id) {
                     continue;
                 }
-                let label = if up {
-                    format!("rule {} (escalate)", r.name)
+                // A rule written once for a group (`cut[plug1]`, `cut[plug2]`, ...) is one
+                // label for all its devices of this type.
+                let (name, each) = match r.name.split_once('[') {
+                    Some((base, _)) if r.name.ends_with(']') => (base, true),
+                    _ => (r.name.as_str(), false),
+                };
+                let name = if each {
+                    format!("{name}[each]")
                 } else {
-                    format!("rule {}", r.name)
+                    name.to_string()
+                };
+                let label = if up {
+                    format!("rule {name} (escalate)")
+                } else {
+                    format!("rule {name}")
                 };
                 let froms: Vec<StateId> = match pinned_state(&r.cond, *device) {
                     Some(s) => vec![s],
