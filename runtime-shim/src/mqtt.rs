@@ -400,6 +400,10 @@ pub struct MqttStatus {
     pub commands_published: u64,
     /// Of those, acknowledged by the broker.
     pub commands_delivered: u64,
+    /// Acknowledgements of journaled messages, and commands, waiting on the shim's side
+    /// for the client's queue (a burst: they go as it makes room).
+    pub acks_waiting: usize,
+    pub commands_waiting: usize,
 }
 
 /// The connection's state, written by the client task, read by `status`.
@@ -427,6 +431,12 @@ struct Tracker {
     /// connection was lost (sent on the next connection if the broker kept the session,
     /// dropped if it did not).
     drained: usize,
+    /// Commands journaled but not yet taken by the event loop (its request queue was
+    /// full): handed to it, in order, as it makes room. Never dropped.
+    queued: VecDeque<u64>,
+    /// Acknowledgements not yet taken by the event loop, likewise: an acknowledgement is
+    /// never dropped (the broker would deliver the message again, long after).
+    acks: VecDeque<rumqttc::Publish>,
     published: u64,
     delivered: u64,
 }
@@ -495,38 +505,63 @@ impl Mqtt {
     }
 
     /// Publishes a journaled command (QoS 1, not retained); its PUBACK comes back as
-    /// [`MqttEvent::Delivered`]. `Err` when the client cannot take it now.
+    /// [`MqttEvent::Delivered`]. When the event loop's queue is full the command waits in
+    /// order on this side (still `pending` in the journal) and goes as it makes room.
     pub fn publish(&self, id: u64, topic: &str, payload: &str) -> Result<(), String> {
-        let mut t = lock(&self.tracker);
-        t.outbox
-            .insert(id, (topic.to_string(), payload.to_string()));
-        t.unassigned.push_back(id);
-        match self
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, false, payload.as_bytes().to_vec())
         {
-            Ok(()) => {
-                t.published += 1;
-                Ok(())
+            let mut t = lock(&self.tracker);
+            t.outbox
+                .insert(id, (topic.to_string(), payload.to_string()));
+            t.queued.push_back(id);
+        }
+        self.flush();
+        Ok(())
+    }
+
+    /// Acknowledges a message (QoS 1: the broker forgets it). Call it only once the
+    /// message is journaled, or refused or ignored for good. Queued on this side while the
+    /// event loop's queue is full; never dropped.
+    pub fn ack(&self, message: &rumqttc::Publish) {
+        lock(&self.tracker).acks.push_back(message.clone());
+        self.flush();
+    }
+
+    /// Hands waiting acknowledgements, then waiting commands, to the event loop, in order,
+    /// as far as its request queue takes them. Called after every event it reports.
+    fn flush(&self) {
+        let mut t = lock(&self.tracker);
+        while let Some(m) = t.acks.front() {
+            if self.client.try_ack(m).is_err() {
+                return;
             }
-            Err(e) => {
-                t.unassigned.pop_back();
-                t.outbox.remove(&id);
-                Err(format!("the MQTT client cannot take it: {e}"))
+            t.acks.pop_front();
+        }
+        while let Some(&id) = t.queued.front() {
+            let Some((topic, payload)) = t.outbox.get(&id).cloned() else {
+                t.queued.pop_front();
+                continue;
+            };
+            t.unassigned.push_back(id);
+            match self
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, false, payload.into_bytes())
+            {
+                Ok(()) => {
+                    t.queued.pop_front();
+                    t.published += 1;
+                }
+                Err(_) => {
+                    t.unassigned.pop_back();
+                    return;
+                }
             }
         }
     }
 
-    /// Acknowledges a message (QoS 1: the broker forgets it). Call it only once the
-    /// message is journaled, or refused or ignored for good.
-    pub fn ack(&self, message: &rumqttc::Publish) {
-        if let Err(e) = self.client.try_ack(message) {
-            // Not acknowledged: the broker delivers it again (a duplicate at worst).
-            eprintln!(
-                "kalki-shim: mqtt: cannot acknowledge a message on `{}`: {e}",
-                message.topic
-            );
-        }
+    /// Acknowledgements and commands waiting on this side for the event loop.
+    pub fn waiting(&self) -> (usize, usize) {
+        let t = lock(&self.tracker);
+        (t.acks.len(), t.queued.len())
     }
 
     /// The connection and the client's command counts; the message counts are the main
@@ -549,6 +584,8 @@ impl Mqtt {
             unbound: counts.unbound,
             commands_published: t.published,
             commands_delivered: t.delivered,
+            acks_waiting: t.acks.len(),
+            commands_waiting: t.queued.len(),
         }
     }
 
@@ -575,8 +612,19 @@ impl Mqtt {
         let mut failures: u32 = 0;
         let mut connected = false;
         let mut connected_at = std::time::Instant::now();
+        // Subscriptions still to hand to the event loop (its queue may be full).
+        let mut subscribe = false;
         loop {
-            match eventloop.poll().await {
+            if subscribe {
+                let filters = topics
+                    .iter()
+                    .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                subscribe = self.client.try_subscribe_many(filters).is_err();
+            }
+            let polled = eventloop.poll().await;
+            // Each event may have made room in the event loop's request queue.
+            self.flush();
+            match polled {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     connected = true;
                     connected_at = std::time::Instant::now();
@@ -595,14 +643,7 @@ impl Mqtt {
                             String::new()
                         }
                     );
-                    if !topics.is_empty() {
-                        let filters = topics
-                            .iter()
-                            .map(|t| SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
-                        if let Err(e) = self.client.try_subscribe_many(filters) {
-                            eprintln!("kalki-shim: mqtt: cannot subscribe: {e}");
-                        }
-                    }
+                    subscribe = !topics.is_empty();
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
                     let refused: Vec<&str> = ack
@@ -712,26 +753,15 @@ impl Mqtt {
         lost.extend(t.unassigned.drain(..));
         t.unassigned = keep;
         lost.sort_unstable();
-        let mut resent = 0;
-        for id in lost {
-            let Some((topic, payload)) = t.outbox.get(&id).cloned() else {
-                continue;
-            };
-            t.unassigned.push_back(id);
-            match self
-                .client
-                .try_publish(topic, QoS::AtLeastOnce, false, payload.into_bytes())
-            {
-                Ok(()) => {
-                    t.published += 1;
-                    resent += 1;
-                }
-                Err(e) => {
-                    t.unassigned.pop_back();
-                    eprintln!("kalki-shim: mqtt: cannot send command {id} again: {e}");
-                }
+        // Sent again ahead of the commands still waiting on this side.
+        let resent = lost.iter().filter(|id| t.outbox.contains_key(id)).count();
+        for id in lost.into_iter().rev() {
+            if t.outbox.contains_key(&id) {
+                t.queued.push_front(id);
             }
         }
+        drop(t);
+        self.flush();
         resent
     }
 }

@@ -443,6 +443,56 @@ fn a_broker_restart_and_a_killed_shim_lose_no_reading() {
     }
 }
 
+/// A burst faster than the client's request queue drains: every message is acknowledged
+/// (acknowledgements wait on the shim's side, never dropped), so a restart of the shim
+/// gets nothing delivered again, and every reading is journaled once.
+#[test]
+fn a_burst_is_acknowledged_whole_and_nothing_comes_back() {
+    if !broker_ready() {
+        return;
+    }
+    const N: usize = 20_000;
+    let tmp = TempDir::new("mqtt-burst");
+    let _bridge = Bridge::new("ktq-burst");
+    let bundle = bundle(&tmp, "ktq-burst", false);
+    let journal = tmp.path().join("journal.db");
+    // No broker-side limit: the whole burst reaches the shim, faster than its client's
+    // request queue drains.
+    let broker = Broker::start(BrokerOptions {
+        unlimited_queues: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let env = Api::new(tmp.path());
+    let extra = mqtt_args(&broker);
+    let shim = start(&env, &bundle, &journal, &extra);
+    wait_connected(&env);
+    let lines: String = (0..N)
+        .map(|i| {
+            format!(
+                "{{\"ENERGY\":{{\"Power\":{},\"Current\":0.1}}}}\n",
+                i % 2000
+            )
+        })
+        .collect();
+    broker.publish_lines(SENSOR, &lines, 1).unwrap();
+    let status = wait(&env, "the burst", |s| {
+        s["mqtt"]["applied"].as_u64() >= Some(N as u64) && s["mqtt"]["acks_waiting"] == 0
+    });
+    assert_eq!(status["mqtt"]["received"], N as u64, "{status:#}");
+    let log = env.log_text();
+    assert!(!log.contains("cannot acknowledge"), "{log}");
+    // Stopped and started again: the broker has nothing more to deliver.
+    drop(shim);
+    std::thread::sleep(Duration::from_millis(300));
+    let _shim = start(&env, &bundle, &journal, &extra);
+    wait_connected(&env);
+    std::thread::sleep(Duration::from_secs(2));
+    let status = env.status().1;
+    assert_eq!(status["mqtt"]["received"], 0, "redelivered: {status:#}");
+    assert_eq!(journaled(&journal, "plug", "power").len(), N);
+}
+
 /// A command the shim journaled and handed to its client while the broker was down is
 /// still `pending` when the shim is SIGKILLed: the restarted shim publishes it (once) and
 /// journals its PUBACK.
@@ -537,7 +587,11 @@ fn tls_with_the_brokers_ca_works_a_wrong_ca_or_password_is_a_clear_error_and_ret
     let tmp = TempDir::new("mqtt-tls");
     let _bridge = Bridge::new("ktq-tls");
     let bundle = bundle(&tmp, "ktq-tls", false);
-    let broker = Broker::start(BrokerOptions { tls: true }).unwrap();
+    let broker = Broker::start(BrokerOptions {
+        tls: true,
+        ..Default::default()
+    })
+    .unwrap();
     assert!(broker.url().starts_with("mqtts://"));
 
     // The broker's CA: connected, and readings flow.

@@ -147,6 +147,9 @@ pub struct BrokerOptions {
     /// The listener speaks TLS (a server certificate for `localhost` and `127.0.0.1`,
     /// signed by a CA generated for this broker: [`Broker::ca_file`]).
     pub tls: bool,
+    /// No limit on a client's in-flight and queued QoS 1 messages (mosquitto's defaults:
+    /// 20 and 1000, beyond which it drops): a burst then reaches the client whole.
+    pub unlimited_queues: bool,
 }
 
 /// A private `mosquitto`; stopped, and its directory removed, when dropped.
@@ -155,6 +158,7 @@ pub struct Broker {
     dir: PathBuf,
     port: u16,
     tls: bool,
+    unlimited_queues: bool,
     password: String,
     password_file: PathBuf,
     ca_file: Option<PathBuf>,
@@ -187,6 +191,7 @@ impl Broker {
             dir,
             port: 0,
             tls: options.tls,
+            unlimited_queues: options.unlimited_queues,
             password: random_hex(16)?,
             ca_file: None,
             child: None,
@@ -255,6 +260,9 @@ impl Broker {
             data = dir.join("data").display(),
             log = dir.join("mosquitto.log").display(),
         );
+        if self.unlimited_queues {
+            conf.push_str("max_inflight_messages 0\nmax_queued_messages 0\n");
+        }
         if self.tls {
             conf.push_str(&format!(
                 "certfile {}\nkeyfile {}\n",
@@ -487,6 +495,50 @@ impl Broker {
         exec(&pubber, &args, &[("XDG_CONFIG_HOME", &config)])
             .map(drop)
             .map_err(|e| format!("{e}\nbroker log:\n{}", self.log()))
+    }
+
+    /// Publishes every line of `lines` as one message on `topic`, as fast as one
+    /// `mosquitto_pub -l` connection sends them (a burst), as the broker's user.
+    pub fn publish_lines(&self, topic: &str, lines: &str, qos: u8) -> Result<(), String> {
+        use std::io::Write as _;
+        let pubber = need("mosquitto_pub")?;
+        let config = self.client_config_for(&ClientOptions::default())?;
+        let mut args = self.client_args(&ClientOptions::default())?;
+        args.extend([
+            "-t".into(),
+            topic.into(),
+            "-q".into(),
+            qos.to_string(),
+            "-l".into(),
+        ]);
+        let mut child = Command::new("timeout")
+            .arg(TOOL_TIMEOUT_SECS)
+            .arg(&pubber)
+            .args(&args)
+            .env("XDG_CONFIG_HOME", &config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", pubber.display()))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(lines.as_bytes())
+                .map_err(|e| format!("mosquitto_pub -l: {e}"))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("mosquitto_pub -l: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "mosquitto_pub -l failed ({}): {}\nbroker log:\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim(),
+                self.log()
+            ))
+        }
     }
 
     /// Subscribes to `topic` (a filter; wildcards allowed) with `mosquitto_sub` in the

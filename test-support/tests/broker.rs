@@ -16,7 +16,11 @@ fn ready() -> bool {
 }
 
 fn start(tls: bool) -> Broker {
-    Broker::start(BrokerOptions { tls }).unwrap_or_else(|e| panic!("{e}"))
+    Broker::start(BrokerOptions {
+        tls,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Every process command line now, for what must never be on one.
