@@ -270,10 +270,15 @@ pub fn render_status(r: &StatusReport) -> String {
 /// the messages and commands, and the last error.
 fn render_mqtt(m: &crate::mqtt::MqttStatus) -> String {
     let refused: u64 = m.refused.values().sum();
+    // Not yet connected and failing: as loud as a lost connection.
+    let state = match (m.state, &m.last_error) {
+        (crate::mqtt::LinkState::Connecting, Some(_)) => "CONNECTING (failing)".to_string(),
+        (s, _) => s.to_string(),
+    };
     let mut line = format!(
         "mqtt {}  {} since {}  {} topics  {} received, {} applied, {} refused",
         m.broker,
-        m.state,
+        state,
         rfc3339(m.since_ms),
         m.topics,
         m.received,

@@ -451,7 +451,10 @@ fn node_config(args: &NodeArgs) -> NodeConfig {
         datapath: args.datapath.clone(),
         call_timeout: Duration::from_secs(args.call_timeout.max(1)),
         ready_timeout: Duration::from_secs(args.ready_timeout.max(1)),
-        secrets_dir: args.secrets_dir.clone(),
+        // Docker mounts only absolute paths: a relative one is taken from where the shim
+        // was started, once, here.
+        secrets_dir: std::path::absolute(&args.secrets_dir)
+            .unwrap_or_else(|_| args.secrets_dir.clone()),
     }
 }
 
@@ -888,6 +891,12 @@ fn mqtt_config(
                 devices.join("`, `")
             );
             return Err(Exit::Usage);
+        }
+        if !topics.is_empty() {
+            eprintln!(
+                "kalki-shim: --no-mqtt: the bundle's {} MQTT topics are not read; those devices get readings only from the API",
+                topics.topics().count()
+            );
         }
         return Ok(None);
     };

@@ -71,7 +71,14 @@ impl BrokerUrl {
                 "`{url}`: expected mqtt://HOST:PORT or mqtts://HOST:PORT"
             ));
         };
-        if rest.contains(['/', '?', '#', '@']) {
+        if let Some((_, after)) = rest.rsplit_once('@') {
+            // Never echo what precedes the `@`: it is a password, or could be.
+            let scheme = if tls { "mqtts" } else { "mqtt" };
+            return Err(format!(
+                "`{scheme}://***@{after}`: credentials do not go in the URL (give --mqtt-username and --mqtt-password-file)"
+            ));
+        }
+        if rest.contains(['/', '?', '#']) {
             return Err(format!(
                 "`{url}`: only a host and a port (credentials go in --mqtt-username and --mqtt-password-file)"
             ));
@@ -437,6 +444,8 @@ struct Tracker {
     /// Acknowledgements not yet taken by the event loop, likewise: an acknowledgement is
     /// never dropped (the broker would deliver the message again, long after).
     acks: VecDeque<rumqttc::Publish>,
+    /// The shim is stopping: the connection is ended, not made again.
+    closing: bool,
     published: u64,
     delivered: u64,
 }
@@ -468,6 +477,13 @@ pub struct Task(tokio::task::JoinHandle<()>);
 impl Drop for Task {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+impl Task {
+    /// Waits up to `limit` for the client task to end (after [`Mqtt::close`]).
+    pub async fn finish(mut self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, &mut self.0).await;
     }
 }
 
@@ -558,6 +574,22 @@ impl Mqtt {
         }
     }
 
+    /// Stopping: hands what waits (acknowledgements first) to the event loop, for up to
+    /// `limit`, then ends the connection (DISCONNECT after them), so that the broker has
+    /// every acknowledgement of a journaled message and does not deliver it again.
+    pub async fn close(&self, limit: Duration) {
+        let start = std::time::Instant::now();
+        lock(&self.tracker).closing = true;
+        while start.elapsed() < limit {
+            self.flush();
+            if self.waiting() == (0, 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _ = self.client.try_disconnect();
+    }
+
     /// Acknowledgements and commands waiting on this side for the event loop.
     pub fn waiting(&self) -> (usize, usize) {
         let t = lock(&self.tracker);
@@ -591,6 +623,13 @@ impl Mqtt {
 
     fn set_link(&self, state: LinkState, error: Option<String>) {
         let mut l = lock(&self.link);
+        // Until a first connection it is still `connecting` (with why the last attempt
+        // failed), not `disconnected` from something it never had.
+        let state = if state == LinkState::Disconnected && l.connections == 0 {
+            LinkState::Connecting
+        } else {
+            state
+        };
         if l.state != state {
             l.since_ms = crate::run::now_ms();
         }
@@ -692,7 +731,11 @@ impl Mqtt {
                         }
                     }
                 }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) if lock(&self.tracker).closing => {
+                    return;
+                }
                 Ok(_) => {}
+                Err(_) if lock(&self.tracker).closing => return,
                 Err(e) => {
                     let why = describe(&e, &self.url);
                     let delay = if connected {
@@ -846,10 +889,13 @@ mod tests {
             "mqtt://h:x",
             "mqtt://u:p@h:1",
             "mqtt://h:1/topic",
+            "mqtts://h:1@x",
             "http://h:1",
         ] {
             assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
         }
+        let e = BrokerUrl::parse("mqtt://kalki:S3cret-pw!@broker:1883").unwrap_err();
+        assert!(!e.contains("S3cret"), "{e}");
     }
 
     #[test]

@@ -253,6 +253,12 @@ pub async fn run(
             _ = sleep => lp.tick().await?,
         }
     }
+    // The broker gets every acknowledgement of what was journaled (else it delivers those
+    // messages again at the next start), then a clean DISCONNECT.
+    if let Some(m) = lp.mqtt.take() {
+        m.client.close(Duration::from_secs(2)).await;
+        m._task.finish(Duration::from_secs(2)).await;
+    }
     // Requests waiting for the loop are answered at once (503: shutting down) rather than
     // at the end of the server's grace period.
     drop(req_rx);

@@ -166,6 +166,16 @@ impl Shim {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// SIGTERM, as an operator stops it, then waits (up to 10 s) for it to end.
+    pub fn terminate(mut self) {
+        sh(&format!("kill -TERM {} 2>/dev/null", self.child.id()));
+        let start = Instant::now();
+        while matches!(self.child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Shim {
