@@ -17,17 +17,14 @@
 
 mod common;
 
-use common::live::{Api, Shim};
+use common::live::{webhook, Api, Shim};
 use common::TempDir;
 use kalki_shim::engine::Input;
 use kalki_shim::journal::{Delivery, Journal};
 use kalki_test_support::mosquitto::{Broker, BrokerOptions};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SENSOR: &str = "tele/plug_kitchen/SENSOR";
@@ -157,38 +154,6 @@ fn journaled(journal: &Path, device: &str, var: &str) -> Vec<i64> {
             _ => None,
         })
         .collect()
-}
-
-/// A webhook that answers 200 and keeps every body it gets.
-fn webhook() -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/commands", listener.local_addr().unwrap());
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let keep = got.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let mut reader = BufReader::new(s.try_clone().unwrap());
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; len];
-            let _ = reader.read_exact(&mut body);
-            keep.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&body).into_owned());
-            let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-        }
-    });
-    (url, got)
 }
 
 #[test]
