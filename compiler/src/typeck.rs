@@ -14,6 +14,7 @@ use kalki_lang::ast::{self, BinOp, ExprKind as AK, Ident, Item, Span, UnOp};
 use kalki_model::contract::{Class, PortRange, Proto, Starter, Treatment};
 use kalki_model::range;
 use kalki_model::telemetry as tm;
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 
 /// Operator actions a transition can wait for.
@@ -992,16 +993,7 @@ impl<'a> Cx<'a> {
         }
         if topic {
             // Holes are filled per device (and checked again there); here the text.
-            let bare = tm::Telemetry {
-                topics: vec![],
-                commands: vec![tm::Publish {
-                    command: String::new(),
-                    topic: lit.value.clone(),
-                    payload: String::new(),
-                }],
-            }
-            .filled(|_| Some("x".into()));
-            let bare = &bare.commands[0].topic;
+            let bare = &tm::fill_holes(&lit.value, &|_: &str| Some("x".into()));
             if let Some(problem) = tm::topic_problem(bare) {
                 self.err(
                     Diagnostic::error(
@@ -1292,7 +1284,12 @@ impl<'a> Cx<'a> {
     /// `device plug[1..30]: T(topic = "plug_{n}") at 10.0.1.10.. port "plug{n}"`: the
     /// devices `plug1` to `plug30`, addresses (and MACs) counted up from the first, `{n}`
     /// filled into the port and the string arguments, and the group `plug` of them all.
-    fn expand_ranges(&mut self, source: SourceId, s: &ast::Site) -> ast::Site {
+    fn expand_ranges<'s>(&mut self, source: SourceId, s: &'s ast::Site) -> Cow<'s, ast::Site> {
+        // Most sites have no range: the site as written, not a copy.
+        let ranged = |m: &ast::SiteMember| matches!(m, ast::SiteMember::Device(d) if d.range.is_some() || d.ip_counts || d.mac_counts);
+        if !s.members.iter().any(ranged) {
+            return Cow::Borrowed(s);
+        }
         let mut members = Vec::with_capacity(s.members.len());
         for m in &s.members {
             let ast::SiteMember::Device(d) = m else {
@@ -1436,14 +1433,16 @@ impl<'a> Cx<'a> {
                 span: d.span,
             }));
         }
-        ast::Site {
+        Cow::Owned(ast::Site {
+            name: s.name.clone(),
             members,
-            ..s.clone()
-        }
+            span: s.span,
+        })
     }
 
-    /// A site's groups (language.md §7.5): its members with every rule written `for p in
-    /// GROUP` made one rule per device (`NAME[device]`) and every `any(p in GROUP: C)` /
+    /// A site's groups (language.md §7.5): its rules and assertions (the members the second
+    /// pass reads), every rule written `for p in GROUP` made one rule per device
+    /// (`NAME[device]`) and every `any(p in GROUP: C)` /
     /// `all(...)` made the `or` / `and` of C for each device. The verifier, the engine and
     /// the graphs then see ordinary rules and conditions: one meaning, written once.
     fn expand_groups(&mut self, source: SourceId, s: &ast::Site) -> Vec<ast::SiteMember> {
@@ -1565,7 +1564,9 @@ impl<'a> Cx<'a> {
                         ..a.clone()
                     }));
                 }
-                other => out.push(other.clone()),
+                ast::SiteMember::TrafficAssert(_) => out.push(m.clone()),
+                // Devices, groups, bridge: read from the site itself, not copied.
+                _ => {}
             }
         }
         out
@@ -2749,7 +2750,7 @@ impl<'a> Cx<'a> {
     fn site(&mut self, m: usize, s: &ast::Site) -> Site {
         let source = self.p.modules[m].source;
         let ranged = self.expand_ranges(source, s);
-        let s = &ranged;
+        let s = &*ranged;
         let loc = self.loc(source, s.name.span);
         let mut out = Site {
             name: s.name.name.clone(),

@@ -84,7 +84,8 @@ fn hole_at(text: &str) -> Option<&str> {
     .then_some(name)
 }
 
-fn fill_holes(template: &str, fill: &impl Fn(&str) -> Option<String>) -> String {
+/// `template` with every hole `fill` gives a value for replaced by it (the others left).
+pub fn fill_holes(template: &str, fill: &impl Fn(&str) -> Option<String>) -> String {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(open) = rest.find('{') {
