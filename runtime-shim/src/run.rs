@@ -59,6 +59,16 @@ pub struct RunConfig {
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Unix time in milliseconds.
+/// Problems as the log writes them: `[S121] ...; [S104] ...`.
+fn coded<'a, D: std::fmt::Display + 'a>(
+    problems: impl Iterator<Item = (&'static str, &'a D)>,
+) -> String {
+    problems
+        .map(|(code, p)| format!("[{code}] {p}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// The most MQTT messages taken from the queue at once, journaled in one commit.
 const MQTT_BATCH: usize = 256;
 
@@ -641,14 +651,10 @@ impl Loop {
             )),
             Err(refusals) => {
                 m.counts.refuse(refusals.iter().map(|r| r.code()));
-                let text: Vec<String> = refusals
-                    .iter()
-                    .map(|r| format!("[{}] {r}", r.code()))
-                    .collect();
                 eprintln!(
                     "kalki-shim: mqtt: message on `{topic}` for `{}` refused: {}",
                     device.name,
-                    text.join("; ")
+                    coded(refusals.iter().map(|r| (r.code(), r)))
                 );
                 None
             }
@@ -663,13 +669,9 @@ impl Loop {
             Input::Reading { device, .. } => device.as_str(),
             _ => "",
         };
-        let text: Vec<String> = errors
-            .iter()
-            .map(|e| format!("[{}] {e}", e.code()))
-            .collect();
         eprintln!(
             "kalki-shim: mqtt: reading on `{topic}` for `{name}` refused: {}",
-            text.join("; ")
+            coded(errors.iter().map(|e| (e.code(), e)))
         );
     }
 

@@ -8,22 +8,7 @@
 
 mod common;
 
-use common::{compile_dir, repo_root, write_bundle, TempDir};
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn shim(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kalki-shim"))
-        .args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("kalki-shim runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8(bytes.to_vec()).unwrap()
-}
+use common::{compile_dir, repo_root, shim_in as shim, utf8 as text, write_bundle, TempDir};
 
 /// A directory holding the example's bundle as `bundle/` and a copy of its trace.
 fn office(name: &str) -> TempDir {

@@ -11,12 +11,10 @@
 
 mod common;
 
-use common::{compile, load, write_bundle, MemReader, TempDir};
+use common::{compile, load, shim_in as shim, utf8 as text, write_bundle, MemReader, TempDir};
 use kalki_shim::codes;
 use kalki_shim::engine::{Config, Engine, Input};
 use kalki_shim::trace;
-use std::path::Path;
-use std::process::{Command, Output};
 
 const POLICY: &str = r#"
 import std::mqtt::TasmotaPlug
@@ -40,19 +38,6 @@ const CAPTURE: &str = concat!(
     r#"{"tst":"2026-12-03T22:10:30.150000Z+0100","topic":"tele/plug_kitchen/SENSOR","qos":0,"retain":0,"payloadlen":85,"payload":"{\"Time\":\"2026-12-03T22:10:30\",\"ENERGY\":{\"Power\":3700,\"Current\":16.087,\"Voltage\":230}}"}"#,
     "\n",
 );
-
-fn shim(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kalki-shim"))
-        .args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("kalki-shim runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8(bytes.to_vec()).unwrap()
-}
 
 /// A directory with the policy's bundle as `bundle/` and `trace` as `trace.jsonl`.
 fn kitchen(name: &str, trace: &str) -> TempDir {
