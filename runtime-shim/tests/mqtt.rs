@@ -55,13 +55,23 @@ fn bundle(tmp: &TempDir, bridge: &str, links: bool) -> PathBuf {
 }
 
 /// Deletes a test's bridge at the start and when dropped.
-struct Bridge(&'static str);
+struct Bridge(String);
 
 impl Bridge {
-    fn new(name: &'static str) -> Bridge {
+    fn new(name: &str) -> Bridge {
         common::live::sh(&format!("ovs-vsctl --timeout=10 --if-exists del-br {name}"));
-        Bridge(name)
+        Bridge(name.to_string())
     }
+}
+
+/// A test's directory (`mqtt-NAME`), its bridge (`ktq-NAME`, deleted at the start and
+/// the end), the fixture's bundle on that bridge, and where its journal goes.
+fn setup(name: &str) -> (TempDir, Bridge, PathBuf, PathBuf) {
+    let tmp = TempDir::new(&format!("mqtt-{name}"));
+    let bridge = Bridge::new(&format!("ktq-{name}"));
+    let bundle = bundle(&tmp, &bridge.0, false);
+    let journal = tmp.path().join("journal.db");
+    (tmp, bridge, bundle, journal)
 }
 
 impl Drop for Bridge {
@@ -161,10 +171,7 @@ fn readings_move_states_bad_messages_change_nothing_commands_are_published() {
     if !broker_ready() {
         return;
     }
-    let tmp = TempDir::new("mqtt-readings");
-    let _bridge = Bridge::new("ktq-readings");
-    let bundle = bundle(&tmp, "ktq-readings", false);
-    let journal = tmp.path().join("journal.db");
+    let (tmp, _bridge, bundle, journal) = setup("readings");
     let broker = Broker::start(BrokerOptions::default()).unwrap();
     // Retained before the shim subscribes: delivered to it as the broker's stored copy,
     // an old value that must not move the heater.
@@ -339,10 +346,7 @@ fn a_broker_restart_and_a_killed_shim_lose_no_reading() {
     if !broker_ready() {
         return;
     }
-    let tmp = TempDir::new("mqtt-restart");
-    let _bridge = Bridge::new("ktq-restart");
-    let bundle = bundle(&tmp, "ktq-restart", false);
-    let journal = tmp.path().join("journal.db");
+    let (tmp, _bridge, bundle, journal) = setup("restart");
     let mut broker = Broker::start(BrokerOptions::default()).unwrap();
     let env = Api::new(tmp.path());
     let extra = mqtt_args(&broker);
@@ -417,10 +421,7 @@ fn a_burst_is_acknowledged_whole_and_nothing_comes_back() {
         return;
     }
     const N: usize = 20_000;
-    let tmp = TempDir::new("mqtt-burst");
-    let _bridge = Bridge::new("ktq-burst");
-    let bundle = bundle(&tmp, "ktq-burst", false);
-    let journal = tmp.path().join("journal.db");
+    let (tmp, _bridge, bundle, journal) = setup("burst");
     // No broker-side limit: the whole burst reaches the shim, faster than its client's
     // request queue drains.
     let broker = Broker::start(BrokerOptions {
@@ -468,10 +469,7 @@ fn a_command_pending_when_the_shim_is_killed_is_published_after_the_restart() {
     if !broker_ready() {
         return;
     }
-    let tmp = TempDir::new("mqtt-pending");
-    let _bridge = Bridge::new("ktq-pending");
-    let bundle = bundle(&tmp, "ktq-pending", false);
-    let journal = tmp.path().join("journal.db");
+    let (tmp, _bridge, bundle, journal) = setup("pending");
     let mut broker = Broker::start(BrokerOptions::default()).unwrap();
     let env = Api::new(tmp.path());
     let extra = mqtt_args(&broker);
@@ -551,9 +549,7 @@ fn tls_with_the_brokers_ca_works_a_wrong_ca_or_password_is_a_clear_error_and_ret
     if !broker_ready() {
         return;
     }
-    let tmp = TempDir::new("mqtt-tls");
-    let _bridge = Bridge::new("ktq-tls");
-    let bundle = bundle(&tmp, "ktq-tls", false);
+    let (tmp, _bridge, bundle, _journal) = setup("tls");
     let broker = Broker::start(BrokerOptions {
         tls: true,
         ..Default::default()
