@@ -701,6 +701,20 @@ impl Decimal {
     }
 }
 
+/// What a message is to a site ([`Topics::read`]).
+#[derive(Debug)]
+pub enum Message {
+    /// The reading of the device that binds its topic.
+    Reading(crate::engine::Input),
+    /// No device binds its topic.
+    Unbound,
+    /// The binding cannot read it (S12x): it changes nothing.
+    Refused {
+        device: String,
+        refusals: Vec<Refusal>,
+    },
+}
+
 /// Where each topic's messages go: the devices and bindings that read it.
 #[derive(Debug, Clone, Default)]
 pub struct Topics {
@@ -728,6 +742,33 @@ impl Topics {
     /// The device (its index in the manifest) and its binding that read `topic`.
     pub fn lookup(&self, topic: &str) -> Option<(usize, usize)> {
         self.by_topic.get(topic).copied()
+    }
+
+    /// What a message on `topic` is to the site of `m` (the manifest `self` was made
+    /// from): the reading its binding makes of `payload` for the device that binds it,
+    /// or why there is none. The one path from a message to an input, for `run` and for
+    /// `simulate`.
+    pub fn read(&self, m: &crate::manifest::Manifest, topic: &str, payload: &[u8]) -> Message {
+        let Some((d, b)) = self.lookup(topic) else {
+            return Message::Unbound;
+        };
+        let device = &m.devices[d];
+        let (Some(ty), Some(binding)) = (
+            m.device_types.iter().find(|t| t.name == device.ty),
+            device.telemetry.as_ref().and_then(|t| t.topics.get(b)),
+        ) else {
+            return Message::Unbound;
+        };
+        match decode(ty, binding, payload) {
+            Ok(values) => Message::Reading(crate::engine::Input::Reading {
+                device: device.name.clone(),
+                values,
+            }),
+            Err(refusals) => Message::Refused {
+                device: device.name.clone(),
+                refusals,
+            },
+        }
     }
 
     /// Every topic to subscribe to, in order.

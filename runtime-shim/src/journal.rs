@@ -315,14 +315,14 @@ impl Journal {
     /// Journals several inputs accepted at `t_ms`, in order, in one transaction: one sync
     /// to disk for all of them (a group commit), all or none. Durable when it returns;
     /// their sequence numbers, in order.
-    pub fn append_inputs(
+    pub fn append_inputs<'a>(
         &self,
         t_ms: u64,
         bundle_sha256: &str,
-        inputs: &[Input],
+        inputs: impl IntoIterator<Item = &'a Input>,
     ) -> Result<Vec<u64>, JournalError> {
         let tx = self.conn.unchecked_transaction()?;
-        let mut seqs = Vec::with_capacity(inputs.len());
+        let mut seqs = Vec::new();
         for input in inputs {
             seqs.push(self.append_input(t_ms, bundle_sha256, input)?);
         }

@@ -590,8 +590,8 @@ impl Loop {
             }
         }
         if !inputs.is_empty() {
-            let batch: Vec<Input> = inputs.iter().map(|(i, _)| i.clone()).collect();
-            self.journal.append_inputs(t, &self.sha(), &batch)?;
+            self.journal
+                .append_inputs(t, &self.sha(), inputs.iter().map(|(i, _)| i))?;
             for (input, topic) in &inputs {
                 match self.engine.handle(t, input) {
                     Ok(steps) => {
@@ -627,33 +627,20 @@ impl Loop {
             eprintln!("kalki-shim: mqtt: retained message on `{topic}` ignored (an old value)");
             return None;
         }
-        let Some((d, b)) = m.topics.lookup(topic) else {
-            m.counts.unbound += 1;
-            eprintln!("kalki-shim: mqtt: message on `{topic}` ignored: no device binds it");
-            return None;
-        };
-        let manifest = &self.node.bundle().manifest;
-        let device = &manifest.devices[d];
-        let (Some(ty), Some(binding)) = (
-            manifest.device_types.iter().find(|t| t.name == device.ty),
-            device.telemetry.as_ref().and_then(|t| t.topics.get(b)),
-        ) else {
-            m.counts.unbound += 1;
-            return None;
-        };
-        match telemetry::decode(ty, binding, &message.payload) {
-            Ok(values) => Some((
-                Input::Reading {
-                    device: device.name.clone(),
-                    values,
-                },
-                topic.to_string(),
-            )),
-            Err(refusals) => {
+        match m
+            .topics
+            .read(&self.node.bundle().manifest, topic, &message.payload)
+        {
+            telemetry::Message::Reading(input) => Some((input, topic.to_string())),
+            telemetry::Message::Unbound => {
+                m.counts.unbound += 1;
+                eprintln!("kalki-shim: mqtt: message on `{topic}` ignored: no device binds it");
+                None
+            }
+            telemetry::Message::Refused { device, refusals } => {
                 m.counts.refuse(refusals.iter().map(|r| r.code()));
                 eprintln!(
-                    "kalki-shim: mqtt: message on `{topic}` for `{}` refused: {}",
-                    device.name,
+                    "kalki-shim: mqtt: message on `{topic}` for `{device}` refused: {}",
                     coded(refusals.iter().map(|r| (r.code(), r)))
                 );
                 None

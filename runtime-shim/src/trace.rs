@@ -890,23 +890,14 @@ enum Read {
 /// The reading a message carries: its topic's binding reads its payload for the device
 /// that binds it.
 fn message_reading(bundle: Option<&Bundle>, topics: &Topics, topic: &str, payload: &[u8]) -> Read {
-    let (Some(bundle), Some((d, b))) = (bundle, topics.lookup(topic)) else {
+    let Some(bundle) = bundle else {
         return Read::Unbound;
     };
-    let device = bundle.manifest.devices.get(d);
-    let binding = device
-        .and_then(|dev| dev.telemetry.as_ref())
-        .and_then(|t| t.topics.get(b));
-    let (Some(device), Some(binding), Some(ty)) = (device, binding, bundle.device_type(d)) else {
-        return Read::Unbound;
-    };
-    match telemetry::decode(ty, binding, payload) {
-        Ok(values) => Read::Reading(Input::Reading {
-            device: device.name.clone(),
-            values,
-        }),
-        Err(refusals) => Read::Refused {
-            device: device.name.clone(),
+    match topics.read(&bundle.manifest, topic, payload) {
+        telemetry::Message::Reading(input) => Read::Reading(input),
+        telemetry::Message::Unbound => Read::Unbound,
+        telemetry::Message::Refused { device, refusals } => Read::Refused {
+            device,
             problems: refusals
                 .iter()
                 .map(|r| Problem {
