@@ -8,7 +8,7 @@ EXAMPLE := examples/smart-office
 # Bounded fuzzing in the test suite (cases per property).
 export KALKI_FUZZ_CASES ?= 2000
 
-.PHONY: setup services build demo test lint fmt bench bench-mqtt soak soak-mqtt clean images
+.PHONY: setup services build demo test lint fmt bench bench-scale bench-mqtt soak soak-mqtt clean images
 
 setup:
 	@scripts/setup.sh
@@ -43,6 +43,11 @@ test: lint services images
 
 bench: setup
 	$(CARGO) bench --locked -p kalki-compiler
+
+# Assertions over hundreds and thousands of devices, group by group and by the whole
+# product side by side (compiler/benches/scale.rs); figures in docs/benchmarks.md.
+bench-scale: setup
+	$(CARGO) bench --locked -p kalki-compiler --bench scale
 
 # MQTT into `kalki-shim run` on a real mosquitto, switch and engine (runtime-shim/benches/mqtt.rs):
 # messages/s and publish-to-command latency; figures in docs/benchmarks.md.

@@ -104,6 +104,7 @@ impl Limits {
         verify::Options {
             timeout_ms: self.solver_timeout_ms,
             max_states: usize::try_from(self.max_states).unwrap_or(usize::MAX),
+            ..verify::Options::default()
         }
     }
 }

@@ -1681,20 +1681,31 @@ impl<'a> Cx<'a> {
                         span: e.span,
                     };
                 };
-                let mut acc: Option<ast::Expr> = None;
-                for d in members {
-                    let mut inner: Vec<(String, String)> = bind.to_vec();
-                    inner.push((var.name.clone(), d));
-                    let one = self.expand_expr(source, body, groups, devices, &inner);
-                    acc = Some(match acc {
-                        None => one,
-                        Some(a) => ast::Expr {
-                            kind: AK::Binary(op, Box::new(a), Box::new(one)),
-                            span: e.span,
-                        },
-                    });
+                let mut terms: Vec<ast::Expr> = members
+                    .into_iter()
+                    .map(|d| {
+                        let mut inner: Vec<(String, String)> = bind.to_vec();
+                        inner.push((var.name.clone(), d));
+                        self.expand_expr(source, body, groups, devices, &inner)
+                    })
+                    .collect();
+                // Joined as a balanced tree: a group of a thousand devices nests ten
+                // levels deep, not a thousand (K113 counts levels).
+                while terms.len() > 1 {
+                    let mut joined = Vec::with_capacity(terms.len().div_ceil(2));
+                    let mut it = terms.into_iter();
+                    while let Some(a) = it.next() {
+                        joined.push(match it.next() {
+                            Some(b) => ast::Expr {
+                                kind: AK::Binary(op, Box::new(a), Box::new(b)),
+                                span: e.span,
+                            },
+                            None => a,
+                        });
+                    }
+                    terms = joined;
                 }
-                return acc.unwrap_or(ast::Expr {
+                return terms.pop().unwrap_or(ast::Expr {
                     kind: AK::Error,
                     span: e.span,
                 });

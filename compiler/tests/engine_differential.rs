@@ -1772,6 +1772,93 @@ fn verifier_claims_hold_in_the_engine() {
     );
 }
 
+/// Deciding an assertion group by group (`verify::Options::compose_above`, here forced
+/// for every cone), with every group split as well (`split_above: 0`: the devices its
+/// rules read but do not move abstracted first), and by one search of the whole product
+/// agree on the same random policies: the same verdict wherever both decide, and runs
+/// of the same length (all are shortest). The verdicts themselves are held to the engine
+/// by `verifier_claims_hold_in_the_engine`.
+#[test]
+fn group_by_group_agrees_with_the_whole_search() {
+    let solver = Z3Solver::new(10_000);
+    let whole = verify::Options {
+        compose_above: usize::MAX,
+        ..verify::Options::default()
+    };
+    let grouped_only = verify::Options {
+        compose_above: 0,
+        split_above: usize::MAX,
+        ..verify::Options::default()
+    };
+    let split = verify::Options {
+        compose_above: 0,
+        split_above: 0,
+        ..verify::Options::default()
+    };
+    let (mut compared, mut grouped, mut runs) = (0, 0, 0);
+    for (case, seed) in case_list(env_number("KALKI_DIFF_CASES", DEFAULT_CASES) / 2) {
+        let p = gen_policy(seed);
+        let r = render(&p);
+        let path = PathBuf::from("case.kalki");
+        let loader = Mem(path.clone(), r.text.clone());
+        let verdicts = |opts: &verify::Options| {
+            kalki_compiler::verify(std::slice::from_ref(&path), &loader, &solver, opts)
+                .1
+                .map(|v| v.assertions)
+                .unwrap_or_default()
+        };
+        let by_whole = verdicts(&whole);
+        for (how, opts) in [
+            ("by groups", grouped_only.clone()),
+            ("split", split.clone()),
+        ] {
+            let by_group = verdicts(&opts);
+            assert_eq!(by_group.len(), by_whole.len());
+            for (g, w) in by_group.iter().zip(&by_whole) {
+                assert_eq!(w.groups, 1);
+                if g.groups < 2 && how == "by groups" {
+                    continue;
+                }
+                grouped += 1;
+                let at = line_at(&r.text, g.loc.span.start);
+                let decided = |s: &Status| !matches!(s, Status::Unknown(_));
+                if !(decided(&g.status) && decided(&w.status)) {
+                    continue;
+                }
+                compared += 1;
+                assert_eq!(
+                    std::mem::discriminant(&g.status),
+                    std::mem::discriminant(&w.status),
+                    "case {case} ({seed:#x}), assertion on line {at}: {how} {:?}, whole {:?} {:#?}\n{}",
+                    g.status,
+                    w.status,
+                    if g.trace.is_empty() { &w.trace } else { &g.trace },
+                    r.text
+                );
+                if !g.trace.is_empty() || !w.trace.is_empty() {
+                    runs += 1;
+                    assert_eq!(
+                        g.trace.len(),
+                        w.trace.len(),
+                        "case {case} ({seed:#x}), assertion on line {at}: runs of different \
+                         lengths\n{how}: {:#?}\nwhole: {:#?}\n{}",
+                        g.trace,
+                        w.trace,
+                        r.text
+                    );
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{grouped} assertions by groups or split; {compared} decided both ways, {runs} with a run"
+    );
+    assert!(
+        compared > 200 && runs > 100,
+        "the test exercises too little: {compared} compared, {runs} runs"
+    );
+}
+
 // ---------------------------------------------------------------- a broken encoding
 
 /// Z3 behind a deliberately wrong encoding: every `a <= b` is asked as `a < b`.

@@ -9,6 +9,7 @@
 //! real, and `reachable` refuted here is unreachable for real (`docs/verification.md` has
 //! the argument). States are stored as wide as [`StateId`].
 
+use super::compose;
 use super::encode::Vocab;
 use super::machine::{alert_from_input, describe};
 use super::replay::{self, Move as Taken};
@@ -57,10 +58,18 @@ pub struct AssertionResult {
     pub explored: usize,
     /// Devices the search had to track.
     pub devices: Vec<String>,
+    /// Groups of those devices that no rule ties together, each searched on its own
+    /// (`docs/verification.md`, "How assertions are decided"); left out when one.
+    #[serde(skip_serializing_if = "is_one")]
+    pub groups: usize,
     /// For a traffic assertion: the traffic that crosses, where, and how (`docs/verification.md`,
     /// "Traffic assertions").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traffic: Option<serde_json::Value>,
+}
+
+fn is_one(n: &usize) -> bool {
+    *n <= 1
 }
 
 /// Evaluates a state predicate (assertions only use states, booleans and connectives).
@@ -246,9 +255,52 @@ fn cone(site: &Site, live_rules: &[bool], a: &Assertion) -> (Vec<DeviceId>, Vec<
     (coi, rules)
 }
 
+/// The names of the states `st` of the devices `coi`, by device name.
+pub(super) fn state_names(
+    v: &Verifier<'_>,
+    site: &Site,
+    coi: &[DeviceId],
+    st: &[u32],
+) -> BTreeMap<String, String> {
+    coi.iter()
+        .zip(st)
+        .map(|(d, s)| {
+            let dev = &site.devices[d.index()];
+            let ty = v.policy.device_type(dev.ty);
+            (
+                dev.name.clone(),
+                ty.states
+                    .get(StateId(*s).index())
+                    .map_or("?".into(), |x| x.name.clone()),
+            )
+        })
+        .collect()
+}
+
+/// A run a search found: its steps, the initial states first, and the moves, for replay.
+pub(super) struct Run {
+    pub trace: Vec<Step>,
+    pub moves: Vec<Taken>,
+}
+
+/// What deciding an assertion's condition found, by either method.
+pub(super) struct Search {
+    /// A run to a state where the condition holds, the shortest there is.
+    pub run: Option<Run>,
+    /// Nodes explored (product states, or each component's states added up).
+    pub explored: usize,
+    pub unknown: Option<String>,
+    /// Stopped at the limit of states before an answer.
+    pub bounded: bool,
+}
+
 /// The verdict on one assertion, the rules of its cone, and whether the run found failed
 /// to replay on the engine. Reports nothing: [`report`] does, or the caller (traffic
 /// assertions are decided as assertions over the states that let the traffic through).
+///
+/// Devices of the cone that no rule ties together move independently; when there are
+/// several such groups, each is searched on its own and the condition is decided over
+/// their product by the solver ([`super::compose`]); one group is searched whole.
 pub(super) fn decide(
     v: &mut Verifier<'_>,
     site: &Site,
@@ -260,31 +312,179 @@ pub(super) fn decide(
         .iter()
         .map(|d| site.devices[d.index()].name.clone())
         .collect();
-
-    let state_names = |st: &[u32]| -> BTreeMap<String, String> {
-        coi.iter()
-            .zip(st)
-            .map(|(d, s)| {
-                let dev = &site.devices[d.index()];
-                let ty = v.policy.device_type(dev.ty);
-                (
-                    dev.name.clone(),
-                    ty.states
-                        .get(StateId(*s).index())
-                        .map_or("?".into(), |x| x.name.clone()),
-                )
-            })
-            .collect()
+    let parts = compose::components(site, &coi, &rules);
+    let large = compose::product_size(v, site, &coi) > v.opts.compose_above;
+    let split = || parts.iter().any(|c| compose::splits(v, site, &coi, c));
+    let by_groups = large && (parts.len() > 1 || split());
+    let groups = if by_groups { parts.len() } else { 1 };
+    let search = if by_groups {
+        compose::decide(v, site, &coi, &rules, &parts, &a.cond)
+    } else {
+        whole(v, site, &coi, &rules, &a.cond)
     };
+    let Search {
+        run,
+        explored,
+        mut unknown,
+        bounded,
+    } = search;
+    // A run found is replayed on the engine before it is reported as a fact.
+    let mut replayed = Vec::new();
+    let mut replay_failed = false;
+    if let (Some(run), None) = (&run, &unknown) {
+        // The part's first devices are the cone, in order.
+        let goal = |states: &[usize]| {
+            let st: Vec<u32> = states
+                .iter()
+                .take(coi.len())
+                .map(|s| u32::try_from(*s).unwrap_or(u32::MAX))
+                .collect();
+            holds(&a.cond, &coi, &st)
+        };
+        let part = replay::Part::new(v, site, &coi, &rules);
+        match replay::replay(v, &part, &run.moves, &goal) {
+            Ok(inputs) => replayed = inputs,
+            Err(why) => {
+                replay_failed = true;
+                unknown = Some(format!(
+                    "the run found does not replay on the runtime engine: {why}"
+                ));
+            }
+        }
+    }
+    let found = run.is_some();
+    let tr = run.map(|r| r.trace).unwrap_or_default();
+    let (status, tr) = match (a.kind, found, bounded, &unknown) {
+        (AssertKind::Reachable, true, _, None) => (Status::Proved, tr),
+        (AssertKind::Never, true, _, None) => (Status::Refuted, tr),
+        (_, true, _, Some(why)) => (Status::Unknown(why.clone()), tr),
+        (_, false, true, _) => (
+            Status::Unknown(format!("stopped after {explored} product states (limit)")),
+            vec![],
+        ),
+        (_, false, false, Some(why)) => (Status::Unknown(why.clone()), vec![]),
+        (AssertKind::Reachable, false, false, None) => (Status::Refuted, vec![]),
+        (AssertKind::Never, false, false, None) => (Status::Proved, vec![]),
+    };
+    let result = AssertionResult {
+        site: site.name.clone(),
+        loc: a.loc,
+        kind: a.kind,
+        status,
+        trace: tr,
+        replay: replayed,
+        explored,
+        devices: names,
+        groups,
+        traffic: None,
+    };
+    (result, rules, replay_failed)
+}
 
-    // Rules that wait for a state change (see [`Node`]), and the devices each reads.
-    let waits: Vec<bool> = rules
-        .iter()
-        .map(|&ri| waits_for_state_change(&site.rules[ri]))
-        .collect();
+/// Decides `cond` by one explicit search of the whole cone.
+pub(super) fn whole(
+    v: &mut Verifier<'_>,
+    site: &Site,
+    coi: &[DeviceId],
+    rules: &[usize],
+    cond: &Expr,
+) -> Search {
+    let budget = v.opts.max_states;
+    let ex = explore(v, site, coi, rules, &[], Some(cond), budget);
+    let run = ex.found.map(|end| {
+        let path = ex.path(end);
+        Run {
+            trace: path
+                .iter()
+                .map(|&i| Step {
+                    event: ex.nodes[i].event.clone(),
+                    states: state_names(v, site, coi, &ex.nodes[i].node.st),
+                })
+                .collect(),
+            moves: path.iter().filter_map(|&i| ex.nodes[i].taken).collect(),
+        }
+    });
+    Search {
+        run,
+        explored: ex.nodes.len(),
+        unknown: ex.unknown,
+        bounded: ex.bounded,
+    }
+}
+
+/// One node of an explicit search: its states and due rules, the node it was reached
+/// from, the step that led here, and whether it is a moment between two changes of one
+/// step (never expanded: nothing else happens between a step's changes).
+pub(super) struct Entry {
+    node: Node,
+    pub parent: Option<usize>,
+    pub event: String,
+    pub taken: Option<Taken>,
+    pub between: bool,
+}
+
+impl Entry {
+    /// The state index of each device searched, in the order given to [`explore`].
+    pub fn states(&self) -> &[u32] {
+        &self.node.st
+    }
+}
+
+/// An explicit breadth-first search over the product of some devices' machines.
+pub(super) struct Explored {
+    pub nodes: Vec<Entry>,
+    /// The first node (fewest steps) where the goal holds.
+    pub found: Option<usize>,
+    /// Why a verdict from this search cannot be trusted (the solver gave up on a rule).
+    pub unknown: Option<String>,
+    /// The search stopped at its budget of nodes.
+    pub bounded: bool,
+}
+
+impl Explored {
+    /// The nodes from the initial one to `end`, in order.
+    pub fn path(&self, end: usize) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut at = Some(end);
+        while let Some(i) = at {
+            out.push(i);
+            at = self.nodes[i].parent;
+        }
+        out.reverse();
+        out
+    }
+}
+
+/// Searches the product of the machines of `coi` with the rules `rules` (site indices;
+/// each acts on a device of `coi`), breadth first, until `goal` holds or, without a goal,
+/// until every node is found. A moment between two changes of one step is recorded where
+/// the goal holds there, or always without a goal. Stops after `budget` nodes.
+///
+/// The rules read the states of devices of `coi`, or of the devices `free`: devices no
+/// rule moves, not tracked here but taken to be in any of the states listed for each (the
+/// states it can reach), whenever a rule is evaluated; a rule that reads one is always
+/// due. Every run of the devices is a run of that abstraction, so a goal it never reaches
+/// is never reached; a run it finds may not be one (`super::compose`).
+pub(super) fn explore(
+    v: &mut Verifier<'_>,
+    site: &Site,
+    coi: &[DeviceId],
+    rules: &[usize],
+    free: &[(DeviceId, Vec<u32>)],
+    goal: Option<&Expr>,
+    budget: usize,
+) -> Explored {
     let reads: Vec<BTreeSet<DeviceId>> = rules
         .iter()
         .map(|&ri| Expr::states_read(&site.rules[ri].cond).collect())
+        .collect();
+    // Rules that wait for a state change (see [`Node`]): a free device may change at any time.
+    let waits: Vec<bool> = rules
+        .iter()
+        .zip(&reads)
+        .map(|(&ri, read)| {
+            waits_for_state_change(&site.rules[ri]) && !free.iter().any(|(f, _)| read.contains(f))
+        })
         .collect();
     // Per position in the cone: the waiting rules an entry of that device makes due.
     let wakes: Vec<Vec<usize>> = coi
@@ -303,12 +503,19 @@ pub(super) fn decide(
             .collect(),
         due: waits.iter().map(|w| !w).collect(),
     };
+    let holds_goal = |st: &[u32]| goal.is_some_and(|g| holds(g, coi, st));
     let mut seen: HashMap<Node, usize> = HashMap::new();
-    // (node, parent, event, what moved)
-    let mut nodes: Vec<(Node, Option<usize>, String, Option<Taken>)> = Vec::new();
+    let mut seen_between: HashMap<Node, usize> = HashMap::new();
+    let mut nodes: Vec<Entry> = Vec::new();
     let mut queue = VecDeque::new();
     seen.insert(init.clone(), 0);
-    nodes.push((init, None, "initial states".into(), None));
+    nodes.push(Entry {
+        node: init,
+        parent: None,
+        event: "initial states".into(),
+        taken: None,
+        between: false,
+    });
     queue.push_back(0usize);
     let mut enabled_cache: HashMap<(usize, Vec<u32>), bool> = HashMap::new();
     let mut unknown: Option<String> = None;
@@ -324,11 +531,10 @@ pub(super) fn decide(
                 .unwrap_or_default()
         })
         .collect();
-
     while let Some(n) = queue.pop_front() {
-        let node = nodes[n].0.clone();
+        let node = nodes[n].node.clone();
         let st = &node.st;
-        if holds(&a.cond, &coi, st) {
+        if holds_goal(st) {
             found = Some(n);
             break;
         }
@@ -386,6 +592,12 @@ pub(super) fn decide(
                             facts.push(voc.state_is(*d, StateId(*s)));
                         }
                     }
+                    for (f, reach) in free {
+                        if read.contains(f) {
+                            let any = reach.iter().map(|s| voc.state_is(*f, StateId(*s)));
+                            facts.push(Term::Or(any.collect()));
+                        }
+                    }
                     voc.query.facts.push(Term::And(facts));
                     // Undecided: assume it can fire (sound for `never`), but the verdict
                     // becomes unknown.
@@ -406,7 +618,7 @@ pub(super) fn decide(
             if !enabled {
                 continue;
             }
-            for (sets, what) in rule_outcomes(v, site, &coi, st, r) {
+            for (sets, what) in rule_outcomes(v, site, coi, st, r) {
                 moves.push(Move {
                     event: format!("rule `{}` fires: {}", r.name, what.join(", ")),
                     sets,
@@ -430,16 +642,34 @@ pub(super) fn decide(
                         next.due[w] = true;
                     }
                 }
-                if i + 1 < m.sets.len() && between.is_none() && holds(&a.cond, &coi, &next.st) {
+                if i + 1 < m.sets.len()
+                    && between.is_none()
+                    && (goal.is_none() || holds_goal(&next.st))
+                {
                     between = Some(next.clone());
                 }
             }
             if let Some(mid) = between {
-                if !seen.contains_key(&mid) {
-                    seen.insert(mid.clone(), nodes.len());
-                    let event = format!("{} (between two of its changes)", m.event);
-                    nodes.push((mid, Some(n), event, Some(m.taken)));
-                    queue.push_back(nodes.len() - 1);
+                // With a goal, it holds here: a node like any, found when its turn comes.
+                // Without one, a moment only seen (never expanded, and no reason not to
+                // reach the same states at the end of a step).
+                let known = if goal.is_some() {
+                    &mut seen
+                } else {
+                    &mut seen_between
+                };
+                if !known.contains_key(&mid) {
+                    known.insert(mid.clone(), nodes.len());
+                    nodes.push(Entry {
+                        node: mid,
+                        parent: Some(n),
+                        event: format!("{} (between two of its changes)", m.event),
+                        taken: Some(m.taken),
+                        between: true,
+                    });
+                    if goal.is_some() {
+                        queue.push_back(nodes.len() - 1);
+                    }
                 }
             }
             // A rule fires at most once per moment: what its own moves wake is lost.
@@ -451,12 +681,18 @@ pub(super) fn decide(
             if seen.contains_key(&next) {
                 continue;
             }
-            if nodes.len() >= v.opts.max_states {
+            if nodes.len() >= budget {
                 bounded = true;
                 break;
             }
             seen.insert(next.clone(), nodes.len());
-            nodes.push((next, Some(n), m.event, Some(m.taken)));
+            nodes.push(Entry {
+                node: next,
+                parent: Some(n),
+                event: m.event,
+                taken: Some(m.taken),
+                between: false,
+            });
             queue.push_back(nodes.len() - 1);
         }
         if bounded {
@@ -464,77 +700,12 @@ pub(super) fn decide(
         }
     }
 
-    let trace = |end: usize| -> Vec<Step> {
-        let mut out = Vec::new();
-        let mut at = Some(end);
-        while let Some(i) = at {
-            let (node, parent, event, _) = &nodes[i];
-            out.push(Step {
-                event: event.clone(),
-                states: state_names(&node.st),
-            });
-            at = *parent;
-        }
-        out.reverse();
-        out
-    };
-    let explored = nodes.len();
-    // A run found is replayed on the engine before it is reported as a fact.
-    let mut replayed = Vec::new();
-    let mut replay_failed = false;
-    if let (Some(n), None) = (found, &unknown) {
-        let mut run = Vec::new();
-        let mut at = Some(n);
-        while let Some(i) = at {
-            let (_, parent, _, taken) = &nodes[i];
-            run.extend(*taken);
-            at = *parent;
-        }
-        run.reverse();
-        // The part's first devices are the cone, in order.
-        let goal = |states: &[usize]| {
-            let st: Vec<u32> = states
-                .iter()
-                .take(coi.len())
-                .map(|s| u32::try_from(*s).unwrap_or(u32::MAX))
-                .collect();
-            holds(&a.cond, &coi, &st)
-        };
-        let part = replay::Part::new(v, site, &coi, &rules);
-        match replay::replay(v, &part, &run, &goal) {
-            Ok(inputs) => replayed = inputs,
-            Err(why) => {
-                replay_failed = true;
-                unknown = Some(format!(
-                    "the run found does not replay on the runtime engine: {why}"
-                ));
-            }
-        }
+    Explored {
+        nodes,
+        found,
+        unknown,
+        bounded,
     }
-    let (status, tr) = match (a.kind, found, bounded, &unknown) {
-        (AssertKind::Reachable, Some(n), _, None) => (Status::Proved, trace(n)),
-        (AssertKind::Never, Some(n), _, None) => (Status::Refuted, trace(n)),
-        (_, Some(n), _, Some(why)) => (Status::Unknown(why.clone()), trace(n)),
-        (_, None, true, _) => (
-            Status::Unknown(format!("stopped after {explored} product states (limit)")),
-            vec![],
-        ),
-        (_, None, false, Some(why)) => (Status::Unknown(why.clone()), vec![]),
-        (AssertKind::Reachable, None, false, None) => (Status::Refuted, vec![]),
-        (AssertKind::Never, None, false, None) => (Status::Proved, vec![]),
-    };
-    let result = AssertionResult {
-        site: site.name.clone(),
-        loc: a.loc,
-        kind: a.kind,
-        status,
-        trace: tr,
-        replay: replayed,
-        explored,
-        devices: names,
-        traffic: None,
-    };
-    (result, rules, replay_failed)
 }
 
 /// The finding of a verdict that is not a proof: K210 with the run or the number of

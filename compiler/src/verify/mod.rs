@@ -7,6 +7,7 @@
 
 mod assert;
 pub mod cache;
+mod compose;
 pub mod dataplane;
 pub mod encode;
 mod machine;
@@ -80,6 +81,14 @@ pub struct Options {
     pub timeout_ms: u32,
     /// Largest number of product states an assertion search may visit.
     pub max_states: usize,
+    /// An assertion whose cone has more combinations of states than this, and falls into
+    /// groups no rule ties together or has a group worth splitting, is decided group by
+    /// group ([`compose`]); a smaller one by one search of the whole product, which is
+    /// cheaper there. `usize::MAX` always searches the whole product, for comparison.
+    pub compose_above: usize,
+    /// A group of devices with more combinations of states than this is first decided
+    /// with the devices its rules read but do not move abstracted ([`compose`]).
+    pub split_above: usize,
 }
 
 impl Default for Options {
@@ -87,6 +96,8 @@ impl Default for Options {
         Options {
             timeout_ms: 10_000,
             max_states: 1_000_000,
+            compose_above: 4096,
+            split_above: 4096,
         }
     }
 }

@@ -460,6 +460,7 @@ pub(super) fn check(
                     replay: vec![],
                     explored: 0,
                     devices: vec![site.devices[a.device.index()].name.clone()],
+                    groups: 1,
                     traffic: None,
                 }
             })
@@ -512,6 +513,7 @@ fn check_one(
         replay: vec![],
         explored: 0,
         devices: vec![dev.name.clone()],
+        groups: 1,
         traffic,
     };
     let state_name = |s: StateId| ty.states[s.index()].name.clone();
