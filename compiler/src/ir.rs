@@ -547,7 +547,9 @@ impl Expr {
             let e = stack.pop()?;
             match &e.kind {
                 ExprKind::Not { arg } | ExprKind::Neg { arg } => stack.push(arg),
-                ExprKind::And { args } | ExprKind::Or { args } => stack.extend(args.iter().rev()),
+                ExprKind::And { args } | ExprKind::Or { args } | ExprKind::Count { args } => {
+                    stack.extend(args.iter().rev())
+                }
                 ExprKind::Cmp { lhs, rhs, .. } | ExprKind::Arith { lhs, rhs, .. } => {
                     stack.push(rhs);
                     stack.push(lhs);
@@ -568,7 +570,7 @@ impl Expr {
     pub fn rewrite(&mut self, f: &mut impl FnMut(&mut Expr)) {
         match &mut self.kind {
             ExprKind::Not { arg } | ExprKind::Neg { arg } => arg.rewrite(f),
-            ExprKind::And { args } | ExprKind::Or { args } => {
+            ExprKind::And { args } | ExprKind::Or { args } | ExprKind::Count { args } => {
                 for a in args {
                     a.rewrite(f);
                 }
@@ -668,5 +670,9 @@ pub enum ExprKind {
         arith: ArithOp,
         lhs: Box<Expr>,
         rhs: Box<Expr>,
+    },
+    /// `count(p in GROUP: C)`: how many of the conditions hold.
+    Count {
+        args: Vec<Expr>,
     },
 }

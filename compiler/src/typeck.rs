@@ -1659,15 +1659,16 @@ impl<'a> Cx<'a> {
                 body,
             } => {
                 let op = match func.name.as_str() {
-                    "any" => BinOp::Or,
-                    "all" => BinOp::And,
+                    "any" => Some(BinOp::Or),
+                    "all" => Some(BinOp::And),
+                    "count" => None,
                     _ => {
                         self.unknown(
                             "quantifier",
                             func,
                             source,
-                            &["any", "all"],
-                            Some("`any(p in GROUP: C)`: C holds for some device of the group; `all(...)`: for every one".into()),
+                            &["any", "all", "count"],
+                            Some("`any(p in GROUP: C)`: C holds for some device of the group; `all(...)`: for every one; `count(...)`: for how many".into()),
                         );
                         return ast::Expr {
                             kind: AK::Error,
@@ -1689,6 +1690,12 @@ impl<'a> Cx<'a> {
                         self.expand_expr(source, body, groups, devices, &inner)
                     })
                     .collect();
+                let Some(op) = op else {
+                    return ast::Expr {
+                        kind: AK::Count(terms),
+                        span: e.span,
+                    };
+                };
                 // Joined as a balanced tree: a group of a thousand devices nests ten
                 // levels deep, not a thousand (K113 counts levels).
                 while terms.len() > 1 {
@@ -2413,6 +2420,16 @@ impl<'a> Cx<'a> {
                 );
                 None
             }
+            AK::Count(args) => {
+                let mut typed = Vec::new();
+                for a in args {
+                    let a = self.expr(source, a, ctx);
+                    typed.push(self.expect_operand(a?, "`count`", |t| *t == Ty::Bool, "a boolean"));
+                }
+                let args: Vec<Expr> = typed.into_iter().collect::<Option<_>>()?;
+                let hi = i64::try_from(args.len()).unwrap_or(i64::MAX);
+                mk(ExprKind::Count { args }, Ty::Int { lo: 0, hi })
+            }
             AK::Bool(b) => mk(ExprKind::Bool { value: *b }, Ty::Bool),
             AK::Int(n) => {
                 if matches!(ctx, Ctx::Assert { .. }) {
@@ -2599,8 +2616,41 @@ impl<'a> Cx<'a> {
                     _ => CmpOp::Ge,
                 };
                 if matches!(ctx, Ctx::Assert { .. }) {
-                    assert_only(self, "a comparison");
-                    return None;
+                    // `count(...) >= 3`: a count of states, against a count or a number.
+                    let counted = |x: &ast::Expr| matches!(x.kind, AK::Count(_));
+                    if !(counted(a) || counted(b)) {
+                        assert_only(self, "a comparison");
+                        return None;
+                    }
+                    let side = |cx: &mut Self, x: &ast::Expr| match &x.kind {
+                        AK::Int(n) => Some(Expr {
+                            kind: ExprKind::Int { value: *n },
+                            ty: Ty::Int { lo: *n, hi: *n },
+                            loc: cx.loc(source, x.span),
+                        }),
+                        AK::Count(_) => cx.expr(source, x, ctx),
+                        _ => {
+                            cx.err(
+                                Diagnostic::error(
+                                    codes::BAD_CONTEXT,
+                                    "a count is compared with a count or a number in an assertion",
+                                )
+                                .primary(cx.loc(source, x.span), "not allowed here")
+                                .help("e.g. `assert never count(p in plugs: p in attack) >= 3`"),
+                            );
+                            None
+                        }
+                    };
+                    let (ea, eb) = (side(self, a), side(self, b));
+                    let (ea, eb) = (ea?, eb?);
+                    return mk(
+                        ExprKind::Cmp {
+                            cmp,
+                            lhs: Box::new(ea),
+                            rhs: Box::new(eb),
+                        },
+                        Ty::Bool,
+                    );
                 }
                 self.comparison(source, cmp, op.symbol(), a, b, ctx, loc)
             }
@@ -3267,6 +3317,7 @@ fn mentions(e: &ast::Expr, devices: &[String]) -> bool {
             mentions(arg, devices)
         }
         AK::Binary(_, a, b) => mentions(a, devices) || mentions(b, devices),
+        AK::Count(args) => args.iter().any(|a| mentions(a, devices)),
         _ => false,
     }
 }

@@ -131,6 +131,26 @@ enum E {
     Not(Box<E>),
     And(Box<E>, Box<E>),
     Or(Box<E>, Box<E>),
+    /// `count(q in t0: q in sS [and q.b]) OP N` over the group `t0` of the devices of
+    /// type `T0` (`devs`).
+    Count {
+        devs: Vec<String>,
+        state: usize,
+        b: bool,
+        op: &'static str,
+        n: i64,
+    },
+}
+
+fn compare(op: &str, a: i64, b: i64) -> bool {
+    match op {
+        "<" => a < b,
+        "<=" => a <= b,
+        ">" => a > b,
+        ">=" => a >= b,
+        "==" => a == b,
+        _ => a != b,
+    }
 }
 
 impl E {
@@ -145,6 +165,12 @@ impl E {
             E::Not(a) => format!("not {}", paren(a)),
             E::And(a, b) => format!("{} and {}", paren(a), paren(b)),
             E::Or(a, b) => format!("{} or {}", paren(a), paren(b)),
+            E::Count {
+                state, b, op, n, ..
+            } => format!(
+                "count(q in t0: q in s{state}{}) {op} {n}",
+                if *b { " and q.b" } else { "" }
+            ),
         }
     }
     /// Over device states only (assertions).
@@ -155,6 +181,13 @@ impl E {
             E::Not(a) => !a.holds(state_of),
             E::And(a, b) => a.holds(state_of) && b.holds(state_of),
             E::Or(a, b) => a.holds(state_of) || b.holds(state_of),
+            E::Count { b: true, .. } => panic!("assertions read states only"),
+            E::Count {
+                devs, state, op, n, ..
+            } => {
+                let c = devs.iter().filter(|d| state_of(d) == *state).count();
+                compare(op, i64::try_from(c).unwrap(), *n)
+            }
         }
     }
     fn mentions(&self, dev: &str) -> bool {
@@ -163,6 +196,7 @@ impl E {
             E::In(d, _) => d == dev,
             E::Not(a) => a.mentions(dev),
             E::And(a, b) | E::Or(a, b) => a.mentions(dev) || b.mentions(dev),
+            E::Count { devs, .. } => devs.iter().any(|d| d == dev),
         }
     }
     /// Whether it reads variable `var` of `dev` (`None`: the device's own, in a guard).
@@ -172,6 +206,9 @@ impl E {
             E::In(..) => false,
             E::Not(a) => a.reads(dev, var),
             E::And(a, b) | E::Or(a, b) => a.reads(dev, var) || b.reads(dev, var),
+            E::Count { devs, b, .. } => {
+                *b && var == "b" && dev.is_some_and(|d| devs.iter().any(|x| x == d))
+            }
         }
     }
     /// One-step simplifications, for shrinking.
@@ -184,6 +221,22 @@ impl E {
                 vars: vec!["b"],
             }],
             E::Lit { .. } | E::In(..) => Vec::new(),
+            E::Count { b: true, .. } => {
+                let E::Count {
+                    devs, state, op, n, ..
+                } = self.clone()
+                else {
+                    return Vec::new();
+                };
+                vec![E::Count {
+                    devs,
+                    state,
+                    b: false,
+                    op,
+                    n,
+                }]
+            }
+            E::Count { .. } => Vec::new(),
             E::Not(a) => {
                 let mut out = vec![(**a).clone()];
                 out.extend(a.shrinks().into_iter().map(|x| E::Not(Box::new(x))));
@@ -518,6 +571,26 @@ fn gen_policy(seed: u64) -> Policy {
         let d = rng.pick(&devs);
         E::In(d.name.clone(), rng.below_usize(types[d.ty].states))
     };
+    // `count` over the devices of type T0 (the group `t0`), of a state, with `q.b` or not.
+    let t0: Vec<String> = devs
+        .iter()
+        .filter(|d| d.ty == 0)
+        .map(|d| d.name.clone())
+        .collect();
+    let count = |rng: &mut Rng, b: bool| E::Count {
+        devs: t0.clone(),
+        state: rng.below_usize(types[0].states),
+        b,
+        op: cmp_op(rng),
+        n: rng.range(0, i64::try_from(t0.len()).unwrap()),
+    };
+    let in_state = |rng: &mut Rng| {
+        if rng.pct(10) {
+            count(rng, false)
+        } else {
+            in_state(rng)
+        }
+    };
     let clock = |rng: &mut Rng| E::Lit {
         text: format!("clock in {}", rng.pick(WINDOWS)),
         dev: None,
@@ -543,6 +616,8 @@ fn gen_policy(seed: u64) -> Policy {
             _ => expr(&mut rng, 2, &mut |r| {
                 if r.pct(40) {
                     in_state(r)
+                } else if r.pct(8) {
+                    count(r, true)
                 } else if r.pct(12) {
                     clock(r)
                 } else {
@@ -672,6 +747,7 @@ fn render(p: &Policy) -> Rendered {
     }
     push(&mut lines, "site lab {".into());
     push(&mut lines, "    bridge \"br0\" uplink \"up0\"".into());
+    push(&mut lines, format!("    group t0: {}", p.types[0].name));
     for (i, d) in p.devs.iter().enumerate() {
         push(
             &mut lines,

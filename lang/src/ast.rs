@@ -585,6 +585,9 @@ pub enum ExprKind {
         group: Ident,
         body: Box<Expr>,
     },
+    /// `count(p in GROUP: COND)` once the compiler has expanded it: how many of these
+    /// conditions hold (an integer). Never made by the parser.
+    Count(Vec<Expr>),
     /// Stands in for an expression the parser could not read; already reported.
     Error,
 }
@@ -605,6 +608,7 @@ impl Expr {
                     stack.push((a, d + 1));
                     stack.push((b, d + 1));
                 }
+                ExprKind::Count(args) => stack.extend(args.iter().map(|a| (a, d + 1))),
                 _ => {}
             }
         }
@@ -625,6 +629,7 @@ impl Drop for Expr {
                 stack.push(a);
                 stack.push(b);
             }
+            ExprKind::Count(args) => stack.extend(args.into_iter().map(Box::new)),
             _ => {}
         };
         take(

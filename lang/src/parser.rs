@@ -4,7 +4,7 @@
 //! member boundaries, so each error is reported once and the rest of the file still
 //! yields a tree for later phases.
 
-use crate::ast::{BinOp, Expr, ExprKind, File, Span, StrLit};
+use crate::ast::{BinOp, Expr, ExprKind, File, Ident, Span, StrLit};
 use crate::lexer::{Lexer, Token};
 use lalrpop_util::{ErrorRecovery, ParseError};
 
@@ -274,6 +274,37 @@ pub(crate) fn bin(op: BinOp, a: Expr, b: Expr, l: usize, r: usize) -> Expr {
     Expr {
         kind: ExprKind::Binary(op, Box::new(a), Box::new(b)),
         span: Span::new(l, r),
+    }
+}
+
+/// `func(p in GROUP: body)`: the binder was read as an expression, `p in GROUP`.
+pub(crate) fn quantified(
+    func: Ident,
+    binder: Expr,
+    body: Expr,
+    span: Span,
+    errors: &mut Vec<ErrorRecovery<usize, Token, UserError>>,
+) -> Expr {
+    match &binder.kind {
+        ExprKind::InState(var, group) => Expr {
+            kind: ExprKind::Quantified {
+                func,
+                var: var.clone(),
+                group: group.clone(),
+                body: Box::new(body),
+            },
+            span,
+        },
+        _ => {
+            errors.push(user_error(
+                "write `any(p in GROUP: CONDITION)`, `all(...)` or `count(...)`",
+                span,
+            ));
+            Expr {
+                kind: ExprKind::Error,
+                span,
+            }
+        }
     }
 }
 

@@ -771,6 +771,15 @@ fn ty_of(e: &Expr, ctx: &Ctx<'_>) -> Result<K, String> {
             }
             K::Bool
         }
+        ExprKind::Count { args } => {
+            for a in args {
+                if ty_of(a, ctx)? != K::Bool {
+                    return Err("`count` of a non-boolean".to_string());
+                }
+            }
+            let n = i64::try_from(args.len()).map_err(|_| "a count too large".to_string())?;
+            fits((i128::from(0), i128::from(n)))?
+        }
         ExprKind::Arith { arith, lhs, rhs } => {
             let (a, b) = (
                 int64(&ty_of(lhs, ctx)?, "an operand")?,

@@ -159,6 +159,19 @@ pub fn eval<E: Env>(e: &Expr, env: &E) -> Eval {
                 _ => return Err(EvalError::Type("a comparison of a boolean with an integer")),
             }
         }
+        // Known only when every condition is: a count that may be off is not a count.
+        ExprKind::Count { args } => {
+            let mut n: i64 = 0;
+            let mut unknown = false;
+            for a in args {
+                match boolean(eval(a, env)?, "an operand of `count`")? {
+                    Some(true) => n = n.checked_add(1).ok_or(EvalError::Overflow("count"))?,
+                    Some(false) => {}
+                    None => unknown = true,
+                }
+            }
+            (!unknown).then_some(Value::Int(n))
+        }
         ExprKind::Arith { arith, lhs, rhs } => {
             let l = integer(eval(lhs, env)?, "an operand of arithmetic")?;
             let r = integer(eval(rhs, env)?, "an operand of arithmetic")?;
@@ -379,6 +392,30 @@ mod tests {
         // A condition that is unknown does not hold, and neither does its negation.
         assert!(!holds(&u(), &e).unwrap());
         assert!(!holds(&not(u()), &e).unwrap());
+    }
+
+    #[test]
+    fn count_is_known_only_when_every_condition_is() {
+        let e = env(); // var 0 unknown
+        let u = || cmp(CmpOp::Gt, var(0), int(1));
+        let count = |args: Vec<Expr>| {
+            let hi = i64::try_from(args.len()).unwrap();
+            node(ExprKind::Count { args }, Ty::Int { lo: 0, hi })
+        };
+        assert_eq!(ev(&count(vec![]), &e), i(0));
+        assert_eq!(
+            ev(
+                &count(vec![boolean(true), boolean(false), boolean(true)]),
+                &e
+            ),
+            i(2)
+        );
+        assert_eq!(ev(&count(vec![boolean(true), u()]), &e), None);
+        // So a comparison of it does not hold, and neither does its negation.
+        let at_least_one = cmp(CmpOp::Ge, count(vec![boolean(true), u()]), int(1));
+        assert!(!holds(&at_least_one, &e).unwrap());
+        assert!(!holds(&not(at_least_one), &e).unwrap());
+        assert!(eval(&count(vec![int(1)]), &e).is_err());
     }
 
     #[test]

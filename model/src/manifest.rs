@@ -488,6 +488,11 @@ pub enum ExprKind {
         lhs: Box<Expr>,
         rhs: Box<Expr>,
     },
+    /// `count(p in GROUP: C)`, expanded: how many of the conditions hold; unknown when
+    /// one of them is.
+    Count {
+        args: Vec<Expr>,
+    },
 }
 
 impl Expr {
@@ -499,7 +504,9 @@ impl Expr {
             let e = stack.pop()?;
             match &e.kind {
                 ExprKind::Not { arg } | ExprKind::Neg { arg } => stack.push(arg),
-                ExprKind::And { args } | ExprKind::Or { args } => stack.extend(args.iter().rev()),
+                ExprKind::And { args } | ExprKind::Or { args } | ExprKind::Count { args } => {
+                    stack.extend(args.iter().rev())
+                }
                 ExprKind::Cmp { lhs, rhs, .. } | ExprKind::Arith { lhs, rhs, .. } => {
                     stack.push(rhs);
                     stack.push(lhs);

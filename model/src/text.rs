@@ -136,6 +136,8 @@ impl Names<'_> {
                 };
                 format!("{} {op} {}", self.operand(lhs, 5), self.operand(rhs, 5))
             }
+            // The group and its name are expanded away: the conditions counted, listed.
+            ExprKind::Count { args } => format!("count({})", self.join(args, ", ", 0)),
             ExprKind::Arith { arith, lhs, rhs } => {
                 let (op, p) = match arith {
                     ArithOp::Add => ("+", 5),

@@ -117,6 +117,9 @@ pub fn expr(e: &ir::Expr) -> m::Expr {
             lhs: boxed(lhs),
             rhs: boxed(rhs),
         },
+        ir::ExprKind::Count { args } => m::ExprKind::Count {
+            args: args.iter().map(expr).collect(),
+        },
         ir::ExprKind::Arith { arith, lhs, rhs } => m::ExprKind::Arith {
             arith: *arith,
             lhs: boxed(lhs),

@@ -19,7 +19,8 @@ use super::solver::{Outcome, Term};
 use super::{codes, Verifier};
 use crate::diag::Diagnostic;
 use crate::ir::{
-    Action, AssertKind, Assertion, DeviceId, Expr, ExprKind, Loc, Rule, Site, StateId, Trigger,
+    Action, AssertKind, Assertion, CmpOp, DeviceId, Expr, ExprKind, Loc, Rule, Site, StateId,
+    Trigger,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -72,10 +73,22 @@ fn is_one(n: &usize) -> bool {
     *n <= 1
 }
 
-/// Evaluates a state predicate (assertions only use states, booleans and connectives).
-/// `st` holds the state index of each device of the cone, as wide as [`StateId`].
+/// Evaluates a state predicate (assertions only use states, booleans, connectives, and
+/// counts of states compared with counts or numbers). `st` holds the state index of each
+/// device of the cone, as wide as [`StateId`].
 fn holds(e: &Expr, coi: &[DeviceId], st: &[u32]) -> bool {
     match &e.kind {
+        ExprKind::Cmp { cmp, lhs, rhs } => match (count_of(lhs, coi, st), count_of(rhs, coi, st)) {
+            (Some(a), Some(b)) => match cmp {
+                CmpOp::Eq => a == b,
+                CmpOp::Ne => a != b,
+                CmpOp::Lt => a < b,
+                CmpOp::Le => a <= b,
+                CmpOp::Gt => a > b,
+                CmpOp::Ge => a >= b,
+            },
+            _ => false,
+        },
         ExprKind::Bool { value } => *value,
         ExprKind::InState { device, state } => coi
             .iter()
@@ -85,6 +98,17 @@ fn holds(e: &Expr, coi: &[DeviceId], st: &[u32]) -> bool {
         ExprKind::And { args } => args.iter().all(|a| holds(a, coi, st)),
         ExprKind::Or { args } => args.iter().any(|a| holds(a, coi, st)),
         _ => false,
+    }
+}
+
+/// The value of a number or a count of states in an assertion.
+fn count_of(e: &Expr, coi: &[DeviceId], st: &[u32]) -> Option<i64> {
+    match &e.kind {
+        ExprKind::Int { value } => Some(*value),
+        ExprKind::Count { args } => {
+            i64::try_from(args.iter().filter(|a| holds(a, coi, st)).count()).ok()
+        }
+        _ => None,
     }
 }
 

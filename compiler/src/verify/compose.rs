@@ -19,7 +19,7 @@
 use super::assert::{explore, state_names, whole, Explored, Run, Search, Step};
 use super::solver::{value_of, ModelValue, Outcome, Query, Sort, Term};
 use super::{Options, Verifier};
-use crate::ir::{Action, ArithOp, CmpOp, DeviceId, Expr, ExprKind, Site};
+use crate::ir::{Action, CmpOp, DeviceId, Expr, ExprKind, Site};
 use std::collections::{HashMap, HashSet};
 
 /// A group of the cone's devices that rules tie together, and the rules that act on them.
@@ -231,25 +231,6 @@ fn search(
     }
 }
 
-/// `a + b + ...` as a balanced tree (no deep recursion in the solver's encoder).
-fn sum(mut terms: Vec<Term>) -> Term {
-    if terms.is_empty() {
-        return Term::Int(0);
-    }
-    while terms.len() > 1 {
-        let mut next = Vec::with_capacity(terms.len().div_ceil(2));
-        let mut it = terms.into_iter();
-        while let Some(a) = it.next() {
-            next.push(match it.next() {
-                Some(b) => Term::Arith(ArithOp::Add, Box::new(a), Box::new(b)),
-                None => a,
-            });
-        }
-        terms = next;
-    }
-    terms.pop().unwrap_or(Term::Int(0))
-}
-
 /// Decides `cond` over the product of the components `parts` of the cone `coi`.
 ///
 /// A component with many combinations of states whose rules read devices they do not
@@ -378,11 +359,11 @@ fn attempt(
     // At most one component is between two changes of a step at any moment.
     if betweens.len() > 1 {
         q.facts
-            .push(Term::cmp(CmpOp::Le, sum(betweens), Term::Int(1)));
+            .push(Term::cmp(CmpOp::Le, Term::sum(betweens), Term::Int(1)));
     }
-    let encoded = encode(cond, &at, &searched, &moment_vars);
+    let encoded = encode(cond, &at, &searched, &moment_vars, &mut q);
     q.facts.push(encoded);
-    let total = sum(costs);
+    let total = Term::sum(costs);
     let steps_of = |q: &Query, model: &super::solver::Model| -> i64 {
         match value_of(&total, &q.vars, model) {
             Some(ModelValue::Int(n)) => n,
@@ -451,8 +432,9 @@ fn encode(
     at: &HashMap<DeviceId, (usize, usize)>,
     searched: &[Searched],
     vars: &[usize],
+    q: &mut Query,
 ) -> Term {
-    let go = |e: &Expr| encode(e, at, searched, vars);
+    let mut go = |e: &Expr| encode(e, at, searched, vars, q);
     match &e.kind {
         ExprKind::Bool { value } => Term::Bool(*value),
         ExprKind::InState { device, state } => {
@@ -472,6 +454,26 @@ fn encode(
         ExprKind::Not { arg } => Term::negate(go(arg)),
         ExprKind::And { args } => Term::And(args.iter().map(go).collect()),
         ExprKind::Or { args } => Term::Or(args.iter().map(go).collect()),
+        ExprKind::Int { value } => Term::Int(*value),
+        ExprKind::Cmp { cmp, lhs, rhs } => {
+            let (a, b) = (go(lhs), go(rhs));
+            Term::cmp(*cmp, a, b)
+        }
+        // One 0..=1 variable per condition counted, 1 exactly when it holds.
+        ExprKind::Count { args } => {
+            let ones = args
+                .iter()
+                .map(|a| {
+                    let c = encode(a, at, searched, vars, q);
+                    let ix = q.vars.len();
+                    q.vars
+                        .push((format!("counted{ix}"), Sort::Int { lo: 0, hi: 1 }));
+                    q.facts.push(Term::iff(c, Term::eq_int(ix, 1)));
+                    Term::Var(ix)
+                })
+                .collect();
+            Term::sum(ones)
+        }
         // Assertions are over states only (`holds` in the whole search agrees).
         _ => Term::Bool(false),
     }

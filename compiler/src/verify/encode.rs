@@ -350,7 +350,23 @@ impl<'m> Vocab<'m> {
                 let (a, b) = (self.encode(lhs), self.encode(rhs));
                 Term::Arith(*arith, Box::new(a), Box::new(b))
             }
+            ExprKind::Count { args } => {
+                let ones: Vec<Term> = args.iter().map(|a| self.one_if(a)).collect();
+                Term::sum(ones)
+            }
         }
+    }
+
+    /// A fresh 0..=1 variable that is 1 exactly when `e` holds (a count's term).
+    fn one_if(&mut self, e: &Expr) -> Term {
+        let cond = self.encode(e);
+        let ix = self.query.vars.len();
+        self.query
+            .vars
+            .push((format!("#count{ix}"), Sort::Int { lo: 0, hi: 1 }));
+        self.shown.push(Shown::Hidden);
+        self.query.facts.push(Term::iff(cond, Term::eq_int(ix, 1)));
+        Term::Var(ix)
     }
 
     /// Encodes a type's guard as read by one site device.

@@ -721,6 +721,15 @@ impl Known<'_, '_> {
             ExprKind::Aggregate { var, last, .. } => self.read(*var, *last),
             ExprKind::Neg { arg } => self.valued(arg),
             ExprKind::Arith { lhs, rhs, .. } => Term::And(vec![self.valued(lhs), self.valued(rhs)]),
+            // Known when every condition counted is.
+            ExprKind::Count { args } => Term::And(
+                args.iter()
+                    .map(|a| {
+                        let (t, f) = self.truth(a);
+                        Term::Or(vec![t, f])
+                    })
+                    .collect(),
+            ),
             _ => Term::Bool(true),
         }
     }
@@ -776,7 +785,8 @@ impl Known<'_, '_> {
             ExprKind::Int { .. }
             | ExprKind::Aggregate { .. }
             | ExprKind::Neg { .. }
-            | ExprKind::Arith { .. } => (Term::Bool(false), Term::Bool(false)),
+            | ExprKind::Arith { .. }
+            | ExprKind::Count { .. } => (Term::Bool(false), Term::Bool(false)),
         }
     }
 }

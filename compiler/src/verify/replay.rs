@@ -163,7 +163,7 @@ fn remap(e: &mut m::Expr, at: &dyn Fn(u32) -> Option<u32>) {
         }
         m::ExprKind::InState { device, .. } => *device = at(*device).unwrap_or(u32::MAX),
         m::ExprKind::Not { arg } | m::ExprKind::Neg { arg } => remap(arg, at),
-        m::ExprKind::And { args } | m::ExprKind::Or { args } => {
+        m::ExprKind::And { args } | m::ExprKind::Or { args } | m::ExprKind::Count { args } => {
             for a in args {
                 remap(a, at);
             }

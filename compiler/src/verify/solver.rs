@@ -57,6 +57,22 @@ impl Term {
     pub fn eq_bits(v: VarIx, width: u32, value: u64) -> Term {
         Term::cmp(CmpOp::Eq, Term::Var(v), Term::Bits { width, value })
     }
+    /// `a + b + ...` as a balanced tree (no deep recursion in the solver's encoder); 0 for
+    /// none.
+    pub fn sum(mut terms: Vec<Term>) -> Term {
+        while terms.len() > 1 {
+            let mut next = Vec::with_capacity(terms.len().div_ceil(2));
+            let mut it = terms.into_iter();
+            while let Some(a) = it.next() {
+                next.push(match it.next() {
+                    Some(b) => Term::Arith(ArithOp::Add, Box::new(a), Box::new(b)),
+                    None => a,
+                });
+            }
+            terms = next;
+        }
+        terms.pop().unwrap_or(Term::Int(0))
+    }
     /// `a = b` for booleans: the two sides are equivalent.
     pub fn iff(a: Term, b: Term) -> Term {
         Term::cmp(CmpOp::Eq, a, b)
