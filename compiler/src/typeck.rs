@@ -1424,6 +1424,7 @@ impl<'a> Cx<'a> {
                         span: p.span,
                     }),
                     trusted: d.trusted,
+                    tags: d.tags.clone(),
                     span: d.span,
                 }));
             }
@@ -1528,6 +1529,47 @@ impl<'a> Cx<'a> {
                 }
             };
             groups.insert(g.name.name.clone(), (members, gl));
+        }
+        // Each tag is the group of the devices tagged with it, in the site's order.
+        let mut tags: Vec<(String, Vec<String>, Loc)> = Vec::new();
+        for m in &s.members {
+            let ast::SiteMember::Device(d) = m else {
+                continue;
+            };
+            let mut seen: Vec<(&str, Loc)> = Vec::new();
+            for t in &d.tags {
+                let tl = self.loc(source, t.span);
+                if let Some(&(_, first)) = seen.iter().find(|(n, _)| *n == t.name) {
+                    self.duplicate("tag", &t.name, tl, first);
+                    continue;
+                }
+                seen.push((&t.name, tl));
+                match tags.iter_mut().find(|(n, _, _)| *n == t.name) {
+                    Some((_, members, _)) => members.push(d.name.name.clone()),
+                    None => tags.push((t.name.clone(), vec![d.name.name.clone()], tl)),
+                }
+            }
+        }
+        for (name, members, tl) in tags {
+            let clash = if devices.iter().any(|(d, _)| *d == name) {
+                Some("a device")
+            } else if groups.contains_key(&name) {
+                Some("a group")
+            } else {
+                None
+            };
+            if let Some(what) = clash {
+                self.err(
+                    Diagnostic::error(
+                        codes::DUPLICATE,
+                        format!("`{name}` is {what} and a tag"),
+                    )
+                    .primary(tl, format!("a tag named like {what}"))
+                    .help("a tag is the group of the devices tagged with it; give it a name of its own"),
+                );
+                continue;
+            }
+            groups.insert(name, (members, tl));
         }
         let mut out = Vec::new();
         for m in &s.members {

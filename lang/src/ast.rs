@@ -460,6 +460,8 @@ pub struct DeviceDecl {
     pub mac_counts: bool,
     pub port: Option<StrLit>,
     pub trusted: Option<Span>,
+    /// `tagged outdoor, entrance`: each tag is a group of the site, of the devices tagged.
+    pub tags: Vec<Ident>,
     pub span: Span,
 }
 

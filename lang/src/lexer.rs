@@ -58,6 +58,8 @@ pub enum Token {
     Telemetry,
     #[token("group")]
     Group,
+    #[token("tagged")]
+    Tagged,
     #[token("command")]
     Command,
     #[token("publish")]
@@ -331,6 +333,7 @@ impl Token {
             Sensed => "sensed",
             Telemetry => "telemetry",
             Group => "group",
+            Tagged => "tagged",
             Command => "command",
             Publish => "publish",
             Map => "map",

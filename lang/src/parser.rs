@@ -266,6 +266,7 @@ const SOFT_KEYWORDS: &[&str] = &[
     "command",
     "publish",
     "group",
+    "tagged",
 ];
 
 // ---- helpers used by grammar actions
@@ -326,6 +327,8 @@ pub(crate) enum DeviceAttr {
     Mac([u8; 6], bool),
     Port(StrLit),
     Trusted,
+    /// `tagged outdoor, entrance`: the groups the device belongs to by tag.
+    Tags(Vec<Ident>),
 }
 
 #[cfg(test)]
