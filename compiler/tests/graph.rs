@@ -344,3 +344,24 @@ fn a_rule_for_every_member_of_a_group_is_one_label() {
         "{dot}"
     );
 }
+
+/// A rule for a group that holds only some devices of a type names them: the graph is
+/// drawn per type, and must not show the rule on devices it does not move.
+#[test]
+fn a_rule_for_some_devices_of_a_type_names_them() {
+    let file = PathBuf::from("tests/fixtures/check/clean/tags.kalki");
+    let checked = kalki_compiler::check(&[file], &FsLoader { base: repo_root() });
+    let model = checked.model.expect("the fixture checks clean");
+    // `wary for l in indoor`: the camera `hall` (of four cameras) and the only light.
+    let cams = state_machines(&model, Some("Camera")).unwrap();
+    assert!(
+        cams.contains(r#"[label="rule wary[hall] (escalate)", style=dashed]"#),
+        "{cams}"
+    );
+    assert!(!cams.contains("wary[each]"), "{cams}");
+    let lights = state_machines(&model, Some("Light")).unwrap();
+    assert!(
+        lights.contains(r#"[label="rule wary[each] (escalate)", style=dashed]"#),
+        "{lights}"
+    );
+}

@@ -171,6 +171,38 @@ fn cluster(out: &mut String, model: &Model, id: TypeId, key: &str) {
     // states below its target).
     let mut moves: BTreeMap<(StateId, StateId), Vec<String>> = BTreeMap::new();
     for site in &model.sites {
+        // A rule written once for a group (`cut[plug1]`, `cut[plug2]`, ...) is one label,
+        // `cut[each]` when it moves every device of this type in the site, else naming the
+        // devices it moves: the graph is of the type, and must not claim a rule for
+        // devices it does not move.
+        let of_type: Vec<&str> = site
+            .devices
+            .iter()
+            .filter(|d| d.ty == id)
+            .map(|d| d.name.as_str())
+            .collect();
+        let mut members: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for r in &site.rules {
+            if let Some((base, member)) = r.name.strip_suffix(']').and_then(|n| n.split_once('[')) {
+                if of_type.contains(&member) {
+                    members.entry(base).or_default().push(member);
+                }
+            }
+        }
+        let group_label = |base: &str| -> String {
+            let moved = members.get(base).map_or(&[][..], Vec::as_slice);
+            if moved.len() == of_type.len() {
+                format!("{base}[each]")
+            } else if moved.len() <= 3 {
+                format!("{base}[{}]", moved.join(", "))
+            } else {
+                format!(
+                    "{base}[{}, ... {} devices]",
+                    moved[..2].join(", "),
+                    moved.len()
+                )
+            }
+        };
         for r in &site.rules {
             for a in &r.actions {
                 let Some((device, state, up)) = a.moves() else {
@@ -180,16 +212,9 @@ fn cluster(out: &mut String, model: &Model, id: TypeId, key: &str) {
                 if site.devices.get(device.index()).map(|d| d.ty) != Some(id) {
                     continue;
                 }
-                // A rule written once for a group (`cut[plug1]`, `cut[plug2]`, ...) is one
-                // label for all its devices of this type.
-                let (name, each) = match r.name.split_once('[') {
-                    Some((base, _)) if r.name.ends_with(']') => (base, true),
-                    _ => (r.name.as_str(), false),
-                };
-                let name = if each {
-                    format!("{name}[each]")
-                } else {
-                    name.to_string()
+                let name = match r.name.split_once('[') {
+                    Some((base, _)) if r.name.ends_with(']') => group_label(base),
+                    _ => r.name.clone(),
                 };
                 let label = if up {
                     format!("rule {name} (escalate)")
