@@ -2433,6 +2433,62 @@ impl<'a> Cx<'a> {
         )
     }
 
+    /// A side of a comparison in an assertion: counts of states and numbers, with `+`,
+    /// `-` and `*` (`count(p in plugs: p in attack) + count(...) >= 3`).
+    fn count_term(&mut self, source: SourceId, x: &ast::Expr, ctx: &Ctx<'_>) -> Option<Expr> {
+        let loc = self.loc(source, x.span);
+        let mk = |kind: ExprKind, ty: Ty| Some(Expr { kind, ty, loc });
+        match &x.kind {
+            AK::Int(n) => mk(ExprKind::Int { value: *n }, Ty::Int { lo: *n, hi: *n }),
+            AK::Count(_) => self.expr(source, x, ctx),
+            AK::Unary(UnOp::Neg, a) => {
+                let a = self.count_term(source, a, ctx)?;
+                let Ty::Int { lo, hi } = a.ty else {
+                    return None;
+                };
+                let ty = self.exact_int(range::neg((lo, hi)), loc, "`-`")?;
+                mk(ExprKind::Neg { arg: Box::new(a) }, ty)
+            }
+            AK::Binary(op @ (BinOp::Add | BinOp::Sub | BinOp::Mul), a, b) => {
+                let (a, b) = (
+                    self.count_term(source, a, ctx),
+                    self.count_term(source, b, ctx),
+                );
+                let (a, b) = (a?, b?);
+                let (Ty::Int { lo: al, hi: ah }, Ty::Int { lo: bl, hi: bh }) = (&a.ty, &b.ty)
+                else {
+                    return None;
+                };
+                let arith = match op {
+                    BinOp::Add => ArithOp::Add,
+                    BinOp::Sub => ArithOp::Sub,
+                    _ => ArithOp::Mul,
+                };
+                let bounds = range::arith(arith, (*al, *ah), (*bl, *bh));
+                let ty = self.exact_int(bounds, loc, &format!("`{}`", op.symbol()))?;
+                mk(
+                    ExprKind::Arith {
+                        arith,
+                        lhs: Box::new(a),
+                        rhs: Box::new(b),
+                    },
+                    ty,
+                )
+            }
+            _ => {
+                self.err(
+                    Diagnostic::error(
+                        codes::BAD_CONTEXT,
+                        "in an assertion, counts are compared with counts and numbers",
+                    )
+                    .primary(loc, "not a count or a number")
+                    .help("e.g. `assert never count(p in plugs: p in attack) >= 3`; `+`, `-` and `*` of counts and numbers are allowed"),
+                );
+                None
+            }
+        }
+    }
+
     fn expr(&mut self, source: SourceId, e: &ast::Expr, ctx: &Ctx<'_>) -> Option<Expr> {
         let loc = self.loc(source, e.span);
         let mk = |kind: ExprKind, ty: Ty| Some(Expr { kind, ty, loc });
@@ -2658,32 +2714,15 @@ impl<'a> Cx<'a> {
                     _ => CmpOp::Ge,
                 };
                 if matches!(ctx, Ctx::Assert { .. }) {
-                    // `count(...) >= 3`: a count of states, against a count or a number.
-                    let counted = |x: &ast::Expr| matches!(x.kind, AK::Count(_));
-                    if !(counted(a) || counted(b)) {
+                    // `count(...) >= 3`: counts of states, with numbers and arithmetic.
+                    if !(has_count(a) || has_count(b)) {
                         assert_only(self, "a comparison");
                         return None;
                     }
-                    let side = |cx: &mut Self, x: &ast::Expr| match &x.kind {
-                        AK::Int(n) => Some(Expr {
-                            kind: ExprKind::Int { value: *n },
-                            ty: Ty::Int { lo: *n, hi: *n },
-                            loc: cx.loc(source, x.span),
-                        }),
-                        AK::Count(_) => cx.expr(source, x, ctx),
-                        _ => {
-                            cx.err(
-                                Diagnostic::error(
-                                    codes::BAD_CONTEXT,
-                                    "a count is compared with a count or a number in an assertion",
-                                )
-                                .primary(cx.loc(source, x.span), "not allowed here")
-                                .help("e.g. `assert never count(p in plugs: p in attack) >= 3`"),
-                            );
-                            None
-                        }
-                    };
-                    let (ea, eb) = (side(self, a), side(self, b));
+                    let (ea, eb) = (
+                        self.count_term(source, a, ctx),
+                        self.count_term(source, b, ctx),
+                    );
                     let (ea, eb) = (ea?, eb?);
                     return mk(
                         ExprKind::Cmp {
@@ -3349,6 +3388,16 @@ fn bind_action(a: &ast::Action, bind: &[(String, String)]) -> ast::Action {
             state: state.clone(),
             span: *span,
         },
+    }
+}
+
+/// Whether an expression has a `count` in its arithmetic (what an assertion may compare).
+fn has_count(e: &ast::Expr) -> bool {
+    match &e.kind {
+        AK::Count(_) => true,
+        AK::Unary(UnOp::Neg, a) => has_count(a),
+        AK::Binary(BinOp::Add | BinOp::Sub | BinOp::Mul, a, b) => has_count(a) || has_count(b),
+        _ => false,
     }
 }
 

@@ -16,11 +16,12 @@ use super::replay::{self, Move as Taken};
 use super::site::alert_outcomes;
 use super::site::waits_for_state_change;
 use super::solver::{Outcome, Term};
+use super::symmetry::Symmetry;
 use super::{codes, Verifier};
 use crate::diag::Diagnostic;
 use crate::ir::{
-    Action, AssertKind, Assertion, CmpOp, DeviceId, Expr, ExprKind, Loc, Rule, Site, StateId,
-    Trigger,
+    Action, ArithOp, AssertKind, Assertion, CmpOp, DeviceId, Expr, ExprKind, Loc, Rule, Site,
+    StateId, Trigger,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -108,6 +109,15 @@ fn count_of(e: &Expr, coi: &[DeviceId], st: &[u32]) -> Option<i64> {
         ExprKind::Count { args } => {
             i64::try_from(args.iter().filter(|a| holds(a, coi, st)).count()).ok()
         }
+        ExprKind::Neg { arg } => count_of(arg, coi, st)?.checked_neg(),
+        ExprKind::Arith { arith, lhs, rhs } => {
+            let (a, b) = (count_of(lhs, coi, st)?, count_of(rhs, coi, st)?);
+            match arith {
+                ArithOp::Add => a.checked_add(b),
+                ArithOp::Sub => a.checked_sub(b),
+                ArithOp::Mul => a.checked_mul(b),
+            }
+        }
         _ => None,
     }
 }
@@ -135,9 +145,9 @@ struct Move {
 /// once it has fired. Rules that read values or the clock are always due (a reading or a
 /// clock boundary can come at any time).
 #[derive(Clone, PartialEq, Eq, Hash)]
-struct Node {
-    st: Vec<u32>,
-    due: Vec<bool>,
+pub(super) struct Node {
+    pub st: Vec<u32>,
+    pub due: Vec<bool>,
 }
 
 /// Whether a rule moves a device of the cone or raises an alert on one.
@@ -279,6 +289,10 @@ fn cone(site: &Site, live_rules: &[bool], a: &Assertion) -> (Vec<DeviceId>, Vec<
     (coi, rules)
 }
 
+/// Past this many devices in one search, looking for symmetry (a rewrite of every rule
+/// per pair of devices) costs more than it is likely to save.
+const SYMMETRY_MAX_DEVICES: usize = 256;
+
 /// The names of the states `st` of the devices `coi`, by device name.
 pub(super) fn state_names(
     v: &Verifier<'_>,
@@ -414,7 +428,19 @@ pub(super) fn whole(
     cond: &Expr,
 ) -> Search {
     let budget = v.opts.max_states;
-    let ex = explore(v, site, coi, rules, &[], Some(cond), budget);
+    // Worth looking for only where the product is large; a small one is searched as is.
+    let sym = (v.opts.symmetry
+        && compose::product_size(v, site, coi) > v.opts.compose_above
+        && coi.len() <= SYMMETRY_MAX_DEVICES)
+        .then(|| Symmetry::detect(site, coi, rules, cond))
+        .flatten();
+    let scope = Scope {
+        devices: coi,
+        rules,
+        free: &[],
+        sym: sym.as_ref(),
+    };
+    let ex = explore(v, site, &scope, Some(cond), budget);
     let run = ex.found.map(|end| {
         let path = ex.path(end);
         Run {
@@ -434,6 +460,17 @@ pub(super) fn whole(
         unknown: ex.unknown,
         bounded: ex.bounded,
     }
+}
+
+/// What one search covers: its devices (the cone, or a group of it), the rules acting on
+/// them (site indices), the devices they read but that no rule moves (`free`, with the
+/// states each reaches; see [`explore`]), and the symmetry to search once per orbit.
+#[derive(Clone, Copy)]
+pub(super) struct Scope<'s> {
+    pub devices: &'s [DeviceId],
+    pub rules: &'s [usize],
+    pub free: &'s [(DeviceId, Vec<u32>)],
+    pub sym: Option<&'s Symmetry>,
 }
 
 /// One node of an explicit search: its states and due rules, the node it was reached
@@ -492,12 +529,21 @@ impl Explored {
 pub(super) fn explore(
     v: &mut Verifier<'_>,
     site: &Site,
-    coi: &[DeviceId],
-    rules: &[usize],
-    free: &[(DeviceId, Vec<u32>)],
+    scope: &Scope<'_>,
     goal: Option<&Expr>,
     budget: usize,
 ) -> Explored {
+    let Scope {
+        devices: coi,
+        rules,
+        free,
+        sym,
+    } = *scope;
+    // The table of nodes seen is keyed by one node of each orbit of the symmetry.
+    let key = |n: &Node| match sym {
+        Some(s) => s.key(n),
+        None => n.clone(),
+    };
     let reads: Vec<BTreeSet<DeviceId>> = rules
         .iter()
         .map(|&ri| Expr::states_read(&site.rules[ri].cond).collect())
@@ -532,7 +578,7 @@ pub(super) fn explore(
     let mut seen_between: HashMap<Node, usize> = HashMap::new();
     let mut nodes: Vec<Entry> = Vec::new();
     let mut queue = VecDeque::new();
-    seen.insert(init.clone(), 0);
+    seen.insert(key(&init), 0);
     nodes.push(Entry {
         node: init,
         parent: None,
@@ -682,8 +728,8 @@ pub(super) fn explore(
                 } else {
                     &mut seen_between
                 };
-                if !known.contains_key(&mid) {
-                    known.insert(mid.clone(), nodes.len());
+                if let std::collections::hash_map::Entry::Vacant(slot) = known.entry(key(&mid)) {
+                    slot.insert(nodes.len());
                     nodes.push(Entry {
                         node: mid,
                         parent: Some(n),
@@ -702,14 +748,15 @@ pub(super) fn explore(
                     next.due[k] = false;
                 }
             }
-            if seen.contains_key(&next) {
+            let k = key(&next);
+            if seen.contains_key(&k) {
                 continue;
             }
             if nodes.len() >= budget {
                 bounded = true;
                 break;
             }
-            seen.insert(next.clone(), nodes.len());
+            seen.insert(k, nodes.len());
             nodes.push(Entry {
                 node: next,
                 parent: Some(n),

@@ -16,7 +16,7 @@
 //! device, not a search of 3^1000 states (`docs/verification.md`, "How assertions are
 //! decided").
 
-use super::assert::{explore, state_names, whole, Explored, Run, Search, Step};
+use super::assert::{explore, state_names, whole, Explored, Run, Scope, Search, Step};
 use super::solver::{value_of, ModelValue, Outcome, Query, Sort, Term};
 use super::{Options, Verifier};
 use crate::ir::{Action, CmpOp, DeviceId, Expr, ExprKind, Site};
@@ -202,7 +202,13 @@ fn search(
         .iter()
         .map(|p| (coi[*p], reach.get(p).cloned().unwrap_or_default()))
         .collect();
-    let ex = explore(v, site, &devices, &u.rules, &free, None, budget);
+    let scope = Scope {
+        devices: &devices,
+        rules: &u.rules,
+        free: &free,
+        sym: None,
+    };
+    let ex = explore(v, site, &scope, None, budget);
     let mut depth = vec![0i64; ex.nodes.len()];
     for (i, e) in ex.nodes.iter().enumerate() {
         // A node's parent is found before it.
@@ -455,6 +461,11 @@ fn encode(
         ExprKind::And { args } => Term::And(args.iter().map(go).collect()),
         ExprKind::Or { args } => Term::Or(args.iter().map(go).collect()),
         ExprKind::Int { value } => Term::Int(*value),
+        ExprKind::Neg { arg } => Term::Neg(Box::new(go(arg))),
+        ExprKind::Arith { arith, lhs, rhs } => {
+            let (a, b) = (go(lhs), go(rhs));
+            Term::Arith(*arith, Box::new(a), Box::new(b))
+        }
         ExprKind::Cmp { cmp, lhs, rhs } => {
             let (a, b) = (go(lhs), go(rhs));
             Term::cmp(*cmp, a, b)

@@ -14,6 +14,7 @@ mod machine;
 mod replay;
 mod site;
 pub mod solver;
+mod symmetry;
 mod traffic;
 pub mod z3;
 
@@ -89,6 +90,9 @@ pub struct Options {
     /// A group of devices with more combinations of states than this is first decided
     /// with the devices its rules read but do not move abstracted ([`compose`]).
     pub split_above: usize,
+    /// Search devices that the rules and the condition treat alike once per orbit
+    /// ([`symmetry`]); `false` for comparison.
+    pub symmetry: bool,
 }
 
 impl Default for Options {
@@ -98,6 +102,7 @@ impl Default for Options {
             max_states: 1_000_000,
             compose_above: 4096,
             split_above: 4096,
+            symmetry: true,
         }
     }
 }
