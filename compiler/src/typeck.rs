@@ -1700,10 +1700,10 @@ impl<'a> Cx<'a> {
                 group,
                 body,
             } => {
-                let op = match func.name.as_str() {
-                    "any" => Some(BinOp::Or),
-                    "all" => Some(BinOp::And),
-                    "count" => None,
+                let quantifier = match func.name.as_str() {
+                    "any" => ast::Quantifier::Any,
+                    "all" => ast::Quantifier::All,
+                    "count" => ast::Quantifier::Count,
                     _ => {
                         self.unknown(
                             "quantifier",
@@ -1724,7 +1724,9 @@ impl<'a> Cx<'a> {
                         span: e.span,
                     };
                 };
-                let mut terms: Vec<ast::Expr> = members
+                // One node, its terms side by side: a group of a thousand devices nests
+                // one level deeper than its condition, not a thousand (K113).
+                let terms: Vec<ast::Expr> = members
                     .into_iter()
                     .map(|d| {
                         let mut inner: Vec<(String, String)> = bind.to_vec();
@@ -1732,32 +1734,13 @@ impl<'a> Cx<'a> {
                         self.expand_expr(source, body, groups, devices, &inner)
                     })
                     .collect();
-                let Some(op) = op else {
-                    return ast::Expr {
-                        kind: AK::Count(terms),
-                        span: e.span,
-                    };
-                };
-                // Joined as a balanced tree: a group of a thousand devices nests ten
-                // levels deep, not a thousand (K113 counts levels).
-                while terms.len() > 1 {
-                    let mut joined = Vec::with_capacity(terms.len().div_ceil(2));
-                    let mut it = terms.into_iter();
-                    while let Some(a) = it.next() {
-                        joined.push(match it.next() {
-                            Some(b) => ast::Expr {
-                                kind: AK::Binary(op, Box::new(a), Box::new(b)),
-                                span: e.span,
-                            },
-                            None => a,
-                        });
-                    }
-                    terms = joined;
-                }
-                return terms.pop().unwrap_or(ast::Expr {
-                    kind: AK::Error,
+                return ast::Expr {
+                    kind: AK::Expanded {
+                        func: quantifier,
+                        terms,
+                    },
                     span: e.span,
-                });
+                };
             }
             other => other.clone(),
         };
@@ -2440,7 +2423,10 @@ impl<'a> Cx<'a> {
         let mk = |kind: ExprKind, ty: Ty| Some(Expr { kind, ty, loc });
         match &x.kind {
             AK::Int(n) => mk(ExprKind::Int { value: *n }, Ty::Int { lo: *n, hi: *n }),
-            AK::Count(_) => self.expr(source, x, ctx),
+            AK::Expanded {
+                func: ast::Quantifier::Count,
+                ..
+            } => self.expr(source, x, ctx),
             AK::Unary(UnOp::Neg, a) => {
                 let a = self.count_term(source, a, ctx)?;
                 let Ty::Int { lo, hi } = a.ty else {
@@ -2518,15 +2504,23 @@ impl<'a> Cx<'a> {
                 );
                 None
             }
-            AK::Count(args) => {
-                let mut typed = Vec::new();
-                for a in args {
-                    let a = self.expr(source, a, ctx);
-                    typed.push(self.expect_operand(a?, "`count`", |t| *t == Ty::Bool, "a boolean"));
+            AK::Expanded { func, terms } => {
+                // The condition once per device: the first that does not type is reported
+                // (the others are very likely the same mistake, at the same place).
+                let name = format!("`{}`", func.name());
+                let mut args = Vec::with_capacity(terms.len());
+                for t in terms {
+                    let t = self.expr(source, t, ctx)?;
+                    args.push(self.expect_operand(t, &name, |t| *t == Ty::Bool, "a boolean")?);
                 }
-                let args: Vec<Expr> = typed.into_iter().collect::<Option<_>>()?;
-                let hi = i64::try_from(args.len()).unwrap_or(i64::MAX);
-                mk(ExprKind::Count { args }, Ty::Int { lo: 0, hi })
+                match func {
+                    ast::Quantifier::Any => mk(ExprKind::Or { args }, Ty::Bool),
+                    ast::Quantifier::All => mk(ExprKind::And { args }, Ty::Bool),
+                    ast::Quantifier::Count => {
+                        let hi = i64::try_from(args.len()).unwrap_or(i64::MAX);
+                        mk(ExprKind::Count { args }, Ty::Int { lo: 0, hi })
+                    }
+                }
             }
             AK::Bool(b) => mk(ExprKind::Bool { value: *b }, Ty::Bool),
             AK::Int(n) => {
@@ -3394,7 +3388,10 @@ fn bind_action(a: &ast::Action, bind: &[(String, String)]) -> ast::Action {
 /// Whether an expression has a `count` in its arithmetic (what an assertion may compare).
 fn has_count(e: &ast::Expr) -> bool {
     match &e.kind {
-        AK::Count(_) => true,
+        AK::Expanded {
+            func: ast::Quantifier::Count,
+            ..
+        } => true,
         AK::Unary(UnOp::Neg, a) => has_count(a),
         AK::Binary(BinOp::Add | BinOp::Sub | BinOp::Mul, a, b) => has_count(a) || has_count(b),
         _ => false,
@@ -3408,7 +3405,7 @@ fn mentions(e: &ast::Expr, devices: &[String]) -> bool {
             mentions(arg, devices)
         }
         AK::Binary(_, a, b) => mentions(a, devices) || mentions(b, devices),
-        AK::Count(args) => args.iter().any(|a| mentions(a, devices)),
+        AK::Expanded { terms, .. } => terms.iter().any(|a| mentions(a, devices)),
         _ => false,
     }
 }

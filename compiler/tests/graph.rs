@@ -359,6 +359,13 @@ fn a_rule_for_some_devices_of_a_type_names_them() {
         "{cams}"
     );
     assert!(!cams.contains("wary[each]"), "{cams}");
+    // `alarm for c in perimeter ... then escalate hall to attack`: the label names the
+    // device its instances move, not the members it is written for.
+    assert!(
+        cams.contains(r#"[label="rule alarm[hall] (escalate)", style=dashed]"#),
+        "{cams}"
+    );
+    assert!(!cams.contains("alarm[yard"), "{cams}");
     let lights = state_machines(&model, Some("Light")).unwrap();
     assert!(
         lights.contains(r#"[label="rule wary[each] (escalate)", style=dashed]"#),

@@ -587,11 +587,35 @@ pub enum ExprKind {
         group: Ident,
         body: Box<Expr>,
     },
-    /// `count(p in GROUP: COND)` once the compiler has expanded it: how many of these
-    /// conditions hold (an integer). Never made by the parser.
-    Count(Vec<Expr>),
+    /// `any`, `all` or `count(p in GROUP: COND)` once the compiler has expanded it: the
+    /// condition for each device of the group. Never made by the parser.
+    Expanded {
+        func: Quantifier,
+        terms: Vec<Expr>,
+    },
     /// Stands in for an expression the parser could not read; already reported.
     Error,
+}
+
+/// What an expanded quantifier makes of its conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Quantifier {
+    /// Some holds: their `or`.
+    Any,
+    /// Every one holds: their `and`.
+    All,
+    /// How many hold: an integer.
+    Count,
+}
+
+impl Quantifier {
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantifier::Any => "any",
+            Quantifier::All => "all",
+            Quantifier::Count => "count",
+        }
+    }
 }
 
 impl Expr {
@@ -610,7 +634,7 @@ impl Expr {
                     stack.push((a, d + 1));
                     stack.push((b, d + 1));
                 }
-                ExprKind::Count(args) => stack.extend(args.iter().map(|a| (a, d + 1))),
+                ExprKind::Expanded { terms, .. } => stack.extend(terms.iter().map(|a| (a, d + 1))),
                 _ => {}
             }
         }
@@ -631,7 +655,7 @@ impl Drop for Expr {
                 stack.push(a);
                 stack.push(b);
             }
-            ExprKind::Count(args) => stack.extend(args.into_iter().map(Box::new)),
+            ExprKind::Expanded { terms, .. } => stack.extend(terms.into_iter().map(Box::new)),
             _ => {}
         };
         take(

@@ -172,20 +172,33 @@ fn cluster(out: &mut String, model: &Model, id: TypeId, key: &str) {
     let mut moves: BTreeMap<(StateId, StateId), Vec<String>> = BTreeMap::new();
     for site in &model.sites {
         // A rule written once for a group (`cut[plug1]`, `cut[plug2]`, ...) is one label,
-        // `cut[each]` when it moves every device of this type in the site, else naming the
-        // devices it moves: the graph is of the type, and must not claim a rule for
-        // devices it does not move.
+        // `cut[each]` when its instances move every device of this type in the site, else
+        // naming the devices they move: the graph is of the type, and must not claim a
+        // rule for devices it does not move.
         let of_type: Vec<&str> = site
             .devices
             .iter()
             .filter(|d| d.ty == id)
             .map(|d| d.name.as_str())
             .collect();
+        // Per rule written for a group: the devices of this type its instances move (not
+        // the members it is written for: `rule one for p in two ... then plug3 -> attack`
+        // moves plug3).
         let mut members: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for r in &site.rules {
-            if let Some((base, member)) = r.name.strip_suffix(']').and_then(|n| n.split_once('[')) {
-                if of_type.contains(&member) {
-                    members.entry(base).or_default().push(member);
+            let Some((base, _)) = r.name.strip_suffix(']').and_then(|n| n.split_once('[')) else {
+                continue;
+            };
+            for a in &r.actions {
+                let Some((device, _, _)) = a.moves() else {
+                    continue;
+                };
+                let Some(d) = site.devices.get(device.index()).filter(|d| d.ty == id) else {
+                    continue;
+                };
+                let moved = members.entry(base).or_default();
+                if !moved.contains(&d.name.as_str()) {
+                    moved.push(&d.name);
                 }
             }
         }

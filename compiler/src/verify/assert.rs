@@ -64,6 +64,10 @@ pub struct AssertionResult {
     /// (`docs/verification.md`, "How assertions are decided"); left out when one.
     #[serde(skip_serializing_if = "is_one")]
     pub groups: usize,
+    /// `false` when the solver could not show in time that no shorter run exists (the
+    /// run is real and replayed, perhaps not the shortest); left out when it is.
+    #[serde(skip_serializing_if = "is_true")]
+    pub shortest: bool,
     /// For a traffic assertion: the traffic that crosses, where, and how (`docs/verification.md`,
     /// "Traffic assertions").
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,6 +76,10 @@ pub struct AssertionResult {
 
 fn is_one(n: &usize) -> bool {
     *n <= 1
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// Evaluates a state predicate (assertions only use states, booleans, connectives, and
@@ -319,6 +327,9 @@ pub(super) fn state_names(
 pub(super) struct Run {
     pub trace: Vec<Step>,
     pub moves: Vec<Taken>,
+    /// Shown to be a shortest run (false: the solver could not decide in time whether a
+    /// shorter one exists).
+    pub shortest: bool,
 }
 
 /// What deciding an assertion's condition found, by either method.
@@ -391,6 +402,7 @@ pub(super) fn decide(
         }
     }
     let found = run.is_some();
+    let shortest = run.as_ref().is_none_or(|r| r.shortest);
     let tr = run.map(|r| r.trace).unwrap_or_default();
     let (status, tr) = match (a.kind, found, bounded, &unknown) {
         (AssertKind::Reachable, true, _, None) => (Status::Proved, tr),
@@ -414,6 +426,7 @@ pub(super) fn decide(
         explored,
         devices: names,
         groups,
+        shortest,
         traffic: None,
     };
     (result, rules, replay_failed)
@@ -452,6 +465,7 @@ pub(super) fn whole(
                 })
                 .collect(),
             moves: path.iter().filter_map(|&i| ex.nodes[i].taken).collect(),
+            shortest: true,
         }
     });
     Search {
@@ -805,9 +819,12 @@ fn report(
             } else {
                 (
                     "assertion refuted: the condition can hold".to_string(),
-                    match tr.len().saturating_sub(1) {
-                        1 => "reached in 1 step".to_string(),
-                        n => format!("reached in {n} steps"),
+                    match (tr.len().saturating_sub(1), r.shortest) {
+                        (1, _) => "reached in 1 step".to_string(),
+                        (n, true) => format!("reached in {n} steps"),
+                        (n, false) => format!(
+                            "reached in {n} steps (perhaps not the fewest: the solver ran out of time looking for a shorter run)"
+                        ),
                     },
                     "the witness trace shows a run from the initial states that reaches it"
                         .to_string(),

@@ -19,7 +19,7 @@
 use super::assert::{explore, state_names, whole, Explored, Run, Scope, Search, Step};
 use super::solver::{value_of, ModelValue, Outcome, Query, Sort, Term};
 use super::{Options, Verifier};
-use crate::ir::{Action, CmpOp, DeviceId, Expr, ExprKind, Site};
+use crate::ir::{Action, ArithOp, CmpOp, DeviceId, Expr, ExprKind, Site};
 use std::collections::{HashMap, HashSet};
 
 /// A group of the cone's devices that rules tie together, and the rules that act on them.
@@ -330,44 +330,55 @@ fn attempt(
             at.insert(coi[p], (ci, k));
         }
     }
+    // One 0/1 variable per component and moment, exactly one of them 1: every state test,
+    // count, step total and "between" is then a linear sum of them, so the solver's
+    // linear relaxation already bounds the steps a condition needs (at least two plugs in
+    // attack cost at least the two cheapest paths there), without case splits.
     let mut q = Query::default();
-    let var = |q: &mut Query, name: String, lo: i64, hi: i64| {
-        q.vars.push((name, Sort::Int { lo, hi }));
-        q.vars.len() - 1
-    };
-    let index = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-    let mut moment_vars = Vec::new();
+    let mut pick: Vec<Vec<usize>> = Vec::new();
     let mut costs = Vec::new();
     let mut betweens = Vec::new();
     for (ci, s) in searched.iter().enumerate() {
-        let x = var(&mut q, format!("moment{ci}"), 0, index(s.moments.len()) - 1);
-        moment_vars.push(x);
-        let deepest = s.moments.iter().map(|&n| s.depth[n]).max().unwrap_or(0);
-        if deepest > 0 {
-            let cost = var(&mut q, format!("steps{ci}"), 0, deepest);
-            for (j, &n) in s.moments.iter().enumerate() {
-                q.facts.push(Term::Or(vec![
-                    Term::negate(Term::eq_int(x, index(j))),
-                    Term::eq_int(cost, s.depth[n]),
-                ]));
+        let vars: Vec<usize> = (0..s.moments.len())
+            .map(|j| {
+                q.vars
+                    .push((format!("at{ci}_{j}"), Sort::Int { lo: 0, hi: 1 }));
+                q.vars.len() - 1
+            })
+            .collect();
+        let ones = |js: &mut dyn Iterator<Item = usize>| {
+            Term::sum(js.map(|j| Term::Var(vars[j])).collect())
+        };
+        q.facts.push(Term::cmp(
+            CmpOp::Eq,
+            ones(&mut (0..vars.len())),
+            Term::Int(1),
+        ));
+        for (j, &n) in s.moments.iter().enumerate() {
+            if s.depth[n] > 0 {
+                costs.push(Term::Arith(
+                    ArithOp::Mul,
+                    Box::new(Term::Int(s.depth[n])),
+                    Box::new(Term::Var(vars[j])),
+                ));
             }
-            costs.push(Term::Var(cost));
         }
         if s.moments.len() > s.settled {
-            let m = var(&mut q, format!("between{ci}"), 0, 1);
-            q.facts.push(Term::iff(
-                Term::cmp(CmpOp::Ge, Term::Var(x), Term::Int(index(s.settled))),
-                Term::eq_int(m, 1),
-            ));
-            betweens.push(Term::Var(m));
+            betweens.push(ones(&mut (s.settled..vars.len())));
         }
+        pick.push(vars);
     }
     // At most one component is between two changes of a step at any moment.
     if betweens.len() > 1 {
         q.facts
             .push(Term::cmp(CmpOp::Le, Term::sum(betweens), Term::Int(1)));
     }
-    let encoded = encode(cond, &at, &searched, &moment_vars, &mut q);
+    let encoded = Encoder {
+        at: &at,
+        searched: &searched,
+        pick: &pick,
+    }
+    .encode(cond, &mut q);
     q.facts.push(encoded);
     let total = Term::sum(costs);
     let steps_of = |q: &Query, model: &super::solver::Model| -> i64 {
@@ -391,10 +402,12 @@ fn attempt(
             }
         }
     };
-    // The fewest steps in all: bisect on a bound of the total.
+    // The fewest steps in all: bisect on a bound of the total. A bound the solver cannot
+    // decide in time leaves the run found, said to be perhaps not the shortest.
+    let mut shortest = true;
     if let Some(model) = &best {
         let (mut lo, mut hi) = (0, steps_of(&q, model));
-        let mut shortest = model.clone();
+        let mut fewest = model.clone();
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let mut bounded = q.clone();
@@ -404,24 +417,31 @@ fn attempt(
             match v.solver.solve(&bounded) {
                 Outcome::Sat(m) => {
                     hi = steps_of(&q, &m).min(mid);
-                    shortest = m;
+                    fewest = m;
                 }
                 Outcome::Unsat => lo = mid + 1,
-                // Keep the run found: still a run, perhaps not the shortest.
-                Outcome::Unknown(_) => break,
+                Outcome::Unknown(_) => {
+                    shortest = false;
+                    break;
+                }
             }
         }
-        best = Some(shortest);
+        best = Some(fewest);
     }
     let run = best.map(|model| {
-        let chosen: Vec<usize> = moment_vars
+        let chosen: Vec<usize> = pick
             .iter()
-            .map(|&x| match value_of(&Term::Var(x), &q.vars, &model) {
-                Some(ModelValue::Int(j)) => usize::try_from(j).unwrap_or(0),
-                _ => 0,
+            .map(|vars| {
+                vars.iter()
+                    .position(|&x| {
+                        value_of(&Term::Var(x), &q.vars, &model) == Some(ModelValue::Int(1))
+                    })
+                    .unwrap_or(0)
             })
             .collect();
-        assemble(v, site, coi, units, &searched, &chosen)
+        let mut run = assemble(v, site, coi, units, &searched, &chosen);
+        run.shortest = shortest;
+        run
     });
     Search {
         run,
@@ -431,62 +451,73 @@ fn attempt(
     }
 }
 
-/// A state predicate over the moment variables: `d in s` holds at the moments of `d`'s
-/// component where `d` is in `s`.
-fn encode(
-    e: &Expr,
-    at: &HashMap<DeviceId, (usize, usize)>,
-    searched: &[Searched],
-    vars: &[usize],
-    q: &mut Query,
-) -> Term {
-    let mut go = |e: &Expr| encode(e, at, searched, vars, q);
-    match &e.kind {
-        ExprKind::Bool { value } => Term::Bool(*value),
-        ExprKind::InState { device, state } => {
-            let Some(&(ci, k)) = at.get(device) else {
-                return Term::Bool(false);
-            };
-            let s = &searched[ci];
-            Term::Or(
-                s.moments
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, &n)| s.ex.nodes[n].states().get(k) == Some(&state.0))
-                    .map(|(j, _)| Term::eq_int(vars[ci], i64::try_from(j).unwrap_or(i64::MAX)))
-                    .collect(),
-            )
-        }
-        ExprKind::Not { arg } => Term::negate(go(arg)),
-        ExprKind::And { args } => Term::And(args.iter().map(go).collect()),
-        ExprKind::Or { args } => Term::Or(args.iter().map(go).collect()),
-        ExprKind::Int { value } => Term::Int(*value),
-        ExprKind::Neg { arg } => Term::Neg(Box::new(go(arg))),
-        ExprKind::Arith { arith, lhs, rhs } => {
-            let (a, b) = (go(lhs), go(rhs));
-            Term::Arith(*arith, Box::new(a), Box::new(b))
-        }
-        ExprKind::Cmp { cmp, lhs, rhs } => {
-            let (a, b) = (go(lhs), go(rhs));
-            Term::cmp(*cmp, a, b)
-        }
-        // One 0..=1 variable per condition counted, 1 exactly when it holds.
-        ExprKind::Count { args } => {
-            let ones = args
+/// State predicates over the components' moment indicators.
+struct Encoder<'e> {
+    /// Where each device of the cone is: (component, position in it).
+    at: &'e HashMap<DeviceId, (usize, usize)>,
+    searched: &'e [Searched],
+    /// Per component, the 0/1 variable of each of its moments.
+    pick: &'e [Vec<usize>],
+}
+
+impl Encoder<'_> {
+    /// `d in s` as a 0/1 sum: the indicators of the moments of `d`'s component where `d`
+    /// is in `s`.
+    fn in_state(&self, d: DeviceId, s: u32) -> Term {
+        let Some(&(ci, k)) = self.at.get(&d) else {
+            return Term::Int(0);
+        };
+        let found = &self.searched[ci];
+        Term::sum(
+            found
+                .moments
                 .iter()
-                .map(|a| {
-                    let c = encode(a, at, searched, vars, q);
-                    let ix = q.vars.len();
-                    q.vars
-                        .push((format!("counted{ix}"), Sort::Int { lo: 0, hi: 1 }));
-                    q.facts.push(Term::iff(c, Term::eq_int(ix, 1)));
-                    Term::Var(ix)
-                })
-                .collect();
-            Term::sum(ones)
+                .enumerate()
+                .filter(|(_, &n)| found.ex.nodes[n].states().get(k) == Some(&s))
+                .map(|(j, _)| Term::Var(self.pick[ci][j]))
+                .collect(),
+        )
+    }
+
+    fn encode(&self, e: &Expr, q: &mut Query) -> Term {
+        match &e.kind {
+            ExprKind::Bool { value } => Term::Bool(*value),
+            ExprKind::InState { device, state } => {
+                Term::cmp(CmpOp::Eq, self.in_state(*device, state.0), Term::Int(1))
+            }
+            ExprKind::Not { arg } => Term::negate(self.encode(arg, q)),
+            ExprKind::And { args } => Term::And(args.iter().map(|a| self.encode(a, q)).collect()),
+            ExprKind::Or { args } => Term::Or(args.iter().map(|a| self.encode(a, q)).collect()),
+            ExprKind::Int { value } => Term::Int(*value),
+            ExprKind::Neg { arg } => Term::Neg(Box::new(self.encode(arg, q))),
+            ExprKind::Arith { arith, lhs, rhs } => {
+                let (a, b) = (self.encode(lhs, q), self.encode(rhs, q));
+                Term::Arith(*arith, Box::new(a), Box::new(b))
+            }
+            ExprKind::Cmp { cmp, lhs, rhs } => {
+                let (a, b) = (self.encode(lhs, q), self.encode(rhs, q));
+                Term::cmp(*cmp, a, b)
+            }
+            // A state test counts as its 0/1 sum; any other condition through a 0/1
+            // variable that is 1 exactly when it holds.
+            ExprKind::Count { args } => Term::sum(
+                args.iter()
+                    .map(|a| match &a.kind {
+                        ExprKind::InState { device, state } => self.in_state(*device, state.0),
+                        _ => {
+                            let c = self.encode(a, q);
+                            let ix = q.vars.len();
+                            q.vars
+                                .push((format!("counted{ix}"), Sort::Int { lo: 0, hi: 1 }));
+                            q.facts.push(Term::iff(c, Term::eq_int(ix, 1)));
+                            Term::Var(ix)
+                        }
+                    })
+                    .collect(),
+            ),
+            // Assertions are over states only (`holds` in the whole search agrees).
+            _ => Term::Bool(false),
         }
-        // Assertions are over states only (`holds` in the whole search agrees).
-        _ => Term::Bool(false),
     }
 }
 
@@ -528,5 +559,9 @@ fn assemble(
             moves.extend(e.taken);
         }
     }
-    Run { trace, moves }
+    Run {
+        trace,
+        moves,
+        shortest: true,
+    }
 }

@@ -461,6 +461,7 @@ pub(super) fn check(
                     explored: 0,
                     devices: vec![site.devices[a.device.index()].name.clone()],
                     groups: 1,
+                    shortest: true,
                     traffic: None,
                 }
             })
@@ -514,6 +515,7 @@ fn check_one(
         explored: 0,
         devices: vec![dev.name.clone()],
         groups: 1,
+        shortest: true,
         traffic,
     };
     let state_name = |s: StateId| ty.states[s.index()].name.clone();
