@@ -10,6 +10,12 @@
 //!   a shortest run of two steps;
 //! - `rule-100`: a hub sealed by a rule that reads the states of 100 plugs;
 //!   `assert never hub in sealed` holds because no plug reaches `retired`.
+//! - `count-1000`: `assert never count(p in plug: p in attack) >= 2` over 1,000 plugs:
+//!   false, with a shortest run of four steps;
+//! - `alike-12`: twelve cameras that each escalate when any of them is attacked (one
+//!   group the rules tie together, searched once per arrangement):
+//!   `assert never all(c in cam: c in suspicious or c in attack) and any(c in cam: c in
+//!   normal)` holds.
 //!
 //! Run with `cargo bench -p kalki-compiler --bench scale` (`make bench-scale`). The whole
 //! search stops at `KALKI_BENCH_MAX_STATES` (default 1,000,000, the CLI's default).
@@ -73,6 +79,17 @@ fn site(plugs: usize, hub: bool, assertion: &str) -> String {
     s
 }
 
+/// `n` cameras that each escalate when any of them is attacked.
+fn cameras(n: usize) -> String {
+    format!(
+        "import std::devices::Camera\n\
+         site yard {{\n    bridge \"br0\"\n\
+         \x20   device cam[1..{n}]: Camera at 10.0.2.1.. port \"cam{{n}}\"\n\
+         \x20   rule spread for c in cam on any(o in cam: o in attack) then escalate c to suspicious\n\
+         \x20   assert never all(c in cam: c in suspicious or c in attack) and any(c in cam: c in normal)\n}}\n"
+    )
+}
+
 fn run(name: &str, text: &str, opts: &Options) -> (String, usize, f64) {
     let path = PathBuf::from(format!("{name}.kalki"));
     let loader = Mem(path.clone(), text.to_string());
@@ -108,6 +125,15 @@ fn main() {
             site(100, false, "assert never any(p in plug: p in attack)"),
         ),
         ("rule-100", site(100, true, "assert never hub in sealed")),
+        (
+            "count-1000",
+            site(
+                1000,
+                false,
+                "assert never count(p in plug: p in attack) >= 2",
+            ),
+        ),
+        ("alike-12", cameras(12)),
     ];
     println!("| case | method | verdict | states explored | time (s) |");
     println!("|---|---|---|---:|---:|");
