@@ -2389,13 +2389,16 @@ impl<'a> Cx<'a> {
         ctx: &Ctx<'_>,
         loc: Loc,
     ) -> Option<Expr> {
-        let mk = |kind: ExprKind, ty: Ty| Some(Expr { kind, ty, loc });
         let a = self.expr(source, a, ctx);
         let b = self.expr(source, b, ctx);
         let name = format!("`{}`", op.symbol());
         let a = self.expect_operand(a?, &name, |t| matches!(t, Ty::Int { .. }), "an integer");
         let b = self.expect_operand(b?, &name, |t| matches!(t, Ty::Int { .. }), "an integer");
-        let (a, b) = (a?, b?);
+        self.arith_node(op, a?, b?, loc)
+    }
+
+    /// `a OP b` of two typed integers, typed exactly (K114 past 64 bits).
+    fn arith_node(&mut self, op: BinOp, a: Expr, b: Expr, loc: Loc) -> Option<Expr> {
         let (Ty::Int { lo: al, hi: ah }, Ty::Int { lo: bl, hi: bh }) = (&a.ty, &b.ty) else {
             return None;
         };
@@ -2406,14 +2409,15 @@ impl<'a> Cx<'a> {
         };
         let bounds = range::arith(arith, (*al, *ah), (*bl, *bh));
         let ty = self.exact_int(bounds, loc, &format!("`{}`", op.symbol()))?;
-        mk(
-            ExprKind::Arith {
+        Some(Expr {
+            kind: ExprKind::Arith {
                 arith,
                 lhs: Box::new(a),
                 rhs: Box::new(b),
             },
             ty,
-        )
+            loc,
+        })
     }
 
     /// A side of a comparison in an assertion: counts of states and numbers, with `+`,
@@ -2440,26 +2444,7 @@ impl<'a> Cx<'a> {
                     self.count_term(source, a, ctx),
                     self.count_term(source, b, ctx),
                 );
-                let (a, b) = (a?, b?);
-                let (Ty::Int { lo: al, hi: ah }, Ty::Int { lo: bl, hi: bh }) = (&a.ty, &b.ty)
-                else {
-                    return None;
-                };
-                let arith = match op {
-                    BinOp::Add => ArithOp::Add,
-                    BinOp::Sub => ArithOp::Sub,
-                    _ => ArithOp::Mul,
-                };
-                let bounds = range::arith(arith, (*al, *ah), (*bl, *bh));
-                let ty = self.exact_int(bounds, loc, &format!("`{}`", op.symbol()))?;
-                mk(
-                    ExprKind::Arith {
-                        arith,
-                        lhs: Box::new(a),
-                        rhs: Box::new(b),
-                    },
-                    ty,
-                )
+                self.arith_node(*op, a?, b?, loc)
             }
             _ => {
                 self.err(

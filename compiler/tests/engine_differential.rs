@@ -1848,6 +1848,60 @@ fn verifier_claims_hold_in_the_engine() {
     );
 }
 
+/// The verdicts of `kalkic verify` with `opts` on a policy's text.
+fn assertions_of(
+    text: &str,
+    solver: &dyn Solver,
+    opts: &verify::Options,
+) -> Vec<verify::AssertionResult> {
+    let path = PathBuf::from("case.kalki");
+    let loader = Mem(path.clone(), text.to_string());
+    kalki_compiler::verify(&[path], &loader, solver, opts)
+        .1
+        .map(|v| v.assertions)
+        .unwrap_or_default()
+}
+
+/// Holds two verifications of one policy to each other: the same verdict wherever both
+/// decide, and runs of the same length (both are shortest). `compared` and `runs` count
+/// the assertions decided both ways and those with a run.
+fn same_verdicts(
+    (case, seed, text): (u64, u64, &str),
+    (how, a): (&str, &verify::AssertionResult),
+    (other, b): (&str, &verify::AssertionResult),
+    (compared, runs): (&mut usize, &mut usize),
+) {
+    let decided = |s: &Status| !matches!(s, Status::Unknown(_));
+    if !(decided(&a.status) && decided(&b.status)) {
+        return;
+    }
+    *compared += 1;
+    let at = line_at(text, a.loc.span.start);
+    assert_eq!(
+        std::mem::discriminant(&a.status),
+        std::mem::discriminant(&b.status),
+        "case {case} ({seed:#x}), assertion on line {at}: {how} {:?}, {other} {:?} {:#?}\n{text}",
+        a.status,
+        b.status,
+        if a.trace.is_empty() {
+            &b.trace
+        } else {
+            &a.trace
+        },
+    );
+    if !a.trace.is_empty() || !b.trace.is_empty() {
+        *runs += 1;
+        assert_eq!(
+            a.trace.len(),
+            b.trace.len(),
+            "case {case} ({seed:#x}), assertion on line {at}: runs of different lengths\n\
+             {how}: {:#?}\n{other}: {:#?}\n{text}",
+            a.trace,
+            b.trace,
+        );
+    }
+}
+
 /// Deciding an assertion group by group (`verify::Options::compose_above`, here forced
 /// for every cone), with every group split as well (`split_above: 0`: the devices its
 /// rules read but do not move abstracted first), and by one search of the whole product
@@ -1875,14 +1929,7 @@ fn group_by_group_agrees_with_the_whole_search() {
     for (case, seed) in case_list(env_number("KALKI_DIFF_CASES", DEFAULT_CASES) / 2) {
         let p = gen_policy(seed);
         let r = render(&p);
-        let path = PathBuf::from("case.kalki");
-        let loader = Mem(path.clone(), r.text.clone());
-        let verdicts = |opts: &verify::Options| {
-            kalki_compiler::verify(std::slice::from_ref(&path), &loader, &solver, opts)
-                .1
-                .map(|v| v.assertions)
-                .unwrap_or_default()
-        };
+        let verdicts = |opts: &verify::Options| assertions_of(&r.text, &solver, opts);
         let by_whole = verdicts(&whole);
         for (how, opts) in [
             ("by groups", grouped_only.clone()),
@@ -1896,33 +1943,12 @@ fn group_by_group_agrees_with_the_whole_search() {
                     continue;
                 }
                 grouped += 1;
-                let at = line_at(&r.text, g.loc.span.start);
-                let decided = |s: &Status| !matches!(s, Status::Unknown(_));
-                if !(decided(&g.status) && decided(&w.status)) {
-                    continue;
-                }
-                compared += 1;
-                assert_eq!(
-                    std::mem::discriminant(&g.status),
-                    std::mem::discriminant(&w.status),
-                    "case {case} ({seed:#x}), assertion on line {at}: {how} {:?}, whole {:?} {:#?}\n{}",
-                    g.status,
-                    w.status,
-                    if g.trace.is_empty() { &w.trace } else { &g.trace },
-                    r.text
+                same_verdicts(
+                    (case, seed, &r.text),
+                    (how, g),
+                    ("whole", w),
+                    (&mut compared, &mut runs),
                 );
-                if !g.trace.is_empty() || !w.trace.is_empty() {
-                    runs += 1;
-                    assert_eq!(
-                        g.trace.len(),
-                        w.trace.len(),
-                        "case {case} ({seed:#x}), assertion on line {at}: runs of different \
-                         lengths\n{how}: {:#?}\nwhole: {:#?}\n{}",
-                        g.trace,
-                        w.trace,
-                        r.text
-                    );
-                }
             }
         }
     }
@@ -2041,47 +2067,19 @@ fn symmetry_reduction_agrees_with_the_plain_search() {
     for (case, seed) in case_list(env_number("KALKI_DIFF_CASES", DEFAULT_CASES) / 4) {
         let p = gen_symmetric(seed);
         let r = render(&p);
-        let path = PathBuf::from("case.kalki");
-        let loader = Mem(path.clone(), r.text.clone());
-        let verdicts = |opts: &verify::Options| {
-            kalki_compiler::verify(std::slice::from_ref(&path), &loader, &solver, opts)
-                .1
-                .map(|v| v.assertions)
-                .unwrap_or_default()
-        };
+        let verdicts = |opts: &verify::Options| assertions_of(&r.text, &solver, opts);
         let (with, without) = (verdicts(&on), verdicts(&off));
         assert_eq!(with.len(), without.len(), "{}", r.text);
         for (a, b) in with.iter().zip(&without) {
-            let decided = |s: &Status| !matches!(s, Status::Unknown(_));
-            if !(decided(&a.status) && decided(&b.status)) {
-                continue;
-            }
-            compared += 1;
             if a.explored < b.explored {
                 fewer += 1;
             }
-            let at = line_at(&r.text, a.loc.span.start);
-            assert_eq!(
-                std::mem::discriminant(&a.status),
-                std::mem::discriminant(&b.status),
-                "case {case} ({seed:#x}), assertion on line {at}: with symmetry {:?}, \
-                 without {:?}\n{}",
-                a.status,
-                b.status,
-                r.text
+            same_verdicts(
+                (case, seed, &r.text),
+                ("with symmetry", a),
+                ("without", b),
+                (&mut compared, &mut runs),
             );
-            if !a.trace.is_empty() || !b.trace.is_empty() {
-                runs += 1;
-                assert_eq!(
-                    a.trace.len(),
-                    b.trace.len(),
-                    "case {case} ({seed:#x}), assertion on line {at}: runs of different \
-                     lengths\nwith: {:#?}\nwithout: {:#?}\n{}",
-                    a.trace,
-                    b.trace,
-                    r.text
-                );
-            }
         }
     }
     eprintln!(

@@ -143,14 +143,7 @@ pub fn eval<E: Env>(e: &Expr, env: &E) -> Eval {
             let (l, r) = (eval(lhs, env)?, eval(rhs, env)?);
             match (l, r) {
                 (None, _) | (_, None) => None,
-                (Some(Value::Int(a)), Some(Value::Int(b))) => Some(Value::Bool(match cmp {
-                    CmpOp::Eq => a == b,
-                    CmpOp::Ne => a != b,
-                    CmpOp::Lt => a < b,
-                    CmpOp::Le => a <= b,
-                    CmpOp::Gt => a > b,
-                    CmpOp::Ge => a >= b,
-                })),
+                (Some(Value::Int(a)), Some(Value::Int(b))) => Some(Value::Bool(cmp.holds(&a, &b))),
                 (Some(Value::Bool(a)), Some(Value::Bool(b))) => Some(Value::Bool(match cmp {
                     CmpOp::Eq => a == b,
                     CmpOp::Ne => a != b,

@@ -20,8 +20,8 @@ use super::symmetry::Symmetry;
 use super::{codes, Verifier};
 use crate::diag::Diagnostic;
 use crate::ir::{
-    Action, ArithOp, AssertKind, Assertion, CmpOp, DeviceId, Expr, ExprKind, Loc, Rule, Site,
-    StateId, Trigger,
+    Action, ArithOp, AssertKind, Assertion, DeviceId, Expr, ExprKind, Loc, Rule, Site, StateId,
+    Trigger,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -88,14 +88,7 @@ fn is_true(b: &bool) -> bool {
 fn holds(e: &Expr, coi: &[DeviceId], st: &[u32]) -> bool {
     match &e.kind {
         ExprKind::Cmp { cmp, lhs, rhs } => match (count_of(lhs, coi, st), count_of(rhs, coi, st)) {
-            (Some(a), Some(b)) => match cmp {
-                CmpOp::Eq => a == b,
-                CmpOp::Ne => a != b,
-                CmpOp::Lt => a < b,
-                CmpOp::Le => a <= b,
-                CmpOp::Gt => a > b,
-                CmpOp::Ge => a >= b,
-            },
+            (Some(a), Some(b)) => cmp.holds(&a, &b),
             _ => false,
         },
         ExprKind::Bool { value } => *value,

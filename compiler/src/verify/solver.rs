@@ -150,19 +150,11 @@ pub fn value_of(t: &Term, vars: &[(String, Sort)], model: &Model) -> Option<Mode
         }
         Term::Cmp(op, a, b) => {
             let (x, y) = (value_of(a, vars, model)?, value_of(b, vars, model)?);
-            let ord = match (&x, &y) {
-                (ModelValue::Int(x), ModelValue::Int(y)) => x.cmp(y),
-                (ModelValue::Bits(x), ModelValue::Bits(y)) => x.cmp(y),
-                (ModelValue::Bool(x), ModelValue::Bool(y)) => x.cmp(y),
+            ModelValue::Bool(match (&x, &y) {
+                (ModelValue::Int(x), ModelValue::Int(y)) => op.holds(x, y),
+                (ModelValue::Bits(x), ModelValue::Bits(y)) => op.holds(x, y),
+                (ModelValue::Bool(x), ModelValue::Bool(y)) => op.holds(x, y),
                 _ => return None,
-            };
-            ModelValue::Bool(match op {
-                CmpOp::Eq => ord.is_eq(),
-                CmpOp::Ne => ord.is_ne(),
-                CmpOp::Lt => ord.is_lt(),
-                CmpOp::Le => ord.is_le(),
-                CmpOp::Gt => ord.is_gt(),
-                CmpOp::Ge => ord.is_ge(),
             })
         }
         Term::Arith(op, a, b) => {
