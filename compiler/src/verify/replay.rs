@@ -206,7 +206,7 @@ pub(crate) fn replay(
                 continue;
             }
         }
-        if done(part, &engine, mv) {
+        if done(v, part, &engine, mv) {
             continue;
         }
         ready(v, part, &engine, mv).map_err(step)?;
@@ -352,10 +352,17 @@ fn is(part: &Part<'_>, mv: Move, device: usize, cause: &Cause) -> bool {
 
 /// Whether the engine already is where `mv` leads: a rule that only moves devices, and
 /// every device it moves is there.
-fn done(part: &Part<'_>, engine: &Engine, mv: Move) -> bool {
+fn done(v: &Verifier<'_>, part: &Part<'_>, engine: &Engine, mv: Move) -> bool {
     let site = part.site;
     match mv {
-        Move::Transition { .. } => false,
+        // A rule's cascade may have moved the device where the transition leads (a rule
+        // the search let wait, as for the rule steps below): the run goes on from there.
+        Move::Transition { device, index } => {
+            let ty = v.policy.device_type(site.devices[device.index()].ty);
+            ty.transitions.get(index).is_some_and(|t| {
+                t.from != t.to && engine.state(part.at(device)) == Some(t.to.index())
+            })
+        }
         Move::Rule { index } => site.rules.get(index).is_some_and(|r| {
             let mut moves = r.actions.iter().filter_map(Action::moves);
             // An escalation is where it leads in its target or above.
