@@ -496,6 +496,17 @@ impl Action {
         }
     }
 
+    /// The device whose state the action may change: a move, or a raised alert (which
+    /// may take one of its transitions). A command changes no state.
+    pub fn state_target(&self) -> Option<DeviceId> {
+        match self {
+            Action::Goto { device, .. }
+            | Action::Escalate { device, .. }
+            | Action::Raise { device, .. } => Some(*device),
+            Action::Command { .. } => None,
+        }
+    }
+
     /// The device the action acts on.
     pub fn device(&self) -> DeviceId {
         match self {

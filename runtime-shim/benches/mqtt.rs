@@ -78,6 +78,20 @@ fn readings(journal: &Path) -> Vec<i64> {
         .collect()
 }
 
+/// Publishes the `i`-th plug reading (power 10 to 1009 W), QoS 1.
+async fn publish_reading(client: &AsyncClient, i: u64) {
+    let p = 10 + (i % 1000);
+    client
+        .publish(
+            SENSOR,
+            QoS::AtLeastOnce,
+            false,
+            format!(r#"{{"ENERGY":{{"Power":{p},"Current":0.052}}}}"#),
+        )
+        .await
+        .unwrap();
+}
+
 fn percentiles(label: &str, mut v: Vec<Duration>) {
     v.sort();
     let p = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
@@ -198,16 +212,7 @@ fn main() {
         while sent < messages {
             let burst = (messages - sent).min(500);
             for i in sent..sent + burst {
-                let p = 10 + (i % 1000);
-                client
-                    .publish(
-                        SENSOR,
-                        QoS::AtLeastOnce,
-                        false,
-                        format!(r#"{{"ENERGY":{{"Power":{p},"Current":0.052}}}}"#),
-                    )
-                    .await
-                    .unwrap();
+                publish_reading(&client, i as u64).await;
             }
             sent += burst;
             loop {
@@ -393,16 +398,7 @@ fn soak(
                 tick.tick().await;
                 let due = (t0.elapsed().min(duration).as_secs_f64() * rate as f64) as u64;
                 while n < due {
-                    let p = 10 + (n % 1000);
-                    client
-                        .publish(
-                            SENSOR,
-                            QoS::AtLeastOnce,
-                            false,
-                            format!(r#"{{"ENERGY":{{"Power":{p},"Current":0.052}}}}"#),
-                        )
-                        .await
-                        .unwrap();
+                    publish_reading(&client, n).await;
                     n += 1;
                     sent.store(n, Ordering::Relaxed);
                 }

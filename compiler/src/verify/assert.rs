@@ -153,12 +153,9 @@ pub(super) struct Node {
 
 /// Whether a rule moves a device of the cone or raises an alert on one.
 fn acts_on(r: &Rule, in_cone: impl Fn(&DeviceId) -> bool) -> bool {
-    r.actions.iter().any(|x| match x {
-        Action::Goto { device, .. }
-        | Action::Escalate { device, .. }
-        | Action::Raise { device, .. } => in_cone(device),
-        Action::Command { .. } => false,
-    })
+    r.actions
+        .iter()
+        .any(|x| x.state_target().is_some_and(|d| in_cone(&d)))
 }
 
 /// What a rule firing in states `st` can do to the cone, as the engine runs its actions:
@@ -193,12 +190,10 @@ fn rule_outcomes(
         .iter()
         .filter(|x| matches!(x, Action::Raise { .. }));
     for x in gotos.chain(raises) {
-        let Some(p) = (match x {
-            Action::Goto { device, .. }
-            | Action::Escalate { device, .. }
-            | Action::Raise { device, .. } => coi.iter().position(|d| d == device),
-            Action::Command { .. } => None,
-        }) else {
+        let Some(p) = x
+            .state_target()
+            .and_then(|t| coi.iter().position(|d| *d == t))
+        else {
             continue;
         };
         let mut next = Vec::new();

@@ -45,12 +45,7 @@ pub(super) fn components(site: &Site, coi: &[DeviceId], rules: &[usize]) -> Vec<
     // Each rule's devices in the cone: the first, then every other joined to it.
     let touched = |ri: usize| -> Vec<usize> {
         let r = &site.rules[ri];
-        let acted = r.actions.iter().filter_map(|x| match x {
-            Action::Goto { device, .. }
-            | Action::Escalate { device, .. }
-            | Action::Raise { device, .. } => Some(*device),
-            Action::Command { .. } => None,
-        });
+        let acted = r.actions.iter().filter_map(Action::state_target);
         r.cond
             .states_read()
             .chain(acted)
@@ -126,12 +121,7 @@ fn unmoved(site: &Site, coi: &[DeviceId], c: &Component) -> Vec<usize> {
         .rules
         .iter()
         .flat_map(|&ri| site.rules[ri].actions.iter())
-        .filter_map(|x| match x {
-            Action::Goto { device, .. }
-            | Action::Escalate { device, .. }
-            | Action::Raise { device, .. } => Some(*device),
-            Action::Command { .. } => None,
-        })
+        .filter_map(Action::state_target)
         .collect();
     c.devices
         .iter()

@@ -764,11 +764,8 @@ fn tainted_states(site: &Site, live: &[bool]) -> BTreeSet<DeviceId> {
                 continue;
             }
             for a in &r.actions {
-                let d = match a {
-                    Action::Goto { device, .. }
-                    | Action::Escalate { device, .. }
-                    | Action::Raise { device, .. } => *device,
-                    Action::Command { .. } => continue,
+                let Some(d) = a.state_target() else {
+                    continue;
                 };
                 if !untrusted_sources(site, r, d, &tainted).is_empty() {
                     tainted.insert(d);

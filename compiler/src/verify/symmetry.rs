@@ -89,12 +89,7 @@ fn canon_rule(r: &Rule, name: &dyn Fn(DeviceId) -> String) -> String {
 
 /// The devices a rule moves or raises an alert on (what the search tracks).
 fn acted(r: &Rule) -> impl Iterator<Item = DeviceId> + '_ {
-    r.actions.iter().filter_map(|a| match a {
-        Action::Goto { device, .. }
-        | Action::Escalate { device, .. }
-        | Action::Raise { device, .. } => Some(*device),
-        Action::Command { .. } => None,
-    })
+    r.actions.iter().filter_map(Action::state_target)
 }
 
 impl Symmetry {
