@@ -357,7 +357,7 @@ pub(super) fn decide(
     let search = if by_groups {
         compose::decide(v, site, &coi, &rules, &parts, &a.cond)
     } else {
-        whole(v, site, &coi, &rules, &a.cond)
+        whole(v, site, &coi, &rules, &a.cond, v.opts.max_states)
     };
     let Search {
         run,
@@ -420,15 +420,15 @@ pub(super) fn decide(
     (result, rules, replay_failed)
 }
 
-/// Decides `cond` by one explicit search of the whole cone.
+/// Decides `cond` by one explicit search of the whole cone, within `budget` nodes.
 pub(super) fn whole(
     v: &mut Verifier<'_>,
     site: &Site,
     coi: &[DeviceId],
     rules: &[usize],
     cond: &Expr,
+    budget: usize,
 ) -> Search {
-    let budget = v.opts.max_states;
     // Worth looking for only where the product is large; a small one is searched as is.
     let sym = (v.opts.symmetry
         && compose::product_size(v, site, coi) > v.opts.compose_above

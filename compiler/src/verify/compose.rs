@@ -18,7 +18,7 @@
 
 use super::assert::{explore, state_names, whole, Explored, Run, Scope, Search, Step};
 use super::solver::{value_of, ModelValue, Outcome, Query, Sort, Term};
-use super::{Options, Verifier};
+use super::Verifier;
 use crate::ir::{Action, ArithOp, CmpOp, DeviceId, Expr, ExprKind, Site};
 use std::collections::{HashMap, HashSet};
 
@@ -251,15 +251,7 @@ pub(super) fn decide(
     let budget = v.opts.max_states.saturating_sub(first.explored).max(1);
     let mut second = if let [_] = parts {
         // One component: a search that stops at the condition is the cheapest.
-        let opts = Options {
-            max_states: budget,
-            ..v.opts.clone()
-        };
-        let mut v2 = Verifier::new(v.policy, v.solver, &opts);
-        v2.live.clone_from(&v.live);
-        let s = whole(&mut v2, site, coi, rules, cond);
-        v.diags.append(&mut v2.diags);
-        s
+        whole(v, site, coi, rules, cond, budget)
     } else {
         let exact: Vec<Unit> = parts
             .iter()
