@@ -321,6 +321,17 @@ impl Loop {
         let now = Instant::now();
         self.next_check = now + self.interval;
         let mut obs = self.node.observe().await;
+        // A µmbox that stopped between two looks, before its follower said so, is
+        // handled as its follower would have: the device closes (journaled) first.
+        let stopped = self.stopped_umboxes(&obs);
+        if !stopped.is_empty() {
+            for (device, container) in stopped {
+                if !self.closed.contains_key(&device) {
+                    self.umbox_stopped(device, &container).await;
+                }
+            }
+            obs = self.node.observe().await;
+        }
         let targets = self.targets(now);
         match self.node.plan_from(&obs, &targets) {
             Ok(plan) if plan.is_empty() => {}
@@ -832,27 +843,50 @@ impl Loop {
                     .iter()
                     .any(|(_, m)| m.name == c_name);
                 if in_use {
-                    // A µmbox of the device's chain is gone: never forward without it.
-                    // Closed now, its posture tried again at once.
-                    let reason = format!("µmbox `{container}` stopped");
-                    eprintln!(
-                        "kalki-shim: `{}`: {reason}",
-                        self.engine.device_name(device)
-                    );
-                    match self.node.fail_closed(device).await {
-                        Ok(closed) => {
-                            self.note_closed(device, closed, &reason);
-                            if let Some(cl) = self.closed.get_mut(&device) {
-                                cl.retry_at = Instant::now();
-                            }
-                        }
-                        Err(e) => eprintln!("kalki-shim: {reason}; failing closed failed: {e}"),
-                    }
-                    self.next_check = Instant::now();
+                    self.umbox_stopped(device, &container).await;
                 }
             }
         }
         Ok(())
+    }
+
+    /// A µmbox of a device's chain is gone (its follower saw it end, or a look at the
+    /// node found it not running): never forward without it. The device is closed now,
+    /// journaled, and its posture tried again at once. One handling whoever noticed.
+    async fn umbox_stopped(&mut self, device: usize, container: &str) {
+        let reason = format!("µmbox `{container}` stopped");
+        eprintln!(
+            "kalki-shim: `{}`: {reason}",
+            self.engine.device_name(device)
+        );
+        match self.node.fail_closed(device).await {
+            Ok(closed) => {
+                self.note_closed(device, closed, &reason);
+                if let Some(cl) = self.closed.get_mut(&device) {
+                    cl.retry_at = Instant::now();
+                }
+            }
+            Err(e) => eprintln!("kalki-shim: {reason}; failing closed failed: {e}"),
+        }
+        self.next_check = Instant::now();
+    }
+
+    /// The µmboxes of devices in their own posture (not failed closed) that a look at
+    /// the node finds not running: each had been started, so each has stopped.
+    fn stopped_umboxes(&self, obs: &Observation) -> Vec<(usize, String)> {
+        let Ok(containers) = &obs.containers else {
+            return Vec::new();
+        };
+        (0..self.engine.device_count())
+            .filter(|d| !self.closed.contains_key(d))
+            .flat_map(|d| {
+                self.node
+                    .wanted_for(d, self.intended(d))
+                    .into_iter()
+                    .filter(|(_, m)| !containers.get(&m.name).is_some_and(|r| r.running))
+                    .map(move |(_, m)| (d, m.name.clone()))
+            })
+            .collect()
     }
 
     /// The site now: every device's state, since when and why, its µmboxes, and whether
