@@ -8,7 +8,7 @@ EXAMPLE := examples/smart-office
 # Bounded fuzzing in the test suite (cases per property).
 export KALKI_FUZZ_CASES ?= 2000
 
-.PHONY: setup services build demo test lint fmt bench bench-scale bench-mqtt soak soak-mqtt clean images
+.PHONY: setup services build demo test lint fmt bench bench-scale bench-mqtt bench-node soak soak-mqtt clean images
 
 setup:
 	@scripts/setup.sh
@@ -53,6 +53,11 @@ bench-scale: setup
 # messages/s and publish-to-command latency; figures in docs/benchmarks.md.
 bench-mqtt: setup services
 	$(CARGO) bench --locked -p kalki-shim --bench mqtt
+
+# A node of a thousand devices under each µmbox backend (runtime-shim/benches/node.rs):
+# apply from empty, memory per µmbox, re-apply; figures in docs/benchmarks.md.
+bench-node: setup services images
+	$(CARGO) bench --locked -p kalki-shim --bench node
 
 # The same bench as a soak, outside `make test`: 5000 QoS 1 readings/s for 10 minutes, the
 # shim's RSS and the journal's size sampled every 30 s; figures in docs/benchmarks.md.

@@ -54,3 +54,6 @@ if ! DOCKER_BUILDKIT=0 timeout 300 docker build --network none \
 fi
 
 timeout 10 docker image inspect --format "images: $TAG {{.Id}} ({{.Size}} bytes), binary sha256 $sum" "$TAG"
+
+# The same image for the OCI backend (kalki-shim --umbox-backend oci).
+scripts/oci-image.sh "$TAG"

@@ -122,7 +122,12 @@ fn main() {
         let docker = docker::Engine::connect("/var/run/docker.sock", Duration::from_secs(20))
             .await
             .unwrap();
-        let node = Node::new(b, docker, NodeConfig::default()).unwrap();
+        let node = Node::new(
+            b,
+            kalki_shim::containers::Containers::Docker(docker),
+            NodeConfig::default(),
+        )
+        .unwrap();
         let plan = node.plan(&[0, 0]).await.unwrap();
         node.execute(&plan).await.unwrap();
 

@@ -1,15 +1,17 @@
 //! The Docker engine, through its API (bollard): µmbox containers with no Docker network,
-//! labelled with site, device and instance, followed on stdout for their readiness and
-//! alerts (JSON lines, `docs/umbox.md`). Every call has a deadline.
+//! confined as [`confinement`] says, labelled with site, device and instance, followed on
+//! stdout for their readiness and alerts (JSON lines, `docs/umbox.md`). Every call has a
+//! deadline. The default backend of [`crate::containers::Containers`].
 
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use crate::containers::{confinement, ContainerError, ContainerSpec, Running};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, ResourcesUlimits};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
     RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::{Stream, StreamExt as _};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -26,35 +28,21 @@ pub enum DockerError {
         call: String,
         source: bollard::errors::Error,
     },
-    #[error("image `{0}` is not on this node (no registry is used: build it with `make images`)")]
-    NoImage(String),
-    #[error("container `{name}` is not running ({state})")]
-    NotRunning { name: String, state: String },
-    #[error("container `{name}` did not report ready within {} ms", .limit.as_millis())]
-    NotReady { name: String, limit: Duration },
 }
 
-/// What to run: one µmbox instance of a bundle.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerSpec {
-    pub name: String,
-    pub image: String,
-    pub args: Vec<String>,
-    pub env: BTreeMap<String, String>,
-    pub labels: BTreeMap<String, String>,
-    /// Files of the node bind-mounted read-only into the container (its secrets).
-    pub secrets: Vec<crate::secrets::SecretFile>,
-}
-
-/// A container the engine knows, as far as the shim cares.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Running {
-    pub name: String,
-    /// The engine's id of this container: a container started again under the same
-    /// name is another container, with another id (and output of its own).
-    pub id: String,
-    pub running: bool,
-    pub labels: BTreeMap<String, String>,
+impl DockerError {
+    /// The engine did not answer in time, could not be reached, or failed on its side (a
+    /// 5xx answer, a broken connection); a 4xx answer is a refusal, not retried.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DockerError::Connect { .. } | DockerError::Timeout { .. } => true,
+            DockerError::Api { source, .. } => !matches!(
+                source,
+                bollard::errors::Error::DockerResponseServerError { status_code, .. }
+                    if *status_code < 500
+            ),
+        }
+    }
 }
 
 /// The Docker engine. The API version is agreed on at the first call that reaches the
@@ -158,9 +146,9 @@ impl Engine {
     /// gives it its interfaces. Returns the pid of its init process, whose network
     /// namespace the interfaces go into. A container of that name left over from an
     /// earlier run is replaced.
-    pub async fn start(&self, spec: &ContainerSpec) -> Result<u32, DockerError> {
+    pub async fn start(&self, spec: &ContainerSpec) -> Result<u32, ContainerError> {
         if !self.image_exists(&spec.image).await? {
-            return Err(DockerError::NoImage(spec.image.clone()));
+            return Err(ContainerError::NoImage(spec.image.clone()));
         }
         self.remove(&spec.name).await?;
         let body = ContainerCreateBody {
@@ -176,13 +164,28 @@ impl Engine {
             network_disabled: Some(false),
             host_config: Some(HostConfig {
                 network_mode: Some("none".into()),
-                // NET_ADMIN is not granted: the µmbox only opens packet sockets
-                // (NET_RAW, in Docker's default set) on interfaces it is given.
-                // IPv6 off in the container's network namespace (the interfaces `a`,
-                // `b`, `tap` are created later and inherit `default`): otherwise its
-                // kernel sends router solicitations and MLD reports on them, which the
-                // switch forwards on to the device or the uplink (docs/umbox.md;
-                // found by runtime-shim/tests/e2e.rs).
+                // Confined as every backend confines a µmbox (containers::confinement):
+                // a read-only root, no capability but NET_RAW (its packet sockets on the
+                // interfaces it is given), no new privileges, and limits.
+                readonly_rootfs: Some(true),
+                cap_drop: Some(vec!["ALL".into()]),
+                cap_add: Some(
+                    confinement::CAPABILITIES
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect(),
+                ),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                memory: Some(confinement::MEMORY_BYTES),
+                memory_swap: Some(confinement::MEMORY_BYTES),
+                pids_limit: Some(confinement::PIDS),
+                cpu_quota: Some(confinement::CPU_QUOTA_US),
+                cpu_period: Some(confinement::CPU_PERIOD_US as i64),
+                ulimits: Some(vec![ResourcesUlimits {
+                    name: Some("nofile".into()),
+                    soft: Some(confinement::NOFILE as i64),
+                    hard: Some(confinement::NOFILE as i64),
+                }]),
                 // Secrets: bind mounts, read-only. A `mounts` entry rather than a
                 // `binds` string: a source that has gone missing since it was checked
                 // is an error, where `binds` would create an empty directory there.
@@ -198,16 +201,12 @@ impl Engine {
                         })
                         .collect()
                 }),
-                sysctls: Some(HashMap::from([
-                    (
-                        "net.ipv6.conf.all.disable_ipv6".to_string(),
-                        "1".to_string(),
-                    ),
-                    (
-                        "net.ipv6.conf.default.disable_ipv6".to_string(),
-                        "1".to_string(),
-                    ),
-                ])),
+                sysctls: Some(
+                    confinement::SYSCTLS
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
                 ..HostConfig::default()
             }),
             ..ContainerCreateBody::default()
@@ -231,7 +230,7 @@ impl Engine {
     }
 
     /// The pid of a running container's init process.
-    pub async fn pid(&self, name: &str) -> Result<u32, DockerError> {
+    pub async fn pid(&self, name: &str) -> Result<u32, ContainerError> {
         let info = self
             .call("inspect container", |d| async move {
                 d.inspect_container(
@@ -244,7 +243,7 @@ impl Engine {
         let state = info.state.unwrap_or_default();
         match (state.running, state.pid) {
             (Some(true), Some(pid)) if pid > 0 => Ok(pid as u32),
-            _ => Err(DockerError::NotRunning {
+            _ => Err(ContainerError::NotRunning {
                 name: name.to_string(),
                 state: state
                     .status
@@ -355,32 +354,6 @@ impl Engine {
             })
             .flatten())
     }
-
-    /// Waits until the container prints `{"kalki":"ready"}` on stdout.
-    pub async fn wait_ready(&self, name: &str, limit: Duration) -> Result<(), DockerError> {
-        let ready = async {
-            let lines = self.stdout_lines(name, true).await?;
-            futures_util::pin_mut!(lines);
-            while let Some(line) = lines.next().await {
-                if is_ready(&line?) {
-                    return Ok(true);
-                }
-            }
-            Ok(false)
-        };
-        match tokio::time::timeout(limit, ready).await {
-            Ok(Ok(true)) => Ok(()),
-            Ok(Ok(false)) => Err(DockerError::NotRunning {
-                name: name.to_string(),
-                state: "exited before it was ready".into(),
-            }),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(DockerError::NotReady {
-                name: name.to_string(),
-                limit,
-            }),
-        }
-    }
 }
 
 /// Whether the engine answered 404: no such container or image.
@@ -395,25 +368,4 @@ fn is_not_found(e: &DockerError) -> bool {
             ..
         }
     )
-}
-
-/// A µmbox's readiness line.
-pub fn is_ready(line: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(line)
-        .map(|v| v["kalki"] == "ready")
-        .unwrap_or(false)
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    use super::*;
-
-    #[test]
-    fn readiness_is_one_json_line() {
-        assert!(is_ready(r#"{"kalki":"ready"}"#));
-        assert!(is_ready(r#"{"kalki": "ready", "pid": 1}"#));
-        assert!(!is_ready(r#"{"kalki":"alert","alert":"ready"}"#));
-        assert!(!is_ready("ready"));
-    }
 }

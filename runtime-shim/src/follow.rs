@@ -9,7 +9,7 @@
 //! the container still runs (the engine restarting its API, say) reads the output again
 //! and skips the lines it has already taken.
 
-use crate::docker::Engine;
+use crate::containers::Containers as Engine;
 use futures_util::StreamExt as _;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -77,7 +77,10 @@ impl Followers {
     /// shim stops on purpose does not report an exit). A new container is read from its
     /// start (nothing it said is missed), except at the first call, where the containers
     /// found were already running before the shim: those are read from now on.
-    pub fn sync<'a>(&mut self, containers: impl IntoIterator<Item = &'a crate::docker::Running>) {
+    pub fn sync<'a>(
+        &mut self,
+        containers: impl IntoIterator<Item = &'a crate::containers::Running>,
+    ) {
         let running: Vec<Followed> = containers
             .into_iter()
             .filter(|c| c.running)

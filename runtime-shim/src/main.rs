@@ -5,10 +5,11 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use kalki_shim::api::{self, Accepted, Client, ClientError, Endpoint, Token};
 use kalki_shim::bundle::{self, BundleError};
-use kalki_shim::docker;
+use kalki_shim::containers::Containers;
 use kalki_shim::enforcement::{self, Enforcement};
-use kalki_shim::node::{Closed, Node, NodeConfig};
+use kalki_shim::node::{self, Closed, Node, NodeConfig};
 use kalki_shim::simulate;
+use kalki_shim::{docker, oci};
 use miette::{GraphicalReportHandler, GraphicalTheme, NamedSource, Report};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -84,9 +85,23 @@ enum Command {
 /// Where and how the node is driven.
 #[derive(clap::Args)]
 struct NodeArgs {
-    /// The Docker engine's socket.
+    /// What runs the µmboxes: the Docker engine, or an OCI runtime driven directly
+    /// (no daemon; about 1 MB per µmbox; images exported by `make images`). Both confine
+    /// a µmbox alike (docs/runtime.md, "µmbox backends and isolation").
+    #[arg(long, value_enum, default_value_t = Backend::Docker)]
+    umbox_backend: Backend,
+    /// The Docker engine's socket (--umbox-backend docker).
     #[arg(long, default_value = "/var/run/docker.sock", value_name = "PATH")]
     docker: String,
+    /// The OCI runtime (--umbox-backend oci): `runc`, or `crun` on a cgroup v2 host.
+    #[arg(long, default_value = "runc", value_name = "PROGRAM")]
+    oci_runtime: String,
+    /// Where the OCI backend keeps its containers' bundles, records and output.
+    #[arg(long, default_value = oci::DEFAULT_STATE, value_name = "DIR")]
+    oci_state: PathBuf,
+    /// Where the OCI backend finds images: REPO/TAG/rootfs and REPO/TAG/image.json.
+    #[arg(long, default_value = oci::DEFAULT_IMAGES, value_name = "DIR")]
+    oci_images: PathBuf,
     /// Open vSwitch datapath for a bridge the shim creates: `netdev` (userspace, needs no
     /// kernel module) or `system`.
     #[arg(long, default_value = "netdev")]
@@ -97,6 +112,13 @@ struct NodeArgs {
     /// How long a µmbox may take to report ready, in seconds.
     #[arg(long, default_value_t = 30, value_name = "S")]
     ready_timeout: u64,
+    /// How many µmboxes are started or stopped at once.
+    #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    parallel: u16,
+    /// How long a µmbox's start is tried again when the backend does not answer in time,
+    /// before its device fails closed, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "S")]
+    start_deadline: u64,
     /// Where the µmboxes' secrets are: secret NAME of device DEV is DIR/DEV/NAME if it
     /// exists, else DIR/NAME; a regular file that group and others cannot read or write
     /// (`chmod 600`). A µmbox whose secret is missing or exposed is not started, and its
@@ -293,6 +315,13 @@ enum Format {
     Json,
 }
 
+/// What runs the µmboxes.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    Docker,
+    Oci,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Color {
     Auto,
@@ -455,17 +484,32 @@ fn node_config(args: &NodeArgs) -> NodeConfig {
         // was started, once, here.
         secrets_dir: std::path::absolute(&args.secrets_dir)
             .unwrap_or_else(|_| args.secrets_dir.clone()),
+        parallel: usize::from(args.parallel),
+        start_deadline: Duration::from_secs(args.start_deadline),
+    }
+}
+
+/// The µmboxes' backend the options name; reached at its first use.
+fn containers(args: &NodeArgs, cfg: &NodeConfig) -> Containers {
+    match args.umbox_backend {
+        Backend::Docker => Containers::Docker(docker::Engine::lazy(&args.docker, cfg.call_timeout)),
+        Backend::Oci => Containers::Oci(oci::Oci::new(oci::OciConfig {
+            runtime: args.oci_runtime.clone(),
+            state: std::path::absolute(&args.oci_state).unwrap_or_else(|_| args.oci_state.clone()),
+            images: std::path::absolute(&args.oci_images)
+                .unwrap_or_else(|_| args.oci_images.clone()),
+            limit: cfg.call_timeout,
+        })),
     }
 }
 
 async fn connect_node(bundle: bundle::Bundle, args: &NodeArgs) -> Result<Node, Exit> {
     let cfg = node_config(args);
-    let docker = docker::Engine::connect(&args.docker, cfg.call_timeout)
-        .await
-        .map_err(|e| {
-            eprintln!("error: {e}");
-            Exit::Usage
-        })?;
+    let docker = containers(args, &cfg);
+    docker.ping().await.map_err(|e| {
+        eprintln!("error: {e}");
+        Exit::Usage
+    })?;
     let node = Node::new(bundle, docker, cfg).map_err(|e| {
         eprintln!("error: {e}");
         Exit::Refused
@@ -534,13 +578,24 @@ fn run_apply(args: &ApplyArgs) -> Exit {
                 ""
             }
         );
-        for s in &steps {
-            println!("  {s}");
+        // Every step of a dry run or a small plan; a large one by kind (--dry-run
+        // lists every step).
+        if args.dry_run || steps.len() <= LISTED_STEPS {
+            for s in &steps {
+                println!("  {s}");
+            }
+        } else {
+            for (kind, n) in plan.kinds() {
+                println!("  {n} × {kind}");
+            }
         }
         if args.dry_run {
             return Exit::Ok;
         }
-        match node.execute(&plan).await {
+        let shown = ApplyProgress::default();
+        let result = node.execute_with(&plan, &|p| shown.update(p)).await;
+        shown.finish();
+        match result {
             Ok(report) => {
                 let mut exit = Exit::Ok;
                 for (device, closed, reason) in &report.failed_closed {
@@ -568,6 +623,81 @@ fn run_apply(args: &ApplyArgs) -> Exit {
             }
         }
     })
+}
+
+/// Steps `apply` lists one by one; more are counted by kind.
+const LISTED_STEPS: usize = 40;
+
+/// How far `apply` has come: a progress bar with counts, rate and time left on a terminal
+/// (standard error), and one line per phase at its end whatever standard error is.
+#[derive(Default)]
+struct ApplyProgress {
+    current: std::sync::Mutex<
+        Option<(
+            node::Phase,
+            indicatif::ProgressBar,
+            std::time::Instant,
+            node::Progress,
+        )>,
+    >,
+}
+
+impl ApplyProgress {
+    fn update(&self, p: node::Progress) {
+        let Ok(mut current) = self.current.lock() else {
+            return;
+        };
+        if current
+            .as_ref()
+            .is_some_and(|(phase, ..)| *phase != p.phase)
+        {
+            if let Some(done) = current.take() {
+                Self::close(done);
+            }
+        }
+        let entry = current.get_or_insert_with(|| {
+            let bar = indicatif::ProgressBar::new(p.total as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{msg:18} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(p.phase.as_str());
+            (p.phase, bar, std::time::Instant::now(), p)
+        });
+        entry.1.set_position(p.done as u64);
+        entry.3 = p;
+    }
+
+    fn close(
+        (phase, bar, start, p): (
+            node::Phase,
+            indicatif::ProgressBar,
+            std::time::Instant,
+            node::Progress,
+        ),
+    ) {
+        bar.finish_and_clear();
+        let s = start.elapsed().as_secs_f64();
+        let failed = if p.failed > 0 {
+            format!(", {} failed", p.failed)
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "{}: {}/{} in {s:.1} s ({:.0}/s){failed}",
+            phase.as_str(),
+            p.done,
+            p.total,
+            p.done as f64 / s.max(1e-3)
+        );
+    }
+
+    fn finish(&self) {
+        if let Some(done) = self.current.lock().ok().and_then(|mut c| c.take()) {
+            Self::close(done);
+        }
+    }
 }
 
 /// A client of the API from the command line's options and the environment.
@@ -819,7 +949,7 @@ fn run_run(args: &RunArgs) -> Exit {
         // Unlike `apply`, `run` starts whatever the node's state: it serves, says which
         // devices are not enforced, and keeps trying to bring the node to the policy.
         let cfg = node_config(&args.node);
-        let docker = docker::Engine::lazy(&args.node.docker, cfg.call_timeout);
+        let docker = containers(&args.node, &cfg);
         let node = match Node::new(bundle, docker, cfg) {
             Ok(n) => n,
             Err(e) => {

@@ -12,10 +12,11 @@
 
 use crate::bundle::Bundle;
 use crate::cmd::CmdError;
-use crate::docker::{self, ContainerSpec, DockerError};
+use crate::containers::{self, ContainerError, ContainerSpec, Containers};
 use crate::manifest::{Container, UnknownHosts};
 use crate::net::{self, Link};
 use crate::ovs::{self, Isolation, Ovs, OvsError};
+use futures_util::StreamExt as _;
 use kalki_openflow::{self as of, FlowMod};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -34,7 +35,7 @@ pub enum NodeError {
     #[error(transparent)]
     Ovs(#[from] OvsError),
     #[error(transparent)]
-    Docker(#[from] DockerError),
+    Containers(#[from] ContainerError),
     #[error(transparent)]
     Link(#[from] CmdError),
     #[error("interface `{name}` ({what}) does not exist on this node; nothing was changed")]
@@ -67,6 +68,12 @@ pub struct NodeConfig {
     pub ready_timeout: Duration,
     /// Where the node keeps the µmboxes' secrets (`DIR/DEVICE/NAME`, else `DIR/NAME`).
     pub secrets_dir: std::path::PathBuf,
+    /// How many µmboxes are started (or stopped) at once: more would only queue inside
+    /// the container engine, where the wait counts against each call's deadline.
+    pub parallel: usize,
+    /// How long one µmbox's start is tried again after a transient failure (the engine
+    /// not answering in time), with a growing pause, before its device fails closed.
+    pub start_deadline: Duration,
 }
 
 impl Default for NodeConfig {
@@ -76,6 +83,50 @@ impl Default for NodeConfig {
             call_timeout: Duration::from_secs(10),
             ready_timeout: Duration::from_secs(30),
             secrets_dir: crate::secrets::DEFAULT_DIR.into(),
+            parallel: 8,
+            start_deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+impl NodeError {
+    /// Whether trying again may succeed: a backend, switch or tool that did not answer
+    /// in time or could not be reached. Anything else is the µmbox's own fault.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            NodeError::Containers(e) => e.is_transient(),
+            NodeError::Ovs(OvsError::Cmd(CmdError::Timeout { .. }))
+            | NodeError::Link(CmdError::Timeout { .. })
+            | NodeError::Plug(net::PlugError::Cmd(CmdError::Timeout { .. })) => true,
+            _ => false,
+        }
+    }
+}
+
+/// How far an execution has come, for a progress display: µmboxes started or stopped,
+/// devices installed, out of how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub phase: Phase,
+    pub done: usize,
+    pub total: usize,
+    /// Of `done`, how many failed.
+    pub failed: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    Installing,
+    Stopping,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Starting => "starting µmboxes",
+            Phase::Installing => "installing flows",
+            Phase::Stopping => "stopping µmboxes",
         }
     }
 }
@@ -139,6 +190,32 @@ impl Plan {
     pub fn is_empty(&self) -> bool {
         self.actions.is_empty()
     }
+
+    /// How many steps of each kind, in the order they run: a large plan in a few lines.
+    pub fn kinds(&self) -> Vec<(&'static str, usize)> {
+        let mut out: Vec<(&'static str, usize)> = Vec::new();
+        for a in &self.actions {
+            let kind = match a {
+                Action::CreateBridge => "create the bridge",
+                Action::SecureBridge => "secure the bridge",
+                Action::Isolate { .. } => "keep the node's stack off an interface",
+                Action::Unhook { .. } => "remove kernel hooks from an interface",
+                Action::ResetPort { .. } => "reset a port's configuration",
+                Action::AddPort { .. } => "add a port",
+                Action::RemovePort { .. } => "remove a port",
+                Action::StartContainer { .. } => "start a µmbox",
+                Action::ReplaceBase => "replace the base flows",
+                Action::Install { .. } => "install a device's flows",
+                Action::DeleteStrayFlows { .. } => "delete stray flows",
+                Action::StopContainer { .. } => "stop a µmbox",
+            };
+            match out.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, n)) => *n += 1,
+                None => out.push((kind, 1)),
+            }
+        }
+        out
+    }
 }
 
 /// What an execution did, besides the plan itself.
@@ -177,7 +254,7 @@ pub enum Posture {
 pub struct Node {
     bundle: Bundle,
     ovs: Ovs,
-    docker: docker::Engine,
+    docker: Containers,
     cfg: NodeConfig,
     /// Every rule set, parsed once: path → flows.
     flows: BTreeMap<String, Vec<FlowMod>>,
@@ -256,7 +333,7 @@ pub struct SwitchView {
 pub struct Observation {
     pub switch: Result<SwitchView, String>,
     /// The site's containers: name → what the engine says of it.
-    pub containers: Result<BTreeMap<String, docker::Running>, String>,
+    pub containers: Result<BTreeMap<String, containers::Running>, String>,
     pub interfaces: Result<BTreeSet<String>, String>,
     /// Interfaces the switch uses on which the node's own stack is still on: what is on.
     pub exposed: BTreeMap<String, String>,
@@ -267,7 +344,7 @@ pub struct Observation {
 
 impl Node {
     /// Fails if a rule set of the bundle is not in the syntax `kalkic` writes.
-    pub fn new(bundle: Bundle, docker: docker::Engine, cfg: NodeConfig) -> Result<Node, NodeError> {
+    pub fn new(bundle: Bundle, docker: Containers, cfg: NodeConfig) -> Result<Node, NodeError> {
         let ovs = Ovs::new(bundle.manifest.bridge.clone(), cfg.call_timeout);
         let mut flows = BTreeMap::new();
         let mut expected = BTreeMap::new();
@@ -450,7 +527,7 @@ impl Node {
         &self.ovs
     }
 
-    pub fn docker(&self) -> &docker::Engine {
+    pub fn docker(&self) -> &Containers {
         &self.docker
     }
 
@@ -639,7 +716,7 @@ impl Node {
     /// Whether a container is running the manifest at `path` and plugged in as it says.
     fn up_to_date(
         &self,
-        containers: &BTreeMap<String, docker::Running>,
+        containers: &BTreeMap<String, containers::Running>,
         ports: &BTreeMap<String, i64>,
         desc: &BTreeMap<String, ovs::PortDesc>,
         path: &str,
@@ -926,6 +1003,15 @@ impl Node {
     /// Carries out a plan made by [`Node::plan`]. A device whose
     /// µmboxes fail to start fails closed; that is reported, not an error.
     pub async fn execute(&self, plan: &Plan) -> Result<Report, NodeError> {
+        self.execute_with(plan, &|_| {}).await
+    }
+
+    /// [`Node::execute`], saying how far it has come as it goes.
+    pub async fn execute_with(
+        &self,
+        plan: &Plan,
+        on_progress: &(dyn Fn(Progress) + Sync),
+    ) -> Result<Report, NodeError> {
         let mut report = Report::default();
         let mut failed: BTreeMap<usize, String> = BTreeMap::new();
         // Ports first: RemovePort of a port about to be replugged must come before the
@@ -938,14 +1024,8 @@ impl Node {
                 Action::Isolate { name } => net::isolate(name)?,
                 Action::SecureBridge => self.ovs.secure_bridge().await?,
                 Action::Unhook { name } => net::unhook(name, self.cfg.call_timeout).await,
-                Action::AddPort { name, ofport } => {
-                    // The node's stack off it before the switch uses it.
-                    net::isolate(name)?;
-                    let uplink = Some(name) == self.bundle.manifest.uplink.name.as_ref();
-                    self.ovs
-                        .add_port(name, *ofport, self.isolation(uplink))
-                        .await?;
-                }
+                // The node's stack off it before the switch uses it.
+                Action::AddPort { name, .. } => net::isolate(name)?,
                 Action::RemovePort { name } => {
                     self.ovs.del_port(name).await?;
                 }
@@ -953,6 +1033,16 @@ impl Node {
                 _ => {}
             }
         }
+        // Together: the additions share transactions (`Ovs::add_port`).
+        let added = futures_util::future::join_all(plan.actions.iter().filter_map(|a| match a {
+            Action::AddPort { name, ofport } => {
+                let uplink = Some(name) == self.bundle.manifest.uplink.name.as_ref();
+                Some(self.ovs.add_port(name, *ofport, self.isolation(uplink)))
+            }
+            _ => None,
+        }))
+        .await;
+        added.into_iter().collect::<Result<Vec<()>, _>>()?;
         let starts: Vec<(usize, &str)> = plan
             .actions
             .iter()
@@ -961,22 +1051,54 @@ impl Node {
                 _ => None,
             })
             .collect();
-        let results =
-            futures_util::future::join_all(starts.iter().map(|(_, p)| self.start_instance(p)))
-                .await;
-        for ((device, _), r) in starts.iter().zip(results) {
+        // A bounded number at once, each retried within its deadline: a device fails
+        // closed for its own µmbox, not for the queue in front of it.
+        let mut started = futures_util::stream::iter(
+            starts
+                .iter()
+                .map(|&(device, path)| async move { (device, self.start_retrying(path).await) }),
+        )
+        .buffer_unordered(self.cfg.parallel.max(1));
+        let mut progress = Progress {
+            phase: Phase::Starting,
+            done: 0,
+            total: starts.len(),
+            failed: 0,
+        };
+        while let Some((device, r)) = started.next().await {
+            progress.done += 1;
             if let Err(e) = r {
-                failed.entry(*device).or_insert_with(|| e.to_string());
+                progress.failed += 1;
+                failed.entry(device).or_insert_with(|| e.to_string());
             }
+            on_progress(progress);
         }
+        drop(started);
+        let installs = plan
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::Install { .. }))
+            .count();
+        let mut progress = Progress {
+            phase: Phase::Installing,
+            done: 0,
+            total: installs,
+            failed: 0,
+        };
         for a in &plan.actions {
             match a {
                 Action::ReplaceBase => {
                     let base = self.bundle.manifest.cookies.base.0;
                     self.swap(base, u64::MAX, self.parsed(BASE_RULES)).await?;
                 }
-                Action::Install { device, target } if !failed.contains_key(device) => {
-                    self.install_target(*device, *target).await?;
+                Action::Install { device, target } => {
+                    if !failed.contains_key(device) {
+                        self.install_target(*device, *target).await?;
+                    }
+                    progress.done += 1;
+                    if progress.done % 64 == 0 || progress.done == installs {
+                        on_progress(progress);
+                    }
                 }
                 Action::DeleteStrayFlows { cookie } => {
                     self.swap(*cookie, u64::MAX, &[]).await?;
@@ -988,19 +1110,63 @@ impl Node {
             let closed = self.fail_closed(device).await?;
             report.failed_closed.push((device, closed, reason));
         }
-        for a in &plan.actions {
-            if let Action::StopContainer { name, ports } = a {
-                // A device that failed closed may be using it now (its most restrictive
-                // state's µmboxes); failing closed stopped what it does not use.
-                let serves_failed = self
+        let stops: Vec<(&str, &[String])> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::StopContainer { name, ports } => Some((name.as_str(), ports.as_slice())),
+                _ => None,
+            })
+            // A device that failed closed may be using it now (its most restrictive
+            // state's µmboxes); failing closed stopped what it does not use.
+            .filter(|(name, _)| {
+                !self
                     .container_device(name)
-                    .is_some_and(|d| report.failed_closed.iter().any(|f| f.0 == d));
-                if !serves_failed {
-                    self.stop_instance(name, ports).await?;
+                    .is_some_and(|d| report.failed_closed.iter().any(|f| f.0 == d))
+            })
+            .collect();
+        let mut stopped = futures_util::stream::iter(
+            stops
+                .iter()
+                .map(|&(name, ports)| self.stop_instance(name, ports)),
+        )
+        .buffer_unordered(self.cfg.parallel.max(1));
+        let mut progress = Progress {
+            phase: Phase::Stopping,
+            done: 0,
+            total: stops.len(),
+            failed: 0,
+        };
+        let mut first_error = None;
+        while let Some(r) = stopped.next().await {
+            progress.done += 1;
+            if let Err(e) = r {
+                progress.failed += 1;
+                first_error.get_or_insert(e);
+            }
+            on_progress(progress);
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
+    }
+
+    /// Starts a µmbox instance ([`Node::start_instance`]), trying again after a transient
+    /// failure with a growing pause (0.25 s, doubling, at most 4 s) until the node's
+    /// start deadline.
+    async fn start_retrying(&self, path: &str) -> Result<(), NodeError> {
+        let deadline = std::time::Instant::now() + self.cfg.start_deadline;
+        let mut pause = Duration::from_millis(250);
+        loop {
+            match self.start_instance(path).await {
+                Err(e) if e.is_transient() && std::time::Instant::now() + pause < deadline => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(4));
                 }
+                r => return r,
             }
         }
-        Ok(report)
     }
 
     /// Replaces a device's flows with a target's set, in one OpenFlow bundle.
@@ -1080,16 +1246,23 @@ impl Node {
         };
         let result = async {
             // A port left by an instance that died (its interface is gone with its
-            // namespace) would keep the new interface off the switch: remove it first.
+            // namespace) would keep the new interface off the switch: removed first.
+            // Looked for (a read) before it is removed (a transaction, which costs the
+            // switch a look at all its ports): a plan has removed them already.
             let ports: Vec<&str> = links.iter().map(|l| l.host.as_str()).collect();
-            self.ovs.del_ports(&ports).await?;
+            let stale = self.ovs.present_ports(&ports).await?;
+            if !stale.is_empty() {
+                let stale: Vec<&str> = stale.iter().map(String::as_str).collect();
+                self.ovs.del_ports(&stale).await?;
+            }
             let pid = self.docker.start(&spec).await?;
             net::plug(pid, &links, self.cfg.call_timeout).await?;
-            for i in &c.interfaces {
+            let added = futures_util::future::join_all(c.interfaces.iter().map(|i| {
                 self.ovs
                     .add_port(&i.port_name, i.ofport, self.isolation(false))
-                    .await?;
-            }
+            }))
+            .await;
+            added.into_iter().collect::<Result<Vec<()>, _>>()?;
             self.docker
                 .wait_ready(&c.name, self.cfg.ready_timeout)
                 .await?;
@@ -1130,9 +1303,8 @@ impl Node {
                 inner: String::new(),
             })
             .collect();
-        for l in &links {
-            self.ovs.del_port(&l.host).await?;
-        }
+        let names: Vec<&str> = links.iter().map(|l| l.host.as_str()).collect();
+        self.ovs.del_ports(&names).await?;
         net::unplug(&links, self.cfg.call_timeout).await;
         Ok(())
     }
@@ -1244,7 +1416,10 @@ impl Node {
     }
 
     /// The device's containers, running or not.
-    async fn device_containers(&self, device: usize) -> Result<Vec<docker::Running>, NodeError> {
+    async fn device_containers(
+        &self,
+        device: usize,
+    ) -> Result<Vec<containers::Running>, NodeError> {
         let name = &self.bundle.manifest.devices[device].name;
         let mut all = self
             .docker
@@ -1260,7 +1435,7 @@ impl Node {
         &self,
         device: usize,
         state: usize,
-        containers: &[docker::Running],
+        containers: &[containers::Running],
     ) -> Result<(), NodeError> {
         let keep: BTreeSet<String> = self
             .wanted(device, state)
@@ -1275,7 +1450,7 @@ impl Node {
 }
 
 /// The host ends of a container's interfaces, from the label the shim put on it.
-pub fn ports_of(c: &docker::Running) -> Vec<String> {
+pub fn ports_of(c: &containers::Running) -> Vec<String> {
     c.labels
         .get(LABEL_PORTS)
         .map(|p| {

@@ -9,7 +9,9 @@
 
 use crate::cmd::{self, CmdError};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OvsError {
@@ -38,6 +40,35 @@ pub enum Isolation {
 pub struct Ovs {
     pub bridge: String,
     timeout: Duration,
+    /// Port additions waiting for the next transaction ([`Ovs::add_port`]).
+    queue: Arc<std::sync::Mutex<PortQueue>>,
+}
+
+/// Port additions asked for while a transaction was running: they go together in the
+/// next one. Every transaction makes `ovs-vswitchd` reconsider all of the bridge's
+/// ports, so on a bridge of thousands, one per port would cost time in the square of
+/// their number.
+#[derive(Debug, Default)]
+struct PortQueue {
+    waiting: Vec<PortRequest>,
+    /// A task is adding ports now (and takes whatever waits when it is done).
+    busy: bool,
+}
+
+/// One port to add, as a transaction takes it.
+#[derive(Debug, Clone)]
+struct PortAdd {
+    name: String,
+    ofport: u32,
+    isolation: Isolation,
+}
+
+#[derive(Debug)]
+struct PortRequest {
+    name: String,
+    ofport: u32,
+    isolation: Isolation,
+    done: oneshot::Sender<Result<(), OvsError>>,
 }
 
 impl Ovs {
@@ -45,6 +76,7 @@ impl Ovs {
         Ovs {
             bridge: bridge.into(),
             timeout,
+            queue: Arc::default(),
         }
     }
 
@@ -263,34 +295,182 @@ impl Ovs {
         Ok(ports)
     }
 
-    /// Adds an existing interface (a device link, the uplink, a µmbox veth end) as a port
-    /// with the number the bundle gives it, and checks that it got it.
+    /// Adds a port (an existing interface) with a fixed OpenFlow number (`--may-exist`:
+    /// an existing port keeps its settings). Fails if the switch gives it another
+    /// number (the port is then removed again). Additions asked for at the same time go
+    /// in one transaction ([`PortQueue`]); each caller gets its own port's outcome.
     pub async fn add_port(
         &self,
         name: &str,
         ofport: u32,
         isolation: Isolation,
     ) -> Result<(), OvsError> {
-        let request = format!("ofport_request={ofport}");
-        let mut args = vec!["--may-exist", "add-port", &self.bridge, name];
-        match isolation {
-            Isolation::None => {}
-            Isolation::Managed => args.push("tag=4094"),
-            Isolation::Uplink => args.push("trunks=0"),
-        }
-        args.extend(["--", "set", "interface", name, &request]);
-        self.vsctl(&args).await?;
-        let got = self.vsctl(&["get", "interface", name, "ofport"]).await?;
-        let got = got.trim().parse::<i64>().unwrap_or(-1);
-        if got != i64::from(ofport) {
-            let _ = self.del_port(name).await;
-            return Err(OvsError::PortNumber {
+        self.queue_port(name, ofport, isolation).await
+    }
+
+    async fn queue_port(
+        &self,
+        name: &str,
+        ofport: u32,
+        isolation: Isolation,
+    ) -> Result<(), OvsError> {
+        let (done, outcome) = oneshot::channel();
+        let lead = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.waiting.push(PortRequest {
                 name: name.to_string(),
-                want: ofport,
-                got,
+                ofport,
+                isolation,
+                done,
             });
+            !std::mem::replace(&mut q.busy, true)
+        };
+        if lead {
+            // A task of its own: a caller that gives up does not strand the others.
+            let ovs = self.clone();
+            tokio::spawn(async move { ovs.drain_ports().await });
         }
-        Ok(())
+        outcome.await.unwrap_or_else(|_| {
+            Err(OvsError::Unexpected {
+                command: format!("add-port {name}"),
+                detail: "the port queue was dropped".into(),
+            })
+        })
+    }
+
+    /// Adds whatever waits, one transaction at a time, until nothing does.
+    async fn drain_ports(&self) {
+        loop {
+            let batch = {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                if q.waiting.is_empty() {
+                    q.busy = false;
+                    return;
+                }
+                std::mem::take(&mut q.waiting)
+            };
+            let requests: Vec<PortAdd> = batch
+                .iter()
+                .map(|r| PortAdd {
+                    name: r.name.clone(),
+                    ofport: r.ofport,
+                    isolation: r.isolation,
+                })
+                .collect();
+            let results = self.add_ports_now(&requests).await;
+            for (r, result) in batch.into_iter().zip(results) {
+                let _ = r.done.send(result);
+            }
+        }
+    }
+
+    /// Adds ports in one transaction, then reads their numbers in one call; a port with
+    /// another number than asked is removed again and fails. If the transaction fails,
+    /// each port is tried alone, so each gets its own error.
+    async fn add_ports_now(&self, ports: &[PortAdd]) -> Vec<Result<(), OvsError>> {
+        let add_args = |p: &PortAdd| {
+            let (name, ofport) = (&p.name, p.ofport);
+            let mut args = vec![
+                "--may-exist".to_string(),
+                "add-port".into(),
+                self.bridge.clone(),
+                name.clone(),
+            ];
+            match p.isolation {
+                Isolation::None => {}
+                Isolation::Managed => args.push("tag=4094".into()),
+                Isolation::Uplink => args.push("trunks=0".into()),
+            }
+            args.extend([
+                "--".into(),
+                "set".into(),
+                "interface".into(),
+                name.clone(),
+                format!("ofport_request={ofport}"),
+            ]);
+            args
+        };
+        let joined = |parts: Vec<Vec<String>>| -> Vec<String> {
+            let mut out = Vec::new();
+            for (i, p) in parts.into_iter().enumerate() {
+                if i > 0 {
+                    out.push("--".to_string());
+                }
+                out.extend(p);
+            }
+            out
+        };
+        let args = joined(ports.iter().map(add_args).collect());
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        if let Err(e) = self.vsctl(&argv).await {
+            if ports.len() == 1 {
+                return vec![Err(e)];
+            }
+            let mut out = Vec::new();
+            for p in ports {
+                out.extend(Box::pin(self.add_ports_now(std::slice::from_ref(p))).await);
+            }
+            return out;
+        }
+        let gets = joined(
+            ports
+                .iter()
+                .map(|p| {
+                    vec![
+                        "get".into(),
+                        "interface".into(),
+                        p.name.clone(),
+                        "ofport".into(),
+                    ]
+                })
+                .collect(),
+        );
+        let argv: Vec<&str> = gets.iter().map(String::as_str).collect();
+        let got = match self.vsctl(&argv).await {
+            Ok(text) => text,
+            Err(e) => {
+                let detail = e.to_string();
+                return ports
+                    .iter()
+                    .map(|p| {
+                        Err(OvsError::Unexpected {
+                            command: format!("get interface {} ofport", p.name),
+                            detail: detail.clone(),
+                        })
+                    })
+                    .collect();
+            }
+        };
+        let numbers: Vec<i64> = got
+            .lines()
+            .map(|l| l.trim().parse::<i64>().unwrap_or(-1))
+            .collect();
+        let mut out = Vec::new();
+        for (i, p) in ports.iter().enumerate() {
+            let got = numbers.get(i).copied().unwrap_or(-1);
+            if got == i64::from(p.ofport) {
+                out.push(Ok(()));
+            } else {
+                let _ = self.del_port(&p.name).await;
+                out.push(Err(OvsError::PortNumber {
+                    name: p.name.clone(),
+                    want: p.ofport,
+                    got,
+                }));
+            }
+        }
+        out
+    }
+
+    /// Which of these ports are on the bridge (a read: no transaction).
+    pub async fn present_ports(&self, names: &[&str]) -> Result<Vec<String>, OvsError> {
+        let listed = self.vsctl(&["list-ports", &self.bridge]).await?;
+        let on: std::collections::BTreeSet<&str> = listed.lines().map(str::trim).collect();
+        Ok(names
+            .iter()
+            .filter(|n| on.contains(**n))
+            .map(|n| n.to_string())
+            .collect())
     }
 
     /// Removes ports, if they are on the bridge, in one transaction.

@@ -71,6 +71,11 @@ fn coded<'a, D: std::fmt::Display + 'a>(
 
 /// The most MQTT messages taken from the queue at once, journaled in one commit.
 const MQTT_BATCH: usize = 256;
+/// The most API inputs journaled in one commit.
+const API_BATCH: usize = 256;
+
+/// Where an API input's answer goes.
+type Reply = tokio::sync::oneshot::Sender<Result<Accepted, Vec<InputError>>>;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -239,8 +244,25 @@ pub async fn run(
             }
             req = req_rx.recv() => match req {
                 Some(Request::Submit { input, reply }) => {
-                    let answer = lp.submit(input).await?;
-                    let _ = reply.send(answer);
+                    // Whatever other inputs wait go with it: one journal commit (one
+                    // sync to disk) for all, each answered once it is on disk. A status
+                    // request met on the way is answered after them, in order.
+                    let mut batch = vec![(input, reply)];
+                    let mut status = None;
+                    while batch.len() < API_BATCH {
+                        match req_rx.try_recv() {
+                            Ok(Request::Submit { input, reply }) => batch.push((input, reply)),
+                            Ok(Request::Status { reply }) => {
+                                status = Some(reply);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    lp.submit_all(batch).await?;
+                    if let Some(reply) = status {
+                        let _ = reply.send(lp.status().await);
+                    }
                 }
                 Some(Request::Status { reply }) => {
                     let _ = reply.send(lp.status().await);
@@ -674,6 +696,43 @@ impl Loop {
     }
 
     /// An input from the API: validated, journaled, handled, carried out.
+    /// Inputs of the API, in the order they came: each validated, the valid ones
+    /// journaled in one transaction (a group commit: one sync to disk), then each
+    /// handled and carried out in order and answered. An answer is sent only once its
+    /// input is on disk; a refused input is answered at once and journals nothing.
+    async fn submit_all(&mut self, batch: Vec<(Input, Reply)>) -> Result<(), RunError> {
+        let t = now_ms().max(self.engine.now());
+        let mut valid = Vec::with_capacity(batch.len());
+        for (input, reply) in batch {
+            // An input's validity does not depend on what the inputs before it did.
+            match self.engine.validate(t, &input) {
+                Ok(()) => valid.push((input, reply)),
+                Err(errors) => {
+                    let _ = reply.send(Err(errors));
+                }
+            }
+        }
+        if valid.is_empty() {
+            return Ok(());
+        }
+        let seqs = self
+            .journal
+            .append_inputs(t, &self.sha(), valid.iter().map(|(i, _)| i))?;
+        for ((input, reply), seq) in valid.into_iter().zip(seqs) {
+            let answer = match self.engine.handle(t, &input) {
+                Ok(steps) => Ok(Accepted {
+                    seq,
+                    t_ms: t,
+                    changes: self.carry_out(&steps).await?,
+                }),
+                // validate() said yes: a refusal now is the engine's bug, reported as such.
+                Err(errors) => Err(errors),
+            };
+            let _ = reply.send(answer);
+        }
+        Ok(())
+    }
+
     async fn submit(
         &mut self,
         input: Input,
@@ -903,7 +962,7 @@ impl Loop {
         }
         let b = self.node.bundle();
         let changes = self.journal.last_changes().unwrap_or_default();
-        let running: Vec<&crate::docker::Running> = match &obs.containers {
+        let running: Vec<&crate::containers::Running> = match &obs.containers {
             Ok(c) => c.values().filter(|c| c.running).collect(),
             Err(_) => Vec::new(),
         };

@@ -15,6 +15,7 @@ mod common;
 use common::live::*;
 use common::TempDir;
 use kalki_shim::bundle;
+use kalki_shim::containers::Containers;
 use kalki_shim::docker;
 use kalki_shim::node::{Closed, Node, NodeConfig, Posture};
 
@@ -134,7 +135,7 @@ fn apply_and_posture_changes_on_open_vswitch_and_docker() {
         let engine = docker::Engine::connect("/var/run/docker.sock", LIMIT)
             .await
             .unwrap();
-        let node = Node::new(loaded, engine, NodeConfig::default()).unwrap();
+        let node = Node::new(loaded, Containers::Docker(engine), NodeConfig::default()).unwrap();
         let d1_flows = device_flows(0x0200_0000_0002_0000);
         let shared = container_id("kalki-node-d0-0-probe");
 

@@ -12,7 +12,8 @@ mod common;
 use common::{compile_dir, load, MemReader};
 use kalki_openflow::{parse_rule_set, FlowMod};
 use kalki_shim::bundle::Bundle;
-use kalki_shim::docker::{self, Running};
+use kalki_shim::containers::Running;
+use kalki_shim::docker;
 use kalki_shim::node::{Action, Node, NodeConfig, Observation, Target, LABEL_PORTS, LABEL_SITE};
 use kalki_shim::ovs::PortDesc;
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,7 +30,12 @@ fn bundle() -> Bundle {
 /// contacted at first use, and these tests only observe by hand.
 fn node() -> Node {
     let docker = docker::Engine::lazy("/nonexistent/docker.sock", Duration::from_secs(1));
-    Node::new(bundle(), docker, NodeConfig::default()).unwrap()
+    Node::new(
+        bundle(),
+        kalki_shim::containers::Containers::Docker(docker),
+        NodeConfig::default(),
+    )
+    .unwrap()
 }
 
 const NORMAL: Target = Target::State(0);

@@ -276,7 +276,12 @@ fn nothing_is_planned_or_checked_for_a_device_off_the_switch() {
         "/nonexistent/docker.sock",
         std::time::Duration::from_secs(1),
     );
-    let node = Node::new(b, docker, NodeConfig::default()).unwrap();
+    let node = Node::new(
+        b,
+        kalki_shim::containers::Containers::Docker(docker),
+        NodeConfig::default(),
+    )
+    .unwrap();
     let obs = Observation {
         switch: Ok(node.switch_view(true, BTreeMap::new(), vec![])),
         containers: Ok(BTreeMap::new()),

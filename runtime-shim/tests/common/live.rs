@@ -25,8 +25,17 @@ pub fn services_ready() -> bool {
     kalki_test_support::require(&[kalki_test_support::ovs(), kalki_test_support::docker()])
 }
 
-/// The stand-in µmbox image: busybox, statically linked, in an image `FROM scratch`.
+/// The stand-in µmbox image (busybox, statically linked, in an image `FROM scratch`), in
+/// Docker and exported for the OCI backend.
 pub fn ensure_test_image() {
+    build_test_image();
+    ok(&format!(
+        "{}/scripts/oci-image.sh {TEST_IMAGE}",
+        super::repo_root().display()
+    ));
+}
+
+fn build_test_image() {
     if sh(&format!(
         "docker image inspect {TEST_IMAGE} >/dev/null 2>&1"
     ))

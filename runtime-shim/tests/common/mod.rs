@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, dead_code)]
 
 pub mod live;
+pub mod scale;
 
 use kalki_compiler::codegen::bundle as codegen;
 use kalki_compiler::source::{LoadError, SourceLoader};
