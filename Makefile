@@ -8,7 +8,7 @@ EXAMPLE := examples/smart-office
 # Bounded fuzzing in the test suite (cases per property).
 export KALKI_FUZZ_CASES ?= 2000
 
-.PHONY: setup services build demo test lint fmt bench bench-scale bench-mqtt bench-node soak soak-mqtt clean images
+.PHONY: setup services build demo test lint fmt bench bench-scale bench-mqtt bench-node bench-api soak soak-mqtt clean images
 
 setup:
 	@scripts/setup.sh
@@ -58,6 +58,12 @@ bench-mqtt: setup services
 # apply from empty, memory per µmbox, re-apply; figures in docs/benchmarks.md.
 bench-node: setup services images
 	$(CARGO) bench --locked -p kalki-shim --bench node
+
+# Readings and warm posture changes through the API with wrk, journal on disk
+# (runtime-shim/benches/api.rs); figures in docs/benchmarks.md.
+bench-api: setup services images
+	@command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y wrk
+	$(CARGO) bench --locked -p kalki-shim --bench api
 
 # The same bench as a soak, outside `make test`: 5000 QoS 1 readings/s for 10 minutes, the
 # shim's RSS and the journal's size sampled every 30 s; figures in docs/benchmarks.md.

@@ -82,6 +82,49 @@ pub struct Manifest {
     pub rules: Vec<Rule>,
 }
 
+impl Manifest {
+    /// The states device `device` can move to from `state` in one step: by a transition
+    /// of its type from `state` (an alert, a reading, a timer, an operator reset), or by
+    /// a rule's `->` or `escalate` naming it (an escalation only to a more restrictive
+    /// state). More restrictive ones first, nearest first, then less restrictive ones,
+    /// nearest first: what a runtime that keeps the next states' µmboxes ready serves
+    /// first. `state` itself is not among them.
+    pub fn successors(&self, device: usize, state: usize) -> Vec<usize> {
+        let Some(d) = self.devices.get(device) else {
+            return Vec::new();
+        };
+        let mut next = std::collections::BTreeSet::new();
+        if let Some(t) = self.device_types.iter().find(|t| t.name == d.ty) {
+            next.extend(
+                t.transitions
+                    .iter()
+                    .filter(|tr| tr.from as usize == state)
+                    .map(|tr| tr.to as usize),
+            );
+        }
+        for a in self.rules.iter().flat_map(|r| &r.actions) {
+            match *a {
+                Action::Goto {
+                    device: dv,
+                    state: s,
+                } if dv as usize == device => {
+                    next.insert(s as usize);
+                }
+                Action::Escalate {
+                    device: dv,
+                    state: s,
+                } if dv as usize == device && s as usize > state => {
+                    next.insert(s as usize);
+                }
+                _ => {}
+            }
+        }
+        next.remove(&state);
+        let (up, down): (Vec<usize>, Vec<usize>) = next.into_iter().partition(|&s| s > state);
+        up.into_iter().chain(down.into_iter().rev()).collect()
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 pub struct Uplink {
     pub name: Option<String>,

@@ -6,7 +6,10 @@
 //! - warm: the new state's µmboxes are already running (device `w`: both states share
 //!   one instance), so the change is the OpenFlow bundle alone;
 //! - cold: the new state needs a container started, plugged in and ready (device `c`,
-//!   entering `watched`); its way back (to `pass`) is not timed.
+//!   entering `watched`); its way back (to `pass`) is not timed;
+//! - the same cold state with `--warm 1`: `watched`'s µmbox kept started beside `calm`.
+//!
+//! Under each backend, Docker and the OCI runtime.
 //!
 //! Then the time of one look at the node with every device's verdict (what each reconcile
 //! check and each status request costs).
@@ -23,11 +26,12 @@ mod common;
 
 use common::live::{ensure_test_image, ok, sh};
 use kalki_shim::bundle;
-use kalki_shim::docker;
+use kalki_shim::containers::Containers;
 use kalki_shim::engine::{Config, Effect, Engine, Input};
 use kalki_shim::journal::Journal;
 use kalki_shim::node::{Node, NodeConfig, Posture};
 use kalki_shim::run::now_ms;
+use kalki_shim::{docker, oci};
 use std::time::{Duration, Instant};
 
 const BRIDGE: &str = "kt-bench";
@@ -79,7 +83,7 @@ async fn change(
     for e in steps.iter().flat_map(|s| &s.effects) {
         if let Effect::StateChange { device, to, .. } = e {
             match node.change_posture(*device, *to).await.unwrap() {
-                Posture::Changed { committed: at } => committed = Some(at),
+                Posture::Changed { committed: at, .. } => committed = Some(at),
                 other => panic!("{input:?}: {other:?}"),
             }
         }
@@ -117,20 +121,6 @@ fn main() {
     rt.block_on(async {
         let b = bundle::load_dir(&dir).unwrap();
         let sha = b.manifest_sha256.clone();
-        let mut engine = Engine::new(&b, Config::default(), now_ms());
-        let journal = Journal::open(&tmp.path().join("journal.db")).unwrap();
-        let docker = docker::Engine::connect("/var/run/docker.sock", Duration::from_secs(20))
-            .await
-            .unwrap();
-        let node = Node::new(
-            b,
-            kalki_shim::containers::Containers::Docker(docker),
-            NodeConfig::default(),
-        )
-        .unwrap();
-        let plan = node.plan(&[0, 0]).await.unwrap();
-        node.execute(&plan).await.unwrap();
-
         let alert = |d: &str| Input::Alert {
             device: d.into(),
             alert: "port_scan".into(),
@@ -140,33 +130,78 @@ fn main() {
             device: d.into(),
             action: "reset".into(),
         };
-        let mut warm = Vec::new();
-        for i in 0..changes {
-            let input = if i % 2 == 0 { alert("w") } else { reset("w") };
-            warm.push(change(&mut engine, &journal, &node, &sha, input).await);
-        }
-        let mut cold = Vec::new();
-        for _ in 0..changes {
-            cold.push(change(&mut engine, &journal, &node, &sha, alert("c")).await);
-            change(&mut engine, &journal, &node, &sha, reset("c")).await;
-        }
-        // One look at the node, as every reconcile check and every status request takes
-        // it (bridge, ports, one flow dump, containers, interfaces and their sysctls),
-        // and every device's verdict from it.
-        let mut looks = Vec::new();
-        for _ in 0..changes {
-            let t = Instant::now();
-            let obs = node.observe().await;
-            let states = engine.states();
-            for (d, &s) in states.iter().enumerate() {
-                node.check(&obs, d, kalki_shim::node::Target::State(s))
-                    .unwrap();
+        for backend in ["docker", "oci"] {
+            let containers = match backend {
+                "docker" => Containers::Docker(
+                    docker::Engine::connect("/var/run/docker.sock", Duration::from_secs(20))
+                        .await
+                        .unwrap(),
+                ),
+                _ => Containers::Oci(oci::Oci::new(oci::OciConfig {
+                    runtime: "runc".into(),
+                    state: tmp.path().join("oci"),
+                    images: oci::DEFAULT_IMAGES.into(),
+                    limit: Duration::from_secs(20),
+                })),
+            };
+            // Without µmboxes kept warm, then with the next state's kept (`--warm 1`).
+            for warm_budget in [0, 1] {
+                let mut engine = Engine::new(&b, Config::default(), now_ms());
+                let journal = Journal::open(&tmp.path().join("journal.db")).unwrap();
+                let node = Node::new(
+                    b.clone(),
+                    containers.clone(),
+                    NodeConfig {
+                        warm: warm_budget,
+                        ..NodeConfig::default()
+                    },
+                )
+                .unwrap();
+                let plan = node.plan(&[0, 0]).await.unwrap();
+                node.execute(&plan).await.unwrap();
+                let mut cold = Vec::new();
+                for _ in 0..changes {
+                    cold.push(change(&mut engine, &journal, &node, &sha, alert("c")).await);
+                    change(&mut engine, &journal, &node, &sha, reset("c")).await;
+                }
+                if warm_budget == 0 {
+                    let mut warm = Vec::new();
+                    for i in 0..changes {
+                        let input = if i % 2 == 0 { alert("w") } else { reset("w") };
+                        warm.push(change(&mut engine, &journal, &node, &sha, input).await);
+                    }
+                    report(&format!("{backend}: warm (µmboxes running)"), warm);
+                    report(&format!("{backend}: cold (a container to start)"), cold);
+                } else {
+                    report(
+                        &format!("{backend}: cold state, --warm 1 (its µmbox kept started)"),
+                        cold,
+                    );
+                }
+                if backend == "docker" && warm_budget == 0 {
+                    // One look at the node, as every reconcile check and every status
+                    // request takes it (bridge, ports, one flow dump, containers,
+                    // interfaces and their sysctls), and every device's verdict from it.
+                    let mut looks = Vec::new();
+                    for _ in 0..changes {
+                        let t = Instant::now();
+                        let obs = node.observe().await;
+                        let states = engine.states();
+                        for (d, &s) in states.iter().enumerate() {
+                            node.check(&obs, d, kalki_shim::node::Target::State(s))
+                                .unwrap();
+                        }
+                        looks.push(t.elapsed());
+                    }
+                    report("one look at the node and its verdicts", looks);
+                }
+                // The next round starts from an empty node.
+                let site = &b.manifest.site;
+                for c in containers.list("kalki.site", site).await.unwrap() {
+                    containers.remove(&c.name).await.unwrap();
+                }
             }
-            looks.push(t.elapsed());
         }
-        report("warm (µmboxes running)", warm);
-        report("cold (a container to start)", cold);
-        report("one look at the node and its verdicts", looks);
     });
     cleanup();
 }

@@ -74,6 +74,9 @@ pub struct NodeConfig {
     /// How long one µmbox's start is tried again after a transient failure (the engine
     /// not answering in time), with a growing pause, before its device fails closed.
     pub start_deadline: Duration,
+    /// How many µmboxes of the devices' next states are kept started and idle (no flow
+    /// leads to them), so that a change to such a state only swaps flows. 0: none.
+    pub warm: usize,
 }
 
 impl Default for NodeConfig {
@@ -85,6 +88,7 @@ impl Default for NodeConfig {
             secrets_dir: crate::secrets::DEFAULT_DIR.into(),
             parallel: 8,
             start_deadline: Duration::from_secs(60),
+            warm: 0,
         }
     }
 }
@@ -118,6 +122,7 @@ pub struct Progress {
 pub enum Phase {
     Starting,
     Installing,
+    Warming,
     Stopping,
 }
 
@@ -126,6 +131,7 @@ impl Phase {
         match self {
             Phase::Starting => "starting µmboxes",
             Phase::Installing => "installing flows",
+            Phase::Warming => "starting µmboxes of next states",
             Phase::Stopping => "stopping µmboxes",
         }
     }
@@ -163,6 +169,13 @@ pub enum Action {
         device: usize,
         path: String,
     },
+    /// Start a µmbox one of the device's next states uses, kept idle until a change to
+    /// that state ([`NodeConfig::warm`]). A failure is reported, and the device keeps its
+    /// posture: the change will start it cold.
+    StartWarm {
+        device: usize,
+        path: String,
+    },
     ReplaceBase,
     /// Replace a device's flows with its target's set.
     Install {
@@ -191,6 +204,20 @@ impl Plan {
         self.actions.is_empty()
     }
 
+    /// Keeps the first `n` starts of next states' µmboxes and drops the others (a later
+    /// look at the node plans them again): a loop that must not wait long bounds its
+    /// share of them.
+    pub fn limit_warm(&mut self, n: usize) {
+        let mut kept = 0;
+        self.actions.retain(|a| match a {
+            Action::StartWarm { .. } => {
+                kept += 1;
+                kept <= n
+            }
+            _ => true,
+        });
+    }
+
     /// How many steps of each kind, in the order they run: a large plan in a few lines.
     pub fn kinds(&self) -> Vec<(&'static str, usize)> {
         let mut out: Vec<(&'static str, usize)> = Vec::new();
@@ -204,6 +231,7 @@ impl Plan {
                 Action::AddPort { .. } => "add a port",
                 Action::RemovePort { .. } => "remove a port",
                 Action::StartContainer { .. } => "start a µmbox",
+                Action::StartWarm { .. } => "start a µmbox for a next state",
                 Action::ReplaceBase => "replace the base flows",
                 Action::Install { .. } => "install a device's flows",
                 Action::DeleteStrayFlows { .. } => "delete stray flows",
@@ -224,6 +252,9 @@ pub struct Report {
     /// Devices that could not get their state's µmboxes: (device, what was installed
     /// instead, why).
     pub failed_closed: Vec<(usize, Closed, String)>,
+    /// µmboxes of next states that could not be started: (device, path, why). The
+    /// device keeps its posture; a change to that state starts them cold.
+    pub warm_failed: Vec<(usize, String, String)>,
 }
 
 /// What a device got when it failed closed.
@@ -242,6 +273,8 @@ pub enum Posture {
     /// µmboxes only the old state used are stopped after that).
     Changed {
         committed: std::time::Instant,
+        /// Whether µmboxes were started or stopped (else only flows were swapped).
+        touched: bool,
     },
     FailedClosed {
         installed: Closed,
@@ -265,6 +298,12 @@ pub struct Node {
     /// Every interface the switch uses for this bundle: the uplink, the device ports and
     /// the host ends of every µmbox instance.
     managed: BTreeSet<String>,
+    /// The site's containers as last seen: a look at the node's list, amended by every
+    /// start and stop since. A posture change reads it instead of asking the engine
+    /// (no round trip on the warm path). Wrong only after a µmbox ends between two
+    /// looks: the change then installs flows towards its gone port, which drop, and its
+    /// end fails the device closed and starts it again (`run`).
+    seen: std::sync::Mutex<Option<BTreeMap<String, containers::Running>>>,
     /// The OpenFlow connection to the bridge, made when first needed (the bridge may not
     /// exist before `apply` creates it) and made again when it breaks.
     switch: Mutex<Option<of::Client>>,
@@ -398,6 +437,7 @@ impl Node {
             flows,
             expected,
             owners,
+            seen: std::sync::Mutex::new(None),
             switch: Mutex::new(None),
         })
     }
@@ -608,6 +648,53 @@ impl Node {
         }
     }
 
+    /// The µmboxes kept started for the devices' next states ([`NodeConfig::warm`] at
+    /// most), beyond those their targets use: each device's nearest more restrictive
+    /// next state first (an escalation is where a wait for a container costs most), one
+    /// rank for every device before the next rank for any ([`Manifest::successors`]).
+    ///
+    /// [`Manifest::successors`]: crate::manifest::Manifest::successors
+    pub fn warm(&self, targets: &[Target]) -> Vec<(usize, &str, &Container)> {
+        let budget = self.cfg.warm;
+        let mut out: Vec<(usize, &str, &Container)> = Vec::new();
+        if budget == 0 {
+            return out;
+        }
+        let mut taken: BTreeSet<&str> = targets
+            .iter()
+            .enumerate()
+            .flat_map(|(d, &t)| self.wanted_for(d, t))
+            .map(|(_, c)| c.name.as_str())
+            .collect();
+        let next: Vec<(usize, Vec<usize>)> = targets
+            .iter()
+            .enumerate()
+            .filter_map(|(d, t)| match t {
+                Target::State(s) if self.device_on_switch(d) => {
+                    Some((d, self.bundle.manifest.successors(d, *s)))
+                }
+                _ => None,
+            })
+            .collect();
+        let ranks = next.iter().map(|(_, n)| n.len()).max().unwrap_or(0);
+        for rank in 0..ranks {
+            for (d, states) in &next {
+                let Some(&s) = states.get(rank) else {
+                    continue;
+                };
+                for (path, c) in self.wanted(*d, s) {
+                    if out.len() == budget {
+                        return out;
+                    }
+                    if taken.insert(c.name.as_str()) {
+                        out.push((*d, path, c));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// What a container runs, as a digest: image, command, environment, interfaces
     /// (names and port numbers) and secrets (names and where they are mounted, never
     /// their files or content). A running container with the same digest is up to
@@ -660,7 +747,9 @@ impl Node {
                 .docker
                 .list(LABEL_SITE, &self.bundle.manifest.site)
                 .await?;
-            Ok::<_, NodeError>(list.into_iter().map(|c| (c.name.clone(), c)).collect())
+            Ok::<BTreeMap<String, containers::Running>, NodeError>(
+                list.into_iter().map(|c| (c.name.clone(), c)).collect(),
+            )
         };
         // The host's links once: their names, and which carry XDP, for the hooks.
         let host = async {
@@ -670,6 +759,9 @@ impl Node {
         };
         let (switch, containers, host) =
             futures_util::future::join3(switch, containers, host).await;
+        if let Ok(c) = &containers {
+            self.set_seen(Some(c.clone()));
+        }
         let (interfaces, hooks) = match host {
             Ok((names, hooks)) => (Ok(names), hooks.map_err(|e| e.to_string())),
             Err(e) => (Err(e.to_string()), Err(e.to_string())),
@@ -802,6 +894,19 @@ impl Node {
                     });
                     restart_ports.extend(c.interfaces.iter().map(|i| i.port_name.clone()));
                 }
+            }
+        }
+        for (d, path, c) in self.warm(targets) {
+            wanted_names.insert(c.name.clone());
+            for i in &c.interfaces {
+                expected_ports.insert(i.port_name.clone());
+            }
+            if !self.up_to_date(containers, &sw.ports, &sw.desc, path, c) {
+                plan.actions.push(Action::StartWarm {
+                    device: d,
+                    path: path.to_string(),
+                });
+                restart_ports.extend(c.interfaces.iter().map(|i| i.port_name.clone()));
             }
         }
         // Ports of µmboxes that are not wanted, or are about to be replugged.
@@ -1110,6 +1215,38 @@ impl Node {
             let closed = self.fail_closed(device).await?;
             report.failed_closed.push((device, closed, reason));
         }
+        // The next states' µmboxes, once every device's own posture is in.
+        let warm: Vec<(usize, &str)> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::StartWarm { device, path } => Some((*device, path.as_str())),
+                _ => None,
+            })
+            .filter(|(d, _)| !report.failed_closed.iter().any(|f| f.0 == *d))
+            .collect();
+        let mut warmed =
+            futures_util::stream::iter(warm.iter().map(|&(device, path)| async move {
+                (device, path, self.start_retrying(path).await)
+            }))
+            .buffer_unordered(self.cfg.parallel.max(1));
+        let mut progress = Progress {
+            phase: Phase::Warming,
+            done: 0,
+            total: warm.len(),
+            failed: 0,
+        };
+        while let Some((device, path, r)) = warmed.next().await {
+            progress.done += 1;
+            if let Err(e) = r {
+                progress.failed += 1;
+                report
+                    .warm_failed
+                    .push((device, path.to_string(), e.to_string()));
+            }
+            on_progress(progress);
+        }
+        drop(warmed);
         let stops: Vec<(&str, &[String])> = plan
             .actions
             .iter()
@@ -1275,6 +1412,17 @@ impl Node {
                 let _ = self.ovs.del_port(&l.host).await;
             }
             net::unplug(&links, self.cfg.call_timeout).await;
+            self.note_container(&c.name, None);
+        } else {
+            self.note_container(
+                &c.name,
+                Some(containers::Running {
+                    name: c.name.clone(),
+                    id: String::new(),
+                    running: true,
+                    labels: spec.labels.clone(),
+                }),
+            );
         }
         result
     }
@@ -1296,6 +1444,7 @@ impl Node {
     /// `kalki.ports` label names; see [`ports_of`]).
     pub async fn stop_instance(&self, name: &str, ports: &[String]) -> Result<(), NodeError> {
         self.docker.remove(name).await?;
+        self.note_container(name, None);
         let links: Vec<Link> = ports
             .iter()
             .map(|p| Link {
@@ -1393,8 +1542,11 @@ impl Node {
         }
         self.install(device, to).await?;
         let committed = std::time::Instant::now();
-        self.stop_others(device, to, &before).await?;
-        Ok(Posture::Changed { committed })
+        let stopped = self.stop_others(device, to, &before).await?;
+        Ok(Posture::Changed {
+            committed,
+            touched: !starts.is_empty() || stopped > 0,
+        })
     }
 
     /// A container of this bundle by its name: the device it serves and its manifest.
@@ -1415,18 +1567,57 @@ impl Node {
         self.container(name).map(|(d, _)| d)
     }
 
-    /// The device's containers, running or not.
+    /// The device's containers, running or not, as last seen ([`Node::seen`]); asked of
+    /// the engine when nothing has been seen yet.
     async fn device_containers(
         &self,
         device: usize,
     ) -> Result<Vec<containers::Running>, NodeError> {
         let name = &self.bundle.manifest.devices[device].name;
-        let mut all = self
-            .docker
-            .list(LABEL_SITE, &self.bundle.manifest.site)
-            .await?;
+        let cached = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|seen| seen.values().cloned().collect::<Vec<_>>());
+        let mut all = match cached {
+            Some(all) => all,
+            None => {
+                let all = self
+                    .docker
+                    .list(LABEL_SITE, &self.bundle.manifest.site)
+                    .await?;
+                self.set_seen(Some(
+                    all.iter().map(|c| (c.name.clone(), c.clone())).collect(),
+                ));
+                all
+            }
+        };
         all.retain(|c| c.labels.get("kalki.device") == Some(name));
         Ok(all)
+    }
+
+    /// A container is known to have stopped (its follower saw it end).
+    pub fn forget_container(&self, name: &str) {
+        self.note_container(name, None);
+    }
+
+    fn set_seen(&self, seen: Option<BTreeMap<String, containers::Running>>) {
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = seen;
+    }
+
+    /// Amends what was seen: a container started (with its labels) or gone.
+    fn note_container(&self, name: &str, now: Option<containers::Running>) {
+        if let Some(seen) = self.seen.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            match now {
+                Some(r) => {
+                    seen.insert(name.to_string(), r);
+                }
+                None => {
+                    seen.remove(name);
+                }
+            }
+        }
     }
 
     /// Stops those of the device's `containers` that state `state` does not use (after
@@ -1436,16 +1627,25 @@ impl Node {
         device: usize,
         state: usize,
         containers: &[containers::Running],
-    ) -> Result<(), NodeError> {
-        let keep: BTreeSet<String> = self
-            .wanted(device, state)
-            .iter()
+    ) -> Result<usize, NodeError> {
+        // With µmboxes kept warm, those of the state's next states stay too (the next
+        // look at the node trims them to the budget).
+        let next = if self.cfg.warm > 0 {
+            self.bundle.manifest.successors(device, state)
+        } else {
+            Vec::new()
+        };
+        let keep: BTreeSet<String> = std::iter::once(state)
+            .chain(next)
+            .flat_map(|s| self.wanted(device, s))
             .map(|(_, c)| c.name.clone())
             .collect();
+        let mut stopped = 0;
         for c in containers.iter().filter(|c| !keep.contains(&c.name)) {
             self.stop_instance(&c.name, &ports_of(c)).await?;
+            stopped += 1;
         }
-        Ok(())
+        Ok(stopped)
     }
 }
 
@@ -1472,6 +1672,8 @@ fn order(a: &Action) -> u8 {
         Action::RemovePort { .. } => 1,
         Action::AddPort { .. } => 2,
         Action::StartContainer { .. } => 3,
+        // After the devices' own postures are in: they never wait for these.
+        Action::StartWarm { .. } => 6,
         Action::ReplaceBase => 4,
         Action::Install { .. } => 5,
         Action::DeleteStrayFlows { .. } => 6,
@@ -1512,6 +1714,7 @@ impl fmt::Display for Action {
             }
             Action::RemovePort { name } => write!(f, "remove port {name}"),
             Action::StartContainer { path, .. } => write!(f, "start µmbox {path}"),
+            Action::StartWarm { path, .. } => write!(f, "start µmbox {path} (idle)"),
             Action::ReplaceBase => write!(f, "replace the base flows (table 0)"),
             Action::Install {
                 device,
@@ -1558,6 +1761,14 @@ impl Node {
                 ),
                 Action::StartContainer { device, path } => format!(
                     "start µmbox {} for `{}`",
+                    self.bundle
+                        .containers
+                        .get(path)
+                        .map_or(path.as_str(), |c| c.name.as_str()),
+                    m.devices[*device].name
+                ),
+                Action::StartWarm { device, path } => format!(
+                    "start µmbox {} for a next state of `{}` (idle until then)",
                     self.bundle
                         .containers
                         .get(path)

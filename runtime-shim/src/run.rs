@@ -71,6 +71,8 @@ fn coded<'a, D: std::fmt::Display + 'a>(
 
 /// The most MQTT messages taken from the queue at once, journaled in one commit.
 const MQTT_BATCH: usize = 256;
+/// The most µmboxes of next states one look at the node starts (`--warm`).
+const WARM_PER_LOOK: usize = 8;
 /// The most API inputs journaled in one commit.
 const API_BATCH: usize = 256;
 
@@ -355,7 +357,12 @@ impl Loop {
             obs = self.node.observe().await;
         }
         let targets = self.targets(now);
-        match self.node.plan_from(&obs, &targets) {
+        match self.node.plan_from(&obs, &targets).map(|mut p| {
+            // The loop waits for what it executes: next states' µmboxes a few at a
+            // time, the rest at the following looks.
+            p.limit_warm(WARM_PER_LOOK);
+            p
+        }) {
             Ok(plan) if plan.is_empty() => {}
             Ok(plan) => {
                 for step in self.node.describe(&plan) {
@@ -363,6 +370,12 @@ impl Loop {
                 }
                 match self.node.execute(&plan).await {
                     Ok(report) => {
+                        for (d, path, why) in &report.warm_failed {
+                            eprintln!(
+                                "kalki-shim: `{}`: µmbox {path} of a next state not started: {why}",
+                                self.engine.device_name(*d)
+                            );
+                        }
                         let failed: Vec<usize> = report.failed_closed.iter().map(|f| f.0).collect();
                         for (device, closed, reason) in report.failed_closed {
                             self.note_closed(device, closed, &reason);
@@ -770,6 +783,9 @@ impl Loop {
     /// State changes become posture changes, commands go to the webhook; in order.
     async fn carry_out(&mut self, steps: &[Step]) -> Result<Vec<Changed>, RunError> {
         let mut changes = Vec::new();
+        // Whether a change started or stopped µmboxes (or failed): their followers are
+        // then looked at again.
+        let mut touched = false;
         for step in steps {
             for effect in &step.effects {
                 match effect {
@@ -788,15 +804,18 @@ impl Loop {
                         self.journal
                             .record_change(step.t_ms, &name, &from_n, &to_n, &why)?;
                         match self.node.change_posture(*device, *to).await {
-                            Ok(Posture::Changed { .. }) => {
+                            Ok(Posture::Changed { touched: t, .. }) => {
+                                touched |= t;
                                 self.closed.remove(device);
                             }
                             Ok(Posture::FailedClosed { installed, reason }) => {
+                                touched = true;
                                 self.note_closed(*device, installed, &reason);
                             }
                             // Journaled above; nothing of it is on the node to change.
                             Ok(Posture::OffSwitch) => {}
                             Err(e) => {
+                                touched = true;
                                 // The switch or the engine failed us: close the device
                                 // if we still can; either way the next check looks at
                                 // the node, says what is not in force, and repairs it.
@@ -841,9 +860,10 @@ impl Loop {
                 }
             }
         }
-        // Only a posture change starts or stops µmboxes: a reading that changes no state
-        // must not cost a Docker call.
-        if !changes.is_empty() {
+        // Only a change that started or stopped µmboxes moves the followers: a reading
+        // that changes no state, or a change that only swapped flows, costs no call to
+        // the container engine.
+        if touched {
             self.sync_followers().await;
         }
         Ok(changes)
@@ -913,6 +933,7 @@ impl Loop {
     /// node found it not running): never forward without it. The device is closed now,
     /// journaled, and its posture tried again at once. One handling whoever noticed.
     async fn umbox_stopped(&mut self, device: usize, container: &str) {
+        self.node.forget_container(container);
         let reason = format!("µmbox `{container}` stopped");
         eprintln!(
             "kalki-shim: `{}`: {reason}",
@@ -983,11 +1004,21 @@ impl Loop {
                     since_ms: last.map(|c| c.t_ms),
                     since: last.map(|c| api::rfc3339(c.t_ms)),
                     cause: last.map(|c| c.cause.clone()),
-                    umboxes: running
-                        .iter()
-                        .filter(|c| c.labels.get("kalki.device") == Some(&d.name))
-                        .map(|c| c.name.clone())
-                        .collect(),
+                    // Those of the posture it should have: a µmbox kept idle for a
+                    // next state protects nothing yet.
+                    umboxes: {
+                        let chain: Vec<String> = self
+                            .node
+                            .wanted_for(i, self.intended(i))
+                            .into_iter()
+                            .map(|(_, c)| c.name.clone())
+                            .collect();
+                        running
+                            .iter()
+                            .filter(|c| chain.contains(&c.name))
+                            .map(|c| c.name.clone())
+                            .collect()
+                    },
                     enforcement,
                     crosses: None,
                     crossing: None,

@@ -273,3 +273,75 @@ fn docker_backend() {
 fn oci_backend() {
     scenario(Backend::Oci);
 }
+
+/// `--warm`: the µmboxes of each device's next state are started and left idle, so a
+/// change to that state only swaps flows: the instance that serves `suspicious` after
+/// the change is the one started before it. Under the OCI backend (the same code path
+/// as Docker's: `Node::warm`, the plan, `change_posture`).
+#[test]
+fn warm_next_states_make_a_change_only_swap_flows() {
+    let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(_cleanup) = prepare() else {
+        return;
+    };
+    let tmp = TempDir::new("backends-warm");
+    let oci_state = tmp.path().join("oci");
+    let containers = Containers {
+        backend: Backend::Oci,
+        oci_state: &oci_state,
+    };
+    let _clean = OnDrop(|| containers.clean());
+    let bundle = tmp.path().join("bundle");
+    common::compile_dir("runtime-shim/tests/fixtures/node")
+        .write_to(&bundle)
+        .unwrap();
+    let env = Api::new(tmp.path());
+    let mut extra = containers.args();
+    extra.extend(["--warm".into(), "4".into()]);
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let _shim = env.start(&bundle, &tmp.path().join("journal.db"), &extra);
+
+    // `suspicious` = [probe(tag = 1), probe_tap, probe(tag = 2)]: the last two of each
+    // device are started beside `normal`'s probe, and protect nothing yet.
+    let idle = [
+        "kalki-node-d0-1-probe_tap",
+        "kalki-node-d0-2-probe",
+        "kalki-node-d1-1-probe_tap",
+        "kalki-node-d1-2-probe",
+    ];
+    let runs = |name: &str| {
+        sh(&format!(
+            "runc --root {}/runtime state {name} 2>/dev/null | grep -q '\"running\"'",
+            oci_state.display()
+        ))
+        .status
+        .success()
+    };
+    wait_for(Duration::from_secs(60), "the next states' µmboxes", || {
+        idle.iter().all(|n| runs(n))
+    });
+    assert_eq!(
+        env.device("d0")["umboxes"],
+        serde_json::json!(["kalki-node-d0-0-probe"]),
+        "an idle µmbox is not shown as protecting"
+    );
+    assert_eq!(env.device("d0")["enforcement"]["verdict"], "enforced");
+    let before: Vec<u32> = idle[..2].iter().map(|n| containers.pid(n)).collect();
+
+    assert!(env.client(&["alert", "d0", "port_scan"]).status.success());
+    assert_eq!(env.state("d0"), "suspicious");
+    assert_eq!(env.device("d0")["enforcement"]["verdict"], "enforced");
+    let after: Vec<u32> = idle[..2].iter().map(|n| containers.pid(n)).collect();
+    assert_eq!(
+        before, after,
+        "the change started no µmbox: the idle ones serve"
+    );
+    assert_switch_holds(
+        &bundle,
+        &[
+            "flows/base.ofctl",
+            "flows/d0/suspicious.ofctl",
+            "flows/d1/normal.ofctl",
+        ],
+    );
+}

@@ -592,3 +592,94 @@ fn a_port_whose_interface_is_gone_is_not_enforced() {
     let why = node.check(&obs, 0, NORMAL).unwrap_err();
     assert_eq!(why, "its port `ktn-d0` has lost its interface");
 }
+
+/// The fixture's states, by index: normal 0 < suspicious 1 < broken 2 < attack 3.
+#[test]
+fn successors_are_the_states_one_step_away_escalations_first() {
+    let b = bundle();
+    let m = &b.manifest;
+    // normal -> suspicious (port_scan, level); suspicious -> broken (fault);
+    // broken -> attack (port_scan) and -> normal (reset); attack -> normal (reset).
+    assert_eq!(m.successors(0, 0), vec![1]);
+    assert_eq!(m.successors(0, 1), vec![2]);
+    assert_eq!(m.successors(0, 2), vec![3, 0]);
+    assert_eq!(m.successors(0, 3), vec![0]);
+    assert_eq!(m.successors(9, 0), Vec::<usize>::new(), "no such device");
+}
+
+fn warm_node(warm: usize) -> Node {
+    let docker = docker::Engine::lazy("/nonexistent/docker.sock", Duration::from_secs(1));
+    Node::new(
+        bundle(),
+        kalki_shim::containers::Containers::Docker(docker),
+        NodeConfig {
+            warm,
+            ..NodeConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+/// With `--warm`, the µmboxes of each device's next state are planned too, within the
+/// budget, one device's nearest escalation as soon as the other's; none that a target
+/// already uses; never in place of a device's own posture. Without it, none.
+#[test]
+fn next_states_umboxes_are_kept_started_within_the_budget() {
+    let warm = |n: usize| -> Vec<String> {
+        let node = warm_node(n);
+        let obs = healthy(&node);
+        node.plan_from(&obs, &[NORMAL, NORMAL])
+            .unwrap()
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::StartWarm { path, .. } => Some(path.clone()),
+                Action::StartContainer { .. } => panic!("a device's own µmbox restarted: {a:?}"),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(warm(0).is_empty());
+    // `suspicious` = [probe(tag = 1), probe_tap, probe(tag = 2)]; probe(tag = 1) runs.
+    assert_eq!(
+        warm(8),
+        [
+            "containers/d0/1-probe_tap.json",
+            "containers/d0/2-probe.json",
+            "containers/d1/1-probe_tap.json",
+            "containers/d1/2-probe.json"
+        ]
+    );
+    assert_eq!(warm(1), ["containers/d0/1-probe_tap.json"]);
+    // A warm µmbox that runs is kept, not stopped; one beyond the budget is stopped.
+    let node = warm_node(1);
+    let mut obs = healthy(&node);
+    for path in [
+        "containers/d0/1-probe_tap.json",
+        "containers/d1/1-probe_tap.json",
+    ] {
+        let c = &node.bundle().containers[path];
+        let mut labels = c.labels.clone();
+        labels.insert(LABEL_SITE.into(), node.bundle().manifest.site.clone());
+        labels.insert("kalki.spec".into(), node.spec_digest(path));
+        labels.insert(LABEL_PORTS.into(), c.interfaces[0].port_name.clone());
+        obs.containers.as_mut().unwrap().insert(
+            c.name.clone(),
+            Running {
+                name: c.name.clone(),
+                id: format!("id-{}", c.name),
+                running: true,
+                labels,
+            },
+        );
+    }
+    let actions = node.plan_from(&obs, &[NORMAL, NORMAL]).unwrap().actions;
+    let stops: Vec<&str> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::StopContainer { name, .. } => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stops, ["kalki-node-d1-1-probe_tap"], "{actions:?}");
+}

@@ -224,12 +224,23 @@ impl Api {
     /// Starts `kalki-shim run BUNDLE --journal JOURNAL` on this API, with `extra`
     /// options, and waits until its API answers.
     pub fn start(&self, bundle: &Path, journal: &Path, extra: &[&str]) -> Shim {
+        self.start_binary(env!("CARGO_BIN_EXE_kalki-shim"), bundle, journal, extra)
+    }
+
+    /// [`Api::start`] with another `kalki-shim` binary (an older build, for a bench).
+    pub fn start_binary(
+        &self,
+        binary: &str,
+        bundle: &Path,
+        journal: &Path,
+        extra: &[&str],
+    ) -> Shim {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kalki-shim"))
+        let child = Command::new(binary)
             .args([
                 "run",
                 bundle.to_str().unwrap(),
