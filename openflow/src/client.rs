@@ -147,10 +147,15 @@ pub struct Client {
 }
 
 /// What one bundled message stands for, to name it in an error.
+/// One set of a bundle: the delete by `(cookie, cookie_mask)` if any, then the adds.
+type Group<'a> = (Option<(u64, u64)>, &'a [FlowMod]);
+
 #[derive(Clone, Copy)]
 enum Op {
-    Delete,
-    Flow(usize),
+    /// The delete of the set at this index.
+    Delete(usize),
+    /// A flow: the set's index, the flow's index in it.
+    Flow(usize, usize),
 }
 
 impl Client {
@@ -226,19 +231,32 @@ impl Client {
     /// harmless, so after a [`Error::Timeout`] or [`Error::Disconnected`] (when the
     /// outcome of a commit is unknown) reconnect and swap again.
     pub async fn swap(&mut self, cookie: u64, cookie_mask: u64, flows: &[FlowMod]) -> Result<()> {
-        if let Some((index, f)) = flows
-            .iter()
-            .enumerate()
-            .find(|(_, f)| f.cookie & cookie_mask != cookie & cookie_mask)
-        {
-            return Err(Error::CookieOutsideMask {
-                index,
-                flow: f.to_string(),
-                cookie,
-                cookie_mask,
-            });
+        self.swap_many(&[(cookie, cookie_mask, flows)]).await
+    }
+
+    /// [`Client::swap`] of several sets (each `(cookie, cookie_mask, flows)`) in one
+    /// atomic bundle: every delete and add of every set, in order, or none. Several
+    /// devices' posture changes cost the switch one commit.
+    pub async fn swap_many(&mut self, sets: &[(u64, u64, &[FlowMod])]) -> Result<()> {
+        for &(cookie, cookie_mask, flows) in sets {
+            if let Some((index, f)) = flows
+                .iter()
+                .enumerate()
+                .find(|(_, f)| f.cookie & cookie_mask != cookie & cookie_mask)
+            {
+                return Err(Error::CookieOutsideMask {
+                    index,
+                    flow: f.to_string(),
+                    cookie,
+                    cookie_mask,
+                });
+            }
         }
-        self.bundle(Some((cookie, cookie_mask)), flows).await
+        let groups: Vec<Group<'_>> = sets
+            .iter()
+            .map(|&(cookie, mask, flows)| (Some((cookie, mask)), flows))
+            .collect();
+        self.bundle(&groups).await
     }
 
     /// Every flow, in every table, whose cookie matches `cookie` under `cookie_mask`, as
@@ -287,7 +305,7 @@ impl Client {
     /// Adds `flows` in one atomic bundle (all or nothing). An added flow with the same
     /// table, priority and match as an existing one replaces it.
     pub async fn add(&mut self, flows: &[FlowMod]) -> Result<()> {
-        self.bundle(None, flows).await
+        self.bundle(&[(None, flows)]).await
     }
 
     /// Waits until the switch has processed everything sent before.
@@ -345,7 +363,7 @@ impl Client {
 
     /// One atomic, ordered bundle: OPEN, the delete (if any) and the adds, then a
     /// BARRIER; COMMIT only if nothing was refused, else DISCARD.
-    async fn bundle(&mut self, delete: Option<(u64, u64)>, flows: &[FlowMod]) -> Result<()> {
+    async fn bundle(&mut self, groups: &[Group<'_>]) -> Result<()> {
         if self.conn.is_none() {
             return Err(self.disconnected());
         }
@@ -355,8 +373,9 @@ impl Client {
         let deadline = Instant::now() + self.timeout;
 
         // Everything up to the barrier goes out in one write.
-        let mut out = Vec::with_capacity(64 + (flows.len() + 1) * 144);
-        let mut ops: Vec<(u32, Op)> = Vec::with_capacity(flows.len() + 1);
+        let count: usize = groups.iter().map(|(_, f)| f.len() + 1).sum();
+        let mut out = Vec::with_capacity(64 + count * 144);
+        let mut ops: Vec<(u32, Op)> = Vec::with_capacity(count);
         let open_xid = self.xid();
         self.encode(
             &Request::BundleControl {
@@ -367,53 +386,59 @@ impl Client {
             open_xid,
             &mut out,
         )?;
-        if let Some((cookie, cookie_mask)) = delete {
-            let xid = self.xid();
-            let del = Request::FlowDelete {
-                cookie,
-                cookie_mask,
-            };
-            self.encode(
-                &Request::BundleAdd {
+        for (g, &(delete, flows)) in groups.iter().enumerate() {
+            if let Some((cookie, cookie_mask)) = delete {
+                let xid = self.xid();
+                let del = Request::FlowDelete {
+                    cookie,
+                    cookie_mask,
+                };
+                self.encode(
+                    &Request::BundleAdd {
+                        bundle_id,
+                        flags,
+                        message: &del,
+                    },
+                    xid,
+                    &mut out,
+                )?;
+                ops.push((xid, Op::Delete(g)));
+            }
+            for (i, f) in flows.iter().enumerate() {
+                let xid = self.xid();
+                let add = Request::FlowAdd(f);
+                let msg = Request::BundleAdd {
                     bundle_id,
                     flags,
-                    message: &del,
-                },
-                xid,
-                &mut out,
-            )?;
-            ops.push((xid, Op::Delete));
-        }
-        for (i, f) in flows.iter().enumerate() {
-            let xid = self.xid();
-            let add = Request::FlowAdd(f);
-            let msg = Request::BundleAdd {
-                bundle_id,
-                flags,
-                message: &add,
-            };
-            if let Err(e) = msg.encode_into(xid, &mut out) {
-                return Err(Error::Protocol(format!(
-                    "flow {i} (`{f}`) cannot be sent: {e}"
-                )));
+                    message: &add,
+                };
+                if let Err(e) = msg.encode_into(xid, &mut out) {
+                    return Err(Error::Protocol(format!(
+                        "flow {i} (`{f}`) cannot be sent: {e}"
+                    )));
+                }
+                ops.push((xid, Op::Flow(g, i)));
             }
-            ops.push((xid, Op::Flow(i)));
         }
         let barrier_xid = self.xid();
         self.encode(&Request::Barrier, barrier_xid, &mut out)?;
         self.write(&out, deadline, "the bundle").await?;
 
         let describe = |op: Op| match op {
-            Op::Delete => {
-                let (cookie, cookie_mask) = delete.unwrap_or_default();
+            Op::Delete(g) => {
+                let (cookie, cookie_mask) = groups.get(g).and_then(|(d, _)| *d).unwrap_or_default();
                 Rejected::Delete {
                     cookie,
                     cookie_mask,
                 }
             }
-            Op::Flow(i) => Rejected::Flow {
+            Op::Flow(g, i) => Rejected::Flow {
                 index: i,
-                flow: flows.get(i).map(|f| f.to_string()).unwrap_or_default(),
+                flow: groups
+                    .get(g)
+                    .and_then(|(_, flows)| flows.get(i))
+                    .map(|f| f.to_string())
+                    .unwrap_or_default(),
             },
         };
         // Only consulted when the switch refuses something.

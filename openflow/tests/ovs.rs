@@ -375,3 +375,68 @@ fn ovs_reads_the_encoded_flows_back() {
         assert_eq!(printed.trim_end(), want, "{f}");
     }
 }
+
+/// Several devices moved in one bundle: each device's set replaced, nothing else; with a
+/// refused flow in the second set, neither set is applied.
+#[tokio::test]
+async fn swap_many_moves_several_devices_in_one_bundle_or_none() {
+    if !ovs_ready() {
+        return;
+    }
+    let b = Bundle::load("examples/smart-office");
+    let br = Bridge::create("many");
+    let tmp = TempDir::new("many");
+    let mut c = connect(&br).await;
+    c.add(&b.base).await.unwrap();
+    for s in b.initial() {
+        c.swap(s.cookie, b.device_mask, &s.flows).await.unwrap();
+    }
+    let cam = b.state("hall_cam", "suspicious");
+    let thermo = b.state("thermo", "suspicious");
+    let before = br.flows();
+
+    let mut bad = thermo.flows.clone();
+    let mut refused = bad[0].clone();
+    refused.table = 254;
+    bad.push(refused);
+    let err = c
+        .swap_many(&[
+            (cam.cookie, b.device_mask, &cam.flows),
+            (thermo.cookie, b.device_mask, &bad),
+        ])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Rejected {
+                discarded: true,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        br.flows(),
+        before,
+        "a refused set leaves every set as it was"
+    );
+
+    c.swap_many(&[
+        (cam.cookie, b.device_mask, &cam.flows),
+        (thermo.cookie, b.device_mask, &thermo.flows),
+    ])
+    .await
+    .unwrap();
+    let mut current: BTreeMap<String, &State> = b
+        .initial()
+        .into_iter()
+        .map(|s| (s.device.clone(), s))
+        .collect();
+    current.insert(cam.device.clone(), cam);
+    current.insert(thermo.device.clone(), thermo);
+    assert_eq!(
+        br.diff(&expected(&b, &current), &tmp.path().join("want")),
+        ""
+    );
+}

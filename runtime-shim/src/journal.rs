@@ -360,6 +360,34 @@ impl Journal {
         Ok(out)
     }
 
+    /// Opens a transaction for the records that follow (state changes, failures,
+    /// commands): one sync to disk for all of them at [`Journal::commit`]. Inputs are
+    /// never journaled inside one ([`Journal::append_inputs`] makes its own): an input is
+    /// on disk before anything it causes.
+    pub fn begin(&self) -> Result<(), JournalError> {
+        if self.conn.is_autocommit() {
+            self.conn.execute_batch("BEGIN")?;
+        }
+        Ok(())
+    }
+
+    /// Commits what [`Journal::begin`] opened (nothing if none is open).
+    pub fn commit(&self) -> Result<(), JournalError> {
+        if !self.conn.is_autocommit() {
+            self.conn.execute_batch("COMMIT")?;
+        }
+        Ok(())
+    }
+
+    /// Makes what is recorded so far durable, keeping a transaction open if one was: a
+    /// command is on disk before it is sent.
+    pub fn checkpoint(&self) -> Result<(), JournalError> {
+        if !self.conn.is_autocommit() {
+            self.conn.execute_batch("COMMIT; BEGIN")?;
+        }
+        Ok(())
+    }
+
     /// Records a device's state change and its cause (in words: see
     /// [`crate::simulate::cause_text`]).
     pub fn record_change(

@@ -336,6 +336,8 @@ enum SwitchOp<'a> {
         mask: u64,
         flows: &'a [FlowMod],
     },
+    /// Several sets in one bundle.
+    SwapMany(&'a [(u64, u64, &'a [FlowMod])]),
     Dump,
 }
 
@@ -462,6 +464,7 @@ impl Node {
                     mask,
                     flows,
                 } => client.swap(cookie, mask, flows).await.map(|()| Vec::new()),
+                SwitchOp::SwapMany(sets) => client.swap_many(sets).await.map(|()| Vec::new()),
                 SwitchOp::Dump => client.dump(0, 0).await,
             };
             match result {
@@ -1516,6 +1519,45 @@ impl Node {
         Ok(Closed::NoFlows)
     }
 
+    /// Whether moving `device` to `to` only swaps flows, as far as the node was last
+    /// seen: every µmbox `to` uses runs, and none of the device's would be stopped.
+    pub fn flow_only(&self, device: usize, to: usize) -> bool {
+        if !self.device_on_switch(device) {
+            return false;
+        }
+        let guard = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(seen) = guard.as_ref() else {
+            return false;
+        };
+        let name = &self.bundle.manifest.devices[device].name;
+        let keep = self.keep(device, to);
+        self.wanted(device, to)
+            .iter()
+            .all(|(_, c)| seen.get(&c.name).is_some_and(|r| r.running))
+            && seen
+                .values()
+                .filter(|c| c.labels.get("kalki.device") == Some(name))
+                .all(|c| keep.contains(&c.name))
+    }
+
+    /// Installs several devices' states, each `(device, state)`, in one OpenFlow bundle:
+    /// all of them or none. For changes that only swap flows ([`Node::flow_only`]).
+    pub async fn install_many(&self, changes: &[(usize, usize)]) -> Result<(), NodeError> {
+        let mut sets: Vec<(u64, u64, &[FlowMod])> = Vec::with_capacity(changes.len());
+        for &(device, state) in changes {
+            let d = &self.bundle.manifest.devices[device];
+            let s = d.states.get(state).ok_or_else(|| NodeError::NoState {
+                device: d.name.clone(),
+                state: state.to_string(),
+            })?;
+            let s = s.switch.as_ref().ok_or_else(|| NodeError::OffSwitch {
+                device: d.name.clone(),
+            })?;
+            sets.push((s.cookie.0, self.mask(), self.parsed(&s.flows)));
+        }
+        self.on_switch(SwitchOp::SwapMany(&sets)).await.map(|_| ())
+    }
+
     /// Moves a running device to state `to`: start what `to` needs that is not running
     /// and wait until it is ready, swap the device's flows in one OpenFlow bundle, then
     /// stop the device's other µmboxes. If `to`'s µmboxes cannot be started, the device
@@ -1620,6 +1662,21 @@ impl Node {
         }
     }
 
+    /// The device's µmboxes to keep in `state`: its own, and with µmboxes kept warm,
+    /// those of its next states (the next look at the node trims them to the budget).
+    fn keep(&self, device: usize, state: usize) -> BTreeSet<String> {
+        let next = if self.cfg.warm > 0 {
+            self.bundle.manifest.successors(device, state)
+        } else {
+            Vec::new()
+        };
+        std::iter::once(state)
+            .chain(next)
+            .flat_map(|s| self.wanted(device, s))
+            .map(|(_, c)| c.name.clone())
+            .collect()
+    }
+
     /// Stops those of the device's `containers` that state `state` does not use (after
     /// its flows are in: make-before-break).
     async fn stop_others(
@@ -1628,18 +1685,7 @@ impl Node {
         state: usize,
         containers: &[containers::Running],
     ) -> Result<usize, NodeError> {
-        // With µmboxes kept warm, those of the state's next states stay too (the next
-        // look at the node trims them to the budget).
-        let next = if self.cfg.warm > 0 {
-            self.bundle.manifest.successors(device, state)
-        } else {
-            Vec::new()
-        };
-        let keep: BTreeSet<String> = std::iter::once(state)
-            .chain(next)
-            .flat_map(|s| self.wanted(device, s))
-            .map(|(_, c)| c.name.clone())
-            .collect();
+        let keep = self.keep(device, state);
         let mut stopped = 0;
         for c in containers.iter().filter(|c| !keep.contains(&c.name)) {
             self.stop_instance(&c.name, &ports_of(c)).await?;

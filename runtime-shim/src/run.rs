@@ -105,6 +105,11 @@ struct Loop {
     verdicts: Vec<Option<Enforcement>>,
     /// When the node is next looked at and repaired.
     next_check: Instant,
+    /// Flow-only posture changes waiting to be installed together: device → state.
+    deferred: BTreeMap<usize, usize>,
+    /// Whether a batch of inputs is being carried out (its flow-only changes are then
+    /// installed at its end, in one bundle).
+    batching: bool,
     interval: Duration,
     /// The MQTT client, when there is a broker.
     mqtt: Option<MqttLink>,
@@ -178,6 +183,8 @@ pub async fn run(
         closed: BTreeMap::new(),
         verdicts: vec![None; device_count],
         next_check: Instant::now(),
+        deferred: BTreeMap::new(),
+        batching: false,
         interval: cfg.reconcile_interval,
         mqtt: None,
     };
@@ -638,6 +645,8 @@ impl Loop {
         if !inputs.is_empty() {
             self.journal
                 .append_inputs(t, &self.sha(), inputs.iter().map(|(i, _)| i))?;
+            self.journal.begin()?;
+            self.batching = true;
             for (input, topic) in &inputs {
                 match self.engine.handle(t, input) {
                     Ok(steps) => {
@@ -651,6 +660,11 @@ impl Loop {
                     Err(errors) => self.mqtt_refused(topic, input, &errors),
                 }
             }
+            self.batching = false;
+            if self.flush_deferred().await {
+                self.sync_followers().await;
+            }
+            self.journal.commit()?;
         }
         if let Some(m) = &self.mqtt {
             for message in &messages {
@@ -731,6 +745,11 @@ impl Loop {
         let seqs = self
             .journal
             .append_inputs(t, &self.sha(), valid.iter().map(|(i, _)| i))?;
+        // What they cause is recorded in one transaction too (committed before a command
+        // is sent, and before anyone is answered).
+        self.journal.begin()?;
+        self.batching = true;
+        let mut answers = Vec::with_capacity(valid.len());
         for ((input, reply), seq) in valid.into_iter().zip(seqs) {
             let answer = match self.engine.handle(t, &input) {
                 Ok(steps) => Ok(Accepted {
@@ -741,6 +760,14 @@ impl Loop {
                 // validate() said yes: a refusal now is the engine's bug, reported as such.
                 Err(errors) => Err(errors),
             };
+            answers.push((reply, answer));
+        }
+        self.batching = false;
+        if self.flush_deferred().await {
+            self.sync_followers().await;
+        }
+        self.journal.commit()?;
+        for (reply, answer) in answers {
             let _ = reply.send(answer);
         }
         Ok(())
@@ -803,31 +830,15 @@ impl Loop {
                         let why = cause_text(self.node.bundle(), &self.engine, *device, cause);
                         self.journal
                             .record_change(step.t_ms, &name, &from_n, &to_n, &why)?;
-                        match self.node.change_posture(*device, *to).await {
-                            Ok(Posture::Changed { touched: t, .. }) => {
-                                touched |= t;
-                                self.closed.remove(device);
-                            }
-                            Ok(Posture::FailedClosed { installed, reason }) => {
-                                touched = true;
-                                self.note_closed(*device, installed, &reason);
-                            }
-                            // Journaled above; nothing of it is on the node to change.
-                            Ok(Posture::OffSwitch) => {}
-                            Err(e) => {
-                                touched = true;
-                                // The switch or the engine failed us: close the device
-                                // if we still can; either way the next check looks at
-                                // the node, says what is not in force, and repairs it.
-                                let reason = e.to_string();
-                                match self.node.fail_closed(*device).await {
-                                    Ok(closed) => self.note_closed(*device, closed, &reason),
-                                    Err(e2) => eprintln!(
-                                        "kalki-shim: `{name}` -> `{to_n}`: {reason}; failing closed also failed: {e2}"
-                                    ),
-                                }
-                                self.next_check = Instant::now();
-                            }
+                        if self.node.flow_only(*device, *to) {
+                            // Installed with the batch's other flow-only changes, in one
+                            // bundle (`flush_deferred`); a later change of the device
+                            // in the batch replaces it.
+                            self.deferred.insert(*device, *to);
+                        } else {
+                            // Its own change installs its final flows.
+                            self.deferred.remove(device);
+                            touched |= self.change_posture(*device, *to).await;
                         }
                         changes.push(Changed {
                             device: name,
@@ -846,6 +857,8 @@ impl Loop {
                         let id = self
                             .journal
                             .record_command(step.t_ms, &name, command, &rule_name)?;
+                        // On disk before it is sent.
+                        self.journal.checkpoint()?;
                         self.send_command(sink::Command {
                             id,
                             t_ms: step.t_ms,
@@ -860,6 +873,9 @@ impl Loop {
                 }
             }
         }
+        if !self.batching {
+            touched |= self.flush_deferred().await;
+        }
         // Only a change that started or stopped µmboxes moves the followers: a reading
         // that changes no state, or a change that only swapped flows, costs no call to
         // the container engine.
@@ -867,6 +883,68 @@ impl Loop {
             self.sync_followers().await;
         }
         Ok(changes)
+    }
+
+    /// One device's posture change, make-before-break, failing closed when it cannot be
+    /// made. Whether µmboxes were started or stopped (or it failed).
+    async fn change_posture(&mut self, device: usize, to: usize) -> bool {
+        match self.node.change_posture(device, to).await {
+            Ok(Posture::Changed { touched, .. }) => {
+                self.closed.remove(&device);
+                touched
+            }
+            Ok(Posture::FailedClosed { installed, reason }) => {
+                self.note_closed(device, installed, &reason);
+                true
+            }
+            // Journaled; nothing of it is on the node to change.
+            Ok(Posture::OffSwitch) => false,
+            Err(e) => {
+                // The switch or the engine failed us: close the device if we still can;
+                // either way the next check looks at the node, says what is not in
+                // force, and repairs it.
+                let reason = e.to_string();
+                match self.node.fail_closed(device).await {
+                    Ok(closed) => self.note_closed(device, closed, &reason),
+                    Err(e2) => eprintln!(
+                        "kalki-shim: `{}` -> `{}`: {reason}; failing closed also failed: {e2}",
+                        self.engine.device_name(device),
+                        self.state_names(device, to)
+                    ),
+                }
+                self.next_check = Instant::now();
+                true
+            }
+        }
+    }
+
+    /// Installs the deferred flow-only changes in one OpenFlow bundle; if the switch
+    /// refuses it, each is made alone (and fails closed alone). Whether µmboxes were
+    /// started or stopped.
+    async fn flush_deferred(&mut self) -> bool {
+        if self.deferred.is_empty() {
+            return false;
+        }
+        let changes: Vec<(usize, usize)> = std::mem::take(&mut self.deferred).into_iter().collect();
+        match self.node.install_many(&changes).await {
+            Ok(()) => {
+                for (d, _) in &changes {
+                    self.closed.remove(d);
+                }
+                false
+            }
+            Err(e) => {
+                eprintln!(
+                    "kalki-shim: {} posture changes in one bundle: {e}; each made alone",
+                    changes.len()
+                );
+                let mut touched = false;
+                for (d, to) in changes {
+                    touched |= self.change_posture(d, to).await;
+                }
+                touched
+            }
+        }
     }
 
     async fn umbox_event(&mut self, event: UmboxEvent) -> Result<(), RunError> {
