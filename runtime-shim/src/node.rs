@@ -27,6 +27,8 @@ use tokio::sync::Mutex;
 pub const LABEL_SPEC: &str = "kalki.spec";
 pub const LABEL_PORTS: &str = "kalki.ports";
 pub const LABEL_SITE: &str = "kalki.site";
+/// How many devices' flow sets one OpenFlow bundle of an apply carries.
+const INSTALLS_PER_BUNDLE: usize = 64;
 /// The base rule set's path in a bundle.
 const BASE_RULES: &str = "flows/base.ofctl";
 
@@ -884,30 +886,27 @@ impl Node {
         }
         let mut wanted_names = BTreeSet::new();
         let mut restart_ports = BTreeSet::new();
-        for (d, &t) in targets.iter().enumerate() {
-            for (path, c) in self.wanted_for(d, t) {
-                wanted_names.insert(c.name.clone());
-                for i in &c.interfaces {
-                    expected_ports.insert(i.port_name.clone());
-                }
-                if !self.up_to_date(containers, &sw.ports, &sw.desc, path, c) {
-                    plan.actions.push(Action::StartContainer {
-                        device: d,
-                        path: path.to_string(),
-                    });
-                    restart_ports.extend(c.interfaces.iter().map(|i| i.port_name.clone()));
-                }
-            }
-        }
-        for (d, path, c) in self.warm(targets) {
+        // The devices' own µmboxes, then those kept warm for their next states.
+        let own = targets.iter().enumerate().flat_map(|(d, &t)| {
+            self.wanted_for(d, t)
+                .into_iter()
+                .map(move |(p, c)| (d, p, c, false))
+        });
+        let warm = self
+            .warm(targets)
+            .into_iter()
+            .map(|(d, p, c)| (d, p, c, true));
+        for (d, path, c, warm) in own.chain(warm) {
             wanted_names.insert(c.name.clone());
             for i in &c.interfaces {
                 expected_ports.insert(i.port_name.clone());
             }
             if !self.up_to_date(containers, &sw.ports, &sw.desc, path, c) {
-                plan.actions.push(Action::StartWarm {
-                    device: d,
-                    path: path.to_string(),
+                let (device, path) = (d, path.to_string());
+                plan.actions.push(if warm {
+                    Action::StartWarm { device, path }
+                } else {
+                    Action::StartContainer { device, path }
                 });
                 restart_ports.extend(c.interfaces.iter().map(|i| i.port_name.clone()));
             }
@@ -1194,19 +1193,44 @@ impl Node {
             failed: 0,
         };
         for a in &plan.actions {
+            if let Action::ReplaceBase = a {
+                let base = self.bundle.manifest.cookies.base.0;
+                self.swap(base, u64::MAX, self.parsed(BASE_RULES)).await?;
+            }
+        }
+        // Devices' sets, many to an OpenFlow bundle (each commit costs the switch a
+        // look at its flows); a device with no flows at all on its own.
+        let states: Vec<(usize, usize)> = plan
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Install {
+                    device,
+                    target: Target::State(s),
+                } if !failed.contains_key(device) => Some((*device, *s)),
+                _ => None,
+            })
+            .collect();
+        for chunk in states.chunks(INSTALLS_PER_BUNDLE) {
+            self.install_many(chunk).await?;
+            progress.done += chunk.len();
+            on_progress(progress);
+        }
+        for a in &plan.actions {
             match a {
-                Action::ReplaceBase => {
-                    let base = self.bundle.manifest.cookies.base.0;
-                    self.swap(base, u64::MAX, self.parsed(BASE_RULES)).await?;
-                }
-                Action::Install { device, target } => {
+                Action::Install {
+                    device,
+                    target: Target::NoFlows,
+                } => {
                     if !failed.contains_key(device) {
-                        self.install_target(*device, *target).await?;
+                        self.install_target(*device, Target::NoFlows).await?;
                     }
                     progress.done += 1;
-                    if progress.done % 64 == 0 || progress.done == installs {
-                        on_progress(progress);
-                    }
+                    on_progress(progress);
+                }
+                Action::Install { device, .. } if failed.contains_key(device) => {
+                    progress.done += 1;
+                    on_progress(progress);
                 }
                 Action::DeleteStrayFlows { cookie } => {
                     self.swap(*cookie, u64::MAX, &[]).await?;

@@ -17,7 +17,7 @@ mod common;
 use common::live::*;
 use common::TempDir;
 use kalki_shim::containers::confinement;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Clone, Copy, Debug)]
@@ -27,12 +27,12 @@ enum Backend {
 }
 
 /// How a test reaches the containers of one backend.
-struct Containers<'a> {
+struct Containers {
     backend: Backend,
-    oci_state: &'a Path,
+    oci_state: PathBuf,
 }
 
-impl Containers<'_> {
+impl Containers {
     fn args(&self) -> Vec<String> {
         match self.backend {
             Backend::Docker => vec!["--umbox-backend".into(), "docker".into()],
@@ -169,31 +169,63 @@ fn assert_confined(pid: u32, what: &str) {
     );
 }
 
-/// Both scenarios use the one test bridge and site: one at a time.
+/// The tests use the one test bridge and site: one at a time.
 static NODE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// `kalki-shim run` of the fixture under a backend, with `extra` options; on drop, the
+/// shim is stopped, then the backend's containers removed.
+struct Site {
+    shim: Option<Shim>,
+    env: Api,
+    bundle: PathBuf,
+    containers: Containers,
+    _tmp: TempDir,
+    _cleanup: Cleanup,
+    _node: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Site {
+    fn start(backend: Backend, extra: &[&str]) -> Option<Site> {
+        let node = NODE.lock().unwrap_or_else(|e| e.into_inner());
+        let cleanup = prepare()?;
+        let tmp = TempDir::new("backends");
+        let containers = Containers {
+            backend,
+            oci_state: tmp.path().join("oci"),
+        };
+        let bundle = tmp.path().join("bundle");
+        common::compile_dir("runtime-shim/tests/fixtures/node")
+            .write_to(&bundle)
+            .unwrap();
+        let env = Api::new(tmp.path());
+        let mut args = containers.args();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let shim = env.start(&bundle, &tmp.path().join("journal.db"), &args);
+        Some(Site {
+            shim: Some(shim),
+            env,
+            bundle,
+            containers,
+            _tmp: tmp,
+            _cleanup: cleanup,
+            _node: node,
+        })
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        drop(self.shim.take());
+        self.containers.clean();
+    }
+}
+
 fn scenario(backend: Backend) {
-    let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(_cleanup) = prepare() else {
+    let Some(site) = Site::start(backend, &["--ready-timeout", "20"]) else {
         return;
     };
-    let tmp = TempDir::new("backends");
-    let oci_state = tmp.path().join("oci");
-    let containers = Containers {
-        backend,
-        oci_state: &oci_state,
-    };
-    let _clean = OnDrop(|| containers.clean());
-    let bundle = tmp.path().join("bundle");
-    common::compile_dir("runtime-shim/tests/fixtures/node")
-        .write_to(&bundle)
-        .unwrap();
-    let journal = tmp.path().join("journal.db");
-    let env = Api::new(tmp.path());
-    let mut extra = containers.args();
-    extra.extend(["--ready-timeout".into(), "20".into()]);
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let _shim = env.start(&bundle, &journal, &extra);
+    let (env, bundle, containers) = (&site.env, &site.bundle, &site.containers);
     let what = format!("{backend:?}");
     assert_eq!(env.state("d0"), "normal", "{what}");
     assert_eq!(
@@ -202,7 +234,7 @@ fn scenario(backend: Backend) {
         "{what}"
     );
     assert_switch_holds(
-        &bundle,
+        bundle,
         &[
             "flows/base.ofctl",
             "flows/d0/normal.ofctl",
@@ -255,7 +287,7 @@ fn scenario(backend: Backend) {
     assert_confined(containers.pid(killed), &format!("{what}: {killed} again"));
     assert_eq!(env.state("d1"), "normal", "{what}");
     assert_switch_holds(
-        &bundle,
+        bundle,
         &[
             "flows/base.ofctl",
             "flows/d0/normal.ofctl",
@@ -280,26 +312,11 @@ fn oci_backend() {
 /// as Docker's: `Node::warm`, the plan, `change_posture`).
 #[test]
 fn warm_next_states_make_a_change_only_swap_flows() {
-    let _node = NODE.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(_cleanup) = prepare() else {
+    let Some(site) = Site::start(Backend::Oci, &["--warm", "4"]) else {
         return;
     };
-    let tmp = TempDir::new("backends-warm");
-    let oci_state = tmp.path().join("oci");
-    let containers = Containers {
-        backend: Backend::Oci,
-        oci_state: &oci_state,
-    };
-    let _clean = OnDrop(|| containers.clean());
-    let bundle = tmp.path().join("bundle");
-    common::compile_dir("runtime-shim/tests/fixtures/node")
-        .write_to(&bundle)
-        .unwrap();
-    let env = Api::new(tmp.path());
-    let mut extra = containers.args();
-    extra.extend(["--warm".into(), "4".into()]);
-    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-    let _shim = env.start(&bundle, &tmp.path().join("journal.db"), &extra);
+    let (env, bundle, containers) = (&site.env, &site.bundle, &site.containers);
+    let oci_state = &containers.oci_state;
 
     // `suspicious` = [probe(tag = 1), probe_tap, probe(tag = 2)]: the last two of each
     // device are started beside `normal`'s probe, and protect nothing yet.
@@ -337,7 +354,7 @@ fn warm_next_states_make_a_change_only_swap_flows() {
         "the change started no µmbox: the idle ones serve"
     );
     assert_switch_holds(
-        &bundle,
+        bundle,
         &[
             "flows/base.ofctl",
             "flows/d0/suspicious.ofctl",

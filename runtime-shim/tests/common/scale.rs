@@ -87,7 +87,7 @@ pub fn cleanup(n: usize, oci_state: &Path) {
     ));
     let root = oci_state.join("runtime");
     sh(&format!(
-        "for c in $(runc --root {r} list -q 2>/dev/null); do runc --root {r} delete --force $c; done",
+        "runc --root {r} list -q 2>/dev/null | xargs -r -P 8 -n 50 sh -c 'for c; do runc --root {r} delete --force $c; done' _",
         r = root.display()
     ));
     let batch: String = ports(n)
