@@ -8,7 +8,7 @@ EXAMPLE := examples/smart-office
 # Bounded fuzzing in the test suite (cases per property).
 export KALKI_FUZZ_CASES ?= 2000
 
-.PHONY: setup services build demo test lint fmt bench bench-scale bench-mqtt bench-node bench-api soak soak-mqtt clean images
+.PHONY: setup services build demo test lint fmt bench bench-scale bench-mqtt bench-node bench-api bench-dataplane soak soak-mqtt clean images
 
 setup:
 	@scripts/setup.sh
@@ -64,6 +64,12 @@ bench-node: setup services images
 bench-api: setup services images
 	@command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y wrk
 	$(CARGO) bench --locked -p kalki-shim --bench api
+
+# TCP throughput through the switch and 0, 1, 2 inline µmboxes, against a bare veth pair
+# (runtime-shim/benches/dataplane.rs); figures in docs/benchmarks.md.
+bench-dataplane: setup services images
+	@command -v iperf3 >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y iperf3
+	$(CARGO) bench --locked -p kalki-shim --bench dataplane
 
 # The same bench as a soak, outside `make test`: 5000 QoS 1 readings/s for 10 minutes, the
 # shim's RSS and the journal's size sampled every 30 s; figures in docs/benchmarks.md.
