@@ -16,7 +16,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::live::{ensure_test_image, ok, sh, wait_for, Api};
+use common::live::{ensure_test_image, ok, remove_oci_containers, sh, wait_for, Api};
 use std::path::Path;
 use std::time::Duration;
 
@@ -60,11 +60,7 @@ fn cleanup(oci: &Path) {
         "ovs-vsctl --timeout=30 --if-exists del-br {BRIDGE}"
     ));
     sh("docker rm -f $(docker ps -aq --filter label=kalki.site=apibench) >/dev/null 2>&1");
-    let root = oci.join("runtime");
-    sh(&format!(
-        "for c in $(runc --root {r} list -q 2>/dev/null); do runc --root {r} delete --force $c; done",
-        r = root.display()
-    ));
+    remove_oci_containers(oci);
     for l in links() {
         sh(&format!("ip link del dev {l} 2>/dev/null"));
     }

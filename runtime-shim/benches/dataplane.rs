@@ -12,7 +12,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::live::{ensure_test_image, ok, sh, wait_for, Api, Background};
+use common::live::{ensure_test_image, ok, remove_oci_containers, sh, wait_for, Api, Background};
 use std::time::Duration;
 
 const BRIDGE: &str = "kt-dp";
@@ -45,11 +45,7 @@ fn cleanup(oci: &std::path::Path) {
     sh(&format!(
         "ovs-vsctl --timeout=30 --if-exists del-br {BRIDGE}"
     ));
-    let root = oci.join("runtime");
-    sh(&format!(
-        "for c in $(runc --root {r} list -q 2>/dev/null); do runc --root {r} delete --force $c; done",
-        r = root.display()
-    ));
+    remove_oci_containers(oci);
     for (ns, port, ..) in [
         DEV,
         UP,

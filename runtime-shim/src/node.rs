@@ -1351,16 +1351,7 @@ impl Node {
 
     /// Replaces a device's flows with a state's set, in one OpenFlow bundle.
     pub async fn install(&self, device: usize, state: usize) -> Result<(), NodeError> {
-        let d = &self.bundle.manifest.devices[device];
-        let s = d.states.get(state).ok_or_else(|| NodeError::NoState {
-            device: d.name.clone(),
-            state: state.to_string(),
-        })?;
-        let s = s.switch.as_ref().ok_or_else(|| NodeError::OffSwitch {
-            device: d.name.clone(),
-        })?;
-        self.swap(s.cookie.0, self.mask(), self.parsed(&s.flows))
-            .await
+        self.install_many(&[(device, state)]).await
     }
 
     /// Starts the µmbox instance at `path` (replacing a container of the same name),

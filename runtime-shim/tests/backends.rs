@@ -69,12 +69,7 @@ impl Containers {
             Backend::Docker => {
                 sh("docker rm -f $(docker ps -aq --filter label=kalki.site=node) 2>/dev/null");
             }
-            Backend::Oci => {
-                let root = format!("{}/runtime", self.oci_state.display());
-                sh(&format!(
-                    "for c in $(runc --root {root} list -q 2>/dev/null); do runc --root {root} delete --force $c; done"
-                ));
-            }
+            Backend::Oci => remove_oci_containers(&self.oci_state),
         }
     }
 }

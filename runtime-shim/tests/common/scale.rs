@@ -85,11 +85,7 @@ pub fn cleanup(n: usize, oci_state: &Path) {
     sh(&format!(
         "docker rm -f $(docker ps -aq --filter label=kalki.site={SITE}) >/dev/null 2>&1"
     ));
-    let root = oci_state.join("runtime");
-    sh(&format!(
-        "runc --root {r} list -q 2>/dev/null | xargs -r -P 8 -n 50 sh -c 'for c; do runc --root {r} delete --force $c; done' _",
-        r = root.display()
-    ));
+    super::live::remove_oci_containers(oci_state);
     let batch: String = ports(n)
         .iter()
         .map(|p| format!("link del dev {p}\n"))
