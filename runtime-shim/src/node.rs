@@ -1631,27 +1631,23 @@ impl Node {
         device: usize,
     ) -> Result<Vec<containers::Running>, NodeError> {
         let name = &self.bundle.manifest.devices[device].name;
+        let of_device = |c: &&containers::Running| c.labels.get("kalki.device") == Some(name);
         let cached = self
             .seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(|seen| seen.values().cloned().collect::<Vec<_>>());
-        let mut all = match cached {
-            Some(all) => all,
-            None => {
-                let all = self
-                    .docker
-                    .list(LABEL_SITE, &self.bundle.manifest.site)
-                    .await?;
-                self.set_seen(Some(
-                    all.iter().map(|c| (c.name.clone(), c.clone())).collect(),
-                ));
-                all
-            }
-        };
-        all.retain(|c| c.labels.get("kalki.device") == Some(name));
-        Ok(all)
+            .map(|seen| seen.values().filter(of_device).cloned().collect::<Vec<_>>());
+        if let Some(mine) = cached {
+            return Ok(mine);
+        }
+        let all = self
+            .docker
+            .list(LABEL_SITE, &self.bundle.manifest.site)
+            .await?;
+        let mine = all.iter().filter(of_device).cloned().collect();
+        self.set_seen(Some(all.into_iter().map(|c| (c.name.clone(), c)).collect()));
+        Ok(mine)
     }
 
     /// A container is known to have stopped (its follower saw it end).

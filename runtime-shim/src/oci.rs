@@ -315,13 +315,17 @@ impl Oci {
         })
     }
 
-    /// A fresh id for an instance: a container started again under its name is another.
+    /// A fresh id for an instance (a container started again under its name is another):
+    /// `NAME/HASH`, so that the instance is found from its id without a search.
     fn fresh_id(name: &str) -> String {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
-        crate::bundle::sha256_hex(format!("{name}/{nanos}/{}/{n}", std::process::id()).as_bytes())
+        let hash = crate::bundle::sha256_hex(
+            format!("{name}/{nanos}/{}/{n}", std::process::id()).as_bytes(),
+        );
+        format!("{name}/{}", &hash[..32])
     }
 
     /// See [`crate::containers::Containers::start`].
@@ -524,12 +528,25 @@ impl Oci {
             .collect())
     }
 
-    /// The container with this name or id, and its record.
+    /// The container with this name, or this instance of it (an id: `NAME/HASH`), and
+    /// its record: one file read, whatever the number of containers.
     fn find(&self, container: &str) -> Result<Option<(String, Meta)>, OciError> {
-        Ok(self
-            .metas()?
-            .into_iter()
-            .find(|(name, m)| name == container || m.id == container))
+        let (name, id) = match container.split_once('/') {
+            Some((name, _)) => (name, Some(container)),
+            None => (container, None),
+        };
+        if name.is_empty() || name.starts_with('.') {
+            return Ok(None);
+        }
+        let path = self.container_dir(name).join("meta.json");
+        let meta = match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str::<Meta>(&text).ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io_err(&path, e)),
+        };
+        Ok(meta
+            .filter(|m| id.is_none_or(|id| m.id == id))
+            .map(|m| (name.to_string(), m)))
     }
 
     /// See [`crate::containers::Containers::is_running`].

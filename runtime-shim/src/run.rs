@@ -645,8 +645,7 @@ impl Loop {
         if !inputs.is_empty() {
             self.journal
                 .append_inputs(t, &self.sha(), inputs.iter().map(|(i, _)| i))?;
-            self.journal.begin()?;
-            self.batching = true;
+            self.begin_batch()?;
             for (input, topic) in &inputs {
                 match self.engine.handle(t, input) {
                     Ok(steps) => {
@@ -660,11 +659,7 @@ impl Loop {
                     Err(errors) => self.mqtt_refused(topic, input, &errors),
                 }
             }
-            self.batching = false;
-            if self.flush_deferred().await {
-                self.sync_followers().await;
-            }
-            self.journal.commit()?;
+            self.end_batch().await?;
         }
         if let Some(m) = &self.mqtt {
             for message in &messages {
@@ -747,8 +742,7 @@ impl Loop {
             .append_inputs(t, &self.sha(), valid.iter().map(|(i, _)| i))?;
         // What they cause is recorded in one transaction too (committed before a command
         // is sent, and before anyone is answered).
-        self.journal.begin()?;
-        self.batching = true;
+        self.begin_batch()?;
         let mut answers = Vec::with_capacity(valid.len());
         for ((input, reply), seq) in valid.into_iter().zip(seqs) {
             let answer = match self.engine.handle(t, &input) {
@@ -762,37 +756,41 @@ impl Loop {
             };
             answers.push((reply, answer));
         }
-        self.batching = false;
-        if self.flush_deferred().await {
-            self.sync_followers().await;
-        }
-        self.journal.commit()?;
+        self.end_batch().await?;
         for (reply, answer) in answers {
             let _ = reply.send(answer);
         }
         Ok(())
     }
 
+    /// One input, as a batch of one ([`Loop::submit_all`]).
     async fn submit(
         &mut self,
         input: Input,
     ) -> Result<Result<Accepted, Vec<InputError>>, RunError> {
-        let t = now_ms().max(self.engine.now());
-        if let Err(errors) = self.engine.validate(t, &input) {
-            return Ok(Err(errors));
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.submit_all(vec![(input, reply)]).await?;
+        // Answered before submit_all returns (it holds the only sender).
+        Ok(answer.await.unwrap_or_else(|_| Err(Vec::new())))
+    }
+
+    /// Opens a batch: what its inputs cause is journaled in one transaction, and its
+    /// flow-only posture changes are installed together ([`Loop::end_batch`]).
+    fn begin_batch(&mut self) -> Result<(), RunError> {
+        self.journal.begin()?;
+        self.batching = true;
+        Ok(())
+    }
+
+    /// Installs the batch's flow-only changes in one bundle (following the µmboxes again
+    /// if that had to start or stop any), then commits what the batch journaled.
+    async fn end_batch(&mut self) -> Result<(), RunError> {
+        self.batching = false;
+        if self.flush_deferred().await {
+            self.sync_followers().await;
         }
-        let seq = self.journal.append_input(t, &self.sha(), &input)?;
-        let steps = match self.engine.handle(t, &input) {
-            Ok(steps) => steps,
-            // validate() said yes: a refusal now is the engine's bug, reported as such.
-            Err(errors) => return Ok(Err(errors)),
-        };
-        let changes = self.carry_out(&steps).await?;
-        Ok(Ok(Accepted {
-            seq,
-            t_ms: t,
-            changes,
-        }))
+        self.journal.commit()?;
+        Ok(())
     }
 
     /// The engine's timers.

@@ -65,30 +65,11 @@ fn healthy(node: &Node) -> Observation {
         all.extend(flows(node, &s.flows));
         for path in &s.containers {
             let c = &node.bundle().containers[path];
-            let mut labels = c.labels.clone();
-            labels.insert(LABEL_SITE.into(), m.site.clone());
-            labels.insert("kalki.spec".into(), node.spec_digest(path));
-            labels.insert(
-                LABEL_PORTS.into(),
-                c.interfaces
-                    .iter()
-                    .map(|i| i.port_name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(","),
-            );
             for i in &c.interfaces {
                 ports.insert(i.port_name.clone(), i64::from(i.ofport));
                 interfaces.insert(i.port_name.clone());
             }
-            containers.insert(
-                c.name.clone(),
-                Running {
-                    name: c.name.clone(),
-                    id: format!("id-{}", c.name),
-                    running: true,
-                    labels,
-                },
-            );
+            containers.insert(c.name.clone(), running(node, path));
         }
     }
     Observation {
@@ -106,6 +87,29 @@ fn verdicts(node: &Node, obs: &Observation) -> Vec<Result<(), String>> {
 
 fn plan(node: &Node, obs: &Observation) -> Vec<Action> {
     node.plan_from(obs, &[NORMAL, NORMAL]).unwrap().actions
+}
+
+/// The container of the manifest at `path` as the engine lists it when it runs that
+/// definition, labelled as the shim labels it.
+fn running(node: &Node, path: &str) -> Running {
+    let c = &node.bundle().containers[path];
+    let mut labels = c.labels.clone();
+    labels.insert(LABEL_SITE.into(), node.bundle().manifest.site.clone());
+    labels.insert("kalki.spec".into(), node.spec_digest(path));
+    labels.insert(
+        LABEL_PORTS.into(),
+        c.interfaces
+            .iter()
+            .map(|i| i.port_name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    Running {
+        name: c.name.clone(),
+        id: format!("id-{}", c.name),
+        running: true,
+        labels,
+    }
 }
 
 /// Rebuilds the switch part of an observation with other flows or ports.
@@ -658,20 +662,8 @@ fn next_states_umboxes_are_kept_started_within_the_budget() {
         "containers/d0/1-probe_tap.json",
         "containers/d1/1-probe_tap.json",
     ] {
-        let c = &node.bundle().containers[path];
-        let mut labels = c.labels.clone();
-        labels.insert(LABEL_SITE.into(), node.bundle().manifest.site.clone());
-        labels.insert("kalki.spec".into(), node.spec_digest(path));
-        labels.insert(LABEL_PORTS.into(), c.interfaces[0].port_name.clone());
-        obs.containers.as_mut().unwrap().insert(
-            c.name.clone(),
-            Running {
-                name: c.name.clone(),
-                id: format!("id-{}", c.name),
-                running: true,
-                labels,
-            },
-        );
+        let r = running(&node, path);
+        obs.containers.as_mut().unwrap().insert(r.name.clone(), r);
     }
     let actions = node.plan_from(&obs, &[NORMAL, NORMAL]).unwrap().actions;
     let stops: Vec<&str> = actions

@@ -98,27 +98,21 @@ pub fn cleanup(n: usize, oci_state: &Path) {
     ));
 }
 
+/// `ip -batch` of `commands` (`-force`: go on past errors, for removals).
 fn ip_batch(commands: &str, force: bool) {
-    let mut child = Command::new("ip")
-        .args(if force {
-            vec!["-force", "-batch", "-"]
-        } else {
-            vec!["-batch", "-"]
-        })
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(commands.as_bytes())
-        .unwrap();
-    let status = child.wait().unwrap();
-    assert!(force || status.success(), "ip -batch failed");
+    let file = std::env::temp_dir().join(format!("kalki-scale-{}.ip", std::process::id()));
+    std::fs::write(&file, commands).unwrap();
+    let out = sh(&format!(
+        "ip {} -batch {}",
+        if force { "-force" } else { "" },
+        file.display()
+    ));
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        force || out.status.success(),
+        "ip -batch failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The device ports: one end of a veth pair each, up.
