@@ -36,6 +36,13 @@ pub fn check(roots: &[PathBuf], loader: &dyn SourceLoader) -> Checked {
     let program = resolve::load(roots, loader, &mut diags);
     // A file with syntax errors has a partial tree: checking it would only add echoes.
     let model = (!program.syntax_errors).then(|| typeck::typeck(&program, &mut diags));
+    // Two devices on one address (K209) need no solver: a site that cannot be told apart
+    // on the wire is an error of `check`, and such a model never reaches the verifier.
+    if let Some(m) = model.as_ref().filter(|_| !diags.has_errors()) {
+        for site in &m.sites {
+            diags.items.extend(verify::site::addresses(site));
+        }
+    }
     let model = model.filter(|_| !diags.has_errors());
     sort(&mut diags.items);
     Checked {

@@ -85,24 +85,25 @@ fn kalkic(format: &str, args: &[&str]) -> Run {
     }
 }
 
-/// Fixtures run through both formats, with extra arguments and the exit code expected.
+/// Fixtures under `tests/fixtures/` (K209 is reported by `check`, so its fixtures are check
+/// fixtures), run through both formats, with extra arguments and the exit code expected.
 const CASES: &[(&str, &[&str], i32)] = &[
-    ("k201_overlapping_guards", &[], 1),
-    ("k201_overlapping_guards_near_miss", &[], 0),
-    ("k204_trap", &[], 0),
-    ("k205_alert_not_in_chain", &[], 1),
-    ("k206_rule_vs_std_transition", &[], 1),
-    ("k207_untrusted_deescalation", &[], 1),
-    ("k209_uplink_port", &[], 1),
-    ("k209_three_share_ip", &[], 1),
-    ("k210_refuted_never", &[], 1),
-    ("k210_refuted_reachable_near_miss", &[], 0),
-    ("k211_alert_count", &[], 0),
-    ("k213_search_limit", &["--max-states", "2"], 1),
+    ("verify/k201_overlapping_guards", &[], 1),
+    ("verify/k201_overlapping_guards_near_miss", &[], 0),
+    ("verify/k204_trap", &[], 0),
+    ("verify/k205_alert_not_in_chain", &[], 1),
+    ("verify/k206_rule_vs_std_transition", &[], 1),
+    ("verify/k207_untrusted_deescalation", &[], 1),
+    ("check/errors/k209_uplink_port", &[], 1),
+    ("check/errors/k209_three_share_ip", &[], 1),
+    ("verify/k210_refuted_never", &[], 1),
+    ("verify/k210_refuted_reachable_near_miss", &[], 0),
+    ("verify/k211_alert_count", &[], 0),
+    ("verify/k213_search_limit", &["--max-states", "2"], 1),
 ];
 
 fn fixture(stem: &str) -> String {
-    format!("tests/fixtures/verify/{stem}.kalki")
+    format!("tests/fixtures/{stem}.kalki")
 }
 
 fn run_case(format: &str, stem: &str, extra: &[&str]) -> Run {
@@ -222,7 +223,7 @@ fn json_and_sarif_agree() {
 /// The assertion verdicts in JSON carry their traces.
 #[test]
 fn json_assertions_carry_traces() {
-    let j = run_case("json", "k210_refuted_never", &[]).out;
+    let j = run_case("json", "verify/k210_refuted_never", &[]).out;
     let a = &j["assertions"][0];
     assert_eq!(a["kind"], "never");
     assert_eq!(a["status"], "refuted");
@@ -238,7 +239,7 @@ fn json_assertions_carry_traces() {
         "the K210 witness is the same trace"
     );
 
-    let j = run_case("json", "k213_search_limit", &["--max-states", "2"]).out;
+    let j = run_case("json", "verify/k213_search_limit", &["--max-states", "2"]).out;
     let a = &j["assertions"][0];
     assert_eq!(a["status"], "unknown");
     assert!(a["reason"].as_str().unwrap().contains("limit"));
@@ -247,7 +248,7 @@ fn json_assertions_carry_traces() {
 /// The schemas are not vacuous: broken documents are rejected.
 #[test]
 fn schemas_reject_broken_output() {
-    let good = run_case("sarif", "k209_uplink_port", &[]).out;
+    let good = run_case("sarif", "check/errors/k209_uplink_port", &[]).out;
     assert!(violations(sarif_validator(), &good).is_empty());
     let mut broken: Vec<(&str, Value)> = Vec::new();
     let mut v = good.clone();
@@ -273,7 +274,7 @@ fn schemas_reject_broken_output() {
         );
     }
 
-    let good = run_case("json", "k210_refuted_never", &[]).out;
+    let good = run_case("json", "verify/k210_refuted_never", &[]).out;
     assert!(violations(json_validator(), &good).is_empty());
     let mut broken: Vec<(&str, Value)> = Vec::new();
     let mut v = good.clone();

@@ -12,7 +12,7 @@ pub mod dataplane;
 pub mod encode;
 mod machine;
 mod replay;
-mod site;
+pub(crate) mod site;
 pub mod solver;
 mod symmetry;
 mod traffic;
@@ -174,7 +174,6 @@ pub fn verify(model: &Model, solver: &dyn Solver, opts: &Options) -> Verified {
     let mut facts = SiteFacts::default();
     let mut live_rules = Vec::new();
     for s in &model.sites {
-        site::addresses(&mut v, s);
         live_rules.push(site::dead_rules(&mut v, s, &mut facts));
     }
     for id in types_to_check(model) {

@@ -15,10 +15,13 @@ use serde_json::json;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-/// K209: IP, MAC and switch port identify a device; no two may share one.
-pub(super) fn addresses(v: &mut Verifier<'_>, site: &Site) {
+/// K209: IP, MAC and switch port identify a device; no two may share one. Needs no
+/// solver, so `check` reports it ([`crate::check`]); a model with a K209 never reaches
+/// the verifier.
+pub(crate) fn addresses(site: &Site) -> Vec<Diagnostic> {
+    let mut v: Vec<Diagnostic> = Vec::new();
     let conflict =
-        |v: &mut Verifier<'_>, field: &str, value: String, a: (usize, Loc), b: (usize, Loc)| {
+        |v: &mut Vec<Diagnostic>, field: &str, value: String, a: (usize, Loc), b: (usize, Loc)| {
             let (da, db) = (&site.devices[a.0], &site.devices[b.0]);
             v.push(
                 Diagnostic::error(
@@ -43,21 +46,27 @@ pub(super) fn addresses(v: &mut Verifier<'_>, site: &Site) {
             continue;
         };
         match ips.get(&d.ip) {
-            Some(&first) => conflict(v, "IP address", ip(d.ip), first, (i, d.ip_loc)),
+            Some(&first) => conflict(&mut v, "IP address", ip(d.ip), first, (i, d.ip_loc)),
             None => {
                 ips.insert(d.ip, (i, d.ip_loc));
             }
         }
         if let (Some(m), Some(ml)) = (d.mac, d.mac_loc) {
             match macs.get(&m) {
-                Some(&first) => conflict(v, "MAC address", mac(m), first, (i, ml)),
+                Some(&first) => conflict(&mut v, "MAC address", mac(m), first, (i, ml)),
                 None => {
                     macs.insert(m, (i, ml));
                 }
             }
         }
         match ports.get(d.port.as_str()) {
-            Some(&first) => conflict(v, "switch port", d.port.clone(), first, (i, d.port_loc)),
+            Some(&first) => conflict(
+                &mut v,
+                "switch port",
+                d.port.clone(),
+                first,
+                (i, d.port_loc),
+            ),
             None => {
                 ports.insert(&d.port, (i, d.port_loc));
             }
@@ -72,6 +81,7 @@ pub(super) fn addresses(v: &mut Verifier<'_>, site: &Site) {
             );
         }
     }
+    v
 }
 
 /// Devices whose values or states an expression reads, and where it reads each.
