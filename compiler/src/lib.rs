@@ -85,19 +85,79 @@ pub struct Built {
 pub enum NoBundle {
     /// The policy has errors (in `Built::checked.diagnostics`).
     Errors,
-    /// The policy declares no site, or more than one: a bundle is one site's.
-    Sites(usize),
+    /// No site to build: a bundle is one site's.
+    Site(NoSite),
 }
 
-/// The one way from sources to a bundle, as `kalkic build` does it: check, verify, and
-/// for a policy without errors and with exactly one site, generate its rule sets, prove
-/// them (translation validation) and assemble the bundle. Pure: writing it is the
-/// caller's ([`codegen::bundle::Bundle::write_to`]).
+/// Why no site was chosen for a bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoSite {
+    /// The policy declares no site.
+    None,
+    /// The policy declares these sites and none was named.
+    Many(Vec<String>),
+    /// The named site is not among the policy's sites.
+    Unknown { name: String, sites: Vec<String> },
+}
+
+impl std::fmt::Display for NoSite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoSite::None => write!(
+                f,
+                "the policy declares no site; a bundle is built for one site"
+            ),
+            NoSite::Many(sites) => write!(
+                f,
+                "the policy declares {} sites ({}); name the one to build with --site",
+                sites.len(),
+                sites.join(", ")
+            ),
+            NoSite::Unknown { name, sites } if sites.is_empty() => {
+                write!(f, "no site `{name}`: the policy declares no site")
+            }
+            NoSite::Unknown { name, sites } => write!(
+                f,
+                "no site `{name}`: the policy declares {}",
+                sites.join(", ")
+            ),
+        }
+    }
+}
+
+/// The site a bundle is built for: the one named, or the only one.
+pub fn pick_site<'m>(model: &'m ir::Model, name: Option<&str>) -> Result<&'m ir::Site, NoSite> {
+    let names = || {
+        model
+            .sites
+            .iter()
+            .map(|s| s.name.clone())
+            .collect::<Vec<_>>()
+    };
+    match (name, model.sites.as_slice()) {
+        (Some(n), sites) => sites
+            .iter()
+            .find(|s| s.name == n)
+            .ok_or_else(|| NoSite::Unknown {
+                name: n.to_string(),
+                sites: names(),
+            }),
+        (None, [site]) => Ok(site),
+        (None, []) => Err(NoSite::None),
+        (None, _) => Err(NoSite::Many(names())),
+    }
+}
+
+/// The one way from sources to a bundle, as `kalkic build` does it: check, verify (every
+/// site), and for a policy without errors, generate the rule sets of the site named (or of
+/// its only site), prove them (translation validation) and assemble the bundle. Pure:
+/// writing it is the caller's ([`codegen::bundle::Bundle::write_to`]).
 pub fn build(
     roots: &[PathBuf],
     loader: &dyn SourceLoader,
     solver: &dyn verify::solver::Solver,
     opts: &verify::Options,
+    site: Option<&str>,
 ) -> Built {
     let (mut checked, verified) = verify(roots, loader, solver, opts);
     let assertions = verified.map(|v| v.assertions).unwrap_or_default();
@@ -105,14 +165,14 @@ pub fn build(
         && !checked.diagnostics.iter().any(diag::Diagnostic::is_error);
     let bundle = match checked.model.as_ref().filter(|_| clean) {
         None => Err(NoBundle::Errors),
-        Some(model) => match model.sites.as_slice() {
-            [site] => {
+        Some(model) => match pick_site(model, site) {
+            Ok(site) => {
                 codegen::bundle::build(model, site, &checked.sources, solver).map_err(|findings| {
                     checked.diagnostics.extend(findings);
                     NoBundle::Errors
                 })
             }
-            sites => Err(NoBundle::Sites(sites.len())),
+            Err(why) => Err(NoBundle::Site(why)),
         },
     };
     sort(&mut checked.diagnostics);

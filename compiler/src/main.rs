@@ -63,6 +63,10 @@ struct BuildArgs {
     /// anything else.
     #[arg(short, long)]
     output: PathBuf,
+    /// The site to build, when the policy declares more than one (every site is still
+    /// verified). An unknown name is a usage error.
+    #[arg(long, value_name = "NAME")]
+    site: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -240,7 +244,7 @@ fn run_build(args: &BuildArgs) -> Exit {
     };
     let opts = args.limits.options();
     let solver = verify::z3::Z3Solver::new(opts.timeout_ms);
-    let built = kalki_compiler::build(&files, &FsLoader, &solver, &opts);
+    let built = kalki_compiler::build(&files, &FsLoader, &solver, &opts, args.site.as_deref());
     let status = emit(&args.common, &built.checked, &built.assertions);
     if status != Exit::Ok {
         eprintln!("error: no bundle written: the policy has errors");
@@ -249,11 +253,8 @@ fn run_build(args: &BuildArgs) -> Exit {
     let bundle = match built.bundle {
         Ok(b) => b,
         Err(kalki_compiler::NoBundle::Errors) => return Exit::PolicyErrors,
-        Err(kalki_compiler::NoBundle::Sites(_)) => {
-            let why = built.checked.model.as_ref().map(one_site);
-            if let Some(Err(why)) = why {
-                eprintln!("error: {why}");
-            }
+        Err(kalki_compiler::NoBundle::Site(why)) => {
+            eprintln!("error: {why}");
             return Exit::Usage;
         }
     };
@@ -272,22 +273,6 @@ fn run_build(args: &BuildArgs) -> Exit {
                 args.output.display()
             );
             Exit::Usage
-        }
-    }
-}
-
-/// The site a bundle is built for: the policy must declare exactly one.
-fn one_site(model: &kalki_compiler::ir::Model) -> Result<&kalki_compiler::ir::Site, String> {
-    match model.sites.as_slice() {
-        [site] => Ok(site),
-        [] => Err("the policy declares no site; a bundle is built for one site".into()),
-        many => {
-            let names: Vec<&str> = many.iter().map(|s| s.name.as_str()).collect();
-            Err(format!(
-                "the policy declares {} sites ({}); build one site at a time",
-                many.len(),
-                names.join(", ")
-            ))
         }
     }
 }

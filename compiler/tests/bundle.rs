@@ -411,3 +411,49 @@ fn a_device_off_the_switch_gets_nothing_on_the_switch() {
     assert_eq!(loaded.manifest.devices.len(), 2);
     assert!(!loaded.manifest.devices[0].on_switch());
 }
+
+/// A policy with two sites: `--site` picks one (both are verified); without it, or with a
+/// name the policy does not declare, nothing is written and the sites are listed.
+#[test]
+fn build_site_picks_one_of_several_sites() {
+    let tmp = TempDir::new("bundle-sites");
+    let policy = tmp.write(
+        "two.kalki",
+        "import std::devices::{Camera}\n\
+         site north {\n    bridge \"br0\"\n    device cam: Camera at 10.0.9.10 port \"cam0\"\n}\n\
+         site south {\n    bridge \"br1\"\n    device cam: Camera at 10.0.9.20 port \"cam9\"\n}\n",
+    );
+    let (policy, out) = (policy.to_str().unwrap(), tmp.path().join("out"));
+    let out_s = out.to_str().unwrap();
+
+    let o = kalkic(&["build", "--color", "never", policy, "-o", out_s]);
+    assert_eq!(code(&o), 2);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("2 sites (north, south)") && err.contains("--site"),
+        "{err}"
+    );
+    assert!(!out.exists());
+
+    let o = kalkic(&[
+        "build", "--color", "never", "--site", "west", policy, "-o", out_s,
+    ]);
+    assert_eq!(code(&o), 2);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no site `west`") && err.contains("north, south"),
+        "{err}"
+    );
+    assert!(!out.exists());
+
+    for (site, bridge) in [("south", "br1"), ("north", "br0")] {
+        let o = kalkic(&[
+            "build", "--color", "never", "--site", site, policy, "-o", out_s,
+        ]);
+        assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(manifest["site"], site, "{manifest}");
+        assert_eq!(manifest["bridge"], bridge, "{manifest}");
+    }
+}
