@@ -23,6 +23,7 @@
 pub mod bundle;
 pub mod codes;
 pub mod contract;
+pub mod duration;
 pub mod engine;
 pub mod eval;
 pub mod manifest;

@@ -3,6 +3,7 @@
 //! `alert` and `reset` are clients of a running shim's API (`api.rs`).
 
 use clap::{Parser, Subcommand, ValueEnum};
+use kalki_model::duration;
 use kalki_shim::api::{self, Accepted, Client, ClientError, Endpoint, Token};
 use kalki_shim::bundle::{self, BundleError};
 use kalki_shim::containers::Containers;
@@ -106,12 +107,13 @@ struct NodeArgs {
     /// kernel module) or `system`.
     #[arg(long, default_value = "netdev")]
     datapath: String,
-    /// Limit of every single Open vSwitch, Docker or `ip` call, in seconds.
-    #[arg(long, default_value_t = 10, value_name = "S")]
-    call_timeout: u64,
-    /// How long a µmbox may take to report ready, in seconds.
-    #[arg(long, default_value_t = 30, value_name = "S")]
-    ready_timeout: u64,
+    /// Limit of every single Open vSwitch, Docker or `ip` call (`10s`, `1m`; a bare
+    /// number is seconds).
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = seconds_flag)]
+    call_timeout: Duration,
+    /// How long a µmbox may take to report ready (a bare number is seconds).
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = seconds_flag)]
+    ready_timeout: Duration,
     /// How many µmboxes are started or stopped at once.
     #[arg(long, default_value_t = 8, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     parallel: u16,
@@ -122,9 +124,9 @@ struct NodeArgs {
     #[arg(long, default_value_t = 0, value_name = "N")]
     warm: usize,
     /// How long a µmbox's start is tried again when the backend does not answer in time,
-    /// before its device fails closed, in seconds.
-    #[arg(long, default_value_t = 60, value_name = "S")]
-    start_deadline: u64,
+    /// before its device fails closed (a bare number is seconds).
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = seconds_flag)]
+    start_deadline: Duration,
     /// Where the µmboxes' secrets are: secret NAME of device DEV is DIR/DEV/NAME if it
     /// exists, else DIR/NAME; a regular file that group and others cannot read or write
     /// (`chmod 600`). A µmbox whose secret is missing or exposed is not started, and its
@@ -157,9 +159,10 @@ struct RunArgs {
     #[arg(long, value_name = "URL")]
     command_webhook: Option<String>,
     /// How often the node is looked at and repaired (flows by cookie, ports, µmboxes),
-    /// besides when a µmbox stops and at every status request, in seconds.
-    #[arg(long, default_value_t = 2.0, value_name = "S", value_parser = reconcile_interval)]
-    reconcile_interval: f64,
+    /// besides when a µmbox stops and at every status request: 100ms to 1h (a bare number
+    /// is seconds, fractions allowed).
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = reconcile_interval)]
+    reconcile_interval: Duration,
     #[command(flatten)]
     mqtt: MqttArgs,
     /// Colour in error reports (printed on standard error).
@@ -196,11 +199,40 @@ struct MqttArgs {
     no_mqtt: bool,
 }
 
-fn reconcile_interval(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
-        _ => Err("expected seconds between 0.1 and 3600".into()),
-    }
+fn reconcile_interval(text: &str) -> Result<Duration, String> {
+    duration::parse_flag(
+        text,
+        Duration::from_secs(1),
+        Duration::from_millis(100),
+        Duration::from_secs(3600),
+    )
+}
+
+/// `--timeout` of the API's clients: 1s to 1h.
+fn client_timeout(text: &str) -> Result<Duration, String> {
+    duration::parse_flag(
+        text,
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    )
+}
+
+/// A time flag whose bare number is seconds: 1s to 1d.
+fn seconds_flag(text: &str) -> Result<Duration, String> {
+    duration::parse_flag(
+        text,
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+        Duration::from_secs(86_400),
+    )
+}
+
+/// `simulate --until`: a bare number is milliseconds, as the trace's `t_ms`.
+fn until_flag(text: &str) -> Result<u64, String> {
+    let max = Duration::from_millis(kalki_shim::trace::MAX_T_MS);
+    let d = duration::parse_flag(text, Duration::from_millis(1), Duration::ZERO, max)?;
+    u64::try_from(d.as_millis()).map_err(|_| format!("`{text}` is too large"))
 }
 
 /// The journal and the clock it is replayed with.
@@ -255,9 +287,9 @@ struct ClientArgs {
     /// The file holding the API token [default: $KALKI_TOKEN_FILE, else /etc/kalki/token]
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
-    /// Give up after this many seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    timeout: u64,
+    /// Give up after this long: 1s to 1h (`15s`, `2m`; a bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = client_timeout)]
+    timeout: Duration,
 }
 
 #[derive(clap::Args)]
@@ -306,9 +338,9 @@ struct SimulateArgs {
     /// Output format of the timeline.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
-    /// Keep firing timers until this time (ms since the start of the trace), past the
-    /// last event. At most 366 days.
-    #[arg(long, value_name = "T_MS", value_parser = clap::value_parser!(u64).range(..=kalki_shim::trace::MAX_T_MS))]
+    /// Keep firing timers until this time since the start of the trace, past the last
+    /// event: `3h`, `90s`, or a bare number of milliseconds (as `t_ms`). At most 366 days.
+    #[arg(long, value_name = "DURATION", value_parser = until_flag)]
     until: Option<u64>,
     /// Colour in error reports (printed on standard error).
     #[arg(long, value_enum, default_value_t = Color::Auto)]
@@ -484,14 +516,14 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 fn node_config(args: &NodeArgs) -> NodeConfig {
     NodeConfig {
         datapath: args.datapath.clone(),
-        call_timeout: Duration::from_secs(args.call_timeout.max(1)),
-        ready_timeout: Duration::from_secs(args.ready_timeout.max(1)),
+        call_timeout: args.call_timeout,
+        ready_timeout: args.ready_timeout,
         // Docker mounts only absolute paths: a relative one is taken from where the shim
         // was started, once, here.
         secrets_dir: std::path::absolute(&args.secrets_dir)
             .unwrap_or_else(|_| args.secrets_dir.clone()),
         parallel: usize::from(args.parallel),
-        start_deadline: Duration::from_secs(args.start_deadline),
+        start_deadline: args.start_deadline,
         warm: args.warm,
     }
 }
@@ -739,11 +771,7 @@ fn client(args: &ClientArgs) -> Result<Client, Exit> {
             return Err(Exit::Usage);
         }
     };
-    Ok(Client::new(
-        endpoint,
-        token,
-        Duration::from_secs(args.timeout),
-    ))
+    Ok(Client::new(endpoint, token, args.timeout))
 }
 
 /// Runs one request on a small runtime of its own.
@@ -993,7 +1021,7 @@ fn run_run(args: &RunArgs) -> Exit {
             token,
             webhook,
             day_offset_ms: offset,
-            reconcile_interval: Duration::from_secs_f64(args.reconcile_interval),
+            reconcile_interval: args.reconcile_interval,
             mqtt,
         };
         match kalki_shim::run::run(node, cfg, shutdown_signal()).await {

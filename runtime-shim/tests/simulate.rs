@@ -162,6 +162,34 @@ fn until_fires_the_timers_after_the_last_event() {
     assert!(timeline.ends_with("end at 2000000 ms: hall_cam normal, lobby_light normal, thermo normal, annex_thermo normal\n"), "{timeline}");
 }
 
+/// `--until` takes a duration with the language's units; a bare number stays milliseconds.
+#[test]
+fn until_takes_a_duration_with_a_unit() {
+    let dir = office("until-units");
+    let run = |until: &str| {
+        shim(
+            dir.path(),
+            &["simulate", "bundle", "trace.jsonl", "--until", until],
+        )
+    };
+    let bare = run("10800000");
+    assert_eq!(bare.status.code(), Some(0));
+    let hours = run("3h");
+    assert_eq!(hours.status.code(), Some(0));
+    assert_eq!(text(&hours.stdout), text(&bare.stdout));
+    assert!(text(&hours.stdout).contains("end at 10800000 ms"));
+    for bad in ["3hours", "1.5h", "367d"] {
+        let out = run(bad);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = text(&out.stderr);
+        assert!(err.contains(bad), "{bad}: {err}");
+        assert!(
+            err.contains("ms, s, m, h, d") || err.contains("outside"),
+            "{bad}: {err}"
+        );
+    }
+}
+
 #[test]
 fn bad_trace_lines_are_located_and_nothing_is_replayed() {
     let dir = office("bad");
