@@ -51,6 +51,25 @@ enum Command {
     /// sets and container manifests. Nothing is written when the policy has errors.
     #[command(after_help = EXIT_HELP)]
     Build(BuildArgs),
+    /// Write a starter policy (`site.kalki`) that verifies and builds, to edit from there.
+    /// An existing file is never overwritten (exit 2).
+    Init(InitArgs),
+    /// Print a completion script for a shell, e.g.
+    /// `kalkic completions bash > /etc/bash_completion.d/kalkic`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(clap::Args)]
+struct InitArgs {
+    /// The directory to write into; created if missing.
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// The site's name.
+    #[arg(long, default_value = "home", value_name = "NAME")]
+    site: String,
 }
 
 #[derive(clap::Args)]
@@ -173,6 +192,21 @@ fn main() -> ExitCode {
         Command::Verify(args) => run_verify(&args),
         Command::Graph(args) => run_graph(&args),
         Command::Build(args) => run_build(&args),
+        Command::Init(args) => run_init(&args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            // Into memory first: clap_complete panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kalkic", &mut script);
+            match std::io::stdout().write_all(&script) {
+                Ok(()) => Exit::Ok,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Ok,
+                Err(e) => {
+                    eprintln!("error: cannot write the completion script: {e}");
+                    Exit::Usage
+                }
+            }
+        }
     };
     ExitCode::from(exit as u8)
 }
@@ -275,6 +309,50 @@ fn run_build(args: &BuildArgs) -> Exit {
             Exit::Usage
         }
     }
+}
+
+fn run_init(args: &InitArgs) -> Exit {
+    let text = match kalki_compiler::init::starter(&args.site) {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("error: {why}");
+            return Exit::Usage;
+        }
+    };
+    let path = args.dir.join(kalki_compiler::init::POLICY_FILE);
+    // `create_new`: an existing policy is never overwritten, not even in a race.
+    let created = std::fs::create_dir_all(&args.dir).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+    });
+    let mut file = match created {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            eprintln!("error: {} exists; nothing written", path.display());
+            return Exit::Usage;
+        }
+        Err(e) => {
+            eprintln!("error: cannot create {}: {e}", path.display());
+            return Exit::Usage;
+        }
+    };
+    if let Err(e) = file
+        .write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+    {
+        // Never leave a half-written policy behind.
+        let _ = std::fs::remove_file(&path);
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return Exit::Usage;
+    }
+    eprintln!(
+        "wrote {}\nnext: kalkic verify {dir} && kalkic build {dir} -o out/",
+        path.display(),
+        dir = args.dir.display()
+    );
+    Exit::Ok
 }
 
 fn run_graph(args: &GraphArgs) -> Exit {

@@ -270,3 +270,79 @@ fn directory_without_policies_exits_2() {
     assert_eq!(code(&o), 2);
     assert!(String::from_utf8_lossy(&o.stderr).contains("no .kalki files"));
 }
+
+/// `kalkic init` writes a policy that verifies and builds as it is, and never overwrites.
+#[test]
+fn init_writes_a_starter_that_verifies_and_builds() {
+    let tmp = common::TempDir::new("init");
+    let dir = tmp.path().join("new-site");
+    let dir_s = dir.to_str().unwrap();
+    let o = kalkic(&["init", dir_s, "--site", "lab"]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    let policy = dir.join("site.kalki");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    assert!(text.contains("site lab {"), "{text}");
+
+    let o = kalkic(&["verify", "--color", "never", dir_s]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(code(&o), 0, "{err}");
+    assert!(err.contains("0 errors, 0 warnings"), "{err}");
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("refuted"));
+    let out = tmp.path().join("out");
+    let o = kalkic(&[
+        "build",
+        "--color",
+        "never",
+        dir_s,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("manifest.json").is_file());
+
+    // A second init leaves the (edited) policy alone.
+    std::fs::write(&policy, "// mine\n").unwrap();
+    let o = kalkic(&["init", dir_s]);
+    assert_eq!(code(&o), 2);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("exists"));
+    assert_eq!(std::fs::read_to_string(&policy).unwrap(), "// mine\n");
+
+    // A site name that is not a name, or a keyword, is refused before anything is written.
+    for bad in ["my-site", "site"] {
+        let other = tmp.path().join(bad);
+        let o = kalkic(&["init", other.to_str().unwrap(), "--site", bad]);
+        assert_eq!(code(&o), 2, "{bad}");
+        assert!(!other.exists(), "{bad}");
+    }
+}
+
+/// The bash completion script, sourced in a real bash, completes subcommands and flags.
+#[test]
+fn bash_completion_completes_subcommands_and_flags() {
+    let o = kalkic(&["completions", "bash"]);
+    assert_eq!(code(&o), 0);
+    let tmp = common::TempDir::new("completions");
+    let script = tmp.write("kalkic.bash", &o.stdout);
+    let complete = |words: &str| {
+        let cmd = format!(
+            "source {}; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); \
+             _kalkic kalkic \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"; \
+             printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            script.display()
+        );
+        let out = std::process::Command::new("bash")
+            .args(["-c", &cmd])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let subcommands = complete("kalkic in");
+    assert!(subcommands.lines().any(|l| l == "init"), "{subcommands}");
+    let flags = complete("kalkic build --si");
+    assert!(flags.lines().any(|l| l == "--site"), "{flags}");
+}

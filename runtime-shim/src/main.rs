@@ -81,6 +81,12 @@ enum Command {
     /// The operator's reset of a device (`on operator reset`).
     #[command(after_help = CLIENT_HELP)]
     Reset(ResetArgs),
+    /// Print a completion script for a shell, e.g.
+    /// `kalki-shim completions bash > /etc/bash_completion.d/kalki-shim`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Where and how the node is driven.
@@ -383,11 +389,24 @@ fn main() -> ExitCode {
         Command::Simulate(args) => run_simulate(&args),
         Command::Apply(args) => run_apply(&args),
         Command::Run(args) => run_run(&args),
-
         Command::Status(args) => run_status(&args),
         Command::Event(args) => run_event(&args),
         Command::Alert(args) => run_alert(&args),
         Command::Reset(args) => run_reset(&args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            // Into memory first: clap_complete panics on a failed write (a closed pipe).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "kalki-shim", &mut script);
+            match std::io::stdout().write_all(&script) {
+                Ok(()) => Exit::Ok,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Ok,
+                Err(e) => {
+                    eprintln!("error: cannot write the completion script: {e}");
+                    Exit::Usage
+                }
+            }
+        }
     };
     ExitCode::from(exit as u8)
 }
