@@ -196,28 +196,33 @@ fn edits(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// The explanation as terminal text: a heading line with the code, its summary and who
-/// reports it, then the Markdown (fences keep only their language, the test's options
-/// are not the reader's business).
-pub fn render(code: &Code) -> String {
-    let mut out = format!(
-        "{}: {}\n[{}]\n\n",
-        code.code,
-        code.summary,
-        code.family.title()
-    );
+/// The explanation for readers: the Markdown with each code block's info string cut to
+/// its language (the rest, `fixed` or the example's policy, is for the tests).
+pub fn markdown(code: &Code) -> String {
+    let mut out = String::new();
     for line in code.text.lines() {
         match line.strip_prefix("```") {
             Some(info) if !info.is_empty() => {
-                let lang = info.split_whitespace().next().unwrap_or_default();
                 out.push_str("```");
-                out.push_str(lang);
+                out.push_str(info.split_whitespace().next().unwrap_or_default());
             }
             _ => out.push_str(line),
         }
         out.push('\n');
     }
     out
+}
+
+/// The explanation as terminal text: a heading line with the code and its summary, a
+/// line saying who reports it, then the Markdown for readers.
+pub fn render(code: &Code) -> String {
+    format!(
+        "{}: {}\n[{}]\n\n{}",
+        code.code,
+        code.summary,
+        code.family.title(),
+        markdown(code)
+    )
 }
 
 /// Every code with its summary, grouped by family: `kalkic explain --list`.
@@ -249,6 +254,9 @@ pub fn sarif_rule(code: &str) -> serde_json::Value {
         "id": c.code,
         "shortDescription": { "text": c.summary },
         "fullDescription": { "text": c.description() },
-        "help": { "text": help, "markdown": format!("**{}: {}**\n\n{}", c.code, c.summary, c.text) },
+        "help": {
+            "text": help,
+            "markdown": format!("**{}: {}**\n\n{}", c.code, c.summary, markdown(c)),
+        },
     })
 }
