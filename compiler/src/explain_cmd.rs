@@ -6,7 +6,10 @@ use crate::Exit;
 use kalki_compiler::explain;
 use std::io::Write;
 
+const EXIT_HELP: &str = "Exit codes:\n  0  the explanation (or the list) was printed\n  2  unknown code, or usage error";
+
 #[derive(clap::Args)]
+#[command(after_help = EXIT_HELP)]
 #[command(group(clap::ArgGroup::new("what").required(true).args(["code", "list"])))]
 pub struct ExplainArgs {
     /// The code, e.g. `K105` or `s104` (any case).

@@ -55,7 +55,6 @@ enum Command {
     Build(BuildArgs),
     /// Explain a diagnostic code (K of kalkic, S of kalki-shim): what it means, an example
     /// that triggers it, and how to fix it. `--list` lists every code.
-    #[command(after_help = EXIT_HELP)]
     Explain(explain_cmd::ExplainArgs),
 }
 

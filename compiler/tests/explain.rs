@@ -269,3 +269,13 @@ fn sarif_rules_carry_the_explanation() {
         explain::lookup("K003").unwrap().summary
     );
 }
+
+#[test]
+fn explain_help_documents_its_exit_codes() {
+    let (code, out, _) = kalkic(&["explain", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Exit codes"), "{out}");
+    assert!(out.contains("2  unknown code, or usage error"), "{out}");
+    let (_, out, _) = kalkic(&["--help"]);
+    assert!(out.contains("explain"), "{out}");
+}
