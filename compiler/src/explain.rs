@@ -161,12 +161,12 @@ pub fn lookup(query: &str) -> Option<&'static Code> {
 pub fn nearest(query: &str) -> Vec<&'static str> {
     let query = query.trim().to_ascii_uppercase();
     let number = |s: &str| s.get(1..).and_then(|n| n.parse::<i64>().ok());
-    let mut scored: Vec<(usize, i64, &'static str)> = all()
+    let mut scored: Vec<(usize, u64, &'static str)> = all()
         .iter()
         .map(|c| {
             let far = match (number(&query), number(c.code)) {
-                (Some(a), Some(b)) => (a - b).abs(),
-                _ => i64::MAX,
+                (Some(a), Some(b)) => a.abs_diff(b),
+                _ => u64::MAX,
             };
             (edits(&query, c.code), far, c.code)
         })

@@ -219,6 +219,15 @@ fn an_unknown_code_is_a_usage_error_with_the_nearest_codes() {
     let (code, _, err) = kalkic(&["explain", "E0308"]);
     assert_eq!(code, 2);
     assert!(err.contains("kalkic explain --list"), "{err}");
+    // Any text is an unknown code, not a crash.
+    for odd in ["K-9223372036854775808", "S99999999999999999999", "", "é"] {
+        let (code, _, err) = kalkic(&["explain", odd]);
+        assert_eq!(code, 2, "{odd}: {err}");
+        assert!(
+            err.contains("is not a Kalki diagnostic code"),
+            "{odd}: {err}"
+        );
+    }
     let (code, _, _) = kalkic(&["explain"]);
     assert_eq!(code, 2, "a code or --list is required");
 }
