@@ -1,11 +1,32 @@
 //! The stable diagnostic codes. A code never changes meaning once released; retired codes
 //! are not reused. `docs/language.md` and `docs/verification.md` list them for users.
 //!
-//! This file holds K1xx. The verifier's K2xx are in [`crate::verify::codes`], among them
-//! K208 (data-plane interference) and K212 (fail-open), which `kalkic build` checks on
-//! the emitted OpenFlow rules; K214 (port space) is in [`crate::codegen::bundle`].
+//! This file holds K1xx and the summaries of K0xx. The verifier's K2xx are in
+//! [`crate::verify::codes`], among them K208 (data-plane interference) and K212
+//! (fail-open), which `kalkic build` checks on the emitted OpenFlow rules; K214 (port
+//! space) is in [`crate::codegen::bundle`]. [`crate::explain`] gathers every table into
+//! the one registry that `kalkic explain`, the SARIF rules and the docs checks read.
+
+use kalki_lang::SyntaxCode;
 
 // K0xx: syntax (from `kalki_lang::SyntaxCode`).
+
+/// Every K0xx code with a one-line summary.
+pub const SYNTAX_CODES: &[(&str, &str)] = &[
+    (SyntaxCode::InvalidToken.code(), "bytes that form no token"),
+    (
+        SyntaxCode::UnexpectedToken.code(),
+        "a token where the grammar does not allow it",
+    ),
+    (
+        SyntaxCode::UnexpectedEof.code(),
+        "the file ends in the middle of something",
+    ),
+    (
+        SyntaxCode::InvalidValue.code(),
+        "a well-formed token with a value not accepted here",
+    ),
+];
 
 /// An import names a module that does not exist.
 pub const UNRESOLVED_MODULE: &str = "K101";
@@ -37,8 +58,6 @@ pub const TOO_DEEP: &str = "K113";
 /// An integer expression whose value, over the declared ranges, can leave 64 bits.
 pub const OVERFLOW: &str = "K114";
 
-/// The deepest expression the compiler accepts. Real conditions are a few levels deep;
-/// the limit keeps every later (recursive) stage within a small stack.
 /// A µmbox's traffic contract or secret is malformed, or promises what the µmbox's mode
 /// cannot do.
 pub const BAD_CONTRACT: &str = "K115";
@@ -48,9 +67,11 @@ pub const BAD_CONTRACT: &str = "K115";
 /// that is not exact, two devices reading one topic, a command on a topic the site reads.
 pub const BAD_BINDING: &str = "K116";
 
+/// The deepest expression the compiler accepts. Real conditions are a few levels deep;
+/// the limit keeps every later (recursive) stage within a small stack.
 pub const MAX_EXPR_DEPTH: usize = 128;
 
-/// Every K1xx code with a one-line summary, for documentation and `--explain`.
+/// Every K1xx code with a one-line summary (read through [`crate::explain`]).
 pub const NAME_AND_TYPE_CODES: &[(&str, &str)] = &[
     (UNRESOLVED_MODULE, "import of a module that does not exist"),
     (IMPORT_CYCLE, "modules import each other in a cycle"),

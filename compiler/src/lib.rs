@@ -8,6 +8,7 @@
 pub mod codegen;
 pub mod codes;
 pub mod diag;
+pub mod explain;
 pub mod init;
 pub mod ir;
 pub mod render;

@@ -10,6 +10,8 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod explain_cmd;
+
 /// Exit codes, as documented in `--help`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exit {
@@ -51,6 +53,9 @@ enum Command {
     /// sets and container manifests. Nothing is written when the policy has errors.
     #[command(after_help = EXIT_HELP)]
     Build(BuildArgs),
+    /// Explain a diagnostic code (K of kalkic, S of kalki-shim): what it means, an example
+    /// that triggers it, and how to fix it. `--list` lists every code.
+    Explain(explain_cmd::ExplainArgs),
     /// Write a starter policy (`site.kalki`) that verifies and builds, to edit from there.
     /// An existing file is never overwritten (exit 2).
     Init(InitArgs),
@@ -192,6 +197,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => run_verify(&args),
         Command::Graph(args) => run_graph(&args),
         Command::Build(args) => run_build(&args),
+        Command::Explain(args) => explain_cmd::run(&args),
         Command::Init(args) => run_init(&args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -513,9 +519,7 @@ fn emit(args: &CommonArgs, checked: &Checked, assertions: &[AssertionResult]) ->
             )
         }
         Format::Sarif => {
-            let mut rules: Vec<(&str, &str)> = codes::NAME_AND_TYPE_CODES.to_vec();
-            rules.extend_from_slice(verify::codes::ALL);
-            let v = render::sarif(&checked.sources, &all, &rules);
+            let v = render::sarif(&checked.sources, &all);
             writeln!(
                 out,
                 "{}",

@@ -305,20 +305,15 @@ fn sarif_region(sources: &Sources, loc: Loc) -> Value {
     })
 }
 
-/// SARIF 2.1.0: one run, one result per diagnostic, rule ids are the codes.
-pub fn sarif(sources: &Sources, diags: &[Diagnostic], rules: &[(&str, &str)]) -> Value {
+/// SARIF 2.1.0: one run, one result per diagnostic, rule ids are the codes. Each rule
+/// used carries its summary, description and explanation from [`crate::explain`].
+pub fn sarif(sources: &Sources, diags: &[Diagnostic]) -> Value {
     let mut used: Vec<&str> = diags.iter().map(|d| d.code).collect();
     used.sort_unstable();
     used.dedup();
     let rule_objs: Vec<Value> = used
         .iter()
-        .map(|code| {
-            let text = rules
-                .iter()
-                .find(|(c, _)| c == code)
-                .map_or(*code, |(_, t)| *t);
-            json!({ "id": code, "shortDescription": { "text": text } })
-        })
+        .map(|code| crate::explain::sarif_rule(code))
         .collect();
     let results: Vec<Value> = diags
         .iter()

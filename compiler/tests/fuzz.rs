@@ -137,11 +137,7 @@ fn check_ok(loader: &dyn SourceLoader) -> Result<(), String> {
     }
     let _ = kalki_compiler::render::human(&checked.sources, &checked.diagnostics, false);
     let _ = kalki_compiler::render::json(&checked.sources, &checked.diagnostics);
-    let _ = kalki_compiler::render::sarif(
-        &checked.sources,
-        &checked.diagnostics,
-        kalki_compiler::codes::NAME_AND_TYPE_CODES,
-    );
+    let _ = kalki_compiler::render::sarif(&checked.sources, &checked.diagnostics);
     Ok(())
 }
 

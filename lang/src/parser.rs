@@ -56,7 +56,7 @@ impl SyntaxCode {
         SyntaxCode::InvalidValue,
     ];
 
-    pub fn code(self) -> &'static str {
+    pub const fn code(self) -> &'static str {
         match self {
             SyntaxCode::InvalidToken => "K001",
             SyntaxCode::UnexpectedToken => "K002",

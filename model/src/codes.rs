@@ -1,7 +1,8 @@
-//! The model's stable diagnostic codes: S0xx, the bundle is refused; S1xx, an input event
-//! is refused (it changes nothing). A code never changes meaning once released; retired
-//! codes are not reused. The shim's own codes (S2xx–S4xx) are in `kalki_shim::codes`;
-//! `docs/runtime.md` lists them all for users.
+//! The runtime's stable diagnostic codes: S0xx, the bundle is refused; S1xx, an input event
+//! is refused (it changes nothing); and the shim's own S2xx (trace files), S3xx (event API)
+//! and S4xx (journal), declared here so that `kalkic explain` can explain them without
+//! linking the shim (`kalki_shim::codes` re-exports them all). A code never changes meaning
+//! once released; retired codes are not reused. `docs/runtime.md` lists them for users.
 
 // S0xx: loading a bundle (`bundle.rs`).
 
@@ -113,4 +114,82 @@ pub const ALL: &[(&str, &str)] = &[
         NOT_WHOLE,
         "an MQTT number is not whole after scaling (no rounding) or too big",
     ),
+];
+
+// S2xx: trace files (`kalki_shim::trace`).
+
+/// A trace line that is not a JSON object.
+pub const TRACE_SYNTAX: &str = "S201";
+/// A trace line with missing, unknown or ill-typed fields.
+pub const TRACE_SHAPE: &str = "S202";
+/// A trace line whose `t_ms` is earlier than the line before.
+pub const TRACE_ORDER: &str = "S203";
+/// A trace line with an MQTT message on a topic no device of the bundle binds.
+pub const TRACE_UNBOUND_TOPIC: &str = "S204";
+/// A `mosquitto_sub` trace line whose `payload` is not all of the payload (`payloadlen`).
+pub const TRACE_PAYLOAD_LOST: &str = "S205";
+
+// S3xx: the event API (`kalki_shim::api`). Engine refusals keep their S1xx codes.
+
+/// A request without `Authorization: Bearer TOKEN`, or with the wrong token.
+pub const UNAUTHORIZED: &str = "S301";
+/// A request body that is not JSON.
+pub const BAD_JSON: &str = "S302";
+/// A JSON body of the wrong shape: a field missing, unknown, given twice or ill-typed.
+pub const BAD_BODY: &str = "S303";
+/// A request body larger than the API accepts.
+pub const TOO_LARGE: &str = "S304";
+/// A request body that is not declared `application/json`.
+pub const BAD_MEDIA_TYPE: &str = "S305";
+/// A path the API does not have, or a method it does not allow there.
+pub const NO_SUCH_ENDPOINT: &str = "S306";
+/// The shim did not answer in time, or is shutting down.
+pub const UNAVAILABLE: &str = "S307";
+/// A request body that did not arrive in full in time.
+pub const TOO_SLOW: &str = "S308";
+
+// S4xx: the journal (`kalki_shim::journal`).
+
+/// The journal cannot be opened or created.
+pub const JOURNAL_OPEN: &str = "S401";
+/// The journal was written by a shim with another schema version.
+pub const JOURNAL_VERSION: &str = "S402";
+/// Reading or writing the journal failed.
+pub const JOURNAL_IO: &str = "S403";
+/// A journal entry cannot be decoded, or a value does not fit it.
+pub const JOURNAL_CORRUPT: &str = "S404";
+
+/// The shim's own codes (S2xx–S4xx) with a one-line summary, for documentation; the
+/// model's are in [`ALL`]. They are declared here, not in the shim, so that `kalkic explain`
+/// (which must not link the shim's tokio, Docker and SQLite) can explain them.
+pub const SHIM: &[(&str, &str)] = &[
+    (TRACE_SYNTAX, "trace line is not a JSON object"),
+    (
+        TRACE_SHAPE,
+        "trace line has missing, unknown or ill-typed fields",
+    ),
+    (TRACE_ORDER, "trace line earlier than the one before"),
+    (
+        TRACE_UNBOUND_TOPIC,
+        "trace message on a topic the bundle does not bind",
+    ),
+    (
+        TRACE_PAYLOAD_LOST,
+        "trace message whose recorded payload is incomplete",
+    ),
+    (UNAUTHORIZED, "missing or wrong API token"),
+    (BAD_JSON, "request body is not JSON"),
+    (
+        BAD_BODY,
+        "request body has missing, unknown or ill-typed fields",
+    ),
+    (TOO_LARGE, "request body too large"),
+    (BAD_MEDIA_TYPE, "request body is not application/json"),
+    (NO_SUCH_ENDPOINT, "no such endpoint or method"),
+    (UNAVAILABLE, "the shim did not answer in time"),
+    (TOO_SLOW, "request body did not arrive in time"),
+    (JOURNAL_OPEN, "the journal cannot be opened"),
+    (JOURNAL_VERSION, "the journal has another schema version"),
+    (JOURNAL_IO, "reading or writing the journal failed"),
+    (JOURNAL_CORRUPT, "a journal entry cannot be decoded"),
 ];

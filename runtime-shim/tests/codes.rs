@@ -1,6 +1,6 @@
-//! The runtime's codes (S0xx bundle and S1xx input in `kalki-model`, S2xx trace, S3xx API
-//! and S4xx journal in the shim): every code declared is in `codes::ALL` (the model's)
-//! or `codes::SHIM`, and `docs/runtime.md`'s tables name
+//! The runtime's codes (S0xx bundle, S1xx input, and the shim's S2xx trace, S3xx API and
+//! S4xx journal, all declared in `kalki-model` and re-exported by the shim): every code
+//! declared is in `codes::ALL` (the model's) or `codes::SHIM`, and `docs/runtime.md`'s tables name
 //! exactly those (a range such as `S102–S108` counts for each code in it). A code added
 //! without its documentation, or documented without existing, fails here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -26,6 +26,13 @@ pub const FORMAT: u32 = m::FORMAT;
 /// Stable code of a bundle that cannot be laid out on one bridge.
 pub const PORT_SPACE: &str = "K214";
 
+/// The codes `kalkic build` adds of its own (K208 and K212, checked on the emitted rules,
+/// are the verifier's), with a one-line summary (read through [`crate::explain`]).
+pub const BUILD_CODES: &[(&str, &str)] = &[(
+    PORT_SPACE,
+    "the site needs more switch ports than one bridge has",
+)];
+
 /// Relative path → contents.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Bundle {

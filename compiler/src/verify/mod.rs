@@ -50,6 +50,7 @@ pub mod codes {
     pub const NOT_MONOTONE: &str = "K216";
     pub const RULE_UNDOES: &str = "K217";
 
+    /// Every K2xx code with a one-line summary (read through [`crate::explain`]).
     pub const ALL: &[(&str, &str)] = &[
         (NONDETERMINISM, "nondeterministic transitions"),
         (DEAD, "dead transition or rule"),
