@@ -10,6 +10,8 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod fmt_cmd;
+
 /// Exit codes, as documented in `--help`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exit {
@@ -51,6 +53,10 @@ enum Command {
     /// sets and container manifests. Nothing is written when the policy has errors.
     #[command(after_help = EXIT_HELP)]
     Build(BuildArgs),
+    /// Rewrite policy files in the canonical layout (docs/tools/fmt.md); with `--check`,
+    /// write nothing and print what would change.
+    #[command(after_help = fmt_cmd::FMT_HELP)]
+    Fmt(fmt_cmd::FmtArgs),
 }
 
 #[derive(clap::Args)]
@@ -169,6 +175,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => run_verify(&args),
         Command::Graph(args) => run_graph(&args),
         Command::Build(args) => run_build(&args),
+        Command::Fmt(args) => fmt_cmd::run(&args),
     };
     ExitCode::from(exit as u8)
 }
