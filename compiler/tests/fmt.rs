@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{code, kalkic, repo_root, TempDir};
+use common::{code, kalkic, repo_root, MemLoader, TempDir};
 use kalki_lang::fmt::same_tokens_and_comments;
 use kalki_lang::lexer::Lexer;
 use proptest::prelude::*;
@@ -172,6 +172,67 @@ fn meaning_sees_a_dropped_or_reordered_token() {
     ] {
         assert_ne!(meaning(&changed), base, "not caught:\n{changed}");
     }
+}
+
+/// The typed model the compiler builds from these files (all checked together), spans
+/// erased; `None` if they do not check clean.
+fn model(files: &[(String, String)]) -> Option<Value> {
+    let loader = MemLoader::new(files.iter().map(|(p, t)| (p.as_str(), t.clone())));
+    let roots: Vec<PathBuf> = files.iter().map(|(p, _)| PathBuf::from(p)).collect();
+    let checked = kalki_compiler::check(&roots, &loader);
+    let mut v = serde_json::to_value(checked.model?).unwrap();
+    erase_spans(&mut v);
+    Some(v)
+}
+
+/// The compiler's own view: every example directory, and every clean fixture, formatted,
+/// compiles to the same typed model.
+#[test]
+fn formatted_examples_and_fixtures_compile_to_the_same_model() {
+    let root = repo_root();
+    let mut groups: Vec<Vec<PathBuf>> = Vec::new();
+    for dir in std::fs::read_dir(root.join("examples")).unwrap().flatten() {
+        let mut files = Vec::new();
+        kalki_files(&dir.path(), &mut files);
+        groups.push(files);
+    }
+    let mut clean = Vec::new();
+    kalki_files(&root.join("tests/fixtures/check/clean"), &mut clean);
+    groups.extend(clean.into_iter().map(|f| vec![f]));
+    let (mut compared, mut sensitive) = (0, 0);
+    for group in groups {
+        let files: Vec<(String, String)> = group
+            .iter()
+            .map(|p| {
+                let rel = p.strip_prefix(&root).unwrap().display().to_string();
+                (rel, std::fs::read_to_string(p).unwrap())
+            })
+            .collect();
+        let Some(before) = model(&files) else {
+            continue;
+        };
+        let formatted: Vec<(String, String)> =
+            files.iter().map(|(p, t)| (p.clone(), format(t))).collect();
+        let after = model(&formatted).unwrap_or_else(|| panic!("{group:?} no longer checks"));
+        assert!(before == after, "{group:?}: another model once formatted");
+        compared += 1;
+        // The comparison sees one changed literal.
+        if let Some((i, (p, t))) = formatted
+            .iter()
+            .enumerate()
+            .find(|(_, (_, t))| t.contains("30m"))
+        {
+            let mut changed = formatted.clone();
+            changed[i] = (p.clone(), t.replacen("30m", "31m", 1));
+            assert!(
+                model(&changed) != Some(before.clone()),
+                "{p}: 30m -> 31m not seen"
+            );
+            sensitive += 1;
+        }
+    }
+    assert!(compared >= 10, "only {compared} groups compared");
+    assert!(sensitive >= 1);
 }
 
 // ------------------------------------------------------------------ generated inputs
