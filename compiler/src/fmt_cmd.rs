@@ -179,7 +179,9 @@ pub fn diff(name: &str, old: &str, new: &str) -> String {
 /// Replaces the file's contents atomically: a temporary file in the same directory,
 /// given the original's permissions, then renamed over it. A reader sees the old or the
 /// new file, never half of one.
+/// A symbolic link is followed: the file it points to is replaced, the link kept.
 fn replace(path: &Path, text: &str) -> std::io::Result<()> {
+    let path = &std::fs::canonicalize(path)?;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
