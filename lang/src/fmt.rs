@@ -179,8 +179,10 @@ enum Kind {
     /// `NAME { ... }` whose members go one per line: `header` ends after the `{`, the last
     /// token is the `}`.
     Block { header: usize, members: Vec<Unit> },
-    /// `NAME { chain [...] }`: the name is padded to align with its neighbours.
-    State { name_end: usize },
+    /// A line whose head (up to `head_end`) is padded to align with its neighbours of
+    /// the same `run`: state blocks `NAME { chain [...] }` (the name), telemetry fields
+    /// `VAR = ...` (the variable), `command NAME publish ...` (up to the name).
+    Aligned { run: u8, head_end: usize },
     /// `FROM -> TO TRIGGER`; `expr`: a `when` condition.
     Transition {
         from_end: usize,
@@ -197,6 +199,13 @@ enum Kind {
     /// `assert reachable|never COND`.
     Assert { expr: Range<usize> },
 }
+
+// Kinds of aligned runs.
+const RUN_STATE: u8 = 0;
+const RUN_TRANSITION: u8 = 1;
+const RUN_DEVICE: u8 = 2;
+const RUN_FIELD: u8 = 3;
+const RUN_PUBLISH: u8 = 4;
 
 /// Index of the first token that starts at or after `pos`.
 fn first_at(toks: &[Tok], pos: usize) -> usize {
@@ -311,11 +320,23 @@ fn device_type_members(members: &[DeviceMember], toks: &[Tok]) -> Vec<(usize, Ki
                     let fields = t
                         .fields
                         .iter()
-                        .map(|f| (end_at(toks, f.span.end), line(None, toks)))
+                        .map(|f| {
+                            let kind = Kind::Aligned {
+                                run: RUN_FIELD,
+                                head_end: end_at(toks, f.var.span.end),
+                            };
+                            (end_at(toks, f.span.end), kind)
+                        })
                         .collect();
                     return (range.end, block(toks, range, fields).kind);
                 }
-                DeviceMember::Publish(p) => (p.span, line(None, toks)),
+                DeviceMember::Publish(p) => (
+                    p.span,
+                    Kind::Aligned {
+                        run: RUN_PUBLISH,
+                        head_end: end_at(toks, p.command.span.end),
+                    },
+                ),
                 DeviceMember::Commands(v, s)
                 | DeviceMember::LoweringCommands(v, s)
                 | DeviceMember::Alerts(v, s)
@@ -324,8 +345,9 @@ fn device_type_members(members: &[DeviceMember], toks: &[Tok]) -> Vec<(usize, Ki
                 DeviceMember::Initial(i) => (i.span, line(None, toks)),
                 DeviceMember::StateBlock(b) => (
                     b.span,
-                    Kind::State {
-                        name_end: end_at(toks, b.state.span.end),
+                    Kind::Aligned {
+                        run: RUN_STATE,
+                        head_end: end_at(toks, b.state.span.end),
                     },
                 ),
                 DeviceMember::Transition(t) => {
@@ -685,7 +707,8 @@ impl<'s> Formatter<'_, 's> {
         });
     }
 
-    /// Alignment of runs of state blocks, transitions and devices: consecutive members
+    /// Alignment of runs of state blocks, transitions, devices, telemetry fields and
+    /// `command ... publish` lines: consecutive members
     /// of one kind (blank lines and comment lines do not break a run; a member of another
     /// kind does, and so does a device with type arguments or no attributes).
     fn pads(&self, members: &[Unit]) -> Vec<Pads> {
@@ -696,16 +719,20 @@ impl<'s> Formatter<'_, 's> {
             }
             let w = |r: Range<usize>| width(&self.join(r));
             match &m.kind {
-                Kind::State { name_end } => Some((0, w(m.toks.start..*name_end), 0)),
+                Kind::Aligned { run, head_end } => Some((*run, w(m.toks.start..*head_end), 0)),
                 Kind::Transition {
                     from_end, to_end, ..
-                } => Some((1, w(m.toks.start..*from_end), w(*from_end + 1..*to_end))),
+                } => Some((
+                    RUN_TRANSITION,
+                    w(m.toks.start..*from_end),
+                    w(*from_end + 1..*to_end),
+                )),
                 // A device with type arguments has a head too long to align with.
                 Kind::Device { head_end, .. }
                     if *head_end < m.toks.end
                         && self.kind(head_end.wrapping_sub(1)) != Some(&Token::RParen) =>
                 {
-                    Some((2, w(m.toks.start..*head_end), 0))
+                    Some((RUN_DEVICE, w(m.toks.start..*head_end), 0))
                 }
                 _ => None,
             }
@@ -756,9 +783,9 @@ impl<'s> Formatter<'_, 's> {
                 let lines = self.fill(toks, indent, *list, None);
                 self.push_lines(lines, indent);
             }
-            Kind::State { name_end } => {
-                let head = pad(self.join(toks.start..*name_end), pads.first);
-                let lines = self.fill_after(head, *name_end..toks.end, indent, None, None);
+            Kind::Aligned { head_end, .. } => {
+                let head = pad(self.join(toks.start..*head_end), pads.first);
+                let lines = self.fill_after(head, *head_end..toks.end, indent, None, None);
                 self.push_lines(lines, indent);
             }
             Kind::Transition {
@@ -1261,6 +1288,16 @@ mod tests {
                     suspicious -> n          after 5m quiet\n}\n\nsite s {\n    \
                     device a: T         at 10.0.0.1  // one\n    device long_name: T at 10.0.0.2\n    \
                     device c: T(p = 1) at 10.0.0.3\n}\n";
+        assert_eq!(stable(src), want);
+    }
+
+    #[test]
+    fn telemetry_fields_and_publish_lines_are_aligned() {
+        let src = "device type P {\n  telemetry \"t\" json {\n    power = A.B\n    online = true\n  }\n  \
+                   command on publish \"c\" \"1\"\n  command off publish \"c\" \"0\"\n}\n";
+        let want = "device type P {\n    telemetry \"t\" json {\n        power  = A.B\n        \
+                    online = true\n    }\n    command on  publish \"c\" \"1\"\n    \
+                    command off publish \"c\" \"0\"\n}\n";
         assert_eq!(stable(src), want);
     }
 
