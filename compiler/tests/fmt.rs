@@ -519,3 +519,13 @@ fn a_missing_file_is_a_usage_error() {
     let o = kalkic(&["fmt", "--check", "no/such/file.kalki"]);
     assert_eq!(code(&o), 2);
 }
+
+#[test]
+fn help_documents_exit_codes() {
+    let o = kalkic(&["fmt", "--help"]);
+    assert_eq!(code(&o), 0);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("Exit codes"), "{out}");
+    assert!(out.contains("1  with --check"), "{out}");
+    assert!(out.contains("--check"), "{out}");
+}
