@@ -1049,7 +1049,10 @@ impl<'s> Formatter<'_, 's> {
         };
         let port_brace = |j: usize| self.port_braces.binary_search(&j).is_ok();
         match (prev, next) {
-            (Dot | ColonColon | DotDot | LParen | LBracket, _) => false,
+            // `at 10.0.1.10.. mac ...`: a counted address's `..` ends the attribute.
+            (DotDot, Int(_) | TimeOfDay(_) | Minus) => false,
+            (DotDot, _) => true,
+            (Dot | ColonColon | LParen | LBracket, _) => false,
             (_, Dot | ColonColon | DotDot | Comma | Colon | RParen | RBracket) => false,
             (LBrace, RBrace) => false,
             (LBrace, _) => {
@@ -1319,6 +1322,15 @@ mod tests {
                     c.zzzzzzzzzzzzzzzzzzzzzzzzzzzzzz > 3\n             \
                     or d.w > 4 and (e.v or f.uuuuuuuuuuuuuuuuuuuuuuuuuu)\n        then a.off, b.off\n}\n";
         assert_eq!(out, want);
+    }
+
+    #[test]
+    fn counted_addresses_keep_a_space_after_their_dots() {
+        let src =
+            "site s {\n  device p[1..3]: T at 10.0.0.1.. mac 02:00:00:00:00:01.. port \"p\"\n}\n";
+        let want =
+            "site s {\n    device p[1..3]: T at 10.0.0.1.. mac 02:00:00:00:00:01.. port \"p\"\n}\n";
+        assert_eq!(stable(src), want);
     }
 
     #[test]
