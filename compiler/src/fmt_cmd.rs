@@ -58,8 +58,8 @@ pub fn run(args: &FmtArgs) -> Exit {
     }
     let mut sources = Sources::default();
     let mut diags: Vec<Diagnostic> = Vec::new();
-    let mut changed = false;
-    let mut failed = false;
+    let (mut changed, mut failed, mut io_error) = (false, false, false);
+    // An unreadable or unwritable file does not stop the others.
     for path in &files {
         match one(path, args.check, &mut sources, &mut diags) {
             Ok(Outcome::Unchanged) => {}
@@ -67,14 +67,16 @@ pub fn run(args: &FmtArgs) -> Exit {
             Ok(Outcome::Refused) => failed = true,
             Err(why) => {
                 eprintln!("error[{}]: {why}", codes::UNREADABLE);
-                return Exit::Usage;
+                io_error = true;
             }
         }
     }
     if !diags.is_empty() && report(args, &sources, &diags).is_err() {
         return Exit::Usage;
     }
-    if failed || (args.check && changed) {
+    if io_error {
+        Exit::Usage
+    } else if failed || (args.check && changed) {
         Exit::PolicyErrors
     } else {
         Exit::Ok

@@ -515,9 +515,16 @@ fn a_syntax_error_is_reported_and_the_file_left_byte_for_byte() {
 }
 
 #[test]
-fn a_missing_file_is_a_usage_error() {
+fn a_missing_file_is_a_usage_error_and_the_others_are_still_formatted() {
     let o = kalkic(&["fmt", "--check", "no/such/file.kalki"]);
     assert_eq!(code(&o), 2);
+    let dir = TempDir::new("fmt-missing");
+    let messy = dir.write("messy.kalki", MESSY);
+    let missing = dir.path().join("missing.kalki");
+    let o = kalkic(&["fmt", missing.to_str().unwrap(), messy.to_str().unwrap()]);
+    assert_eq!(code(&o), 2);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing.kalki"));
+    assert_eq!(std::fs::read_to_string(&messy).unwrap(), TIDY);
 }
 
 #[test]
