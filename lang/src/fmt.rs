@@ -1352,10 +1352,6 @@ mod tests {
             let once = fmt(&src);
             assert!(same_tokens_and_comments(&src, &once), "{name}");
             let twice = fmt(&once);
-            if let Ok(dir) = std::env::var("KALKI_FMT_DUMP") {
-                let base = name.replace('/', "_");
-                std::fs::write(format!("{dir}/{base}"), &once).unwrap();
-            }
             assert_eq!(once, twice, "{name} is not stable");
         }
     }
