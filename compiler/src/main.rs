@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod explain_cmd;
+mod fmt_cmd;
 
 /// Exit codes, as documented in `--help`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +54,10 @@ enum Command {
     /// sets and container manifests. Nothing is written when the policy has errors.
     #[command(after_help = EXIT_HELP)]
     Build(BuildArgs),
+    /// Rewrite policy files in the canonical layout (docs/tools/fmt.md); with `--check`,
+    /// write nothing and print what would change.
+    #[command(after_help = fmt_cmd::FMT_HELP)]
+    Fmt(fmt_cmd::FmtArgs),
     /// Explain a diagnostic code (K of kalkic, S of kalki-shim): what it means, an example
     /// that triggers it, and how to fix it. `--list` lists every code.
     Explain(explain_cmd::ExplainArgs),
@@ -197,6 +202,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => run_verify(&args),
         Command::Graph(args) => run_graph(&args),
         Command::Build(args) => run_build(&args),
+        Command::Fmt(args) => fmt_cmd::run(&args),
         Command::Explain(args) => explain_cmd::run(&args),
         Command::Init(args) => run_init(&args),
         Command::Completions { shell } => {

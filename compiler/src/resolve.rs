@@ -186,22 +186,7 @@ fn add_module(
         text,
     });
     for e in &parsed.errors {
-        let mut d = Diagnostic::error(e.code.code(), e.message.clone())
-            .primary(Loc::new(source, e.span), "here");
-        if !e.expected.is_empty() {
-            let shown: Vec<&str> = e.expected.iter().take(12).map(String::as_str).collect();
-            let more = if e.expected.len() > shown.len() {
-                ", ..."
-            } else {
-                ""
-            };
-            d = d.help(if e.expected.len() == 1 {
-                format!("expected {}", shown.join(""))
-            } else {
-                format!("expected one of {}{more}", shown.join(", "))
-            });
-        }
-        diags.push(d);
+        diags.push(syntax_diagnostic(source, e));
     }
     p.syntax_errors |= !parsed.errors.is_empty();
     p.modules.push(Module {
@@ -406,4 +391,24 @@ fn build_scopes(p: &mut Program, diags: &mut Diagnostics) {
         }
         p.scopes[m] = scope;
     }
+}
+
+/// A syntax error as a diagnostic (also used by `kalkic fmt`, which refuses such files).
+pub fn syntax_diagnostic(source: SourceId, e: &kalki_lang::SyntaxError) -> Diagnostic {
+    let mut d = Diagnostic::error(e.code.code(), e.message.clone())
+        .primary(Loc::new(source, e.span), "here");
+    if !e.expected.is_empty() {
+        let shown: Vec<&str> = e.expected.iter().take(12).map(String::as_str).collect();
+        let more = if e.expected.len() > shown.len() {
+            ", ..."
+        } else {
+            ""
+        };
+        d = d.help(if e.expected.len() == 1 {
+            format!("expected {}", shown.join(""))
+        } else {
+            format!("expected one of {}{more}", shown.join(", "))
+        });
+    }
+    d
 }

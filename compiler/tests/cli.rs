@@ -282,6 +282,13 @@ fn init_writes_a_starter_that_verifies_and_builds() {
     let policy = dir.join("site.kalki");
     let text = std::fs::read_to_string(&policy).unwrap();
     assert!(text.contains("site lab {"), "{text}");
+    let o = kalkic(&["fmt", "--check", dir_s]);
+    assert_eq!(
+        code(&o),
+        0,
+        "the starter is in the canonical layout: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
 
     let o = kalkic(&["verify", "--color", "never", dir_s]);
     let err = String::from_utf8_lossy(&o.stderr);

@@ -5,7 +5,9 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod ast;
+pub mod fmt;
 pub mod lexer;
 pub mod parser;
 
+pub use fmt::format;
 pub use parser::{parse, Parsed, SyntaxCode, SyntaxError};

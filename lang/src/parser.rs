@@ -269,6 +269,11 @@ const SOFT_KEYWORDS: &[&str] = &[
     "tagged",
 ];
 
+/// Whether a keyword is one the grammar also accepts as a name.
+pub(crate) fn is_soft_keyword(text: &str) -> bool {
+    SOFT_KEYWORDS.contains(&text)
+}
+
 // ---- helpers used by grammar actions
 
 pub(crate) fn bin(op: BinOp, a: Expr, b: Expr, l: usize, r: usize) -> Expr {
