@@ -1,0 +1,947 @@
+//! What the server knows about the text: one checked program (the open document and
+//! everything it imports) and, over its syntax trees, every name written in a module with
+//! what it refers to. Hover, go to definition and completion are look-ups in this; it
+//! reads the trees the checker built and never re-parses.
+
+use kalki_compiler::ir::Loc;
+use kalki_compiler::resolve::{ItemRef, Program};
+use kalki_compiler::Checked;
+use kalki_lang::ast::{
+    self, DeviceMember, Expr, ExprKind, GroupMembers, ImportNames, Item, SiteMember, Span,
+    UmboxMember,
+};
+use std::fmt::Write as _;
+
+/// One check of an open document: the compiler's results and its resolved modules.
+pub struct Analysis {
+    pub checked: Checked,
+    pub program: Program,
+}
+
+/// What a name refers to. Indices are modules of [`Analysis::program`] and items or
+/// members of their syntax trees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Module(usize),
+    Umbox(usize, usize),
+    DeviceType(usize, usize),
+    Site(usize, usize),
+    Device {
+        m: usize,
+        site: usize,
+        member: usize,
+    },
+    Group {
+        m: usize,
+        site: usize,
+        member: usize,
+    },
+    State {
+        m: usize,
+        ty: usize,
+        name: String,
+    },
+    Sensed {
+        m: usize,
+        ty: usize,
+        name: String,
+    },
+}
+
+/// Where names are read in an expression: a device type's guard or a site's condition.
+#[derive(Clone, Copy)]
+enum Ctx {
+    Type(usize, usize),
+    Site(usize, usize),
+}
+
+impl Analysis {
+    /// The module read from this file (canonical path), if it was read.
+    pub fn module_of(&self, path: &std::path::Path) -> Option<usize> {
+        self.program
+            .modules
+            .iter()
+            .position(|m| matches!(&m.origin, kalki_compiler::source::Origin::File(p) if p == path))
+    }
+
+    fn ast(&self, m: usize) -> Option<&ast::File> {
+        self.program.modules.get(m).map(|module| &module.ast)
+    }
+
+    pub fn text(&self, m: usize) -> &str {
+        self.program
+            .modules
+            .get(m)
+            .map_or("", |module| &self.checked.sources.get(module.source).text)
+    }
+
+    fn slice(&self, m: usize, span: Span) -> &str {
+        self.text(m).get(span.start..span.end).unwrap_or("")
+    }
+
+    fn item_target(r: ItemRef) -> Option<Target> {
+        match r {
+            ItemRef::Umbox(a, b) => Some(Target::Umbox(a, b)),
+            ItemRef::DeviceType(a, b) => Some(Target::DeviceType(a, b)),
+            ItemRef::Site(a, b) => Some(Target::Site(a, b)),
+            ItemRef::Poisoned => None,
+        }
+    }
+
+    /// A top-level name as module `m` sees it (declared or imported).
+    fn in_scope(&self, m: usize, name: &str) -> Option<Target> {
+        let (r, _) = self.program.scopes.get(m)?.names.get(name)?;
+        Self::item_target(*r)
+    }
+
+    /// An item module `m` itself declares.
+    fn declared(&self, m: usize, name: &str) -> Option<Target> {
+        self.ast(m)?
+            .items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| match item {
+                Item::Umbox(u) if u.name.name == name => Some(Target::Umbox(m, i)),
+                Item::DeviceType(t) if t.name.name == name => Some(Target::DeviceType(m, i)),
+                Item::Site(s) if s.name.name == name => Some(Target::Site(m, i)),
+                _ => None,
+            })
+    }
+
+    pub fn device_type(&self, m: usize, i: usize) -> Option<&ast::DeviceType> {
+        match self.ast(m)?.items.get(i)? {
+            Item::DeviceType(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn umbox(&self, m: usize, i: usize) -> Option<&ast::Umbox> {
+        match self.ast(m)?.items.get(i)? {
+            Item::Umbox(u) => Some(u),
+            _ => None,
+        }
+    }
+
+    pub fn site(&self, m: usize, i: usize) -> Option<&ast::Site> {
+        match self.ast(m)?.items.get(i)? {
+            Item::Site(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn device_decl(&self, m: usize, site: usize, member: usize) -> Option<&ast::DeviceDecl> {
+        match self.site(m, site)?.members.get(member)? {
+            SiteMember::Device(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    /// A device of a site by name: `cam`, or `plug7` of `device plug[1..30]`.
+    fn device(&self, m: usize, site: usize, name: &str) -> Option<Target> {
+        let s = self.site(m, site)?;
+        s.members.iter().enumerate().find_map(|(member, x)| {
+            let SiteMember::Device(d) = x else {
+                return None;
+            };
+            let hit = d.name.name == name
+                || d.range.is_some_and(|(lo, hi, _)| {
+                    name.strip_prefix(d.name.name.as_str())
+                        .and_then(|n| n.parse::<i64>().ok())
+                        .is_some_and(|n| (lo..=hi).contains(&n))
+                });
+            hit.then_some(Target::Device { m, site, member })
+        })
+    }
+
+    fn group(&self, m: usize, site: usize, name: &str) -> Option<Target> {
+        let s = self.site(m, site)?;
+        s.members
+            .iter()
+            .enumerate()
+            .find_map(|(member, x)| match x {
+                SiteMember::Group(g) if g.name.name == name => {
+                    Some(Target::Group { m, site, member })
+                }
+                _ => None,
+            })
+    }
+
+    /// The device type of a device, as its module sees the name.
+    pub fn type_of_device(&self, m: usize, site: usize, member: usize) -> Option<(usize, usize)> {
+        let d = self.device_decl(m, site, member)?;
+        match self.in_scope(m, &d.ty.name)? {
+            Target::DeviceType(a, b) => Some((a, b)),
+            _ => None,
+        }
+    }
+
+    pub fn states(&self, m: usize, ty: usize) -> Vec<&ast::Ident> {
+        let Some(t) = self.device_type(m, ty) else {
+            return Vec::new();
+        };
+        t.members
+            .iter()
+            .filter_map(|x| match x {
+                DeviceMember::States(s, _) => Some(s.iter()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    fn state(&self, (m, ty): (usize, usize), name: &str) -> Option<Target> {
+        self.states(m, ty)
+            .iter()
+            .any(|s| s.name == name)
+            .then(|| Target::State {
+                m,
+                ty,
+                name: name.to_string(),
+            })
+    }
+
+    fn sensed(&self, (m, ty): (usize, usize), name: &str) -> Option<Target> {
+        self.device_type(m, ty)?
+            .members
+            .iter()
+            .any(|x| matches!(x, DeviceMember::Sensed { name: n, .. } if n.name == name))
+            .then(|| Target::Sensed {
+                m,
+                ty,
+                name: name.to_string(),
+            })
+    }
+
+    /// Where a target is declared.
+    pub fn definition(&self, t: &Target) -> Option<Loc> {
+        let (m, span) = match t {
+            Target::Module(m) => (*m, Span::new(0, 0)),
+            Target::Umbox(m, i) => (*m, self.umbox(*m, *i)?.name.span),
+            Target::DeviceType(m, i) => (*m, self.device_type(*m, *i)?.name.span),
+            Target::Site(m, i) => (*m, self.site(*m, *i)?.name.span),
+            Target::Device { m, site, member } => {
+                (*m, self.device_decl(*m, *site, *member)?.name.span)
+            }
+            Target::Group { m, site, member } => {
+                match self.site(*m, *site)?.members.get(*member)? {
+                    SiteMember::Group(g) => (*m, g.name.span),
+                    _ => return None,
+                }
+            }
+            Target::State { m, ty, name } => (
+                *m,
+                self.states(*m, *ty)
+                    .into_iter()
+                    .find(|s| &s.name == name)?
+                    .span,
+            ),
+            Target::Sensed { m, ty, name } => (
+                *m,
+                self.device_type(*m, *ty)?
+                    .members
+                    .iter()
+                    .find_map(|x| match x {
+                        DeviceMember::Sensed { name: n, .. } if &n.name == name => Some(n.span),
+                        _ => None,
+                    })?,
+            ),
+        };
+        let source = self.program.modules.get(m)?.source;
+        Some(Loc::new(source, span))
+    }
+
+    /// Every name written in module `m` that refers to something, with what it refers
+    /// to, declarations included.
+    pub fn occurrences(&self, m: usize) -> Vec<(Span, Target)> {
+        let mut out = Vec::new();
+        let Some(module) = self.program.modules.get(m) else {
+            return out;
+        };
+        for (imp, target) in &module.imports {
+            let Some(t) = *target else { continue };
+            if let Some((a, b)) = imp.module.first().zip(imp.module.last()) {
+                out.push((a.span.to(b.span), Target::Module(t)));
+            }
+            if let ImportNames::Some(names) = &imp.names {
+                for n in names {
+                    if let Some(x) = self.declared(t, &n.name) {
+                        out.push((n.span, x));
+                    }
+                }
+            }
+        }
+        for (i, item) in module.ast.items.iter().enumerate() {
+            match item {
+                Item::Import(_) => {}
+                Item::Umbox(u) => out.push((u.name.span, Target::Umbox(m, i))),
+                Item::DeviceType(t) => self.type_refs(m, i, t, &mut out),
+                Item::Site(s) => self.site_refs(m, i, s, &mut out),
+            }
+        }
+        out
+    }
+
+    fn type_refs(&self, m: usize, i: usize, t: &ast::DeviceType, out: &mut Vec<(Span, Target)>) {
+        out.push((t.name.span, Target::DeviceType(m, i)));
+        let state = |id: &ast::Ident, out: &mut Vec<(Span, Target)>| {
+            if let Some(x) = self.state((m, i), &id.name) {
+                out.push((id.span, x));
+            }
+        };
+        for x in &t.members {
+            match x {
+                DeviceMember::Sensed { name, .. } => {
+                    if let Some(s) = self.sensed((m, i), &name.name) {
+                        out.push((name.span, s));
+                    }
+                }
+                DeviceMember::States(list, _) | DeviceMember::Final(list, _) => {
+                    list.iter().for_each(|s| state(s, out));
+                }
+                DeviceMember::Initial(s) => state(s, out),
+                DeviceMember::StateBlock(b) => {
+                    state(&b.state, out);
+                    for e in b.chain.iter().flat_map(|c| &c.entries) {
+                        if let Some(u) = self.in_scope(m, &e.umbox.name) {
+                            out.push((e.umbox.span, u));
+                        }
+                    }
+                }
+                DeviceMember::Transition(tr) => {
+                    state(&tr.from, out);
+                    state(&tr.to, out);
+                    if let ast::Trigger::When { cond, .. } = &tr.trigger {
+                        self.expr_refs(cond, Ctx::Type(m, i), out);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn site_refs(&self, m: usize, si: usize, s: &ast::Site, out: &mut Vec<(Span, Target)>) {
+        out.push((s.name.span, Target::Site(m, si)));
+        let device = |id: &ast::Ident, out: &mut Vec<(Span, Target)>| {
+            let x = self.device(m, si, &id.name)?;
+            out.push((id.span, x.clone()));
+            match x {
+                Target::Device { member, .. } => self.type_of_device(m, si, member),
+                _ => None,
+            }
+        };
+        let state_of = |ty: Option<(usize, usize)>, id: &ast::Ident, out: &mut Vec<_>| {
+            if let Some(x) = ty.and_then(|ty| self.state(ty, &id.name)) {
+                out.push((id.span, x));
+            }
+        };
+        for (member, x) in s.members.iter().enumerate() {
+            match x {
+                SiteMember::Device(d) => {
+                    out.push((
+                        d.name.span,
+                        Target::Device {
+                            m,
+                            site: si,
+                            member,
+                        },
+                    ));
+                    if let Some(t) = self.in_scope(m, &d.ty.name) {
+                        out.push((d.ty.span, t));
+                    }
+                }
+                SiteMember::Group(g) => {
+                    out.push((
+                        g.name.span,
+                        Target::Group {
+                            m,
+                            site: si,
+                            member,
+                        },
+                    ));
+                    match &g.members {
+                        GroupMembers::OfType(t) => {
+                            if let Some(x) = self.in_scope(m, &t.name) {
+                                out.push((t.span, x));
+                            }
+                        }
+                        GroupMembers::Listed(ds) => {
+                            for d in ds {
+                                device(d, out);
+                            }
+                        }
+                    }
+                }
+                SiteMember::Rule(r) => {
+                    if let Some((_, g)) = &r.each {
+                        if let Some(x) = self.group(m, si, &g.name) {
+                            out.push((g.span, x));
+                        }
+                    }
+                    self.expr_refs(&r.cond, Ctx::Site(m, si), out);
+                    for a in &r.actions {
+                        match a {
+                            ast::Action::Goto {
+                                device: d, state, ..
+                            }
+                            | ast::Action::Escalate {
+                                device: d, state, ..
+                            } => {
+                                let ty = device(d, out);
+                                state_of(ty, state, out);
+                            }
+                            ast::Action::Command { device: d, .. }
+                            | ast::Action::Raise { device: d, .. } => {
+                                device(d, out);
+                            }
+                        }
+                    }
+                }
+                SiteMember::Assert(a) => self.expr_refs(&a.cond, Ctx::Site(m, si), out),
+                SiteMember::TrafficAssert(a) => {
+                    let ty = device(&a.device, out);
+                    for st in &a.states {
+                        state_of(ty, st, out);
+                    }
+                }
+                SiteMember::Bridge { .. } | SiteMember::UnknownHosts(..) => {}
+            }
+        }
+    }
+
+    /// Names in an expression; iterative, as conditions may nest deeply.
+    fn expr_refs(&self, e: &Expr, ctx: Ctx, out: &mut Vec<(Span, Target)>) {
+        let mut stack = vec![e];
+        while let Some(e) = stack.pop() {
+            match (&e.kind, ctx) {
+                (ExprKind::Name(id), Ctx::Type(m, t)) => {
+                    out.extend(self.sensed((m, t), &id.name).map(|x| (id.span, x)));
+                }
+                (ExprKind::Name(id), Ctx::Site(m, s)) => {
+                    out.extend(self.device(m, s, &id.name).map(|x| (id.span, x)));
+                }
+                (ExprKind::Field(d, v), Ctx::Site(m, s))
+                | (ExprKind::InState(d, v), Ctx::Site(m, s)) => {
+                    let Some(x) = self.device(m, s, &d.name) else {
+                        continue;
+                    };
+                    out.push((d.span, x.clone()));
+                    let Target::Device { member, .. } = x else {
+                        continue;
+                    };
+                    let Some(ty) = self.type_of_device(m, s, member) else {
+                        continue;
+                    };
+                    let found = if matches!(e.kind, ExprKind::Field(..)) {
+                        self.sensed(ty, &v.name)
+                    } else {
+                        self.state(ty, &v.name)
+                    };
+                    out.extend(found.map(|x| (v.span, x)));
+                }
+                (ExprKind::Aggregate { arg, .. }, _) | (ExprKind::Unary(_, arg), _) => {
+                    stack.push(arg);
+                }
+                (ExprKind::Quantified { body, group, .. }, _) => {
+                    if let Ctx::Site(m, s) = ctx {
+                        out.extend(self.group(m, s, &group.name).map(|x| (group.span, x)));
+                    }
+                    stack.push(body);
+                }
+                (ExprKind::Binary(_, a, b), _) => {
+                    stack.push(a);
+                    stack.push(b);
+                }
+                (ExprKind::Expanded { terms, .. }, _) => stack.extend(terms.iter()),
+                _ => {}
+            }
+        }
+    }
+
+    /// The name at a byte offset of module `m` (the cursor may sit just after it).
+    pub fn at(&self, m: usize, offset: usize) -> Option<(Span, Target)> {
+        self.occurrences(m)
+            .into_iter()
+            .filter(|(s, _)| s.start <= offset && offset <= s.end)
+            .min_by_key(|(s, _)| s.len())
+    }
+
+    /// Markdown describing a target.
+    pub fn hover(&self, t: &Target) -> Option<String> {
+        let mut out = String::new();
+        match t {
+            Target::Module(m) => {
+                let module = self.program.modules.get(*m)?;
+                let name = &self.checked.sources.get(module.source).name;
+                let _ = write!(out, "module `{name}`");
+            }
+            Target::DeviceType(m, i) => self.hover_type(*m, *i, &mut out)?,
+            Target::Umbox(m, i) => self.hover_umbox(*m, *i, &mut out)?,
+            Target::Site(m, i) => {
+                let s = self.site(*m, *i)?;
+                let devices = s
+                    .members
+                    .iter()
+                    .filter(|x| matches!(x, SiteMember::Device(_)))
+                    .count();
+                let _ = write!(
+                    out,
+                    "```kalki\nsite {}\n```\n{devices} device declarations",
+                    s.name.name
+                );
+            }
+            Target::Device { m, site, member } => {
+                let d = self.device_decl(*m, *site, *member)?;
+                let _ = writeln!(out, "```kalki\n{}\n```", self.slice(*m, d.span).trim());
+                if let Some((tm, ti)) = self.type_of_device(*m, *site, *member) {
+                    let names: Vec<String> = self
+                        .states(tm, ti)
+                        .iter()
+                        .map(|s| format!("`{}`", s.name))
+                        .collect();
+                    let _ = write!(
+                        out,
+                        "device of type `{}`; states {}",
+                        d.ty.name,
+                        names.join(" < ")
+                    );
+                }
+            }
+            Target::Group { m, site, member } => {
+                let SiteMember::Group(g) = self.site(*m, *site)?.members.get(*member)? else {
+                    return None;
+                };
+                let _ = write!(out, "```kalki\n{}\n```", self.slice(*m, g.span).trim());
+            }
+            Target::State { m, ty, name } => {
+                let t = self.device_type(*m, *ty)?;
+                let states = self.states(*m, *ty);
+                let pos = states.iter().position(|s| &s.name == name)?;
+                let _ = writeln!(
+                    out,
+                    "state `{name}` of `{}` ({} of {} in posture order, least restrictive first)",
+                    t.name.name,
+                    pos + 1,
+                    states.len()
+                );
+                if let Some(chain) = self.chain_text(*m, t, name) {
+                    let _ = write!(out, "\n```kalki\nchain {chain}\n```");
+                }
+            }
+            Target::Sensed { m, ty, name } => {
+                let t = self.device_type(*m, *ty)?;
+                let span = t.members.iter().find_map(|x| match x {
+                    DeviceMember::Sensed { name: n, span, .. } if &n.name == name => Some(*span),
+                    _ => None,
+                })?;
+                let _ = write!(
+                    out,
+                    "```kalki\n{}\n```\nsensed by `{}`",
+                    self.slice(*m, span).trim(),
+                    t.name.name
+                );
+            }
+        }
+        Some(out)
+    }
+
+    fn chain_text(&self, m: usize, t: &ast::DeviceType, state: &str) -> Option<String> {
+        t.members.iter().find_map(|x| match x {
+            DeviceMember::StateBlock(b) if b.state.name == state => b
+                .chain
+                .as_ref()
+                .map(|c| squash(self.slice(m, c.span).trim_start_matches("chain").trim())),
+            _ => None,
+        })
+    }
+
+    fn hover_type(&self, m: usize, i: usize, out: &mut String) -> Option<()> {
+        let t = self.device_type(m, i)?;
+        let _ = writeln!(out, "```kalki\ndevice type {}\n```", t.name.name);
+        let _ = writeln!(out, "states, least restrictive first:\n");
+        for s in self.states(m, i) {
+            let chain = self
+                .chain_text(m, t, &s.name)
+                .unwrap_or_else(|| "no chain".to_string());
+            let _ = writeln!(out, "- `{}`: `{chain}`", s.name);
+        }
+        let mut sensed = Vec::new();
+        let mut commands = Vec::new();
+        let mut alerts = Vec::new();
+        for x in &t.members {
+            match x {
+                DeviceMember::Sensed { span, .. } => {
+                    sensed.push(format!("`{}`", squash(self.slice(m, *span))));
+                }
+                DeviceMember::Commands(c, _) | DeviceMember::LoweringCommands(c, _) => {
+                    commands.extend(c.iter().map(|c| format!("`{}`", c.name)));
+                }
+                DeviceMember::Publish(p) => commands.push(format!("`{}`", p.command.name)),
+                DeviceMember::Alerts(a, _) => {
+                    alerts.extend(a.iter().map(|a| format!("`{}`", a.name)))
+                }
+                _ => {}
+            }
+        }
+        for (what, list) in [
+            ("sensed", sensed),
+            ("commands", commands),
+            ("alerts", alerts),
+        ] {
+            if !list.is_empty() {
+                let _ = write!(out, "\n{what}: {}\n", list.join(", "));
+            }
+        }
+        Some(())
+    }
+
+    fn hover_umbox(&self, m: usize, i: usize, out: &mut String) -> Option<()> {
+        let u = self.umbox(m, i)?;
+        let _ = writeln!(out, "```kalki\numbox {}\n```", u.name.name);
+        let mut params = Vec::new();
+        let mut rest = Vec::new();
+        for x in &u.members {
+            match x {
+                UmboxMember::Param(p) => {
+                    params.push(format!("- `{}`", squash(self.slice(m, p.span))))
+                }
+                UmboxMember::Emits(e, _) => {
+                    let names: Vec<String> = e.iter().map(|e| format!("`{}`", e.name)).collect();
+                    rest.push(format!("emits {}", names.join(", ")));
+                }
+                UmboxMember::Mode(id) => rest.push(format!("mode `{}`", id.name)),
+                UmboxMember::Traffic(t) => {
+                    rest.push(format!("```kalki\n{}\n```", self.slice(m, t.span).trim()));
+                }
+                _ => {}
+            }
+        }
+        if params.is_empty() {
+            let _ = writeln!(out, "no parameters");
+        } else {
+            let _ = writeln!(out, "parameters:\n\n{}", params.join("\n"));
+        }
+        for r in rest {
+            let _ = write!(out, "\n{r}\n");
+        }
+        Some(())
+    }
+}
+
+/// Source text on one line: runs of whitespace become one space.
+fn squash(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// What a completion offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Keyword,
+    DeviceType,
+    Umbox,
+    Site,
+    Device,
+    Group,
+    State,
+    Sensed,
+    Command,
+    Alert,
+}
+
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub label: String,
+    pub kind: Kind,
+    pub detail: String,
+}
+
+/// The keywords of the language, as `lang/src/lexer.rs` spells them (a test holds the
+/// two together).
+pub const KEYWORDS: &[&str] = &[
+    "import",
+    "umbox",
+    "image",
+    "args",
+    "env",
+    "param",
+    "emits",
+    "mode",
+    "traffic",
+    "secret",
+    "pass",
+    "drop",
+    "answer",
+    "authenticate",
+    "from",
+    "to",
+    "with",
+    "device",
+    "type",
+    "sensed",
+    "telemetry",
+    "group",
+    "tagged",
+    "command",
+    "publish",
+    "map",
+    "round",
+    "commands",
+    "lowering",
+    "alerts",
+    "states",
+    "initial",
+    "final",
+    "chain",
+    "on",
+    "count",
+    "within",
+    "when",
+    "for",
+    "after",
+    "quiet",
+    "silent",
+    "operator",
+    "site",
+    "bridge",
+    "uplink",
+    "unknown",
+    "hosts",
+    "at",
+    "mac",
+    "port",
+    "trusted",
+    "rule",
+    "then",
+    "raise",
+    "escalate",
+    "assert",
+    "reachable",
+    "never",
+    "and",
+    "or",
+    "not",
+    "in",
+    "last",
+    "clock",
+    "true",
+    "false",
+    "bool",
+    "int",
+    "enum",
+    "string",
+    "duration",
+];
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// The name that ends just before `end` (skipping spaces), and where it starts.
+fn word_before(text: &str, end: usize) -> (&str, usize) {
+    let trimmed = text[..end].trim_end();
+    let start = trimmed
+        .char_indices()
+        .rev()
+        .take_while(|(_, c)| is_name_char(*c))
+        .last()
+        .map_or(trimmed.len(), |(i, _)| i);
+    (&trimmed[start..], start)
+}
+
+impl Analysis {
+    /// Completions at a byte offset of the document read as module `m` (`None`: the
+    /// document is not in the analysis; only keywords then). What is offered depends on
+    /// what is cheap to know from the text before the cursor: after `dev.`, the device
+    /// type's sensed variables and commands; after `dev ->`, `dev in`, `escalate dev to`
+    /// or a transition's `->`, states; elsewhere every name in scope and the keywords.
+    pub fn complete(&self, m: Option<usize>, text: &str, offset: usize) -> Vec<Candidate> {
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let (_, start) = word_before(text, offset);
+        let start = if text[start..offset].chars().all(is_name_char) {
+            start
+        } else {
+            offset
+        };
+        let before = text[..start].trim_end();
+        let mut out = Vec::new();
+        let Some(m) = m else {
+            keywords(&mut out);
+            return out;
+        };
+        // The device type or site the cursor is in.
+        let inside = self.ast(m).and_then(|f| {
+            f.items.iter().enumerate().find_map(|(i, item)| match item {
+                Item::DeviceType(t) if t.span.start <= offset && offset <= t.span.end => {
+                    Some(Ctx::Type(m, i))
+                }
+                Item::Site(s) if s.span.start <= offset && offset <= s.span.end => {
+                    Some(Ctx::Site(m, i))
+                }
+                _ => None,
+            })
+        });
+        let device_type = |name: &str| -> Option<(usize, usize)> {
+            let sites: Vec<usize> = match inside {
+                Some(Ctx::Site(_, s)) => vec![s],
+                _ => (0..self.ast(m).map_or(0, |f| f.items.len())).collect(),
+            };
+            sites
+                .into_iter()
+                .find_map(|s| match self.device(m, s, name)? {
+                    Target::Device { member, .. } => self.type_of_device(m, s, member),
+                    _ => None,
+                })
+        };
+        if let Some(rest) = before.strip_suffix('.') {
+            let (dev, _) = word_before(rest, rest.len());
+            if let Some(ty) = device_type(dev) {
+                self.type_members(ty, &[Kind::Sensed, Kind::Command], &mut out);
+            }
+            return out;
+        }
+        let after_state_word =
+            before.ends_with("->") || [" in", " to"].iter().any(|w| before.ends_with(w));
+        if after_state_word {
+            let head = before.trim_end_matches("->").trim_end();
+            let head = head
+                .strip_suffix("in")
+                .or_else(|| head.strip_suffix("to"))
+                .unwrap_or(head);
+            let (dev, _) = word_before(head, head.len());
+            let ty = device_type(dev).or(match inside {
+                Some(Ctx::Type(a, b)) => Some((a, b)),
+                _ => None,
+            });
+            if let Some(ty) = ty {
+                self.type_members(ty, &[Kind::State], &mut out);
+                return out;
+            }
+        }
+        keywords(&mut out);
+        if let Some(scope) = self.program.scopes.get(m) {
+            let mut names: Vec<(&String, Target)> = scope
+                .names
+                .iter()
+                .filter_map(|(n, (r, _))| Some((n, Self::item_target(*r)?)))
+                .collect();
+            names.sort_by(|a, b| a.0.cmp(b.0));
+            for (name, t) in names {
+                let kind = match t {
+                    Target::Umbox(..) => Kind::Umbox,
+                    Target::DeviceType(..) => Kind::DeviceType,
+                    _ => Kind::Site,
+                };
+                let detail = match kind {
+                    Kind::Umbox => "µmbox",
+                    Kind::DeviceType => "device type",
+                    _ => "site",
+                };
+                out.push(Candidate {
+                    label: name.clone(),
+                    kind,
+                    detail: detail.into(),
+                });
+            }
+        }
+        match inside {
+            Some(Ctx::Type(a, b)) => self.type_members(
+                (a, b),
+                &[Kind::State, Kind::Sensed, Kind::Command, Kind::Alert],
+                &mut out,
+            ),
+            Some(Ctx::Site(_, s)) => self.site_members(m, s, &mut out),
+            None => {}
+        }
+        out
+    }
+
+    fn type_members(&self, (m, ty): (usize, usize), kinds: &[Kind], out: &mut Vec<Candidate>) {
+        let Some(t) = self.device_type(m, ty) else {
+            return;
+        };
+        let of = format!("of `{}`", t.name.name);
+        let mut push = |kind: Kind, id: &ast::Ident, what: &str| {
+            if kinds.contains(&kind) && !out.iter().any(|c| c.label == id.name && c.kind == kind) {
+                out.push(Candidate {
+                    label: id.name.clone(),
+                    kind,
+                    detail: format!("{what} {of}"),
+                });
+            }
+        };
+        for s in self.states(m, ty) {
+            push(Kind::State, s, "state");
+        }
+        for x in &t.members {
+            match x {
+                DeviceMember::Sensed { name, .. } => push(Kind::Sensed, name, "sensed"),
+                DeviceMember::Commands(c, _) | DeviceMember::LoweringCommands(c, _) => {
+                    c.iter().for_each(|c| push(Kind::Command, c, "command"));
+                }
+                DeviceMember::Publish(p) => push(Kind::Command, &p.command, "command"),
+                DeviceMember::Alerts(a, _) => a.iter().for_each(|a| push(Kind::Alert, a, "alert")),
+                DeviceMember::Transition(tr) => {
+                    if let ast::Trigger::Alert { alert, .. } = &tr.trigger {
+                        push(Kind::Alert, alert, "alert");
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn site_members(&self, m: usize, s: usize, out: &mut Vec<Candidate>) {
+        let Some(site) = self.site(m, s) else {
+            return;
+        };
+        for x in &site.members {
+            match x {
+                SiteMember::Device(d) => out.push(Candidate {
+                    label: d.name.name.clone(),
+                    kind: Kind::Device,
+                    detail: format!("device: {}", d.ty.name),
+                }),
+                SiteMember::Group(g) => out.push(Candidate {
+                    label: g.name.name.clone(),
+                    kind: Kind::Group,
+                    detail: "group".into(),
+                }),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn keywords(out: &mut Vec<Candidate>) {
+    out.extend(KEYWORDS.iter().map(|k| Candidate {
+        label: (*k).to_string(),
+        kind: Kind::Keyword,
+        detail: "keyword".into(),
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KEYWORDS;
+    use std::collections::BTreeSet;
+
+    /// Every keyword the lexer knows is offered, and nothing else is called one.
+    #[test]
+    fn keywords_are_the_lexers() {
+        let lexer = include_str!("../../../lang/src/lexer.rs");
+        let from_lexer: BTreeSet<&str> = lexer
+            .split("#[token(\"")
+            .skip(1)
+            .filter_map(|s| s.split('"').next())
+            .filter(|w| w.chars().all(|c| c.is_ascii_alphabetic()))
+            .collect();
+        assert!(
+            from_lexer.len() > 50,
+            "read too few keywords: {from_lexer:?}"
+        );
+        let ours: BTreeSet<&str> = KEYWORDS.iter().copied().collect();
+        assert_eq!(ours, from_lexer);
+    }
+}

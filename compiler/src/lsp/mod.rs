@@ -1,0 +1,652 @@
+//! `kalkic lsp`: a language server over standard input and output (tower-lsp-server).
+//!
+//! On every change of an open document it checks (parse, resolve, type-check) each open
+//! document with the editor's unsaved text, and publishes diagnostics for every file
+//! involved; on save it also verifies (Z3) the saved document on a blocking thread under a
+//! time budget, a newer save or edit superseding the run. Hover, go to definition and
+//! completion read the last check's syntax trees ([`index`]). It lives on the binary's
+//! side of the pure core: it reads files, runs threads and a clock, and talks to the
+//! editor, only ever through the LSP transport (standard output is the transport, so
+//! nothing here prints).
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+mod format;
+mod index;
+mod stdfiles;
+mod text;
+
+use index::{Analysis, Kind};
+use kalki_compiler::diag::{self, Severity};
+use kalki_compiler::source::{LoadError, Origin, SourceLoader, Sources};
+use kalki_compiler::verify::solver::{Outcome, Query, Solver};
+use kalki_compiler::verify::{self, codes as vcodes};
+use std::cell::Cell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+use tower_lsp_server::jsonrpc::Result;
+use tower_lsp_server::ls_types::{
+    self as lsp, CompletionItem, CompletionItemKind, CompletionOptions, CompletionParams,
+    CompletionResponse, DiagnosticRelatedInformation, DiagnosticSeverity,
+    DidChangeTextDocumentParams, DidCloseTextDocumentParams, DidOpenTextDocumentParams,
+    DidSaveTextDocumentParams, DocumentFormattingParams, GotoDefinitionParams,
+    GotoDefinitionResponse, Hover, HoverContents, HoverParams, HoverProviderCapability,
+    InitializeParams, InitializeResult, InitializedParams, Location, MarkupContent, MarkupKind,
+    MessageType, NumberOrString, OneOf, PositionEncodingKind, SaveOptions, ServerCapabilities,
+    ServerInfo, TextDocumentSyncCapability, TextDocumentSyncKind, TextDocumentSyncOptions,
+    TextEdit, Uri,
+};
+use tower_lsp_server::{Client, LanguageServer, LspService, Server};
+
+/// The verifier's budget in the editor: smaller than `kalkic verify`'s, so a save answers
+/// in seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// Time limit of each solver query.
+    pub solver_timeout_ms: u32,
+    /// Time limit of a whole verification; queries asked later are not decided.
+    pub verify_budget_ms: u64,
+    /// Largest number of combined device states an assertion search may visit.
+    pub max_states: usize,
+}
+
+/// Serves one editor over standard input and output until it exits.
+pub fn serve(cfg: Config) -> std::result::Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    rt.block_on(async {
+        let (service, socket) = LspService::new(|client| Backend::new(client, cfg));
+        Server::new(tokio::io::stdin(), tokio::io::stdout(), socket)
+            .serve(service)
+            .await;
+    });
+    // A verification still running on a blocking thread is abandoned, not awaited.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    Ok(())
+}
+
+/// An open document, by its canonical path.
+struct Doc {
+    uri: Uri,
+    text: String,
+    version: i32,
+}
+
+#[derive(Default)]
+struct State {
+    docs: HashMap<PathBuf, Doc>,
+    /// The last check of each open document.
+    analyses: HashMap<PathBuf, Arc<Analysis>>,
+    /// The checks' diagnostics, by document.
+    checked: BTreeMap<Uri, Vec<lsp::Diagnostic>>,
+    /// The verifier's findings of the last save, until the next edit.
+    verified: BTreeMap<Uri, Vec<lsp::Diagnostic>>,
+    /// Every document diagnostics were last published for (to clear them).
+    published: HashSet<Uri>,
+}
+
+struct Backend {
+    client: Client,
+    cfg: Config,
+    std_dir: PathBuf,
+    state: Arc<Mutex<State>>,
+    /// Bumped by every edit and save: a verification whose number is no longer current
+    /// stops asking the solver and its findings are dropped.
+    generation: Arc<AtomicU64>,
+}
+
+/// Open documents from memory, everything else from disk.
+struct Overlay {
+    docs: HashMap<PathBuf, String>,
+}
+
+impl SourceLoader for Overlay {
+    fn read_file(&self, path: &Path) -> std::result::Result<String, LoadError> {
+        match self.docs.get(&self.canonical(path)) {
+            Some(text) => Ok(text.clone()),
+            None => crate::FsLoader.read_file(path),
+        }
+    }
+    fn canonical(&self, path: &Path) -> PathBuf {
+        crate::FsLoader.canonical(path)
+    }
+}
+
+/// Where the compiler's sources are for the editor.
+struct Places<'a> {
+    std_dir: &'a Path,
+    open: HashMap<PathBuf, Uri>,
+}
+
+impl Places<'_> {
+    fn uri(&self, origin: &Origin) -> Option<Uri> {
+        match origin {
+            Origin::File(p) => self.open.get(p).cloned().or_else(|| Uri::from_file_path(p)),
+            Origin::Std(name) => Uri::from_file_path(stdfiles::path(self.std_dir, name)),
+        }
+    }
+
+    fn location(&self, sources: &Sources, loc: kalki_compiler::ir::Loc) -> Option<Location> {
+        let f = sources.get(loc.source);
+        Some(Location::new(
+            self.uri(&f.origin)?,
+            text::range(&f.text, loc.span.start, loc.span.end),
+        ))
+    }
+
+    /// Diagnostics by document: every source of the check has an entry (empty when clean),
+    /// so a fixed file is cleared.
+    fn diagnostics(
+        &self,
+        sources: &Sources,
+        diags: &[diag::Diagnostic],
+        root: Option<&Uri>,
+    ) -> BTreeMap<Uri, Vec<lsp::Diagnostic>> {
+        let mut out: BTreeMap<Uri, Vec<lsp::Diagnostic>> = BTreeMap::new();
+        for (_, f) in sources.iter() {
+            if let Some(uri) = self.uri(&f.origin) {
+                out.entry(uri).or_default();
+            }
+        }
+        for d in diags {
+            let main_loc = d.main_loc();
+            let main = main_loc.and_then(|l| self.location(sources, l));
+            let (uri, range) = match (&main, root) {
+                (Some(loc), _) => (loc.uri.clone(), loc.range),
+                (None, Some(root)) => (root.clone(), lsp::Range::default()),
+                (None, None) => continue,
+            };
+            let mut message = d.message.clone();
+            if let Some(label) = d.labels.iter().find(|l| Some(l.loc) == main_loc) {
+                if !label.message.is_empty() && label.message != "here" {
+                    message.push_str(&format!(": {}", label.message));
+                }
+            }
+            if let Some(help) = &d.help {
+                message.push_str(&format!("\nhelp: {help}"));
+            }
+            let related: Vec<DiagnosticRelatedInformation> = d
+                .labels
+                .iter()
+                .filter(|l| Some(l.loc) != main_loc || main.is_none())
+                .filter_map(|l| {
+                    Some(DiagnosticRelatedInformation {
+                        location: self.location(sources, l.loc)?,
+                        message: l.message.clone(),
+                    })
+                })
+                .collect();
+            out.entry(uri).or_default().push(lsp::Diagnostic {
+                range,
+                severity: Some(match d.severity {
+                    Severity::Error => DiagnosticSeverity::ERROR,
+                    Severity::Warning => DiagnosticSeverity::WARNING,
+                }),
+                code: Some(NumberOrString::String(d.code.to_string())),
+                source: Some("kalkic".into()),
+                message,
+                related_information: (!related.is_empty()).then_some(related),
+                ..lsp::Diagnostic::default()
+            });
+        }
+        out
+    }
+}
+
+/// A solver that stops deciding once the budget is spent or a newer edit or save made
+/// the run pointless: queries then come back undecided, which the verifier reports as
+/// K213 and which [`Backend::verify`] leaves out.
+struct Budgeted<'a> {
+    inner: &'a dyn Solver,
+    deadline: Instant,
+    generation: &'a AtomicU64,
+    mine: u64,
+    cut: Cell<bool>,
+}
+
+impl Solver for Budgeted<'_> {
+    fn solve(&self, q: &Query) -> Outcome {
+        if self.generation.load(Ordering::SeqCst) != self.mine {
+            self.cut.set(true);
+            return Outcome::Unknown("superseded by a newer edit".into());
+        }
+        if Instant::now() >= self.deadline {
+            self.cut.set(true);
+            return Outcome::Unknown("the editor's verification budget ran out".into());
+        }
+        self.inner.solve(q)
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn path_of(uri: &Uri) -> Option<PathBuf> {
+    uri.to_file_path().map(|p| crate::FsLoader.canonical(&p))
+}
+
+impl Backend {
+    fn new(client: Client, cfg: Config) -> Self {
+        Backend {
+            client,
+            cfg,
+            std_dir: stdfiles::dir(),
+            state: Arc::default(),
+            generation: Arc::default(),
+        }
+    }
+
+    fn places(&self, state: &State) -> Places<'_> {
+        Places {
+            std_dir: &self.std_dir,
+            open: state
+                .docs
+                .iter()
+                .map(|(p, d)| (p.clone(), d.uri.clone()))
+                .collect(),
+        }
+    }
+
+    fn overlay(state: &State) -> Overlay {
+        Overlay {
+            docs: state
+                .docs
+                .iter()
+                .map(|(p, d)| (p.clone(), d.text.clone()))
+                .collect(),
+        }
+    }
+
+    /// Checks every open document (an edit in one may change what another imports) and
+    /// publishes diagnostics for every file involved, clearing those no longer involved.
+    async fn refresh(&self) {
+        {
+            let mut state = lock(&self.state);
+            let overlay = Self::overlay(&state);
+            let places = self.places(&state);
+            let mut all: BTreeMap<Uri, Vec<lsp::Diagnostic>> = BTreeMap::new();
+            let mut analyses = HashMap::new();
+            let mut roots: Vec<&PathBuf> = state.docs.keys().collect();
+            roots.sort();
+            for root in roots {
+                let (checked, program) =
+                    kalki_compiler::check_program(std::slice::from_ref(root), &overlay);
+                let root_uri = state.docs.get(root).map(|d| &d.uri);
+                let diags = places.diagnostics(&checked.sources, &checked.diagnostics, root_uri);
+                for (uri, ds) in diags {
+                    // A file seen by several checks: its own check's view, else the first.
+                    let own = root_uri == Some(&uri);
+                    if own || !all.contains_key(&uri) {
+                        all.insert(uri, ds);
+                    }
+                }
+                analyses.insert(root.clone(), Arc::new(Analysis { checked, program }));
+            }
+            state.checked = all;
+            state.analyses = analyses;
+        }
+        Self::publish(&self.state, &self.client).await;
+    }
+
+    /// Publishes the checks' diagnostics with the verifier's findings, and empty lists
+    /// for documents that no longer have any.
+    async fn publish(state: &Mutex<State>, client: &Client) {
+        let publish = {
+            let mut st = lock(state);
+            let mut all = st.checked.clone();
+            for (uri, ds) in &st.verified {
+                all.entry(uri.clone())
+                    .or_default()
+                    .extend(ds.iter().cloned());
+            }
+            let versions: HashMap<Uri, i32> = st
+                .docs
+                .values()
+                .map(|d| (d.uri.clone(), d.version))
+                .collect();
+            let mut publish: Vec<(Uri, Vec<lsp::Diagnostic>, Option<i32>)> = st
+                .published
+                .iter()
+                .filter(|u| !all.contains_key(*u))
+                .map(|u| (u.clone(), Vec::new(), None))
+                .collect();
+            st.published = all.keys().cloned().collect();
+            publish.extend(all.into_iter().map(|(u, ds)| {
+                let v = versions.get(&u).copied();
+                (u, ds, v)
+            }));
+            publish
+        };
+        for (uri, diags, version) in publish {
+            client.publish_diagnostics(uri, diags, version).await;
+        }
+    }
+
+    /// Verifies a saved document on a blocking thread within the budget, then publishes
+    /// its K2xx findings with the check's diagnostics, unless a newer edit or save came.
+    fn verify(&self, root: PathBuf) {
+        let mine = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let (overlay, places_open) = {
+            let state = lock(&self.state);
+            (Self::overlay(&state), self.places(&state).open)
+        };
+        let cfg = self.cfg;
+        let std_dir = self.std_dir.clone();
+        let generation = Arc::clone(&self.generation);
+        let state = Arc::clone(&self.state);
+        let client = self.client.clone();
+        let budget = Duration::from_millis(cfg.verify_budget_ms);
+        let started = Instant::now();
+        let gen2 = Arc::clone(&generation);
+        let work = tokio::task::spawn_blocking(move || {
+            let z3 = verify::z3::Z3Solver::new(cfg.solver_timeout_ms);
+            let solver = Budgeted {
+                inner: &z3,
+                deadline: started + budget,
+                generation: &gen2,
+                mine,
+                cut: Cell::new(false),
+            };
+            let opts = verify::Options {
+                timeout_ms: cfg.solver_timeout_ms,
+                max_states: cfg.max_states,
+                ..verify::Options::default()
+            };
+            let (checked, _) = kalki_compiler::verify(&[root], &overlay, &solver, &opts);
+            let places = Places {
+                std_dir: &std_dir,
+                open: places_open,
+            };
+            let cut = solver.cut.get();
+            let findings: Vec<diag::Diagnostic> = checked
+                .diagnostics
+                .into_iter()
+                .filter(|d| d.code.starts_with("K2"))
+                .filter(|d| !(cut && d.code == vcodes::INCONCLUSIVE))
+                .collect();
+            let mut by_doc = places.diagnostics(&checked.sources, &findings, None);
+            by_doc.retain(|_, ds| !ds.is_empty());
+            (by_doc, cut, findings.len())
+        });
+        tokio::spawn(async move {
+            // The solver stops at the deadline; the grace covers one query in flight.
+            let grace = Duration::from_millis(u64::from(cfg.solver_timeout_ms) + 1000);
+            let outcome = tokio::time::timeout(budget + grace, work).await;
+            let current = generation.load(Ordering::SeqCst) == mine;
+            let (by_doc, cut, n) = match outcome {
+                Ok(Ok(done)) if current => done,
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => {
+                    client
+                        .log_message(MessageType::ERROR, format!("verification failed: {e}"))
+                        .await;
+                    return;
+                }
+                Err(_) => {
+                    client
+                        .show_message(
+                            MessageType::WARNING,
+                            "verification did not finish within its budget; run `kalkic verify`",
+                        )
+                        .await;
+                    return;
+                }
+            };
+            {
+                let mut st = lock(&state);
+                // An edit may have raced the end of the run.
+                if generation.load(Ordering::SeqCst) != mine {
+                    return;
+                }
+                st.verified = by_doc;
+            }
+            if cut {
+                client
+                    .show_message(
+                        MessageType::WARNING,
+                        format!(
+                            "verification stopped after its budget of {} ms; undecided \
+                             questions are not shown: run `kalkic verify` for the full result",
+                            cfg.verify_budget_ms
+                        ),
+                    )
+                    .await;
+            }
+            client
+                .log_message(
+                    MessageType::INFO,
+                    format!(
+                        "verified in {} ms: {n} finding(s)",
+                        started.elapsed().as_millis()
+                    ),
+                )
+                .await;
+            Backend::publish(&state, &client).await;
+        });
+    }
+
+    /// The analysis, module and byte offset of a position in an open document.
+    fn locate(&self, uri: &Uri, pos: lsp::Position) -> Option<(Arc<Analysis>, usize, usize)> {
+        let path = path_of(uri)?;
+        let a = lock(&self.state).analyses.get(&path).cloned()?;
+        let m = a.module_of(&path)?;
+        let offset = text::offset(a.text(m), pos);
+        Some((a, m, offset))
+    }
+}
+
+fn completion_kind(k: Kind) -> CompletionItemKind {
+    match k {
+        Kind::Keyword => CompletionItemKind::KEYWORD,
+        Kind::DeviceType => CompletionItemKind::CLASS,
+        Kind::Umbox => CompletionItemKind::MODULE,
+        Kind::Site => CompletionItemKind::STRUCT,
+        Kind::Device => CompletionItemKind::VARIABLE,
+        Kind::Group => CompletionItemKind::VARIABLE,
+        Kind::State => CompletionItemKind::ENUM_MEMBER,
+        Kind::Sensed => CompletionItemKind::FIELD,
+        Kind::Command => CompletionItemKind::METHOD,
+        Kind::Alert => CompletionItemKind::EVENT,
+    }
+}
+
+impl LanguageServer for Backend {
+    async fn initialize(&self, _: InitializeParams) -> Result<InitializeResult> {
+        Ok(InitializeResult {
+            capabilities: ServerCapabilities {
+                position_encoding: Some(PositionEncodingKind::UTF16),
+                text_document_sync: Some(TextDocumentSyncCapability::Options(
+                    TextDocumentSyncOptions {
+                        open_close: Some(true),
+                        change: Some(TextDocumentSyncKind::FULL),
+                        save: Some(SaveOptions::default().into()),
+                        ..TextDocumentSyncOptions::default()
+                    },
+                )),
+                hover_provider: Some(HoverProviderCapability::Simple(true)),
+                definition_provider: Some(OneOf::Left(true)),
+                completion_provider: Some(CompletionOptions {
+                    trigger_characters: Some(vec![".".into(), ">".into()]),
+                    ..CompletionOptions::default()
+                }),
+                document_formatting_provider: format::AVAILABLE.then_some(OneOf::Left(true)),
+                ..ServerCapabilities::default()
+            },
+            server_info: Some(ServerInfo {
+                name: "kalkic".into(),
+                version: Some(env!("CARGO_PKG_VERSION").into()),
+            }),
+            ..InitializeResult::default()
+        })
+    }
+
+    async fn initialized(&self, _: InitializedParams) {
+        let dir = self.std_dir.clone();
+        let written = tokio::task::spawn_blocking(move || stdfiles::write_all(&dir)).await;
+        if let Ok(Err(why)) = written {
+            self.client
+                .log_message(
+                    MessageType::WARNING,
+                    format!("standard library not written, no definitions in it: {why}"),
+                )
+                .await;
+        }
+    }
+
+    async fn shutdown(&self) -> Result<()> {
+        // Stops a running verification at its next query.
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    async fn did_open(&self, p: DidOpenTextDocumentParams) {
+        let Some(path) = path_of(&p.text_document.uri) else {
+            return;
+        };
+        lock(&self.state).docs.insert(
+            path,
+            Doc {
+                uri: p.text_document.uri,
+                text: p.text_document.text,
+                version: p.text_document.version,
+            },
+        );
+        self.refresh().await;
+    }
+
+    async fn did_change(&self, p: DidChangeTextDocumentParams) {
+        let Some(path) = path_of(&p.text_document.uri) else {
+            return;
+        };
+        // Full synchronisation: the last change is the whole text.
+        let Some(change) = p.content_changes.into_iter().last() else {
+            return;
+        };
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        {
+            let mut st = lock(&self.state);
+            // The verifier's findings point into the text as saved.
+            st.verified.clear();
+            if let Some(doc) = st.docs.get_mut(&path) {
+                doc.text = change.text;
+                doc.version = p.text_document.version;
+            }
+        }
+        self.refresh().await;
+    }
+
+    async fn did_save(&self, p: DidSaveTextDocumentParams) {
+        let Some(path) = path_of(&p.text_document.uri) else {
+            return;
+        };
+        if !lock(&self.state).docs.contains_key(&path) {
+            return;
+        }
+        self.verify(path);
+    }
+
+    async fn did_close(&self, p: DidCloseTextDocumentParams) {
+        let Some(path) = path_of(&p.text_document.uri) else {
+            return;
+        };
+        {
+            let mut st = lock(&self.state);
+            st.docs.remove(&path);
+            st.verified.remove(&p.text_document.uri);
+        }
+        self.refresh().await;
+    }
+
+    async fn hover(&self, p: HoverParams) -> Result<Option<Hover>> {
+        let at = p.text_document_position_params;
+        let Some((a, m, offset)) = self.locate(&at.text_document.uri, at.position) else {
+            return Ok(None);
+        };
+        let Some((span, target)) = a.at(m, offset) else {
+            return Ok(None);
+        };
+        Ok(a.hover(&target).map(|value| Hover {
+            contents: HoverContents::Markup(MarkupContent {
+                kind: MarkupKind::Markdown,
+                value,
+            }),
+            range: Some(text::range(a.text(m), span.start, span.end)),
+        }))
+    }
+
+    async fn goto_definition(
+        &self,
+        p: GotoDefinitionParams,
+    ) -> Result<Option<GotoDefinitionResponse>> {
+        let at = p.text_document_position_params;
+        let Some((a, m, offset)) = self.locate(&at.text_document.uri, at.position) else {
+            return Ok(None);
+        };
+        let Some(loc) = a.at(m, offset).and_then(|(_, t)| a.definition(&t)) else {
+            return Ok(None);
+        };
+        let places = {
+            let st = lock(&self.state);
+            self.places(&st).open
+        };
+        let places = Places {
+            std_dir: &self.std_dir,
+            open: places,
+        };
+        Ok(places
+            .location(&a.checked.sources, loc)
+            .map(GotoDefinitionResponse::Scalar))
+    }
+
+    async fn completion(&self, p: CompletionParams) -> Result<Option<CompletionResponse>> {
+        let at = p.text_document_position;
+        let Some(path) = path_of(&at.text_document.uri) else {
+            return Ok(None);
+        };
+        let (text, analysis) = {
+            let st = lock(&self.state);
+            let Some(doc) = st.docs.get(&path) else {
+                return Ok(None);
+            };
+            (doc.text.clone(), st.analyses.get(&path).cloned())
+        };
+        let offset = text::offset(&text, at.position);
+        let items = match &analysis {
+            Some(a) => a.complete(a.module_of(&path), &text, offset),
+            None => Vec::new(),
+        };
+        Ok(Some(CompletionResponse::Array(
+            items
+                .into_iter()
+                .map(|c| CompletionItem {
+                    label: c.label,
+                    kind: Some(completion_kind(c.kind)),
+                    detail: Some(c.detail),
+                    ..CompletionItem::default()
+                })
+                .collect(),
+        )))
+    }
+
+    async fn formatting(&self, p: DocumentFormattingParams) -> Result<Option<Vec<TextEdit>>> {
+        let Some(path) = path_of(&p.text_document.uri) else {
+            return Ok(None);
+        };
+        let Some(text) = lock(&self.state).docs.get(&path).map(|d| d.text.clone()) else {
+            return Ok(None);
+        };
+        Ok(format::format(&text).map(|formatted| {
+            if formatted == text {
+                Vec::new()
+            } else {
+                vec![TextEdit::new(text::range(&text, 0, text.len()), formatted)]
+            }
+        }))
+    }
+}
