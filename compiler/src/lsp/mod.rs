@@ -81,13 +81,22 @@ struct Doc {
 struct State {
     docs: HashMap<PathBuf, Doc>,
     /// The last check of each open document.
-    analyses: HashMap<PathBuf, Arc<Analysis>>,
-    /// The checks' diagnostics, by document.
-    checked: BTreeMap<Uri, Vec<lsp::Diagnostic>>,
+    analyses: BTreeMap<PathBuf, Entry>,
     /// The verifier's findings of the last save, until the next edit.
     verified: BTreeMap<Uri, Vec<lsp::Diagnostic>>,
     /// Every document diagnostics were last published for (to clear them).
     published: HashSet<Uri>,
+}
+
+/// One check of an open document.
+struct Entry {
+    /// Which refresh made it: a later one replaces it, an earlier one never does.
+    seq: u64,
+    /// The document's own address.
+    uri: Uri,
+    /// Its diagnostics, by file (every file it read, clean ones empty).
+    diags: BTreeMap<Uri, Vec<lsp::Diagnostic>>,
+    analysis: Arc<Analysis>,
 }
 
 struct Backend {
@@ -98,6 +107,8 @@ struct Backend {
     /// Bumped by every edit and save: a verification whose number is no longer current
     /// stops asking the solver and its findings are dropped.
     generation: Arc<AtomicU64>,
+    /// Numbers the refreshes.
+    checks: AtomicU64,
 }
 
 /// Open documents from memory, everything else from disk.
@@ -239,6 +250,7 @@ impl Backend {
             std_dir: stdfiles::dir(),
             state: Arc::default(),
             generation: Arc::default(),
+            checks: AtomicU64::new(0),
         }
     }
 
@@ -263,33 +275,67 @@ impl Backend {
         }
     }
 
-    /// Checks every open document (an edit in one may change what another imports) and
-    /// publishes diagnostics for every file involved, clearing those no longer involved.
-    async fn refresh(&self) {
-        {
-            let mut state = lock(&self.state);
-            let overlay = Self::overlay(&state);
-            let places = self.places(&state);
-            let mut all: BTreeMap<Uri, Vec<lsp::Diagnostic>> = BTreeMap::new();
-            let mut analyses = HashMap::new();
-            let mut roots: Vec<&PathBuf> = state.docs.keys().collect();
-            roots.sort();
-            for root in roots {
-                let (checked, program) =
-                    kalki_compiler::check_program(std::slice::from_ref(root), &overlay);
-                let root_uri = state.docs.get(root).map(|d| &d.uri);
-                let diags = places.diagnostics(&checked.sources, &checked.diagnostics, root_uri);
-                for (uri, ds) in diags {
-                    // A file seen by several checks: its own check's view, else the first.
-                    let own = root_uri == Some(&uri);
-                    if own || !all.contains_key(&uri) {
-                        all.insert(uri, ds);
+    /// Checks the open documents an edit may concern (the edited one and those whose
+    /// last check read it; all with `None`) on a blocking thread, then publishes
+    /// diagnostics for every file involved, clearing those no longer involved.
+    async fn refresh(&self, changed: Option<&Path>) {
+        let seq = self.checks.fetch_add(1, Ordering::SeqCst) + 1;
+        let (overlay, open, roots) = {
+            let st = lock(&self.state);
+            let roots: Vec<(PathBuf, Uri)> = st
+                .docs
+                .iter()
+                .filter(|(p, _)| match changed {
+                    None => true,
+                    Some(c) => {
+                        p.as_path() == c
+                            || st
+                                .analyses
+                                .get(*p)
+                                .is_none_or(|e| e.analysis.module_of(c).is_some())
                     }
+                })
+                .map(|(p, d)| (p.clone(), d.uri.clone()))
+                .collect();
+            (Self::overlay(&st), self.places(&st).open, roots)
+        };
+        let std_dir = self.std_dir.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let places = Places {
+                std_dir: &std_dir,
+                open,
+            };
+            roots
+                .into_iter()
+                .map(|(root, uri)| {
+                    let (checked, program) =
+                        kalki_compiler::check_program(std::slice::from_ref(&root), &overlay);
+                    let diags =
+                        places.diagnostics(&checked.sources, &checked.diagnostics, Some(&uri));
+                    let entry = Entry {
+                        seq,
+                        uri,
+                        diags,
+                        analysis: Arc::new(Analysis { checked, program }),
+                    };
+                    (root, entry)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Ok(checked) = checked else {
+            return;
+        };
+        {
+            let mut st = lock(&self.state);
+            for (root, entry) in checked {
+                // A check that started later may have finished first; a closed document
+                // has no diagnostics of its own any more.
+                let newer = st.analyses.get(&root).is_none_or(|e| e.seq < seq);
+                if newer && st.docs.contains_key(&root) {
+                    st.analyses.insert(root, entry);
                 }
-                analyses.insert(root.clone(), Arc::new(Analysis { checked, program }));
             }
-            state.checked = all;
-            state.analyses = analyses;
         }
         Self::publish(&self.state, &self.client).await;
     }
@@ -299,7 +345,15 @@ impl Backend {
     async fn publish(state: &Mutex<State>, client: &Client) {
         let publish = {
             let mut st = lock(state);
-            let mut all = st.checked.clone();
+            let mut all: BTreeMap<Uri, Vec<lsp::Diagnostic>> = BTreeMap::new();
+            for e in st.analyses.values() {
+                for (uri, ds) in &e.diags {
+                    // A file several checks read: its own check's view, else the first.
+                    if &e.uri == uri || !all.contains_key(uri) {
+                        all.insert(uri.clone(), ds.clone());
+                    }
+                }
+            }
             for (uri, ds) in &st.verified {
                 all.entry(uri.clone())
                     .or_default()
@@ -434,7 +488,10 @@ impl Backend {
     /// The analysis, module and byte offset of a position in an open document.
     fn locate(&self, uri: &Uri, pos: lsp::Position) -> Option<(Arc<Analysis>, usize, usize)> {
         let path = path_of(uri)?;
-        let a = lock(&self.state).analyses.get(&path).cloned()?;
+        let a = lock(&self.state)
+            .analyses
+            .get(&path)
+            .map(|e| Arc::clone(&e.analysis))?;
         let m = a.module_of(&path)?;
         let offset = text::offset(a.text(m), pos);
         Some((a, m, offset))
@@ -510,14 +567,14 @@ impl LanguageServer for Backend {
             return;
         };
         lock(&self.state).docs.insert(
-            path,
+            path.clone(),
             Doc {
                 uri: p.text_document.uri,
                 text: p.text_document.text,
                 version: p.text_document.version,
             },
         );
-        self.refresh().await;
+        self.refresh(Some(&path)).await;
     }
 
     async fn did_change(&self, p: DidChangeTextDocumentParams) {
@@ -533,12 +590,16 @@ impl LanguageServer for Backend {
             let mut st = lock(&self.state);
             // The verifier's findings point into the text as saved.
             st.verified.clear();
-            if let Some(doc) = st.docs.get_mut(&path) {
-                doc.text = change.text;
-                doc.version = p.text_document.version;
+            match st.docs.get_mut(&path) {
+                // Changes handled out of order: the newest text wins.
+                Some(doc) if doc.version <= p.text_document.version => {
+                    doc.text = change.text;
+                    doc.version = p.text_document.version;
+                }
+                _ => return,
             }
         }
-        self.refresh().await;
+        self.refresh(Some(&path)).await;
     }
 
     async fn did_save(&self, p: DidSaveTextDocumentParams) {
@@ -558,9 +619,11 @@ impl LanguageServer for Backend {
         {
             let mut st = lock(&self.state);
             st.docs.remove(&path);
+            st.analyses.remove(&path);
             st.verified.remove(&p.text_document.uri);
         }
-        self.refresh().await;
+        // Documents that imported the closed one read it from disk now.
+        self.refresh(Some(&path)).await;
     }
 
     async fn hover(&self, p: HoverParams) -> Result<Option<Hover>> {
@@ -614,7 +677,8 @@ impl LanguageServer for Backend {
             let Some(doc) = st.docs.get(&path) else {
                 return Ok(None);
             };
-            (doc.text.clone(), st.analyses.get(&path).cloned())
+            let analysis = st.analyses.get(&path).map(|e| Arc::clone(&e.analysis));
+            (doc.text.clone(), analysis)
         };
         let offset = text::offset(&text, at.position);
         let items = match &analysis {
