@@ -50,7 +50,10 @@ fn grammar_highlights_every_keyword_of_the_lexer() {
     let lexer = lexer_keywords();
     let missing: Vec<_> = lexer.difference(&highlighted).collect();
     let extra: Vec<_> = highlighted.difference(&lexer).collect();
-    assert!(missing.is_empty(), "keywords the grammar misses: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "keywords the grammar misses: {missing:?}"
+    );
     assert!(extra.is_empty(), "not keywords of the lexer: {extra:?}");
 }
 
@@ -65,7 +68,9 @@ fn vscode_manifest_points_at_its_files() {
     let config = lang["configuration"].as_str().unwrap();
     assert!(dir.join(config).is_file(), "{config}");
     json("editors/vscode/language-configuration.json");
-    let grammar = manifest["contributes"]["grammars"][0]["path"].as_str().unwrap();
+    let grammar = manifest["contributes"]["grammars"][0]["path"]
+        .as_str()
+        .unwrap();
     assert!(dir.join(grammar).is_file(), "{grammar}");
     let scope = json("editors/vscode/syntaxes/kalki.tmLanguage.json")["scopeName"].clone();
     assert_eq!(manifest["contributes"]["grammars"][0]["scopeName"], scope);

@@ -367,3 +367,140 @@ fn language_server_over_stdio() {
     assert!(status.success(), "{status}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn labels(items: &Value) -> Vec<String> {
+    items
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list of completions: {items}"))
+        .iter()
+        .map(|i| i["label"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn shut_down(mut c: Client) {
+    c.request("shutdown", Value::Null);
+    c.notify("exit", Value::Null);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = c.child.kill();
+            panic!("the server did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn imported_files_unsaved_text_and_more_answers() {
+    let dir = scratch("imports");
+    let cache = dir.join("cache");
+    // The imported file on disk declares a sensed variable twice.
+    let dup = LIB.replace(
+        "    sensed open: bool\n",
+        "    sensed open: bool\n    sensed open: bool\n",
+    );
+    std::fs::write(dir.join("lib.kalki"), &dup).unwrap();
+    std::fs::write(dir.join("site.kalki"), SITE).unwrap();
+    let (site, lib) = (uri(&dir.join("site.kalki")), uri(&dir.join("lib.kalki")));
+
+    let mut c = Client::start(&cache);
+    c.request(
+        "initialize",
+        json!({"processId": null, "rootUri": uri(&dir), "capabilities": {}}),
+    );
+    c.notify("initialized", json!({}));
+
+    // Opening the site reports the imported file's error in that file, with the first
+    // declaration as related information.
+    c.open(&site, SITE);
+    let ds = c.diagnostics(&lib, |ds| !ds.is_empty());
+    assert_eq!(ds.len(), 1, "{ds:?}");
+    let d = &ds[0];
+    assert_eq!(d["code"], "K104", "{d}");
+    assert_eq!(d["range"]["start"], pos(&dup, "open", 1, 0), "{d}");
+    let related = &d["relatedInformation"][0];
+    assert_eq!(related["location"]["uri"], lib, "{d}");
+    assert_eq!(
+        related["location"]["range"]["start"],
+        pos(&dup, "open", 0, 0),
+        "{d}"
+    );
+    assert_eq!(related["message"], "first declared here", "{d}");
+
+    // The editor's unsaved text of the imported file wins over the disk's.
+    c.open(&lib, LIB);
+    c.diagnostics(&lib, <[Value]>::is_empty);
+
+    // Hover on a µmbox: parameters with types and defaults, emits, traffic contract.
+    let h = c.at("textDocument/hover", &lib, pos(LIB, "ids(", 0, 1));
+    let text = h["contents"]["value"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(text.contains("umbox ids"), "{text}");
+    assert!(text.contains("param threshold"), "{text}");
+    assert!(text.contains("emits"), "{text}");
+    assert!(text.contains("traffic {"), "{text}");
+
+    // Hover on a state: its place in the posture order and its chain.
+    let h = c.at("textDocument/hover", &lib, pos(LIB, "suspicious {", 0, 2));
+    let text = h["contents"]["value"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(text.contains("2 of 3"), "{text}");
+    assert!(
+        text.contains("chain [sniffer, ids(threshold = 3)]"),
+        "{text}"
+    );
+
+    // Completion after `device.`: the type's sensed variables and commands.
+    let typing = SITE.replace("then front -> attack", "then front -> attack, cam.");
+    c.change(&site, 2, &typing);
+    let items = c.at("textDocument/completion", &site, pos(&typing, "cam.", 0, 4));
+    let got = labels(&items);
+    for want in ["motion", "recording", "start_recording"] {
+        assert!(got.iter().any(|l| l == want), "{want} not offered: {got:?}");
+    }
+    assert!(
+        !got.iter().any(|l| l == "rule"),
+        "keywords after `cam.`: {got:?}"
+    );
+
+    // Completion in imports: standard modules, then a module's items.
+    let typing = format!("import std::\n{SITE}");
+    c.change(&site, 3, &typing);
+    let got = labels(&c.at(
+        "textDocument/completion",
+        &site,
+        pos(&typing, "std::", 0, 5),
+    ));
+    assert!(
+        got.iter().any(|l| l == "devices") && got.iter().any(|l| l == "umboxes"),
+        "{got:?}"
+    );
+    let typing = format!("import std::umboxes::{{sn\n{SITE}");
+    c.change(&site, 4, &typing);
+    let got = labels(&c.at("textDocument/completion", &site, pos(&typing, "{sn", 0, 3)));
+    assert!(got.iter().any(|l| l == "sniffer"), "{got:?}");
+    assert!(!got.iter().any(|l| l == "Camera"), "{got:?}");
+
+    // An edit after a save drops the verifier's findings: they point into the saved text.
+    let refuted = SITE.replace(
+        "    rule lockdown",
+        "    assert never front in attack\n    rule lockdown",
+    );
+    c.change(&site, 5, &refuted);
+    c.notify(
+        "textDocument/didSave",
+        json!({"textDocument": {"uri": site}}),
+    );
+    c.diagnostics(&site, |ds| ds.iter().any(|d| d["code"] == "K210"));
+    let edited = refuted.replace("rule lockdown", "rule lockdown2");
+    c.change(&site, 6, &edited);
+    let ds = c.diagnostics(&site, |_| true);
+    assert!(ds.is_empty(), "{ds:?}");
+
+    shut_down(c);
+    let _ = std::fs::remove_dir_all(&dir);
+}

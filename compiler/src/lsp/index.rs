@@ -5,12 +5,15 @@
 
 use kalki_compiler::ir::Loc;
 use kalki_compiler::resolve::{ItemRef, Program};
+use kalki_compiler::source::Origin;
+use kalki_compiler::stdlib;
 use kalki_compiler::Checked;
 use kalki_lang::ast::{
     self, DeviceMember, Expr, ExprKind, GroupMembers, ImportNames, Item, SiteMember, Span,
     UmboxMember,
 };
 use std::fmt::Write as _;
+use std::path::Path;
 
 /// One check of an open document: the compiler's results and its resolved modules.
 pub struct Analysis {
@@ -636,6 +639,7 @@ fn squash(s: &str) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Keyword,
+    Module,
     DeviceType,
     Umbox,
     Site,
@@ -766,6 +770,10 @@ impl Analysis {
         };
         let before = text[..start].trim_end();
         let mut out = Vec::new();
+        if let Some(path) = import_path(text, start) {
+            self.complete_import(m, &path, &mut out);
+            return out;
+        }
         let Some(m) = m else {
             keywords(&mut out);
             return out;
@@ -857,6 +865,51 @@ impl Analysis {
         out
     }
 
+    /// Modules after `import std::`, items after `import MODULE::` (of the standard
+    /// library, or of a module this check read).
+    fn complete_import(&self, m: Option<usize>, path: &[&str], out: &mut Vec<Candidate>) {
+        match path {
+            ["std"] => {
+                for (name, _) in stdlib::MODULES {
+                    if !name.contains('/') {
+                        out.push(Candidate {
+                            label: (*name).to_string(),
+                            kind: Kind::Module,
+                            detail: "standard library module".into(),
+                        });
+                    }
+                }
+            }
+            ["std", module @ ..] => {
+                if let Some(text) = stdlib::module(&module.join("/")) {
+                    items(
+                        &kalki_lang::parse(text).file,
+                        &format!("std::{}", module.join("::")),
+                        out,
+                    );
+                }
+            }
+            module => {
+                let Some(from) = m.and_then(|m| self.program.modules.get(m)) else {
+                    return;
+                };
+                let Origin::File(from) = &from.origin else {
+                    return;
+                };
+                let mut want = from.parent().map(Path::to_path_buf).unwrap_or_default();
+                want.extend(module.iter());
+                want.set_extension("kalki");
+                let found = self.program.modules.iter().find(|x| {
+                    matches!(&x.origin, Origin::File(p) if *p == want
+                        || std::fs::canonicalize(&want).is_ok_and(|w| *p == w))
+                });
+                if let Some(x) = found {
+                    items(&x.ast, &module.join("::"), out);
+                }
+            }
+        }
+    }
+
     fn type_members(&self, (m, ty): (usize, usize), kinds: &[Kind], out: &mut Vec<Candidate>) {
         let Some(t) = self.device_type(m, ty) else {
             return;
@@ -911,6 +964,35 @@ impl Analysis {
                 _ => {}
             }
         }
+    }
+}
+
+/// The module path of an `import` being written up to `at`, when the cursor is after
+/// `import A::B::` or inside its `{...}`: `["A", "B"]`.
+fn import_path(text: &str, at: usize) -> Option<Vec<&str>> {
+    let line = &text[text[..at].rfind('\n').map_or(0, |i| i + 1)..at];
+    let rest = line.trim_start().strip_prefix("import")?;
+    if !rest.starts_with(char::is_whitespace) {
+        return None;
+    }
+    let path = rest.split('{').next().unwrap_or(rest).trim();
+    let path = path.strip_suffix("::")?;
+    Some(path.split("::").map(str::trim).collect())
+}
+
+/// The importable items of a module: device types and µmboxes (sites are not imported).
+fn items(file: &ast::File, module: &str, out: &mut Vec<Candidate>) {
+    for item in &file.items {
+        let (name, kind, what) = match item {
+            Item::Umbox(u) => (&u.name.name, Kind::Umbox, "µmbox"),
+            Item::DeviceType(t) => (&t.name.name, Kind::DeviceType, "device type"),
+            _ => continue,
+        };
+        out.push(Candidate {
+            label: name.clone(),
+            kind,
+            detail: format!("{what} in `{module}`"),
+        });
     }
 }
 

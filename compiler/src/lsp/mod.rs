@@ -97,6 +97,10 @@ struct Entry {
     /// Its diagnostics, by file (every file it read, clean ones empty).
     diags: BTreeMap<Uri, Vec<lsp::Diagnostic>>,
     analysis: Arc<Analysis>,
+    /// The last check of the document without syntax errors (this one if it has none):
+    /// while the user is in the middle of typing `cam.`, the site does not parse, and
+    /// completion reads the names from here.
+    parsed: Arc<Analysis>,
 }
 
 struct Backend {
@@ -312,11 +316,13 @@ impl Backend {
                         kalki_compiler::check_program(std::slice::from_ref(&root), &overlay);
                     let diags =
                         places.diagnostics(&checked.sources, &checked.diagnostics, Some(&uri));
+                    let analysis = Arc::new(Analysis { checked, program });
                     let entry = Entry {
                         seq,
                         uri,
                         diags,
-                        analysis: Arc::new(Analysis { checked, program }),
+                        parsed: Arc::clone(&analysis),
+                        analysis,
                     };
                     (root, entry)
                 })
@@ -328,10 +334,15 @@ impl Backend {
         };
         {
             let mut st = lock(&self.state);
-            for (root, entry) in checked {
+            for (root, mut entry) in checked {
                 // A check that started later may have finished first; a closed document
                 // has no diagnostics of its own any more.
                 let newer = st.analyses.get(&root).is_none_or(|e| e.seq < seq);
+                if entry.analysis.program.syntax_errors {
+                    if let Some(old) = st.analyses.get(&root) {
+                        entry.parsed = Arc::clone(&old.parsed);
+                    }
+                }
                 if newer && st.docs.contains_key(&root) {
                     st.analyses.insert(root, entry);
                 }
@@ -501,6 +512,7 @@ impl Backend {
 fn completion_kind(k: Kind) -> CompletionItemKind {
     match k {
         Kind::Keyword => CompletionItemKind::KEYWORD,
+        Kind::Module => CompletionItemKind::FILE,
         Kind::DeviceType => CompletionItemKind::CLASS,
         Kind::Umbox => CompletionItemKind::MODULE,
         Kind::Site => CompletionItemKind::STRUCT,
@@ -677,7 +689,7 @@ impl LanguageServer for Backend {
             let Some(doc) = st.docs.get(&path) else {
                 return Ok(None);
             };
-            let analysis = st.analyses.get(&path).map(|e| Arc::clone(&e.analysis));
+            let analysis = st.analyses.get(&path).map(|e| Arc::clone(&e.parsed));
             (doc.text.clone(), analysis)
         };
         let offset = text::offset(&text, at.position);
