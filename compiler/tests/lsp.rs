@@ -24,8 +24,13 @@ struct Client {
 
 impl Client {
     fn start(cache: &Path) -> Client {
+        Client::start_with(cache, &["--verify-budget-ms", "30000"])
+    }
+
+    fn start_with(cache: &Path, args: &[&str]) -> Client {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kalkic"))
-            .args(["lsp", "--verify-budget-ms", "30000"])
+            .arg("lsp")
+            .args(args)
             .env("XDG_CACHE_HOME", cache)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -130,6 +135,15 @@ impl Client {
                 last = Some(ds);
             }
         }
+    }
+
+    /// Every message until none came for `quiet`.
+    fn drain(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut out: Vec<Value> = self.seen.drain(..).collect();
+        while let Ok(v) = self.rx.recv_timeout(quiet) {
+            out.push(v);
+        }
+        out
     }
 
     fn open(&mut self, uri: &str, text: &str) {
@@ -501,6 +515,58 @@ fn imported_files_unsaved_text_and_more_answers() {
     let ds = c.diagnostics(&site, |_| true);
     assert!(ds.is_empty(), "{ds:?}");
 
+    shut_down(c);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn verification_stops_at_its_budget() {
+    let dir = scratch("budget");
+    std::fs::write(dir.join("lib.kalki"), LIB).unwrap();
+    let refuted = SITE.replace(
+        "    rule lockdown",
+        "    assert never front in attack\n    rule lockdown",
+    );
+    std::fs::write(dir.join("site.kalki"), &refuted).unwrap();
+    let site = uri(&dir.join("site.kalki"));
+
+    // A budget spent before the first query: nothing is decided.
+    let mut c = Client::start_with(&dir.join("cache"), &["--verify-budget-ms", "1"]);
+    c.request(
+        "initialize",
+        json!({"processId": null, "rootUri": uri(&dir), "capabilities": {}}),
+    );
+    c.notify("initialized", json!({}));
+    c.open(&site, &refuted);
+    c.diagnostics(&site, <[Value]>::is_empty);
+    c.notify(
+        "textDocument/didSave",
+        json!({"textDocument": {"uri": site}}),
+    );
+    let deadline = Instant::now() + WAIT;
+    let mut said = false;
+    let mut seen = Vec::new();
+    while !said && Instant::now() < deadline {
+        let v = c.recv("a message about the budget");
+        said = v["method"] == "window/showMessage"
+            && v["params"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("budget");
+        seen.push(v);
+    }
+    assert!(said, "no word of the budget: {seen:?}");
+    seen.extend(c.drain(Duration::from_millis(500)));
+    // Undecided questions are not reported as K213 findings.
+    for v in &seen {
+        if v["method"] == "textDocument/publishDiagnostics" {
+            let ds = v["params"]["diagnostics"].as_array().unwrap();
+            assert!(!ds.iter().any(|d| d["code"] == "K213"), "{v}");
+        }
+    }
+    // The server still answers.
+    let h = c.at("textDocument/hover", &site, pos(&refuted, "cam in", 0, 1));
+    assert!(h["contents"]["value"].as_str().is_some(), "{h}");
     shut_down(c);
     let _ = std::fs::remove_dir_all(&dir);
 }

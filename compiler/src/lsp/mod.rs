@@ -21,7 +21,7 @@ use kalki_compiler::source::{LoadError, Origin, SourceLoader, Sources};
 use kalki_compiler::verify::solver::{Outcome, Query, Solver};
 use kalki_compiler::verify::{self, codes as vcodes};
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -84,8 +84,8 @@ struct State {
     analyses: BTreeMap<PathBuf, Entry>,
     /// The verifier's findings of the last save, until the next edit.
     verified: BTreeMap<Uri, Vec<lsp::Diagnostic>>,
-    /// Every document diagnostics were last published for (to clear them).
-    published: HashSet<Uri>,
+    /// What was last published for each document, and for which version.
+    published: HashMap<Uri, (Vec<lsp::Diagnostic>, Option<i32>)>,
 }
 
 /// One check of an open document.
@@ -113,6 +113,7 @@ struct Backend {
     generation: Arc<AtomicU64>,
     /// Numbers the refreshes.
     checks: AtomicU64,
+    publishing: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Open documents from memory, everything else from disk.
@@ -255,6 +256,7 @@ impl Backend {
             state: Arc::default(),
             generation: Arc::default(),
             checks: AtomicU64::new(0),
+            publishing: Arc::default(),
         }
     }
 
@@ -348,12 +350,14 @@ impl Backend {
                 }
             }
         }
-        Self::publish(&self.state, &self.client).await;
+        Self::publish(&self.state, &self.publishing, &self.client).await;
     }
 
     /// Publishes the checks' diagnostics with the verifier's findings, and empty lists
     /// for documents that no longer have any.
-    async fn publish(state: &Mutex<State>, client: &Client) {
+    async fn publish(state: &Mutex<State>, order: &tokio::sync::Mutex<()>, client: &Client) {
+        // One publication at a time, so an older list never arrives after a newer one.
+        let _turn = order.lock().await;
         let publish = {
             let mut st = lock(state);
             let mut all: BTreeMap<Uri, Vec<lsp::Diagnostic>> = BTreeMap::new();
@@ -375,17 +379,26 @@ impl Backend {
                 .values()
                 .map(|d| (d.uri.clone(), d.version))
                 .collect();
+            // Only what changed: a keystroke must not resend every imported file's list.
             let mut publish: Vec<(Uri, Vec<lsp::Diagnostic>, Option<i32>)> = st
                 .published
                 .iter()
-                .filter(|u| !all.contains_key(*u))
-                .map(|u| (u.clone(), Vec::new(), None))
+                .filter(|(u, (ds, _))| !all.contains_key(*u) && !ds.is_empty())
+                .map(|(u, _)| (u.clone(), Vec::new(), None))
                 .collect();
-            st.published = all.keys().cloned().collect();
-            publish.extend(all.into_iter().map(|(u, ds)| {
-                let v = versions.get(&u).copied();
-                (u, ds, v)
-            }));
+            let mut now = HashMap::new();
+            for (uri, ds) in all {
+                let version = versions.get(&uri).copied();
+                let same = st
+                    .published
+                    .get(&uri)
+                    .is_some_and(|(old, v)| *old == ds && *v == version);
+                if !same {
+                    publish.push((uri.clone(), ds.clone(), version));
+                }
+                now.insert(uri, (ds, version));
+            }
+            st.published = now;
             publish
         };
         for (uri, diags, version) in publish {
@@ -409,6 +422,7 @@ impl Backend {
         let budget = Duration::from_millis(cfg.verify_budget_ms);
         let started = Instant::now();
         let gen2 = Arc::clone(&generation);
+        let publishing = Arc::clone(&self.publishing);
         let work = tokio::task::spawn_blocking(move || {
             let z3 = verify::z3::Z3Solver::new(cfg.solver_timeout_ms);
             let solver = Budgeted {
@@ -492,7 +506,7 @@ impl Backend {
                     ),
                 )
                 .await;
-            Backend::publish(&state, &client).await;
+            Backend::publish(&state, &publishing, &client).await;
         });
     }
 
