@@ -73,6 +73,10 @@ struct LspArgs {
     /// Largest number of combined device states an assertion search may visit on save.
     #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
     max_states: u64,
+    /// Accepted for clients that pass it: standard input and output are the only
+    /// transport.
+    #[arg(long)]
+    stdio: bool,
 }
 
 #[derive(clap::Args)]

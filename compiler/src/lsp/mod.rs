@@ -1,8 +1,8 @@
 //! `kalkic lsp`: a language server over standard input and output (tower-lsp-server).
 //!
-//! On every change of an open document it checks (parse, resolve, type-check) each open
-//! document with the editor's unsaved text, and publishes diagnostics for every file
-//! involved; on save it also verifies (Z3) the saved document on a blocking thread under a
+//! On every change of an open document it checks (parse, resolve, type-check) that
+//! document and the open documents whose last check read it, with the editor's unsaved
+//! text, and publishes diagnostics for every file involved; on save it also verifies (Z3) the saved document on a blocking thread under a
 //! time budget, a newer save or edit superseding the run. Hover, go to definition and
 //! completion read the last check's syntax trees ([`index`]). It lives on the binary's
 //! side of the pure core: it reads files, runs threads and a clock, and talks to the
