@@ -1027,3 +1027,94 @@ mod tests {
         assert_eq!(ours, from_lexer);
     }
 }
+
+#[cfg(test)]
+mod lookups {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use kalki_compiler::source::{LoadError, SourceLoader};
+    use std::path::PathBuf;
+
+    struct One(&'static str);
+
+    impl SourceLoader for One {
+        fn read_file(&self, _: &Path) -> Result<String, LoadError> {
+            Ok(self.0.to_string())
+        }
+    }
+
+    const SRC: &str = r#"import std::umboxes::{sniffer}
+device type Plug {
+    sensed power: int in 0..4000
+    states on_ < off
+    initial on_
+    on_ { chain [sniffer] }
+    off { chain [drop] }
+    on_ -> off when power > 3000
+}
+site home {
+    bridge "br0" uplink "eth0"
+    device plug[1..3]: Plug at 10.0.0.1.. port "p{n}"
+    group plugs: Plug
+    rule cut when plug2.power > 2000 then plug2 -> off
+    rule all_off when any(p in plugs: p in off) then plug1 -> off
+}
+"#;
+
+    fn analysis() -> Analysis {
+        let (checked, program) =
+            kalki_compiler::check_program(&[PathBuf::from("/p/home.kalki")], &One(SRC));
+        assert!(checked.diagnostics.is_empty(), "{:?}", checked.diagnostics);
+        Analysis { checked, program }
+    }
+
+    fn at(a: &Analysis, needle: &str, nth: usize) -> Target {
+        let offset = SRC.match_indices(needle).nth(nth).unwrap().0 + 1;
+        a.at(0, offset)
+            .unwrap_or_else(|| panic!("nothing at {needle}"))
+            .1
+    }
+
+    #[test]
+    fn names_resolve_to_their_declarations() {
+        let a = analysis();
+        // A member of a device range is the range's declaration.
+        let plug = at(&a, "plug2.power", 0);
+        assert!(matches!(plug, Target::Device { member: 1, .. }), "{plug:?}");
+        let power = at(&a, "power > 2000", 0);
+        let def = a.definition(&power).unwrap();
+        assert_eq!(&SRC[def.span.start..def.span.end], "power");
+        assert_eq!(def.span.start, SRC.find("power:").unwrap());
+        // A state named after a device's type, in an action and inside `any`.
+        let off = at(&a, "off\n    rule", 0);
+        assert!(
+            matches!(&off, Target::State { name, .. } if name == "off"),
+            "{off:?}"
+        );
+        let group = at(&a, "plugs:", 1);
+        assert!(matches!(group, Target::Group { .. }), "{group:?}");
+        // An imported µmbox is the standard library's declaration.
+        let sniffer = at(&a, "sniffer]", 0);
+        let Target::Umbox(m, _) = sniffer else {
+            panic!("{sniffer:?}")
+        };
+        assert!(matches!(&a.program.modules[m].origin, Origin::Std(n) if n == "umboxes"));
+    }
+
+    #[test]
+    fn hover_on_a_state_and_a_type() {
+        let a = analysis();
+        let text = a.hover(&at(&a, "off {", 0)).unwrap();
+        assert!(
+            text.contains("2 of 2") && text.contains("chain [drop]"),
+            "{text}"
+        );
+        let text = a.hover(&at(&a, "Plug at", 0)).unwrap();
+        let (on, off) = (text.find("`on_`").unwrap(), text.find("`off`").unwrap());
+        assert!(on < off, "{text}");
+        assert!(
+            text.contains("sensed: `sensed power: int in 0..4000`"),
+            "{text}"
+        );
+    }
+}
