@@ -58,25 +58,7 @@ enum Command {
     /// Diagnostics on every edit (check), verification on save within a time budget,
     /// hover, go to definition (also into the standard library, written read-only under
     /// `$XDG_CACHE_HOME/kalkic/std/VERSION/`) and completion. See docs/tools/lsp.md.
-    Lsp(LspArgs),
-}
-
-#[derive(clap::Args)]
-struct LspArgs {
-    /// Time limit of each solver query when verifying on save, in milliseconds.
-    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
-    solver_timeout_ms: u32,
-    /// Time limit of a whole verification on save, in milliseconds; what is undecided by
-    /// then is not reported.
-    #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..))]
-    verify_budget_ms: u64,
-    /// Largest number of combined device states an assertion search may visit on save.
-    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
-    max_states: u64,
-    /// Accepted for clients that pass it: standard input and output are the only
-    /// transport.
-    #[arg(long)]
-    stdio: bool,
+    Lsp(lsp::Args),
 }
 
 #[derive(clap::Args)]
@@ -195,24 +177,9 @@ fn main() -> ExitCode {
         Command::Verify(args) => run_verify(&args),
         Command::Graph(args) => run_graph(&args),
         Command::Build(args) => run_build(&args),
-        Command::Lsp(args) => run_lsp(&args),
+        Command::Lsp(args) => lsp::run(&args),
     };
     ExitCode::from(exit as u8)
-}
-
-fn run_lsp(args: &LspArgs) -> Exit {
-    let cfg = lsp::Config {
-        solver_timeout_ms: args.solver_timeout_ms,
-        verify_budget_ms: args.verify_budget_ms,
-        max_states: usize::try_from(args.max_states).unwrap_or(usize::MAX),
-    };
-    match lsp::serve(cfg) {
-        Ok(()) => Exit::Ok,
-        Err(why) => {
-            eprintln!("error: {why}");
-            Exit::Usage
-        }
-    }
 }
 
 /// Expands directories into their `.kalki` files (sorted, not recursive).

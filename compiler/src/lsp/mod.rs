@@ -40,20 +40,54 @@ use tower_lsp_server::ls_types::{
 };
 use tower_lsp_server::{Client, LanguageServer, LspService, Server};
 
-/// The verifier's budget in the editor: smaller than `kalkic verify`'s, so a save answers
-/// in seconds.
-#[derive(Debug, Clone, Copy)]
-pub struct Config {
-    /// Time limit of each solver query.
-    pub solver_timeout_ms: u32,
-    /// Time limit of a whole verification; queries asked later are not decided.
-    pub verify_budget_ms: u64,
-    /// Largest number of combined device states an assertion search may visit.
-    pub max_states: usize,
+/// `kalkic lsp`'s options: the verifier's budget in the editor, smaller than `kalkic
+/// verify`'s, so a save answers in seconds.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Time limit of each solver query when verifying on save, in milliseconds.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..))]
+    solver_timeout_ms: u32,
+    /// Time limit of a whole verification on save, in milliseconds; what is undecided by
+    /// then is not reported.
+    #[arg(long, default_value_t = 15_000, value_parser = clap::value_parser!(u64).range(1..))]
+    verify_budget_ms: u64,
+    /// Largest number of combined device states an assertion search may visit on save.
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_states: u64,
+    /// Accepted for clients that pass it: standard input and output are the only
+    /// transport.
+    #[arg(long)]
+    stdio: bool,
 }
 
-/// Serves one editor over standard input and output until it exits.
-pub fn serve(cfg: Config) -> std::result::Result<(), String> {
+#[derive(Debug, Clone, Copy)]
+struct Config {
+    solver_timeout_ms: u32,
+    verify_budget_ms: u64,
+    max_states: usize,
+}
+
+/// `kalkic lsp`: serves one editor over standard input and output until it exits.
+pub fn run(args: &Args) -> crate::Exit {
+    let cfg = Config {
+        solver_timeout_ms: args.solver_timeout_ms,
+        verify_budget_ms: args.verify_budget_ms,
+        max_states: usize::try_from(args.max_states).unwrap_or(usize::MAX),
+    };
+    match serve(cfg) {
+        Ok(()) => crate::Exit::Ok,
+        Err(why) => {
+            // The server never started: standard error is not the transport.
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("error: {why}");
+            }
+            crate::Exit::Usage
+        }
+    }
+}
+
+fn serve(cfg: Config) -> std::result::Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
