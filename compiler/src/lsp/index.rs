@@ -49,6 +49,19 @@ pub enum Target {
         ty: usize,
         name: String,
     },
+    /// A command of a device type (`commands`, `lowering commands`, `command ... publish`).
+    Command {
+        m: usize,
+        ty: usize,
+        name: String,
+    },
+    /// An alert a device type reacts to or raises: declared by the type (`alerts`), or
+    /// emitted by a µmbox in scope (`emits`).
+    Alert {
+        m: usize,
+        ty: usize,
+        name: String,
+    },
 }
 
 /// Where names are read in an expression: a device type's guard or a site's condition.
@@ -215,9 +228,72 @@ impl Analysis {
             })
     }
 
+    /// A command's declaration in a device type.
+    fn command_decl(&self, (m, ty): (usize, usize), name: &str) -> Option<Span> {
+        self.device_type(m, ty)?
+            .members
+            .iter()
+            .find_map(|x| match x {
+                DeviceMember::Commands(c, _) | DeviceMember::LoweringCommands(c, _) => {
+                    c.iter().find(|c| c.name == name).map(|c| c.span)
+                }
+                DeviceMember::Publish(p) if p.command.name == name => Some(p.command.span),
+                _ => None,
+            })
+    }
+
+    fn command(&self, (m, ty): (usize, usize), name: &str) -> Option<Target> {
+        self.command_decl((m, ty), name).map(|_| Target::Command {
+            m,
+            ty,
+            name: name.to_string(),
+        })
+    }
+
+    /// Where an alert a device type names comes from: its own `alerts`, else the
+    /// `emits` of a µmbox in scope of the type's module.
+    fn alert_decl(&self, (m, ty): (usize, usize), name: &str) -> Option<(usize, Span)> {
+        let own = self
+            .device_type(m, ty)?
+            .members
+            .iter()
+            .find_map(|x| match x {
+                DeviceMember::Alerts(a, _) => a.iter().find(|a| a.name == name).map(|a| a.span),
+                _ => None,
+            });
+        if let Some(span) = own {
+            return Some((m, span));
+        }
+        let scope = self.program.scopes.get(m)?;
+        let mut umboxes: Vec<(usize, usize)> = scope
+            .names
+            .values()
+            .filter_map(|(r, _)| match r {
+                ItemRef::Umbox(a, b) => Some((*a, *b)),
+                _ => None,
+            })
+            .collect();
+        umboxes.sort_unstable();
+        umboxes.into_iter().find_map(|(um, ui)| {
+            self.umbox(um, ui)?.members.iter().find_map(|x| match x {
+                UmboxMember::Emits(e, _) => e.iter().find(|e| e.name == name).map(|e| (um, e.span)),
+                _ => None,
+            })
+        })
+    }
+
+    fn alert(&self, (m, ty): (usize, usize), name: &str) -> Option<Target> {
+        self.alert_decl((m, ty), name).map(|_| Target::Alert {
+            m,
+            ty,
+            name: name.to_string(),
+        })
+    }
+
     /// Where a target is declared.
     pub fn definition(&self, t: &Target) -> Option<Loc> {
         let (m, span) = match t {
+            Target::Command { .. } | Target::Alert { .. } => self.definition_span(t)?,
             Target::Module(m) => (*m, Span::new(0, 0)),
             Target::Umbox(m, i) => (*m, self.umbox(*m, *i)?.name.span),
             Target::DeviceType(m, i) => (*m, self.device_type(*m, *i)?.name.span),
@@ -251,6 +327,14 @@ impl Analysis {
         };
         let source = self.program.modules.get(m)?.source;
         Some(Loc::new(source, span))
+    }
+
+    fn definition_span(&self, t: &Target) -> Option<(usize, Span)> {
+        match t {
+            Target::Command { m, ty, name } => Some((*m, self.command_decl((*m, *ty), name)?)),
+            Target::Alert { m, ty, name } => self.alert_decl((*m, *ty), name),
+            _ => None,
+        }
     }
 
     /// Every name written in module `m` that refers to something, with what it refers
@@ -301,6 +385,22 @@ impl Analysis {
                 DeviceMember::States(list, _) | DeviceMember::Final(list, _) => {
                     list.iter().for_each(|s| state(s, out));
                 }
+                DeviceMember::Commands(list, _) | DeviceMember::LoweringCommands(list, _) => {
+                    for c in list {
+                        out.extend(self.command((m, i), &c.name).map(|x| (c.span, x)));
+                    }
+                }
+                DeviceMember::Publish(p) => {
+                    out.extend(
+                        self.command((m, i), &p.command.name)
+                            .map(|x| (p.command.span, x)),
+                    );
+                }
+                DeviceMember::Alerts(list, _) => {
+                    for a in list {
+                        out.extend(self.alert((m, i), &a.name).map(|x| (a.span, x)));
+                    }
+                }
                 DeviceMember::Initial(s) => state(s, out),
                 DeviceMember::StateBlock(b) => {
                     state(&b.state, out);
@@ -313,8 +413,14 @@ impl Analysis {
                 DeviceMember::Transition(tr) => {
                     state(&tr.from, out);
                     state(&tr.to, out);
-                    if let ast::Trigger::When { cond, .. } = &tr.trigger {
-                        self.expr_refs(cond, Ctx::Type(m, i), out);
+                    match &tr.trigger {
+                        ast::Trigger::When { cond, .. } => {
+                            self.expr_refs(cond, Ctx::Type(m, i), out);
+                        }
+                        ast::Trigger::Alert { alert, .. } => {
+                            out.extend(self.alert((m, i), &alert.name).map(|x| (alert.span, x)));
+                        }
+                        _ => {}
                     }
                 }
                 _ => {}
@@ -392,9 +498,19 @@ impl Analysis {
                                 let ty = device(d, out);
                                 state_of(ty, state, out);
                             }
-                            ast::Action::Command { device: d, .. }
-                            | ast::Action::Raise { device: d, .. } => {
-                                device(d, out);
+                            ast::Action::Command {
+                                device: d, command, ..
+                            } => {
+                                let ty = device(d, out);
+                                let x = ty.and_then(|ty| self.command(ty, &command.name));
+                                out.extend(x.map(|x| (command.span, x)));
+                            }
+                            ast::Action::Raise {
+                                device: d, alert, ..
+                            } => {
+                                let ty = device(d, out);
+                                let x = ty.and_then(|ty| self.alert(ty, &alert.name));
+                                out.extend(x.map(|x| (alert.span, x)));
                             }
                         }
                     }
@@ -529,6 +645,52 @@ impl Analysis {
                 if let Some(chain) = self.chain_text(*m, t, name) {
                     let _ = write!(out, "\n```kalki\nchain {chain}\n```");
                 }
+            }
+            Target::Command { m, ty, name } => {
+                let t = self.device_type(*m, *ty)?;
+                let lowering = t.members.iter().any(|x| {
+                    matches!(x, DeviceMember::LoweringCommands(c, _) if c.iter().any(|c| &c.name == name))
+                });
+                let publish = t.members.iter().find_map(|x| match x {
+                    DeviceMember::Publish(p) if &p.command.name == name => Some(p.span),
+                    _ => None,
+                });
+                let _ = write!(out, "command `{name}` of `{}`", t.name.name);
+                if lowering {
+                    let _ = write!(out, " (lowering: it lowers the device's protection)");
+                }
+                if let Some(span) = publish {
+                    let _ = write!(out, "\n```kalki\n{}\n```", squash(self.slice(*m, span)));
+                }
+            }
+            Target::Alert { m, ty, name } => {
+                let t = self.device_type(*m, *ty)?;
+                let (dm, _) = self.alert_decl((*m, *ty), name)?;
+                let by = if dm == *m
+                    && t.members.iter().any(|x| {
+                        matches!(x, DeviceMember::Alerts(a, _) if a.iter().any(|a| &a.name == name))
+                    }) {
+                    format!("declared by `{}`", t.name.name)
+                } else {
+                    let loc = self.definition(&Target::Alert {
+                        m: *m,
+                        ty: *ty,
+                        name: name.clone(),
+                    })?;
+                    let umbox = self
+                        .ast(dm)?
+                        .items
+                        .iter()
+                        .find_map(|i| match i {
+                            Item::Umbox(u) if u.span.start <= loc.span.start && loc.span.end <= u.span.end => {
+                                Some(u.name.name.clone())
+                            }
+                            _ => None,
+                        })
+                        .unwrap_or_default();
+                    format!("emitted by µmbox `{umbox}`")
+                };
+                let _ = write!(out, "alert `{name}`, {by}");
             }
             Target::Sensed { m, ty, name } => {
                 let t = self.device_type(*m, *ty)?;
@@ -983,17 +1145,19 @@ mod lookups {
     const SRC: &str = r#"import std::umboxes::{sniffer}
 device type Plug {
     sensed power: int in 0..4000
+    commands turn_off
     states on_ < off
     initial on_
     on_ { chain [sniffer] }
     off { chain [drop] }
     on_ -> off when power > 3000
+    on_ -> off on port_scan
 }
 site home {
     bridge "br0" uplink "eth0"
     device plug[1..3]: Plug at 10.0.0.1.. port "p{n}"
     group plugs: Plug
-    rule cut when plug2.power > 2000 then plug2 -> off
+    rule cut when plug2.power > 2000 then plug2 -> off, plug2.turn_off
     rule all_off when any(p in plugs: p in off) then plug1 -> off
 }
 "#;
@@ -1023,7 +1187,7 @@ site home {
         assert_eq!(&SRC[def.span.start..def.span.end], "power");
         assert_eq!(def.span.start, SRC.find("power:").unwrap());
         // A state named after a device's type, in an action and inside `any`.
-        let off = at(&a, "off\n    rule", 0);
+        let off = at(&a, "off, plug2", 0);
         assert!(
             matches!(&off, Target::State { name, .. } if name == "off"),
             "{off:?}"
@@ -1036,6 +1200,15 @@ site home {
             panic!("{sniffer:?}")
         };
         assert!(matches!(&a.program.modules[m].origin, Origin::Std(n) if n == "umboxes"));
+        // A command through a device, and an alert a µmbox of the chain emits.
+        let cmd = a.definition(&at(&a, "turn_off\n", 1)).unwrap();
+        assert_eq!(cmd.span.start, SRC.find("turn_off").unwrap());
+        let alert = at(&a, "port_scan", 0);
+        let def = a.definition(&alert).unwrap();
+        let std = &a.checked.sources.get(def.source).text;
+        assert_eq!(&std[def.span.start..def.span.end], "port_scan");
+        let text = a.hover(&alert).unwrap();
+        assert_eq!(text, "alert `port_scan`, emitted by µmbox `sniffer`");
     }
 
     #[test]
