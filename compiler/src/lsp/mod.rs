@@ -423,10 +423,11 @@ impl Backend {
             let mut now = HashMap::new();
             for (uri, ds) in all {
                 let version = versions.get(&uri).copied();
-                let same = st
-                    .published
-                    .get(&uri)
-                    .is_some_and(|(old, v)| *old == ds && *v == version);
+                let same = match st.published.get(&uri) {
+                    Some((old, v)) => *old == ds && *v == version,
+                    // A clean file that is not open and never had any: nothing to say.
+                    None => ds.is_empty() && version.is_none(),
+                };
                 if !same {
                     publish.push((uri.clone(), ds.clone(), version));
                 }
