@@ -1,19 +1,17 @@
 //! What the server knows about the text: one checked program (the open document and
 //! everything it imports) and, over its syntax trees, every name written in a module with
-//! what it refers to. Hover, go to definition and completion are look-ups in this; it
-//! reads the trees the checker built and never re-parses.
+//! what it refers to. Go to definition is a look-up in this, hover (`hover.rs`) and
+//! completion (`complete.rs`) are built on it; it reads the trees the checker built and
+//! never re-parses.
 
 use kalki_compiler::ir::Loc;
 use kalki_compiler::resolve::{ItemRef, Program};
 use kalki_compiler::source::Origin;
-use kalki_compiler::stdlib;
 use kalki_compiler::Checked;
 use kalki_lang::ast::{
     self, DeviceMember, Expr, ExprKind, GroupMembers, ImportNames, Item, SiteMember, Span,
     UmboxMember,
 };
-use std::fmt::Write as _;
-use std::path::Path;
 
 /// One check of an open document: the compiler's results and its resolved modules.
 pub struct Analysis {
@@ -66,7 +64,7 @@ pub enum Target {
 
 /// Where names are read in an expression: a device type's guard or a site's condition.
 #[derive(Clone, Copy)]
-enum Ctx {
+pub(super) enum Ctx {
     Type(usize, usize),
     Site(usize, usize),
 }
@@ -77,10 +75,10 @@ impl Analysis {
         self.program
             .modules
             .iter()
-            .position(|m| matches!(&m.origin, kalki_compiler::source::Origin::File(p) if p == path))
+            .position(|m| matches!(&m.origin, Origin::File(p) if p == path))
     }
 
-    fn ast(&self, m: usize) -> Option<&ast::File> {
+    pub(super) fn ast(&self, m: usize) -> Option<&ast::File> {
         self.program.modules.get(m).map(|module| &module.ast)
     }
 
@@ -91,11 +89,11 @@ impl Analysis {
             .map_or("", |module| &self.checked.sources.get(module.source).text)
     }
 
-    fn slice(&self, m: usize, span: Span) -> &str {
+    pub(super) fn slice(&self, m: usize, span: Span) -> &str {
         self.text(m).get(span.start..span.end).unwrap_or("")
     }
 
-    fn item_target(r: ItemRef) -> Option<Target> {
+    pub(super) fn item_target(r: ItemRef) -> Option<Target> {
         match r {
             ItemRef::Umbox(a, b) => Some(Target::Umbox(a, b)),
             ItemRef::DeviceType(a, b) => Some(Target::DeviceType(a, b)),
@@ -105,13 +103,13 @@ impl Analysis {
     }
 
     /// A top-level name as module `m` sees it (declared or imported).
-    fn in_scope(&self, m: usize, name: &str) -> Option<Target> {
+    pub(super) fn in_scope(&self, m: usize, name: &str) -> Option<Target> {
         let (r, _) = self.program.scopes.get(m)?.names.get(name)?;
         Self::item_target(*r)
     }
 
     /// An item module `m` itself declares.
-    fn declared(&self, m: usize, name: &str) -> Option<Target> {
+    pub(super) fn declared(&self, m: usize, name: &str) -> Option<Target> {
         self.ast(m)?
             .items
             .iter()
@@ -145,7 +143,12 @@ impl Analysis {
         }
     }
 
-    fn device_decl(&self, m: usize, site: usize, member: usize) -> Option<&ast::DeviceDecl> {
+    pub(super) fn device_decl(
+        &self,
+        m: usize,
+        site: usize,
+        member: usize,
+    ) -> Option<&ast::DeviceDecl> {
         match self.site(m, site)?.members.get(member)? {
             SiteMember::Device(d) => Some(d),
             _ => None,
@@ -153,7 +156,7 @@ impl Analysis {
     }
 
     /// A device of a site by name: `cam`, or `plug7` of `device plug[1..30]`.
-    fn device(&self, m: usize, site: usize, name: &str) -> Option<Target> {
+    pub(super) fn device(&self, m: usize, site: usize, name: &str) -> Option<Target> {
         let s = self.site(m, site)?;
         s.members.iter().enumerate().find_map(|(member, x)| {
             let SiteMember::Device(d) = x else {
@@ -169,7 +172,7 @@ impl Analysis {
         })
     }
 
-    fn group(&self, m: usize, site: usize, name: &str) -> Option<Target> {
+    pub(super) fn group(&self, m: usize, site: usize, name: &str) -> Option<Target> {
         let s = self.site(m, site)?;
         s.members
             .iter()
@@ -205,7 +208,7 @@ impl Analysis {
             .collect()
     }
 
-    fn state(&self, (m, ty): (usize, usize), name: &str) -> Option<Target> {
+    pub(super) fn state(&self, (m, ty): (usize, usize), name: &str) -> Option<Target> {
         self.states(m, ty)
             .iter()
             .any(|s| s.name == name)
@@ -216,7 +219,7 @@ impl Analysis {
             })
     }
 
-    fn sensed(&self, (m, ty): (usize, usize), name: &str) -> Option<Target> {
+    pub(super) fn sensed(&self, (m, ty): (usize, usize), name: &str) -> Option<Target> {
         self.device_type(m, ty)?
             .members
             .iter()
@@ -229,7 +232,7 @@ impl Analysis {
     }
 
     /// A command's declaration in a device type.
-    fn command_decl(&self, (m, ty): (usize, usize), name: &str) -> Option<Span> {
+    pub(super) fn command_decl(&self, (m, ty): (usize, usize), name: &str) -> Option<Span> {
         self.device_type(m, ty)?
             .members
             .iter()
@@ -242,7 +245,7 @@ impl Analysis {
             })
     }
 
-    fn command(&self, (m, ty): (usize, usize), name: &str) -> Option<Target> {
+    pub(super) fn command(&self, (m, ty): (usize, usize), name: &str) -> Option<Target> {
         self.command_decl((m, ty), name).map(|_| Target::Command {
             m,
             ty,
@@ -252,7 +255,7 @@ impl Analysis {
 
     /// Where an alert a device type names comes from: its own `alerts`, else the
     /// `emits` of a µmbox in scope of the type's module.
-    fn alert_decl(&self, (m, ty): (usize, usize), name: &str) -> Option<(usize, Span)> {
+    pub(super) fn alert_decl(&self, (m, ty): (usize, usize), name: &str) -> Option<(usize, Span)> {
         let own = self
             .device_type(m, ty)?
             .members
@@ -282,7 +285,7 @@ impl Analysis {
         })
     }
 
-    fn alert(&self, (m, ty): (usize, usize), name: &str) -> Option<Target> {
+    pub(super) fn alert(&self, (m, ty): (usize, usize), name: &str) -> Option<Target> {
         self.alert_decl((m, ty), name).map(|_| Target::Alert {
             m,
             ty,
@@ -329,7 +332,7 @@ impl Analysis {
         Some(Loc::new(source, span))
     }
 
-    fn definition_span(&self, t: &Target) -> Option<(usize, Span)> {
+    pub(super) fn definition_span(&self, t: &Target) -> Option<(usize, Span)> {
         match t {
             Target::Command { m, ty, name } => Some((*m, self.command_decl((*m, *ty), name)?)),
             Target::Alert { m, ty, name } => self.alert_decl((*m, *ty), name),
@@ -368,7 +371,13 @@ impl Analysis {
         out
     }
 
-    fn type_refs(&self, m: usize, i: usize, t: &ast::DeviceType, out: &mut Vec<(Span, Target)>) {
+    pub(super) fn type_refs(
+        &self,
+        m: usize,
+        i: usize,
+        t: &ast::DeviceType,
+        out: &mut Vec<(Span, Target)>,
+    ) {
         out.push((t.name.span, Target::DeviceType(m, i)));
         let state = |id: &ast::Ident, out: &mut Vec<(Span, Target)>| {
             if let Some(x) = self.state((m, i), &id.name) {
@@ -428,7 +437,13 @@ impl Analysis {
         }
     }
 
-    fn site_refs(&self, m: usize, si: usize, s: &ast::Site, out: &mut Vec<(Span, Target)>) {
+    pub(super) fn site_refs(
+        &self,
+        m: usize,
+        si: usize,
+        s: &ast::Site,
+        out: &mut Vec<(Span, Target)>,
+    ) {
         out.push((s.name.span, Target::Site(m, si)));
         let device = |id: &ast::Ident, out: &mut Vec<(Span, Target)>| {
             let x = self.device(m, si, &id.name)?;
@@ -528,7 +543,7 @@ impl Analysis {
     }
 
     /// Names in an expression; iterative, as conditions may nest deeply.
-    fn expr_refs(&self, e: &Expr, ctx: Ctx, out: &mut Vec<(Span, Target)>) {
+    pub(super) fn expr_refs(&self, e: &Expr, ctx: Ctx, out: &mut Vec<(Span, Target)>) {
         let mut stack = vec![e];
         while let Some(e) = stack.pop() {
             match (&e.kind, ctx) {
@@ -583,548 +598,6 @@ impl Analysis {
             .filter(|(s, _)| s.start <= offset && offset <= s.end)
             .min_by_key(|(s, _)| s.len())
     }
-
-    /// Markdown describing a target.
-    pub fn hover(&self, t: &Target) -> Option<String> {
-        let mut out = String::new();
-        match t {
-            Target::Module(m) => {
-                let module = self.program.modules.get(*m)?;
-                let name = &self.checked.sources.get(module.source).name;
-                let _ = write!(out, "module `{name}`");
-            }
-            Target::DeviceType(m, i) => self.hover_type(*m, *i, &mut out)?,
-            Target::Umbox(m, i) => self.hover_umbox(*m, *i, &mut out)?,
-            Target::Site(m, i) => {
-                let s = self.site(*m, *i)?;
-                let devices = s
-                    .members
-                    .iter()
-                    .filter(|x| matches!(x, SiteMember::Device(_)))
-                    .count();
-                let _ = write!(
-                    out,
-                    "```kalki\nsite {}\n```\n{devices} device declarations",
-                    s.name.name
-                );
-            }
-            Target::Device { m, site, member } => {
-                let d = self.device_decl(*m, *site, *member)?;
-                let _ = writeln!(out, "```kalki\n{}\n```", self.slice(*m, d.span).trim());
-                if let Some((tm, ti)) = self.type_of_device(*m, *site, *member) {
-                    let names: Vec<String> = self
-                        .states(tm, ti)
-                        .iter()
-                        .map(|s| format!("`{}`", s.name))
-                        .collect();
-                    let _ = write!(
-                        out,
-                        "device of type `{}`; states {}",
-                        d.ty.name,
-                        names.join(" < ")
-                    );
-                }
-            }
-            Target::Group { m, site, member } => {
-                let SiteMember::Group(g) = self.site(*m, *site)?.members.get(*member)? else {
-                    return None;
-                };
-                let _ = write!(out, "```kalki\n{}\n```", self.slice(*m, g.span).trim());
-            }
-            Target::State { m, ty, name } => {
-                let t = self.device_type(*m, *ty)?;
-                let states = self.states(*m, *ty);
-                let pos = states.iter().position(|s| &s.name == name)?;
-                let _ = writeln!(
-                    out,
-                    "state `{name}` of `{}` ({} of {} in posture order, least restrictive first)",
-                    t.name.name,
-                    pos + 1,
-                    states.len()
-                );
-                if let Some(chain) = self.chain_text(*m, t, name) {
-                    let _ = write!(out, "\n```kalki\nchain {chain}\n```");
-                }
-            }
-            Target::Command { m, ty, name } => {
-                let t = self.device_type(*m, *ty)?;
-                let lowering = t.members.iter().any(|x| {
-                    matches!(x, DeviceMember::LoweringCommands(c, _) if c.iter().any(|c| &c.name == name))
-                });
-                let publish = t.members.iter().find_map(|x| match x {
-                    DeviceMember::Publish(p) if &p.command.name == name => Some(p.span),
-                    _ => None,
-                });
-                let _ = write!(out, "command `{name}` of `{}`", t.name.name);
-                if lowering {
-                    let _ = write!(out, " (lowering: it lowers the device's protection)");
-                }
-                if let Some(span) = publish {
-                    let _ = write!(out, "\n```kalki\n{}\n```", squash(self.slice(*m, span)));
-                }
-            }
-            Target::Alert { m, ty, name } => {
-                let t = self.device_type(*m, *ty)?;
-                let (dm, _) = self.alert_decl((*m, *ty), name)?;
-                let by = if dm == *m
-                    && t.members.iter().any(|x| {
-                        matches!(x, DeviceMember::Alerts(a, _) if a.iter().any(|a| &a.name == name))
-                    }) {
-                    format!("declared by `{}`", t.name.name)
-                } else {
-                    let loc = self.definition(&Target::Alert {
-                        m: *m,
-                        ty: *ty,
-                        name: name.clone(),
-                    })?;
-                    let umbox = self
-                        .ast(dm)?
-                        .items
-                        .iter()
-                        .find_map(|i| match i {
-                            Item::Umbox(u) if u.span.start <= loc.span.start && loc.span.end <= u.span.end => {
-                                Some(u.name.name.clone())
-                            }
-                            _ => None,
-                        })
-                        .unwrap_or_default();
-                    format!("emitted by µmbox `{umbox}`")
-                };
-                let _ = write!(out, "alert `{name}`, {by}");
-            }
-            Target::Sensed { m, ty, name } => {
-                let t = self.device_type(*m, *ty)?;
-                let span = t.members.iter().find_map(|x| match x {
-                    DeviceMember::Sensed { name: n, span, .. } if &n.name == name => Some(*span),
-                    _ => None,
-                })?;
-                let _ = write!(
-                    out,
-                    "```kalki\n{}\n```\nsensed by `{}`",
-                    self.slice(*m, span).trim(),
-                    t.name.name
-                );
-            }
-        }
-        Some(out)
-    }
-
-    fn chain_text(&self, m: usize, t: &ast::DeviceType, state: &str) -> Option<String> {
-        t.members.iter().find_map(|x| match x {
-            DeviceMember::StateBlock(b) if b.state.name == state => b
-                .chain
-                .as_ref()
-                .map(|c| squash(self.slice(m, c.span).trim_start_matches("chain").trim())),
-            _ => None,
-        })
-    }
-
-    fn hover_type(&self, m: usize, i: usize, out: &mut String) -> Option<()> {
-        let t = self.device_type(m, i)?;
-        let _ = writeln!(out, "```kalki\ndevice type {}\n```", t.name.name);
-        let _ = writeln!(out, "states, least restrictive first:\n");
-        for s in self.states(m, i) {
-            let chain = self
-                .chain_text(m, t, &s.name)
-                .unwrap_or_else(|| "no chain".to_string());
-            let _ = writeln!(out, "- `{}`: `{chain}`", s.name);
-        }
-        let mut sensed = Vec::new();
-        let mut commands = Vec::new();
-        let mut alerts = Vec::new();
-        for x in &t.members {
-            match x {
-                DeviceMember::Sensed { span, .. } => {
-                    sensed.push(format!("`{}`", squash(self.slice(m, *span))));
-                }
-                DeviceMember::Commands(c, _) | DeviceMember::LoweringCommands(c, _) => {
-                    commands.extend(c.iter().map(|c| format!("`{}`", c.name)));
-                }
-                DeviceMember::Publish(p) => commands.push(format!("`{}`", p.command.name)),
-                DeviceMember::Alerts(a, _) => {
-                    alerts.extend(a.iter().map(|a| format!("`{}`", a.name)))
-                }
-                _ => {}
-            }
-        }
-        for (what, list) in [
-            ("sensed", sensed),
-            ("commands", commands),
-            ("alerts", alerts),
-        ] {
-            if !list.is_empty() {
-                let _ = write!(out, "\n{what}: {}\n", list.join(", "));
-            }
-        }
-        Some(())
-    }
-
-    fn hover_umbox(&self, m: usize, i: usize, out: &mut String) -> Option<()> {
-        let u = self.umbox(m, i)?;
-        let _ = writeln!(out, "```kalki\numbox {}\n```", u.name.name);
-        let mut params = Vec::new();
-        let mut rest = Vec::new();
-        for x in &u.members {
-            match x {
-                UmboxMember::Param(p) => {
-                    params.push(format!("- `{}`", squash(self.slice(m, p.span))))
-                }
-                UmboxMember::Emits(e, _) => {
-                    let names: Vec<String> = e.iter().map(|e| format!("`{}`", e.name)).collect();
-                    rest.push(format!("emits {}", names.join(", ")));
-                }
-                UmboxMember::Mode(id) => rest.push(format!("mode `{}`", id.name)),
-                UmboxMember::Traffic(t) => {
-                    rest.push(format!("```kalki\n{}\n```", self.slice(m, t.span).trim()));
-                }
-                _ => {}
-            }
-        }
-        if params.is_empty() {
-            let _ = writeln!(out, "no parameters");
-        } else {
-            let _ = writeln!(out, "parameters:\n\n{}", params.join("\n"));
-        }
-        for r in rest {
-            let _ = write!(out, "\n{r}\n");
-        }
-        Some(())
-    }
-}
-
-/// Source text on one line: runs of whitespace become one space.
-fn squash(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// What a completion offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Keyword,
-    Module,
-    DeviceType,
-    Umbox,
-    Site,
-    Device,
-    Group,
-    State,
-    Sensed,
-    Command,
-    Alert,
-}
-
-#[derive(Debug, Clone)]
-pub struct Candidate {
-    pub label: String,
-    pub kind: Kind,
-    pub detail: String,
-}
-
-/// The keywords of the language, as `lang/src/lexer.rs` spells them (a test holds the
-/// two together).
-#[rustfmt::skip]
-pub const KEYWORDS: &[&str] = &[
-    "import", "umbox", "image", "args", "env", "param", "emits", "mode", "traffic",
-    "secret", "pass", "drop", "answer", "authenticate", "from", "to", "with", "device",
-    "type", "sensed", "telemetry", "group", "tagged", "command", "publish", "map", "round",
-    "commands", "lowering", "alerts", "states", "initial", "final", "chain", "on", "count",
-    "within", "when", "for", "after", "quiet", "silent", "operator", "site", "bridge",
-    "uplink", "unknown", "hosts", "at", "mac", "port", "trusted", "rule", "then", "raise",
-    "escalate", "assert", "reachable", "never", "and", "or", "not", "in", "last", "clock",
-    "true", "false", "bool", "int", "enum", "string", "duration",
-];
-
-fn is_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_'
-}
-
-/// The name that ends just before `end` (skipping spaces), and where it starts.
-fn word_before(text: &str, end: usize) -> (&str, usize) {
-    let trimmed = text[..end].trim_end();
-    let start = trimmed
-        .char_indices()
-        .rev()
-        .take_while(|(_, c)| is_name_char(*c))
-        .last()
-        .map_or(trimmed.len(), |(i, _)| i);
-    (&trimmed[start..], start)
-}
-
-impl Analysis {
-    /// Completions at a byte offset of the document read as module `m` (`None`: the
-    /// document is not in the analysis; only keywords then). What is offered depends on
-    /// what is cheap to know from the text before the cursor: after `dev.`, the device
-    /// type's sensed variables and commands; after `dev ->`, `dev in`, `escalate dev to`
-    /// or a transition's `->`, states; elsewhere every name in scope and the keywords.
-    pub fn complete(&self, m: Option<usize>, text: &str, offset: usize) -> Vec<Candidate> {
-        let mut offset = offset.min(text.len());
-        while !text.is_char_boundary(offset) {
-            offset -= 1;
-        }
-        let (_, start) = word_before(text, offset);
-        let start = if text[start..offset].chars().all(is_name_char) {
-            start
-        } else {
-            offset
-        };
-        let before = text[..start].trim_end();
-        let mut out = Vec::new();
-        if let Some(path) = import_path(text, start) {
-            self.complete_import(m, &path, &mut out);
-            return out;
-        }
-        let Some(m) = m else {
-            keywords(&mut out);
-            return out;
-        };
-        // The device type or site the cursor is in.
-        let inside = self.ast(m).and_then(|f| {
-            f.items.iter().enumerate().find_map(|(i, item)| match item {
-                Item::DeviceType(t) if t.span.start <= offset && offset <= t.span.end => {
-                    Some(Ctx::Type(m, i))
-                }
-                Item::Site(s) if s.span.start <= offset && offset <= s.span.end => {
-                    Some(Ctx::Site(m, i))
-                }
-                _ => None,
-            })
-        });
-        let device_type = |name: &str| -> Option<(usize, usize)> {
-            let sites: Vec<usize> = match inside {
-                Some(Ctx::Site(_, s)) => vec![s],
-                _ => (0..self.ast(m).map_or(0, |f| f.items.len())).collect(),
-            };
-            sites
-                .into_iter()
-                .find_map(|s| match self.device(m, s, name)? {
-                    Target::Device { member, .. } => self.type_of_device(m, s, member),
-                    _ => None,
-                })
-        };
-        if let Some(rest) = before.strip_suffix('.') {
-            let (dev, _) = word_before(rest, rest.len());
-            if let Some(ty) = device_type(dev) {
-                self.type_members(ty, &[Kind::Sensed, Kind::Command], &mut out);
-            }
-            return out;
-        }
-        let after_state_word =
-            before.ends_with("->") || [" in", " to"].iter().any(|w| before.ends_with(w));
-        if after_state_word {
-            let head = before.trim_end_matches("->").trim_end();
-            let head = head
-                .strip_suffix("in")
-                .or_else(|| head.strip_suffix("to"))
-                .unwrap_or(head);
-            let (dev, _) = word_before(head, head.len());
-            let ty = device_type(dev).or(match inside {
-                Some(Ctx::Type(a, b)) => Some((a, b)),
-                _ => None,
-            });
-            if let Some(ty) = ty {
-                self.type_members(ty, &[Kind::State], &mut out);
-                return out;
-            }
-        }
-        keywords(&mut out);
-        if let Some(scope) = self.program.scopes.get(m) {
-            let mut names: Vec<(&String, Target)> = scope
-                .names
-                .iter()
-                .filter_map(|(n, (r, _))| Some((n, Self::item_target(*r)?)))
-                .collect();
-            names.sort_by(|a, b| a.0.cmp(b.0));
-            for (name, t) in names {
-                let kind = match t {
-                    Target::Umbox(..) => Kind::Umbox,
-                    Target::DeviceType(..) => Kind::DeviceType,
-                    _ => Kind::Site,
-                };
-                let detail = match kind {
-                    Kind::Umbox => "µmbox",
-                    Kind::DeviceType => "device type",
-                    _ => "site",
-                };
-                out.push(Candidate {
-                    label: name.clone(),
-                    kind,
-                    detail: detail.into(),
-                });
-            }
-        }
-        match inside {
-            Some(Ctx::Type(a, b)) => self.type_members(
-                (a, b),
-                &[Kind::State, Kind::Sensed, Kind::Command, Kind::Alert],
-                &mut out,
-            ),
-            Some(Ctx::Site(_, s)) => self.site_members(m, s, &mut out),
-            None => {}
-        }
-        out
-    }
-
-    /// Modules after `import std::`, items after `import MODULE::` (of the standard
-    /// library, or of a module this check read).
-    fn complete_import(&self, m: Option<usize>, path: &[&str], out: &mut Vec<Candidate>) {
-        match path {
-            ["std"] => {
-                for (name, _) in stdlib::MODULES {
-                    if !name.contains('/') {
-                        out.push(Candidate {
-                            label: (*name).to_string(),
-                            kind: Kind::Module,
-                            detail: "standard library module".into(),
-                        });
-                    }
-                }
-            }
-            ["std", module @ ..] => {
-                if let Some(text) = stdlib::module(&module.join("/")) {
-                    items(
-                        &kalki_lang::parse(text).file,
-                        &format!("std::{}", module.join("::")),
-                        out,
-                    );
-                }
-            }
-            module => {
-                let Some(from) = m.and_then(|m| self.program.modules.get(m)) else {
-                    return;
-                };
-                let Origin::File(from) = &from.origin else {
-                    return;
-                };
-                let mut want = from.parent().map(Path::to_path_buf).unwrap_or_default();
-                want.extend(module.iter());
-                want.set_extension("kalki");
-                let found = self.program.modules.iter().find(|x| {
-                    matches!(&x.origin, Origin::File(p) if *p == want
-                        || std::fs::canonicalize(&want).is_ok_and(|w| *p == w))
-                });
-                if let Some(x) = found {
-                    items(&x.ast, &module.join("::"), out);
-                }
-            }
-        }
-    }
-
-    fn type_members(&self, (m, ty): (usize, usize), kinds: &[Kind], out: &mut Vec<Candidate>) {
-        let Some(t) = self.device_type(m, ty) else {
-            return;
-        };
-        let of = format!("of `{}`", t.name.name);
-        let mut push = |kind: Kind, id: &ast::Ident, what: &str| {
-            if kinds.contains(&kind) && !out.iter().any(|c| c.label == id.name && c.kind == kind) {
-                out.push(Candidate {
-                    label: id.name.clone(),
-                    kind,
-                    detail: format!("{what} {of}"),
-                });
-            }
-        };
-        for s in self.states(m, ty) {
-            push(Kind::State, s, "state");
-        }
-        for x in &t.members {
-            match x {
-                DeviceMember::Sensed { name, .. } => push(Kind::Sensed, name, "sensed"),
-                DeviceMember::Commands(c, _) | DeviceMember::LoweringCommands(c, _) => {
-                    c.iter().for_each(|c| push(Kind::Command, c, "command"));
-                }
-                DeviceMember::Publish(p) => push(Kind::Command, &p.command, "command"),
-                DeviceMember::Alerts(a, _) => a.iter().for_each(|a| push(Kind::Alert, a, "alert")),
-                DeviceMember::Transition(tr) => {
-                    if let ast::Trigger::Alert { alert, .. } = &tr.trigger {
-                        push(Kind::Alert, alert, "alert");
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-
-    fn site_members(&self, m: usize, s: usize, out: &mut Vec<Candidate>) {
-        let Some(site) = self.site(m, s) else {
-            return;
-        };
-        for x in &site.members {
-            match x {
-                SiteMember::Device(d) => out.push(Candidate {
-                    label: d.name.name.clone(),
-                    kind: Kind::Device,
-                    detail: format!("device: {}", d.ty.name),
-                }),
-                SiteMember::Group(g) => out.push(Candidate {
-                    label: g.name.name.clone(),
-                    kind: Kind::Group,
-                    detail: "group".into(),
-                }),
-                _ => {}
-            }
-        }
-    }
-}
-
-/// The module path of an `import` being written up to `at`, when the cursor is after
-/// `import A::B::` or inside its `{...}`: `["A", "B"]`.
-fn import_path(text: &str, at: usize) -> Option<Vec<&str>> {
-    let line = &text[text[..at].rfind('\n').map_or(0, |i| i + 1)..at];
-    let rest = line.trim_start().strip_prefix("import")?;
-    if !rest.starts_with(char::is_whitespace) {
-        return None;
-    }
-    let path = rest.split('{').next().unwrap_or(rest).trim();
-    let path = path.strip_suffix("::")?;
-    Some(path.split("::").map(str::trim).collect())
-}
-
-/// The importable items of a module: device types and µmboxes (sites are not imported).
-fn items(file: &ast::File, module: &str, out: &mut Vec<Candidate>) {
-    for item in &file.items {
-        let (name, kind, what) = match item {
-            Item::Umbox(u) => (&u.name.name, Kind::Umbox, "µmbox"),
-            Item::DeviceType(t) => (&t.name.name, Kind::DeviceType, "device type"),
-            _ => continue,
-        };
-        out.push(Candidate {
-            label: name.clone(),
-            kind,
-            detail: format!("{what} in `{module}`"),
-        });
-    }
-}
-
-fn keywords(out: &mut Vec<Candidate>) {
-    out.extend(KEYWORDS.iter().map(|k| Candidate {
-        label: (*k).to_string(),
-        kind: Kind::Keyword,
-        detail: "keyword".into(),
-    }));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::KEYWORDS;
-    use std::collections::BTreeSet;
-
-    /// Every keyword the lexer knows is offered, and nothing else is called one.
-    #[test]
-    fn keywords_are_the_lexers() {
-        let lexer = include_str!("../../../lang/src/lexer.rs");
-        let from_lexer: BTreeSet<&str> = lexer
-            .split("#[token(\"")
-            .skip(1)
-            .filter_map(|s| s.split('"').next())
-            .filter(|w| w.chars().all(|c| c.is_ascii_alphabetic()))
-            .collect();
-        assert!(
-            from_lexer.len() > 50,
-            "read too few keywords: {from_lexer:?}"
-        );
-        let ours: BTreeSet<&str> = KEYWORDS.iter().copied().collect();
-        assert_eq!(ours, from_lexer);
-    }
 }
 
 #[cfg(test)]
@@ -1132,7 +605,7 @@ mod lookups {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use kalki_compiler::source::{LoadError, SourceLoader};
-    use std::path::PathBuf;
+    use std::path::{Path, PathBuf};
 
     struct One(&'static str);
 
@@ -1162,14 +635,14 @@ site home {
 }
 "#;
 
-    fn analysis() -> Analysis {
+    pub(super) fn analysis() -> Analysis {
         let (checked, program) =
             kalki_compiler::check_program(&[PathBuf::from("/p/home.kalki")], &One(SRC));
         assert!(checked.diagnostics.is_empty(), "{:?}", checked.diagnostics);
         Analysis { checked, program }
     }
 
-    fn at(a: &Analysis, needle: &str, nth: usize) -> Target {
+    pub(super) fn at(a: &Analysis, needle: &str, nth: usize) -> Target {
         let offset = SRC.match_indices(needle).nth(nth).unwrap().0 + 1;
         a.at(0, offset)
             .unwrap_or_else(|| panic!("nothing at {needle}"))
@@ -1177,7 +650,7 @@ site home {
     }
 
     #[test]
-    fn names_resolve_to_their_declarations() {
+    pub(super) fn names_resolve_to_their_declarations() {
         let a = analysis();
         // A member of a device range is the range's declaration.
         let plug = at(&a, "plug2.power", 0);
@@ -1212,7 +685,7 @@ site home {
     }
 
     #[test]
-    fn hover_on_a_state_and_a_type() {
+    pub(super) fn hover_on_a_state_and_a_type() {
         let a = analysis();
         let text = a.hover(&at(&a, "off {", 0)).unwrap();
         assert!(

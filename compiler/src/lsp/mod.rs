@@ -10,12 +10,15 @@
 //! nothing here prints).
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
+mod complete;
 mod format;
+mod hover;
 mod index;
 mod stdfiles;
 mod text;
 
-use index::{Analysis, Kind};
+use complete::Kind;
+use index::Analysis;
 use kalki_compiler::diag::{self, Severity};
 use kalki_compiler::source::{LoadError, Origin, SourceLoader, Sources};
 use kalki_compiler::verify::solver::{Outcome, Query, Solver};
