@@ -103,13 +103,13 @@ impl Analysis {
     }
 
     /// A top-level name as module `m` sees it (declared or imported).
-    pub(super) fn in_scope(&self, m: usize, name: &str) -> Option<Target> {
+    fn in_scope(&self, m: usize, name: &str) -> Option<Target> {
         let (r, _) = self.program.scopes.get(m)?.names.get(name)?;
         Self::item_target(*r)
     }
 
     /// An item module `m` itself declares.
-    pub(super) fn declared(&self, m: usize, name: &str) -> Option<Target> {
+    fn declared(&self, m: usize, name: &str) -> Option<Target> {
         self.ast(m)?
             .items
             .iter()
@@ -172,7 +172,7 @@ impl Analysis {
         })
     }
 
-    pub(super) fn group(&self, m: usize, site: usize, name: &str) -> Option<Target> {
+    fn group(&self, m: usize, site: usize, name: &str) -> Option<Target> {
         let s = self.site(m, site)?;
         s.members
             .iter()
@@ -208,7 +208,7 @@ impl Analysis {
             .collect()
     }
 
-    pub(super) fn state(&self, (m, ty): (usize, usize), name: &str) -> Option<Target> {
+    fn state(&self, (m, ty): (usize, usize), name: &str) -> Option<Target> {
         self.states(m, ty)
             .iter()
             .any(|s| s.name == name)
@@ -219,7 +219,7 @@ impl Analysis {
             })
     }
 
-    pub(super) fn sensed(&self, (m, ty): (usize, usize), name: &str) -> Option<Target> {
+    fn sensed(&self, (m, ty): (usize, usize), name: &str) -> Option<Target> {
         self.device_type(m, ty)?
             .members
             .iter()
@@ -232,7 +232,7 @@ impl Analysis {
     }
 
     /// A command's declaration in a device type.
-    pub(super) fn command_decl(&self, (m, ty): (usize, usize), name: &str) -> Option<Span> {
+    fn command_decl(&self, (m, ty): (usize, usize), name: &str) -> Option<Span> {
         self.device_type(m, ty)?
             .members
             .iter()
@@ -245,7 +245,7 @@ impl Analysis {
             })
     }
 
-    pub(super) fn command(&self, (m, ty): (usize, usize), name: &str) -> Option<Target> {
+    fn command(&self, (m, ty): (usize, usize), name: &str) -> Option<Target> {
         self.command_decl((m, ty), name).map(|_| Target::Command {
             m,
             ty,
@@ -285,7 +285,7 @@ impl Analysis {
         })
     }
 
-    pub(super) fn alert(&self, (m, ty): (usize, usize), name: &str) -> Option<Target> {
+    fn alert(&self, (m, ty): (usize, usize), name: &str) -> Option<Target> {
         self.alert_decl((m, ty), name).map(|_| Target::Alert {
             m,
             ty,
@@ -332,7 +332,7 @@ impl Analysis {
         Some(Loc::new(source, span))
     }
 
-    pub(super) fn definition_span(&self, t: &Target) -> Option<(usize, Span)> {
+    fn definition_span(&self, t: &Target) -> Option<(usize, Span)> {
         match t {
             Target::Command { m, ty, name } => Some((*m, self.command_decl((*m, *ty), name)?)),
             Target::Alert { m, ty, name } => self.alert_decl((*m, *ty), name),
@@ -371,13 +371,7 @@ impl Analysis {
         out
     }
 
-    pub(super) fn type_refs(
-        &self,
-        m: usize,
-        i: usize,
-        t: &ast::DeviceType,
-        out: &mut Vec<(Span, Target)>,
-    ) {
+    fn type_refs(&self, m: usize, i: usize, t: &ast::DeviceType, out: &mut Vec<(Span, Target)>) {
         out.push((t.name.span, Target::DeviceType(m, i)));
         let state = |id: &ast::Ident, out: &mut Vec<(Span, Target)>| {
             if let Some(x) = self.state((m, i), &id.name) {
@@ -437,13 +431,7 @@ impl Analysis {
         }
     }
 
-    pub(super) fn site_refs(
-        &self,
-        m: usize,
-        si: usize,
-        s: &ast::Site,
-        out: &mut Vec<(Span, Target)>,
-    ) {
+    fn site_refs(&self, m: usize, si: usize, s: &ast::Site, out: &mut Vec<(Span, Target)>) {
         out.push((s.name.span, Target::Site(m, si)));
         let device = |id: &ast::Ident, out: &mut Vec<(Span, Target)>| {
             let x = self.device(m, si, &id.name)?;
@@ -543,7 +531,7 @@ impl Analysis {
     }
 
     /// Names in an expression; iterative, as conditions may nest deeply.
-    pub(super) fn expr_refs(&self, e: &Expr, ctx: Ctx, out: &mut Vec<(Span, Target)>) {
+    fn expr_refs(&self, e: &Expr, ctx: Ctx, out: &mut Vec<(Span, Target)>) {
         let mut stack = vec![e];
         while let Some(e) = stack.pop() {
             match (&e.kind, ctx) {
@@ -635,14 +623,14 @@ site home {
 }
 "#;
 
-    pub(super) fn analysis() -> Analysis {
+    fn analysis() -> Analysis {
         let (checked, program) =
             kalki_compiler::check_program(&[PathBuf::from("/p/home.kalki")], &One(SRC));
         assert!(checked.diagnostics.is_empty(), "{:?}", checked.diagnostics);
         Analysis { checked, program }
     }
 
-    pub(super) fn at(a: &Analysis, needle: &str, nth: usize) -> Target {
+    fn at(a: &Analysis, needle: &str, nth: usize) -> Target {
         let offset = SRC.match_indices(needle).nth(nth).unwrap().0 + 1;
         a.at(0, offset)
             .unwrap_or_else(|| panic!("nothing at {needle}"))
@@ -650,7 +638,7 @@ site home {
     }
 
     #[test]
-    pub(super) fn names_resolve_to_their_declarations() {
+    fn names_resolve_to_their_declarations() {
         let a = analysis();
         // A member of a device range is the range's declaration.
         let plug = at(&a, "plug2.power", 0);
@@ -684,8 +672,33 @@ site home {
         assert_eq!(text, "alert `port_scan`, emitted by µmbox `sniffer`");
     }
 
+    /// Every offset of the text, and of broken texts, answers without panicking.
     #[test]
-    pub(super) fn hover_on_a_state_and_a_type() {
+    fn no_offset_panics() {
+        let a = analysis();
+        let broken = format!(
+            "// µ😀\n{}\n  cam. -> import std::um",
+            &SRC[..SRC.len() / 2]
+        );
+        for text in [SRC, broken.as_str(), "", "µ", "import std::"] {
+            for offset in 0..=text.len() + 2 {
+                let _ = a.complete(Some(0), text, offset);
+                let _ = a.complete(None, text, offset);
+                let pos = crate::lsp::text::position(text, offset);
+                let back = crate::lsp::text::offset(text, pos);
+                assert!(back <= text.len() && text.is_char_boundary(back));
+            }
+        }
+        for offset in 0..=SRC.len() + 2 {
+            if let Some((_, t)) = a.at(0, offset) {
+                let _ = a.hover(&t);
+                assert!(a.definition(&t).is_some(), "{t:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn hover_on_a_state_and_a_type() {
         let a = analysis();
         let text = a.hover(&at(&a, "off {", 0)).unwrap();
         assert!(
