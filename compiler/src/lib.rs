@@ -34,8 +34,15 @@ pub struct Checked {
 
 /// Parse, resolve and type-check the roots and everything they import.
 pub fn check(roots: &[PathBuf], loader: &dyn SourceLoader) -> Checked {
+    check_program(roots, loader).0
+}
+
+/// [`check`], also returning the resolved modules (syntax trees, imports, scopes) for
+/// tools that answer questions about the text, such as the language server. The
+/// program's `sources` have moved into [`Checked::sources`].
+pub fn check_program(roots: &[PathBuf], loader: &dyn SourceLoader) -> (Checked, resolve::Program) {
     let mut diags = Diagnostics::default();
-    let program = resolve::load(roots, loader, &mut diags);
+    let mut program = resolve::load(roots, loader, &mut diags);
     // A file with syntax errors has a partial tree: checking it would only add echoes.
     let model = (!program.syntax_errors).then(|| typeck::typeck(&program, &mut diags));
     // Two devices on one address (K209) need no solver: a site that cannot be told apart
@@ -47,12 +54,13 @@ pub fn check(roots: &[PathBuf], loader: &dyn SourceLoader) -> Checked {
     }
     let model = model.filter(|_| !diags.has_errors());
     sort(&mut diags.items);
-    Checked {
-        sources: program.sources,
+    let checked = Checked {
+        sources: std::mem::take(&mut program.sources),
         diagnostics: diags.items,
         model,
-        unreadable: program.unreadable_roots,
-    }
+        unreadable: std::mem::take(&mut program.unreadable_roots),
+    };
+    (checked, program)
 }
 
 /// Check, then verify the model if it checked clean. Diagnostics of both phases, sorted.

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 mod explain_cmd;
 mod fmt_cmd;
+mod lsp;
 
 /// Exit codes, as documented in `--help`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +55,12 @@ enum Command {
     /// sets and container manifests. Nothing is written when the policy has errors.
     #[command(after_help = EXIT_HELP)]
     Build(BuildArgs),
+    /// Serve editors: a language server (LSP) over standard input and output.
+    ///
+    /// Diagnostics on every edit (check), verification on save within a time budget,
+    /// hover, go to definition (also into the standard library, written read-only under
+    /// `$XDG_CACHE_HOME/kalkic/std/VERSION/`) and completion. See docs/tools/lsp.md.
+    Lsp(lsp::Args),
     /// Rewrite policy files in the canonical layout (docs/tools/fmt.md); with `--check`,
     /// write nothing and print what would change.
     #[command(after_help = fmt_cmd::FMT_HELP)]
@@ -202,6 +209,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => run_verify(&args),
         Command::Graph(args) => run_graph(&args),
         Command::Build(args) => run_build(&args),
+        Command::Lsp(args) => lsp::run(&args),
         Command::Fmt(args) => fmt_cmd::run(&args),
         Command::Explain(args) => explain_cmd::run(&args),
         Command::Init(args) => run_init(&args),
