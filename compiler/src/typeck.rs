@@ -2213,13 +2213,17 @@ impl<'a> Cx<'a> {
                 let mut ok = true;
                 if !alerts.contains(&alert.name) {
                     let c: Vec<&str> = alerts.iter().map(String::as_str).collect();
-                    self.unknown(
-                        "alert",
-                        alert,
-                        source,
-                        &c,
-                        Some("alerts come from a visible µmbox's `emits` or the type's own `alerts` list".into()),
-                    );
+                    // `on reset`: an operator action written where an alert goes.
+                    let (c, help) = if OPERATOR_ACTIONS.contains(&alert.name.as_str()) {
+                        let a = &alert.name;
+                        (
+                            Vec::new(),
+                            format!("`{a}` is an operator action, not an alert: write `on operator {a}`"),
+                        )
+                    } else {
+                        (c, "alerts come from a visible µmbox's `emits` or the type's own `alerts` list".into())
+                    };
+                    self.unknown("alert", alert, source, &c, Some(help));
                     ok = false;
                 }
                 let count = match count {
