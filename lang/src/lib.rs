@@ -5,6 +5,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod ast;
+mod hint;
 pub mod lexer;
 pub mod parser;
 

@@ -5,6 +5,7 @@
 //! yields a tree for later phases.
 
 use crate::ast::{BinOp, Expr, ExprKind, File, Ident, Span, StrLit};
+use crate::hint;
 use crate::lexer::{Lexer, Token};
 use lalrpop_util::{ErrorRecovery, ParseError};
 
@@ -74,6 +75,26 @@ pub struct SyntaxError {
     pub span: Span,
     /// What the grammar would have accepted, for the help text.
     pub expected: Vec<String>,
+    /// Advice for a recognised mistake (`write `and``); replaces `expected` in the help.
+    pub help: Option<String>,
+    /// The primary label's text, when there is more to say than "here".
+    pub label: Option<String>,
+    /// Other locations involved (the `{` that is never closed).
+    pub secondary: Vec<(Span, String)>,
+}
+
+impl SyntaxError {
+    fn new(code: SyntaxCode, message: String, span: Span, expected: Vec<String>) -> Self {
+        SyntaxError {
+            code,
+            message,
+            span,
+            expected,
+            help: None,
+            label: None,
+            secondary: Vec::new(),
+        }
+    }
 }
 
 /// A tree and every syntax error found while building it.
@@ -98,6 +119,12 @@ pub fn parse(src: &str) -> Parsed {
             File::default()
         }
     };
+    if !errors.is_empty() {
+        let toks: Vec<(usize, Token, usize)> = Lexer::new(src).flatten().collect();
+        for e in &mut errors {
+            hint::explain(src, &toks, e);
+        }
+    }
     Parsed {
         file,
         errors: first_error_per_item(src, errors),
@@ -143,68 +170,49 @@ fn first_error_per_item(src: &str, mut errors: Vec<SyntaxError>) -> Vec<SyntaxEr
 
 fn convert(src: &str, e: ParseError<usize, Token, UserError>) -> SyntaxError {
     match e {
-        ParseError::InvalidToken { location } => SyntaxError {
-            code: SyntaxCode::InvalidToken,
-            message: "invalid token".into(),
-            span: Span::new(location, location),
-            expected: vec![],
-        },
-        ParseError::UnrecognizedEof { location, expected } => SyntaxError {
-            code: SyntaxCode::UnexpectedEof,
-            message: "unexpected end of file".into(),
-            span: Span::new(location, location),
-            expected: pretty_expected(expected),
-        },
+        ParseError::InvalidToken { location } => SyntaxError::new(
+            SyntaxCode::InvalidToken,
+            "invalid token".into(),
+            Span::new(location, location),
+            vec![],
+        ),
+        ParseError::UnrecognizedEof { location, expected } => SyntaxError::new(
+            SyntaxCode::UnexpectedEof,
+            "unexpected end of file".into(),
+            Span::new(location, location),
+            pretty_expected(expected),
+        ),
         ParseError::UnrecognizedToken {
             token: (l, Token::Error, r),
             ..
-        } => SyntaxError {
-            code: SyntaxCode::InvalidToken,
-            message: why_invalid(src.get(l..r).unwrap_or("")),
-            span: Span::new(l, r),
-            expected: vec![],
-        },
+        } => {
+            let (message, help) = hint::invalid_token(src.get(l..r).unwrap_or(""));
+            SyntaxError {
+                help,
+                ..SyntaxError::new(SyntaxCode::InvalidToken, message, Span::new(l, r), vec![])
+            }
+        }
         ParseError::UnrecognizedToken {
             token: (l, tok, r),
             expected,
-        } => SyntaxError {
-            code: SyntaxCode::UnexpectedToken,
-            message: format!("unexpected {tok}"),
-            span: Span::new(l, r),
-            expected: pretty_expected(expected),
-        },
-        ParseError::ExtraToken { token: (l, tok, r) } => SyntaxError {
-            code: SyntaxCode::UnexpectedToken,
-            message: format!("unexpected {tok}"),
-            span: Span::new(l, r),
-            expected: vec![],
-        },
-        ParseError::User { error } => SyntaxError {
-            code: SyntaxCode::InvalidValue,
-            message: error.message.to_string(),
-            span: error.span,
-            expected: vec![],
-        },
-    }
-}
-
-/// Says what is wrong with bytes the lexer could not turn into a token.
-fn why_invalid(text: &str) -> String {
-    let shown: String = text.chars().take(40).collect();
-    let all = |f: fn(char) -> bool| !text.is_empty() && text.chars().all(f);
-    if text.starts_with('"') {
-        "unterminated string".into()
-    } else if all(|c| c.is_ascii_digit() || c == '.') && text.matches('.').count() == 3 {
-        format!("invalid IPv4 address `{shown}`: each part must be 0..255")
-    } else if all(|c| c.is_ascii_digit() || c == ':') && text.matches(':').count() == 1 {
-        format!("invalid time of day `{shown}`: hours go to 23, minutes to 59")
-    } else if all(|c| c.is_ascii_digit()) {
-        format!("integer `{shown}` is too large")
-    } else if text.starts_with(|c: char| c.is_ascii_digit()) && text.ends_with(['s', 'm', 'h', 'd'])
-    {
-        format!("duration `{shown}` is too long")
-    } else {
-        format!("invalid character `{}`", shown.escape_debug())
+        } => SyntaxError::new(
+            SyntaxCode::UnexpectedToken,
+            format!("unexpected {tok}"),
+            Span::new(l, r),
+            pretty_expected(expected),
+        ),
+        ParseError::ExtraToken { token: (l, tok, r) } => SyntaxError::new(
+            SyntaxCode::UnexpectedToken,
+            format!("unexpected {tok}"),
+            Span::new(l, r),
+            vec![],
+        ),
+        ParseError::User { error } => SyntaxError::new(
+            SyntaxCode::InvalidValue,
+            error.message.to_string(),
+            error.span,
+            vec![],
+        ),
     }
 }
 
