@@ -91,7 +91,7 @@ fn glued_number(text: &str, shown: &str) -> (String, Option<String>) {
         .unwrap_or(text.len());
     let (n, unit) = text.split_at(digits_end);
     let n_val: Option<u64> = n.parse().ok();
-    if matches!(unit, "ms" | "s" | "m" | "h" | "d") {
+    if is_unit(unit) {
         return (format!("duration `{shown}` is too long"), None);
     }
     let units_are = format!("a duration is a whole number and one of the units {UNITS}");
@@ -119,6 +119,15 @@ fn glued_number(text: &str, shown: &str) -> (String, Option<String>) {
             )),
         );
     }
+    // `10_000`, `1_500ms`: digit separators.
+    let compact = text.replace('_', "");
+    let compact_digits = compact.trim_start_matches(|c: char| c.is_ascii_digit());
+    if unit.starts_with('_') && (compact_digits.is_empty() || is_unit(compact_digits)) {
+        return (
+            format!("`{shown}`: numbers have no digit separators"),
+            Some(format!("write `{compact}`")),
+        );
+    }
     if n == "0" && (unit.starts_with('x') || unit.starts_with('X')) {
         let help = match u64::from_str_radix(&unit[1..], 16) {
             Ok(v) => format!("write `{v}`: numbers are written in decimal"),
@@ -133,6 +142,11 @@ fn glued_number(text: &str, shown: &str) -> (String, Option<String>) {
              (e.g. `watts`); only durations take a unit ({UNITS})"
         )),
     )
+}
+
+/// Whether `unit` is one of the language's duration units.
+fn is_unit(unit: &str) -> bool {
+    matches!(unit, "ms" | "s" | "m" | "h" | "d")
 }
 
 /// The unit a newcomer meant by `unit`, if it is a recognisable spelling of one of the
@@ -167,6 +181,51 @@ fn compound_duration(text: &str) -> Option<u64> {
         parts += 1;
     }
     (parts > 1).then_some(total)
+}
+
+/// The span of `1.5` or `1.5h` (integer, `.`, integer or duration, nothing between) when
+/// the error at token `i` is its integer or its `.`.
+fn fraction_at(toks: &[(usize, Token, usize)], i: usize) -> Option<Span> {
+    let first = match toks.get(i)? {
+        (_, Token::Dot, _) => i.checked_sub(1)?,
+        (_, Token::Int(_), _) => i,
+        _ => return None,
+    };
+    let (il, int, ir) = toks.get(first)?;
+    let (dl, dot, dr) = toks.get(first + 1)?;
+    let (fl, frac, fr) = toks.get(first + 2)?;
+    let shape = matches!(int, Token::Int(_))
+        && *dot == Token::Dot
+        && matches!(frac, Token::Int(_) | Token::Duration(_));
+    // `10.0.1` is an address cut short, not a fraction.
+    let dot_glued = |t: Option<&(usize, Token, usize)>, at: usize| {
+        t.is_some_and(|(l, tok, r)| *tok == Token::Dot && (*l == at || *r == at))
+    };
+    let address = dot_glued(toks.get(first + 3), *fr)
+        || dot_glued(first.checked_sub(1).and_then(|p| toks.get(p)), *il);
+    (shape && !address && ir == dl && dr == fl).then(|| Span::new(*il, *fr))
+}
+
+/// `1.5h` as `90m`: a fractional duration in the largest unit that makes it whole.
+fn fraction_in_smaller_unit(text: &str) -> Option<String> {
+    let (whole, rest) = text.split_once('.')?;
+    let digits_end = rest.find(|c: char| !c.is_ascii_digit())?;
+    let (frac, unit) = rest.split_at(digits_end);
+    let size: u64 = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    let scale = 10u64.checked_pow(u32::try_from(frac.len()).ok()?)?;
+    let whole: u64 = whole.parse().ok()?;
+    let frac: u64 = frac.parse().ok()?;
+    let scaled = whole
+        .checked_mul(scale)?
+        .checked_add(frac)?
+        .checked_mul(size)?;
+    (scaled % scale == 0).then(|| in_largest_unit(scaled / scale))
 }
 
 /// `5400000` ms as `90m`: the largest unit that divides it.
@@ -226,6 +285,20 @@ fn unexpected(src: &str, toks: &[(usize, Token, usize)], i: usize, e: &mut Synta
              `final`, `emits`, `tagged`, a rule's actions) ends at its last item"
                 .into(),
         );
+        return;
+    }
+    // `1.5`, `2.5s`: a fraction, read as the integer `1`, then `.`.
+    if let Some(span) = fraction_at(toks, i) {
+        let text = src.get(span.start..span.end).unwrap_or_default();
+        e.message = format!("`{text}`: numbers have no fractions");
+        e.span = span;
+        e.label = Some("not a number of the language".into());
+        e.help = Some(match fraction_in_smaller_unit(text) {
+            Some(d) => format!("write `{d}`: a duration is a whole number of a unit ({UNITS})"),
+            None => "scale the value to a unit in which it is a whole number (milliwatts for \
+                     a plug, milli-g for an accelerometer) and say so in the name"
+                .into(),
+        });
         return;
     }
     // `cam-door`: a hyphen between two words with no space around it.
@@ -497,6 +570,22 @@ mod tests {
         assert!(invalid_token("99999999999999999999d")
             .0
             .contains("too long"));
+        assert_eq!(invalid_token("10_000").1.as_deref(), Some("write `10000`"));
+        assert_eq!(
+            invalid_token("1_500ms").1.as_deref(),
+            Some("write `1500ms`")
+        );
+        assert_eq!(fraction_in_smaller_unit("1.5h").as_deref(), Some("90m"));
+        assert_eq!(fraction_in_smaller_unit("2.5s").as_deref(), Some("2500ms"));
+        assert_eq!(fraction_in_smaller_unit("1.5"), None);
+    }
+
+    #[test]
+    fn a_fraction_is_told_apart_from_an_address_cut_short() {
+        let e = first("site s {\n    device a: T at 10.0.1 port \"a\"\n}\n");
+        assert!(!e.message.contains("fraction"), "{}", e.message);
+        let e = first("site s {\n    rule r when a.x > 2.5 then a -> b\n}\n");
+        assert!(e.message.contains("fraction"), "{}", e.message);
     }
 
     #[test]
