@@ -259,7 +259,7 @@ pub(crate) fn explain(src: &str, toks: &[(usize, Token, usize)], e: &mut SyntaxE
             }
         }
         SyntaxCode::UnexpectedToken => {
-            let Some(i) = toks.iter().position(|t| t.0 == e.span.start) else {
+            let Ok(i) = toks.binary_search_by_key(&e.span.start, |t| t.0) else {
                 return;
             };
             unexpected(src, toks, i, e);

@@ -162,7 +162,7 @@ fn resumes_on_a_new_line(
     r: &ErrorRecovery<usize, Token, UserError>,
 ) -> bool {
     let resume = match (r.dropped_tokens.last(), &r.error) {
-        (Some((_, _, end)), _) => toks.iter().find(|t| t.0 >= *end).map(|t| t.0),
+        (Some((_, _, end)), _) => toks.get(toks.partition_point(|t| t.0 < *end)).map(|t| t.0),
         (None, ParseError::UnrecognizedToken { token, .. }) => Some(token.0),
         (None, _) => None,
     };
@@ -193,13 +193,14 @@ fn drop_echoes(
     let mut starts = Vec::new();
     let mut line_starts = Vec::new();
     let mut depth: i64 = 0;
-    let mut last_line = None;
-    for (l, tok, _) in toks {
-        let line = src.get(..*l).map_or(0, |s| s.matches('\n').count());
-        if last_line != Some(line) {
+    // Whether a newline lies between the previous token and this one (linear overall).
+    let mut prev_end: Option<usize> = None;
+    for (l, tok, r) in toks {
+        let new_line = prev_end.is_none_or(|p| src.get(p..*l).is_some_and(|s| s.contains('\n')));
+        if new_line {
             line_starts.push(*l);
-            last_line = Some(line);
         }
+        prev_end = Some(*r);
         match tok {
             Token::LBrace => depth += 1,
             Token::RBrace => depth -= 1,
