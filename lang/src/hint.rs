@@ -9,6 +9,7 @@ use crate::parser::{SyntaxCode, SyntaxError};
 
 /// The units a duration may take (the lexer's `duration_millis` accepts exactly these).
 const UNITS: &str = "ms, s, m, h, d";
+const UNITS_ARE: &str = "a duration is a whole number and one of the units ms, s, m, h, d";
 
 /// What is wrong with bytes the lexer could not turn into a token: the message, and the
 /// advice when there is some.
@@ -94,7 +95,7 @@ fn glued_number(text: &str, shown: &str) -> (String, Option<String>) {
     if is_unit(unit) {
         return (format!("duration `{shown}` is too long"), None);
     }
-    let units_are = format!("a duration is a whole number and one of the units {UNITS}");
+    let units_are = UNITS_ARE.to_string();
     if let Some(right) = duration_unit(unit) {
         let fixed = match (right, n_val) {
             ("w", Some(v)) => v.checked_mul(7).map(|d| format!("{d}d")),
@@ -314,6 +315,111 @@ fn unexpected(src: &str, toks: &[(usize, Token, usize)], i: usize, e: &mut Synta
             word.replace('-', "_")
         ));
         return;
+    }
+    let prev = i.checked_sub(1).and_then(|p| toks.get(p));
+    let prev2 = i.checked_sub(2).and_then(|p| toks.get(p));
+    let same_line = |a: usize, b: usize| src.get(a..b).is_some_and(|s| !s.contains('\n'));
+    // `commands turn_on turn_off`: `turn_off` was read as the start of a new member.
+    if let (Some((xl, Token::Ident(x), xr)), Some((_, Token::Ident(y), yr))) = (prev, prev2) {
+        if expects("`->`") && same_line(*yr, *xl) {
+            // The states of a type are ordered with `<`; other lists take commas.
+            let line_start = toks
+                .get(..i - 1)
+                .unwrap_or_default()
+                .iter()
+                .rev()
+                .take_while(|t| same_line(t.2, *xl))
+                .last();
+            let states = matches!(line_start, Some((_, Token::States, _)));
+            let sep = if states { "<" } else { "," };
+            e.message = format!("a `{sep}` is missing between `{y}` and `{x}`");
+            e.span = Span::new(*xl, *xr);
+            e.label = Some("read as the start of a new member".into());
+            e.help = Some(if states {
+                format!("order the states from least to most restrictive: `{y} < {x}`")
+            } else {
+                format!("separate the items of a list with commas: `{y}, {x}`")
+            });
+            return;
+        }
+    }
+    // `states normal, attack`: states are ordered, not listed.
+    if *tok == Token::Comma && expects("`<`") {
+        e.message = "states are ordered with `<`, not listed with `,`".into();
+        e.label = Some("write `<` here".into());
+        let example = match (prev, toks.get(i + 1)) {
+            (Some((_, Token::Ident(a), _)), Some((_, Token::Ident(b), _))) => format!("{a} < {b}"),
+            _ => "normal < suspicious < attack".into(),
+        };
+        e.help = Some(format!(
+            "list the states from least to most restrictive: `states {example}`"
+        ));
+        return;
+    }
+    // `initial: normal`, `image: "..."`: a member's keyword takes no colon.
+    if let (Token::Colon, Some((_, k, _))) = (tok, prev) {
+        if is_keyword(k) && !expects("`:`") {
+            e.message = format!("`{}` takes no `:`", k.text());
+            e.label = Some("remove this `:`".into());
+            let value = match toks.get(i + 1) {
+                Some((vl, _, vr)) => src.get(*vl..*vr).unwrap_or("..."),
+                None => "...",
+            };
+            e.help = Some(format!(
+                "write the value right after the keyword: `{} {value}`",
+                k.text()
+            ));
+            return;
+        }
+    }
+    // `port p0`: a string needs its quotes.
+    if let Token::Ident(w) = tok {
+        if e.expected == ["a string"] {
+            e.message = format!("`{w}` must be a string");
+            e.label = Some("a name, not a string".into());
+            e.help = Some(format!("put it in double quotes: `\"{w}\"`"));
+            return;
+        }
+    }
+    // `plug.turn_off()`: a command takes no parentheses.
+    if let (Token::LParen, Some((_, Token::Ident(c), _)), Some((_, Token::Dot, _))) =
+        (tok, prev, prev2)
+    {
+        if !expects("`(`") {
+            if let Some((_, Token::RParen, rr)) = toks.get(i + 1) {
+                e.span = Span::new(*l, *rr);
+            }
+            e.message = format!("a command takes no parentheses: `{c}()`");
+            e.label = Some("remove `()`".into());
+            let device = match i.checked_sub(3).and_then(|p| toks.get(p)) {
+                Some((_, Token::Ident(d), _)) => d.as_str(),
+                _ => "DEVICE",
+            };
+            e.help = Some(format!("write `{device}.{c}`: commands have no arguments"));
+            return;
+        }
+    }
+    // `for 1 min`: a number and its unit are written together.
+    if let (Token::Int(n), Some((_, Token::Ident(u), ur))) = (tok, toks.get(i + 1)) {
+        let unit = if is_unit(u) {
+            Some(u.as_str())
+        } else {
+            duration_unit(u)
+        };
+        if let (true, Some(unit)) = (expects("a duration"), unit) {
+            let fixed = if unit == "w" {
+                n.checked_mul(7).map(|d| format!("{d}d"))
+            } else {
+                Some(format!("{n}{unit}"))
+            };
+            if let Some(fixed) = fixed {
+                e.message = format!("a duration is written without a space: `{fixed}`");
+                e.span = Span::new(*l, *ur);
+                e.label = Some("one token, no space".into());
+                e.help = Some(format!("write `{fixed}`: {UNITS_ARE}",));
+                return;
+            }
+        }
     }
     if *tok == Token::Eq && expects("`==`") {
         e.message = "`=` does not compare".into();
