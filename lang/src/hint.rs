@@ -244,9 +244,18 @@ fn in_largest_unit(millis: u64) -> String {
     format!("{millis}ms")
 }
 
+/// How many repaired texts the hints of one file may parse again (each is a whole parse).
+pub(crate) const REPARSES: usize = 8;
+
 /// Adds advice to a grammar error (K002, K003) when it matches a known mistake; may move
-/// the error to the token that is really at fault (a trailing comma).
-pub(crate) fn explain(src: &str, toks: &[(usize, Token, usize)], e: &mut SyntaxError) {
+/// the error to the token that is really at fault (a trailing comma). `reparses` is what
+/// is left of [`REPARSES`].
+pub(crate) fn explain(
+    src: &str,
+    toks: &[(usize, Token, usize)],
+    e: &mut SyntaxError,
+    reparses: &mut usize,
+) {
     match e.code {
         SyntaxCode::UnexpectedEof => {
             if let Some(open) = unclosed_brace(src, toks, e.span.start) {
@@ -263,13 +272,19 @@ pub(crate) fn explain(src: &str, toks: &[(usize, Token, usize)], e: &mut SyntaxE
             let Ok(i) = toks.binary_search_by_key(&e.span.start, |t| t.0) else {
                 return;
             };
-            unexpected(src, toks, i, e);
+            unexpected(src, toks, i, e, reparses);
         }
         SyntaxCode::InvalidToken | SyntaxCode::InvalidValue => {}
     }
 }
 
-fn unexpected(src: &str, toks: &[(usize, Token, usize)], i: usize, e: &mut SyntaxError) {
+fn unexpected(
+    src: &str,
+    toks: &[(usize, Token, usize)],
+    i: usize,
+    e: &mut SyntaxError,
+    reparses: &mut usize,
+) {
     let Some((l, tok, r)) = toks.get(i) else {
         return;
     };
@@ -464,7 +479,7 @@ fn unexpected(src: &str, toks: &[(usize, Token, usize)], i: usize, e: &mut Synta
             return;
         }
     }
-    if only_a_name && is_keyword(tok) {
+    if only_a_name && is_keyword(tok) && meant_as_a_name(src, toks, i, reparses) {
         let k = tok.text();
         e.message = format!("`{k}` is a reserved word and cannot be a name");
         e.label = Some("a keyword, not a name".into());
@@ -473,6 +488,30 @@ fn unexpected(src: &str, toks: &[(usize, Token, usize)], i: usize, e: &mut Synta
              docs/language.md §2.3)"
         ));
     }
+}
+
+/// Whether the keyword at token `i` was meant as a name: with a name of the same length
+/// in its place, the file parses at least past the token after it. (`device d: at ...`
+/// with the type left out is not `at` meant as a name: `d: xx 10.0.1.2` fails at once.)
+fn meant_as_a_name(
+    src: &str,
+    toks: &[(usize, Token, usize)],
+    i: usize,
+    reparses: &mut usize,
+) -> bool {
+    let Some((l, _, r)) = toks.get(i) else {
+        return false;
+    };
+    let Some(left) = reparses.checked_sub(1) else {
+        return false;
+    };
+    *reparses = left;
+    let (Some(before), Some(after)) = (src.get(..*l), src.get(*r..)) else {
+        return false;
+    };
+    let renamed = format!("{before}{}{after}", "x".repeat(r - l));
+    let past = toks.get(i + 2).map_or(usize::MAX, |t| t.0);
+    crate::parser::first_error_at(&renamed).is_none_or(|at| at >= past)
 }
 
 /// Whether an entry of the expected list is a keyword (`` `clock` ``).
@@ -730,6 +769,18 @@ mod tests {
         // `commands a, states`: a keyword on the comma's own line is the mistake itself.
         let e = first("device type T {\n    commands a, states\n}\n");
         assert!(e.message.contains("reserved"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_keyword_is_called_reserved_only_when_meant_as_a_name() {
+        let e = first("site s {\n    device d: at 10.0.1.2 port \"p\"\n}\n");
+        assert!(!e.message.contains("reserved"), "{}", e.message);
+        let e = first("site s {\n    device count: T at 10.0.1.2 port \"p\"\n}\n");
+        assert!(
+            e.message.contains("`count` is a reserved word"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]

@@ -139,10 +139,32 @@ pub fn parse(src: &str) -> Parsed {
         }
     };
     let mut errors = drop_echoes(src, &toks, errors);
+    let mut reparses = hint::REPARSES;
     for e in &mut errors {
-        hint::explain(src, &toks, e);
+        hint::explain(src, &toks, e, &mut reparses);
     }
     Parsed { file, errors }
+}
+
+/// Where the first syntax error of `src` is, if any (no hints, no echo dropping): lets a
+/// hint try a repaired text.
+pub(crate) fn first_error_at(src: &str) -> Option<usize> {
+    let mut recovered = Vec::new();
+    let mut item_level = Vec::new();
+    let result = grammar::FileParser::new().parse(&mut recovered, &mut item_level, Lexer::new(src));
+    let location = |e: &ParseError<usize, Token, UserError>| match e {
+        ParseError::InvalidToken { location } | ParseError::UnrecognizedEof { location, .. } => {
+            *location
+        }
+        ParseError::UnrecognizedToken { token, .. } | ParseError::ExtraToken { token } => token.0,
+        ParseError::User { error } => error.span.start,
+    };
+    let last = result.err().map(|e| location(&e));
+    recovered
+        .iter()
+        .map(|r| location(&r.error))
+        .chain(last)
+        .min()
 }
 
 /// An error as recovered, before echoes are dropped.
