@@ -4,10 +4,10 @@
 //! says what to write instead. Pure: the source, its tokens and the error in, advice out.
 
 use crate::ast::Span;
-use crate::lexer::Token;
+use crate::lexer::{unit_millis, Token, DURATION_UNITS};
 use crate::parser::{SyntaxCode, SyntaxError};
 
-/// The units a duration may take (the lexer's `duration_millis` accepts exactly these).
+/// The units a duration may take, as listed to users: [`DURATION_UNITS`] (a test checks).
 const UNITS: &str = "ms, s, m, h, d";
 const UNITS_ARE: &str = "a duration is a whole number and one of the units ms, s, m, h, d";
 
@@ -147,7 +147,7 @@ fn glued_number(text: &str, shown: &str) -> (String, Option<String>) {
 
 /// Whether `unit` is one of the language's duration units.
 fn is_unit(unit: &str) -> bool {
-    matches!(unit, "ms" | "s" | "m" | "h" | "d")
+    unit_millis(unit).is_some()
 }
 
 /// The unit a newcomer meant by `unit`, if it is a recognisable spelling of one of the
@@ -173,11 +173,9 @@ fn compound_duration(text: &str) -> Option<u64> {
         let d = rest.find(|c: char| !c.is_ascii_digit())?;
         let n: u64 = rest.get(..d)?.parse().ok()?;
         let after = rest.get(d..)?;
-        let (unit, millis) = ["ms", "s", "m", "h", "d"]
-            .iter()
-            .zip([1u64, 1_000, 60_000, 3_600_000, 86_400_000])
-            .find(|(u, _)| after.starts_with(**u))?;
-        total = total.checked_add(n.checked_mul(millis)?)?;
+        // `ms` is tried before `m`: it comes first in the list.
+        let (unit, millis) = DURATION_UNITS.iter().find(|(u, _)| after.starts_with(*u))?;
+        total = total.checked_add(n.checked_mul(*millis)?)?;
         rest = after.get(unit.len()..)?;
         parts += 1;
     }
@@ -212,13 +210,7 @@ fn fraction_in_smaller_unit(text: &str) -> Option<String> {
     let (whole, rest) = text.split_once('.')?;
     let digits_end = rest.find(|c: char| !c.is_ascii_digit())?;
     let (frac, unit) = rest.split_at(digits_end);
-    let size: u64 = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return None,
-    };
+    let size = unit_millis(unit)?;
     let scale = 10u64.checked_pow(u32::try_from(frac.len()).ok()?)?;
     let whole: u64 = whole.parse().ok()?;
     let frac: u64 = frac.parse().ok()?;
@@ -231,17 +223,13 @@ fn fraction_in_smaller_unit(text: &str) -> Option<String> {
 
 /// `5400000` ms as `90m`: the largest unit that divides it.
 fn in_largest_unit(millis: u64) -> String {
-    for (unit, size) in [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
-    ] {
-        if millis % size == 0 && millis > 0 {
-            return format!("{}{unit}", millis / size);
-        }
-    }
-    format!("{millis}ms")
+    DURATION_UNITS
+        .iter()
+        .rev()
+        .find(|(_, size)| millis > 0 && millis % size == 0)
+        .map_or(format!("{millis}ms"), |(unit, size)| {
+            format!("{}{unit}", millis / size)
+        })
 }
 
 /// How many repaired texts the hints of one file may parse again (each is a whole parse).
@@ -698,6 +686,13 @@ mod tests {
                 span: Span::new(0, 0),
                 expected: vec![],
             })
+    }
+
+    #[test]
+    fn the_units_shown_are_the_lexers() {
+        let units: Vec<&str> = DURATION_UNITS.iter().map(|(u, _)| *u).collect();
+        assert_eq!(UNITS, units.join(", "));
+        assert!(UNITS_ARE.ends_with(UNITS));
     }
 
     #[test]

@@ -242,19 +242,28 @@ pub enum Token {
     Error,
 }
 
+/// The units a duration may take, smallest first, and their milliseconds.
+pub const DURATION_UNITS: [(&str, u64); 5] = [
+    ("ms", 1),
+    ("s", 1_000),
+    ("m", 60_000),
+    ("h", 3_600_000),
+    ("d", 86_400_000),
+];
+
+/// The milliseconds of one duration unit (`m`: 60,000), if it is one.
+pub fn unit_millis(unit: &str) -> Option<u64> {
+    DURATION_UNITS
+        .iter()
+        .find(|(u, _)| *u == unit)
+        .map(|(_, ms)| *ms)
+}
+
 fn duration_millis(lex: &mut logos::Lexer<Token>) -> Option<u64> {
     let s = lex.slice();
     let digits_end = s.find(|c: char| !c.is_ascii_digit())?;
     let n: u64 = s[..digits_end].parse().ok()?;
-    let unit: u64 = match &s[digits_end..] {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return None,
-    };
-    n.checked_mul(unit)
+    n.checked_mul(unit_millis(&s[digits_end..])?)
 }
 
 fn time_of_day(lex: &mut logos::Lexer<Token>) -> Option<u16> {
