@@ -179,6 +179,12 @@ fn add_module(
     is_root: bool,
     diags: &mut Diagnostics,
 ) -> usize {
+    // A byte-order mark is accepted and dropped here (language.md §2.1), so that columns in
+    // diagnostics count from the first character an editor shows.
+    let text = match text.strip_prefix(kalki_lang::lexer::BOM) {
+        Some(rest) => rest.to_string(),
+        None => text,
+    };
     let parsed = kalki_lang::parse(&text);
     let source = p.sources.add(SourceFile {
         origin: origin.clone(),
@@ -395,9 +401,16 @@ fn build_scopes(p: &mut Program, diags: &mut Diagnostics) {
 
 /// A syntax error as a diagnostic (also used by `kalkic fmt`, which refuses such files).
 pub fn syntax_diagnostic(source: SourceId, e: &kalki_lang::SyntaxError) -> Diagnostic {
-    let mut d = Diagnostic::error(e.code.code(), e.message.clone())
-        .primary(Loc::new(source, e.span), "here");
-    if !e.expected.is_empty() {
+    let mut d = Diagnostic::error(e.code.code(), e.message.clone()).primary(
+        Loc::new(source, e.span),
+        e.label.clone().unwrap_or_else(|| "here".into()),
+    );
+    for (span, message) in &e.secondary {
+        d = d.secondary(Loc::new(source, *span), message.clone());
+    }
+    if let Some(help) = &e.help {
+        d = d.help(help.clone());
+    } else if !e.expected.is_empty() {
         let shown: Vec<&str> = e.expected.iter().take(12).map(String::as_str).collect();
         let more = if e.expected.len() > shown.len() {
             ", ..."

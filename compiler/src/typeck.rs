@@ -2213,13 +2213,17 @@ impl<'a> Cx<'a> {
                 let mut ok = true;
                 if !alerts.contains(&alert.name) {
                     let c: Vec<&str> = alerts.iter().map(String::as_str).collect();
-                    self.unknown(
-                        "alert",
-                        alert,
-                        source,
-                        &c,
-                        Some("alerts come from a visible µmbox's `emits` or the type's own `alerts` list".into()),
-                    );
+                    // `on reset`: an operator action written where an alert goes.
+                    let (c, help) = if OPERATOR_ACTIONS.contains(&alert.name.as_str()) {
+                        let a = &alert.name;
+                        (
+                            Vec::new(),
+                            format!("`{a}` is an operator action, not an alert: write `on operator {a}`"),
+                        )
+                    } else {
+                        (c, "alerts come from a visible µmbox's `emits` or the type's own `alerts` list".into())
+                    };
+                    self.unknown("alert", alert, source, &c, Some(help));
                     ok = false;
                 }
                 let count = match count {
@@ -2460,6 +2464,47 @@ impl<'a> Cx<'a> {
         }
     }
 
+    /// `cam-door.open` parses as `cam - door.open`. When the words around a `-` written
+    /// without spaces join into a name of the scope (`cam_door`), reports that name's
+    /// spelling instead of the subtraction's two unknown names.
+    fn hyphenated_name(
+        &mut self,
+        source: SourceId,
+        a: &ast::Expr,
+        b: &ast::Expr,
+        ctx: &Ctx<'_>,
+    ) -> bool {
+        let AK::Name(first) = &a.kind else {
+            return false;
+        };
+        let (AK::Name(second) | AK::Field(second, _) | AK::InState(second, _)) = &b.kind else {
+            return false;
+        };
+        if first.span.end + 1 != second.span.start {
+            return false;
+        }
+        let joined = format!("{}_{}", first.name, second.name);
+        let known = match ctx {
+            Ctx::Guard { vars } => vars.iter().any(|v| v.name == joined),
+            Ctx::Rule { site } | Ctx::Assert { site } => site.device(&joined).is_some(),
+        };
+        if known {
+            let span = Span::new(first.span.start, second.span.end);
+            self.err(
+                Diagnostic::error(
+                    codes::UNKNOWN_NAME,
+                    format!(
+                        "unknown name `{}-{}`: names cannot contain `-`",
+                        first.name, second.name
+                    ),
+                )
+                .primary(self.loc(source, span), "read as a subtraction")
+                .help(format!("names join words with `_`: write `{joined}`")),
+            );
+        }
+        known
+    }
+
     fn expr(&mut self, source: SourceId, e: &ast::Expr, ctx: &Ctx<'_>) -> Option<Expr> {
         let loc = self.loc(source, e.span);
         let mk = |kind: ExprKind, ty: Ty| Some(Expr { kind, ty, loc });
@@ -2677,6 +2722,9 @@ impl<'a> Cx<'a> {
                 mk(kind, Ty::Bool)
             }
             AK::Binary(op @ (BinOp::Add | BinOp::Sub | BinOp::Mul), a, b) => {
+                if *op == BinOp::Sub && self.hyphenated_name(source, a, b, ctx) {
+                    return None;
+                }
                 if matches!(ctx, Ctx::Assert { .. }) {
                     assert_only(self, "arithmetic");
                     return None;

@@ -212,8 +212,9 @@ pub enum Token {
     Ident(String),
     #[regex(r"[0-9]+", |lex| lex.slice().parse::<i64>().ok())]
     Int(i64),
-    /// Milliseconds.
-    #[regex(r"[0-9]+(ms|s|m|h|d)", duration_millis)]
+    /// Milliseconds. Any number glued to letters lexes here, as one token, so that `1min`,
+    /// `90sec` or `3500W` is one located error (unknown unit) rather than `1m` then `in`.
+    #[regex(r"[0-9]+[A-Za-z_][A-Za-z0-9_]*", duration_millis)]
     Duration(u64),
     /// Minutes since midnight.
     #[regex(r"[0-9][0-9]?:[0-9][0-9]", time_of_day)]
@@ -230,22 +231,39 @@ pub enum Token {
     Str(String),
 
     /// Bytes that form no token, or a literal out of range. The parser reports it.
+    ///
+    /// Some mistakes lex as one error token each so that the report covers them whole:
+    /// other languages' operators (`&&`, `||`, `!` alone) and an address with a prefix
+    /// length (`10.0.0.5/24`). `!=` and `//` stay what they are (longest match).
+    #[token("&&")]
+    #[token("||")]
+    #[token("!")]
+    #[regex(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+/[0-9]+")]
     Error,
+}
+
+/// The units a duration may take, smallest first, and their milliseconds.
+pub const DURATION_UNITS: [(&str, u64); 5] = [
+    ("ms", 1),
+    ("s", 1_000),
+    ("m", 60_000),
+    ("h", 3_600_000),
+    ("d", 86_400_000),
+];
+
+/// The milliseconds of one duration unit (`m`: 60,000), if it is one.
+pub fn unit_millis(unit: &str) -> Option<u64> {
+    DURATION_UNITS
+        .iter()
+        .find(|(u, _)| *u == unit)
+        .map(|(_, ms)| *ms)
 }
 
 fn duration_millis(lex: &mut logos::Lexer<Token>) -> Option<u64> {
     let s = lex.slice();
     let digits_end = s.find(|c: char| !c.is_ascii_digit())?;
     let n: u64 = s[..digits_end].parse().ok()?;
-    let unit: u64 = match &s[digits_end..] {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return None,
-    };
-    n.checked_mul(unit)
+    n.checked_mul(unit_millis(&s[digits_end..])?)
 }
 
 fn time_of_day(lex: &mut logos::Lexer<Token>) -> Option<u16> {
@@ -416,12 +434,25 @@ impl Token {
 /// interface expects. Lexing errors come out as [`Token::Error`], never as `Err`.
 pub struct Lexer<'src> {
     inner: logos::SpannedIter<'src, Token>,
+    /// Bytes skipped before lexing (a byte-order mark); spans stay offsets into `src`.
+    offset: usize,
 }
 
+/// The UTF-8 byte-order mark some editors put at the start of a file.
+pub const BOM: char = '\u{feff}';
+
 impl<'src> Lexer<'src> {
+    /// A byte-order mark at the very start of `src` is skipped, as rustc does; anywhere
+    /// else it is an invalid character.
     pub fn new(src: &'src str) -> Self {
+        let offset = if src.starts_with(BOM) {
+            BOM.len_utf8()
+        } else {
+            0
+        };
         Lexer {
-            inner: Token::lexer(src).spanned(),
+            inner: Token::lexer(src.get(offset..).unwrap_or_default()).spanned(),
+            offset,
         }
     }
 }
@@ -434,7 +465,11 @@ impl Iterator for Lexer<'_> {
     type Item = Spanned;
     fn next(&mut self) -> Option<Spanned> {
         let (tok, span) = self.inner.next()?;
-        Some(Ok((span.start, tok.unwrap_or(Token::Error), span.end)))
+        Some(Ok((
+            span.start + self.offset,
+            tok.unwrap_or(Token::Error),
+            span.end + self.offset,
+        )))
     }
 }
 
@@ -481,6 +516,57 @@ mod tests {
         assert_eq!(kinds("25:00"), vec![Token::Error]);
         assert_eq!(kinds("99999999999999999999"), vec![Token::Error]);
         assert!(kinds("# @").iter().all(|t| *t == Token::Error));
+    }
+
+    #[test]
+    fn a_number_glued_to_letters_is_one_error_token() {
+        for src in ["1min", "90sec", "1hr", "3500W", "5mins", "0x1F", "10ms_"] {
+            let spans: Vec<(usize, Token, usize)> = Lexer::new(src).flatten().collect();
+            assert_eq!(spans, vec![(0, Token::Error, src.len())], "{src}");
+        }
+        // Units the language has still lex as durations, and longer literals still win.
+        assert_eq!(
+            kinds("1d 2h"),
+            vec![Token::Duration(86_400_000), Token::Duration(7_200_000)]
+        );
+        assert_eq!(
+            kinds("0a:bb:0d:00:00:01 0d"),
+            vec![
+                Token::MacAddr([0x0a, 0xbb, 0x0d, 0, 0, 1]),
+                Token::Duration(0)
+            ]
+        );
+        assert_eq!(kinds("6:30"), vec![Token::TimeOfDay(390)]);
+        assert_eq!(kinds("1..30]")[..2], [Token::Int(1), Token::DotDot]);
+    }
+
+    #[test]
+    fn foreign_operators_and_prefixes_are_whole_error_tokens() {
+        let spans =
+            |src: &str| -> Vec<(usize, Token, usize)> { Lexer::new(src).flatten().collect() };
+        assert_eq!(spans("a && b")[1], (2, Token::Error, 4));
+        assert_eq!(spans("a || b")[1], (2, Token::Error, 4));
+        assert_eq!(spans("!a")[0], (0, Token::Error, 1));
+        assert_eq!(kinds("a != b")[1], Token::Ne);
+        assert_eq!(spans("10.0.0.5/24"), vec![(0, Token::Error, 11)]);
+        assert_eq!(
+            kinds("10.0.0.5// comment\n10.0.0.5 / 2"),
+            vec![
+                Token::Ipv4(0x0a000005),
+                Token::Ipv4(0x0a000005),
+                Token::Slash,
+                Token::Int(2)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_skipped_and_spans_stay_in_the_source() {
+        let src = "\u{feff}site";
+        let spans: Vec<(usize, Token, usize)> = Lexer::new(src).flatten().collect();
+        assert_eq!(spans, vec![(3, Token::Site, 7)]);
+        // Anywhere else it is a character no token is made of.
+        assert_eq!(kinds("site \u{feff}"), vec![Token::Site, Token::Error]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod ast;
 pub mod fmt;
+mod hint;
 pub mod lexer;
 pub mod parser;
 

@@ -5,6 +5,7 @@
 //! yields a tree for later phases.
 
 use crate::ast::{BinOp, Expr, ExprKind, File, Ident, Span, StrLit};
+use crate::hint;
 use crate::lexer::{Lexer, Token};
 use lalrpop_util::{ErrorRecovery, ParseError};
 
@@ -74,6 +75,26 @@ pub struct SyntaxError {
     pub span: Span,
     /// What the grammar would have accepted, for the help text.
     pub expected: Vec<String>,
+    /// Advice for a recognised mistake (`write `and``); replaces `expected` in the help.
+    pub help: Option<String>,
+    /// The primary label's text, when there is more to say than "here".
+    pub label: Option<String>,
+    /// Other locations involved (the `{` that is never closed).
+    pub secondary: Vec<(Span, String)>,
+}
+
+impl SyntaxError {
+    fn new(code: SyntaxCode, message: String, span: Span, expected: Vec<String>) -> Self {
+        SyntaxError {
+            code,
+            message,
+            span,
+            expected,
+            help: None,
+            label: None,
+            secondary: Vec::new(),
+        }
+    }
 }
 
 /// A tree and every syntax error found while building it.
@@ -86,125 +107,208 @@ pub struct Parsed {
 /// Parses one source file. Never panics and always returns a tree (possibly partial).
 pub fn parse(src: &str) -> Parsed {
     let mut recovered = Vec::new();
-    let result = grammar::FileParser::new().parse(&mut recovered, Lexer::new(src));
-    let mut errors: Vec<SyntaxError> = recovered
+    let mut item_level = Vec::new();
+    let result = grammar::FileParser::new().parse(&mut recovered, &mut item_level, Lexer::new(src));
+    // The tokens again, to place errors on lines; a clean parse does not need them.
+    let toks: Vec<(usize, Token, usize)> = if recovered.is_empty() && result.is_ok() {
+        Vec::new()
+    } else {
+        Lexer::new(src).flatten().collect()
+    };
+    let mut errors: Vec<Found> = recovered
         .into_iter()
-        .map(|r| convert(src, r.error))
+        .enumerate()
+        .map(|(i, r)| {
+            let fresh = resumes_on_a_new_line(src, &toks, &r);
+            Found {
+                error: convert(src, r.error),
+                item_level: item_level.contains(&i),
+                fresh,
+            }
+        })
         .collect();
     let file = match result {
         Ok(file) => file,
         Err(e) => {
-            errors.push(convert(src, e));
+            errors.push(Found {
+                error: convert(src, e),
+                item_level: true,
+                fresh: false,
+            });
             File::default()
         }
     };
-    Parsed {
-        file,
-        errors: first_error_per_item(src, errors),
+    let mut errors = drop_echoes(src, &toks, errors);
+    let mut reparses = hint::REPARSES;
+    for e in &mut errors {
+        hint::explain(src, &toks, e, &mut reparses);
     }
+    Parsed { file, errors }
 }
 
-/// Keeps the first error of each top-level item. Recovery resynchronises at the next token
-/// that can start an item, and `device` also starts a line inside a site, so one mistake
-/// could otherwise echo once per following line of the same item.
-fn first_error_per_item(src: &str, mut errors: Vec<SyntaxError>) -> Vec<SyntaxError> {
-    if errors.len() < 2 {
-        return errors;
-    }
-    errors.sort_by_key(|e| (e.span.start, e.span.end));
+/// Where the first syntax error of `src` is, if any (no hints, no echo dropping): lets a
+/// hint try a repaired text.
+pub(crate) fn first_error_at(src: &str) -> Option<usize> {
+    let mut recovered = Vec::new();
+    let mut item_level = Vec::new();
+    let result = grammar::FileParser::new().parse(&mut recovered, &mut item_level, Lexer::new(src));
+    let location = |e: &ParseError<usize, Token, UserError>| match e {
+        ParseError::InvalidToken { location } | ParseError::UnrecognizedEof { location, .. } => {
+            *location
+        }
+        ParseError::UnrecognizedToken { token, .. } | ParseError::ExtraToken { token } => token.0,
+        ParseError::User { error } => error.span.start,
+    };
+    let last = result.err().map(|e| location(&e));
+    recovered
+        .iter()
+        .map(|r| location(&r.error))
+        .chain(last)
+        .min()
+}
+
+/// An error as recovered, before echoes are dropped.
+struct Found {
+    error: SyntaxError,
+    /// Recovered by skipping to the next top-level item.
+    item_level: bool,
+    /// Parsing resumed at the first token of a line: what follows is a fresh start.
+    fresh: bool,
+}
+
+/// Whether the parser, after skipping the tokens it dropped, resumed at a token that
+/// starts a line.
+fn resumes_on_a_new_line(
+    src: &str,
+    toks: &[(usize, Token, usize)],
+    r: &ErrorRecovery<usize, Token, UserError>,
+) -> bool {
+    let resume = match (r.dropped_tokens.last(), &r.error) {
+        (Some((_, _, end)), _) => toks.get(toks.partition_point(|t| t.0 < *end)).map(|t| t.0),
+        (None, ParseError::UnrecognizedToken { token, .. }) => Some(token.0),
+        (None, _) => None,
+    };
+    resume.is_some_and(|at| {
+        let line_start = src
+            .get(..at)
+            .and_then(|s| s.rfind('\n'))
+            .map_or(0, |n| n + 1);
+        src.get(line_start..at)
+            .is_some_and(|s| s.chars().all(|c| c == ' ' || c == '\t'))
+    })
+}
+
+/// Drops the errors that only echo an earlier one. After an error the parser skips to
+/// the next token that can start a member (or, at the top level, an item) and carries
+/// on; when that token is in the middle of the broken line (`10min quiet`: `quiet` is
+/// also a name), the line's remainder fails again. So within one top-level item, an
+/// error is an echo of the previous one when that one resumed mid-line and no line
+/// starts between them, or when that one was recovered at the item level (`device` also
+/// starts a line inside a site, so such a mistake would otherwise echo once per
+/// following line). Errors from grammar actions (bad values) are exact, never echoes.
+fn drop_echoes(
+    src: &str,
+    toks: &[(usize, Token, usize)],
+    mut errors: Vec<Found>,
+) -> Vec<SyntaxError> {
+    errors.sort_by_key(|f| (f.error.span.start, f.error.span.end));
     let mut starts = Vec::new();
+    let mut line_starts = Vec::new();
     let mut depth: i64 = 0;
-    for (l, tok, _) in Lexer::new(src).flatten() {
+    // Whether a newline lies between the previous token and this one (linear overall).
+    let mut prev_end: Option<usize> = None;
+    for (l, tok, r) in toks {
+        let new_line = prev_end.is_none_or(|p| src.get(p..*l).is_some_and(|s| s.contains('\n')));
+        if new_line {
+            line_starts.push(*l);
+        }
+        prev_end = Some(*r);
         match tok {
             Token::LBrace => depth += 1,
             Token::RBrace => depth -= 1,
             Token::Import | Token::Umbox | Token::Device | Token::Site if depth <= 0 => {
                 depth = 0;
-                starts.push(l);
+                starts.push(*l);
             }
             _ => {}
         }
     }
     let region = |pos: usize| starts.partition_point(|&s| s <= pos);
-    let mut kept: Vec<SyntaxError> = Vec::new();
-    for e in errors {
-        // Errors from grammar actions (bad values) are exact, never echoes: keep them all.
+    let line_between = |a: usize, b: usize| {
+        let next = line_starts.partition_point(|&s| s <= a);
+        line_starts.get(next).is_some_and(|&s| s < b)
+    };
+    let mut kept: Vec<Found> = Vec::new();
+    for f in errors {
+        let e = &f.error;
         let echo = kept.last().is_some_and(|k| {
+            let ks = k.error.span.start;
             e.code != SyntaxCode::InvalidValue
-                && k.code != SyntaxCode::InvalidValue
-                && region(k.span.start) == region(e.span.start)
+                && k.error.code != SyntaxCode::InvalidValue
+                && region(ks) == region(e.span.start)
+                && (k.item_level || (!k.fresh && !line_between(ks, e.span.start)))
         });
-        if !echo && !kept.iter().any(|k| k.span == e.span && k.code == e.code) {
-            kept.push(e);
+        let twice = kept
+            .iter()
+            .any(|k| k.error.span == e.span && k.error.code == e.code);
+        if echo && f.item_level {
+            // The echo left the item: what follows in it is read as items, echoes too.
+            if let Some(k) = kept.last_mut() {
+                k.item_level = true;
+            }
+        }
+        if !echo && !twice {
+            kept.push(f);
         }
     }
-    kept
+    kept.into_iter().map(|f| f.error).collect()
 }
 
 fn convert(src: &str, e: ParseError<usize, Token, UserError>) -> SyntaxError {
     match e {
-        ParseError::InvalidToken { location } => SyntaxError {
-            code: SyntaxCode::InvalidToken,
-            message: "invalid token".into(),
-            span: Span::new(location, location),
-            expected: vec![],
-        },
-        ParseError::UnrecognizedEof { location, expected } => SyntaxError {
-            code: SyntaxCode::UnexpectedEof,
-            message: "unexpected end of file".into(),
-            span: Span::new(location, location),
-            expected: pretty_expected(expected),
-        },
+        ParseError::InvalidToken { location } => SyntaxError::new(
+            SyntaxCode::InvalidToken,
+            "invalid token".into(),
+            Span::new(location, location),
+            vec![],
+        ),
+        ParseError::UnrecognizedEof { location, expected } => SyntaxError::new(
+            SyntaxCode::UnexpectedEof,
+            "unexpected end of file".into(),
+            Span::new(location, location),
+            pretty_expected(expected),
+        ),
         ParseError::UnrecognizedToken {
             token: (l, Token::Error, r),
             ..
-        } => SyntaxError {
-            code: SyntaxCode::InvalidToken,
-            message: why_invalid(src.get(l..r).unwrap_or("")),
-            span: Span::new(l, r),
-            expected: vec![],
-        },
+        } => {
+            let (message, help) = hint::invalid_token(src.get(l..r).unwrap_or(""));
+            SyntaxError {
+                help,
+                ..SyntaxError::new(SyntaxCode::InvalidToken, message, Span::new(l, r), vec![])
+            }
+        }
         ParseError::UnrecognizedToken {
             token: (l, tok, r),
             expected,
-        } => SyntaxError {
-            code: SyntaxCode::UnexpectedToken,
-            message: format!("unexpected {tok}"),
-            span: Span::new(l, r),
-            expected: pretty_expected(expected),
-        },
-        ParseError::ExtraToken { token: (l, tok, r) } => SyntaxError {
-            code: SyntaxCode::UnexpectedToken,
-            message: format!("unexpected {tok}"),
-            span: Span::new(l, r),
-            expected: vec![],
-        },
-        ParseError::User { error } => SyntaxError {
-            code: SyntaxCode::InvalidValue,
-            message: error.message.to_string(),
-            span: error.span,
-            expected: vec![],
-        },
-    }
-}
-
-/// Says what is wrong with bytes the lexer could not turn into a token.
-fn why_invalid(text: &str) -> String {
-    let shown: String = text.chars().take(40).collect();
-    let all = |f: fn(char) -> bool| !text.is_empty() && text.chars().all(f);
-    if text.starts_with('"') {
-        "unterminated string".into()
-    } else if all(|c| c.is_ascii_digit() || c == '.') && text.matches('.').count() == 3 {
-        format!("invalid IPv4 address `{shown}`: each part must be 0..255")
-    } else if all(|c| c.is_ascii_digit() || c == ':') && text.matches(':').count() == 1 {
-        format!("invalid time of day `{shown}`: hours go to 23, minutes to 59")
-    } else if all(|c| c.is_ascii_digit()) {
-        format!("integer `{shown}` is too large")
-    } else if text.starts_with(|c: char| c.is_ascii_digit()) && text.ends_with(['s', 'm', 'h', 'd'])
-    {
-        format!("duration `{shown}` is too long")
-    } else {
-        format!("invalid character `{}`", shown.escape_debug())
+        } => SyntaxError::new(
+            SyntaxCode::UnexpectedToken,
+            format!("unexpected {tok}"),
+            Span::new(l, r),
+            pretty_expected(expected),
+        ),
+        ParseError::ExtraToken { token: (l, tok, r) } => SyntaxError::new(
+            SyntaxCode::UnexpectedToken,
+            format!("unexpected {tok}"),
+            Span::new(l, r),
+            vec![],
+        ),
+        ParseError::User { error } => SyntaxError::new(
+            SyntaxCode::InvalidValue,
+            error.message.to_string(),
+            error.span,
+            vec![],
+        ),
     }
 }
 
@@ -374,6 +478,48 @@ mod tests {
         assert!(rs[1].edge);
         assert_eq!(rs[1].name.name, "on");
         assert!(matches!(&rs[1].actions[0], Action::Goto { device, .. } if device.name == "on"));
+    }
+
+    /// The messages of a file's syntax errors.
+    fn messages(src: &str) -> Vec<String> {
+        parse(src).errors.into_iter().map(|e| e.message).collect()
+    }
+
+    #[test]
+    fn a_mistake_costs_its_member_line_and_does_not_echo() {
+        // Three broken transitions of one type: three errors, none for the lines' rests
+        // (`quiet` and `on` are names and would start a new member mid-line).
+        let src = "device type T {\n    sensed on: bool\n    states a < b\n    initial a\n    \
+                   a -> b when on = true\n    b -> a after 10min quiet\n    \
+                   a -> b when on && on\n    b -> a on operator reset\n}\n";
+        let m = messages(src);
+        assert_eq!(m.len(), 3, "{m:?}");
+        assert!(m[0].contains("`=`") && m[1].contains("10min") && m[2].contains("&&"));
+        // The member after the broken ones is still in the tree.
+        let parsed = parse(src);
+        let Some(crate::ast::Item::DeviceType(t)) = parsed.file.items.first() else {
+            panic!("no device type");
+        };
+        assert!(
+            matches!(
+                t.members.last(),
+                Some(crate::ast::DeviceMember::Transition(
+                    crate::ast::Transition {
+                        trigger: crate::ast::Trigger::Operator { .. },
+                        ..
+                    }
+                ))
+            ),
+            "{:?}",
+            t.members
+        );
+    }
+
+    #[test]
+    fn a_broken_site_header_does_not_echo_on_every_device_line() {
+        let src = "site s bridge \"br0\" {\n    device a: T at 10.0.1.2 port \"a\"\n    \
+                   device b: T at 10.0.1.3 port \"b\"\n}\n";
+        assert_eq!(messages(src).len(), 1, "{:?}", messages(src));
     }
 
     #[test]
