@@ -1,6 +1,6 @@
 //! The model's stable diagnostic codes: S0xx, the bundle is refused; S1xx, an input event
-//! is refused (it changes nothing). A code never changes meaning once released; retired
-//! codes are not reused. The shim's own codes (S2xx–S4xx) are in `kalki_shim::codes`;
+//! is refused (it changes nothing); S2xx, a trace or test file is malformed. A code never changes meaning once released; retired
+//! codes are not reused. The shim's own codes (S3xx, S4xx) are in `kalki_shim::codes`;
 //! `docs/runtime.md` lists them all for users.
 
 // S0xx: loading a bundle (`bundle.rs`).
@@ -64,7 +64,20 @@ pub const FIELD_TYPE: &str = "S122";
 /// not fit 64 bits.
 pub const NOT_WHOLE: &str = "S123";
 
-/// Every code of the model (S0xx, S1xx) with a one-line summary, for documentation.
+// S2xx: trace files (`trace.rs`) and policy test files (`policy_test.rs`).
+
+/// A trace line that is not a JSON object.
+pub const TRACE_SYNTAX: &str = "S201";
+/// A trace line with missing, unknown or ill-typed fields.
+pub const TRACE_SHAPE: &str = "S202";
+/// A trace line whose `t_ms` is earlier than the line before.
+pub const TRACE_ORDER: &str = "S203";
+/// A trace line with an MQTT message on a topic no device of the bundle binds.
+pub const TRACE_UNBOUND_TOPIC: &str = "S204";
+/// A `mosquitto_sub` trace line whose `payload` is not all of the payload (`payloadlen`).
+pub const TRACE_PAYLOAD_LOST: &str = "S205";
+
+/// Every code of the model (S0xx, S1xx, S2xx) with a one-line summary, for documentation.
 pub const ALL: &[(&str, &str)] = &[
     (UNREADABLE, "a bundle file could not be read"),
     (
@@ -112,5 +125,19 @@ pub const ALL: &[(&str, &str)] = &[
     (
         NOT_WHOLE,
         "an MQTT number is not whole after scaling (no rounding) or too big",
+    ),
+    (TRACE_SYNTAX, "trace line is not a JSON object"),
+    (
+        TRACE_SHAPE,
+        "trace line has missing, unknown or ill-typed fields",
+    ),
+    (TRACE_ORDER, "trace line earlier than the one before"),
+    (
+        TRACE_UNBOUND_TOPIC,
+        "trace message on a topic the bundle does not bind",
+    ),
+    (
+        TRACE_PAYLOAD_LOST,
+        "trace message whose recorded payload is incomplete",
     ),
 ];

@@ -2,24 +2,13 @@
 //! retired codes are not reused. `docs/runtime.md` lists them for users.
 //!
 //! S0xx: the bundle is refused. S1xx: an input event is refused (it changes nothing).
-//! Both belong to the model (`kalki_model::codes`, re-exported here). S2xx: a trace file
-//! for `simulate` is malformed. S3xx: a request to the event API is refused before it
+//! S2xx: a trace file for `simulate` (or a test file for `kalkic test`) is malformed.
+//! These belong to the model (`kalki_model::codes`, re-exported here). S3xx: a request to the event API is refused before it
 //! reaches the engine. S4xx: the journal cannot be used.
 
 pub use kalki_model::codes::*;
 
-// S2xx: trace files (`trace.rs`).
-
-/// A trace line that is not a JSON object.
-pub const TRACE_SYNTAX: &str = "S201";
-/// A trace line with missing, unknown or ill-typed fields.
-pub const TRACE_SHAPE: &str = "S202";
-/// A trace line whose `t_ms` is earlier than the line before.
-pub const TRACE_ORDER: &str = "S203";
-/// A trace line with an MQTT message on a topic no device of the bundle binds.
-pub const TRACE_UNBOUND_TOPIC: &str = "S204";
-/// A `mosquitto_sub` trace line whose `payload` is not all of the payload (`payloadlen`).
-pub const TRACE_PAYLOAD_LOST: &str = "S205";
+// S2xx: trace files (`kalki_model::trace`): in the model, re-exported above.
 
 // S3xx: the event API (`api.rs`). Engine refusals keep their S1xx codes.
 
@@ -51,23 +40,9 @@ pub const JOURNAL_IO: &str = "S403";
 /// A journal entry cannot be decoded, or a value does not fit it.
 pub const JOURNAL_CORRUPT: &str = "S404";
 
-/// The shim's own codes (S2xx–S4xx) with a one-line summary, for documentation; the
+/// The shim's own codes (S3xx, S4xx) with a one-line summary, for documentation; the
 /// model's are in [`ALL`].
 pub const SHIM: &[(&str, &str)] = &[
-    (TRACE_SYNTAX, "trace line is not a JSON object"),
-    (
-        TRACE_SHAPE,
-        "trace line has missing, unknown or ill-typed fields",
-    ),
-    (TRACE_ORDER, "trace line earlier than the one before"),
-    (
-        TRACE_UNBOUND_TOPIC,
-        "trace message on a topic the bundle does not bind",
-    ),
-    (
-        TRACE_PAYLOAD_LOST,
-        "trace message whose recorded payload is incomplete",
-    ),
     (UNAUTHORIZED, "missing or wrong API token"),
     (BAD_JSON, "request body is not JSON"),
     (

@@ -15,7 +15,7 @@
 //! The last three are MQTT messages: the first two as written by hand, the third a line
 //! of `mosquitto_sub -F %j` as it prints it (`tst` is local time, a literal `Z`, then the
 //! offset from UTC), its time taken relative to the trace's first such line. A message is
-//! read as the bundle's binding of its topic reads it ([`kalki_model::telemetry::decode`])
+//! read as the bundle's binding of its topic reads it ([`crate::telemetry::decode`])
 //! and replayed as its device's reading.
 //!
 //! Parsing checks every line (syntax, fields and order of times) and then every event
@@ -34,7 +34,7 @@
 use crate::bundle::Bundle;
 use crate::codes;
 use crate::engine::{suggest, Config, Engine, Input, InputError, DAY_MS, MAX_STEP_MS};
-use kalki_model::telemetry::{self, Topics};
+use crate::telemetry::{self, Topics};
 use miette::{Diagnostic, LabeledSpan, SourceSpan};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer, Serialize};
