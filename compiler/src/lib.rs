@@ -9,6 +9,7 @@ pub mod codegen;
 pub mod codes;
 pub mod diag;
 pub mod ir;
+pub mod policy_test;
 pub mod render;
 pub mod resolve;
 pub mod source;

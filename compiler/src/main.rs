@@ -10,6 +10,8 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod test_cmd;
+
 /// Exit codes, as documented in `--help`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exit {
@@ -51,6 +53,10 @@ enum Command {
     /// sets and container manifests. Nothing is written when the policy has errors.
     #[command(after_help = EXIT_HELP)]
     Build(BuildArgs),
+    /// Run the policy tests next to the policies (`*.test.jsonl`) on the runtime's
+    /// engine, optionally with the coverage of states, transitions and rules.
+    #[command(after_help = test_cmd::TEST_EXIT_HELP)]
+    Test(test_cmd::TestArgs),
 }
 
 #[derive(clap::Args)]
@@ -169,6 +175,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => run_verify(&args),
         Command::Graph(args) => run_graph(&args),
         Command::Build(args) => run_build(&args),
+        Command::Test(args) => test_cmd::run_test(&args),
     };
     ExitCode::from(exit as u8)
 }

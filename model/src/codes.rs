@@ -77,6 +77,14 @@ pub const TRACE_UNBOUND_TOPIC: &str = "S204";
 /// A `mosquitto_sub` trace line whose `payload` is not all of the payload (`payloadlen`).
 pub const TRACE_PAYLOAD_LOST: &str = "S205";
 
+/// A test file (`kalkic test`) whose structure is wrong: a line outside any test, no
+/// test at all, a test that expects nothing, two tests with one name.
+pub const TEST_STRUCTURE: &str = "S210";
+/// A test header or expectation line with missing, unknown or ill-typed fields.
+pub const TEST_SHAPE: &str = "S211";
+/// An expectation that names a device, state, command or rule the policy does not have.
+pub const TEST_UNKNOWN: &str = "S212";
+
 /// Every code of the model (S0xx, S1xx, S2xx) with a one-line summary, for documentation.
 pub const ALL: &[(&str, &str)] = &[
     (UNREADABLE, "a bundle file could not be read"),
@@ -139,5 +147,17 @@ pub const ALL: &[(&str, &str)] = &[
     (
         TRACE_PAYLOAD_LOST,
         "trace message whose recorded payload is incomplete",
+    ),
+    (
+        TEST_STRUCTURE,
+        "test file line outside a test, no test, or a test expecting nothing",
+    ),
+    (
+        TEST_SHAPE,
+        "test header or expectation has missing, unknown or ill-typed fields",
+    ),
+    (
+        TEST_UNKNOWN,
+        "expectation names something the policy does not have",
     ),
 ];

@@ -14,6 +14,8 @@
 //!   the shim's `status` and the tests of the real image;
 //! - [`telemetry`]: MQTT bindings: a message to a reading, a command to a message;
 //! - [`trace`]: trace files (`kalki-shim simulate`), checked against a bundle;
+//! - [`policy_test`]: policy tests (`kalkic test`): scenarios with expectations, run
+//!   through [`replay`], and the coverage of states, transitions and rules;
 //! - [`replay`]: a checked trace through the engine on a virtual clock (`simulate`,
 //!   `kalkic test`);
 //! - [`text`]: the IR back as policy text, for messages; [`codes`]: S0xx, S1xx, S2xx.
@@ -29,6 +31,7 @@ pub mod contract;
 pub mod engine;
 pub mod eval;
 pub mod manifest;
+pub mod policy_test;
 pub mod range;
 pub mod replay;
 pub mod telemetry;

@@ -910,7 +910,7 @@ fn message_reading(bundle: Option<&Bundle>, topics: &Topics, topic: &str, payloa
 }
 
 /// Byte offset and length of every line, line breaks (`\n`, `\r\n`) excluded.
-fn line_spans(text: &[u8]) -> Vec<(usize, usize)> {
+pub(crate) fn line_spans(text: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut offset = 0;
     for l in text.split_inclusive(|&b| b == b'\n') {
