@@ -422,3 +422,52 @@ fn json_output_matches_its_schema() {
     assert!(!validator.is_valid(&v));
     let _ = std::fs::remove_dir_all(&failing);
 }
+
+#[test]
+fn an_expectation_sees_the_lines_before_it_and_the_timers_due_by_its_time() {
+    let dir = flapping_with(
+        "timing",
+        concat!(
+            "{\"test\": \"an event at the expectation's time, but after it, is not seen\"}\n",
+            "{\"t_ms\": 0, \"device\": \"cam\", \"alert\": \"scan\"}\n",
+            "{\"t_ms\": 1000, \"expect\": {\"device\": \"cam\", \"state\": \"suspicious\"}}\n",
+            "{\"t_ms\": 1000, \"device\": \"cam\", \"alert\": \"breach\"}\n",
+            "{\"expect\": {\"device\": \"cam\", \"state\": \"attack\"}}\n",
+            "{\"test\": \"a timer due at the expectation's time has fired\"}\n",
+            "{\"t_ms\": 0, \"device\": \"cam\", \"alert\": \"scan\"}\n",
+            "{\"t_ms\": 599999, \"expect\": {\"device\": \"cam\", \"state\": \"suspicious\"}}\n",
+            "{\"t_ms\": 600000, \"expect\": {\"device\": \"cam\", \"state\": \"normal\"}}\n",
+            "{\"test\": \"looking does not move time for the lines after\"}\n",
+            "{\"t_ms\": 0, \"device\": \"cam\", \"alert\": \"scan\"}\n",
+            "{\"t_ms\": 300000, \"expect\": {\"device\": \"cam\", \"state\": \"suspicious\"}}\n",
+            "{\"t_ms\": 300000, \"device\": \"cam\", \"alert\": \"scan\"}\n",
+            "{\"t_ms\": 600000, \"expect\": {\"device\": \"cam\", \"state\": \"suspicious\"}}\n",
+            "{\"t_ms\": 900000, \"expect\": {\"device\": \"cam\", \"state\": \"normal\"}}\n",
+        ),
+    );
+    let run = kalkic_test(&[s(&dir)]);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("3 tests: 3 passed, 0 failed"),
+        "{}",
+        run.stdout
+    );
+    // Shifted by one millisecond, the same expectations fail.
+    let text = std::fs::read_to_string(dir.join("cameras.test.jsonl")).unwrap();
+    std::fs::write(
+        dir.join("cameras.test.jsonl"),
+        text.replace(
+            "\"t_ms\": 600000, \"expect\": {\"device\": \"cam\", \"state\": \"normal\"}",
+            "\"t_ms\": 599999, \"expect\": {\"device\": \"cam\", \"state\": \"normal\"}",
+        ),
+    )
+    .unwrap();
+    let run = kalkic_test(&[s(&dir)]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(
+        run.stdout.contains("3 tests: 2 passed, 1 failed"),
+        "{}",
+        run.stdout
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
