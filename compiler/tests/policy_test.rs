@@ -340,7 +340,9 @@ fn coverage_counts_as_by_hand() {
         .stdout
         .contains("2 tests: 2 passed, 0 failed; 1 below the coverage threshold"));
 
-    // A rule that fires with no effect counts: `b_on` moves `a` to attack once `b` is on.
+    // A third file adds to the same coverage: `b_on` fires (a in attack) and the reset
+    // is taken: 3 more of 12. (A rule whose actions change nothing counts too: see
+    // `intruder` in examples/flapping.)
     std::fs::write(
         dir.join("more.test.jsonl"),
         concat!(
