@@ -1,6 +1,7 @@
 //! The model's stable diagnostic codes: S0xx, the bundle is refused; S1xx, an input event
-//! is refused (it changes nothing); S2xx, a trace or test file is malformed. A code never changes meaning once released; retired
-//! codes are not reused. The shim's own codes (S3xx, S4xx) are in `kalki_shim::codes`;
+//! is refused (it changes nothing); S2xx, a trace or test file is malformed. A code never
+//! changes meaning once released; retired codes are not reused. The shim's own codes
+//! (S3xx, S4xx) are in `kalki_shim::codes`;
 //! `docs/runtime.md` lists them all for users.
 
 // S0xx: loading a bundle (`bundle.rs`).

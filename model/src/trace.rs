@@ -1,4 +1,5 @@
-//! Trace files for `kalki-shim simulate`: timestamped input events, one JSON object a
+//! Trace files for `kalki-shim simulate` (and the event lines of `kalkic test`'s test
+//! files, [`crate::policy_test`]): timestamped input events, one JSON object a
 //! line (JSON Lines). The schema is in `docs/runtime.md`:
 //!
 //! ```text

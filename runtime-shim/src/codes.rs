@@ -3,8 +3,9 @@
 //!
 //! S0xx: the bundle is refused. S1xx: an input event is refused (it changes nothing).
 //! S2xx: a trace file for `simulate` (or a test file for `kalkic test`) is malformed.
-//! These belong to the model (`kalki_model::codes`, re-exported here). S3xx: a request to the event API is refused before it
-//! reaches the engine. S4xx: the journal cannot be used.
+//! These belong to the model (`kalki_model::codes`, re-exported here). S3xx: a request to
+//! the event API is refused before it reaches the engine. S4xx: the journal cannot be
+//! used.
 
 pub use kalki_model::codes::*;
 
