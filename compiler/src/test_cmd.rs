@@ -260,11 +260,14 @@ pub fn run_test(args: &TestArgs) -> Exit {
         results.push(match &compiled.bundle {
             Ok(bundle) => {
                 let (files, coverage) = policy_test::run(bundle, &files);
+                // A file not run would make the coverage look lower than the tests make
+                // it: none is reported (the run fails anyway).
+                let all_ran = files.iter().all(|f| f.errors.is_empty());
                 PolicyResult {
                     policy: shown,
                     no_bundle: None,
                     files,
-                    coverage: with_coverage.then_some(coverage),
+                    coverage: (with_coverage && all_ran).then_some(coverage),
                 }
             }
             Err(why) => PolicyResult {
