@@ -46,9 +46,9 @@ fn s(p: &Path) -> &str {
 /// The coverage every example's tests must reach (all of states, transitions and rules
 /// together). Kalki's lab can reach neither `attack`, nor its camera's `suspicious`, nor
 /// a transition waiting for `unts_temperature_avg` (its defects 1, 2 and 4, which its
-/// tests show); with the rule below, that is all it misses. In the corrected lab `wemo_current_mw_greater_high`
-/// never fires: whenever it would, `..._low` fired first in the same moment and the plug
-/// is no longer `normal`, as the rule requires (in Kalki's lab too). An example missing here fails the test.
+/// tests show). In both labs `wemo_current_mw_greater_high` never fires: whenever it
+/// would, `..._low` fired first in the same moment and the plug is no longer `normal`,
+/// as the rule requires. That is all they miss. An example missing here fails the test.
 const THRESHOLDS: &[(&str, f64)] = &[
     ("badge-door", 100.0),
     ("flapping", 100.0),
