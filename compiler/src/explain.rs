@@ -28,7 +28,7 @@ pub enum Family {
     Bundle,
     /// S1xx, the engine (or an MQTT binding) refusing an input.
     Input,
-    /// S2xx, `kalki-shim simulate` reading a trace.
+    /// S2xx, `kalki-shim simulate` reading a trace, `kalkic test` reading a test file.
     Trace,
     /// S3xx, the shim's event API.
     Api,
@@ -48,7 +48,7 @@ impl Family {
             Family::Build => "K214 bundle layout (kalkic build)",
             Family::Bundle => "S0xx bundle refused (kalki-shim)",
             Family::Input => "S1xx input refused (kalki-shim engine and MQTT bindings)",
-            Family::Trace => "S2xx trace files (kalki-shim simulate)",
+            Family::Trace => "S2xx trace and test files (kalki-shim simulate, kalkic test)",
             Family::Api => "S3xx event API (kalki-shim run)",
             Family::Journal => "S4xx journal (kalki-shim run)",
         }
@@ -96,7 +96,7 @@ static TEXTS: &[(&str, &str)] = texts![
     "S001" "S002" "S003" "S004" "S005" "S006" "S007"
     "S101" "S102" "S103" "S104" "S105" "S106" "S107" "S108" "S109" "S110" "S111" "S112"
     "S120" "S121" "S122" "S123"
-    "S201" "S202" "S203" "S204" "S205"
+    "S201" "S202" "S203" "S204" "S205" "S210" "S211" "S212"
     "S301" "S302" "S303" "S304" "S305" "S306" "S307" "S308"
     "S401" "S402" "S403" "S404"
 ];

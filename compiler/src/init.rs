@@ -2,9 +2,13 @@
 
 use kalki_lang::lexer::{Lexer, Token};
 
-/// The file `kalkic init` writes, and its text with the site named `SITE_NAME`.
+/// The files `kalkic init` writes: the policy (its text has the site named `SITE_NAME`)
+/// and its tests (`kalkic test`).
 pub const POLICY_FILE: &str = "site.kalki";
+pub const TEST_FILE: &str = "site.test.jsonl";
 const STARTER: &str = include_str!("init/starter.kalki");
+/// The starter policy's tests; they name devices and rules, not the site.
+pub const STARTER_TESTS: &str = include_str!("init/starter.test.jsonl");
 
 /// The starter policy for a site called `site`, or why that cannot be a site's name.
 pub fn starter(site: &str) -> Result<String, String> {

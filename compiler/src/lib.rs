@@ -11,6 +11,7 @@ pub mod diag;
 pub mod explain;
 pub mod init;
 pub mod ir;
+pub mod policy_test;
 pub mod render;
 pub mod resolve;
 pub mod source;

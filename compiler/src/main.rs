@@ -13,6 +13,7 @@ use std::process::ExitCode;
 mod explain_cmd;
 mod fmt_cmd;
 mod lsp;
+mod test_cmd;
 
 /// Exit codes, as documented in `--help`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,10 @@ enum Command {
     /// sets and container manifests. Nothing is written when the policy has errors.
     #[command(after_help = EXIT_HELP)]
     Build(BuildArgs),
+    /// Run the policy tests next to the policies (`*.test.jsonl`) on the runtime's
+    /// engine, optionally with the coverage of states, transitions and rules.
+    #[command(after_help = test_cmd::TEST_EXIT_HELP)]
+    Test(test_cmd::TestArgs),
     /// Serve editors: a language server (LSP) over standard input and output.
     ///
     /// Diagnostics on every edit (check), verification on save within a time budget,
@@ -209,6 +214,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => run_verify(&args),
         Command::Graph(args) => run_graph(&args),
         Command::Build(args) => run_build(&args),
+        Command::Test(args) => test_cmd::run_test(&args),
         Command::Lsp(args) => lsp::run(&args),
         Command::Fmt(args) => fmt_cmd::run(&args),
         Command::Explain(args) => explain_cmd::run(&args),
@@ -339,37 +345,47 @@ fn run_init(args: &InitArgs) -> Exit {
             return Exit::Usage;
         }
     };
-    let path = args.dir.join(kalki_compiler::init::POLICY_FILE);
-    // `create_new`: an existing policy is never overwritten, not even in a race.
-    let created = std::fs::create_dir_all(&args.dir).and_then(|()| {
-        std::fs::OpenOptions::new()
+    let files = [
+        (kalki_compiler::init::POLICY_FILE, text.as_str()),
+        (
+            kalki_compiler::init::TEST_FILE,
+            kalki_compiler::init::STARTER_TESTS,
+        ),
+    ];
+    if let Err(e) = std::fs::create_dir_all(&args.dir) {
+        eprintln!("error: cannot create {}: {e}", args.dir.display());
+        return Exit::Usage;
+    }
+    // `create_new`: an existing file is never overwritten, not even in a race; and either
+    // both files are written or neither is left behind.
+    let mut written: Vec<PathBuf> = Vec::new();
+    for (name, contents) in files {
+        let path = args.dir.join(name);
+        let result = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
-    });
-    let mut file = match created {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            eprintln!("error: {} exists; nothing written", path.display());
+            .and_then(|mut f| {
+                written.push(path.clone());
+                f.write_all(contents.as_bytes())?;
+                f.sync_all()
+            });
+        if let Err(e) = result {
+            for p in &written {
+                let _ = std::fs::remove_file(p);
+            }
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                eprintln!("error: {} exists; nothing written", path.display());
+            } else {
+                eprintln!("error: cannot write {}: {e}", path.display());
+            }
             return Exit::Usage;
         }
-        Err(e) => {
-            eprintln!("error: cannot create {}: {e}", path.display());
-            return Exit::Usage;
-        }
-    };
-    if let Err(e) = file
-        .write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-    {
-        // Never leave a half-written policy behind.
-        let _ = std::fs::remove_file(&path);
-        eprintln!("error: cannot write {}: {e}", path.display());
-        return Exit::Usage;
     }
     eprintln!(
-        "wrote {}\nnext: kalkic verify {dir} && kalkic build {dir} -o out/",
-        path.display(),
+        "wrote {} and {}\nnext: kalkic verify {dir} && kalkic test {dir} && kalkic build {dir} -o out/",
+        args.dir.join(files[0].0).display(),
+        args.dir.join(files[1].0).display(),
         dir = args.dir.display()
     );
     Exit::Ok
@@ -484,6 +500,21 @@ fn assertions_human(checked: &Checked, results: &[AssertionResult]) -> String {
 }
 
 /// Prints diagnostics in the chosen format and picks the exit code.
+/// One line after human diagnostics pointing at `kalkic explain` for the codes reported.
+fn explain_hint(diags: &[Diagnostic]) -> String {
+    let mut codes: Vec<&str> = diags.iter().map(|d| d.code).collect();
+    codes.sort_unstable();
+    codes.dedup();
+    match codes.as_slice() {
+        [] => String::new(),
+        [one] => format!("for more about {one}: kalkic explain {one}\n"),
+        [first, ..] => format!(
+            "for more about a code ({}): kalkic explain {first}\n",
+            codes.join(", ")
+        ),
+    }
+}
+
 fn emit(args: &CommonArgs, checked: &Checked, assertions: &[AssertionResult]) -> Exit {
     let unreadable: Vec<Diagnostic> = checked
         .unreadable
@@ -502,6 +533,7 @@ fn emit(args: &CommonArgs, checked: &Checked, assertions: &[AssertionResult]) ->
     let written = match args.format {
         Format::Human => {
             let mut text = render::human(&checked.sources, &all, use_colour(args.color));
+            text.push_str(&explain_hint(&all));
             if !assertions.is_empty() {
                 text.push_str("assertions:\n");
                 text.push_str(&assertions_human(checked, assertions));

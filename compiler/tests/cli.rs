@@ -27,7 +27,9 @@ fn stdout_json(o: &Output) -> Value {
 fn clean_file_exits_0() {
     let o = kalkic(&["check", CLEAN]);
     assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("0 errors, 0 warnings"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("0 errors, 0 warnings"), "{err}");
+    assert!(!err.contains("kalkic explain"), "{err}");
 }
 
 #[test]
@@ -38,6 +40,10 @@ fn policy_error_exits_1() {
     assert!(err.contains("K103"), "{err}");
     assert!(err.contains("unknown state `suspicous`"), "{err}");
     assert!(err.contains("did you mean `suspicious`?"), "{err}");
+    assert!(
+        err.ends_with("for more about K103: kalkic explain K103\n"),
+        "{err}"
+    );
     assert!(!err.contains('\u{1b}'), "colour with --color never: {err}");
 }
 
@@ -295,6 +301,15 @@ fn init_writes_a_starter_that_verifies_and_builds() {
     assert_eq!(code(&o), 0, "{err}");
     assert!(err.contains("0 errors, 0 warnings"), "{err}");
     assert!(!String::from_utf8_lossy(&o.stdout).contains("refuted"));
+    let o = kalkic(&["test", "--coverage", dir_s]);
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        code(&o),
+        0,
+        "{report}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(report.contains("3 tests: 3 passed, 0 failed"), "{report}");
     let out = tmp.path().join("out");
     let o = kalkic(&[
         "build",
@@ -313,6 +328,17 @@ fn init_writes_a_starter_that_verifies_and_builds() {
     assert_eq!(code(&o), 2);
     assert!(String::from_utf8_lossy(&o.stderr).contains("exists"));
     assert_eq!(std::fs::read_to_string(&policy).unwrap(), "// mine\n");
+    // An existing test file alone also stops it, and no policy is left behind.
+    let tests_only = tmp.path().join("tests-only");
+    std::fs::create_dir_all(&tests_only).unwrap();
+    std::fs::write(tests_only.join("site.test.jsonl"), "mine").unwrap();
+    let o = kalkic(&["init", tests_only.to_str().unwrap()]);
+    assert_eq!(code(&o), 2);
+    assert!(!tests_only.join("site.kalki").exists());
+    assert_eq!(
+        std::fs::read_to_string(tests_only.join("site.test.jsonl")).unwrap(),
+        "mine"
+    );
 
     // A site name that is not a name, or a keyword, is refused before anything is written.
     for bad in ["my-site", "site"] {

@@ -1,8 +1,9 @@
 //! The runtime's stable diagnostic codes: S0xx, the bundle is refused; S1xx, an input event
-//! is refused (it changes nothing); and the shim's own S2xx (trace files), S3xx (event API)
-//! and S4xx (journal), declared here so that `kalkic explain` can explain them without
-//! linking the shim (`kalki_shim::codes` re-exports them all). A code never changes meaning
-//! once released; retired codes are not reused. `docs/runtime.md` lists them for users.
+//! is refused (it changes nothing); S2xx, a trace or test file is malformed (the model reads
+//! both); and the shim's own S3xx (event API) and S4xx (journal), declared here so that
+//! `kalkic explain` can explain them without linking the shim (`kalki_shim::codes`
+//! re-exports them all). A code never changes meaning once released; retired codes are not
+//! reused. `docs/runtime.md` lists them for users.
 
 // S0xx: loading a bundle (`bundle.rs`).
 
@@ -65,7 +66,28 @@ pub const FIELD_TYPE: &str = "S122";
 /// not fit 64 bits.
 pub const NOT_WHOLE: &str = "S123";
 
-/// Every code of the model (S0xx, S1xx) with a one-line summary, for documentation.
+// S2xx: trace files (`trace.rs`) and policy test files (`policy_test.rs`).
+
+/// A trace line that is not a JSON object.
+pub const TRACE_SYNTAX: &str = "S201";
+/// A trace line with missing, unknown or ill-typed fields.
+pub const TRACE_SHAPE: &str = "S202";
+/// A trace line whose `t_ms` is earlier than the line before.
+pub const TRACE_ORDER: &str = "S203";
+/// A trace line with an MQTT message on a topic no device of the bundle binds.
+pub const TRACE_UNBOUND_TOPIC: &str = "S204";
+/// A `mosquitto_sub` trace line whose `payload` is not all of the payload (`payloadlen`).
+pub const TRACE_PAYLOAD_LOST: &str = "S205";
+
+/// A test file (`kalkic test`) whose structure is wrong: a line outside any test, no
+/// test at all, a test that expects nothing, two tests with one name.
+pub const TEST_STRUCTURE: &str = "S210";
+/// A test header or expectation line with missing, unknown or ill-typed fields.
+pub const TEST_SHAPE: &str = "S211";
+/// An expectation that names a device, state, command or rule the policy does not have.
+pub const TEST_UNKNOWN: &str = "S212";
+
+/// Every code of the model (S0xx, S1xx, S2xx) with a one-line summary, for documentation.
 pub const ALL: &[(&str, &str)] = &[
     (UNREADABLE, "a bundle file could not be read"),
     (
@@ -114,20 +136,33 @@ pub const ALL: &[(&str, &str)] = &[
         NOT_WHOLE,
         "an MQTT number is not whole after scaling (no rounding) or too big",
     ),
+    (TRACE_SYNTAX, "trace line is not a JSON object"),
+    (
+        TRACE_SHAPE,
+        "trace line has missing, unknown or ill-typed fields",
+    ),
+    (TRACE_ORDER, "trace line earlier than the one before"),
+    (
+        TRACE_UNBOUND_TOPIC,
+        "trace message on a topic the bundle does not bind",
+    ),
+    (
+        TRACE_PAYLOAD_LOST,
+        "trace message whose recorded payload is incomplete",
+    ),
+    (
+        TEST_STRUCTURE,
+        "test file line outside a test, no test, or a test expecting nothing",
+    ),
+    (
+        TEST_SHAPE,
+        "test header or expectation has missing, unknown or ill-typed fields",
+    ),
+    (
+        TEST_UNKNOWN,
+        "expectation names something the policy does not have",
+    ),
 ];
-
-// S2xx: trace files (`kalki_shim::trace`).
-
-/// A trace line that is not a JSON object.
-pub const TRACE_SYNTAX: &str = "S201";
-/// A trace line with missing, unknown or ill-typed fields.
-pub const TRACE_SHAPE: &str = "S202";
-/// A trace line whose `t_ms` is earlier than the line before.
-pub const TRACE_ORDER: &str = "S203";
-/// A trace line with an MQTT message on a topic no device of the bundle binds.
-pub const TRACE_UNBOUND_TOPIC: &str = "S204";
-/// A `mosquitto_sub` trace line whose `payload` is not all of the payload (`payloadlen`).
-pub const TRACE_PAYLOAD_LOST: &str = "S205";
 
 // S3xx: the event API (`kalki_shim::api`). Engine refusals keep their S1xx codes.
 
@@ -159,24 +194,10 @@ pub const JOURNAL_IO: &str = "S403";
 /// A journal entry cannot be decoded, or a value does not fit it.
 pub const JOURNAL_CORRUPT: &str = "S404";
 
-/// The shim's own codes (S2xx–S4xx) with a one-line summary, for documentation; the
+/// The shim's own codes (S3xx, S4xx) with a one-line summary, for documentation; the
 /// model's are in [`ALL`]. They are declared here, not in the shim, so that `kalkic explain`
 /// (which must not link the shim's tokio, Docker and SQLite) can explain them.
 pub const SHIM: &[(&str, &str)] = &[
-    (TRACE_SYNTAX, "trace line is not a JSON object"),
-    (
-        TRACE_SHAPE,
-        "trace line has missing, unknown or ill-typed fields",
-    ),
-    (TRACE_ORDER, "trace line earlier than the one before"),
-    (
-        TRACE_UNBOUND_TOPIC,
-        "trace message on a topic the bundle does not bind",
-    ),
-    (
-        TRACE_PAYLOAD_LOST,
-        "trace message whose recorded payload is incomplete",
-    ),
     (UNAUTHORIZED, "missing or wrong API token"),
     (BAD_JSON, "request body is not JSON"),
     (

@@ -164,6 +164,10 @@ pub enum Origin {
 pub struct Step {
     pub t_ms: u64,
     pub effects: Vec<Effect>,
+    /// The rules that fired, in the order they fired: also those whose actions changed
+    /// nothing (a `dev -> s` with `dev` already in `s`). What `kalkic test` counts as a
+    /// rule exercised. A step is returned when it has effects or a rule fired.
+    pub fired: Vec<usize>,
 }
 
 /// A refused input.
@@ -716,6 +720,8 @@ struct Moment {
     effects: Vec<Effect>,
     dirty: BTreeSet<usize>,
     fired: Vec<bool>,
+    /// The rules that fired, in order.
+    order: Vec<usize>,
 }
 
 impl Moment {
@@ -724,6 +730,7 @@ impl Moment {
             effects: Vec::new(),
             dirty: BTreeSet::new(),
             fired: vec![false; rules],
+            order: Vec::new(),
         }
     }
     fn mark(&mut self, rules: &[usize]) {
@@ -967,10 +974,11 @@ impl Engine {
             Resolved::Operator { device, action } => self.operator(device, &action, now, &mut m),
         }
         self.settle(now, &mut m);
-        if !m.effects.is_empty() {
+        if !m.effects.is_empty() || !m.order.is_empty() {
             steps.push(Step {
                 t_ms: now,
                 effects: m.effects,
+                fired: m.order,
             });
         }
         Ok(steps)
@@ -1203,16 +1211,21 @@ impl Engine {
             }
             last = Some(d);
             self.rt.now = d.max(self.rt.now);
-            let effects = self.fire_timers(d);
-            if !effects.is_empty() {
-                steps.push(Step { t_ms: d, effects });
+            let (effects, fired) = self.fire_timers(d);
+            if !effects.is_empty() || !fired.is_empty() {
+                steps.push(Step {
+                    t_ms: d,
+                    effects,
+                    fired,
+                });
             }
         }
         self.rt.now = t.max(self.rt.now);
         steps
     }
 
-    fn fire_timers(&mut self, at: u64) -> Vec<Effect> {
+    /// The effects of the timers due at `at`, and the rules that fired.
+    fn fire_timers(&mut self, at: u64) -> (Vec<Effect>, Vec<usize>) {
         let mut m = Moment::new(self.site.rules.len());
         for di in 0..self.rt.devices.len() {
             let Some(d) = self.rt.devices.get(di) else {
@@ -1267,7 +1280,7 @@ impl Engine {
             m.mark(&rules);
         }
         self.settle(at, &mut m);
-        m.effects
+        (m.effects, m.order)
     }
 
     fn holds(&self, e: &Expr, this: Option<usize>, m: &mut Moment) -> bool {
@@ -1499,6 +1512,7 @@ impl Engine {
             if let Some(f) = m.fired.get_mut(r) {
                 *f = true;
             }
+            m.order.push(r);
             let actions = rule.actions.clone();
             let mut raised = Vec::new();
             for a in actions {

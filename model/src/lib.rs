@@ -13,7 +13,12 @@
 //! - [`contract`]: µmbox traffic contracts: what a chain lets through, for the verifier,
 //!   the shim's `status` and the tests of the real image;
 //! - [`telemetry`]: MQTT bindings: a message to a reading, a command to a message;
-//! - [`text`]: the IR back as policy text, for messages; [`codes`]: S0xx and S1xx.
+//! - [`trace`]: trace files (`kalki-shim simulate`), checked against a bundle;
+//! - [`policy_test`]: policy tests (`kalkic test`): scenarios with expectations, run
+//!   through [`replay`], and the coverage of states, transitions and rules;
+//! - [`replay`]: a checked trace through the engine on a virtual clock (`simulate`,
+//!   `kalkic test`);
+//! - [`text`]: the IR back as policy text, for messages; [`codes`]: S0xx, S1xx, S2xx.
 //!
 //! Pure: no I/O, no clock, no async runtime, no solver.
 
@@ -27,6 +32,9 @@ pub mod duration;
 pub mod engine;
 pub mod eval;
 pub mod manifest;
+pub mod policy_test;
 pub mod range;
+pub mod replay;
 pub mod telemetry;
 pub mod text;
+pub mod trace;

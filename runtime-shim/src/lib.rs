@@ -29,6 +29,5 @@ pub mod run;
 pub mod secrets;
 pub mod simulate;
 pub mod sink;
-pub mod trace;
 
-pub use kalki_model::{engine, eval, manifest, text};
+pub use kalki_model::{engine, eval, manifest, text, trace};

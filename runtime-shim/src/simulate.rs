@@ -7,8 +7,10 @@
 //! device binds is not shown; the end of the output counts them.
 
 use crate::bundle::Bundle;
-use crate::engine::{Cause, Config, Effect, Engine, Input, Origin, Step};
-use crate::trace::{self, Messages, RefusedMessage, Trace, TraceError};
+use crate::engine::{Cause, Effect, Engine, Step};
+use crate::trace::{self, Messages, Trace, TraceError};
+pub use kalki_model::replay::cause_text;
+use kalki_model::replay::{cause_parts, clock, why, Happened, Replay};
 use serde::Serialize;
 
 /// One thing that happened.
@@ -90,22 +92,18 @@ pub fn simulate(
     Ok(replay(bundle, &trace, until_ms))
 }
 
-/// Replays a checked trace.
+/// Replays a checked trace ([`kalki_model::replay`], the driver `kalkic test` shares).
 pub fn replay(bundle: &Bundle, trace: &Trace, until_ms: Option<u64>) -> Timeline {
-    let config = Config {
-        day_offset_ms: trace.clock_ms,
-    };
-    let mut engine = Engine::new(bundle, config, 0);
+    let mut run = Replay::new(bundle, trace);
+    let end_ms = until_ms.map_or(run.last_ms(), |u| u.max(run.last_ms()));
     let mut entries = Vec::new();
-    let mut faults = Vec::new();
-    let mut refused = trace.refused.iter().peekable();
-    let show_refused = |engine: &mut Engine, entries: &mut Vec<Entry>, r: &RefusedMessage| {
-        // Time passes to the message (the timers due fire, as they would under `run`),
-        // and it changes nothing.
-        if let Ok(steps) = engine.handle(r.t_ms.max(engine.now()), &Input::Tick) {
-            entries.extend(steps.iter().flat_map(|s| describe(bundle, engine, s, None)));
-        }
-        entries.extend(r.problems.iter().map(|p| Entry {
+    run.to(usize::MAX, end_ms, &mut |engine, happened| match happened {
+        Happened::Steps { steps, topic } => entries.extend(
+            steps
+                .iter()
+                .flat_map(|s| describe(bundle, engine, s, topic)),
+        ),
+        Happened::Refused(r) => entries.extend(r.problems.iter().map(|p| Entry {
             t_ms: r.t_ms,
             clock: clock(engine, r.t_ms),
             device: r.device.clone(),
@@ -115,49 +113,20 @@ pub fn replay(bundle: &Bundle, trace: &Trace, until_ms: Option<u64>) -> Timeline
                 reason: p.reason.clone(),
                 line: r.line,
             },
-        }));
-    };
-    for ev in &trace.events {
-        while let Some(r) = refused.next_if(|r| r.line < ev.line) {
-            show_refused(&mut engine, &mut entries, r);
-        }
-        match engine.handle(ev.t_ms, &ev.input) {
-            Ok(steps) => entries.extend(
-                steps
-                    .iter()
-                    .flat_map(|s| describe(bundle, &engine, s, ev.topic.as_deref())),
-            ),
-            // A checked trace is accepted; should the engine disagree, say so in place.
-            Err(errs) => faults.extend(errs.into_iter().map(|e| Entry {
-                t_ms: ev.t_ms,
-                clock: clock(&engine, ev.t_ms),
+        })),
+        // A checked trace is accepted; should the engine disagree, say so in place.
+        Happened::Fault { line, t_ms, errors } => {
+            entries.extend(errors.into_iter().map(|e| Entry {
+                t_ms,
+                clock: clock(engine, t_ms),
                 device: String::new(),
                 what: What::Fault {
-                    message: format!("line {}: {e}", ev.line),
+                    message: format!("line {line}: {e}"),
                 },
-            })),
+            }))
         }
-        entries.append(&mut faults);
-    }
-    for r in refused {
-        show_refused(&mut engine, &mut entries, r);
-    }
-    let last = trace
-        .events
-        .last()
-        .map(|e| e.t_ms)
-        .into_iter()
-        .chain(trace.refused.last().map(|r| r.t_ms))
-        .max()
-        .unwrap_or(0);
-    let end_ms = until_ms.map_or(last, |u| u.max(last));
-    if let Ok(steps) = engine.handle(end_ms, &Input::Tick) {
-        entries.extend(
-            steps
-                .iter()
-                .flat_map(|s| describe(bundle, &engine, s, None)),
-        );
-    }
+    });
+    let engine = run.engine();
     let states = (0..engine.device_count())
         .map(|d| {
             let s = engine.state(d).unwrap_or(0);
@@ -172,85 +141,6 @@ pub fn replay(bundle: &Bundle, trace: &Trace, until_ms: Option<u64>) -> Timeline
         end_ms,
         states,
         messages: (trace.messages.received > 0).then(|| trace.messages.clone()),
-    }
-}
-
-fn clock(engine: &Engine, t_ms: u64) -> String {
-    let tod = engine.time_of_day(t_ms);
-    let (h, m, s, ms) = (
-        tod / 3_600_000,
-        tod / 60_000 % 60,
-        tod / 1000 % 60,
-        tod % 1000,
-    );
-    if ms == 0 {
-        format!("{h:02}:{m:02}:{s:02}")
-    } else {
-        format!("{h:02}:{m:02}:{s:02}.{ms:03}")
-    }
-}
-
-/// Why a device changed state, as one line: the trigger as written with where its alert
-/// came from (`on port_scan count 3 within 1m (from ids)`), or `rule NAME`. The text
-/// `render_text` prints, for journals and status reports.
-pub fn cause_text(bundle: &Bundle, engine: &Engine, device: usize, cause: &Cause) -> String {
-    let (trigger, source, raised_by, rule) = cause_parts(bundle, engine, device, cause);
-    why(&trigger, &source, &raised_by, &rule)
-}
-
-/// (trigger as written, source µmbox, raising rule, moving rule)
-type CauseParts = (
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
-
-fn cause_parts(bundle: &Bundle, engine: &Engine, device: usize, cause: &Cause) -> CauseParts {
-    let trigger = |ti: usize| {
-        let names = bundle.names(bundle.device_type_index(device));
-        engine
-            .transition(device, ti)
-            .map(|t| names.trigger(&t.trigger))
-    };
-    let rule_name = |r: &usize| Some(engine.rule_name(*r).to_string());
-    match cause {
-        Cause::Alert {
-            transition,
-            origin: Origin::Input { source },
-            ..
-        } => (trigger(*transition), source.clone(), None, None),
-        Cause::Alert {
-            transition,
-            origin: Origin::Rule { rule },
-            ..
-        } => (trigger(*transition), None, rule_name(rule), None),
-        Cause::Reading { transition }
-        | Cause::Held { transition }
-        | Cause::Quiet { transition }
-        | Cause::Silent { transition }
-        | Cause::Operator { transition, .. } => (trigger(*transition), None, None, None),
-        Cause::Rule { rule } => (None, None, None, rule_name(rule)),
-    }
-}
-
-fn why(
-    trigger: &Option<String>,
-    source: &Option<String>,
-    raised_by: &Option<String>,
-    rule: &Option<String>,
-) -> String {
-    match (trigger, rule) {
-        (Some(tr), _) => {
-            let from = match (source, raised_by) {
-                (Some(s), _) => format!(" (from {s})"),
-                (None, Some(r)) => format!(" (raised by rule {r})"),
-                (None, None) => String::new(),
-            };
-            format!("{tr}{from}")
-        }
-        (None, Some(r)) => format!("rule {r}"),
-        (None, None) => String::new(),
     }
 }
 

@@ -1,6 +1,7 @@
-//! The runtime's codes (S0xx bundle, S1xx input, and the shim's S2xx trace, S3xx API and
-//! S4xx journal, all declared in `kalki-model` and re-exported by the shim): every code
-//! declared is in `codes::ALL` (the model's) or `codes::SHIM`, and `docs/runtime.md`'s tables name
+//! The runtime's codes (S0xx bundle, S1xx input and S2xx trace and test files of the model,
+//! the shim's S3xx API and S4xx journal; all declared in `kalki-model` and re-exported by
+//! the shim): every code declared is in `codes::ALL` (the model's) or `codes::SHIM`, and
+//! `docs/runtime.md`'s tables name
 //! exactly those (a range such as `S102–S108` counts for each code in it). A code added
 //! without its documentation, or documented without existing, fails here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -55,7 +56,8 @@ fn declared(path: &str) -> BTreeSet<String> {
 
 #[test]
 fn the_docs_list_exactly_the_codes() {
-    // The model's codes (S0xx bundle, S1xx input) and the shim's own (S2xx-S4xx).
+    // The model's codes (S0xx bundle, S1xx input, S2xx trace and test files) and the
+    // shim's own (S3xx, S4xx).
     let mut declared_codes = declared("model/src/codes.rs");
     declared_codes.extend(declared("runtime-shim/src/codes.rs"));
     let registry: Vec<&str> = codes::ALL

@@ -5,6 +5,9 @@
 //!   policy `DIR`, as `kalki-shim simulate` reads them: the code must be reported (as a
 //!   bad line, a refused message, or the S204 count); a ` ```jsonl trace DIR fixed `
 //!   block must report nothing;
+//! - ` ```jsonl test DIR ` blocks are policy test files (`kalkic test`) read against the
+//!   same bundle: the code must be among the file's errors; a `fixed` block must parse
+//!   and its tests pass on the engine;
 //! - ` ```sh bundle DIR ` blocks edit the bundle of `DIR` (written to `bundle/`) with the
 //!   block's shell lines, the `kalkic` and `kalki-shim` lines left to the test, and the
 //!   edited bundle must be refused with the code;
@@ -17,6 +20,7 @@ mod common;
 
 use common::{compile_dir, TempDir};
 use kalki_compiler::explain;
+use kalki_model::policy_test;
 use kalki_shim::bundle::{self, Bundle};
 use kalki_shim::engine::{Config, Engine, Input};
 use kalki_shim::journal::Journal;
@@ -94,6 +98,23 @@ fn trace_codes(text: &str, bundle: &Bundle) -> Vec<String> {
     }
 }
 
+/// What `kalkic test` reports on a test file: the codes of its bad lines, or, for a file
+/// that reads, `FAILED` for each test that fails on the engine.
+fn test_file_codes(text: &str, bundle: &Bundle) -> Vec<String> {
+    match policy_test::parse(text.as_bytes(), bundle) {
+        Err(errors) => errors.iter().map(|e| e.code.to_string()).collect(),
+        Ok(file) => {
+            let mut coverage = policy_test::Coverage::new(bundle);
+            file.tests
+                .iter()
+                .map(|t| policy_test::run(bundle, t, &mut coverage))
+                .filter(|o| !o.passed())
+                .map(|o| format!("FAILED {}", o.name))
+                .collect()
+        }
+    }
+}
+
 /// The codes of the bundle of `dir` once the block's shell lines have edited it.
 fn edited_bundle_codes(sites: &mut Sites, dir: &str, script: &str, name: &str) -> Vec<String> {
     let tmp = TempDir::new(&format!("explain-{name}"));
@@ -142,7 +163,7 @@ fn every_input_example_reports_its_code_and_every_fix_nothing() {
             .filter(|b| {
                 matches!(
                     b.info.get(..2),
-                    Some([lang, kind]) if (lang == "jsonl" && kind == "trace") || (lang == "sh" && kind == "bundle")
+                    Some([lang, kind]) if (lang == "jsonl" && (kind == "trace" || kind == "test")) || (lang == "sh" && kind == "bundle")
                 )
             })
             .collect();
@@ -169,6 +190,9 @@ fn every_input_example_reports_its_code_and_every_fix_nothing() {
             let fixed = b.info.iter().any(|i| i == "fixed");
             let got = if b.info[0] == "sh" {
                 edited_bundle_codes(&mut sites, dir, &b.text, c.code)
+            } else if b.info[1] == "test" {
+                let bundle = sites.loaded(dir);
+                test_file_codes(&b.text, &bundle)
             } else {
                 let bundle = sites.loaded(dir);
                 trace_codes(&b.text, &bundle)

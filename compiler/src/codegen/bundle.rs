@@ -137,7 +137,28 @@ pub fn build(
     sources: &Sources,
     solver: &dyn Solver,
 ) -> Result<Bundle, Vec<Diagnostic>> {
-    let ports = openflow::allocate(model, site).map_err(|e| {
+    let ports = ports(model, site)?;
+    let plane = dataplane::plane(model, site, &ports);
+    let findings = dataplane::validate(&plane, solver);
+    if !findings.is_empty() {
+        return Err(findings);
+    }
+    Ok(assemble(model, site, sources, &ports, &plane))
+}
+
+/// The bundle of one site of a checked model, its rule sets not proved: what `kalkic test`
+/// runs its tests on, in memory (the engine reads only the manifest and the container
+/// manifests). Never written: [`build`] is the one way to a bundle that is deployed. On
+/// errors (K214), no bundle.
+pub fn unproved(model: &Model, site: &Site, sources: &Sources) -> Result<Bundle, Vec<Diagnostic>> {
+    let ports = ports(model, site)?;
+    let plane = dataplane::plane(model, site, &ports);
+    Ok(assemble(model, site, sources, &ports, &plane))
+}
+
+/// The site's switch ports, or K214 when it does not fit one bridge.
+fn ports(model: &Model, site: &Site) -> Result<Ports, Vec<Diagnostic>> {
+    openflow::allocate(model, site).map_err(|e| {
         vec![Diagnostic::error(
             PORT_SPACE,
             format!(
@@ -152,13 +173,7 @@ pub fn build(
             "too many devices and µmbox interfaces for one bridge",
         )
         .help("split the site, or use fewer µmboxes per state")]
-    })?;
-    let plane = dataplane::plane(model, site, &ports);
-    let findings = dataplane::validate(&plane, solver);
-    if !findings.is_empty() {
-        return Err(findings);
-    }
-    Ok(assemble(model, site, sources, &ports, &plane))
+    })
 }
 
 /// Renders the proved rule sets and writes the manifests.

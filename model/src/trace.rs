@@ -1,4 +1,5 @@
-//! Trace files for `kalki-shim simulate`: timestamped input events, one JSON object a
+//! Trace files for `kalki-shim simulate` (and the event lines of `kalkic test`'s test
+//! files, [`crate::policy_test`]): timestamped input events, one JSON object a
 //! line (JSON Lines). The schema is in `docs/runtime.md`:
 //!
 //! ```text
@@ -15,7 +16,7 @@
 //! The last three are MQTT messages: the first two as written by hand, the third a line
 //! of `mosquitto_sub -F %j` as it prints it (`tst` is local time, a literal `Z`, then the
 //! offset from UTC), its time taken relative to the trace's first such line. A message is
-//! read as the bundle's binding of its topic reads it ([`kalki_model::telemetry::decode`])
+//! read as the bundle's binding of its topic reads it ([`crate::telemetry::decode`])
 //! and replayed as its device's reading.
 //!
 //! Parsing checks every line (syntax, fields and order of times) and then every event
@@ -34,7 +35,7 @@
 use crate::bundle::Bundle;
 use crate::codes;
 use crate::engine::{suggest, Config, Engine, Input, InputError, DAY_MS, MAX_STEP_MS};
-use kalki_model::telemetry::{self, Topics};
+use crate::telemetry::{self, Topics};
 use miette::{Diagnostic, LabeledSpan, SourceSpan};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -910,7 +911,7 @@ fn message_reading(bundle: Option<&Bundle>, topics: &Topics, topic: &str, payloa
 }
 
 /// Byte offset and length of every line, line breaks (`\n`, `\r\n`) excluded.
-fn line_spans(text: &[u8]) -> Vec<(usize, usize)> {
+pub(crate) fn line_spans(text: &[u8]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut offset = 0;
     for l in text.split_inclusive(|&b| b == b'\n') {
