@@ -170,32 +170,16 @@ pub fn nearest(query: &str) -> Vec<&'static str> {
                 (Some(a), Some(b)) => a.abs_diff(b),
                 _ => u64::MAX,
             };
-            (edits(&query, c.code), far, c.code)
+            (
+                kalki_model::text::edit_distance(&query, c.code),
+                far,
+                c.code,
+            )
         })
         .filter(|&(d, _, _)| d <= 2)
         .collect();
     scored.sort();
     scored.into_iter().take(3).map(|(_, _, c)| c).collect()
-}
-
-/// Levenshtein distance of two short strings.
-fn edits(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = if ca == *cb {
-                prev
-            } else {
-                1 + prev.min(cur).min(row[j])
-            };
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 /// The explanation for readers: the Markdown with each code block's info string cut to
@@ -261,4 +245,38 @@ pub fn sarif_rule(code: &str) -> serde_json::Value {
             "markdown": format!("**{}: {}**\n\n{}", c.code, c.summary, markdown(c)),
         },
     })
+}
+
+/// A fenced block of an explanation: its info string (`kalki fixed`, `jsonl trace DIR`)
+/// and its text. The tests run the examples they hold (`compiler/tests/explain.rs`,
+/// `runtime-shim/tests/explain.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    pub info: Vec<String>,
+    pub text: String,
+}
+
+/// The fenced blocks of an explanation, in order; a block left open runs to the end.
+pub fn blocks(markdown: &str) -> Vec<Block> {
+    let mut out = Vec::new();
+    let mut open: Option<Block> = None;
+    for line in markdown.lines() {
+        match (line.strip_prefix("```"), open.take()) {
+            (Some(_), Some(b)) => out.push(b),
+            (Some(info), None) => {
+                open = Some(Block {
+                    info: info.split_whitespace().map(String::from).collect(),
+                    text: String::new(),
+                })
+            }
+            (None, Some(mut b)) => {
+                b.text.push_str(line);
+                b.text.push('\n');
+                open = Some(b);
+            }
+            (None, None) => {}
+        }
+    }
+    out.extend(open);
+    out
 }

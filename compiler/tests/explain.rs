@@ -17,7 +17,7 @@
 mod common;
 
 use common::{repo_root, MemLoader};
-use kalki_compiler::explain;
+use kalki_compiler::explain::{self, blocks, Block};
 use kalki_compiler::verify::{self, z3::Z3Solver};
 use std::path::PathBuf;
 use std::process::Command;
@@ -48,42 +48,15 @@ fn every_explanation_has_a_description_an_example_and_a_fix() {
         if text.contains("TODO") {
             bad.push(format!("{}: unfinished", c.code));
         }
+        if text.lines().filter(|l| l.starts_with("```")).count() % 2 != 0 {
+            bad.push(format!("{}: a code block is not closed", c.code));
+        }
         // The summary is the table's: an explanation does not repeat it as a title.
         if text.starts_with('#') {
             bad.push(format!("{}: starts with a heading", c.code));
         }
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));
-}
-
-/// A fenced block of an explanation: its info string and its text.
-struct Block {
-    info: Vec<String>,
-    text: String,
-}
-
-fn blocks(markdown: &str) -> Vec<Block> {
-    let mut out = Vec::new();
-    let mut open: Option<Block> = None;
-    for line in markdown.lines() {
-        match (line.strip_prefix("```"), open.take()) {
-            (Some(_), Some(b)) => out.push(b),
-            (Some(info), None) => {
-                open = Some(Block {
-                    info: info.split_whitespace().map(String::from).collect(),
-                    text: String::new(),
-                })
-            }
-            (None, Some(mut b)) => {
-                b.text.push_str(line);
-                b.text.push('\n');
-                open = Some(b);
-            }
-            (None, None) => {}
-        }
-    }
-    assert!(open.is_none(), "an unclosed code block");
-    out
 }
 
 /// The codes `kalkic build` reports on one file, with its options (`max-states=N`).

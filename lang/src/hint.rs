@@ -625,7 +625,7 @@ fn indent_of(src: &str, at: usize) -> usize {
 }
 
 /// Whether only spaces and tabs precede `at` on its line.
-fn first_on_line(src: &str, at: usize) -> bool {
+pub(crate) fn first_on_line(src: &str, at: usize) -> bool {
     let line_start = src
         .get(..at)
         .and_then(|s| s.rfind('\n'))

@@ -188,14 +188,7 @@ fn resumes_on_a_new_line(
         (None, ParseError::UnrecognizedToken { token, .. }) => Some(token.0),
         (None, _) => None,
     };
-    resume.is_some_and(|at| {
-        let line_start = src
-            .get(..at)
-            .and_then(|s| s.rfind('\n'))
-            .map_or(0, |n| n + 1);
-        src.get(line_start..at)
-            .is_some_and(|s| s.chars().all(|c| c == ' ' || c == '\t'))
-    })
+    resume.is_some_and(|at| crate::hint::first_on_line(src, at))
 }
 
 /// Drops the errors that only echo an earlier one. After an error the parser skips to

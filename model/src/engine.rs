@@ -324,29 +324,14 @@ pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
         .into_iter()
         .map(|c| {
             (
-                edit_distance(&lower, &c.to_lowercase()),
-                edit_distance(name, c),
+                crate::text::edit_distance(&lower, &c.to_lowercase()),
+                crate::text::edit_distance(name, c),
                 c,
             )
         })
         .filter(|(_, d, _)| *d <= limit)
         .min()
         .map(|(_, _, c)| c.to_string())
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
 }
 
 // ---------------------------------------------------------------------------------------

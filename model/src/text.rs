@@ -189,3 +189,34 @@ fn precedence(e: &Expr) -> u8 {
         _ => 8,
     }
 }
+
+/// The Levenshtein distance of two short strings, in characters: the "did you mean" of
+/// every message (the compiler's, the engine's, `kalkic explain`'s) is measured with it.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::edit_distance;
+
+    #[test]
+    fn edit_distances() {
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "ids"), 3);
+        assert_eq!(edit_distance("K118", "K116"), 1);
+        assert_eq!(edit_distance("µbox", "mbox"), 1);
+        assert_eq!(edit_distance("same", "same"), 0);
+    }
+}

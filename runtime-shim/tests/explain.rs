@@ -19,7 +19,7 @@
 mod common;
 
 use common::{compile_dir, TempDir};
-use kalki_compiler::explain;
+use kalki_compiler::explain::{self, blocks, Block};
 use kalki_model::policy_test;
 use kalki_shim::bundle::{self, Bundle};
 use kalki_shim::engine::{Config, Engine, Input};
@@ -33,35 +33,6 @@ const NO_INPUT_EXAMPLE: &[&str] = &[
     "S109", "S110", "S301", "S302", "S303", "S304", "S305", "S306", "S307", "S308", "S401", "S402",
     "S403", "S404",
 ];
-
-struct Block {
-    info: Vec<String>,
-    text: String,
-}
-
-fn blocks(markdown: &str) -> Vec<Block> {
-    let mut out = Vec::new();
-    let mut open: Option<Block> = None;
-    for line in markdown.lines() {
-        match (line.strip_prefix("```"), open.take()) {
-            (Some(_), Some(b)) => out.push(b),
-            (Some(info), None) => {
-                open = Some(Block {
-                    info: info.split_whitespace().map(String::from).collect(),
-                    text: String::new(),
-                })
-            }
-            (None, Some(mut b)) => {
-                b.text.push_str(line);
-                b.text.push('\n');
-                open = Some(b);
-            }
-            (None, None) => {}
-        }
-    }
-    assert!(open.is_none(), "an unclosed code block");
-    out
-}
 
 /// Bundles of the example policies, built once each.
 #[derive(Default)]
