@@ -1575,9 +1575,18 @@ impl<'a> Cx<'a> {
         for m in &s.members {
             match m {
                 ast::SiteMember::Rule(r) => {
+                    // Built field by field: `..r.clone()` would clone the written
+                    // condition too, recursively, however deep it is.
                     let Some((var, group)) = &r.each else {
                         let cond = self.expand_expr(source, &r.cond, &groups, &devices, &[]);
-                        out.push(ast::SiteMember::Rule(ast::Rule { cond, ..r.clone() }));
+                        out.push(ast::SiteMember::Rule(ast::Rule {
+                            name: r.name.clone(),
+                            each: None,
+                            edge: r.edge,
+                            cond,
+                            actions: r.actions.clone(),
+                            span: r.span,
+                        }));
                         continue;
                     };
                     let Some(members) = self.group(source, group, &groups, var, &devices) else {
@@ -1593,17 +1602,19 @@ impl<'a> Cx<'a> {
                                 span: r.name.span,
                             },
                             each: None,
+                            edge: r.edge,
                             cond,
                             actions,
-                            ..r.clone()
+                            span: r.span,
                         }));
                     }
                 }
                 ast::SiteMember::Assert(a) => {
                     let cond = self.expand_expr(source, &a.cond, &groups, &devices, &[]);
                     out.push(ast::SiteMember::Assert(ast::Assertion {
+                        kind: a.kind,
                         cond,
-                        ..a.clone()
+                        span: a.span,
                     }));
                 }
                 ast::SiteMember::TrafficAssert(_) => out.push(m.clone()),
@@ -1665,9 +1676,15 @@ impl<'a> Cx<'a> {
         devices: &[(&str, &str)],
         bind: &[(String, String)],
     ) -> ast::Expr {
-        // Too deep to walk safely: left as written, the checker reports it (K113).
-        if e.depth() > codes::MAX_EXPR_DEPTH {
-            return e.clone();
+        // Too deep to walk (or even clone: both recurse) safely: reported here (K113), and
+        // a stand-in of one node takes its place.
+        let depth = e.depth();
+        if depth > codes::MAX_EXPR_DEPTH {
+            self.too_deep(source, e.span, depth);
+            return ast::Expr {
+                kind: AK::Bool(true),
+                span: e.span,
+            };
         }
         let sub = |i: &Ident| match bind.iter().rev().find(|(v, _)| *v == i.name) {
             Some((_, d)) => Ident {
@@ -2309,17 +2326,25 @@ impl<'a> Cx<'a> {
     fn top_expr(&mut self, source: SourceId, e: &ast::Expr, ctx: &Ctx<'_>) -> Option<Expr> {
         let depth = e.depth();
         if depth > codes::MAX_EXPR_DEPTH {
-            self.err(
-                Diagnostic::error(codes::TOO_DEEP, format!("expression nested {depth} levels deep"))
-                    .primary(self.loc(source, e.span), "too deep")
-                    .help(format!(
-                        "conditions may nest at most {} levels; split it into several transitions or rules",
-                        codes::MAX_EXPR_DEPTH
-                    )),
-            );
+            self.too_deep(source, e.span, depth);
             return None;
         }
         self.expr(source, e, ctx)
+    }
+
+    /// K113: a condition nested deeper than any later (recursive) stage may walk.
+    fn too_deep(&mut self, source: SourceId, span: Span, depth: usize) {
+        self.err(
+            Diagnostic::error(
+                codes::TOO_DEEP,
+                format!("expression nested {depth} levels deep"),
+            )
+            .primary(self.loc(source, span), "too deep")
+            .help(format!(
+                "conditions may nest at most {} levels; split it into several transitions or rules",
+                codes::MAX_EXPR_DEPTH
+            )),
+        );
     }
 
     /// `func(var, last N)`: a sensed integer variable's window; `sum` typed exactly (K114).

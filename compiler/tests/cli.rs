@@ -379,3 +379,58 @@ fn bash_completion_completes_subcommands_and_flags() {
     let flags = complete("kalkic build --si");
     assert!(flags.lines().any(|l| l == "--site"), "{flags}");
 }
+
+/// Conditions far deeper than K113's limit, in every place a condition goes (a rule, a
+/// transition's guard, an assertion): each is one located K113, never a crash, however
+/// deep (100,000 levels; the compiler's recursive stages would overflow its stack).
+#[test]
+fn very_deep_conditions_are_k113_not_a_crash() {
+    let tmp = common::TempDir::new("deep");
+    let base = kalki_compiler::init::starter("home").unwrap();
+    let n = 100_000;
+    let cases = [
+        base.replace(
+            "on kettle.power > 2800 and door_cam.motion",
+            &format!("on kettle.power > 2800{}", " and door_cam.motion".repeat(n)),
+        ),
+        base.replace(
+            "on kettle.power > 2800 and door_cam.motion",
+            &format!("on {}door_cam.motion", "not ".repeat(n)),
+        ),
+        base.replace(
+            "when power > 2500 for 1m",
+            &format!("when power > 2500{} for 1m", " or on".repeat(n)),
+        ),
+        base.replace(
+            "assert reachable kettle in attack",
+            &format!("assert reachable kettle.power{} > 0", " + 1".repeat(n)),
+        ),
+    ];
+    for (i, text) in cases.iter().enumerate() {
+        assert_ne!(text, &base, "case {i} changed nothing");
+        let file = tmp.write(&format!("deep{i}.kalki"), text);
+        for cmd in ["check", "verify"] {
+            let o = kalkic(&[
+                cmd,
+                "--color",
+                "never",
+                "--format",
+                "json",
+                file.to_str().unwrap(),
+            ]);
+            assert_eq!(
+                code(&o),
+                1,
+                "case {i} {cmd}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let codes: Vec<String> = stdout_json(&o)["diagnostics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["code"].as_str().unwrap().to_string())
+                .collect();
+            assert_eq!(codes, ["K113"], "case {i} {cmd}");
+        }
+    }
+}
