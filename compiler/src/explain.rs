@@ -111,27 +111,24 @@ pub fn all() -> &'static [Code] {
             (Family::Verifier, VERIFIER_CODES),
             (Family::Build, BUILD_CODES),
         ];
-        let shim = runtime::SHIM.iter().map(|&(code, summary)| {
-            let family = match code.as_bytes().get(1) {
-                Some(b'2') => Family::Trace,
-                Some(b'3') => Family::Api,
-                _ => Family::Journal,
-            };
-            (family, code, summary)
-        });
-        let model = runtime::ALL.iter().map(|&(code, summary)| {
-            let family = if code.starts_with("S0") {
-                Family::Bundle
-            } else {
-                Family::Input
-            };
-            (family, code, summary)
-        });
+        // An S code's family is its hundreds digit, whichever table declares it.
+        let runtime = runtime::ALL
+            .iter()
+            .chain(runtime::SHIM)
+            .map(|&(code, summary)| {
+                let family = match code.as_bytes().get(1) {
+                    Some(b'0') => Family::Bundle,
+                    Some(b'1') => Family::Input,
+                    Some(b'2') => Family::Trace,
+                    Some(b'3') => Family::Api,
+                    _ => Family::Journal,
+                };
+                (family, code, summary)
+            });
         let mut out: Vec<Code> = kalkic
             .iter()
             .flat_map(|&(family, table)| table.iter().map(move |&(c, s)| (family, c, s)))
-            .chain(model)
-            .chain(shim)
+            .chain(runtime)
             .map(|(family, code, summary)| Code {
                 code,
                 family,

@@ -61,7 +61,10 @@ pub fn run(args: &FmtArgs) -> Exit {
     let (mut changed, mut failed, mut io_error) = (false, false, false);
     // An unreadable or unwritable file does not stop the others.
     for path in &files {
-        match one(path, args.check, &mut sources, &mut diags) {
+        // As a filter with human diagnostics (on standard error), a refused text is given
+        // back unchanged on standard output; a JSON or SARIF report owns standard output.
+        let echo = !args.check && matches!(args.format, Format::Human);
+        match one(path, args.check, echo, &mut sources, &mut diags) {
             Ok(Outcome::Unchanged) => {}
             Ok(Outcome::Changed) => changed = true,
             Ok(Outcome::Refused) => failed = true,
@@ -83,26 +86,37 @@ pub fn run(args: &FmtArgs) -> Exit {
     }
 }
 
-/// Appends `p`, or the `.kalki` files under it (sorted, hidden entries skipped).
+/// Appends `p`, or the `.kalki` files under it (sorted, hidden entries skipped). A
+/// directory named on the command line that holds no `.kalki` file is an error, as for
+/// `kalkic check`: a mistyped path in CI must not pass as "all formatted".
 fn expand(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
     if p.as_os_str() == "-" || !p.is_dir() {
         out.push(p.to_path_buf());
         return Ok(());
     }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(p)
+    let before = out.len();
+    walk(p, out)?;
+    if out.len() == before {
+        return Err("directory holds no .kalki files".into());
+    }
+    Ok(())
+}
+
+/// The `.kalki` files under `dir`. Symbolic links met on the way are not followed (a
+/// link to a directory above would loop, and one to a file elsewhere is not this tree's);
+/// a link named on the command line is.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
+    let mut entries: Vec<(PathBuf, std::fs::FileType)> = std::fs::read_dir(dir)
         .map_err(|e| e.to_string())?
         .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|e| {
-            !e.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        })
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| Some((e.path(), e.file_type().ok()?)))
         .collect();
-    entries.sort();
-    for e in entries {
-        if e.is_dir() {
-            expand(&e, out)?;
-        } else if e.extension().is_some_and(|x| x == "kalki") {
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    for (e, kind) in entries {
+        if kind.is_dir() {
+            walk(&e, out)?;
+        } else if kind.is_file() && e.extension().is_some_and(|x| x == "kalki") {
             out.push(e);
         }
     }
@@ -112,6 +126,7 @@ fn expand(p: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
 fn one(
     path: &Path,
     check: bool,
+    echo_refused: bool,
     sources: &mut Sources,
     diags: &mut Vec<Diagnostic>,
 ) -> Result<Outcome, String> {
@@ -134,6 +149,14 @@ fn one(
     let formatted = match kalki_lang::format(&text) {
         Ok(f) => f,
         Err(errors) => {
+            // As a filter (`kalkic fmt < in > out`, an editor's `:%!kalkic fmt`), give the
+            // text back unchanged, so a refused file is never replaced by nothing.
+            if stdin && echo_refused {
+                std::io::stdout()
+                    .lock()
+                    .write_all(text.as_bytes())
+                    .map_err(|e| format!("cannot write to standard output: {e}"))?;
+            }
             let id = sources.add(SourceFile {
                 origin: Origin::File(path.to_path_buf()),
                 name,
@@ -159,6 +182,10 @@ fn one(
     } else {
         match outcome {
             Outcome::Changed => {
+                // A file made read-only is left alone (root could rename over it anyway).
+                if std::fs::metadata(path).is_ok_and(|m| m.permissions().readonly()) {
+                    return Err(format!("`{name}` is read-only; not formatted"));
+                }
                 replace(path, &formatted).map_err(|e| format!("cannot write `{name}`: {e}"))?;
                 Ok(())
             }

@@ -73,8 +73,9 @@ enum Command {
     /// Explain a diagnostic code (K of kalkic, S of kalki-shim): what it means, an example
     /// that triggers it, and how to fix it. `--list` lists every code.
     Explain(explain_cmd::ExplainArgs),
-    /// Write a starter policy (`site.kalki`) that verifies and builds, to edit from there.
-    /// An existing file is never overwritten (exit 2).
+    /// Write a starter policy (`site.kalki`) that verifies and builds, and its tests
+    /// (`site.test.jsonl`), to edit from there. An existing file is never overwritten
+    /// (exit 2; nothing is written).
     Init(InitArgs),
     /// Print a completion script for a shell, e.g.
     /// `kalkic completions bash > /etc/bash_completion.d/kalkic`.

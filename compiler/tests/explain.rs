@@ -262,3 +262,18 @@ fn explain_help_documents_its_exit_codes() {
     let (_, out, _) = kalkic(&["--help"]);
     assert!(out.contains("explain"), "{out}");
 }
+
+/// Every code is filed under its own family: `S212` under S2xx, `K105` under K1xx (K214,
+/// the build's one code, has a family of its own).
+#[test]
+fn every_code_is_filed_under_its_family() {
+    for c in explain::all() {
+        let title = c.family.title();
+        let family = format!("{}xx", &c.code[..2]);
+        assert!(
+            title.starts_with(&family) || title.starts_with(c.code),
+            "{} filed under {title}",
+            c.code
+        );
+    }
+}

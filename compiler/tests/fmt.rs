@@ -536,3 +536,52 @@ fn help_documents_exit_codes() {
     assert!(out.contains("1  with --check"), "{out}");
     assert!(out.contains("--check"), "{out}");
 }
+
+/// As a filter, a text with syntax errors comes back unchanged on standard output, so an
+/// editor's buffer piped through `kalkic fmt` is never replaced by nothing.
+#[test]
+fn a_refused_text_on_stdin_comes_back_unchanged() {
+    let broken = "site s {\n  device a : T at\n}\n";
+    let o = kalkic_stdin(&["fmt", "--color", "never"], broken);
+    assert_eq!(code(&o), 1);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), broken);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("K002"));
+    // A JSON report owns standard output: the text is not mixed into it.
+    let o = kalkic_stdin(&["fmt", "--format", "json"], broken);
+    assert_eq!(code(&o), 1);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["diagnostics"][0]["code"], "K002", "{v}");
+}
+
+/// Walking a directory does not follow symbolic links (a link to a parent would loop); a
+/// directory with no policy in it is a usage error; a read-only file is left alone.
+#[cfg(unix)]
+#[test]
+fn walks_skip_links_empty_directories_fail_read_only_files_stay() {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let dir = TempDir::new("fmt-walk");
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    let real = tree.join("sub").join("real.kalki");
+    std::fs::write(&real, MESSY).unwrap();
+    symlink("..", tree.join("sub").join("loop")).unwrap();
+    symlink(&real, tree.join("link.kalki")).unwrap();
+    let o = kalkic(&["fmt", "--check", tree.to_str().unwrap()]);
+    assert_eq!(code(&o), 1);
+    let diff = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(diff.matches("+++ ").count(), 1, "one file, once: {diff}");
+    assert!(diff.contains("sub/real.kalki"), "{diff}");
+
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = kalkic(&["fmt", "--check", empty.to_str().unwrap()]);
+    assert_eq!(code(&o), 2);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no .kalki files"));
+
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let o = kalkic(&["fmt", real.to_str().unwrap()]);
+    assert_eq!(code(&o), 2);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("read-only"));
+    assert_eq!(std::fs::read_to_string(&real).unwrap(), MESSY);
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o644)).unwrap();
+}

@@ -19,6 +19,12 @@ pub(crate) fn invalid_token(text: &str) -> (String, Option<String>) {
     if text.starts_with('"') {
         return ("unterminated string".into(), None);
     }
+    if text.starts_with("/*") {
+        return (
+            "unterminated block comment: this `/*` is never closed".into(),
+            Some("close it with `*/` (block comments do not nest), or write `//` comments".into()),
+        );
+    }
     if let Some((addr, prefix)) = text.split_once('/') {
         return (
             format!("`{shown}` is an address with a prefix length: a device has one address"),

@@ -234,7 +234,10 @@ pub enum Token {
     ///
     /// Some mistakes lex as one error token each so that the report covers them whole:
     /// other languages' operators (`&&`, `||`, `!` alone) and an address with a prefix
-    /// length (`10.0.0.5/24`). `!=` and `//` stay what they are (longest match).
+    /// length (`10.0.0.5/24`), and a block comment never closed (`/*` to the end of the
+    /// file; a closed one is longer, and skipped). `!=` and `//` stay what they are
+    /// (longest match).
+    #[regex(r"/\*([^*]|\*+[^*/])*\**")]
     #[token("&&")]
     #[token("||")]
     #[token("!")]

@@ -275,7 +275,10 @@ fn convert(src: &str, e: ParseError<usize, Token, UserError>) -> SyntaxError {
             token: (l, Token::Error, r),
             ..
         } => {
-            let (message, help) = hint::invalid_token(src.get(l..r).unwrap_or(""));
+            let text = src.get(l..r).unwrap_or("");
+            let (message, help) = hint::invalid_token(text);
+            // An unclosed comment runs to the end of the file: point at its opening.
+            let r = if text.starts_with("/*") { l + 2 } else { r };
             SyntaxError {
                 help,
                 ..SyntaxError::new(SyntaxCode::InvalidToken, message, Span::new(l, r), vec![])
