@@ -208,7 +208,7 @@ pub fn run_test(args: &TestArgs) -> Exit {
     let suites = match suites(&args.files) {
         Ok(s) => s,
         Err(why) => {
-            eprintln!("error[{}]: {why}", codes::UNREADABLE);
+            eprintln!("error: {why}");
             return Exit::Usage;
         }
     };

@@ -265,6 +265,18 @@ impl Raw {
 }
 
 /// `HH:MM` as milliseconds since midnight.
+/// serde_json's message for one line, without its "line 1" (the line is the file's, and
+/// the report already names it): `trailing characters at column 75`.
+fn json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    match text.strip_suffix(&suffix) {
+        Some(what) if e.column() > 0 => format!("{what} at column {}", e.column()),
+        Some(what) => what.to_string(),
+        None => text,
+    }
+}
+
 fn time_of_day(text: &str) -> Option<u64> {
     let (h, m) = text.split_once(':')?;
     let digits = |s: &str| !s.is_empty() && s.len() <= 2 && s.bytes().all(|b| b.is_ascii_digit());
@@ -494,7 +506,10 @@ fn parse_lines(text: &[u8]) -> (Parsed, Vec<TraceError>) {
         let value: serde_json::Value = match serde_json::from_str(content) {
             Ok(v) => v,
             Err(e) => {
-                errors.push(err(TraceErrorKind::Syntax(format!("not JSON: {e}"))));
+                errors.push(err(TraceErrorKind::Syntax(format!(
+                    "not JSON: {}",
+                    json_error(&e)
+                ))));
                 first = false;
                 continue;
             }
