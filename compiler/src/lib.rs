@@ -120,7 +120,7 @@ impl std::fmt::Display for NoSite {
             ),
             NoSite::Many(sites) => write!(
                 f,
-                "the policy declares {} sites ({}); name the one to build with --site",
+                "the policy declares {} sites ({}); name one with --site",
                 sites.len(),
                 sites.join(", ")
             ),

@@ -22,8 +22,8 @@ pub struct Compiled {
 pub enum NoBundle {
     /// The policy has errors (in `Compiled::checked.diagnostics`).
     Errors,
-    /// The policy declares no site, or more than one: tests run on one site's bundle.
-    Sites(usize),
+    /// No site to test: none, several and none named (`--site`), or an unknown name.
+    Site(crate::NoSite),
     /// The bundle's own loader refused it (never expected: the compiler's bundles load).
     Refused(Vec<String>),
 }
@@ -32,12 +32,7 @@ impl NoBundle {
     pub fn text(&self) -> String {
         match self {
             NoBundle::Errors => "the policy has errors".to_string(),
-            NoBundle::Sites(0) => {
-                "the policy declares no site; tests run on one site's bundle".to_string()
-            }
-            NoBundle::Sites(n) => {
-                format!("the policy declares {n} sites; tests run on one site's bundle")
-            }
+            NoBundle::Site(why) => why.to_string(),
             NoBundle::Refused(why) => format!("its bundle is refused: {}", why.join("; ")),
         }
     }
@@ -46,14 +41,14 @@ impl NoBundle {
 /// Checks the policy and builds its site's bundle in memory, without verifying it or
 /// proving its rule sets (the tests exercise behaviour, which is all in the manifest),
 /// then loads it as the shim would.
-pub fn compile(roots: &[PathBuf], loader: &dyn SourceLoader) -> Compiled {
+pub fn compile(roots: &[PathBuf], loader: &dyn SourceLoader, site: Option<&str>) -> Compiled {
     let mut checked = check(roots, loader);
     let clean =
         checked.unreadable.is_empty() && !checked.diagnostics.iter().any(Diagnostic::is_error);
     let bundle = match checked.model.as_ref().filter(|_| clean) {
         None => Err(NoBundle::Errors),
-        Some(model) => match model.sites.as_slice() {
-            [site] => match codegen::bundle::unproved(model, site, &checked.sources) {
+        Some(model) => match crate::pick_site(model, site) {
+            Ok(site) => match codegen::bundle::unproved(model, site, &checked.sources) {
                 Ok(b) => kalki_model::bundle::load(&b.files).map_err(|errs| {
                     NoBundle::Refused(errs.iter().map(ToString::to_string).collect())
                 }),
@@ -62,7 +57,7 @@ pub fn compile(roots: &[PathBuf], loader: &dyn SourceLoader) -> Compiled {
                     Err(NoBundle::Errors)
                 }
             },
-            sites => Err(NoBundle::Sites(sites.len())),
+            Err(why) => Err(NoBundle::Site(why)),
         },
     };
     crate::sort(&mut checked.diagnostics);

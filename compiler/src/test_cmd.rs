@@ -23,6 +23,9 @@ pub struct TestArgs {
     /// together, is below PCT percent. Implies --coverage.
     #[arg(long, value_name = "PCT", value_parser = percent)]
     threshold: Option<f64>,
+    /// The site whose bundle the tests run on, when a policy declares more than one.
+    #[arg(long, value_name = "NAME")]
+    site: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t = TestFormat::Human)]
     format: TestFormat,
@@ -217,7 +220,7 @@ pub fn run_test(args: &TestArgs) -> Exit {
     let mut diagnostics = Vec::new();
     let mut unreadable = false;
     for suite in &suites {
-        let compiled = policy_test::compile(&suite.sources, &FsLoader);
+        let compiled = policy_test::compile(&suite.sources, &FsLoader, args.site.as_deref());
         let checked = &compiled.checked;
         unreadable |= !checked.unreadable.is_empty();
         for (p, e) in &checked.unreadable {

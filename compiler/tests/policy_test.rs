@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::repo_root;
+use common::{repo_root, TempDir};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -474,4 +474,45 @@ fn an_expectation_sees_the_lines_before_it_and_the_timers_due_by_its_time() {
         run.stdout
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A policy with two sites: the tests run on the one `--site` names; without it, none
+/// runs and the sites are listed.
+#[test]
+fn site_picks_the_bundle_of_a_policy_with_two_sites() {
+    let dir = TempDir::new("test-two-sites");
+    std::fs::write(
+        dir.path().join("two.kalki"),
+        "import std::devices::{Camera}\n\
+         site north {\n    bridge \"br0\"\n    device cam: Camera at 10.0.9.10 port \"cam0\"\n}\n\
+         site south {\n    bridge \"br1\"\n    device gate: Camera at 10.0.9.20 port \"cam9\"\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("two.test.jsonl"),
+        "{\"test\": \"a scan\"}\n\
+         {\"t_ms\": 0, \"device\": \"gate\", \"alert\": \"port_scan\", \"source\": \"sniffer\"}\n\
+         {\"expect\": {\"device\": \"gate\", \"state\": \"suspicious\"}}\n",
+    )
+    .unwrap();
+    let path = dir.path().to_str().unwrap().to_string();
+    let run = kalkic_test(&[&path]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout
+            .contains("2 sites (north, south); name one with --site"),
+        "{}",
+        run.stdout
+    );
+    let run = kalkic_test(&["--site", "south", &path]);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("1 test: 1 passed, 0 failed"),
+        "{}",
+        run.stdout
+    );
+    // On the other site `gate` does not exist: the expectation is a located error.
+    let run = kalkic_test(&["--site", "north", &path]);
+    assert_eq!(run.code, 1);
+    assert!(run.stderr.contains("error[S212]"), "{}", run.stderr);
 }
