@@ -474,14 +474,27 @@ fn unexpected(
         }
     }
     if only_a_name && is_keyword(tok) && meant_as_a_name(src, toks, i, reparses) {
-        let k = tok.text();
-        e.message = format!("`{k}` is a reserved word and cannot be a name");
-        e.label = Some("a keyword, not a name".into());
-        e.help = Some(format!(
-            "choose another name, e.g. `{k}_` or `my_{k}` (the keywords are listed in \
-             docs/language.md §2.3)"
-        ));
+        reserved(e, tok.text());
+        return;
     }
+    // `count.power`, `escalate count to ...`: a keyword used as a name where a name was
+    // written fails at the token after it; blame the keyword when, renamed, it parses.
+    if let Some((pl, prev_tok, pr)) = i.checked_sub(1).and_then(|p| toks.get(p)) {
+        if is_keyword(prev_tok) && meant_as_a_name(src, toks, i - 1, reparses) {
+            e.span = Span::new(*pl, *pr);
+            reserved(e, prev_tok.text());
+        }
+    }
+}
+
+/// The message of a keyword written where a name was meant.
+fn reserved(e: &mut SyntaxError, k: &str) {
+    e.message = format!("`{k}` is a reserved word and cannot be a name");
+    e.label = Some("a keyword, not a name".into());
+    e.help = Some(format!(
+        "choose another name, e.g. `{k}_` or `my_{k}` (the keywords are listed in \
+         docs/language.md §2.3)"
+    ));
 }
 
 /// Whether the keyword at token `i` was meant as a name: with a name of the same length
@@ -505,7 +518,7 @@ fn meant_as_a_name(
     };
     let renamed = format!("{before}{}{after}", "x".repeat(r - l));
     let past = toks.get(i + 2).map_or(usize::MAX, |t| t.0);
-    crate::parser::first_error_at(&renamed).is_none_or(|at| at >= past)
+    crate::parser::first_error_from(&renamed, *l).is_none_or(|at| at >= past)
 }
 
 /// Whether an entry of the expected list is a keyword (`` `clock` ``).

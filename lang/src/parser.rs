@@ -146,9 +146,10 @@ pub fn parse(src: &str) -> Parsed {
     Parsed { file, errors }
 }
 
-/// Where the first syntax error of `src` is, if any (no hints, no echo dropping): lets a
-/// hint try a repaired text.
-pub(crate) fn first_error_at(src: &str) -> Option<usize> {
+/// Where the first syntax error at or after byte `from` of `src` is, if any (no hints, no
+/// echo dropping): lets a hint try a repaired text, and a mistake earlier in the file
+/// does not hide what comes after it.
+pub(crate) fn first_error_from(src: &str, from: usize) -> Option<usize> {
     let mut recovered = Vec::new();
     let mut item_level = Vec::new();
     let result = grammar::FileParser::new().parse(&mut recovered, &mut item_level, Lexer::new(src));
@@ -164,6 +165,7 @@ pub(crate) fn first_error_at(src: &str) -> Option<usize> {
         .iter()
         .map(|r| location(&r.error))
         .chain(last)
+        .filter(|&at| at >= from)
         .min()
 }
 
