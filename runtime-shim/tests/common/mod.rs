@@ -117,9 +117,7 @@ pub fn shim_bundle(src: &str) -> Bundle {
 
 /// An engine at time 0 whose time 0 is `HH:MM` local time.
 pub fn engine_at(bundle: &Bundle, hh: u64, mm: u64) -> Engine {
-    let config = Config {
-        day_offset_ms: (hh * 60 + mm) * 60_000,
-    };
+    let config = Config::fixed((hh * 60 + mm) * 60_000);
     Engine::new(bundle, config, 0)
 }
 
