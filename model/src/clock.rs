@@ -147,6 +147,8 @@ fn local_of(z: &Zone, t: u64, offset_ms: i64) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
     use super::*;
 
     fn utc(s: &str) -> i64 {

@@ -190,7 +190,7 @@ impl Diagnostic for TraceError {
                 "a trace's first timestamp (`tst` or `at`) is its `t_ms` 0; the lines after it are in the order of their times",
             )),
             TraceErrorKind::Syntax(_) | TraceErrorKind::Shape(_) => Some(Box::new(
-                "a line is `{\"t_ms\": N, \"device\": D, EVENT}` with EVENT one of `\"reading\": {...}`, `\"alert\": A` (and `\"source\": U`), `\"operator\": \"reset\"`, or nothing (time passes); or an MQTT message `{\"t_ms\": N, \"topic\": T, \"payload\": TEXT}` (or `\"payload_base64\"`); or a line of `mosquitto_sub -F %j`; see docs/runtime.md",
+                "a line is `{\"t_ms\": N, \"device\": D, EVENT}` (or `\"at\": TIMESTAMP`, RFC 3339, for `t_ms`: the first timestamp is `t_ms` 0) with EVENT one of `\"reading\": {...}`, `\"alert\": A` (and `\"source\": U`), `\"operator\": \"reset\"`, or nothing (time passes); or an MQTT message `{\"t_ms\": N, \"topic\": T, \"payload\": TEXT}` (or `\"payload_base64\"`); or a line of `mosquitto_sub -F %j`; see docs/runtime.md",
             )),
             TraceErrorKind::PayloadLost { payloadlen, got } if (*got as u64) < *payloadlen => text(
                 "mosquitto_sub 2.0.11's `-F %j` cuts a payload at its first NUL byte; write the line by hand with the payload as `payload_base64`"

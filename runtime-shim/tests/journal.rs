@@ -301,13 +301,7 @@ fn replay_skips_and_reports_what_a_new_bundle_refuses() {
     assert_eq!(report.last_seq, Some(4));
     assert_eq!(engine.state_name(0, engine.state(0).unwrap()), "suspicious");
     // A changed offset from UTC is reported.
-    let (_, report) = j
-        .replay(
-            &new,
-            Config::fixed(3_600_000),
-            0,
-        )
-        .unwrap();
+    let (_, report) = j.replay(&new, Config::fixed(3_600_000), 0).unwrap();
     assert!(report.day_offset_changed);
 }
 
