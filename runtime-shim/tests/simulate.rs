@@ -581,3 +581,52 @@ fn a_time_zone_needs_a_real_name_and_a_dated_trace() {
         "{err}"
     );
 }
+
+/// A held guard over a window counts real time, not the clock: `for 90m` over
+/// `01:00..03:00` is met at 02:30 on an ordinary night and on the night the clock falls
+/// back (the window is open from 01:00 CEST on), and never on the night it springs forward,
+/// when the window closes at the jump an hour after it opened and the hold is cancelled.
+/// The verifier proves `reachable` (some day): true on two of the three.
+#[test]
+fn a_hold_over_a_window_is_cut_by_the_spring_forward_jump() {
+    let src = SMALL_HOURS
+        .replace(
+            "    night  { chain [sniffer] }\n",
+            "    night  { chain [sniffer] }\n\n    normal -> night when motion and clock in 01:00..03:00 for 90m\n    night -> normal on operator reset\n",
+        )
+        .replace(
+            "    rule small_hours\n        when lamp.motion and clock in 01:30..02:30\n        then lamp -> night\n    rule other_hours\n        when lamp.motion and not clock in 01:30..02:30\n        then lamp -> normal\n",
+            "",
+        );
+    assert!(src.contains("for 90m") && !src.contains("rule"), "{src}");
+    let (built, verdicts) = compile_verified(&src);
+    assert!(
+        matches!(
+            verdicts.as_slice(),
+            [(
+                kalki_compiler::ir::AssertKind::Reachable,
+                kalki_compiler::verify::Status::Proved
+            )]
+        ),
+        "{verdicts:?}"
+    );
+    let dir = TempDir::new("dst-hold");
+    let bundle = TempDir::new("dst-hold-b");
+    write_bundle(&built, &bundle);
+    std::fs::rename(bundle.path(), dir.path().join("bundle")).unwrap();
+    let zone = ["--time-zone", "Europe/Berlin"];
+    let met =
+        "9000000 02:30:00+02:00 lamp normal -> night when motion and clock in 01:00..03:00 for 90m";
+    assert_eq!(
+        small_hours(&dir, "2026-03-29", "+01:00", "+02:00", &zone),
+        ["end at 10800000 ms: lamp normal"]
+    );
+    assert_eq!(
+        small_hours(&dir, "2026-10-25", "+02:00", "+01:00", &zone),
+        [met, "end at 18000000 ms: lamp night"]
+    );
+    assert_eq!(
+        small_hours(&dir, "2026-07-01", "+02:00", "+02:00", &zone),
+        [met, "end at 14400000 ms: lamp night"]
+    );
+}
