@@ -4,7 +4,8 @@
 //! and refusals: bad trace lines with their line numbers and nothing replayed (among them
 //! alerts from µmboxes not deployed in their device's state when they arrive), a tampered
 //! bundle, a directory that is no bundle; a clock window across both daylight-saving days
-//! of `Europe/Berlin` (`--time-zone`), against the verifier's claim.
+//! of `Europe/Berlin` (`--time-zone`), against the verifier's claim, and the flag's
+//! refusals (`run` and `apply` too, which refuse a bad zone before touching the node).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -322,6 +323,42 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     let out = shim(dir.path(), &["apply", "bundle"]);
     assert_eq!(out.status.code(), Some(2), "only `simulate` exists so far");
+}
+
+/// `run` and `apply` take `--time-zone` as `simulate` does: a name that is no IANA zone is
+/// a usage error (2), said before anything is touched; it does not go with `--utc-offset`.
+#[test]
+fn run_and_apply_refuse_a_time_zone_that_is_not_one() {
+    let dir = office("tz-usage");
+    for cmd in ["run", "apply"] {
+        let out = shim(
+            dir.path(),
+            &[cmd, "bundle", "--time-zone", "Mars/Olympus_Mons"],
+        );
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("--time-zone `Mars/Olympus_Mons` is not a time zone of the IANA database"),
+            "{cmd}: {err}"
+        );
+        let out = shim(
+            dir.path(),
+            &[
+                cmd,
+                "bundle",
+                "--time-zone",
+                "Europe/Berlin",
+                "--utc-offset",
+                "+01:00",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        assert!(
+            text(&out.stderr).contains("cannot be used with"),
+            "{cmd}: {}",
+            text(&out.stderr)
+        );
+    }
 }
 
 /// `examples/flapping`: the camera's `intruder` rule, as written (`on`) and as a level
