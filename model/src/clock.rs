@@ -25,11 +25,15 @@ pub struct Zone {
 impl Zone {
     /// The zone of an IANA name, from the embedded tz database.
     pub fn named(name: &str, origin_utc_ms: i64) -> Result<Zone, String> {
-        let tz = jiff::tz::db().get(name).map_err(|_| {
-            format!(
+        // The embedded database itself, not `jiff::tz::db()`, which would look at
+        // the environment (`TZDIR`) and the system's zoneinfo first where built with them.
+        let tz = jiff::tz::TimeZoneDatabase::bundled()
+            .get(name)
+            .map_err(|_| {
+                format!(
                 "`{name}` is not a time zone of the IANA database (e.g. `Europe/Berlin`, `UTC`)"
             )
-        })?;
+            })?;
         Ok(Zone {
             name: name.to_string(),
             tz,
