@@ -1351,12 +1351,7 @@ fn drive(
 
 /// A fresh engine of the policy whose t=0 is `offset` ms after midnight, local time.
 fn engine_at(r: &Ready, offset: u64) -> Engine {
-    r.base.restart(
-        Config {
-            day_offset_ms: offset,
-        },
-        0,
-    )
+    r.base.restart(Config::fixed(offset), 0)
 }
 
 /// Replays fixed inputs; the violation they show, if any, and the state changes.

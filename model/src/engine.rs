@@ -11,6 +11,7 @@
 //! neither time nor state.
 
 use crate::bundle::Bundle;
+use crate::clock::{Clock, Zone};
 use crate::codes;
 use crate::eval::{self, Env, Value};
 use crate::manifest::{
@@ -35,11 +36,34 @@ pub const MAX_STEP_MS: u64 = 366 * DAY_MS;
 pub const OPERATOR_ACTIONS: &[&str] = &["reset"];
 
 /// How virtual time maps to the time of day.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Config {
     /// The local time of day, in milliseconds since midnight, at time 0. A driver that
-    /// passes Unix milliseconds sets it to the node's offset from UTC.
+    /// passes Unix milliseconds sets it to the node's offset from UTC. Unused with a zone.
     pub day_offset_ms: u64,
+    /// A time zone, whose wall clock (daylight saving included) the clock windows read
+    /// instead of the fixed offset.
+    pub zone: Option<Zone>,
+}
+
+impl Config {
+    /// A fixed offset: the local time of day at time 0, in milliseconds since midnight.
+    pub fn fixed(day_offset_ms: u64) -> Config {
+        Config {
+            day_offset_ms,
+            zone: None,
+        }
+    }
+
+    /// The mapping of engine time to the wall clock this config gives.
+    pub fn clock(&self) -> Clock {
+        match &self.zone {
+            Some(z) => Clock::Zone(z.clone()),
+            None => Clock::Fixed {
+                day_offset_ms: self.day_offset_ms % DAY_MS,
+            },
+        }
+    }
 }
 
 /// An input event. Devices, variables and alerts are named as in the policy.
@@ -672,7 +696,7 @@ struct DeviceRt {
 #[derive(Debug, Clone)]
 struct Rt {
     now: u64,
-    day_offset_ms: u64,
+    clock: Clock,
     /// Shared between copies until one changes (`Arc::make_mut`): a look ahead, or the
     /// verifier's replay trying inputs on a copy, costs one pointer per device.
     devices: Vec<Arc<DeviceRt>>,
@@ -760,13 +784,8 @@ impl Env for View<'_> {
             .and_then(|d| u32::try_from(d.state).ok())
     }
     fn minute_of_day(&self) -> u16 {
-        minute_of_day(self.rt.now, self.rt.day_offset_ms)
+        self.rt.clock.minute_of_day(self.rt.now)
     }
-}
-
-fn minute_of_day(t: u64, offset: u64) -> u16 {
-    let local = (t % DAY_MS + offset % DAY_MS) % DAY_MS;
-    u16::try_from(local / MINUTE_MS).unwrap_or(0)
 }
 
 /// The site's state machines.
@@ -818,7 +837,7 @@ impl Engine {
             site,
             rt: Rt {
                 now: start_ms,
-                day_offset_ms: config.day_offset_ms % DAY_MS,
+                clock: config.clock(),
                 devices,
                 held: vec![false; rules],
             },
@@ -832,7 +851,12 @@ impl Engine {
 
     /// The local time of day at `t_ms`, in milliseconds since midnight.
     pub fn time_of_day(&self, t_ms: u64) -> u64 {
-        (t_ms % DAY_MS + self.rt.day_offset_ms) % DAY_MS
+        self.rt.clock.time_of_day(t_ms)
+    }
+
+    /// The mapping of engine time to the wall clock.
+    pub fn clock(&self) -> &Clock {
+        &self.rt.clock
     }
 
     pub fn device_count(&self) -> usize {
@@ -909,18 +933,12 @@ impl Engine {
         next
     }
 
-    /// The first clock boundary strictly after `t`.
+    /// The first clock boundary strictly after `t`: a window's `HH:MM`, or the wall
+    /// clock jumping (daylight saving).
     fn next_boundary(&self, t: u64) -> Option<u64> {
-        let local = self.time_of_day(t);
-        self.site
-            .boundaries
-            .iter()
-            .map(|&m| {
-                let at = u64::from(m) * MINUTE_MS;
-                let ahead = (at + DAY_MS - local) % DAY_MS;
-                t.saturating_add(if ahead == 0 { DAY_MS } else { ahead })
-            })
-            .min()
+        self.rt
+            .clock
+            .next_boundary(t, self.site.boundaries.iter().copied())
     }
 
     /// Checks an input at time `t_ms` without applying it: `Ok` exactly when
@@ -1251,16 +1269,24 @@ impl Engine {
                 self.take(di, ti, cause, at, &mut m);
             }
         }
-        let minute = minute_of_day(at, self.rt.day_offset_ms);
+        let minute = self.rt.clock.minute_of_day(at);
         let on_boundary = self.time_of_day(at) % MINUTE_MS == 0;
-        if on_boundary && self.site.guard_boundaries.contains(&minute) {
+        // When the wall clock jumps (daylight saving), every window may have opened or
+        // closed, whatever its boundaries: all that read the clock are evaluated.
+        let jump = self.rt.clock.jumps_at(at);
+        if (on_boundary && self.site.guard_boundaries.contains(&minute))
+            || (jump && !self.site.guard_boundaries.is_empty())
+        {
             for di in 0..self.rt.devices.len() {
                 self.refresh_holds(di, at, &mut m);
             }
         }
-        if on_boundary {
+        if on_boundary || jump {
             let rules: Vec<usize> = (0..self.site.rules.len())
-                .filter(|&r| self.site.rules[r].boundaries.contains(&minute))
+                .filter(|&r| {
+                    let b = &self.site.rules[r].boundaries;
+                    b.contains(&minute) || (jump && !b.is_empty())
+                })
                 .collect();
             m.mark(&rules);
         }

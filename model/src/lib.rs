@@ -8,6 +8,8 @@
 //! - [`eval`]: expressions over an environment, unknown values in Kleene's logic;
 //! - [`range`]: exact integer bounds, by which both the compiler (K114) and the loader
 //!   refuse what could overflow 64 bits;
+//! - [`clock`]: engine time to the local wall clock, a fixed offset or a time zone with
+//!   daylight saving, and the next moment a clock window can open or close;
 //! - [`engine`]: the step semantics, the reference the verifier's reasoning must agree
 //!   with: inputs at a virtual time in, state changes, commands and alerts out;
 //! - [`contract`]: µmbox traffic contracts: what a chain lets through, for the verifier,
@@ -26,6 +28,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 pub mod bundle;
+pub mod clock;
 pub mod codes;
 pub mod contract;
 pub mod duration;

@@ -47,6 +47,7 @@ impl<'t> Replay<'t> {
     pub fn new(bundle: &Bundle, trace: &'t Trace) -> Replay<'t> {
         let config = Config {
             day_offset_ms: trace.clock_ms,
+            zone: trace.zone.clone(),
         };
         Replay {
             trace,
@@ -188,7 +189,8 @@ pub fn why(
     }
 }
 
-/// The local time of day at `t_ms`, `HH:MM:SS` (with `.mmm` when not on a whole second).
+/// The local time of day at `t_ms`, `HH:MM:SS` (with `.mmm` when not on a whole second),
+/// in a time zone followed by its offset then (`01:59:00+01:00`).
 pub fn clock(engine: &Engine, t_ms: u64) -> String {
     let tod = engine.time_of_day(t_ms);
     let (h, m, s, ms) = (
@@ -197,9 +199,10 @@ pub fn clock(engine: &Engine, t_ms: u64) -> String {
         tod / 1000 % 60,
         tod % 1000,
     );
+    let offset = engine.clock().offset_text(t_ms).unwrap_or_default();
     if ms == 0 {
-        format!("{h:02}:{m:02}:{s:02}")
+        format!("{h:02}:{m:02}:{s:02}{offset}")
     } else {
-        format!("{h:02}:{m:02}:{s:02}.{ms:03}")
+        format!("{h:02}:{m:02}:{s:02}.{ms:03}{offset}")
     }
 }

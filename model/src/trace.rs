@@ -33,6 +33,7 @@
 //! those bytes, as newer mosquitto_subs write them as an array.
 
 use crate::bundle::Bundle;
+use crate::clock::Zone;
 use crate::codes;
 use crate::engine::{suggest, Config, Engine, Input, InputError, DAY_MS, MAX_STEP_MS};
 use crate::telemetry::{self, Topics};
@@ -52,6 +53,9 @@ pub struct Trace {
     /// The local time of day at `t_ms` 0, in milliseconds since midnight: the `clock`
     /// header's, else the local time of the first `mosquitto_sub` line, else midnight.
     pub clock_ms: u64,
+    /// The time zone whose wall clock the trace is replayed on (`simulate --time-zone`),
+    /// with `t_ms` 0 at the trace's first timestamp; `None`: `clock_ms`, a fixed offset.
+    pub zone: Option<Zone>,
     /// The inputs to replay, messages read into readings included.
     pub events: Vec<Event>,
     /// The messages refused, in line order: replayed as changing nothing.
@@ -160,7 +164,7 @@ impl fmt::Display for TraceError {
             ),
             TraceErrorKind::BeforeFirst { tst, first } => write!(
                 f,
-                "`tst` {tst} is earlier than the trace's first `tst` ({first}), its `t_ms` 0"
+                "`{tst}` is earlier than the trace's first timestamp (`{first}`), its `t_ms` 0"
             ),
             TraceErrorKind::Input(e) => write!(f, "{e}"),
             TraceErrorKind::PayloadLost { payloadlen, got } => write!(
@@ -183,10 +187,10 @@ impl Diagnostic for TraceError {
             TraceErrorKind::Input(e) => e.help(),
             TraceErrorKind::Order { .. } => Some(Box::new("lines are in the order of their `t_ms`")),
             TraceErrorKind::BeforeFirst { .. } => Some(Box::new(
-                "a capture's lines are in the order they were received; its first line is `t_ms` 0",
+                "a trace's first timestamp (`tst` or `at`) is its `t_ms` 0; the lines after it are in the order of their times",
             )),
             TraceErrorKind::Syntax(_) | TraceErrorKind::Shape(_) => Some(Box::new(
-                "a line is `{\"t_ms\": N, \"device\": D, EVENT}` with EVENT one of `\"reading\": {...}`, `\"alert\": A` (and `\"source\": U`), `\"operator\": \"reset\"`, or nothing (time passes); or an MQTT message `{\"t_ms\": N, \"topic\": T, \"payload\": TEXT}` (or `\"payload_base64\"`); or a line of `mosquitto_sub -F %j`; see docs/runtime.md",
+                "a line is `{\"t_ms\": N, \"device\": D, EVENT}` (or `\"at\": TIMESTAMP`, RFC 3339, for `t_ms`: the first timestamp is `t_ms` 0) with EVENT one of `\"reading\": {...}`, `\"alert\": A` (and `\"source\": U`), `\"operator\": \"reset\"`, or nothing (time passes); or an MQTT message `{\"t_ms\": N, \"topic\": T, \"payload\": TEXT}` (or `\"payload_base64\"`); or a line of `mosquitto_sub -F %j`; see docs/runtime.md",
             )),
             TraceErrorKind::PayloadLost { payloadlen, got } if (*got as u64) < *payloadlen => text(
                 "mosquitto_sub 2.0.11's `-F %j` cuts a payload at its first NUL byte; write the line by hand with the payload as `payload_base64`"
@@ -217,6 +221,8 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>,
 #[serde(deny_unknown_fields)]
 struct Raw {
     t_ms: Option<u64>,
+    /// An RFC 3339 timestamp instead of `t_ms`.
+    at: Option<String>,
     clock: Option<String>,
     device: Option<String>,
     reading: Option<BTreeMap<String, serde_json::Value>>,
@@ -242,6 +248,7 @@ impl Raw {
     fn fields(&self) -> Vec<&'static str> {
         [
             ("t_ms", self.t_ms.is_some()),
+            ("at", self.at.is_some()),
             ("clock", self.clock.is_some()),
             ("device", self.device.is_some()),
             ("reading", self.reading.is_some()),
@@ -552,7 +559,7 @@ fn parse_lines(text: &[u8]) -> (Parsed, Vec<TraceError>) {
                 };
                 if t_ms > MAX_T_MS {
                     errors.push(err(TraceErrorKind::Shape(format!(
-                        "`tst` {tst} is more than 366 days after the trace's first `tst` ({first_tst}), beyond the longest trace"
+                        "`{tst}` is more than 366 days after the trace's first timestamp (`{first_tst}`), beyond the longest trace"
                     ))));
                     continue;
                 }
@@ -605,7 +612,7 @@ const CAPTURE_FIELDS: &[&str] = &[
     "payload",
 ];
 
-fn line_event(raw: Raw, first: bool) -> Result<Line, TraceErrorKind> {
+fn line_event(mut raw: Raw, first: bool) -> Result<Line, TraceErrorKind> {
     let shape = |m: &str| TraceErrorKind::Shape(m.to_string());
     let fields = raw.fields();
     let only = |allowed: &[&str], what: &str| {
@@ -679,9 +686,31 @@ fn line_event(raw: Raw, first: bool) -> Result<Line, TraceErrorKind> {
             event: Pending::Message { topic, payload },
         });
     }
-    let t_ms = raw
-        .t_ms
-        .ok_or_else(|| shape("missing `t_ms` (milliseconds since the start of the trace)"))?;
+    if let Some(at) = raw.at.take() {
+        // A line timed by the wall clock: as a capture's `tst`, the trace's first
+        // timestamp is `t_ms` 0 and this line is as far after it as its time says.
+        if raw.t_ms.is_some() {
+            return Err(shape("`at` or `t_ms`, not both: a line has one time"));
+        }
+        let stamp = parse_tst(&at).ok_or_else(|| {
+            TraceErrorKind::Shape(format!(
+                "`at` is `{at}`, not an RFC 3339 timestamp (`2026-03-29T01:59:00+01:00`, `...Z` for UTC)"
+            ))
+        })?;
+        raw.t_ms = Some(0);
+        return match line_event(raw, first)? {
+            Line::Event(_, event) => Ok(Line::Capture {
+                stamp,
+                tst: at,
+                retained: false,
+                event,
+            }),
+            other => Ok(other),
+        };
+    }
+    let t_ms = raw.t_ms.ok_or_else(|| {
+        shape("missing `t_ms` (milliseconds since the start of the trace) or `at` (an RFC 3339 timestamp)")
+    })?;
     if t_ms > MAX_T_MS {
         return Err(TraceErrorKind::Shape(format!(
             "`t_ms` {t_ms} is beyond the longest trace, 366 days ({MAX_T_MS} ms)"
@@ -747,7 +776,7 @@ fn line_event(raw: Raw, first: bool) -> Result<Line, TraceErrorKind> {
 /// with no MQTT bindings: every message line is on a topic no device binds, and is
 /// ignored and counted. [`check_bundle`] reads messages with the bundle's bindings.
 pub fn check<T: AsRef<[u8]> + ?Sized>(text: &T, engine: &Engine) -> Result<Trace, Vec<TraceError>> {
-    check_with(text.as_ref(), engine, None)
+    check_with(text.as_ref(), engine, None, None)
 }
 
 /// Parses a trace and checks every event against `bundle`: a message is read as the
@@ -764,10 +793,23 @@ pub fn check_bundle<T: AsRef<[u8]> + ?Sized>(
     text: &T,
     bundle: &Bundle,
 ) -> Result<Trace, Vec<TraceError>> {
+    check_bundle_in(text, bundle, None)
+}
+
+/// [`check_bundle`] on the wall clock of a time zone (`simulate --time-zone`): the
+/// trace's first timestamp (`at`, or a capture's `tst`) is `t_ms` 0 and fixes the date,
+/// so a trace without one, or with a `clock` header (a time of day without a date), is
+/// refused (S202, on its first line).
+pub fn check_bundle_in<T: AsRef<[u8]> + ?Sized>(
+    text: &T,
+    bundle: &Bundle,
+    zone: Option<&str>,
+) -> Result<Trace, Vec<TraceError>> {
     check_with(
         text.as_ref(),
         &Engine::new(bundle, Config::default(), 0),
         Some(bundle),
+        zone,
     )
 }
 
@@ -775,14 +817,53 @@ fn check_with(
     text: &[u8],
     engine: &Engine,
     bundle: Option<&Bundle>,
+    zone: Option<&str>,
 ) -> Result<Trace, Vec<TraceError>> {
     let (parsed, mut errors) = parse_lines(text);
     let spans = line_spans(text);
     let topics = bundle.map(|b| Topics::new(&b.manifest)).unwrap_or_default();
     let clock_ms = parsed.clock_ms();
+    let zone = match zone {
+        None => None,
+        Some(name) => {
+            let first = spans
+                .iter()
+                .position(|&(start, len)| {
+                    !text[start..start + len].iter().all(u8::is_ascii_whitespace)
+                })
+                .unwrap_or(0);
+            let at_first = |m: String| TraceError {
+                line: first + 1,
+                span: spans.get(first).copied().unwrap_or((0, 0)),
+                kind: TraceErrorKind::Shape(m),
+            };
+            match (&parsed.header, &parsed.first_capture) {
+                (Some(_), _) => {
+                    errors.push(at_first(format!(
+                        "a `clock` header gives a time of day without a date: on the time zone `{name}` the trace's times are its timestamps (`at`)"
+                    )));
+                    None
+                }
+                (None, None) => {
+                    errors.push(at_first(format!(
+                        "the trace has no timestamp: on the time zone `{name}` its first line needs `at` (an RFC 3339 timestamp), its `t_ms` 0"
+                    )));
+                    None
+                }
+                (None, Some((stamp, _))) => match Zone::named(name, stamp.utc_ms) {
+                    Ok(z) => Some(z),
+                    Err(m) => {
+                        errors.push(at_first(m));
+                        None
+                    }
+                },
+            }
+        }
+    };
     let mut ahead = engine.restart(
         Config {
             day_offset_ms: clock_ms,
+            zone: zone.clone(),
         },
         0,
     );
@@ -881,6 +962,7 @@ fn check_with(
     if errors.is_empty() {
         Ok(Trace {
             clock_ms,
+            zone,
             events,
             refused,
             messages,
@@ -1151,6 +1233,68 @@ mod tests {
     }
 
     #[test]
+    fn at_lines_count_from_the_first_timestamp() {
+        let t = parse(concat!(
+            "{\"at\": \"2026-03-29T01:59:00+01:00\", \"device\": \"d\", \"reading\": {\"x\": 1}}\n",
+            "{\"t_ms\": 30000}\n",
+            "{\"at\": \"2026-03-29T01:00:00Z\"}\n",
+            "{\"at\": \"2026-03-29T03:01:00.5+02:00\"}\n",
+        ))
+        .unwrap();
+        let times: Vec<u64> = t.events.iter().map(|(_, t_ms, _)| *t_ms).collect();
+        assert_eq!(times, [0, 30_000, 60_000, 120_500]);
+        // The first timestamp's own offset gives the time of day without a zone.
+        assert_eq!(t.clock_ms(), (60 + 59) * 60_000);
+    }
+
+    #[test]
+    fn bad_at_lines_are_located() {
+        let errs = errors(concat!(
+            "{\"at\": \"2026-03-29T02:00:00+01:00\"}\n",
+            "{\"at\": \"2026-03-29T01:00:00+01:00\"}\n",
+            "{\"at\": \"2026-03-29 02:00\"}\n",
+            "{\"at\": \"2026-03-29T02:01:00+01:00\", \"t_ms\": 60000}\n",
+            "{\"t_ms\": 5000}\n",
+            "{\"at\": \"2026-03-29T02:00:01+01:00\"}\n",
+        ));
+        let got: Vec<(usize, &str)> = errs.iter().map(|(l, c, _)| (*l, *c)).collect();
+        assert_eq!(
+            got,
+            [
+                (2, codes::TRACE_ORDER),
+                (3, codes::TRACE_SHAPE),
+                (4, codes::TRACE_SHAPE),
+                (6, codes::TRACE_ORDER),
+            ],
+            "{errs:#?}"
+        );
+        assert!(
+            errs[0]
+                .2
+                .contains("earlier than the trace's first timestamp (`2026-03-29T02:00:00+01:00`)"),
+            "{}",
+            errs[0].2
+        );
+        assert!(
+            errs[1].2.contains("not an RFC 3339 timestamp"),
+            "{}",
+            errs[1].2
+        );
+        assert!(
+            errs[2].2.contains("`at` or `t_ms`, not both"),
+            "{}",
+            errs[2].2
+        );
+        assert!(
+            errs[3]
+                .2
+                .contains("`t_ms` 1000 is earlier than the line before (5000)"),
+            "{}",
+            errs[3].2
+        );
+    }
+
+    #[test]
     fn a_clock_header_wins_over_the_capture_time() {
         let t = parse(concat!(
             "{\"clock\": \"23:59\"}\n",
@@ -1225,7 +1369,7 @@ mod tests {
         assert!(
             errs[0]
                 .2
-                .contains("earlier than the trace's first `tst` (2026-12-03T11:14:22Z)"),
+                .contains("earlier than the trace's first timestamp (`2026-12-03T11:14:22Z`)"),
             "{errs:?}"
         );
     }

@@ -612,10 +612,14 @@ impl Journal {
                 e
             }
         };
+        // A time zone's offset changes by itself (daylight saving); the zone's name is
+        // not journaled, so only a fixed offset is compared.
+        let day_offset_changed =
+            config.zone.is_none() && epoch.day_offset_ms != config.day_offset_ms;
         let mut engine = Engine::new(bundle, config, epoch.start_ms);
         let mut report = ReplayReport {
             epoch: Some(epoch),
-            day_offset_changed: epoch.day_offset_ms != config.day_offset_ms,
+            day_offset_changed,
             last_seq: inputs.last().map(|i| i.seq),
             ..ReplayReport::default()
         };

@@ -255,16 +255,34 @@ struct JournalArgs {
     /// The node's offset from UTC, for the policy's clock (`+01:00`, `-05:30`).
     #[arg(long, default_value = "+00:00", value_name = "±HH:MM")]
     utc_offset: String,
+    /// The node's time zone, an IANA name (`Europe/Berlin`): clock windows follow its wall
+    /// clock across daylight saving. Instead of `--utc-offset`.
+    #[arg(long, value_name = "NAME", conflicts_with = "utc_offset")]
+    time_zone: Option<String>,
 }
 
 impl JournalArgs {
-    /// `--utc-offset` as the local time of day at Unix time 0; `None` after saying why.
-    fn day_offset(&self) -> Option<u64> {
+    /// How Unix time maps to the node's wall clock: `--time-zone`, else `--utc-offset`;
+    /// `None` after saying why.
+    fn clock(&self) -> Option<kalki_shim::engine::Config> {
+        if let Some(name) = &self.time_zone {
+            // Engine time under `run` is Unix time: the zone's origin is Unix time 0.
+            return match kalki_model::clock::Zone::named(name, 0) {
+                Ok(zone) => Some(kalki_shim::engine::Config {
+                    day_offset_ms: 0,
+                    zone: Some(zone),
+                }),
+                Err(e) => {
+                    eprintln!("error: --time-zone {e}");
+                    None
+                }
+            };
+        }
         let offset = day_offset(&self.utc_offset);
         if offset.is_none() {
             eprintln!("error: --utc-offset `{}`: expected ±HH:MM", self.utc_offset);
         }
-        offset
+        offset.map(kalki_shim::engine::Config::fixed)
     }
 }
 
@@ -348,6 +366,10 @@ struct SimulateArgs {
     /// event: `3h`, `90s`, or a bare number of milliseconds (as `t_ms`). At most 366 days.
     #[arg(long, value_name = "DURATION", value_parser = until_flag)]
     until: Option<u64>,
+    /// Replay on the wall clock of a time zone, an IANA name (`Europe/Berlin`), daylight
+    /// saving included. The trace's first timestamp (`at`) is `t_ms` 0 and gives the date.
+    #[arg(long, value_name = "NAME")]
+    time_zone: Option<String>,
     /// Colour in error reports (printed on standard error).
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     color: Color,
@@ -470,6 +492,12 @@ fn load_bundle(dir: &std::path::Path, color: Color) -> Result<bundle::Bundle, Ex
 }
 
 fn run_simulate(args: &SimulateArgs) -> Exit {
+    if let Some(name) = &args.time_zone {
+        if let Err(e) = kalki_model::clock::Zone::named(name, 0) {
+            eprintln!("error: --time-zone {e}");
+            return Exit::Usage;
+        }
+    }
     let bundle = match load_bundle(&args.bundle, args.color) {
         Ok(b) => b,
         Err(exit) => return exit,
@@ -483,7 +511,7 @@ fn run_simulate(args: &SimulateArgs) -> Exit {
             return Exit::Usage;
         }
     };
-    let timeline = match simulate::simulate(&bundle, &text, args.until) {
+    let timeline = match simulate::simulate(&bundle, &text, args.until, args.time_zone.as_deref()) {
         Ok(t) => t,
         Err(errors) => {
             let n = errors.len();
@@ -587,11 +615,8 @@ fn run_apply(args: &ApplyArgs) -> Exit {
     let Some(rt) = runtime() else {
         return Exit::Usage;
     };
-    let Some(offset) = args.journal.day_offset() else {
+    let Some(config) = args.journal.clock() else {
         return Exit::Usage;
-    };
-    let config = kalki_shim::engine::Config {
-        day_offset_ms: offset,
     };
     let now = kalki_shim::run::now_ms();
     let engine = if args.journal.journal.is_file() {
@@ -950,7 +975,7 @@ fn day_offset(text: &str) -> Option<u64> {
 }
 
 fn run_run(args: &RunArgs) -> Exit {
-    let Some(offset) = args.journal.day_offset() else {
+    let Some(clock) = args.journal.clock() else {
         return Exit::Usage;
     };
     let webhook = match &args.command_webhook {
@@ -1039,7 +1064,7 @@ fn run_run(args: &RunArgs) -> Exit {
             listener,
             token,
             webhook,
-            day_offset_ms: offset,
+            clock,
             reconcile_interval: args.reconcile_interval,
             mqtt,
         };

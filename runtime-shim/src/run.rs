@@ -46,8 +46,9 @@ pub struct RunConfig {
     pub listener: api::Listener,
     pub token: api::Token,
     pub webhook: Option<Webhook>,
-    /// Local time of day at Unix time 0 (the node's offset from UTC), for clock rules.
-    pub day_offset_ms: u64,
+    /// How Unix time maps to the node's wall clock, for clock rules: a fixed offset from
+    /// UTC (`--utc-offset`) or a time zone (`--time-zone`, origin Unix time 0).
+    pub clock: Config,
     /// How often the node is looked at and repaired when nothing else asks for it.
     pub reconcile_interval: Duration,
     /// The broker the devices' bound topics are read from and their commands published
@@ -147,13 +148,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let journal = Journal::open(&cfg.journal)?;
     let start = now_ms();
-    let (engine, report) = journal.replay(
-        node.bundle(),
-        Config {
-            day_offset_ms: cfg.day_offset_ms,
-        },
-        start,
-    )?;
+    let (engine, report) = journal.replay(node.bundle(), cfg.clock.clone(), start)?;
     eprintln!(
         "kalki-shim: journal {}: {} inputs replayed{}",
         cfg.journal.display(),

@@ -82,13 +82,15 @@ pub struct Timeline {
 }
 
 /// Parses and checks a trace against a bundle (every bad line reported), then replays it.
-/// The replay stops at the last event, or at `until_ms` if that is later.
+/// The replay stops at the last event, or at `until_ms` if that is later. With `zone` (an
+/// IANA name) the clock is that zone's wall clock from the trace's first timestamp on.
 pub fn simulate(
     bundle: &Bundle,
     text: &[u8],
     until_ms: Option<u64>,
+    zone: Option<&str>,
 ) -> Result<Timeline, Vec<TraceError>> {
-    let trace = trace::check_bundle(text, bundle)?;
+    let trace = trace::check_bundle_in(text, bundle, zone)?;
     Ok(replay(bundle, &trace, until_ms))
 }
 

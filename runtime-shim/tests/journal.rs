@@ -216,12 +216,10 @@ fn replay_rebuilds_the_engine_live_handling_built() {
     let bundle = office();
     let sha = &bundle.manifest_sha256;
     let tr = office_trace();
-    let config = Config {
-        day_offset_ms: tr.clock_ms,
-    };
+    let config = Config::fixed(tr.clock_ms);
     let start = 5_000;
     let j = Journal::open(&path).unwrap();
-    let (mut engine, report) = j.replay(bundle, config, start).unwrap();
+    let (mut engine, report) = j.replay(bundle, config.clone(), start).unwrap();
     assert_eq!(report.replayed, 0);
     assert_eq!(
         report.epoch,
@@ -246,7 +244,7 @@ fn replay_rebuilds_the_engine_live_handling_built() {
         }
         live(&mut engine, &j, sha, t, &ev.input);
         let reopened = Journal::open(&path).unwrap();
-        let (replayed, report) = reopened.replay(bundle, config, 0).unwrap();
+        let (replayed, report) = reopened.replay(bundle, config.clone(), 0).unwrap();
         assert!(report.skipped.is_empty(), "{report:?}");
         assert_eq!(report.other_bundle, 0);
         assert!(!report.day_offset_changed);
@@ -303,15 +301,7 @@ fn replay_skips_and_reports_what_a_new_bundle_refuses() {
     assert_eq!(report.last_seq, Some(4));
     assert_eq!(engine.state_name(0, engine.state(0).unwrap()), "suspicious");
     // A changed offset from UTC is reported.
-    let (_, report) = j
-        .replay(
-            &new,
-            Config {
-                day_offset_ms: 3_600_000,
-            },
-            0,
-        )
-        .unwrap();
+    let (_, report) = j.replay(&new, Config::fixed(3_600_000), 0).unwrap();
     assert!(report.day_offset_changed);
 }
 

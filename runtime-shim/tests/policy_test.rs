@@ -93,7 +93,7 @@ fn a_recorded_trace_pasted_into_a_test_expects_what_simulate_shows() {
         let built = compile_dir(example);
         let bundle = bundle::load(&built.files).unwrap();
         let trace = std::fs::read_to_string(repo_root().join(example).join("trace.jsonl")).unwrap();
-        let timeline = simulate::simulate(&bundle, trace.as_bytes(), None).unwrap();
+        let timeline = simulate::simulate(&bundle, trace.as_bytes(), None, None).unwrap();
         assert!(
             timeline
                 .entries

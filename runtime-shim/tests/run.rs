@@ -3,7 +3,8 @@
 //! by an API alert, by a µmbox's own alert, by a timer (`when ... for 2s`), a rule's
 //! command delivered to a webhook, failing closed on a missing image and on a killed
 //! µmbox, an operator reset, a SIGKILL in the middle of a posture change and a restart
-//! that resumes from the journal with the node matching it.
+//! that resumes from the journal with the node matching it; on `--time-zone
+//! Europe/Berlin`.
 //!
 //! The policy is `tests/fixtures/node/site.kalki` (stand-in µmboxes: see `common/live.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -35,7 +36,16 @@ fn run_serves_events_fails_closed_and_resumes_from_the_journal() {
         env.start(
             &bundle,
             &journal,
-            &["--command-webhook", &hook, "--ready-timeout", "20"],
+            // On a time zone's clock (no clock rule here: the same run, through the
+            // zone's mapping, the journal replayed on it at the restart).
+            &[
+                "--command-webhook",
+                &hook,
+                "--ready-timeout",
+                "20",
+                "--time-zone",
+                "Europe/Berlin",
+            ],
         )
     };
     let shim_run = start();

@@ -3,12 +3,16 @@
 //! `examples/flapping` as written (`on`) and with `when` (the reset undone, or not),
 //! and refusals: bad trace lines with their line numbers and nothing replayed (among them
 //! alerts from µmboxes not deployed in their device's state when they arrive), a tampered
-//! bundle, a directory that is no bundle.
+//! bundle, a directory that is no bundle; a clock window across both daylight-saving days
+//! of `Europe/Berlin` (`--time-zone`), against the verifier's claim, and the flag's
+//! refusals (`run` and `apply` too, which refuse a bad zone before touching the node).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
-use common::{compile_dir, repo_root, shim_in as shim, utf8 as text, write_bundle, TempDir};
+use common::{
+    compile_dir, compile_verified, repo_root, shim_in as shim, utf8 as text, write_bundle, TempDir,
+};
 
 /// A directory holding the example's bundle as `bundle/` and a copy of its trace.
 fn office(name: &str) -> TempDir {
@@ -321,6 +325,42 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2), "only `simulate` exists so far");
 }
 
+/// `run` and `apply` take `--time-zone` as `simulate` does: a name that is no IANA zone is
+/// a usage error (2), said before anything is touched; it does not go with `--utc-offset`.
+#[test]
+fn run_and_apply_refuse_a_time_zone_that_is_not_one() {
+    let dir = office("tz-usage");
+    for cmd in ["run", "apply"] {
+        let out = shim(
+            dir.path(),
+            &[cmd, "bundle", "--time-zone", "Mars/Olympus_Mons"],
+        );
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("--time-zone `Mars/Olympus_Mons` is not a time zone of the IANA database"),
+            "{cmd}: {err}"
+        );
+        let out = shim(
+            dir.path(),
+            &[
+                cmd,
+                "bundle",
+                "--time-zone",
+                "Europe/Berlin",
+                "--utc-offset",
+                "+01:00",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        assert!(
+            text(&out.stderr).contains("cannot be used with"),
+            "{cmd}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
 /// `examples/flapping`: the camera's `intruder` rule, as written (`on`) and as a level
 /// rule (`when`), on the example's trace. With `when`, the next reading of motion after
 /// the operator's reset moves the camera back up; with `on`, the reset stands until
@@ -385,5 +425,245 @@ fn an_on_rule_no_longer_undoes_the_operators_reset() {
         run("flap-on", &src),
         stands,
         "`on`: the reset stands until new motion"
+    );
+}
+
+/// A lamp that is `night` exactly while the wall clock reads 01:30..02:30 (and it saw
+/// motion): one rule moves it in when the window opens, the other out when it closes.
+const SMALL_HOURS: &str = r#"
+import std::umboxes::sniffer
+
+device type Lamp {
+    sensed motion: bool
+
+    states normal < night
+    initial normal
+
+    normal { chain [sniffer] }
+    night  { chain [sniffer] }
+}
+
+site home {
+    bridge "br0" uplink "eth0"
+
+    device lamp: Lamp at 10.0.4.10 port "lamp0" trusted
+
+    rule small_hours
+        when lamp.motion and clock in 01:30..02:30
+        then lamp -> night
+    rule other_hours
+        when lamp.motion and not clock in 01:30..02:30
+        then lamp -> normal
+
+    assert reachable lamp in night
+}
+"#;
+
+/// The timeline of `simulate` on the small-hours lamp, motion from local midnight of
+/// `day` (its offset then, `+01:00`) to 04:00 (`end`, with its offset), with `args`.
+fn small_hours(dir: &TempDir, day: &str, midnight: &str, end: &str, args: &[&str]) -> Vec<String> {
+    let trace = format!(
+        "{{\"at\": \"{day}T00:00:00{midnight}\", \"device\": \"lamp\", \"reading\": {{\"motion\": true}}}}\n{{\"at\": \"{day}T04:00:00{end}\"}}\n"
+    );
+    std::fs::write(dir.path().join("trace.jsonl"), trace).unwrap();
+    let mut all = vec!["simulate", "bundle", "trace.jsonl"];
+    all.extend_from_slice(args);
+    let out = shim(dir.path(), &all);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// The verifier models the clock as any minute of the day at any evaluation, in any order
+/// (docs/verification.md, "Limits"): it over-approximates a wall clock that jumps, so what
+/// it proves holds on daylight-saving days too. Here it proves the lamp can reach `night`;
+/// the real `simulate --time-zone Europe/Berlin` reaches it on both days, and says exactly
+/// when the window opens and closes: on 2026-03-29 it closes at the jump (02:00 CET is
+/// 03:00 CEST), on 2026-10-25 the wall clock reads 02:00..02:30 twice and the window opens
+/// on both passes. Without a zone the trace keeps its first timestamp's offset all day.
+#[test]
+fn a_clock_window_on_both_daylight_saving_days_of_berlin() {
+    let (built, verdicts) = compile_verified(SMALL_HOURS);
+    assert!(
+        matches!(
+            verdicts.as_slice(),
+            [(
+                kalki_compiler::ir::AssertKind::Reachable,
+                kalki_compiler::verify::Status::Proved
+            )]
+        ),
+        "{verdicts:?}"
+    );
+    let dir = TempDir::new("dst");
+    let bundle = TempDir::new("dst-b");
+    write_bundle(&built, &bundle);
+    std::fs::rename(bundle.path(), dir.path().join("bundle")).unwrap();
+    let zone = ["--time-zone", "Europe/Berlin"];
+
+    let spring = small_hours(&dir, "2026-03-29", "+01:00", "+02:00", &zone);
+    assert_eq!(
+        spring,
+        [
+            "5400000 01:30:00+01:00 lamp normal -> night rule small_hours",
+            "7200000 03:00:00+02:00 lamp night -> normal rule other_hours",
+            "end at 10800000 ms: lamp normal",
+        ]
+    );
+    let fall = small_hours(&dir, "2026-10-25", "+02:00", "+01:00", &zone);
+    assert_eq!(
+        fall,
+        [
+            "5400000 01:30:00+02:00 lamp normal -> night rule small_hours",
+            "9000000 02:30:00+02:00 lamp night -> normal rule other_hours",
+            "10800000 02:00:00+01:00 lamp normal -> night rule small_hours",
+            "12600000 02:30:00+01:00 lamp night -> normal rule other_hours",
+            "end at 18000000 ms: lamp normal",
+        ]
+    );
+    // The claim the verifier proved holds on both days.
+    for timeline in [&spring, &fall] {
+        assert!(
+            timeline.iter().any(|l| l.contains("-> night")),
+            "{timeline:?}"
+        );
+    }
+    // An ordinary day in the zone: one window, one hour.
+    let summer = small_hours(&dir, "2026-07-01", "+02:00", "+02:00", &zone);
+    assert_eq!(
+        summer,
+        [
+            "5400000 01:30:00+02:00 lamp normal -> night rule small_hours",
+            "9000000 02:30:00+02:00 lamp night -> normal rule other_hours",
+            "end at 14400000 ms: lamp normal",
+        ]
+    );
+    // No zone: the first timestamp's offset, fixed, as before.
+    let fixed = small_hours(&dir, "2026-10-25", "+02:00", "+01:00", &[]);
+    assert_eq!(
+        fixed,
+        [
+            "5400000 01:30:00 lamp normal -> night rule small_hours",
+            "9000000 02:30:00 lamp night -> normal rule other_hours",
+            "end at 18000000 ms: lamp normal",
+        ]
+    );
+}
+
+/// `--time-zone` refusals: a name that is no zone (usage, 2), and a trace without a date
+/// (S202, located on its first line; nothing replayed).
+#[test]
+fn a_time_zone_needs_a_real_name_and_a_dated_trace() {
+    let dir = TempDir::new("dst-refused");
+    let bundle = TempDir::new("dst-refused-b");
+    write_bundle(&compile_verified(SMALL_HOURS).0, &bundle);
+    std::fs::rename(bundle.path(), dir.path().join("bundle")).unwrap();
+    std::fs::write(
+        dir.path().join("trace.jsonl"),
+        "\n{\"t_ms\": 0, \"device\": \"lamp\", \"reading\": {\"motion\": true}}\n",
+    )
+    .unwrap();
+    let out = shim(
+        dir.path(),
+        &[
+            "simulate",
+            "bundle",
+            "trace.jsonl",
+            "--time-zone",
+            "Europe/Berlim",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("`Europe/Berlim` is not a time zone"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = shim(
+        dir.path(),
+        &[
+            "simulate",
+            "bundle",
+            "trace.jsonl",
+            "--time-zone",
+            "Europe/Berlin",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("S202"), "{err}");
+    assert!(err.contains("line 2: the trace has no timestamp"), "{err}");
+    assert!(out.stdout.is_empty());
+    std::fs::write(
+        dir.path().join("trace.jsonl"),
+        "{\"clock\": \"01:00\"}\n{\"at\": \"2026-03-29T01:00:00+01:00\"}\n",
+    )
+    .unwrap();
+    let out = shim(
+        dir.path(),
+        &[
+            "simulate",
+            "bundle",
+            "trace.jsonl",
+            "--time-zone",
+            "Europe/Berlin",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("line 1: a `clock` header gives a time of day without a date"),
+        "{err}"
+    );
+}
+
+/// A held guard over a window counts real time, not the clock: `for 90m` over
+/// `01:00..03:00` is met at 02:30 on an ordinary night and on the night the clock falls
+/// back (the window is open from 01:00 CEST on), and never on the night it springs forward,
+/// when the window closes at the jump an hour after it opened and the hold is cancelled.
+/// The verifier proves `reachable` (some day): true on two of the three.
+#[test]
+fn a_hold_over_a_window_is_cut_by_the_spring_forward_jump() {
+    let src = SMALL_HOURS
+        .replace(
+            "    night  { chain [sniffer] }\n",
+            "    night  { chain [sniffer] }\n\n    normal -> night when motion and clock in 01:00..03:00 for 90m\n    night -> normal on operator reset\n",
+        )
+        .replace(
+            "    rule small_hours\n        when lamp.motion and clock in 01:30..02:30\n        then lamp -> night\n    rule other_hours\n        when lamp.motion and not clock in 01:30..02:30\n        then lamp -> normal\n",
+            "",
+        );
+    assert!(src.contains("for 90m") && !src.contains("rule"), "{src}");
+    let (built, verdicts) = compile_verified(&src);
+    assert!(
+        matches!(
+            verdicts.as_slice(),
+            [(
+                kalki_compiler::ir::AssertKind::Reachable,
+                kalki_compiler::verify::Status::Proved
+            )]
+        ),
+        "{verdicts:?}"
+    );
+    let dir = TempDir::new("dst-hold");
+    let bundle = TempDir::new("dst-hold-b");
+    write_bundle(&built, &bundle);
+    std::fs::rename(bundle.path(), dir.path().join("bundle")).unwrap();
+    let zone = ["--time-zone", "Europe/Berlin"];
+    let met =
+        "9000000 02:30:00+02:00 lamp normal -> night when motion and clock in 01:00..03:00 for 90m";
+    assert_eq!(
+        small_hours(&dir, "2026-03-29", "+01:00", "+02:00", &zone),
+        ["end at 10800000 ms: lamp normal"]
+    );
+    assert_eq!(
+        small_hours(&dir, "2026-10-25", "+02:00", "+01:00", &zone),
+        [met, "end at 18000000 ms: lamp night"]
+    );
+    assert_eq!(
+        small_hours(&dir, "2026-07-01", "+02:00", "+02:00", &zone),
+        [met, "end at 14400000 ms: lamp night"]
     );
 }

@@ -38,6 +38,30 @@ impl SourceLoader for Loader {
 /// Compiles and verifies policy files (paths relative to the repository root, or given
 /// in memory) and returns the bundle of their only site. Panics on any policy error.
 fn build(roots: Vec<PathBuf>, files: BTreeMap<PathBuf, String>) -> codegen::Bundle {
+    build_verified(roots, files).0
+}
+
+/// [`compile`], with the verifier's verdict on each of the site's assertions, in order.
+pub fn compile_verified(
+    src: &str,
+) -> (
+    codegen::Bundle,
+    Vec<(kalki_compiler::ir::AssertKind, verify::Status)>,
+) {
+    let path = PathBuf::from("test.kalki");
+    build_verified(
+        vec![path.clone()],
+        BTreeMap::from([(path, src.to_string())]),
+    )
+}
+
+fn build_verified(
+    roots: Vec<PathBuf>,
+    files: BTreeMap<PathBuf, String>,
+) -> (
+    codegen::Bundle,
+    Vec<(kalki_compiler::ir::AssertKind, verify::Status)>,
+) {
     let loader = Loader { files };
     let solver = Z3Solver::new(10_000);
     let (checked, verified) =
@@ -49,9 +73,17 @@ fn build(roots: Vec<PathBuf>, files: BTreeMap<PathBuf, String>) -> codegen::Bund
         .map(|d| format!("{}: {}", d.code, d.message))
         .collect();
     assert!(errors.is_empty(), "{errors:#?}");
-    assert!(verified.is_some());
+    let verified = verified.unwrap();
     let model = checked.model.as_ref().unwrap();
-    codegen::build(model, &model.sites[0], &checked.sources, &solver).unwrap()
+    let site = &model.sites[0];
+    let verdicts = site
+        .asserts
+        .iter()
+        .zip(&verified.assertions)
+        .map(|(_, r)| (r.kind, r.status.clone()))
+        .collect();
+    let bundle = codegen::build(model, site, &checked.sources, &solver).unwrap();
+    (bundle, verdicts)
 }
 
 /// The bundle of one policy given as text.
@@ -117,9 +149,7 @@ pub fn shim_bundle(src: &str) -> Bundle {
 
 /// An engine at time 0 whose time 0 is `HH:MM` local time.
 pub fn engine_at(bundle: &Bundle, hh: u64, mm: u64) -> Engine {
-    let config = Config {
-        day_offset_ms: (hh * 60 + mm) * 60_000,
-    };
+    let config = Config::fixed((hh * 60 + mm) * 60_000);
     Engine::new(bundle, config, 0)
 }
 
