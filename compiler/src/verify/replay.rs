@@ -677,6 +677,27 @@ fn readings(
                     .remove(&Some(device))
                     .unwrap_or_default();
                 let name = &site.devices[device.index()].name;
+                // A guard that reads no value of the device (only the clock): a held one
+                // needs only time to reach `at`; one without a hold is evaluated on a
+                // reading, of any value (the engine refuses a reading of none), so each
+                // sensed variable with a value of its domain is a candidate.
+                if r.values.is_empty() {
+                    out.push(vec![(at, Input::Tick)]);
+                    let ty = v.policy.device_type(site.devices[device.index()].ty);
+                    for var in &ty.vars {
+                        for value in domain_samples(&var.ty) {
+                            let values = BTreeMap::from([(var.name.clone(), value)]);
+                            out.push(vec![(
+                                at,
+                                Input::Reading {
+                                    device: name.clone(),
+                                    values,
+                                },
+                            )]);
+                        }
+                    }
+                    break;
+                }
                 for values in parts(&r.values) {
                     let input = Input::Reading {
                         device: name.clone(),
@@ -696,6 +717,30 @@ fn readings(
         return Err(last.unwrap_or_default());
     }
     Ok(out)
+}
+
+/// A few values of a variable's domain: both booleans, an integer range's ends, an
+/// enumeration's first and last members.
+fn domain_samples(ty: &crate::ir::VarType) -> Vec<Value> {
+    use crate::ir::VarType;
+    match ty {
+        VarType::Bool => vec![Value::Bool(false), Value::Bool(true)],
+        VarType::Int { lo, hi } => vec![Value::from(*lo), Value::from(*hi)],
+        VarType::Enum { members } => {
+            let mut out: Vec<Value> = members
+                .first()
+                .into_iter()
+                .map(|m| Value::from(m.as_str()))
+                .collect();
+            out.extend(
+                members
+                    .last()
+                    .filter(|_| members.len() > 1)
+                    .map(|m| Value::from(m.as_str())),
+            );
+            out
+        }
+    }
 }
 
 /// The values whole, then every non-empty part of them, smaller parts first (up to 6
