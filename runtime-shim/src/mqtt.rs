@@ -463,6 +463,8 @@ pub struct Mqtt {
     topics: usize,
     link: Arc<Mutex<Link>>,
     tracker: Arc<Mutex<Tracker>>,
+    /// `kalki_mqtt_commands_published_total`, counted with `Tracker::published`.
+    published: prometheus_client::metrics::counter::Counter,
 }
 
 impl fmt::Debug for Mqtt {
@@ -495,6 +497,7 @@ impl Mqtt {
         topics: Vec<String>,
         events: mpsc::Sender<MqttEvent>,
         now_ms: u64,
+        published: prometheus_client::metrics::counter::Counter,
     ) -> (Mqtt, Task) {
         let (client, mut eventloop) = AsyncClient::new(cfg.options(), REQUEST_CAPACITY);
         let mut net = rumqttc::NetworkOptions::new();
@@ -515,6 +518,7 @@ impl Mqtt {
                 connections: 0,
             })),
             tracker: Arc::new(Mutex::new(Tracker::default())),
+            published,
         };
         let task = tokio::spawn(mqtt.clone().poll(eventloop, topics, events));
         (mqtt, Task(task))
@@ -565,6 +569,7 @@ impl Mqtt {
                 Ok(()) => {
                     t.queued.pop_front();
                     t.published += 1;
+                    self.published.inc();
                 }
                 Err(_) => {
                     t.unassigned.pop_back();

@@ -22,12 +22,14 @@ use crate::enforcement::{self, Crossing, Enforcement};
 use crate::engine::{Config, Effect, Engine, Input, InputError, Step};
 use crate::follow::{Followers, UmboxEvent};
 use crate::journal::{Delivery, Journal, JournalError};
+use crate::metrics::{self, Metrics};
 use crate::mqtt::{self, Mqtt, MqttConfig, MqttEvent};
 use crate::node::{Closed, Node, NodeError, Observation, Posture, Target, LABEL_SITE};
 use crate::simulate::cause_text;
 use crate::sink::{self, Webhook};
 use kalki_model::telemetry::{self, Topics};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
@@ -67,6 +69,17 @@ fn coded<'a, D: std::fmt::Display + 'a>(
         .map(|(code, p)| format!("[{code}] {p}"))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The size of the journal's database and its write-ahead log, in bytes.
+fn journal_bytes(path: &std::path::Path) -> i64 {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    [path, std::path::Path::new(&wal)]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len() as i64)
+        .sum()
 }
 
 /// The most MQTT messages taken from the queue at once, journaled in one commit.
@@ -113,6 +126,15 @@ struct Loop {
     interval: Duration,
     /// The MQTT client, when there is a broker.
     mqtt: Option<MqttLink>,
+    /// What `/metrics` serves (shared with the API).
+    metrics: Arc<Metrics>,
+    /// The journal's file, whose size `kalki_journal_bytes` gives.
+    journal_path: std::path::PathBuf,
+    /// When the loop took the input being carried out (for the posture-change latency).
+    taken: Instant,
+    /// The changes of that input (or batch) whose flows are not yet installed: their
+    /// latencies are observed once they are ([`Loop::observe_latency`]).
+    unflushed: Vec<Instant>,
 }
 
 /// The MQTT client as the loop uses it: the client, the topics it reads, what came of the
@@ -187,6 +209,10 @@ pub async fn run(
         batching: false,
         interval: cfg.reconcile_interval,
         mqtt: None,
+        metrics: Arc::new(Metrics::new()),
+        journal_path: cfg.journal.clone(),
+        taken: Instant::now(),
+        unflushed: Vec::new(),
     };
 
     // Follow what already runs from now on (what it said before was handled then), then
@@ -209,7 +235,13 @@ pub async fn run(
             list.len(),
             if list.len() == 1 { "" } else { "s" }
         );
-        let (client, task) = Mqtt::start(mcfg, list, mqtt_tx, now_ms());
+        let (client, task) = Mqtt::start(
+            mcfg,
+            list,
+            mqtt_tx,
+            now_ms(),
+            lp.metrics.mqtt_commands_published.clone(),
+        );
         lp.mqtt = Some(MqttLink {
             client,
             topics,
@@ -224,7 +256,8 @@ pub async fn run(
     let (req_tx, mut req_rx) = mpsc::channel::<Request>(256);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let checker = api::Checker::new(lp.node.bundle());
-    let options = api::ServeOptions::new(cfg.token, checker);
+    let mut options = api::ServeOptions::new(cfg.token, checker);
+    options.metrics = lp.metrics.clone();
     let server = tokio::spawn(api::serve(cfg.listener, options, req_tx, async move {
         let _ = stop_rx.await;
     }));
@@ -460,6 +493,11 @@ impl Loop {
     /// the node looked at again soon.
     fn note_verdicts(&mut self, obs: &Observation) {
         let verdicts = self.verdicts(obs);
+        self.metrics
+            .set_verdicts(verdicts.iter().map(Enforcement::verdict));
+        self.metrics
+            .journal_bytes
+            .set(journal_bytes(&self.journal_path));
         for (d, v) in verdicts.into_iter().enumerate() {
             if self.verdicts[d].as_ref() != Some(&v) {
                 let name = self.engine.device_name(d);
@@ -630,6 +668,7 @@ impl Loop {
         if messages.is_empty() {
             return Ok(());
         }
+        self.taken = Instant::now();
         let t = now_ms().max(self.engine.now());
         let mut inputs = Vec::with_capacity(messages.len());
         for message in &messages {
@@ -652,6 +691,11 @@ impl Loop {
                         if let Some(m) = self.mqtt.as_mut() {
                             m.counts.applied += 1;
                         }
+                        self.metrics.event(
+                            metrics::source::MQTT,
+                            metrics::kind::READING,
+                            None::<[&str; 0]>,
+                        );
                         self.carry_out(&steps).await?;
                     }
                     // validate() said yes: a refusal now is the engine's bug, logged as
@@ -675,6 +719,7 @@ impl Loop {
     fn mqtt_reading(&mut self, message: &rumqttc::Publish) -> Option<(Input, String)> {
         let m = self.mqtt.as_mut()?;
         m.counts.received += 1;
+        self.metrics.mqtt_received.inc();
         let topic = message.topic.as_str();
         if message.retain {
             // Delivered because of the subscription: an old value, not a sign of life.
@@ -694,6 +739,11 @@ impl Loop {
             }
             telemetry::Message::Refused { device, refusals } => {
                 m.counts.refuse(refusals.iter().map(|r| r.code()));
+                self.metrics.event(
+                    metrics::source::MQTT,
+                    metrics::kind::READING,
+                    Some(refusals.iter().map(|r| r.code())),
+                );
                 eprintln!(
                     "kalki-shim: mqtt: message on `{topic}` for `{device}` refused: {}",
                     coded(refusals.iter().map(|r| (r.code(), r)))
@@ -707,6 +757,11 @@ impl Loop {
         if let Some(m) = self.mqtt.as_mut() {
             m.counts.refuse(errors.iter().map(|e| e.code()));
         }
+        self.metrics.event(
+            metrics::source::MQTT,
+            metrics::kind::READING,
+            Some(errors.iter().map(|e| e.code())),
+        );
         let name = match input {
             Input::Reading { device, .. } => device.as_str(),
             _ => "",
@@ -723,6 +778,7 @@ impl Loop {
     /// handled and carried out in order and answered. An answer is sent only once its
     /// input is on disk; a refused input is answered at once and journals nothing.
     async fn submit_all(&mut self, batch: Vec<(Input, Reply)>) -> Result<(), RunError> {
+        self.taken = Instant::now();
         let t = now_ms().max(self.engine.now());
         let mut valid = Vec::with_capacity(batch.len());
         for (input, reply) in batch {
@@ -789,12 +845,14 @@ impl Loop {
         if self.flush_deferred().await {
             self.sync_followers().await;
         }
+        self.observe_latency();
         self.journal.commit()?;
         Ok(())
     }
 
     /// The engine's timers.
     async fn tick(&mut self) -> Result<(), RunError> {
+        self.taken = Instant::now();
         let t = now_ms().max(self.engine.now());
         let steps = self.engine.handle(t, &Input::Tick).unwrap_or_default();
         if steps.iter().any(|s| !s.effects.is_empty()) {
@@ -828,6 +886,18 @@ impl Loop {
                         let why = cause_text(self.node.bundle(), &self.engine, *device, cause);
                         self.journal
                             .record_change(step.t_ms, &name, &from_n, &to_n, &why)?;
+                        let bundle = self.node.bundle();
+                        self.metrics
+                            .posture_changes
+                            .get_or_create(&metrics::ChangeLabels {
+                                device_type: bundle.manifest.devices[*device].ty.clone(),
+                                from: from_n.clone(),
+                                to: to_n.clone(),
+                            })
+                            .inc();
+                        if enforcement::off_switch(bundle, *device).is_none() {
+                            self.unflushed.push(self.taken);
+                        }
                         if self.node.flow_only(*device, *to) {
                             // Installed with the batch's other flow-only changes, in one
                             // bundle (`flush_deferred`); a later change of the device
@@ -873,6 +943,7 @@ impl Loop {
         }
         if !self.batching {
             touched |= self.flush_deferred().await;
+            self.observe_latency();
         }
         // Only a change that started or stopped µmboxes moves the followers: a reading
         // that changes no state, or a change that only swapped flows, costs no call to
@@ -881,6 +952,17 @@ impl Loop {
             self.sync_followers().await;
         }
         Ok(changes)
+    }
+
+    /// The flows of the changes carried out are installed (or failed closed): each
+    /// change's latency, from the loop taking its input, goes to the histogram.
+    fn observe_latency(&mut self) {
+        let now = Instant::now();
+        for taken in self.unflushed.drain(..) {
+            self.metrics
+                .posture_change_seconds
+                .observe(now.duration_since(taken).as_secs_f64());
+        }
     }
 
     /// One device's posture change, make-before-break, failing closed when it cannot be
@@ -953,6 +1035,11 @@ impl Loop {
                 container, alert, ..
             } => {
                 let Some((device, c)) = self.node.container(&container) else {
+                    self.metrics.event(
+                        metrics::source::UMBOX,
+                        metrics::kind::ALERT,
+                        Some([] as [&str; 0]),
+                    );
                     eprintln!(
                         "kalki-shim: alert `{alert}` from unknown container `{container}` rejected"
                     );
@@ -962,12 +1049,28 @@ impl Loop {
                 // the alert meets, emitting that alert) is the engine's to decide, as in
                 // `simulate`: one definition. Only live containers are followed.
                 let umbox = c.labels.get("kalki.umbox").cloned();
+                self.metrics
+                    .umbox_alerts
+                    .get_or_create(&metrics::AlertLabels {
+                        umbox: umbox.clone().unwrap_or_default(),
+                        alert: alert.clone(),
+                    })
+                    .inc();
                 let input = Input::Alert {
                     device: self.engine.device_name(device).to_string(),
                     alert,
                     source: umbox,
                 };
-                if let Err(errors) = self.submit(input).await? {
+                let answer = self.submit(input).await?;
+                self.metrics.event(
+                    metrics::source::UMBOX,
+                    metrics::kind::ALERT,
+                    answer
+                        .as_ref()
+                        .err()
+                        .map(|errors| errors.iter().map(|e| e.code())),
+                );
+                if let Err(errors) = answer {
                     let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
                     eprintln!(
                         "kalki-shim: alert from `{container}` refused: {}",
@@ -1009,6 +1112,15 @@ impl Loop {
     /// node found it not running): never forward without it. The device is closed now,
     /// journaled, and its posture tried again at once. One handling whoever noticed.
     async fn umbox_stopped(&mut self, device: usize, container: &str) {
+        let umbox = self
+            .node
+            .container(container)
+            .and_then(|(_, c)| c.labels.get("kalki.umbox").cloned())
+            .unwrap_or_default();
+        self.metrics
+            .umbox_restarts
+            .get_or_create(&metrics::UmboxLabels { umbox })
+            .inc();
         self.node.forget_container(container);
         let reason = format!("µmbox `{container}` stopped");
         eprintln!(
