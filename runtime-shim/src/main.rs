@@ -174,6 +174,96 @@ struct RunArgs {
     /// Colour in error reports (printed on standard error).
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     color: Color,
+    /// The log's format on standard error: `human` (one sentence a line) or `json` (one
+    /// object a line, with the fields of docs/runtime.md, "Logs").
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// The least severe log lines written.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    log_level: LogLevel,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// `run`'s log: tracing events to standard error, as sentences (`kalki-shim: ...`, each
+/// event's message, whose text carries its fields) or as JSON objects (time, level,
+/// target, message and every field at the top level).
+fn init_log(format: LogFormat, level: LogLevel) {
+    use tracing_subscriber::filter::LevelFilter;
+    let level = match level {
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_ansi(false);
+    // A second subscriber cannot be set (never happens: `run` sets it once); the log
+    // would then go to the first one.
+    let _ = match format {
+        LogFormat::Human => builder.event_format(Sentence).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+    };
+}
+
+/// The human format: `kalki-shim: MESSAGE`, as the shim has always written its log (the
+/// message says what its fields hold).
+struct Sentence;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Sentence
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        struct Message<'w, 'a>(
+            &'w mut tracing_subscriber::fmt::format::Writer<'a>,
+            std::fmt::Result,
+        );
+        impl tracing::field::Visit for Message<'_, '_> {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "message" {
+                    self.1 = self.0.write_str(value);
+                }
+            }
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.1 = write!(self.0, "{value:?}");
+                }
+            }
+        }
+        writer.write_str("kalki-shim: ")?;
+        let mut m = Message(&mut writer, Ok(()));
+        event.record(&mut m);
+        m.1?;
+        writeln!(writer)
+    }
 }
 
 /// The MQTT broker of the devices' telemetry bindings.
@@ -950,6 +1040,7 @@ fn day_offset(text: &str) -> Option<u64> {
 }
 
 fn run_run(args: &RunArgs) -> Exit {
+    init_log(args.log_format, args.log_level);
     let Some(offset) = args.journal.day_offset() else {
         return Exit::Usage;
     };
@@ -1018,10 +1109,10 @@ fn run_run(args: &RunArgs) -> Exit {
             }
         };
         if let Err(e) = node.docker().ping().await {
-            eprintln!("kalki-shim: WARNING: {e}; retrying");
+            tracing::warn!(event = "unreachable", error = %e, "WARNING: {e}; retrying");
         }
         if let Err(e) = node.ovs().ping().await {
-            eprintln!("kalki-shim: WARNING: {e}; retrying");
+            tracing::warn!(event = "unreachable", error = %e, "WARNING: {e}; retrying");
         }
         if let Some(dir) = args
             .journal
@@ -1045,7 +1136,7 @@ fn run_run(args: &RunArgs) -> Exit {
         };
         match kalki_shim::run::run(node, cfg, shutdown_signal()).await {
             Ok(()) => {
-                eprintln!("kalki-shim: stopped");
+                tracing::info!(event = "stopped", "stopped");
                 Exit::Ok
             }
             Err(e) => {
@@ -1083,9 +1174,11 @@ fn mqtt_config(
             return Err(Exit::Usage);
         }
         if !topics.is_empty() {
-            eprintln!(
-                "kalki-shim: --no-mqtt: the bundle's {} MQTT topics are not read; those devices get readings only from the API",
-                topics.topics().count()
+            let n = topics.topics().count();
+            tracing::warn!(
+                event = "no_mqtt",
+                topics = n,
+                "--no-mqtt: the bundle's {n} MQTT topics are not read; those devices get readings only from the API"
             );
         }
         return Ok(None);

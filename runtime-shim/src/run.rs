@@ -14,8 +14,9 @@
 //! device's [`Enforcement`] verdict, and whatever differs from what the states require is
 //! repaired, so the node heals from a restarted switch or engine, a deleted port or a
 //! killed µmbox without a restart of the shim, and `status` never reports from memory.
-// The run loop is the daemon: its log is standard error (docs/runtime.md, "Running").
-#![allow(clippy::print_stderr)]
+// The run loop is the daemon: it logs with `tracing` (the binary sends it to standard
+// error, as sentences or JSON), every line with an `event` field naming its kind and the
+// fields of docs/runtime.md, "Logs".
 
 use crate::api::{self, Accepted, Changed, DeviceStatus, Request, StatusReport};
 use crate::enforcement::{self, Crossing, Enforcement};
@@ -32,6 +33,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -80,6 +82,11 @@ fn journal_bytes(path: &std::path::Path) -> i64 {
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len() as i64)
         .sum()
+}
+
+/// Codes as a log field: `S121,S104`.
+fn codes<'a>(codes: impl Iterator<Item = &'a str>) -> String {
+    codes.collect::<Vec<_>>().join(",")
 }
 
 /// The most MQTT messages taken from the queue at once, journaled in one commit.
@@ -176,8 +183,12 @@ pub async fn run(
         },
         start,
     )?;
-    eprintln!(
-        "kalki-shim: journal {}: {} inputs replayed{}",
+    info!(
+        event = "journal_replayed",
+        journal = %cfg.journal.display(),
+        replayed = report.replayed,
+        skipped = report.skipped.len(),
+        "journal {}: {} inputs replayed{}",
         cfg.journal.display(),
         report.replayed,
         if report.skipped.is_empty() {
@@ -228,8 +239,12 @@ pub async fn run(
     if let Some(mcfg) = &cfg.mqtt {
         let topics = Topics::new(&lp.node.bundle().manifest);
         let list: Vec<String> = topics.topics().map(str::to_string).collect();
-        eprintln!(
-            "kalki-shim: mqtt: broker {} (client id `{}`), {} bound topic{}",
+        info!(
+            event = "mqtt_broker",
+            broker = %mcfg.url,
+            client_id = %mcfg.client_id,
+            topics = list.len(),
+            "mqtt: broker {} (client id `{}`), {} bound topic{}",
             mcfg.url,
             mcfg.client_id,
             list.len(),
@@ -261,10 +276,8 @@ pub async fn run(
     let server = tokio::spawn(api::serve(cfg.listener, options, req_tx, async move {
         let _ = stop_rx.await;
     }));
-    eprintln!(
-        "kalki-shim: serving site `{}`",
-        lp.node.bundle().manifest.site
-    );
+    let site = &lp.node.bundle().manifest.site;
+    info!(event = "serving", site = %site, "serving site `{site}`");
 
     tokio::pin!(shutdown);
     loop {
@@ -406,14 +419,18 @@ impl Loop {
             Ok(plan) if plan.is_empty() => {}
             Ok(plan) => {
                 for step in self.node.describe(&plan) {
-                    eprintln!("kalki-shim: {step}");
+                    info!(event = "repair", step = %step, "{step}");
                 }
                 match self.node.execute(&plan).await {
                     Ok(report) => {
                         for (d, path, why) in &report.warm_failed {
-                            eprintln!(
-                                "kalki-shim: `{}`: µmbox {path} of a next state not started: {why}",
-                                self.engine.device_name(*d)
+                            let device = self.engine.device_name(*d);
+                            warn!(
+                                event = "warm_failed",
+                                device,
+                                umbox = %path,
+                                reason = %why,
+                                "`{device}`: µmbox {path} of a next state not started: {why}"
                             );
                         }
                         let failed: Vec<usize> = report.failed_closed.iter().map(|f| f.0).collect();
@@ -430,7 +447,11 @@ impl Loop {
                             }
                         }
                     }
-                    Err(e) => eprintln!("kalki-shim: repairing the node failed: {e}"),
+                    Err(e) => warn!(
+                        event = "repair_failed",
+                        error = %e,
+                        "repairing the node failed: {e}"
+                    ),
                 }
                 obs = self.node.observe().await;
             }
@@ -452,8 +473,11 @@ impl Loop {
             .map(|(d, v)| format!("  `{}`: {v}", self.engine.device_name(d)))
             .collect();
         if !not.is_empty() {
-            eprintln!(
-                "kalki-shim: WARNING: the node could not be configured: {} of {} devices are NOT ENFORCED; \
+            warn!(
+                event = "not_configured",
+                not_enforced = not.len(),
+                devices = verdicts.len(),
+                "WARNING: the node could not be configured: {} of {} devices are NOT ENFORCED; \
                  retrying every {} s\n{}",
                 not.len(),
                 verdicts.len(),
@@ -503,10 +527,18 @@ impl Loop {
                 let name = self.engine.device_name(d);
                 match (&self.verdicts[d], &v) {
                     (None, Enforcement::Enforced) => {}
-                    (_, Enforcement::Enforced) => {
-                        eprintln!("kalki-shim: `{name}`: enforced again")
-                    }
-                    _ => eprintln!("kalki-shim: `{name}`: {v}"),
+                    (_, Enforcement::Enforced) => info!(
+                        event = "verdict",
+                        device = name,
+                        verdict = v.verdict(),
+                        "`{name}`: enforced again"
+                    ),
+                    _ => warn!(
+                        event = "verdict",
+                        device = name,
+                        verdict = v.verdict(),
+                        "`{name}`: {v}"
+                    ),
                 }
                 self.verdicts[d] = Some(v);
             }
@@ -537,12 +569,18 @@ impl Loop {
         let attempts = self.closed.get(&device).map_or(0, |c| c.attempts) + 1;
         let installed = self.closed_name(device, closed);
         let name = self.engine.device_name(device).to_string();
-        eprintln!("kalki-shim: `{name}` failed closed ({installed}): {reason}");
+        warn!(
+            event = "failed_closed",
+            device = %name,
+            installed = %installed,
+            reason,
+            "`{name}` failed closed ({installed}): {reason}"
+        );
         if let Err(e) = self
             .journal
             .record_fail_closed(now_ms(), &name, &installed, reason)
         {
-            eprintln!("kalki-shim: journal: {e}");
+            error!(event = "journal_error", error = %e, "journal: {e}");
         }
         let retry_at = Instant::now() + backoff(attempts);
         self.next_check = self.next_check.min(retry_at);
@@ -595,15 +633,20 @@ impl Loop {
     fn send_command(&mut self, command: sink::Command) {
         if let Some((m, p)) = self.publication(&command.device, &command.command) {
             if let Err(error) = m.client.publish(command.id, &p.topic, &p.payload) {
-                eprintln!(
-                    "kalki-shim: mqtt: command `{}` of `{}` not published: {error}",
-                    command.command, command.device
+                warn!(
+                    event = "command_not_published",
+                    device = %command.device,
+                    command = %command.command,
+                    error = %error,
+                    "mqtt: command `{}` of `{}` not published: {error}",
+                    command.command,
+                    command.device
                 );
                 if let Err(e) = self
                     .journal
                     .update_command(command.id, &Delivery::Failed { attempts: 1, error })
                 {
-                    eprintln!("kalki-shim: journal: {e}");
+                    error!(event = "journal_error", error = %e, "journal: {e}");
                 }
             }
             return;
@@ -724,7 +767,10 @@ impl Loop {
         if message.retain {
             // Delivered because of the subscription: an old value, not a sign of life.
             m.counts.retained_ignored += 1;
-            eprintln!("kalki-shim: mqtt: retained message on `{topic}` ignored (an old value)");
+            info!(
+                event = "mqtt_retained",
+                topic, "mqtt: retained message on `{topic}` ignored (an old value)"
+            );
             return None;
         }
         match m
@@ -734,7 +780,10 @@ impl Loop {
             telemetry::Message::Reading(input) => Some((input, topic.to_string())),
             telemetry::Message::Unbound => {
                 m.counts.unbound += 1;
-                eprintln!("kalki-shim: mqtt: message on `{topic}` ignored: no device binds it");
+                warn!(
+                    event = "mqtt_unbound",
+                    topic, "mqtt: message on `{topic}` ignored: no device binds it"
+                );
                 None
             }
             telemetry::Message::Refused { device, refusals } => {
@@ -744,8 +793,12 @@ impl Loop {
                     metrics::kind::READING,
                     Some(refusals.iter().map(|r| r.code())),
                 );
-                eprintln!(
-                    "kalki-shim: mqtt: message on `{topic}` for `{device}` refused: {}",
+                warn!(
+                    event = "mqtt_refused",
+                    topic,
+                    device = %device,
+                    code = %codes(refusals.iter().map(|r| r.code())),
+                    "mqtt: message on `{topic}` for `{device}` refused: {}",
                     coded(refusals.iter().map(|r| (r.code(), r)))
                 );
                 None
@@ -766,8 +819,12 @@ impl Loop {
             Input::Reading { device, .. } => device.as_str(),
             _ => "",
         };
-        eprintln!(
-            "kalki-shim: mqtt: reading on `{topic}` for `{name}` refused: {}",
+        warn!(
+            event = "mqtt_refused",
+            topic,
+            device = name,
+            code = %codes(errors.iter().map(|e| e.code())),
+            "mqtt: reading on `{topic}` for `{name}` refused: {}",
             coded(errors.iter().map(|e| (e.code(), e)))
         );
     }
@@ -884,6 +941,14 @@ impl Loop {
                             self.state_names(*device, *to),
                         );
                         let why = cause_text(self.node.bundle(), &self.engine, *device, cause);
+                        info!(
+                            event = "state_change",
+                            device = %name,
+                            from = %from_n,
+                            to = %to_n,
+                            cause = %why,
+                            "`{name}`: {from_n} -> {to_n} ({why})"
+                        );
                         self.journal
                             .record_change(step.t_ms, &name, &from_n, &to_n, &why)?;
                         let bundle = self.node.bundle();
@@ -937,7 +1002,9 @@ impl Loop {
                         });
                     }
                     Effect::AlertRaised { .. } => {}
-                    Effect::Fault { message } => eprintln!("kalki-shim: fault: {message}"),
+                    Effect::Fault { message } => {
+                        error!(event = "fault", "fault: {message}")
+                    }
                 }
             }
         }
@@ -986,11 +1053,20 @@ impl Loop {
                 let reason = e.to_string();
                 match self.node.fail_closed(device).await {
                     Ok(closed) => self.note_closed(device, closed, &reason),
-                    Err(e2) => eprintln!(
-                        "kalki-shim: `{}` -> `{}`: {reason}; failing closed also failed: {e2}",
-                        self.engine.device_name(device),
-                        self.state_names(device, to)
-                    ),
+                    Err(e2) => {
+                        let (name, to) = (
+                            self.engine.device_name(device),
+                            self.state_names(device, to),
+                        );
+                        error!(
+                            event = "fail_closed_failed",
+                            device = name,
+                            to = %to,
+                            reason = %reason,
+                            error = %e2,
+                            "`{name}` -> `{to}`: {reason}; failing closed also failed: {e2}"
+                        )
+                    }
                 }
                 self.next_check = Instant::now();
                 true
@@ -1014,8 +1090,11 @@ impl Loop {
                 false
             }
             Err(e) => {
-                eprintln!(
-                    "kalki-shim: {} posture changes in one bundle: {e}; each made alone",
+                warn!(
+                    event = "bundle_refused",
+                    changes = changes.len(),
+                    error = %e,
+                    "{} posture changes in one bundle: {e}; each made alone",
                     changes.len()
                 );
                 let mut touched = false;
@@ -1040,8 +1119,11 @@ impl Loop {
                         metrics::kind::ALERT,
                         Some([] as [&str; 0]),
                     );
-                    eprintln!(
-                        "kalki-shim: alert `{alert}` from unknown container `{container}` rejected"
+                    warn!(
+                        event = "alert_refused",
+                        container = %container,
+                        alert = %alert,
+                        "alert `{alert}` from unknown container `{container}` rejected"
                     );
                     return Ok(());
                 };
@@ -1072,8 +1154,12 @@ impl Loop {
                 );
                 if let Err(errors) = answer {
                     let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                    eprintln!(
-                        "kalki-shim: alert from `{container}` refused: {}",
+                    warn!(
+                        event = "alert_refused",
+                        container = %container,
+                        device = self.engine.device_name(device),
+                        code = %codes(errors.iter().map(|e| e.code())),
+                        "alert from `{container}` refused: {}",
                         text.join("; ")
                     );
                 }
@@ -1123,9 +1209,12 @@ impl Loop {
             .inc();
         self.node.forget_container(container);
         let reason = format!("µmbox `{container}` stopped");
-        eprintln!(
-            "kalki-shim: `{}`: {reason}",
-            self.engine.device_name(device)
+        let name = self.engine.device_name(device);
+        warn!(
+            event = "umbox_stopped",
+            device = name,
+            container,
+            "`{name}`: {reason}"
         );
         match self.node.fail_closed(device).await {
             Ok(closed) => {
@@ -1134,7 +1223,13 @@ impl Loop {
                     cl.retry_at = Instant::now();
                 }
             }
-            Err(e) => eprintln!("kalki-shim: {reason}; failing closed failed: {e}"),
+            Err(e) => error!(
+                event = "fail_closed_failed",
+                device = self.engine.device_name(device),
+                reason = %reason,
+                error = %e,
+                "{reason}; failing closed failed: {e}"
+            ),
         }
         self.next_check = Instant::now();
     }
@@ -1163,6 +1258,8 @@ impl Loop {
     async fn status(&mut self) -> StatusReport {
         let obs = self.node.observe().await;
         let verdicts = self.verdicts(&obs);
+        self.metrics
+            .set_verdicts(verdicts.iter().map(Enforcement::verdict));
         if verdicts
             .iter()
             .any(|v| matches!(v, Enforcement::NotEnforced { .. }))
