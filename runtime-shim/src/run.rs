@@ -1203,10 +1203,14 @@ impl Loop {
             .container(container)
             .and_then(|(_, c)| c.labels.get("kalki.umbox").cloned())
             .unwrap_or_default();
-        self.metrics
-            .umbox_restarts
-            .get_or_create(&metrics::UmboxLabels { umbox })
-            .inc();
+        // Not at the first look at the node (no verdict yet): a µmbox not running then
+        // was not seen to stop (a fresh node, or one stopped while no shim ran).
+        if self.verdicts.get(device).is_some_and(Option::is_some) {
+            self.metrics
+                .umbox_restarts
+                .get_or_create(&metrics::UmboxLabels { umbox })
+                .inc();
+        }
         self.node.forget_container(container);
         let reason = format!("µmbox `{container}` stopped");
         let name = self.engine.device_name(device);

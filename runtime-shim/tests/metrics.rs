@@ -259,7 +259,9 @@ fn metrics_count_what_happened() {
     );
     assert_eq!(
         m.count("kalki_umbox_restarts_total", &[("umbox", "probe")]),
-        1.0
+        1.0,
+        "{}",
+        env.log_text()
     );
     assert_eq!(m.sum("kalki_umbox_restarts_total", &[]), 1.0);
     let devices = |verdict: &str| m.get("kalki_devices", &[("verdict", verdict)]);
