@@ -202,6 +202,20 @@ enum LogLevel {
 /// event's message, whose text carries its fields) or as JSON objects (time, level,
 /// target, message and every field at the top level).
 fn init_log(format: LogFormat, level: LogLevel) {
+    // A second subscriber cannot be set (never happens: `run` sets it once); the log
+    // would then go to the first one.
+    let _ = tracing::subscriber::set_global_default(log_subscriber(format, level, std::io::stderr));
+}
+
+/// The subscriber of [`init_log`], writing to `writer`.
+fn log_subscriber<W>(
+    format: LogFormat,
+    level: LogLevel,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     use tracing_subscriber::filter::LevelFilter;
     let level = match level {
         LogLevel::Error => LevelFilter::ERROR,
@@ -211,20 +225,20 @@ fn init_log(format: LogFormat, level: LogLevel) {
         LogLevel::Trace => LevelFilter::TRACE,
     };
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_max_level(level)
         .with_ansi(false);
-    // A second subscriber cannot be set (never happens: `run` sets it once); the log
-    // would then go to the first one.
-    let _ = match format {
-        LogFormat::Human => builder.event_format(Sentence).try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .try_init(),
-    };
+    match format {
+        LogFormat::Human => Box::new(builder.event_format(Sentence).finish()),
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .finish(),
+        ),
+    }
 }
 
 /// The human format: `kalki-shim: MESSAGE`, as the shim has always written its log (the
@@ -1215,5 +1229,73 @@ async fn shutdown_signal() {
             }
         }
         _ => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What one state change and one debug line write in a format at a level.
+    fn log(format: LogFormat, level: LogLevel) -> String {
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = log_subscriber(format, level, move || w.clone());
+        tracing::subscriber::with_default(sub, || {
+            tracing::info!(
+                event = "state_change",
+                device = "d0",
+                from = "normal",
+                to = "suspicious",
+                cause = "on port_scan",
+                "`d0`: normal -> suspicious (on port_scan)"
+            );
+            tracing::debug!(event = "repair", step = "x", "x");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn the_human_log_is_the_sentences_it_always_was() {
+        assert_eq!(
+            log(LogFormat::Human, LogLevel::Info),
+            "kalki-shim: `d0`: normal -> suspicious (on port_scan)\n"
+        );
+        assert_eq!(
+            log(LogFormat::Human, LogLevel::Debug),
+            "kalki-shim: `d0`: normal -> suspicious (on port_scan)\nkalki-shim: x\n"
+        );
+        assert_eq!(log(LogFormat::Human, LogLevel::Warn), "");
+    }
+
+    #[test]
+    fn the_json_log_is_one_object_a_line_with_the_fields_at_the_top() {
+        let text = log(LogFormat::Json, LogLevel::Info);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["event"], "state_change");
+        assert_eq!(v["device"], "d0");
+        assert_eq!(v["from"], "normal");
+        assert_eq!(v["to"], "suspicious");
+        assert_eq!(v["cause"], "on port_scan");
+        assert_eq!(v["message"], "`d0`: normal -> suspicious (on port_scan)");
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'), "{v}");
     }
 }
