@@ -4,6 +4,8 @@
 //! text-format parser (the Python `prometheus_client` package, the Prometheus project's
 //! own), and every value checked against what happened. No token: 401. And the log of a
 //! shim run with `--log-format json`: one JSON object a line, with the documented fields.
+//! The MQTT metrics with a real broker (mosquitto): messages received, readings accepted
+//! and refused by code, a command published.
 //!
 //! The policy is `tests/fixtures/node/site.kalki` (stand-in µmboxes: see `common/live.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -327,4 +329,138 @@ fn metrics_count_what_happened() {
     assert_eq!(find("serving", "")["site"], "node");
     let replayed = find("journal_replayed", "");
     assert_eq!(replayed["replayed"], 0, "{replayed}");
+}
+
+/// The MQTT metrics, with a real broker (a private mosquitto, from
+/// `kalki-test-support`) and `tests/fixtures/mqtt/site.kalki` on a bridge of its own whose
+/// interfaces do not exist (its devices are not enforced; their states are what counts):
+/// every message received counted, readings accepted and refused by code, a retained
+/// message received but no input, a rule's command published.
+#[test]
+fn mqtt_messages_refusals_and_commands_are_counted() {
+    use kalki_test_support::mosquitto::{Broker, BrokerOptions};
+    const SENSOR: &str = "tele/plug_kitchen/SENSOR";
+    const LWT: &str = "tele/plug_kitchen/LWT";
+    const HEATER: &str = "tele/heater_1/SENSOR";
+    if !kalki_test_support::require(&[kalki_test_support::mosquitto()]) || !parser_ready() {
+        return;
+    }
+    let tmp = TempDir::new("metrics-mqtt");
+    let bridge = "ktq-metrics";
+    let del_bridge = move || {
+        sh(&format!(
+            "ovs-vsctl --timeout=10 --if-exists del-br {bridge}"
+        ));
+    };
+    del_bridge();
+    let _bridge = OnDrop(del_bridge);
+    let src = std::fs::read_to_string(
+        common::repo_root().join("runtime-shim/tests/fixtures/mqtt/site.kalki"),
+    )
+    .unwrap()
+    .replace("bridge \"kt-mqtt\"", &format!("bridge \"{bridge}\""))
+    .replace("\"ktm-", "\"ktx-");
+    let bundle = tmp.path().join("bundle");
+    common::compile(&src).write_to(&bundle).unwrap();
+    let journal = tmp.path().join("journal.db");
+
+    let broker = Broker::start(BrokerOptions::default()).unwrap();
+    // Retained before the shim subscribes: received, ignored, no input.
+    broker
+        .publish(
+            HEATER,
+            r#"{"ENERGY":{"Power":3000,"Current":1.0}}"#,
+            1,
+            true,
+        )
+        .unwrap();
+    let env = Api::new(tmp.path());
+    let mut extra = vec![
+        "--mqtt".to_string(),
+        broker.url(),
+        "--mqtt-username".into(),
+        broker.username().into(),
+        "--mqtt-password-file".into(),
+        broker.password_file().to_str().unwrap().into(),
+    ];
+    if let Some(ca) = broker.ca_file() {
+        extra.extend(["--mqtt-ca-file".into(), ca.to_str().unwrap().into()]);
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let _shim = env.start(&bundle, &journal, &extra);
+    wait_for(Duration::from_secs(30), "the retained message", || {
+        env.status().1["mqtt"]["retained_ignored"] == 1
+    });
+
+    // Two readings accepted; three refused: not a JSON object (S120), no power (S121),
+    // power out of range (S104, the engine's); then over the threshold: the plug moves
+    // and its rule's command is published.
+    broker.publish(LWT, "Online", 1, false).unwrap();
+    broker
+        .publish(
+            SENSOR,
+            r#"{"ENERGY":{"Power":12,"Current":0.052}}"#,
+            1,
+            false,
+        )
+        .unwrap();
+    for bad in [
+        "[1,2]",
+        r#"{"ENERGY":{"Current":0.1}}"#,
+        r#"{"ENERGY":{"Power":5000,"Current":0.1}}"#,
+    ] {
+        broker.publish(SENSOR, bad, 1, false).unwrap();
+    }
+    broker
+        .publish(
+            SENSOR,
+            r#"{"ENERGY":{"Power":3000,"Current":2.5}}"#,
+            1,
+            false,
+        )
+        .unwrap();
+    env.wait_state("plug", "suspicious", Duration::from_secs(30));
+    wait_for(Duration::from_secs(30), "the command published", || {
+        env.status().1["mqtt"]["commands_published"] == 1
+    });
+
+    let m = Samples::fetch(&env, tmp.path());
+    assert_eq!(m.get("kalki_mqtt_messages_received_total", &[]), Some(7.0));
+    let mqtt = |outcome: &str| {
+        m.count(
+            "kalki_events_total",
+            &[
+                ("source", "mqtt"),
+                ("kind", "reading"),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(mqtt("accepted"), 3.0);
+    assert_eq!(mqtt("refused"), 3.0);
+    for code in ["S120", "S121", "S104"] {
+        assert_eq!(
+            m.count(
+                "kalki_refused_inputs_total",
+                &[("source", "mqtt"), ("code", code)]
+            ),
+            1.0,
+            "{code}"
+        );
+    }
+    assert_eq!(m.sum("kalki_refused_inputs_total", &[]), 3.0);
+    assert_eq!(
+        m.count(
+            "kalki_posture_changes_total",
+            &[
+                ("device_type", "TasmotaPlug"),
+                ("from", "normal"),
+                ("to", "suspicious")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(m.get("kalki_mqtt_commands_published_total", &[]), Some(1.0));
+    // No API input was counted as MQTT's, nor the other way round.
+    assert_eq!(m.sum("kalki_events_total", &[("source", "api")]), 0.0);
 }
