@@ -374,14 +374,22 @@ fn error_response(status: StatusCode, items: Vec<ErrorItem>) -> Response {
             vec![ErrorItem::new(codes::UNAVAILABLE, "refused", None)],
         );
     };
-    json_response(
+    let codes = Refusal(items.iter().map(|i| i.code.clone()).collect());
+    let mut resp = json_response(
         status,
         &ErrorBody {
             error: first,
             errors: items,
         },
-    )
+    );
+    // For the `count` middleware (`/metrics`).
+    resp.extensions_mut().insert(codes);
+    resp
 }
+
+/// The codes of a refused request, on its response, for [`count`].
+#[derive(Debug, Clone)]
+struct Refusal(Vec<String>);
 
 fn error(
     status: StatusCode,
@@ -797,6 +805,8 @@ pub struct ServeOptions {
     /// How long requests in progress may take to finish after the shutdown signal
     /// ([`SHUTDOWN_GRACE`]).
     pub shutdown_grace: Duration,
+    /// What `GET /metrics` serves, and where API inputs are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl ServeOptions {
@@ -809,6 +819,7 @@ impl ServeOptions {
             body_timeout: BODY_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
             shutdown_grace: SHUTDOWN_GRACE,
+            metrics: Arc::default(),
         }
     }
 }
@@ -820,6 +831,7 @@ struct AppState {
     timeout: Duration,
     body_timeout: Duration,
     tx: mpsc::Sender<Request>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Serves the API until `shutdown` completes, then stops listening (a Unix socket file is
@@ -841,6 +853,7 @@ pub async fn serve(
         timeout: options.timeout,
         body_timeout: options.body_timeout,
         tx,
+        metrics: options.metrics,
     };
     let app = router(state);
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -941,10 +954,62 @@ fn router(state: AppState) -> Router {
         .route("/v1/devices/{device}/readings", post(readings))
         .route("/v1/devices/{device}/alerts", post(alerts))
         .route("/v1/devices/{device}/reset", post(reset))
+        .route("/metrics", get(metrics))
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        // Outermost: it sees every answer, a refused token's included.
+        .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
+}
+
+/// Counts every answer of the API where it is given: a POST to a device's endpoint as an
+/// event of its kind, accepted (200) or refused; the codes of every refused request.
+async fn count(State(st): State<AppState>, req: HttpRequest, next: Next) -> Response {
+    use crate::metrics::{kind, source};
+    let event = (req.method() == axum::http::Method::POST)
+        .then(|| req.uri().path().strip_prefix("/v1/devices/"))
+        .flatten()
+        .and_then(|rest| match rest.rsplit_once('/') {
+            Some((_, "readings")) => Some(kind::READING),
+            Some((_, "alerts")) => Some(kind::ALERT),
+            Some((_, "reset")) => Some(kind::OPERATOR),
+            _ => None,
+        });
+    let resp = next.run(req).await;
+    let refusal = resp.extensions().get::<Refusal>();
+    let codes = refusal.map(|r| r.0.iter().map(String::as_str));
+    match event {
+        Some(kind) if resp.status() == StatusCode::OK || refusal.is_some() => {
+            st.metrics.event(source::API, kind, codes)
+        }
+        _ => {
+            if let Some(codes) = codes {
+                st.metrics.refused_codes(source::API, codes);
+            }
+        }
+    }
+    resp
+}
+
+/// `GET /metrics`: the Prometheus text format (`docs/runtime.md`, "Metrics").
+async fn metrics(State(st): State<AppState>) -> Response {
+    match st.metrics.encode() {
+        Ok(text) => {
+            let mut resp = (StatusCode::OK, text).into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            resp
+        }
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            codes::UNAVAILABLE,
+            "the metrics could not be encoded",
+            None,
+        ),
+    }
 }
 
 /// Every request, on every path, needs the token; nothing else is looked at before.

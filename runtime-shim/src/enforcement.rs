@@ -46,6 +46,16 @@ impl Enforcement {
         }
     }
 
+    /// The verdict's name as `status --json` spells it (`verdict`).
+    pub fn verdict(&self) -> &'static str {
+        match self {
+            Enforcement::Enforced => "enforced",
+            Enforcement::FailedClosed { .. } => "failed_closed",
+            Enforcement::NotEnforced { .. } => "not_enforced",
+            Enforcement::OffSwitch => "off_switch",
+        }
+    }
+
     pub fn is_enforced(&self) -> bool {
         matches!(self, Enforcement::Enforced)
     }

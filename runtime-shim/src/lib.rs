@@ -20,6 +20,7 @@ pub mod docker;
 pub mod enforcement;
 pub mod follow;
 pub mod journal;
+pub mod metrics;
 pub mod mqtt;
 pub mod net;
 pub mod node;

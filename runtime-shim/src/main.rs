@@ -174,6 +174,110 @@ struct RunArgs {
     /// Colour in error reports (printed on standard error).
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     color: Color,
+    /// The log's format on standard error: `human` (one sentence a line) or `json` (one
+    /// object a line, with the fields of docs/runtime.md, "Logs").
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// The least severe log lines written.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    log_level: LogLevel,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+/// `run`'s log: tracing events to standard error, as sentences (`kalki-shim: ...`, each
+/// event's message, whose text carries its fields) or as JSON objects (time, level,
+/// target, message and every field at the top level).
+fn init_log(format: LogFormat, level: LogLevel) {
+    // A second subscriber cannot be set (never happens: `run` sets it once); the log
+    // would then go to the first one.
+    let _ = tracing::subscriber::set_global_default(log_subscriber(format, level, std::io::stderr));
+}
+
+/// The subscriber of [`init_log`], writing to `writer`.
+fn log_subscriber<W>(
+    format: LogFormat,
+    level: LogLevel,
+    writer: W,
+) -> Box<dyn tracing::Subscriber + Send + Sync>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::filter::LevelFilter;
+    let level = match level {
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_max_level(level)
+        .with_ansi(false);
+    match format {
+        LogFormat::Human => Box::new(builder.event_format(Sentence).finish()),
+        LogFormat::Json => Box::new(
+            builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .finish(),
+        ),
+    }
+}
+
+/// The human format: `kalki-shim: MESSAGE`, as the shim has always written its log (the
+/// message says what its fields hold).
+struct Sentence;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Sentence
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        struct Message<'w, 'a>(
+            &'w mut tracing_subscriber::fmt::format::Writer<'a>,
+            std::fmt::Result,
+        );
+        impl tracing::field::Visit for Message<'_, '_> {
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                if field.name() == "message" {
+                    self.1 = self.0.write_str(value);
+                }
+            }
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.1 = write!(self.0, "{value:?}");
+                }
+            }
+        }
+        writer.write_str("kalki-shim: ")?;
+        let mut m = Message(&mut writer, Ok(()));
+        event.record(&mut m);
+        m.1?;
+        writeln!(writer)
+    }
 }
 
 /// The MQTT broker of the devices' telemetry bindings.
@@ -975,6 +1079,7 @@ fn day_offset(text: &str) -> Option<u64> {
 }
 
 fn run_run(args: &RunArgs) -> Exit {
+    init_log(args.log_format, args.log_level);
     let Some(clock) = args.journal.clock() else {
         return Exit::Usage;
     };
@@ -1043,10 +1148,10 @@ fn run_run(args: &RunArgs) -> Exit {
             }
         };
         if let Err(e) = node.docker().ping().await {
-            eprintln!("kalki-shim: WARNING: {e}; retrying");
+            tracing::warn!(event = "unreachable", error = %e, "WARNING: {e}; retrying");
         }
         if let Err(e) = node.ovs().ping().await {
-            eprintln!("kalki-shim: WARNING: {e}; retrying");
+            tracing::warn!(event = "unreachable", error = %e, "WARNING: {e}; retrying");
         }
         if let Some(dir) = args
             .journal
@@ -1070,7 +1175,7 @@ fn run_run(args: &RunArgs) -> Exit {
         };
         match kalki_shim::run::run(node, cfg, shutdown_signal()).await {
             Ok(()) => {
-                eprintln!("kalki-shim: stopped");
+                tracing::info!(event = "stopped", "stopped");
                 Exit::Ok
             }
             Err(e) => {
@@ -1108,9 +1213,11 @@ fn mqtt_config(
             return Err(Exit::Usage);
         }
         if !topics.is_empty() {
-            eprintln!(
-                "kalki-shim: --no-mqtt: the bundle's {} MQTT topics are not read; those devices get readings only from the API",
-                topics.topics().count()
+            let n = topics.topics().count();
+            tracing::warn!(
+                event = "no_mqtt",
+                topics = n,
+                "--no-mqtt: the bundle's {n} MQTT topics are not read; those devices get readings only from the API"
             );
         }
         return Ok(None);
@@ -1147,5 +1254,73 @@ async fn shutdown_signal() {
             }
         }
         _ => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What one state change and one debug line write in a format at a level.
+    fn log(format: LogFormat, level: LogLevel) -> String {
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = log_subscriber(format, level, move || w.clone());
+        tracing::subscriber::with_default(sub, || {
+            tracing::info!(
+                event = "state_change",
+                device = "d0",
+                from = "normal",
+                to = "suspicious",
+                cause = "on port_scan",
+                "`d0`: normal -> suspicious (on port_scan)"
+            );
+            tracing::debug!(event = "repair", step = "x", "x");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn the_human_log_is_the_sentences_it_always_was() {
+        assert_eq!(
+            log(LogFormat::Human, LogLevel::Info),
+            "kalki-shim: `d0`: normal -> suspicious (on port_scan)\n"
+        );
+        assert_eq!(
+            log(LogFormat::Human, LogLevel::Debug),
+            "kalki-shim: `d0`: normal -> suspicious (on port_scan)\nkalki-shim: x\n"
+        );
+        assert_eq!(log(LogFormat::Human, LogLevel::Warn), "");
+    }
+
+    #[test]
+    fn the_json_log_is_one_object_a_line_with_the_fields_at_the_top() {
+        let text = log(LogFormat::Json, LogLevel::Info);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["event"], "state_change");
+        assert_eq!(v["device"], "d0");
+        assert_eq!(v["from"], "normal");
+        assert_eq!(v["to"], "suspicious");
+        assert_eq!(v["cause"], "on port_scan");
+        assert_eq!(v["message"], "`d0`: normal -> suspicious (on port_scan)");
+        assert!(v["timestamp"].as_str().unwrap().ends_with('Z'), "{v}");
     }
 }

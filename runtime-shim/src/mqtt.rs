@@ -16,8 +16,7 @@
 //! Commands: [`Mqtt::publish`] sends a journaled command (QoS 1, not retained); the broker's
 //! PUBACK is matched to it by packet id and reported as delivered. Commands still
 //! unacknowledged when a connection is lost are sent again on the next one.
-// The client's log is the daemon's log: standard error (docs/runtime.md, "Running").
-#![allow(clippy::print_stderr)]
+// The client logs with `tracing`, into the daemon's log (docs/runtime.md, "Logs").
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
@@ -463,6 +462,8 @@ pub struct Mqtt {
     topics: usize,
     link: Arc<Mutex<Link>>,
     tracker: Arc<Mutex<Tracker>>,
+    /// `kalki_mqtt_commands_published_total`, counted with `Tracker::published`.
+    published: prometheus_client::metrics::counter::Counter,
 }
 
 impl fmt::Debug for Mqtt {
@@ -495,6 +496,7 @@ impl Mqtt {
         topics: Vec<String>,
         events: mpsc::Sender<MqttEvent>,
         now_ms: u64,
+        published: prometheus_client::metrics::counter::Counter,
     ) -> (Mqtt, Task) {
         let (client, mut eventloop) = AsyncClient::new(cfg.options(), REQUEST_CAPACITY);
         let mut net = rumqttc::NetworkOptions::new();
@@ -515,6 +517,7 @@ impl Mqtt {
                 connections: 0,
             })),
             tracker: Arc::new(Mutex::new(Tracker::default())),
+            published,
         };
         let task = tokio::spawn(mqtt.clone().poll(eventloop, topics, events));
         (mqtt, Task(task))
@@ -565,6 +568,7 @@ impl Mqtt {
                 Ok(()) => {
                     t.queued.pop_front();
                     t.published += 1;
+                    self.published.inc();
                 }
                 Err(_) => {
                     t.unassigned.pop_back();
@@ -669,8 +673,12 @@ impl Mqtt {
                     connected_at = std::time::Instant::now();
                     self.set_link(LinkState::Connected, None);
                     let resent = self.connected(ack.session_present);
-                    eprintln!(
-                        "kalki-shim: mqtt: connected to {} as `{}` (session {}); subscribing to {} topic{}{}",
+                    tracing::info!(
+                        event = "mqtt_connected",
+                        broker = %self.url,
+                        session_present = ack.session_present,
+                        resent,
+                        "mqtt: connected to {} as `{}` (session {}); subscribing to {} topic{}{}",
                         self.url,
                         self.client_id,
                         if ack.session_present { "resumed" } else { "new" },
@@ -697,7 +705,11 @@ impl Mqtt {
                             "the broker refused the subscription to {} (not allowed for this user?)",
                             refused.join(", ")
                         );
-                        eprintln!("kalki-shim: mqtt: WARNING: {e}");
+                        tracing::warn!(
+                            event = "mqtt_subscription_refused",
+                            topics = %refused.join(","),
+                            "mqtt: WARNING: {e}"
+                        );
                         lock(&self.link).last_error = Some(e);
                     }
                 }
@@ -744,8 +756,11 @@ impl Mqtt {
                         let mut t = lock(&self.tracker);
                         t.drained = t.unassigned.len();
                         drop(t);
-                        eprintln!(
-                            "kalki-shim: mqtt: lost the connection to {}: {why}; reconnecting",
+                        tracing::warn!(
+                            event = "mqtt_lost",
+                            broker = %self.url,
+                            error = %why,
+                            "mqtt: lost the connection to {}: {why}; reconnecting",
                             self.url
                         );
                         connected = false;
@@ -762,8 +777,12 @@ impl Mqtt {
                     } else {
                         failures = failures.saturating_add(1);
                         let delay = backoff(failures);
-                        eprintln!(
-                            "kalki-shim: mqtt: cannot connect to {}: {why}; trying again in {:.1} s (attempt {failures})",
+                        tracing::warn!(
+                            event = "mqtt_connect_failed",
+                            broker = %self.url,
+                            error = %why,
+                            attempt = failures,
+                            "mqtt: cannot connect to {}: {why}; trying again in {:.1} s (attempt {failures})",
                             self.url,
                             delay.as_secs_f64()
                         );

@@ -14,22 +14,26 @@
 //! device's [`Enforcement`] verdict, and whatever differs from what the states require is
 //! repaired, so the node heals from a restarted switch or engine, a deleted port or a
 //! killed µmbox without a restart of the shim, and `status` never reports from memory.
-// The run loop is the daemon: its log is standard error (docs/runtime.md, "Running").
-#![allow(clippy::print_stderr)]
+// The run loop is the daemon: it logs with `tracing` (the binary sends it to standard
+// error, as sentences or JSON), every line with an `event` field naming its kind and the
+// fields of docs/runtime.md, "Logs".
 
 use crate::api::{self, Accepted, Changed, DeviceStatus, Request, StatusReport};
 use crate::enforcement::{self, Crossing, Enforcement};
 use crate::engine::{Config, Effect, Engine, Input, InputError, Step};
 use crate::follow::{Followers, UmboxEvent};
 use crate::journal::{Delivery, Journal, JournalError};
+use crate::metrics::{self, Metrics};
 use crate::mqtt::{self, Mqtt, MqttConfig, MqttEvent};
 use crate::node::{Closed, Node, NodeError, Observation, Posture, Target, LABEL_SITE};
 use crate::simulate::cause_text;
 use crate::sink::{self, Webhook};
 use kalki_model::telemetry::{self, Topics};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -68,6 +72,22 @@ fn coded<'a, D: std::fmt::Display + 'a>(
         .map(|(code, p)| format!("[{code}] {p}"))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// The size of the journal's database and its write-ahead log, in bytes.
+fn journal_bytes(path: &std::path::Path) -> i64 {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    [path, std::path::Path::new(&wal)]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len() as i64)
+        .sum()
+}
+
+/// Codes as a log field: `S121,S104`.
+fn codes<'a>(codes: impl Iterator<Item = &'a str>) -> String {
+    codes.collect::<Vec<_>>().join(",")
 }
 
 /// The most MQTT messages taken from the queue at once, journaled in one commit.
@@ -114,6 +134,15 @@ struct Loop {
     interval: Duration,
     /// The MQTT client, when there is a broker.
     mqtt: Option<MqttLink>,
+    /// What `/metrics` serves (shared with the API).
+    metrics: Arc<Metrics>,
+    /// The journal's file, whose size `kalki_journal_bytes` gives.
+    journal_path: std::path::PathBuf,
+    /// When the loop took the input being carried out (for the posture-change latency).
+    taken: Instant,
+    /// The changes of that input (or batch) whose flows are not yet installed: their
+    /// latencies are observed once they are ([`Loop::observe_latency`]).
+    unflushed: Vec<Instant>,
 }
 
 /// The MQTT client as the loop uses it: the client, the topics it reads, what came of the
@@ -149,8 +178,12 @@ pub async fn run(
     let journal = Journal::open(&cfg.journal)?;
     let start = now_ms();
     let (engine, report) = journal.replay(node.bundle(), cfg.clock.clone(), start)?;
-    eprintln!(
-        "kalki-shim: journal {}: {} inputs replayed{}",
+    info!(
+        event = "journal_replayed",
+        journal = %cfg.journal.display(),
+        replayed = report.replayed,
+        skipped = report.skipped.len(),
+        "journal {}: {} inputs replayed{}",
         cfg.journal.display(),
         report.replayed,
         if report.skipped.is_empty() {
@@ -182,6 +215,10 @@ pub async fn run(
         batching: false,
         interval: cfg.reconcile_interval,
         mqtt: None,
+        metrics: Arc::new(Metrics::new()),
+        journal_path: cfg.journal.clone(),
+        taken: Instant::now(),
+        unflushed: Vec::new(),
     };
 
     // Follow what already runs from now on (what it said before was handled then), then
@@ -197,14 +234,24 @@ pub async fn run(
     if let Some(mcfg) = &cfg.mqtt {
         let topics = Topics::new(&lp.node.bundle().manifest);
         let list: Vec<String> = topics.topics().map(str::to_string).collect();
-        eprintln!(
-            "kalki-shim: mqtt: broker {} (client id `{}`), {} bound topic{}",
+        info!(
+            event = "mqtt_broker",
+            broker = %mcfg.url,
+            client_id = %mcfg.client_id,
+            topics = list.len(),
+            "mqtt: broker {} (client id `{}`), {} bound topic{}",
             mcfg.url,
             mcfg.client_id,
             list.len(),
             if list.len() == 1 { "" } else { "s" }
         );
-        let (client, task) = Mqtt::start(mcfg, list, mqtt_tx, now_ms());
+        let (client, task) = Mqtt::start(
+            mcfg,
+            list,
+            mqtt_tx,
+            now_ms(),
+            lp.metrics.mqtt_commands_published.clone(),
+        );
         lp.mqtt = Some(MqttLink {
             client,
             topics,
@@ -219,14 +266,13 @@ pub async fn run(
     let (req_tx, mut req_rx) = mpsc::channel::<Request>(256);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let checker = api::Checker::new(lp.node.bundle());
-    let options = api::ServeOptions::new(cfg.token, checker);
+    let mut options = api::ServeOptions::new(cfg.token, checker);
+    options.metrics = lp.metrics.clone();
     let server = tokio::spawn(api::serve(cfg.listener, options, req_tx, async move {
         let _ = stop_rx.await;
     }));
-    eprintln!(
-        "kalki-shim: serving site `{}`",
-        lp.node.bundle().manifest.site
-    );
+    let site = &lp.node.bundle().manifest.site;
+    info!(event = "serving", site = %site, "serving site `{site}`");
 
     tokio::pin!(shutdown);
     loop {
@@ -368,14 +414,18 @@ impl Loop {
             Ok(plan) if plan.is_empty() => {}
             Ok(plan) => {
                 for step in self.node.describe(&plan) {
-                    eprintln!("kalki-shim: {step}");
+                    info!(event = "repair", step = %step, "{step}");
                 }
                 match self.node.execute(&plan).await {
                     Ok(report) => {
                         for (d, path, why) in &report.warm_failed {
-                            eprintln!(
-                                "kalki-shim: `{}`: µmbox {path} of a next state not started: {why}",
-                                self.engine.device_name(*d)
+                            let device = self.engine.device_name(*d);
+                            warn!(
+                                event = "warm_failed",
+                                device,
+                                umbox = %path,
+                                reason = %why,
+                                "`{device}`: µmbox {path} of a next state not started: {why}"
                             );
                         }
                         let failed: Vec<usize> = report.failed_closed.iter().map(|f| f.0).collect();
@@ -392,7 +442,11 @@ impl Loop {
                             }
                         }
                     }
-                    Err(e) => eprintln!("kalki-shim: repairing the node failed: {e}"),
+                    Err(e) => warn!(
+                        event = "repair_failed",
+                        error = %e,
+                        "repairing the node failed: {e}"
+                    ),
                 }
                 obs = self.node.observe().await;
             }
@@ -414,8 +468,11 @@ impl Loop {
             .map(|(d, v)| format!("  `{}`: {v}", self.engine.device_name(d)))
             .collect();
         if !not.is_empty() {
-            eprintln!(
-                "kalki-shim: WARNING: the node could not be configured: {} of {} devices are NOT ENFORCED; \
+            warn!(
+                event = "not_configured",
+                not_enforced = not.len(),
+                devices = verdicts.len(),
+                "WARNING: the node could not be configured: {} of {} devices are NOT ENFORCED; \
                  retrying every {} s\n{}",
                 not.len(),
                 verdicts.len(),
@@ -455,15 +512,28 @@ impl Loop {
     /// the node looked at again soon.
     fn note_verdicts(&mut self, obs: &Observation) {
         let verdicts = self.verdicts(obs);
+        self.metrics
+            .set_verdicts(verdicts.iter().map(Enforcement::verdict));
+        self.metrics
+            .journal_bytes
+            .set(journal_bytes(&self.journal_path));
         for (d, v) in verdicts.into_iter().enumerate() {
             if self.verdicts[d].as_ref() != Some(&v) {
                 let name = self.engine.device_name(d);
                 match (&self.verdicts[d], &v) {
                     (None, Enforcement::Enforced) => {}
-                    (_, Enforcement::Enforced) => {
-                        eprintln!("kalki-shim: `{name}`: enforced again")
-                    }
-                    _ => eprintln!("kalki-shim: `{name}`: {v}"),
+                    (_, Enforcement::Enforced) => info!(
+                        event = "verdict",
+                        device = name,
+                        verdict = v.verdict(),
+                        "`{name}`: enforced again"
+                    ),
+                    _ => warn!(
+                        event = "verdict",
+                        device = name,
+                        verdict = v.verdict(),
+                        "`{name}`: {v}"
+                    ),
                 }
                 self.verdicts[d] = Some(v);
             }
@@ -494,12 +564,18 @@ impl Loop {
         let attempts = self.closed.get(&device).map_or(0, |c| c.attempts) + 1;
         let installed = self.closed_name(device, closed);
         let name = self.engine.device_name(device).to_string();
-        eprintln!("kalki-shim: `{name}` failed closed ({installed}): {reason}");
+        warn!(
+            event = "failed_closed",
+            device = %name,
+            installed = %installed,
+            reason,
+            "`{name}` failed closed ({installed}): {reason}"
+        );
         if let Err(e) = self
             .journal
             .record_fail_closed(now_ms(), &name, &installed, reason)
         {
-            eprintln!("kalki-shim: journal: {e}");
+            error!(event = "journal_error", error = %e, "journal: {e}");
         }
         let retry_at = Instant::now() + backoff(attempts);
         self.next_check = self.next_check.min(retry_at);
@@ -552,15 +628,20 @@ impl Loop {
     fn send_command(&mut self, command: sink::Command) {
         if let Some((m, p)) = self.publication(&command.device, &command.command) {
             if let Err(error) = m.client.publish(command.id, &p.topic, &p.payload) {
-                eprintln!(
-                    "kalki-shim: mqtt: command `{}` of `{}` not published: {error}",
-                    command.command, command.device
+                warn!(
+                    event = "command_not_published",
+                    device = %command.device,
+                    command = %command.command,
+                    error = %error,
+                    "mqtt: command `{}` of `{}` not published: {error}",
+                    command.command,
+                    command.device
                 );
                 if let Err(e) = self
                     .journal
                     .update_command(command.id, &Delivery::Failed { attempts: 1, error })
                 {
-                    eprintln!("kalki-shim: journal: {e}");
+                    error!(event = "journal_error", error = %e, "journal: {e}");
                 }
             }
             return;
@@ -625,6 +706,7 @@ impl Loop {
         if messages.is_empty() {
             return Ok(());
         }
+        self.taken = Instant::now();
         let t = now_ms().max(self.engine.now());
         let mut inputs = Vec::with_capacity(messages.len());
         for message in &messages {
@@ -647,6 +729,11 @@ impl Loop {
                         if let Some(m) = self.mqtt.as_mut() {
                             m.counts.applied += 1;
                         }
+                        self.metrics.event(
+                            metrics::source::MQTT,
+                            metrics::kind::READING,
+                            None::<[&str; 0]>,
+                        );
                         self.carry_out(&steps).await?;
                     }
                     // validate() said yes: a refusal now is the engine's bug, logged as
@@ -670,11 +757,15 @@ impl Loop {
     fn mqtt_reading(&mut self, message: &rumqttc::Publish) -> Option<(Input, String)> {
         let m = self.mqtt.as_mut()?;
         m.counts.received += 1;
+        self.metrics.mqtt_received.inc();
         let topic = message.topic.as_str();
         if message.retain {
             // Delivered because of the subscription: an old value, not a sign of life.
             m.counts.retained_ignored += 1;
-            eprintln!("kalki-shim: mqtt: retained message on `{topic}` ignored (an old value)");
+            info!(
+                event = "mqtt_retained",
+                topic, "mqtt: retained message on `{topic}` ignored (an old value)"
+            );
             return None;
         }
         match m
@@ -684,13 +775,25 @@ impl Loop {
             telemetry::Message::Reading(input) => Some((input, topic.to_string())),
             telemetry::Message::Unbound => {
                 m.counts.unbound += 1;
-                eprintln!("kalki-shim: mqtt: message on `{topic}` ignored: no device binds it");
+                warn!(
+                    event = "mqtt_unbound",
+                    topic, "mqtt: message on `{topic}` ignored: no device binds it"
+                );
                 None
             }
             telemetry::Message::Refused { device, refusals } => {
                 m.counts.refuse(refusals.iter().map(|r| r.code()));
-                eprintln!(
-                    "kalki-shim: mqtt: message on `{topic}` for `{device}` refused: {}",
+                self.metrics.event(
+                    metrics::source::MQTT,
+                    metrics::kind::READING,
+                    Some(refusals.iter().map(|r| r.code())),
+                );
+                warn!(
+                    event = "mqtt_refused",
+                    topic,
+                    device = %device,
+                    code = %codes(refusals.iter().map(|r| r.code())),
+                    "mqtt: message on `{topic}` for `{device}` refused: {}",
                     coded(refusals.iter().map(|r| (r.code(), r)))
                 );
                 None
@@ -702,12 +805,21 @@ impl Loop {
         if let Some(m) = self.mqtt.as_mut() {
             m.counts.refuse(errors.iter().map(|e| e.code()));
         }
+        self.metrics.event(
+            metrics::source::MQTT,
+            metrics::kind::READING,
+            Some(errors.iter().map(|e| e.code())),
+        );
         let name = match input {
             Input::Reading { device, .. } => device.as_str(),
             _ => "",
         };
-        eprintln!(
-            "kalki-shim: mqtt: reading on `{topic}` for `{name}` refused: {}",
+        warn!(
+            event = "mqtt_refused",
+            topic,
+            device = name,
+            code = %codes(errors.iter().map(|e| e.code())),
+            "mqtt: reading on `{topic}` for `{name}` refused: {}",
             coded(errors.iter().map(|e| (e.code(), e)))
         );
     }
@@ -718,6 +830,7 @@ impl Loop {
     /// handled and carried out in order and answered. An answer is sent only once its
     /// input is on disk; a refused input is answered at once and journals nothing.
     async fn submit_all(&mut self, batch: Vec<(Input, Reply)>) -> Result<(), RunError> {
+        self.taken = Instant::now();
         let t = now_ms().max(self.engine.now());
         let mut valid = Vec::with_capacity(batch.len());
         for (input, reply) in batch {
@@ -784,12 +897,14 @@ impl Loop {
         if self.flush_deferred().await {
             self.sync_followers().await;
         }
+        self.observe_latency();
         self.journal.commit()?;
         Ok(())
     }
 
     /// The engine's timers.
     async fn tick(&mut self) -> Result<(), RunError> {
+        self.taken = Instant::now();
         let t = now_ms().max(self.engine.now());
         let steps = self.engine.handle(t, &Input::Tick).unwrap_or_default();
         if steps.iter().any(|s| !s.effects.is_empty()) {
@@ -821,8 +936,28 @@ impl Loop {
                             self.state_names(*device, *to),
                         );
                         let why = cause_text(self.node.bundle(), &self.engine, *device, cause);
+                        info!(
+                            event = "state_change",
+                            device = %name,
+                            from = %from_n,
+                            to = %to_n,
+                            cause = %why,
+                            "`{name}`: {from_n} -> {to_n} ({why})"
+                        );
                         self.journal
                             .record_change(step.t_ms, &name, &from_n, &to_n, &why)?;
+                        let bundle = self.node.bundle();
+                        self.metrics
+                            .posture_changes
+                            .get_or_create(&metrics::ChangeLabels {
+                                device_type: bundle.manifest.devices[*device].ty.clone(),
+                                from: from_n.clone(),
+                                to: to_n.clone(),
+                            })
+                            .inc();
+                        if enforcement::off_switch(bundle, *device).is_none() {
+                            self.unflushed.push(self.taken);
+                        }
                         if self.node.flow_only(*device, *to) {
                             // Installed with the batch's other flow-only changes, in one
                             // bundle (`flush_deferred`); a later change of the device
@@ -862,12 +997,15 @@ impl Loop {
                         });
                     }
                     Effect::AlertRaised { .. } => {}
-                    Effect::Fault { message } => eprintln!("kalki-shim: fault: {message}"),
+                    Effect::Fault { message } => {
+                        error!(event = "fault", "fault: {message}")
+                    }
                 }
             }
         }
         if !self.batching {
             touched |= self.flush_deferred().await;
+            self.observe_latency();
         }
         // Only a change that started or stopped µmboxes moves the followers: a reading
         // that changes no state, or a change that only swapped flows, costs no call to
@@ -876,6 +1014,17 @@ impl Loop {
             self.sync_followers().await;
         }
         Ok(changes)
+    }
+
+    /// The flows of the changes carried out are installed (or failed closed): each
+    /// change's latency, from the loop taking its input, goes to the histogram.
+    fn observe_latency(&mut self) {
+        let now = Instant::now();
+        for taken in self.unflushed.drain(..) {
+            self.metrics
+                .posture_change_seconds
+                .observe(now.duration_since(taken).as_secs_f64());
+        }
     }
 
     /// One device's posture change, make-before-break, failing closed when it cannot be
@@ -899,11 +1048,20 @@ impl Loop {
                 let reason = e.to_string();
                 match self.node.fail_closed(device).await {
                     Ok(closed) => self.note_closed(device, closed, &reason),
-                    Err(e2) => eprintln!(
-                        "kalki-shim: `{}` -> `{}`: {reason}; failing closed also failed: {e2}",
-                        self.engine.device_name(device),
-                        self.state_names(device, to)
-                    ),
+                    Err(e2) => {
+                        let (name, to) = (
+                            self.engine.device_name(device),
+                            self.state_names(device, to),
+                        );
+                        error!(
+                            event = "fail_closed_failed",
+                            device = name,
+                            to = %to,
+                            reason = %reason,
+                            error = %e2,
+                            "`{name}` -> `{to}`: {reason}; failing closed also failed: {e2}"
+                        )
+                    }
                 }
                 self.next_check = Instant::now();
                 true
@@ -927,8 +1085,11 @@ impl Loop {
                 false
             }
             Err(e) => {
-                eprintln!(
-                    "kalki-shim: {} posture changes in one bundle: {e}; each made alone",
+                warn!(
+                    event = "bundle_refused",
+                    changes = changes.len(),
+                    error = %e,
+                    "{} posture changes in one bundle: {e}; each made alone",
                     changes.len()
                 );
                 let mut touched = false;
@@ -948,8 +1109,16 @@ impl Loop {
                 container, alert, ..
             } => {
                 let Some((device, c)) = self.node.container(&container) else {
-                    eprintln!(
-                        "kalki-shim: alert `{alert}` from unknown container `{container}` rejected"
+                    self.metrics.event(
+                        metrics::source::UMBOX,
+                        metrics::kind::ALERT,
+                        Some([] as [&str; 0]),
+                    );
+                    warn!(
+                        event = "alert_refused",
+                        container = %container,
+                        alert = %alert,
+                        "alert `{alert}` from unknown container `{container}` rejected"
                     );
                     return Ok(());
                 };
@@ -957,15 +1126,35 @@ impl Loop {
                 // the alert meets, emitting that alert) is the engine's to decide, as in
                 // `simulate`: one definition. Only live containers are followed.
                 let umbox = c.labels.get("kalki.umbox").cloned();
+                self.metrics
+                    .umbox_alerts
+                    .get_or_create(&metrics::AlertLabels {
+                        umbox: umbox.clone().unwrap_or_default(),
+                        alert: alert.clone(),
+                    })
+                    .inc();
                 let input = Input::Alert {
                     device: self.engine.device_name(device).to_string(),
                     alert,
                     source: umbox,
                 };
-                if let Err(errors) = self.submit(input).await? {
+                let answer = self.submit(input).await?;
+                self.metrics.event(
+                    metrics::source::UMBOX,
+                    metrics::kind::ALERT,
+                    answer
+                        .as_ref()
+                        .err()
+                        .map(|errors| errors.iter().map(|e| e.code())),
+                );
+                if let Err(errors) = answer {
                     let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                    eprintln!(
-                        "kalki-shim: alert from `{container}` refused: {}",
+                    warn!(
+                        event = "alert_refused",
+                        container = %container,
+                        device = self.engine.device_name(device),
+                        code = %codes(errors.iter().map(|e| e.code())),
+                        "alert from `{container}` refused: {}",
                         text.join("; ")
                     );
                 }
@@ -1004,11 +1193,27 @@ impl Loop {
     /// node found it not running): never forward without it. The device is closed now,
     /// journaled, and its posture tried again at once. One handling whoever noticed.
     async fn umbox_stopped(&mut self, device: usize, container: &str) {
+        let umbox = self
+            .node
+            .container(container)
+            .and_then(|(_, c)| c.labels.get("kalki.umbox").cloned())
+            .unwrap_or_default();
+        // Not at the first look at the node (no verdict yet): a µmbox not running then
+        // was not seen to stop (a fresh node, or one stopped while no shim ran).
+        if self.verdicts.get(device).is_some_and(Option::is_some) {
+            self.metrics
+                .umbox_restarts
+                .get_or_create(&metrics::UmboxLabels { umbox })
+                .inc();
+        }
         self.node.forget_container(container);
         let reason = format!("µmbox `{container}` stopped");
-        eprintln!(
-            "kalki-shim: `{}`: {reason}",
-            self.engine.device_name(device)
+        let name = self.engine.device_name(device);
+        warn!(
+            event = "umbox_stopped",
+            device = name,
+            container,
+            "`{name}`: {reason}"
         );
         match self.node.fail_closed(device).await {
             Ok(closed) => {
@@ -1017,7 +1222,13 @@ impl Loop {
                     cl.retry_at = Instant::now();
                 }
             }
-            Err(e) => eprintln!("kalki-shim: {reason}; failing closed failed: {e}"),
+            Err(e) => error!(
+                event = "fail_closed_failed",
+                device = self.engine.device_name(device),
+                reason = %reason,
+                error = %e,
+                "{reason}; failing closed failed: {e}"
+            ),
         }
         self.next_check = Instant::now();
     }
@@ -1046,6 +1257,8 @@ impl Loop {
     async fn status(&mut self) -> StatusReport {
         let obs = self.node.observe().await;
         let verdicts = self.verdicts(&obs);
+        self.metrics
+            .set_verdicts(verdicts.iter().map(Enforcement::verdict));
         if verdicts
             .iter()
             .any(|v| matches!(v, Enforcement::NotEnforced { .. }))

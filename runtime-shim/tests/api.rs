@@ -385,6 +385,7 @@ fn every_endpoint_needs_the_token_and_nothing_unauthenticated_is_forwarded() {
         ),
         ("POST", "/v1/devices/hall_cam/reset", ""),
         ("GET", "/v1/nothing", ""),
+        ("GET", "/metrics", ""),
         // Malformed and oversize bodies: the token is checked first.
         ("POST", "/v1/devices/thermo/readings", "{not json"),
     ];
@@ -668,6 +669,64 @@ fn an_oversize_body_without_a_length_is_cut_off() {
     let r = s.raw(req.as_bytes());
     assert_eq!((r.status, r.code().as_str()), (413, "S304"), "{r:?}");
     assert_eq!(s.seen(), 0);
+}
+
+/// `GET /metrics` serves the Prometheus text of the metrics the API was given, and the
+/// API counts every answer it gives where it gives it: events by kind and outcome, the
+/// codes of every refusal.
+#[test]
+fn metrics_count_every_answer_of_the_api() {
+    let metrics = Arc::new(kalki_shim::metrics::Metrics::new());
+    let m = metrics.clone();
+    let s = Server::start_with("127.0.0.1:0".parse().unwrap(), Behaviour::Engine, |o| {
+        o.metrics = m
+    });
+    assert_eq!(
+        s.send("POST", READ, r#"{"values": {"temperature": 21}}"#)
+            .status,
+        200
+    );
+    assert_eq!(
+        s.send("POST", READ, r#"{"values": {"temperature": 22}}"#)
+            .status,
+        200
+    );
+    let r = s.send("POST", READ, r#"{"values": {"nosuch": 1}}"#);
+    assert_eq!((r.status, r.code().as_str()), (422, "S102"));
+    let r = s.send(
+        "POST",
+        "/v1/devices/nosuch/readings",
+        r#"{"values": {"temperature": 1}}"#,
+    );
+    assert_eq!((r.status, r.code().as_str()), (404, "S101"));
+    assert_eq!(s.send("POST", READ, "{not json").status, 400);
+    assert_eq!(s.send("POST", "/v1/devices/hall_cam/reset", "").status, 200);
+    assert_eq!(s.send_with("GET", "/metrics", None, None, "").status, 401);
+
+    let r = s.send_with("GET", "/metrics", Some(TOKEN), None, "");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.headers
+            .contains("content-type: text/plain; version=0.0.4"),
+        "{r:?}"
+    );
+    for line in [
+        r#"kalki_events_total{source="api",kind="reading",outcome="accepted"} 2"#,
+        r#"kalki_events_total{source="api",kind="reading",outcome="refused"} 3"#,
+        r#"kalki_events_total{source="api",kind="operator",outcome="accepted"} 1"#,
+        r#"kalki_refused_inputs_total{source="api",code="S102"} 1"#,
+        r#"kalki_refused_inputs_total{source="api",code="S101"} 1"#,
+        r#"kalki_refused_inputs_total{source="api",code="S302"} 1"#,
+        r#"kalki_refused_inputs_total{source="api",code="S301"} 1"#,
+    ] {
+        assert!(
+            r.body.lines().any(|l| l == line),
+            "no `{line}`:\n{}",
+            r.body
+        );
+    }
+    // The scrape itself is neither an event nor a refusal.
+    assert_eq!(metrics.encode().unwrap(), r.body);
 }
 
 #[test]
