@@ -29,7 +29,7 @@ use crate::node::{Closed, Node, NodeError, Observation, Posture, Target, LABEL_S
 use crate::simulate::cause_text;
 use crate::sink::{self, Webhook};
 use kalki_model::telemetry::{self, Topics};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
@@ -124,6 +124,11 @@ struct Loop {
     closed: BTreeMap<usize, Closure>,
     /// The verdicts last logged, per device (a change is logged).
     verdicts: Vec<Option<Enforcement>>,
+    /// µmbox containers a look at the node has found running during this run: only such
+    /// a one, found not running later, has stopped. (At the first look, or for one that
+    /// stopped while no shim ran, a µmbox not running is one to start, not a fault to
+    /// journal.)
+    seen_running: BTreeSet<String>,
     /// When the node is next looked at and repaired.
     next_check: Instant,
     /// Flow-only posture changes waiting to be installed together: device → state.
@@ -210,6 +215,7 @@ pub async fn run(
         started_ms: start,
         closed: BTreeMap::new(),
         verdicts: vec![None; device_count],
+        seen_running: BTreeSet::new(),
         next_check: Instant::now(),
         deferred: BTreeMap::new(),
         batching: false,
@@ -404,6 +410,7 @@ impl Loop {
             }
             obs = self.node.observe().await;
         }
+        self.note_running(&obs);
         let targets = self.targets(now);
         match self.node.plan_from(&obs, &targets).map(|mut p| {
             // The loop waits for what it executes: next states' µmboxes a few at a
@@ -1233,8 +1240,21 @@ impl Loop {
         self.next_check = Instant::now();
     }
 
+    /// Remembers the µmbox containers found running (see [`Self::stopped_umboxes`]).
+    fn note_running(&mut self, obs: &Observation) {
+        if let Ok(containers) = &obs.containers {
+            self.seen_running.extend(
+                containers
+                    .values()
+                    .filter(|c| c.running)
+                    .map(|c| c.name.clone()),
+            );
+        }
+    }
+
     /// The µmboxes of devices in their own posture (not failed closed) that a look at
-    /// the node finds not running: each had been started, so each has stopped.
+    /// the node finds not running, though an earlier look of this run found them
+    /// running: each has stopped.
     fn stopped_umboxes(&self, obs: &Observation) -> Vec<(usize, String)> {
         let Ok(containers) = &obs.containers else {
             return Vec::new();
@@ -1245,7 +1265,10 @@ impl Loop {
                 self.node
                     .wanted_for(d, self.intended(d))
                     .into_iter()
-                    .filter(|(_, m)| !containers.get(&m.name).is_some_and(|r| r.running))
+                    .filter(|(_, m)| {
+                        self.seen_running.contains(&m.name)
+                            && !containers.get(&m.name).is_some_and(|r| r.running)
+                    })
                     .map(move |(_, m)| (d, m.name.clone()))
             })
             .collect()

@@ -50,6 +50,13 @@ fn run_serves_events_fails_closed_and_resumes_from_the_journal() {
     };
     let shim_run = start();
     assert_eq!(env.state("d0"), "normal");
+    // A fresh node: the µmboxes the first look starts were never running, so none of
+    // them "stopped" and no device failed closed for it.
+    let log = env.log_text();
+    assert!(
+        !log.contains("stopped") && !log.contains("failed closed"),
+        "a fresh start reported a fault:\n{log}"
+    );
     assert_switch_holds(
         &bundle,
         &[
