@@ -82,6 +82,22 @@ async fn wait_text(c: &Client, css: &str, want: &str, limit: Duration) {
     }
 }
 
+/// Waits until the page's path is `want` (a click's navigation may still be under way).
+async fn wait_path(c: &Client, want: &str) {
+    let start = Instant::now();
+    loop {
+        let got = c.current_url().await.unwrap().path().to_string();
+        if got == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the page is `{got}`, not `{want}`"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn screenshot(c: &Client, name: &str) {
     let png = c.screenshot().await.unwrap();
     let path = artifacts().join(name);
@@ -150,7 +166,7 @@ fn sign_in_watch_an_attack_and_reset_it_in_a_browser() {
         let token = c.find(Locator::Css("#token")).await.unwrap();
         token.send_keys(TOKEN).await.unwrap();
         c.find(Locator::Css("#sign-in")).await.unwrap().click().await.unwrap();
-        assert_eq!(c.current_url().await.unwrap().path(), "/console");
+        wait_path(&c, "/console").await;
         // The session cookie is out of the page's reach (HttpOnly).
         let seen = c.execute("return document.cookie", vec![]).await.unwrap();
         assert_eq!(seen, serde_json::json!(""));
@@ -184,7 +200,7 @@ fn sign_in_watch_an_attack_and_reset_it_in_a_browser() {
             .click()
             .await
             .unwrap();
-        assert_eq!(c.current_url().await.unwrap().path(), "/console/devices/cam");
+        wait_path(&c, "/console/devices/cam").await;
         let drawn = c
             .execute(
                 "const i = document.getElementById('machine'); return i.complete ? i.naturalWidth : -1",
@@ -213,7 +229,7 @@ fn sign_in_watch_an_attack_and_reset_it_in_a_browser() {
 
         // Signing out ends the session: the console sends the browser to sign in.
         c.find(Locator::Css("#sign-out")).await.unwrap().click().await.unwrap();
-        assert_eq!(c.current_url().await.unwrap().path(), "/console/login");
+        wait_path(&c, "/console/login").await;
         c.goto(&format!("{base}/console/devices/cam")).await.unwrap();
         assert_eq!(c.current_url().await.unwrap().path(), "/console/login");
         c.close().await.unwrap();

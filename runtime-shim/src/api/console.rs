@@ -686,11 +686,11 @@ async fn device_page(
             x = esc(&h.text)
         );
     }
-    let (class, words) = verdict(&d.enforcement);
+    let (class, _) = verdict(&d.enforcement);
     let body = format!(
         "<h2>{n}</h2>\
          <table id=\"device\" data-device=\"{n}\" data-live=\"/console/events\">{TABLE_HEAD}<tbody>{row}</tbody></table>\
-         <p class=\"verdict {class}\">{words}: {full}</p>\
+         <p class=\"verdict {class}\">{full}</p>\
          <h3>State machine</h3><p><img id=\"machine\" src=\"/console/devices/{s}/machine.svg\" alt=\"state machine of {n}\"></p>\
          <h3>Reset</h3>\
          <form method=\"post\" action=\"/console/devices/{s}/reset\" id=\"reset\">\
