@@ -163,6 +163,14 @@ impl Sessions {
         Some(s.clone())
     }
 
+    /// Whether `id` is a live session, without marking it used.
+    fn alive_id(&self, id: &str) -> bool {
+        let now = Instant::now();
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get_key_value(id)
+            .is_some_and(|(k, s)| ct_eq(k.as_bytes(), id.as_bytes()) && self.alive(s, now))
+    }
+
     fn remove(&self, id: &str) {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         map.remove(id);
@@ -578,8 +586,9 @@ async fn events(State(st): State<AppState>, headers: HeaderMap) -> Response {
         let mut last: Option<String> = None;
         let mut quiet = 0u32;
         loop {
-            // A session that ended (signed out, expired) ends its stream.
-            if st.sessions.get(&id).is_none() {
+            // A session that ended (signed out, expired) ends its stream. Looking does
+            // not count as use: a page left open does not keep its session from expiring.
+            if !st.sessions.alive_id(&id) {
                 break;
             }
             let frame = match status_of(&st).await {
@@ -603,18 +612,19 @@ async fn events(State(st): State<AppState>, headers: HeaderMap) -> Response {
                     break;
                 }
             }
+            // `false`: the main loop is gone (the shim stops): the stream ends, so the
+            // API's shutdown does not wait for it.
             let wait = async {
                 match changed.as_mut() {
-                    Some(c) => {
-                        if c.changed().await.is_err() {
-                            tokio::time::sleep(POLL).await
-                        }
+                    Some(c) => c.changed().await.is_ok(),
+                    None => {
+                        tokio::time::sleep(POLL).await;
+                        true
                     }
-                    None => tokio::time::sleep(POLL).await,
                 }
             };
-            let _ = tokio::time::timeout(POLL, wait).await;
-            if tx.is_closed() {
+            let go_on = tokio::time::timeout(POLL, wait).await.unwrap_or(true);
+            if !go_on || tx.is_closed() {
                 break;
             }
         }
