@@ -407,7 +407,11 @@ impl Journal {
                  UNION ALL
                  SELECT t_ms, 'command', id, command, rule, status, error
                    FROM commands WHERE device = ?1
-             ) ORDER BY t_ms DESC, kind, k DESC LIMIT ?2",
+             ) ORDER BY t_ms DESC,
+               -- At one time, what an input caused comes before it (newest first).
+               CASE WHEN kind IN ('change', 'fail_closed', 'command') THEN 0 ELSE 1 END,
+               k DESC
+             LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![device, limit], |r| {
             Ok((
