@@ -8,7 +8,7 @@ EXAMPLE := examples/smart-office
 # Bounded fuzzing in the test suite (cases per property).
 export KALKI_FUZZ_CASES ?= 2000
 
-.PHONY: setup services build demo test lint fmt bench bench-scale bench-mqtt bench-node bench-api bench-dataplane soak soak-mqtt clean images
+.PHONY: setup services browser build demo test lint fmt bench bench-scale bench-mqtt bench-node bench-api bench-dataplane soak soak-mqtt clean images
 
 setup:
 	@scripts/setup.sh
@@ -19,6 +19,11 @@ services: setup
 	@scripts/ovs/start.sh
 	@scripts/docker/start.sh
 	@scripts/mosquitto/start.sh
+
+# The headless browser of the console's end-to-end test (runtime-shim/tests/console_browser.rs):
+# Debian's chromium and chromium-driver, installed only (the test starts its own driver).
+browser: setup
+	@scripts/chromium/start.sh
 
 # The µmbox image kalki/umbox:0.1 (needs a Docker engine; docker/start.sh starts one).
 images: setup
@@ -38,7 +43,7 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
-test: lint services images
+test: lint services browser images
 	$(CARGO) test --locked --workspace
 
 bench: setup

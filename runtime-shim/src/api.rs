@@ -64,6 +64,8 @@ pub const MIN_TOKEN_LEN: usize = 16;
 /// The largest response body the client reads (a status of many thousand devices).
 const MAX_RESPONSE: usize = 64 * 1024 * 1024;
 
+pub mod console;
+
 // ---------------------------------------------------------------------------------------
 // The seam with the main loop.
 
@@ -75,11 +77,21 @@ pub enum Request {
     /// journaled).
     Submit {
         input: Input,
+        /// Who gave it, journaled with it when known: `api` for an operator action sent
+        /// with the token, `console:ID` for one from a console session.
+        by: Option<String>,
         reply: oneshot::Sender<Result<Accepted, Vec<InputError>>>,
     },
     /// The site's current state.
     Status {
         reply: oneshot::Sender<StatusReport>,
+    },
+    /// A device's journaled history, newest first, at most `limit` entries (the
+    /// console's device page). `Err`: the journal could not be read, in words.
+    History {
+        device: String,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<crate::journal::HistoryEntry>, String>>,
     },
 }
 
@@ -523,7 +535,7 @@ impl Token {
 
     /// Compares a presented token with this one in time independent of where they differ
     /// (and of the presented one's length): their digests are compared in full.
-    fn matches(&self, presented: &[u8]) -> bool {
+    pub(crate) fn matches(&self, presented: &[u8]) -> bool {
         let other: [u8; 32] = Sha256::digest(presented).into();
         let diff = self
             .digest
@@ -546,6 +558,8 @@ impl Token {
 #[derive(Clone, Debug)]
 pub struct Checker {
     engine: Arc<RwLock<Arc<Engine>>>,
+    /// The running bundle's manifest (the console draws state machines from it).
+    manifest: Arc<RwLock<Arc<kalki_model::manifest::Manifest>>>,
 }
 
 impl Checker {
@@ -556,6 +570,7 @@ impl Checker {
                 Config::default(),
                 0,
             )))),
+            manifest: Arc::new(RwLock::new(Arc::new(bundle.manifest.clone()))),
         }
     }
 
@@ -564,6 +579,16 @@ impl Checker {
         let fresh = Arc::new(Engine::new(bundle, Config::default(), 0));
         let mut guard = self.engine.write().unwrap_or_else(|e| e.into_inner());
         *guard = fresh;
+        let mut m = self.manifest.write().unwrap_or_else(|e| e.into_inner());
+        *m = Arc::new(bundle.manifest.clone());
+    }
+
+    /// The manifest of the bundle checked against.
+    pub fn manifest(&self) -> Arc<kalki_model::manifest::Manifest> {
+        self.manifest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Everything wrong with `input` that does not depend on time or state
@@ -807,6 +832,13 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// What `GET /metrics` serves, and where API inputs are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Bumped by the main loop whenever something may have changed a device's status:
+    /// the console's live table asks for a status then (and every
+    /// [`console::POLL`] without it). `None`: polled only.
+    pub changed: Option<watch::Receiver<u64>>,
+    /// The console's sessions' lifetimes ([`console::IDLE`], [`console::ABSOLUTE`]).
+    pub session_idle: Duration,
+    pub session_absolute: Duration,
 }
 
 impl ServeOptions {
@@ -820,6 +852,9 @@ impl ServeOptions {
             max_connections: MAX_CONNECTIONS,
             shutdown_grace: SHUTDOWN_GRACE,
             metrics: Arc::default(),
+            changed: None,
+            session_idle: console::IDLE,
+            session_absolute: console::ABSOLUTE,
         }
     }
 }
@@ -832,6 +867,8 @@ struct AppState {
     body_timeout: Duration,
     tx: mpsc::Sender<Request>,
     metrics: Arc<crate::metrics::Metrics>,
+    sessions: Arc<console::Sessions>,
+    changed: Option<watch::Receiver<u64>>,
 }
 
 /// Serves the API until `shutdown` completes, then stops listening (a Unix socket file is
@@ -854,6 +891,11 @@ pub async fn serve(
         body_timeout: options.body_timeout,
         tx,
         metrics: options.metrics,
+        sessions: Arc::new(console::Sessions::new(
+            options.session_idle,
+            options.session_absolute,
+        )),
+        changed: options.changed,
     };
     let app = router(state);
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -958,6 +1000,8 @@ fn router(state: AppState) -> Router {
         .fallback(no_such_endpoint)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        // The console authenticates with its own sessions, not the bearer token.
+        .merge(console::router(state.clone()))
         // Outermost: it sees every answer, a refused token's included.
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
@@ -1085,15 +1129,28 @@ async fn ask<T>(st: &AppState, request: Request, rx: oneshot::Receiver<T>) -> Re
 }
 
 async fn submit(st: &AppState, input: Input) -> Response {
-    if let Err(errors) = st.checker.check(&input) {
-        return refused(&errors);
-    }
-    let (reply, rx) = oneshot::channel();
-    match ask(st, Request::Submit { input, reply }, rx).await {
+    // Who gave an operator action is journaled with it; a reading or an alert is the
+    // device's or a µmbox's, whoever relays it.
+    let by = matches!(input, Input::Operator { .. }).then(|| "api".to_string());
+    match submit_by(st, input, by).await {
         Ok(Ok(accepted)) => json_response(StatusCode::OK, &accepted),
         Ok(Err(errors)) => refused(&errors),
         Err(resp) => resp,
     }
+}
+
+/// Pre-checks an input, sends it to the main loop with who gave it and waits for its
+/// answer: the one path of every input of the API and the console.
+async fn submit_by(
+    st: &AppState,
+    input: Input,
+    by: Option<String>,
+) -> Result<Result<Accepted, Vec<InputError>>, Response> {
+    if let Err(errors) = st.checker.check(&input) {
+        return Ok(Err(errors));
+    }
+    let (reply, rx) = oneshot::channel();
+    ask(st, Request::Submit { input, by, reply }, rx).await
 }
 
 const READING_SHAPE: &str =

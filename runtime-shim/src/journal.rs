@@ -70,6 +70,27 @@ CREATE TABLE commands (
 CREATE INDEX commands_pending ON commands (status) WHERE status = 'pending';
 ";
 
+/// Who gave an operator input, by its sequence number: `api` for the API's token,
+/// `console:ID` for a console session (`docs/runtime.md`, "Console"). Added to journals
+/// of schema version 1 when they are opened (`IF NOT EXISTS`): an older shim ignores it,
+/// and replay never reads it.
+const ACTORS: &str = "
+CREATE TABLE IF NOT EXISTS actors (
+    seq INTEGER PRIMARY KEY,
+    who TEXT NOT NULL
+);
+";
+
+/// One line of a device's history ([`Journal::history`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HistoryEntry {
+    pub t_ms: u64,
+    /// `reading`, `alert`, `operator`, `change`, `fail_closed` or `command`.
+    pub kind: String,
+    /// What happened, in words.
+    pub text: String,
+}
+
 /// The journal cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -210,6 +231,26 @@ fn columns(i: &Input) -> (&'static str, Option<&str>) {
     }
 }
 
+/// A journaled input in words: `temp=31, door=open`, `port_scan from sniffer`,
+/// `reset by console:1a2b3c4d`.
+fn input_text(json: &str, who: &str) -> String {
+    match serde_json::from_str::<Input>(json) {
+        Ok(Input::Reading { values, .. }) => values
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Ok(Input::Alert { alert, source, .. }) => match source {
+            Some(s) => format!("{alert} from {s}"),
+            None => alert,
+        },
+        Ok(Input::Operator { action, .. }) if who.is_empty() => action,
+        Ok(Input::Operator { action, .. }) => format!("{action} by {who}"),
+        Ok(Input::Tick) => "timers".to_string(),
+        Err(e) => format!("unreadable input: {e}"),
+    }
+}
+
 fn to_sql(what: &'static str, value: u64) -> Result<i64, JournalError> {
     i64::try_from(value).map_err(|_| JournalError::OutOfRange { what, value })
 }
@@ -266,6 +307,7 @@ impl Journal {
                 })
             }
         }
+        tx.execute_batch(ACTORS).map_err(open_err)?;
         tx.commit().map_err(open_err)?;
         Ok(Journal { conn })
     }
@@ -321,13 +363,90 @@ impl Journal {
         bundle_sha256: &str,
         inputs: impl IntoIterator<Item = &'a Input>,
     ) -> Result<Vec<u64>, JournalError> {
+        self.append_inputs_by(t_ms, bundle_sha256, inputs.into_iter().map(|i| (i, None)))
+    }
+
+    /// As [`Journal::append_inputs`], with who gave each input where it is known (the
+    /// `actors` table), in the same transaction.
+    pub fn append_inputs_by<'a>(
+        &self,
+        t_ms: u64,
+        bundle_sha256: &str,
+        inputs: impl IntoIterator<Item = (&'a Input, Option<&'a str>)>,
+    ) -> Result<Vec<u64>, JournalError> {
         let tx = self.conn.unchecked_transaction()?;
         let mut seqs = Vec::new();
-        for input in inputs {
-            seqs.push(self.append_input(t_ms, bundle_sha256, input)?);
+        for (input, who) in inputs {
+            let seq = self.append_input(t_ms, bundle_sha256, input)?;
+            if let Some(who) = who {
+                self.conn
+                    .prepare_cached("INSERT INTO actors (seq, who) VALUES (?1, ?2)")?
+                    .execute(params![to_sql("sequence number", seq)?, who])?;
+            }
+            seqs.push(seq);
         }
         tx.commit()?;
         Ok(seqs)
+    }
+
+    /// The last `limit` things journaled about `device`, newest first: its inputs
+    /// (readings, alerts, operator actions with who gave them), state changes, fail-closed
+    /// postures and commands.
+    pub fn history(&self, device: &str, limit: usize) -> Result<Vec<HistoryEntry>, JournalError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT t_ms, kind, a, b, c, d FROM (
+                 SELECT i.t_ms, i.kind, i.seq AS k, i.input AS a, x.who AS b, NULL AS c, NULL AS d
+                   FROM inputs i LEFT JOIN actors x ON x.seq = i.seq WHERE i.device = ?1
+                 UNION ALL
+                 SELECT t_ms, 'change', id, from_state, to_state, cause, NULL
+                   FROM changes WHERE device = ?1
+                 UNION ALL
+                 SELECT t_ms, 'fail_closed', id, state_installed, reason, NULL, NULL
+                   FROM fail_closed WHERE device = ?1
+                 UNION ALL
+                 SELECT t_ms, 'command', id, command, rule, status, error
+                   FROM commands WHERE device = ?1
+             ) ORDER BY t_ms DESC,
+               -- At one time, what an input caused comes before it (newest first).
+               CASE WHEN kind IN ('change', 'fail_closed', 'command') THEN 0 ELSE 1 END,
+               k DESC
+             LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![device, limit], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, Option<String>>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (t, kind, a, b, c, d) = row?;
+            let (a, b, c) = (
+                a.unwrap_or_default(),
+                b.unwrap_or_default(),
+                c.unwrap_or_default(),
+            );
+            let text = match kind.as_str() {
+                "change" => format!("{a} -> {b}: {c}"),
+                "fail_closed" => format!("failed closed (installed {a}): {b}"),
+                "command" => match d {
+                    Some(e) => format!("command {a} (rule {b}): {c}: {e}"),
+                    None => format!("command {a} (rule {b}): {c}"),
+                },
+                _ => input_text(&a, &b),
+            };
+            out.push(HistoryEntry {
+                t_ms: from_sql(0, "time", t)?,
+                kind,
+                text,
+            });
+        }
+        Ok(out)
     }
 
     /// Every journaled input, in the order it was accepted.

@@ -274,6 +274,10 @@ pub async fn run(
     let checker = api::Checker::new(lp.node.bundle());
     let mut options = api::ServeOptions::new(cfg.token, checker);
     options.metrics = lp.metrics.clone();
+    // Bumped after whatever may change a device's status: the console's live table asks
+    // for a fresh status then.
+    let (changed, changed_rx) = tokio::sync::watch::channel(0u64);
+    options.changed = Some(changed_rx);
     let server = tokio::spawn(api::serve(cfg.listener, options, req_tx, async move {
         let _ = stop_rx.await;
     }));
@@ -297,35 +301,40 @@ pub async fn run(
             _ = &mut shutdown => break,
             _ = check => {
                 lp.reconcile().await;
+                changed.send_modify(|n| *n += 1);
             }
             req = req_rx.recv() => match req {
-                Some(Request::Submit { input, reply }) => {
+                Some(Request::Submit { input, by, reply }) => {
                     // Whatever other inputs wait go with it: one journal commit (one
-                    // sync to disk) for all, each answered once it is on disk. A status
-                    // request met on the way is answered after them, in order.
-                    let mut batch = vec![(input, reply)];
-                    let mut status = None;
+                    // sync to disk) for all, each answered once it is on disk. A request
+                    // of another kind met on the way is answered after them, in order.
+                    let mut batch = vec![(input, by, reply)];
+                    let mut other = None;
                     while batch.len() < API_BATCH {
                         match req_rx.try_recv() {
-                            Ok(Request::Submit { input, reply }) => batch.push((input, reply)),
-                            Ok(Request::Status { reply }) => {
-                                status = Some(reply);
+                            Ok(Request::Submit { input, by, reply }) => {
+                                batch.push((input, by, reply))
+                            }
+                            Ok(r) => {
+                                other = Some(r);
                                 break;
                             }
                             Err(_) => break,
                         }
                     }
                     lp.submit_all(batch).await?;
-                    if let Some(reply) = status {
-                        let _ = reply.send(lp.status().await);
+                    changed.send_modify(|n| *n += 1);
+                    if let Some(r) = other {
+                        lp.answer(r).await;
                     }
                 }
-                Some(Request::Status { reply }) => {
-                    let _ = reply.send(lp.status().await);
-                }
+                Some(r) => lp.answer(r).await,
                 None => break,
             },
-            Some(event) = umbox_rx.recv() => lp.umbox_event(event).await?,
+            Some(event) = umbox_rx.recv() => {
+                lp.umbox_event(event).await?;
+                changed.send_modify(|n| *n += 1);
+            }
             Some(event) = mqtt_rx.recv() => {
                 // Whatever else has arrived goes with it: one journal commit for all.
                 let mut batch = vec![event];
@@ -335,10 +344,14 @@ pub async fn run(
                         Err(_) => break,
                     }
                 }
-                lp.mqtt_events(batch).await?
+                lp.mqtt_events(batch).await?;
+                changed.send_modify(|n| *n += 1);
             }
             Some(d) = delivered_rx.recv() => lp.journal.update_command(d.id, &d.delivery)?,
-            _ = sleep => lp.tick().await?,
+            _ = sleep => {
+                lp.tick().await?;
+                changed.send_modify(|n| *n += 1);
+            }
         }
     }
     // The broker gets every acknowledgement of what was journaled (else it delivers those
@@ -836,14 +849,21 @@ impl Loop {
     /// journaled in one transaction (a group commit: one sync to disk), then each
     /// handled and carried out in order and answered. An answer is sent only once its
     /// input is on disk; a refused input is answered at once and journals nothing.
-    async fn submit_all(&mut self, batch: Vec<(Input, Reply)>) -> Result<(), RunError> {
+    async fn submit_all(
+        &mut self,
+        batch: Vec<(Input, Option<String>, Reply)>,
+    ) -> Result<(), RunError> {
         self.taken = Instant::now();
         let t = now_ms().max(self.engine.now());
         let mut valid = Vec::with_capacity(batch.len());
-        for (input, reply) in batch {
+        let mut by = Vec::with_capacity(batch.len());
+        for (input, who, reply) in batch {
             // An input's validity does not depend on what the inputs before it did.
             match self.engine.validate(t, &input) {
-                Ok(()) => valid.push((input, reply)),
+                Ok(()) => {
+                    valid.push((input, reply));
+                    by.push(who);
+                }
                 Err(errors) => {
                     let _ = reply.send(Err(errors));
                 }
@@ -852,9 +872,14 @@ impl Loop {
         if valid.is_empty() {
             return Ok(());
         }
-        let seqs = self
-            .journal
-            .append_inputs(t, &self.sha(), valid.iter().map(|(i, _)| i))?;
+        let seqs = self.journal.append_inputs_by(
+            t,
+            &self.sha(),
+            valid
+                .iter()
+                .map(|(i, _)| i)
+                .zip(by.iter().map(Option::as_deref)),
+        )?;
         // What they cause is recorded in one transaction too (committed before a command
         // is sent, and before anyone is answered).
         self.begin_batch()?;
@@ -884,7 +909,7 @@ impl Loop {
         input: Input,
     ) -> Result<Result<Accepted, Vec<InputError>>, RunError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.submit_all(vec![(input, reply)]).await?;
+        self.submit_all(vec![(input, None, reply)]).await?;
         // Answered before submit_all returns (it holds the only sender).
         Ok(answer.await.unwrap_or_else(|_| Err(Vec::new())))
     }
@@ -1272,6 +1297,30 @@ impl Loop {
                     .map(move |(_, m)| (d, m.name.clone()))
             })
             .collect()
+    }
+
+    /// Answers a request that is not an input.
+    async fn answer(&mut self, request: Request) {
+        match request {
+            Request::Status { reply } => {
+                let _ = reply.send(self.status().await);
+            }
+            Request::History {
+                device,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.journal
+                        .history(&device, limit)
+                        .map_err(|e| e.to_string()),
+                );
+            }
+            // Handled by the loop itself; never sent here.
+            Request::Submit { reply, .. } => {
+                let _ = reply.send(Err(Vec::new()));
+            }
+        }
     }
 
     /// The site now: every device's state, since when and why, its µmboxes, and whether

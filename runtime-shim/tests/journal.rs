@@ -1,7 +1,8 @@
 //! The journal on real SQLite files: inputs round-trip exactly and survive reopening,
 //! replay rebuilds the engine that live handling built (states, holds, windows), inputs a
 //! new bundle refuses are skipped and reported, a batch of inputs is journaled in order and
-//! all or nothing, the audit tables, the schema version, and
+//! all or nothing, the audit tables, a device's history (with who gave each operator
+//! input), the schema version, and
 //! a writer SIGKILLed mid-stream loses nothing it acknowledged.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -514,4 +515,68 @@ fn a_writer_killed_mid_stream_loses_nothing_it_acknowledged() {
         assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
         drop(j);
     }
+}
+
+/// Who gave an operator input is kept with it (the `actors` table, created on open of a
+/// journal that lacks it), and a device's history lists everything about it, newest
+/// first, in words, and nothing about other devices.
+#[test]
+fn history_in_words_with_who_gave_each_operator_input() {
+    let dir = TempDir::new("journal-history");
+    let path = dir.path().join("journal.db");
+    let alert = Input::Alert {
+        device: "hall_cam".into(),
+        alert: "port_scan".into(),
+        source: Some("sniffer".into()),
+    };
+    let reset = Input::Operator {
+        device: "hall_cam".into(),
+        action: "reset".into(),
+    };
+    {
+        let j = Journal::open(&path).unwrap();
+        j.append_inputs_by(1000, "sha", [(&alert, None)]).unwrap();
+        j.record_change(1000, "hall_cam", "normal", "suspicious", "on port_scan")
+            .unwrap();
+        j.append_input(1500, "sha", &reading("thermo", json!({"temperature": 21})))
+            .unwrap();
+        j.record_command(1700, "hall_cam", "start_recording", "watch")
+            .unwrap();
+        j.append_inputs_by(2000, "sha", [(&reset, Some("console:1a2b3c4d"))])
+            .unwrap();
+        j.append_inputs_by(3000, "sha", [(&reset, Some("api"))])
+            .unwrap();
+    }
+    // Reopened: the table is there already, and nothing is lost.
+    let j = Journal::open(&path).unwrap();
+    let h: Vec<(u64, String, String)> = j
+        .history("hall_cam", 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.t_ms, e.kind, e.text))
+        .collect();
+    assert_eq!(
+        h,
+        vec![
+            (3000, "operator".into(), "reset by api".into()),
+            (2000, "operator".into(), "reset by console:1a2b3c4d".into()),
+            (
+                1700,
+                "command".into(),
+                "command start_recording (rule watch): pending".into()
+            ),
+            (
+                1000,
+                "change".into(),
+                "normal -> suspicious: on port_scan".into()
+            ),
+            (1000, "alert".into(), "port_scan from sniffer".into()),
+        ]
+    );
+    assert_eq!(j.history("hall_cam", 2).unwrap().len(), 2, "the limit");
+    let thermo = j.history("thermo", 10).unwrap();
+    assert_eq!(thermo.len(), 1);
+    assert_eq!(thermo[0].text, "temperature=21");
+    // Replay reads the inputs only: who gave them changes nothing.
+    assert_eq!(j.inputs().unwrap().len(), 4);
 }

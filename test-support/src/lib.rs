@@ -4,12 +4,15 @@
 //! (Open vSwitch, a Docker engine, an image, root, a tool) that is missing skips the test
 //! with a message locally, and fails it under `CI=true`: in CI a missing component is a
 //! failure, never a silent skip. [`mosquitto`] runs private MQTT brokers and their real
-//! clients.
+//! clients; [`chromedriver`] a private WebDriver for a headless Chromium.
 #![allow(clippy::panic, clippy::print_stderr)]
 
 use std::process::{Command, Output};
 
+pub mod chromedriver;
 pub mod mosquitto;
+/// The requirement "chromium and chromedriver are installed" ([`chromedriver::chromium`]).
+pub use chromedriver::chromium;
 /// The requirement "mosquitto and its clients are installed" ([`mosquitto::mosquitto`]).
 pub use mosquitto::mosquitto;
 
