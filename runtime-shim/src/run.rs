@@ -124,10 +124,10 @@ struct Loop {
     closed: BTreeMap<usize, Closure>,
     /// The verdicts last logged, per device (a change is logged).
     verdicts: Vec<Option<Enforcement>>,
-    /// µmbox containers a look at the node has found running during this run: only such
-    /// a one, found not running later, has stopped. (At the first look, or for one that
-    /// stopped while no shim ran, a µmbox not running is one to start, not a fault to
-    /// journal.)
+    /// µmbox containers a look at the node has found running during this run, or a
+    /// posture change has started: only such a one, found not running later, has
+    /// stopped. (At the first look, or for one that stopped while no shim ran, a µmbox
+    /// not running is one to start, not a fault to journal.)
     seen_running: BTreeSet<String>,
     /// When the node is next looked at and repaired.
     next_check: Instant,
@@ -1065,6 +1065,15 @@ impl Loop {
         match self.node.change_posture(device, to).await {
             Ok(Posture::Changed { touched, .. }) => {
                 self.closed.remove(&device);
+                // The change waited for its chain's µmboxes to be ready: from here on, one
+                // found not running has stopped (even before a look has seen it).
+                let chain: Vec<String> = self
+                    .node
+                    .wanted_for(device, self.intended(device))
+                    .into_iter()
+                    .map(|(_, m)| m.name.clone())
+                    .collect();
+                self.seen_running.extend(chain);
                 touched
             }
             Ok(Posture::FailedClosed { installed, reason }) => {
@@ -1278,8 +1287,8 @@ impl Loop {
     }
 
     /// The µmboxes of devices in their own posture (not failed closed) that a look at
-    /// the node finds not running, though an earlier look of this run found them
-    /// running: each has stopped.
+    /// the node finds not running, though this run had them running (an earlier look
+    /// found them, or a posture change started them): each has stopped.
     fn stopped_umboxes(&self, obs: &Observation) -> Vec<(usize, String)> {
         let Ok(containers) = &obs.containers else {
             return Vec::new();
