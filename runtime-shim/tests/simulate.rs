@@ -477,16 +477,10 @@ fn small_hours(dir: &TempDir, day: &str, midnight: &str, end: &str, args: &[&str
         .collect()
 }
 
-/// The verifier models the clock as any minute of the day at any evaluation, in any order
-/// (docs/verification.md, "Limits"): it over-approximates a wall clock that jumps, so what
-/// it proves holds on daylight-saving days too. Here it proves the lamp can reach `night`;
-/// the real `simulate --time-zone Europe/Berlin` reaches it on both days, and says exactly
-/// when the window opens and closes: on 2026-03-29 it closes at the jump (02:00 CET is
-/// 03:00 CEST), on 2026-10-25 the wall clock reads 02:00..02:30 twice and the window opens
-/// on both passes. Without a zone the trace keeps its first timestamp's offset all day.
-#[test]
-fn a_clock_window_on_both_daylight_saving_days_of_berlin() {
-    let (built, verdicts) = compile_verified(SMALL_HOURS);
+/// A directory holding `bundle/`, built from `src`, whose one assertion (a `reachable`)
+/// the verifier proves.
+fn proved_reachable_bundle(src: &str, name: &str) -> TempDir {
+    let (built, verdicts) = compile_verified(src);
     assert!(
         matches!(
             verdicts.as_slice(),
@@ -497,10 +491,23 @@ fn a_clock_window_on_both_daylight_saving_days_of_berlin() {
         ),
         "{verdicts:?}"
     );
-    let dir = TempDir::new("dst");
-    let bundle = TempDir::new("dst-b");
+    let dir = TempDir::new(name);
+    let bundle = TempDir::new(&format!("{name}-b"));
     write_bundle(&built, &bundle);
     std::fs::rename(bundle.path(), dir.path().join("bundle")).unwrap();
+    dir
+}
+
+/// The verifier models the clock as any minute of the day at any evaluation, in any order
+/// (docs/verification.md, "Limits"): it over-approximates a wall clock that jumps, so what
+/// it proves holds on daylight-saving days too. Here it proves the lamp can reach `night`;
+/// the real `simulate --time-zone Europe/Berlin` reaches it on both days, and says exactly
+/// when the window opens and closes: on 2026-03-29 it closes at the jump (02:00 CET is
+/// 03:00 CEST), on 2026-10-25 the wall clock reads 02:00..02:30 twice and the window opens
+/// on both passes. Without a zone the trace keeps its first timestamp's offset all day.
+#[test]
+fn a_clock_window_on_both_daylight_saving_days_of_berlin() {
+    let dir = proved_reachable_bundle(SMALL_HOURS, "dst");
     let zone = ["--time-zone", "Europe/Berlin"];
 
     let spring = small_hours(&dir, "2026-03-29", "+01:00", "+02:00", &zone);
@@ -636,21 +643,7 @@ fn a_hold_over_a_window_is_cut_by_the_spring_forward_jump() {
             "",
         );
     assert!(src.contains("for 90m") && !src.contains("rule"), "{src}");
-    let (built, verdicts) = compile_verified(&src);
-    assert!(
-        matches!(
-            verdicts.as_slice(),
-            [(
-                kalki_compiler::ir::AssertKind::Reachable,
-                kalki_compiler::verify::Status::Proved
-            )]
-        ),
-        "{verdicts:?}"
-    );
-    let dir = TempDir::new("dst-hold");
-    let bundle = TempDir::new("dst-hold-b");
-    write_bundle(&built, &bundle);
-    std::fs::rename(bundle.path(), dir.path().join("bundle")).unwrap();
+    let dir = proved_reachable_bundle(&src, "dst-hold");
     let zone = ["--time-zone", "Europe/Berlin"];
     let met =
         "9000000 02:30:00+02:00 lamp normal -> night when motion and clock in 01:00..03:00 for 90m";
