@@ -385,6 +385,20 @@ pub struct Observation {
     pub hooked: BTreeMap<String, String>,
 }
 
+/// See [`Node::umbox_in_place`]; the running image's spec is not looked at.
+fn in_place(
+    containers: &BTreeMap<String, containers::Running>,
+    ports: &BTreeMap<String, i64>,
+    desc: &BTreeMap<String, ovs::PortDesc>,
+    c: &Container,
+) -> bool {
+    containers.get(&c.name).is_some_and(|r| r.running)
+        && c.interfaces.iter().all(|i| {
+            ports.get(&i.port_name) == Some(&i64::from(i.ofport))
+                && !desc.get(&i.port_name).is_some_and(|p| p.link_down)
+        })
+}
+
 impl Node {
     /// Fails if a rule set of the bundle is not in the syntax `kalkic` writes.
     pub fn new(bundle: Bundle, docker: Containers, cfg: NodeConfig) -> Result<Node, NodeError> {
@@ -819,15 +833,21 @@ impl Node {
         path: &str,
         c: &Container,
     ) -> bool {
-        let Some(running) = containers.get(&c.name) else {
-            return false;
-        };
-        running.running
-            && running.labels.get(LABEL_SPEC) == Some(&self.spec_digest(path))
-            && c.interfaces.iter().all(|i| {
-                ports.get(&i.port_name) == Some(&i64::from(i.ofport))
-                    && !desc.get(&i.port_name).is_some_and(|p| p.link_down)
-            })
+        containers
+            .get(&c.name)
+            .is_some_and(|r| r.labels.get(LABEL_SPEC) == Some(&self.spec_digest(path)))
+            && in_place(containers, ports, desc, c)
+    }
+
+    /// Whether µmbox `c` is in place as `obs` saw the node: running, each of its
+    /// interfaces on the bridge at its OpenFlow port with its link up. A µmbox killed is
+    /// seen out of place by either: its interfaces go before the engine says it stopped.
+    /// Nothing can be said (false) of a node that could not be read.
+    pub fn umbox_in_place(obs: &Observation, c: &Container) -> bool {
+        match (&obs.containers, &obs.switch) {
+            (Ok(containers), Ok(sw)) => in_place(containers, &sw.ports, &sw.desc, c),
+            _ => false,
+        }
     }
 
     /// What it takes to bring the node to the bundle with devices in `states` (indices

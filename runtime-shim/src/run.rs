@@ -124,10 +124,10 @@ struct Loop {
     closed: BTreeMap<usize, Closure>,
     /// The verdicts last logged, per device (a change is logged).
     verdicts: Vec<Option<Enforcement>>,
-    /// µmbox containers a look at the node has found running during this run, or a
-    /// posture change has started: only such a one, found not running later, has
-    /// stopped. (At the first look, or for one that stopped while no shim ran, a µmbox
-    /// not running is one to start, not a fault to journal.)
+    /// µmbox containers a look at the node has found in place (running and plugged in)
+    /// during this run, or a posture change has started: only such a one, found out of
+    /// place later, has stopped. (At the first look, or for one that stopped while no
+    /// shim ran, a µmbox not running is one to start, not a fault to journal.)
     seen_running: BTreeSet<String>,
     /// When the node is next looked at and repaired.
     next_check: Instant,
@@ -416,9 +416,9 @@ impl Loop {
         // handled as its follower would have: the device closes (journaled) first.
         let stopped = self.stopped_umboxes(&obs);
         if !stopped.is_empty() {
-            for (device, container) in stopped {
+            for (device, container, reason) in stopped {
                 if !self.closed.contains_key(&device) {
-                    self.umbox_stopped(device, &container).await;
+                    self.umbox_stopped(device, &container, reason).await;
                 }
             }
             obs = self.node.observe().await;
@@ -469,6 +469,9 @@ impl Loop {
                     ),
                 }
                 obs = self.node.observe().await;
+                // What the plan started is running from here on: one found stopped at
+                // the next look has stopped, though no look before the plan saw it.
+                self.note_running(&obs);
             }
             // The verdicts say why; logged when they change.
             Err(_) => {}
@@ -1223,7 +1226,8 @@ impl Loop {
                     .iter()
                     .any(|(_, m)| m.name == c_name);
                 if in_use {
-                    self.umbox_stopped(device, &container).await;
+                    let reason = format!("µmbox `{container}` stopped");
+                    self.umbox_stopped(device, &container, reason).await;
                 }
             }
         }
@@ -1231,9 +1235,10 @@ impl Loop {
     }
 
     /// A µmbox of a device's chain is gone (its follower saw it end, or a look at the
-    /// node found it not running): never forward without it. The device is closed now,
-    /// journaled, and its posture tried again at once. One handling whoever noticed.
-    async fn umbox_stopped(&mut self, device: usize, container: &str) {
+    /// node found it not running or unplugged): never forward without it. The device is
+    /// closed now, journaled, and its posture tried again at once. One handling whoever
+    /// noticed.
+    async fn umbox_stopped(&mut self, device: usize, container: &str, reason: String) {
         let umbox = self
             .node
             .container(container)
@@ -1248,7 +1253,6 @@ impl Loop {
                 .inc();
         }
         self.node.forget_container(container);
-        let reason = format!("µmbox `{container}` stopped");
         let name = self.engine.device_name(device);
         warn!(
             event = "umbox_stopped",
@@ -1274,22 +1278,24 @@ impl Loop {
         self.next_check = Instant::now();
     }
 
-    /// Remembers the µmbox containers found running (see [`Self::stopped_umboxes`]).
+    /// Remembers the µmboxes of the devices' chains found in place (see
+    /// [`Self::stopped_umboxes`]).
     fn note_running(&mut self, obs: &Observation) {
-        if let Ok(containers) = &obs.containers {
-            self.seen_running.extend(
-                containers
-                    .values()
-                    .filter(|c| c.running)
-                    .map(|c| c.name.clone()),
-            );
-        }
+        let in_place: Vec<String> = (0..self.engine.device_count())
+            .flat_map(|d| self.node.wanted_for(d, self.intended(d)))
+            .filter(|(_, m)| Node::umbox_in_place(obs, m))
+            .map(|(_, m)| m.name.clone())
+            .collect();
+        self.seen_running.extend(in_place);
     }
 
     /// The µmboxes of devices in their own posture (not failed closed) that a look at
-    /// the node finds not running, though this run had them running (an earlier look
-    /// found them, or a posture change started them): each has stopped.
-    fn stopped_umboxes(&self, obs: &Observation) -> Vec<(usize, String)> {
+    /// the node finds out of place, though this run had them in place (an earlier look
+    /// found them, or a posture change started them): each has stopped, or was
+    /// unplugged, and why. A µmbox killed loses its interfaces before its engine says
+    /// it stopped: either is seen. With the switch unreadable, only the engine's word
+    /// counts; with the engine unreadable, nothing is said.
+    fn stopped_umboxes(&self, obs: &Observation) -> Vec<(usize, String, String)> {
         let Ok(containers) = &obs.containers else {
             return Vec::new();
         };
@@ -1299,11 +1305,22 @@ impl Loop {
                 self.node
                     .wanted_for(d, self.intended(d))
                     .into_iter()
-                    .filter(|(_, m)| {
-                        self.seen_running.contains(&m.name)
-                            && !containers.get(&m.name).is_some_and(|r| r.running)
+                    .filter(|(_, m)| self.seen_running.contains(&m.name))
+                    .filter_map(move |(_, m)| {
+                        let running = containers.get(&m.name).is_some_and(|r| r.running);
+                        let reason = if !running {
+                            format!("µmbox `{}` stopped", m.name)
+                        } else if obs.switch.is_ok() && !Node::umbox_in_place(obs, m) {
+                            format!(
+                                "µmbox `{}` stopped or was unplugged (an interface of it is \
+                                 off the bridge or down)",
+                                m.name
+                            )
+                        } else {
+                            return None;
+                        };
+                        Some((d, m.name.clone(), reason))
                     })
-                    .map(move |(_, m)| (d, m.name.clone()))
             })
             .collect()
     }
@@ -1337,6 +1354,7 @@ impl Loop {
     /// enforced gets the node repaired at once.
     async fn status(&mut self) -> StatusReport {
         let obs = self.node.observe().await;
+        self.note_running(&obs);
         let verdicts = self.verdicts(&obs);
         self.metrics
             .set_verdicts(verdicts.iter().map(Enforcement::verdict));

@@ -139,7 +139,14 @@ fn metrics_count_what_happened() {
     let _shim = env.start(
         &bundle,
         &journal,
-        &["--ready-timeout", "20", "--log-format", "json"],
+        &[
+            "--ready-timeout",
+            "20",
+            "--log-format",
+            "json",
+            "--reconcile-interval",
+            "100ms",
+        ],
     );
     assert_eq!(env.state("d0"), "normal");
 
