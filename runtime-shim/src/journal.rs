@@ -81,6 +81,39 @@ CREATE TABLE IF NOT EXISTS actors (
 );
 ";
 
+/// The clock the shim handles inputs under, by name: `Europe/Berlin` (`--time-zone`) or
+/// `UTC+01:00` (`--utc-offset`). Added to journals of schema version 1 when they are
+/// opened, like [`ACTORS`]; written at every replay, and compared with the clock of the
+/// next (a change is reported, not refused: the operator chose it).
+const CLOCK: &str = "
+CREATE TABLE IF NOT EXISTS clock (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    name TEXT NOT NULL
+);
+";
+
+/// The name [`CLOCK`] keeps of a replay's clock.
+fn clock_name(config: &Config) -> String {
+    match &config.zone {
+        Some(z) => z.name.clone(),
+        None => fixed_offset_name(config.day_offset_ms),
+    }
+}
+
+/// A fixed offset, as `--utc-offset` takes it (engine time is Unix time under `run`, so
+/// the local time of day at time 0 is the offset; -12:00 to +14:00).
+fn fixed_offset_name(day_offset_ms: u64) -> String {
+    let minutes = i64::try_from((day_offset_ms % 86_400_000) / 60_000).unwrap_or(0);
+    let minutes = if minutes > 14 * 60 {
+        minutes - 1440
+    } else {
+        minutes
+    };
+    let sign = if minutes < 0 { '-' } else { '+' };
+    let m = minutes.abs();
+    format!("UTC{sign}{:02}:{:02}", m / 60, m % 60)
+}
+
 /// One line of a device's history ([`Journal::history`]).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HistoryEntry {
@@ -199,9 +232,10 @@ pub struct FailClosed {
 pub struct ReplayReport {
     /// The engine's start (journaled on the first replay of an empty journal).
     pub epoch: Option<Epoch>,
-    /// The journaled epoch's `day_offset_ms` differs from the config replay was given
-    /// (the node's offset from UTC changed): clock windows may fall differently.
-    pub day_offset_changed: bool,
+    /// The clock the journal's inputs were last handled under (a time zone, or a fixed
+    /// offset from UTC), when it differs from the one replay was given, and that one:
+    /// clock windows may fall differently than they did when the inputs were taken.
+    pub clock_changed: Option<(String, String)>,
     /// Inputs fed to the engine.
     pub replayed: u64,
     /// Of those, inputs accepted under another bundle than the one replayed.
@@ -308,6 +342,7 @@ impl Journal {
             }
         }
         tx.execute_batch(ACTORS).map_err(open_err)?;
+        tx.execute_batch(CLOCK).map_err(open_err)?;
         tx.commit().map_err(open_err)?;
         Ok(Journal { conn })
     }
@@ -731,14 +766,27 @@ impl Journal {
                 e
             }
         };
-        // A time zone's offset changes by itself (daylight saving); the zone's name is
-        // not journaled, so only a fixed offset is compared.
-        let day_offset_changed =
-            config.zone.is_none() && epoch.day_offset_ms != config.day_offset_ms;
+        let clock = clock_name(&config);
+        let journaled: Option<String> = self
+            .conn
+            .query_row("SELECT name FROM clock WHERE id = 1", [], |r| r.get(0))
+            .optional()?;
+        let clock_changed = match journaled {
+            Some(old) => (old != clock).then(|| (old, clock.clone())),
+            // A journal from before the clock was journaled: only its epoch's fixed
+            // offset can tell (a zone's offset changes by itself).
+            None => (epoch.day_offset_ms != config.day_offset_ms && config.zone.is_none())
+                .then(|| (fixed_offset_name(epoch.day_offset_ms), clock.clone())),
+        };
+        self.conn.execute(
+            "INSERT INTO clock (id, name) VALUES (1, ?1) \
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+            params![clock],
+        )?;
         let mut engine = Engine::new(bundle, config, epoch.start_ms);
         let mut report = ReplayReport {
             epoch: Some(epoch),
-            day_offset_changed,
+            clock_changed,
             last_seq: inputs.last().map(|i| i.seq),
             ..ReplayReport::default()
         };

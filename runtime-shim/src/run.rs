@@ -183,6 +183,17 @@ pub async fn run(
     let journal = Journal::open(&cfg.journal)?;
     let start = now_ms();
     let (engine, report) = journal.replay(node.bundle(), cfg.clock.clone(), start)?;
+    if let Some((was, now)) = &report.clock_changed {
+        warn!(
+            event = "clock_changed",
+            journal = %cfg.journal.display(),
+            was = %was,
+            now = %now,
+            "the journal's inputs were handled under the clock {was}; replayed under {now}: \
+             clock windows may have fallen differently, and states may differ from those \
+             enforced before"
+        );
+    }
     info!(
         event = "journal_replayed",
         journal = %cfg.journal.display(),

@@ -248,7 +248,7 @@ fn replay_rebuilds_the_engine_live_handling_built() {
         let (replayed, report) = reopened.replay(bundle, config.clone(), 0).unwrap();
         assert!(report.skipped.is_empty(), "{report:?}");
         assert_eq!(report.other_bundle, 0);
-        assert!(!report.day_offset_changed);
+        assert_eq!(report.clock_changed, None);
         assert_eq!(
             format!("{replayed:?}"),
             format!("{engine:?}"),
@@ -301,9 +301,32 @@ fn replay_skips_and_reports_what_a_new_bundle_refuses() {
     );
     assert_eq!(report.last_seq, Some(4));
     assert_eq!(engine.state_name(0, engine.state(0).unwrap()), "suspicious");
-    // A changed offset from UTC is reported.
+    // A changed clock is reported, once: a fixed offset, then a time zone, then the
+    // same zone again (whose offset changes by itself).
     let (_, report) = j.replay(&new, Config::fixed(3_600_000), 0).unwrap();
-    assert!(report.day_offset_changed);
+    assert_eq!(
+        report.clock_changed,
+        Some(("UTC+00:00".to_string(), "UTC+01:00".to_string()))
+    );
+    let (_, report) = j.replay(&new, Config::fixed(3_600_000), 0).unwrap();
+    assert_eq!(report.clock_changed, None);
+    let west = Config::fixed(86_400_000 - 5 * 3_600_000);
+    let (_, report) = j.replay(&new, west.clone(), 0).unwrap();
+    assert_eq!(
+        report.clock_changed,
+        Some(("UTC+01:00".to_string(), "UTC-05:00".to_string()))
+    );
+    let berlin = Config {
+        zone: Some(kalki_model::clock::Zone::named("Europe/Berlin", 0).unwrap()),
+        ..west
+    };
+    let (_, report) = j.replay(&new, berlin.clone(), 0).unwrap();
+    assert_eq!(
+        report.clock_changed,
+        Some(("UTC-05:00".to_string(), "Europe/Berlin".to_string()))
+    );
+    let (_, report) = j.replay(&new, berlin, 0).unwrap();
+    assert_eq!(report.clock_changed, None);
 }
 
 /// The group commit (`append_inputs`, what the MQTT loop journals a batch of messages
