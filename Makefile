@@ -14,11 +14,13 @@ setup:
 	@scripts/setup.sh
 
 # What the integration tests run against: Open vSwitch (userspace datapath), a Docker
-# engine, and mosquitto with its clients (installed only: each test starts its own broker).
+# engine, mosquitto with its clients (installed only: each test starts its own broker),
+# and libfaketime (installed only: the daylight-saving test sets the shim's wall clock).
 services: setup
 	@scripts/ovs/start.sh
 	@scripts/docker/start.sh
 	@scripts/mosquitto/start.sh
+	@scripts/faketime/start.sh
 
 # The headless browser of the console's end-to-end test (runtime-shim/tests/console_browser.rs):
 # Debian's chromium and chromium-driver, installed only (the test starts its own driver).

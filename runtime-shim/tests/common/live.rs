@@ -235,12 +235,29 @@ impl Api {
         journal: &Path,
         extra: &[&str],
     ) -> Shim {
+        self.spawn(Command::new(binary), bundle, journal, extra)
+    }
+
+    /// [`Api::start`] with the shim's wall clock starting at `utc` (`2026-03-29
+    /// 00:59:50`) and running on from there at its normal pace: libfaketime's `faketime`
+    /// (installed by `scripts/faketime/start.sh`) sets the real binary's
+    /// `clock_gettime(CLOCK_REALTIME)`; the monotonic clock its timers sleep on is left
+    /// alone.
+    pub fn start_at(&self, utc: &str, bundle: &Path, journal: &Path, extra: &[&str]) -> Shim {
+        let mut cmd = Command::new("faketime");
+        cmd.env("TZ", "UTC")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .args(["-f", &format!("@{utc}"), env!("CARGO_BIN_EXE_kalki-shim")]);
+        self.spawn(cmd, bundle, journal, extra)
+    }
+
+    fn spawn(&self, mut cmd: Command, bundle: &Path, journal: &Path, extra: &[&str]) -> Shim {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(binary)
+        let child = cmd
             .args([
                 "run",
                 bundle.to_str().unwrap(),
