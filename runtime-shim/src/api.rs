@@ -832,10 +832,12 @@ pub struct ServeOptions {
     pub shutdown_grace: Duration,
     /// What `GET /metrics` serves, and where API inputs are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// Bumped by the main loop whenever something may have changed a device's status:
-    /// the console's live table asks for a status then (and every
-    /// [`console::POLL`] without it). `None`: polled only.
-    pub changed: Option<watch::Receiver<u64>>,
+    /// The status the main loop publishes for the console's live tables: from a look at
+    /// the node taken after whatever may have changed a device's status, at most every
+    /// [`PUBLISH_EVERY`], and only while someone watches (so a thousand devices' events
+    /// and any number of open consoles cost one look per period). `None`: each stream
+    /// asks for a status every [`console::POLL`].
+    pub published: Option<watch::Receiver<Published>>,
     /// The console's sessions' lifetimes ([`console::IDLE`], [`console::ABSOLUTE`]).
     pub session_idle: Duration,
     pub session_absolute: Duration,
@@ -852,7 +854,7 @@ impl ServeOptions {
             max_connections: MAX_CONNECTIONS,
             shutdown_grace: SHUTDOWN_GRACE,
             metrics: Arc::default(),
-            changed: None,
+            published: None,
             session_idle: console::IDLE,
             session_absolute: console::ABSOLUTE,
         }
@@ -868,8 +870,15 @@ struct AppState {
     tx: mpsc::Sender<Request>,
     metrics: Arc<crate::metrics::Metrics>,
     sessions: Arc<console::Sessions>,
-    changed: Option<watch::Receiver<u64>>,
+    published: Option<watch::Receiver<Published>>,
 }
+
+/// The last status the main loop published ([`ServeOptions::published`]); `None` before
+/// the first.
+pub type Published = Option<Arc<StatusReport>>;
+
+/// How often, at most, the main loop publishes a status for the console.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(500);
 
 /// Serves the API until `shutdown` completes, then stops listening (a Unix socket file is
 /// removed if it is still the one bound), lets requests in progress finish for at most
@@ -895,7 +904,7 @@ pub async fn serve(
             options.session_idle,
             options.session_absolute,
         )),
-        changed: options.changed,
+        published: options.published,
     };
     let app = router(state);
     let mut http = hyper::server::conn::http1::Builder::new();

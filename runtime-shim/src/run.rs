@@ -285,10 +285,13 @@ pub async fn run(
     let checker = api::Checker::new(lp.node.bundle());
     let mut options = api::ServeOptions::new(cfg.token, checker);
     options.metrics = lp.metrics.clone();
-    // Bumped after whatever may change a device's status: the console's live table asks
-    // for a fresh status then.
-    let (changed, changed_rx) = tokio::sync::watch::channel(0u64);
-    options.changed = Some(changed_rx);
+    // The console's live tables: after whatever may change a device's status, a status
+    // from a fresh look is published, at most every `PUBLISH_EVERY` and only while a
+    // table watches (more than the API's own receiver).
+    let (publish, published) = tokio::sync::watch::channel::<api::Published>(None);
+    options.published = Some(published);
+    let mut dirty = false;
+    let mut next_publish = Instant::now();
     let server = tokio::spawn(api::serve(cfg.listener, options, req_tx, async move {
         let _ = stop_rx.await;
     }));
@@ -311,8 +314,19 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             _ = check => {
-                lp.reconcile().await;
-                changed.send_modify(|n| *n += 1);
+                let obs = lp.reconcile().await;
+                // The look just taken serves the tables too.
+                if publish.receiver_count() > 1 {
+                    publish.send_replace(Some(Arc::new(lp.report(&obs))));
+                    dirty = false;
+                }
+            }
+            () = tokio::time::sleep_until(next_publish.into()),
+                if dirty && publish.receiver_count() > 1 =>
+            {
+                publish.send_replace(Some(Arc::new(lp.status().await)));
+                dirty = false;
+                next_publish = Instant::now() + api::PUBLISH_EVERY;
             }
             req = req_rx.recv() => match req {
                 Some(Request::Submit { input, by, reply }) => {
@@ -334,7 +348,7 @@ pub async fn run(
                         }
                     }
                     lp.submit_all(batch).await?;
-                    changed.send_modify(|n| *n += 1);
+                    dirty = true;
                     if let Some(r) = other {
                         lp.answer(r).await;
                     }
@@ -344,7 +358,7 @@ pub async fn run(
             },
             Some(event) = umbox_rx.recv() => {
                 lp.umbox_event(event).await?;
-                changed.send_modify(|n| *n += 1);
+                dirty = true;
             }
             Some(event) = mqtt_rx.recv() => {
                 // Whatever else has arrived goes with it: one journal commit for all.
@@ -356,12 +370,12 @@ pub async fn run(
                     }
                 }
                 lp.mqtt_events(batch).await?;
-                changed.send_modify(|n| *n += 1);
+                dirty = true;
             }
             Some(d) = delivered_rx.recv() => lp.journal.update_command(d.id, &d.delivery)?,
             _ = sleep => {
                 lp.tick().await?;
-                changed.send_modify(|n| *n += 1);
+                dirty = true;
             }
         }
     }
@@ -1366,7 +1380,12 @@ impl Loop {
     async fn status(&mut self) -> StatusReport {
         let obs = self.node.observe().await;
         self.note_running(&obs);
-        let verdicts = self.verdicts(&obs);
+        self.report(&obs)
+    }
+
+    /// [`Self::status`] from a look already taken.
+    fn report(&mut self, obs: &Observation) -> StatusReport {
+        let verdicts = self.verdicts(obs);
         self.metrics
             .set_verdicts(verdicts.iter().map(Enforcement::verdict));
         if verdicts

@@ -25,7 +25,7 @@ use kalki_model::manifest::Manifest;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -573,35 +573,42 @@ async fn index(State(st): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 /// `GET /console/events`: the status as server-sent events, an event `status` (the JSON
-/// of `GET /v1/status`) at once and whenever the devices' part of it changes, looked at
-/// when the main loop says something happened and every [`POLL`] otherwise.
+/// of `GET /v1/status`) at once and whenever the devices' part of it changes: as the
+/// main loop publishes it ([`super::ServeOptions::published`]), or, without that, asked
+/// for every [`POLL`]. A comment every few quiet periods lets a dead connection be
+/// noticed.
 async fn events(State(st): State<AppState>, headers: HeaderMap) -> Response {
     if session(&st, &headers).is_none() {
         return unauthorized();
     }
     let id = cookie(&headers).unwrap_or_default();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::convert::Infallible>>(4);
-    let mut changed = st.changed.clone();
+    let mut published = st.published.clone();
     tokio::spawn(async move {
         let mut last: Option<String> = None;
         let mut quiet = 0u32;
+        // The first frame from a look of its own: what was published may be a period old,
+        // and nothing may be published until something happens.
+        let mut report = status_of(&st).await.map(Arc::new).map_err(|_| ());
+        if let Some(p) = published.as_mut() {
+            p.mark_unchanged();
+        }
         loop {
             // A session that ended (signed out, expired) ends its stream. Looking does
             // not count as use: a page left open does not keep its session from expiring.
             if !st.sessions.alive_id(&id) {
                 break;
             }
-            let frame = match status_of(&st).await {
+            let frame = match &report {
                 Ok(r) => {
                     let devices = serde_json::to_string(&r.devices).unwrap_or_default();
                     if last.as_deref() != Some(devices.as_str()) {
                         last = Some(devices);
                         quiet = 0;
-                        let json = serde_json::to_string(&r).unwrap_or_default();
+                        let json = serde_json::to_string(&**r).unwrap_or_default();
                         Some(format!("event: status\ndata: {json}\n\n"))
                     } else {
                         quiet += 1;
-                        // A comment now and then, so a dead connection is noticed.
                         (quiet % 3 == 0).then(|| ": alive\n\n".to_string())
                     }
                 }
@@ -612,19 +619,25 @@ async fn events(State(st): State<AppState>, headers: HeaderMap) -> Response {
                     break;
                 }
             }
-            // `false`: the main loop is gone (the shim stops): the stream ends, so the
-            // API's shutdown does not wait for it.
-            let wait = async {
-                match changed.as_mut() {
-                    Some(c) => c.changed().await.is_ok(),
-                    None => {
-                        tokio::time::sleep(POLL).await;
-                        true
-                    }
+            // The next report: the next one published (or the same, after a quiet
+            // period), or one asked for. `None`: the main loop is gone (the shim stops):
+            // the stream ends, so the API's shutdown does not wait for it.
+            let next = match published.as_mut() {
+                Some(p) => match tokio::time::timeout(POLL, p.changed()).await {
+                    Ok(Ok(())) => Some(p.borrow_and_update().clone().ok_or(())),
+                    Ok(Err(_)) => None,
+                    Err(_) => Some(report.clone()),
+                },
+                None => {
+                    tokio::time::sleep(POLL).await;
+                    Some(status_of(&st).await.map(Arc::new).map_err(|_| ()))
                 }
             };
-            let go_on = tokio::time::timeout(POLL, wait).await.unwrap_or(true);
-            if !go_on || tx.is_closed() {
+            match next {
+                Some(r) => report = r,
+                None => break,
+            }
+            if tx.is_closed() {
                 break;
             }
         }
