@@ -872,12 +872,15 @@ pub fn svg(m: &Manifest, device: &str, current: Option<&str>) -> Option<String> 
             mark = if initial { " ●" } else { "" },
         );
     }
+    // The arcs first, their labels after, each on a halo of the background: no arc
+    // runs through a label.
+    let mut labels = String::new();
     let (mut ui, mut di) = (0usize, 0usize);
     for t in &ty.transitions {
         let (Ok(f), Ok(to)) = (usize::try_from(t.from), usize::try_from(t.to)) else {
             continue;
         };
-        let label = esc(&t.trigger.to_string());
+        let label = t.trigger.to_string();
         let (x1, x2) = (x_of(f) + W / 2, x_of(to) + W / 2);
         // A transition to its own state: a loop from the box's left half to its right.
         let (x1, x2) = if f == to {
@@ -890,26 +893,43 @@ pub fn svg(m: &Manifest, device: &str, current: Option<&str>) -> Option<String> 
             let h = y.saturating_sub(14 + 26 * ui);
             let _ = write!(
                 o,
-                "<path d=\"M{x1},{y} C{x1},{h} {x2},{h} {x2},{y}\" fill=\"none\" stroke=\"#444\" marker-end=\"url(#arrow)\"/>\
-                 <text x=\"{mx}\" y=\"{ly}\" text-anchor=\"middle\" class=\"trigger\">{label}</text>",
-                mx = (x1 + x2) / 2,
-                ly = y - 3 * (y - h) / 4 - 4,
+                "<path d=\"M{x1},{y} C{x1},{h} {x2},{h} {x2},{y}\" fill=\"none\" stroke=\"#444\" marker-end=\"url(#arrow)\"/>"
             );
+            label_at(&mut labels, (x1 + x2) / 2, y - 3 * (y - h) / 4 - 4, &label);
         } else {
             di += 1;
             let yb = y + H;
             let h = yb + 14 + 26 * di;
             let _ = write!(
                 o,
-                "<path d=\"M{x1},{yb} C{x1},{h} {x2},{h} {x2},{yb}\" fill=\"none\" stroke=\"#444\" stroke-dasharray=\"4 3\" marker-end=\"url(#arrow)\"/>\
-                 <text x=\"{mx}\" y=\"{ly}\" text-anchor=\"middle\" class=\"trigger\">{label}</text>",
-                mx = (x1 + x2) / 2,
-                ly = yb + 3 * (h - yb) / 4 + 14,
+                "<path d=\"M{x1},{yb} C{x1},{h} {x2},{h} {x2},{yb}\" fill=\"none\" stroke=\"#444\" stroke-dasharray=\"4 3\" marker-end=\"url(#arrow)\"/>"
+            );
+            label_at(
+                &mut labels,
+                (x1 + x2) / 2,
+                yb + 3 * (h - yb) / 4 + 14,
+                &label,
             );
         }
     }
+    o.push_str(&labels);
     o.push_str("</svg>\n");
     Some(o)
+}
+
+/// A transition's label, centred at `x` on baseline `y`, on a box of the background
+/// (sized for the 12 px sans-serif face: about 7 px a character) so that no other arc
+/// runs through it.
+fn label_at(o: &mut String, x: usize, y: usize, label: &str) {
+    let w = 7 * label.chars().count() + 8;
+    let _ = write!(
+        o,
+        "<rect x=\"{}\" y=\"{}\" width=\"{w}\" height=\"16\" rx=\"3\" fill=\"#fff\" fill-opacity=\"0.9\"/>\
+         <text x=\"{x}\" y=\"{y}\" text-anchor=\"middle\" class=\"trigger\">{}</text>",
+        x.saturating_sub(w / 2),
+        y.saturating_sub(12),
+        esc(label)
+    );
 }
 
 #[cfg(test)]
