@@ -7,7 +7,7 @@
 # run is printed and the script fails, so nothing is silently skipped.
 set -euo pipefail
 
-PACKAGES=(libz3-dev libclang-dev clang pkg-config)
+PACKAGES=(libz3-dev libclang-dev clang pkg-config protobuf-compiler libprotobuf-dev)
 
 # shellcheck source=lib/packages.sh
 source "$(dirname "$0")/lib/packages.sh"

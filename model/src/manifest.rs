@@ -337,6 +337,9 @@ pub struct Device {
     /// absent when it has no bindings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<crate::telemetry::Telemetry>,
+    /// The node it is attached to, in a site on several nodes (`node NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl Device {

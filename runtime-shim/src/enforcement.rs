@@ -104,6 +104,23 @@ pub fn off_switch(bundle: &Bundle, device: usize) -> Option<Enforcement> {
         .then_some(Enforcement::OffSwitch)
 }
 
+/// A device's verdict from a look at the node: `check` is `Node::check` of the posture
+/// it should have (its state's, or what it failed closed to), `closed` what it failed
+/// closed to and why, if it did. One definition for `run` and the node agent.
+pub fn verdict(check: Result<(), String>, closed: Option<(String, &str)>) -> Enforcement {
+    match (check, closed) {
+        (Ok(()), None) => Enforcement::Enforced,
+        (Ok(()), Some((installed, reason))) => Enforcement::FailedClosed {
+            installed,
+            reason: reason.to_string(),
+        },
+        (Err(reason), None) => Enforcement::NotEnforced { reason },
+        (Err(why), Some((_, reason))) => Enforcement::NotEnforced {
+            reason: format!("{why} (failing closed, after: {reason})"),
+        },
+    }
+}
+
 /// What a device's posture lets through between it and the uplink: the summary of the
 /// contracts of its chain's inline µmboxes (`kalki_model::contract::summary`; taps stop
 /// nothing), as one line and cell by cell.

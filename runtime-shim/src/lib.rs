@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod bundle;
+pub mod cluster;
 pub mod cmd;
 pub mod codes;
 pub mod containers;

@@ -538,20 +538,12 @@ impl Loop {
                 if let Some(off) = enforcement::off_switch(self.node.bundle(), d) {
                     return off;
                 }
-                match (
+                enforcement::verdict(
                     self.node.check(obs, d, self.intended(d)),
-                    self.closed.get(&d),
-                ) {
-                    (Ok(()), None) => Enforcement::Enforced,
-                    (Ok(()), Some(c)) => Enforcement::FailedClosed {
-                        installed: self.closed_name(d, c.installed),
-                        reason: c.reason.clone(),
-                    },
-                    (Err(reason), None) => Enforcement::NotEnforced { reason },
-                    (Err(why), Some(c)) => Enforcement::NotEnforced {
-                        reason: format!("{why} (failing closed, after: {})", c.reason),
-                    },
-                }
+                    self.closed
+                        .get(&d)
+                        .map(|c| (self.closed_name(d, c.installed), c.reason.as_str())),
+                )
             })
             .collect()
     }

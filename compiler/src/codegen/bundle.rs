@@ -273,6 +273,7 @@ fn assemble(
             most_restrictive: ty.state(ty.most_restrictive()).name.clone(),
             states,
             telemetry: d.telemetry.clone(),
+            node: None,
         };
         DeviceOutput {
             files,
