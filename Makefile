@@ -15,12 +15,14 @@ setup:
 
 # What the integration tests run against: Open vSwitch (userspace datapath), a Docker
 # engine, mosquitto with its clients (installed only: each test starts its own broker),
-# and libfaketime (installed only: the daylight-saving test sets the shim's wall clock).
+# libfaketime (installed only: the daylight-saving test sets the shim's wall clock), and
+# etcd with etcdctl (installed only: each test starts its own cluster).
 services: setup
 	@scripts/ovs/start.sh
 	@scripts/docker/start.sh
 	@scripts/mosquitto/start.sh
 	@scripts/faketime/start.sh
+	@scripts/etcd/start.sh
 
 # The headless browser of the console's end-to-end test (runtime-shim/tests/console_browser.rs):
 # Debian's chromium and chromium-driver, installed only (the test starts its own driver).

@@ -4,15 +4,23 @@
 //! (Open vSwitch, a Docker engine, an image, root, a tool) that is missing skips the test
 //! with a message locally, and fails it under `CI=true`: in CI a missing component is a
 //! failure, never a silent skip. [`mosquitto`] runs private MQTT brokers and their real
-//! clients; [`chromedriver`] a private WebDriver for a headless Chromium.
+//! clients; [`chromedriver`] a private WebDriver for a headless Chromium; [`etcd`] private
+//! etcd clusters with mutual TLS, their certificates made by [`pki`]; [`TempDir`] a
+//! directory of a test's own.
 #![allow(clippy::panic, clippy::print_stderr)]
 
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub mod chromedriver;
+pub mod etcd;
 pub mod mosquitto;
+pub mod pki;
 /// The requirement "chromium and chromedriver are installed" ([`chromedriver::chromium`]).
 pub use chromedriver::chromium;
+/// The requirement "etcd and etcdctl are installed" ([`etcd::etcd`]).
+pub use etcd::etcd;
 /// The requirement "mosquitto and its clients are installed" ([`mosquitto::mosquitto`]).
 pub use mosquitto::mosquitto;
 
@@ -126,4 +134,42 @@ pub fn docker() -> (bool, &'static str) {
         docker_up(),
         "a Docker engine (scripts/docker/start.sh starts one)",
     )
+}
+
+/// A directory of a test's own under the system's temp dir (mode 0700, a name no other
+/// test or run shares), removed with everything in it when dropped.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates `$TMPDIR/kalki-TAG-PID-NANOS-RANDOM`.
+    pub fn new(tag: &str) -> Result<TempDir, String> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let path = std::env::temp_dir().join(format!(
+            "kalki-{tag}-{}-{stamp}-{}",
+            std::process::id(),
+            mosquitto::random_hex(4)?
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        Ok(TempDir { path })
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
 }

@@ -106,7 +106,7 @@ fn exec(program: &Path, args: &[&str], envs: &[(&str, &Path)]) -> Result<String,
 }
 
 /// Random hex from the kernel: passwords, directory names.
-fn random_hex(bytes: usize) -> Result<String, String> {
+pub(crate) fn random_hex(bytes: usize) -> Result<String, String> {
     let mut buf = vec![0u8; bytes];
     File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut buf))
