@@ -66,6 +66,17 @@ enum Command {
     /// journaled; a restart resumes from the journal.
     #[command(after_help = EXIT_HELP)]
     Run(Box<RunArgs>),
+    /// The engine of a site that spans nodes (docs/scale-out.md): follows the site's
+    /// input log in etcd, leads when no other controller does (then serves the API,
+    /// commits each input with the postures it decides, runs the timers), and stands by
+    /// otherwise. Until SIGINT or SIGTERM.
+    #[command(after_help = EXIT_HELP)]
+    Controller(Box<ControllerArgs>),
+    /// One node of a site that spans nodes (docs/scale-out.md): brings the devices
+    /// attached to node NAME to the postures the controller decides (read from etcd), and
+    /// reports what the node holds. Until SIGINT or SIGTERM.
+    #[command(after_help = EXIT_HELP)]
+    Agent(Box<AgentArgs>),
     /// Show every device of the running shim: its state, whether its posture is in force
     /// on the node (enforced, failed closed, not enforced), what that posture lets
     /// through, since when and why, and the µmboxes in front of it.
@@ -179,6 +190,136 @@ struct RunArgs {
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
     /// The least severe log lines written.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    log_level: LogLevel,
+}
+
+/// How a controller or an agent reaches etcd (`docs/scale-out.md`, "Security").
+#[derive(clap::Args)]
+struct EtcdArgs {
+    /// etcd's members: `https://HOST:PORT`, comma-separated or repeated.
+    #[arg(
+        long = "etcd",
+        value_name = "URL",
+        value_delimiter = ',',
+        required = true
+    )]
+    etcd: Vec<String>,
+    /// The CA that signed the members' certificates (PEM).
+    #[arg(long, value_name = "PATH")]
+    etcd_ca: PathBuf,
+    /// This process's client certificate (PEM), signed by a CA the members trust.
+    #[arg(long, value_name = "PATH")]
+    etcd_cert: PathBuf,
+    /// Its private key (PEM; not readable by other users).
+    #[arg(long, value_name = "PATH")]
+    etcd_key: PathBuf,
+    /// The deadline of every call to etcd: 100ms to 1h (a bare number is seconds).
+    #[arg(long, default_value = "3s", value_name = "DURATION", value_parser = reconcile_interval)]
+    etcd_timeout: Duration,
+    /// The lease that says this process is alive: 2s to 1h; another controller takes
+    /// over (or the agent's node is reported unreachable) this long after it stops.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = lease_ttl)]
+    lease_ttl: Duration,
+    /// This process's name in etcd [default: HOST-PID]
+    #[arg(long, value_name = "NAME")]
+    id: Option<String>,
+}
+
+impl EtcdArgs {
+    fn config(&self) -> kalki_shim::cluster::store::EtcdConfig {
+        kalki_shim::cluster::store::EtcdConfig {
+            endpoints: self.etcd.clone(),
+            ca: self.etcd_ca.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+            timeout: self.etcd_timeout,
+        }
+    }
+
+    fn id(&self) -> String {
+        self.id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "host".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    /// The key file must be readable by this user only, as the token file.
+    fn check_key(&self) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(&self.etcd_key)
+            .map_err(|e| format!("--etcd-key `{}`: {e}", self.etcd_key.display()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(format!(
+                "--etcd-key `{}` may be read by other users (chmod 600 it)",
+                self.etcd_key.display()
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn lease_ttl(text: &str) -> Result<Duration, String> {
+    duration::parse_flag(
+        text,
+        Duration::from_secs(1),
+        Duration::from_secs(2),
+        Duration::from_secs(3600),
+    )
+}
+
+#[derive(Parser)]
+struct ControllerArgs {
+    /// The site's bundle directory written by `kalkic build` (a site with `node`s).
+    bundle: PathBuf,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    #[command(flatten)]
+    clock: ClockArgs,
+    /// Where the API listens while this controller leads: `HOST:PORT` (loopback only,
+    /// unless --listen-any) or `unix:PATH`.
+    #[arg(long, default_value = "127.0.0.1:7878", value_name = "ADDR|unix:PATH")]
+    listen: String,
+    /// Allow a non-loopback address for --listen.
+    #[arg(long)]
+    listen_any: bool,
+    /// The file holding the API's bearer token [default: $KALKI_TOKEN_FILE, else
+    /// /etc/kalki/token]
+    #[arg(long, value_name = "PATH")]
+    token_file: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    color: Color,
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    log_level: LogLevel,
+}
+
+#[derive(Parser)]
+struct AgentArgs {
+    /// The site's bundle directory written by `kalkic build`; the agent runs its part
+    /// `nodes/NAME/`.
+    bundle: PathBuf,
+    /// The node this agent runs (a `node` of the site).
+    #[arg(long, value_name = "NAME")]
+    node: String,
+    #[command(flatten)]
+    node_args: NodeArgs,
+    #[command(flatten)]
+    etcd: EtcdArgs,
+    /// Where the agent keeps the postures it last applied (it starts from them when etcd
+    /// is out of reach).
+    #[arg(long, default_value = "/var/lib/kalki-shim/agent", value_name = "DIR")]
+    state_dir: PathBuf,
+    /// How often the node is looked at and repaired: 100ms to 1h.
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = reconcile_interval)]
+    reconcile_interval: Duration,
+    #[arg(long, value_enum, default_value_t = Color::Auto)]
+    color: Color,
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     log_level: LogLevel,
 }
@@ -356,6 +497,19 @@ struct JournalArgs {
         value_name = "PATH"
     )]
     journal: PathBuf,
+    #[command(flatten)]
+    clock: ClockArgs,
+}
+
+impl JournalArgs {
+    fn clock(&self) -> Option<kalki_shim::engine::Config> {
+        self.clock.clock()
+    }
+}
+
+/// The clock the policy's `clock in` windows read.
+#[derive(clap::Args)]
+struct ClockArgs {
     /// The node's offset from UTC, for the policy's clock (`+01:00`, `-05:30`).
     #[arg(long, default_value = "+00:00", value_name = "±HH:MM")]
     utc_offset: String,
@@ -365,7 +519,7 @@ struct JournalArgs {
     time_zone: Option<String>,
 }
 
-impl JournalArgs {
+impl ClockArgs {
     /// How Unix time maps to the node's wall clock: `--time-zone`, else `--utc-offset`;
     /// `None` after saying why.
     fn clock(&self) -> Option<kalki_shim::engine::Config> {
@@ -515,6 +669,8 @@ fn main() -> ExitCode {
         Command::Simulate(args) => run_simulate(&args),
         Command::Apply(args) => run_apply(&args),
         Command::Run(args) => run_run(&args),
+        Command::Controller(args) => run_controller(&args),
+        Command::Agent(args) => run_agent(&args),
         Command::Status(args) => run_status(&args),
         Command::Event(args) => run_event(&args),
         Command::Alert(args) => run_alert(&args),
@@ -1181,6 +1337,142 @@ fn run_run(args: &RunArgs) -> Exit {
             Err(e) => {
                 eprintln!("error: {e}");
                 Exit::Usage
+            }
+        }
+    })
+}
+
+fn run_controller(args: &ControllerArgs) -> Exit {
+    init_log(args.log_format, args.log_level);
+    let Some(clock) = args.clock.clock() else {
+        return Exit::Usage;
+    };
+    if let Err(e) = args.etcd.check_key() {
+        eprintln!("error: {e}");
+        return Exit::Usage;
+    }
+    let token_file = args
+        .token_file
+        .clone()
+        .or_else(|| std::env::var_os("KALKI_TOKEN_FILE").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE));
+    let token = match Token::from_file(&token_file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Exit::Usage;
+        }
+    };
+    let endpoint = match args.listen.parse::<Endpoint>() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: --listen: {e}");
+            return Exit::Usage;
+        }
+    };
+    let bundle = match load_bundle(&args.bundle, args.color) {
+        Ok(b) => b,
+        Err(exit) => return exit,
+    };
+    let Some(rt) = runtime() else {
+        return Exit::Usage;
+    };
+    let cfg = kalki_shim::cluster::controller::ControllerConfig {
+        etcd: args.etcd.config(),
+        id: args.etcd.id(),
+        endpoint,
+        exposure: if args.listen_any {
+            api::Exposure::AnyAddress
+        } else {
+            api::Exposure::LoopbackOnly
+        },
+        token,
+        clock,
+        lease_ttl: args.etcd.lease_ttl,
+    };
+    rt.block_on(async {
+        match kalki_shim::cluster::controller::controller(bundle, cfg, shutdown_signal()).await {
+            Ok(()) => {
+                tracing::info!(event = "stopped", "stopped");
+                Exit::Ok
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Exit::Refused
+            }
+        }
+    })
+}
+
+fn run_agent(args: &AgentArgs) -> Exit {
+    init_log(args.log_format, args.log_level);
+    if let Err(e) = args.etcd.check_key() {
+        eprintln!("error: {e}");
+        return Exit::Usage;
+    }
+    let site = match load_bundle(&args.bundle, args.color) {
+        Ok(b) => b,
+        Err(exit) => return exit,
+    };
+    let part = args.bundle.join("nodes").join(&args.node);
+    if !part.join(bundle::MANIFEST).is_file() {
+        let nodes: Vec<String> = std::fs::read_dir(args.bundle.join("nodes"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        eprintln!(
+            "error: the site `{}` has no node `{}` (its nodes: {})",
+            site.manifest.site,
+            args.node,
+            if nodes.is_empty() {
+                "none: it runs on one node, with `kalki-shim run`".to_string()
+            } else {
+                nodes.join(", ")
+            }
+        );
+        return Exit::Usage;
+    }
+    let bundle = match load_bundle(&part, args.color) {
+        Ok(b) => b,
+        Err(exit) => return exit,
+    };
+    if let Err(e) = std::fs::create_dir_all(&args.state_dir) {
+        eprintln!("error: cannot create `{}`: {e}", args.state_dir.display());
+        return Exit::Usage;
+    }
+    let Some(rt) = runtime() else {
+        return Exit::Usage;
+    };
+    let cfg = kalki_shim::cluster::agent::AgentConfig {
+        etcd: args.etcd.config(),
+        site: site.manifest.site.clone(),
+        node: args.node.clone(),
+        id: args.etcd.id(),
+        reconcile_interval: args.reconcile_interval,
+        lease_ttl: args.etcd.lease_ttl,
+        cache: args.state_dir.join("postures.json"),
+    };
+    rt.block_on(async {
+        let ncfg = node_config(&args.node_args);
+        let docker = containers(&args.node_args, &ncfg);
+        let node = match Node::new(bundle, docker, ncfg) {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Exit::Refused;
+            }
+        };
+        match kalki_shim::cluster::agent::agent(node, cfg, shutdown_signal()).await {
+            Ok(()) => {
+                tracing::info!(event = "stopped", "stopped");
+                Exit::Ok
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Exit::Refused
             }
         }
     })

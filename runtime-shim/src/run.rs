@@ -350,10 +350,10 @@ pub async fn run(
                     lp.submit_all(batch).await?;
                     dirty = true;
                     if let Some(r) = other {
-                        lp.answer(r).await;
+                        lp.answer_now(r).await?;
                     }
                 }
-                Some(r) => lp.answer(r).await,
+                Some(r) => lp.answer_now(r).await?,
                 None => break,
             },
             Some(event) = umbox_rx.recv() => {
@@ -1340,6 +1340,20 @@ impl Loop {
                     })
             })
             .collect()
+    }
+
+    /// [`Self::answer`], a status after the timers due by now have fired: a status
+    /// taken just after a hold ran out or a clock window closed shows the state the
+    /// policy gives now, never the one before it (the loop may not have come to the
+    /// timer yet).
+    async fn answer_now(&mut self, request: Request) -> Result<(), RunError> {
+        if matches!(request, Request::Status { .. })
+            && self.engine.next_deadline().is_some_and(|t| t <= now_ms())
+        {
+            self.tick().await?;
+        }
+        self.answer(request).await;
+        Ok(())
     }
 
     /// Answers a request that is not an input.
