@@ -232,7 +232,7 @@ fn in_largest_unit(millis: u64) -> String {
     DURATION_UNITS
         .iter()
         .rev()
-        .find(|(_, size)| millis > 0 && millis % size == 0)
+        .find(|(_, size)| millis > 0 && millis.is_multiple_of(*size))
         .map_or(format!("{millis}ms"), |(unit, size)| {
             format!("{}{unit}", millis / size)
         })

@@ -1270,7 +1270,7 @@ impl Engine {
             }
         }
         let minute = self.rt.clock.minute_of_day(at);
-        let on_boundary = self.time_of_day(at) % MINUTE_MS == 0;
+        let on_boundary = self.time_of_day(at).is_multiple_of(MINUTE_MS);
         // When the wall clock jumps (daylight saving), every window may have opened or
         // closed, whatever its boundaries: all that read the clock are evaluated.
         let jump = self.rt.clock.jumps_at(at);

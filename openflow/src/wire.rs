@@ -194,7 +194,7 @@ fn put64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_be_bytes());
 }
 fn pad8(out: &mut Vec<u8>, from: usize) {
-    while (out.len() - from) % 8 != 0 {
+    while !(out.len() - from).is_multiple_of(8) {
         out.push(0);
     }
 }

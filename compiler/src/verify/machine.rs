@@ -92,7 +92,7 @@ pub(super) fn ms(ms: u64) -> String {
         ("m", 60_000),
         ("s", 1_000),
     ] {
-        if ms % size == 0 && ms >= size {
+        if ms.is_multiple_of(size) && ms >= size {
             return format!("{}{unit}", ms / size);
         }
     }

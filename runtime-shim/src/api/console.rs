@@ -609,7 +609,7 @@ async fn events(State(st): State<AppState>, headers: HeaderMap) -> Response {
                         Some(format!("event: status\ndata: {json}\n\n"))
                     } else {
                         quiet += 1;
-                        (quiet % 3 == 0).then(|| ": alive\n\n".to_string())
+                        quiet.is_multiple_of(3).then(|| ": alive\n\n".to_string())
                     }
                 }
                 Err(_) => Some("event: unavailable\ndata: {}\n\n".to_string()),

@@ -67,7 +67,7 @@ pub fn helper_main() {
             let mut seq = 0u64;
             let mut errors = 0u64;
             let mut payload = [0u8; 64];
-            while !(seq % 64 == 0 && (stop.exists() || start.elapsed() > LIMIT)) {
+            while !(seq.is_multiple_of(64) && (stop.exists() || start.elapsed() > LIMIT)) {
                 payload[..8].copy_from_slice(&seq.to_be_bytes());
                 if sock.send_to(&payload, (to.as_str(), PORT)).is_err() {
                     errors += 1;
