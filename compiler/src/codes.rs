@@ -93,5 +93,8 @@ pub const NAME_AND_TYPE_CODES: &[(&str, &str)] = &[
     (OVERFLOW, "integer arithmetic can leave 64 bits"),
     (BAD_CONTRACT, "invalid µmbox traffic contract or secret"),
     (BAD_BINDING, "invalid MQTT binding or topic"),
-    (NODES, "a site's nodes misdeclared or a device's node missing"),
+    (
+        NODES,
+        "a site's nodes misdeclared or a device's node missing",
+    ),
 ];

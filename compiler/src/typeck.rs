@@ -2957,8 +2957,10 @@ impl<'a> Cx<'a> {
             }
             if n.bridge.value.is_empty() {
                 self.err(
-                    Diagnostic::error(codes::MISSING, "empty bridge name")
-                        .primary(self.loc(source, n.bridge.span), "name the node's OVS bridge"),
+                    Diagnostic::error(codes::MISSING, "empty bridge name").primary(
+                        self.loc(source, n.bridge.span),
+                        "name the node's OVS bridge",
+                    ),
                 );
             }
             out.nodes.push(Node {

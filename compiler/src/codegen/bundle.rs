@@ -221,7 +221,11 @@ fn spanning(
             d.node = Some(node.name.clone());
             devices[ids[k].index()] = Some(d);
         }
-        let sub_manifest = bundle.files.get("manifest.json").cloned().unwrap_or_default();
+        let sub_manifest = bundle
+            .files
+            .get("manifest.json")
+            .cloned()
+            .unwrap_or_default();
         nodes.push(m::SiteNode {
             name: node.name.clone(),
             bridge: node.bridge.clone(),
