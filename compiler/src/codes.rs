@@ -66,6 +66,10 @@ pub const BAD_CONTRACT: &str = "K115";
 /// non-integer, a map with a scale or a key twice, a hole naming no parameter, a topic
 /// that is not exact, two devices reading one topic, a command on a topic the site reads.
 pub const BAD_BINDING: &str = "K116";
+/// A site's nodes are misdeclared: a site with both a `bridge` line and nodes, a device
+/// on no node in a site with nodes, or a device naming a node in a site without.
+/// (An unknown node is K103, a node declared twice K104, a site with neither K107.)
+pub const NODES: &str = "K117";
 
 /// The deepest expression the compiler accepts. Real conditions are a few levels deep;
 /// the limit keeps every later (recursive) stage within a small stack.
@@ -89,4 +93,8 @@ pub const NAME_AND_TYPE_CODES: &[(&str, &str)] = &[
     (OVERFLOW, "integer arithmetic can leave 64 bits"),
     (BAD_CONTRACT, "invalid µmbox traffic contract or secret"),
     (BAD_BINDING, "invalid MQTT binding or topic"),
+    (
+        NODES,
+        "a site's nodes misdeclared or a device's node missing",
+    ),
 ];

@@ -374,10 +374,78 @@ pub struct Site {
     /// Where the uplink is named (the site's name when it is not).
     pub uplink_loc: Loc,
     pub unknown_hosts: UnknownHosts,
+    /// `node NAME { ... }`: the edge nodes of a site that spans several, each with its
+    /// own bridge and uplink (then `bridge` is empty and `uplink` `None`). Empty for a
+    /// site on one bridge. Every device of a site with nodes is on one
+    /// ([`Device::node`]).
+    pub nodes: Vec<Node>,
+    /// On the projection of a site onto one of its nodes ([`Site::project`]): that
+    /// node's name. The projection is a one-node site in its own right (the node's
+    /// bridge, uplink and devices), which code generation turns into the node's
+    /// sub-bundle; it is never verified.
+    pub part_of: Option<String>,
     pub devices: Vec<Device>,
     pub rules: Vec<Rule>,
     pub asserts: Vec<Assertion>,
     pub traffic_asserts: Vec<TrafficAssertion>,
+}
+
+/// `node NAME { bridge "br" uplink "eth" }`: an edge node of a site.
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    pub name: String,
+    pub bridge: String,
+    pub uplink: Option<String>,
+    /// Where its uplink is named (the node's name when it is not).
+    pub uplink_loc: Loc,
+    pub loc: Loc,
+}
+
+impl Site {
+    /// The projection of the site onto node `node` (an index into `nodes`): a one-node
+    /// site with that node's bridge, uplink and devices (in site order, their `node`
+    /// cleared), the site's name and `unknown hosts`, and no rules or assertions (they
+    /// belong to the whole site, whose engine runs on the controller). Also returns,
+    /// for each device of the projection, its index in the site.
+    ///
+    /// Nothing a device's switch flows or µmboxes need is lost: a device's flows read
+    /// only its own address, MAC and port, its µmboxes' ports, the uplink and the
+    /// site's `unknown hosts` (`codegen::openflow`); other devices, on this node or
+    /// another, are peers on the uplink side, reached through the uplink like any host.
+    /// `codegen::bundle`'s tests hold a one-node projection to the bundle of the same
+    /// site written on one bridge.
+    pub fn project(&self, node: usize) -> (Site, Vec<DeviceId>) {
+        let n = &self.nodes[node];
+        let mut ids = Vec::new();
+        let devices = self
+            .devices
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.node == Some(node))
+            .map(|(i, d)| {
+                ids.push(DeviceId::from_index(i));
+                Device {
+                    node: None,
+                    ..d.clone()
+                }
+            })
+            .collect();
+        let site = Site {
+            name: self.name.clone(),
+            loc: n.loc,
+            bridge: n.bridge.clone(),
+            uplink: n.uplink.clone(),
+            uplink_loc: n.uplink_loc,
+            unknown_hosts: self.unknown_hosts,
+            nodes: Vec::new(),
+            part_of: Some(n.name.clone()),
+            devices,
+            rules: Vec::new(),
+            asserts: Vec::new(),
+            traffic_asserts: Vec::new(),
+        };
+        (site, ids)
+    }
 }
 
 /// `assert never|reachable traffic [CLASS] to|from|with DEVICE [in STATES]`.
@@ -432,6 +500,9 @@ pub struct Device {
     pub loc: Loc,
     /// Its type's MQTT bindings with its own topics; `None` when the type has none.
     pub telemetry: Option<kalki_model::telemetry::Telemetry>,
+    /// `node NAME`: the node it is attached to (an index into [`Site::nodes`]); `None`
+    /// in a site on one bridge.
+    pub node: Option<usize>,
 }
 
 /// A device's place on the switch: `at`, `mac`, `port`.

@@ -1425,6 +1425,7 @@ impl<'a> Cx<'a> {
                     }),
                     trusted: d.trusted,
                     tags: d.tags.clone(),
+                    node: d.node.clone(),
                     span: d.span,
                 }));
             }
@@ -2941,6 +2942,98 @@ impl<'a> Cx<'a> {
 
     // ------------------------------------------------------------------ sites
 
+    /// The site's `node` declarations into `out.nodes`: names once each (K104), bridges
+    /// named (K107).
+    fn site_nodes(&mut self, source: SourceId, s: &ast::Site, out: &mut Site) {
+        for member in &s.members {
+            let ast::SiteMember::Node(n) = member else {
+                continue;
+            };
+            let l = self.loc(source, n.name.span);
+            if let Some(first) = out.nodes.iter().find(|x| x.name == n.name.name) {
+                let first = first.loc;
+                self.duplicate("node", &n.name.name, l, first);
+                continue;
+            }
+            if n.bridge.value.is_empty() {
+                self.err(
+                    Diagnostic::error(codes::MISSING, "empty bridge name").primary(
+                        self.loc(source, n.bridge.span),
+                        "name the node's OVS bridge",
+                    ),
+                );
+            }
+            out.nodes.push(Node {
+                name: n.name.name.clone(),
+                bridge: n.bridge.value.clone(),
+                uplink: n.uplink.as_ref().map(|u| u.value.clone()),
+                uplink_loc: n.uplink.as_ref().map_or(l, |u| self.loc(source, u.span)),
+                loc: l,
+            });
+        }
+    }
+
+    /// The node a device is attached to: in a site with nodes it must name one of them
+    /// (K117 when it names none, K103 with a "did you mean" for an unknown one); in a
+    /// site without, none (K117). `None` after an error, or in a site on one bridge.
+    fn device_node(
+        &mut self,
+        source: SourceId,
+        site: &str,
+        d: &ast::DeviceDecl,
+        nodes: &[Node],
+    ) -> Option<usize> {
+        match &d.node {
+            None if nodes.is_empty() => None,
+            None => {
+                let names: Vec<String> = nodes.iter().map(|n| format!("`{}`", n.name)).collect();
+                self.err(
+                    Diagnostic::error(
+                        codes::NODES,
+                        format!("device `{}` is on no node", d.name.name),
+                    )
+                    .primary(self.loc(source, d.name.span), "no `node` given")
+                    .secondary(nodes[0].loc, format!("site `{site}` spans nodes"))
+                    .help(format!(
+                        "every device of a site with nodes is attached to one: add `node {}` (the site's nodes: {})",
+                        nodes[0].name,
+                        names.join(", ")
+                    )),
+                );
+                None
+            }
+            Some(n) if nodes.is_empty() => {
+                self.err(
+                    Diagnostic::error(
+                        codes::NODES,
+                        format!("device `{}` names node `{}`, but site `{site}` declares no nodes", d.name.name, n.name),
+                    )
+                    .primary(self.loc(source, n.span), "no node of this name")
+                    .help(format!(
+                        "a site on one bridge has no nodes: remove `node {}`, or declare the site's nodes first in it (`node {} {{ bridge \"br0\" uplink \"eth0\" }}`) in place of its `bridge` line",
+                        n.name, n.name
+                    )),
+                );
+                None
+            }
+            Some(n) => {
+                let found = nodes.iter().position(|x| x.name == n.name);
+                if found.is_none() {
+                    let candidates: Vec<&str> = nodes.iter().map(|x| x.name.as_str()).collect();
+                    let list: Vec<String> = candidates.iter().map(|c| format!("`{c}`")).collect();
+                    self.unknown(
+                        "node",
+                        n,
+                        source,
+                        &candidates,
+                        Some(format!("the site's nodes are {}", list.join(", "))),
+                    );
+                }
+                found
+            }
+        }
+    }
+
     fn site(&mut self, m: usize, s: &ast::Site) -> Site {
         let source = self.p.modules[m].source;
         let ranged = self.expand_ranges(source, s);
@@ -2953,11 +3046,15 @@ impl<'a> Cx<'a> {
             uplink: None,
             uplink_loc: loc,
             unknown_hosts: UnknownHosts::Drop,
+            nodes: Vec::new(),
+            part_of: None,
             devices: Vec::new(),
             rules: Vec::new(),
             asserts: Vec::new(),
             traffic_asserts: Vec::new(),
         };
+        // The grammar puts nodes first: every device below can name any of them.
+        self.site_nodes(source, s, &mut out);
         let mut bridge_loc: Option<Loc> = None;
         let mut unknown_loc: Option<Loc> = None;
         // Devices whose type failed to resolve: references to them are not reported again.
@@ -2976,6 +3073,19 @@ impl<'a> Cx<'a> {
                         continue;
                     }
                     bridge_loc = Some(l);
+                    if let Some(first) = out.nodes.first() {
+                        let first = first.loc;
+                        self.err(
+                            Diagnostic::error(
+                                codes::NODES,
+                                format!("site `{}` has a bridge line and nodes", s.name.name),
+                            )
+                            .primary(l, "a bridge for the whole site ...")
+                            .secondary(first, "... and nodes, each with its own bridge")
+                            .help("a site is on one bridge or on several nodes: remove this line, or the nodes and every device's `node`"),
+                        );
+                        continue;
+                    }
                     if bridge.value.is_empty() {
                         self.err(
                             Diagnostic::error(codes::MISSING, "empty bridge name")
@@ -3017,6 +3127,7 @@ impl<'a> Cx<'a> {
                         continue;
                     }
                     device_locs.insert(&d.name.name, dl);
+                    let node = self.device_node(source, &s.name.name, d, &out.nodes);
                     let Some(key) = self.lookup(m, &d.ty, Kind::DeviceType) else {
                         broken.push(d.name.name.clone());
                         continue;
@@ -3072,6 +3183,7 @@ impl<'a> Cx<'a> {
                             trusted: d.trusted.is_some(),
                             loc: dl,
                             telemetry,
+                            node,
                         });
                         continue;
                     }
@@ -3107,8 +3219,10 @@ impl<'a> Cx<'a> {
                         trusted: d.trusted.is_some(),
                         loc: dl,
                         telemetry,
+                        node,
                     });
                 }
+                ast::SiteMember::Node(_) => {}
                 ast::SiteMember::Rule(_)
                 | ast::SiteMember::Group(_)
                 | ast::SiteMember::Assert(_)
@@ -3116,14 +3230,14 @@ impl<'a> Cx<'a> {
             }
         }
         self.site_topics(&out.devices);
-        if bridge_loc.is_none() {
+        if bridge_loc.is_none() && out.nodes.is_empty() {
             self.err(
                 Diagnostic::error(
                     codes::MISSING,
                     format!("site `{}` names no bridge", s.name.name),
                 )
                 .primary(loc, "declared here")
-                .help("add `bridge \"br0\" uplink \"eth0\"`"),
+                .help("add `bridge \"br0\" uplink \"eth0\"`, or, for a site on several edge nodes, a `node NAME { bridge \"br0\" uplink \"eth0\" }` for each, first in the site"),
             );
         }
         let scope = SiteScope::new(out.devices.iter().map(|d| (d.name.clone(), d.ty)).collect());

@@ -189,7 +189,7 @@ fn an_unknown_code_is_a_usage_error_with_the_nearest_codes() {
         err.contains("`K118` is not a Kalki diagnostic code"),
         "{err}"
     );
-    assert!(err.contains("did you mean K116, K115, K114?"), "{err}");
+    assert!(err.contains("did you mean K117, K116, K115?"), "{err}");
     let (code, _, err) = kalkic(&["explain", "E0308"]);
     assert_eq!(code, 2);
     assert!(err.contains("kalkic explain --list"), "{err}");

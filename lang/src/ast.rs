@@ -404,6 +404,9 @@ pub enum SiteMember {
     },
     /// `unknown hosts drop|pass`.
     UnknownHosts(Ident, Span),
+    /// `node east { bridge "br-east" uplink "eth1" }`: one of the site's edge nodes (the
+    /// grammar puts them before every other member).
+    Node(NodeDecl),
     Device(DeviceDecl),
     /// `group NAME: TYPE` (every device of the type) or `group NAME = [a, b, ...]`.
     Group(GroupDecl),
@@ -462,6 +465,18 @@ pub struct DeviceDecl {
     pub trusted: Option<Span>,
     /// `tagged outdoor, entrance`: each tag is a group of the site, of the devices tagged.
     pub tags: Vec<Ident>,
+    /// `node east`: the node it is attached to, in a site that declares nodes.
+    pub node: Option<Ident>,
+    pub span: Span,
+}
+
+/// `node NAME { bridge "br" [uplink "eth"] }`: an edge node of a site spanning several,
+/// with its own Open vSwitch bridge and uplink.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeDecl {
+    pub name: Ident,
+    pub bridge: StrLit,
+    pub uplink: Option<StrLit>,
     pub span: Span,
 }
 

@@ -206,6 +206,7 @@ const RUN_TRANSITION: u8 = 1;
 const RUN_DEVICE: u8 = 2;
 const RUN_FIELD: u8 = 3;
 const RUN_PUBLISH: u8 = 4;
+const RUN_NODE: u8 = 5;
 
 /// Index of the first token that starts at or after `pos`.
 fn first_at(toks: &[Tok], pos: usize) -> usize {
@@ -386,6 +387,13 @@ fn site_members(members: &[SiteMember], toks: &[Tok]) -> Vec<(usize, Kind)> {
                 SiteMember::Bridge { span, .. } | SiteMember::UnknownHosts(_, span) => {
                     (*span, line(None, toks))
                 }
+                SiteMember::Node(n) => (
+                    n.span,
+                    Kind::Aligned {
+                        run: RUN_NODE,
+                        head_end: end_at(toks, n.name.span.end),
+                    },
+                ),
                 SiteMember::Device(d) => {
                     let mut head_end = end_at(toks, d.ty.span.end);
                     if toks.get(head_end).is_some_and(|t| t.kind == Token::LParen) {

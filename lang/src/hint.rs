@@ -327,6 +327,26 @@ fn unexpected(
     }
     let prev = i.checked_sub(1).and_then(|p| toks.get(p));
     let prev2 = i.checked_sub(2).and_then(|p| toks.get(p));
+    // A node declared after another member of its site: `node` where a site member goes,
+    // or, after a device, `node NAME` read as the device's attribute and then its `{`.
+    let misplaced_node = match (tok, prev2) {
+        (Token::Node, _) if expects("`device`") => Some(Span::new(*l, *r)),
+        (Token::LBrace, Some((nl, Token::Node, _))) if expects("`device`") => {
+            Some(Span::new(*nl, *r))
+        }
+        _ => None,
+    };
+    if let Some(span) = misplaced_node {
+        e.message = "a node declared after other members of its site".into();
+        e.span = span;
+        e.label = Some("nodes come first".into());
+        e.help = Some(
+            "declare a site's nodes before its other members: move every `node NAME { ... }` \
+             to the top of the site (after a device, `node NAME` is that device's node)"
+                .into(),
+        );
+        return;
+    }
     let same_line = |a: usize, b: usize| src.get(a..b).is_some_and(|s| !s.contains('\n'));
     // `commands turn_on turn_off`: `turn_off` was read as the start of a new member.
     if let (Some((xl, Token::Ident(x), xr)), Some((_, Token::Ident(y), yr))) = (prev, prev2) {

@@ -106,6 +106,8 @@ pub enum Token {
     Bridge,
     #[token("uplink")]
     Uplink,
+    #[token("node")]
+    Node,
     #[token("unknown")]
     Unknown,
     #[token("hosts")]
@@ -378,6 +380,7 @@ impl Token {
             Site => "site",
             Bridge => "bridge",
             Uplink => "uplink",
+            Node => "node",
             Unknown => "unknown",
             Hosts => "hosts",
             At => "at",

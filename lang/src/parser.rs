@@ -436,6 +436,8 @@ pub(crate) enum DeviceAttr {
     Trusted,
     /// `tagged outdoor, entrance`: the groups the device belongs to by tag.
     Tags(Vec<Ident>),
+    /// `node east`: the edge node the device is attached to.
+    Node(Ident),
 }
 
 #[cfg(test)]

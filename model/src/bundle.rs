@@ -52,6 +52,23 @@ impl BundleReader for BTreeMap<String, Vec<u8>> {
     }
 }
 
+/// The files under `prefix/` of another reader: a node's sub-bundle inside the bundle of
+/// a site with nodes (`nodes/NAME/`), read as a bundle of its own.
+pub struct Prefixed<'r> {
+    pub inner: &'r dyn BundleReader,
+    /// Without a trailing `/`: `nodes/east`.
+    pub prefix: String,
+}
+
+impl BundleReader for Prefixed<'_> {
+    fn read(&self, path: &str) -> Result<Vec<u8>, ReadError> {
+        self.inner.read(&format!("{}/{path}", self.prefix))
+    }
+    fn describe(&self) -> String {
+        format!("{} ({}/)", self.inner.describe(), self.prefix)
+    }
+}
+
 /// A problem that makes the shim refuse a bundle.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BundleError {
@@ -118,6 +135,53 @@ impl Diagnostic for BundleError {
         };
         Some(Box::new(help))
     }
+}
+
+/// Why `kalki-shim run` and `apply` refuse a bundle that loads: it is not a site on one
+/// node (S008). Loading does not refuse it: `simulate` runs a site with nodes (it needs
+/// only the engine), and a node's agent loads its sub-bundle with [`load`] or
+/// [`load_node`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotOneNode {
+    #[error("site `{site}` spans {} nodes ({}): no single node runs it", nodes.len(), nodes.join(", "))]
+    Spans { site: String, nodes: Vec<String> },
+    #[error("this bundle is node `{node}`'s part of site `{site}`, not a site")]
+    PartOf { site: String, node: String },
+}
+
+impl Diagnostic for NotOneNode {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(codes::NOT_ONE_NODE))
+    }
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(match self {
+            NotOneNode::Spans { nodes, .. } => format!(
+                "start `kalki-shim controller` with this bundle, and on each node `kalki-shim agent --node NAME` ({}); see docs/scale-out.md",
+                nodes.join(", ")
+            ),
+            NotOneNode::PartOf { site, node } => format!(
+                "a node's part of site `{site}`: run it with `kalki-shim agent --node {node}`, beside the site's `kalki-shim controller`; see docs/scale-out.md"
+            ),
+        }))
+    }
+}
+
+/// Whether a loaded bundle is a site on one node, which `run` and `apply` take.
+pub fn one_node(b: &Bundle) -> Result<(), NotOneNode> {
+    let m = &b.manifest;
+    if let Some(p) = &m.part_of {
+        return Err(NotOneNode::PartOf {
+            site: p.site.clone(),
+            node: p.node.clone(),
+        });
+    }
+    if !m.nodes.is_empty() {
+        return Err(NotOneNode::Spans {
+            site: m.site.clone(),
+            nodes: m.nodes.iter().map(|n| n.name.clone()).collect(),
+        });
+    }
+    Ok(())
 }
 
 /// A loaded, checked bundle.
@@ -215,6 +279,83 @@ pub fn load(reader: &dyn BundleReader) -> Result<Bundle, Vec<BundleError>> {
             manifest_sha256,
             types,
         })
+    } else {
+        Err(errors)
+    }
+}
+
+/// Loads node `node`'s sub-bundle out of the bundle of a site with nodes: the whole
+/// site's bundle is loaded and checked first (every file under `nodes/` has its digest
+/// there), then `nodes/NODE/` as a bundle of its own through [`Prefixed`], which must be
+/// the one the site lists for the node (its manifest's sha256) and say it is that
+/// node's part of that site (`part_of`). Returns the site's bundle (the controller's
+/// engine) and the node's (what its agent applies). A node's sub-bundle copied alone
+/// loads with [`load`]; its `part_of` then says what it is.
+pub fn load_node(
+    reader: &dyn BundleReader,
+    node: &str,
+) -> Result<(Bundle, Bundle), Vec<BundleError>> {
+    let site = load(reader)?;
+    let Some(entry) = site.manifest.nodes.iter().find(|n| n.name == node) else {
+        let known: Vec<&str> = site
+            .manifest
+            .nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect();
+        return Err(vec![inconsistent(
+            "nodes",
+            if known.is_empty() {
+                format!(
+                    "site `{}` has no nodes, so no node `{node}`",
+                    site.manifest.site
+                )
+            } else {
+                format!(
+                    "site `{}` has no node `{node}` (its nodes: {})",
+                    site.manifest.site,
+                    known.join(", ")
+                )
+            },
+        )]);
+    };
+    let Some(dir) = entry
+        .manifest
+        .strip_suffix(MANIFEST)
+        .and_then(|d| d.strip_suffix('/'))
+    else {
+        return Err(vec![inconsistent(
+            format!("nodes (`{node}`)"),
+            format!("its manifest `{}` is not a `manifest.json`", entry.manifest),
+        )]);
+    };
+    let part = load(&Prefixed {
+        inner: reader,
+        prefix: dir.to_string(),
+    })?;
+    let mut errors = Vec::new();
+    if part.manifest_sha256 != entry.manifest_sha256 {
+        errors.push(BundleError::DigestMismatch {
+            path: entry.manifest.clone(),
+            expected: entry.manifest_sha256.clone(),
+            actual: part.manifest_sha256.clone(),
+        });
+    }
+    let expected = crate::manifest::PartOf {
+        site: site.manifest.site.clone(),
+        node: node.to_string(),
+    };
+    if part.manifest.part_of.as_ref() != Some(&expected) {
+        errors.push(inconsistent(
+            format!("{}: part_of", entry.manifest),
+            format!(
+                "it is not node `{node}`'s part of site `{}`",
+                site.manifest.site
+            ),
+        ));
+    }
+    if errors.is_empty() {
+        Ok((site, part))
     } else {
         Err(errors)
     }
@@ -499,6 +640,8 @@ fn check_manifest(
         }
     }
 
+    check_nodes(m, listed, errors);
+
     let mut rule_names = BTreeSet::new();
     for (ri, r) in m.rules.iter().enumerate() {
         let at = format!("rules[{ri}] (`{}`)", r.name);
@@ -558,6 +701,69 @@ fn check_manifest(
         }
     }
     types
+}
+
+/// A site's `nodes` and its devices' `node` agree: every device on exactly the node that
+/// lists it, each node once with its sub-bundle's manifest listed in `files`; and a
+/// node's sub-bundle (`part_of`) has no nodes of its own.
+fn check_nodes(m: &Manifest, listed: &BTreeSet<String>, errors: &mut Vec<BundleError>) {
+    if m.part_of.is_some() && !m.nodes.is_empty() {
+        errors.push(inconsistent(
+            "part_of",
+            "a node's sub-bundle declares nodes of its own",
+        ));
+    }
+    let mut names = BTreeSet::new();
+    let mut listing: BTreeMap<&str, &str> = BTreeMap::new();
+    for (ni, n) in m.nodes.iter().enumerate() {
+        let at = format!("nodes[{ni}] (`{}`)", n.name);
+        if !names.insert(n.name.as_str()) {
+            errors.push(inconsistent(
+                &at,
+                format!("node `{}` is declared twice", n.name),
+            ));
+        }
+        if !listed.contains(&n.manifest) {
+            errors.push(inconsistent(
+                &at,
+                format!("its manifest `{}` is not listed in `files`", n.manifest),
+            ));
+        }
+        for d in &n.devices {
+            if let Some(other) = listing.insert(d.as_str(), n.name.as_str()) {
+                errors.push(inconsistent(
+                    &at,
+                    format!("device `{d}` is also listed on node `{other}`"),
+                ));
+            }
+        }
+    }
+    for (di, d) in m.devices.iter().enumerate() {
+        let at = format!("devices[{di}] (`{}`)", d.name);
+        let listed_on = listing.remove(d.name.as_str());
+        match (&d.node, listed_on) {
+            (None, None) if m.nodes.is_empty() => {}
+            (Some(n), Some(l)) if n == l => {}
+            (None, _) => errors.push(inconsistent(
+                &at,
+                "the site has nodes, but the device is on none",
+            )),
+            (Some(n), _) if !names.contains(n.as_str()) => errors.push(inconsistent(
+                &at,
+                format!("its node `{n}` is not in `nodes`"),
+            )),
+            (Some(n), _) => errors.push(inconsistent(
+                &at,
+                format!("its node `{n}` does not list it"),
+            )),
+        }
+    }
+    for (d, n) in listing {
+        errors.push(inconsistent(
+            format!("nodes (`{n}`)"),
+            format!("it lists device `{d}`, which does not exist"),
+        ));
+    }
 }
 
 fn check_type(at: &str, t: &DeviceType, errors: &mut Vec<BundleError>) {

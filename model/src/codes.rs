@@ -22,6 +22,10 @@ pub const DIGEST_MISMATCH: &str = "S005";
 pub const INCONSISTENT: &str = "S006";
 /// A listed path leaves the bundle directory (absolute, `..`, empty components).
 pub const BAD_PATH: &str = "S007";
+/// `kalki-shim run` or `apply` was given a bundle that is not a site on one node: the
+/// bundle of a site that spans several nodes (the controller's and the agents'), or one
+/// node's sub-bundle (`part_of`), which is a part of a site and not a site.
+pub const NOT_ONE_NODE: &str = "S008";
 
 // S1xx: input events (`engine.rs`).
 
@@ -99,6 +103,10 @@ pub const ALL: &[(&str, &str)] = &[
     (DIGEST_MISMATCH, "a file's sha256 differs from the manifest"),
     (INCONSISTENT, "the manifest contradicts itself"),
     (BAD_PATH, "a listed path leaves the bundle directory"),
+    (
+        NOT_ONE_NODE,
+        "`run`/`apply` given a site spanning nodes, or a node's part of one",
+    ),
     (UNKNOWN_DEVICE, "unknown device"),
     (UNKNOWN_VARIABLE, "unknown variable"),
     (WRONG_TYPE, "value of the wrong type"),

@@ -80,6 +80,44 @@ pub struct Manifest {
     pub device_types: Vec<DeviceType>,
     pub devices: Vec<Device>,
     pub rules: Vec<Rule>,
+    /// The site's edge nodes, when it spans several (`node NAME { ... }` in the policy):
+    /// each node's bridge, uplink, devices and sub-bundle (`nodes/NAME/`). Absent for a
+    /// site on one bridge, whose manifest is then exactly as before nodes existed. A
+    /// bundle with nodes is the controller's: `bridge` is empty, `ports` is empty, and a
+    /// device's `net` and postures are those of its node's sub-bundle (port numbers and
+    /// cookies of its node's bridge, paths under `nodes/NAME/`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<SiteNode>,
+    /// In a node's sub-bundle (`nodes/NAME/manifest.json`): the site it is a part of.
+    /// Such a bundle holds that node's devices only, and no rules: it is not a site and
+    /// is never run as one. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part_of: Option<PartOf>,
+}
+
+/// One edge node of a site that spans several (the whole site's `nodes`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct SiteNode {
+    pub name: String,
+    /// Its Open vSwitch bridge.
+    pub bridge: String,
+    /// Its uplink: name (if the policy gives one) and port number on its bridge.
+    pub uplink: Uplink,
+    /// The devices attached to it, in site order (names of entries of `devices`).
+    pub devices: Vec<String>,
+    /// Its sub-bundle's manifest, `nodes/NAME/manifest.json` (also listed in `files`).
+    pub manifest: String,
+    /// sha256 of that manifest: the sub-bundle an agent of this node must have loaded.
+    pub manifest_sha256: String,
+}
+
+/// What a node's sub-bundle is a part of.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub struct PartOf {
+    /// The site (the whole-site bundle's `site`).
+    pub site: String,
+    /// The node this sub-bundle is for (an entry of the whole site's `nodes`).
+    pub node: String,
 }
 
 impl Manifest {
@@ -125,7 +163,7 @@ impl Manifest {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 pub struct Uplink {
     pub name: Option<String>,
     pub ofport: u32,
@@ -337,7 +375,8 @@ pub struct Device {
     /// absent when it has no bindings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<crate::telemetry::Telemetry>,
-    /// The node it is attached to, in a site on several nodes (`node NAME`).
+    /// In a site with nodes, the node it is attached to (an entry of `nodes`); absent
+    /// otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
 }

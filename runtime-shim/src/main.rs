@@ -722,6 +722,18 @@ fn report(color: Color, reports: impl IntoIterator<Item = Report>) {
     let _ = std::io::stderr().write_all(out.as_bytes());
 }
 
+/// A bundle `run` and `apply` can take: a site on one node, not a site spanning nodes
+/// nor a node's part of one (S008).
+fn load_one_node(dir: &std::path::Path, color: Color) -> Result<bundle::Bundle, Exit> {
+    let b = load_bundle(dir, color)?;
+    if let Err(e) = bundle::one_node(&b) {
+        report(color, std::iter::once(Report::new(e)));
+        eprintln!("bundle `{}` refused", dir.display());
+        return Err(Exit::Refused);
+    }
+    Ok(b)
+}
+
 /// Loads and checks a bundle directory, reporting every problem.
 fn load_bundle(dir: &std::path::Path, color: Color) -> Result<bundle::Bundle, Exit> {
     if !dir.join(bundle::MANIFEST).is_file() {
@@ -868,7 +880,7 @@ async fn connect_node(bundle: bundle::Bundle, args: &NodeArgs) -> Result<Node, E
 }
 
 fn run_apply(args: &ApplyArgs) -> Exit {
-    let bundle = match load_bundle(&args.bundle, args.color) {
+    let bundle = match load_one_node(&args.bundle, args.color) {
         Ok(b) => b,
         Err(exit) => return exit,
     };
@@ -1268,7 +1280,7 @@ fn run_run(args: &RunArgs) -> Exit {
             return Exit::Usage;
         }
     };
-    let bundle = match load_bundle(&args.bundle, args.color) {
+    let bundle = match load_one_node(&args.bundle, args.color) {
         Ok(b) => b,
         Err(exit) => return exit,
     };

@@ -131,19 +131,25 @@ fn shown(v: &Value) -> String {
 /// Builds the bundle of one site of a verified model, after proving its rule sets free
 /// of interference and fail-open paths with `solver`. On errors (K208, K212, K213 for an
 /// undecided question, K214), no bundle.
+///
+/// A site on several nodes gets one sub-bundle per node (see [`spanning`]), each proved
+/// on its own.
 pub fn build(
     model: &Model,
     site: &Site,
     sources: &Sources,
     solver: &dyn Solver,
 ) -> Result<Bundle, Vec<Diagnostic>> {
+    if !site.nodes.is_empty() {
+        return spanning(model, site, sources, Some(solver));
+    }
     let ports = ports(model, site)?;
     let plane = dataplane::plane(model, site, &ports);
     let findings = dataplane::validate(&plane, solver);
     if !findings.is_empty() {
         return Err(findings);
     }
-    Ok(assemble(model, site, sources, &ports, &plane))
+    Ok(assemble(model, site, sources, &ports, &plane).0)
 }
 
 /// The bundle of one site of a checked model, its rule sets not proved: what `kalkic test`
@@ -151,19 +157,141 @@ pub fn build(
 /// manifests). Never written: [`build`] is the one way to a bundle that is deployed. On
 /// errors (K214), no bundle.
 pub fn unproved(model: &Model, site: &Site, sources: &Sources) -> Result<Bundle, Vec<Diagnostic>> {
+    if !site.nodes.is_empty() {
+        return spanning(model, site, sources, None);
+    }
     let ports = ports(model, site)?;
     let plane = dataplane::plane(model, site, &ports);
-    Ok(assemble(model, site, sources, &ports, &plane))
+    Ok(assemble(model, site, sources, &ports, &plane).0)
+}
+
+/// The bundle of a site on several nodes: for each node, the bundle of the site's
+/// projection onto it ([`Site::project`]: that node's devices, bridge and uplink, ports
+/// numbered on that bridge), generated as any one-node bundle and written under
+/// `nodes/NAME/`, its `part_of` naming the site and the node; and, at the top, the whole
+/// site's manifest for the controller: every device (its `net` and postures those of its
+/// node's sub-bundle, paths prefixed), every rule, the `nodes`, and in `files` every
+/// file under `nodes/`, the sub-bundles' manifests included, so that tampering with any
+/// of them is caught when the site's bundle is loaded.
+fn spanning(
+    model: &Model,
+    site: &Site,
+    sources: &Sources,
+    solver: Option<&dyn Solver>,
+) -> Result<Bundle, Vec<Diagnostic>> {
+    let mut errors = Vec::new();
+    let mut parts = Vec::new();
+    for n in 0..site.nodes.len() {
+        let (part, ids) = site.project(n);
+        let ports = match ports(model, &part) {
+            Ok(p) => p,
+            Err(e) => {
+                errors.extend(e);
+                continue;
+            }
+        };
+        let plane = dataplane::plane(model, &part, &ports);
+        if let Some(solver) = solver {
+            let findings = dataplane::validate(&plane, solver);
+            if !findings.is_empty() {
+                errors.extend(findings);
+                continue;
+            }
+        }
+        let (bundle, manifest) = assemble(model, &part, sources, &ports, &plane);
+        parts.push((ids, bundle, manifest));
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let (source_digests, policy_digest) = source_digests(sources);
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut devices: Vec<Option<m::Device>> = vec![None; site.devices.len()];
+    let mut nodes = Vec::new();
+    for (node, (ids, bundle, manifest)) in site.nodes.iter().zip(parts) {
+        let dir = format!("nodes/{}", node.name);
+        let under = |path: &str| format!("{dir}/{path}");
+        for (k, mut d) in manifest.devices.into_iter().enumerate() {
+            for s in d.states.iter_mut().filter_map(|s| s.switch.as_mut()) {
+                s.flows = under(&s.flows);
+                for c in &mut s.containers {
+                    *c = under(c);
+                }
+            }
+            d.node = Some(node.name.clone());
+            devices[ids[k].index()] = Some(d);
+        }
+        let sub_manifest = bundle
+            .files
+            .get("manifest.json")
+            .cloned()
+            .unwrap_or_default();
+        nodes.push(m::SiteNode {
+            name: node.name.clone(),
+            bridge: node.bridge.clone(),
+            uplink: manifest.uplink,
+            devices: ids
+                .iter()
+                .map(|id| site.devices[id.index()].name.clone())
+                .collect(),
+            manifest: under("manifest.json"),
+            manifest_sha256: sha256(&sub_manifest),
+        });
+        for (path, bytes) in bundle.files {
+            files.insert(under(&path), bytes);
+        }
+    }
+    let used_types: BTreeSet<usize> = site.devices.iter().map(|d| d.ty.index()).collect();
+    let manifest = m::Manifest {
+        format: FORMAT,
+        compiler: format!("kalkic {}", env!("CARGO_PKG_VERSION")),
+        site: site.name.clone(),
+        // Each node has its own: in `nodes`.
+        bridge: String::new(),
+        uplink: m::Uplink {
+            name: None,
+            ofport: openflow::UPLINK_OFPORT,
+        },
+        unknown_hosts: site.unknown_hosts,
+        cookies: m::Cookies {
+            base: Cookie(openflow::base_cookie()),
+            device_mask: Cookie(openflow::DEVICE_COOKIE_MASK),
+        },
+        policy_sha256: policy_digest,
+        sources: source_digests,
+        files: files
+            .iter()
+            .map(|(path, bytes)| m::FileDigest {
+                path: path.clone(),
+                sha256: sha256(bytes),
+            })
+            .collect(),
+        ports: Vec::new(),
+        device_types: used_types
+            .iter()
+            .map(|&t| lower::device_type(&model.device_types[t]))
+            .collect(),
+        // Every device is on exactly one node (typeck, K117), so none is left `None`.
+        devices: devices.into_iter().flatten().collect(),
+        rules: site.rules.iter().map(lower::rule).collect(),
+        nodes,
+        part_of: None,
+    };
+    files.insert("manifest.json".into(), to_json(&manifest));
+    Ok(Bundle { files })
 }
 
 /// The site's switch ports, or K214 when it does not fit one bridge.
 fn ports(model: &Model, site: &Site) -> Result<Ports, Vec<Diagnostic>> {
     openflow::allocate(model, site).map_err(|e| {
+        let what = match &site.part_of {
+            Some(node) => format!("node `{node}` of site `{}`", site.name),
+            None => format!("site `{}`", site.name),
+        };
         vec![Diagnostic::error(
             PORT_SPACE,
             format!(
-                "site `{}` needs {} switch ports; a bridge has {}",
-                site.name,
+                "{what} needs {} switch ports; a bridge has {}",
                 e.needed,
                 openflow::MAX_OFPORT
             ),
@@ -172,20 +300,16 @@ fn ports(model: &Model, site: &Site) -> Result<Ports, Vec<Diagnostic>> {
             site.loc,
             "too many devices and µmbox interfaces for one bridge",
         )
-        .help("split the site, or use fewer µmboxes per state")]
+        .help(if site.part_of.is_some() {
+            "move devices to another node, or use fewer µmboxes per state"
+        } else {
+            "split the site over several nodes (`node NAME { ... }`, docs/language.md §7.6), or use fewer µmboxes per state"
+        })]
     })
 }
 
-/// Renders the proved rule sets and writes the manifests.
-fn assemble(
-    model: &Model,
-    site: &Site,
-    sources: &Sources,
-    ports: &Ports,
-    plane: &dataplane::DataPlane,
-) -> Bundle {
-    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-
+/// The digest of every source, sorted, and the policy's digest over them.
+fn source_digests(sources: &Sources) -> (Vec<m::SourceDigest>, String) {
     let mut source_digests: Vec<m::SourceDigest> = sources
         .iter()
         .map(|(_, f)| m::SourceDigest {
@@ -195,6 +319,21 @@ fn assemble(
         .collect();
     source_digests.sort_by(|a, b| a.name.cmp(&b.name));
     let policy_digest = sha256(&to_json(&source_digests));
+    (source_digests, policy_digest)
+}
+
+/// Renders the proved rule sets and writes the manifests; also returns the manifest
+/// written as `manifest.json`.
+fn assemble(
+    model: &Model,
+    site: &Site,
+    sources: &Sources,
+    ports: &Ports,
+    plane: &dataplane::DataPlane,
+) -> (Bundle, m::Manifest) {
+    let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+
+    let (source_digests, policy_digest) = source_digests(sources);
 
     files.insert(
         "flows/base.ofctl".into(),
@@ -324,9 +463,14 @@ fn assemble(
         device_types,
         devices,
         rules: site.rules.iter().map(lower::rule).collect(),
+        nodes: Vec::new(),
+        part_of: site.part_of.as_ref().map(|node| m::PartOf {
+            site: site.name.clone(),
+            node: node.clone(),
+        }),
     };
     files.insert("manifest.json".into(), to_json(&manifest));
-    Bundle { files }
+    (Bundle { files }, manifest)
 }
 
 /// What one device adds to the bundle.

@@ -104,9 +104,15 @@ pub fn site_tag(site: &str) -> String {
 pub fn allocate(model: &Model, site: &Site) -> Result<Ports, PortSpaceExhausted> {
     let on_switch = site.devices.iter().filter(|d| d.net.is_some()).count();
     let mut next: u64 = 2 + on_switch as u64;
+    // A node's ports carry a tag of the site and the node: nodes are hosts of their
+    // own, but two of them may be tried out side by side on one.
+    let tag = match &site.part_of {
+        Some(node) => site_tag(&format!("{}/{node}", site.name)),
+        None => site_tag(&site.name),
+    };
     let mut ports = Ports {
         uplink: UPLINK_OFPORT,
-        tag: site_tag(&site.name),
+        tag,
         ..Ports::default()
     };
     ports.all.push(Port {

@@ -17,6 +17,7 @@ pub enum Kind {
     Site,
     Device,
     Group,
+    Node,
     State,
     Sensed,
     Command,
@@ -39,7 +40,7 @@ pub const KEYWORDS: &[&str] = &[
     "type", "sensed", "telemetry", "group", "tagged", "command", "publish", "map", "round",
     "commands", "lowering", "alerts", "states", "initial", "final", "chain", "on", "count",
     "within", "when", "for", "after", "quiet", "silent", "operator", "site", "bridge",
-    "uplink", "unknown", "hosts", "at", "mac", "port", "trusted", "rule", "then", "raise",
+    "uplink", "node", "unknown", "hosts", "at", "mac", "port", "trusted", "rule", "then", "raise",
     "escalate", "assert", "reachable", "never", "and", "or", "not", "in", "last", "clock",
     "true", "false", "bool", "int", "enum", "string", "duration",
 ];
@@ -115,6 +116,21 @@ impl Analysis {
             let (dev, _) = word_before(rest, rest.len());
             if let Some(ty) = device_type(dev) {
                 self.type_members(ty, &[Kind::Sensed, Kind::Command], &mut out);
+            }
+            return out;
+        }
+        // `node ` in a device line: the site's nodes.
+        if let (Some(Ctx::Site(_, s)), true) = (inside, before.ends_with(" node")) {
+            if let Some(site) = self.site(m, s) {
+                for x in &site.members {
+                    if let SiteMember::Node(n) = x {
+                        out.push(Candidate {
+                            label: n.name.name.clone(),
+                            kind: Kind::Node,
+                            detail: format!("node: bridge {:?}", n.bridge.value),
+                        });
+                    }
+                }
             }
             return out;
         }

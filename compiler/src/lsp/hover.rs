@@ -52,6 +52,24 @@ impl Analysis {
                 };
                 let _ = write!(out, "```kalki\n{}\n```", self.slice(*m, g.span).trim());
             }
+            Target::Node { m, site, member } => {
+                let s = self.site(*m, *site)?;
+                let SiteMember::Node(n) = s.members.get(*member)? else {
+                    return None;
+                };
+                let on = s
+                    .members
+                    .iter()
+                    .filter(|x| matches!(x, SiteMember::Device(d) if d.node.as_ref().is_some_and(|x| x.name == n.name.name)))
+                    .count();
+                let _ = write!(
+                    out,
+                    "```kalki\n{}\n```\nnode of site `{}`: {on} device{} attached",
+                    self.slice(*m, n.span).trim(),
+                    s.name.name,
+                    if on == 1 { "" } else { "s" }
+                );
+            }
             Target::State { m, ty, name } => {
                 let t = self.device_type(*m, *ty)?;
                 let states = self.states(*m, *ty);

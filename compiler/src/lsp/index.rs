@@ -37,6 +37,12 @@ pub enum Target {
         site: usize,
         member: usize,
     },
+    /// `node NAME { ... }` of a site spanning several nodes.
+    Node {
+        m: usize,
+        site: usize,
+        member: usize,
+    },
     State {
         m: usize,
         ty: usize,
@@ -185,6 +191,19 @@ impl Analysis {
             })
     }
 
+    fn node(&self, m: usize, site: usize, name: &str) -> Option<Target> {
+        let s = self.site(m, site)?;
+        s.members
+            .iter()
+            .enumerate()
+            .find_map(|(member, x)| match x {
+                SiteMember::Node(n) if n.name.name == name => {
+                    Some(Target::Node { m, site, member })
+                }
+                _ => None,
+            })
+    }
+
     /// The device type of a device, as its module sees the name.
     pub fn type_of_device(&self, m: usize, site: usize, member: usize) -> Option<(usize, usize)> {
         let d = self.device_decl(m, site, member)?;
@@ -307,6 +326,12 @@ impl Analysis {
             Target::Group { m, site, member } => {
                 match self.site(*m, *site)?.members.get(*member)? {
                     SiteMember::Group(g) => (*m, g.name.span),
+                    _ => return None,
+                }
+            }
+            Target::Node { m, site, member } => {
+                match self.site(*m, *site)?.members.get(*member)? {
+                    SiteMember::Node(n) => (*m, n.name.span),
                     _ => return None,
                 }
             }
@@ -460,6 +485,19 @@ impl Analysis {
                     if let Some(t) = self.in_scope(m, &d.ty.name) {
                         out.push((d.ty.span, t));
                     }
+                    if let Some(n) = &d.node {
+                        out.extend(self.node(m, si, &n.name).map(|x| (n.span, x)));
+                    }
+                }
+                SiteMember::Node(n) => {
+                    out.push((
+                        n.name.span,
+                        Target::Node {
+                            m,
+                            site: si,
+                            member,
+                        },
+                    ));
                 }
                 SiteMember::Group(g) => {
                     out.push((

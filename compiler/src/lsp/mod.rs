@@ -570,6 +570,7 @@ fn completion_kind(k: Kind) -> CompletionItemKind {
         Kind::Site => CompletionItemKind::STRUCT,
         Kind::Device => CompletionItemKind::VARIABLE,
         Kind::Group => CompletionItemKind::VARIABLE,
+        Kind::Node => CompletionItemKind::MODULE,
         Kind::State => CompletionItemKind::ENUM_MEMBER,
         Kind::Sensed => CompletionItemKind::FIELD,
         Kind::Command => CompletionItemKind::METHOD,

@@ -935,6 +935,8 @@ mod tests {
             uplink: None,
             uplink_loc: LOC,
             unknown_hosts: UnknownHosts::Drop,
+            nodes: vec![],
+            part_of: None,
             devices: vec![Device {
                 name: "d".into(),
                 ty: TypeId(0),
@@ -949,6 +951,7 @@ mod tests {
                 trusted: false,
                 loc: LOC,
                 telemetry: None,
+                node: None,
             }],
             rules: vec![],
             asserts: vec![],

@@ -17,7 +17,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// K209: IP, MAC and switch port identify a device; no two may share one. Needs no
 /// solver, so `check` reports it ([`crate::check`]); a model with a K209 never reaches
-/// the verifier.
+/// the verifier. Addresses are the site's; a switch port is its bridge's, so in a site
+/// on several nodes two devices on different nodes may have ports of one name, and a
+/// device may not sit on its own node's uplink.
 pub(crate) fn addresses(site: &Site) -> Vec<Diagnostic> {
     let mut v: Vec<Diagnostic> = Vec::new();
     let conflict =
@@ -39,7 +41,7 @@ pub(crate) fn addresses(site: &Site) -> Vec<Diagnostic> {
         };
     let mut ips: HashMap<u32, (usize, Loc)> = HashMap::new();
     let mut macs: HashMap<[u8; 6], (usize, Loc)> = HashMap::new();
-    let mut ports: HashMap<&str, (usize, Loc)> = HashMap::new();
+    let mut ports: HashMap<(Option<usize>, &str), (usize, Loc)> = HashMap::new();
     for (i, dev) in site.devices.iter().enumerate() {
         // A device off the switch has no address or port to share.
         let Some(d) = &dev.net else {
@@ -59,7 +61,7 @@ pub(crate) fn addresses(site: &Site) -> Vec<Diagnostic> {
                 }
             }
         }
-        match ports.get(d.port.as_str()) {
+        match ports.get(&(dev.node, d.port.as_str())) {
             Some(&first) => conflict(
                 &mut v,
                 "switch port",
@@ -68,14 +70,18 @@ pub(crate) fn addresses(site: &Site) -> Vec<Diagnostic> {
                 (i, d.port_loc),
             ),
             None => {
-                ports.insert(&d.port, (i, d.port_loc));
+                ports.insert((dev.node, &d.port), (i, d.port_loc));
             }
         }
-        if site.uplink.as_deref() == Some(d.port.as_str()) {
+        let (uplink, uplink_loc, whose) = match dev.node.and_then(|n| site.nodes.get(n)) {
+            Some(n) => (&n.uplink, n.uplink_loc, format!("node `{}`'s", n.name)),
+            None => (&site.uplink, site.uplink_loc, "the site's".to_string()),
+        };
+        if uplink.as_deref() == Some(d.port.as_str()) {
             v.push(
                 Diagnostic::error(codes::ADDRESS, format!("device `{}` sits on the uplink port `{}`", dev.name, d.port))
                     .primary(d.port_loc, "this device port ...")
-                    .secondary(site.uplink_loc, "... is the site's uplink")
+                    .secondary(uplink_loc, format!("... is {whose} uplink"))
                     .help("the uplink carries every device's traffic after its chain; give the device its own port")
                     .witness(json!({ "field": "switch port", "value": d.port, "devices": [dev.name], "uplink": true })),
             );

@@ -437,51 +437,74 @@ pub(super) fn check(
     if site.traffic_asserts.is_empty() {
         return Vec::new();
     }
-    // A site too large for one bridge (K214 at build) has no flows to follow: every
-    // traffic assertion is undecided, never silently passed over.
-    let Some(plane) = Plane::new(v.policy, site) else {
-        let why = "the site needs more switch ports than one bridge has (K214), so there are no flows to follow";
-        return site
-            .traffic_asserts
-            .iter()
-            .map(|a| {
-                v.push(
-                    Diagnostic::error(codes::INCONCLUSIVE, format!("traffic assertion could not be decided: {why}"))
-                        .primary(a.loc, "neither proved nor refuted")
-                        .help("split the site across bridges (nodes), or give its devices fewer µmbox instances")
-                        .witness(json!({ "reason": why })),
-                );
-                AssertionResult {
-                    site: site.name.clone(),
-                    loc: a.loc,
-                    kind: a.kind,
-                    status: Status::Unknown(why.into()),
-                    trace: vec![],
-                    replay: vec![],
-                    explored: 0,
-                    devices: vec![site.devices[a.device.index()].name.clone()],
-                    groups: 1,
-                    shortest: true,
-                    traffic: None,
-                }
-            })
-            .collect();
+    // A device's flows are its node's: on a site with nodes, each is followed on its
+    // node's projection (its bridge and numbering), as `kalkic build` writes them. The
+    // flows of a device read nothing of the other devices (`Site::project`), so this is
+    // the same walk as on one bridge.
+    let parts: Vec<(Site, Vec<crate::ir::DeviceId>)> =
+        (0..site.nodes.len()).map(|n| site.project(n)).collect();
+    let planes: Vec<Option<Plane<'_>>> = if parts.is_empty() {
+        vec![Plane::new(v.policy, site)]
+    } else {
+        parts.iter().map(|(p, _)| Plane::new(v.policy, p)).collect()
     };
     site.traffic_asserts
         .iter()
-        .map(|a| check_one(v, &plane, live_rules, a))
+        .map(|a| {
+            let (plane, local) = match site.devices[a.device.index()].node {
+                Some(n) => (
+                    planes.get(n).and_then(Option::as_ref),
+                    parts[n].1.iter().position(|d| *d == a.device).unwrap_or(0),
+                ),
+                None => (planes.first().and_then(Option::as_ref), a.device.index()),
+            };
+            match plane {
+                Some(plane) => check_one(v, site, plane, local, live_rules, a),
+                None => too_large(v, site, a),
+            }
+        })
         .collect()
 }
 
+/// A site (or node) too large for one bridge (K214 at build) has no flows to follow:
+/// its traffic assertions are undecided, never silently passed over.
+fn too_large(v: &mut Verifier<'_>, site: &Site, a: &TrafficAssertion) -> AssertionResult {
+    let why = "the site needs more switch ports than one bridge has (K214), so there are no flows to follow";
+    v.push(
+        Diagnostic::error(
+            codes::INCONCLUSIVE,
+            format!("traffic assertion could not be decided: {why}"),
+        )
+        .primary(a.loc, "neither proved nor refuted")
+        .help("split the site across bridges (nodes), or give its devices fewer µmbox instances")
+        .witness(json!({ "reason": why })),
+    );
+    AssertionResult {
+        site: site.name.clone(),
+        loc: a.loc,
+        kind: a.kind,
+        status: Status::Unknown(why.into()),
+        trace: vec![],
+        replay: vec![],
+        explored: 0,
+        devices: vec![site.devices[a.device.index()].name.clone()],
+        groups: 1,
+        shortest: true,
+        traffic: None,
+    }
+}
+
+/// One traffic assertion: `plane` is the device's bridge (the site's, or its node's),
+/// on which the device is number `di`.
 fn check_one(
     v: &mut Verifier<'_>,
+    site: &Site,
     plane: &Plane<'_>,
+    di: usize,
     live_rules: &[bool],
     a: &TrafficAssertion,
 ) -> AssertionResult {
-    let site = plane.site;
-    let di = a.device.index();
-    let dev = &site.devices[di];
+    let dev = &site.devices[a.device.index()];
     let ty = v.policy.device_type(dev.ty);
     let states: Vec<StateId> = if a.states.is_empty() {
         (0..ty.states.len()).map(StateId::from_index).collect()
@@ -645,7 +668,7 @@ fn check_one(
                 .help(format!(
                     "{}{assumed}; on the bridge: ovs-appctl ofproto/trace {} {first_trace}",
                     if steps.is_empty() { "the state is reachable".to_string() } else { format!("the run: {}", steps.join("; then ")) },
-                    site.bridge
+                    plane.site.bridge
                 ))
                 .witness(json!({ "assertion": kind, "traffic": traffic, "trace": r.trace, "replay": r.replay })),
             );
