@@ -120,7 +120,27 @@ pub struct PartOf {
     pub node: String,
 }
 
+/// The value of the `kalki.site` label of a bundle's containers: the site's name, or
+/// `SITE/NODE` for a node's part of a site that spans nodes, so that the agents of two
+/// nodes sharing one container engine never take each other's µmboxes for strays. One
+/// definition for the compiler, which writes the label, and the runtime, which lists by
+/// it.
+pub fn container_scope(site: &str, node: Option<&str>) -> String {
+    match node {
+        Some(n) => format!("{site}/{n}"),
+        None => site.to_string(),
+    }
+}
+
 impl Manifest {
+    /// [`container_scope`] of this bundle.
+    pub fn container_scope(&self) -> String {
+        match &self.part_of {
+            Some(p) => container_scope(&p.site, Some(&p.node)),
+            None => container_scope(&self.site, None),
+        }
+    }
+
     /// The states device `device` can move to from `state` in one step: by a transition
     /// of its type from `state` (an alert, a reading, a timer, an operator reset), or by
     /// a rule's `->` or `escalate` naming it (an escalation only to a more restrictive

@@ -1422,34 +1422,30 @@ fn run_agent(args: &AgentArgs) -> Exit {
         eprintln!("error: {e}");
         return Exit::Usage;
     }
-    let site = match load_bundle(&args.bundle, args.color) {
-        Ok(b) => b,
-        Err(exit) => return exit,
-    };
-    let part = args.bundle.join("nodes").join(&args.node);
-    if !part.join(bundle::MANIFEST).is_file() {
-        let nodes: Vec<String> = std::fs::read_dir(args.bundle.join("nodes"))
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
+    if !args.bundle.join(bundle::MANIFEST).is_file() {
         eprintln!(
-            "error: the site `{}` has no node `{}` (its nodes: {})",
-            site.manifest.site,
-            args.node,
-            if nodes.is_empty() {
-                "none: it runs on one node, with `kalki-shim run`".to_string()
-            } else {
-                nodes.join(", ")
-            }
+            "error: `{}` is not a bundle directory (no {})",
+            args.bundle.display(),
+            bundle::MANIFEST
         );
         return Exit::Usage;
     }
-    let bundle = match load_bundle(&part, args.color) {
+    // The site's bundle checked whole (its manifest digests every node's files), then
+    // this node's part of it.
+    let reader = kalki_shim::bundle::DirReader::new(&args.bundle);
+    let (site, bundle) = match bundle::load_node(&reader, &args.node) {
         Ok(b) => b,
-        Err(exit) => return exit,
+        Err(errors) => {
+            let n = errors.len();
+            report(args.color, errors.into_iter().map(Report::new));
+            eprintln!(
+                "bundle `{}` refused for node `{}` ({n} problem{})",
+                args.bundle.display(),
+                args.node,
+                if n == 1 { "" } else { "s" }
+            );
+            return Exit::Refused;
+        }
     };
     if let Err(e) = std::fs::create_dir_all(&args.state_dir) {
         eprintln!("error: cannot create `{}`: {e}", args.state_dir.display());

@@ -764,7 +764,7 @@ impl Node {
         let containers = async {
             let list = self
                 .docker
-                .list(LABEL_SITE, &self.bundle.manifest.site)
+                .list(LABEL_SITE, &self.bundle.manifest.container_scope())
                 .await?;
             Ok::<BTreeMap<String, containers::Running>, NodeError>(
                 list.into_iter().map(|c| (c.name.clone(), c)).collect(),
@@ -1663,7 +1663,7 @@ impl Node {
         }
         let all = self
             .docker
-            .list(LABEL_SITE, &self.bundle.manifest.site)
+            .list(LABEL_SITE, &self.bundle.manifest.container_scope())
             .await?;
         let mine = all.iter().filter(of_device).cloned().collect();
         self.set_seen(Some(all.into_iter().map(|c| (c.name.clone(), c)).collect()));

@@ -640,7 +640,7 @@ impl Loop {
     /// Follows the site's running containers (after a posture change started or stopped
     /// some).
     async fn sync_followers(&mut self) {
-        let site = self.node.bundle().manifest.site.clone();
+        let site = self.node.bundle().manifest.container_scope();
         if let Ok(list) = self.node.docker().list(LABEL_SITE, &site).await {
             self.followers.sync(&list);
         }
@@ -1230,7 +1230,7 @@ impl Loop {
                 let current = self
                     .node
                     .docker()
-                    .list(LABEL_SITE, &self.node.bundle().manifest.site)
+                    .list(LABEL_SITE, &self.node.bundle().manifest.container_scope())
                     .await
                     .ok()
                     .and_then(|l| l.into_iter().find(|r| r.name == c_name));

@@ -563,7 +563,10 @@ fn container_manifests(
             .map(|&s| ty.state(s).name.clone())
             .collect();
         let labels = [
-            ("kalki.site", site.name.clone()),
+            (
+                "kalki.site",
+                kalki_model::manifest::container_scope(&site.name, site.part_of.as_deref()),
+            ),
             ("kalki.device", d.name.clone()),
             ("kalki.instance", ix.to_string()),
             ("kalki.states", states.join(",")),
