@@ -357,6 +357,14 @@ impl EtcdCluster {
         self.members[i].kill();
     }
 
+    /// Starts member `i` again with its data dir and ports (killing it first if it
+    /// runs), without waiting: to bring back a cluster that lost its quorum, start
+    /// members this way, then [`EtcdCluster::wait_healthy`].
+    pub fn start_again(&mut self, i: usize) -> Result<(), String> {
+        self.members[i].kill();
+        self.spawn(i, true)
+    }
+
     /// Starts member `i` again with its data dir and ports (killing it first if it runs),
     /// and waits until it sees a leader and answers.
     pub fn restart(&mut self, i: usize) -> Result<(), String> {

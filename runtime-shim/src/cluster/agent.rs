@@ -405,21 +405,34 @@ async fn session(
     reports: &mut watch::Receiver<BTreeMap<String, ReportedStatus>>,
 ) -> Result<(), StoreError> {
     let store = Store::connect(&cfg.etcd, &cfg.site).await?;
-    let mut c = store.client();
     let ttl = i64::try_from(cfg.lease_ttl.as_secs().max(1)).unwrap_or(5);
-    let lease = store.call(c.lease_grant(ttl, None)).await?.id();
-    let on_lease = || Some(PutOptions::new().with_lease(lease));
+    let lease = store
+        .retry(|mut c| async move { c.lease_grant(ttl, None).await })
+        .await?
+        .id();
     let me = AgentValue {
         id: cfg.id.clone(),
         bundle_sha256: cfg.bundle_sha256.clone(),
         started_ms: now_ms(),
     };
-    store
-        .call(c.put(store.key(&agent_key(&cfg.node)), encode(&me), on_lease()))
-        .await?;
+    let put = |key: String, value: String| {
+        let store = store.clone();
+        async move {
+            store
+                .retry(|mut c| {
+                    let (key, value) = (key.clone(), value.clone());
+                    async move {
+                        c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                            .await
+                    }
+                })
+                .await
+        }
+    };
+    put(store.key(&agent_key(&cfg.node)), encode(&me)).await?;
     let prefix = store.key(&format!("postures/{}/", cfg.node));
     let all = store
-        .call(c.get(prefix.clone(), Some(GetOptions::new().with_prefix())))
+        .read(prefix.clone(), Some(GetOptions::new().with_prefix()))
         .await?;
     let revision = all.header().map_or(0, |h| h.revision());
     let mut postures = BTreeMap::new();
@@ -436,18 +449,24 @@ async fn session(
         return Ok(());
     }
     let mut stream = store
-        .call(
-            c.watch(
-                prefix.clone(),
-                Some(
-                    WatchOptions::new()
-                        .with_prefix()
-                        .with_start_revision(revision + 1),
-                ),
-            ),
-        )
+        .retry(|mut c| {
+            let prefix = prefix.clone();
+            async move {
+                c.watch(
+                    prefix,
+                    Some(
+                        WatchOptions::new()
+                            .with_prefix()
+                            .with_start_revision(revision + 1),
+                    ),
+                )
+                .await
+            }
+        })
         .await?;
-    let (mut keeper, mut alive) = store.call(c.lease_keep_alive(lease)).await?;
+    let (mut keeper, mut alive) = store
+        .retry(|mut c| async move { c.lease_keep_alive(lease).await })
+        .await?;
     let mut renew = tokio::time::interval(cfg.lease_ttl / 3);
     let mut last_renewed = Instant::now();
     // What was last written, so only changes are written.
@@ -480,9 +499,7 @@ async fn session(
                     if written.get(device).is_some_and(|w| ReportedStatus { t_ms: w.t_ms, ..r.clone() } == *w) {
                         continue;
                     }
-                    store
-                        .call(c.put(store.key(&status_key(&cfg.node, device)), encode(r), on_lease()))
-                        .await?;
+                    put(store.key(&status_key(&cfg.node, device)), encode(r)).await?;
                     written.insert(device.clone(), r.clone());
                 }
             }
@@ -495,7 +512,15 @@ async fn session(
                     Ok(Some(r)) if r.ttl() > 0 => last_renewed = Instant::now(),
                     Ok(_) => return Err(StoreError::Corrupt { key: store.key(&agent_key(&cfg.node)), detail: "the lease expired".into() }),
                     Err(e) if last_renewed.elapsed() >= cfg.lease_ttl => return Err(e),
-                    Err(_) => {}
+                    // The renewal stream broke (its member is gone): open another.
+                    Err(_) => {
+                        if let Ok(k) = store
+                            .retry(|mut c| async move { c.lease_keep_alive(lease).await })
+                            .await
+                        {
+                            (keeper, alive) = k;
+                        }
+                    }
                 }
             }
         }

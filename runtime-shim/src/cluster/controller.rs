@@ -127,12 +127,11 @@ impl Follower {
         let end = store.key("inputs0"); // just past every `inputs/...`
         loop {
             let from = store.key(&input_key(self.next_seq));
-            let mut c = store.client();
             let resp = store
-                .call(c.get(
+                .read(
                     from,
                     Some(GetOptions::new().with_range(end.clone()).with_limit(PAGE)),
-                ))
+                )
                 .await?;
             let revision = resp.header().map_or(0, |h| h.revision());
             for kv in resp.kvs() {
@@ -350,7 +349,7 @@ async fn campaign(
 ) -> Result<Option<(i64, i64)>, ControllerError> {
     let mut c = store.client();
     let key = store.key(store::LEADER);
-    let current = store.call(c.get(key.clone(), None)).await?;
+    let current = store.read(key.clone(), None).await?;
     if !current.kvs().is_empty() {
         return Ok(None);
     }
@@ -418,12 +417,11 @@ const RETRY: Duration = Duration::from_millis(100);
 
 /// Writes the postures that differ from what etcd holds, under the fence.
 async fn sync_postures(store: &Store, f: &Follower, token: i64) -> Result<(), Deposed> {
-    let mut c = store.client();
     let held = store
-        .call(c.get(
+        .read(
             store.key("postures/"),
             Some(GetOptions::new().with_prefix()),
-        ))
+        )
         .await
         .map_err(|e| Deposed::Unsure(e.to_string()))?;
     let held: BTreeMap<String, Vec<u8>> = held
@@ -517,7 +515,16 @@ async fn lead(
                         break d;
                     }
                 }
-                Some(other) => answer(store, f, started, other).await,
+                Some(other) => {
+                    // As under `run`: a status after the timers due by now.
+                    let due = f.engine.next_deadline().is_some_and(|t| t <= now_ms());
+                    if matches!(other, Request::Status { .. }) && due {
+                        if let Err(d) = tick(store, f, token).await {
+                            break d;
+                        }
+                    }
+                    answer(store, f, started, other).await;
+                }
                 None => break Deposed::Shutdown,
             },
             () = timer => {
@@ -534,29 +541,33 @@ async fn lead(
     Ok(why)
 }
 
-/// Renews the lease until it cannot; returns why.
+/// Renews the lease until it cannot; returns why. A renewal stream that breaks (the
+/// member it went to is gone) is opened again, on whichever member answers, as long as
+/// the lease has not run out.
 async fn keep_alive(store: &Store, lease: i64, ttl: Duration) -> String {
-    let mut c = store.client();
-    let (mut keeper, mut stream) = match store.call(c.lease_keep_alive(lease)).await {
-        Ok(k) => k,
-        Err(e) => return format!("the lease could not be renewed: {e}"),
-    };
     let mut last = Instant::now();
     loop {
-        tokio::time::sleep(ttl / 3).await;
-        let renewed = tokio::time::timeout(ttl / 3, async {
-            keeper.keep_alive().await?;
-            stream.message().await
-        })
-        .await;
-        match renewed {
-            Ok(Ok(Some(r))) if r.ttl() > 0 => last = Instant::now(),
-            Ok(Ok(_)) => return "the lease expired".into(),
-            _ if last.elapsed() >= ttl => {
-                return format!("the lease was not renewed for {} ms", ttl.as_millis())
+        let mut c = store.client();
+        if let Ok((mut keeper, mut stream)) = store.call(c.lease_keep_alive(lease)).await {
+            loop {
+                let renewed = tokio::time::timeout(ttl / 3, async {
+                    keeper.keep_alive().await?;
+                    stream.message().await
+                })
+                .await;
+                match renewed {
+                    Ok(Ok(Some(r))) if r.ttl() > 0 => last = Instant::now(),
+                    Ok(Ok(Some(_))) => return "the lease expired".into(),
+                    // The stream broke or did not answer: open another.
+                    _ => break,
+                }
+                tokio::time::sleep(ttl / 3).await;
             }
-            _ => {}
         }
+        if last.elapsed() >= ttl {
+            return format!("the lease was not renewed for {} ms", ttl.as_millis());
+        }
+        tokio::time::sleep(RETRY).await;
     }
 }
 
@@ -745,9 +756,8 @@ async fn status(store: &Store, f: &Follower, started: Instant) -> StatusReport {
     let read = |prefix: &'static str| {
         let store = store.clone();
         async move {
-            let mut c = store.client();
             store
-                .call(c.get(store.key(prefix), Some(GetOptions::new().with_prefix())))
+                .read(store.key(prefix), Some(GetOptions::new().with_prefix()))
                 .await
                 .map(|r| r.kvs().to_vec())
         }

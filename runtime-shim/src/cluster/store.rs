@@ -4,7 +4,9 @@
 
 use crate::enforcement::{CrossingCell, Enforcement};
 use crate::engine::Input;
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, KeyValue, TlsOptions};
+use etcd_client::{
+    Certificate, Client, ConnectOptions, GetOptions, GetResponse, Identity, KeyValue, TlsOptions,
+};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -110,6 +112,38 @@ impl Store {
             .await
             .map_err(|_| StoreError::Timeout(self.timeout))?
             .map_err(StoreError::from)
+    }
+
+    /// A call tried again while it fails, for up to the call deadline: a member that is
+    /// down refuses the connection at once, and the client may pick it again. Only for
+    /// calls that may be made twice: reads, puts of a value, watches, lease grants (a
+    /// lease granted twice expires unused).
+    pub async fn retry<T, F, Fut>(&self, mut f: F) -> Result<T, StoreError>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let started = std::time::Instant::now();
+        loop {
+            match self.call(f(self.client())).await {
+                Ok(r) => return Ok(r),
+                Err(e) if started.elapsed() >= self.timeout => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// A read (`get` with `options`), tried again ([`Store::retry`]).
+    pub async fn read(
+        &self,
+        key: String,
+        options: Option<GetOptions>,
+    ) -> Result<GetResponse, StoreError> {
+        self.retry(|mut c| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { c.get(key, options).await }
+        })
+        .await
     }
 
     pub fn timeout(&self) -> Duration {
