@@ -1261,24 +1261,9 @@ fn run_run(args: &RunArgs) -> Exit {
         },
         None => None,
     };
-    let token_file = args
-        .token_file
-        .clone()
-        .or_else(|| std::env::var_os("KALKI_TOKEN_FILE").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE));
-    let token = match Token::from_file(&token_file) {
+    let (token, endpoint) = match serving(args.token_file.as_deref(), &args.listen) {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Exit::Usage;
-        }
-    };
-    let endpoint = match args.listen.parse::<Endpoint>() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("error: --listen: {e}");
-            return Exit::Usage;
-        }
+        Err(exit) => return exit,
     };
     let bundle = match load_one_node(&args.bundle, args.color) {
         Ok(b) => b,
@@ -1363,24 +1348,9 @@ fn run_controller(args: &ControllerArgs) -> Exit {
         eprintln!("error: {e}");
         return Exit::Usage;
     }
-    let token_file = args
-        .token_file
-        .clone()
-        .or_else(|| std::env::var_os("KALKI_TOKEN_FILE").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE));
-    let token = match Token::from_file(&token_file) {
+    let (token, endpoint) = match serving(args.token_file.as_deref(), &args.listen) {
         Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Exit::Usage;
-        }
-    };
-    let endpoint = match args.listen.parse::<Endpoint>() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("error: --listen: {e}");
-            return Exit::Usage;
-        }
+        Err(exit) => return exit,
     };
     let bundle = match load_bundle(&args.bundle, args.color) {
         Ok(b) => b,
@@ -1484,6 +1454,24 @@ fn run_agent(args: &AgentArgs) -> Exit {
             }
         }
     })
+}
+
+/// What a server of the API needs from its flags: the token (`--token-file`, else
+/// `$KALKI_TOKEN_FILE`, else the default file) and where to listen (`--listen`).
+fn serving(token_file: Option<&std::path::Path>, listen: &str) -> Result<(Token, Endpoint), Exit> {
+    let token_file = token_file
+        .map(std::path::Path::to_path_buf)
+        .or_else(|| std::env::var_os("KALKI_TOKEN_FILE").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_TOKEN_FILE));
+    let token = Token::from_file(&token_file).map_err(|e| {
+        eprintln!("error: {e}");
+        Exit::Usage
+    })?;
+    let endpoint = listen.parse::<Endpoint>().map_err(|e| {
+        eprintln!("error: --listen: {e}");
+        Exit::Usage
+    })?;
+    Ok((token, endpoint))
 }
 
 /// The broker settings, checked (password and CA files read now); a bundle that reads
