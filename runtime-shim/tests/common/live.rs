@@ -239,15 +239,28 @@ impl Api {
     }
 
     /// [`Api::start`] with the shim's wall clock starting at `utc` (`2026-03-29
-    /// 00:59:50`) and running on from there at its normal pace: libfaketime's `faketime`
-    /// (installed by `scripts/faketime/start.sh`) sets the real binary's
+    /// 00:59:50`) and running on from there at its normal pace: libfaketime (installed
+    /// by `scripts/faketime/start.sh`) preloaded into the real binary sets its
     /// `clock_gettime(CLOCK_REALTIME)`; the monotonic clock its timers sleep on is left
-    /// alone.
+    /// alone. Preloaded directly, not through the `faketime` wrapper, so that the child
+    /// is the shim itself and killing it (on drop) kills the shim.
     pub fn start_at(&self, utc: &str, bundle: &Path, journal: &Path, extra: &[&str]) -> Shim {
-        let mut cmd = Command::new("faketime");
-        cmd.env("TZ", "UTC")
+        let lib = std::fs::read_dir("/usr/lib")
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("faketime/libfaketime.so.1"))
+            .find(|p| p.exists())
+            .expect("libfaketime (scripts/faketime/start.sh installs it)");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kalki-shim"));
+        cmd.env("LD_PRELOAD", lib)
+            .env("TZ", "UTC")
+            .env("FAKETIME", format!("@{utc}"))
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
-            .args(["-f", &format!("@{utc}"), env!("CARGO_BIN_EXE_kalki-shim")]);
+            // Its own children (ovs-vsctl, ...) run on the real clock.
+            .env(
+                "FAKETIME_SKIP_CMDS",
+                "ovs-vsctl,ovs-ofctl,ovs-appctl,ip,ethtool,tc,docker",
+            );
         self.spawn(cmd, bundle, journal, extra)
     }
 
