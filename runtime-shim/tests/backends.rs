@@ -67,7 +67,7 @@ impl Containers {
     fn clean(&self) {
         match self.backend {
             Backend::Docker => {
-                sh("docker rm -f $(docker ps -aq --filter label=kalki.site=node) 2>/dev/null");
+                sh("docker rm -f $(docker ps -aq --filter label=kalki.site=shimnode) 2>/dev/null");
             }
             Backend::Oci => remove_oci_containers(&self.oci_state),
         }
@@ -238,14 +238,14 @@ fn scenario(backend: Backend) {
     );
 
     // Confined, as the kernel sees it.
-    let probe = "kalki-node-d0-0-probe";
+    let probe = "kalki-shimnode-d0-0-probe";
     assert_confined(containers.pid(probe), &format!("{what}: {probe}"));
 
     // An API alert grows d0's chain; the tap µmbox's own alert (a line on its standard
     // output, written from outside into its init's stdout) moves it on.
     assert!(env.client(&["alert", "d0", "port_scan"]).status.success());
     assert_eq!(env.state("d0"), "suspicious", "{what}");
-    let tap = "kalki-node-d0-1-probe_tap";
+    let tap = "kalki-shimnode-d0-1-probe_tap";
     assert_confined(containers.pid(tap), &format!("{what}: {tap}"));
     ok(&format!(
         r#"echo '{{"kalki":"alert","alert":"fault"}}' >> /proc/{}/fd/1"#,
@@ -264,7 +264,7 @@ fn scenario(backend: Backend) {
     assert_eq!(env.state("d0"), "normal", "{what}");
 
     // A µmbox killed from outside: d1 closes (journaled), then heals by itself.
-    let killed = "kalki-node-d1-0-probe";
+    let killed = "kalki-shimnode-d1-0-probe";
     let pid = containers.pid(killed);
     ok(&format!("kill -KILL {pid}"));
     wait_for(
@@ -316,10 +316,10 @@ fn warm_next_states_make_a_change_only_swap_flows() {
     // `suspicious` = [probe(tag = 1), probe_tap, probe(tag = 2)]: the last two of each
     // device are started beside `normal`'s probe, and protect nothing yet.
     let idle = [
-        "kalki-node-d0-1-probe_tap",
-        "kalki-node-d0-2-probe",
-        "kalki-node-d1-1-probe_tap",
-        "kalki-node-d1-2-probe",
+        "kalki-shimnode-d0-1-probe_tap",
+        "kalki-shimnode-d0-2-probe",
+        "kalki-shimnode-d1-1-probe_tap",
+        "kalki-shimnode-d1-2-probe",
     ];
     let runs = |name: &str| {
         sh(&format!(
@@ -334,7 +334,7 @@ fn warm_next_states_make_a_change_only_swap_flows() {
     });
     assert_eq!(
         env.device("d0")["umboxes"],
-        serde_json::json!(["kalki-node-d0-0-probe"]),
+        serde_json::json!(["kalki-shimnode-d0-0-probe"]),
         "an idle µmbox is not shown as protecting"
     );
     assert_eq!(env.device("d0")["enforcement"]["verdict"], "enforced");

@@ -187,18 +187,18 @@ fn metrics_count_what_happened() {
     // The µmbox's own alert: d0 suspicious -> broken, whose image is missing: it fails
     // closed.
     ok(
-        r#"docker exec kalki-node-d0-1-probe_tap /bin/busybox sh -c 'echo "{\"kalki\":\"alert\",\"alert\":\"fault\"}" > /proc/1/fd/1'"#,
+        r#"docker exec kalki-shimnode-d0-1-probe_tap /bin/busybox sh -c 'echo "{\"kalki\":\"alert\",\"alert\":\"fault\"}" > /proc/1/fd/1'"#,
     );
     wait_for(Duration::from_secs(30), "d0 to fail closed", || {
         env.device("d0")["enforcement"]["verdict"] == "failed_closed"
     });
     // A µmbox of d1 killed: d1 fails closed, the µmbox is started again.
-    ok("docker kill kalki-node-d1-0-probe");
+    ok("docker kill kalki-shimnode-d1-0-probe");
     wait_for(
         Duration::from_secs(30),
         "d1's µmbox to be started again",
         || {
-            running().contains(&"kalki-node-d1-0-probe".to_string())
+            running().contains(&"kalki-shimnode-d1-0-probe".to_string())
                 && env.device("d1")["enforcement"]["verdict"] == "enforced"
         },
     );
@@ -330,10 +330,10 @@ fn metrics_count_what_happened() {
         "{closed}"
     );
     let stopped = find("umbox_stopped", "d1");
-    assert_eq!(stopped["container"], "kalki-node-d1-0-probe", "{stopped}");
+    assert_eq!(stopped["container"], "kalki-shimnode-d1-0-probe", "{stopped}");
     let verdict = find("verdict", "d0");
     assert_eq!(verdict["verdict"], "failed_closed", "{verdict}");
-    assert_eq!(find("serving", "")["site"], "node");
+    assert_eq!(find("serving", "")["site"], "shimnode");
     let replayed = find("journal_replayed", "");
     assert_eq!(replayed["replayed"], 0, "{replayed}");
 }

@@ -87,7 +87,7 @@ fn apply_and_posture_changes_on_open_vswitch_and_docker() {
     }
     assert_eq!(
         running(),
-        ["kalki-node-d0-0-probe", "kalki-node-d1-0-probe"]
+        ["kalki-shimnode-d0-0-probe", "kalki-shimnode-d1-0-probe"]
     );
     assert_switch_holds(
         &dir,
@@ -108,20 +108,20 @@ fn apply_and_posture_changes_on_open_vswitch_and_docker() {
     );
 
     // A killed µmbox is restarted, and only it.
-    let d1_before = container_id("kalki-node-d1-0-probe");
-    ok("docker kill kalki-node-d0-0-probe");
+    let d1_before = container_id("kalki-shimnode-d1-0-probe");
+    ok("docker kill kalki-shimnode-d0-0-probe");
     let repaired = shim(&["apply", b]);
     assert!(repaired.status.success(), "{}", stdout(&repaired));
     assert!(
-        stdout(&repaired).contains("start µmbox kalki-node-d0-0-probe"),
+        stdout(&repaired).contains("start µmbox kalki-shimnode-d0-0-probe"),
         "{}",
         stdout(&repaired)
     );
     assert_eq!(
         running(),
-        ["kalki-node-d0-0-probe", "kalki-node-d1-0-probe"]
+        ["kalki-shimnode-d0-0-probe", "kalki-shimnode-d1-0-probe"]
     );
-    assert_eq!(container_id("kalki-node-d1-0-probe"), d1_before);
+    assert_eq!(container_id("kalki-shimnode-d1-0-probe"), d1_before);
     assert!(stdout(&shim(&["apply", b])).contains("nothing to change"));
 
     // Posture changes, through the library as the run loop drives them.
@@ -137,7 +137,7 @@ fn apply_and_posture_changes_on_open_vswitch_and_docker() {
             .unwrap();
         let node = Node::new(loaded, Containers::Docker(engine), NodeConfig::default()).unwrap();
         let d1_flows = device_flows(0x0200_0000_0002_0000);
-        let shared = container_id("kalki-node-d0-0-probe");
+        let shared = container_id("kalki-shimnode-d0-0-probe");
 
         // normal [probe 1] -> suspicious [probe 1, probe_tap, probe 2]: the shared
         // probe keeps running (same container), two start, the flows swap.
@@ -148,13 +148,13 @@ fn apply_and_posture_changes_on_open_vswitch_and_docker() {
         assert_eq!(
             running(),
             [
-                "kalki-node-d0-0-probe",
-                "kalki-node-d0-1-probe_tap",
-                "kalki-node-d0-2-probe",
-                "kalki-node-d1-0-probe"
+                "kalki-shimnode-d0-0-probe",
+                "kalki-shimnode-d0-1-probe_tap",
+                "kalki-shimnode-d0-2-probe",
+                "kalki-shimnode-d1-0-probe"
             ]
         );
-        assert_eq!(container_id("kalki-node-d0-0-probe"), shared);
+        assert_eq!(container_id("kalki-shimnode-d0-0-probe"), shared);
         assert_switch_holds(
             &dir,
             &[
@@ -187,7 +187,7 @@ fn apply_and_posture_changes_on_open_vswitch_and_docker() {
             ],
         );
         // Nothing of the failed start is left, and the µmboxes attack does not use stop.
-        assert_eq!(running(), ["kalki-node-d1-0-probe"]);
+        assert_eq!(running(), ["kalki-shimnode-d1-0-probe"]);
 
         // attack -> normal: normal's µmbox starts again.
         assert!(matches!(
@@ -196,7 +196,7 @@ fn apply_and_posture_changes_on_open_vswitch_and_docker() {
         ));
         assert_eq!(
             running(),
-            ["kalki-node-d0-0-probe", "kalki-node-d1-0-probe"]
+            ["kalki-shimnode-d0-0-probe", "kalki-shimnode-d1-0-probe"]
         );
         assert_switch_holds(
             &dir,

@@ -252,7 +252,7 @@ fn a_device_holding_another_states_flows_is_not_enforced() {
 fn a_killed_umbox_is_not_enforced_and_is_started_again_on_fresh_ports() {
     let node = node();
     let mut obs = healthy(&node);
-    let name = "kalki-node-d0-0-probe".to_string();
+    let name = "kalki-shimnode-d0-0-probe".to_string();
     let c = node
         .bundle()
         .containers
@@ -440,7 +440,7 @@ fn no_flows_is_enforced_only_when_the_switch_holds_none_of_the_device() {
         .actions;
     assert!(
         p.iter().any(
-            |a| matches!(a, Action::StopContainer { name, .. } if name == "kalki-node-d0-0-probe")
+            |a| matches!(a, Action::StopContainer { name, .. } if name == "kalki-shimnode-d0-0-probe")
         ),
         "{p:?}"
     );
@@ -516,7 +516,7 @@ fn a_port_set_down_or_not_forwarding_is_not_enforced_and_reset() {
         .bundle()
         .containers
         .values()
-        .find(|c| c.name == "kalki-node-d0-0-probe")
+        .find(|c| c.name == "kalki-shimnode-d0-0-probe")
         .unwrap()
         .clone();
     let umbox_port = c.interfaces[0].port_name.clone();
@@ -673,5 +673,5 @@ fn next_states_umboxes_are_kept_started_within_the_budget() {
             _ => None,
         })
         .collect();
-    assert_eq!(stops, ["kalki-node-d1-1-probe_tap"], "{actions:?}");
+    assert_eq!(stops, ["kalki-shimnode-d1-1-probe_tap"], "{actions:?}");
 }

@@ -93,7 +93,7 @@ fn run_serves_events_fails_closed_and_resumes_from_the_journal() {
 
     // 1. An alert through the API: d0 normal -> suspicious, its chain grows (the shared
     //    probe keeps running), its flows swap.
-    let shared = container_id("kalki-node-d0-0-probe");
+    let shared = container_id("kalki-shimnode-d0-0-probe");
     let out = env.client(&["alert", "d0", "port_scan"]);
     assert!(
         out.status.success(),
@@ -101,7 +101,7 @@ fn run_serves_events_fails_closed_and_resumes_from_the_journal() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(env.state("d0"), "suspicious");
-    assert_eq!(container_id("kalki-node-d0-0-probe"), shared);
+    assert_eq!(container_id("kalki-shimnode-d0-0-probe"), shared);
     assert_switch_holds(
         &bundle,
         &[
@@ -115,7 +115,7 @@ fn run_serves_events_fails_closed_and_resumes_from_the_journal() {
     //    moves d0 to `broken`, whose µmbox image does not exist: d0 fails closed to its
     //    most restrictive state, and the status says why.
     ok(
-        r#"docker exec kalki-node-d0-1-probe_tap /bin/busybox sh -c 'echo "{\"kalki\":\"alert\",\"alert\":\"fault\"}" > /proc/1/fd/1'"#,
+        r#"docker exec kalki-shimnode-d0-1-probe_tap /bin/busybox sh -c 'echo "{\"kalki\":\"alert\",\"alert\":\"fault\"}" > /proc/1/fd/1'"#,
     );
     wait_for(Duration::from_secs(30), "d0 to fail closed", || {
         env.device("d0")["enforcement"]["verdict"] == "failed_closed"
@@ -138,13 +138,13 @@ fn run_serves_events_fails_closed_and_resumes_from_the_journal() {
     );
     // An alert from a container that does not serve the device now is rejected.
     ok(
-        r#"docker exec kalki-node-d1-0-probe /bin/busybox sh -c 'echo "{\"kalki\":\"alert\",\"alert\":\"fault\"}" > /proc/1/fd/1'"#,
+        r#"docker exec kalki-shimnode-d1-0-probe /bin/busybox sh -c 'echo "{\"kalki\":\"alert\",\"alert\":\"fault\"}" > /proc/1/fd/1'"#,
     );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(env.state("d1"), "normal");
     assert!(
         env.log_text()
-            .contains("alert from `kalki-node-d1-0-probe` refused"),
+            .contains("alert from `kalki-shimnode-d1-0-probe` refused"),
         "{}",
         env.log_text()
     );
@@ -195,20 +195,20 @@ fn run_serves_events_fails_closed_and_resumes_from_the_journal() {
     // 5. A µmbox of d1's current chain is killed: d1 fails closed at once (journaled),
     //    and the node heals by itself: a new instance of the µmbox, d1's suspicious flows
     //    back, its verdict `enforced`, without a restart of the shim.
-    let killed = container_id("kalki-node-d1-2-probe");
-    ok("docker kill kalki-node-d1-2-probe");
+    let killed = container_id("kalki-shimnode-d1-2-probe");
+    ok("docker kill kalki-shimnode-d1-2-probe");
     wait_for(
         Duration::from_secs(30),
         "d1's failure to be journaled",
         || {
             env.log_text()
-                .contains("`d1` failed closed (attack): µmbox `kalki-node-d1-2-probe` stopped")
+                .contains("`d1` failed closed (attack): µmbox `kalki-shimnode-d1-2-probe` stopped")
         },
     );
     wait_for(Duration::from_secs(30), "d1 to heal", || {
         env.device("d1")["enforcement"]["verdict"] == "enforced"
     });
-    assert_ne!(container_id("kalki-node-d1-2-probe"), killed);
+    assert_ne!(container_id("kalki-shimnode-d1-2-probe"), killed);
     assert_eq!(env.state("d1"), "suspicious");
     assert_switch_holds(
         &bundle,

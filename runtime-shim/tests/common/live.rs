@@ -69,7 +69,7 @@ impl Cleanup {
         sh(&format!(
             "ovs-vsctl --timeout=10 --if-exists del-br {BRIDGE}"
         ));
-        sh("docker rm -f $(docker ps -aq --filter label=kalki.site=node) 2>/dev/null");
+        sh("docker rm -f $(docker ps -aq --filter label=kalki.site=shimnode) 2>/dev/null");
         for l in LINKS {
             sh(&format!("ip link del dev {l} 2>/dev/null"));
         }
@@ -95,7 +95,7 @@ pub fn stdout(o: &std::process::Output) -> String {
 
 /// Names of the site's running containers, sorted.
 pub fn running() -> Vec<String> {
-    let mut v: Vec<String> = ok("docker ps --filter label=kalki.site=node --format '{{.Names}}'")
+    let mut v: Vec<String> = ok("docker ps --filter label=kalki.site=shimnode --format '{{.Names}}'")
         .lines()
         .map(String::from)
         .collect();
