@@ -162,7 +162,8 @@ fn sign_in_watch_an_attack_and_reset_it_in_a_browser() {
         let token = c.find(Locator::Css("#token")).await.unwrap();
         token.send_keys("not-the-token-at-all-0123").await.unwrap();
         c.find(Locator::Css("#sign-in")).await.unwrap().click().await.unwrap();
-        assert_eq!(text(&c, "#error").await, "wrong token");
+        // The refusal is a new page: wait for it (the click's navigation may still run).
+        wait_text(&c, "#error", "wrong token", Duration::from_secs(10)).await;
         let token = c.find(Locator::Css("#token")).await.unwrap();
         token.send_keys(TOKEN).await.unwrap();
         c.find(Locator::Css("#sign-in")).await.unwrap().click().await.unwrap();
@@ -190,7 +191,7 @@ fn sign_in_watch_an_attack_and_reset_it_in_a_browser() {
             Duration::from_secs(20),
         )
         .await;
-        assert_eq!(text(&c, "tr[data-device=door] td.state").await, "normal");
+        wait_text(&c, "tr[data-device=door] td.state", "normal", Duration::from_secs(5)).await;
         screenshot(&c, "console.png").await;
 
         // Its page: the state machine (drawn by the shim) and the history.

@@ -330,7 +330,10 @@ fn metrics_count_what_happened() {
         "{closed}"
     );
     let stopped = find("umbox_stopped", "d1");
-    assert_eq!(stopped["container"], "kalki-shimnode-d1-0-probe", "{stopped}");
+    assert_eq!(
+        stopped["container"], "kalki-shimnode-d1-0-probe",
+        "{stopped}"
+    );
     let verdict = find("verdict", "d0");
     assert_eq!(verdict["verdict"], "failed_closed", "{verdict}");
     assert_eq!(find("serving", "")["site"], "shimnode");

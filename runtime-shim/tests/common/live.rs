@@ -95,10 +95,11 @@ pub fn stdout(o: &std::process::Output) -> String {
 
 /// Names of the site's running containers, sorted.
 pub fn running() -> Vec<String> {
-    let mut v: Vec<String> = ok("docker ps --filter label=kalki.site=shimnode --format '{{.Names}}'")
-        .lines()
-        .map(String::from)
-        .collect();
+    let mut v: Vec<String> =
+        ok("docker ps --filter label=kalki.site=shimnode --format '{{.Names}}'")
+            .lines()
+            .map(String::from)
+            .collect();
     v.sort();
     v
 }
