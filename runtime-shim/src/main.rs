@@ -1326,16 +1326,10 @@ fn run_run(args: &RunArgs) -> Exit {
             reconcile_interval: args.reconcile_interval,
             mqtt,
         };
-        match kalki_shim::run::run(node, cfg, shutdown_signal()).await {
-            Ok(()) => {
-                tracing::info!(event = "stopped", "stopped");
-                Exit::Ok
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                Exit::Usage
-            }
-        }
+        ended(
+            kalki_shim::run::run(node, cfg, shutdown_signal()).await,
+            Exit::Usage,
+        )
     })
 }
 
@@ -1373,16 +1367,10 @@ fn run_controller(args: &ControllerArgs) -> Exit {
         lease_ttl: args.etcd.lease_ttl,
     };
     rt.block_on(async {
-        match kalki_shim::cluster::controller::controller(bundle, cfg, shutdown_signal()).await {
-            Ok(()) => {
-                tracing::info!(event = "stopped", "stopped");
-                Exit::Ok
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                Exit::Refused
-            }
-        }
+        ended(
+            kalki_shim::cluster::controller::controller(bundle, cfg, shutdown_signal()).await,
+            Exit::Refused,
+        )
     })
 }
 
@@ -1443,17 +1431,25 @@ fn run_agent(args: &AgentArgs) -> Exit {
                 return Exit::Refused;
             }
         };
-        match kalki_shim::cluster::agent::agent(node, cfg, shutdown_signal()).await {
-            Ok(()) => {
-                tracing::info!(event = "stopped", "stopped");
-                Exit::Ok
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                Exit::Refused
-            }
-        }
+        ended(
+            kalki_shim::cluster::agent::agent(node, cfg, shutdown_signal()).await,
+            Exit::Refused,
+        )
     })
+}
+
+/// A serving command's end: `stopped` logged on a clean stop, else the error and `failure`.
+fn ended<E: std::fmt::Display>(result: Result<(), E>, failure: Exit) -> Exit {
+    match result {
+        Ok(()) => {
+            tracing::info!(event = "stopped", "stopped");
+            Exit::Ok
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            failure
+        }
+    }
 }
 
 /// What a server of the API needs from its flags: the token (`--token-file`, else
