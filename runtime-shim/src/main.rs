@@ -1350,6 +1350,14 @@ fn run_controller(args: &ControllerArgs) -> Exit {
         Ok(b) => b,
         Err(exit) => return exit,
     };
+    // No node to decide postures for: its status could only say "unreachable".
+    if bundle.manifest.nodes.is_empty() {
+        eprintln!(
+            "error: site `{}` runs on one node (its policy declares no `node`): run it with `kalki-shim run`",
+            bundle.manifest.site
+        );
+        return Exit::Refused;
+    }
     let Some(rt) = runtime() else {
         return Exit::Usage;
     };

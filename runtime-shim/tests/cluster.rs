@@ -627,3 +627,44 @@ fn a_site_on_three_nodes_with_a_standby_controller() {
     );
     drop(b);
 }
+
+/// A controller for a site that declares no node is refused at once (exit 1, before any
+/// etcd call): it would decide postures for no node and report every device unreachable.
+#[test]
+fn a_controller_refuses_a_site_on_one_node() {
+    let tmp = kalki_test_support::TempDir::new("controller-one-node").unwrap();
+    let dir = tmp.path();
+    let bundle = dir.join("bundle");
+    common::compile_dir("runtime-shim/tests/fixtures/node")
+        .write_to(&bundle)
+        .unwrap();
+    let api = Api::new(dir);
+    let key = dir.join("client.key");
+    std::fs::write(&key, "not used").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kalki-shim"))
+        .args([
+            "controller",
+            bundle.to_str().unwrap(),
+            "--etcd",
+            "https://127.0.0.1:9",
+        ])
+        .args([
+            "--etcd-ca",
+            key.to_str().unwrap(),
+            "--etcd-cert",
+            key.to_str().unwrap(),
+        ])
+        .args(["--etcd-key", key.to_str().unwrap()])
+        .args([
+            "--token-file",
+            api.token.to_str().unwrap(),
+            "--listen",
+            &api.api,
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("runs on one node"), "{err}");
+}
