@@ -30,7 +30,7 @@ ensure_packages etcd-start "${PACKAGES[@]}"
 if [[ -d /run/systemd/system ]] && timeout 10 systemctl is-active --quiet etcd 2>/dev/null; then
     echo "etcd-start: stopping and disabling the system-wide etcd service (tests run their own clusters)"
     timeout 30 systemctl disable --now etcd >/dev/null 2>&1 || timeout 30 systemctl stop etcd
-elif pid=$(pgrep -x -u etcd etcd 2>/dev/null | head -1) && [[ -n $pid ]]; then
+elif pid=$(pgrep -x -u etcd etcd 2>/dev/null | sed -n 1p) && [[ -n $pid ]]; then
     if [[ $(id -u) -ne 0 ]]; then
         echo "etcd-start: a system-wide etcd (pid $pid) runs and stopping it needs root" >&2
         exit 1
@@ -59,8 +59,8 @@ for tool in etcd etcdctl; do
         exit 1
     fi
 done
-server=$(timeout 10 etcd --version 2>&1 | head -1)
-client=$(timeout 10 etcdctl version 2>&1 | head -1)
+server=$(timeout 10 etcd --version 2>&1 | sed -n 1p)
+client=$(timeout 10 etcdctl version 2>&1 | sed -n 1p)
 if [[ $server != "etcd Version: "* ]]; then
     echo "etcd-start: \`etcd --version\` did not print its version: $server" >&2
     exit 1

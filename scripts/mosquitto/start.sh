@@ -71,7 +71,7 @@ for tool in mosquitto mosquitto_pub mosquitto_sub mosquitto_passwd openssl; do
     fi
 done
 # `mosquitto -h` exits 3 after printing its usage; its first line names the version.
-version=$(timeout 10 mosquitto -h 2>&1 | head -1 || true)
+version=$(timeout 10 mosquitto -h 2>&1 | sed -n 1p || true)
 if [[ $version != mosquitto\ version\ * ]]; then
     echo "mosquitto-start: \`mosquitto -h\` did not print its version: $version" >&2
     exit 1

@@ -60,4 +60,4 @@ else
 fi
 
 ovs-vsctl --timeout=5 get Open_vSwitch . ovs_version | tr -d '"' | sed 's/^/ovs-start: ovs version /'
-ovs-vswitchd --version | head -1
+ovs-vswitchd --version | sed -n 1p
