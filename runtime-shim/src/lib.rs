@@ -21,6 +21,7 @@ pub mod docker;
 pub mod enforcement;
 pub mod follow;
 pub mod journal;
+pub mod keeper;
 pub mod metrics;
 pub mod mqtt;
 pub mod net;

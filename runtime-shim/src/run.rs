@@ -19,17 +19,18 @@
 // fields of docs/runtime.md, "Logs".
 
 use crate::api::{self, Accepted, Changed, DeviceStatus, Request, StatusReport};
-use crate::enforcement::{self, Crossing, Enforcement};
+use crate::enforcement::{self, Enforcement};
 use crate::engine::{Config, Effect, Engine, Input, InputError, Step};
-use crate::follow::{Followers, UmboxEvent};
+use crate::follow::UmboxEvent;
 use crate::journal::{Delivery, Journal, JournalError};
+use crate::keeper::{self, Keeper};
 use crate::metrics::{self, Metrics};
 use crate::mqtt::{self, Mqtt, MqttConfig, MqttEvent};
-use crate::node::{Closed, Node, NodeError, Observation, Posture, Target, LABEL_SITE};
+use crate::node::{Node, NodeError, Observation};
 use crate::simulate::cause_text;
 use crate::sink::{self, Webhook};
 use kalki_model::telemetry::{self, Topics};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
@@ -92,8 +93,6 @@ fn codes<'a>(codes: impl Iterator<Item = &'a str>) -> String {
 
 /// The most MQTT messages taken from the queue at once, journaled in one commit.
 const MQTT_BATCH: usize = 256;
-/// The most µmboxes of next states one look at the node starts (`--warm`).
-const WARM_PER_LOOK: usize = 8;
 /// The most API inputs journaled in one commit.
 const API_BATCH: usize = 256;
 
@@ -113,30 +112,20 @@ struct Delivered {
 }
 
 struct Loop {
-    node: Node,
+    /// The node, kept at the engine's states.
+    keeper: Keeper,
     engine: Engine,
     journal: Journal,
     webhook: Option<Webhook>,
-    followers: Followers,
     delivered: mpsc::Sender<Delivered>,
     started_ms: u64,
-    /// Devices whose posture could not be applied, and what they hold instead.
-    closed: BTreeMap<usize, Closure>,
     /// The verdicts last logged, per device (a change is logged).
     verdicts: Vec<Option<Enforcement>>,
-    /// µmbox containers a look at the node has found in place (running and plugged in)
-    /// during this run, or a posture change has started: only such a one, found out of
-    /// place later, has stopped. (At the first look, or for one that stopped while no
-    /// shim ran, a µmbox not running is one to start, not a fault to journal.)
-    seen_running: BTreeSet<String>,
-    /// When the node is next looked at and repaired.
-    next_check: Instant,
     /// Flow-only posture changes waiting to be installed together: device → state.
     deferred: BTreeMap<usize, usize>,
     /// Whether a batch of inputs is being carried out (its flow-only changes are then
     /// installed at its end, in one bundle).
     batching: bool,
-    interval: Duration,
     /// The MQTT client, when there is a broker.
     mqtt: Option<MqttLink>,
     /// What `/metrics` serves (shared with the API).
@@ -157,21 +146,6 @@ struct MqttLink {
     topics: Topics,
     counts: mqtt::Counts,
     _task: mqtt::Task,
-}
-
-/// A device that failed closed: what it got instead, why, and when its own posture is
-/// tried again.
-struct Closure {
-    installed: Closed,
-    reason: String,
-    attempts: u32,
-    retry_at: Instant,
-}
-
-/// How long a device that failed closed waits before its posture is tried again: 1 s,
-/// doubling with each failure, at most a minute.
-fn backoff(attempts: u32) -> Duration {
-    Duration::from_secs(1u64 << attempts.saturating_sub(1).min(6)).min(Duration::from_secs(60))
 }
 
 /// Runs until `shutdown` resolves.
@@ -212,25 +186,19 @@ pub async fn run(
         }
     );
 
-    let (umbox_tx, mut umbox_rx) = mpsc::channel::<UmboxEvent>(1024);
     let (delivered_tx, mut delivered_rx) = mpsc::channel::<Delivered>(1024);
-    let docker = node.docker().clone();
     let device_count = node.bundle().manifest.devices.len();
+    let (keeper, mut umbox_rx) = Keeper::new(node, cfg.reconcile_interval);
     let mut lp = Loop {
-        node,
+        keeper,
         engine,
         journal,
         webhook: cfg.webhook,
-        followers: Followers::new(docker, umbox_tx),
         delivered: delivered_tx,
         started_ms: start,
-        closed: BTreeMap::new(),
         verdicts: vec![None; device_count],
-        seen_running: BTreeSet::new(),
-        next_check: Instant::now(),
         deferred: BTreeMap::new(),
         batching: false,
-        interval: cfg.reconcile_interval,
         mqtt: None,
         metrics: Arc::new(Metrics::new()),
         journal_path: cfg.journal.clone(),
@@ -249,7 +217,7 @@ pub async fn run(
     // pending commands are sent again, some of which may go to it.
     let (mqtt_tx, mut mqtt_rx) = mpsc::channel::<MqttEvent>(256);
     if let Some(mcfg) = &cfg.mqtt {
-        let topics = Topics::new(&lp.node.bundle().manifest);
+        let topics = Topics::new(&lp.node().bundle().manifest);
         let list: Vec<String> = topics.topics().map(str::to_string).collect();
         info!(
             event = "mqtt_broker",
@@ -282,7 +250,7 @@ pub async fn run(
 
     let (req_tx, mut req_rx) = mpsc::channel::<Request>(256);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let checker = api::Checker::new(lp.node.bundle());
+    let checker = api::Checker::new(lp.node().bundle());
     let mut options = api::ServeOptions::new(cfg.token, checker);
     options.metrics = lp.metrics.clone();
     // The console's live tables: after whatever may change a device's status, a status
@@ -295,7 +263,7 @@ pub async fn run(
     let server = tokio::spawn(api::serve(cfg.listener, options, req_tx, async move {
         let _ = stop_rx.await;
     }));
-    let site = &lp.node.bundle().manifest.site;
+    let site = &lp.node().bundle().manifest.site;
     info!(event = "serving", site = %site, "serving site `{site}`");
 
     tokio::pin!(shutdown);
@@ -310,7 +278,7 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
-        let check = tokio::time::sleep_until(lp.next_check.into());
+        let check = tokio::time::sleep_until(lp.keeper.next_check.into());
         tokio::select! {
             _ = &mut shutdown => break,
             _ = check => {
@@ -395,114 +363,58 @@ pub async fn run(
     Ok(())
 }
 
+/// What `run` records of what happens on the node.
+struct RunWitness<'a> {
+    journal: &'a Journal,
+    metrics: &'a Metrics,
+}
+
+impl keeper::Witness for RunWitness<'_> {
+    fn failed_closed(&mut self, device: &str, installed: &str, reason: &str) {
+        if let Err(e) = self
+            .journal
+            .record_fail_closed(now_ms(), device, installed, reason)
+        {
+            error!(event = "journal_error", error = %e, "journal: {e}");
+        }
+    }
+
+    fn umbox_restarted(&mut self, umbox: &str) {
+        self.metrics
+            .umbox_restarts
+            .get_or_create(&metrics::UmboxLabels {
+                umbox: umbox.to_string(),
+            })
+            .inc();
+    }
+}
+
 impl Loop {
     fn sha(&self) -> String {
-        self.node.bundle().manifest_sha256.clone()
+        self.keeper.node().bundle().manifest_sha256.clone()
+    }
+
+    fn node(&self) -> &Node {
+        self.keeper.node()
     }
 
     fn state_names(&self, device: usize, state: usize) -> String {
-        self.node.bundle().manifest.devices[device]
-            .states
-            .get(state)
-            .map_or_else(|| state.to_string(), |s| s.name.clone())
+        self.keeper.state_name(device, state)
     }
 
-    /// What a device's posture should be: its state's, or what it failed closed to.
-    fn intended(&self, device: usize) -> Target {
-        match self.closed.get(&device) {
-            Some(c) => Target::from(c.installed),
-            None => Target::State(self.engine.state(device).unwrap_or(0)),
-        }
+    /// What `run` records of the node: failing closed in the journal, restarts in the
+    /// metrics.
+    fn witness<'a>(journal: &'a Journal, metrics: &'a Metrics) -> RunWitness<'a> {
+        RunWitness { journal, metrics }
     }
 
-    /// What each device should have on the node now: its state's posture, or, while it
-    /// is failed closed and not yet due to try again, what it holds instead.
-    fn targets(&self, now: Instant) -> Vec<Target> {
-        self.engine
-            .states()
-            .into_iter()
-            .enumerate()
-            .map(|(d, s)| match self.closed.get(&d) {
-                Some(c) if c.retry_at > now => Target::from(c.installed),
-                _ => Target::State(s),
-            })
-            .collect()
-    }
-
-    /// Looks at the node and repairs what differs from the engine's states (a device
-    /// failed closed gets its posture again when its retry is due). Returns the node as
-    /// it is afterwards. Never fails: what cannot be done now is tried again at the next
-    /// check, and the verdicts say what is not in force meanwhile.
+    /// Looks at the node and repairs what differs from the engine's states
+    /// ([`Keeper::reconcile`]), and logs the verdicts that changed.
     async fn reconcile(&mut self) -> Observation {
-        let now = Instant::now();
-        self.next_check = now + self.interval;
-        let mut obs = self.node.observe().await;
-        // A µmbox that stopped between two looks, before its follower said so, is
-        // handled as its follower would have: the device closes (journaled) first.
-        let stopped = self.stopped_umboxes(&obs);
-        if !stopped.is_empty() {
-            for (device, container, reason) in stopped {
-                if !self.closed.contains_key(&device) {
-                    self.umbox_stopped(device, &container, reason).await;
-                }
-            }
-            obs = self.node.observe().await;
-        }
-        self.note_running(&obs);
-        let targets = self.targets(now);
-        match self.node.plan_from(&obs, &targets).map(|mut p| {
-            // The loop waits for what it executes: next states' µmboxes a few at a
-            // time, the rest at the following looks.
-            p.limit_warm(WARM_PER_LOOK);
-            p
-        }) {
-            Ok(plan) if plan.is_empty() => {}
-            Ok(plan) => {
-                for step in self.node.describe(&plan) {
-                    info!(event = "repair", step = %step, "{step}");
-                }
-                match self.node.execute(&plan).await {
-                    Ok(report) => {
-                        for (d, path, why) in &report.warm_failed {
-                            let device = self.engine.device_name(*d);
-                            warn!(
-                                event = "warm_failed",
-                                device,
-                                umbox = %path,
-                                reason = %why,
-                                "`{device}`: µmbox {path} of a next state not started: {why}"
-                            );
-                        }
-                        let failed: Vec<usize> = report.failed_closed.iter().map(|f| f.0).collect();
-                        for (device, closed, reason) in report.failed_closed {
-                            self.note_closed(device, closed, &reason);
-                        }
-                        // A device whose own posture was the target and did not fail
-                        // has it now.
-                        for (d, t) in targets.iter().enumerate() {
-                            if *t == Target::State(self.engine.state(d).unwrap_or(0))
-                                && !failed.contains(&d)
-                            {
-                                self.closed.remove(&d);
-                            }
-                        }
-                    }
-                    Err(e) => warn!(
-                        event = "repair_failed",
-                        error = %e,
-                        "repairing the node failed: {e}"
-                    ),
-                }
-                obs = self.node.observe().await;
-                // What the plan started is running from here on: one found stopped at
-                // the next look has stopped, though no look before the plan saw it.
-                self.note_running(&obs);
-            }
-            // The verdicts say why; logged when they change.
-            Err(_) => {}
-        }
+        let states = self.engine.states();
+        let mut w = Self::witness(&self.journal, &self.metrics);
+        let obs = self.keeper.reconcile(&states, &mut w).await;
         self.note_verdicts(&obs);
-        self.follow(&obs);
         obs
     }
 
@@ -524,7 +436,7 @@ impl Loop {
                  retrying every {} s\n{}",
                 not.len(),
                 verdicts.len(),
-                self.interval.as_secs_f64(),
+                self.keeper.interval.as_secs_f64(),
                 not.join("\n")
             );
         }
@@ -532,20 +444,7 @@ impl Loop {
 
     /// Every device's verdict, from an observation of the node.
     fn verdicts(&self, obs: &Observation) -> Vec<Enforcement> {
-        (0..self.engine.device_count())
-            .map(|d| {
-                // Off the switch: nothing of it on the node to look at, nor to claim.
-                if let Some(off) = enforcement::off_switch(self.node.bundle(), d) {
-                    return off;
-                }
-                enforcement::verdict(
-                    self.node.check(obs, d, self.intended(d)),
-                    self.closed
-                        .get(&d)
-                        .map(|c| (self.closed_name(d, c.installed), c.reason.as_str())),
-                )
-            })
-            .collect()
+        self.keeper.verdicts(obs, &self.engine.states())
     }
 
     /// Logs the verdicts that changed since the last time; a device not enforced gets
@@ -580,70 +479,10 @@ impl Loop {
         }
     }
 
-    /// What the posture the verdict vouches for lets through: the one checked
-    /// (`intended`: the state's, or what failing closed installed). Nothing is claimed
-    /// for a device not enforced.
-    fn crossing(&self, device: usize, verdict: &Enforcement) -> Option<Crossing> {
-        let installed = match (verdict, self.intended(device)) {
-            (Enforcement::NotEnforced { .. } | Enforcement::OffSwitch, _) => return None,
-            (_, Target::State(s)) => Some(s),
-            (_, Target::NoFlows) => None,
-        };
-        Some(enforcement::crossing(self.node.bundle(), device, installed))
-    }
-
-    fn closed_name(&self, device: usize, closed: Closed) -> String {
-        match closed {
-            Closed::State(s) => self.state_names(device, s),
-            Closed::NoFlows => "no flows".into(),
-        }
-    }
-
-    /// A device failed closed: journaled, and its posture tried again after a backoff.
-    fn note_closed(&mut self, device: usize, closed: Closed, reason: &str) {
-        let attempts = self.closed.get(&device).map_or(0, |c| c.attempts) + 1;
-        let installed = self.closed_name(device, closed);
-        let name = self.engine.device_name(device).to_string();
-        warn!(
-            event = "failed_closed",
-            device = %name,
-            installed = %installed,
-            reason,
-            "`{name}` failed closed ({installed}): {reason}"
-        );
-        if let Err(e) = self
-            .journal
-            .record_fail_closed(now_ms(), &name, &installed, reason)
-        {
-            error!(event = "journal_error", error = %e, "journal: {e}");
-        }
-        let retry_at = Instant::now() + backoff(attempts);
-        self.next_check = self.next_check.min(retry_at);
-        self.closed.insert(
-            device,
-            Closure {
-                installed: closed,
-                reason: reason.to_string(),
-                attempts,
-                retry_at,
-            },
-        );
-    }
-
-    /// Follows the running containers of an observation.
-    fn follow(&mut self, obs: &Observation) {
-        if let Ok(containers) = &obs.containers {
-            self.followers.sync(containers.values());
-        }
-    }
-
     /// Follows the site's running containers (after a posture change started or stopped
     /// some).
     async fn sync_followers(&mut self) {
-        let site = self.node.bundle().manifest.container_scope();
-        if let Ok(list) = self.node.docker().list(LABEL_SITE, &site).await {
-            self.followers.sync(&list);
-        }
+        self.keeper.sync_followers().await;
     }
 
     /// Commands journaled but never delivered (the shim stopped before): sent again.
@@ -655,7 +494,7 @@ impl Loop {
             self.send_command(sink::Command {
                 id: c.id,
                 t_ms: c.t_ms,
-                site: self.node.bundle().manifest.site.clone(),
+                site: self.node().bundle().manifest.site.clone(),
                 device: c.device,
                 command: c.command,
                 rule: c.rule,
@@ -709,7 +548,7 @@ impl Loop {
     fn publication(&self, device: &str, command: &str) -> Option<(&MqttLink, telemetry::Publish)> {
         let m = self.mqtt.as_ref()?;
         let d = self
-            .node
+            .node()
             .bundle()
             .manifest
             .devices
@@ -808,10 +647,11 @@ impl Loop {
             );
             return None;
         }
-        match m
-            .topics
-            .read(&self.node.bundle().manifest, topic, &message.payload)
-        {
+        match m.topics.read(
+            &self.keeper.node().bundle().manifest,
+            topic,
+            &message.payload,
+        ) {
             telemetry::Message::Reading(input) => Some((input, topic.to_string())),
             telemetry::Message::Unbound => {
                 m.counts.unbound += 1;
@@ -987,7 +827,7 @@ impl Loop {
                             self.state_names(*device, *from),
                             self.state_names(*device, *to),
                         );
-                        let why = cause_text(self.node.bundle(), &self.engine, *device, cause);
+                        let why = cause_text(self.node().bundle(), &self.engine, *device, cause);
                         info!(
                             event = "state_change",
                             device = %name,
@@ -998,7 +838,7 @@ impl Loop {
                         );
                         self.journal
                             .record_change(step.t_ms, &name, &from_n, &to_n, &why)?;
-                        let bundle = self.node.bundle();
+                        let bundle = self.node().bundle();
                         self.metrics
                             .posture_changes
                             .get_or_create(&metrics::ChangeLabels {
@@ -1010,7 +850,7 @@ impl Loop {
                         if enforcement::off_switch(bundle, *device).is_none() {
                             self.unflushed.push(self.taken);
                         }
-                        if self.node.flow_only(*device, *to) {
+                        if self.node().flow_only(*device, *to) {
                             // Installed with the batch's other flow-only changes, in one
                             // bundle (`flush_deferred`); a later change of the device
                             // in the batch replaces it.
@@ -1042,7 +882,7 @@ impl Loop {
                         self.send_command(sink::Command {
                             id,
                             t_ms: step.t_ms,
-                            site: self.node.bundle().manifest.site.clone(),
+                            site: self.node().bundle().manifest.site.clone(),
                             device: name,
                             command: command.clone(),
                             rule: rule_name,
@@ -1079,267 +919,76 @@ impl Loop {
         }
     }
 
-    /// One device's posture change, make-before-break, failing closed when it cannot be
-    /// made. Whether µmboxes were started or stopped (or it failed).
+    /// One device's posture change ([`Keeper::change_posture`]). Whether µmboxes were
+    /// started or stopped (or it failed).
     async fn change_posture(&mut self, device: usize, to: usize) -> bool {
-        match self.node.change_posture(device, to).await {
-            Ok(Posture::Changed { touched, .. }) => {
-                self.closed.remove(&device);
-                // The change waited for its chain's µmboxes to be ready: from here on, one
-                // found not running has stopped (even before a look has seen it).
-                let chain: Vec<String> = self
-                    .node
-                    .wanted_for(device, self.intended(device))
-                    .into_iter()
-                    .map(|(_, m)| m.name.clone())
-                    .collect();
-                self.seen_running.extend(chain);
-                touched
-            }
-            Ok(Posture::FailedClosed { installed, reason }) => {
-                self.note_closed(device, installed, &reason);
-                true
-            }
-            // Journaled; nothing of it is on the node to change.
-            Ok(Posture::OffSwitch) => false,
-            Err(e) => {
-                // The switch or the engine failed us: close the device if we still can;
-                // either way the next check looks at the node, says what is not in
-                // force, and repairs it.
-                let reason = e.to_string();
-                match self.node.fail_closed(device).await {
-                    Ok(closed) => self.note_closed(device, closed, &reason),
-                    Err(e2) => {
-                        let (name, to) = (
-                            self.engine.device_name(device),
-                            self.state_names(device, to),
-                        );
-                        error!(
-                            event = "fail_closed_failed",
-                            device = name,
-                            to = %to,
-                            reason = %reason,
-                            error = %e2,
-                            "`{name}` -> `{to}`: {reason}; failing closed also failed: {e2}"
-                        )
-                    }
-                }
-                self.next_check = Instant::now();
-                true
-            }
-        }
+        let mut w = Self::witness(&self.journal, &self.metrics);
+        self.keeper.change_posture(device, to, &mut w).await
     }
 
-    /// Installs the deferred flow-only changes in one OpenFlow bundle; if the switch
-    /// refuses it, each is made alone (and fails closed alone). Whether µmboxes were
-    /// started or stopped.
+    /// Installs the deferred flow-only changes in one OpenFlow bundle
+    /// ([`Keeper::change_many`]). Whether µmboxes were started or stopped.
     async fn flush_deferred(&mut self) -> bool {
-        if self.deferred.is_empty() {
-            return false;
-        }
         let changes: Vec<(usize, usize)> = std::mem::take(&mut self.deferred).into_iter().collect();
-        match self.node.install_many(&changes).await {
-            Ok(()) => {
-                for (d, _) in &changes {
-                    self.closed.remove(d);
-                }
-                false
-            }
-            Err(e) => {
-                warn!(
-                    event = "bundle_refused",
-                    changes = changes.len(),
-                    error = %e,
-                    "{} posture changes in one bundle: {e}; each made alone",
-                    changes.len()
-                );
-                let mut touched = false;
-                for (d, to) in changes {
-                    touched |= self.change_posture(d, to).await;
-                }
-                touched
-            }
-        }
+        let mut w = Self::witness(&self.journal, &self.metrics);
+        self.keeper.change_many(&changes, &mut w).await
     }
 
     async fn umbox_event(&mut self, event: UmboxEvent) -> Result<(), RunError> {
-        match event {
-            // The offending address the µmbox names is in its own log; the engine's
-            // `source` is the µmbox (its catalog name), which is what a policy can name.
-            UmboxEvent::Alert {
-                container, alert, ..
-            } => {
-                let Some((device, c)) = self.node.container(&container) else {
+        let states = self.engine.states();
+        let mut w = Self::witness(&self.journal, &self.metrics);
+        let alert = match self.keeper.umbox_event(event, &states, &mut w).await {
+            Ok(alert) => alert,
+            Err(unknown) => {
+                if unknown.is_some() {
                     self.metrics.event(
                         metrics::source::UMBOX,
                         metrics::kind::ALERT,
                         Some([] as [&str; 0]),
                     );
-                    warn!(
-                        event = "alert_refused",
-                        container = %container,
-                        alert = %alert,
-                        "alert `{alert}` from unknown container `{container}` rejected"
-                    );
-                    return Ok(());
-                };
-                // Whether its µmbox may speak for the device now (deployed in the state
-                // the alert meets, emitting that alert) is the engine's to decide, as in
-                // `simulate`: one definition. Only live containers are followed.
-                let umbox = c.labels.get("kalki.umbox").cloned();
-                self.metrics
-                    .umbox_alerts
-                    .get_or_create(&metrics::AlertLabels {
-                        umbox: umbox.clone().unwrap_or_default(),
-                        alert: alert.clone(),
-                    })
-                    .inc();
-                let input = Input::Alert {
-                    device: self.engine.device_name(device).to_string(),
-                    alert,
-                    source: umbox,
-                };
-                let answer = self.submit(input).await?;
-                self.metrics.event(
-                    metrics::source::UMBOX,
-                    metrics::kind::ALERT,
-                    answer
-                        .as_ref()
-                        .err()
-                        .map(|errors| errors.iter().map(|e| e.code())),
-                );
-                if let Err(errors) = answer {
-                    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                    warn!(
-                        event = "alert_refused",
-                        container = %container,
-                        device = self.engine.device_name(device),
-                        code = %codes(errors.iter().map(|e| e.code())),
-                        "alert from `{container}` refused: {}",
-                        text.join("; ")
-                    );
                 }
+                return Ok(());
             }
-            UmboxEvent::Exited { container, id } => {
-                let Some((device, c)) = self.node.container(&container) else {
-                    return Ok(());
-                };
-                let c_name = c.name.clone();
-                // Only the instance now in place counts: an exit of one already replaced
-                // (by a repair or a posture change) is old news.
-                let current = self
-                    .node
-                    .docker()
-                    .list(LABEL_SITE, &self.node.bundle().manifest.container_scope())
-                    .await
-                    .ok()
-                    .and_then(|l| l.into_iter().find(|r| r.name == c_name));
-                if current.as_ref().is_some_and(|r| r.running && r.id != id) {
-                    return Ok(());
-                }
-                let in_use = self
-                    .node
-                    .wanted_for(device, self.intended(device))
-                    .iter()
-                    .any(|(_, m)| m.name == c_name);
-                if in_use {
-                    let reason = format!("µmbox `{container}` stopped");
-                    self.umbox_stopped(device, &container, reason).await;
-                }
-            }
+        };
+        // Whether its µmbox may speak for the device now (deployed in the state the alert
+        // meets, emitting that alert) is the engine's to decide, as in `simulate`: one
+        // definition. The offending address the µmbox names is in its own log; the
+        // engine's `source` is the µmbox (its catalog name), which a policy can name.
+        self.metrics
+            .umbox_alerts
+            .get_or_create(&metrics::AlertLabels {
+                umbox: alert.umbox.clone().unwrap_or_default(),
+                alert: alert.alert.clone(),
+            })
+            .inc();
+        let device = self.engine.device_name(alert.device).to_string();
+        let input = Input::Alert {
+            device: device.clone(),
+            alert: alert.alert,
+            source: alert.umbox,
+        };
+        let answer = self.submit(input).await?;
+        self.metrics.event(
+            metrics::source::UMBOX,
+            metrics::kind::ALERT,
+            answer
+                .as_ref()
+                .err()
+                .map(|errors| errors.iter().map(|e| e.code())),
+        );
+        if let Err(errors) = answer {
+            let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            let container = alert.container;
+            warn!(
+                event = "alert_refused",
+                container = %container,
+                device = %device,
+                code = %codes(errors.iter().map(|e| e.code())),
+                "alert from `{container}` refused: {}",
+                text.join("; ")
+            );
         }
         Ok(())
-    }
-
-    /// A µmbox of a device's chain is gone (its follower saw it end, or a look at the
-    /// node found it not running or unplugged): never forward without it. The device is
-    /// closed now, journaled, and its posture tried again at once. One handling whoever
-    /// noticed.
-    async fn umbox_stopped(&mut self, device: usize, container: &str, reason: String) {
-        let umbox = self
-            .node
-            .container(container)
-            .and_then(|(_, c)| c.labels.get("kalki.umbox").cloned())
-            .unwrap_or_default();
-        // Not at the first look at the node (no verdict yet): a µmbox not running then
-        // was not seen to stop (a fresh node, or one stopped while no shim ran).
-        if self.verdicts.get(device).is_some_and(Option::is_some) {
-            self.metrics
-                .umbox_restarts
-                .get_or_create(&metrics::UmboxLabels { umbox })
-                .inc();
-        }
-        self.node.forget_container(container);
-        let name = self.engine.device_name(device);
-        warn!(
-            event = "umbox_stopped",
-            device = name,
-            container,
-            "`{name}`: {reason}"
-        );
-        match self.node.fail_closed(device).await {
-            Ok(closed) => {
-                self.note_closed(device, closed, &reason);
-                if let Some(cl) = self.closed.get_mut(&device) {
-                    cl.retry_at = Instant::now();
-                }
-            }
-            Err(e) => error!(
-                event = "fail_closed_failed",
-                device = self.engine.device_name(device),
-                reason = %reason,
-                error = %e,
-                "{reason}; failing closed failed: {e}"
-            ),
-        }
-        self.next_check = Instant::now();
-    }
-
-    /// Remembers the µmboxes of the devices' chains found in place (see
-    /// [`Self::stopped_umboxes`]).
-    fn note_running(&mut self, obs: &Observation) {
-        let in_place: Vec<String> = (0..self.engine.device_count())
-            .flat_map(|d| self.node.wanted_for(d, self.intended(d)))
-            .filter(|(_, m)| Node::umbox_in_place(obs, m))
-            .map(|(_, m)| m.name.clone())
-            .collect();
-        self.seen_running.extend(in_place);
-    }
-
-    /// The µmboxes of devices in their own posture (not failed closed) that a look at
-    /// the node finds out of place, though this run had them in place (an earlier look
-    /// found them, or a posture change started them): each has stopped, or was
-    /// unplugged, and why. A µmbox killed loses its interfaces before its engine says
-    /// it stopped: either is seen. With the switch unreadable, only the engine's word
-    /// counts; with the engine unreadable, nothing is said.
-    fn stopped_umboxes(&self, obs: &Observation) -> Vec<(usize, String, String)> {
-        let Ok(containers) = &obs.containers else {
-            return Vec::new();
-        };
-        (0..self.engine.device_count())
-            .filter(|d| !self.closed.contains_key(d))
-            .flat_map(|d| {
-                self.node
-                    .wanted_for(d, self.intended(d))
-                    .into_iter()
-                    .filter(|(_, m)| self.seen_running.contains(&m.name))
-                    .filter_map(move |(_, m)| {
-                        let running = containers.get(&m.name).is_some_and(|r| r.running);
-                        let reason = if !running {
-                            format!("µmbox `{}` stopped", m.name)
-                        } else if obs.switch.is_ok() && !Node::umbox_in_place(obs, m) {
-                            format!(
-                                "µmbox `{}` stopped or was unplugged (an interface of it is \
-                                 off the bridge or down)",
-                                m.name
-                            )
-                        } else {
-                            return None;
-                        };
-                        Some((d, m.name.clone(), reason))
-                    })
-            })
-            .collect()
     }
 
     /// [`Self::answer`], a status after the timers due by now have fired: a status
@@ -1384,8 +1033,7 @@ impl Loop {
     /// its posture is in force, from a fresh look at the node. A device found not
     /// enforced gets the node repaired at once.
     async fn status(&mut self) -> StatusReport {
-        let obs = self.node.observe().await;
-        self.note_running(&obs);
+        let obs = self.keeper.look(&self.engine.states()).await;
         self.report(&obs)
     }
 
@@ -1398,14 +1046,11 @@ impl Loop {
             .iter()
             .any(|v| matches!(v, Enforcement::NotEnforced { .. }))
         {
-            self.next_check = Instant::now();
+            self.keeper.next_check = Instant::now();
         }
-        let b = self.node.bundle();
+        let states = self.engine.states();
+        let b = self.keeper.node().bundle();
         let changes = self.journal.last_changes().unwrap_or_default();
-        let running: Vec<&crate::containers::Running> = match &obs.containers {
-            Ok(c) => c.values().filter(|c| c.running).collect(),
-            Err(_) => Vec::new(),
-        };
         let devices = b
             .manifest
             .devices
@@ -1415,7 +1060,7 @@ impl Loop {
             .map(|(i, (d, enforcement))| {
                 let state = self.engine.state(i).unwrap_or(0);
                 let last = changes.get(&d.name);
-                let crossing = self.crossing(i, &enforcement);
+                let crossing = self.keeper.crossing(i, &enforcement, &states);
                 DeviceStatus {
                     name: d.name.clone(),
                     device_type: d.ty.clone(),
@@ -1425,19 +1070,7 @@ impl Loop {
                     cause: last.map(|c| c.cause.clone()),
                     // Those of the posture it should have: a µmbox kept idle for a
                     // next state protects nothing yet.
-                    umboxes: {
-                        let chain: Vec<String> = self
-                            .node
-                            .wanted_for(i, self.intended(i))
-                            .into_iter()
-                            .map(|(_, c)| c.name.clone())
-                            .collect();
-                        running
-                            .iter()
-                            .filter(|c| chain.contains(&c.name))
-                            .map(|c| c.name.clone())
-                            .collect()
-                    },
+                    umboxes: self.keeper.umboxes(obs, i, &states),
                     enforcement,
                     crosses: None,
                     crossing: None,
