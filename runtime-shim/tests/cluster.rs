@@ -19,7 +19,13 @@
 //!    reconciles and is enforced again;
 //! 6. the door in `attack` (its traffic dropped), etcd stopped entirely and the east
 //!    agent restarted without it: it starts from the postures it kept, the door stays
-//!    cut off; etcd back, the agent registers again.
+//!    cut off; etcd back, the agent registers again;
+//! 7. a µmbox's own alert on a node: an Xmas scan (`nmap -sX`) from north's uplink host
+//!    meets the meter's `xmas_block`, which raises `xmas_scan`; the north agent puts it
+//!    in the inbox, the leader moves it into the log, the meter goes to `attack` and is
+//!    cut off. The same inbox entry put again (an agent's retry) is not taken twice;
+//! 8. a µmbox of a chain in force killed: the agent closes its device and restarts it
+//!    at once, and the device is enforced again.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -66,14 +72,17 @@ device type Cam {
 device type Meter {
     sensed level: int in 0..100000
 
-    states normal < suspicious
+    states normal < suspicious < attack
     initial normal
 
     normal     { chain [xmas_block] }
     suspicious { chain [xmas_block, sniffer] }
+    attack     { chain [drop] }
 
     normal     -> suspicious when level > 90000
+    suspicious -> attack     on xmas_scan
     suspicious -> normal     on operator reset
+    attack     -> normal     on operator reset
 }
 
 site campus {
@@ -382,8 +391,8 @@ fn a_site_on_three_nodes_with_a_standby_controller() {
             "the µmbox image (make images)",
         ),
         (
-            ts::tools(&["curl", "ping", "ethtool"]),
-            "curl, ping, ethtool",
+            ts::tools(&["curl", "ping", "ethtool", "nmap"]),
+            "curl, ping, ethtool, nmap",
         ),
     ]) {
         return;
@@ -625,6 +634,97 @@ fn a_site_on_three_nodes_with_a_standby_controller() {
         &[("door", "attack", "enforced")],
         "east registered again",
     );
+
+    // 7. The meter's own µmbox raises an alert on node north.
+    let before = get(&mut etcd, &pki, "/kalki/v1/campus/inputs/").len();
+    let scan = sh(&format!(
+        "ip netns exec kc-up-n-ns nmap -n -Pn -sX --send-ip --max-retries 0 -p 20-30 {}",
+        NODES[2].ip
+    ));
+    assert!(scan.status.success(), "nmap: {scan:?}");
+    wait_devices(
+        &apis,
+        &[("meter", "attack", "enforced")],
+        "the meter's xmas_scan, from its node's inbox, takes it to attack",
+    );
+    assert_eq!(ping("meter", 3), 0, "the meter in attack is cut off");
+    let log = get(&mut etcd, &pki, "/kalki/v1/campus/inputs/");
+    let alerts: Vec<&Value> = log[before..]
+        .iter()
+        .map(|(_, v)| v)
+        .filter(|v| v["input"]["alert"] == "xmas_scan")
+        .collect();
+    assert_eq!(alerts.len(), 1, "one xmas_scan in the log: {log:?}");
+    let taken = alerts[0];
+    assert_eq!(taken["input"]["device"], "meter");
+    assert_eq!(taken["input"]["source"], "xmas_block");
+    let by = taken["by"].as_str().unwrap().to_string();
+    let key = by
+        .strip_prefix("inbox:")
+        .expect("taken from the inbox")
+        .to_string();
+    assert!(key.starts_with("inbox/north/"), "{key}");
+    // The same entry put again, as an agent retrying after a lost answer would: deleted,
+    // not taken into the log again.
+    let reader = pki.client("reader").unwrap();
+    let value = serde_json::json!({
+        "device": "meter", "alert": "xmas_scan", "umbox": "xmas_block",
+        "container": "retry", "container_id": "retry", "agent": "agent-north", "t_ms": 1
+    })
+    .to_string();
+    let live = etcd.live_endpoints();
+    etcd.etcdctl(
+        &live,
+        Some(&reader),
+        &["put", &format!("/kalki/v1/campus/{key}"), &value],
+    )
+    .unwrap();
+    let start = Instant::now();
+    while !get(&mut etcd, &pki, "/kalki/v1/campus/inbox/").is_empty() {
+        assert!(
+            start.elapsed() < WAIT,
+            "the inbox entry put again is never taken away"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let after = get(&mut etcd, &pki, "/kalki/v1/campus/inputs/");
+    assert_eq!(after.len(), log.len(), "an inbox entry taken twice");
+
+    // 8. A µmbox in force killed: the agent closes the device and restarts it at once.
+    let cam_ids = |what: &str| {
+        String::from_utf8_lossy(
+            &sh(&format!(
+                "docker ps -q --filter label=kalki.site=campus/west --filter label=kalki.umbox={what}"
+            ))
+            .stdout,
+        )
+        .trim()
+        .to_string()
+    };
+    let old = cam_ids("xmas_block");
+    assert!(!old.is_empty(), "cam's xmas_block runs");
+    ok(&format!("docker kill {old} >/dev/null"));
+    let start = Instant::now();
+    loop {
+        let now = cam_ids("xmas_block");
+        // Closed first (make-before-break never forwards past a dead µmbox), then a new
+        // instance in its place.
+        if !now.is_empty() && now != old && agents[1].log().contains("`cam` failed closed") {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "cam's xmas_block not restarted:\n{}",
+            agents[1].log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_devices(
+        &apis,
+        &[("cam", "suspicious", "enforced")],
+        "cam enforced again",
+    );
+    assert!(ping("cam", 5) >= 4, "cam through its chain again");
     drop(b);
 }
 

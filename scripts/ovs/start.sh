@@ -31,7 +31,9 @@
 #   pid files and the db socket: /var/run/openvswitch/.
 set -euo pipefail
 
-PACKAGES=(openvswitch-switch ethtool iproute2 iputils-ping netcat-openbsd tcpdump)
+# With the switch, the tools the live tests send traffic with: ping and netcat, and the
+# attack tools a real attacker would use (nmap, hping3).
+PACKAGES=(openvswitch-switch ethtool iproute2 iputils-ping netcat-openbsd tcpdump nmap hping3)
 
 # shellcheck source=../lib/packages.sh
 source "$(dirname "$0")/../lib/packages.sh"

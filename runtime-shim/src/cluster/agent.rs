@@ -9,14 +9,15 @@
 //! change of state only ever comes from a posture read from etcd.
 
 use super::store::{
-    agent_key, decode, encode, status_key, AgentValue, DesiredPosture, EtcdConfig, ReportedStatus,
-    Store, StoreError,
+    agent_key, decode, encode, inbox_key, status_key, AgentValue, DesiredPosture, EtcdConfig,
+    InboxAlert, ReportedStatus, Store, StoreError,
 };
-use crate::enforcement::{self, Enforcement};
-use crate::node::{Closed, Node, Observation, Posture, Target};
+use crate::follow::UmboxEvent;
+use crate::keeper::{Keeper, LogOnly};
+use crate::node::{Node, Observation};
 use crate::run::now_ms;
 use etcd_client::{EventType, GetOptions, PutOptions, WatchOptions};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -50,14 +51,6 @@ enum Heard {
     Lost(String),
 }
 
-/// A device that failed closed: what it got, why, and when its posture is tried again.
-struct ClosedDevice {
-    installed: Closed,
-    reason: String,
-    retry_at: Instant,
-    attempts: u32,
-}
-
 /// Runs the agent until `shutdown`.
 pub async fn agent(
     node: Node,
@@ -82,31 +75,36 @@ pub async fn agent(
         .collect();
     let (heard_tx, mut heard) = mpsc::channel::<Heard>(1024);
     let (reports_tx, reports) = watch::channel(BTreeMap::<String, ReportedStatus>::new());
-    let link = tokio::spawn(link(cfg_link(&cfg, &node), heard_tx, reports));
+    let (alerts_tx, alerts) = mpsc::channel::<(String, InboxAlert)>(ALERTS_QUEUED);
+    let link = tokio::spawn(link(cfg_link(&cfg, &node), heard_tx, reports, alerts));
+    let (keeper, mut umbox_events) = Keeper::new(node, cfg.reconcile_interval);
     let mut a = Agent {
-        node,
-        closed: BTreeMap::new(),
-        interval: cfg.reconcile_interval,
-        next_check: Instant::now(),
+        keeper,
         reports: reports_tx,
         cache: cfg.cache.clone(),
+        alerts: alerts_tx,
+        id: cfg.id.clone(),
+        raised: 0,
     };
+    // Follow what already runs from now on (what it said before was handled then).
+    a.keeper.sync_followers().await;
     tokio::pin!(shutdown);
     loop {
-        let check = tokio::time::sleep_until(a.next_check.into());
+        let check = tokio::time::sleep_until(a.keeper.next_check.into());
         tokio::select! {
             () = &mut shutdown => break,
             () = check => {
                 a.reconcile(&desired).await;
             }
+            Some(event) = umbox_events.recv() => a.umbox_event(event, &desired).await,
             h = heard.recv() => match h {
                 Some(Heard::All(all)) => {
-                    let m = &a.node.bundle().manifest;
+                    let m = &a.keeper.node().bundle().manifest;
                     for (d, dev) in m.devices.iter().enumerate() {
                         // A device with no posture yet is in its initial state: the
                         // controller writes every posture when it starts leading.
                         let name = all.get(&dev.name).unwrap_or(&dev.initial);
-                        if let Some(s) = state_index(&a.node, d, name) {
+                        if let Some(s) = state_index(a.keeper.node(), d, name) {
                             desired[d] = s;
                         }
                     }
@@ -115,7 +113,7 @@ pub async fn agent(
                 }
                 Some(Heard::One(device, state)) => {
                     let Some(d) = names.iter().position(|n| *n == device) else { continue };
-                    let Some(s) = state_index(&a.node, d, &state) else {
+                    let Some(s) = state_index(a.keeper.node(), d, &state) else {
                         warn!(event = "posture_refused", device = %device, state = %state,
                             "posture `{state}` of `{device}` is no state of it in this bundle");
                         continue;
@@ -123,8 +121,10 @@ pub async fn agent(
                     if desired[d] != s {
                         desired[d] = s;
                         a.save(&desired);
-                        a.change(d, s).await;
-                        a.next_check = Instant::now();
+                        if a.keeper.change_posture(d, s, &mut LogOnly).await {
+                            a.keeper.sync_followers().await;
+                        }
+                        a.keeper.next_check = Instant::now();
                     }
                 }
                 Some(Heard::Lost(why)) => {
@@ -138,6 +138,9 @@ pub async fn agent(
     link.abort();
     Ok(())
 }
+
+/// How many µmbox alerts wait for etcd at most; beyond, new ones are dropped (logged).
+const ALERTS_QUEUED: usize = 4096;
 
 fn cfg_link(cfg: &AgentConfig, node: &Node) -> LinkConfig {
     LinkConfig {
@@ -165,37 +168,27 @@ fn read_cache(path: &PathBuf) -> BTreeMap<String, String> {
 }
 
 struct Agent {
-    node: Node,
-    closed: BTreeMap<usize, ClosedDevice>,
-    interval: Duration,
-    next_check: Instant,
+    /// The node, kept at the desired postures as `run` keeps its node.
+    keeper: Keeper,
     reports: watch::Sender<BTreeMap<String, ReportedStatus>>,
     cache: PathBuf,
+    /// Alerts of the node's µmboxes, for the link to put in the inbox.
+    alerts: mpsc::Sender<(String, InboxAlert)>,
+    id: String,
+    /// Alerts raised so far (the inbox ids' counter).
+    raised: u64,
 }
 
 impl Agent {
-    fn state_name(&self, device: usize, state: usize) -> String {
-        self.node.bundle().manifest.devices[device].states[state]
-            .name
-            .clone()
-    }
-
-    fn closed_name(&self, device: usize, c: Closed) -> String {
-        match c {
-            Closed::State(s) => self.state_name(device, s),
-            Closed::NoFlows => "no flows".into(),
-        }
-    }
-
     /// The postures about to be applied, on disk first (a temporary file renamed into
     /// place): an agent restarted without etcd starts from them.
     fn save(&self, desired: &[usize]) {
-        let m = &self.node.bundle().manifest;
+        let m = &self.keeper.node().bundle().manifest;
         let map: BTreeMap<&str, String> = m
             .devices
             .iter()
             .enumerate()
-            .map(|(d, dev)| (dev.name.as_str(), self.state_name(d, desired[d])))
+            .map(|(d, dev)| (dev.name.as_str(), self.keeper.state_name(d, desired[d])))
             .collect();
         let tmp = self.cache.with_extension("tmp");
         let written =
@@ -206,138 +199,59 @@ impl Agent {
         }
     }
 
-    fn target(&self, device: usize, desired: &[usize], now: Instant) -> Target {
-        match self.closed.get(&device) {
-            Some(c) if c.retry_at > now => Target::from(c.installed),
-            _ => Target::State(desired[device]),
-        }
-    }
-
-    fn note_closed(&mut self, device: usize, installed: Closed, reason: String) {
-        let attempts = self.closed.get(&device).map_or(0, |c| c.attempts) + 1;
-        let backoff = Duration::from_secs(1u64 << attempts.min(6).saturating_sub(1))
-            .min(Duration::from_secs(60));
-        let name = self.node.bundle().manifest.devices[device].name.clone();
-        let what = self.closed_name(device, installed);
-        warn!(event = "failed_closed", device = %name, installed = %what, reason = %reason,
-            "`{name}` failed closed ({what}): {reason}");
-        self.closed.insert(
-            device,
-            ClosedDevice {
-                installed,
-                reason,
-                retry_at: Instant::now() + backoff,
-                attempts,
-            },
-        );
-    }
-
-    /// One device's posture change, make-before-break, failing closed when it cannot be
-    /// made (as under `run`).
-    async fn change(&mut self, device: usize, to: usize) {
-        match self.node.change_posture(device, to).await {
-            Ok(Posture::Changed { .. }) => {
-                self.closed.remove(&device);
-            }
-            Ok(Posture::FailedClosed { installed, reason }) => {
-                self.note_closed(device, installed, reason);
-            }
-            Ok(Posture::OffSwitch) => {}
-            Err(e) => {
-                let reason = e.to_string();
-                match self.node.fail_closed(device).await {
-                    Ok(installed) => self.note_closed(device, installed, reason),
-                    Err(e2) => warn!(event = "fail_closed_failed", error = %e2,
-                        "{reason}; failing closed failed: {e2}"),
-                }
-            }
-        }
-    }
-
     /// Looks at the node, repairs what differs from the postures, and reports.
     async fn reconcile(&mut self, desired: &[usize]) {
-        let now = Instant::now();
-        self.next_check = now + self.interval;
-        let mut obs = self.node.observe().await;
-        let targets: Vec<Target> = (0..desired.len())
-            .map(|d| self.target(d, desired, now))
-            .collect();
-        if let Ok(plan) = self.node.plan_from(&obs, &targets) {
-            if !plan.is_empty() {
-                for step in self.node.describe(&plan) {
-                    info!(event = "repair", step = %step, "{step}");
-                }
-                match self.node.execute(&plan).await {
-                    Ok(report) => {
-                        let failed: Vec<usize> = report.failed_closed.iter().map(|f| f.0).collect();
-                        for (d, installed, reason) in report.failed_closed {
-                            self.note_closed(d, installed, reason);
-                        }
-                        for (d, t) in targets.iter().enumerate() {
-                            if *t == Target::State(desired[d]) && !failed.contains(&d) {
-                                self.closed.remove(&d);
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        warn!(event = "repair_failed", error = %e, "repairing the node failed: {e}")
-                    }
-                }
-                obs = self.node.observe().await;
-            }
-        }
+        let obs = self.keeper.reconcile(desired, &mut LogOnly).await;
         self.report(&obs, desired);
+    }
+
+    /// What a µmbox said or did: an exit of one in force has closed its device (the
+    /// keeper's, as under `run`); an alert goes to the inbox, with an id kept across
+    /// retries so that it enters the log once.
+    async fn umbox_event(&mut self, event: UmboxEvent, desired: &[usize]) {
+        let Ok(alert) = self.keeper.umbox_event(event, desired, &mut LogOnly).await else {
+            return;
+        };
+        let t_ms = now_ms();
+        self.raised += 1;
+        let id = format!("{t_ms:013}-{:08}", self.raised);
+        let m = &self.keeper.node().bundle().manifest;
+        let device = m.devices[alert.device].name.clone();
+        info!(event = "alert", device = %device, alert = %alert.alert, container = %alert.container,
+            "`{device}`: alert `{}` from `{}`", alert.alert, alert.container);
+        let entry = InboxAlert {
+            device,
+            alert: alert.alert,
+            umbox: alert.umbox,
+            container: alert.container,
+            container_id: alert.id,
+            agent: self.id.clone(),
+            t_ms,
+        };
+        if let Err(e) = self.alerts.try_send((id, entry)) {
+            warn!(event = "alert_dropped", error = %e,
+                "an alert cannot wait for etcd ({ALERTS_QUEUED} are waiting): dropped");
+        }
     }
 
     /// Every device's verdict from this look, for the link to write.
     fn report(&self, obs: &Observation, desired: &[usize]) {
-        let now = Instant::now();
-        let bundle = self.node.bundle();
-        let running: Vec<&str> = match &obs.containers {
-            Ok(c) => c
-                .values()
-                .filter(|c| c.running)
-                .map(|c| c.name.as_str())
-                .collect(),
-            Err(_) => Vec::new(),
-        };
+        let bundle = self.keeper.node().bundle();
+        let verdicts = self.keeper.verdicts(obs, desired);
         let reports: BTreeMap<String, ReportedStatus> = bundle
             .manifest
             .devices
             .iter()
+            .zip(verdicts)
             .enumerate()
-            .map(|(d, dev)| {
-                let target = self.target(d, desired, now);
-                let verdict = enforcement::off_switch(bundle, d).unwrap_or_else(|| {
-                    enforcement::verdict(
-                        self.node.check(obs, d, target),
-                        self.closed
-                            .get(&d)
-                            .map(|c| (self.closed_name(d, c.installed), c.reason.as_str())),
-                    )
-                });
-                let installed = match (&verdict, target) {
-                    (Enforcement::NotEnforced { .. } | Enforcement::OffSwitch, _) => None,
-                    (_, Target::State(s)) => Some(Some(s)),
-                    (_, Target::NoFlows) => Some(None),
-                };
-                let crossing = installed.map(|i| enforcement::crossing(bundle, d, i));
-                let chain: Vec<String> = self
-                    .node
-                    .wanted_for(d, target)
-                    .into_iter()
-                    .map(|(_, c)| c.name.clone())
-                    .collect();
+            .map(|(d, (dev, verdict))| {
+                let crossing = self.keeper.crossing(d, &verdict, desired);
                 (
                     dev.name.clone(),
                     ReportedStatus {
-                        state: self.state_name(d, desired[d]),
+                        state: self.keeper.state_name(d, desired[d]),
+                        umboxes: self.keeper.umboxes(obs, d, desired),
                         enforcement: verdict,
-                        umboxes: running
-                            .iter()
-                            .filter(|n| chain.iter().any(|c| c == *n))
-                            .map(|n| n.to_string())
-                            .collect(),
                         crosses: crossing.as_ref().map(|c| c.line.clone()),
                         crossing: crossing.map(|c| c.cells),
                         t_ms: now_ms(),
@@ -374,15 +288,18 @@ struct LinkConfig {
 }
 
 /// The link to etcd, reconnecting with backoff (0.5 s doubling to 10 s) for ever.
+/// Alerts not yet in the inbox wait for the next connection, in order.
 async fn link(
     cfg: LinkConfig,
     heard: mpsc::Sender<Heard>,
     mut reports: watch::Receiver<BTreeMap<String, ReportedStatus>>,
+    mut alerts: mpsc::Receiver<(String, InboxAlert)>,
 ) {
     let mut backoff = Duration::from_millis(500);
+    let mut unsent = VecDeque::new();
     loop {
         let started = Instant::now();
-        let why = match session(&cfg, &heard, &mut reports).await {
+        let why = match session(&cfg, &heard, &mut reports, &mut alerts, &mut unsent).await {
             Ok(()) => return, // the loop is gone
             Err(e) => e.to_string(),
         };
@@ -397,12 +314,14 @@ async fn link(
     }
 }
 
-/// One connection: register, read the postures, follow them, write the reports, until
-/// something fails. `Ok` only when the node's loop is gone.
+/// One connection: register, read the postures, follow them, write the reports and the
+/// alerts, until something fails. `Ok` only when the node's loop is gone.
 async fn session(
     cfg: &LinkConfig,
     heard: &mpsc::Sender<Heard>,
     reports: &mut watch::Receiver<BTreeMap<String, ReportedStatus>>,
+    alerts: &mut mpsc::Receiver<(String, InboxAlert)>,
+    unsent: &mut VecDeque<(String, InboxAlert)>,
 ) -> Result<(), StoreError> {
     let store = Store::connect(&cfg.etcd, &cfg.site).await?;
     let ttl = i64::try_from(cfg.lease_ttl.as_secs().max(1)).unwrap_or(5);
@@ -472,8 +391,17 @@ async fn session(
     // What was last written, so only changes are written.
     let mut written: BTreeMap<String, ReportedStatus> = BTreeMap::new();
     reports.mark_changed();
+    put_inbox(&store, &cfg.node, unsent).await?;
     loop {
         tokio::select! {
+            alert = alerts.recv() => {
+                let Some(alert) = alert else { return Ok(()) };
+                unsent.push_back(alert);
+                while let Ok(more) = alerts.try_recv() {
+                    unsent.push_back(more);
+                }
+                put_inbox(&store, &cfg.node, unsent).await?;
+            }
             msg = stream.message() => {
                 let Some(resp) = msg? else {
                     return Err(StoreError::Corrupt { key: prefix, detail: "the watch ended".into() });
@@ -525,4 +453,27 @@ async fn session(
             }
         }
     }
+}
+
+/// Puts the alerts waiting, oldest first, each under its own id on no lease (it outlives
+/// the agent), taking each off the queue once etcd has it. One put again after a lost
+/// answer is the same key: the leader moves it into the log once, and one it has moved
+/// already is not moved again (`docs/scale-out.md`, "The node agent").
+async fn put_inbox(
+    store: &Store,
+    node: &str,
+    unsent: &mut VecDeque<(String, InboxAlert)>,
+) -> Result<(), StoreError> {
+    while let Some((id, alert)) = unsent.front() {
+        let key = store.key(&inbox_key(node, id));
+        let value = encode(alert);
+        store
+            .retry(|mut c| {
+                let (key, value) = (key.clone(), value.clone());
+                async move { c.put(key, value, None).await }
+            })
+            .await?;
+        unsent.pop_front();
+    }
+    Ok(())
 }

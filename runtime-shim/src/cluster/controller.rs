@@ -11,8 +11,9 @@
 //! again: the log, not its memory, says what was accepted.
 
 use super::store::{
-    self, agent_key, decode, encode, input_key, input_seq, posture_key, AgentValue, DesiredPosture,
-    EpochValue, EtcdConfig, LeaderValue, LoggedInput, ReportedStatus, Store, StoreError,
+    self, agent_key, decode, encode, inbox_node, input_key, input_seq, posture_key, AgentValue,
+    DesiredPosture, EpochValue, EtcdConfig, InboxAlert, LeaderValue, LoggedInput, ReportedStatus,
+    Store, StoreError,
 };
 use crate::api::{self, Accepted, Changed, DeviceStatus, Request, StatusReport};
 use crate::bundle::Bundle;
@@ -22,7 +23,7 @@ use crate::run::now_ms;
 use etcd_client::{
     Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, Txn, TxnOp, WatchOptions,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
@@ -87,6 +88,14 @@ struct Follower {
     start_ms: u64,
     /// How long a write may be retried: the leader's lease.
     budget: Duration,
+    /// The inbox keys the log has taken alerts from (`by` = `inbox:KEY`): one put again
+    /// by its agent is not taken twice.
+    taken: BTreeSet<String>,
+}
+
+/// `by` of an input taken from the inbox key `rest` (`inbox/NODE/ID`).
+fn inbox_by(rest: &str) -> String {
+    format!("inbox:{rest}")
 }
 
 impl Follower {
@@ -106,6 +115,9 @@ impl Follower {
                 })?;
         self.note(&steps);
         self.next_seq = seq + 1;
+        if let Some(rest) = logged.by.as_deref().and_then(|b| b.strip_prefix("inbox:")) {
+            self.taken.insert(rest.to_string());
+        }
         Ok(steps)
     }
 
@@ -193,6 +205,7 @@ pub async fn controller(
         config: clock,
         start_ms: epoch.start_ms,
         budget: cfg.lease_ttl,
+        taken: BTreeSet::new(),
     };
     let started = Instant::now();
     tokio::pin!(shutdown);
@@ -244,6 +257,7 @@ pub async fn controller(
         f.engine = Engine::new(&f.bundle, f.config.clone(), f.start_ms);
         f.next_seq = 1;
         f.changes.clear();
+        f.taken.clear();
     }
 }
 
@@ -394,13 +408,49 @@ async fn commit(
     ops: Vec<TxnOp>,
     budget: Duration,
 ) -> Result<(), Deposed> {
+    match commit_if(store, token, None, ops, budget).await? {
+        true => Ok(()),
+        false => Err(Deposed::Superseded),
+    }
+}
+
+/// [`commit`] if `key` also exists: `Ok(false)` when it does not (and the fence held).
+async fn commit_if(
+    store: &Store,
+    token: i64,
+    exists: Option<&str>,
+    ops: Vec<TxnOp>,
+    budget: Duration,
+) -> Result<bool, Deposed> {
     let started = Instant::now();
+    let leader = store.key(store::LEADER);
+    let mut compares = vec![fence(store, token)];
+    if let Some(key) = exists {
+        compares.push(Compare::version(key, CompareOp::Greater, 0));
+    }
     loop {
         let mut c = store.client();
-        let txn = Txn::new().when([fence(store, token)]).and_then(ops.clone());
+        let txn = Txn::new()
+            .when(compares.clone())
+            .and_then(ops.clone())
+            .or_else([TxnOp::get(leader.clone(), None)]);
         match store.call(c.txn(txn)).await {
-            Ok(r) if r.succeeded() => return Ok(()),
-            Ok(_) => return Err(Deposed::Superseded),
+            Ok(r) if r.succeeded() => return Ok(true),
+            Ok(r) => {
+                // Which compare failed: the fence (another leads), or only the key's.
+                let fenced = r.op_responses().into_iter().any(|op| match op {
+                    etcd_client::TxnOpResponse::Get(g) => g
+                        .kvs()
+                        .first()
+                        .is_some_and(|kv| kv.create_revision() == token),
+                    _ => false,
+                });
+                return if fenced && exists.is_some() {
+                    Ok(false)
+                } else {
+                    Err(Deposed::Superseded)
+                };
+            }
             Err(e) if started.elapsed() >= budget => {
                 return Err(Deposed::Unsure(format!(
                     "a write failed for {} ms: {e}",
@@ -410,6 +460,158 @@ async fn commit(
             Err(_) => tokio::time::sleep(RETRY).await,
         }
     }
+}
+
+/// Every alert in the inbox, sent to the leader's loop: those already there, then each
+/// new one as it is put. Keys come back again after a reconnection (a key already
+/// taken is no longer there to take). Runs until aborted.
+async fn watch_inbox(store: Store, tx: mpsc::Sender<(String, Vec<u8>)>) {
+    let prefix = store.key("inbox/");
+    loop {
+        let read = async {
+            let all = store
+                .read(prefix.clone(), Some(GetOptions::new().with_prefix()))
+                .await?;
+            let revision = all.header().map_or(0, |h| h.revision());
+            for kv in all.kvs() {
+                let rest = store
+                    .rest(kv.key_str().unwrap_or_default())
+                    .unwrap_or_default();
+                if tx
+                    .send((rest.to_string(), kv.value().to_vec()))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            let mut c = store.client();
+            let mut stream = store
+                .call(
+                    c.watch(
+                        prefix.clone(),
+                        Some(
+                            WatchOptions::new()
+                                .with_prefix()
+                                .with_start_revision(revision + 1),
+                        ),
+                    ),
+                )
+                .await?;
+            while let Some(resp) = stream.message().await.map_err(StoreError::from)? {
+                for ev in resp.events() {
+                    let (EventType::Put, Some(kv)) = (ev.event_type(), ev.kv()) else {
+                        continue;
+                    };
+                    let rest = store
+                        .rest(kv.key_str().unwrap_or_default())
+                        .unwrap_or_default();
+                    if tx
+                        .send((rest.to_string(), kv.value().to_vec()))
+                        .await
+                        .is_err()
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+            Ok::<(), StoreError>(())
+        };
+        match read.await {
+            Ok(()) if tx.is_closed() => return,
+            Ok(()) => {}
+            Err(e) => warn!(event = "etcd_lost", error = %e, "the inbox: {e}; reading it again"),
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// An alert from the inbox key `rest` (`inbox/NODE/ID`), moved into the log as the input
+/// `run` makes of a µmbox's alert, with the postures it changes, in the transaction that
+/// deletes it; fenced, and only if the key is still there. An alert the engine refuses
+/// (its µmbox is not deployed in the device's state, say), one of a device of another
+/// node, or one the log already took, is deleted and logged, not taken.
+async fn take_alert(
+    store: &Store,
+    f: &mut Follower,
+    token: i64,
+    rest: &str,
+    raw: &[u8],
+) -> Result<(), Deposed> {
+    let key = store.key(rest);
+    let t = now_ms().max(f.engine.now());
+    let parsed: Result<InboxAlert, String> =
+        serde_json::from_slice(raw).map_err(|e| format!("not an alert this shim reads: {e}"));
+    let decided = parsed.and_then(|a| {
+        if f.taken.contains(rest) {
+            return Err("already in the log".to_string());
+        }
+        let node = inbox_node(rest).ok_or("not an inbox key")?;
+        let m = &f.bundle.manifest;
+        let d = m
+            .devices
+            .iter()
+            .position(|d| d.name == a.device)
+            .ok_or_else(|| format!("no device `{}` in this site", a.device))?;
+        if super::device_node(m, d) != Some(node) {
+            return Err(format!("device `{}` is not on node `{node}`", a.device));
+        }
+        let input = Input::Alert {
+            device: a.device.clone(),
+            alert: a.alert.clone(),
+            source: a.umbox.clone(),
+        };
+        let mut next = f.engine.clone();
+        let steps = next.handle(t, &input).map_err(|errors| {
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        Ok((a, input, next, steps))
+    });
+    let (a, input, next, steps) = match decided {
+        Ok(d) => d,
+        Err(why) => {
+            warn!(event = "alert_refused", key = %rest, reason = %why, "alert `{rest}` not taken: {why}");
+            commit_if(
+                store,
+                token,
+                Some(&key),
+                vec![TxnOp::delete(key.clone(), None)],
+                f.budget,
+            )
+            .await?;
+            return Ok(());
+        }
+    };
+    let seq = f.next_seq;
+    let logged = LoggedInput {
+        t_ms: t,
+        bundle_sha256: f.sha.clone(),
+        by: Some(inbox_by(rest)),
+        input,
+    };
+    let mut ops = vec![
+        TxnOp::delete(key.clone(), None),
+        TxnOp::put(store.key(&input_key(seq)), encode(&logged), None),
+    ];
+    let changed = changed_devices(steps.iter());
+    ops.extend(posture_ops(store, f, &next, &changed, seq));
+    if !commit_if(store, token, Some(&key), ops, f.budget).await? {
+        // Gone meanwhile: taken by this leader's earlier try, whose answer was lost, or
+        // deleted by hand. The log says which; nothing was written now.
+        return Ok(());
+    }
+    f.engine = next;
+    f.next_seq = seq + 1;
+    f.taken.insert(rest.to_string());
+    f.note(&steps);
+    info!(event = "alert", device = %a.device, alert = %a.alert, node = %inbox_node(rest).unwrap_or_default(),
+        seq, "`{}`: alert `{}` from `{}` taken as input {seq}", a.device, a.alert, a.container);
+    log_changes(f, &steps);
+    Ok(())
 }
 
 /// The pause between two tries of a call to etcd.
@@ -481,7 +683,16 @@ async fn lead(
             let _ = lost_tx.send(why);
         })
     };
-    let listener = api::Listener::bind(&cfg.endpoint, cfg.exposure).await?;
+    let listener = match api::Listener::bind(&cfg.endpoint, cfg.exposure).await {
+        Ok(l) => l,
+        Err(e) => {
+            keeper.abort();
+            return Err(e.into());
+        }
+    };
+    // The µmboxes' alerts the agents put in the inbox, moved into the log one by one.
+    let (inbox_tx, mut inbox) = mpsc::channel::<(String, Vec<u8>)>(256);
+    let inbox_reader = tokio::spawn(watch_inbox(store.clone(), inbox_tx));
     let (req_tx, mut req_rx) = mpsc::channel::<Request>(256);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let options = api::ServeOptions::new(cfg.token.clone(), api::Checker::new(&f.bundle));
@@ -527,6 +738,11 @@ async fn lead(
                 }
                 None => break Deposed::Shutdown,
             },
+            Some((rest, raw)) = inbox.recv() => {
+                if let Err(d) = take_alert(store, f, token, &rest, &raw).await {
+                    break d;
+                }
+            }
             () = timer => {
                 if let Err(d) = tick(store, f, token).await {
                     break d;
@@ -535,6 +751,7 @@ async fn lead(
         }
     };
     keeper.abort();
+    inbox_reader.abort();
     drop(req_rx);
     let _ = stop_tx.send(());
     let _ = server.await;
@@ -654,7 +871,13 @@ async fn tick(store: &Store, f: &mut Follower, token: i64) -> Result<(), Deposed
     f.engine = next;
     f.next_seq = seq + 1;
     f.note(&steps);
-    for c in changes_of(f, &steps) {
+    log_changes(f, &steps);
+    Ok(())
+}
+
+/// The state changes of `steps`, logged.
+fn log_changes(f: &Follower, steps: &[Step]) {
+    for c in changes_of(f, steps) {
         info!(
             event = "state_change",
             device = %c.device,
@@ -668,7 +891,6 @@ async fn tick(store: &Store, f: &mut Follower, token: i64) -> Result<(), Deposed
             c.cause
         );
     }
-    Ok(())
 }
 
 fn changed_devices<'a>(steps: impl Iterator<Item = &'a Step>) -> Vec<usize> {

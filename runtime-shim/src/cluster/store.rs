@@ -173,6 +173,18 @@ pub fn agent_key(node: &str) -> String {
     format!("agents/{node}")
 }
 
+/// `inbox/NODE/ID`: an alert of a µmbox of `node`, waiting for the leader. `id` sorts
+/// in the order the agent raised them (its clock, then a counter).
+pub fn inbox_key(node: &str, id: &str) -> String {
+    format!("inbox/{node}/{id}")
+}
+
+/// The node of an inbox key's rest (`inbox/NODE/ID`).
+pub fn inbox_node(rest: &str) -> Option<&str> {
+    let (node, id) = rest.strip_prefix("inbox/")?.split_once('/')?;
+    (!node.is_empty() && !id.is_empty() && !id.contains('/')).then_some(node)
+}
+
 pub const LEADER: &str = "leader";
 pub const EPOCH: &str = "epoch";
 
@@ -257,6 +269,26 @@ pub struct ReportedStatus {
     pub t_ms: u64,
 }
 
+/// `inbox/NODE/ID`: an alert a µmbox of the node raised, as the agent saw it. The
+/// leader moves it into the log (as the input `run` would make of it) in the same
+/// transaction that deletes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InboxAlert {
+    /// The device the µmbox serves.
+    pub device: String,
+    pub alert: String,
+    /// The µmbox's catalog name (`kalki.umbox`): the engine's `source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub umbox: Option<String>,
+    /// The container and its id (which instance said it).
+    pub container: String,
+    pub container_id: String,
+    /// The agent that saw it, and when (the agent's clock).
+    pub agent: String,
+    pub t_ms: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,5 +301,15 @@ mod tests {
         assert_eq!(seqs, [2, 9, 10, 1_000_000]);
         assert_eq!(input_seq("inputs/x"), None);
         assert_eq!(input_seq("postures/a/b"), None);
+    }
+
+    #[test]
+    fn an_inbox_key_names_its_node() {
+        let rest = inbox_key("east", "0001733300000000-00000001");
+        assert_eq!(inbox_node(&rest), Some("east"));
+        assert_eq!(inbox_node("inbox/east/"), None);
+        assert_eq!(inbox_node("inbox//x"), None);
+        assert_eq!(inbox_node("inbox/east/a/b"), None);
+        assert_eq!(inbox_node("status/east/door"), None);
     }
 }
