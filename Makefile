@@ -8,7 +8,7 @@ EXAMPLE := examples/smart-office
 # Bounded fuzzing in the test suite (cases per property).
 export KALKI_FUZZ_CASES ?= 2000
 
-.PHONY: setup services browser build demo test lint fmt bench bench-scale bench-mqtt bench-node bench-api bench-dataplane soak soak-mqtt clean images
+.PHONY: setup services browser build demo test lint fmt bench bench-scale bench-mqtt bench-node bench-api bench-cluster bench-dataplane soak soak-mqtt clean images
 
 setup:
 	@scripts/setup.sh
@@ -67,6 +67,11 @@ bench-mqtt: setup services
 # apply from empty, memory per µmbox, re-apply; figures in docs/benchmarks.md.
 bench-node: setup services images
 	$(CARGO) bench --locked -p kalki-shim --bench node
+
+# Event-to-flows latency on a site on two nodes (controller, agents, 3-member etcd)
+# against one node (run) (runtime-shim/benches/cluster.rs); figures in docs/benchmarks.md.
+bench-cluster: setup services
+	$(CARGO) bench --locked -p kalki-shim --bench cluster
 
 # Readings and warm posture changes through the API with wrk, journal on disk
 # (runtime-shim/benches/api.rs); figures in docs/benchmarks.md.

@@ -92,10 +92,10 @@ pub async fn agent(
     loop {
         let check = tokio::time::sleep_until(a.keeper.next_check.into());
         tokio::select! {
+            // A posture heard goes before a look that is due, a µmbox's exit or alert
+            // before either.
+            biased;
             () = &mut shutdown => break,
-            () = check => {
-                a.reconcile(&desired).await;
-            }
             Some(event) = umbox_events.recv() => a.umbox_event(event, &desired).await,
             h = heard.recv() => match h {
                 Some(Heard::All(all)) => {
@@ -124,7 +124,14 @@ pub async fn agent(
                         if a.keeper.change_posture(d, s, &mut LogOnly).await {
                             a.keeper.sync_followers().await;
                         }
-                        a.keeper.next_check = Instant::now();
+                        if !a.keeper.is_closed(d) {
+                            info!(event = "posture_changed", device = %device, state = %state,
+                                "`{device}`: posture `{state}` in force");
+                        }
+                        // The report of it comes from a look, soon: the changes of a
+                        // burst are made first, then one look for all.
+                        a.keeper.next_check =
+                            a.keeper.next_check.min(Instant::now() + LOOK_AFTER_CHANGE);
                     }
                 }
                 Some(Heard::Lost(why)) => {
@@ -132,12 +139,18 @@ pub async fn agent(
                         "etcd out of reach ({why}): keeping the postures in force");
                 }
                 None => break,
+            },
+            () = check => {
+                a.reconcile(&desired).await;
             }
         }
     }
     link.abort();
     Ok(())
 }
+
+/// How long after a posture change the node is looked at (and the change reported).
+const LOOK_AFTER_CHANGE: Duration = Duration::from_millis(50);
 
 /// How many µmbox alerts wait for etcd at most; beyond, new ones are dropped (logged).
 const ALERTS_QUEUED: usize = 4096;
