@@ -146,9 +146,63 @@ impl Store {
         .await
     }
 
+    /// Every key under `prefix` (a full key name) and the revision they were read at,
+    /// in pages of [`PAGE_KEYS`] keys read at that one revision: one answer holding them
+    /// all would pass gRPC's 4 MiB limit on a large site (100,000 reports of about 600
+    /// bytes). Each page is tried again ([`Store::read`]).
+    pub async fn read_all(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64), StoreError> {
+        let end = prefix_end(prefix);
+        let mut from = prefix.as_bytes().to_vec();
+        let mut all = Vec::new();
+        let mut revision = 0;
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(PAGE_KEYS);
+            if revision > 0 {
+                options = options.with_revision(revision);
+            }
+            let page = self
+                .retry(|mut c| {
+                    let (from, options) = (from.clone(), options.clone());
+                    async move { c.get(from, Some(options)).await }
+                })
+                .await?;
+            if revision == 0 {
+                revision = page.header().map_or(0, |h| h.revision());
+            }
+            let more = page.more();
+            if let Some(last) = page.kvs().last() {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            all.extend_from_slice(page.kvs());
+            if !more || page.kvs().is_empty() {
+                return Ok((all, revision));
+            }
+        }
+    }
+
     pub fn timeout(&self) -> Duration {
         self.timeout
     }
+}
+
+/// Keys per page of [`Store::read_all`].
+pub const PAGE_KEYS: i64 = 1000;
+
+/// The first key after every key that starts with `prefix` (etcd's range end of a
+/// prefix): its last byte that is not 0xff, plus one, and nothing after it.
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte 0xff (or empty): to the end of the key space.
+    vec![0]
 }
 
 /// The key of input `seq`: fixed width, so that keys sort as numbers.
@@ -301,6 +355,22 @@ mod tests {
         assert_eq!(seqs, [2, 9, 10, 1_000_000]);
         assert_eq!(input_seq("inputs/x"), None);
         assert_eq!(input_seq("postures/a/b"), None);
+    }
+
+    #[test]
+    fn a_prefix_ends_after_its_last_key() {
+        assert_eq!(prefix_end("/kalki/v1/s/status/"), b"/kalki/v1/s/status0");
+        assert_eq!(prefix_end("a\u{7f}"), b"a\x80");
+        assert_eq!(prefix_end(""), [0]);
+        let end = prefix_end("/kalki/v1/s/status/");
+        for key in [
+            "/kalki/v1/s/status/",
+            "/kalki/v1/s/status/n1/d",
+            "/kalki/v1/s/status/\u{10ffff}",
+        ] {
+            assert!(key.as_bytes() < end.as_slice(), "{key}");
+        }
+        assert!(b"/kalki/v1/s/status0".as_slice() >= end.as_slice());
     }
 
     #[test]
