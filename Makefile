@@ -8,7 +8,7 @@ EXAMPLE := examples/smart-office
 # Bounded fuzzing in the test suite (cases per property).
 export KALKI_FUZZ_CASES ?= 2000
 
-.PHONY: setup services browser build demo test lint fmt bench bench-scale bench-mqtt bench-node bench-api bench-cluster bench-dataplane soak soak-mqtt clean images
+.PHONY: setup services browser build demo test lint fmt bench bench-scale bench-mqtt bench-node bench-api bench-cluster bench-cluster-load bench-dataplane soak soak-mqtt clean images
 
 setup:
 	@scripts/setup.sh
@@ -72,6 +72,11 @@ bench-node: setup services images
 # against one node (run) (runtime-shim/benches/cluster.rs); figures in docs/benchmarks.md.
 bench-cluster: setup services
 	$(CARGO) bench --locked -p kalki-shim --bench cluster
+
+# The controller's load on simulated sites of up to 100 nodes and 100,000 devices
+# (runtime-shim/benches/cluster_load.rs; about 10 minutes); figures in docs/benchmarks.md.
+bench-cluster-load: setup services
+	$(CARGO) bench --locked -p kalki-shim --bench cluster_load
 
 # Readings and warm posture changes through the API with wrk, journal on disk
 # (runtime-shim/benches/api.rs); figures in docs/benchmarks.md.

@@ -16,7 +16,7 @@ use crate::follow::UmboxEvent;
 use crate::keeper::{Keeper, LogOnly};
 use crate::node::{Node, Observation};
 use crate::run::now_ms;
-use etcd_client::{EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{EventType, PutOptions, WatchOptions};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -363,12 +363,9 @@ async fn session(
     };
     put(store.key(&agent_key(&cfg.node)), encode(&me)).await?;
     let prefix = store.key(&format!("postures/{}/", cfg.node));
-    let all = store
-        .read(prefix.clone(), Some(GetOptions::new().with_prefix()))
-        .await?;
-    let revision = all.header().map_or(0, |h| h.revision());
+    let (all, revision) = store.read_all(&prefix).await?;
     let mut postures = BTreeMap::new();
-    for kv in all.kvs() {
+    for kv in &all {
         let key = kv.key_str().unwrap_or_default();
         if let Some(device) = key.strip_prefix(&prefix) {
             let p: DesiredPosture = decode(kv)?;

@@ -469,11 +469,8 @@ async fn watch_inbox(store: Store, tx: mpsc::Sender<(String, Vec<u8>)>) {
     let prefix = store.key("inbox/");
     loop {
         let read = async {
-            let all = store
-                .read(prefix.clone(), Some(GetOptions::new().with_prefix()))
-                .await?;
-            let revision = all.header().map_or(0, |h| h.revision());
-            for kv in all.kvs() {
+            let (all, revision) = store.read_all(&prefix).await?;
+            for kv in &all {
                 let rest = store
                     .rest(kv.key_str().unwrap_or_default())
                     .unwrap_or_default();
@@ -561,17 +558,19 @@ async fn take_alert(
             alert: a.alert.clone(),
             source: a.umbox.clone(),
         };
-        let mut next = f.engine.clone();
-        let steps = next.handle(t, &input).map_err(|errors| {
+        // Applied in place (a copy of an engine of 100,000 devices costs more than the
+        // transaction): if it cannot be committed, the controller rebuilds its engine
+        // from the log.
+        let steps = f.engine.handle(t, &input).map_err(|errors| {
             errors
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; ")
         })?;
-        Ok((a, input, next, steps))
+        Ok((a, input, steps))
     });
-    let (a, input, next, steps) = match decided {
+    let (a, input, steps) = match decided {
         Ok(d) => d,
         Err(why) => {
             warn!(event = "alert_refused", key = %rest, reason = %why, "alert `{rest}` not taken: {why}");
@@ -598,13 +597,15 @@ async fn take_alert(
         TxnOp::put(store.key(&input_key(seq)), encode(&logged), None),
     ];
     let changed = changed_devices(steps.iter());
-    ops.extend(posture_ops(store, f, &next, &changed, seq));
+    ops.extend(posture_ops(store, f, &f.engine, &changed, seq));
     if !commit_if(store, token, Some(&key), ops, f.budget).await? {
-        // Gone meanwhile: taken by this leader's earlier try, whose answer was lost, or
-        // deleted by hand. The log says which; nothing was written now.
-        return Ok(());
+        // Gone meanwhile (deleted by hand, or taken by an earlier try whose answer was
+        // lost): nothing was written now, but the engine has applied it. The log, read
+        // again from the start, says what was taken.
+        return Err(Deposed::Unsure(format!(
+            "the inbox entry `{rest}` went away while it was being taken"
+        )));
     }
-    f.engine = next;
     f.next_seq = seq + 1;
     f.taken.insert(rest.to_string());
     f.note(&steps);
@@ -619,15 +620,11 @@ const RETRY: Duration = Duration::from_millis(100);
 
 /// Writes the postures that differ from what etcd holds, under the fence.
 async fn sync_postures(store: &Store, f: &Follower, token: i64) -> Result<(), Deposed> {
-    let held = store
-        .read(
-            store.key("postures/"),
-            Some(GetOptions::new().with_prefix()),
-        )
+    let (held, _) = store
+        .read_all(&store.key("postures/"))
         .await
         .map_err(|e| Deposed::Unsure(e.to_string()))?;
     let held: BTreeMap<String, Vec<u8>> = held
-        .kvs()
         .iter()
         .map(|kv| {
             (
@@ -788,9 +785,11 @@ async fn keep_alive(store: &Store, lease: i64, ttl: Duration) -> String {
     }
 }
 
-/// The batch's inputs, validated at one time, applied to a copy of the engine, and
-/// committed with the postures they change in one fenced transaction; answered only
-/// then. A refused input is answered at once and written nowhere.
+/// The batch's inputs, validated at one time, applied to the engine, and committed with
+/// the postures they change in one fenced transaction; answered only then. A refused
+/// input is answered at once and written nowhere. The engine is not copied first (a
+/// copy costs O(devices) per batch): a batch that cannot be committed deposes the
+/// controller, which rebuilds its engine from the log before it does anything else.
 async fn submit(
     store: &Store,
     f: &mut Follower,
@@ -798,12 +797,11 @@ async fn submit(
     batch: Vec<(Input, Option<String>, Reply)>,
 ) -> Result<(), Deposed> {
     let t = now_ms().max(f.engine.now());
-    let mut next = f.engine.clone();
     let mut ops = Vec::new();
     let mut answers: Vec<(Reply, u64, Vec<Step>)> = Vec::new();
     let mut seq = f.next_seq;
     for (input, by, reply) in batch {
-        match next.handle(t, &input) {
+        match f.engine.handle(t, &input) {
             Ok(steps) => {
                 let logged = LoggedInput {
                     t_ms: t,
@@ -828,9 +826,8 @@ async fn submit(
         return Ok(());
     }
     let changed = changed_devices(answers.iter().flat_map(|(_, _, s)| s));
-    ops.extend(posture_ops(store, f, &next, &changed, seq - 1));
+    ops.extend(posture_ops(store, f, &f.engine, &changed, seq - 1));
     commit(store, token, ops, f.budget).await?;
-    f.engine = next;
     f.next_seq = seq;
     for (reply, seq, steps) in answers {
         f.note(&steps);
@@ -847,10 +844,9 @@ async fn submit(
 /// Timers due: a `tick` input, logged when it changed anything (as the journal does).
 async fn tick(store: &Store, f: &mut Follower, token: i64) -> Result<(), Deposed> {
     let t = now_ms().max(f.engine.now());
-    let mut next = f.engine.clone();
-    let steps = next.handle(t, &Input::Tick).unwrap_or_default();
+    // In place, as in `submit`.
+    let steps = f.engine.handle(t, &Input::Tick).unwrap_or_default();
     if !steps.iter().any(|s| !s.effects.is_empty()) {
-        f.engine = next;
         return Ok(());
     }
     let seq = f.next_seq;
@@ -866,9 +862,8 @@ async fn tick(store: &Store, f: &mut Follower, token: i64) -> Result<(), Deposed
         None,
     )];
     let changed = changed_devices(steps.iter());
-    ops.extend(posture_ops(store, f, &next, &changed, seq));
+    ops.extend(posture_ops(store, f, &f.engine, &changed, seq));
     commit(store, token, ops, f.budget).await?;
-    f.engine = next;
     f.next_seq = seq + 1;
     f.note(&steps);
     log_changes(f, &steps);
@@ -977,12 +972,7 @@ async fn answer(store: &Store, f: &Follower, started: Instant, request: Request)
 async fn status(store: &Store, f: &Follower, started: Instant) -> StatusReport {
     let read = |prefix: &'static str| {
         let store = store.clone();
-        async move {
-            store
-                .read(store.key(prefix), Some(GetOptions::new().with_prefix()))
-                .await
-                .map(|r| r.kvs().to_vec())
-        }
+        async move { store.read_all(&store.key(prefix)).await.map(|(kvs, _)| kvs) }
     };
     let (agents, reports) = tokio::join!(read("agents/"), read("status/"));
     let by_key = |kvs: &Result<Vec<KeyValue>, StoreError>| -> BTreeMap<String, KeyValue> {
