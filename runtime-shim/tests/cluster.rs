@@ -25,7 +25,13 @@
 //!    in the inbox, the leader moves it into the log, the meter goes to `attack` and is
 //!    cut off. The same inbox entry put again (an agent's retry) is not taken twice;
 //! 8. a µmbox of a chain in force killed: the agent closes its device and restarts it
-//!    at once, and the device is enforced again.
+//!    at once, and the device is enforced again;
+//! 9. a network partition between the east agent and etcd, made with a packet filter
+//!    (iptables drops every TCP packet the agent's cgroup sends on loopback: a
+//!    blackhole, not a refusal): the door is in `attack` and the operator resets it; the
+//!    controller decides `normal`, but the partitioned agent never opens the door, and
+//!    the status says node east is unreachable. Healed, the agent reconnects, applies
+//!    `normal`, and the door's traffic passes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -248,13 +254,30 @@ impl Cluster {
     }
 
     fn spawn(&self, name: &str, args: Vec<String>) -> Proc {
+        self.spawn_in(name, args, None)
+    }
+
+    /// [`Cluster::spawn`], the process started in `partition`'s cgroup (a shell joins
+    /// it, then becomes the shim: the child's pid is the shim's).
+    fn spawn_in(&self, name: &str, args: Vec<String>, partition: Option<&Partition>) -> Proc {
         let log = self.dir.join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_kalki-shim"))
+        let shim = env!("CARGO_BIN_EXE_kalki-shim");
+        let mut cmd = match partition {
+            None => Command::new(shim),
+            Some(p) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", "echo $$ > \"$0\" && exec \"$@\""])
+                    .arg(p.procs())
+                    .arg(shim);
+                c
+            }
+        };
+        let child = cmd
             .args(args)
             .stdout(Stdio::null())
             .stderr(file)
@@ -277,6 +300,10 @@ impl Cluster {
     }
 
     fn agent(&self, node: &str) -> Proc {
+        self.agent_in(node, None)
+    }
+
+    fn agent_in(&self, node: &str, partition: Option<&Partition>) -> Proc {
         let state = self.dir.join(format!("agent-{node}"));
         let mut args = vec![
             "agent".to_string(),
@@ -289,7 +316,7 @@ impl Cluster {
             "500ms".into(),
         ];
         args.extend(self.etcd_args(&format!("agent-{node}")));
-        self.spawn(&format!("agent-{node}"), args)
+        self.spawn_in(&format!("agent-{node}"), args, partition)
     }
 }
 
@@ -391,8 +418,12 @@ fn a_site_on_three_nodes_with_a_standby_controller() {
             "the µmbox image (make images)",
         ),
         (
-            ts::tools(&["curl", "ping", "ethtool", "nmap"]),
-            "curl, ping, ethtool, nmap",
+            ts::tools(&["curl", "ping", "ethtool", "nmap", "iptables"]),
+            "curl, ping, ethtool, nmap, iptables",
+        ),
+        (
+            cgroup2().is_some(),
+            "a cgroup v2 hierarchy (for the partition's packet filter)",
         ),
     ]) {
         return;
@@ -725,7 +756,102 @@ fn a_site_on_three_nodes_with_a_standby_controller() {
         "cam enforced again",
     );
     assert!(ping("cam", 5) >= 4, "cam through its chain again");
+
+    // 9. East partitioned from etcd by a packet filter; the door stays shut.
+    // A socket belongs to the cgroup it was made in: the agent starts in its own.
+    let cut = Partition::new();
+    agents[0].kill();
+    agents[0] = c.agent_in("east", Some(&cut));
+    wait_devices(&apis, &[("door", "attack", "enforced")], "door in attack");
+    cut.start();
+    let s = wait_until(&apis, "east unreachable", |s| {
+        entry(s, "door")["enforcement"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("node `east` unreachable"))
+    });
+    assert_eq!(entry(&s, "door")["enforcement"]["verdict"], "not_enforced");
+    api_b.must(&["reset", "door"]);
+    let s = status(&apis).unwrap();
+    assert_eq!(
+        entry(&s, "door")["state"],
+        "normal",
+        "the controller decided"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        ping("door", 3),
+        0,
+        "a partitioned agent opened the door:\n{}",
+        agents[0].log()
+    );
+    assert!(
+        agents[0].log().contains("etcd out of reach"),
+        "the agent did not notice the partition:\n{}",
+        agents[0].log()
+    );
+    drop(cut);
+    wait_devices(
+        &apis,
+        &[("door", "normal", "enforced")],
+        "east back after the partition",
+    );
+    assert!(ping("door", 5) >= 4, "the door through its chain again");
     drop(b);
+}
+
+/// The cgroup v2 hierarchy's mount point, if there is one.
+fn cgroup2() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+    })
+}
+
+/// Processes cut from every TCP peer on loopback (etcd, here) once [`Partition::start`]
+/// is called: they run in a cgroup of their own, and an iptables rule drops every TCP
+/// packet its sockets send on loopback (a blackhole: no refusal, no reset). Their Unix
+/// sockets (Open vSwitch, Docker) are untouched. A socket is matched by the cgroup it
+/// was made in, so the processes must start in it. Dropped, the rule and the cgroup go
+/// (what still runs in it is moved back to the root first).
+struct Partition {
+    root: PathBuf,
+    group: String,
+}
+
+impl Partition {
+    fn new() -> Partition {
+        let root = cgroup2().unwrap();
+        let group = format!("kalki-test-partition-{}", std::process::id());
+        std::fs::create_dir_all(root.join(&group)).unwrap();
+        Partition { root, group }
+    }
+
+    /// The file a process writes its pid to, to join.
+    fn procs(&self) -> PathBuf {
+        self.root.join(&self.group).join("cgroup.procs")
+    }
+
+    fn start(&self) {
+        ok(&format!(
+            "iptables -w 10 -I OUTPUT -o lo -p tcp -m cgroup --path {} -j DROP",
+            self.group
+        ));
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        sh(&format!(
+            "iptables -w 10 -D OUTPUT -o lo -p tcp -m cgroup --path {} -j DROP",
+            self.group
+        ));
+        let pids = std::fs::read_to_string(self.procs()).unwrap_or_default();
+        for pid in pids.lines() {
+            let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
+        }
+        let _ = std::fs::remove_dir(self.root.join(&self.group));
+    }
 }
 
 /// A controller for a site that declares no node is refused at once (exit 1, before any

@@ -32,8 +32,9 @@
 set -euo pipefail
 
 # With the switch, the tools the live tests send traffic with: ping and netcat, and the
-# attack tools a real attacker would use (nmap, hping3).
-PACKAGES=(openvswitch-switch ethtool iproute2 iputils-ping netcat-openbsd tcpdump nmap hping3)
+# attack tools a real attacker would use (nmap, hping3), and iptables (the cluster test
+# cuts a node agent from etcd with a packet filter).
+PACKAGES=(openvswitch-switch ethtool iproute2 iputils-ping netcat-openbsd tcpdump nmap hping3 iptables)
 
 # shellcheck source=../lib/packages.sh
 source "$(dirname "$0")/../lib/packages.sh"
