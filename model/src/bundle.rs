@@ -184,6 +184,100 @@ pub fn one_node(b: &Bundle) -> Result<(), NotOneNode> {
     Ok(())
 }
 
+/// What a site's devices exchange beyond the network, which `kalki-shim controller`
+/// does not carry yet: the rules that send device commands, and the devices whose
+/// readings come from MQTT topics.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceIo {
+    /// Rules with a command action (`dev.command`).
+    pub command_rules: Vec<String>,
+    /// Devices with MQTT bindings.
+    pub mqtt_devices: Vec<String>,
+}
+
+/// The [`DeviceIo`] of a bundle.
+pub fn device_io(b: &Bundle) -> DeviceIo {
+    let m = &b.manifest;
+    DeviceIo {
+        command_rules: m
+            .rules
+            .iter()
+            .filter(|r| {
+                r.actions
+                    .iter()
+                    .any(|a| matches!(a, crate::manifest::Action::Command { .. }))
+            })
+            .map(|r| r.name.clone())
+            .collect(),
+        mqtt_devices: m
+            .devices
+            .iter()
+            .filter(|d| d.telemetry.is_some())
+            .map(|d| d.name.clone())
+            .collect(),
+    }
+}
+
+/// Why `kalki-shim controller` refuses a site (S009): it would not behave as verified.
+/// Its commands would never be sent, or its MQTT readings never read, and nothing would
+/// say so.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotForController {
+    #[error("site `{site}`: rule{} {} send{} device commands, which the controller does not send", if rules.len() == 1 { "" } else { "s" }, quoted(rules), if rules.len() == 1 { "s" } else { "" })]
+    Commands { site: String, rules: Vec<String> },
+    #[error("site `{site}`: device{} {} read{} telemetry from MQTT, which the controller does not read", if devices.len() == 1 { "" } else { "s" }, quoted(devices), if devices.len() == 1 { "s" } else { "" })]
+    Mqtt { site: String, devices: Vec<String> },
+}
+
+/// `a`, `b`, `c` and 4 more.
+fn quoted(names: &[String]) -> String {
+    let shown: Vec<String> = names.iter().take(3).map(|n| format!("`{n}`")).collect();
+    match names.len().saturating_sub(3) {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
+}
+
+impl Diagnostic for NotForController {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(codes::NOT_FOR_CONTROLLER))
+    }
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(match self {
+            NotForController::Commands { .. } => {
+                "to run it anyway, knowing that no command is sent (each is logged as `command_not_sent`), pass --without-commands; see docs/scale-out.md"
+            }
+            NotForController::Mqtt { .. } => {
+                "to run it anyway, with readings only from the API, pass --without-mqtt; see docs/scale-out.md"
+            }
+        }))
+    }
+}
+
+/// Whether `kalki-shim controller` may run a bundle: every command rule and MQTT device
+/// must be accepted by its flag.
+pub fn controller_ready(
+    b: &Bundle,
+    without_commands: bool,
+    without_mqtt: bool,
+) -> Result<(), NotForController> {
+    let io = device_io(b);
+    let site = b.manifest.site.clone();
+    if !io.command_rules.is_empty() && !without_commands {
+        return Err(NotForController::Commands {
+            site,
+            rules: io.command_rules,
+        });
+    }
+    if !io.mqtt_devices.is_empty() && !without_mqtt {
+        return Err(NotForController::Mqtt {
+            site,
+            devices: io.mqtt_devices,
+        });
+    }
+    Ok(())
+}
+
 /// A loaded, checked bundle.
 #[derive(Debug, Clone)]
 pub struct Bundle {

@@ -26,6 +26,10 @@ pub const BAD_PATH: &str = "S007";
 /// bundle of a site that spans several nodes (the controller's and the agents'), or one
 /// node's sub-bundle (`part_of`), which is a part of a site and not a site.
 pub const NOT_ONE_NODE: &str = "S008";
+/// `kalki-shim controller` was given a site whose rules send device commands, or whose
+/// devices read telemetry from MQTT, which the controller does not carry yet, without
+/// the flag that accepts it (`--without-commands`, `--without-mqtt`).
+pub const NOT_FOR_CONTROLLER: &str = "S009";
 
 // S1xx: input events (`engine.rs`).
 
@@ -106,6 +110,10 @@ pub const ALL: &[(&str, &str)] = &[
     (
         NOT_ONE_NODE,
         "`run`/`apply` given a site spanning nodes, or a node's part of one",
+    ),
+    (
+        NOT_FOR_CONTROLLER,
+        "`controller` given a site with device commands or MQTT it does not carry",
     ),
     (UNKNOWN_DEVICE, "unknown device"),
     (UNKNOWN_VARIABLE, "unknown variable"),

@@ -289,6 +289,14 @@ struct ControllerArgs {
     /// /etc/kalki/token]
     #[arg(long, value_name = "PATH")]
     token_file: Option<PathBuf>,
+    /// Run a site whose rules send device commands, knowing that the controller does
+    /// not send them: each is logged as `command_not_sent` (without it: S009).
+    #[arg(long)]
+    without_commands: bool,
+    /// Run a site whose devices read telemetry from MQTT, knowing that the controller
+    /// does not read it: readings come only through the API (without it: S009).
+    #[arg(long)]
+    without_mqtt: bool,
     #[arg(long, value_enum, default_value_t = Color::Auto)]
     color: Color,
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
@@ -1356,6 +1364,13 @@ fn run_controller(args: &ControllerArgs) -> Exit {
             "error: site `{}` runs on one node (its policy declares no `node`): run it with `kalki-shim run`",
             bundle.manifest.site
         );
+        return Exit::Refused;
+    }
+    // What the controller does not carry, refused unless the operator accepts it: the
+    // site would not behave as verified, and nothing would say so.
+    if let Err(e) = bundle::controller_ready(&bundle, args.without_commands, args.without_mqtt) {
+        report(args.color, std::iter::once(Report::new(e)));
+        eprintln!("bundle `{}` refused", args.bundle.display());
         return Exit::Refused;
     }
     let Some(rt) = runtime() else {

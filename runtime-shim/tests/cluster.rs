@@ -9,7 +9,7 @@
 //! 1. every device enforced in `normal`, its traffic through its chain;
 //! 2. a cross-device rule whose devices sit on two nodes: an alert for the door (node
 //!    east) makes the camera (node west) suspicious; both postures change on both
-//!    nodes;
+//!    nodes; the rule's command, which a controller does not send, is logged as such;
 //! 3. a burst of readings while the leading controller is SIGKILLed: the standby takes
 //!    over, every acknowledged input is in the log once, with what was sent, and the
 //!    new leader's states are the log's, replayed here through the engine;
@@ -65,6 +65,7 @@ device type Lock {
 
 device type Cam {
     sensed motion: bool
+    commands ring
 
     states normal < suspicious
     initial normal
@@ -101,7 +102,7 @@ site campus {
     device cam:   Cam   at 10.81.0.20 mac 02:00:00:81:00:20 port "kc-cam0"   node west
     device meter: Meter at 10.81.0.30 mac 02:00:00:81:00:30 port "kc-meter0" node north
 
-    rule door_raises_cam on door in suspicious then cam -> suspicious
+    rule door_raises_cam on door in suspicious then cam -> suspicious, cam.ring
 }
 "#;
 
@@ -294,6 +295,8 @@ impl Cluster {
             api.api.clone(),
             "--token-file".into(),
             api.token.display().to_string(),
+            // The rule's `cam.ring` is logged, not sent (S009 without it).
+            "--without-commands".into(),
         ];
         args.extend(self.etcd_args(name));
         self.spawn(name, args)
@@ -512,6 +515,12 @@ fn a_site_on_three_nodes_with_a_standby_controller() {
         );
     }
     assert!(ping("cam", 5) >= 4, "cam through its suspicious chain");
+    assert!(
+        a.log()
+            .contains("`cam`: command `ring` of rule `door_raises_cam` not sent"),
+        "the command the controller does not send is said:\n{}",
+        a.log()
+    );
 
     // 3. A burst while the leader is killed.
     let mut acked: Vec<(u64, u32)> = Vec::new();
@@ -893,4 +902,48 @@ fn a_controller_refuses_a_site_on_one_node() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("runs on one node"), "{err}");
+}
+
+/// A site whose rules send device commands is refused by the controller (S009: it sends
+/// none, and would drop them without a word) unless `--without-commands` accepts it;
+/// the refusal comes before any etcd call.
+#[test]
+fn a_controller_refuses_commands_it_cannot_send() {
+    let tmp = kalki_test_support::TempDir::new("controller-commands").unwrap();
+    let dir = tmp.path();
+    let bundle = dir.join("bundle");
+    common::compile_dir("examples/campus")
+        .write_to(&bundle)
+        .unwrap();
+    let api = Api::new(dir);
+    let key = dir.join("client.key");
+    std::fs::write(&key, "not used").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let controller = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_kalki-shim"))
+            .args(["controller", bundle.to_str().unwrap()])
+            .args(["--etcd", "https://127.0.0.1:9", "--etcd-timeout", "1s"])
+            .args(["--etcd-ca", key.to_str().unwrap()])
+            .args(["--etcd-cert", key.to_str().unwrap()])
+            .args(["--etcd-key", key.to_str().unwrap()])
+            .args(["--token-file", api.token.to_str().unwrap()])
+            .args(["--listen", &api.api, "--color", "never"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = controller(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("S009"), "{err}");
+    assert!(
+        err.contains("`night_visitor`, `lab_lockdown`") && err.contains("--without-commands"),
+        "{err}"
+    );
+    // Accepted, it goes on to etcd (a CA that is no certificate: refused there, not by
+    // S009).
+    let out = controller(&["--without-commands"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("S009"), "{err}");
+    assert_ne!(out.status.code(), Some(0), "{err}");
 }

@@ -10,8 +10,9 @@
 //!   and its tests pass on the engine;
 //! - ` ```sh bundle DIR ` blocks edit the bundle of `DIR` (written to `bundle/`) with the
 //!   block's shell lines, the `kalkic` and `kalki-shim` lines left to the test, and the
-//!   edited bundle must be refused with the code, by the loader or, for S008, by what
-//!   `run` and `apply` ask of it once loaded (`bundle::one_node`);
+//!   edited bundle must be refused with the code, by the loader or, for S008 and S009, by
+//!   what `run` and `apply` (`bundle::one_node`) or `controller`
+//!   (`bundle::controller_ready`) ask of it once loaded;
 //! - S109 and S110 (the engine's clock) and S401, S402 (the journal) are shown by the code
 //!   below, as their texts say; S3xx need a running shim and S403, S404 a damaged journal
 //!   (tests/api.rs and tests/journal.rs cover them).
@@ -106,10 +107,17 @@ fn edited_bundle_codes(sites: &mut Sites, dir: &str, script: &str, name: &str) -
         .unwrap();
     assert!(status.success(), "{name}: the edit failed: {edits:?}");
     match bundle::load_dir(&at) {
-        Ok(b) => match bundle::one_node(&b) {
-            Ok(()) => vec![],
-            Err(_) => vec![kalki_shim::codes::NOT_ONE_NODE.to_string()],
-        },
+        // What `run`/`apply` (S008) and `controller` (S009, a site with nodes) ask of it.
+        Ok(b) => {
+            let mut codes = Vec::new();
+            if bundle::one_node(&b).is_err() {
+                codes.push(kalki_shim::codes::NOT_ONE_NODE.to_string());
+            }
+            if !b.manifest.nodes.is_empty() && bundle::controller_ready(&b, false, false).is_err() {
+                codes.push(kalki_shim::codes::NOT_FOR_CONTROLLER.to_string());
+            }
+            codes
+        }
         Err(errors) => errors.iter().map(|e| e.code().to_string()).collect(),
     }
 }

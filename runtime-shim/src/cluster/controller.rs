@@ -831,6 +831,7 @@ async fn submit(
     f.next_seq = seq;
     for (reply, seq, steps) in answers {
         f.note(&steps);
+        commands_not_sent(f, &steps);
         let changes = changes_of(f, &steps);
         let _ = reply.send(Ok(Accepted {
             seq,
@@ -870,8 +871,29 @@ async fn tick(store: &Store, f: &mut Follower, token: i64) -> Result<(), Deposed
     Ok(())
 }
 
-/// The state changes of `steps`, logged.
+/// The device commands of `steps`, which the controller does not send (it runs only
+/// with `--without-commands` when the site has any): each logged, never silently lost.
+fn commands_not_sent(f: &Follower, steps: &[Step]) {
+    for (t_ms, device, command, rule) in steps.iter().flat_map(|s| {
+        s.effects.iter().filter_map(move |e| match e {
+            Effect::Command {
+                device,
+                command,
+                rule,
+            } => Some((s.t_ms, *device, command, *rule)),
+            _ => None,
+        })
+    }) {
+        let device = f.engine.device_name(device);
+        let rule = f.engine.rule_name(rule);
+        warn!(event = "command_not_sent", device, command = %command, rule, t_ms,
+            "`{device}`: command `{command}` of rule `{rule}` not sent (the controller sends no commands)");
+    }
+}
+
+/// The state changes of `steps`, logged, and the commands not sent.
 fn log_changes(f: &Follower, steps: &[Step]) {
+    commands_not_sent(f, steps);
     for c in changes_of(f, steps) {
         info!(
             event = "state_change",
