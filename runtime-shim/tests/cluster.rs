@@ -863,42 +863,40 @@ impl Drop for Partition {
     }
 }
 
+/// `kalki-shim controller BUNDLE` with etcd options that are never used (a refusal
+/// comes before any call to etcd), and `extra`.
+fn controller_refusing(
+    dir: &std::path::Path,
+    bundle: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let api = Api::new(dir);
+    let key = dir.join("client.key");
+    std::fs::write(&key, "not used").unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_kalki-shim"))
+        .args(["controller", bundle.to_str().unwrap()])
+        .args(["--etcd", "https://127.0.0.1:9", "--etcd-timeout", "1s"])
+        .args(["--etcd-ca", key.to_str().unwrap()])
+        .args(["--etcd-cert", key.to_str().unwrap()])
+        .args(["--etcd-key", key.to_str().unwrap()])
+        .args(["--token-file", api.token.to_str().unwrap()])
+        .args(["--listen", &api.api, "--color", "never"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 /// A controller for a site that declares no node is refused at once (exit 1, before any
 /// etcd call): it would decide postures for no node and report every device unreachable.
 #[test]
 fn a_controller_refuses_a_site_on_one_node() {
     let tmp = kalki_test_support::TempDir::new("controller-one-node").unwrap();
-    let dir = tmp.path();
-    let bundle = dir.join("bundle");
+    let bundle = tmp.path().join("bundle");
     common::compile_dir("runtime-shim/tests/fixtures/node")
         .write_to(&bundle)
         .unwrap();
-    let api = Api::new(dir);
-    let key = dir.join("client.key");
-    std::fs::write(&key, "not used").unwrap();
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kalki-shim"))
-        .args([
-            "controller",
-            bundle.to_str().unwrap(),
-            "--etcd",
-            "https://127.0.0.1:9",
-        ])
-        .args([
-            "--etcd-ca",
-            key.to_str().unwrap(),
-            "--etcd-cert",
-            key.to_str().unwrap(),
-        ])
-        .args(["--etcd-key", key.to_str().unwrap()])
-        .args([
-            "--token-file",
-            api.token.to_str().unwrap(),
-            "--listen",
-            &api.api,
-        ])
-        .output()
-        .unwrap();
+    let out = controller_refusing(tmp.path(), &bundle, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("runs on one node"), "{err}");
@@ -910,29 +908,11 @@ fn a_controller_refuses_a_site_on_one_node() {
 #[test]
 fn a_controller_refuses_commands_it_cannot_send() {
     let tmp = kalki_test_support::TempDir::new("controller-commands").unwrap();
-    let dir = tmp.path();
-    let bundle = dir.join("bundle");
+    let bundle = tmp.path().join("bundle");
     common::compile_dir("examples/campus")
         .write_to(&bundle)
         .unwrap();
-    let api = Api::new(dir);
-    let key = dir.join("client.key");
-    std::fs::write(&key, "not used").unwrap();
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let controller = |extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_kalki-shim"))
-            .args(["controller", bundle.to_str().unwrap()])
-            .args(["--etcd", "https://127.0.0.1:9", "--etcd-timeout", "1s"])
-            .args(["--etcd-ca", key.to_str().unwrap()])
-            .args(["--etcd-cert", key.to_str().unwrap()])
-            .args(["--etcd-key", key.to_str().unwrap()])
-            .args(["--token-file", api.token.to_str().unwrap()])
-            .args(["--listen", &api.api, "--color", "never"])
-            .args(extra)
-            .output()
-            .unwrap()
-    };
-    let out = controller(&[]);
+    let out = controller_refusing(tmp.path(), &bundle, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("S009"), "{err}");
@@ -942,7 +922,7 @@ fn a_controller_refuses_commands_it_cannot_send() {
     );
     // Accepted, it goes on to etcd (a CA that is no certificate: refused there, not by
     // S009).
-    let out = controller(&["--without-commands"]);
+    let out = controller_refusing(tmp.path(), &bundle, &["--without-commands"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("S009"), "{err}");
     assert_ne!(out.status.code(), Some(0), "{err}");

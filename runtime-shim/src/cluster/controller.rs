@@ -469,16 +469,20 @@ async fn watch_inbox(store: Store, tx: mpsc::Sender<(String, Vec<u8>)>) {
     let prefix = store.key("inbox/");
     loop {
         let read = async {
-            let (all, revision) = store.read_all(&prefix).await?;
-            for kv in &all {
+            // Each entry as (its key's rest, its value); false once the leader's loop
+            // is gone.
+            let send = |kv: &KeyValue| {
                 let rest = store
                     .rest(kv.key_str().unwrap_or_default())
-                    .unwrap_or_default();
-                if tx
-                    .send((rest.to_string(), kv.value().to_vec()))
-                    .await
-                    .is_err()
-                {
+                    .unwrap_or_default()
+                    .to_string();
+                let entry = (rest, kv.value().to_vec());
+                let tx = tx.clone();
+                async move { tx.send(entry).await.is_ok() }
+            };
+            let (all, revision) = store.read_all(&prefix).await?;
+            for kv in &all {
+                if !send(kv).await {
                     return Ok(());
                 }
             }
@@ -500,14 +504,7 @@ async fn watch_inbox(store: Store, tx: mpsc::Sender<(String, Vec<u8>)>) {
                     let (EventType::Put, Some(kv)) = (ev.event_type(), ev.kv()) else {
                         continue;
                     };
-                    let rest = store
-                        .rest(kv.key_str().unwrap_or_default())
-                        .unwrap_or_default();
-                    if tx
-                        .send((rest.to_string(), kv.value().to_vec()))
-                        .await
-                        .is_err()
-                    {
+                    if !send(kv).await {
                         return Ok(());
                     }
                 }
