@@ -927,3 +927,69 @@ fn a_controller_refuses_commands_it_cannot_send() {
     assert!(!err.contains("S009"), "{err}");
     assert_ne!(out.status.code(), Some(0), "{err}");
 }
+
+/// One timer that moves 300 devices at once: more postures than one etcd transaction
+/// takes (128 operations). The tick and its postures are committed in several fenced
+/// transactions, the first with the input; every posture reaches etcd. (Before, the
+/// controller tried one transaction, which etcd refused, for ever: no input was accepted
+/// after it.)
+#[test]
+fn a_timer_moving_more_devices_than_a_transaction_takes() {
+    use kalki_test_support as ts;
+    if !ts::require(&[ts::etcd()]) {
+        return;
+    }
+    const DEVICES: usize = 300;
+    let mut policy = String::from(
+        "device type T {\n    alerts poke\n    states normal < suspicious\n    initial normal\n    \
+         normal { chain [pass] }\n    suspicious { chain [drop] }\n    \
+         normal -> suspicious after 4s quiet\n    suspicious -> normal on operator reset\n}\n\n\
+         site wide {\n    node a { bridge \"kw-a\" uplink \"kw-a-up\" }\n    \
+         node b { bridge \"kw-b\" uplink \"kw-b-up\" }\n    unknown hosts drop\n",
+    );
+    for d in 0..DEVICES {
+        let node = if d % 2 == 0 { "a" } else { "b" };
+        policy.push_str(&format!(
+            "    device t{d}: T at 10.82.{}.{} port \"kw{d}\" node {node}\n",
+            d / 200,
+            d % 200 + 10
+        ));
+    }
+    policy.push_str("}\n");
+    let tmp = ts::TempDir::new("cluster-wide").unwrap();
+    let dir = tmp.path().to_path_buf();
+    let pki = Pki::new(&dir.join("pki"), "kalki-test-ca").unwrap();
+    let mut etcd = EtcdCluster::start(&dir.join("etcd"), 3, pki.clone()).unwrap();
+    let bundle = dir.join("bundle");
+    common::compile(&policy).write_to(&bundle).unwrap();
+    let c = Cluster {
+        dir: dir.clone(),
+        bundle,
+        pki: pki.clone(),
+        endpoints: etcd.endpoints().join(","),
+    };
+    std::fs::create_dir_all(dir.join("a")).unwrap();
+    let api = Api::new(&dir.join("a"));
+    let ctl = c.controller("controller-wide", &api);
+    wait_until(&[&api], "every device suspicious, by one timer", |s| {
+        s["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["state"] == "suspicious")
+    });
+    // An input after the tick is still accepted.
+    api.must(&["reset", "t0"]);
+    let postures = get(&mut etcd, &pki, "/kalki/v1/wide/postures/");
+    assert_eq!(postures.len(), DEVICES, "{}", ctl.log());
+    let suspicious = postures
+        .iter()
+        .filter(|(_, v)| v["state"] == "suspicious")
+        .count();
+    assert_eq!(suspicious, DEVICES - 1, "{}", ctl.log());
+    let ticks: Vec<Value> = get(&mut etcd, &pki, "/kalki/v1/wide/inputs/")
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(ticks.len(), 2, "the tick and the reset: {ticks:?}");
+}

@@ -322,6 +322,10 @@ async fn follow(
                 let Some(resp) = msg.map_err(StoreError::from)? else {
                     return Err(StoreError::Corrupt { key: store.key("inputs/"), detail: "the watch ended".into() }.into());
                 };
+                // Compacted past where it started: the log is read again.
+                if resp.canceled() {
+                    return Err(StoreError::Corrupt { key: store.key("inputs/"), detail: "the watch was cancelled (compacted)".into() }.into());
+                }
                 for ev in resp.events() {
                     let (EventType::Put, Some(kv)) = (ev.event_type(), ev.kv()) else { continue };
                     let Some(seq) = kv.key_str().ok().and_then(|k| store.rest(k)).and_then(input_seq) else { continue };
@@ -414,6 +418,38 @@ async fn commit(
     }
 }
 
+/// Operations of one transaction at most: etcd refuses more than `--max-txn-ops` (128
+/// by default) in one, and two are kept in hand.
+const TXN_OPS: usize = MAX_TXN_OPS - 2;
+
+/// Commits inputs (`first`: their puts, and the inbox entry's delete) with the postures
+/// they change: the inputs and as many postures as fit in one fenced transaction (with
+/// `exists` compared, as [`commit_if`]), the rest of the postures in more fenced
+/// transactions after it. A rule or a timer may move hundreds of devices at once, more
+/// than one transaction takes. A leader that dies between them leaves the log whole:
+/// its successor writes every posture its engine decides before it serves, and an agent
+/// that saw only some of them meanwhile gets the rest then (postures are desired values).
+/// `Ok(false)`: `exists` was gone, nothing was written.
+async fn commit_with_postures(
+    store: &Store,
+    token: i64,
+    exists: Option<&str>,
+    mut first: Vec<TxnOp>,
+    mut postures: Vec<TxnOp>,
+    budget: Duration,
+) -> Result<bool, Deposed> {
+    let room = TXN_OPS.saturating_sub(first.len()).min(postures.len());
+    let rest = postures.split_off(room);
+    first.extend(postures);
+    if !commit_if(store, token, exists, first, budget).await? {
+        return Ok(false);
+    }
+    for chunk in rest.chunks(TXN_OPS) {
+        commit(store, token, chunk.to_vec(), budget).await?;
+    }
+    Ok(true)
+}
+
 /// [`commit`] if `key` also exists: `Ok(false)` when it does not (and the fence held).
 async fn commit_if(
     store: &Store,
@@ -500,6 +536,13 @@ async fn watch_inbox(store: Store, tx: mpsc::Sender<(String, Vec<u8>)>) {
                 )
                 .await?;
             while let Some(resp) = stream.message().await.map_err(StoreError::from)? {
+                if resp.canceled() {
+                    // Compacted: the inbox is read again from scratch.
+                    return Err(StoreError::Corrupt {
+                        key: prefix.clone(),
+                        detail: "the watch was cancelled (compacted)".into(),
+                    });
+                }
                 for ev in resp.events() {
                     let (EventType::Put, Some(kv)) = (ev.event_type(), ev.kv()) else {
                         continue;
@@ -589,13 +632,13 @@ async fn take_alert(
         by: Some(inbox_by(rest)),
         input,
     };
-    let mut ops = vec![
+    let ops = vec![
         TxnOp::delete(key.clone(), None),
         TxnOp::put(store.key(&input_key(seq)), encode(&logged), None),
     ];
     let changed = changed_devices(steps.iter());
-    ops.extend(posture_ops(store, f, &f.engine, &changed, seq));
-    if !commit_if(store, token, Some(&key), ops, f.budget).await? {
+    let postures = posture_ops(store, f, &f.engine, &changed, seq);
+    if !commit_with_postures(store, token, Some(&key), ops, postures, f.budget).await? {
         // Gone meanwhile (deleted by hand, or taken by an earlier try whose answer was
         // lost): nothing was written now, but the engine has applied it. The log, read
         // again from the start, says what was taken.
@@ -642,7 +685,7 @@ async fn sync_postures(store: &Store, f: &Follower, token: i64) -> Result<(), De
                 .then(|| TxnOp::put(key, encode(&p), None))
         })
         .collect();
-    for chunk in ops.chunks(MAX_TXN_OPS - 2) {
+    for chunk in ops.chunks(TXN_OPS) {
         commit(store, token, chunk.to_vec(), f.budget).await?;
     }
     Ok(())
@@ -658,16 +701,9 @@ async fn lead(
     started: Instant,
     shutdown: &mut (impl std::future::Future<Output = ()> + Unpin),
 ) -> Result<Deposed, ControllerError> {
-    // Everything any leader acknowledged is in the log up to now: apply it before
-    // anything else.
-    if let Err(e) = f.catch_up(store).await {
-        return Ok(Deposed::Unsure(e.to_string()));
-    }
-    if let Err(d) = sync_postures(store, f, token).await {
-        return Ok(d);
-    }
-    // The lease, renewed every third of its time; lost when a renewal is refused or
-    // none succeeds for a whole period.
+    // The lease, renewed every third of its time from now on (the catch-up and the
+    // posture sync of a large site take longer than a lease); lost when a renewal is
+    // refused or none succeeds for a whole period.
     let (lost_tx, mut lost) = oneshot::channel::<String>();
     let keeper = {
         let store = store.clone();
@@ -677,6 +713,16 @@ async fn lead(
             let _ = lost_tx.send(why);
         })
     };
+    // Everything any leader acknowledged is in the log up to now: apply it before
+    // anything else.
+    if let Err(e) = f.catch_up(store).await {
+        keeper.abort();
+        return Ok(Deposed::Unsure(e.to_string()));
+    }
+    if let Err(d) = sync_postures(store, f, token).await {
+        keeper.abort();
+        return Ok(d);
+    }
     let listener = match api::Listener::bind(&cfg.endpoint, cfg.exposure).await {
         Ok(l) => l,
         Err(e) => {
@@ -823,8 +869,8 @@ async fn submit(
         return Ok(());
     }
     let changed = changed_devices(answers.iter().flat_map(|(_, _, s)| s));
-    ops.extend(posture_ops(store, f, &f.engine, &changed, seq - 1));
-    commit(store, token, ops, f.budget).await?;
+    let postures = posture_ops(store, f, &f.engine, &changed, seq - 1);
+    commit_with_postures(store, token, None, ops, postures, f.budget).await?;
     f.next_seq = seq;
     for (reply, seq, steps) in answers {
         f.note(&steps);
@@ -854,14 +900,14 @@ async fn tick(store: &Store, f: &mut Follower, token: i64) -> Result<(), Deposed
         by: None,
         input: Input::Tick,
     };
-    let mut ops = vec![TxnOp::put(
+    let ops = vec![TxnOp::put(
         store.key(&input_key(seq)),
         encode(&logged),
         None,
     )];
     let changed = changed_devices(steps.iter());
-    ops.extend(posture_ops(store, f, &f.engine, &changed, seq));
-    commit(store, token, ops, f.budget).await?;
+    let postures = posture_ops(store, f, &f.engine, &changed, seq);
+    commit_with_postures(store, token, None, ops, postures, f.budget).await?;
     f.next_seq = seq + 1;
     f.note(&steps);
     log_changes(f, &steps);
