@@ -16,7 +16,7 @@ use crate::follow::UmboxEvent;
 use crate::keeper::{Keeper, LogOnly};
 use crate::node::{Node, Observation};
 use crate::run::now_ms;
-use etcd_client::{EventType, PutOptions, WatchOptions};
+use etcd_client::{EventType, PutOptions, Txn, TxnOp, WatchOptions};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -66,11 +66,13 @@ pub async fn agent(
     let mut desired: Vec<usize> = (0..names.len())
         .map(|d| {
             let dev = &m.devices[d];
-            let name = cached
+            // A kept name this bundle does not know (a state renamed since, a damaged
+            // file) counts as none: the most restrictive state, never the first.
+            let most = state_index(&node, d, &dev.most_restrictive).unwrap_or(0);
+            cached
                 .get(&dev.name)
-                .unwrap_or(&dev.most_restrictive)
-                .clone();
-            state_index(&node, d, &name).unwrap_or(0)
+                .and_then(|name| state_index(&node, d, name))
+                .unwrap_or(most)
         })
         .collect();
     let (heard_tx, mut heard) = mpsc::channel::<Heard>(1024);
@@ -92,11 +94,11 @@ pub async fn agent(
     loop {
         let check = tokio::time::sleep_until(a.keeper.next_check.into());
         tokio::select! {
-            // A posture heard goes before a look that is due, a µmbox's exit or alert
-            // before either.
+            // A posture heard goes before a look that is due, and a look before a
+            // µmbox's event (a µmbox that prints alerts without end must not hold the
+            // looks off; its exit is seen by a look too).
             biased;
             () = &mut shutdown => break,
-            Some(event) = umbox_events.recv() => a.umbox_event(event, &desired).await,
             h = heard.recv() => match h {
                 Some(Heard::All(all)) => {
                     let m = &a.keeper.node().bundle().manifest;
@@ -143,6 +145,7 @@ pub async fn agent(
             () = check => {
                 a.reconcile(&desired).await;
             }
+            Some(event) = umbox_events.recv() => a.umbox_event(event, &desired).await,
         }
     }
     link.abort();
@@ -433,12 +436,34 @@ async fn session(
                     return Ok(());
                 }
                 let now = reports.borrow_and_update().clone();
-                for (device, r) in &now {
-                    if written.get(device).is_some_and(|w| ReportedStatus { t_ms: w.t_ms, ..r.clone() } == *w) {
-                        continue;
+                let fresh: Vec<(&String, &ReportedStatus)> = now
+                    .iter()
+                    .filter(|(device, r)| {
+                        !written.get(*device).is_some_and(|w| ReportedStatus { t_ms: w.t_ms, ..(*r).clone() } == *w)
+                    })
+                    .collect();
+                // In transactions of up to 100 puts: a node of a thousand devices
+                // reports in ten calls, and the lease is renewed in between.
+                for chunk in fresh.chunks(100) {
+                    let ops: Vec<TxnOp> = chunk
+                        .iter()
+                        .map(|(device, r)| {
+                            TxnOp::put(
+                                store.key(&status_key(&cfg.node, device)),
+                                encode(r),
+                                Some(PutOptions::new().with_lease(lease)),
+                            )
+                        })
+                        .collect();
+                    store
+                        .retry(|mut c| {
+                            let ops = ops.clone();
+                            async move { c.txn(Txn::new().and_then(ops)).await }
+                        })
+                        .await?;
+                    for (device, r) in chunk {
+                        written.insert((*device).clone(), (*r).clone());
                     }
-                    put(store.key(&status_key(&cfg.node, device)), encode(r)).await?;
-                    written.insert(device.clone(), r.clone());
                 }
             }
             _ = renew.tick() => {
