@@ -255,27 +255,32 @@ impl Diagnostic for NotForController {
 }
 
 /// Whether `kalki-shim controller` may run a bundle: every command rule and MQTT device
-/// must be accepted by its flag.
+/// must be accepted by its flag. Both refusals at once when both apply.
 pub fn controller_ready(
     b: &Bundle,
     without_commands: bool,
     without_mqtt: bool,
-) -> Result<(), NotForController> {
+) -> Result<(), Vec<NotForController>> {
     let io = device_io(b);
-    let site = b.manifest.site.clone();
+    let site = &b.manifest.site;
+    let mut refused = Vec::new();
     if !io.command_rules.is_empty() && !without_commands {
-        return Err(NotForController::Commands {
-            site,
+        refused.push(NotForController::Commands {
+            site: site.clone(),
             rules: io.command_rules,
         });
     }
     if !io.mqtt_devices.is_empty() && !without_mqtt {
-        return Err(NotForController::Mqtt {
-            site,
+        refused.push(NotForController::Mqtt {
+            site: site.clone(),
             devices: io.mqtt_devices,
         });
     }
-    Ok(())
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(refused)
+    }
 }
 
 /// A loaded, checked bundle.

@@ -438,7 +438,7 @@ fn unavailable(message: &str) -> Response {
         StatusCode::SERVICE_UNAVAILABLE,
         codes::UNAVAILABLE,
         message,
-        Some("retry later; nothing was journaled unless the shim answers that it was"),
+        Some("retry later; an input whose answer was lost may have been taken (`status` says what the devices' states are now)"),
     )
 }
 

@@ -1368,8 +1368,10 @@ fn run_controller(args: &ControllerArgs) -> Exit {
     }
     // What the controller does not carry, refused unless the operator accepts it: the
     // site would not behave as verified, and nothing would say so.
-    if let Err(e) = bundle::controller_ready(&bundle, args.without_commands, args.without_mqtt) {
-        report(args.color, std::iter::once(Report::new(e)));
+    if let Err(refused) =
+        bundle::controller_ready(&bundle, args.without_commands, args.without_mqtt)
+    {
+        report(args.color, refused.into_iter().map(Report::new));
         eprintln!("bundle `{}` refused", args.bundle.display());
         return Exit::Refused;
     }
