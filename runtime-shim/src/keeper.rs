@@ -64,6 +64,17 @@ pub struct UmboxAlert {
     pub umbox: Option<String>,
 }
 
+/// What came of a µmbox's event ([`Keeper::umbox_event`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UmboxOutcome {
+    /// An alert, for the owner's engine.
+    Alert(UmboxAlert),
+    /// An alert from a container the node does not know: refused.
+    UnknownContainer,
+    /// Nothing more to do (an exit, handled here, or old news).
+    Handled,
+}
+
 /// One node kept at its postures.
 pub struct Keeper {
     node: Node,
@@ -412,16 +423,16 @@ impl Keeper {
         }
     }
 
-    /// What a µmbox said or did: an exit of a µmbox in force closes its device now (and
-    /// `None` is returned); an alert of a µmbox of the node is returned, attributed to
-    /// its device, for the owner to hand to the engine. An alert from a container the
-    /// node does not know is refused here.
+    /// What a µmbox said or did: an exit of a µmbox in force closes its device now; an
+    /// alert of a µmbox of the node is returned, attributed to its device, for the owner
+    /// to hand to the engine; an alert from a container the node does not know is
+    /// refused here (logged).
     pub async fn umbox_event(
         &mut self,
         event: UmboxEvent,
         states: &[usize],
         w: &mut impl Witness,
-    ) -> Result<UmboxAlert, Option<String>> {
+    ) -> UmboxOutcome {
         match event {
             UmboxEvent::Alert {
                 container,
@@ -436,9 +447,9 @@ impl Keeper {
                         alert = %alert,
                         "alert `{alert}` from unknown container `{container}` rejected"
                     );
-                    return Err(Some(container));
+                    return UmboxOutcome::UnknownContainer;
                 };
-                Ok(UmboxAlert {
+                UmboxOutcome::Alert(UmboxAlert {
                     device,
                     umbox: c.labels.get("kalki.umbox").cloned(),
                     container,
@@ -448,7 +459,7 @@ impl Keeper {
             }
             UmboxEvent::Exited { container, id } => {
                 let Some((device, c)) = self.node.container(&container) else {
-                    return Err(None);
+                    return UmboxOutcome::Handled;
                 };
                 let c_name = c.name.clone();
                 // Only the instance now in place counts: an exit of one already replaced
@@ -461,7 +472,7 @@ impl Keeper {
                     .ok()
                     .and_then(|l| l.into_iter().find(|r| r.name == c_name));
                 if current.as_ref().is_some_and(|r| r.running && r.id != id) {
-                    return Err(None);
+                    return UmboxOutcome::Handled;
                 }
                 let in_use = self
                     .node
@@ -472,7 +483,7 @@ impl Keeper {
                     let reason = format!("µmbox `{container}` stopped");
                     self.umbox_stopped(device, &container, reason, w).await;
                 }
-                Err(None)
+                UmboxOutcome::Handled
             }
         }
     }

@@ -938,17 +938,16 @@ impl Loop {
         let states = self.engine.states();
         let mut w = Self::witness(&self.journal, &self.metrics);
         let alert = match self.keeper.umbox_event(event, &states, &mut w).await {
-            Ok(alert) => alert,
-            Err(unknown) => {
-                if unknown.is_some() {
-                    self.metrics.event(
-                        metrics::source::UMBOX,
-                        metrics::kind::ALERT,
-                        Some([] as [&str; 0]),
-                    );
-                }
+            keeper::UmboxOutcome::Alert(alert) => alert,
+            keeper::UmboxOutcome::UnknownContainer => {
+                self.metrics.event(
+                    metrics::source::UMBOX,
+                    metrics::kind::ALERT,
+                    Some([] as [&str; 0]),
+                );
                 return Ok(());
             }
+            keeper::UmboxOutcome::Handled => return Ok(()),
         };
         // Whether its µmbox may speak for the device now (deployed in the state the alert
         // meets, emitting that alert) is the engine's to decide, as in `simulate`: one
@@ -1039,7 +1038,8 @@ impl Loop {
 
     /// [`Self::status`] from a look already taken.
     fn report(&mut self, obs: &Observation) -> StatusReport {
-        let verdicts = self.verdicts(obs);
+        let states = self.engine.states();
+        let verdicts = self.keeper.verdicts(obs, &states);
         self.metrics
             .set_verdicts(verdicts.iter().map(Enforcement::verdict));
         if verdicts
@@ -1048,7 +1048,6 @@ impl Loop {
         {
             self.keeper.next_check = Instant::now();
         }
-        let states = self.engine.states();
         let b = self.keeper.node().bundle();
         let changes = self.journal.last_changes().unwrap_or_default();
         let devices = b
@@ -1058,7 +1057,7 @@ impl Loop {
             .zip(verdicts)
             .enumerate()
             .map(|(i, (d, enforcement))| {
-                let state = self.engine.state(i).unwrap_or(0);
+                let state = states[i];
                 let last = changes.get(&d.name);
                 let crossing = self.keeper.crossing(i, &enforcement, &states);
                 DeviceStatus {

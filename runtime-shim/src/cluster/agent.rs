@@ -13,7 +13,7 @@ use super::store::{
     InboxAlert, ReportedStatus, Store, StoreError,
 };
 use crate::follow::UmboxEvent;
-use crate::keeper::{Keeper, LogOnly};
+use crate::keeper::{self, Keeper, LogOnly};
 use crate::node::{Node, Observation};
 use crate::run::now_ms;
 use etcd_client::{EventType, PutOptions, Txn, TxnOp, WatchOptions};
@@ -225,7 +225,9 @@ impl Agent {
     /// keeper's, as under `run`); an alert goes to the inbox, with an id kept across
     /// retries so that it enters the log once.
     async fn umbox_event(&mut self, event: UmboxEvent, desired: &[usize]) {
-        let Ok(alert) = self.keeper.umbox_event(event, desired, &mut LogOnly).await else {
+        let keeper::UmboxOutcome::Alert(alert) =
+            self.keeper.umbox_event(event, desired, &mut LogOnly).await
+        else {
             return;
         };
         let t_ms = now_ms();
