@@ -24,11 +24,11 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::live::{ok, sh, Api};
+use common::live::{ok, percentile, sh, Api};
 use kalki_test_support::etcd::EtcdCluster;
 use kalki_test_support::pki::Pki;
 use serde_json::Value;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -109,44 +109,18 @@ fn now_us() -> u64 {
         .as_micros() as u64
 }
 
-/// One POST on its own connection; the status code.
-fn post(api: &Api, path: &str, body: &str) -> u16 {
-    let token = std::fs::read_to_string(&api.token).unwrap();
-    let mut s = std::net::TcpStream::connect(&api.api).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        api.api,
-        token.trim(),
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
 fn alert(api: &Api, device: &str) -> u16 {
-    post(
-        api,
+    api.request(
+        "POST",
         &format!("/v1/devices/{device}/alerts"),
         r#"{"alert": "port_scan"}"#,
     )
+    .0
 }
 
 fn reset(api: &Api, device: &str) -> u16 {
-    post(api, &format!("/v1/devices/{device}/reset"), "{}")
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+    api.request("POST", &format!("/v1/devices/{device}/reset"), "{}")
+        .0
 }
 
 fn report(name: &str, mut v: Vec<f64>) {
@@ -177,38 +151,33 @@ struct AgentLog {
 }
 
 impl AgentLog {
-    /// Waits for `device`'s posture `state` in force; its time (Unix µs).
+    /// Waits for `device`'s posture `state` in force; its time (Unix µs). Reads only
+    /// what the log gained since the last line it took (polled every millisecond).
     fn wait(&mut self, device: &str, state: &str) -> u64 {
+        use std::io::Seek;
         let start = Instant::now();
         loop {
-            let text = std::fs::read_to_string(&self.path).unwrap_or_default();
-            let (old, new) = text.split_at(self.read.min(text.len()));
-            let _ = old;
-            let mut found = None;
-            let mut consumed = 0;
-            for line in new.split_inclusive('\n') {
-                if !line.ends_with('\n') {
-                    break;
-                }
-                consumed += line.len();
+            let mut new = String::new();
+            if let Ok(mut f) = std::fs::File::open(&self.path) {
+                let _ = f.seek(std::io::SeekFrom::Start(self.read as u64));
+                let _ = f.read_to_string(&mut new);
+            }
+            // Complete lines only; a line being written is read again next time.
+            for line in new.split_inclusive('\n').take_while(|l| l.ends_with('\n')) {
+                self.read += line.len();
+                // The JSON logs put the fields beside the message (`docs/runtime.md`).
                 let Ok(v) = serde_json::from_str::<Value>(line) else {
                     continue;
                 };
-                // The JSON logs put the fields beside the message (`docs/runtime.md`).
-                let f = &v;
-                if f["event"] == "posture_changed" && f["device"] == device && f["state"] == state {
+                if v["event"] == "posture_changed" && v["device"] == device && v["state"] == state {
                     let ts: jiff::Timestamp = v["timestamp"].as_str().unwrap().parse().unwrap();
-                    found = Some(ts.as_microsecond() as u64);
-                    break;
+                    return ts.as_microsecond() as u64;
                 }
-            }
-            self.read += consumed;
-            if let Some(t) = found {
-                return t;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(30),
-                "{device} never in {state}:\n{text}"
+                "{device} never in {state}:\n{}",
+                std::fs::read_to_string(&self.path).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -23,14 +23,13 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::live::Api;
+use common::live::{percentile, Api};
 use kalki_shim::cluster::store::{
     agent_key, encode, status_key, AgentValue, EtcdConfig, ReportedStatus, Store,
 };
 use kalki_shim::enforcement::{self, Enforcement};
 use kalki_test_support::etcd::EtcdCluster;
 use kalki_test_support::pki::Pki;
-use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -71,39 +70,6 @@ fn rss_mib(pid: u32) -> f64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
         .map_or(0.0, |kib| kib / 1024.0)
-}
-
-/// One request on its own connection: status code and body length.
-fn request(api: &Api, method: &str, path: &str, body: &str) -> (u16, usize) {
-    let token = std::fs::read_to_string(&api.token).unwrap();
-    // Not listening (yet, or any more): no answer.
-    let Ok(mut s) = std::net::TcpStream::connect(&api.api) else {
-        return (0, 0);
-    };
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        api.api,
-        token.trim(),
-        body.len()
-    )
-    .unwrap();
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer);
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, answer.len())
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn controller(
@@ -246,7 +212,7 @@ fn main() {
         let api = Api::new(&dir.join("a"));
         let t = Instant::now();
         let (leader, _) = controller(&dir, "ctl-a", &bundle_dir, &api, &endpoints, &pki);
-        while request(&api, "GET", "/v1/status", "").0 != 200 {
+        while api.request("GET", "/v1/status", "").0 != 200 {
             assert!(
                 t.elapsed() < Duration::from_secs(600),
                 "the controller never answered: {}",
@@ -257,7 +223,7 @@ fn main() {
         let start = t.elapsed();
 
         let t = Instant::now();
-        let (code, bytes) = request(&api, "GET", "/v1/status", "");
+        let (code, bytes) = api.request("GET", "/v1/status", "");
         let status = t.elapsed();
         assert_eq!(code, 200);
 
@@ -266,8 +232,7 @@ fn main() {
         for i in 0..readings {
             let d = (i * 7919) % devices;
             let t = Instant::now();
-            let (code, _) = request(
-                &api,
+            let (code, _) = api.request(
                 "POST",
                 &format!("/v1/devices/s{d}/readings"),
                 r#"{"values": {"level": 95}}"#,

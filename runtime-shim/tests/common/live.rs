@@ -396,6 +396,40 @@ impl Api {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// One HTTP request on a connection of its own, with the token, as a client
+    /// measuring the API makes it (no `kalki-shim` process per call): the status code
+    /// and the answer's size in bytes; `(0, 0)` when nothing listens (yet, or any more).
+    pub fn request(&self, method: &str, path: &str, body: &str) -> (u16, usize) {
+        let token = std::fs::read_to_string(&self.token).unwrap();
+        let Ok(mut s) = std::net::TcpStream::connect(&self.api) else {
+            return (0, 0);
+        };
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.api,
+            token.trim(),
+            body.len()
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer);
+        let code = String::from_utf8_lossy(&answer)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        (code, answer.len())
+    }
+}
+
+/// The `p` quantile (0 to 1) of sorted figures, by the nearest rank.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
 }
 
 pub fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
