@@ -93,9 +93,17 @@ struct Follower {
     taken: BTreeSet<String>,
 }
 
+/// How `by` says an input was taken from the inbox.
+const INBOX_BY: &str = "inbox:";
+
 /// `by` of an input taken from the inbox key `rest` (`inbox/NODE/ID`).
 fn inbox_by(rest: &str) -> String {
-    format!("inbox:{rest}")
+    format!("{INBOX_BY}{rest}")
+}
+
+/// The inbox key an input's `by` says it was taken from, if any ([`inbox_by`]'s inverse).
+fn inbox_of(by: Option<&str>) -> Option<&str> {
+    by?.strip_prefix(INBOX_BY)
 }
 
 impl Follower {
@@ -115,7 +123,7 @@ impl Follower {
                 })?;
         self.note(&steps);
         self.next_seq = seq + 1;
-        if let Some(rest) = logged.by.as_deref().and_then(|b| b.strip_prefix("inbox:")) {
+        if let Some(rest) = inbox_of(logged.by.as_deref()) {
             self.taken.insert(rest.to_string());
         }
         Ok(steps)
@@ -1127,5 +1135,19 @@ async fn status(store: &Store, f: &Follower, started: Instant) -> StatusReport {
         now_ms: now_ms(),
         devices,
         mqtt: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{inbox_by, inbox_of};
+
+    #[test]
+    fn an_inputs_by_names_the_inbox_key_it_came_from() {
+        let by = inbox_by("inbox/east/0001-00000001");
+        assert_eq!(inbox_of(Some(&by)), Some("inbox/east/0001-00000001"));
+        assert_eq!(inbox_of(Some("api")), None);
+        assert_eq!(inbox_of(Some("console:ab12")), None);
+        assert_eq!(inbox_of(None), None);
     }
 }
