@@ -128,7 +128,7 @@ impl Keeper {
             .map_or_else(|| state.to_string(), |s| s.name.clone())
     }
 
-    pub fn closed_name(&self, device: usize, closed: Closed) -> String {
+    fn closed_name(&self, device: usize, closed: Closed) -> String {
         match closed {
             Closed::State(s) => self.state_name(device, s),
             Closed::NoFlows => "no flows".into(),

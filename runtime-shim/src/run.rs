@@ -209,7 +209,7 @@ pub async fn run(
     // Follow what already runs from now on (what it said before was handled then), then
     // bring the node to the journaled states (as `apply` would); say loudly if it could
     // not be done: the loop serves anyway and keeps trying.
-    lp.sync_followers().await;
+    lp.keeper.sync_followers().await;
     let obs = lp.reconcile().await;
     lp.announce(&obs);
 
@@ -477,12 +477,6 @@ impl Loop {
                 self.verdicts[d] = Some(v);
             }
         }
-    }
-
-    /// Follows the site's running containers (after a posture change started or stopped
-    /// some).
-    async fn sync_followers(&mut self) {
-        self.keeper.sync_followers().await;
     }
 
     /// Commands journaled but never delivered (the shim stopped before): sent again.
@@ -787,7 +781,7 @@ impl Loop {
     async fn end_batch(&mut self) -> Result<(), RunError> {
         self.batching = false;
         if self.flush_deferred().await {
-            self.sync_followers().await;
+            self.keeper.sync_followers().await;
         }
         self.observe_latency();
         self.journal.commit()?;
@@ -903,7 +897,7 @@ impl Loop {
         // that changes no state, or a change that only swapped flows, costs no call to
         // the container engine.
         if touched {
-            self.sync_followers().await;
+            self.keeper.sync_followers().await;
         }
         Ok(changes)
     }
